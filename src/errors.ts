@@ -1,0 +1,169 @@
+/**
+ * Every failure a user of tokenwarden can meet is a {@link TokenwardenError} with a stable string `code`.
+ *
+ * Messages never contain a secret, a token or an unbounded response body: descriptions coming from the
+ * network are truncated, and response bodies attached by `oauth4webapi` are replaced by a list of their
+ * field names before they become a `cause`.
+ *
+ * @module
+ */
+
+/**
+ * The stable error codes. Switch on these, not on messages.
+ *
+ * | code | meaning |
+ * | --- | --- |
+ * | `ERR_CONFIG` | an option is missing or invalid (thrown at construction) |
+ * | `ERR_INSECURE_ISSUER` | an `http:` URL was given without `allowInsecureRequests: true` |
+ * | `ERR_DISCOVERY` | the issuer's metadata could not be fetched or is unusable |
+ * | `ERR_NETWORK` | connection refused, reset, DNS failure |
+ * | `ERR_TIMEOUT` | the request took longer than its `timeout` |
+ * | `ERR_ABORTED` | the caller's `AbortSignal` fired |
+ * | `ERR_HTTP_STATUS` | an unexpected HTTP status without an OAuth error body (e.g. a 502 HTML page) |
+ * | `ERR_INVALID_RESPONSE` | the body is not JSON, or is JSON of the wrong shape |
+ * | `ERR_RESPONSE_TOO_LARGE` | the body exceeded `maxResponseBytes` |
+ * | `ERR_OAUTH` | the server answered an OAuth error (`error`, `error_description`, `status`) |
+ * | `ERR_LOGIN_REQUIRED` | no usable refresh token for a subject: the user must sign in again |
+ * | `ERR_ID_TOKEN_INVALID` | an ID token does not belong to this client or subject |
+ * | `ERR_STORE` | a token store failed (the manager degrades to in-process behaviour) |
+ * | `ERR_STORE_TIMEOUT` | a token store did not answer in time |
+ * | `ERR_LOCK_TIMEOUT` | another process held the refresh lock for longer than we could wait |
+ * | `ERR_DECRYPT` | a stored entry could not be decrypted with any configured key |
+ * | `ERR_RETRY_LATER` | the server asked us to wait (`Retry-After`) and no valid token is available |
+ * | `ERR_CLOSED` | the manager or store was closed |
+ * | `ERR_UNSUPPORTED` | the server or token uses something tokenwarden does not support |
+ */
+export type ErrorCode =
+  | 'ERR_CONFIG'
+  | 'ERR_INSECURE_ISSUER'
+  | 'ERR_DISCOVERY'
+  | 'ERR_NETWORK'
+  | 'ERR_TIMEOUT'
+  | 'ERR_ABORTED'
+  | 'ERR_HTTP_STATUS'
+  | 'ERR_INVALID_RESPONSE'
+  | 'ERR_RESPONSE_TOO_LARGE'
+  | 'ERR_OAUTH'
+  | 'ERR_LOGIN_REQUIRED'
+  | 'ERR_ID_TOKEN_INVALID'
+  | 'ERR_STORE'
+  | 'ERR_STORE_TIMEOUT'
+  | 'ERR_LOCK_TIMEOUT'
+  | 'ERR_DECRYPT'
+  | 'ERR_RETRY_LATER'
+  | 'ERR_CLOSED'
+  | 'ERR_UNSUPPORTED';
+
+/** Options accepted by {@link TokenwardenError}'s constructor. */
+export interface TokenwardenErrorOptions {
+  /** The underlying error. Bodies that may hold tokens must be removed before (see {@link sanitizeCause}). */
+  cause?: unknown;
+  /** The OAuth `error` code returned by the server. */
+  error?: string;
+  /** The OAuth `error_description` (truncated to {@link MAX_DESCRIPTION} characters). */
+  error_description?: string;
+  /** The HTTP status of the response that caused this error. */
+  status?: number;
+  /** How long the server asked us to wait (`Retry-After`), in milliseconds. */
+  retryAfterMs?: number;
+}
+
+/** Longest `error_description` (and any server-provided text) kept in an error. */
+export const MAX_DESCRIPTION = 256;
+
+/**
+ * The one error class of tokenwarden. Check `code`, never the message.
+ *
+ * @example
+ * ```ts
+ * import { TokenwardenError } from 'tokenwarden';
+ * try {
+ *   await manager.getToken();
+ * } catch (err) {
+ *   if (err instanceof TokenwardenError && err.code === 'ERR_OAUTH' && err.error === 'invalid_client') {
+ *     console.error('check the client secret', err.status);
+ *   }
+ * }
+ * ```
+ */
+export class TokenwardenError extends Error {
+  override readonly name = 'TokenwardenError';
+  /** Stable machine-readable code. */
+  readonly code: ErrorCode;
+  /** OAuth `error` from the server, when the server sent one. */
+  readonly error?: string;
+  /** OAuth `error_description` from the server (truncated), when the server sent one. */
+  readonly error_description?: string;
+  /** HTTP status of the failing response, when there was one. */
+  readonly status?: number;
+  /** Milliseconds the server asked us to wait before trying again (`Retry-After`). */
+  readonly retryAfterMs?: number;
+
+  constructor(code: ErrorCode, message: string, options: TokenwardenErrorOptions = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.code = code;
+    if (options.error !== undefined) this.error = truncate(options.error, 64);
+    if (options.error_description !== undefined) {
+      this.error_description = truncate(options.error_description, MAX_DESCRIPTION);
+    }
+    if (options.status !== undefined) this.status = options.status;
+    if (options.retryAfterMs !== undefined) this.retryAfterMs = options.retryAfterMs;
+  }
+
+  /** Same as `error_description`, for camelCase code. */
+  get errorDescription(): string | undefined {
+    return this.error_description;
+  }
+
+  /** A JSON form safe to log: code, message and the OAuth fields; never the cause's payload. */
+  toJSON(): Record<string, unknown> {
+    return {
+      name: this.name,
+      code: this.code,
+      message: this.message,
+      ...(this.error !== undefined && { error: this.error }),
+      ...(this.error_description !== undefined && { error_description: this.error_description }),
+      ...(this.status !== undefined && { status: this.status }),
+      ...(this.retryAfterMs !== undefined && { retryAfterMs: this.retryAfterMs }),
+    };
+  }
+}
+
+/**
+ * True when `err` is a {@link TokenwardenError}, optionally with one of the given codes.
+ *
+ * @example
+ * ```ts
+ * if (isTokenwardenError(err, 'ERR_NETWORK', 'ERR_TIMEOUT')) retryLater();
+ * ```
+ */
+export function isTokenwardenError(err: unknown, ...codes: ErrorCode[]): err is TokenwardenError {
+  return err instanceof TokenwardenError && (codes.length === 0 || codes.includes(err.code));
+}
+
+/** Cuts server-provided text to `max` characters and strips control characters. */
+export function truncate(text: string, max = MAX_DESCRIPTION): string {
+  // eslint-disable-next-line no-control-regex
+  const clean = text.replace(/[\u0000-\u001f\u007f]+/g, ' ');
+  return clean.length > max ? `${clean.slice(0, max)}…` : clean;
+}
+
+/**
+ * Returns an error fit to be a `cause`: when it carries a response body (oauth4webapi attaches the parsed
+ * body, which may hold tokens), the body is replaced by the list of its field names.
+ */
+export function sanitizeCause(err: unknown): unknown {
+  if (!(err instanceof Error)) return err;
+  const inner: unknown = (err as { cause?: unknown }).cause;
+  if (inner !== null && typeof inner === 'object' && 'body' in inner) {
+    const body = (inner as { body: unknown }).body;
+    const fields = body !== null && typeof body === 'object' ? Object.keys(body as object).slice(0, 20) : [];
+    Object.defineProperty(err, 'cause', {
+      value: { body: `[redacted response body with fields: ${fields.join(', ')}]` },
+      enumerable: false,
+      configurable: true,
+      writable: true,
+    });
+  }
+  return err;
+}

@@ -1,0 +1,82 @@
+/**
+ * A `fetch` that attaches a managed token and retries once when the API says the token is bad.
+ *
+ * @module
+ */
+import type { Token } from '../token.js';
+import type { FetchLike } from './transport.js';
+
+/** What {@link authFetch} needs: a `TokenManager` or anything shaped like one. */
+export interface TokenProvider {
+  getToken(options?: { signal?: AbortSignal }): Promise<Token>;
+  invalidate(accessToken?: string): Promise<void>;
+}
+
+/** When a 401 response is retried with a new token. */
+export type RetryOn401 = 'invalid_token' | 'always' | 'never' | ((response: Response) => boolean);
+
+/** Options for {@link authFetch}. */
+export interface AuthFetchOptions {
+  /** The `fetch` that sends requests. Default: the global `fetch`. */
+  fetch?: FetchLike;
+  /**
+   * Which 401 responses get one retry with a new token. Default `'invalid_token'`: when
+   * `WWW-Authenticate` says `error="invalid_token"` (RFC 6750 §3.1). `'always'` retries any 401.
+   */
+  retryOn401?: RetryOn401;
+}
+
+/**
+ * Wraps `fetch` so every request carries `Authorization: <type> <token>`. On a 401 that matches
+ * `retryOn401`, the token is invalidated (here and in the shared store) and the request is sent once more
+ * with a new token — only if its body can be sent again (no streamed bodies), and never more than once.
+ *
+ * @example
+ * ```ts
+ * import { TokenManager, authFetch, clientCredentials } from 'tokenwarden';
+ * const manager = new TokenManager({ source: clientCredentials(options) });
+ * const api = authFetch(manager, { retryOn401: 'always' });
+ * const res = await api('https://api.example.com/orders', { method: 'POST', body: JSON.stringify(order) });
+ * ```
+ */
+export function authFetch(provider: TokenProvider, options: AuthFetchOptions = {}): FetchLike {
+  const retryOn = options.retryOn401 ?? 'invalid_token';
+  return async (input, init) => {
+    const fetchImpl = options.fetch ?? globalThis.fetch;
+    const signal = init?.signal ?? (input instanceof Request ? input.signal : undefined);
+    const replayable = canReplay(input, init);
+    // A Request's body can be read once: keep a copy for the retry.
+    const spare = replayable && input instanceof Request ? input.clone() : undefined;
+    const send = (target: string | URL | Request, token: Token): Promise<Response> => {
+      const headers = new Headers(init?.headers ?? (target instanceof Request ? target.headers : undefined));
+      headers.set('authorization', `${token.tokenType} ${token.accessToken}`);
+      return fetchImpl(target, { ...init, headers });
+    };
+    const token = await provider.getToken(signal ? { signal } : undefined);
+    const response = await send(input, token);
+    if (response.status !== 401 || !replayable || !shouldRetry(retryOn, response)) return response;
+    await response.body?.cancel().catch(() => undefined);
+    await provider.invalidate(token.accessToken);
+    const fresh = await provider.getToken(signal ? { signal } : undefined);
+    return send(spare ?? input, fresh);
+  };
+}
+
+function shouldRetry(retryOn: RetryOn401, response: Response): boolean {
+  if (retryOn === 'never') return false;
+  if (retryOn === 'always') return true;
+  if (typeof retryOn === 'function') return retryOn(response);
+  return /error\s*=\s*"?invalid_token"?/i.test(response.headers.get('www-authenticate') ?? '');
+}
+
+function canReplay(input: string | URL | Request, init: RequestInit | undefined): boolean {
+  const body = init?.body;
+  if (body !== undefined && body !== null) {
+    return (
+      !(body instanceof ReadableStream) &&
+      typeof (body as unknown as AsyncIterable<unknown>)[Symbol.asyncIterator] !== 'function'
+    );
+  }
+  if (input instanceof Request) return !input.bodyUsed;
+  return true;
+}

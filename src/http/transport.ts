@@ -1,0 +1,135 @@
+/**
+ * The transport under every call tokenwarden makes to an authorization server: the injectable `fetch`,
+ * a timeout, the caller's AbortSignal, and a cap on the response body. Failures become
+ * {@link TokenwardenError}s with `ERR_NETWORK`, `ERR_TIMEOUT`, `ERR_ABORTED` or `ERR_RESPONSE_TOO_LARGE`.
+ *
+ * @module
+ */
+import { TokenwardenError } from '../errors.js';
+
+/** A `fetch`-compatible function. */
+export type FetchLike = (input: string | URL | Request, init?: RequestInit) => Promise<Response>;
+
+/** Transport options shared by every network-facing part of tokenwarden. */
+export interface TransportOptions {
+  /** The `fetch` to use. Default: the global `fetch`. */
+  fetch?: FetchLike;
+  /** Time limit per request, in milliseconds. */
+  timeoutMs: number;
+  /** Largest response body accepted, in bytes. */
+  maxResponseBytes: number;
+}
+
+/** Default time limit per request to an authorization server. */
+export const DEFAULT_TIMEOUT_MS = 10_000;
+/** Default cap on a response body from an authorization server (1 MiB). */
+export const DEFAULT_MAX_RESPONSE_BYTES = 1024 * 1024;
+
+/** What a request observed, for callers that need more than the body (e.g. `Retry-After`). */
+export interface ResponseMeta {
+  status?: number;
+  retryAfter?: string | null;
+}
+
+/**
+ * Returns a fetch that applies the timeout, the body cap and error mapping. `meta`, when given, is filled
+ * with the status and `Retry-After` of the last response.
+ */
+export function boundedFetch(options: TransportOptions, meta?: ResponseMeta): FetchLike {
+  const fetchImpl = options.fetch ?? globalThis.fetch;
+  return async (input, init = {}) => {
+    const url = describeUrl(input);
+    const timeout = AbortSignal.timeout(options.timeoutMs);
+    const callerSignal = init.signal ?? undefined;
+    const signal = callerSignal ? AbortSignal.any([callerSignal, timeout]) : timeout;
+    const fail = (err: unknown): TokenwardenError => {
+      if (err instanceof TokenwardenError) return err;
+      if (callerSignal?.aborted) {
+        return new TokenwardenError('ERR_ABORTED', `request to ${url} was aborted`, { cause: err });
+      }
+      if (timeout.aborted) {
+        return new TokenwardenError('ERR_TIMEOUT', `request to ${url} timed out after ${options.timeoutMs} ms`, {
+          cause: err,
+        });
+      }
+      const code = networkCode(err);
+      return new TokenwardenError('ERR_NETWORK', `request to ${url} failed${code ? ` (${code})` : ''}`, {
+        cause: err,
+      });
+    };
+    let response: Response;
+    try {
+      response = await fetchImpl(input, { ...init, signal });
+    } catch (err) {
+      throw fail(err);
+    }
+    if (meta) {
+      meta.status = response.status;
+      meta.retryAfter = response.headers.get('retry-after');
+    }
+    let body: Uint8Array<ArrayBuffer> | null;
+    try {
+      body = await readCapped(response, options.maxResponseBytes, url);
+    } catch (err) {
+      throw fail(err);
+    }
+    const nullBody = [101, 103, 204, 205, 304].includes(response.status);
+    return new Response(nullBody ? null : body, {
+      status: response.status,
+      statusText: response.statusText,
+      headers: response.headers,
+    });
+  };
+}
+
+async function readCapped(response: Response, max: number, url: string): Promise<Uint8Array<ArrayBuffer> | null> {
+  const tooLarge = (): TokenwardenError =>
+    new TokenwardenError('ERR_RESPONSE_TOO_LARGE', `response from ${url} is larger than ${max} bytes`, {
+      status: response.status,
+    });
+  const declared = Number(response.headers.get('content-length'));
+  if (Number.isFinite(declared) && declared > max) {
+    await response.body?.cancel().catch(() => undefined);
+    throw tooLarge();
+  }
+  if (!response.body) return null;
+  const reader = response.body.getReader();
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    size += value.byteLength;
+    if (size > max) {
+      await reader.cancel().catch(() => undefined);
+      throw tooLarge();
+    }
+    chunks.push(value);
+  }
+  const out = new Uint8Array(size);
+  let offset = 0;
+  for (const chunk of chunks) {
+    out.set(chunk, offset);
+    offset += chunk.byteLength;
+  }
+  return out;
+}
+
+/** Origin and path of a request target: never the query string, which could carry a secret. */
+export function describeUrl(input: string | URL | Request): string {
+  try {
+    const url = new URL(typeof input === 'string' ? input : input instanceof URL ? input.href : input.url);
+    return `${url.origin}${url.pathname}`;
+  } catch {
+    return '(invalid URL)';
+  }
+}
+
+function networkCode(err: unknown): string | undefined {
+  for (let e: unknown = err, depth = 0; e && depth < 5; depth++) {
+    const code = (e as { code?: unknown }).code;
+    if (typeof code === 'string') return code;
+    e = (e as { cause?: unknown }).cause;
+  }
+  return undefined;
+}

@@ -1,0 +1,67 @@
+/**
+ * tokenwarden — the whole OAuth 2.0 token lifecycle for Node.js.
+ *
+ * @example
+ * ```ts
+ * import { TokenManager, clientCredentials } from 'tokenwarden';
+ * const manager = new TokenManager({ source: clientCredentials({ issuer, clientId, clientSecret, scope: 'read' }) });
+ * const res = await manager.fetch('https://api.example.com/things');
+ * ```
+ *
+ * @module
+ */
+export { type Clock, type Timer, ManualClock, systemClock } from './clock.js';
+export { type Duration, toMs } from './duration.js';
+export { type ErrorCode, TokenwardenError, type TokenwardenErrorOptions, isTokenwardenError } from './errors.js';
+export { type AuthFetchOptions, type RetryOn401, type TokenProvider, authFetch } from './http/auth-fetch.js';
+export type { FetchLike } from './http/transport.js';
+export {
+  type GetTokenOptions,
+  type TokenInfo,
+  TokenManager,
+  type TokenManagerEvents,
+  type TokenManagerOptions,
+  isTransient,
+} from './manager.js';
+export {
+  type BackoffOptions,
+  type RefreshPolicy,
+  type RefreshPolicyOptions,
+  backoffDelay,
+  parseRetryAfter,
+  resolvePolicy,
+  staleAt,
+  statusAt,
+} from './policy.js';
+export {
+  type ClientAuthMethod,
+  type ClientOptions,
+  GrantSource,
+  OAuthClient,
+  type PrivateKeyInput,
+  deriveKey,
+  importPrivateKey,
+} from './sources/client.js';
+export { type ClientCredentialsOptions, clientCredentials } from './sources/client-credentials.js';
+export { type DiscoveryAlgorithm, clearDiscoveryCache, discover } from './sources/discovery.js';
+export { type JwtAssertionOptions, type JwtBearerOptions, jwtBearer } from './sources/jwt-bearer.js';
+export { type RefreshTokenOptions, refreshToken } from './sources/refresh-token.js';
+export type { FetchTokenContext, TokenSource } from './sources/source.js';
+export {
+  ACCESS_TOKEN_TYPE,
+  type SubjectTokenInput,
+  type TokenExchangeOptions,
+  tokenExchange,
+} from './sources/token-exchange.js';
+export { Codec, type EncryptionKeyInput, type EncryptionOption } from './stores/codec.js';
+export { MemoryStore, type MemoryStoreOptions } from './stores/memory.js';
+export type { LockOptions, SetOptions, StoreEvents, StoreLock, StoreRecord, TokenStore } from './stores/store.js';
+export {
+  type Token,
+  type TokenStatus,
+  isValid,
+  parseStoredToken,
+  remainingMs,
+  serializeToken,
+  tokenFromResponse,
+} from './token.js';

@@ -1,0 +1,714 @@
+/**
+ * The TokenManager: keeps one token valid for as long as you need it.
+ *
+ * The data path of `getToken()`, in one line:
+ * memory → (stale?) shared store → (still stale?) lock → re-read → source → store → release.
+ *
+ * @module
+ */
+import { EventEmitter } from 'node:events';
+import { inspect } from 'node:util';
+import { type Clock, type Timer, systemClock } from './clock.js';
+import { type Duration, toMs } from './duration.js';
+import { TokenwardenError, isTokenwardenError } from './errors.js';
+import { type AuthFetchOptions, authFetch } from './http/auth-fetch.js';
+import type { FetchLike } from './http/transport.js';
+import {
+  type RefreshPolicy,
+  type RefreshPolicyOptions,
+  backoffDelay,
+  resolvePolicy,
+  staleAt,
+  statusAt,
+} from './policy.js';
+import type { TokenSource } from './sources/source.js';
+import { MemoryStore } from './stores/memory.js';
+import type { StoreRecord, TokenStore } from './stores/store.js';
+import { type Token, type TokenStatus, isValid, parseStoredToken, remainingMs, serializeToken } from './token.js';
+
+/**
+ * Options for {@link TokenManager}.
+ *
+ * @example
+ * ```ts
+ * const options: TokenManagerOptions = {
+ *   source: clientCredentials({ issuer, clientId, clientSecret }),
+ *   store: new FileStore({ path: '/var/cache/my-app/tokens' }),
+ *   refresh: { beforeExpiry: '1m' },
+ *   lock: { ttl: '30s', wait: '10s' },
+ * };
+ * ```
+ */
+export interface TokenManagerOptions {
+  /** Where tokens come from. */
+  source: TokenSource;
+  /**
+   * Where tokens are kept and shared (and locked for refresh). Default: a private `MemoryStore`. Pass a
+   * `FileStore`, `RedisStore` or `PostgresStore` to share one token across processes and restarts.
+   */
+  store?: TokenStore;
+  /** Store key. Default: `source.key`. */
+  key?: string;
+  /** When to refresh. See {@link RefreshPolicyOptions} for the defaults. */
+  refresh?: RefreshPolicyOptions;
+  /** The refresh lock: `ttl` (longer than a refresh can take, default `'30s'`), `wait` (default = `ttl`). */
+  lock?: { ttl?: Duration; wait?: Duration };
+  /** Longest wait for a store read or write before degrading to in-process behaviour. Default `'2s'`. */
+  storeTimeout?: Duration;
+  /** Clock. Default: the system clock. */
+  clock?: Clock;
+  /** Random numbers in [0, 1) for jitter. Default `Math.random`. */
+  random?: () => number;
+  /** Options of {@link TokenManager.fetch} (which 401 responses are retried). */
+  fetch?: AuthFetchOptions;
+}
+
+/** Options for {@link TokenManager.getToken}. */
+export interface GetTokenOptions {
+  /** Stop waiting (the shared refresh itself goes on for other callers). */
+  signal?: AbortSignal;
+  /** Require at least this much remaining life; a token with less is replaced first. */
+  minTtl?: Duration;
+}
+
+/** Token metadata for events and diagnostics: never the token itself. */
+export interface TokenInfo {
+  readonly key: string;
+  readonly tokenType: string;
+  readonly issuedAt: number;
+  readonly expiresAt: number | undefined;
+  readonly staleAt: number;
+  readonly scope: string | undefined;
+}
+
+/** Events of a {@link TokenManager}. No event carries a token or a secret. */
+export interface TokenManagerEvents {
+  /** A new token is held: fetched from the source, or adopted from the shared store. */
+  token: [TokenInfo & { from: 'source' | 'store' }];
+  /** A refresh failed. `retryInMs` is set when a background retry is scheduled. */
+  refreshFailed: [
+    {
+      key: string;
+      error: TokenwardenError;
+      failures: number;
+      retryInMs: number | undefined;
+      validUntil: number | undefined;
+    },
+  ];
+  /** The held token expired before a new one could be obtained. */
+  expired: [{ key: string; expiredAt: number }];
+  /** The store failed or timed out; the manager carries on in-process. */
+  storeError: [{ key: string; operation: 'get' | 'set' | 'lock'; error: TokenwardenError }];
+  /** The store answers again after a `storeError`. */
+  storeRecovered: [{ key: string }];
+}
+
+interface Held {
+  readonly token: Token;
+  readonly staleAt: number;
+  /** Version of the store entry this token was read from or written as; `undefined` if never synced. */
+  version: number | undefined;
+  readonly generation: number;
+}
+
+interface Want {
+  /** Only a fresh token will do (background refresh of a stale one); otherwise a valid one. */
+  fresh?: boolean;
+  /** Only a token obtained after this generation will do (forced refresh). */
+  afterGeneration?: number;
+  /** Least remaining life. */
+  minTtlMs?: number;
+}
+
+const STORE_FAILED = Symbol('store failed');
+
+/**
+ * Keeps a token valid: serves it from memory, refreshes it ahead of expiry (in the background and on
+ * demand), one refresh at a time, sharing it through a store across processes, and keeps serving a
+ * still-valid token while the authorization server is slow or down.
+ *
+ * - `fresh` token: returned from memory — no I/O, no await on anything but the promise itself.
+ * - `stale` token: returned at once; one refresh starts in the background.
+ * - no valid token: callers wait for the one shared refresh.
+ *
+ * Refresh failures are retried in the background with capped, jittered exponential backoff (honouring
+ * `Retry-After`) for transient errors (network, timeouts, 5xx, 429); errors that will not heal by waiting
+ * (`invalid_client`, `invalid_grant`, misconfiguration) are not retried in the background.
+ *
+ * @example
+ * ```ts
+ * import { TokenManager, clientCredentials } from 'tokenwarden';
+ * const manager = new TokenManager({
+ *   source: clientCredentials({ issuer: 'https://login.example.com', clientId: 'svc', clientSecret: process.env.SECRET, scope: 'read' }),
+ * });
+ * const res = await manager.fetch('https://api.example.com/things'); // Authorization attached, one retry on 401
+ * const token = await manager.getToken();                              // Token, valid
+ * await manager.close();
+ * ```
+ */
+export class TokenManager extends EventEmitter<TokenManagerEvents> {
+  /** The store key of this manager's token. */
+  readonly key: string;
+  /** The source. */
+  readonly source: TokenSource;
+  /** The store (the private `MemoryStore` when none was given). */
+  readonly store: TokenStore;
+  /**
+   * A `fetch` that attaches this manager's token and retries once on a 401 `invalid_token`. See
+   * {@link authFetch}.
+   */
+  readonly fetch: FetchLike;
+
+  readonly #policy: RefreshPolicy;
+  readonly #clock: Clock;
+  readonly #random: () => number;
+  readonly #lockTtlMs: number;
+  readonly #lockWaitMs: number;
+  readonly #storeTimeoutMs: number;
+  readonly #ownsStore: boolean;
+  readonly #closing = new AbortController();
+  #held: Held | undefined;
+  #generation = 0;
+  #inflight: Promise<Token> | undefined;
+  #failures = 0;
+  #lastError: TokenwardenError | undefined;
+  /** No attempt (background or on demand) before this: the server sent `Retry-After`. */
+  #blockedUntil = 0;
+  /** No background attempt before this (backoff). */
+  #nextAttemptAt = 0;
+  /** After an error that waiting will not heal, callers get it again until this time. */
+  #permanentUntil = 0;
+  #timer: Timer | undefined;
+  #closed = false;
+  #storeDown = false;
+  #expiredReported: Token | undefined;
+
+  constructor(options: TokenManagerOptions) {
+    super();
+    if (options === null || typeof options !== 'object' || !options.source) {
+      throw new TokenwardenError('ERR_CONFIG', 'TokenManager needs a source');
+    }
+    const { source } = options;
+    if (typeof source.fetchToken !== 'function') {
+      throw new TokenwardenError('ERR_CONFIG', 'source must have a fetchToken(context) method');
+    }
+    const key = options.key ?? source.key;
+    if (typeof key !== 'string' || key === '')
+      throw new TokenwardenError('ERR_CONFIG', 'the source has no key; pass key');
+    this.key = key;
+    this.source = source;
+    this.#policy = resolvePolicy(options.refresh);
+    this.#clock = options.clock ?? systemClock;
+    this.#random = options.random ?? Math.random;
+    this.#lockTtlMs = toMs(options.lock?.ttl ?? '30s', 'lock.ttl');
+    this.#lockWaitMs = options.lock?.wait === undefined ? this.#lockTtlMs : toMs(options.lock.wait, 'lock.wait');
+    this.#storeTimeoutMs = toMs(options.storeTimeout ?? '2s', 'storeTimeout');
+    this.#ownsStore = options.store === undefined;
+    this.store = options.store ?? new MemoryStore({ max: 16, clock: this.#clock });
+    this.fetch = authFetch(this, options.fetch);
+  }
+
+  /**
+   * A valid token. Fresh: from memory at once. Stale: at once, while one background refresh runs.
+   * Expired or none: waits for the one shared refresh.
+   *
+   * @example
+   * ```ts
+   * const { accessToken, tokenType, expiresAt } = await manager.getToken();
+   * const longLived = await manager.getToken({ minTtl: '5m' }); // at least five minutes left
+   * ```
+   */
+  getToken(options?: GetTokenOptions): Promise<Token> {
+    const held = this.#held;
+    if (held !== undefined && options === undefined && this.#clock.now() < held.staleAt) {
+      return Promise.resolve(held.token);
+    }
+    return this.#getTokenSlow(options);
+  }
+
+  /**
+   * The access token string of {@link TokenManager.getToken}.
+   *
+   * @example
+   * ```ts
+   * const headers = { authorization: `Bearer ${await manager.getAccessToken()}` };
+   * ```
+   */
+  async getAccessToken(options?: GetTokenOptions): Promise<string> {
+    return (await this.getToken(options)).accessToken;
+  }
+
+  /**
+   * Obtains a new token now (or takes one another process obtained after this call began), even if the
+   * current one is fresh. Concurrent calls share one request.
+   *
+   * @example
+   * ```ts
+   * const token = await manager.refresh();
+   * ```
+   */
+  async refresh(): Promise<Token> {
+    this.#checkOpen();
+    return this.#refresh({ afterGeneration: this.#generation });
+  }
+
+  /**
+   * Drops the current token (for example after an API answered 401 `invalid_token`), here and — if the
+   * store still holds it — for every process sharing the store. The refresh token is kept. Pass the
+   * access token that failed so that a newer token obtained meanwhile is not dropped.
+   *
+   * @example
+   * ```ts
+   * if (res.status === 401) await manager.invalidate(token.accessToken);
+   * ```
+   */
+  async invalidate(accessToken?: string): Promise<void> {
+    const held = this.#held;
+    if (held === undefined || this.#closed) return;
+    if (accessToken !== undefined && held.token.accessToken !== accessToken) return;
+    const now = this.#clock.now();
+    const dead = Object.freeze({ ...held.token, expiresAt: Math.min(held.token.expiresAt ?? now, now) });
+    this.#timer?.cancel();
+    const next: Held = { token: dead, staleAt: now, version: held.version, generation: held.generation };
+    this.#held = next;
+    if (held.version === undefined) return;
+    const version = await this.#storeCall('set', (store) =>
+      store.set(this.key, serializeToken(dead), { ifVersion: held.version as number, ...storeTtl(dead, now) }),
+    );
+    if (typeof version === 'number' && this.#held === next) next.version = version;
+  }
+
+  /**
+   * What the manager holds, without any I/O or refresh: the status and the token (if any).
+   *
+   * @example
+   * ```ts
+   * const { status, token } = manager.peek(); // status: 'fresh' | 'stale' | 'expired' | 'none'
+   * ```
+   */
+  peek(): { status: TokenStatus | 'none'; token: Token | undefined; info: TokenInfo | undefined } {
+    const held = this.#held;
+    if (held === undefined) return { status: 'none', token: undefined, info: undefined };
+    return {
+      status: statusAt(held.token, held.staleAt, this.#clock.now()),
+      token: held.token,
+      info: this.#info(held),
+    };
+  }
+
+  /**
+   * Stops background refreshes, waits for a refresh in flight to finish (so a rotated refresh token is
+   * never lost), and closes the store if the manager created it. Later calls fail with `ERR_CLOSED`.
+   *
+   * @example
+   * ```ts
+   * process.on('SIGTERM', () => manager.close());
+   * ```
+   */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#timer?.cancel();
+    this.#closing.abort(new TokenwardenError('ERR_CLOSED', 'the token manager was closed'));
+    await this.#inflight?.catch(() => undefined);
+    this.#held = undefined;
+    registry.forget(this);
+    if (this.#ownsStore) await this.store.close();
+  }
+
+  /**
+   * The manager registered under `name`, created from `options` on first use: one manager (and one
+   * token) per credential for the whole process — the seed's named singleton. A later call with a
+   * different source key is a configuration error.
+   *
+   * @example
+   * ```ts
+   * // anywhere in the app:
+   * const billing = TokenManager.named('billing', () => ({ source: clientCredentials(billingOptions) }));
+   * ```
+   */
+  static named(name: string, options: TokenManagerOptions | (() => TokenManagerOptions)): TokenManager {
+    return registry.get(name, options);
+  }
+
+  /** Closes every manager created through {@link TokenManager.named}. */
+  static async closeAll(): Promise<void> {
+    await registry.closeAll();
+  }
+
+  toJSON(): Record<string, unknown> {
+    const { status, info } = this.peek();
+    return { key: this.key, status, token: info, source: (this.source as { toJSON?: () => unknown }).toJSON?.() };
+  }
+
+  [inspect.custom](): string {
+    return `TokenManager ${inspect(this.toJSON())}`;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+
+  async #getTokenSlow(options: GetTokenOptions | undefined): Promise<Token> {
+    this.#checkOpen();
+    const minTtlMs = options?.minTtl === undefined ? 0 : toMs(options.minTtl, 'minTtl');
+    const now = this.#clock.now();
+    const held = this.#held;
+    if (held !== undefined) {
+      const status = statusAt(held.token, held.staleAt, now);
+      if (status !== 'expired' && (minTtlMs === 0 || remainingMs(held.token, now) > minTtlMs)) {
+        if (status === 'stale') this.#refreshInBackground(now);
+        return held.token;
+      }
+      if (status === 'expired' && this.#expiredReported !== held.token) {
+        this.#expiredReported = held.token;
+        this.emit('expired', { key: this.key, expiredAt: held.token.expiresAt as number });
+      }
+    }
+    const demand = this.#demand(now, minTtlMs);
+    return options?.signal ? abortable(demand, options.signal) : demand;
+  }
+
+  /** No usable token: one attempt now, unless the server told us to wait or a permanent error is fresh. */
+  #demand(now: number, minTtlMs: number): Promise<Token> {
+    const last = this.#lastError;
+    if (last !== undefined && now < this.#blockedUntil) {
+      return Promise.reject(
+        new TokenwardenError('ERR_RETRY_LATER', `the authorization server asked to wait; no valid token until then`, {
+          cause: last,
+          retryAfterMs: this.#blockedUntil - now,
+          ...(last.status !== undefined && { status: last.status }),
+        }),
+      );
+    }
+    if (last !== undefined && now < this.#permanentUntil) return Promise.reject(last);
+    return this.#refresh(minTtlMs > 0 ? { minTtlMs } : {});
+  }
+
+  #refreshInBackground(now: number): void {
+    if (this.#inflight !== undefined || now < this.#nextAttemptAt || now < this.#blockedUntil) return;
+    if (now < this.#permanentUntil) return;
+    this.#refresh({ fresh: true }).catch(() => undefined); // reported through 'refreshFailed'
+  }
+
+  /** Single flight: joins the refresh in flight; starts one if none, or if the joined one does not satisfy. */
+  async #refresh(want: Want): Promise<Token> {
+    const joined = this.#inflight;
+    if (joined !== undefined) {
+      const token = await joined;
+      if (this.#satisfies(token, want)) return token;
+    }
+    if (this.#inflight !== undefined) return this.#inflight;
+    const run = this.#run(want).finally(() => {
+      if (this.#inflight === run) this.#inflight = undefined;
+    });
+    this.#inflight = run;
+    return run;
+  }
+
+  #satisfies(token: Token, want: Want): boolean {
+    const held = this.#held;
+    if (held === undefined || held.token !== token) return false;
+    if (want.afterGeneration !== undefined && held.generation <= want.afterGeneration) return false;
+    const now = this.#clock.now();
+    const status = statusAt(token, held.staleAt, now);
+    if (status === 'expired' || (want.fresh === true && status !== 'fresh')) return false;
+    return want.minTtlMs === undefined || remainingMs(token, now) > want.minTtlMs;
+  }
+
+  /** The fleet protocol. */
+  async #run(want: Want): Promise<Token> {
+    try {
+      // Another process may already have refreshed: read the store before anything else.
+      this.#adopt(await this.#storeCall('get', (s) => s.get(this.key)));
+      if (this.#held && this.#satisfies(this.#held.token, want)) return this.#held.token;
+
+      const lock = await this.#storeCall('lock', (s) =>
+        s.lock(this.key, { ttlMs: this.#lockTtlMs, waitMs: this.#lockWaitMs, signal: this.#closing.signal }),
+      );
+      if (lock === undefined) {
+        // Someone else holds the lock for longer than we wait: take what they may have written.
+        this.#adopt(await this.#storeCall('get', (s) => s.get(this.key)));
+        const held = this.#held;
+        if (held && statusAt(held.token, held.staleAt, this.#clock.now()) !== 'expired') return held.token;
+        throw new TokenwardenError(
+          'ERR_LOCK_TIMEOUT',
+          `another process held the refresh lock for more than ${this.#lockWaitMs} ms`,
+        );
+      }
+      try {
+        // Re-read under the lock: the previous holder may have just rotated the refresh token.
+        const record = await this.#storeCall('get', (s) => s.get(this.key));
+        this.#adopt(record);
+        if (this.#held && this.#satisfies(this.#held.token, want)) return this.#held.token;
+        if (this.#closed) throw new TokenwardenError('ERR_CLOSED', 'the token manager was closed');
+        const token = await this.source.fetchToken({ ...(this.#held && { previous: this.#held.token }) });
+        const base = record === STORE_FAILED ? undefined : (record?.version ?? 0);
+        return await this.#write(token, base);
+      } finally {
+        if (lock !== STORE_FAILED) await lock.release().catch(() => undefined);
+      }
+    } catch (err) {
+      throw this.#failed(err);
+    }
+  }
+
+  /** Writes a token just fetched (compare-and-set on the version read under the lock) and holds it. */
+  async #write(token: Token, ifVersion: number | undefined): Promise<Token> {
+    const now = this.#clock.now();
+    const value = serializeToken(token);
+    let version = await this.#storeCall('set', (s) =>
+      s.set(this.key, value, { ...storeTtl(token, now), ...(ifVersion !== undefined && { ifVersion }) }),
+    );
+    if (version === null) {
+      // Someone wrote despite our lock (it expired, or a foreign writer): the store's entry wins if usable.
+      const record = await this.#storeCall('get', (s) => s.get(this.key));
+      const theirs = record === STORE_FAILED || record === undefined ? undefined : parseStoredToken(record.value);
+      if (theirs !== undefined && record !== STORE_FAILED && record !== undefined && isValid(theirs, now)) {
+        this.#install(theirs, record.version, 'store');
+        return theirs;
+      }
+      version = await this.#storeCall('set', (s) => s.set(this.key, value, storeTtl(token, now)));
+    }
+    this.#install(token, version === STORE_FAILED || version === null ? undefined : version, 'source');
+    return token;
+  }
+
+  /** Holds the store's token if it is a different write from the one held. */
+  #adopt(record: StoreRecord | undefined | typeof STORE_FAILED): void {
+    if (record === undefined || record === STORE_FAILED) return;
+    const held = this.#held;
+    if (held !== undefined && held.version === record.version) return;
+    const token = parseStoredToken(record.value);
+    if (token === undefined) {
+      this.#storeFailed('get', new TokenwardenError('ERR_STORE', 'the stored entry is not a token; ignoring it'));
+      return;
+    }
+    // A token we could not write (store was down) is compared by age; otherwise the store's order wins.
+    if (held !== undefined && held.version === undefined && token.issuedAt < held.token.issuedAt) return;
+    this.#install(token, record.version, 'store');
+  }
+
+  #install(token: Token, version: number | undefined, from: 'source' | 'store'): void {
+    const held: Held = {
+      token,
+      staleAt: staleAt(token, this.#policy, this.#random()),
+      version,
+      generation: ++this.#generation,
+    };
+    this.#held = held;
+    if (from === 'source' || statusAt(token, held.staleAt, this.#clock.now()) !== 'expired') {
+      this.#failures = 0;
+      this.#lastError = undefined;
+      this.#blockedUntil = this.#nextAttemptAt = this.#permanentUntil = 0;
+    }
+    this.emit('token', { ...this.#info(held), from });
+    this.#schedule(held.staleAt);
+  }
+
+  #failed(err: unknown): TokenwardenError {
+    const error = isTokenwardenError(err)
+      ? err
+      : new TokenwardenError(
+          'ERR_NETWORK',
+          `token source failed: ${String((err as Error)?.message ?? err).slice(0, 200)}`,
+          {
+            cause: err,
+          },
+        );
+    if (this.#closed) return error;
+    const now = this.#clock.now();
+    this.#failures += 1;
+    this.#lastError = error;
+    const held = this.#held;
+    const validUntil =
+      held && statusAt(held.token, held.staleAt, now) !== 'expired' ? (held.token.expiresAt ?? Infinity) : undefined;
+    let delay = backoffDelay(this.#policy, this.#failures, this.#random(), error.retryAfterMs);
+    if (error.retryAfterMs !== undefined) this.#blockedUntil = now + error.retryAfterMs;
+    else if (validUntil !== undefined && validUntil !== Infinity) {
+      // Make sure at least one more attempt happens before the token we serve expires.
+      delay = Math.min(delay, Math.max(50, (validUntil - now) / 2));
+    }
+    let retryInMs: number | undefined;
+    if (isTransient(error)) {
+      this.#nextAttemptAt = now + delay;
+      if (this.#policy.background) {
+        retryInMs = delay;
+        this.#schedule(now + delay);
+      }
+    } else {
+      this.#permanentUntil = now + delay;
+      this.#timer?.cancel();
+    }
+    this.emit('refreshFailed', {
+      key: this.key,
+      error,
+      failures: this.#failures,
+      retryInMs,
+      validUntil: validUntil === Infinity ? undefined : validUntil,
+    });
+    return error;
+  }
+
+  #schedule(at: number): void {
+    this.#timer?.cancel();
+    this.#timer = undefined;
+    if (!this.#policy.background || this.#closed || at === Infinity) return;
+    this.#timer = this.#clock.setTimer(() => this.#onTimer(), Math.max(0, at - this.#clock.now()));
+  }
+
+  #onTimer(): void {
+    this.#timer = undefined;
+    if (this.#closed || this.#inflight !== undefined) return;
+    const held = this.#held;
+    const now = this.#clock.now();
+    if (held !== undefined && statusAt(held.token, held.staleAt, now) === 'fresh') {
+      this.#schedule(held.staleAt);
+      return;
+    }
+    if (now < this.#blockedUntil) {
+      this.#schedule(this.#blockedUntil);
+      return;
+    }
+    this.#refresh({ fresh: true }).catch(() => undefined); // reported through 'refreshFailed'
+  }
+
+  /** Runs a store operation with a time limit; failures degrade to in-process behaviour. */
+  async #storeCall<T>(
+    operation: 'get' | 'set' | 'lock',
+    call: (store: TokenStore) => Promise<T>,
+  ): Promise<T | typeof STORE_FAILED> {
+    const limit = operation === 'lock' ? this.#lockWaitMs + this.#storeTimeoutMs : this.#storeTimeoutMs;
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      const result = await Promise.race([
+        call(this.store),
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(
+            () => reject(new TokenwardenError('ERR_STORE_TIMEOUT', `store ${operation} took longer than ${limit} ms`)),
+            limit,
+          );
+          timer.unref();
+        }),
+      ]);
+      if (this.#storeDown) {
+        this.#storeDown = false;
+        this.emit('storeRecovered', { key: this.key });
+      }
+      return result;
+    } catch (err) {
+      if (isTokenwardenError(err, 'ERR_CLOSED') && this.#closed) throw err;
+      if (this.#closing.signal.aborted && operation === 'lock') throw this.#closing.signal.reason as Error;
+      this.#storeFailed(
+        operation,
+        isTokenwardenError(err) ? err : new TokenwardenError('ERR_STORE', `store ${operation} failed`, { cause: err }),
+      );
+      return STORE_FAILED;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  #storeFailed(operation: 'get' | 'set' | 'lock', error: TokenwardenError): void {
+    this.#storeDown = true;
+    this.emit('storeError', { key: this.key, operation, error });
+  }
+
+  #info(held: Held): TokenInfo {
+    return {
+      key: this.key,
+      tokenType: held.token.tokenType,
+      issuedAt: held.token.issuedAt,
+      expiresAt: held.token.expiresAt,
+      staleAt: held.staleAt,
+      scope: held.token.scope,
+    };
+  }
+
+  #checkOpen(): void {
+    if (this.#closed) throw new TokenwardenError('ERR_CLOSED', 'the token manager was closed');
+  }
+}
+
+/** Errors worth retrying in the background: the server or the network may heal. */
+export function isTransient(error: TokenwardenError): boolean {
+  switch (error.code) {
+    case 'ERR_NETWORK':
+    case 'ERR_TIMEOUT':
+    case 'ERR_INVALID_RESPONSE':
+    case 'ERR_RESPONSE_TOO_LARGE':
+    case 'ERR_STORE':
+    case 'ERR_STORE_TIMEOUT':
+    case 'ERR_LOCK_TIMEOUT':
+      return true;
+    case 'ERR_HTTP_STATUS':
+    case 'ERR_OAUTH':
+      return (
+        error.status === undefined ||
+        error.status >= 500 ||
+        error.status === 429 ||
+        error.status === 408 ||
+        error.error === 'temporarily_unavailable' ||
+        error.error === 'server_error' ||
+        error.error === 'slow_down'
+      );
+    default:
+      return false;
+  }
+}
+
+/** How long a store keeps an entry: while it has a refresh token, until deleted; otherwise its life. */
+function storeTtl(token: Token, now: number): { ttlMs?: number } {
+  if (token.refreshToken !== undefined || token.expiresAt === undefined) return {};
+  return { ttlMs: Math.max(1000, token.expiresAt - now + 60_000) };
+}
+
+function abortable<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) return Promise.reject(abortError(signal));
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = (): void => reject(abortError(signal));
+    signal.addEventListener('abort', onAbort, { once: true });
+    promise.then(
+      (value) => {
+        signal.removeEventListener('abort', onAbort);
+        resolve(value);
+      },
+      (err: unknown) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(err as Error);
+      },
+    );
+  });
+}
+
+function abortError(signal: AbortSignal): TokenwardenError {
+  return new TokenwardenError('ERR_ABORTED', 'getToken() was aborted', { cause: signal.reason });
+}
+
+class Registry {
+  readonly #managers = new Map<string, TokenManager>();
+
+  get(name: string, options: TokenManagerOptions | (() => TokenManagerOptions)): TokenManager {
+    const existing = this.#managers.get(name);
+    if (existing !== undefined) {
+      if (typeof options !== 'function') {
+        const key = options.key ?? options.source.key;
+        if (key !== existing.key) {
+          throw new TokenwardenError('ERR_CONFIG', `a different credential is already registered as '${name}'`);
+        }
+      }
+      return existing;
+    }
+    const manager = new TokenManager(typeof options === 'function' ? options() : options);
+    this.#managers.set(name, manager);
+    return manager;
+  }
+
+  forget(manager: TokenManager): void {
+    for (const [name, m] of this.#managers) if (m === manager) this.#managers.delete(name);
+  }
+
+  async closeAll(): Promise<void> {
+    await Promise.all([...this.#managers.values()].map((m) => m.close()));
+  }
+}
+
+const registry = new Registry();

@@ -1,0 +1,519 @@
+/**
+ * What every grant shares: where the authorization server is (discovery or an explicit token endpoint),
+ * who the client is and how it authenticates, the transport, and turning a token endpoint response into a
+ * {@link Token}. Built on `oauth4webapi`.
+ *
+ * @module
+ */
+import { createHash } from 'node:crypto';
+import { inspect } from 'node:util';
+import * as oauth from 'oauth4webapi';
+import { type Clock, systemClock } from '../clock.js';
+import { type Duration, toMs } from '../duration.js';
+import { TokenwardenError } from '../errors.js';
+import {
+  DEFAULT_MAX_RESPONSE_BYTES,
+  DEFAULT_TIMEOUT_MS,
+  type FetchLike,
+  type ResponseMeta,
+  boundedFetch,
+} from '../http/transport.js';
+import { parseRetryAfter } from '../policy.js';
+import { type Token, tokenFromResponse } from '../token.js';
+import { type DiscoveryAlgorithm, discover } from './discovery.js';
+import { toTokenwardenError } from './errors.js';
+import type { FetchTokenContext, TokenSource } from './source.js';
+
+/** The client authentication methods of RFC 6749, RFC 7523 and RFC 8705. */
+export type ClientAuthMethod =
+  | 'client_secret_basic'
+  | 'client_secret_post'
+  | 'client_secret_jwt'
+  | 'private_key_jwt'
+  | 'tls_client_auth'
+  | 'self_signed_tls_client_auth'
+  | 'none';
+
+/**
+ * A private key for `private_key_jwt` (or a JWT bearer assertion): a `CryptoKey`, a private JWK (with `d`),
+ * a PKCS#8 PEM string, or `{ key, kid }` with any of those.
+ */
+export type PrivateKeyInput =
+  CryptoKey | oauth.JWK | string | { key: CryptoKey | oauth.JWK | string; kid?: string; alg?: string };
+
+/**
+ * Options every grant accepts.
+ *
+ * @example
+ * ```ts
+ * const common: ClientOptions = {
+ *   issuer: 'https://login.example.com',
+ *   clientId: 'billing',
+ *   clientSecret: process.env.CLIENT_SECRET,
+ *   scope: ['invoices:read'],
+ *   resource: 'https://api.example.com',
+ *   timeout: '5s',
+ * };
+ * ```
+ */
+export interface ClientOptions {
+  /** Issuer URL; its metadata is discovered (OpenID Connect, then RFC 8414) and cached. */
+  issuer?: string;
+  /** Token endpoint URL; when given, no discovery happens (revocation then needs an issuer with discovery). */
+  tokenEndpoint?: string;
+  /** Which discovery document to read. Default `'auto'`. */
+  discovery?: DiscoveryAlgorithm;
+  /** The client identifier. */
+  clientId: string;
+  /** The client secret (for `client_secret_*`). Never logged; redacted in `inspect` and JSON. */
+  clientSecret?: string;
+  /**
+   * How the client authenticates: a method name or an `oauth4webapi` `ClientAuth` function. Default:
+   * `private_key_jwt` with `privateKey`, `client_secret_basic` with `clientSecret`, otherwise `none`.
+   */
+  clientAuth?: ClientAuthMethod | oauth.ClientAuth;
+  /** The private key for `private_key_jwt`. */
+  privateKey?: PrivateKeyInput;
+  /** Scope(s) to request. */
+  scope?: string | string[];
+  /** Resource indicator(s), RFC 8707. */
+  resource?: string | string[];
+  /** Audience(s) (RFC 8693 and many providers' `audience` parameter). */
+  audience?: string | string[];
+  /** Extra token request parameters. */
+  extraParams?: Record<string, string | string[]>;
+  /** Extra HTTP headers on requests to the authorization server. */
+  headers?: Record<string, string>;
+  /** The `fetch` to use (inject for proxies, mTLS agents, tests). */
+  fetch?: FetchLike;
+  /** Time limit per request. Default `'10s'`. */
+  timeout?: Duration;
+  /** Largest response accepted from the server, in bytes. Default 1 MiB. */
+  maxResponseBytes?: number;
+  /** Allow `http:` URLs. Only for local development and tests. Default `false`. */
+  allowInsecureRequests?: boolean;
+  /** Store key override; by default the key is derived from the source's identity. */
+  key?: string;
+  /** Clock for `issuedAt`. Default: the system clock. */
+  clock?: Clock;
+}
+
+/** The identity fields of a client used to derive store keys. */
+type Identity = Record<string, unknown>;
+
+/**
+ * A configured OAuth client: resolves the authorization server, authenticates, and performs token
+ * endpoint, revocation and userinfo requests. Grants are thin wrappers over it.
+ *
+ * @example
+ * ```ts
+ * const client = new OAuthClient({ issuer, clientId: 'app', clientSecret });
+ * const token = await client.tokenRequest('client_credentials', new URLSearchParams({ scope: 'read' }));
+ * ```
+ */
+export class OAuthClient {
+  readonly clientId: string;
+  readonly issuer: string | undefined;
+  readonly tokenEndpoint: string | undefined;
+  readonly authMethod: ClientAuthMethod | 'custom';
+  readonly timeoutMs: number;
+  readonly maxResponseBytes: number;
+  readonly allowInsecureRequests: boolean;
+  readonly clock: Clock;
+  readonly #options: ClientOptions;
+  readonly #client: oauth.Client;
+  #auth: Promise<oauth.ClientAuth> | undefined;
+
+  constructor(options: ClientOptions) {
+    if (options === null || typeof options !== 'object') {
+      throw new TokenwardenError('ERR_CONFIG', 'options must be an object');
+    }
+    if (typeof options.clientId !== 'string' || options.clientId === '') {
+      throw new TokenwardenError('ERR_CONFIG', 'clientId is required');
+    }
+    if (options.issuer === undefined && options.tokenEndpoint === undefined) {
+      throw new TokenwardenError('ERR_CONFIG', 'either issuer or tokenEndpoint is required');
+    }
+    this.allowInsecureRequests = options.allowInsecureRequests === true;
+    this.issuer =
+      options.issuer === undefined ? undefined : checkUrl(options.issuer, 'issuer', this.allowInsecureRequests);
+    this.tokenEndpoint =
+      options.tokenEndpoint === undefined
+        ? undefined
+        : checkUrl(options.tokenEndpoint, 'tokenEndpoint', this.allowInsecureRequests);
+    if (options.clientSecret !== undefined && typeof options.clientSecret !== 'string') {
+      throw new TokenwardenError('ERR_CONFIG', 'clientSecret must be a string');
+    }
+    this.clientId = options.clientId;
+    this.timeoutMs = toMs(options.timeout ?? DEFAULT_TIMEOUT_MS, 'timeout');
+    this.maxResponseBytes = options.maxResponseBytes ?? DEFAULT_MAX_RESPONSE_BYTES;
+    if (!(Number.isInteger(this.maxResponseBytes) && this.maxResponseBytes > 0)) {
+      throw new TokenwardenError('ERR_CONFIG', 'maxResponseBytes must be a positive integer');
+    }
+    this.clock = options.clock ?? systemClock;
+    this.authMethod = resolveAuthMethod(options);
+    this.#options = options;
+    this.#client = { client_id: options.clientId };
+  }
+
+  /** The authorization server metadata (discovered and cached, or built from `tokenEndpoint`). */
+  async authorizationServer(signal?: AbortSignal): Promise<oauth.AuthorizationServer> {
+    if (this.issuer === undefined || this.tokenEndpoint !== undefined) {
+      // No discovery: the assertion audience is the issuer when known, else the token endpoint (RFC 7523).
+      return { issuer: this.issuer ?? (this.tokenEndpoint as string), token_endpoint: this.tokenEndpoint };
+    }
+    const as = await discover(this.issuer, {
+      algorithm: this.#options.discovery ?? 'auto',
+      allowInsecureRequests: this.allowInsecureRequests,
+      timeoutMs: this.timeoutMs,
+      maxResponseBytes: this.maxResponseBytes,
+      ...(this.#options.fetch && { fetch: this.#options.fetch }),
+      ...(signal && { signal }),
+    });
+    return as;
+  }
+
+  /** Options for an oauth4webapi request: transport, insecure flag, headers, signal. */
+  requestOptions(meta?: ResponseMeta, signal?: AbortSignal): oauth.HttpRequestOptions<'POST', URLSearchParams> {
+    return {
+      [oauth.customFetch]: boundedFetch(
+        {
+          timeoutMs: this.timeoutMs,
+          maxResponseBytes: this.maxResponseBytes,
+          ...(this.#options.fetch && { fetch: this.#options.fetch }),
+        },
+        meta,
+      ),
+      [oauth.allowInsecureRequests]: this.allowInsecureRequests,
+      ...(this.#options.headers && { headers: this.#options.headers }),
+      ...(signal && { signal }),
+    };
+  }
+
+  /** The oauth4webapi client metadata. */
+  get client(): oauth.Client {
+    return this.#client;
+  }
+
+  /** The client authentication function (keys imported once, lazily). */
+  clientAuthentication(): Promise<oauth.ClientAuth> {
+    this.#auth ??= makeClientAuth(this.#options, this.authMethod);
+    this.#auth.catch(() => {
+      this.#auth = undefined;
+    });
+    return this.#auth;
+  }
+
+  /**
+   * Performs a token request with `grantType` and `params` (the common scope/resource/audience/extra
+   * parameters are added unless `params` already sets them) and returns the {@link Token}.
+   * `context.refreshToken` is carried over when the response has no refresh token.
+   */
+  async tokenRequest(
+    grantType: string,
+    params: URLSearchParams,
+    context: { signal?: AbortSignal | undefined; refreshToken?: string | undefined } = {},
+  ): Promise<Token> {
+    const meta: ResponseMeta = {};
+    const what = `token request (${grantType})`;
+    const issuedAt = this.clock.now();
+    let json: oauth.TokenEndpointResponse;
+    try {
+      const as = await this.authorizationServer(context.signal);
+      const auth = await this.clientAuthentication();
+      this.addCommonParams(params);
+      const response = await oauth.genericTokenEndpointRequest(
+        as,
+        this.#client,
+        auth,
+        grantType,
+        params,
+        this.requestOptions(meta, context.signal),
+      );
+      json = await oauth.processGenericTokenEndpointResponse(as, this.#client, response, {
+        // RFC 8693 responses for tokens that are not access tokens say "N_A".
+        recognizedTokenTypes: { n_a: () => undefined },
+      });
+    } catch (err) {
+      const retryAfterMs =
+        meta.status === 429 || meta.status === 503 ? parseRetryAfter(meta.retryAfter, this.clock.now()) : undefined;
+      throw toTokenwardenError(err, what, 'ERR_DISCOVERY', retryAfterMs);
+    }
+    return tokenFromResponse(json as unknown as Record<string, unknown>, {
+      issuedAt,
+      refreshToken: context.refreshToken,
+    });
+  }
+
+  /** Adds `scope`, `resource`, `audience` and `extraParams` from the options where `params` lacks them. */
+  addCommonParams(params: URLSearchParams): void {
+    const { scope, resource, audience, extraParams } = this.#options;
+    if (scope !== undefined && !params.has('scope')) params.set('scope', scopeString(scope));
+    if (resource !== undefined && !params.has('resource'))
+      for (const r of toArray(resource)) params.append('resource', r);
+    if (audience !== undefined && !params.has('audience'))
+      for (const a of toArray(audience)) params.append('audience', a);
+    for (const [name, value] of Object.entries(extraParams ?? {})) {
+      if (params.has(name)) continue;
+      for (const v of toArray(value)) params.append(name, v);
+    }
+  }
+
+  /**
+   * Revokes a token (RFC 7009). Resolves when the server confirms; a server without a revocation
+   * endpoint is an `ERR_UNSUPPORTED` error.
+   */
+  async revoke(token: string, hint?: 'refresh_token' | 'access_token', signal?: AbortSignal): Promise<void> {
+    try {
+      const as = await this.authorizationServer(signal);
+      if (as.revocation_endpoint === undefined) {
+        throw new TokenwardenError('ERR_UNSUPPORTED', 'the authorization server has no revocation endpoint');
+      }
+      const response = await oauth.revocationRequest(as, this.#client, await this.clientAuthentication(), token, {
+        ...this.requestOptions(undefined, signal),
+        ...(hint && { additionalParameters: { token_type_hint: hint } }),
+      });
+      await oauth.processRevocationResponse(response);
+    } catch (err) {
+      throw toTokenwardenError(err, 'revocation');
+    }
+  }
+
+  /**
+   * The identity fields for store keys: everything that changes which token the server would issue.
+   * Secret values are hashed before they reach a key.
+   */
+  identity(grant: string, extra: Identity = {}): Identity {
+    const o = this.#options;
+    return {
+      grant,
+      issuer: this.issuer ?? null,
+      tokenEndpoint: this.tokenEndpoint ?? null,
+      clientId: this.clientId,
+      scope: o.scope === undefined ? null : scopeString(o.scope),
+      resource: o.resource === undefined ? null : toArray(o.resource),
+      audience: o.audience === undefined ? null : toArray(o.audience),
+      extraParams: o.extraParams ?? null,
+      ...extra,
+    };
+  }
+
+  /** The store key for a source: the explicit `key` option, else derived from {@link identity}. */
+  keyFor(grant: string, extra: Identity = {}): string {
+    return this.#options.key ?? deriveKey(this.identity(grant, extra));
+  }
+
+  /** Log-safe description (no secret). */
+  toJSON(): Record<string, unknown> {
+    return {
+      clientId: this.clientId,
+      issuer: this.issuer,
+      tokenEndpoint: this.tokenEndpoint,
+      clientAuth: this.authMethod,
+      clientSecret: this.#options.clientSecret === undefined ? undefined : '[redacted]',
+      privateKey: this.#options.privateKey === undefined ? undefined : '[redacted]',
+    };
+  }
+
+  [inspect.custom](): string {
+    return `OAuthClient ${inspect(this.toJSON())}`;
+  }
+}
+
+/**
+ * A deterministic store key from identity fields: `tw1:` + a SHA-256 over canonical JSON, so that no
+ * secret and no attacker-chosen character ever reaches a key.
+ *
+ * @example
+ * ```ts
+ * deriveKey({ grant: 'client_credentials', clientId: 'svc', scope: 'read' }); // 'tw1:client_credentials:3f2a…'
+ * ```
+ */
+export function deriveKey(identity: Identity): string {
+  const digest = createHash('sha256').update(canonicalJson(identity)).digest('base64url');
+  const grant = typeof identity['grant'] === 'string' ? identity['grant'].replace(/[^a-z0-9_-]/gi, '_') : 'token';
+  return `tw1:${grant}:${digest}`;
+}
+
+/** SHA-256 of a secret, for identities: lets two configurations with different secrets differ in key. */
+export function hashSecret(secret: string): string {
+  return createHash('sha256').update(secret).digest('base64url');
+}
+
+function canonicalJson(value: unknown): string {
+  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(',')}]`;
+  if (value !== null && typeof value === 'object') {
+    const entries = Object.entries(value as Record<string, unknown>)
+      .filter(([, v]) => v !== undefined)
+      .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+    return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${canonicalJson(v)}`).join(',')}}`;
+  }
+  return JSON.stringify(value) ?? 'null';
+}
+
+/** `['a', 'b']` → `'a b'`. */
+export function scopeString(scope: string | string[]): string {
+  return Array.isArray(scope) ? scope.join(' ') : scope;
+}
+
+function toArray(value: string | string[]): string[] {
+  return Array.isArray(value) ? value : [value];
+}
+
+function checkUrl(value: unknown, name: string, allowInsecure: boolean): string {
+  let url: URL;
+  try {
+    url = new URL(String(value));
+  } catch {
+    throw new TokenwardenError('ERR_CONFIG', `${name} must be an absolute URL`);
+  }
+  if (url.protocol === 'http:' && !allowInsecure) {
+    throw new TokenwardenError(
+      'ERR_INSECURE_ISSUER',
+      `${name} uses http:, which sends credentials in clear; use https:, or set allowInsecureRequests: true for local development`,
+    );
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') {
+    throw new TokenwardenError('ERR_CONFIG', `${name} must be an http(s) URL`);
+  }
+  return String(value);
+}
+
+function resolveAuthMethod(options: ClientOptions): ClientAuthMethod | 'custom' {
+  const { clientAuth } = options;
+  if (typeof clientAuth === 'function') return 'custom';
+  const method =
+    clientAuth ?? (options.privateKey ? 'private_key_jwt' : options.clientSecret ? 'client_secret_basic' : 'none');
+  switch (method) {
+    case 'client_secret_basic':
+    case 'client_secret_post':
+    case 'client_secret_jwt':
+      if (!options.clientSecret) {
+        throw new TokenwardenError('ERR_CONFIG', `clientAuth '${method}' needs clientSecret`);
+      }
+      return method;
+    case 'private_key_jwt':
+      if (!options.privateKey)
+        throw new TokenwardenError('ERR_CONFIG', "clientAuth 'private_key_jwt' needs privateKey");
+      return method;
+    case 'tls_client_auth':
+    case 'self_signed_tls_client_auth':
+    case 'none':
+      return method;
+    default:
+      throw new TokenwardenError(
+        'ERR_CONFIG',
+        'clientAuth must be one of client_secret_basic, client_secret_post, client_secret_jwt, private_key_jwt, tls_client_auth, self_signed_tls_client_auth, none, or a function',
+      );
+  }
+}
+
+async function makeClientAuth(options: ClientOptions, method: ClientAuthMethod | 'custom'): Promise<oauth.ClientAuth> {
+  const secret = options.clientSecret as string;
+  switch (method) {
+    case 'custom':
+      return options.clientAuth as oauth.ClientAuth;
+    case 'client_secret_basic':
+      return oauth.ClientSecretBasic(secret);
+    case 'client_secret_post':
+      return oauth.ClientSecretPost(secret);
+    case 'client_secret_jwt':
+      return oauth.ClientSecretJwt(secret);
+    case 'private_key_jwt':
+      return oauth.PrivateKeyJwt(await importPrivateKey(options.privateKey as PrivateKeyInput));
+    case 'tls_client_auth':
+    case 'self_signed_tls_client_auth':
+      return oauth.TlsClientAuth();
+    case 'none':
+      return oauth.None();
+  }
+}
+
+/**
+ * Imports a {@link PrivateKeyInput} as an `oauth4webapi` private key (`{ key, kid }`).
+ *
+ * @example
+ * ```ts
+ * const { key, kid } = await importPrivateKey(JSON.parse(process.env.CLIENT_JWK!));
+ * ```
+ */
+export async function importPrivateKey(input: PrivateKeyInput): Promise<oauth.PrivateKey> {
+  const { importJWK, importPKCS8 } = await import('jose');
+  const wrapped =
+    typeof input === 'object' && input !== null && 'key' in input && !isCryptoKey(input)
+      ? (input as { key: CryptoKey | oauth.JWK | string; kid?: string; alg?: string })
+      : { key: input as CryptoKey | oauth.JWK | string };
+  const { key } = wrapped;
+  try {
+    if (isCryptoKey(key)) return { key, ...(wrapped.kid && { kid: wrapped.kid }) };
+    if (typeof key === 'string') {
+      // A PKCS#8 PEM does not name its algorithm; RS256 is the common case, pass `alg` for others.
+      const alg = wrapped.alg ?? 'RS256';
+      const imported = await importPKCS8(key, alg);
+      return { key: imported, ...(wrapped.kid && { kid: wrapped.kid }) };
+    }
+    const jwk = key as oauth.JWK & { d?: string; alg?: string; kid?: string };
+    if (!jwk.d) throw new TokenwardenError('ERR_CONFIG', 'privateKey JWK has no private part ("d")');
+    const alg = wrapped.alg ?? jwk.alg ?? algForJwk(jwk);
+    const imported = (await importJWK(jwk, alg)) as CryptoKey;
+    const kid = wrapped.kid ?? jwk.kid;
+    return { key: imported, ...(kid && { kid }) };
+  } catch (err) {
+    if (err instanceof TokenwardenError) throw err;
+    throw new TokenwardenError(
+      'ERR_CONFIG',
+      'privateKey could not be imported (expected a CryptoKey, private JWK or PKCS#8 PEM)',
+      {
+        cause: err,
+      },
+    );
+  }
+}
+
+function isCryptoKey(value: unknown): value is CryptoKey {
+  return typeof CryptoKey !== 'undefined' && value instanceof CryptoKey;
+}
+
+function algForJwk(jwk: { kty?: string; crv?: string }): string {
+  if (jwk.kty === 'EC') return jwk.crv === 'P-384' ? 'ES384' : jwk.crv === 'P-521' ? 'ES512' : 'ES256';
+  if (jwk.kty === 'OKP') return 'EdDSA';
+  return 'RS256';
+}
+
+/**
+ * A {@link TokenSource} backed by an {@link OAuthClient}: what every built-in grant returns. Its
+ * `toJSON` and `inspect` never show a secret.
+ *
+ * @example
+ * ```ts
+ * const source = clientCredentials({ issuer, clientId: 'svc', clientSecret });
+ * console.log(source.grant, source.key, source.client.clientId);
+ * ```
+ */
+export class GrantSource implements TokenSource {
+  readonly #fetch: (context: FetchTokenContext) => Promise<Token>;
+
+  constructor(
+    /** The grant type this source uses. */
+    readonly grant: string,
+    /** The configured client. */
+    readonly client: OAuthClient,
+    /** The store key. */
+    readonly key: string,
+    fetch: (context: FetchTokenContext) => Promise<Token>,
+  ) {
+    this.#fetch = fetch;
+  }
+
+  fetchToken(context: FetchTokenContext): Promise<Token> {
+    return this.#fetch(context);
+  }
+
+  toJSON(): Record<string, unknown> {
+    return { grant: this.grant, key: this.key, ...this.client.toJSON() };
+  }
+
+  [inspect.custom](): string {
+    return `GrantSource ${inspect(this.toJSON())}`;
+  }
+}

@@ -1,0 +1,91 @@
+/**
+ * Authorization server metadata discovery (OpenID Connect Discovery and RFC 8414), cached per issuer.
+ *
+ * @module
+ */
+import * as oauth from 'oauth4webapi';
+import { TokenwardenError } from '../errors.js';
+import { boundedFetch, type TransportOptions } from '../http/transport.js';
+import { toTokenwardenError } from './errors.js';
+
+/** Which well-known document to read. `'auto'` tries OpenID Connect first, then RFC 8414. */
+export type DiscoveryAlgorithm = 'oidc' | 'oauth2' | 'auto';
+
+/** How long discovered metadata is reused before it is fetched again. */
+export const DISCOVERY_TTL_MS = 60 * 60_000;
+
+const cache = new Map<string, { at: number; metadata: Promise<oauth.AuthorizationServer> }>();
+
+/** Options for {@link discover}. */
+export interface DiscoverOptions extends TransportOptions {
+  algorithm?: DiscoveryAlgorithm;
+  allowInsecureRequests?: boolean;
+  signal?: AbortSignal;
+  /** Skip the cache (and replace its entry). */
+  force?: boolean;
+}
+
+/**
+ * Fetches (or returns the cached) metadata of `issuer`. Concurrent calls share one request; failures are
+ * not cached.
+ *
+ * @example
+ * ```ts
+ * import { discover } from 'tokenwarden';
+ * const as = await discover('https://login.example.com', { timeoutMs: 5000, maxResponseBytes: 1 << 20 });
+ * console.log(as.token_endpoint);
+ * ```
+ */
+export function discover(issuer: string, options: DiscoverOptions): Promise<oauth.AuthorizationServer> {
+  const algorithm = options.algorithm ?? 'auto';
+  const cacheKey = `${algorithm} ${issuer}`;
+  const hit = cache.get(cacheKey);
+  if (!options.force && hit && Date.now() - hit.at < DISCOVERY_TTL_MS) return hit.metadata;
+  const metadata = fetchMetadata(issuer, algorithm, options);
+  cache.set(cacheKey, { at: Date.now(), metadata });
+  metadata.catch(() => {
+    if (cache.get(cacheKey)?.metadata === metadata) cache.delete(cacheKey);
+  });
+  return metadata;
+}
+
+async function fetchMetadata(
+  issuer: string,
+  algorithm: DiscoveryAlgorithm,
+  options: DiscoverOptions,
+): Promise<oauth.AuthorizationServer> {
+  let url: URL;
+  try {
+    url = new URL(issuer);
+  } catch {
+    throw new TokenwardenError('ERR_CONFIG', 'issuer must be an absolute URL');
+  }
+  const attempt = async (alg: 'oidc' | 'oauth2'): Promise<oauth.AuthorizationServer> => {
+    const response = await oauth.discoveryRequest(url, {
+      algorithm: alg,
+      signal: options.signal,
+      [oauth.customFetch]: boundedFetch(options),
+      [oauth.allowInsecureRequests]: options.allowInsecureRequests === true,
+    });
+    return oauth.processDiscoveryResponse(url, response);
+  };
+  try {
+    if (algorithm !== 'auto') return await attempt(algorithm);
+    try {
+      return await attempt('oidc');
+    } catch (err) {
+      // Only a missing document means "try the other one"; anything else is the answer.
+      const status = (err as { cause?: { status?: unknown } }).cause?.status;
+      if (status !== 404) throw err;
+      return await attempt('oauth2');
+    }
+  } catch (err) {
+    throw toTokenwardenError(err, 'discovery', 'ERR_DISCOVERY');
+  }
+}
+
+/** Forgets cached metadata (all of it, or one issuer's). */
+export function clearDiscoveryCache(issuer?: string): void {
+  if (issuer === undefined) cache.clear();
+  else for (const key of cache.keys()) if (key.endsWith(` ${issuer}`)) cache.delete(key);
+}

@@ -1,0 +1,69 @@
+import { TokenwardenError } from '../errors.js';
+import { type ClientOptions, GrantSource, OAuthClient, hashSecret } from './client.js';
+import type { TokenSource } from './source.js';
+
+/** Options for {@link refreshToken}. */
+export interface RefreshTokenOptions extends ClientOptions {
+  /**
+   * The refresh token to start from. Once a store holds a newer (rotated) one, that one is used: a
+   * restart continues with the newest, never with this one again.
+   */
+  refreshToken: string;
+  /**
+   * Used when the refresh token is rejected with `invalid_grant` (expired, revoked, already spent): for
+   * example the client credentials grant, or a source that signs the user in again. Its token replaces
+   * the dead one. Without a fallback the `invalid_grant` error is returned and not retried in the
+   * background.
+   */
+  fallback?: TokenSource;
+}
+
+/**
+ * The refresh token grant (RFC 6749 §6), with rotation: each response's new refresh token is kept (and
+ * written to the manager's store) and is the one spent next. When the server does not rotate, the same
+ * refresh token is carried over. Scope down-scoping: pass a narrower `scope`.
+ *
+ * @example
+ * ```ts
+ * import { TokenManager, refreshToken, FileStore } from 'tokenwarden';
+ * const manager = new TokenManager({
+ *   source: refreshToken({ issuer, clientId: 'app', clientSecret, refreshToken: process.env.RT! }),
+ *   store: new FileStore({ path: '.tokens' }), // a restart continues with the newest rotated refresh token
+ * });
+ * ```
+ */
+export function refreshToken(options: RefreshTokenOptions): GrantSource {
+  if (typeof options.refreshToken !== 'string' || options.refreshToken === '') {
+    throw new TokenwardenError('ERR_CONFIG', 'refreshToken is required');
+  }
+  const client = new OAuthClient(options);
+  let latest = options.refreshToken;
+  return new GrantSource(
+    'refresh_token',
+    client,
+    client.keyFor('refresh_token', { refreshToken: hashSecret(options.refreshToken) }),
+    async ({ signal, previous }) => {
+      const spend = previous?.refreshToken ?? latest;
+      try {
+        const token = await client.tokenRequest('refresh_token', new URLSearchParams({ refresh_token: spend }), {
+          signal,
+          refreshToken: spend,
+        });
+        if (token.refreshToken !== undefined) latest = token.refreshToken;
+        return token;
+      } catch (err) {
+        if (
+          options.fallback &&
+          err instanceof TokenwardenError &&
+          err.code === 'ERR_OAUTH' &&
+          err.error === 'invalid_grant'
+        ) {
+          const token = await options.fallback.fetchToken({ ...(signal && { signal }) });
+          if (token.refreshToken !== undefined) latest = token.refreshToken;
+          return token;
+        }
+        throw err;
+      }
+    },
+  );
+}

@@ -1,0 +1,90 @@
+import { randomUUID } from 'node:crypto';
+import { TokenwardenError } from '../errors.js';
+import { type ClientOptions, GrantSource, OAuthClient, hashSecret } from './client.js';
+
+/**
+ * A token given to a token exchange: a string, a function returning one (called on every exchange), or
+ * anything with `getAccessToken()` — such as another `TokenManager`, whose token is then always fresh.
+ */
+export type SubjectTokenInput =
+  string | (() => string | Promise<string>) | { getAccessToken(): Promise<string>; readonly key?: string };
+
+/** URN of an OAuth access token (RFC 8693 §3). */
+export const ACCESS_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:access_token';
+
+/** Options for {@link tokenExchange}. */
+export interface TokenExchangeOptions extends ClientOptions {
+  /** The token to exchange. */
+  subjectToken: SubjectTokenInput;
+  /** Its type. Default: `urn:ietf:params:oauth:token-type:access_token`. */
+  subjectTokenType?: string;
+  /** The actor's token, for delegation. */
+  actorToken?: SubjectTokenInput;
+  /** The actor token's type. Default: access token. */
+  actorTokenType?: string;
+  /** The type of token wanted (`requested_token_type`). */
+  requestedTokenType?: string;
+}
+
+/**
+ * The token exchange grant (RFC 8693): trade a token (for example the caller's) for one meant for
+ * another audience or resource.
+ *
+ * Store key: derived from the options and, for a static subject token, its hash; for a function the key
+ * is unique to this instance (no sharing across processes) unless you pass `key` — do so only when
+ * every process exchanges the same subject.
+ *
+ * @example
+ * ```ts
+ * import { TokenManager, clientCredentials, tokenExchange } from 'tokenwarden';
+ * const own = new TokenManager({ source: clientCredentials({ issuer, clientId: 'gw', clientSecret }) });
+ * const downstream = new TokenManager({
+ *   source: tokenExchange({ issuer, clientId: 'gw', clientSecret, subjectToken: own, audience: 'https://orders.example.com' }),
+ * });
+ * ```
+ */
+export function tokenExchange(options: TokenExchangeOptions): GrantSource {
+  if (options.subjectToken === undefined || options.subjectToken === '') {
+    throw new TokenwardenError('ERR_CONFIG', 'subjectToken is required');
+  }
+  const client = new OAuthClient(options);
+  const grant = 'urn:ietf:params:oauth:grant-type:token-exchange';
+  return new GrantSource(
+    'token_exchange',
+    client,
+    client.keyFor('token_exchange', {
+      subject: identityOf(options.subjectToken),
+      actor: options.actorToken === undefined ? null : identityOf(options.actorToken),
+      subjectTokenType: options.subjectTokenType ?? ACCESS_TOKEN_TYPE,
+      requestedTokenType: options.requestedTokenType ?? null,
+    }),
+    async ({ signal }) => {
+      const params = new URLSearchParams({
+        subject_token: await resolveToken(options.subjectToken, 'subjectToken'),
+        subject_token_type: options.subjectTokenType ?? ACCESS_TOKEN_TYPE,
+      });
+      if (options.actorToken !== undefined) {
+        params.set('actor_token', await resolveToken(options.actorToken, 'actorToken'));
+        params.set('actor_token_type', options.actorTokenType ?? ACCESS_TOKEN_TYPE);
+      }
+      if (options.requestedTokenType) params.set('requested_token_type', options.requestedTokenType);
+      return client.tokenRequest(grant, params, { signal });
+    },
+  );
+}
+
+/** Resolves a {@link SubjectTokenInput} to the token string. */
+export async function resolveToken(input: SubjectTokenInput, name: string): Promise<string> {
+  const value =
+    typeof input === 'string' ? input : typeof input === 'function' ? await input() : await input.getAccessToken();
+  if (typeof value !== 'string' || value === '') {
+    throw new TokenwardenError('ERR_CONFIG', `${name} did not produce a token`);
+  }
+  return value;
+}
+
+function identityOf(input: SubjectTokenInput): string {
+  if (typeof input === 'string') return `static:${hashSecret(input)}`;
+  if (typeof input === 'object' && typeof input.key === 'string') return `source:${input.key}`;
+  return `instance:${randomUUID()}`;
+}

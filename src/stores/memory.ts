@@ -1,0 +1,112 @@
+import { randomUUID } from 'node:crypto';
+import { EventEmitter } from 'node:events';
+import { LRUCache } from 'lru-cache';
+import { type Clock, systemClock } from '../clock.js';
+import { TokenwardenError } from '../errors.js';
+import { Codec, type EncryptionOption, decodeOrMiss } from './codec.js';
+import { LockWaiters } from './lock-waiters.js';
+import type { LockOptions, SetOptions, StoreEvents, StoreLock, StoreRecord, TokenStore } from './store.js';
+
+/** Options for {@link MemoryStore}. */
+export interface MemoryStoreOptions {
+  /** Most entries kept; the least recently used go first. Default `10000`. */
+  max?: number;
+  /** Encrypt values (useful only to test a configuration; memory is not "at rest"). */
+  encryptionKey?: EncryptionOption;
+  /** Clock for TTLs and lock leases. Default: the system clock. */
+  clock?: Clock;
+}
+
+let versionCounter = 0;
+
+/**
+ * A bounded in-process store: the default of every `TokenManager`, and a way for several managers (or
+ * `UserTokens`) in one process to share tokens. The lock is an in-process mutex with a lease.
+ *
+ * @example
+ * ```ts
+ * import { MemoryStore, TokenManager, clientCredentials } from 'tokenwarden';
+ * const store = new MemoryStore({ max: 1000 });
+ * const a = new TokenManager({ source: clientCredentials(opts), store });
+ * const b = new TokenManager({ source: clientCredentials(opts), store }); // shares a's token
+ * ```
+ */
+export class MemoryStore extends EventEmitter<StoreEvents> implements TokenStore {
+  readonly #entries: LRUCache<string, { value: string; version: number }>;
+  readonly #locks = new Map<string, { owner: string; until: number }>();
+  readonly #codec: Codec;
+  readonly #clock: Clock;
+  readonly #waiters: LockWaiters;
+  #closed = false;
+
+  constructor(options: MemoryStoreOptions = {}) {
+    super();
+    const max = options.max ?? 10_000;
+    if (!(Number.isInteger(max) && max > 0)) throw new TokenwardenError('ERR_CONFIG', 'max must be a positive integer');
+    this.#clock = options.clock ?? systemClock;
+    const clock = this.#clock;
+    this.#entries = new LRUCache({ max, perf: { now: () => clock.now() } });
+    this.#codec = new Codec(options.encryptionKey);
+    this.#waiters = new LockWaiters(this.#clock);
+  }
+
+  /** Number of entries held. */
+  get size(): number {
+    return this.#entries.size;
+  }
+
+  async get(key: string): Promise<StoreRecord | undefined> {
+    this.#check();
+    const entry = this.#entries.get(key);
+    if (!entry) return undefined;
+    const value = decodeOrMiss(this.#codec, key, entry.value, (event) => this.emit('corrupt', event));
+    return value === undefined ? undefined : { value, version: entry.version };
+  }
+
+  async set(key: string, value: string, options: SetOptions = {}): Promise<number | null> {
+    this.#check();
+    if (options.ifVersion !== undefined) {
+      const current = this.#entries.get(key)?.version ?? 0;
+      if (current !== options.ifVersion) return null;
+    }
+    const version = ++versionCounter;
+    const ttl = options.ttlMs === undefined ? undefined : Math.max(1, Math.ceil(options.ttlMs));
+    this.#entries.set(key, { value: this.#codec.encode(key, value), version }, ttl === undefined ? {} : { ttl });
+    return version;
+  }
+
+  async delete(key: string): Promise<void> {
+    this.#check();
+    this.#entries.delete(key);
+  }
+
+  async lock(key: string, options: LockOptions): Promise<StoreLock | undefined> {
+    this.#check();
+    const owner = randomUUID();
+    const deadline = this.#clock.now() + options.waitMs;
+    for (;;) {
+      const now = this.#clock.now();
+      const held = this.#locks.get(key);
+      if (!held || held.until <= now) {
+        this.#locks.set(key, { owner, until: now + options.ttlMs });
+        return {
+          release: async () => {
+            if (this.#locks.get(key)?.owner === owner) this.#locks.delete(key);
+            this.#waiters.notify(key);
+          },
+        };
+      }
+      if (now >= deadline) return undefined;
+      await this.#waiters.wait(key, Math.min(deadline, held.until) - now, options.signal);
+    }
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true;
+    this.#entries.clear();
+  }
+
+  #check(): void {
+    if (this.#closed) throw new TokenwardenError('ERR_CLOSED', 'the store is closed');
+  }
+}

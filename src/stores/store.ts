@@ -1,0 +1,77 @@
+/**
+ * The TokenStore seam: where tokens are kept and shared, with a lock so that one process at a time
+ * refreshes a given token. Memory, file, Redis and PostgreSQL implement it; so can you.
+ *
+ * @module
+ */
+
+/** A stored value and its version (incremented on every write; used for compare-and-set). */
+export interface StoreRecord {
+  readonly value: string;
+  readonly version: number;
+}
+
+/** Options for {@link TokenStore.set}. */
+export interface SetOptions {
+  /** Delete the entry after this many milliseconds. Absent: keep until deleted. */
+  ttlMs?: number;
+  /**
+   * Compare-and-set: write only if the entry's current version is this one (`0`: only if absent).
+   * Absent: write unconditionally.
+   */
+  ifVersion?: number;
+}
+
+/** Options for {@link TokenStore.lock}. */
+export interface LockOptions {
+  /** The lock expires by itself after this long (a crashed holder cannot block others forever). */
+  ttlMs: number;
+  /** Give up after waiting this long; `lock()` then resolves to `undefined`. */
+  waitMs: number;
+  /** Stops waiting. */
+  signal?: AbortSignal;
+}
+
+/** A held lock. */
+export interface StoreLock {
+  /** Releases the lock if this holder still owns it (compare-and-delete). Never throws. */
+  release(): Promise<void>;
+}
+
+/**
+ * Where tokens live between calls, processes and restarts. Values are opaque strings (serialised,
+ * possibly encrypted, tokens); keys are produced by tokenwarden and never contain a secret.
+ *
+ * Contract (checked by the shared contract suite, `test/stores/contract.ts`):
+ * - `get` of a missing, expired or unreadable entry resolves to `undefined`;
+ * - `set` bumps the version and resolves to it, or to `null` when `ifVersion` did not match;
+ * - `lock` is exclusive per key across every process sharing the store, expires after `ttlMs`, and
+ *   resolves to `undefined` when not acquired within `waitMs`;
+ * - `close` releases the store's own resources (not a client passed in by the user).
+ *
+ * @example
+ * ```ts
+ * const lock = await store.lock(key, { ttlMs: 30_000, waitMs: 10_000 });
+ * if (lock) {
+ *   try {
+ *     const current = await store.get(key);
+ *     await store.set(key, value, { ifVersion: current?.version ?? 0 });
+ *   } finally {
+ *     await lock.release();
+ *   }
+ * }
+ * ```
+ */
+export interface TokenStore {
+  get(key: string): Promise<StoreRecord | undefined>;
+  set(key: string, value: string, options?: SetOptions): Promise<number | null>;
+  delete(key: string): Promise<void>;
+  lock(key: string, options: LockOptions): Promise<StoreLock | undefined>;
+  close(): Promise<void>;
+}
+
+/** Events a store emits (stores built in are `EventEmitter`s of this map). */
+export interface StoreEvents {
+  /** An entry could not be read (undecryptable, or not a value tokenwarden wrote); it was treated as a miss. */
+  corrupt: [{ key: string; code: string; message: string }];
+}

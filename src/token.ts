@@ -1,0 +1,205 @@
+/**
+ * A token and its life: parsed from a token response, fresh → stale → expired.
+ *
+ * @module
+ */
+import { decodeJwt } from 'jose';
+
+/**
+ * An access token as tokenwarden holds it.
+ *
+ * `expiresAt` is absent when neither `expires_in` nor a JWT `exp` tells the lifetime; the refresh policy's
+ * `every` then decides when to refresh.
+ *
+ * @example
+ * ```ts
+ * const token: Token = await manager.getToken();
+ * console.log(token.tokenType, new Date(token.expiresAt ?? 0).toISOString(), token.scope);
+ * ```
+ */
+export interface Token {
+  /** The access token itself. Treat it as a secret. */
+  readonly accessToken: string;
+  /** `Bearer` (normalised from any case) or `DPoP`, or what the server sent. */
+  readonly tokenType: string;
+  /** When the access token expires, epoch milliseconds. */
+  readonly expiresAt?: number;
+  /** When it was obtained (the moment the request was sent), epoch milliseconds. */
+  readonly issuedAt: number;
+  /** The refresh token to use next (the newest rotated one). */
+  readonly refreshToken?: string;
+  /** The OpenID Connect ID token, when one came with the response. */
+  readonly idToken?: string;
+  /** The granted scope, when the server said (space-separated). */
+  readonly scope?: string;
+  /** The token endpoint's JSON response as received. */
+  readonly raw: Readonly<Record<string, unknown>>;
+}
+
+/**
+ * Where a token is in its life.
+ * - `fresh`: valid and not yet due for refresh — served without any I/O;
+ * - `stale`: still valid but due for refresh — served while a refresh runs;
+ * - `expired`: no longer valid — callers wait for a new one.
+ */
+export type TokenStatus = 'fresh' | 'stale' | 'expired';
+
+/** Upper bound on a lifetime we believe (ten years): a huge `expires_in` must not overflow dates or timers. */
+export const MAX_LIFETIME_MS = 10 * 365 * 86_400_000;
+
+/** A JWT `exp` up to this much earlier than `expires_in` implies is rounding and latency, not clock skew. */
+const EXP_AGREEMENT_MS = 2_000;
+
+/**
+ * Builds a {@link Token} from a token endpoint response that `oauth4webapi` has already validated.
+ *
+ * Lifetime: from `expires_in` (relative, so immune to clock skew), tightened to the JWT's `exp` when the
+ * two agree within 2 s; from `exp` when `expires_in` is absent; unknown otherwise. `expires_in: 0` is read
+ * as "no lifetime given" (as golang/oauth2 does). When the response has no refresh token,
+ * `options.refreshToken` (the one just spent) is carried over, because servers that do not rotate omit it.
+ *
+ * @example
+ * ```ts
+ * const token = tokenFromResponse({ access_token: 'abc', token_type: 'bearer', expires_in: 3600 }, { issuedAt: Date.now() });
+ * ```
+ */
+export function tokenFromResponse(
+  json: Readonly<Record<string, unknown>>,
+  options: { issuedAt: number; refreshToken?: string | undefined },
+): Token {
+  const accessToken = json['access_token'] as string;
+  const { issuedAt } = options;
+  const refreshToken = typeof json['refresh_token'] === 'string' ? json['refresh_token'] : options.refreshToken;
+  const expiresAt = computeExpiresAt(accessToken, json['expires_in'], issuedAt);
+  return freezeToken({
+    accessToken,
+    tokenType: normaliseTokenType(typeof json['token_type'] === 'string' ? json['token_type'] : 'bearer'),
+    issuedAt,
+    ...(expiresAt !== undefined && { expiresAt }),
+    ...(refreshToken !== undefined && { refreshToken }),
+    ...(typeof json['id_token'] === 'string' && { idToken: json['id_token'] }),
+    ...(typeof json['scope'] === 'string' && { scope: json['scope'] }),
+    raw: json,
+  });
+}
+
+function computeExpiresAt(accessToken: string, expiresIn: unknown, issuedAt: number): number | undefined {
+  const exp = jwtExpiry(accessToken);
+  if (typeof expiresIn === 'number' && expiresIn > 0) {
+    const fromExpiresIn = issuedAt + Math.min(expiresIn * 1000, MAX_LIFETIME_MS);
+    if (exp !== undefined && exp.exp <= fromExpiresIn && exp.exp >= fromExpiresIn - EXP_AGREEMENT_MS) {
+      return exp.exp;
+    }
+    return fromExpiresIn;
+  }
+  if (exp === undefined) return undefined;
+  if (exp.exp > issuedAt) return Math.min(exp.exp, issuedAt + MAX_LIFETIME_MS);
+  // exp is already past on our clock: trust the lifetime the token states, if it states one.
+  return exp.iat !== undefined && exp.exp > exp.iat ? issuedAt + Math.min(exp.exp - exp.iat, MAX_LIFETIME_MS) : exp.exp;
+}
+
+function jwtExpiry(token: string): { exp: number; iat?: number } | undefined {
+  if (token.split('.').length !== 3) return undefined;
+  try {
+    const { exp, iat } = decodeJwt(token);
+    if (typeof exp !== 'number' || !Number.isFinite(exp)) return undefined;
+    return {
+      exp: exp * 1000,
+      ...(typeof iat === 'number' && Number.isFinite(iat) && { iat: iat * 1000 }),
+    };
+  } catch {
+    return undefined;
+  }
+}
+
+/** `bearer` → `Bearer`, `dpop` → `DPoP`; anything else as sent. */
+export function normaliseTokenType(type: string): string {
+  const lower = type.toLowerCase();
+  if (lower === 'bearer') return 'Bearer';
+  if (lower === 'dpop') return 'DPoP';
+  return type;
+}
+
+function freezeToken(token: Token): Token {
+  return Object.freeze(token);
+}
+
+/**
+ * Serialises a token for a store. The inverse is {@link parseStoredToken}.
+ *
+ * @example
+ * ```ts
+ * await store.set(key, serializeToken(token));
+ * ```
+ */
+export function serializeToken(token: Token): string {
+  return JSON.stringify({ v: 1, ...token });
+}
+
+/**
+ * Reads a token written by {@link serializeToken}; returns `undefined` for anything that is not one
+ * (a corrupt or foreign entry is a miss, never a crash).
+ *
+ * @example
+ * ```ts
+ * const token = parseStoredToken(record.value); // Token | undefined
+ * ```
+ */
+export function parseStoredToken(text: string): Token | undefined {
+  let data: unknown;
+  try {
+    data = JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+  return toToken(data);
+}
+
+/** Checks the shape of a deserialised token; `undefined` when it is not a token. */
+export function toToken(data: unknown): Token | undefined {
+  if (data === null || typeof data !== 'object') return undefined;
+  const d = data as Record<string, unknown>;
+  if (typeof d['accessToken'] !== 'string' || typeof d['tokenType'] !== 'string') return undefined;
+  if (typeof d['issuedAt'] !== 'number' || !Number.isFinite(d['issuedAt'])) return undefined;
+  if (d['expiresAt'] !== undefined && (typeof d['expiresAt'] !== 'number' || !Number.isFinite(d['expiresAt']))) {
+    return undefined;
+  }
+  for (const field of ['refreshToken', 'idToken', 'scope'] as const) {
+    if (d[field] !== undefined && typeof d[field] !== 'string') return undefined;
+  }
+  const raw = d['raw'] !== null && typeof d['raw'] === 'object' ? (d['raw'] as Record<string, unknown>) : {};
+  return freezeToken({
+    accessToken: d['accessToken'],
+    tokenType: d['tokenType'],
+    issuedAt: d['issuedAt'],
+    ...(d['expiresAt'] !== undefined && { expiresAt: d['expiresAt'] as number }),
+    ...(d['refreshToken'] !== undefined && { refreshToken: d['refreshToken'] as string }),
+    ...(d['idToken'] !== undefined && { idToken: d['idToken'] as string }),
+    ...(d['scope'] !== undefined && { scope: d['scope'] as string }),
+    raw,
+  });
+}
+
+/**
+ * Whether a token can still be used at `now` (it has no known expiry, or the expiry is in the future).
+ *
+ * @example
+ * ```ts
+ * if (!isValid(token, Date.now())) await manager.refresh();
+ * ```
+ */
+export function isValid(token: Token, now: number): boolean {
+  return token.expiresAt === undefined || now < token.expiresAt;
+}
+
+/**
+ * Milliseconds of life a token has left at `now` (`Infinity` when its expiry is unknown, never negative).
+ *
+ * @example
+ * ```ts
+ * console.log(`${Math.round(remainingMs(token, Date.now()) / 1000)} s left`);
+ * ```
+ */
+export function remainingMs(token: Token, now: number): number {
+  return token.expiresAt === undefined ? Infinity : Math.max(0, token.expiresAt - now);
+}

@@ -1,0 +1,84 @@
+import { SignJWT } from 'jose';
+import { describe, expect, it } from 'vitest';
+import { MAX_LIFETIME_MS, parseStoredToken, serializeToken, tokenFromResponse } from '../src/token.js';
+
+const key = new TextEncoder().encode('0123456789abcdef0123456789abcdef');
+const jwt = (claims: Record<string, number>) => new SignJWT(claims).setProtectedHeader({ alg: 'HS256' }).sign(key);
+const T0 = Date.parse('2030-01-01T00:00:00Z');
+
+describe('tokenFromResponse', () => {
+  it('takes the lifetime from expires_in, relative to when the request was sent', () => {
+    const t = tokenFromResponse({ access_token: 'opaque', token_type: 'bearer', expires_in: 3600 }, { issuedAt: T0 });
+    expect(t.expiresAt).toBe(T0 + 3_600_000);
+    expect(t.tokenType).toBe('Bearer');
+  });
+
+  it('tightens expires_in to the JWT exp when they agree within 2 s (exp is whole seconds)', async () => {
+    const exp = (T0 + 3_600_000 - 700) / 1000;
+    const token = await jwt({ exp: Math.floor(exp) });
+    const t = tokenFromResponse({ access_token: token, token_type: 'Bearer', expires_in: 3600 }, { issuedAt: T0 });
+    expect(t.expiresAt).toBe(Math.floor(exp) * 1000);
+  });
+
+  it('ignores a JWT exp that disagrees with expires_in (clock skew between us and the server)', async () => {
+    const token = await jwt({ exp: (T0 - 300_000) / 1000 + 3600, iat: (T0 - 300_000) / 1000 });
+    const t = tokenFromResponse({ access_token: token, token_type: 'Bearer', expires_in: 3600 }, { issuedAt: T0 });
+    expect(t.expiresAt).toBe(T0 + 3_600_000);
+  });
+
+  it('uses the JWT exp when expires_in is absent', async () => {
+    const token = await jwt({ exp: T0 / 1000 + 60 });
+    const t = tokenFromResponse({ access_token: token, token_type: 'Bearer' }, { issuedAt: T0 });
+    expect(t.expiresAt).toBe(T0 + 60_000);
+  });
+
+  it('falls back to exp − iat when exp is already past on our clock', async () => {
+    const token = await jwt({ exp: T0 / 1000 - 100, iat: T0 / 1000 - 160 });
+    const t = tokenFromResponse({ access_token: token, token_type: 'Bearer' }, { issuedAt: T0 });
+    expect(t.expiresAt).toBe(T0 + 60_000);
+  });
+
+  it('leaves the expiry unknown without expires_in or exp, and for expires_in 0', () => {
+    expect(tokenFromResponse({ access_token: 'x', token_type: 'bearer' }, { issuedAt: T0 }).expiresAt).toBeUndefined();
+    expect(
+      tokenFromResponse({ access_token: 'x', token_type: 'bearer', expires_in: 0 }, { issuedAt: T0 }).expiresAt,
+    ).toBeUndefined();
+  });
+
+  it('caps a huge expires_in so dates and timers stay sane', () => {
+    const t = tokenFromResponse({ access_token: 'x', token_type: 'bearer', expires_in: 1e300 }, { issuedAt: T0 });
+    expect(t.expiresAt).toBe(T0 + MAX_LIFETIME_MS);
+  });
+
+  it('carries the spent refresh token over when the server does not rotate', () => {
+    const t = tokenFromResponse({ access_token: 'x', token_type: 'bearer' }, { issuedAt: T0, refreshToken: 'rt-1' });
+    expect(t.refreshToken).toBe('rt-1');
+    const rotated = tokenFromResponse(
+      { access_token: 'x', token_type: 'bearer', refresh_token: 'rt-2' },
+      { issuedAt: T0, refreshToken: 'rt-1' },
+    );
+    expect(rotated.refreshToken).toBe('rt-2');
+  });
+});
+
+describe('stored tokens', () => {
+  it('round-trips', () => {
+    const t = tokenFromResponse(
+      { access_token: 'a', token_type: 'DPoP', expires_in: 10, refresh_token: 'r', id_token: 'i', scope: 's' },
+      { issuedAt: T0 },
+    );
+    expect(parseStoredToken(serializeToken(t))).toEqual(t);
+  });
+
+  it.each([
+    ['not JSON', '{'],
+    ['null', 'null'],
+    ['a number', '42'],
+    ['no access token', JSON.stringify({ tokenType: 'Bearer', issuedAt: 1 })],
+    ['access token not a string', JSON.stringify({ accessToken: 1, tokenType: 'Bearer', issuedAt: 1 })],
+    ['expiresAt not a number', JSON.stringify({ accessToken: 'a', tokenType: 'Bearer', issuedAt: 1, expiresAt: '2' })],
+    ['refresh token not a string', JSON.stringify({ accessToken: 'a', tokenType: 'Bearer', issuedAt: 1, refreshToken: {} })],
+  ])('treats %s as a miss', (_name, text) => {
+    expect(parseStoredToken(text)).toBeUndefined();
+  });
+});
