@@ -1,0 +1,36 @@
+/** Small helpers shared by benchmarks. */
+
+/** Runs `fn` `n` times (awaiting each) and returns operations per second, after a warm-up. */
+export async function opsPerSecond(fn: () => unknown, options: { ms?: number; batch?: number } = {}): Promise<number> {
+  const ms = options.ms ?? 1000;
+  const batch = options.batch ?? 1000;
+  const until = async (duration: number): Promise<number> => {
+    let ops = 0;
+    const start = performance.now();
+    while (performance.now() - start < duration) {
+      for (let i = 0; i < batch; i++) await fn();
+      ops += batch;
+    }
+    return (ops * 1000) / (performance.now() - start);
+  };
+  await until(Math.min(300, ms / 3));
+  return until(ms);
+}
+
+/** Percentile of a list of numbers. */
+export function percentile(values: number[], p: number): number {
+  if (values.length === 0) return NaN;
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] as number;
+}
+
+/** 12345678 → "12.3 M". */
+export function si(value: number): string {
+  if (value >= 1e6) return `${(value / 1e6).toFixed(1)} M`;
+  if (value >= 1e3) return `${(value / 1e3).toFixed(1)} k`;
+  return value.toFixed(value < 10 ? 2 : 0);
+}
+
+export function ratio(ours: number, baseline: number): string {
+  return `${(ours / baseline).toFixed(2)}×`;
+}
