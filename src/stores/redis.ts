@@ -1,0 +1,354 @@
+/**
+ * A token store in Redis (`tokenwarden/redis`), for fleets spread over several hosts.
+ *
+ * Each entry is a hash `{ value, version }` under `<prefix>entry:<key>`, expiring with the token
+ * (`PEXPIRE`); compare-and-set is one Lua script. The refresh lock is `SET <prefix>lock:<key> <owner> NX PX
+ * <ttl>`, released by a compare-and-delete script that also publishes the key on `<prefix>unlock`, so
+ * waiting processes wake at once (they also poll with backoff, in case a message is missed).
+ *
+ * @module
+ */
+import { createHash, randomUUID } from 'node:crypto';
+import { EventEmitter } from 'node:events';
+import type { Cluster, Redis, RedisOptions } from 'ioredis';
+import { systemClock } from '../clock.js';
+import { type Duration, toMs } from '../duration.js';
+import { TokenwardenError } from '../errors.js';
+import { Codec, type EncryptionOption, decodeOrMiss } from './codec.js';
+import { LockWaiters } from './lock-waiters.js';
+import {
+  DEFAULT_TIMEOUT_MS,
+  bounded,
+  checkKey,
+  checkTtl,
+  checkVersion,
+  closedError,
+  pollDelay,
+  throwIfAborted,
+} from './shared.js';
+import type { LockOptions, SetOptions, StoreEvents, StoreLock, StoreRecord, TokenStore } from './store.js';
+
+/** Options shared by both ways of building a {@link RedisStore}. */
+export interface RedisStoreCommonOptions {
+  /** Prefix of every key the store uses. Default `'tokenwarden:'`. */
+  prefix?: string;
+  /** Encrypt entries at rest (AES-256-GCM); several keys, newest first, to rotate. See {@link Codec}. */
+  encryptionKey?: EncryptionOption;
+  /**
+   * Longest time one Redis command may take (a store that is down fails within this instead of
+   * queueing). Default `'2s'`.
+   */
+  timeout?: Duration;
+}
+
+/**
+ * Options for {@link RedisStore}: a `url` (the store creates, owns and closes its connection; `ioredis`
+ * is loaded on first use) or a `client` of yours (an ioredis `Redis` or `Cluster`, which the store never
+ * closes; sentinel and cluster set-ups are configured on it).
+ *
+ * @example
+ * ```ts
+ * const a: RedisStoreOptions = { url: 'redis://cache:6379/0', prefix: 'billing:tokens:' };
+ * const b: RedisStoreOptions = { client: new Redis.Cluster(nodes), encryptionKey: process.env.TOKEN_KEY };
+ * ```
+ */
+export type RedisStoreOptions = RedisStoreCommonOptions &
+  (
+    | {
+        /** `redis://[user:password@]host:port/db` or `rediss://…` */
+        url: string;
+        /** Extra ioredis options for the connection the store creates. */
+        redisOptions?: RedisOptions;
+        client?: never;
+      }
+    | { client: Redis | Cluster; url?: never; redisOptions?: never }
+  );
+
+/** The part of an ioredis connection the store uses (both `Redis` and `Cluster` have it). */
+interface Connection {
+  call(command: string, ...args: (string | number)[]): Promise<unknown>;
+  subscribe(channel: string): Promise<unknown>;
+  on(event: string, listener: (...args: never[]) => void): unknown;
+  quit(): Promise<unknown>;
+  disconnect(): void;
+}
+
+const GET = `
+local t = redis.call('TYPE', KEYS[1])['ok']
+if t == 'none' then return false end
+if t ~= 'hash' then return {'corrupt'} end
+local f = redis.call('HMGET', KEYS[1], 'value', 'version')
+if not f[1] or not f[2] then return {'corrupt'} end
+return {'ok', f[1], f[2]}
+`;
+
+// ARGV: value, ifVersion ('' = unconditional), ttl ms ('' = none), now ms (versions never repeat after a delete).
+const SET = `
+local t = redis.call('TYPE', KEYS[1])['ok']
+local current = 0
+if t == 'hash' then current = tonumber(redis.call('HGET', KEYS[1], 'version')) or 0 end
+if ARGV[2] ~= '' and tonumber(ARGV[2]) ~= current then return false end
+local version = string.format('%.0f', math.max(current + 1, tonumber(ARGV[4])))
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'value', ARGV[1], 'version', version)
+if ARGV[3] ~= '' then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
+return version
+`;
+
+// ARGV: owner, channel, key.
+const RELEASE = `
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('PUBLISH', ARGV[2], ARGV[3])
+  return 1
+end
+return 0
+`;
+
+const sha1 = (script: string): string => createHash('sha1').update(script).digest('hex');
+const SCRIPTS = { get: GET, set: SET, release: RELEASE } as const;
+const SHAS = { get: sha1(GET), set: sha1(SET), release: sha1(RELEASE) } as const;
+
+/**
+ * Tokens in Redis, shared by every process that uses the same Redis and `prefix`. Entries expire with
+ * their token; the refresh lock is a lease with an owner token, released only by its owner.
+ *
+ * Every command is bounded by `timeout`; a Redis that is down or slow makes operations fail with
+ * `ERR_STORE` / `ERR_STORE_TIMEOUT` (a `TokenManager` then carries on in-process and recovers when Redis
+ * returns). The connection the store creates keeps reconnecting in the background.
+ *
+ * @example
+ * ```ts
+ * import { TokenManager, clientCredentials } from 'tokenwarden';
+ * import { RedisStore } from 'tokenwarden/redis';
+ * const store = new RedisStore({ url: process.env.REDIS_URL!, encryptionKey: process.env.TOKEN_KEY });
+ * const manager = new TokenManager({ source: clientCredentials(options), store });
+ * await manager.getToken(); // one token request for the whole fleet
+ * await manager.close();
+ * await store.close();
+ * ```
+ */
+export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore {
+  /** The key prefix. */
+  readonly prefix: string;
+  readonly #options: RedisStoreOptions;
+  readonly #codec: Codec;
+  readonly #timeoutMs: number;
+  readonly #channel: string;
+  readonly #waiters = new LockWaiters(systemClock);
+  readonly #held = new Set<StoreLock>();
+  #connection: Promise<Connection> | undefined;
+  #owned: Connection | undefined;
+  #subscriber: Connection | undefined;
+  #subscribed: Promise<void> | undefined;
+  #closed = false;
+
+  constructor(options: RedisStoreOptions) {
+    super();
+    if (options === null || typeof options !== 'object' || (!options.url && !options.client)) {
+      throw new TokenwardenError('ERR_CONFIG', 'RedisStore needs a url or a client');
+    }
+    if (options.url !== undefined && options.client !== undefined) {
+      throw new TokenwardenError('ERR_CONFIG', 'RedisStore takes a url or a client, not both');
+    }
+    if (options.url !== undefined && !/^rediss?:\/\//.test(options.url)) {
+      throw new TokenwardenError('ERR_CONFIG', 'RedisStore url must start with redis:// or rediss://');
+    }
+    this.#options = options;
+    this.prefix = options.prefix ?? 'tokenwarden:';
+    if (typeof this.prefix !== 'string') throw new TokenwardenError('ERR_CONFIG', 'prefix must be a string');
+    this.#codec = new Codec(options.encryptionKey);
+    this.#timeoutMs = toMs(options.timeout ?? DEFAULT_TIMEOUT_MS, 'timeout');
+    this.#channel = `${this.prefix}unlock`;
+  }
+
+  async get(key: string): Promise<StoreRecord | undefined> {
+    this.#check();
+    checkKey(key);
+    const reply = await this.#script('get', this.#entryKey(key));
+    if (reply === null || reply === undefined) return undefined;
+    const [status, stored, version] = Array.isArray(reply) ? (reply as unknown[]) : [];
+    const parsed = typeof version === 'string' && /^\d{1,15}$/.test(version) ? Number(version) : NaN;
+    if (status !== 'ok' || typeof stored !== 'string' || !(parsed > 0)) {
+      this.emit('corrupt', {
+        key,
+        code: 'ERR_STORE',
+        message: 'the Redis key does not hold a tokenwarden entry; treated as missing',
+      });
+      return undefined;
+    }
+    const value = decodeOrMiss(this.#codec, key, stored, (event) => this.emit('corrupt', event));
+    return value === undefined ? undefined : { value, version: parsed };
+  }
+
+  async set(key: string, value: string, options: SetOptions = {}): Promise<number | null> {
+    this.#check();
+    checkKey(key);
+    checkVersion(options.ifVersion);
+    const ttlMs = checkTtl(options.ttlMs, 'ttlMs');
+    const reply = await this.#script(
+      'set',
+      this.#entryKey(key),
+      this.#codec.encode(key, value),
+      options.ifVersion === undefined ? '' : String(options.ifVersion),
+      ttlMs === undefined ? '' : String(ttlMs),
+      String(Date.now()),
+    );
+    if (reply === null || reply === undefined) return null;
+    return Number(reply);
+  }
+
+  async delete(key: string): Promise<void> {
+    this.#check();
+    checkKey(key);
+    const connection = await this.#connect();
+    await bounded(() => connection.call('DEL', this.#entryKey(key)), this.#timeoutMs, 'redis delete');
+  }
+
+  async lock(key: string, options: LockOptions): Promise<StoreLock | undefined> {
+    this.#check();
+    checkKey(key);
+    const ttlMs = checkTtl(options.ttlMs, 'ttlMs') as number;
+    const deadline = Date.now() + Math.max(0, options.waitMs);
+    const lockKey = `${this.prefix}lock:${key}`;
+    const owner = randomUUID();
+    const connection = await this.#connect();
+    for (let attempt = 0; ; attempt++) {
+      throwIfAborted(options.signal);
+      this.#check();
+      const reply = await bounded(
+        () => connection.call('SET', lockKey, owner, 'PX', ttlMs, 'NX'),
+        this.#timeoutMs,
+        'redis lock',
+        // Taken after we gave up waiting for the answer: give it back.
+        (late) => {
+          if (late === 'OK') void this.#script('release', lockKey, owner, this.#channel, key).catch(() => undefined);
+        },
+      );
+      if (reply === 'OK') return this.#holding(key, lockKey, owner);
+      const now = Date.now();
+      if (now >= deadline) return undefined;
+      if (attempt === 0) {
+        // Subscribe before the next attempt, so that a release between the two is not missed.
+        await this.#listen();
+        continue;
+      }
+      await this.#waiters.wait(key, Math.min(deadline - now, pollDelay(attempt, 250)), options.signal);
+    }
+  }
+
+  /** Releases the locks it holds, closes the connections it opened; a client passed in stays open. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    await Promise.all([...this.#held].map((lock) => lock.release()));
+    const subscriber = this.#subscriber;
+    this.#subscriber = undefined;
+    subscriber?.disconnect();
+    const owned = this.#owned;
+    this.#owned = undefined;
+    if (owned !== undefined) {
+      await bounded(() => owned.quit(), this.#timeoutMs, 'redis quit').catch(() => undefined);
+      owned.disconnect();
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------------
+
+  #check(): void {
+    if (this.#closed) throw closedError();
+  }
+
+  #entryKey(key: string): string {
+    return `${this.prefix}entry:${key}`;
+  }
+
+  #holding(key: string, lockKey: string, owner: string): StoreLock {
+    const lock: StoreLock = {
+      release: async () => {
+        if (!this.#held.delete(lock)) return;
+        await this.#script('release', lockKey, owner, this.#channel, key).catch(() => undefined);
+        this.#waiters.notify(key);
+      },
+    };
+    this.#held.add(lock);
+    return lock;
+  }
+
+  /** Runs one of the store's Lua scripts (EVALSHA, loading it with EVAL when Redis does not know it). */
+  async #script(name: keyof typeof SCRIPTS, key: string, ...args: string[]): Promise<unknown> {
+    const connection = await this.#connect();
+    const what = `redis ${name}`;
+    try {
+      return await bounded(() => connection.call('EVALSHA', SHAS[name], 1, key, ...args), this.#timeoutMs, what);
+    } catch (err) {
+      const cause = (err as { cause?: unknown }).cause;
+      if (!(cause instanceof Error && cause.message.startsWith('NOSCRIPT'))) throw err;
+      return bounded(() => connection.call('EVAL', SCRIPTS[name], 1, key, ...args), this.#timeoutMs, what);
+    }
+  }
+
+  #connect(): Promise<Connection> {
+    this.#connection ??= this.#open().catch((err: unknown) => {
+      this.#connection = undefined;
+      throw err;
+    });
+    return this.#connection;
+  }
+
+  async #open(): Promise<Connection> {
+    const { client, url, redisOptions } = this.#options;
+    if (client !== undefined) return client as unknown as Connection;
+    const ioredis = await loadIoredis();
+    const connection = new ioredis.Redis(url as string, {
+      // Fail commands while Redis is unreachable instead of queueing them for long: the manager then
+      // degrades to in-process behaviour, and the connection keeps reconnecting in the background.
+      commandTimeout: this.#timeoutMs,
+      connectTimeout: Math.max(this.#timeoutMs, 1000),
+      maxRetriesPerRequest: 1,
+      retryStrategy: (times: number) => Math.min(50 * 2 ** times, 1000),
+      ...redisOptions,
+    }) as unknown as Connection;
+    // Connection errors surface as failed commands; without a listener ioredis would print each one.
+    connection.on('error', () => undefined);
+    if (this.#closed) {
+      connection.disconnect();
+      throw closedError();
+    }
+    this.#owned = connection;
+    return connection;
+  }
+
+  /** Subscribes (once, on a connection of its own) to lock releases; polling covers any failure. */
+  async #listen(): Promise<void> {
+    if (this.#subscribed === undefined) {
+      const connection = await this.#connect();
+      const subscriber = (connection as unknown as { duplicate(): Connection }).duplicate();
+      subscriber.on('error', () => undefined);
+      subscriber.on('message', (channel: string, key: string) => {
+        if (channel === this.#channel) this.#waiters.notify(key);
+      });
+      this.#subscriber = subscriber;
+      if (this.#closed) subscriber.disconnect();
+      this.#subscribed = bounded(() => subscriber.subscribe(this.#channel), this.#timeoutMs, 'redis subscribe').then(
+        () => undefined,
+        () => {
+          this.#subscribed = undefined; // try again on the next wait; polling meanwhile
+          if (this.#subscriber === subscriber) this.#subscriber = undefined;
+          subscriber.disconnect();
+        },
+      );
+    }
+    return this.#subscribed;
+  }
+}
+
+async function loadIoredis(): Promise<typeof import('ioredis')> {
+  try {
+    return await import('ioredis');
+  } catch (err) {
+    throw new TokenwardenError('ERR_CONFIG', "RedisStore needs the 'ioredis' package: npm install ioredis", {
+      cause: err,
+    });
+  }
+}

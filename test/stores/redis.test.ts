@@ -1,0 +1,107 @@
+import { randomUUID } from 'node:crypto';
+import { createServer } from 'node:net';
+import { Redis } from 'ioredis';
+import { afterAll, describe, expect, it } from 'vitest';
+import { RedisStore } from '../../src/stores/redis.js';
+import { REDIS_URL, redisAvailable } from '../support/services.js';
+import { storeContract } from './contract.js';
+
+const prefix = `tw-test:${randomUUID()}:`;
+const admin = redisAvailable ? new Redis(REDIS_URL, { lazyConnect: true }) : undefined;
+const entry = (key: string) => `${prefix}entry:${key}`;
+
+afterAll(async () => {
+  if (!admin) return;
+  // Only this run's keys: never FLUSHALL a shared server.
+  let cursor = '0';
+  do {
+    const [next, keys] = await admin.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 500);
+    if (keys.length > 0) await admin.del(...keys);
+    cursor = next;
+  } while (cursor !== '0');
+  await admin.quit();
+});
+
+storeContract(
+  'RedisStore',
+  redisAvailable
+    ? {
+        open: async (options) => new RedisStore({ url: REDIS_URL, prefix, ...options }),
+        raw: async (key) => (await admin!.hget(entry(key), 'value')) ?? undefined,
+        corrupt: {
+          'a string instead of a hash': async (key) => {
+            await admin!.set(entry(key), '{"not":"ours"}');
+          },
+          'a hash without a version': async (key) => {
+            await admin!.hset(entry(key), 'value', 'v');
+          },
+          'a hash with a version that is not a number': async (key) => {
+            await admin!.hset(entry(key), 'value', 'v', 'version', 'seven');
+          },
+        },
+      }
+    : undefined,
+);
+
+describe.skipIf(!redisAvailable)('RedisStore with Redis', () => {
+  it('keeps entries with a TTL from ttlMs, and none without', async () => {
+    const store = new RedisStore({ url: REDIS_URL, prefix });
+    await store.set('ttl', 'v', { ttlMs: 60_000 });
+    const ttl = await admin!.pttl(entry('ttl'));
+    expect(ttl).toBeGreaterThan(50_000);
+    expect(ttl).toBeLessThanOrEqual(60_000);
+    await store.set('ttl', 'v');
+    expect(await admin!.pttl(entry('ttl'))).toBe(-1);
+    await store.close();
+  });
+
+  it('works with a client passed in, and leaves it open on close()', async () => {
+    const client = new Redis(REDIS_URL);
+    const store = new RedisStore({ client, prefix });
+    await store.set('mine', 'v');
+    expect((await store.get('mine'))?.value).toBe('v');
+    const held = await store.lock('mine', { ttlMs: 10_000, waitMs: 0 });
+    const waiting = store.lock('mine', { ttlMs: 10_000, waitMs: 10_000 });
+    await held?.release();
+    await (await waiting)?.release();
+    await store.close();
+    expect(await client.ping()).toBe('PONG');
+    await client.quit();
+  });
+});
+
+describe('RedisStore without Redis', () => {
+  it('fails fast with ERR_STORE / ERR_STORE_TIMEOUT when nothing listens, never hangs', async () => {
+    const port = await freePort();
+    const store = new RedisStore({ url: `redis://127.0.0.1:${port}`, timeout: 500 });
+    for (const op of [
+      () => store.get('k'),
+      () => store.set('k', 'v'),
+      () => store.lock('k', { ttlMs: 1000, waitMs: 1000 }),
+    ]) {
+      const err = await op().then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      expect(err).toMatchObject({ name: 'TokenwardenError' });
+      expect(['ERR_STORE', 'ERR_STORE_TIMEOUT']).toContain((err as { code: string }).code);
+      expect(String((err as Error).message)).not.toContain('redis://');
+    }
+    await store.close();
+  });
+
+  it('rejects bad options', () => {
+    expect(() => new RedisStore({} as never)).toThrow(/url or a client/);
+    expect(() => new RedisStore({ url: 'http://x' })).toThrow(/redis:\/\//);
+  });
+});
+
+function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const server = createServer();
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as { port: number };
+      server.close(() => resolve(port));
+    });
+  });
+}
