@@ -343,9 +343,10 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
   }
 }
 
-async function loadIoredis(): Promise<typeof import('ioredis')> {
+async function loadIoredis(): Promise<{ Redis: typeof Redis }> {
   try {
-    return await import('ioredis');
+    const mod = (await import('ioredis')) as unknown as { Redis?: typeof Redis; default: typeof Redis };
+    return { Redis: mod.Redis ?? mod.default };
   } catch (err) {
     throw new TokenwardenError('ERR_CONFIG', "RedisStore needs the 'ioredis' package: npm install ioredis", {
       cause: err,

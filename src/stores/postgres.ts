@@ -1,0 +1,388 @@
+/**
+ * A token store in PostgreSQL (`tokenwarden/postgres`), for fleets that already share a database.
+ *
+ * One row per key: `(key, value, version, expires_at)`. Compare-and-set is a single conditional
+ * `INSERT … ON CONFLICT … WHERE` or `UPDATE … WHERE version = $n`, atomic under PostgreSQL's row locking.
+ *
+ * The refresh lock is a session-level advisory lock (`pg_try_advisory_lock`) on a pooled connection
+ * held until release, rather than `pg_advisory_xact_lock` in a transaction: a refresh is an HTTP round
+ * trip, and keeping a transaction open across it would hold a snapshot and trip
+ * `idle_in_transaction_session_timeout`; a session lock needs only the connection. A holder that crashes
+ * loses its connection and PostgreSQL frees the lock at once; a holder that lives on releases it when
+ * its lease (`ttlMs`) ends, by a timer.
+ *
+ * @module
+ */
+import { createHash } from 'node:crypto';
+import { EventEmitter } from 'node:events';
+import type { Pool, PoolClient, PoolConfig } from 'pg';
+import { systemClock } from '../clock.js';
+import { type Duration, toMs } from '../duration.js';
+import { TokenwardenError } from '../errors.js';
+import { Codec, type EncryptionOption, decodeOrMiss } from './codec.js';
+import { LockWaiters } from './lock-waiters.js';
+import {
+  DEFAULT_TIMEOUT_MS,
+  bounded,
+  checkKey,
+  checkTtl,
+  checkVersion,
+  closedError,
+  pollDelay,
+  throwIfAborted,
+} from './shared.js';
+import type { LockOptions, SetOptions, StoreEvents, StoreLock, StoreRecord, TokenStore } from './store.js';
+
+/** Options shared by both ways of building a {@link PostgresStore}. */
+export interface PostgresStoreCommonOptions {
+  /** The table, optionally schema-qualified (`'auth.tokens'`). Default `'tokenwarden_tokens'`. */
+  table?: string;
+  /** Create the table on first use if it does not exist. Default `true` (see {@link PostgresStore.migrate}). */
+  createTable?: boolean;
+  /** Encrypt entries at rest (AES-256-GCM); several keys, newest first, to rotate. See {@link Codec}. */
+  encryptionKey?: EncryptionOption;
+  /**
+   * Longest time one operation may take (connecting, a statement). Default `'2s'`. On a pool the store
+   * creates it is also the server-side `statement_timeout`.
+   */
+  timeout?: Duration;
+}
+
+/**
+ * Options for {@link PostgresStore}: a `connectionString` (the store creates, owns and ends its pool;
+ * `pg` is loaded on first use) or a `pool` of yours (a `pg.Pool`, which the store never ends).
+ *
+ * @example
+ * ```ts
+ * const a: PostgresStoreOptions = { connectionString: process.env.DATABASE_URL!, table: 'auth.tokens' };
+ * const b: PostgresStoreOptions = { pool: myPool, encryptionKey: process.env.TOKEN_KEY };
+ * ```
+ */
+export type PostgresStoreOptions = PostgresStoreCommonOptions &
+  (
+    | {
+        /** `postgres://user:password@host:5432/db` */
+        connectionString: string;
+        /** Extra `pg.Pool` options for the pool the store creates (default `max: 5`). */
+        poolOptions?: PoolConfig;
+        pool?: never;
+      }
+    | { pool: Pool; connectionString?: never; poolOptions?: never }
+  );
+
+const IDENTIFIER = /^[A-Za-z_][A-Za-z0-9_]{0,62}$/;
+
+/**
+ * Tokens in a PostgreSQL table, shared by every process that uses the same database and table.
+ *
+ * Every operation is bounded by `timeout`; a database that is down or slow makes operations fail with
+ * `ERR_STORE` / `ERR_STORE_TIMEOUT` (a `TokenManager` then carries on in-process and recovers when the
+ * database returns). Expired rows are read as missing and deleted from time to time.
+ *
+ * @example
+ * ```ts
+ * import { TokenManager, refreshToken } from 'tokenwarden';
+ * import { PostgresStore } from 'tokenwarden/postgres';
+ * const store = new PostgresStore({ connectionString: process.env.DATABASE_URL!, encryptionKey: process.env.TOKEN_KEY });
+ * await store.migrate(); // optional: the table is also created on first use
+ * const manager = new TokenManager({ source: refreshToken(options), store });
+ * await manager.getToken();
+ * await manager.close();
+ * await store.close();
+ * ```
+ */
+export class PostgresStore extends EventEmitter<StoreEvents> implements TokenStore {
+  /** The quoted, possibly schema-qualified table name. */
+  readonly table: string;
+  readonly #tableName: string;
+  readonly #options: PostgresStoreOptions;
+  readonly #codec: Codec;
+  readonly #timeoutMs: number;
+  readonly #waiters = new LockWaiters(systemClock);
+  readonly #held = new Set<StoreLock>();
+  #pool: Promise<Pool> | undefined;
+  #owned: Pool | undefined;
+  #ready: Promise<void> | undefined;
+  #lastSweep = Date.now();
+  #closed = false;
+
+  constructor(options: PostgresStoreOptions) {
+    super();
+    if (options === null || typeof options !== 'object' || (!options.connectionString && !options.pool)) {
+      throw new TokenwardenError('ERR_CONFIG', 'PostgresStore needs a connectionString or a pool');
+    }
+    if (options.connectionString !== undefined && options.pool !== undefined) {
+      throw new TokenwardenError('ERR_CONFIG', 'PostgresStore takes a connectionString or a pool, not both');
+    }
+    const table = options.table ?? 'tokenwarden_tokens';
+    const parts = typeof table === 'string' ? table.split('.') : [];
+    if (parts.length < 1 || parts.length > 2 || !parts.every((p) => IDENTIFIER.test(p))) {
+      throw new TokenwardenError(
+        'ERR_CONFIG',
+        'table must be a name (or schema.name) of letters, digits and _, starting with a letter or _',
+      );
+    }
+    this.#tableName = table;
+    this.table = parts.map((p) => `"${p}"`).join('.');
+    this.#options = options;
+    this.#codec = new Codec(options.encryptionKey);
+    this.#timeoutMs = toMs(options.timeout ?? DEFAULT_TIMEOUT_MS, 'timeout');
+  }
+
+  /**
+   * Creates the table (and its expiry index) if missing. Idempotent and safe to run from many processes
+   * at once (serialised by an advisory transaction lock). Runs by itself on first use unless
+   * `createTable: false`.
+   *
+   * @example
+   * ```ts
+   * await new PostgresStore({ connectionString }).migrate(); // e.g. in a deploy step
+   * ```
+   */
+  async migrate(): Promise<void> {
+    this.#check();
+    const pool = await this.#connect();
+    const client = await this.#client(pool);
+    const name = this.#tableName.split('.').pop() as string;
+    try {
+      await this.#query(client, 'BEGIN');
+      await this.#query(client, 'SELECT pg_advisory_xact_lock($1::bigint)', [lockId('migrate', this.#tableName)]);
+      await this.#query(
+        client,
+        `CREATE TABLE IF NOT EXISTS ${this.table} (
+          key text PRIMARY KEY,
+          value text NOT NULL,
+          version bigint NOT NULL,
+          expires_at timestamptz,
+          updated_at timestamptz NOT NULL DEFAULT now()
+        )`,
+      );
+      await this.#query(
+        client,
+        `CREATE INDEX IF NOT EXISTS "${`${name}_expires_at`.slice(0, 63)}" ON ${this.table} (expires_at)
+         WHERE expires_at IS NOT NULL`,
+      );
+      await this.#query(client, 'COMMIT');
+      client.release();
+    } catch (err) {
+      client.release(true); // drops the connection, and with it the transaction
+      throw err;
+    }
+  }
+
+  async get(key: string): Promise<StoreRecord | undefined> {
+    this.#check();
+    checkKey(key);
+    const { rows } = await this.#run(
+      `SELECT value, version::text AS version FROM ${this.table}
+       WHERE key = $1 AND (expires_at IS NULL OR expires_at > now())`,
+      [key],
+    );
+    const row = rows[0] as { value: string; version: string } | undefined;
+    if (row === undefined) return undefined;
+    const value = decodeOrMiss(this.#codec, key, row.value, (event) => this.emit('corrupt', event));
+    return value === undefined ? undefined : { value, version: Number(row.version) };
+  }
+
+  async set(key: string, value: string, options: SetOptions = {}): Promise<number | null> {
+    this.#check();
+    checkKey(key);
+    checkVersion(options.ifVersion);
+    const ttlMs = checkTtl(options.ttlMs, 'ttlMs');
+    const sealed = this.#codec.encode(key, value);
+    // Versions grow with time as well, so that an entry deleted and written again never repeats one.
+    const nowMs = `(extract(epoch from clock_timestamp()) * 1000)::bigint`;
+    const expires = `CASE WHEN $3::bigint IS NULL THEN NULL ELSE now() + $3::bigint * interval '1 millisecond' END`;
+    const params: unknown[] = [key, sealed, ttlMs ?? null];
+    let sql: string;
+    if (options.ifVersion === undefined || options.ifVersion === 0) {
+      sql = `INSERT INTO ${this.table} AS e (key, value, version, expires_at) VALUES ($1, $2, ${nowMs}, ${expires})
+        ON CONFLICT (key) DO UPDATE SET value = excluded.value, version = GREATEST(e.version + 1, excluded.version),
+          expires_at = excluded.expires_at, updated_at = now()
+        ${options.ifVersion === 0 ? 'WHERE e.expires_at IS NOT NULL AND e.expires_at <= now()' : ''}
+        RETURNING version::text AS version`;
+    } else {
+      params.push(String(options.ifVersion));
+      sql = `UPDATE ${this.table} SET value = $2, version = GREATEST(version + 1, ${nowMs}), expires_at = ${expires},
+          updated_at = now()
+        WHERE key = $1 AND version = $4::bigint AND (expires_at IS NULL OR expires_at > now())
+        RETURNING version::text AS version`;
+    }
+    const { rows } = await this.#run(sql, params);
+    this.#sweep();
+    const row = rows[0] as { version: string } | undefined;
+    return row === undefined ? null : Number(row.version);
+  }
+
+  async delete(key: string): Promise<void> {
+    this.#check();
+    checkKey(key);
+    await this.#run(`DELETE FROM ${this.table} WHERE key = $1`, [key]);
+  }
+
+  async lock(key: string, options: LockOptions): Promise<StoreLock | undefined> {
+    this.#check();
+    checkKey(key);
+    const ttlMs = checkTtl(options.ttlMs, 'ttlMs') as number;
+    const deadline = Date.now() + Math.max(0, options.waitMs);
+    const id = lockId('lock', `${this.#tableName}\u0000${key}`);
+    const pool = await this.#connect();
+    for (let attempt = 0; ; attempt++) {
+      throwIfAborted(options.signal);
+      this.#check();
+      const client = await this.#client(pool);
+      let taken: boolean;
+      try {
+        const { rows } = await this.#query(client, 'SELECT pg_try_advisory_lock($1::bigint) AS ok', [id]);
+        taken = (rows[0] as { ok: boolean } | undefined)?.ok === true;
+      } catch (err) {
+        client.release(true); // we do not know whether the lock was taken: dropping the session frees it
+        throw err;
+      }
+      if (taken) return this.#holding(key, id, client, ttlMs);
+      client.release();
+      const now = Date.now();
+      if (now >= deadline) return undefined;
+      // Waiters in this process are woken at once on release; other processes' releases are polled.
+      await this.#waiters.wait(key, Math.min(deadline - now, pollDelay(attempt, 100)), options.signal);
+    }
+  }
+
+  /** Releases the locks it holds and ends the pool it created; a pool passed in stays open. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    await Promise.all([...this.#held].map((lock) => lock.release()));
+    const owned = this.#owned;
+    this.#owned = undefined;
+    if (owned !== undefined) await bounded(() => owned.end(), this.#timeoutMs, 'postgres end').catch(() => undefined);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+
+  #check(): void {
+    if (this.#closed) throw closedError();
+  }
+
+  #holding(key: string, id: string, client: PoolClient, ttlMs: number): StoreLock {
+    const onError = (): void => undefined; // a broken connection surfaces on release; its lock is gone with it
+    client.on('error', onError);
+    const lock: StoreLock = {
+      release: async () => {
+        if (!this.#held.delete(lock)) return;
+        clearTimeout(lease);
+        try {
+          const { rows } = await this.#query(client, 'SELECT pg_advisory_unlock($1::bigint) AS ok', [id]);
+          client.off('error', onError);
+          client.release((rows[0] as { ok: boolean } | undefined)?.ok === true ? undefined : true);
+        } catch {
+          client.off('error', onError);
+          client.release(true); // the session ends, and the lock with it
+        }
+        this.#waiters.notify(key);
+      },
+    };
+    // A lease: a holder that is alive but stuck gives the lock up when ttlMs ends.
+    const lease = setTimeout(() => void lock.release(), ttlMs);
+    lease.unref();
+    this.#held.add(lock);
+    return lock;
+  }
+
+  /** Runs one statement on the pool, after making sure the table exists. */
+  async #run(sql: string, params: unknown[]): Promise<{ rows: unknown[] }> {
+    const pool = await this.#connect();
+    await this.#ensureTable();
+    return bounded(() => pool.query(sql, params), this.#timeoutMs, 'postgres query');
+  }
+
+  async #query(client: PoolClient, sql: string, params?: unknown[]): Promise<{ rows: unknown[] }> {
+    return bounded(() => client.query(sql, params), this.#timeoutMs, 'postgres query');
+  }
+
+  /** A pooled connection; one that arrives after the time limit goes straight back to the pool. */
+  async #client(pool: Pool): Promise<PoolClient> {
+    return bounded(
+      () => pool.connect(),
+      this.#timeoutMs,
+      'postgres connect',
+      (late) => late.release(),
+    );
+  }
+
+  #ensureTable(): Promise<void> {
+    if (this.#options.createTable === false) return Promise.resolve();
+    this.#ready ??= this.#createIfMissing().catch((err: unknown) => {
+      this.#ready = undefined;
+      throw err;
+    });
+    return this.#ready;
+  }
+
+  async #createIfMissing(): Promise<void> {
+    const pool = await this.#connect();
+    // Checked first so that a role without CREATE privilege can use a table made for it.
+    const { rows } = await bounded(
+      () => pool.query('SELECT to_regclass($1) IS NOT NULL AS present', [this.table]),
+      this.#timeoutMs,
+      'postgres query',
+    );
+    if ((rows[0] as { present: boolean } | undefined)?.present !== true) await this.migrate();
+  }
+
+  /** Deletes long-expired rows now and then (reads already ignore them). */
+  #sweep(): void {
+    const now = Date.now();
+    if (now - this.#lastSweep < 10 * 60_000) return;
+    this.#lastSweep = now;
+    void this.#run(`DELETE FROM ${this.table} WHERE expires_at < now() - interval '1 minute'`, []).catch(
+      () => undefined,
+    );
+  }
+
+  #connect(): Promise<Pool> {
+    this.#pool ??= this.#open().catch((err: unknown) => {
+      this.#pool = undefined;
+      throw err;
+    });
+    return this.#pool;
+  }
+
+  async #open(): Promise<Pool> {
+    const { pool, connectionString, poolOptions } = this.#options;
+    if (pool !== undefined) return pool;
+    const pg = await loadPg();
+    const created = new pg.Pool({
+      connectionString,
+      max: 5,
+      connectionTimeoutMillis: this.#timeoutMs,
+      statement_timeout: this.#timeoutMs,
+      query_timeout: this.#timeoutMs + 500,
+      idleTimeoutMillis: 10_000,
+      allowExitOnIdle: true,
+      ...poolOptions,
+    });
+    // An idle connection that breaks (server restart) must not crash the process; the next query reconnects.
+    created.on('error', () => undefined);
+    if (this.#closed) {
+      await created.end().catch(() => undefined);
+      throw closedError();
+    }
+    this.#owned = created;
+    return created;
+  }
+}
+
+/** A 64-bit advisory lock id for `name` (signed, as PostgreSQL's bigint), as a decimal string. */
+function lockId(kind: string, name: string): string {
+  return createHash('sha256').update(`tokenwarden:${kind}:${name}`).digest().readBigInt64BE(0).toString();
+}
+
+async function loadPg(): Promise<typeof import('pg')> {
+  try {
+    const mod = (await import('pg')) as typeof import('pg') & { default?: typeof import('pg') };
+    return mod.default ?? mod;
+  } catch (err) {
+    throw new TokenwardenError('ERR_CONFIG', "PostgresStore needs the 'pg' package: npm install pg", { cause: err });
+  }
+}

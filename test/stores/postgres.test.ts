@@ -1,0 +1,100 @@
+import { randomBytes } from 'node:crypto';
+import pg from 'pg';
+import { afterAll, describe, expect, it } from 'vitest';
+import { PostgresStore } from '../../src/stores/postgres.js';
+import { DATABASE_URL, postgresAvailable } from '../support/services.js';
+import { storeContract } from './contract.js';
+
+// A table of this run's own: parallel runs never collide, and dropping it touches nothing shared.
+const table = `tw_test_${randomBytes(6).toString('hex')}`;
+const admin = postgresAvailable ? new pg.Pool({ connectionString: DATABASE_URL, max: 2 }) : undefined;
+const tables = [table];
+
+afterAll(async () => {
+  if (!admin) return;
+  for (const t of tables) await admin.query(`DROP TABLE IF EXISTS ${t}`);
+  await admin.end();
+});
+
+const put = async (key: string, value: string, version = 1) => {
+  await admin!.query(
+    `INSERT INTO ${table} (key, value, version) VALUES ($1, $2, $3)
+     ON CONFLICT (key) DO UPDATE SET value = excluded.value, version = excluded.version`,
+    [key, value, version],
+  );
+};
+
+storeContract(
+  'PostgresStore',
+  postgresAvailable
+    ? {
+        open: async (options) => new PostgresStore({ connectionString: DATABASE_URL, table, ...options }),
+        raw: async (key) =>
+          ((await admin!.query(`SELECT value FROM ${table} WHERE key = $1`, [key])).rows[0] as { value: string })
+            ?.value,
+        corrupt: {
+          'sealed with a key id nobody has': (key) => put(key, 'tw-enc1.zz.AAAA.AAAA.AAAA'),
+          'sealed, but tampered with': (key) => put(key, 'tw-enc1.k1.AAAAAAAAAAAAAAAA.AAAA.AAAAAAAAAAAAAAAAAAAAAA'),
+        },
+      }
+    : undefined,
+);
+
+describe.skipIf(!postgresAvailable)('PostgresStore with PostgreSQL', () => {
+  it('creates its table on first use, from many stores at once, and migrate() is idempotent', async () => {
+    const fresh = `tw_test_${randomBytes(6).toString('hex')}`;
+    tables.push(fresh);
+    const stores = Array.from({ length: 4 }, () => new PostgresStore({ connectionString: DATABASE_URL, table: fresh }));
+    await Promise.all(stores.map((s, i) => s.set(`k${i}`, 'v')));
+    await stores[0]!.migrate();
+    await stores[0]!.migrate();
+    expect((await stores[3]!.get('k0'))?.value).toBe('v');
+    await Promise.all(stores.map((s) => s.close()));
+  });
+
+  it('works with a pool passed in, and leaves it open on close()', async () => {
+    const pool = new pg.Pool({ connectionString: DATABASE_URL, max: 3 });
+    const store = new PostgresStore({ pool, table });
+    await store.set('pooled', 'v');
+    const held = await store.lock('pooled', { ttlMs: 10_000, waitMs: 0 });
+    expect(held).toBeDefined();
+    await store.close(); // releases the lock it held
+    const other = new PostgresStore({ pool, table });
+    const again = await other.lock('pooled', { ttlMs: 10_000, waitMs: 0 });
+    expect(again).toBeDefined();
+    await again?.release();
+    await other.close();
+    expect((await pool.query('SELECT 1 AS one')).rows[0]).toEqual({ one: 1 });
+    await pool.end();
+  });
+
+  it('a holder whose connection dies (a crashed process) frees the lock at once', async () => {
+    const name = `tw-crash-${randomBytes(4).toString('hex')}`;
+    const taker = new PostgresStore({ connectionString: DATABASE_URL, table, poolOptions: { application_name: name } });
+    const store = new PostgresStore({ connectionString: DATABASE_URL, table });
+    const held = await taker.lock('crash', { ttlMs: 600_000, waitMs: 0 });
+    expect(held).toBeDefined();
+    expect(await store.lock('crash', { ttlMs: 1000, waitMs: 100 })).toBeUndefined();
+    // The holder's session ends as it would when its process is killed.
+    await admin!.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1', [name]);
+    const next = await store.lock('crash', { ttlMs: 1000, waitMs: 5000 });
+    expect(next).toBeDefined();
+    await next?.release();
+    await taker.close(); // its release fails quietly: the session is gone
+    await store.close();
+  });
+
+  it('rejects a table name that is not a plain identifier', () => {
+    expect(() => new PostgresStore({ connectionString: DATABASE_URL, table: 'x; DROP TABLE y' })).toThrow(/table/);
+  });
+});
+
+describe('PostgresStore without PostgreSQL', () => {
+  it('fails with ERR_STORE / ERR_STORE_TIMEOUT when nothing listens, without the password in the message', async () => {
+    const store = new PostgresStore({ connectionString: 'postgres://u:hunter2@127.0.0.1:1/db', timeout: 500 });
+    const err = (await store.get('k').catch((e: unknown) => e)) as { code: string; message: string };
+    expect(['ERR_STORE', 'ERR_STORE_TIMEOUT']).toContain(err.code);
+    expect(err.message).not.toContain('hunter2');
+    await store.close();
+  });
+});
