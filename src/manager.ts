@@ -123,6 +123,19 @@ interface Want {
 const STORE_FAILED = Symbol('store failed');
 
 /**
+ * Least time between two background refreshes: a token that is already stale when it arrives (a very
+ * short lifetime, a clock far off) must not turn the background refresh into a loop.
+ */
+const MIN_REFRESH_INTERVAL_MS = 1000;
+
+/**
+ * After a transient failure, callers without a valid token get that failure at once for up to this long
+ * (or the backoff delay, if shorter) instead of each starting a request: a down authorization server sees
+ * about one attempt per second per process, and a recovered one is used again within a second.
+ */
+const DEMAND_RETRY_FLOOR_MS = 1000;
+
+/**
  * Keeps a token valid: serves it from memory, refreshes it ahead of expiry (in the background and on
  * demand), one refresh at a time, sharing it through a store across processes, and keeps serving a
  * still-valid token while the authorization server is slow or down.
@@ -176,8 +189,8 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
   #blockedUntil = 0;
   /** No background attempt before this (backoff). */
   #nextAttemptAt = 0;
-  /** After an error that waiting will not heal, callers get it again until this time. */
-  #permanentUntil = 0;
+  /** After a failure, callers without a valid token get it again until this time, without a request. */
+  #failFastUntil = 0;
   #timer: Timer | undefined;
   #closed = false;
   #storeDown = false;
@@ -379,13 +392,13 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
         }),
       );
     }
-    if (last !== undefined && now < this.#permanentUntil) return Promise.reject(last);
+    if (last !== undefined && now < this.#failFastUntil) return Promise.reject(last);
     return this.#refresh(minTtlMs > 0 ? { minTtlMs } : {});
   }
 
   #refreshInBackground(now: number): void {
     if (this.#inflight !== undefined || now < this.#nextAttemptAt || now < this.#blockedUntil) return;
-    if (now < this.#permanentUntil) return;
+    if (this.#lastError !== undefined && !isTransient(this.#lastError) && now < this.#failFastUntil) return;
     this.#refresh({ fresh: true }).catch(() => undefined); // reported through 'refreshFailed'
   }
 
@@ -495,10 +508,12 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
       generation: ++this.#generation,
     };
     this.#held = held;
-    if (from === 'source' || statusAt(token, held.staleAt, this.#clock.now()) !== 'expired') {
+    const now = this.#clock.now();
+    if (from === 'source' || statusAt(token, held.staleAt, now) !== 'expired') {
       this.#failures = 0;
       this.#lastError = undefined;
-      this.#blockedUntil = this.#nextAttemptAt = this.#permanentUntil = 0;
+      this.#blockedUntil = this.#failFastUntil = 0;
+      this.#nextAttemptAt = from === 'source' ? now + MIN_REFRESH_INTERVAL_MS : 0;
     }
     this.emit('token', { ...this.#info(held), from });
     this.#schedule(held.staleAt);
@@ -530,12 +545,13 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
     let retryInMs: number | undefined;
     if (isTransient(error)) {
       this.#nextAttemptAt = now + delay;
+      this.#failFastUntil = now + Math.min(delay, DEMAND_RETRY_FLOOR_MS);
       if (this.#policy.background) {
         retryInMs = delay;
         this.#schedule(now + delay);
       }
     } else {
-      this.#permanentUntil = now + delay;
+      this.#failFastUntil = now + delay;
       this.#timer?.cancel();
     }
     this.emit('refreshFailed', {
@@ -552,7 +568,8 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
     this.#timer?.cancel();
     this.#timer = undefined;
     if (!this.#policy.background || this.#closed || at === Infinity) return;
-    this.#timer = this.#clock.setTimer(() => this.#onTimer(), Math.max(0, at - this.#clock.now()));
+    const due = Math.max(at, this.#nextAttemptAt);
+    this.#timer = this.#clock.setTimer(() => this.#onTimer(), Math.max(0, due - this.#clock.now()));
   }
 
   #onTimer(): void {
@@ -564,8 +581,8 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
       this.#schedule(held.staleAt);
       return;
     }
-    if (now < this.#blockedUntil) {
-      this.#schedule(this.#blockedUntil);
+    if (now < this.#blockedUntil || now < this.#nextAttemptAt) {
+      this.#schedule(Math.max(this.#blockedUntil, this.#nextAttemptAt));
       return;
     }
     this.#refresh({ fresh: true }).catch(() => undefined); // reported through 'refreshFailed'
