@@ -492,7 +492,12 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
     if (held !== undefined && held.version === record.version) return;
     const token = parseStoredToken(record.value);
     if (token === undefined) {
-      this.#storeFailed('get', new TokenwardenError('ERR_STORE', 'the stored entry is not a token; ignoring it'));
+      // A corrupt entry is a miss (the next write replaces it); the store itself is fine.
+      this.emit('storeError', {
+        key: this.key,
+        operation: 'get',
+        error: new TokenwardenError('ERR_STORE', 'the stored entry is not a token; ignoring it'),
+      });
       return;
     }
     // A token we could not write (store was down) is compared by age; otherwise the store's order wins.
@@ -614,19 +619,15 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
     } catch (err) {
       if (isTokenwardenError(err, 'ERR_CLOSED') && this.#closed) throw err;
       if (this.#closing.signal.aborted && operation === 'lock') throw this.#closing.signal.reason as Error;
-      this.#storeFailed(
-        operation,
-        isTokenwardenError(err) ? err : new TokenwardenError('ERR_STORE', `store ${operation} failed`, { cause: err }),
-      );
+      this.#storeDown = true;
+      const error = isTokenwardenError(err)
+        ? err
+        : new TokenwardenError('ERR_STORE', `store ${operation} failed`, { cause: err });
+      this.emit('storeError', { key: this.key, operation, error });
       return STORE_FAILED;
     } finally {
       clearTimeout(timer);
     }
-  }
-
-  #storeFailed(operation: 'get' | 'set' | 'lock', error: TokenwardenError): void {
-    this.#storeDown = true;
-    this.emit('storeError', { key: this.key, operation, error });
   }
 
   #info(held: Held): TokenInfo {
