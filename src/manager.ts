@@ -593,7 +593,10 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
     this.#refresh({ fresh: true }).catch(() => undefined); // reported through 'refreshFailed'
   }
 
-  /** Runs a store operation with a time limit; failures degrade to in-process behaviour. */
+  /**
+   * Runs a store operation with a time limit; failures degrade to in-process behaviour. The limit is real
+   * time (a Node timer), not the injected clock: it bounds I/O, which a test clock does not move.
+   */
   async #storeCall<T>(
     operation: 'get' | 'set' | 'lock',
     call: (store: TokenStore) => Promise<T>,

@@ -163,6 +163,7 @@ export class OAuthClient {
       return { issuer: this.issuer ?? (this.tokenEndpoint as string), token_endpoint: this.tokenEndpoint };
     }
     const as = await discover(this.issuer, {
+      clock: this.clock,
       algorithm: this.#options.discovery ?? 'auto',
       allowInsecureRequests: this.allowInsecureRequests,
       timeoutMs: this.timeoutMs,
@@ -197,10 +198,14 @@ export class OAuthClient {
 
   /** The client authentication function (keys imported once, lazily). */
   clientAuthentication(): Promise<oauth.ClientAuth> {
-    this.#auth ??= makeClientAuth(this.#options, this.authMethod);
-    this.#auth.catch(() => {
-      this.#auth = undefined;
-    });
+    if (this.#auth === undefined) {
+      const auth = makeClientAuth(this.#options, this.authMethod);
+      // A key that failed to import is tried again next time rather than cached as a failure.
+      auth.catch(() => {
+        if (this.#auth === auth) this.#auth = undefined;
+      });
+      this.#auth = auth;
+    }
     return this.#auth;
   }
 

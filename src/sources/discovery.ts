@@ -4,6 +4,7 @@
  * @module
  */
 import * as oauth from 'oauth4webapi';
+import { type Clock, systemClock } from '../clock.js';
 import { TokenwardenError } from '../errors.js';
 import { boundedFetch, type TransportOptions } from '../http/transport.js';
 import { toTokenwardenError } from './errors.js';
@@ -23,6 +24,8 @@ export interface DiscoverOptions extends TransportOptions {
   signal?: AbortSignal;
   /** Skip the cache (and replace its entry). */
   force?: boolean;
+  /** Clock for the cache's age. Default: the system clock. */
+  clock?: Clock;
 }
 
 /**
@@ -39,10 +42,11 @@ export interface DiscoverOptions extends TransportOptions {
 export function discover(issuer: string, options: DiscoverOptions): Promise<oauth.AuthorizationServer> {
   const algorithm = options.algorithm ?? 'auto';
   const cacheKey = `${algorithm} ${issuer}`;
+  const now = (options.clock ?? systemClock).now();
   const hit = cache.get(cacheKey);
-  if (!options.force && hit && Date.now() - hit.at < DISCOVERY_TTL_MS) return hit.metadata;
+  if (!options.force && hit && now - hit.at < DISCOVERY_TTL_MS && now >= hit.at) return hit.metadata;
   const metadata = fetchMetadata(issuer, algorithm, options);
-  cache.set(cacheKey, { at: Date.now(), metadata });
+  cache.set(cacheKey, { at: now, metadata });
   metadata.catch(() => {
     if (cache.get(cacheKey)?.metadata === metadata) cache.delete(cacheKey);
   });
