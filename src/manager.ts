@@ -63,7 +63,14 @@ export interface TokenManagerOptions {
   fetch?: AuthFetchOptions;
 }
 
-/** Options for {@link TokenManager.getToken}. */
+/**
+ * Options for {@link TokenManager.getToken}.
+ *
+ * @example
+ * ```ts
+ * await manager.getToken({ minTtl: '2m', signal: AbortSignal.timeout(5000) });
+ * ```
+ */
 export interface GetTokenOptions {
   /** Stop waiting (the shared refresh itself goes on for other callers). */
   signal?: AbortSignal;
@@ -71,7 +78,15 @@ export interface GetTokenOptions {
   minTtl?: Duration;
 }
 
-/** Token metadata for events and diagnostics: never the token itself. */
+/**
+ * Token metadata for events and diagnostics: never the token itself.
+ *
+ * @example
+ * ```ts
+ * const info: TokenInfo | undefined = manager.peek().info;
+ * if (info) console.log(`expires ${new Date(info.expiresAt ?? 0).toISOString()}`);
+ * ```
+ */
 export interface TokenInfo {
   readonly key: string;
   readonly tokenType: string;
@@ -81,7 +96,15 @@ export interface TokenInfo {
   readonly scope: string | undefined;
 }
 
-/** Events of a {@link TokenManager}. No event carries a token or a secret. */
+/**
+ * Events of a {@link TokenManager}. No event carries a token or a secret.
+ *
+ * @example
+ * ```ts
+ * manager.on('refreshFailed', ({ error, retryInMs, validUntil }) => log.warn({ code: error.code, retryInMs, validUntil }));
+ * manager.on('storeError', ({ operation, error }) => log.warn({ operation, code: error.code }));
+ * ```
+ */
 export interface TokenManagerEvents {
   /** A new token is held: fetched from the source, or adopted from the shared store. */
   token: [TokenInfo & { from: 'source' | 'store' }];
@@ -649,7 +672,17 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
   }
 }
 
-/** Errors worth retrying in the background: the server or the network may heal. */
+/**
+ * Errors worth retrying in the background: the server or the network may heal. Others (`invalid_client`,
+ * `invalid_grant`, misconfiguration) are not retried by the manager.
+ *
+ * @example
+ * ```ts
+ * manager.on('refreshFailed', ({ error }) => {
+ *   if (!isTransient(error)) pageOps(error.code);
+ * });
+ * ```
+ */
 export function isTransient(error: TokenwardenError): boolean {
   switch (error.code) {
     case 'ERR_NETWORK':

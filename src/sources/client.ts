@@ -24,7 +24,15 @@ import { type DiscoveryAlgorithm, discover } from './discovery.js';
 import { toTokenwardenError } from './errors.js';
 import type { FetchTokenContext, TokenSource } from './source.js';
 
-/** The client authentication methods of RFC 6749, RFC 7523 and RFC 8705. */
+/**
+ * The client authentication methods of RFC 6749, RFC 7523 and RFC 8705.
+ *
+ * @example
+ * ```ts
+ * const method: ClientAuthMethod = 'private_key_jwt';
+ * clientCredentials({ issuer, clientId, clientAuth: method, privateKey: jwk });
+ * ```
+ */
 export type ClientAuthMethod =
   | 'client_secret_basic'
   | 'client_secret_post'
@@ -36,7 +44,12 @@ export type ClientAuthMethod =
 
 /**
  * A private key for `private_key_jwt` (or a JWT bearer assertion): a `CryptoKey`, a private JWK (with `d`),
- * a PKCS#8 PEM string, or `{ key, kid }` with any of those.
+ * a PKCS#8 PEM string, or `{ key, kid, alg }` with any of those.
+ *
+ * @example
+ * ```ts
+ * const key: PrivateKeyInput = { key: readFileSync('client-key.pem', 'utf8'), kid: 'key-2026', alg: 'PS256' };
+ * ```
  */
 export type PrivateKeyInput =
   CryptoKey | oauth.JWK | string | { key: CryptoKey | oauth.JWK | string; kid?: string; alg?: string };

@@ -9,7 +9,14 @@ import { TokenwardenError } from '../errors.js';
 import { boundedFetch, type TransportOptions } from '../http/transport.js';
 import { toTokenwardenError } from './errors.js';
 
-/** Which well-known document to read. `'auto'` tries OpenID Connect first, then RFC 8414. */
+/**
+ * Which well-known document to read. `'auto'` tries OpenID Connect first, then RFC 8414.
+ *
+ * @example
+ * ```ts
+ * clientCredentials({ issuer: 'https://as.example.com/tenant', discovery: 'oauth2', clientId, clientSecret });
+ * ```
+ */
 export type DiscoveryAlgorithm = 'oidc' | 'oauth2' | 'auto';
 
 /** How long discovered metadata is reused before it is fetched again. */
@@ -88,7 +95,14 @@ async function fetchMetadata(
   }
 }
 
-/** Forgets cached metadata (all of it, or one issuer's). */
+/**
+ * Forgets cached metadata (all of it, or one issuer's), e.g. after the authorization server moved an endpoint.
+ *
+ * @example
+ * ```ts
+ * clearDiscoveryCache('https://login.example.com');
+ * ```
+ */
 export function clearDiscoveryCache(issuer?: string): void {
   if (issuer === undefined) cache.clear();
   else for (const key of cache.keys()) if (key.endsWith(` ${issuer}`)) cache.delete(key);
