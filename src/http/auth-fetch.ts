@@ -6,16 +6,37 @@
 import type { Token } from '../token.js';
 import type { FetchLike } from './transport.js';
 
-/** What {@link authFetch} needs: a `TokenManager` or anything shaped like one. */
+/**
+ * What {@link authFetch} needs: a `TokenManager` or anything shaped like one.
+ *
+ * @example
+ * ```ts
+ * const provider: TokenProvider = { getToken: () => manager.getToken(), invalidate: (t) => manager.invalidate(t) };
+ * ```
+ */
 export interface TokenProvider {
   getToken(options?: { signal?: AbortSignal }): Promise<Token>;
   invalidate(accessToken?: string): Promise<void>;
 }
 
-/** When a 401 response is retried with a new token. */
+/**
+ * When a 401 response is retried with a new token.
+ *
+ * @example
+ * ```ts
+ * const retryOn401: RetryOn401 = (res) => res.headers.get('x-token-expired') === '1';
+ * ```
+ */
 export type RetryOn401 = 'invalid_token' | 'always' | 'never' | ((response: Response) => boolean);
 
-/** Options for {@link authFetch}. */
+/**
+ * Options for {@link authFetch}.
+ *
+ * @example
+ * ```ts
+ * const api = authFetch(manager, { retryOn401: 'always', fetch: (url, init) => fetch(url, { ...init, keepalive: true }) });
+ * ```
+ */
 export interface AuthFetchOptions {
   /** The `fetch` that sends requests. Default: the global `fetch`. */
   fetch?: FetchLike;

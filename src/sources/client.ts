@@ -24,7 +24,15 @@ import { type DiscoveryAlgorithm, discover } from './discovery.js';
 import { toTokenwardenError } from './errors.js';
 import type { FetchTokenContext, TokenSource } from './source.js';
 
-/** The client authentication methods of RFC 6749, RFC 7523 and RFC 8705. */
+/**
+ * The client authentication methods of RFC 6749, RFC 7523 and RFC 8705.
+ *
+ * @example
+ * ```ts
+ * const method: ClientAuthMethod = 'private_key_jwt';
+ * clientCredentials({ issuer, clientId, clientAuth: method, privateKey: jwk });
+ * ```
+ */
 export type ClientAuthMethod =
   | 'client_secret_basic'
   | 'client_secret_post'
@@ -36,7 +44,12 @@ export type ClientAuthMethod =
 
 /**
  * A private key for `private_key_jwt` (or a JWT bearer assertion): a `CryptoKey`, a private JWK (with `d`),
- * a PKCS#8 PEM string, or `{ key, kid }` with any of those.
+ * a PKCS#8 PEM string, or `{ key, kid, alg }` with any of those.
+ *
+ * @example
+ * ```ts
+ * const key: PrivateKeyInput = { key: readFileSync('client-key.pem', 'utf8'), kid: 'key-2026', alg: 'PS256' };
+ * ```
  */
 export type PrivateKeyInput =
   CryptoKey | oauth.JWK | string | { key: CryptoKey | oauth.JWK | string; kid?: string; alg?: string };
@@ -163,6 +176,7 @@ export class OAuthClient {
       return { issuer: this.issuer ?? (this.tokenEndpoint as string), token_endpoint: this.tokenEndpoint };
     }
     const as = await discover(this.issuer, {
+      clock: this.clock,
       algorithm: this.#options.discovery ?? 'auto',
       allowInsecureRequests: this.allowInsecureRequests,
       timeoutMs: this.timeoutMs,
@@ -197,10 +211,14 @@ export class OAuthClient {
 
   /** The client authentication function (keys imported once, lazily). */
   clientAuthentication(): Promise<oauth.ClientAuth> {
-    this.#auth ??= makeClientAuth(this.#options, this.authMethod);
-    this.#auth.catch(() => {
-      this.#auth = undefined;
-    });
+    if (this.#auth === undefined) {
+      const auth = makeClientAuth(this.#options, this.authMethod);
+      // A key that failed to import is tried again next time rather than cached as a failure.
+      auth.catch(() => {
+        if (this.#auth === auth) this.#auth = undefined;
+      });
+      this.#auth = auth;
+    }
     return this.#auth;
   }
 
