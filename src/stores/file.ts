@@ -14,7 +14,6 @@ import { EventEmitter } from 'node:events';
 import { type FileHandle, link, mkdir, open, readFile, readdir, rename, stat, unlink, chmod } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join, resolve } from 'node:path';
-import { systemClock } from '../clock.js';
 import { type Duration, toMs } from '../duration.js';
 import { TokenwardenError } from '../errors.js';
 import { Codec, type EncryptionOption, decodeOrMiss } from './codec.js';
@@ -29,6 +28,7 @@ import {
   pollDelay,
   storeError,
   throwIfAborted,
+  waitClock,
 } from './shared.js';
 import type { LockOptions, SetOptions, StoreEvents, StoreLock, StoreRecord, TokenStore } from './store.js';
 
@@ -97,7 +97,7 @@ export class FileStore extends EventEmitter<StoreEvents> implements TokenStore {
   readonly path: string;
   readonly #codec: Codec;
   readonly #timeoutMs: number;
-  readonly #waiters = new LockWaiters(systemClock);
+  readonly #waiters = new LockWaiters(waitClock);
   readonly #held = new Set<StoreLock>();
   #ready: Promise<void> | undefined;
   #closed = false;

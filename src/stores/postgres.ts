@@ -16,7 +16,6 @@
 import { createHash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import type { Pool, PoolClient, PoolConfig } from 'pg';
-import { systemClock } from '../clock.js';
 import { type Duration, toMs } from '../duration.js';
 import { TokenwardenError } from '../errors.js';
 import { Codec, type EncryptionOption, decodeOrMiss } from './codec.js';
@@ -30,6 +29,7 @@ import {
   closedError,
   pollDelay,
   throwIfAborted,
+  waitClock,
 } from './shared.js';
 import type { LockOptions, SetOptions, StoreEvents, StoreLock, StoreRecord, TokenStore } from './store.js';
 
@@ -98,7 +98,7 @@ export class PostgresStore extends EventEmitter<StoreEvents> implements TokenSto
   readonly #options: PostgresStoreOptions;
   readonly #codec: Codec;
   readonly #timeoutMs: number;
-  readonly #waiters = new LockWaiters(systemClock);
+  readonly #waiters = new LockWaiters(waitClock);
   readonly #held = new Set<StoreLock>();
   #pool: Promise<Pool> | undefined;
   #owned: Pool | undefined;

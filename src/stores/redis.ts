@@ -11,7 +11,6 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import type { Cluster, Redis, RedisOptions } from 'ioredis';
-import { systemClock } from '../clock.js';
 import { type Duration, toMs } from '../duration.js';
 import { TokenwardenError } from '../errors.js';
 import { Codec, type EncryptionOption, decodeOrMiss } from './codec.js';
@@ -25,6 +24,7 @@ import {
   closedError,
   pollDelay,
   throwIfAborted,
+  waitClock,
 } from './shared.js';
 import type { LockOptions, SetOptions, StoreEvents, StoreLock, StoreRecord, TokenStore } from './store.js';
 
@@ -135,7 +135,7 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
   readonly #codec: Codec;
   readonly #timeoutMs: number;
   readonly #channel: string;
-  readonly #waiters = new LockWaiters(systemClock);
+  readonly #waiters = new LockWaiters(waitClock);
   readonly #held = new Set<StoreLock>();
   #connection: Promise<Connection> | undefined;
   #owned: Connection | undefined;

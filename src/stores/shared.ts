@@ -5,6 +5,7 @@
  *
  * @module
  */
+import { type Clock, MAX_TIMER_MS } from '../clock.js';
 import { TokenwardenError, isTokenwardenError } from '../errors.js';
 
 /** Default bound on one store operation. */
@@ -115,3 +116,16 @@ export function throwIfAborted(signal: AbortSignal | undefined): void {
       : new TokenwardenError('ERR_ABORTED', 'waiting for the lock was aborted');
   }
 }
+
+/**
+ * The clock lock waiters sleep on: real time with timers that keep the process alive. A caller awaiting
+ * a lock must not see its process exit under it (the system clock's timers are `unref()`'d, meant for
+ * background work).
+ */
+export const waitClock: Clock = {
+  now: () => Date.now(),
+  setTimer(callback, ms) {
+    const handle = setTimeout(callback, Math.min(Math.max(0, ms), MAX_TIMER_MS));
+    return { cancel: () => clearTimeout(handle) };
+  },
+};
