@@ -541,7 +541,11 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
       this.#failures = 0;
       this.#lastError = undefined;
       this.#blockedUntil = this.#failFastUntil = 0;
-      this.#nextAttemptAt = from === 'source' ? now + MIN_REFRESH_INTERVAL_MS : 0;
+      // The floor belongs to the token, not to the process: a token another process has just fetched
+      // (adopted from the store) is not refreshed again sooner than its fetcher would, or a fleet refreshes
+      // short-lived tokens at the pace of its most eager member. Capped at now + floor (clock skew).
+      this.#nextAttemptAt =
+        from === 'source' ? now + MIN_REFRESH_INTERVAL_MS : Math.min(token.issuedAt, now) + MIN_REFRESH_INTERVAL_MS;
     }
     this.emit('token', { ...this.#info(held), from });
     this.#schedule(held.staleAt);
