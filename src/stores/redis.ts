@@ -23,6 +23,7 @@ import {
   checkVersion,
   closedError,
   pollDelay,
+  storeError,
   throwIfAborted,
   waitClock,
 } from './shared.js';
@@ -66,9 +67,12 @@ export type RedisStoreOptions = RedisStoreCommonOptions &
 
 /** The part of an ioredis connection the store uses (both `Redis` and `Cluster` have it). */
 interface Connection {
+  readonly status: string;
+  connect(): Promise<void>;
   call(command: string, ...args: (string | number)[]): Promise<unknown>;
   subscribe(channel: string): Promise<unknown>;
   on(event: string, listener: (...args: never[]) => void): unknown;
+  off(event: string, listener: (...args: never[]) => void): unknown;
   quit(): Promise<unknown>;
   disconnect(): void;
 }
@@ -201,7 +205,7 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
   async delete(key: string): Promise<void> {
     this.#check();
     checkKey(key);
-    const connection = await this.#connect();
+    const connection = await this.#usable();
     await bounded(() => connection.call('DEL', this.#entryKey(key)), this.#timeoutMs, 'redis delete');
   }
 
@@ -212,19 +216,22 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
     const deadline = Date.now() + Math.max(0, options.waitMs);
     const lockKey = `${this.prefix}lock:${key}`;
     const owner = randomUUID();
-    const connection = await this.#connect();
     for (let attempt = 0; ; attempt++) {
       throwIfAborted(options.signal);
       this.#check();
-      const reply = await bounded(
-        () => connection.call('SET', lockKey, owner, 'PX', ttlMs, 'NX'),
-        this.#timeoutMs,
-        'redis lock',
-        // Taken after we gave up waiting for the answer: give it back.
-        (late) => {
-          if (late === 'OK') void this.#script('release', lockKey, owner, this.#channel, key).catch(() => undefined);
-        },
-      );
+      const connection = await this.#usable();
+      let reply: unknown;
+      try {
+        reply = await bounded(
+          () => connection.call('SET', lockKey, owner, 'PX', ttlMs, 'NX'),
+          this.#timeoutMs,
+          'redis lock',
+        );
+      } catch (err) {
+        // The SET may still run (a client that queues or resends commands): queue our release behind it.
+        void connection.call('EVAL', RELEASE, 1, lockKey, owner, this.#channel, key).catch(() => undefined);
+        throw err;
+      }
       if (reply === 'OK') return this.#holding(key, lockKey, owner);
       const now = Date.now();
       if (now >= deadline) return undefined;
@@ -277,7 +284,7 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
 
   /** Runs one of the store's Lua scripts (EVALSHA, loading it with EVAL when Redis does not know it). */
   async #script(name: keyof typeof SCRIPTS, key: string, ...args: string[]): Promise<unknown> {
-    const connection = await this.#connect();
+    const connection = await this.#usable();
     const what = `redis ${name}`;
     try {
       return await bounded(() => connection.call('EVALSHA', SHAS[name], 1, key, ...args), this.#timeoutMs, what);
@@ -286,6 +293,24 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
       if (!(cause instanceof Error && cause.message.startsWith('NOSCRIPT'))) throw err;
       return bounded(() => connection.call('EVAL', SCRIPTS[name], 1, key, ...args), this.#timeoutMs, what);
     }
+  }
+
+  /**
+   * The connection, if it can take a command now. Commands are never left queued while Redis is away: a
+   * queued write replayed after a reconnect could put back a token whose refresh token was spent since.
+   * While a connection attempt is under way we wait for it (bounded); while reconnecting we fail at once.
+   */
+  async #usable(): Promise<Connection> {
+    const connection = await this.#connect();
+    const { status } = connection;
+    if (status === 'ready') return connection;
+    if (status === 'wait')
+      connection.connect().catch(() => undefined); // a lazyConnect client of yours
+    else if (status !== 'connecting' && status !== 'connect') {
+      throw new TokenwardenError('ERR_STORE', `redis is not connected (${status})`);
+    }
+    await whenReady(connection, this.#timeoutMs);
+    return connection;
   }
 
   #connect(): Promise<Connection> {
@@ -306,6 +331,8 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
       commandTimeout: this.#timeoutMs,
       connectTimeout: Math.max(this.#timeoutMs, 1000),
       maxRetriesPerRequest: 1,
+      enableOfflineQueue: false,
+      autoResendUnfulfilledCommands: false,
       retryStrategy: (times: number) => Math.min(50 * 2 ** times, 1000),
       ...redisOptions,
     }) as unknown as Connection;
@@ -330,7 +357,12 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
       });
       this.#subscriber = subscriber;
       if (this.#closed) subscriber.disconnect();
-      this.#subscribed = bounded(() => subscriber.subscribe(this.#channel), this.#timeoutMs, 'redis subscribe').then(
+      const subscribe = async (): Promise<void> => {
+        if (subscriber.status === 'wait') subscriber.connect().catch(() => undefined);
+        if (subscriber.status !== 'ready') await whenReady(subscriber, this.#timeoutMs);
+        await bounded(() => subscriber.subscribe(this.#channel), this.#timeoutMs, 'redis subscribe');
+      };
+      this.#subscribed = subscribe().then(
         () => undefined,
         () => {
           this.#subscribed = undefined; // try again on the next wait; polling meanwhile
@@ -341,6 +373,31 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
     }
     return this.#subscribed;
   }
+}
+
+/** Resolves when `connection` is ready; rejects on its next error, its end, or after `ms`. */
+function whenReady(connection: Connection, ms: number): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    const done = (err?: unknown): void => {
+      clearTimeout(timer);
+      connection.off('ready', onReady);
+      connection.off('error', onError);
+      connection.off('end', onEnd);
+      if (err === undefined) resolve();
+      else reject(err instanceof TokenwardenError ? err : storeError(err, 'redis connect'));
+    };
+    const onReady = (): void => done();
+    const onError = (err: Error): void => done(err);
+    const onEnd = (): void => done(new TokenwardenError('ERR_STORE', 'the Redis connection was closed'));
+    const timer = setTimeout(
+      () => done(new TokenwardenError('ERR_STORE_TIMEOUT', `redis connect took longer than ${ms} ms`)),
+      ms,
+    );
+    connection.on('ready', onReady);
+    connection.on('error', onError);
+    connection.on('end', onEnd);
+    if (connection.status === 'ready') done();
+  });
 }
 
 async function loadIoredis(): Promise<{ Redis: typeof Redis }> {

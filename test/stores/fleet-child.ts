@@ -1,0 +1,101 @@
+/**
+ * One process of a fleet (spawned by fleet.test.ts and bench/fleet.bench.ts): a TokenManager over a
+ * shared store, calling getToken() every `intervalMs` for `durationMs`; prints one JSON line of results.
+ *
+ * argv[2]: JSON {@link ChildConfig}.
+ */
+import { TokenManager, type TokenStore, refreshToken, FileStore } from '../../src/index.js';
+import { PostgresStore } from '../../src/postgres.js';
+import { RedisStore } from '../../src/redis.js';
+
+export interface ChildConfig {
+  store:
+    | { kind: 'file'; path: string }
+    | { kind: 'redis'; url: string; prefix: string }
+    | { kind: 'postgres'; connectionString: string; table: string }
+    | { kind: 'none' };
+  issuer: string;
+  clientId: string;
+  clientSecret: string;
+  refreshToken: string;
+  /** Epoch ms at which to start (so that the fleet starts together). */
+  startAt: number;
+  durationMs: number;
+  intervalMs: number;
+  /** Write a set of entries in a loop instead (crash safety: the parent kills us mid-write). */
+  mode?: 'fleet' | 'writer';
+}
+
+export interface ChildResult {
+  calls: number;
+  errors: string[];
+  expired: number;
+  latenciesMs: number[];
+  storeErrors: number;
+  storeRecovered: number;
+  sources: number;
+}
+
+const config = JSON.parse(process.argv[2] as string) as ChildConfig;
+
+function openStore(): TokenStore | undefined {
+  const s = config.store;
+  if (s.kind === 'file') return new FileStore({ path: s.path });
+  if (s.kind === 'redis') return new RedisStore({ url: s.url, prefix: s.prefix });
+  if (s.kind === 'postgres') return new PostgresStore({ connectionString: s.connectionString, table: s.table });
+  return undefined;
+}
+
+const store = openStore();
+
+if (config.mode === 'writer') {
+  // Crash safety: rewrite a few large entries as fast as possible until killed.
+  process.stdout.write('ready\n');
+  for (let i = 0; ; i++) {
+    const key = `crash:${i % 5}`;
+    await store!.set(key, JSON.stringify({ i, pad: 'x'.repeat(50_000 + (i % 7) * 10_000) }));
+  }
+}
+
+const manager = new TokenManager({
+  source: refreshToken({
+    issuer: config.issuer,
+    clientId: config.clientId,
+    clientSecret: config.clientSecret,
+    refreshToken: config.refreshToken,
+    allowInsecureRequests: true,
+  }),
+  ...(store && { store }),
+});
+const result: ChildResult = {
+  calls: 0,
+  errors: [],
+  expired: 0,
+  latenciesMs: [],
+  storeErrors: 0,
+  storeRecovered: 0,
+  sources: 0,
+};
+manager.on('storeError', () => result.storeErrors++);
+manager.on('storeRecovered', () => result.storeRecovered++);
+manager.on('token', (t) => {
+  if (t.from === 'source') result.sources++;
+});
+
+await new Promise((r) => setTimeout(r, Math.max(0, config.startAt - Date.now())));
+const end = Date.now() + config.durationMs;
+while (Date.now() < end) {
+  const started = performance.now();
+  try {
+    const token = await manager.getToken();
+    result.latenciesMs.push(performance.now() - started);
+    if (token.expiresAt !== undefined && token.expiresAt <= Date.now()) result.expired++;
+  } catch (err) {
+    result.errors.push(String((err as { code?: string }).code ?? err));
+  }
+  result.calls++;
+  await new Promise((r) => setTimeout(r, config.intervalMs));
+}
+await manager.close();
+await store?.close();
+process.stdout.write(`${JSON.stringify(result)}\n`);

@@ -1,0 +1,50 @@
+/**
+ * Runs a fleet of child processes (fleet-child.ts) against one authorization server and one store; used
+ * by the fleet tests and the fleet benchmark.
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import type { ChildConfig, ChildResult } from './fleet-child.js';
+
+export type { ChildConfig, ChildResult };
+
+const CHILD = fileURLToPath(new URL('./fleet-child.ts', import.meta.url));
+
+/** Spawns `node --import tsx fleet-child.ts <config>`. */
+export function spawnChild(config: ChildConfig): ChildProcess {
+  return spawn(process.execPath, ['--import', 'tsx', CHILD, JSON.stringify(config)], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, NODE_NO_WARNINGS: '1' },
+  });
+}
+
+/** Runs `count` children with `config` (starting together) and resolves to their results. */
+export async function runFleet(
+  count: number,
+  config: Omit<ChildConfig, 'startAt'>,
+  bootMs = 4000,
+): Promise<ChildResult[]> {
+  const startAt = Date.now() + bootMs;
+  return Promise.all(
+    Array.from(
+      { length: count },
+      () =>
+        new Promise<ChildResult>((resolve, reject) => {
+          const child = spawnChild({ ...config, startAt });
+          let out = '';
+          let err = '';
+          child.stdout?.on('data', (d: Buffer) => (out += d.toString()));
+          child.stderr?.on('data', (d: Buffer) => (err += d.toString()));
+          child.on('error', reject);
+          child.on('exit', (code, signal) => {
+            const line = out.trim().split('\n').pop() ?? '';
+            try {
+              resolve(JSON.parse(line) as ChildResult);
+            } catch {
+              reject(new Error(`fleet child exited (${code ?? signal}) without a result: ${err.slice(0, 2000)}`));
+            }
+          });
+        }),
+    ),
+  );
+}
