@@ -33,7 +33,15 @@ import {
 } from './shared.js';
 import type { LockOptions, SetOptions, StoreEvents, StoreLock, StoreRecord, TokenStore } from './store.js';
 
-/** Options shared by both ways of building a {@link PostgresStore}. */
+/**
+ * Options shared by both ways of building a {@link PostgresStore}.
+ *
+ * @example
+ * ```ts
+ * const common: PostgresStoreCommonOptions = { table: 'auth.tokens', createTable: false, timeout: '1s' };
+ * new PostgresStore({ pool, ...common });
+ * ```
+ */
 export interface PostgresStoreCommonOptions {
   /** The table, optionally schema-qualified (`'auth.tokens'`). Default `'tokenwarden_tokens'`. */
   table?: string;

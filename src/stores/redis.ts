@@ -29,7 +29,15 @@ import {
 } from './shared.js';
 import type { LockOptions, SetOptions, StoreEvents, StoreLock, StoreRecord, TokenStore } from './store.js';
 
-/** Options shared by both ways of building a {@link RedisStore}. */
+/**
+ * Options shared by both ways of building a {@link RedisStore}.
+ *
+ * @example
+ * ```ts
+ * const common: RedisStoreCommonOptions = { prefix: 'billing:tokens:', encryptionKey: process.env.TOKEN_KEY, timeout: '1s' };
+ * new RedisStore({ url: process.env.REDIS_URL!, ...common });
+ * ```
+ */
 export interface RedisStoreCommonOptions {
   /** Prefix of every key the store uses. Default `'tokenwarden:'`. */
   prefix?: string;

@@ -4,7 +4,7 @@
  *
  * argv[2]: JSON {@link ChildConfig}.
  */
-import { TokenManager, type TokenStore, refreshToken, FileStore } from '../../src/index.js';
+import { FileStore, TokenManager, type TokenStore, clientCredentials, refreshToken } from '../../src/index.js';
 import { PostgresStore } from '../../src/postgres.js';
 import { RedisStore } from '../../src/redis.js';
 
@@ -22,6 +22,8 @@ export interface ChildConfig {
   startAt: number;
   durationMs: number;
   intervalMs: number;
+  /** The grant: the refresh token (default) or client credentials (`refreshToken` unused). */
+  grant?: 'refresh_token' | 'client_credentials';
   /** Write a set of entries in a loop instead (crash safety: the parent kills us mid-write). */
   mode?: 'fleet' | 'writer';
 }
@@ -57,14 +59,17 @@ if (config.mode === 'writer') {
   }
 }
 
+const client = {
+  issuer: config.issuer,
+  clientId: config.clientId,
+  clientSecret: config.clientSecret,
+  allowInsecureRequests: true,
+};
 const manager = new TokenManager({
-  source: refreshToken({
-    issuer: config.issuer,
-    clientId: config.clientId,
-    clientSecret: config.clientSecret,
-    refreshToken: config.refreshToken,
-    allowInsecureRequests: true,
-  }),
+  source:
+    config.grant === 'client_credentials'
+      ? clientCredentials({ ...client, scope: 'read' })
+      : refreshToken({ ...client, refreshToken: config.refreshToken }),
   ...(store && { store }),
 });
 const result: ChildResult = {
@@ -76,7 +81,11 @@ const result: ChildResult = {
   storeRecovered: 0,
   sources: 0,
 };
-manager.on('storeError', () => result.storeErrors++);
+manager.on('storeError', (e) => {
+  result.storeErrors++;
+  if (process.env.TW_DEBUG)
+    console.error('storeError', e.operation, e.error.code, e.error.message, Date.now() - config.startAt);
+});
 manager.on('storeRecovered', () => result.storeRecovered++);
 manager.on('token', (t) => {
   if (t.from === 'source') result.sources++;
