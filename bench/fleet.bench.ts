@@ -17,7 +17,7 @@ import type { BenchRow } from './run.js';
 import { percentile } from './util.js';
 
 const P = 4;
-const T_MS = 5000;
+const T_MS = 4000;
 
 export async function run(): Promise<BenchRow[]> {
   const as = await startAuthorizationServer({ accessTokenTtl: 2 });
@@ -35,7 +35,7 @@ export async function run(): Promise<BenchRow[]> {
   };
   const fleet = async (count: number, store: ChildConfig['store'], extra: Partial<ChildConfig> = {}) => {
     as.resetCounts();
-    const results = await runFleet(count, { ...base, store, ...extra }, 2500);
+    const results = await runFleet(count, { ...base, store, ...extra }, 2000);
     return { results, requests: as.counts.token, errors: { ...as.counts.errors } };
   };
   const p99 = (results: ChildResult[]) =>
