@@ -8,6 +8,7 @@
  */
 import { EventEmitter } from 'node:events';
 import { inspect } from 'node:util';
+import type { DPoPHandle } from 'oauth4webapi';
 import { type Clock, type Timer, systemClock } from './clock.js';
 import { type Duration, toMs } from './duration.js';
 import { TokenwardenError, isTokenwardenError } from './errors.js';
@@ -350,6 +351,11 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
     this.#held = undefined;
     registry.forget(this);
     if (this.#ownsStore) await this.store.close();
+  }
+
+  /** The DPoP handle of the source (when it sender-constrains tokens), used by {@link TokenManager.fetch}. */
+  get dpop(): DPoPHandle | undefined {
+    return (this.source as { dpop?: DPoPHandle }).dpop;
   }
 
   /**

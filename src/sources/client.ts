@@ -105,6 +105,12 @@ export interface ClientOptions {
   maxResponseBytes?: number;
   /** Allow `http:` URLs. Only for local development and tests. Default `false`. */
   allowInsecureRequests?: boolean;
+  /**
+   * Sender-constrain tokens with DPoP (RFC 9449): the key pair that signs the proofs (its public key must
+   * be extractable). The token endpoint then issues `DPoP` tokens, and `manager.fetch` adds a proof to each
+   * request. Processes that share a store must share this key pair, or they cannot use each other's tokens.
+   */
+  dpop?: CryptoKeyPair;
   /** Store key override; by default the key is derived from the source's identity. */
   key?: string;
   /** Clock for `issuedAt`. Default: the system clock. */
@@ -133,6 +139,8 @@ export class OAuthClient {
   readonly maxResponseBytes: number;
   readonly allowInsecureRequests: boolean;
   readonly clock: Clock;
+  /** The DPoP handle (proofs and server nonces), when `dpop` is configured. */
+  readonly dpop: oauth.DPoPHandle | undefined;
   readonly #options: ClientOptions;
   readonly #client: oauth.Client;
   #auth: Promise<oauth.ClientAuth> | undefined;
@@ -167,6 +175,13 @@ export class OAuthClient {
     this.authMethod = resolveAuthMethod(options);
     this.#options = options;
     this.#client = { client_id: options.clientId };
+    try {
+      this.dpop = options.dpop === undefined ? undefined : oauth.DPoP(this.#client, options.dpop);
+    } catch (err) {
+      throw new TokenwardenError('ERR_CONFIG', 'dpop must be a CryptoKeyPair whose public key is extractable', {
+        cause: err,
+      });
+    }
   }
 
   /** The authorization server metadata (discovered and cached, or built from `tokenEndpoint`). */
@@ -240,18 +255,30 @@ export class OAuthClient {
       const as = await this.authorizationServer(context.signal);
       const auth = await this.clientAuthentication();
       this.addCommonParams(params);
-      const response = await oauth.genericTokenEndpointRequest(
-        as,
-        this.#client,
-        auth,
-        grantType,
-        params,
-        this.requestOptions(meta, context.signal),
-      );
-      json = await oauth.processGenericTokenEndpointResponse(as, this.#client, response, {
-        // RFC 8693 responses for tokens that are not access tokens say "N_A".
-        recognizedTokenTypes: { n_a: () => undefined },
-      });
+      const attempt = async (): Promise<oauth.TokenEndpointResponse> => {
+        const response = await oauth.genericTokenEndpointRequest(
+          as,
+          this.#client,
+          auth,
+          grantType,
+          new URLSearchParams(params),
+          {
+            ...this.requestOptions(meta, context.signal),
+            ...(this.dpop && { DPoP: this.dpop }),
+          },
+        );
+        return oauth.processGenericTokenEndpointResponse(as, this.#client, response, {
+          // RFC 8693 responses for tokens that are not access tokens say "N_A".
+          recognizedTokenTypes: { n_a: () => undefined },
+        });
+      };
+      try {
+        json = await attempt();
+      } catch (err) {
+        // A DPoP server may ask for a nonce first (RFC 9449 §8): the handle kept it; send again once.
+        if (!(this.dpop && oauth.isDPoPNonceError(err))) throw err;
+        json = await attempt();
+      }
     } catch (err) {
       const retryAfterMs =
         meta.status === 429 || meta.status === 503 ? parseRetryAfter(meta.retryAfter, this.clock.now()) : undefined;
@@ -525,6 +552,11 @@ export class GrantSource implements TokenSource {
 
   fetchToken(context: FetchTokenContext): Promise<Token> {
     return this.#fetch(context);
+  }
+
+  /** The DPoP handle when the client is configured with `dpop` (used by `TokenManager.fetch`). */
+  get dpop(): oauth.DPoPHandle | undefined {
+    return this.client.dpop;
   }
 
   toJSON(): Record<string, unknown> {
