@@ -550,8 +550,8 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
       // The floor belongs to the token, not to the process: a token another process has just fetched
       // (adopted from the store) is not refreshed again sooner than its fetcher would, or a fleet refreshes
       // short-lived tokens at the pace of its most eager member. Capped at now + floor (clock skew).
-      this.#nextAttemptAt =
-        from === 'source' ? now + MIN_REFRESH_INTERVAL_MS : Math.min(token.issuedAt, now) + MIN_REFRESH_INTERVAL_MS;
+      const floor = refreshFloor(token);
+      this.#nextAttemptAt = (from === 'source' ? now : Math.min(token.issuedAt, now)) + floor;
     }
     this.emit('token', { ...this.#info(held), from });
     this.#schedule(held.staleAt);
@@ -717,6 +717,17 @@ export function isTransient(error: TokenwardenError): boolean {
     default:
       return false;
   }
+}
+
+/**
+ * The floor between background refreshes for `token`: {@link MIN_REFRESH_INTERVAL_MS}, but never past
+ * two thirds of a short token's life (a 1 s token is not left to expire before its refresh starts),
+ * and never under a quarter of a second (no refresh loop on absurdly short tokens).
+ */
+function refreshFloor(token: Token): number {
+  if (token.expiresAt === undefined) return MIN_REFRESH_INTERVAL_MS;
+  const lifetime = token.expiresAt - token.issuedAt;
+  return Math.min(MIN_REFRESH_INTERVAL_MS, Math.max(250, (lifetime * 2) / 3));
 }
 
 /** How long a store keeps an entry: while it has a refresh token, until deleted; otherwise its life. */
