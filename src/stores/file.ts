@@ -193,7 +193,7 @@ export class FileStore extends EventEmitter<StoreEvents> implements TokenStore {
       const now = Date.now();
       if (now >= deadline) return undefined;
       // Waiters in this process are woken at once on release; other processes' releases are polled.
-      await this.#waiters.wait(key, Math.min(deadline - now, pollDelay(attempt, 100)), options.signal);
+      await this.#waiters.wait(key, Math.min(deadline - now, pollDelay(attempt, 50)), options.signal);
     }
   }
 

@@ -252,7 +252,7 @@ export class PostgresStore extends EventEmitter<StoreEvents> implements TokenSto
       const now = Date.now();
       if (now >= deadline) return undefined;
       // Waiters in this process are woken at once on release; other processes' releases are polled.
-      await this.#waiters.wait(key, Math.min(deadline - now, pollDelay(attempt, 100)), options.signal);
+      await this.#waiters.wait(key, Math.min(deadline - now, pollDelay(attempt, 50)), options.signal);
     }
   }
 

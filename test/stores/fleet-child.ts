@@ -36,6 +36,8 @@ export interface ChildResult {
   latenciesMs: number[];
   /** The first getToken()'s latency. */
   firstMs: number;
+  /** The least life a returned token had left, in ms (diagnostics). */
+  minRemainingMs: number;
   storeErrors: number;
   storeRecovered: number;
   sources: number;
@@ -81,6 +83,7 @@ const result: ChildResult = {
   expired: 0,
   latenciesMs: [],
   firstMs: 0,
+  minRemainingMs: Infinity,
   storeErrors: 0,
   storeRecovered: 0,
   sources: 0,
@@ -103,7 +106,11 @@ while (Date.now() < end) {
     const token = await manager.getToken();
     if (result.calls === 0) result.firstMs = performance.now() - started;
     else result.latenciesMs.push(performance.now() - started);
-    if (token.expiresAt !== undefined && token.expiresAt <= Date.now()) result.expired++;
+    if (token.expiresAt !== undefined) {
+      const left = token.expiresAt - Date.now();
+      if (left <= 0) result.expired++;
+      result.minRemainingMs = Math.min(result.minRemainingMs, left);
+    }
   } catch (err) {
     result.errors.push(String((err as { code?: string }).code ?? err));
   }

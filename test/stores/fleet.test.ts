@@ -96,7 +96,10 @@ describe('a fleet of processes sharing one store', () => {
           results.flatMap((r) => r.errors),
           JSON.stringify(summary),
         ).toEqual([]);
-        expect(results.reduce((n, r) => n + r.expired, 0)).toBe(0);
+        expect(
+          results.reduce((n, r) => n + r.expired, 0),
+          JSON.stringify(summary),
+        ).toBe(0);
         expect(results.every((r) => r.calls > 100)).toBe(true);
         expect(as.counts.errors).toEqual({});
         expect(refreshes).toBeGreaterThanOrEqual(2);
