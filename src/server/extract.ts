@@ -55,7 +55,8 @@ export function extractToken(
   if (typeof input === 'string') {
     if (input.length > options.maxLength + 64) return TOO_LARGE;
     // A raw token has no space; anything else is a header value.
-    if (input.includes(' ')) return fromHeader(input, options.maxLength) ?? NO_TOKEN;
+    if (input.includes(' ') || input.toLowerCase() === 'bearer')
+      return fromHeader(input, options.maxLength) ?? NO_TOKEN;
     return input === '' ? NO_TOKEN : input;
   }
   const found: string[] = [];
