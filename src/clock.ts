@@ -5,7 +5,15 @@
  * @module
  */
 
-/** A scheduled callback; `cancel()` is idempotent. */
+/**
+ * A scheduled callback; `cancel()` is idempotent.
+ *
+ * @example
+ * ```ts
+ * const timer: Timer = clock.setTimer(() => console.log('due'), 1000);
+ * timer.cancel();
+ * ```
+ */
 export interface Timer {
   cancel(): void;
 }

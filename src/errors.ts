@@ -32,6 +32,13 @@
  * | `ERR_RETRY_LATER` | the server asked us to wait (`Retry-After`) and no valid token is available |
  * | `ERR_CLOSED` | the manager or store was closed |
  * | `ERR_UNSUPPORTED` | the server or token uses something tokenwarden does not support |
+ *
+ * @example
+ * ```ts
+ * function hint(code: ErrorCode): string {
+ *   return code === 'ERR_NETWORK' || code === 'ERR_TIMEOUT' ? 'is the authorization server reachable?' : 'see the message';
+ * }
+ * ```
  */
 export type ErrorCode =
   | 'ERR_CONFIG'
@@ -54,7 +61,14 @@ export type ErrorCode =
   | 'ERR_CLOSED'
   | 'ERR_UNSUPPORTED';
 
-/** Options accepted by {@link TokenwardenError}'s constructor. */
+/**
+ * Options accepted by {@link TokenwardenError}'s constructor.
+ *
+ * @example
+ * ```ts
+ * throw new TokenwardenError('ERR_OAUTH', 'token request failed', { error: 'invalid_client', status: 401, cause: err });
+ * ```
+ */
 export interface TokenwardenErrorOptions {
   /** The underlying error. Bodies that may hold tokens must be removed before (see {@link sanitizeCause}). */
   cause?: unknown;

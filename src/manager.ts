@@ -8,6 +8,7 @@
  */
 import { EventEmitter } from 'node:events';
 import { inspect } from 'node:util';
+import type { DPoPHandle } from 'oauth4webapi';
 import { type Clock, type Timer, systemClock } from './clock.js';
 import { type Duration, toMs } from './duration.js';
 import { TokenwardenError, isTokenwardenError } from './errors.js';
@@ -63,7 +64,14 @@ export interface TokenManagerOptions {
   fetch?: AuthFetchOptions;
 }
 
-/** Options for {@link TokenManager.getToken}. */
+/**
+ * Options for {@link TokenManager.getToken}.
+ *
+ * @example
+ * ```ts
+ * await manager.getToken({ minTtl: '2m', signal: AbortSignal.timeout(5000) });
+ * ```
+ */
 export interface GetTokenOptions {
   /** Stop waiting (the shared refresh itself goes on for other callers). */
   signal?: AbortSignal;
@@ -71,7 +79,15 @@ export interface GetTokenOptions {
   minTtl?: Duration;
 }
 
-/** Token metadata for events and diagnostics: never the token itself. */
+/**
+ * Token metadata for events and diagnostics: never the token itself.
+ *
+ * @example
+ * ```ts
+ * const info: TokenInfo | undefined = manager.peek().info;
+ * if (info) console.log(`expires ${new Date(info.expiresAt ?? 0).toISOString()}`);
+ * ```
+ */
 export interface TokenInfo {
   readonly key: string;
   readonly tokenType: string;
@@ -81,7 +97,15 @@ export interface TokenInfo {
   readonly scope: string | undefined;
 }
 
-/** Events of a {@link TokenManager}. No event carries a token or a secret. */
+/**
+ * Events of a {@link TokenManager}. No event carries a token or a secret.
+ *
+ * @example
+ * ```ts
+ * manager.on('refreshFailed', ({ error, retryInMs, validUntil }) => log.warn({ code: error.code, retryInMs, validUntil }));
+ * manager.on('storeError', ({ operation, error }) => log.warn({ operation, code: error.code }));
+ * ```
+ */
 export interface TokenManagerEvents {
   /** A new token is held: fetched from the source, or adopted from the shared store. */
   token: [TokenInfo & { from: 'source' | 'store' }];
@@ -121,6 +145,19 @@ interface Want {
 }
 
 const STORE_FAILED = Symbol('store failed');
+
+/**
+ * Least time between two background refreshes: a token that is already stale when it arrives (a very
+ * short lifetime, a clock far off) must not turn the background refresh into a loop.
+ */
+const MIN_REFRESH_INTERVAL_MS = 1000;
+
+/**
+ * After a transient failure, callers without a valid token get that failure at once for up to this long
+ * (or the backoff delay, if shorter) instead of each starting a request: a down authorization server sees
+ * about one attempt per second per process, and a recovered one is used again within a second.
+ */
+const DEMAND_RETRY_FLOOR_MS = 1000;
 
 /**
  * Keeps a token valid: serves it from memory, refreshes it ahead of expiry (in the background and on
@@ -176,8 +213,8 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
   #blockedUntil = 0;
   /** No background attempt before this (backoff). */
   #nextAttemptAt = 0;
-  /** After an error that waiting will not heal, callers get it again until this time. */
-  #permanentUntil = 0;
+  /** After a failure, callers without a valid token get it again until this time, without a request. */
+  #failFastUntil = 0;
   #timer: Timer | undefined;
   #closed = false;
   #storeDown = false;
@@ -316,6 +353,11 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
     if (this.#ownsStore) await this.store.close();
   }
 
+  /** The DPoP handle of the source (when it sender-constrains tokens), used by {@link TokenManager.fetch}. */
+  get dpop(): DPoPHandle | undefined {
+    return (this.source as { dpop?: DPoPHandle }).dpop;
+  }
+
   /**
    * The manager registered under `name`, created from `options` on first use: one manager (and one
    * token) per credential for the whole process — the seed's named singleton. A later call with a
@@ -379,13 +421,13 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
         }),
       );
     }
-    if (last !== undefined && now < this.#permanentUntil) return Promise.reject(last);
+    if (last !== undefined && now < this.#failFastUntil) return Promise.reject(last);
     return this.#refresh(minTtlMs > 0 ? { minTtlMs } : {});
   }
 
   #refreshInBackground(now: number): void {
     if (this.#inflight !== undefined || now < this.#nextAttemptAt || now < this.#blockedUntil) return;
-    if (now < this.#permanentUntil) return;
+    if (this.#lastError !== undefined && !isTransient(this.#lastError) && now < this.#failFastUntil) return;
     this.#refresh({ fresh: true }).catch(() => undefined); // reported through 'refreshFailed'
   }
 
@@ -479,7 +521,12 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
     if (held !== undefined && held.version === record.version) return;
     const token = parseStoredToken(record.value);
     if (token === undefined) {
-      this.#storeFailed('get', new TokenwardenError('ERR_STORE', 'the stored entry is not a token; ignoring it'));
+      // A corrupt entry is a miss (the next write replaces it); the store itself is fine.
+      this.emit('storeError', {
+        key: this.key,
+        operation: 'get',
+        error: new TokenwardenError('ERR_STORE', 'the stored entry is not a token; ignoring it'),
+      });
       return;
     }
     // A token we could not write (store was down) is compared by age; otherwise the store's order wins.
@@ -495,10 +542,12 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
       generation: ++this.#generation,
     };
     this.#held = held;
-    if (from === 'source' || statusAt(token, held.staleAt, this.#clock.now()) !== 'expired') {
+    const now = this.#clock.now();
+    if (from === 'source' || statusAt(token, held.staleAt, now) !== 'expired') {
       this.#failures = 0;
       this.#lastError = undefined;
-      this.#blockedUntil = this.#nextAttemptAt = this.#permanentUntil = 0;
+      this.#blockedUntil = this.#failFastUntil = 0;
+      this.#nextAttemptAt = from === 'source' ? now + MIN_REFRESH_INTERVAL_MS : 0;
     }
     this.emit('token', { ...this.#info(held), from });
     this.#schedule(held.staleAt);
@@ -530,12 +579,13 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
     let retryInMs: number | undefined;
     if (isTransient(error)) {
       this.#nextAttemptAt = now + delay;
+      this.#failFastUntil = now + Math.min(delay, DEMAND_RETRY_FLOOR_MS);
       if (this.#policy.background) {
         retryInMs = delay;
         this.#schedule(now + delay);
       }
     } else {
-      this.#permanentUntil = now + delay;
+      this.#failFastUntil = now + delay;
       this.#timer?.cancel();
     }
     this.emit('refreshFailed', {
@@ -552,7 +602,8 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
     this.#timer?.cancel();
     this.#timer = undefined;
     if (!this.#policy.background || this.#closed || at === Infinity) return;
-    this.#timer = this.#clock.setTimer(() => this.#onTimer(), Math.max(0, at - this.#clock.now()));
+    const due = Math.max(at, this.#nextAttemptAt);
+    this.#timer = this.#clock.setTimer(() => this.#onTimer(), Math.max(0, due - this.#clock.now()));
   }
 
   #onTimer(): void {
@@ -564,14 +615,17 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
       this.#schedule(held.staleAt);
       return;
     }
-    if (now < this.#blockedUntil) {
-      this.#schedule(this.#blockedUntil);
+    if (now < this.#blockedUntil || now < this.#nextAttemptAt) {
+      this.#schedule(Math.max(this.#blockedUntil, this.#nextAttemptAt));
       return;
     }
     this.#refresh({ fresh: true }).catch(() => undefined); // reported through 'refreshFailed'
   }
 
-  /** Runs a store operation with a time limit; failures degrade to in-process behaviour. */
+  /**
+   * Runs a store operation with a time limit; failures degrade to in-process behaviour. The limit is real
+   * time (a Node timer), not the injected clock: it bounds I/O, which a test clock does not move.
+   */
   async #storeCall<T>(
     operation: 'get' | 'set' | 'lock',
     call: (store: TokenStore) => Promise<T>,
@@ -597,19 +651,15 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
     } catch (err) {
       if (isTokenwardenError(err, 'ERR_CLOSED') && this.#closed) throw err;
       if (this.#closing.signal.aborted && operation === 'lock') throw this.#closing.signal.reason as Error;
-      this.#storeFailed(
-        operation,
-        isTokenwardenError(err) ? err : new TokenwardenError('ERR_STORE', `store ${operation} failed`, { cause: err }),
-      );
+      this.#storeDown = true;
+      const error = isTokenwardenError(err)
+        ? err
+        : new TokenwardenError('ERR_STORE', `store ${operation} failed`, { cause: err });
+      this.emit('storeError', { key: this.key, operation, error });
       return STORE_FAILED;
     } finally {
       clearTimeout(timer);
     }
-  }
-
-  #storeFailed(operation: 'get' | 'set' | 'lock', error: TokenwardenError): void {
-    this.#storeDown = true;
-    this.emit('storeError', { key: this.key, operation, error });
   }
 
   #info(held: Held): TokenInfo {
@@ -628,7 +678,17 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
   }
 }
 
-/** Errors worth retrying in the background: the server or the network may heal. */
+/**
+ * Errors worth retrying in the background: the server or the network may heal. Others (`invalid_client`,
+ * `invalid_grant`, misconfiguration) are not retried by the manager.
+ *
+ * @example
+ * ```ts
+ * manager.on('refreshFailed', ({ error }) => {
+ *   if (!isTransient(error)) pageOps(error.code);
+ * });
+ * ```
+ */
 export function isTransient(error: TokenwardenError): boolean {
   switch (error.code) {
     case 'ERR_NETWORK':

@@ -67,6 +67,12 @@ const MAX_RETRY_AFTER_MS = 3_600_000;
 
 /**
  * The resolved policy: all durations in milliseconds. Built once per manager by {@link resolvePolicy}.
+ *
+ * @example
+ * ```ts
+ * const policy: RefreshPolicy = resolvePolicy({ beforeExpiry: '1m' });
+ * policy.beforeExpiryMs; // 60000
+ * ```
  */
 export interface RefreshPolicy {
   readonly beforeExpiryMs: number;

@@ -41,6 +41,11 @@ export interface Token {
  * - `fresh`: valid and not yet due for refresh — served without any I/O;
  * - `stale`: still valid but due for refresh — served while a refresh runs;
  * - `expired`: no longer valid — callers wait for a new one.
+ *
+ * @example
+ * ```ts
+ * const status: TokenStatus | 'none' = manager.peek().status;
+ * ```
  */
 export type TokenStatus = 'fresh' | 'stale' | 'expired';
 

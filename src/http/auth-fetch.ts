@@ -3,19 +3,44 @@
  *
  * @module
  */
+import * as oauth from 'oauth4webapi';
+import { TokenwardenError } from '../errors.js';
 import type { Token } from '../token.js';
 import type { FetchLike } from './transport.js';
 
-/** What {@link authFetch} needs: a `TokenManager` or anything shaped like one. */
+/**
+ * What {@link authFetch} needs: a `TokenManager` or anything shaped like one.
+ *
+ * @example
+ * ```ts
+ * const provider: TokenProvider = { getToken: () => manager.getToken(), invalidate: (t) => manager.invalidate(t) };
+ * ```
+ */
 export interface TokenProvider {
   getToken(options?: { signal?: AbortSignal }): Promise<Token>;
   invalidate(accessToken?: string): Promise<void>;
+  /** The DPoP handle that signs proofs for `DPoP` tokens (a `TokenManager` takes it from its source). */
+  readonly dpop?: oauth.DPoPHandle | undefined;
 }
 
-/** When a 401 response is retried with a new token. */
+/**
+ * When a 401 response is retried with a new token.
+ *
+ * @example
+ * ```ts
+ * const retryOn401: RetryOn401 = (res) => res.headers.get('x-token-expired') === '1';
+ * ```
+ */
 export type RetryOn401 = 'invalid_token' | 'always' | 'never' | ((response: Response) => boolean);
 
-/** Options for {@link authFetch}. */
+/**
+ * Options for {@link authFetch}.
+ *
+ * @example
+ * ```ts
+ * const api = authFetch(manager, { retryOn401: 'always', fetch: (url, init) => fetch(url, { ...init, keepalive: true }) });
+ * ```
+ */
 export interface AuthFetchOptions {
   /** The `fetch` that sends requests. Default: the global `fetch`. */
   fetch?: FetchLike;
@@ -31,6 +56,11 @@ export interface AuthFetchOptions {
  * `retryOn401`, the token is invalidated (here and in the shared store) and the request is sent once more
  * with a new token — only if its body can be sent again (no streamed bodies), and never more than once.
  *
+ * For `DPoP` tokens (a source configured with `dpop`), each request also carries a DPoP proof signed for
+ * its method and URL (RFC 9449, through `oauth4webapi`); a resource server's `use_dpop_nonce` challenge is
+ * answered with one more request. DPoP requests do not follow redirects (a proof is bound to one URL), and
+ * their body is read into memory first.
+ *
  * @example
  * ```ts
  * import { TokenManager, authFetch, clientCredentials } from 'tokenwarden';
@@ -44,21 +74,72 @@ export function authFetch(provider: TokenProvider, options: AuthFetchOptions = {
   return async (input, init) => {
     const fetchImpl = options.fetch ?? globalThis.fetch;
     const signal = init?.signal ?? (input instanceof Request ? input.signal : undefined);
-    const replayable = canReplay(input, init);
-    // A Request's body can be read once: keep a copy for the retry.
-    const spare = replayable && input instanceof Request ? input.clone() : undefined;
-    const send = (target: string | URL | Request, token: Token): Promise<Response> => {
-      const headers = new Headers(init?.headers ?? (target instanceof Request ? target.headers : undefined));
-      headers.set('authorization', `${token.tokenType} ${token.accessToken}`);
-      return fetchImpl(target, { ...init, headers });
-    };
     const token = await provider.getToken(signal ? { signal } : undefined);
-    const response = await send(input, token);
+    let send: (token: Token) => Promise<Response>;
+    let replayable: boolean;
+    if (token.tokenType === 'DPoP') {
+      send = await dpopSender(provider, fetchImpl, input, init);
+      replayable = true;
+    } else {
+      replayable = canReplay(input, init);
+      // A Request's body can be read once: keep a copy for the retry.
+      const spare = replayable && input instanceof Request ? input.clone() : undefined;
+      let sent = 0;
+      send = (t) => {
+        const target = sent++ === 0 ? input : (spare ?? input);
+        const headers = new Headers(init?.headers ?? (target instanceof Request ? target.headers : undefined));
+        headers.set('authorization', `${t.tokenType} ${t.accessToken}`);
+        return fetchImpl(target, { ...init, headers });
+      };
+    }
+    const response = await send(token);
     if (response.status !== 401 || !replayable || !shouldRetry(retryOn, response)) return response;
     await response.body?.cancel().catch(() => undefined);
     await provider.invalidate(token.accessToken);
     const fresh = await provider.getToken(signal ? { signal } : undefined);
-    return send(spare ?? input, fresh);
+    return send(fresh);
+  };
+}
+
+/** Sends with a DPoP proof per request through oauth4webapi; the body is buffered so it can be re-sent. */
+async function dpopSender(
+  provider: TokenProvider,
+  fetchImpl: FetchLike,
+  input: string | URL | Request,
+  init: RequestInit | undefined,
+): Promise<(token: Token) => Promise<Response>> {
+  const handle = provider.dpop;
+  if (handle === undefined) {
+    throw new TokenwardenError('ERR_CONFIG', 'a DPoP token needs the DPoP key pair: configure the source with dpop');
+  }
+  const request = new Request(input, init);
+  const url = new URL(request.url);
+  const headers = new Headers(request.headers);
+  headers.delete('authorization');
+  const body = request.body === null ? null : await request.arrayBuffer();
+  const once = (token: Token): Promise<Response> =>
+    oauth.protectedResourceRequest(token.accessToken, request.method, url, new Headers(headers), body, {
+      DPoP: handle,
+      signal: request.signal,
+      [oauth.allowInsecureRequests]: true, // the URL is the caller's choice, as with any fetch
+      [oauth.customFetch]: (target, options) => fetchImpl(target, options as RequestInit),
+    });
+  return async (token) => {
+    try {
+      return await once(token);
+    } catch (err) {
+      if (oauth.isDPoPNonceError(err)) {
+        try {
+          return await once(token); // the handle cached the nonce the server asked for
+        } catch (again) {
+          if (again instanceof oauth.WWWAuthenticateChallengeError) return again.response;
+          throw again;
+        }
+      }
+      // Any other challenge is an ordinary 401/403 for the caller (and for the retry decision).
+      if (err instanceof oauth.WWWAuthenticateChallengeError) return err.response;
+      throw err;
+    }
   };
 }
 

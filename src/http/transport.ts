@@ -7,7 +7,15 @@
  */
 import { TokenwardenError } from '../errors.js';
 
-/** A `fetch`-compatible function. */
+/**
+ * A `fetch`-compatible function.
+ *
+ * @example
+ * ```ts
+ * const viaProxy: FetchLike = (input, init) => fetch(input, { ...init, dispatcher: proxyAgent } as RequestInit);
+ * clientCredentials({ issuer, clientId, clientSecret, fetch: viaProxy });
+ * ```
+ */
 export type FetchLike = (input: string | URL | Request, init?: RequestInit) => Promise<Response>;
 
 /** Transport options shared by every network-facing part of tokenwarden. */

@@ -3,6 +3,11 @@ import { type ClientOptions, GrantSource, OAuthClient } from './client.js';
 /**
  * Options for {@link clientCredentials}: the common {@link ClientOptions}. `scope`, `resource`,
  * `audience` and `extraParams` are sent with every request.
+ *
+ * @example
+ * ```ts
+ * const options: ClientCredentialsOptions = { issuer, clientId: 'svc', clientSecret, audience: 'https://api.example.com' };
+ * ```
  */
 export type ClientCredentialsOptions = ClientOptions;
 

@@ -24,7 +24,15 @@ import { type DiscoveryAlgorithm, discover } from './discovery.js';
 import { toTokenwardenError } from './errors.js';
 import type { FetchTokenContext, TokenSource } from './source.js';
 
-/** The client authentication methods of RFC 6749, RFC 7523 and RFC 8705. */
+/**
+ * The client authentication methods of RFC 6749, RFC 7523 and RFC 8705.
+ *
+ * @example
+ * ```ts
+ * const method: ClientAuthMethod = 'private_key_jwt';
+ * clientCredentials({ issuer, clientId, clientAuth: method, privateKey: jwk });
+ * ```
+ */
 export type ClientAuthMethod =
   | 'client_secret_basic'
   | 'client_secret_post'
@@ -36,7 +44,12 @@ export type ClientAuthMethod =
 
 /**
  * A private key for `private_key_jwt` (or a JWT bearer assertion): a `CryptoKey`, a private JWK (with `d`),
- * a PKCS#8 PEM string, or `{ key, kid }` with any of those.
+ * a PKCS#8 PEM string, or `{ key, kid, alg }` with any of those.
+ *
+ * @example
+ * ```ts
+ * const key: PrivateKeyInput = { key: readFileSync('client-key.pem', 'utf8'), kid: 'key-2026', alg: 'PS256' };
+ * ```
  */
 export type PrivateKeyInput =
   CryptoKey | oauth.JWK | string | { key: CryptoKey | oauth.JWK | string; kid?: string; alg?: string };
@@ -92,6 +105,12 @@ export interface ClientOptions {
   maxResponseBytes?: number;
   /** Allow `http:` URLs. Only for local development and tests. Default `false`. */
   allowInsecureRequests?: boolean;
+  /**
+   * Sender-constrain tokens with DPoP (RFC 9449): the key pair that signs the proofs (its public key must
+   * be extractable). The token endpoint then issues `DPoP` tokens, and `manager.fetch` adds a proof to each
+   * request. Processes that share a store must share this key pair, or they cannot use each other's tokens.
+   */
+  dpop?: CryptoKeyPair;
   /** Store key override; by default the key is derived from the source's identity. */
   key?: string;
   /** Clock for `issuedAt`. Default: the system clock. */
@@ -120,6 +139,8 @@ export class OAuthClient {
   readonly maxResponseBytes: number;
   readonly allowInsecureRequests: boolean;
   readonly clock: Clock;
+  /** The DPoP handle (proofs and server nonces), when `dpop` is configured. */
+  readonly dpop: oauth.DPoPHandle | undefined;
   readonly #options: ClientOptions;
   readonly #client: oauth.Client;
   #auth: Promise<oauth.ClientAuth> | undefined;
@@ -154,6 +175,13 @@ export class OAuthClient {
     this.authMethod = resolveAuthMethod(options);
     this.#options = options;
     this.#client = { client_id: options.clientId };
+    try {
+      this.dpop = options.dpop === undefined ? undefined : oauth.DPoP(this.#client, options.dpop);
+    } catch (err) {
+      throw new TokenwardenError('ERR_CONFIG', 'dpop must be a CryptoKeyPair whose public key is extractable', {
+        cause: err,
+      });
+    }
   }
 
   /** The authorization server metadata (discovered and cached, or built from `tokenEndpoint`). */
@@ -163,6 +191,7 @@ export class OAuthClient {
       return { issuer: this.issuer ?? (this.tokenEndpoint as string), token_endpoint: this.tokenEndpoint };
     }
     const as = await discover(this.issuer, {
+      clock: this.clock,
       algorithm: this.#options.discovery ?? 'auto',
       allowInsecureRequests: this.allowInsecureRequests,
       timeoutMs: this.timeoutMs,
@@ -197,10 +226,14 @@ export class OAuthClient {
 
   /** The client authentication function (keys imported once, lazily). */
   clientAuthentication(): Promise<oauth.ClientAuth> {
-    this.#auth ??= makeClientAuth(this.#options, this.authMethod);
-    this.#auth.catch(() => {
-      this.#auth = undefined;
-    });
+    if (this.#auth === undefined) {
+      const auth = makeClientAuth(this.#options, this.authMethod);
+      // A key that failed to import is tried again next time rather than cached as a failure.
+      auth.catch(() => {
+        if (this.#auth === auth) this.#auth = undefined;
+      });
+      this.#auth = auth;
+    }
     return this.#auth;
   }
 
@@ -222,18 +255,30 @@ export class OAuthClient {
       const as = await this.authorizationServer(context.signal);
       const auth = await this.clientAuthentication();
       this.addCommonParams(params);
-      const response = await oauth.genericTokenEndpointRequest(
-        as,
-        this.#client,
-        auth,
-        grantType,
-        params,
-        this.requestOptions(meta, context.signal),
-      );
-      json = await oauth.processGenericTokenEndpointResponse(as, this.#client, response, {
-        // RFC 8693 responses for tokens that are not access tokens say "N_A".
-        recognizedTokenTypes: { n_a: () => undefined },
-      });
+      const attempt = async (): Promise<oauth.TokenEndpointResponse> => {
+        const response = await oauth.genericTokenEndpointRequest(
+          as,
+          this.#client,
+          auth,
+          grantType,
+          new URLSearchParams(params),
+          {
+            ...this.requestOptions(meta, context.signal),
+            ...(this.dpop && { DPoP: this.dpop }),
+          },
+        );
+        return oauth.processGenericTokenEndpointResponse(as, this.#client, response, {
+          // RFC 8693 responses for tokens that are not access tokens say "N_A".
+          recognizedTokenTypes: { n_a: () => undefined },
+        });
+      };
+      try {
+        json = await attempt();
+      } catch (err) {
+        // A DPoP server may ask for a nonce first (RFC 9449 §8): the handle kept it; send again once.
+        if (!(this.dpop && oauth.isDPoPNonceError(err))) throw err;
+        json = await attempt();
+      }
     } catch (err) {
       const retryAfterMs =
         meta.status === 429 || meta.status === 503 ? parseRetryAfter(meta.retryAfter, this.clock.now()) : undefined;
@@ -516,6 +561,11 @@ export class GrantSource implements TokenSource {
 
   fetchToken(context: FetchTokenContext): Promise<Token> {
     return this.#fetch(context);
+  }
+
+  /** The DPoP handle when the client is configured with `dpop` (used by `TokenManager.fetch`). */
+  get dpop(): oauth.DPoPHandle | undefined {
+    return this.client.dpop;
   }
 
   toJSON(): Record<string, unknown> {

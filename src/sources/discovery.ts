@@ -4,11 +4,19 @@
  * @module
  */
 import * as oauth from 'oauth4webapi';
+import { type Clock, systemClock } from '../clock.js';
 import { TokenwardenError } from '../errors.js';
 import { boundedFetch, type TransportOptions } from '../http/transport.js';
 import { toTokenwardenError } from './errors.js';
 
-/** Which well-known document to read. `'auto'` tries OpenID Connect first, then RFC 8414. */
+/**
+ * Which well-known document to read. `'auto'` tries OpenID Connect first, then RFC 8414.
+ *
+ * @example
+ * ```ts
+ * clientCredentials({ issuer: 'https://as.example.com/tenant', discovery: 'oauth2', clientId, clientSecret });
+ * ```
+ */
 export type DiscoveryAlgorithm = 'oidc' | 'oauth2' | 'auto';
 
 /** How long discovered metadata is reused before it is fetched again. */
@@ -23,6 +31,8 @@ export interface DiscoverOptions extends TransportOptions {
   signal?: AbortSignal;
   /** Skip the cache (and replace its entry). */
   force?: boolean;
+  /** Clock for the cache's age. Default: the system clock. */
+  clock?: Clock;
 }
 
 /**
@@ -39,10 +49,11 @@ export interface DiscoverOptions extends TransportOptions {
 export function discover(issuer: string, options: DiscoverOptions): Promise<oauth.AuthorizationServer> {
   const algorithm = options.algorithm ?? 'auto';
   const cacheKey = `${algorithm} ${issuer}`;
+  const now = (options.clock ?? systemClock).now();
   const hit = cache.get(cacheKey);
-  if (!options.force && hit && Date.now() - hit.at < DISCOVERY_TTL_MS) return hit.metadata;
+  if (!options.force && hit && now - hit.at < DISCOVERY_TTL_MS && now >= hit.at) return hit.metadata;
   const metadata = fetchMetadata(issuer, algorithm, options);
-  cache.set(cacheKey, { at: Date.now(), metadata });
+  cache.set(cacheKey, { at: now, metadata });
   metadata.catch(() => {
     if (cache.get(cacheKey)?.metadata === metadata) cache.delete(cacheKey);
   });
@@ -84,7 +95,14 @@ async function fetchMetadata(
   }
 }
 
-/** Forgets cached metadata (all of it, or one issuer's). */
+/**
+ * Forgets cached metadata (all of it, or one issuer's), e.g. after the authorization server moved an endpoint.
+ *
+ * @example
+ * ```ts
+ * clearDiscoveryCache('https://login.example.com');
+ * ```
+ */
 export function clearDiscoveryCache(issuer?: string): void {
   if (issuer === undefined) cache.clear();
   else for (const key of cache.keys()) if (key.endsWith(` ${issuer}`)) cache.delete(key);

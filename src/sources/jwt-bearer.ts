@@ -10,7 +10,14 @@ import {
   importPrivateKey,
 } from './client.js';
 
-/** How to build the JWT assertion of {@link jwtBearer} when you do not pass one. */
+/**
+ * How to build the JWT assertion of {@link jwtBearer} when you do not pass one.
+ *
+ * @example
+ * ```ts
+ * const assertion: JwtAssertionOptions = { privateKey: pem, subject: 'robot@example.com', lifetime: '2m', claims: { tenant: 'acme' } };
+ * ```
+ */
 export interface JwtAssertionOptions {
   /** Key that signs the assertion. */
   privateKey: PrivateKeyInput;
@@ -26,7 +33,14 @@ export interface JwtAssertionOptions {
   claims?: Record<string, unknown>;
 }
 
-/** Options for {@link jwtBearer}. */
+/**
+ * Options for {@link jwtBearer}.
+ *
+ * @example
+ * ```ts
+ * const options: JwtBearerOptions = { tokenEndpoint, clientId: 'robot', assertion: () => signWithKms() };
+ * ```
+ */
 export interface JwtBearerOptions extends ClientOptions {
   /**
    * The assertion: a signed JWT, a function returning one (called for every request), or

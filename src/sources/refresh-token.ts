@@ -2,7 +2,14 @@ import { TokenwardenError } from '../errors.js';
 import { type ClientOptions, GrantSource, OAuthClient, hashSecret } from './client.js';
 import type { TokenSource } from './source.js';
 
-/** Options for {@link refreshToken}. */
+/**
+ * Options for {@link refreshToken}.
+ *
+ * @example
+ * ```ts
+ * const options: RefreshTokenOptions = { issuer, clientId: 'app', clientSecret, refreshToken: rt, scope: 'openid read' };
+ * ```
+ */
 export interface RefreshTokenOptions extends ClientOptions {
   /**
    * The refresh token to start from. Once a store holds a newer (rotated) one, that one is used: a

@@ -6,7 +6,14 @@
  */
 import type { Token } from '../token.js';
 
-/** What a source is given when asked for a token. */
+/**
+ * What a source is given when asked for a token.
+ *
+ * @example
+ * ```ts
+ * const token = await source.fetchToken({ previous: manager.peek().token, signal: AbortSignal.timeout(10_000) });
+ * ```
+ */
 export interface FetchTokenContext {
   /** Aborts the request (the manager's `close()`, or the caller's signal). */
   signal?: AbortSignal;

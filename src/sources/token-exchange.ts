@@ -5,14 +5,33 @@ import { type ClientOptions, GrantSource, OAuthClient, hashSecret } from './clie
 /**
  * A token given to a token exchange: a string, a function returning one (called on every exchange), or
  * anything with `getAccessToken()` — such as another `TokenManager`, whose token is then always fresh.
+ *
+ * @example
+ * ```ts
+ * const subject: SubjectTokenInput = () => request.headers.authorization!.slice('Bearer '.length);
+ * ```
  */
 export type SubjectTokenInput =
   string | (() => string | Promise<string>) | { getAccessToken(): Promise<string>; readonly key?: string };
 
-/** URN of an OAuth access token (RFC 8693 §3). */
+/**
+ * URN of an OAuth access token (RFC 8693 §3).
+ *
+ * @example
+ * ```ts
+ * tokenExchange({ issuer, clientId, clientSecret, subjectToken, subjectTokenType: ACCESS_TOKEN_TYPE });
+ * ```
+ */
 export const ACCESS_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:access_token';
 
-/** Options for {@link tokenExchange}. */
+/**
+ * Options for {@link tokenExchange}.
+ *
+ * @example
+ * ```ts
+ * const options: TokenExchangeOptions = { issuer, clientId, clientSecret, subjectToken: userToken, audience: 'https://orders.example.com' };
+ * ```
+ */
 export interface TokenExchangeOptions extends ClientOptions {
   /** The token to exchange. */
   subjectToken: SubjectTokenInput;

@@ -12,10 +12,23 @@ import { TokenwardenError } from '../errors.js';
  * An encryption key: 32 random bytes (a `Uint8Array`, or a base64/hex string of them), or a
  * high-entropy passphrase (stretched with HKDF). Several keys, newest first, for rotation; an explicit
  * `{ id, key }` names the key id stored with each entry (default: derived from the key).
+ *
+ * @example
+ * ```ts
+ * const key: EncryptionKeyInput = { id: '2026-11', key: process.env.TOKEN_KEY! }; // e.g. `openssl rand -base64 32`
+ * ```
  */
 export type EncryptionKeyInput = string | Uint8Array | { id: string; key: string | Uint8Array };
 
-/** The `encryptionKey` option of every store. */
+/**
+ * The `encryptionKey` option of every store: one key, or several, newest first (rotation).
+ *
+ * @example
+ * ```ts
+ * const encryptionKey: EncryptionOption = [process.env.TOKEN_KEY_2026!, process.env.TOKEN_KEY_2025!];
+ * new FileStore({ path: '.tokens', encryptionKey });
+ * ```
+ */
 export type EncryptionOption = EncryptionKeyInput | readonly EncryptionKeyInput[];
 
 const PREFIX = 'tw-enc1';

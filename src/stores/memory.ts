@@ -7,7 +7,14 @@ import { Codec, type EncryptionOption, decodeOrMiss } from './codec.js';
 import { LockWaiters } from './lock-waiters.js';
 import type { LockOptions, SetOptions, StoreEvents, StoreLock, StoreRecord, TokenStore } from './store.js';
 
-/** Options for {@link MemoryStore}. */
+/**
+ * Options for {@link MemoryStore}.
+ *
+ * @example
+ * ```ts
+ * const store = new MemoryStore({ max: 50_000 });
+ * ```
+ */
 export interface MemoryStoreOptions {
   /** Most entries kept; the least recently used go first. Default `10000`. */
   max?: number;

@@ -5,13 +5,28 @@
  * @module
  */
 
-/** A stored value and its version (incremented on every write; used for compare-and-set). */
+/**
+ * A stored value and its version (incremented on every write; used for compare-and-set).
+ *
+ * @example
+ * ```ts
+ * const record: StoreRecord | undefined = await store.get(key);
+ * if (record) await store.set(key, next, { ifVersion: record.version });
+ * ```
+ */
 export interface StoreRecord {
   readonly value: string;
   readonly version: number;
 }
 
-/** Options for {@link TokenStore.set}. */
+/**
+ * Options for {@link TokenStore.set}.
+ *
+ * @example
+ * ```ts
+ * await store.set(key, value, { ttlMs: 3_600_000, ifVersion: 0 }); // only if absent; gone after an hour
+ * ```
+ */
 export interface SetOptions {
   /** Delete the entry after this many milliseconds. Absent: keep until deleted. */
   ttlMs?: number;
@@ -22,7 +37,14 @@ export interface SetOptions {
   ifVersion?: number;
 }
 
-/** Options for {@link TokenStore.lock}. */
+/**
+ * Options for {@link TokenStore.lock}.
+ *
+ * @example
+ * ```ts
+ * const lock = await store.lock(key, { ttlMs: 30_000, waitMs: 5_000, signal });
+ * ```
+ */
 export interface LockOptions {
   /** The lock expires by itself after this long (a crashed holder cannot block others forever). */
   ttlMs: number;
@@ -32,7 +54,15 @@ export interface LockOptions {
   signal?: AbortSignal;
 }
 
-/** A held lock. */
+/**
+ * A held lock.
+ *
+ * @example
+ * ```ts
+ * const lock: StoreLock | undefined = await store.lock(key, { ttlMs: 30_000, waitMs: 0 });
+ * await lock?.release();
+ * ```
+ */
 export interface StoreLock {
   /** Releases the lock if this holder still owns it (compare-and-delete). Never throws. */
   release(): Promise<void>;
@@ -70,7 +100,14 @@ export interface TokenStore {
   close(): Promise<void>;
 }
 
-/** Events a store emits (stores built in are `EventEmitter`s of this map). */
+/**
+ * Events a store emits (stores built in are `EventEmitter`s of this map).
+ *
+ * @example
+ * ```ts
+ * store.on('corrupt', ({ key, code }) => log.warn({ key, code }, 'unreadable token entry ignored'));
+ * ```
+ */
 export interface StoreEvents {
   /** An entry could not be read (undecryptable, or not a value tokenwarden wrote); it was treated as a miss. */
   corrupt: [{ key: string; code: string; message: string }];

@@ -1,0 +1,440 @@
+/**
+ * A token store in a local directory, shared by the processes of one host and across restarts.
+ *
+ * Layout: one `<sha256(key)>.json` per entry (the key is hashed, so no key can reach outside the
+ * directory), written atomically (temp file, fsync, rename, fsync of the directory); `<hash>.lock` is the
+ * refresh lock and `<hash>.wlock` a short per-key lock that makes compare-and-set atomic. Lock files are
+ * created with `link()` from a complete temp file, so a lock file is never seen half-written; a lock is
+ * stale when its lease expired or when its holder's pid is dead on this host.
+ *
+ * @module
+ */
+import { createHash, randomUUID } from 'node:crypto';
+import { EventEmitter } from 'node:events';
+import { type FileHandle, link, mkdir, open, readFile, readdir, rename, stat, unlink, chmod } from 'node:fs/promises';
+import { hostname } from 'node:os';
+import { join, resolve } from 'node:path';
+import { systemClock } from '../clock.js';
+import { type Duration, toMs } from '../duration.js';
+import { TokenwardenError } from '../errors.js';
+import { Codec, type EncryptionOption, decodeOrMiss } from './codec.js';
+import { LockWaiters } from './lock-waiters.js';
+import {
+  DEFAULT_TIMEOUT_MS,
+  bounded,
+  checkKey,
+  checkTtl,
+  checkVersion,
+  closedError,
+  pollDelay,
+  storeError,
+  throwIfAborted,
+} from './shared.js';
+import type { LockOptions, SetOptions, StoreEvents, StoreLock, StoreRecord, TokenStore } from './store.js';
+
+/**
+ * Options for {@link FileStore}.
+ *
+ * @example
+ * ```ts
+ * const options: FileStoreOptions = { path: '/var/cache/my-app/tokens', encryptionKey: process.env.TOKEN_KEY };
+ * ```
+ */
+export interface FileStoreOptions {
+  /** The directory (created `0700` if missing; an existing one of ours with looser permissions is fixed). */
+  path: string;
+  /** Encrypt entries at rest (AES-256-GCM); several keys, newest first, to rotate. See {@link Codec}. */
+  encryptionKey?: EncryptionOption;
+  /** Longest time one operation may take, including waiting for the per-key write lock. Default `'2s'`. */
+  timeout?: Duration;
+}
+
+/** On-disk form of an entry. */
+interface Entry {
+  tokenwarden: 1;
+  key: string;
+  version: number;
+  expiresAt: number | null;
+  value: string;
+}
+
+/** On-disk form of a lock. */
+interface LockInfo {
+  owner: string;
+  pid: number;
+  host: string;
+  expiresAt: number;
+}
+
+/** Lease of the per-key write lock: a write takes milliseconds; a holder older than this has crashed. */
+const WRITE_LOCK_TTL_MS = 10_000;
+/** Temp files older than this are leftovers of a crashed writer. */
+const LEFTOVER_AGE_MS = 60_000;
+const HOST = hostname();
+
+/**
+ * Token entries in a directory: shared by every process of one host that uses the same `path`, and kept
+ * across restarts (a CLI or a cron job continues with the newest rotated refresh token). The directory
+ * is `0700` and every file `0600`; use `encryptionKey` as well when the disk is shared or backed up.
+ *
+ * Writes are atomic: a process killed in the middle of a write leaves the previous entry intact. The
+ * refresh lock is a lease (`ttlMs`) that another process takes over when it expires or when its holder's
+ * pid is gone. It is not meant for network file systems shared by several hosts (use Redis or
+ * PostgreSQL there): a dead holder on another host is only detected when its lease expires.
+ *
+ * @example
+ * ```ts
+ * import { TokenManager, refreshToken, FileStore } from 'tokenwarden';
+ * const store = new FileStore({ path: `${process.env.HOME}/.cache/my-cli/tokens`, encryptionKey: process.env.TOKEN_KEY });
+ * const manager = new TokenManager({ source: refreshToken({ issuer, clientId, refreshToken: rt }), store });
+ * await manager.getToken();
+ * await manager.close();
+ * await store.close();
+ * ```
+ */
+export class FileStore extends EventEmitter<StoreEvents> implements TokenStore {
+  /** The directory, absolute. */
+  readonly path: string;
+  readonly #codec: Codec;
+  readonly #timeoutMs: number;
+  readonly #waiters = new LockWaiters(systemClock);
+  readonly #held = new Set<StoreLock>();
+  #ready: Promise<void> | undefined;
+  #closed = false;
+
+  constructor(options: FileStoreOptions) {
+    super();
+    if (options === null || typeof options !== 'object' || typeof options.path !== 'string' || options.path === '') {
+      throw new TokenwardenError('ERR_CONFIG', 'FileStore needs a path');
+    }
+    this.path = resolve(options.path);
+    this.#codec = new Codec(options.encryptionKey);
+    this.#timeoutMs = toMs(options.timeout ?? DEFAULT_TIMEOUT_MS, 'timeout');
+  }
+
+  async get(key: string): Promise<StoreRecord | undefined> {
+    this.#check();
+    checkKey(key);
+    const entry = await bounded(() => this.#read(key), this.#timeoutMs, 'file store get');
+    if (entry === undefined || isExpired(entry)) return undefined;
+    const value = decodeOrMiss(this.#codec, key, entry.value, (event) => this.emit('corrupt', event));
+    return value === undefined ? undefined : { value, version: entry.version };
+  }
+
+  async set(key: string, value: string, options: SetOptions = {}): Promise<number | null> {
+    this.#check();
+    checkKey(key);
+    checkVersion(options.ifVersion);
+    const ttlMs = checkTtl(options.ttlMs, 'ttlMs');
+    const sealed = this.#codec.encode(key, value);
+    const deadline = Date.now() + this.#timeoutMs;
+    return bounded(
+      () =>
+        this.#underWriteLock(key, deadline, async () => {
+          const current = await this.#read(key, false);
+          const live = current !== undefined && !isExpired(current) ? current.version : 0;
+          if (options.ifVersion !== undefined && options.ifVersion !== live) return null;
+          // Versions also grow across deletes (a re-created entry never repeats an old version).
+          const version = Math.max((current?.version ?? 0) + 1, Date.now());
+          const entry: Entry = {
+            tokenwarden: 1,
+            key,
+            version,
+            expiresAt: ttlMs === undefined ? null : Date.now() + ttlMs,
+            value: sealed,
+          };
+          await this.#writeAtomically(this.#file(key, '.json'), JSON.stringify(entry));
+          return version;
+        }),
+      this.#timeoutMs,
+      'file store set',
+    );
+  }
+
+  async delete(key: string): Promise<void> {
+    this.#check();
+    checkKey(key);
+    const deadline = Date.now() + this.#timeoutMs;
+    await bounded(
+      () =>
+        this.#underWriteLock(key, deadline, async () => {
+          await unlink(this.#file(key, '.json')).catch(ignoreMissing);
+          await this.#syncDir();
+        }),
+      this.#timeoutMs,
+      'file store delete',
+    );
+  }
+
+  async lock(key: string, options: LockOptions): Promise<StoreLock | undefined> {
+    this.#check();
+    checkKey(key);
+    const ttlMs = checkTtl(options.ttlMs, 'ttlMs') as number;
+    const deadline = Date.now() + Math.max(0, options.waitMs);
+    const path = this.#file(key, '.lock');
+    for (let attempt = 0; ; attempt++) {
+      throwIfAborted(options.signal);
+      this.#check();
+      const owner = randomUUID();
+      const taken = await bounded(() => this.#tryLock(path, owner, ttlMs), this.#timeoutMs, 'file store lock');
+      if (taken) {
+        const lock: StoreLock = {
+          release: async () => {
+            if (!this.#held.delete(lock)) return;
+            await bounded(() => removeIf(path, (info) => info?.owner === owner), this.#timeoutMs, 'file unlock').catch(
+              () => undefined,
+            );
+            this.#waiters.notify(key);
+          },
+        };
+        this.#held.add(lock);
+        return lock;
+      }
+      const now = Date.now();
+      if (now >= deadline) return undefined;
+      // Waiters in this process are woken at once on release; other processes' releases are polled.
+      await this.#waiters.wait(key, Math.min(deadline - now, pollDelay(attempt, 100)), options.signal);
+    }
+  }
+
+  /** Releases the locks this store holds (so that other processes need not wait for their leases). */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    await Promise.all([...this.#held].map((lock) => lock.release()));
+  }
+
+  // ---------------------------------------------------------------------------------------------
+
+  #check(): void {
+    if (this.#closed) throw closedError();
+  }
+
+  #file(key: string, suffix: string): string {
+    return join(this.path, createHash('sha256').update(key).digest('hex') + suffix);
+  }
+
+  /** Reads an entry; a file that is not one we wrote for this key is reported and read as a miss. */
+  async #read(key: string, report = true): Promise<Entry | undefined> {
+    let text: string;
+    try {
+      text = await readFile(this.#file(key, '.json'), 'utf8');
+    } catch (err) {
+      if (isMissing(err)) return undefined;
+      throw storeError(err, 'file store read');
+    }
+    const entry = parseEntry(text);
+    if (entry === undefined || entry.key !== key) {
+      if (report) {
+        this.emit('corrupt', {
+          key,
+          code: 'ERR_STORE',
+          message: 'the stored file is not a tokenwarden entry for this key; treated as missing',
+        });
+      }
+      return undefined;
+    }
+    return entry;
+  }
+
+  /** Creates the directory (0700) once, or checks an existing one; clears leftovers of crashed writers. */
+  #ensureDir(): Promise<void> {
+    this.#ready ??= this.#prepareDir().catch((err: unknown) => {
+      this.#ready = undefined;
+      throw storeError(err, 'file store directory');
+    });
+    return this.#ready;
+  }
+
+  async #prepareDir(): Promise<void> {
+    await mkdir(this.path, { recursive: true, mode: 0o700 });
+    const info = await stat(this.path);
+    if (!info.isDirectory()) throw new TokenwardenError('ERR_STORE', 'the FileStore path is not a directory');
+    const uid = process.getuid?.();
+    if (uid !== undefined && info.uid !== uid && uid !== 0) {
+      throw new TokenwardenError('ERR_STORE', 'the FileStore directory belongs to another user');
+    }
+    if ((info.mode & 0o077) !== 0) await chmod(this.path, 0o700);
+    const now = Date.now();
+    for (const name of await readdir(this.path)) {
+      if (!name.endsWith('.tmp') && !name.endsWith('.gone')) continue;
+      const file = join(this.path, name);
+      const age = await stat(file).then(
+        (s) => now - s.mtimeMs,
+        () => 0,
+      );
+      if (age > LEFTOVER_AGE_MS) await unlink(file).catch(() => undefined);
+    }
+  }
+
+  /** Writes `text` to `path` so that readers see the old file or the new one, never a part. */
+  async #writeAtomically(path: string, text: string): Promise<void> {
+    await this.#ensureDir();
+    const temp = `${path}.${process.pid}.${randomUUID()}.tmp`;
+    let handle: FileHandle | undefined = await open(temp, 'wx', 0o600);
+    try {
+      await handle.writeFile(text, 'utf8');
+      await handle.sync();
+      await handle.close();
+      handle = undefined;
+      await rename(temp, path);
+    } catch (err) {
+      await handle?.close().catch(() => undefined);
+      await unlink(temp).catch(() => undefined);
+      throw err;
+    }
+    await this.#syncDir();
+  }
+
+  async #syncDir(): Promise<void> {
+    const dir = await open(this.path, 'r');
+    try {
+      await dir.sync();
+    } catch {
+      // Some file systems do not support fsync on a directory; the rename is atomic all the same.
+    } finally {
+      await dir.close();
+    }
+  }
+
+  /** Creates the lock file at `path` unless a live lock holds it; breaks a stale one. */
+  async #tryLock(path: string, owner: string, ttlMs: number): Promise<boolean> {
+    await this.#ensureDir();
+    const info: LockInfo = { owner, pid: process.pid, host: HOST, expiresAt: Date.now() + ttlMs };
+    const temp = `${path}.${process.pid}.${randomUUID()}.tmp`;
+    await writeExclusive(temp, JSON.stringify(info));
+    try {
+      for (let round = 0; round < 2; round++) {
+        try {
+          await link(temp, path); // atomic, and fails if the lock exists: the lock file is never partial
+          return true;
+        } catch (err) {
+          if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+        }
+        const current = await readLock(path);
+        if (current === 'missing') continue; // released meanwhile: try again at once
+        if (!isStale(current)) return false;
+        // Move the stale lock aside, but only if it is still the one we judged stale.
+        const seen = current?.owner;
+        await removeIf(path, (now) => now?.owner === seen && isStale(now));
+      }
+      return false;
+    } finally {
+      await unlink(temp).catch(() => undefined);
+    }
+  }
+
+  /** Runs `fn` holding the short per-key write lock (compare-and-set is read, compare, write under it). */
+  async #underWriteLock<T>(key: string, deadline: number, fn: () => Promise<T>): Promise<T> {
+    const path = this.#file(key, '.wlock');
+    const owner = randomUUID();
+    for (let attempt = 0; ; attempt++) {
+      this.#check();
+      if (await this.#tryLock(path, owner, WRITE_LOCK_TTL_MS)) break;
+      if (Date.now() >= deadline) {
+        throw new TokenwardenError('ERR_STORE_TIMEOUT', 'the entry stayed locked by another writer');
+      }
+      await new Promise((r) => setTimeout(r, pollDelay(attempt, 20)));
+    }
+    try {
+      return await fn();
+    } finally {
+      await removeIf(path, (info) => info?.owner === owner).catch(() => undefined);
+    }
+  }
+}
+
+function parseEntry(text: string): Entry | undefined {
+  let data: unknown;
+  try {
+    data = JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+  if (data === null || typeof data !== 'object') return undefined;
+  const e = data as Record<string, unknown>;
+  if (e['tokenwarden'] !== 1 || typeof e['key'] !== 'string' || typeof e['value'] !== 'string') return undefined;
+  if (!Number.isSafeInteger(e['version']) || (e['version'] as number) <= 0) return undefined;
+  if (e['expiresAt'] !== null && !(typeof e['expiresAt'] === 'number' && Number.isFinite(e['expiresAt']))) {
+    return undefined;
+  }
+  return e as unknown as Entry;
+}
+
+function isExpired(entry: Entry): boolean {
+  return entry.expiresAt !== null && entry.expiresAt <= Date.now();
+}
+
+/** Reads a lock file: its holder, `undefined` when unreadable (treated as stale), `'missing'` when gone. */
+async function readLock(path: string): Promise<LockInfo | undefined | 'missing'> {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (err) {
+    if (isMissing(err)) return 'missing';
+    throw err;
+  }
+  try {
+    const data = JSON.parse(text) as Partial<LockInfo>;
+    if (typeof data.owner === 'string' && typeof data.pid === 'number' && typeof data.expiresAt === 'number') {
+      return { owner: data.owner, pid: data.pid, host: String(data.host), expiresAt: data.expiresAt };
+    }
+  } catch {
+    // fall through: not a lock we wrote
+  }
+  return undefined;
+}
+
+/** A lock whose lease has run out, whose holder is dead on this host, or that we cannot read. */
+function isStale(info: LockInfo | undefined): boolean {
+  if (info === undefined) return true;
+  if (info.expiresAt <= Date.now()) return true;
+  return info.host === HOST && !isAlive(info.pid);
+}
+
+function isAlive(pid: number): boolean {
+  if (pid === process.pid) return true;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * Deletes the lock file at `path` if `predicate` holds for its content (compare-and-delete): the file is
+ * first renamed aside (atomic), then checked; one that is not the expected lock is linked back.
+ */
+async function removeIf(path: string, predicate: (info: LockInfo | undefined) => boolean): Promise<boolean> {
+  const aside = `${path}.${randomUUID()}.gone`;
+  try {
+    await rename(path, aside);
+  } catch (err) {
+    if (isMissing(err)) return false;
+    throw err;
+  }
+  const info = await readLock(aside);
+  const matches = info !== 'missing' && predicate(info);
+  if (!matches) await link(aside, path).catch(() => undefined); // not ours: put it back unless replaced
+  await unlink(aside).catch(() => undefined);
+  return matches;
+}
+
+/** Lock files need no fsync: after a power loss their holders are gone, and leases expire. */
+async function writeExclusive(path: string, text: string): Promise<void> {
+  const handle = await open(path, 'wx', 0o600);
+  try {
+    await handle.writeFile(text, 'utf8');
+  } finally {
+    await handle.close();
+  }
+}
+
+function isMissing(err: unknown): boolean {
+  return (err as NodeJS.ErrnoException | null)?.code === 'ENOENT';
+}
+
+function ignoreMissing(err: unknown): void {
+  if (!isMissing(err)) throw err;
+}

@@ -1,0 +1,117 @@
+/**
+ * Helpers shared by the stores that talk to something outside the process (file, Redis, PostgreSQL):
+ * bounded operations, error wrapping, lock polling and key validation. Internal: not exported from the
+ * package.
+ *
+ * @module
+ */
+import { TokenwardenError, isTokenwardenError } from '../errors.js';
+
+/** Default bound on one store operation. */
+export const DEFAULT_TIMEOUT_MS = 2_000;
+
+/**
+ * Runs `operation` with a time limit. Failures become `ERR_STORE` (the driver's error as `cause`, never
+ * in the message), the limit `ERR_STORE_TIMEOUT`. When the limit fires first and the operation succeeds
+ * later, `onLate` gets its result so that it can undo it (release a connection, drop a lock).
+ *
+ * @example
+ * ```ts
+ * const value = await bounded(() => redis.get(k), 2000, 'redis get');
+ * ```
+ */
+export async function bounded<T>(
+  operation: () => Promise<T>,
+  ms: number,
+  what: string,
+  onLate?: (value: T) => void,
+): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  let timedOut = false;
+  let promise: Promise<T>;
+  try {
+    promise = operation();
+  } catch (err) {
+    throw storeError(err, what);
+  }
+  try {
+    return await Promise.race([
+      promise,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => {
+          timedOut = true;
+          reject(new TokenwardenError('ERR_STORE_TIMEOUT', `${what} took longer than ${ms} ms`));
+        }, ms);
+        timer.unref();
+      }),
+    ]);
+  } catch (err) {
+    if (timedOut) {
+      promise.then(
+        (value) => onLate?.(value),
+        () => undefined,
+      );
+    }
+    throw storeError(err, what);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/**
+ * Wraps anything thrown by a driver or the file system into a `TokenwardenError` (`ERR_STORE`). Messages
+ * name the operation and, for errors with a `code` (errno, SQLSTATE), that code — never the driver's
+ * message, which may quote a connection string.
+ */
+export function storeError(err: unknown, what: string): TokenwardenError {
+  if (isTokenwardenError(err)) return err;
+  const code = (err as { code?: unknown } | null)?.code;
+  const detail = typeof code === 'string' && /^[A-Za-z0-9_]{1,32}$/.test(code) ? ` (${code})` : '';
+  return new TokenwardenError('ERR_STORE', `${what} failed${detail}`, { cause: err });
+}
+
+/** The `ERR_CLOSED` error of a closed store. */
+export function closedError(): TokenwardenError {
+  return new TokenwardenError('ERR_CLOSED', 'the store is closed');
+}
+
+/**
+ * How long a lock waiter sleeps before its `attempt`-th retry: 10 ms growing by half each time up to
+ * `maxMs`, with ±25 % jitter so that a fleet of waiters does not poll in lockstep.
+ */
+export function pollDelay(attempt: number, maxMs: number): number {
+  const base = Math.min(maxMs, 10 * 1.5 ** attempt);
+  return base * (0.75 + Math.random() * 0.5);
+}
+
+/** Validates a store key: a non-empty string (keys come from tokenwarden and are never secret). */
+export function checkKey(key: string): void {
+  if (typeof key !== 'string' || key.length === 0 || key.length > 1024) {
+    throw new TokenwardenError('ERR_CONFIG', 'a store key must be a string of 1 to 1024 characters');
+  }
+}
+
+/** Validates the `ttlMs` of a set or a lock; returns it rounded up to whole milliseconds. */
+export function checkTtl(ttlMs: number | undefined, name: string): number | undefined {
+  if (ttlMs === undefined) return undefined;
+  if (typeof ttlMs !== 'number' || !Number.isFinite(ttlMs) || ttlMs < 0) {
+    throw new TokenwardenError('ERR_CONFIG', `${name} must be a non-negative number of milliseconds`);
+  }
+  return Math.max(1, Math.ceil(ttlMs));
+}
+
+/** Validates `ifVersion`: absent, or a non-negative integer. */
+export function checkVersion(ifVersion: number | undefined): void {
+  if (ifVersion !== undefined && !(Number.isSafeInteger(ifVersion) && ifVersion >= 0)) {
+    throw new TokenwardenError('ERR_CONFIG', 'ifVersion must be a non-negative integer');
+  }
+}
+
+/** Rejects with the signal's reason (an `ERR_ABORTED` error when it has none) if it has fired. */
+export function throwIfAborted(signal: AbortSignal | undefined): void {
+  if (signal?.aborted) {
+    throw signal.reason instanceof Error
+      ? signal.reason
+      : new TokenwardenError('ERR_ABORTED', 'waiting for the lock was aborted');
+  }
+}

@@ -1,0 +1,172 @@
+/**
+ * Faults a real authorization server cannot produce on demand, from a local HTTP server. Each must
+ * become a TokenwardenError with a stable code and without any secret or body in what a user sees.
+ */
+import { inspect } from 'node:util';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { TokenwardenError } from '../src/errors.js';
+import { TokenManager } from '../src/manager.js';
+import { clientCredentials } from '../src/sources/client-credentials.js';
+import { type FaultServer, json, startFaultServer } from './support/fault-server.js';
+
+const SECRET = 'client-secret-that-must-never-leak';
+const LEAKED_TOKEN = 'access-token-value-that-must-not-leak';
+let server: FaultServer;
+
+beforeAll(async () => {
+  server = await startFaultServer();
+});
+afterAll(() => server.close());
+
+function source(extra: Record<string, unknown> = {}) {
+  return clientCredentials({
+    tokenEndpoint: `${server.url}/token`,
+    clientId: 'svc',
+    clientSecret: SECRET,
+    allowInsecureRequests: true,
+    timeout: '500ms',
+    ...extra,
+  });
+}
+
+async function failure(extra?: Record<string, unknown>): Promise<TokenwardenError> {
+  const err = await source(extra)
+    .fetchToken({})
+    .then(
+      () => {
+        throw new Error('expected the token request to fail');
+      },
+      (e: unknown) => e,
+    );
+  expect(err).toBeInstanceOf(TokenwardenError);
+  const e = err as TokenwardenError;
+  const everything = [e.message, JSON.stringify(e), inspect(e, { depth: 10 }), String(e.stack)].join('\n');
+  expect(everything).not.toContain(SECRET);
+  expect(everything).not.toContain(LEAKED_TOKEN);
+  return e;
+}
+
+describe('token endpoint faults', () => {
+  it('a 500 HTML page → ERR_HTTP_STATUS with the status, without the page', async () => {
+    server.handle((_req, res) => {
+      res.writeHead(500, { 'content-type': 'text/html' });
+      res.end(`<html><body>Internal error ${LEAKED_TOKEN}</body></html>`);
+    });
+    const e = await failure();
+    expect(e).toMatchObject({ code: 'ERR_HTTP_STATUS', status: 500 });
+  });
+
+  it('200 with invalid JSON → ERR_INVALID_RESPONSE', async () => {
+    server.handle((_req, res) => json(res, 200, `{"access_token": "${LEAKED_TOKEN}", `));
+    expect(await failure()).toMatchObject({ code: 'ERR_INVALID_RESPONSE' });
+  });
+
+  it.each([
+    ['access_token missing', { token_type: 'bearer', expires_in: 60 }],
+    ['access_token not a string', { access_token: 42, token_type: 'bearer' }],
+    ['token_type missing', { access_token: LEAKED_TOKEN }],
+    ['expires_in negative', { access_token: LEAKED_TOKEN, token_type: 'bearer', expires_in: -5 }],
+    ['expires_in a word', { access_token: LEAKED_TOKEN, token_type: 'bearer', expires_in: 'soon' }],
+    ['a top-level array', [LEAKED_TOKEN]],
+  ])('%s → ERR_INVALID_RESPONSE', async (_name, body) => {
+    server.handle((_req, res) => json(res, 200, body));
+    expect(await failure()).toMatchObject({ code: 'ERR_INVALID_RESPONSE' });
+  });
+
+  it('expires_in as a numeric string is accepted; a huge one is capped', async () => {
+    server.handle((_req, res) => json(res, 200, { access_token: 'a', token_type: 'bearer', expires_in: '60' }));
+    const t = await source().fetchToken({});
+    expect((t.expiresAt as number) - t.issuedAt).toBe(60_000);
+    server.handle((_req, res) => json(res, 200, { access_token: 'a', token_type: 'bearer', expires_in: 1e300 }));
+    const huge = await source().fetchToken({});
+    expect(Number.isFinite(huge.expiresAt)).toBe(true);
+  });
+
+  it('an unsupported token_type → ERR_UNSUPPORTED', async () => {
+    server.handle((_req, res) => json(res, 200, { access_token: LEAKED_TOKEN, token_type: 'mac' }));
+    expect(await failure()).toMatchObject({ code: 'ERR_UNSUPPORTED' });
+  });
+
+  it('a 10 MB body → ERR_RESPONSE_TOO_LARGE, without reading it all', async () => {
+    server.handle((_req, res) => {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      const chunk = 'x'.repeat(64 * 1024);
+      let sent = 0;
+      const write = (): void => {
+        while (sent < 10 * 1024 * 1024) {
+          sent += chunk.length;
+          if (!res.write(chunk)) {
+            res.once('drain', write);
+            return;
+          }
+        }
+        res.end();
+      };
+      write();
+    });
+    expect(await failure()).toMatchObject({ code: 'ERR_RESPONSE_TOO_LARGE' });
+  });
+
+  it('a connection reset → ERR_NETWORK', async () => {
+    server.handle((req) => {
+      req.socket.destroy();
+    });
+    expect(await failure()).toMatchObject({ code: 'ERR_NETWORK' });
+  });
+
+  it('nothing listening → ERR_NETWORK', async () => {
+    expect(await failure({ tokenEndpoint: 'http://127.0.0.1:9/token' })).toMatchObject({ code: 'ERR_NETWORK' });
+  });
+
+  it('a response slower than the timeout → ERR_TIMEOUT', async () => {
+    server.handle((_req, res) => {
+      setTimeout(() => json(res, 200, { access_token: 'late', token_type: 'bearer' }), 2000);
+    });
+    expect(await failure()).toMatchObject({ code: 'ERR_TIMEOUT' });
+  });
+
+  it('an OAuth error body → ERR_OAUTH with error, error_description (truncated) and status', async () => {
+    server.handle((_req, res) =>
+      json(res, 400, { error: 'invalid_scope', error_description: `scope is not allowed ${'x'.repeat(10_000)}` }),
+    );
+    const e = await failure();
+    expect(e).toMatchObject({ code: 'ERR_OAUTH', error: 'invalid_scope', status: 400 });
+    expect(e.error_description?.length).toBeLessThan(300);
+    expect(e.message.length).toBeLessThan(500);
+  });
+
+  it('429 with Retry-After → the delay is on the error, and the manager waits that long', async () => {
+    server.handle((_req, res) => json(res, 429, { error: 'slow_down' }, { 'retry-after': '7' }));
+    const e = await failure();
+    expect(e).toMatchObject({ code: 'ERR_OAUTH', status: 429, retryAfterMs: 7000 });
+
+    const manager = new TokenManager({ source: source() });
+    await expect(manager.getToken()).rejects.toMatchObject({ status: 429 });
+    const count = server.requests.length;
+    await expect(manager.getToken()).rejects.toMatchObject({ code: 'ERR_RETRY_LATER' });
+    expect(server.requests.length).toBe(count); // no request while Retry-After is in force
+    await manager.close();
+  });
+
+  it('a caller AbortSignal → ERR_ABORTED', async () => {
+    server.handle((_req, res) => {
+      setTimeout(() => json(res, 200, { access_token: 'late', token_type: 'bearer' }), 400);
+    });
+    const controller = new AbortController();
+    const pending = source({ timeout: '5s' }).fetchToken({ signal: controller.signal });
+    setTimeout(() => controller.abort(), 50);
+    await expect(pending).rejects.toMatchObject({ code: 'ERR_ABORTED' });
+  });
+});
+
+describe('secrets stay out of what can be printed', () => {
+  it('a source redacts its secret in inspect and JSON', () => {
+    const s = source();
+    expect(inspect(s, { depth: 10 })).not.toContain(SECRET);
+    expect(JSON.stringify(s)).not.toContain(SECRET);
+    expect(JSON.stringify(s)).toContain('[redacted]');
+    const manager = new TokenManager({ source: s });
+    expect(inspect(manager, { depth: 10 })).not.toContain(SECRET);
+    void manager.close();
+  });
+});

@@ -1,0 +1,234 @@
+import { decodeJwt } from 'jose';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { TokenwardenError } from '../src/errors.js';
+import { TokenManager } from '../src/manager.js';
+import { clearDiscoveryCache } from '../src/sources/discovery.js';
+import { clientCredentials } from '../src/sources/client-credentials.js';
+import { jwtBearer } from '../src/sources/jwt-bearer.js';
+import { refreshToken } from '../src/sources/refresh-token.js';
+import { tokenExchange } from '../src/sources/token-exchange.js';
+import {
+  API_RESOURCE,
+  type TestAuthorizationServer,
+  startAuthorizationServer,
+} from './support/authorization-server.js';
+
+let as: TestAuthorizationServer;
+beforeAll(async () => {
+  as = await startAuthorizationServer({ accessTokenTtl: 30 });
+});
+afterAll(() => as.close());
+
+const base = () => ({ issuer: as.issuer, allowInsecureRequests: true });
+
+describe('client credentials against a real authorization server', () => {
+  it.each([
+    ['client_secret_basic', () => ({ clientId: as.clients.svc.clientId, clientSecret: as.clients.svc.clientSecret })],
+    [
+      'client_secret_post',
+      () => ({
+        clientId: as.clients.post.clientId,
+        clientSecret: as.clients.post.clientSecret,
+        clientAuth: 'client_secret_post' as const,
+      }),
+    ],
+    [
+      'client_secret_jwt',
+      () => ({
+        clientId: as.clients.hmac.clientId,
+        clientSecret: as.clients.hmac.clientSecret,
+        clientAuth: 'client_secret_jwt' as const,
+      }),
+    ],
+    ['private_key_jwt', () => ({ clientId: as.clients.jwt.clientId, privateKey: as.clients.jwt.privateJwk })],
+  ])('obtains a token with %s', async (_method, creds) => {
+    const source = clientCredentials({ ...base(), ...creds(), scope: 'read' });
+    const token = await source.fetchToken({});
+    const claims = decodeJwt(token.accessToken);
+    expect(claims.aud).toBe(API_RESOURCE);
+    expect(claims.scope).toBe('read');
+    expect(token.tokenType).toBe('Bearer');
+    expect(token.scope).toBe('read');
+    expect(Math.abs((token.expiresAt as number) - (claims.exp as number) * 1000)).toBeLessThan(2000);
+  });
+
+  it('reports a wrong secret as ERR_OAUTH invalid_client with the status, and no secret anywhere', async () => {
+    const wrong = 'definitely-the-wrong-secret-123';
+    const source = clientCredentials({ ...base(), clientId: 'svc', clientSecret: wrong });
+    const err = (await source.fetchToken({}).catch((e: unknown) => e)) as TokenwardenError;
+    expect(err).toBeInstanceOf(TokenwardenError);
+    expect(err).toMatchObject({ code: 'ERR_OAUTH', error: 'invalid_client', status: 401 });
+    expect(JSON.stringify(err) + err.message + String(err.stack) + JSON.stringify(source)).not.toContain(wrong);
+  });
+
+  it('sends scope, resource and extra parameters', async () => {
+    const source = clientCredentials({
+      ...base(),
+      clientId: 'svc',
+      clientSecret: as.clients.svc.clientSecret,
+      scope: ['read', 'write'],
+      resource: 'https://opaque.example.test',
+    });
+    const token = await source.fetchToken({});
+    expect(token.accessToken.split('.')).toHaveLength(1); // opaque token for that resource
+    expect(token.scope).toBe('read write');
+  });
+
+  it('uses an explicit token endpoint without discovery', async () => {
+    clearDiscoveryCache();
+    as.resetCounts();
+    const source = clientCredentials({
+      tokenEndpoint: `${as.issuer}/token`,
+      issuer: as.issuer,
+      clientId: 'svc',
+      clientSecret: as.clients.svc.clientSecret,
+      allowInsecureRequests: true,
+    });
+    await source.fetchToken({});
+    expect(as.counts.discovery).toBe(0);
+  });
+
+  it('discovers once and caches the metadata', async () => {
+    clearDiscoveryCache();
+    as.resetCounts();
+    const source = clientCredentials({ ...base(), clientId: 'svc', clientSecret: as.clients.svc.clientSecret });
+    await Promise.all([source.fetchToken({}), source.fetchToken({}), source.fetchToken({})]);
+    await source.fetchToken({});
+    expect(as.counts.discovery).toBe(1);
+    expect(as.counts.token).toBe(4);
+  });
+
+  it('refuses an http: issuer unless allowInsecureRequests is set', () => {
+    expect(() => clientCredentials({ issuer: as.issuer, clientId: 'svc', clientSecret: 'x' })).toThrow(
+      expect.objectContaining({ code: 'ERR_INSECURE_ISSUER' }),
+    );
+  });
+
+  it('derives different store keys for different credentials and scopes, equal keys for equal ones, none with a secret', () => {
+    const a = clientCredentials({ ...base(), clientId: 'svc', clientSecret: 's1', scope: 'read' });
+    const b = clientCredentials({ ...base(), clientId: 'svc', clientSecret: 's2', scope: 'read' });
+    const c = clientCredentials({ ...base(), clientId: 'svc', clientSecret: 's1', scope: 'write' });
+    expect(a.key).toBe(b.key); // the same client and request: the same token
+    expect(a.key).not.toBe(c.key);
+    expect(a.key).not.toContain('s1');
+    expect(JSON.stringify(a)).not.toContain('s1');
+  });
+});
+
+describe('refresh tokens with rotation against a real authorization server', () => {
+  it('spends each rotated refresh token once, and the server revokes the grant on reuse', async () => {
+    const login = await as.login('alice');
+    const source = refreshToken({
+      ...base(),
+      clientId: 'app',
+      clientSecret: as.clients.app.clientSecret,
+      refreshToken: login['refresh_token'] as string,
+    });
+    const manager = new TokenManager({ source });
+    const t1 = await manager.getToken();
+    const t2 = await manager.refresh();
+    expect(t1.refreshToken).not.toBe(login['refresh_token']);
+    expect(t2.refreshToken).not.toBe(t1.refreshToken);
+    expect(decodeJwt(t2.accessToken).sub).toBe('alice');
+    await manager.close();
+
+    // What happens when a spent refresh token is used again: the whole grant dies.
+    const replay = refreshToken({
+      ...base(),
+      clientId: 'app',
+      clientSecret: as.clients.app.clientSecret,
+      refreshToken: t1.refreshToken as string,
+    });
+    await expect(replay.fetchToken({})).rejects.toMatchObject({ code: 'ERR_OAUTH', error: 'invalid_grant' });
+    const latest = refreshToken({
+      ...base(),
+      clientId: 'app',
+      clientSecret: as.clients.app.clientSecret,
+      refreshToken: t2.refreshToken as string,
+    });
+    await expect(latest.fetchToken({})).rejects.toMatchObject({ code: 'ERR_OAUTH', error: 'invalid_grant' });
+  });
+
+  it('falls back to another source when the refresh token is rejected with invalid_grant', async () => {
+    const source = refreshToken({
+      ...base(),
+      clientId: 'app',
+      clientSecret: as.clients.app.clientSecret,
+      refreshToken: 'not-a-refresh-token',
+      fallback: clientCredentials({
+        ...base(),
+        clientId: 'app',
+        clientSecret: as.clients.app.clientSecret,
+        scope: 'read',
+      }),
+    });
+    const token = await source.fetchToken({});
+    expect(decodeJwt(token.accessToken).client_id).toBe('app');
+  });
+
+  it('down-scopes when asked for a narrower scope', async () => {
+    const login = await as.login('bob');
+    const source = refreshToken({
+      ...base(),
+      clientId: 'app',
+      clientSecret: as.clients.app.clientSecret,
+      refreshToken: login['refresh_token'] as string,
+      scope: 'openid read',
+    });
+    const token = await source.fetchToken({});
+    expect(decodeJwt(token.accessToken).scope).toBe('read');
+  });
+});
+
+describe('token exchange and JWT bearer against a real authorization server', () => {
+  it('exchanges a token from another manager (RFC 8693)', async () => {
+    const own = new TokenManager({
+      source: clientCredentials({
+        ...base(),
+        clientId: 'exchanger',
+        clientSecret: as.clients.exchanger.clientSecret,
+        scope: 'read',
+      }),
+    });
+    const source = tokenExchange({
+      ...base(),
+      clientId: 'exchanger',
+      clientSecret: as.clients.exchanger.clientSecret,
+      subjectToken: own,
+      audience: 'https://orders.example.test',
+      scope: 'read',
+    });
+    expect(source.key).toContain('token_exchange');
+    const token = await source.fetchToken({});
+    expect(decodeJwt(token.accessToken).aud).toBe('https://orders.example.test');
+    await own.close();
+  });
+
+  it('reports a rejected subject token as invalid_grant', async () => {
+    const source = tokenExchange({
+      ...base(),
+      clientId: 'exchanger',
+      clientSecret: as.clients.exchanger.clientSecret,
+      subjectToken: 'garbage',
+    });
+    await expect(source.fetchToken({})).rejects.toMatchObject({
+      code: 'ERR_OAUTH',
+      error: 'invalid_grant',
+      status: 400,
+    });
+  });
+
+  it('signs a fresh assertion per request for the JWT bearer grant (RFC 7523)', async () => {
+    const source = jwtBearer({
+      ...base(),
+      clientId: 'exchanger',
+      clientSecret: as.clients.exchanger.clientSecret,
+      assertion: { privateKey: as.clients.jwt.privateJwk, subject: 'robot@example.test' },
+      scope: 'read',
+    });
+    const a = await source.fetchToken({});
+    const b = await source.fetchToken({});
+    expect(decodeJwt(a.accessToken).aud).toBe(API_RESOURCE);
+    expect(a.accessToken).not.toBe(b.accessToken);
+  });
+});

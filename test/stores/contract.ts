@@ -1,0 +1,268 @@
+/**
+ * The TokenStore contract, run against every backend: one function, one call per backend test file.
+ * Every test uses keys of its own (random), so runs in parallel never collide.
+ */
+import { randomBytes, randomUUID } from 'node:crypto';
+import type { EventEmitter } from 'node:events';
+import { afterAll, describe, expect, it } from 'vitest';
+import type { EncryptionOption } from '../../src/stores/codec.js';
+import type { StoreEvents, TokenStore } from '../../src/stores/store.js';
+
+export type ContractStore = TokenStore & EventEmitter<StoreEvents>;
+
+export interface StoreFactory {
+  /**
+   * A store over this run's data. Stores opened by one factory share their entries and locks (as other
+   * processes would), unless `shared` is false.
+   */
+  open(options?: { encryptionKey?: EncryptionOption }): Promise<ContractStore>;
+  /** Whether two opened stores see the same entries and locks. Default true. */
+  shared?: boolean;
+  /** The raw stored value of `key` as the backend holds it (to check encryption at rest). */
+  raw?(key: string): Promise<string | undefined>;
+  /** Ways to put something under `key` that the store did not write (bad JSON, wrong shape, …). */
+  corrupt?: Record<string, (key: string) => Promise<void>>;
+  /** Removes what the run created. */
+  cleanup?(): Promise<void>;
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const newKey = () => `tw1:test:${randomUUID()}`;
+const K1 = { id: 'k1', key: randomBytes(32) };
+const K2 = { id: 'k2', key: randomBytes(32) };
+
+export function storeContract(name: string, factory: StoreFactory | undefined): void {
+  const shared = factory?.shared ?? true;
+  describe.skipIf(factory === undefined)(`${name}: TokenStore contract`, () => {
+    const f = factory as StoreFactory;
+    const opened: ContractStore[] = [];
+    const open = async (options?: { encryptionKey?: EncryptionOption }) => {
+      const store = await f.open(options);
+      opened.push(store);
+      return store;
+    };
+    afterAll(async () => {
+      await Promise.all(opened.map((s) => s.close().catch(() => undefined)));
+      await f.cleanup?.();
+    });
+
+    it('get / set / delete, with a version that grows on every write', async () => {
+      const s = await open();
+      const key = newKey();
+      expect(await s.get(key)).toBeUndefined();
+      const v1 = await s.set(key, 'one');
+      expect(typeof v1).toBe('number');
+      expect(v1).toBeGreaterThan(0);
+      expect(await s.get(key)).toEqual({ value: 'one', version: v1 });
+      const v2 = await s.set(key, 'two');
+      expect(v2).toBeGreaterThan(v1 as number);
+      expect(await s.get(key)).toEqual({ value: 'two', version: v2 });
+      await s.delete(key);
+      expect(await s.get(key)).toBeUndefined();
+      await s.delete(key); // deleting a missing entry is fine
+      const v3 = await s.set(key, 'three');
+      expect(v3).not.toBe(v2); // a re-created entry does not repeat a version
+      expect((await s.get(key))?.value).toBe('three');
+    });
+
+    it('keeps values verbatim (unicode, JSON, large)', async () => {
+      const s = await open();
+      const key = newKey();
+      const value = JSON.stringify({ accessToken: 'ä€𝄞\n"\\', pad: 'x'.repeat(20_000) });
+      await s.set(key, value);
+      expect((await s.get(key))?.value).toBe(value);
+    });
+
+    it('compare-and-set: ifVersion 0 means absent; a stale version writes nothing', async () => {
+      const s = await open();
+      const key = newKey();
+      expect(await s.set(key, 'x', { ifVersion: 5 })).toBeNull();
+      expect(await s.get(key)).toBeUndefined();
+      const v1 = (await s.set(key, 'a', { ifVersion: 0 })) as number;
+      expect(v1).toBeGreaterThan(0);
+      expect(await s.set(key, 'b', { ifVersion: 0 })).toBeNull();
+      const v2 = (await s.set(key, 'b', { ifVersion: v1 })) as number;
+      expect(v2).toBeGreaterThan(v1);
+      expect(await s.set(key, 'c', { ifVersion: v1 })).toBeNull();
+      expect(await s.get(key)).toEqual({ value: 'b', version: v2 });
+    });
+
+    it('expires entries after ttlMs (and an expired entry counts as absent for ifVersion 0)', async () => {
+      const s = await open();
+      const short = newKey();
+      const long = newKey();
+      await s.set(short, 'soon gone', { ttlMs: 150 });
+      await s.set(long, 'stays', { ttlMs: 60_000 });
+      const persistent = newKey();
+      await s.set(persistent, 'first', { ttlMs: 150 });
+      await s.set(persistent, 'kept'); // a write without ttlMs keeps the entry until deleted
+      await sleep(600);
+      expect(await s.get(short)).toBeUndefined();
+      expect((await s.get(long))?.value).toBe('stays');
+      expect((await s.get(persistent))?.value).toBe('kept');
+      expect(await s.set(short, 'again', { ifVersion: 0 })).toBeGreaterThan(0);
+    });
+
+    it('lock is exclusive, and a waiter gives up after waitMs', async () => {
+      const a = await open();
+      const b = shared ? await open() : a;
+      const key = newKey();
+      const held = await a.lock(key, { ttlMs: 30_000, waitMs: 0 });
+      expect(held).toBeDefined();
+      expect(await b.lock(key, { ttlMs: 30_000, waitMs: 200 })).toBeUndefined();
+      expect(await a.lock(key, { ttlMs: 30_000, waitMs: 0 })).toBeUndefined();
+      // Other keys are independent.
+      const other = await b.lock(newKey(), { ttlMs: 30_000, waitMs: 0 });
+      expect(other).toBeDefined();
+      await other?.release();
+      await held?.release();
+      const next = await b.lock(key, { ttlMs: 30_000, waitMs: 1000 });
+      expect(next).toBeDefined();
+      await next?.release();
+      await next?.release(); // releasing twice is harmless
+    });
+
+    it('wakes a waiter when the holder releases (long before the lease would end)', async () => {
+      const a = await open();
+      const b = shared ? await open() : a;
+      const key = newKey();
+      const held = await a.lock(key, { ttlMs: 60_000, waitMs: 0 });
+      expect(held).toBeDefined();
+      const waiting = b.lock(key, { ttlMs: 60_000, waitMs: 20_000 });
+      await sleep(150);
+      await held?.release();
+      const got = await waiting;
+      expect(got).toBeDefined();
+      await got?.release();
+    });
+
+    it('a lock whose holder never releases (crashed) expires after ttlMs', async () => {
+      const a = await open();
+      const b = shared ? await open() : a;
+      const key = newKey();
+      const crashed = await a.lock(key, { ttlMs: 300, waitMs: 0 });
+      expect(crashed).toBeDefined();
+      const next = await b.lock(key, { ttlMs: 30_000, waitMs: 15_000 });
+      expect(next).toBeDefined();
+      // The old holder's release is compare-and-delete: it must not free the new holder's lock.
+      await crashed?.release();
+      expect(await a.lock(key, { ttlMs: 30_000, waitMs: 100 })).toBeUndefined();
+      await next?.release();
+    });
+
+    it('stops waiting for a lock when the signal aborts', async () => {
+      const s = await open();
+      const key = newKey();
+      const held = await s.lock(key, { ttlMs: 30_000, waitMs: 0 });
+      const controller = new AbortController();
+      const waiting = s.lock(key, { ttlMs: 30_000, waitMs: 20_000, signal: controller.signal });
+      setTimeout(() => controller.abort(new Error('stop')), 100);
+      await expect(waiting).rejects.toThrow('stop');
+      await held?.release();
+    });
+
+    it('concurrent compare-and-set writers never lose an increment', async () => {
+      const stores = shared ? [await open(), await open()] : [await open()];
+      const key = newKey();
+      const writers = 8;
+      const each = 8;
+      await Promise.all(
+        Array.from({ length: writers }, async (_, w) => {
+          const s = stores[w % stores.length] as ContractStore;
+          for (let done = 0; done < each;) {
+            const current = await s.get(key);
+            const next = String(Number(current?.value ?? '0') + 1);
+            if ((await s.set(key, next, { ifVersion: current?.version ?? 0 })) !== null) done++;
+          }
+        }),
+      );
+      expect((await stores[0]!.get(key))?.value).toBe(String(writers * each));
+    });
+
+    it('an entry it cannot read is a miss with a corrupt event, and can be overwritten', async () => {
+      const s = await open();
+      const key = newKey();
+      const events: StoreEvents['corrupt'][0][] = [];
+      s.on('corrupt', (e) => events.push(e));
+      await s.set(key, 'tw-enc1.not-a-sealed-value'); // looks encrypted, opens with no key
+      expect(await s.get(key)).toBeUndefined();
+      expect(events).toHaveLength(1);
+      expect(events[0]).toMatchObject({ key, code: 'ERR_DECRYPT' });
+      const bad = await s.set(key, 'fine');
+      expect(bad).toBeGreaterThan(0);
+      expect((await s.get(key))?.value).toBe('fine');
+    });
+
+    for (const [what, write] of Object.entries(factory?.corrupt ?? {})) {
+      it(`an entry that is ${what} is a miss with a corrupt event, and a write replaces it`, async () => {
+        const s = await open();
+        const key = newKey();
+        const events: StoreEvents['corrupt'][0][] = [];
+        s.on('corrupt', (e) => events.push(e));
+        await write(key);
+        expect(await s.get(key)).toBeUndefined();
+        expect(events.length).toBeGreaterThan(0);
+        expect(events[0]?.key).toBe(key);
+        expect(await s.set(key, 'fresh', { ifVersion: 0 })).toBeGreaterThan(0);
+        expect((await s.get(key))?.value).toBe('fresh');
+      });
+    }
+
+    it('encrypts at rest (AES-256-GCM) and round-trips', async () => {
+      const s = await open({ encryptionKey: K1 });
+      const key = newKey();
+      const value = '{"accessToken":"secret-access-token-value"}';
+      await s.set(key, value);
+      expect((await s.get(key))?.value).toBe(value);
+      if (f.raw) {
+        const raw = await f.raw(key);
+        expect(raw).toBeDefined();
+        expect(raw).not.toContain('secret-access-token-value');
+        expect(raw?.startsWith('tw-enc1.k1.')).toBe(true);
+      }
+    });
+
+    it.skipIf(!shared)('rotates keys: old entries stay readable, new writes use the new key id', async () => {
+      const old = await open({ encryptionKey: K1 });
+      const rotated = await open({ encryptionKey: [K2, K1] });
+      const key = newKey();
+      await old.set(key, 'written with k1');
+      expect((await rotated.get(key))?.value).toBe('written with k1');
+      await rotated.set(key, 'written with k2');
+      expect((await rotated.get(key))?.value).toBe('written with k2');
+      if (f.raw) expect((await f.raw(key))?.startsWith('tw-enc1.k2.')).toBe(true);
+      // A process still on the old key alone cannot read it: a miss with an event, not a crash.
+      const events: StoreEvents['corrupt'][0][] = [];
+      old.on('corrupt', (e) => events.push(e));
+      expect(await old.get(key)).toBeUndefined();
+      expect(events).toEqual([expect.objectContaining({ key, code: 'ERR_DECRYPT' })]);
+    });
+
+    it.skipIf(!shared)('a wrong key is a miss with a corrupt event', async () => {
+      const writer = await open({ encryptionKey: K1 });
+      const wrong = await open({ encryptionKey: { id: 'k1', key: randomBytes(32) } });
+      const key = newKey();
+      await writer.set(key, 'value');
+      const events: StoreEvents['corrupt'][0][] = [];
+      wrong.on('corrupt', (e) => events.push(e));
+      expect(await wrong.get(key)).toBeUndefined();
+      expect(events).toEqual([expect.objectContaining({ key, code: 'ERR_DECRYPT' })]);
+      expect(events[0]?.message).not.toContain('value');
+    });
+
+    it('close() makes later calls fail with ERR_CLOSED and may be called twice', async () => {
+      const s = await f.open();
+      const key = newKey();
+      await s.set(key, 'x');
+      await s.close();
+      await s.close();
+      await expect(s.get(key)).rejects.toMatchObject({ code: 'ERR_CLOSED' });
+      await expect(s.set(key, 'y')).rejects.toMatchObject({ code: 'ERR_CLOSED' });
+      await expect(s.lock(key, { ttlMs: 1000, waitMs: 0 })).rejects.toMatchObject({ code: 'ERR_CLOSED' });
+      if (shared) {
+        const again = await open();
+        expect((await again.get(key))?.value).toBe('x'); // the data outlives the store object
+      }
+    });
+  });
+}
