@@ -19,6 +19,12 @@
  *
  * `temporarily_unavailable` is the OAuth 2.0 error code for "try again later" (RFC 6749 §4.1.2.1); it is
  * never cached and never means the token is bad, so clients must not discard their token on it.
+ *
+ * @example
+ * ```ts
+ * const result = await verify(req);
+ * if (!result.ok && result.failure.error === 'missing_token') return serveAnonymous();
+ * ```
  */
 export type VerifyErrorCode =
   'missing_token' | 'invalid_request' | 'invalid_token' | 'insufficient_scope' | 'temporarily_unavailable';
@@ -68,14 +74,29 @@ export function failure(error: VerifyErrorCode, description: string, scope?: str
   return result;
 }
 
-/** What an adapter sends for a failure: status, headers and a JSON body. */
+/**
+ * What an adapter sends for a failure: status, headers and a JSON body.
+ *
+ * @example
+ * ```ts
+ * const { status, headers, body }: FailureResponse = failureResponse(result.failure);
+ * return new Response(JSON.stringify(body), { status, headers });
+ * ```
+ */
 export interface FailureResponse {
   status: number;
   headers: Record<string, string>;
   body: { error: VerifyErrorCode; error_description: string; scope?: string };
 }
 
-/** Options for {@link failureResponse} and {@link challenge}. */
+/**
+ * Options for {@link failureResponse} and {@link challenge}.
+ *
+ * @example
+ * ```ts
+ * challenge(result.failure, { realm: 'orders' }); // 'Bearer realm="orders", error="invalid_token", …'
+ * ```
+ */
 export interface ChallengeOptions {
   /** The `realm` of the challenge. Default `'api'`. */
   realm?: string;

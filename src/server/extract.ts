@@ -7,12 +7,27 @@
  */
 import { type VerifyFailure, failure } from './errors.js';
 
-/** Where a bearer token may be sent. Default: `['header']` (RFC 6750 §2.1; query and body are discouraged). */
+/**
+ * Where a bearer token may be sent. Default: `['header']` (RFC 6750 §2.1; query and body are discouraged).
+ *
+ * @example
+ * ```ts
+ * // Server-sent events cannot set headers: accept ?access_token= on that route only.
+ * app.get('/events', bearerAuth({ verifier, tokenLocations: ['header', 'query'] }), stream);
+ * ```
+ */
 export type TokenLocation = 'header' | 'query' | 'body';
 
 /**
  * The parts of a Node.js request (`http.IncomingMessage`, which Express, Koa and Fastify requests are or
  * wrap) that extraction reads. `body` is a body a framework already parsed, if any.
+ *
+ * @example
+ * ```ts
+ * createServer(async (req, res) => {
+ *   const result = await verify(req); // an IncomingMessage is a NodeRequestLike
+ * });
+ * ```
  */
 export interface NodeRequestLike {
   headers: Record<string, string | string[] | undefined>;
@@ -25,6 +40,14 @@ export interface NodeRequestLike {
 /**
  * What `verify()` accepts: a raw token, an `Authorization` header value (`'Bearer …'`), a Fetch `Request`,
  * a Node.js request, or nothing (a request without a token).
+ *
+ * @example
+ * ```ts
+ * await verify(token); // raw
+ * await verify(req.headers.authorization); // 'Bearer …', or undefined
+ * await verify(request); // a Fetch Request (Hono, Next.js route handlers, Deno, Bun)
+ * await verify(req); // a Node.js IncomingMessage (Express, Koa's ctx.req, Fastify's request.raw)
+ * ```
  */
 export type VerifyInput = string | Request | NodeRequestLike | null | undefined;
 

@@ -18,6 +18,7 @@ import {
   decodeJwt,
   jwtVerify,
 } from 'jose';
+import type { Clock } from '../clock.js';
 import { TokenwardenError } from '../errors.js';
 import { type FetchLike, boundedFetch, describeUrl } from '../http/transport.js';
 import { checkUrl } from '../sources/client.js';
@@ -34,7 +35,14 @@ import {
   uidOf,
 } from './provider.js';
 
-/** Asymmetric JWS algorithms: the default allow-list, and the only ones accepted. */
+/**
+ * Asymmetric JWS algorithms: the default allow-list, and the only ones accepted.
+ *
+ * @example
+ * ```ts
+ * createVerifier({ issuer, audience, algorithms: ASYMMETRIC_ALGORITHMS.filter((a) => a.startsWith('ES')) });
+ * ```
+ */
 export const ASYMMETRIC_ALGORITHMS = [
   'RS256',
   'RS384',
@@ -49,7 +57,14 @@ export const ASYMMETRIC_ALGORITHMS = [
   'Ed25519',
 ] as const;
 
-/** Claims RFC 9068 §2.2 requires in a JWT access token (checked with `strict: true`). */
+/**
+ * Claims RFC 9068 §2.2 requires in a JWT access token (checked with `strict: true`).
+ *
+ * @example
+ * ```ts
+ * createVerifier({ issuer, audience, strict: true }); // typ at+jwt, and every claim of RFC9068_CLAIMS
+ * ```
+ */
 export const RFC9068_CLAIMS = ['iss', 'exp', 'aud', 'sub', 'client_id', 'iat', 'jti'] as const;
 
 /** Which issuers are trusted: a fixed list, or a function deciding for an `iss` it is shown. */
@@ -75,6 +90,7 @@ export interface JwtStrategyOptions {
   maxResponseBytes: number;
   allowInsecureRequests: boolean;
   discovery: DiscoveryAlgorithm;
+  clock: Clock;
 }
 
 /** The payload the JWT strategy hands the verifier. */
@@ -117,6 +133,7 @@ export function jwtStrategy(options: JwtStrategyOptions): VerifierProvider<JwtPa
         options.jwksUri !== undefined
           ? Promise.resolve(remoteSet(options.jwksUri))
           : discover(issuer, {
+              clock: options.clock,
               algorithm: options.discovery,
               allowInsecureRequests: options.allowInsecureRequests,
               timeoutMs: options.timeoutMs,

@@ -8,7 +8,14 @@
  */
 import type { Clock } from '../clock.js';
 
-/** Claims of a token: a JWT payload or an introspection response. */
+/**
+ * Claims of a token: a JWT payload or an introspection response.
+ *
+ * @example
+ * ```ts
+ * const tenant = result.ok ? (result.auth.extra.claims as Claims)['tenant_id'] : undefined;
+ * ```
+ */
 export type Claims = Readonly<Record<string, unknown>>;
 
 /**
@@ -37,7 +44,15 @@ export interface Auth {
   readonly ttl: number;
 }
 
-/** The credentials part of {@link Auth}. */
+/**
+ * The credentials part of {@link Auth}.
+ *
+ * @example
+ * ```ts
+ * const { token, scopes, expiresAt }: Credentials = result.auth.credentials;
+ * if (scopes.includes('admin')) grantAdmin();
+ * ```
+ */
 export interface Credentials {
   /** The token as presented. Treat it as a secret: never log it. */
   readonly token: string;
@@ -48,7 +63,14 @@ export interface Credentials {
   readonly expiresAt: number | undefined;
 }
 
-/** The info part of {@link Auth}. */
+/**
+ * The info part of {@link Auth}.
+ *
+ * @example
+ * ```ts
+ * const who = result.auth.info.email ?? result.auth.info.clientId ?? result.auth.uid;
+ * ```
+ */
 export interface AuthInfo {
   readonly clientId?: string;
   readonly username?: string;
@@ -58,7 +80,14 @@ export interface AuthInfo {
   readonly [key: string]: unknown;
 }
 
-/** What a provider puts in {@link AuthExtra}. */
+/**
+ * What a provider puts in {@link AuthExtra}.
+ *
+ * @example
+ * ```ts
+ * const provider: VerifierProvider<Row> = { getPayload, getExtra: (row) => ({ claims: { sub: row.owner }, plan: row.plan }) };
+ * ```
+ */
 export interface ProviderExtra {
   /** The verified JWT payload, the introspection response or the provider's payload, frozen. */
   readonly claims: Claims;
@@ -67,13 +96,33 @@ export interface ProviderExtra {
   readonly [key: string]: unknown;
 }
 
-/** The extra part of {@link Auth}. */
+/**
+ * The extra part of {@link Auth}.
+ *
+ * @example
+ * ```ts
+ * const { claims, header, strategy }: AuthExtra = result.auth.extra;
+ * console.log(strategy, header?.['kid'], claims['jti']);
+ * ```
+ */
 export interface AuthExtra extends ProviderExtra {
   /** Which strategy verified the token. */
   readonly strategy: 'jwt' | 'introspection' | 'provider';
 }
 
-/** What a provider is given besides the token. */
+/**
+ * What a provider is given besides the token.
+ *
+ * @example
+ * ```ts
+ * const provider: VerifierProvider = {
+ *   async getPayload(token, { now }: ProviderContext) {
+ *     const row = await db.sessions.find(token);
+ *     return row && row.expiresAt > now ? { ok: true, payload: row.claims } : { ok: false, error: 'invalid_token', description: 'unknown session' };
+ *   },
+ * };
+ * ```
+ */
 export interface ProviderContext {
   /** The current time from the verifier's clock, epoch milliseconds. */
   readonly now: number;
@@ -84,6 +133,19 @@ export interface ProviderContext {
  * What {@link VerifierProvider.getPayload} returns. A failure says whether the token is bad
  * (`invalid_token`, with an optional time to remember that) or could not be checked
  * (`temporarily_unavailable`, never remembered).
+ *
+ * @example
+ * ```ts
+ * async function getPayload(token: string): Promise<PayloadResult<Claims>> {
+ *   try {
+ *     const row = await db.apiKeys.find(token);
+ *     if (!row) return { ok: false, error: 'invalid_token', description: 'unknown key', cacheForMs: 10_000 };
+ *     return { ok: true, payload: row };
+ *   } catch (err) {
+ *     return { ok: false, error: 'temporarily_unavailable', description: 'key store down', cause: err };
+ *   }
+ * }
+ * ```
  */
 export type PayloadResult<P> =
   | { ok: true; payload: P }

@@ -42,17 +42,49 @@ import {
   uidOf,
 } from './provider.js';
 
-/** The outcome of `verify()`. */
+/**
+ * The outcome of `verify()`.
+ *
+ * @example
+ * ```ts
+ * const result: VerifyResult = await verify(req);
+ * if (result.ok) use(result.auth);
+ * else res.status(result.failure.status).json({ error: result.failure.error });
+ * ```
+ */
 export type VerifyResult =
   { readonly ok: true; readonly auth: Auth } | { readonly ok: false; readonly failure: VerifyFailure };
 
-/** How tokens are checked. See {@link VerifierOptions.strategy}. */
+/**
+ * How tokens are checked. See {@link VerifierOptions.strategy}.
+ *
+ * @example
+ * ```ts
+ * createVerifier({ issuer, audience, introspection: { clientId, clientSecret }, strategy: 'introspection' });
+ * ```
+ */
 export type Strategy = 'jwt' | 'introspection' | 'auto';
 
-/** A check on a verified token; `false` refuses it with 403 `insufficient_scope`. */
+/**
+ * A check on a verified token; `false` refuses it with 403 `insufficient_scope`.
+ *
+ * @example
+ * ```ts
+ * const sameTenant: ClaimCheck = (auth) => auth.extra.claims['tenant'] === 'acme';
+ * createVerifier({ issuer, audience, claimCheck: sameTenant });
+ * ```
+ */
 export type ClaimCheck = (auth: Auth) => boolean | Promise<boolean>;
 
-/** Scope and claim requirements; set on the verifier, or per call (per route) to override. */
+/**
+ * Scope and claim requirements; set on the verifier, or per call (per route) to override.
+ *
+ * @example
+ * ```ts
+ * const admin: AuthorizationRequirements = { requiredScopes: ['admin'], claimCheck: (a) => a.info.email?.endsWith('@acme.test') === true };
+ * await verify(req, admin);
+ * ```
+ */
 export interface AuthorizationRequirements {
   /** Scopes the token must all have. */
   requiredScopes?: readonly string[];
@@ -62,7 +94,14 @@ export interface AuthorizationRequirements {
   claimCheck?: ClaimCheck;
 }
 
-/** Introspection (RFC 7662) settings: the resource server's own client credentials, and caching. */
+/**
+ * Introspection (RFC 7662) settings: the resource server's own client credentials, and caching.
+ *
+ * @example
+ * ```ts
+ * createVerifier({ issuer, introspection: { clientId: 'orders-api', clientSecret, cacheMaxAge: '30s' } });
+ * ```
+ */
 export interface IntrospectionOptions {
   /** The introspection endpoint. Default: `introspection_endpoint` from the issuer's metadata. */
   endpoint?: string;
@@ -80,7 +119,14 @@ export interface IntrospectionOptions {
   inactiveCacheMaxAge?: Duration;
 }
 
-/** JWKS fetching and caching (jose's remote key set). */
+/**
+ * JWKS fetching and caching (jose's remote key set).
+ *
+ * @example
+ * ```ts
+ * createVerifier({ issuer, audience, jwks: { cooldown: '1m', cacheMaxAge: '1h' } });
+ * ```
+ */
 export interface JwksOptions {
   /** After a fetch, how long before an unknown `kid` may trigger another. Default `'30s'`. */
   cooldown?: Duration;
@@ -171,7 +217,14 @@ export interface VerifierOptions extends AuthorizationRequirements {
   onError?: (error: TokenwardenError) => void;
 }
 
-/** Per-call options of `verify()`: requirements that override the verifier's, and a parsed body. */
+/**
+ * Per-call options of `verify()`: requirements that override the verifier's, and a parsed body.
+ *
+ * @example
+ * ```ts
+ * await verify(req, { requiredScopes: ['orders:write'], body: req.body });
+ * ```
+ */
 export interface VerifyCallOptions extends AuthorizationRequirements {
   /** A form body the framework already parsed (for `tokenLocations: ['body']`). */
   body?: unknown;
@@ -247,7 +300,7 @@ export function createVerifier(options: VerifierOptions): Verifier {
   const cacheMaxAgeMs = toMs(('maxAge' in cacheOptions ? cacheOptions.maxAge : undefined) ?? '5m', 'cache.maxAge');
   const defaults = requirements(options);
 
-  const { strategy, provider, jwt } = resolveStrategy(options);
+  const { strategy, provider, jwt } = resolveStrategy(options, clock);
   const cache = new ValidationCache<Outcome>({ max: maxEntries });
   const onError = options.onError;
 
@@ -397,7 +450,10 @@ function asError(cause: unknown): TokenwardenError {
 }
 
 /** Picks the strategy and builds its provider(s), checking every option it uses. */
-function resolveStrategy(options: VerifierOptions): {
+function resolveStrategy(
+  options: VerifierOptions,
+  clock: Clock,
+): {
   strategy: Strategy | 'provider';
   provider: VerifierProvider<unknown>;
   jwt?: VerifierProvider<unknown>;
@@ -469,6 +525,7 @@ function resolveStrategy(options: VerifierOptions): {
       maxResponseBytes,
       allowInsecureRequests,
       discovery: options.discovery ?? 'auto',
+      clock,
     }) as VerifierProvider<unknown>;
     if (strategy === 'jwt') return { strategy, provider: jwt };
   }
@@ -502,7 +559,7 @@ function resolveStrategy(options: VerifierOptions): {
       timeout: timeoutMs,
       maxResponseBytes,
       allowInsecureRequests,
-      ...(options.clock !== undefined && { clock: options.clock }),
+      clock,
     },
     endpoint: introspection.endpoint,
     issuerCheck,

@@ -354,11 +354,9 @@ describe('key rotation (restart the authorization server with new keys on the sa
     try {
       const newToken = (await issueToken(second)).accessToken;
       expect(JSON.parse(Buffer.from(newToken.split('.')[0]!, 'base64url').toString()).kid).toBe(newKey.kid);
-      // Within the cooldown the unknown kid is refused without a fetch (jose semantics)…
-      expect(await rotating(newToken)).toEqual(invalid('unknown signing key'));
-      expect(second.counts.jwks).toBe(0);
+      // Once the cooldown since the last fetch has passed (unknown kids within it: see the random-kid test),
+      // concurrent checks of the new kid share one fetch.
       await new Promise((r) => setTimeout(r, 350));
-      // …after it, concurrent checks of the new kid share one fetch.
       const results = await Promise.all(Array.from({ length: 10 }, () => rotating(newToken)));
       for (const r of results) expect(r.ok).toBe(true);
       expect(second.counts.jwks).toBe(1);

@@ -21,7 +21,14 @@ declare global {
   }
 }
 
-/** The parts of an Express request the middleware reads and writes. */
+/**
+ * The parts of an Express request the middleware reads and writes.
+ *
+ * @example
+ * ```ts
+ * app.get('/me', bearerAuth(options), (req, res) => res.json({ uid: req.auth?.uid })); // req is one
+ * ```
+ */
 export interface ExpressRequestLike extends NodeRequestLike {
   auth?: Auth | undefined;
 }

@@ -16,14 +16,30 @@ import { type BearerAuthOptions, authenticator } from './shared.js';
 export type { BearerAuthOptions } from './shared.js';
 export type { Auth } from '../provider.js';
 
-/** The parts of a Fastify request the hook reads and writes. */
+/**
+ * The parts of a Fastify request the hook reads and writes.
+ *
+ * @example
+ * ```ts
+ * declare module 'fastify' {
+ *   interface FastifyRequest { auth?: Auth | null }
+ * }
+ * ```
+ */
 export interface FastifyRequestLike {
   raw: NodeRequestLike;
   body?: unknown;
   auth?: Auth | null | undefined;
 }
 
-/** The parts of a Fastify reply the hook writes to. */
+/**
+ * The parts of a Fastify reply the hook writes to.
+ *
+ * @example
+ * ```ts
+ * app.get('/me', { onRequest: bearerAuthHook(options) }, handler); // Fastify passes its request and reply
+ * ```
+ */
 export interface FastifyReplyLike {
   code(status: number): FastifyReplyLike;
   headers(headers: Record<string, string>): FastifyReplyLike;
@@ -33,6 +49,11 @@ export interface FastifyReplyLike {
 /**
  * The parts of a Fastify instance the plugin uses. `addHook` is typed loosely on purpose: Fastify's own
  * overloads are generic, and all of them must be accepted without importing Fastify's types.
+ *
+ * @example
+ * ```ts
+ * await app.register(bearerAuth, options); // any FastifyInstance is a FastifyInstanceLike
+ * ```
  */
 export interface FastifyInstanceLike {
   addHook: (...args: never[]) => unknown;

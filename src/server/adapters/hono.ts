@@ -23,7 +23,14 @@ export interface BearerAuthVariables {
   auth: Auth;
 }
 
-/** The parts of a Hono context the middleware reads and writes. */
+/**
+ * The parts of a Hono context the middleware reads and writes.
+ *
+ * @example
+ * ```ts
+ * app.use('/api/*', bearerAuth(options)); // every Hono Context is a HonoContextLike
+ * ```
+ */
 export interface HonoContextLike {
   req: { raw: Request };
   set(key: 'auth', value: Auth): void;

@@ -11,7 +11,15 @@ import { type BearerAuthOptions, authenticator } from './shared.js';
 export type { BearerAuthOptions } from './shared.js';
 export type { Auth } from '../provider.js';
 
-/** The parts of a Koa context the middleware reads and writes. */
+/**
+ * The parts of a Koa context the middleware reads and writes.
+ *
+ * @example
+ * ```ts
+ * app.use(bearerAuth(options)); // every Koa ctx is a KoaContextLike
+ * app.use((ctx) => { ctx.body = ctx.state.auth?.uid; });
+ * ```
+ */
 export interface KoaContextLike {
   req: NodeRequestLike;
   /** Koa's request; its `body`, when a body parser set one, is read for `tokenLocations: ['body']`. */

@@ -10,7 +10,17 @@ import { type BearerAuthOptions, type NodeResponseLike, authenticator, sendNode 
 export type { BearerAuthOptions } from './shared.js';
 export type { Auth } from '../provider.js';
 
-/** The parts of a Node.js request the check reads and writes. */
+/**
+ * The parts of a Node.js request the check reads and writes.
+ *
+ * @example
+ * ```ts
+ * createServer(async (req: NodeAuthRequest, res) => {
+ *   if ((await authenticate(req, res)) === false) return;
+ *   res.end(req.auth?.uid);
+ * });
+ * ```
+ */
 export interface NodeAuthRequest extends NodeRequestLike {
   auth?: Auth | undefined;
 }

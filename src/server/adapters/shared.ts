@@ -37,7 +37,15 @@ export type BearerAuthOptions = (VerifierOptions | ({ verifier: Verifier } & Aut
     optional?: boolean;
   };
 
-/** What an adapter does with a request: go on (with `auth`, or without it when optional), or answer. */
+/**
+ * What an adapter does with a request: go on (with `auth`, or without it when optional), or answer.
+ *
+ * @example
+ * ```ts
+ * const outcome: AuthenticateOutcome = await authenticate(req);
+ * if (outcome.response) reply(outcome.response.status, outcome.response.headers, outcome.response.body);
+ * ```
+ */
 export type AuthenticateOutcome = { auth: Auth | undefined; response?: undefined } | { response: FailureResponse };
 
 /**
@@ -73,7 +81,14 @@ export function authenticator(
   };
 }
 
-/** The parts of a Node.js `ServerResponse` an adapter writes to. */
+/**
+ * The parts of a Node.js `ServerResponse` an adapter writes to.
+ *
+ * @example
+ * ```ts
+ * const res: NodeResponseLike = serverResponse; // http.ServerResponse, Express's res
+ * ```
+ */
 export interface NodeResponseLike {
   statusCode: number;
   setHeader(name: string, value: string): unknown;
