@@ -114,6 +114,8 @@ const MAX_KEY_SETS = 100;
  */
 export function jwtStrategy(options: JwtStrategyOptions): VerifierProvider<JwtPayload> {
   const keySets = new Map<string, Promise<RemoteJWKSet>>();
+  // The settled key sets, so that the common path does not wait on an already settled promise.
+  const ready = new Map<string, RemoteJWKSet>();
   const single = 'list' in options.issuers && options.issuers.list.length === 1 ? options.issuers.list[0] : undefined;
   const jwksFetch = jwksTransport(options);
 
@@ -146,17 +148,25 @@ export function jwtStrategy(options: JwtStrategyOptions): VerifierProvider<JwtPa
               return remoteSet(metadata.jwks_uri);
             });
       // A failed discovery is not kept: the next request tries again.
-      set.catch(() => {
-        if (keySets.get(id) === set) keySets.delete(id);
-      });
-      if (keySets.size >= MAX_KEY_SETS) keySets.delete(keySets.keys().next().value as string);
+      set.then(
+        (value) => {
+          if (keySets.get(id) === set) ready.set(id, value);
+        },
+        () => {
+          if (keySets.get(id) === set) keySets.delete(id);
+        },
+      );
+      if (keySets.size >= MAX_KEY_SETS) {
+        const oldest = keySets.keys().next().value as string;
+        keySets.delete(oldest);
+        ready.delete(oldest);
+      }
       keySets.set(id, set);
     }
     return set;
   };
 
   const trustedIssuer = async (token: string): Promise<string | undefined> => {
-    if (single !== undefined) return single;
     const iss = decodeJwt(token).iss;
     if (typeof iss !== 'string') return undefined;
     const trusted = 'list' in options.issuers ? options.issuers.list.includes(iss) : await options.issuers.resolve(iss);
@@ -177,9 +187,10 @@ export function jwtStrategy(options: JwtStrategyOptions): VerifierProvider<JwtPa
   return {
     async getPayload(token: string, context: ProviderContext): Promise<PayloadResult<JwtPayload>> {
       try {
-        const issuer = await trustedIssuer(token);
+        // Fast paths without a promise to wait on: one issuer, key set already fetched.
+        const issuer = single ?? (await trustedIssuer(token));
         if (issuer === undefined) return bad('unexpected issuer', options.negativeCacheMs);
-        const keySet = await keySetFor(issuer);
+        const keySet = ready.get(options.jwksUri ?? issuer) ?? (await keySetFor(issuer));
         const { payload, protectedHeader } = await jwtVerify(token, keySet, {
           ...baseVerifyOptions,
           issuer,
