@@ -396,7 +396,7 @@ export function createVerifier(options: VerifierOptions): Verifier {
   }
 
   return Object.defineProperties(verify, {
-    strategy: { value: options.provider ? 'provider' : strategy, enumerable: true },
+    strategy: { value: strategy, enumerable: true },
     cacheSize: { get: () => cache.size, enumerable: true },
     clearCache: { value: () => cache.clear(), enumerable: true },
   }) as Verifier;
