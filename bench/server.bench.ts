@@ -44,9 +44,9 @@ export async function run(): Promise<BenchRow[]> {
   });
 
   // Unique tokens: every call misses the cache (hash, single flight, jose, auth building, cache insert).
-  // 3000 tokens cycle through a 1000-entry cache, so each comes back only after it was evicted.
-  const unique = await Promise.all(Array.from({ length: 3000 }, () => forge(as, { scope: 'read' })));
-  const fresh = createVerifier({ ...options, cache: { maxEntries: 1000 } });
+  // 2000 tokens cycle through a 500-entry cache, so each comes back only after it was evicted.
+  const unique = await Promise.all(Array.from({ length: 2000 }, () => forge(as, { scope: 'read' })));
+  const fresh = createVerifier({ ...options, cache: { maxEntries: 500 } });
   await fresh(await forge(as));
   let a = 0;
   let b = 0;
