@@ -326,7 +326,7 @@ export function createVerifier(options: VerifierOptions): Verifier {
         onError,
         isTokenwardenError(err)
           ? err
-          : new TokenwardenError('ERR_UNSUPPORTED', 'token provider failed', { cause: err }),
+          : new TokenwardenError('ERR_PROVIDER', 'token provider failed', { cause: err }),
       );
     }
     if (!outcome.ok && outcome.failure.error === 'temporarily_unavailable') return outcome;
@@ -459,7 +459,7 @@ function report(onError: VerifierOptions['onError'], error: TokenwardenError): v
 function asError(cause: unknown): TokenwardenError {
   return isTokenwardenError(cause)
     ? cause
-    : new TokenwardenError('ERR_UNSUPPORTED', 'token could not be verified', { cause });
+    : new TokenwardenError('ERR_PROVIDER', 'token could not be verified', { cause });
 }
 
 /** Picks the strategy and builds its provider(s), checking every option it uses. */

@@ -97,7 +97,7 @@ describe('provider: any scheme plugs in', () => {
     expect(await verify('t')).toMatchObject({ ok: false, failure: { error: 'temporarily_unavailable', status: 503 } });
     mode = 'ok';
     expect(await verify('t')).toMatchObject({ ok: true, auth: { uid: 'carol' } });
-    expect(errors.map((e) => e.code)).toEqual(['ERR_UNSUPPORTED', 'ERR_UNSUPPORTED']);
+    expect(errors.map((e) => e.code)).toEqual(['ERR_PROVIDER', 'ERR_PROVIDER']);
   });
 
   it('remembers a failure for cacheForMs, no longer', async () => {
