@@ -32,6 +32,7 @@
  * | `ERR_RETRY_LATER` | the server asked us to wait (`Retry-After`) and no valid token is available |
  * | `ERR_CLOSED` | the manager or store was closed |
  * | `ERR_UNSUPPORTED` | the server or token uses something tokenwarden does not support |
+ * | `ERR_PROVIDER` | a resource-server provider (your code) threw while checking a token |
  *
  * @example
  * ```ts
@@ -59,7 +60,8 @@ export type ErrorCode =
   | 'ERR_DECRYPT'
   | 'ERR_RETRY_LATER'
   | 'ERR_CLOSED'
-  | 'ERR_UNSUPPORTED';
+  | 'ERR_UNSUPPORTED'
+  | 'ERR_PROVIDER';
 
 /**
  * Options accepted by {@link TokenwardenError}'s constructor.

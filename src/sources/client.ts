@@ -405,7 +405,16 @@ function toArray(value: string | string[]): string[] {
   return Array.isArray(value) ? value : [value];
 }
 
-function checkUrl(value: unknown, name: string, allowInsecure: boolean): string {
+/**
+ * Checks that `value` is an absolute http(s) URL, and https unless `allowInsecure`; returns it. Throws
+ * `ERR_CONFIG` or `ERR_INSECURE_ISSUER` naming the option.
+ *
+ * @example
+ * ```ts
+ * checkUrl(options.jwksUri, 'jwksUri', false);
+ * ```
+ */
+export function checkUrl(value: unknown, name: string, allowInsecure: boolean): string {
   let url: URL;
   try {
     url = new URL(String(value));

@@ -1,0 +1,117 @@
+/**
+ * `tokenwarden/fastify`: bearer token checks for Fastify. Sets `request.auth`, or answers 401/400/403/503
+ * per RFC 6750.
+ *
+ * The plugin is marked with `Symbol.for('skip-override')`, which is all `fastify-plugin` does that matters
+ * here: its hook then applies to the context the plugin is registered in (and that context's children),
+ * not to an empty child context. Register it inside an encapsulated context to protect only some routes,
+ * or use {@link bearerAuthHook} per route. No dependency on fastify or fastify-plugin.
+ *
+ * @module
+ */
+import type { Auth } from '../provider.js';
+import type { NodeRequestLike } from '../extract.js';
+import { type BearerAuthOptions, authenticator } from './shared.js';
+
+export type { BearerAuthOptions } from './shared.js';
+export type { Auth } from '../provider.js';
+
+/**
+ * The parts of a Fastify request the hook reads and writes.
+ *
+ * @example
+ * ```ts
+ * declare module 'fastify' {
+ *   interface FastifyRequest { auth?: Auth | null }
+ * }
+ * ```
+ */
+export interface FastifyRequestLike {
+  raw: NodeRequestLike;
+  body?: unknown;
+  auth?: Auth | null | undefined;
+}
+
+/**
+ * The parts of a Fastify reply the hook writes to.
+ *
+ * @example
+ * ```ts
+ * app.get('/me', { onRequest: bearerAuthHook(options) }, handler); // Fastify passes its request and reply
+ * ```
+ */
+export interface FastifyReplyLike {
+  code(status: number): FastifyReplyLike;
+  headers(headers: Record<string, string>): FastifyReplyLike;
+  send(body: unknown): FastifyReplyLike;
+}
+
+/**
+ * The parts of a Fastify instance the plugin uses. `addHook` is typed loosely on purpose: Fastify's own
+ * overloads are generic, and all of them must be accepted without importing Fastify's types.
+ *
+ * @example
+ * ```ts
+ * await app.register(bearerAuth, options); // any FastifyInstance is a FastifyInstanceLike
+ * ```
+ */
+export interface FastifyInstanceLike {
+  addHook: (...args: never[]) => unknown;
+  decorateRequest(name: 'auth', value: null): unknown;
+  hasRequestDecorator(name: string): boolean;
+}
+
+type AddHook = (name: 'onRequest' | 'preValidation', hook: ReturnType<typeof bearerAuthHook>) => unknown;
+
+/**
+ * A Fastify hook (for `onRequest`, or `preValidation` when tokens may come in the body) that verifies
+ * the bearer token and sets `request.auth`. Use it per route.
+ *
+ * @example
+ * ```ts
+ * import { bearerAuthHook } from 'tokenwarden/fastify';
+ * app.post('/write', { onRequest: bearerAuthHook({ issuer, audience, requiredScopes: ['write'] }) }, handler);
+ * ```
+ */
+export function bearerAuthHook(
+  options: BearerAuthOptions,
+): (request: FastifyRequestLike, reply: FastifyReplyLike) => Promise<FastifyReplyLike | undefined> {
+  const authenticate = authenticator(options);
+  return async (request, reply) => {
+    const outcome = await authenticate(request.raw, request.body);
+    if (outcome.response) {
+      const { status, headers, body } = outcome.response;
+      return reply.code(status).headers(headers).send(body);
+    }
+    request.auth = outcome.auth;
+    return undefined;
+  };
+}
+
+/**
+ * A Fastify plugin that verifies the bearer token of every request in the context it is registered in
+ * and sets `request.auth`.
+ *
+ * @example
+ * ```ts
+ * import Fastify from 'fastify';
+ * import { bearerAuth } from 'tokenwarden/fastify';
+ * const app = Fastify();
+ * await app.register(async (api) => {
+ *   await api.register(bearerAuth, { issuer, audience: 'https://api.example.com' });
+ *   api.get('/read', async (request) => ({ uid: request.auth?.uid }));
+ * });
+ * ```
+ */
+export const bearerAuth = Object.assign(
+  async function bearerAuth(fastify: FastifyInstanceLike, options: BearerAuthOptions): Promise<void> {
+    const hook = bearerAuthHook(options);
+    if (!fastify.hasRequestDecorator('auth')) fastify.decorateRequest('auth', null);
+    const usesBody = 'tokenLocations' in options && options.tokenLocations?.includes('body') === true;
+    (fastify.addHook as AddHook).call(fastify, usesBody ? 'preValidation' : 'onRequest', hook);
+  },
+  {
+    [Symbol.for('skip-override')]: true,
+    [Symbol.for('fastify.display-name')]: 'tokenwarden-bearer-auth',
+  },
+);

@@ -1,0 +1,60 @@
+/**
+ * `tokenwarden/koa`: bearer token middleware for Koa. Sets `ctx.state.auth`, or answers 401/400/403/503
+ * per RFC 6750.
+ *
+ * @module
+ */
+import type { Auth } from '../provider.js';
+import type { NodeRequestLike } from '../extract.js';
+import { type BearerAuthOptions, authenticator } from './shared.js';
+
+export type { BearerAuthOptions } from './shared.js';
+export type { Auth } from '../provider.js';
+
+/**
+ * The parts of a Koa context the middleware reads and writes.
+ *
+ * @example
+ * ```ts
+ * app.use(bearerAuth(options)); // every Koa ctx is a KoaContextLike
+ * app.use((ctx) => { ctx.body = ctx.state.auth?.uid; });
+ * ```
+ */
+export interface KoaContextLike {
+  req: NodeRequestLike;
+  /** Koa's request; its `body`, when a body parser set one, is read for `tokenLocations: ['body']`. */
+  request: object;
+  state: { auth?: Auth | undefined } & Record<string, unknown>;
+  status: number;
+  body: unknown;
+  set(headers: Record<string, string>): void;
+}
+
+/**
+ * Koa middleware that verifies the bearer token and sets `ctx.state.auth`.
+ *
+ * @example
+ * ```ts
+ * import Koa from 'koa';
+ * import { bearerAuth } from 'tokenwarden/koa';
+ * const app = new Koa();
+ * app.use(bearerAuth({ issuer, audience: 'https://api.example.com', requiredScopes: ['read'] }));
+ * app.use((ctx) => { ctx.body = { uid: ctx.state.auth.uid }; });
+ * ```
+ */
+export function bearerAuth(
+  options: BearerAuthOptions,
+): (ctx: KoaContextLike, next: () => Promise<unknown>) => Promise<void> {
+  const authenticate = authenticator(options);
+  return async (ctx, next) => {
+    const outcome = await authenticate(ctx.req, (ctx.request as { body?: unknown }).body);
+    if (outcome.response) {
+      ctx.status = outcome.response.status;
+      ctx.set(outcome.response.headers);
+      ctx.body = outcome.response.body;
+      return;
+    }
+    ctx.state.auth = outcome.auth;
+    await next();
+  };
+}

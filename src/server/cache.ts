@@ -1,0 +1,81 @@
+/**
+ * The validation cache: a bounded LRU of verification results keyed by the SHA-256 of the token, with a
+ * deadline per entry read from the injected clock on every hit, and single flight for concurrent misses.
+ *
+ * Why SHA-256 of the whole token: two different tokens must never share an entry (fast-jwt cached by a
+ * prefix and let one token authenticate as another, GHSA-rp9m-7r4c-75qg), and a long-lived cache should
+ * not hold bearer tokens as keys (heap dumps, debuggers).
+ *
+ * @module
+ */
+import { hash } from 'node:crypto';
+import { LRUCache } from 'lru-cache';
+
+/**
+ * The cache key of a token: base64url SHA-256 over all of it.
+ *
+ * @example
+ * ```ts
+ * cacheKey('abc'); // 'ungWv48Bz-pBQUDeXa4iI7ADYaOWF3qctBD_YfIAFa0'
+ * ```
+ */
+export function cacheKey(token: string): string {
+  return hash('sha256', token, 'base64url');
+}
+
+/**
+ * A bounded map from token hash to a value that is dead from its deadline on. The caller passes the time
+ * (from its clock) to every read and write, so no entry can be served after its deadline whatever the
+ * LRU's own bookkeeping does.
+ *
+ * @example
+ * ```ts
+ * const cache = new ValidationCache<string>({ max: 1000 });
+ * const key = cacheKey(token);
+ * cache.set(key, 'ok', clock.now() + 60_000, clock.now());
+ * cache.get(key, clock.now()); // 'ok' for one minute, then undefined
+ * const v = await cache.flight(key, () => verifySlowly(token)); // concurrent callers share one call
+ * ```
+ */
+export class ValidationCache<T> {
+  readonly #entries: LRUCache<string, { value: T; until: number }> | undefined;
+  readonly #inflight = new Map<string, Promise<T>>();
+
+  /** `max: 0` disables storage (single flight still applies). */
+  constructor(options: { max: number }) {
+    this.#entries = options.max > 0 ? new LRUCache({ max: options.max }) : undefined;
+  }
+
+  /** The live value for `key` at `now`, or `undefined` (expired entries are dropped). */
+  get(key: string, now: number): T | undefined {
+    const entry = this.#entries?.get(key);
+    if (entry === undefined) return undefined;
+    if (now < entry.until) return entry.value;
+    this.#entries?.delete(key);
+    return undefined;
+  }
+
+  /** Stores `value` until `until` (epoch ms); a deadline not after `now` stores nothing. */
+  set(key: string, value: T, until: number, now: number): void {
+    if (until > now) this.#entries?.set(key, { value, until });
+  }
+
+  /** Runs `fn` once for all concurrent callers with the same `key`. */
+  flight(key: string, fn: () => Promise<T>): Promise<T> {
+    const running = this.#inflight.get(key);
+    if (running !== undefined) return running;
+    const promise = fn().finally(() => this.#inflight.delete(key));
+    this.#inflight.set(key, promise);
+    return promise;
+  }
+
+  /** Number of stored entries (live or not yet noticed as expired). */
+  get size(): number {
+    return this.#entries?.size ?? 0;
+  }
+
+  /** Forgets every stored entry. */
+  clear(): void {
+    this.#entries?.clear();
+  }
+}

@@ -1,0 +1,207 @@
+/**
+ * Finding the bearer token in a request (RFC 6750 §2): the `Authorization` header by default; the
+ * `access_token` query parameter and form body field only when enabled. A request that carries a token in
+ * more than one place, or two `Authorization` headers, is an `invalid_request`.
+ *
+ * @module
+ */
+import { type VerifyFailure, failure } from './errors.js';
+
+/**
+ * Where a bearer token may be sent. Default: `['header']` (RFC 6750 §2.1; query and body are discouraged).
+ *
+ * @example
+ * ```ts
+ * // Server-sent events cannot set headers: accept ?access_token= on that route only.
+ * app.get('/events', bearerAuth({ verifier, tokenLocations: ['header', 'query'] }), stream);
+ * ```
+ */
+export type TokenLocation = 'header' | 'query' | 'body';
+
+/**
+ * The parts of a Node.js request (`http.IncomingMessage`, which Express, Koa and Fastify requests are or
+ * wrap) that extraction reads. `body` is a body a framework already parsed, if any.
+ *
+ * @example
+ * ```ts
+ * createServer(async (req, res) => {
+ *   const result = await verify(req); // an IncomingMessage is a NodeRequestLike
+ * });
+ * ```
+ */
+export interface NodeRequestLike {
+  headers: Record<string, string | string[] | undefined>;
+  rawHeaders?: string[];
+  url?: string;
+  method?: string;
+  body?: unknown;
+}
+
+/**
+ * What `verify()` accepts: a raw token, an `Authorization` header value (`'Bearer …'`), a Fetch `Request`,
+ * a Node.js request, or nothing (a request without a token).
+ *
+ * @example
+ * ```ts
+ * await verify(token); // raw
+ * await verify(req.headers.authorization); // 'Bearer …', or undefined
+ * await verify(request); // a Fetch Request (Hono, Next.js route handlers, Deno, Bun)
+ * await verify(req); // a Node.js IncomingMessage (Express, Koa's ctx.req, Fastify's request.raw)
+ * ```
+ */
+export type VerifyInput = string | Request | NodeRequestLike | null | undefined;
+
+const NO_TOKEN = failure('missing_token', 'bearer token required');
+const MALFORMED_HEADER = failure('invalid_request', 'malformed Authorization header');
+const TWO_HEADERS = failure('invalid_request', 'more than one Authorization header');
+const TWO_TOKENS = failure('invalid_request', 'bearer token sent in more than one place');
+const TOO_LARGE = failure('invalid_token', 'token too large');
+
+/**
+ * Returns the one bearer token in `input`, or the failure that explains why there is none. `body` is a
+ * parsed form body (an object, `URLSearchParams` or `FormData`), used when `'body'` is enabled.
+ * Header values longer than `maxLength` (plus room for the scheme) are refused before they are parsed; the
+ * caller checks the token's own length and syntax.
+ *
+ * @example
+ * ```ts
+ * extractToken('Bearer abc', { locations: ['header'], maxLength: 16_384 }); // 'abc'
+ * extractToken('Basic dXNlcjpwYXNz', { locations: ['header'], maxLength: 16_384 }); // { error: 'missing_token', … }
+ * ```
+ */
+export function extractToken(
+  input: VerifyInput,
+  options: { locations: readonly TokenLocation[]; maxLength: number },
+  body?: unknown,
+): string | VerifyFailure {
+  if (input === null || input === undefined) return NO_TOKEN;
+  if (typeof input === 'string') {
+    if (input.length > options.maxLength + 64) return TOO_LARGE;
+    // A raw token has no space; anything else is a header value.
+    if (input.includes(' ') || input.toLowerCase() === 'bearer')
+      return fromHeader(input, options.maxLength) ?? NO_TOKEN;
+    return input === '' ? NO_TOKEN : input;
+  }
+  const found: string[] = [];
+  if (options.locations.includes('header')) {
+    const header = authorizationHeader(input);
+    if (typeof header === 'object') return header;
+    if (header !== undefined) {
+      const token = fromHeader(header, options.maxLength);
+      if (typeof token === 'object') return token;
+      if (token !== undefined) found.push(token);
+    }
+  }
+  if (options.locations.includes('query')) {
+    const url = input.url;
+    if (typeof url === 'string' && url.includes('access_token=')) {
+      const values = new URL(url, 'http://localhost').searchParams.getAll('access_token');
+      found.push(...values);
+    }
+  }
+  if (options.locations.includes('body')) {
+    const values = bodyTokens(input, body);
+    found.push(...values);
+  }
+  if (found.length > 1) return TWO_TOKENS;
+  const [token] = found;
+  if (token === undefined) return NO_TOKEN;
+  return token === '' ? MALFORMED_HEADER : token;
+}
+
+/**
+ * Whether `input` is a request whose form body should be read for a token (RFC 6750 §2.2: not GET, and
+ * `application/x-www-form-urlencoded`).
+ */
+export function hasFormBody(input: VerifyInput): boolean {
+  if (input === null || input === undefined || typeof input === 'string') return false;
+  const method = (input.method ?? 'GET').toUpperCase();
+  if (method === 'GET' || method === 'HEAD') return false;
+  const type = isFetchRequest(input) ? input.headers.get('content-type') : headerValue(input.headers['content-type']);
+  return typeof type === 'string' && type.toLowerCase().startsWith('application/x-www-form-urlencoded');
+}
+
+/**
+ * Reads a Fetch request's form body (from a clone, so the handler can still read it), refusing bodies
+ * larger than `maxBytes`. Returns `undefined` when there is no usable body.
+ */
+export async function readFormBody(request: Request, maxBytes: number): Promise<URLSearchParams | undefined> {
+  const declared = Number(request.headers.get('content-length'));
+  if (Number.isFinite(declared) && declared > maxBytes) return undefined;
+  const stream = request.clone().body;
+  if (!stream) return undefined;
+  const reader = stream.getReader();
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    size += value.byteLength;
+    if (size > maxBytes) {
+      await reader.cancel().catch(() => undefined);
+      return undefined;
+    }
+    chunks.push(value);
+  }
+  return new URLSearchParams(Buffer.concat(chunks).toString('utf8'));
+}
+
+/** Whether `input` is a Fetch API `Request` (or shaped like one). */
+export function isFetchRequest(input: object): input is Request {
+  return typeof (input as { headers?: { get?: unknown } }).headers?.get === 'function';
+}
+
+function authorizationHeader(input: Request | NodeRequestLike): string | VerifyFailure | undefined {
+  if (isFetchRequest(input)) return input.headers.get('authorization') ?? undefined;
+  const { rawHeaders } = input;
+  if (Array.isArray(rawHeaders)) {
+    // Node keeps only the first of repeated Authorization headers in `headers`; rawHeaders has them all.
+    let value: string | undefined;
+    for (let i = 0; i < rawHeaders.length; i += 2) {
+      const name = rawHeaders[i] as string;
+      if (name.length === 13 && name.toLowerCase() === 'authorization') {
+        if (value !== undefined) return TWO_HEADERS;
+        value = rawHeaders[i + 1] ?? '';
+      }
+    }
+    return value;
+  }
+  const header = input.headers['authorization'];
+  if (Array.isArray(header)) return header.length > 1 ? TWO_HEADERS : header[0];
+  return header;
+}
+
+/**
+ * The token in a header value, `undefined` when the header uses another scheme (`Basic …`), or a failure
+ * when it is malformed. The length is checked before anything else looks at the value.
+ */
+function fromHeader(value: string, maxLength: number): string | VerifyFailure | undefined {
+  if (value.length > maxLength + 64) return TOO_LARGE;
+  const trimmed = value.trim();
+  const space = trimmed.indexOf(' ');
+  const scheme = space < 0 ? trimmed : trimmed.slice(0, space);
+  if (scheme.toLowerCase() !== 'bearer') return undefined;
+  if (space < 0) return MALFORMED_HEADER;
+  const token = trimmed.slice(space + 1).trimStart();
+  // One token, no parameters: "Bearer a b" and "Bearer a, Bearer b" (merged duplicate headers) are malformed.
+  if (token === '' || /[\s,]/.test(token)) return MALFORMED_HEADER;
+  return token;
+}
+
+function bodyTokens(input: Request | NodeRequestLike, parsed: unknown): string[] {
+  if (!hasFormBody(input)) return [];
+  const body = parsed ?? (isFetchRequest(input) ? undefined : input.body);
+  if (body === null || body === undefined || typeof body !== 'object') return [];
+  if (body instanceof URLSearchParams) return body.getAll('access_token');
+  if (typeof FormData !== 'undefined' && body instanceof FormData) {
+    return body.getAll('access_token').filter((v): v is string => typeof v === 'string');
+  }
+  const value = (body as Record<string, unknown>)['access_token'];
+  if (typeof value === 'string') return [value];
+  if (Array.isArray(value)) return value.map(String);
+  return [];
+}
+
+function headerValue(value: string | string[] | undefined): string | undefined {
+  return Array.isArray(value) ? value[0] : value;
+}

@@ -1,0 +1,54 @@
+/**
+ * `tokenwarden/server`: validate bearer tokens on a resource server — JWT access tokens against the
+ * issuer's JWKS, opaque tokens by introspection, or any scheme through a provider — with a bounded cache
+ * whose entries never outlive the token. Framework middleware lives in `tokenwarden/express`,
+ * `tokenwarden/fastify`, `tokenwarden/koa`, `tokenwarden/hono` and `tokenwarden/node`.
+ *
+ * @example
+ * ```ts
+ * import { createVerifier } from 'tokenwarden/server';
+ * const verify = createVerifier({ issuer: 'https://login.example.com', audience: 'https://api.example.com' });
+ * const result = await verify(request.headers.get('authorization'));
+ * ```
+ *
+ * @module
+ */
+export { ValidationCache, cacheKey } from './cache.js';
+export {
+  type ChallengeOptions,
+  type FailureResponse,
+  type VerifyErrorCode,
+  type VerifyFailure,
+  challenge,
+  failure,
+  failureResponse,
+} from './errors.js';
+export { type NodeRequestLike, type TokenLocation, type VerifyInput, extractToken } from './extract.js';
+export { ASYMMETRIC_ALGORITHMS, RFC9068_CLAIMS } from './jwt.js';
+export type {
+  Auth,
+  AuthExtra,
+  AuthInfo,
+  Claims,
+  Credentials,
+  PayloadResult,
+  ProviderContext,
+  ProviderExtra,
+  VerifierProvider,
+} from './provider.js';
+export {
+  type AuthorizationRequirements,
+  type ClaimCheck,
+  type IntrospectionOptions,
+  type JwksOptions,
+  type Strategy,
+  type Verifier,
+  type VerifierOptions,
+  type VerifyCallOptions,
+  type VerifyResult,
+  createVerifier,
+  requirements,
+} from './verifier.js';
+export { type AuthenticateOutcome, type BearerAuthOptions, authenticator } from './adapters/shared.js';
+export { TokenwardenError, isTokenwardenError, type ErrorCode } from '../errors.js';
+export { ManualClock, systemClock, type Clock } from '../clock.js';

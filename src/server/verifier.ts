@@ -1,0 +1,634 @@
+/**
+ * `createVerifier()`: validates bearer tokens for a resource server. One function, `verify(input)`, that
+ * never throws for a bad token: it resolves to `{ ok: true, auth }` or `{ ok: false, failure }`.
+ *
+ * The data path of `verify()`: extract the one token (refusing oversized input before parsing it) →
+ * validation cache (SHA-256 of the token; the entry's deadline re-checked against the clock) → single
+ * flight → strategy (JWT against the JWKS, introspection, or your provider) → cache → scope and claim
+ * checks (on every call, never cached).
+ *
+ * @module
+ */
+import { type Clock, systemClock } from '../clock.js';
+import { type Duration, toMs } from '../duration.js';
+import { TokenwardenError, isTokenwardenError } from '../errors.js';
+import { DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_TIMEOUT_MS, type FetchLike } from '../http/transport.js';
+import { type ClientAuthMethod, type PrivateKeyInput, checkUrl } from '../sources/client.js';
+import type { DiscoveryAlgorithm } from '../sources/discovery.js';
+import type * as oauth from 'oauth4webapi';
+import { ValidationCache, cacheKey } from './cache.js';
+import { type VerifyFailure, failure } from './errors.js';
+import {
+  type TokenLocation,
+  type VerifyInput,
+  extractToken,
+  hasFormBody,
+  isFetchRequest,
+  readFormBody,
+} from './extract.js';
+import { introspectionStrategy } from './introspection.js';
+import { ASYMMETRIC_ALGORITHMS, type IssuerPolicy, jwtStrategy } from './jwt.js';
+import {
+  type Auth,
+  type AuthExtra,
+  type Claims,
+  type PayloadResult,
+  type ProviderContext,
+  type VerifierProvider,
+  deepFreeze,
+  expiresAtOf,
+  infoOf,
+  scopesOf,
+  stringClaim,
+  uidOf,
+} from './provider.js';
+
+/**
+ * The outcome of `verify()`.
+ *
+ * @example
+ * ```ts
+ * const result: VerifyResult = await verify(req);
+ * if (result.ok) use(result.auth);
+ * else res.status(result.failure.status).json({ error: result.failure.error });
+ * ```
+ */
+export type VerifyResult =
+  { readonly ok: true; readonly auth: Auth } | { readonly ok: false; readonly failure: VerifyFailure };
+
+/**
+ * How tokens are checked. See {@link VerifierOptions.strategy}.
+ *
+ * @example
+ * ```ts
+ * createVerifier({ issuer, audience, introspection: { clientId, clientSecret }, strategy: 'introspection' });
+ * ```
+ */
+export type Strategy = 'jwt' | 'introspection' | 'auto';
+
+/**
+ * A check on a verified token; `false` refuses it with 403 `insufficient_scope`.
+ *
+ * @example
+ * ```ts
+ * const sameTenant: ClaimCheck = (auth) => auth.extra.claims['tenant'] === 'acme';
+ * createVerifier({ issuer, audience, claimCheck: sameTenant });
+ * ```
+ */
+export type ClaimCheck = (auth: Auth) => boolean | Promise<boolean>;
+
+/**
+ * Scope and claim requirements; set on the verifier, or per call (per route) to override.
+ *
+ * @example
+ * ```ts
+ * const admin: AuthorizationRequirements = { requiredScopes: ['admin'], claimCheck: (a) => a.info.email?.endsWith('@acme.test') === true };
+ * await verify(req, admin);
+ * ```
+ */
+export interface AuthorizationRequirements {
+  /** Scopes the token must all have. */
+  requiredScopes?: readonly string[];
+  /** Scopes of which the token must have at least one. */
+  anyScopes?: readonly string[];
+  /** A last check on the verified token (claims, tenant, roles…). */
+  claimCheck?: ClaimCheck;
+}
+
+/**
+ * Introspection (RFC 7662) settings: the resource server's own client credentials, and caching.
+ *
+ * @example
+ * ```ts
+ * createVerifier({ issuer, introspection: { clientId: 'orders-api', clientSecret, cacheMaxAge: '30s' } });
+ * ```
+ */
+export interface IntrospectionOptions {
+  /** The introspection endpoint. Default: `introspection_endpoint` from the issuer's metadata. */
+  endpoint?: string;
+  /** The resource server's client id at the authorization server. */
+  clientId: string;
+  /** Its secret (for `client_secret_*`). */
+  clientSecret?: string;
+  /** How it authenticates. Default: as for grants (`client_secret_basic` with a secret). */
+  clientAuth?: ClientAuthMethod | oauth.ClientAuth;
+  /** The private key for `private_key_jwt`. */
+  privateKey?: PrivateKeyInput;
+  /** Longest an active answer is reused (never past the token's `exp`). Default `'1m'`. */
+  cacheMaxAge?: Duration;
+  /** How long an inactive answer is remembered. Default `'10s'`. */
+  inactiveCacheMaxAge?: Duration;
+}
+
+/**
+ * JWKS fetching and caching (jose's remote key set).
+ *
+ * @example
+ * ```ts
+ * createVerifier({ issuer, audience, jwks: { cooldown: '1m', cacheMaxAge: '1h' } });
+ * ```
+ */
+export interface JwksOptions {
+  /** After a fetch, how long before an unknown `kid` may trigger another. Default `'30s'`. */
+  cooldown?: Duration;
+  /** How long keys are used before they are fetched again. Default `'10m'`. */
+  cacheMaxAge?: Duration;
+}
+
+/**
+ * Options of {@link createVerifier}.
+ *
+ * @example
+ * ```ts
+ * const options: VerifierOptions = {
+ *   issuer: 'https://login.example.com',
+ *   audience: 'https://api.example.com',
+ *   requiredScopes: ['orders:read'],
+ *   cache: { maxEntries: 50_000, maxAge: '5m' },
+ * };
+ * ```
+ */
+export interface VerifierOptions extends AuthorizationRequirements {
+  /**
+   * The trusted issuer(s): one URL, several, or a function deciding for an `iss` (its metadata is then
+   * discovered on first use). JWT `iss` must match; an introspection response's `iss`, when present, too.
+   */
+  issuer?: string | readonly string[] | ((iss: string) => boolean | Promise<boolean>);
+  /** The audience(s) the token must be for (`aud`); required for JWTs (RFC 9068 §4). */
+  audience?: string | readonly string[];
+  /**
+   * How tokens are checked:
+   * - `'jwt'`: locally, against the issuer's JWKS. Default without `introspection`.
+   * - `'introspection'`: every token is introspected. Default with `introspection` and no `audience`/`jwksUri`.
+   * - `'auto'`: tokens shaped like a JWT (three base64url parts, a JSON header) are verified locally, any
+   *   other token is introspected. Default with `introspection` and an `audience` or `jwksUri`.
+   */
+  strategy?: Strategy;
+  /** A custom token scheme. With it, `strategy`, `introspection` and the JWT options are not used. */
+  provider?: VerifierProvider<any>; // eslint-disable-line @typescript-eslint/no-explicit-any
+  /** The JWKS URL. Default: `jwks_uri` from the issuer's metadata. */
+  jwksUri?: string;
+  /** Accepted JWS algorithms; asymmetric only. Default: RS, PS, ES 256/384/512 and EdDSA. */
+  algorithms?: readonly string[];
+  /** Leeway for `exp`, `nbf` and `iat`. Default `0`. */
+  clockTolerance?: Duration;
+  /** Refuse JWTs whose `iat` is older than this. Default: no limit. */
+  maxTokenAge?: Duration;
+  /**
+   * RFC 9068 profile: `typ` must be `at+jwt`, and `iss`, `exp`, `aud`, `sub`, `client_id`, `iat`, `jti`
+   * must be present. Default `false`: `exp` is required and a `typ`, when present, must be `JWT` or
+   * `at+jwt`.
+   */
+  strict?: boolean;
+  /** More claims a JWT must carry. */
+  requiredClaims?: readonly string[];
+  /** JWKS fetching and caching. */
+  jwks?: JwksOptions;
+  /** Introspect tokens with these resource server credentials. */
+  introspection?: IntrospectionOptions;
+  /** The claim that becomes `auth.uid`. Default: `sub`, else `client_id`. */
+  uid?: string;
+  /**
+   * The validation cache: `false` to disable, or its bounds. Default `{ maxEntries: 10_000, maxAge: '5m' }`.
+   * Entries never outlive the token's `exp`.
+   */
+  cache?: false | { maxEntries?: number; maxAge?: Duration };
+  /** How long a JWT whose signature is good but whose claims are not (expired, wrong audience…) is remembered. Default `'30s'`. */
+  negativeCacheMaxAge?: Duration;
+  /** Longest token accepted, in characters; larger input is refused before it is parsed. Default 16 384. */
+  maxTokenLength?: number;
+  /** Where a token may be sent. Default `['header']`. */
+  tokenLocations?: readonly TokenLocation[];
+  /** The clock for the cache and `exp`/`nbf` checks. Default: the system clock. */
+  clock?: Clock;
+  /** The `fetch` for discovery, JWKS and introspection. */
+  fetch?: FetchLike;
+  /** Time limit per request to the authorization server. Default `'10s'`. */
+  timeout?: Duration;
+  /** Largest response accepted from the authorization server, in bytes. Default 1 MiB. */
+  maxResponseBytes?: number;
+  /** Which discovery document to read. Default `'auto'`. */
+  discovery?: DiscoveryAlgorithm;
+  /** Allow `http:` URLs. Only for local development and tests. Default `false`. */
+  allowInsecureRequests?: boolean;
+  /**
+   * Called when a token could not be checked (answered 503): discovery, JWKS or introspection failed,
+   * or a provider threw. The error never contains the token.
+   */
+  onError?: (error: TokenwardenError) => void;
+}
+
+/**
+ * Per-call options of `verify()`: requirements that override the verifier's, and a parsed body.
+ *
+ * @example
+ * ```ts
+ * await verify(req, { requiredScopes: ['orders:write'], body: req.body });
+ * ```
+ */
+export interface VerifyCallOptions extends AuthorizationRequirements {
+  /** A form body the framework already parsed (for `tokenLocations: ['body']`). */
+  body?: unknown;
+}
+
+/**
+ * The verify function returned by {@link createVerifier}, with a few properties.
+ *
+ * @example
+ * ```ts
+ * const verify: Verifier = createVerifier({ issuer, audience });
+ * const result = await verify(request, { requiredScopes: ['write'] });
+ * ```
+ */
+export interface Verifier {
+  (input: VerifyInput, options?: VerifyCallOptions): Promise<VerifyResult>;
+  /** How tokens are checked: `'jwt'`, `'introspection'`, `'auto'` or `'provider'`. */
+  readonly strategy: Strategy | 'provider';
+  /** Entries in the validation cache. */
+  readonly cacheSize: number;
+  /** Forgets every cached result (e.g. after revoking tokens out of band). */
+  clearCache(): void;
+}
+
+/** A cached verification: the token-independent part of an {@link Auth}, or a remembered failure. */
+type Outcome =
+  | {
+      ok: true;
+      auth: Omit<Auth, 'ttl' | 'credentials'> & { credentials: Omit<Auth['credentials'], 'token'> };
+      until: number;
+    }
+  | { ok: false; failure: VerifyFailure; until: number };
+
+const TOKEN_SYNTAX = /^[A-Za-z0-9\-._~+/]+=*$/; // RFC 6750 §2.1 b64token
+const MALFORMED = failure('invalid_token', 'malformed token');
+const TOO_LARGE = failure('invalid_token', 'token too large');
+const INVALID = failure('invalid_token', 'token is not valid');
+const UNAVAILABLE = failure('temporarily_unavailable', 'token could not be verified now');
+
+/**
+ * Creates a bearer token verifier. Throws `ERR_CONFIG` (or `ERR_INSECURE_ISSUER`) at construction for
+ * misconfiguration; `verify()` itself never throws for a bad token or an unreachable server.
+ *
+ * Does not check DPoP or mTLS proofs: sender-constrained tokens (`cnf`) are refused.
+ *
+ * @example
+ * ```ts
+ * import { createVerifier } from 'tokenwarden/server';
+ * const verify = createVerifier({ issuer: 'https://login.example.com', audience: 'https://api.example.com' });
+ * const result = await verify(req.headers.authorization);
+ * if (result.ok) console.log(result.auth.uid, result.auth.credentials.scopes);
+ * else console.log(result.failure.status, result.failure.error); // 401 invalid_token
+ * ```
+ */
+export function createVerifier(options: VerifierOptions): Verifier {
+  if (options === null || typeof options !== 'object') {
+    throw new TokenwardenError('ERR_CONFIG', 'options must be an object');
+  }
+  const clock = options.clock ?? systemClock;
+  const maxLength = options.maxTokenLength ?? 16_384;
+  if (!(Number.isInteger(maxLength) && maxLength > 0)) {
+    throw new TokenwardenError('ERR_CONFIG', 'maxTokenLength must be a positive integer');
+  }
+  const locations = options.tokenLocations ?? ['header'];
+  if (locations.length === 0 || locations.some((l) => l !== 'header' && l !== 'query' && l !== 'body')) {
+    throw new TokenwardenError('ERR_CONFIG', "tokenLocations must list 'header', 'query' and/or 'body'");
+  }
+  const cacheOptions = options.cache === false ? { maxEntries: 0 } : (options.cache ?? {});
+  const maxEntries = cacheOptions.maxEntries ?? 10_000;
+  if (!(Number.isInteger(maxEntries) && maxEntries >= 0)) {
+    throw new TokenwardenError('ERR_CONFIG', 'cache.maxEntries must be a non-negative integer');
+  }
+  const cacheMaxAgeMs = toMs(('maxAge' in cacheOptions ? cacheOptions.maxAge : undefined) ?? '5m', 'cache.maxAge');
+  const defaults = requirements(options);
+
+  const { strategy, provider, jwt } = resolveStrategy(options, clock);
+  const cache = new ValidationCache<Outcome>({ max: maxEntries });
+  const onError = options.onError;
+
+  /** One verification of a token by its strategy; shared by concurrent callers, cached unless unavailable. */
+  const check = async (token: string, key: string): Promise<Outcome> => {
+    const context: ProviderContext = { now: clock.now(), clock };
+    const selected = strategy === 'auto' && looksLikeJwt(token) ? (jwt as VerifierProvider<unknown>) : provider;
+    let outcome: Outcome;
+    try {
+      const result = await selected.getPayload(token, context);
+      let valid: boolean | Promise<boolean> = true;
+      if (result.ok) {
+        valid = selected.isValid
+          ? selected.isValid(result.payload, context)
+          : defaultIsValid((result.payload ?? {}) as Claims, context.now);
+        if (valid instanceof Promise) valid = await valid;
+      }
+      outcome = judge(selected, result, valid, context, strategyName(strategy, selected === jwt));
+    } catch (err) {
+      outcome = { ok: false, failure: UNAVAILABLE, until: 0 };
+      report(
+        onError,
+        isTokenwardenError(err)
+          ? err
+          : new TokenwardenError('ERR_PROVIDER', 'token provider failed', { cause: err }),
+      );
+    }
+    if (!outcome.ok && outcome.failure.error === 'temporarily_unavailable') return outcome;
+    cache.set(key, outcome, outcome.until, clock.now());
+    return outcome;
+  };
+
+  const verify = async (input: VerifyInput, call: VerifyCallOptions = {}): Promise<VerifyResult> => {
+    let body = call.body;
+    if (body === undefined && locations.includes('body') && typeof input === 'object' && input !== null) {
+      if (isFetchRequest(input) && hasFormBody(input)) body = await readFormBody(input, maxLength + 4096);
+    }
+    const token = extractToken(input, { locations, maxLength }, body);
+    if (typeof token !== 'string') return { ok: false, failure: token };
+    if (token.length > maxLength) return { ok: false, failure: TOO_LARGE };
+    if (!TOKEN_SYNTAX.test(token)) return { ok: false, failure: MALFORMED };
+
+    const key = cacheKey(token);
+    // cache.get() re-checks the entry's deadline (never later than the token's exp) against the clock.
+    const outcome = cache.get(key, clock.now()) ?? (await cache.flight(key, () => check(token, key)));
+    if (!outcome.ok) return { ok: false, failure: outcome.failure };
+    const auth: Auth = {
+      ...outcome.auth,
+      credentials: { ...outcome.auth.credentials, token },
+      ttl: Math.max(0, outcome.until - clock.now()),
+    };
+    let refused = authorize(auth, call, defaults);
+    if (refused instanceof Promise) refused = await refused;
+    return refused === undefined ? { ok: true, auth } : { ok: false, failure: refused };
+  };
+
+  /** Turns a provider's answer into a cacheable {@link Outcome}. */
+  function judge(
+    selected: VerifierProvider<unknown>,
+    result: PayloadResult<unknown>,
+    valid: boolean,
+    context: ProviderContext,
+    name: AuthExtra['strategy'],
+  ): Outcome {
+    if (!result.ok) {
+      if (result.error === 'temporarily_unavailable') {
+        report(onError, asError(result.cause));
+        return { ok: false, failure: UNAVAILABLE, until: 0 };
+      }
+      return {
+        ok: false,
+        failure: failure('invalid_token', result.description),
+        until: context.now + Math.max(0, result.cacheForMs ?? 0),
+      };
+    }
+    const payload = result.payload;
+    const claims = (payload ?? {}) as Claims;
+    if (!valid) return { ok: false, failure: INVALID, until: 0 };
+    const credentials = selected.getCredentials?.(payload) ?? {};
+    const expiresAt = 'expiresAt' in credentials ? credentials.expiresAt : expiresAtOf(claims);
+    const ttl = selected.getTtl?.(payload, context);
+    const until = Math.min(expiresAt ?? Infinity, context.now + cacheMaxAgeMs, context.now + (ttl ?? Infinity));
+    const auth = deepFreeze({
+      uid: selected.getUid ? selected.getUid(payload) : uidOf(claims, options.uid),
+      issuer: selected.getIssuer ? selected.getIssuer(payload) : stringClaim(claims, 'iss'),
+      credentials: { tokenType: 'Bearer' as const, scopes: credentials.scopes ?? scopesOf(claims), expiresAt },
+      info: selected.getInfo ? selected.getInfo(payload) : infoOf(claims),
+      extra: { ...(selected.getExtra ? selected.getExtra(payload) : { claims }), strategy: name },
+    });
+    // A result already past its deadline (accepted within the clock tolerance) is answered, not cached.
+    return { ok: true, auth, until };
+  }
+
+  return Object.defineProperties(verify, {
+    strategy: { value: strategy, enumerable: true },
+    cacheSize: { get: () => cache.size, enumerable: true },
+    clearCache: { value: () => cache.clear(), enumerable: true },
+  }) as Verifier;
+}
+
+/**
+ * Scope and claim checks, on every call: 403 `insufficient_scope` when they fail. Synchronous unless an
+ * asynchronous claim check runs (an extra promise per call is measurable on the cached path).
+ */
+function authorize(
+  auth: Auth,
+  call: AuthorizationRequirements,
+  defaults: AuthorizationRequirements,
+): VerifyFailure | undefined | Promise<VerifyFailure | undefined> {
+  const required = call.requiredScopes ?? defaults.requiredScopes;
+  const any = call.anyScopes ?? defaults.anyScopes;
+  const claimCheck = call.claimCheck ?? defaults.claimCheck;
+  const scopes = auth.credentials.scopes;
+  if (required !== undefined && required.length > 0 && !required.every((s) => scopes.includes(s))) {
+    return failure('insufficient_scope', 'insufficient scope', required.join(' '));
+  }
+  if (any !== undefined && any.length > 0 && !any.some((s) => scopes.includes(s))) {
+    return failure('insufficient_scope', 'insufficient scope', any.join(' '));
+  }
+  if (claimCheck === undefined) return undefined;
+  const CLAIM_CHECK_FAILED = failure('insufficient_scope', 'claim check failed');
+  const passed = claimCheck(auth);
+  if (passed instanceof Promise) return passed.then((ok) => (ok === true ? undefined : CLAIM_CHECK_FAILED));
+  return passed === true ? undefined : CLAIM_CHECK_FAILED;
+}
+
+/** Default `valid_token?` for providers: `exp` in the future and `nbf` in the past, when present. */
+function defaultIsValid(claims: Claims, now: number): boolean {
+  const exp = expiresAtOf(claims);
+  const nbf = claims['nbf'];
+  return (exp === undefined || exp > now) && (typeof nbf !== 'number' || nbf * 1000 <= now);
+}
+
+/** Three base64url segments and a header that starts as a JSON object: worth a local JWT check. */
+function looksLikeJwt(token: string): boolean {
+  const first = token.indexOf('.');
+  return token.startsWith('eyJ') && first > 0 && token.indexOf('.', first + 1) > first && token.split('.').length === 3;
+}
+
+function strategyName(strategy: Strategy | 'provider', isJwt: boolean): AuthExtra['strategy'] {
+  if (strategy === 'provider') return 'provider';
+  if (strategy === 'auto') return isJwt ? 'jwt' : 'introspection';
+  return strategy;
+}
+
+function report(onError: VerifierOptions['onError'], error: TokenwardenError): void {
+  if (onError === undefined) return;
+  try {
+    onError(error);
+  } catch {
+    // A failing observer must not change the answer.
+  }
+}
+
+function asError(cause: unknown): TokenwardenError {
+  return isTokenwardenError(cause)
+    ? cause
+    : new TokenwardenError('ERR_PROVIDER', 'token could not be verified', { cause });
+}
+
+/** Picks the strategy and builds its provider(s), checking every option it uses. */
+function resolveStrategy(
+  options: VerifierOptions,
+  clock: Clock,
+): {
+  strategy: Strategy | 'provider';
+  provider: VerifierProvider<unknown>;
+  jwt?: VerifierProvider<unknown>;
+} {
+  if (options.provider !== undefined) {
+    if (typeof options.provider?.getPayload !== 'function') {
+      throw new TokenwardenError('ERR_CONFIG', 'provider must have a getPayload(token, context) method');
+    }
+    return { strategy: 'provider', provider: options.provider };
+  }
+  const allowInsecureRequests = options.allowInsecureRequests === true;
+  const timeoutMs = toMs(options.timeout ?? DEFAULT_TIMEOUT_MS, 'timeout');
+  const maxResponseBytes = options.maxResponseBytes ?? DEFAULT_MAX_RESPONSE_BYTES;
+  if (!(Number.isInteger(maxResponseBytes) && maxResponseBytes > 0)) {
+    throw new TokenwardenError('ERR_CONFIG', 'maxResponseBytes must be a positive integer');
+  }
+  const issuers = issuerPolicy(options.issuer, allowInsecureRequests);
+  const audience = checkAudience(options.audience);
+  const clockToleranceMs = toMs(options.clockTolerance ?? 0, 'clockTolerance');
+  const strategy: Strategy =
+    options.strategy ??
+    (options.introspection === undefined
+      ? 'jwt'
+      : audience !== undefined || options.jwksUri !== undefined
+        ? 'auto'
+        : 'introspection');
+  if (strategy !== 'jwt' && strategy !== 'introspection' && strategy !== 'auto') {
+    throw new TokenwardenError('ERR_CONFIG', "strategy must be 'jwt', 'introspection' or 'auto'");
+  }
+
+  let jwt: VerifierProvider<unknown> | undefined;
+  if (strategy !== 'introspection') {
+    if (issuers === undefined) {
+      throw new TokenwardenError('ERR_CONFIG', 'issuer is required to verify JWTs');
+    }
+    if (audience === undefined) {
+      throw new TokenwardenError(
+        'ERR_CONFIG',
+        'audience is required to verify JWTs (RFC 9068: a resource server must check the token is meant for it)',
+      );
+    }
+    if (options.jwksUri === undefined && !('list' in issuers)) {
+      throw new TokenwardenError('ERR_CONFIG', 'an issuer resolver needs jwksUri, or a list of issuers');
+    }
+    const algorithms = [...(options.algorithms ?? ASYMMETRIC_ALGORITHMS)];
+    const allowed: readonly string[] = ASYMMETRIC_ALGORITHMS;
+    if (algorithms.length === 0 || algorithms.some((a) => !allowed.includes(a))) {
+      throw new TokenwardenError(
+        'ERR_CONFIG',
+        `algorithms must be a non-empty list of ${ASYMMETRIC_ALGORITHMS.join(', ')} (no 'none', no HMAC: a JWKS holds public keys)`,
+      );
+    }
+    const jwks = options.jwks ?? {};
+    jwt = jwtStrategy({
+      issuers,
+      audience: [...audience],
+      jwksUri: options.jwksUri === undefined ? undefined : checkUrl(options.jwksUri, 'jwksUri', allowInsecureRequests),
+      algorithms,
+      clockToleranceSec: clockToleranceMs / 1000,
+      maxTokenAgeSec: options.maxTokenAge === undefined ? undefined : toMs(options.maxTokenAge, 'maxTokenAge') / 1000,
+      strict: options.strict === true,
+      requiredClaims: [...(options.requiredClaims ?? [])],
+      uidClaim: options.uid,
+      cooldownMs: toMs(jwks.cooldown ?? '30s', 'jwks.cooldown'),
+      jwksCacheMaxAgeMs: toMs(jwks.cacheMaxAge ?? '10m', 'jwks.cacheMaxAge'),
+      negativeCacheMs: toMs(options.negativeCacheMaxAge ?? '30s', 'negativeCacheMaxAge'),
+      fetch: options.fetch,
+      timeoutMs,
+      maxResponseBytes,
+      allowInsecureRequests,
+      discovery: options.discovery ?? 'auto',
+      clock,
+    }) as VerifierProvider<unknown>;
+    if (strategy === 'jwt') return { strategy, provider: jwt };
+  }
+
+  const introspection = options.introspection;
+  if (introspection === undefined || typeof introspection !== 'object') {
+    throw new TokenwardenError('ERR_CONFIG', `strategy '${strategy}' needs the introspection option`);
+  }
+  const single = issuers !== undefined && 'list' in issuers && issuers.list.length === 1 ? issuers.list[0] : undefined;
+  if (introspection.endpoint === undefined && single === undefined) {
+    throw new TokenwardenError(
+      'ERR_CONFIG',
+      'introspection needs an endpoint, or exactly one issuer to discover it from',
+    );
+  }
+  const issuerCheck =
+    issuers === undefined
+      ? () => true
+      : 'list' in issuers
+        ? (iss: string) => issuers.list.includes(iss)
+        : issuers.resolve;
+  const provider = introspectionStrategy({
+    client: {
+      ...(single !== undefined && { issuer: single }),
+      clientId: introspection.clientId,
+      ...(introspection.clientSecret !== undefined && { clientSecret: introspection.clientSecret }),
+      ...(introspection.clientAuth !== undefined && { clientAuth: introspection.clientAuth }),
+      ...(introspection.privateKey !== undefined && { privateKey: introspection.privateKey }),
+      ...(options.discovery !== undefined && { discovery: options.discovery }),
+      ...(options.fetch !== undefined && { fetch: options.fetch }),
+      timeout: timeoutMs,
+      maxResponseBytes,
+      allowInsecureRequests,
+      clock,
+    },
+    endpoint: introspection.endpoint,
+    issuerCheck,
+    audience: audience === undefined ? undefined : [...audience],
+    uidClaim: options.uid,
+    clockToleranceMs,
+    cacheMaxAgeMs: toMs(introspection.cacheMaxAge ?? '1m', 'introspection.cacheMaxAge'),
+    inactiveCacheMaxAgeMs: toMs(introspection.inactiveCacheMaxAge ?? '10s', 'introspection.inactiveCacheMaxAge'),
+  }) as VerifierProvider<unknown>;
+  return jwt === undefined ? { strategy, provider } : { strategy, provider, jwt };
+}
+
+function issuerPolicy(issuer: VerifierOptions['issuer'], allowInsecure: boolean): IssuerPolicy | undefined {
+  if (issuer === undefined) return undefined;
+  if (typeof issuer === 'function') return { resolve: issuer };
+  const list = typeof issuer === 'string' ? [issuer] : issuer;
+  if (!Array.isArray(list) || list.length === 0) {
+    throw new TokenwardenError('ERR_CONFIG', 'issuer must be a URL, a non-empty list of URLs, or a function');
+  }
+  return { list: list.map((i, n) => checkUrl(i, list.length === 1 ? 'issuer' : `issuer[${n}]`, allowInsecure)) };
+}
+
+function checkAudience(audience: VerifierOptions['audience']): readonly string[] | undefined {
+  if (audience === undefined) return undefined;
+  const list = typeof audience === 'string' ? [audience] : audience;
+  if (!Array.isArray(list) || list.length === 0 || list.some((a) => typeof a !== 'string' || a === '')) {
+    throw new TokenwardenError('ERR_CONFIG', 'audience must be a non-empty string or list of strings');
+  }
+  return list;
+}
+
+/**
+ * Checks scope lists and the claim check of `options` (throwing `ERR_CONFIG`) and returns only the
+ * requirements that are set.
+ *
+ * @example
+ * ```ts
+ * requirements({ requiredScopes: ['write'] }); // { requiredScopes: ['write'] }
+ * requirements({ requiredScopes: ['read write'] }); // throws ERR_CONFIG
+ * ```
+ */
+export function requirements(options: AuthorizationRequirements): AuthorizationRequirements {
+  const result: AuthorizationRequirements = {};
+  for (const name of ['requiredScopes', 'anyScopes'] as const) {
+    const scopes = options[name];
+    if (scopes === undefined) continue;
+    if (!Array.isArray(scopes) || scopes.some((s) => typeof s !== 'string' || s === '' || s.includes(' '))) {
+      throw new TokenwardenError('ERR_CONFIG', `${name} must be a list of scope names (no spaces)`);
+    }
+    result[name] = [...scopes];
+  }
+  if (options.claimCheck !== undefined) {
+    if (typeof options.claimCheck !== 'function') {
+      throw new TokenwardenError('ERR_CONFIG', 'claimCheck must be a function');
+    }
+    result.claimCheck = options.claimCheck;
+  }
+  return result;
+}

@@ -1,0 +1,290 @@
+/**
+ * One contract for every framework adapter, against a real authorization server: each harness mounts the
+ * same routes with its framework's `bearerAuth` and the same requests must get the same answers.
+ */
+import { type Server, createServer, request as httpRequest } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { getRequestListener } from '@hono/node-server';
+import express from 'express';
+import Fastify from 'fastify';
+import { Hono } from 'hono';
+import Koa from 'koa';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { bearerAuth as expressAuth } from '../../src/server/adapters/express.js';
+import { bearerAuth as fastifyAuth, bearerAuthHook as fastifyHook } from '../../src/server/adapters/fastify.js';
+import { type BearerAuthVariables, bearerAuth as honoAuth } from '../../src/server/adapters/hono.js';
+import { bearerAuth as koaAuth } from '../../src/server/adapters/koa.js';
+import { bearerAuth as nodeAuth } from '../../src/server/adapters/node.js';
+import { type Auth, type BearerAuthOptions, createVerifier } from '../../src/server/index.js';
+import {
+  API_RESOURCE,
+  type TestAuthorizationServer,
+  startAuthorizationServer,
+} from '../support/authorization-server.js';
+import { forge, issueToken } from './support.js';
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    auth?: Auth | null;
+  }
+}
+
+interface Route {
+  path: string;
+  options: BearerAuthOptions;
+}
+
+interface Running {
+  url: string;
+  close(): Promise<void>;
+}
+
+/** What every handler answers: who the token is for, and its scopes. */
+const reply = (auth: Auth | null | undefined) => ({ uid: auth?.uid ?? null, scopes: auth?.credentials.scopes ?? null });
+
+async function listen(server: Server): Promise<Running> {
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
+  };
+}
+
+/** One entry per framework: mount the routes, listen on a random loopback port. */
+const harnesses: Record<string, (routes: Route[]) => Promise<Running>> = {
+  express: async (routes) => {
+    const app = express();
+    app.use(express.urlencoded({ extended: false }));
+    for (const r of routes) app.all(r.path, expressAuth(r.options), (req, res) => void res.json(reply(req.auth)));
+    return listen(createServer(app));
+  },
+  fastify: async (routes) => {
+    const app = Fastify();
+    // The plugin for the first route (scoped by encapsulation), the per-route hook for the others.
+    const [first, ...rest] = routes as [Route, ...Route[]];
+    await app.register(async (scope) => {
+      await scope.register(fastifyAuth, first.options);
+      scope.all(first.path, async (request) => reply(request.auth));
+    });
+    for (const r of rest)
+      app.all(r.path, { onRequest: fastifyHook(r.options) }, async (request) => reply(request.auth));
+    await app.ready();
+    return listen(app.server);
+  },
+  koa: async (routes) => {
+    const app = new Koa();
+    const handlers = new Map(routes.map((r) => [r.path, koaAuth(r.options)]));
+    app.use(async (ctx) => {
+      const handler = handlers.get(ctx.path);
+      if (handler === undefined) return;
+      await handler(ctx, async () => {
+        ctx.body = reply(ctx.state.auth);
+      });
+    });
+    return listen(createServer(app.callback()));
+  },
+  hono: async (routes) => {
+    const app = new Hono<{ Variables: BearerAuthVariables }>();
+    for (const r of routes) app.all(r.path, honoAuth(r.options), (c) => c.json(reply(c.get('auth'))));
+    return listen(createServer(getRequestListener(app.fetch)));
+  },
+  node: async (routes) => {
+    const handlers = new Map(routes.map((r) => [r.path, nodeAuth(r.options)]));
+    return listen(
+      createServer(async (req, res) => {
+        const handler = handlers.get(new URL(req.url ?? '/', 'http://x').pathname);
+        if (handler === undefined) return void res.writeHead(404).end();
+        const auth = await handler(req, res);
+        if (auth === false) return;
+        res.setHeader('content-type', 'application/json');
+        res.end(JSON.stringify(reply(auth)));
+      }),
+    );
+  },
+};
+
+interface Answer {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  body: Record<string, unknown>;
+}
+
+/** A request with raw header pairs, so that a header can be sent twice. */
+function send(url: string, headers: [string, string][] = []): Promise<Answer> {
+  return new Promise((resolve, reject) => {
+    // Raw header pairs replace Node's defaults, Host included.
+    const raw = [['host', new URL(url).host], ...headers].flat();
+    const req = httpRequest(url, { headers: raw as unknown as Record<string, string> }, (res) => {
+      let text = '';
+      res.on('data', (chunk: Buffer) => (text += chunk.toString()));
+      res.on('end', () =>
+        resolve({ status: res.statusCode ?? 0, headers: res.headers, body: text ? JSON.parse(text) : {} }),
+      );
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+let as: TestAuthorizationServer;
+let read: string;
+let readWrite: string;
+let expired: string;
+let deadIssuer: string;
+
+beforeAll(async () => {
+  as = await startAuthorizationServer({ accessTokenTtl: 300 });
+  read = (await issueToken(as, { scope: 'read' })).accessToken;
+  readWrite = (await issueToken(as, { scope: 'read write' })).accessToken;
+  expired = await forge(as, { exp: Math.floor(Date.now() / 1000) - 60 });
+  const dead = createServer();
+  const { url, close } = await listen(dead);
+  deadIssuer = url;
+  await close();
+});
+afterAll(() => as.close());
+
+describe.each(Object.keys(harnesses))('%s adapter', (name) => {
+  let app: Running;
+  const bearer = (token: string): [string, string][] => [['authorization', `Bearer ${token}`]];
+
+  beforeAll(async () => {
+    const base = { issuer: as.issuer, audience: API_RESOURCE, allowInsecureRequests: true };
+    const shared = createVerifier(base);
+    app = await (harnesses[name] as (routes: Route[]) => Promise<Running>)([
+      { path: '/read', options: base },
+      { path: '/write', options: { ...base, requiredScopes: ['write'] } },
+      { path: '/shared-write', options: { verifier: shared, requiredScopes: ['write'] } },
+      { path: '/query', options: { ...base, tokenLocations: ['header', 'query'] } },
+      { path: '/optional', options: { ...base, optional: true } },
+      { path: '/realm', options: { ...base, realm: 'orders' } },
+      { path: '/down', options: { issuer: deadIssuer, audience: API_RESOURCE, allowInsecureRequests: true } },
+    ]);
+  });
+  afterAll(() => app.close());
+
+  it('200 with the auth for a valid token', async () => {
+    const res = await send(`${app.url}/read`, bearer(read));
+    expect(res.status).toBe(200);
+    expect(res.body).toEqual({ uid: 'svc', scopes: ['read'] });
+  });
+
+  it('401 with a bare Bearer challenge when there is no token', async () => {
+    for (const headers of [[], [['authorization', 'Basic dXNlcjpwYXNz']]] as [string, string][][]) {
+      const res = await send(`${app.url}/read`, headers);
+      expect(res.status).toBe(401);
+      expect(res.headers['www-authenticate']).toBe('Bearer realm="api"');
+      expect(res.headers['cache-control']).toBe('no-store');
+      expect(res.headers['content-type']).toMatch(/^application\/json/);
+      expect(res.body).toEqual({ error: 'missing_token', error_description: 'bearer token required' });
+    }
+    expect((await send(`${app.url}/realm`)).headers['www-authenticate']).toBe('Bearer realm="orders"');
+  });
+
+  it('401 invalid_token for a bad or expired token', async () => {
+    const bad = await send(`${app.url}/read`, bearer('garbage'));
+    expect(bad.status).toBe(401);
+    expect(bad.headers['www-authenticate']).toBe(
+      'Bearer realm="api", error="invalid_token", error_description="malformed token"',
+    );
+    expect(bad.body).toEqual({ error: 'invalid_token', error_description: 'malformed token' });
+    const old = await send(`${app.url}/read`, bearer(expired));
+    expect(old.status).toBe(401);
+    expect(old.headers['www-authenticate']).toContain('error_description="token expired"');
+  });
+
+  it('403 insufficient_scope with the scope the route needs', async () => {
+    for (const path of ['/write', '/shared-write']) {
+      const res = await send(`${app.url}${path}`, bearer(read));
+      expect(res.status).toBe(403);
+      expect(res.headers['www-authenticate']).toBe(
+        'Bearer realm="api", error="insufficient_scope", error_description="insufficient scope", scope="write"',
+      );
+      expect(res.body).toEqual({
+        error: 'insufficient_scope',
+        error_description: 'insufficient scope',
+        scope: 'write',
+      });
+      expect((await send(`${app.url}${path}`, bearer(readWrite))).status).toBe(200);
+    }
+  });
+
+  it('400 invalid_request for a malformed header or two tokens', async () => {
+    const cases: [string, [string, string][]][] = [
+      ['/read', [['authorization', 'Bearer a b']]],
+      ['/read', [['authorization', 'Bearer']]],
+      [
+        '/read',
+        [
+          ['authorization', `Bearer ${read}`],
+          ['authorization', `Bearer ${readWrite}`],
+        ],
+      ],
+      [`/query?access_token=${read}`, bearer(read)],
+    ];
+    for (const [path, headers] of cases) {
+      const res = await send(`${app.url}${path}`, headers);
+      expect(res.status, `${path} ${JSON.stringify(headers).slice(0, 40)}`).toBe(400);
+      expect(res.headers['www-authenticate']).toMatch(
+        /^Bearer realm="api", error="invalid_request", error_description="/,
+      );
+      expect(res.body['error']).toBe('invalid_request');
+    }
+  });
+
+  it('reads the query parameter only where enabled', async () => {
+    expect((await send(`${app.url}/read?access_token=${read}`)).status).toBe(401);
+    const res = await send(`${app.url}/query?access_token=${read}`);
+    expect(res.status).toBe(200);
+    expect(res.body).toEqual({ uid: 'svc', scopes: ['read'] });
+  });
+
+  it('optional: passes a request without a token, still refuses a bad one', async () => {
+    expect(await send(`${app.url}/optional`)).toMatchObject({ status: 200, body: { uid: null } });
+    expect((await send(`${app.url}/optional`, bearer('garbage'))).status).toBe(401);
+    expect((await send(`${app.url}/optional`, bearer(read))).body).toEqual({ uid: 'svc', scopes: ['read'] });
+  });
+
+  it('503 when the authorization server cannot be reached, not 401', async () => {
+    const res = await send(`${app.url}/down`, bearer(read));
+    expect(res.status).toBe(503);
+    expect(res.headers['www-authenticate']).toBeUndefined();
+    expect(res.headers['retry-after']).toBe('5');
+    expect(res.body).toEqual({
+      error: 'temporarily_unavailable',
+      error_description: 'token could not be verified now',
+    });
+  });
+});
+
+describe('form body tokens (opt-in; RFC 6750 §2.2)', () => {
+  // Node-style frameworks read a body their own parser produced; Hono's Request is read directly.
+  for (const name of ['express', 'hono'] as const) {
+    it(`${name}: accepted from a form body only where enabled, refused in two places`, async () => {
+      const base = { issuer: as.issuer, audience: API_RESOURCE, allowInsecureRequests: true };
+      const app = await harnesses[name]!([
+        { path: '/form', options: { ...base, tokenLocations: ['header', 'body'] } },
+        { path: '/header', options: base },
+      ]);
+      try {
+        const post = (path: string, headers: Record<string, string> = {}) =>
+          fetch(`${app.url}${path}`, {
+            method: 'POST',
+            headers: { 'content-type': 'application/x-www-form-urlencoded', ...headers },
+            body: new URLSearchParams({ access_token: read, other: 'x' }),
+          });
+        const ok = await post('/form');
+        expect(ok.status).toBe(200);
+        expect(await ok.json()).toEqual({ uid: 'svc', scopes: ['read'] });
+        expect((await post('/header')).status).toBe(401);
+        expect((await post('/form', { authorization: `Bearer ${read}` })).status).toBe(400);
+      } finally {
+        await app.close();
+      }
+    });
+  }
+});
