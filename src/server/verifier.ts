@@ -324,9 +324,7 @@ export function createVerifier(options: VerifierOptions): Verifier {
       outcome = { ok: false, failure: UNAVAILABLE, until: 0 };
       report(
         onError,
-        isTokenwardenError(err)
-          ? err
-          : new TokenwardenError('ERR_PROVIDER', 'token provider failed', { cause: err }),
+        isTokenwardenError(err) ? err : new TokenwardenError('ERR_PROVIDER', 'token provider failed', { cause: err }),
       );
     }
     if (!outcome.ok && outcome.failure.error === 'temporarily_unavailable') return outcome;
