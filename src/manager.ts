@@ -476,6 +476,15 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
           `another process held the refresh lock for more than ${this.#lockWaitMs} ms`,
         );
       }
+      if (lock === STORE_FAILED && this.source.exclusive === true && this.#holdsValidToken()) {
+        // Without the fleet lock another process may be spending the same single-use refresh token, and a
+        // second spend revokes the grant: keep serving the valid token and retry; only a caller with no
+        // valid token left makes us refresh in-process.
+        throw new TokenwardenError(
+          'ERR_STORE',
+          'the store is unavailable; not spending the refresh token without the fleet lock while the current token is valid',
+        );
+      }
       try {
         // Re-read under the lock: the previous holder may have just rotated the refresh token.
         const record = await this.#storeCall('get', (s) => s.get(this.key));
@@ -664,6 +673,11 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
     } finally {
       clearTimeout(timer);
     }
+  }
+
+  #holdsValidToken(): boolean {
+    const held = this.#held;
+    return held !== undefined && statusAt(held.token, held.staleAt, this.#clock.now()) !== 'expired';
   }
 
   #info(held: Held): TokenInfo {

@@ -8,8 +8,10 @@ import { ScriptedSource, networkError, oauthError } from './support/scripted-sou
 const T0 = Date.parse('2030-01-01T00:00:00Z');
 const managers: TokenManager[] = [];
 
-function setup(options: Partial<TokenManagerOptions> & { lifetimeMs?: number } = {}) {
-  const clock = new ManualClock(T0);
+function setup(
+  options: Partial<Omit<TokenManagerOptions, 'clock'>> & { lifetimeMs?: number; clock?: ManualClock } = {},
+) {
+  const clock = options.clock ?? new ManualClock(T0);
   const source = new ScriptedSource(clock, options.lifetimeMs ?? 60_000);
   const manager = new TokenManager({ source, clock, random: () => 0, ...options });
   managers.push(manager);
@@ -284,6 +286,47 @@ describe('TokenManager', () => {
     await manager.refresh();
     expect(events.some((e) => e.name === 'storeRecovered')).toBe(true);
     expect((await inner.get(manager.key))?.value).toContain('access-2');
+    expect(source.calls).toHaveLength(2);
+  });
+
+  it('never spends a single-use refresh token without the fleet lock while the current token is still valid', async () => {
+    const clock = new ManualClock(T0);
+    const inner = new MemoryStore({ clock });
+    let lockDown = false;
+    const store = {
+      get: (k: string) => inner.get(k),
+      set: (k: string, v: string, o?: object) => inner.set(k, v, o),
+      delete: (k: string) => inner.delete(k),
+      lock: (k: string, o: { ttlMs: number; waitMs: number }) =>
+        lockDown ? Promise.reject(new Error('ETIMEDOUT')) : inner.lock(k, o),
+      close: () => inner.close(),
+    };
+    const { manager, source, events } = setup({ store, clock, lifetimeMs: 10_000 });
+    source.exclusive = true;
+    await manager.getToken();
+    lockDown = true;
+    await clock.advance(7_000); // stale: background refreshes fail on the lock, the source is not called
+    expect(source.calls).toHaveLength(1);
+    expect((await manager.getToken()).accessToken).toBe('access-1');
+    expect(events.some((e) => e.name === 'refreshFailed')).toBe(true);
+    await clock.advance(3_500); // expired: now a caller needs a token, and only an in-process refresh can give one
+    expect((await manager.getToken()).accessToken).toBe('access-2');
+    expect(source.calls).toHaveLength(2);
+  });
+
+  it('a source that is not exclusive refreshes in-process when the store lock fails', async () => {
+    const clock = new ManualClock(T0);
+    const inner = new MemoryStore({ clock });
+    const store = {
+      get: (k: string) => inner.get(k),
+      set: (k: string, v: string, o?: object) => inner.set(k, v, o),
+      delete: (k: string) => inner.delete(k),
+      lock: () => Promise.reject(new Error('ETIMEDOUT')),
+      close: () => inner.close(),
+    };
+    const { manager, source } = setup({ store, clock, lifetimeMs: 10_000 });
+    await manager.getToken();
+    await clock.advance(7_000);
     expect(source.calls).toHaveLength(2);
   });
 

@@ -563,6 +563,11 @@ export class GrantSource implements TokenSource {
     return this.#fetch(context);
   }
 
+  /** Refresh tokens may be single-use: never spent without the fleet lock while a valid token is held. */
+  get exclusive(): boolean {
+    return this.grant === 'refresh_token';
+  }
+
   /** The DPoP handle when the client is configured with `dpop` (used by `TokenManager.fetch`). */
   get dpop(): oauth.DPoPHandle | undefined {
     return this.client.dpop;

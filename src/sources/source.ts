@@ -48,6 +48,12 @@ export interface TokenSource {
    * key must produce interchangeable tokens. Never contains a secret.
    */
   readonly key: string;
+  /**
+   * True when a fetch spends something single-use (a rotating refresh token): the manager then never
+   * fetches without the shared store's lock while it still holds a valid token (a store outage delays the
+   * refresh instead of risking a second spend, which servers answer by revoking the grant).
+   */
+  readonly exclusive?: boolean;
   /** Obtains a new token. Throws a `TokenwardenError` on failure. */
   fetchToken(context: FetchTokenContext): Promise<Token>;
 }

@@ -11,6 +11,8 @@ export type Outcome = { lifetimeMs?: number; refreshToken?: string } | Tokenward
 
 export class ScriptedSource implements TokenSource {
   readonly key: string;
+  /** Set to act as a refresh-token source (single-use credentials). */
+  exclusive = false;
   calls: FetchTokenContext[] = [];
   #queue: Outcome[] = [];
   #pending: { resolve: () => void }[] = [];
