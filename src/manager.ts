@@ -159,6 +159,11 @@ const MIN_REFRESH_INTERVAL_MS = 1000;
  */
 const DEMAND_RETRY_FLOOR_MS = 1000;
 
+/** Longest background retry delay while no valid token is held (so a recovered server is used soon). */
+const NO_TOKEN_RETRY_MAX_MS = 5000;
+
+const STORE_CODES: ReadonlySet<string> = new Set(['ERR_STORE', 'ERR_STORE_TIMEOUT', 'ERR_LOCK_TIMEOUT']);
+
 /**
  * Keeps a token valid: serves it from memory, refreshes it ahead of expiry (in the background and on
  * demand), one refresh at a time, sharing it through a store across processes, and keeps serving a
@@ -585,14 +590,18 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
       held && statusAt(held.token, held.staleAt, now) !== 'expired' ? (held.token.expiresAt ?? Infinity) : undefined;
     let delay = backoffDelay(this.#policy, this.#failures, this.#random(), error.retryAfterMs);
     if (error.retryAfterMs !== undefined) this.#blockedUntil = now + error.retryAfterMs;
-    else if (validUntil !== undefined && validUntil !== Infinity) {
+    else if (validUntil === undefined) {
+      // Nothing to serve: whoever needs a token is failing, so do not let backoff grow past a few seconds.
+      delay = Math.min(delay, NO_TOKEN_RETRY_MAX_MS);
+    } else if (validUntil !== Infinity) {
       // Make sure at least one more attempt happens before the token we serve expires.
-      delay = Math.min(delay, Math.max(50, (validUntil - now) / 2));
+      delay = Math.min(delay, Math.max(100, (validUntil - now) / 2));
     }
     let retryInMs: number | undefined;
     if (isTransient(error)) {
       this.#nextAttemptAt = now + delay;
-      this.#failFastUntil = now + Math.min(delay, DEMAND_RETRY_FLOOR_MS);
+      // Protect the authorization server from callers without a token; a store problem is not its fault.
+      if (!STORE_CODES.has(error.code)) this.#failFastUntil = now + Math.min(delay, DEMAND_RETRY_FLOOR_MS);
       if (this.#policy.background) {
         retryInMs = delay;
         this.#schedule(now + delay);

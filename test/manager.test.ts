@@ -118,6 +118,19 @@ describe('TokenManager', () => {
     expect(manager.peek().status).toBe('fresh');
   });
 
+  it('after an outage that outlived the token, tries again within seconds of the server’s return, callers or not', async () => {
+    const { clock, source, manager } = setup({ lifetimeMs: 4000 });
+    await manager.getToken();
+    source.then(...Array.from({ length: 1000 }, networkError));
+    await clock.advance(60_000); // one minute of outage, long after the token expired
+    const failed = source.calls.length;
+    expect(failed).toBeLessThan(60); // not a storm: backoff, capped at 5 s without a token
+    source.clear();
+    await clock.advance(5_000);
+    expect(source.calls.length).toBe(failed + 1);
+    expect(manager.peek().status).toBe('fresh');
+  });
+
   it('honours Retry-After, and tells a caller without a valid token to retry later', async () => {
     const { clock, source, manager } = setup({ lifetimeMs: 4000 });
     await manager.getToken();
