@@ -57,6 +57,19 @@ export { Codec, type EncryptionKeyInput, type EncryptionOption } from './stores/
 export { MemoryStore, type MemoryStoreOptions } from './stores/memory.js';
 export type { LockOptions, SetOptions, StoreEvents, StoreLock, StoreRecord, TokenStore } from './stores/store.js';
 export {
+  type AccessTokenRequest,
+  type ClaimsInfo,
+  type GetClaimsOptions,
+  MAX_SUBJECT_LENGTH,
+  type RevokeResult,
+  type SaveOptions,
+  type StoredAccessToken,
+  UserTokens,
+  type UserTokensEvents,
+  type UserTokensOptions,
+} from './users.js';
+export { type IdTokenExpectations, PROTOCOL_CLAIMS, type UserClaims, checkIdToken, userClaims } from './id-token.js';
+export {
   type Token,
   type TokenStatus,
   isValid,
