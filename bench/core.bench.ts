@@ -51,10 +51,13 @@ export async function run(): Promise<BenchRow[]> {
   const api = createServer((_req, res) => res.end('ok'));
   await new Promise<void>((r) => api.listen(0, '127.0.0.1', r));
   const url = `http://127.0.0.1:${(api.address() as AddressInfo).port}/`;
-  const plain = await opsPerSecond(async () => (await fetch(url, { headers: { authorization: `Bearer ${token.accessToken}` } })).text(), {
-    ms: 2000,
-    batch: 50,
-  });
+  const plain = await opsPerSecond(
+    async () => (await fetch(url, { headers: { authorization: `Bearer ${token.accessToken}` } })).text(),
+    {
+      ms: 2000,
+      batch: 50,
+    },
+  );
   const authed = await opsPerSecond(async () => (await manager.fetch(url)).text(), { ms: 2000, batch: 50 });
   rows.push({
     case: 'manager.fetch() vs fetch() with a fixed header, local server',

@@ -38,7 +38,9 @@ const header = ['suite', 'case', 'ours', 'baseline', 'ratio'] as const;
 const table = [header.map(String), ...rows.map((r) => header.map((h) => r[h]))];
 const widths = header.map((_, i) => Math.max(...table.map((line) => (line[i] as string).length)));
 const line = (cells: string[]) => `| ${cells.map((c, i) => c.padEnd(widths[i] as number)).join(' | ')} |`;
-console.log(`\n${new Date().toISOString().slice(0, 10)} · Node ${process.version} · ${cpus().length} × ${cpus()[0]?.model.trim()}\n`);
+console.log(
+  `\n${new Date().toISOString().slice(0, 10)} · Node ${process.version} · ${cpus().length} × ${cpus()[0]?.model.trim()}\n`,
+);
 console.log(line(table[0] as string[]));
 console.log(`| ${widths.map((w) => '-'.repeat(w)).join(' | ')} |`);
 for (const r of table.slice(1)) console.log(line(r));

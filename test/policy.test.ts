@@ -61,7 +61,9 @@ describe('refresh policy', () => {
   });
 
   it('rejects invalid options with ERR_CONFIG', () => {
-    expect(() => resolvePolicy({ beforeExpiry: '30 parsecs' as never })).toThrow(expect.objectContaining({ code: 'ERR_CONFIG' }));
+    expect(() => resolvePolicy({ beforeExpiry: '30 parsecs' as never })).toThrow(
+      expect.objectContaining({ code: 'ERR_CONFIG' }),
+    );
     expect(() => resolvePolicy({ maxBeforeExpiryRatio: 2 })).toThrow(expect.objectContaining({ code: 'ERR_CONFIG' }));
     expect(() => resolvePolicy({ every: 0 })).toThrow(expect.objectContaining({ code: 'ERR_CONFIG' }));
   });

@@ -77,7 +77,10 @@ describe('stored tokens', () => {
     ['no access token', JSON.stringify({ tokenType: 'Bearer', issuedAt: 1 })],
     ['access token not a string', JSON.stringify({ accessToken: 1, tokenType: 'Bearer', issuedAt: 1 })],
     ['expiresAt not a number', JSON.stringify({ accessToken: 'a', tokenType: 'Bearer', issuedAt: 1, expiresAt: '2' })],
-    ['refresh token not a string', JSON.stringify({ accessToken: 'a', tokenType: 'Bearer', issuedAt: 1, refreshToken: {} })],
+    [
+      'refresh token not a string',
+      JSON.stringify({ accessToken: 'a', tokenType: 'Bearer', issuedAt: 1, refreshToken: {} }),
+    ],
   ])('treats %s as a miss', (_name, text) => {
     expect(parseStoredToken(text)).toBeUndefined();
   });

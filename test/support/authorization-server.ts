@@ -304,7 +304,8 @@ export async function startAuthorizationServer(
     await next();
     if (path === '/token') {
       counts.token++;
-      const grant = ((ctx as unknown as KoaContextWithOIDC).oidc?.params?.['grant_type'] as string | undefined) ?? 'unknown';
+      const grant =
+        ((ctx as unknown as KoaContextWithOIDC).oidc?.params?.['grant_type'] as string | undefined) ?? 'unknown';
       counts.byGrant[grant] = (counts.byGrant[grant] ?? 0) + 1;
       if (ctx.status >= 400) {
         counts.tokenErrors++;

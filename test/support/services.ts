@@ -31,7 +31,9 @@ export async function requireService(name: 'redis' | 'postgres'): Promise<boolea
   if (ok) return true;
   const where = new URL(url).host;
   if (process.env.CI) throw new Error(`${name} is not reachable at ${where}; CI needs it (see DEVELOPERS.md)`);
-  console.warn(`skipping ${name} tests: nothing listens at ${where} (set ${name === 'redis' ? 'REDIS_URL' : 'DATABASE_URL'}, see DEVELOPERS.md)`);
+  console.warn(
+    `skipping ${name} tests: nothing listens at ${where} (set ${name === 'redis' ? 'REDIS_URL' : 'DATABASE_URL'}, see DEVELOPERS.md)`,
+  );
   return false;
 }
 
