@@ -131,16 +131,31 @@ export interface SignatureVerifierOptions {
  */
 export function signatureVerifier(options: SignatureVerifierOptions): (idToken: string, alg: string) => Promise<void> {
   let jwks: ReturnType<typeof createRemoteJWKSet> | undefined;
+  const hmacKeys = new Map<string, Promise<CryptoKey>>();
   return async (idToken, alg) => {
     try {
-      if (/^HS(256|384|512)$/.test(alg)) {
-        if (!options.clientSecret) {
+      const hmac = /^HS(256|384|512)$/.exec(alg);
+      if (hmac) {
+        const secret = options.clientSecret;
+        if (!secret) {
           throw new TokenwardenError(
             'ERR_ID_TOKEN_INVALID',
             `the ID token is signed with ${alg} and no clientSecret is configured`,
           );
         }
-        await compactVerify(idToken, new TextEncoder().encode(options.clientSecret), { algorithms: [alg] });
+        // Imported once per algorithm: importing the secret on every verification costs more than verifying.
+        let key = hmacKeys.get(alg);
+        if (key === undefined) {
+          key = crypto.subtle.importKey(
+            'raw',
+            new TextEncoder().encode(secret),
+            { name: 'HMAC', hash: `SHA-${hmac[1]}` },
+            false,
+            ['verify'],
+          );
+          hmacKeys.set(alg, key);
+        }
+        await compactVerify(idToken, await key, { algorithms: [alg] });
         return;
       }
       if (jwks === undefined) {

@@ -248,8 +248,8 @@ type Want = 'valid' | 'fresh';
 type StoreResult<T> = { ok: true; value: T } | { ok: false; error: TokenwardenError };
 
 interface ReadResult {
-  record: UserRecord | undefined;
-  version: number | undefined;
+  readonly record: UserRecord | undefined;
+  readonly version: number | undefined;
 }
 
 const DEFAULT_SPEC: Spec = spec(undefined);
@@ -329,6 +329,7 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
   readonly #ownsStore: boolean;
   readonly #cache: LRUCache<string, Cached>;
   readonly #inflight = new Map<string, Promise<Token>>();
+  readonly #scopeSets = new Map<string, ReadonlySet<string>>();
   readonly #closing = new AbortController();
   #storeDown = false;
   #closed = false;
@@ -399,6 +400,11 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
   keyFor(subject: string): string {
     checkSubject(subject);
     return `tw1:user:${this.#namespace}:${sha256(subject)}`;
+  }
+
+  /** The record key, from the in-process layer when the subject is there (hashing a long subject costs). */
+  #key(subject: string): string {
+    return this.#cache.peek(subject)?.recordKey ?? this.keyFor(subject);
   }
 
   /** Subjects held in the in-process layer (at most `cache.max`). */
@@ -728,10 +734,10 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
 
   /** The fleet protocol for one subject: store → lock → re-read → refresh → compare-and-set → release. */
   async #obtain(subject: string, want: Spec, level: Want): Promise<Token> {
-    const key = this.keyFor(subject);
+    const key = this.#key(subject);
     try {
       // Another instance may already have refreshed (or the subject signed out): read the store first.
-      const first = await this.#readOrServe(subject, want);
+      const first = await this.#readOrServe(subject, key, want);
       if ('token' in first) return first.token;
       let held = this.#usable(subject, want, level);
       if (held !== undefined) return held.token;
@@ -743,7 +749,7 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
       if (!lock.ok) return this.#serveOrThrow(subject, want, lock.error);
       if (lock.value === undefined) {
         // Someone else holds the lock for longer than we wait: take what they may have written.
-        const again = await this.#readOrServe(subject, want);
+        const again = await this.#readOrServe(subject, key, want);
         if ('token' in again) return again.token;
         held = this.#usable(subject, want, 'valid');
         if (held !== undefined) return held.token;
@@ -754,7 +760,7 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
       }
       try {
         // Re-read under the lock: the previous holder may have just rotated the refresh token.
-        const current = await this.#readOrServe(subject, want);
+        const current = await this.#readOrServe(subject, key, want);
         if ('token' in current) return current.token;
         held = this.#usable(subject, want, level);
         if (held !== undefined) return held.token;
@@ -770,13 +776,27 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
   }
 
   /** Reads the subject's record and adopts it; when the store fails, serves a still-valid cached token. */
-  async #readOrServe(subject: string, want: Spec): Promise<ReadResult | { token: Token }> {
-    const key = this.keyFor(subject);
+  async #readOrServe(subject: string, key: string, want: Spec): Promise<ReadResult | { token: Token }> {
     const result = await this.#storeCall(subject, 'get', (s) => s.get(key));
     if (!result.ok) return { token: this.#serveOrThrow(subject, want, result.error) };
-    let record = result.value === undefined ? undefined : this.#decode(subject, result.value.value);
-    let version = record === undefined ? undefined : result.value?.version;
-    const pending = this.#cache.peek(subject)?.pending;
+    const cached = this.#cache.peek(subject);
+    const stored = result.value;
+    if (stored !== undefined && cached?.version === stored.version && cached.pending === undefined) {
+      // Unchanged since this process last read it (the common revalidation): parsed only if a refresh needs it.
+      cached.revalidateAt = this.#clock.now() + this.#revalidateMs;
+      const decode = (): UserRecord | undefined => this.#decode(subject, stored.value);
+      let parsed: { record: UserRecord | undefined } | undefined;
+      return {
+        version: stored.version,
+        get record() {
+          parsed ??= { record: decode() };
+          return parsed.record;
+        },
+      };
+    }
+    let record = stored === undefined ? undefined : this.#decode(subject, stored.value);
+    let version = record === undefined ? undefined : stored?.version;
+    const pending = cached?.pending;
     if (pending !== undefined && record !== undefined && version === pending.baseVersion) {
       // Nobody wrote since our refresh that the store did not take: write it now (it holds the newest refresh token).
       const written = await this.#storeCall(subject, 'set', (s) =>
@@ -1007,7 +1027,7 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
   /** One store read of the subject's record (adopted into the cache). Store failures reject. */
   async #read(subject: string): Promise<ReadResult> {
     this.#checkOpen();
-    const key = this.keyFor(subject);
+    const key = this.#key(subject);
     const result = await this.#storeCall(subject, 'get', (s) => s.get(key));
     if (!result.ok) throw result.error;
     const record = result.value === undefined ? undefined : this.#decode(subject, result.value.value);
@@ -1040,11 +1060,11 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
     }
     const entries: Held[] = [];
     for (const stored of record.accessTokens) {
-      const s = spec({
-        scope: stored.spec.scope ?? undefined,
-        resource: stored.spec.resource ?? undefined,
-        extraParams: stored.spec.params ?? undefined,
-      });
+      const { scope, resource, params } = stored.spec;
+      const s =
+        scope === null && resource === null && params === null
+          ? DEFAULT_SPEC
+          : spec({ scope: scope ?? undefined, resource: resource ?? undefined, extraParams: params ?? undefined });
       const old = previous?.entries.find((h) => h.token.accessToken === stored.token.accessToken);
       if (old !== undefined) {
         entries.push(old);
@@ -1054,7 +1074,7 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
       const lifetime = token.expiresAt === undefined ? 0 : Math.max(0, token.expiresAt - token.issuedAt);
       entries.push({
         spec: s,
-        granted: token.scope === undefined ? null : new Set(splitScope(token.scope)),
+        granted: this.#scopeSet(token.scope),
         token,
         staleAt: staleAt(token, this.#policy, this.#random()),
         usableUntil:
@@ -1078,6 +1098,18 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
       failures: sameSession ? previous.failures : undefined,
       pending: undefined,
     });
+  }
+
+  /** The set of a scope string, shared by every token with the same scope (most users have the same). */
+  #scopeSet(scope: string | undefined): ReadonlySet<string> | null {
+    if (scope === undefined) return null;
+    let set = this.#scopeSets.get(scope);
+    if (set === undefined) {
+      if (this.#scopeSets.size >= 1000) this.#scopeSets.clear();
+      set = new Set(splitScope(scope));
+      this.#scopeSets.set(scope, set);
+    }
+    return set;
   }
 
   /** Parses a stored record; anything that is not this subject's record (corrupt, foreign, collided) is a miss. */
