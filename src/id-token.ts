@@ -14,10 +14,25 @@ import {
 } from 'jose';
 import { TokenwardenError, isTokenwardenError, truncate } from './errors.js';
 
-/** The claims of an ID token (or of a UserInfo response): `sub` and whatever else the server sent. */
+/**
+ * The claims of a user: `sub` and whatever else the ID token (or the UserInfo response) said.
+ *
+ * @example
+ * ```ts
+ * const claims: UserClaims | undefined = await users.getClaims('alice');
+ * console.log(claims?.sub, claims?.['email']);
+ * ```
+ */
 export type UserClaims = Readonly<Record<string, unknown>> & { readonly sub: string };
 
-/** What {@link checkIdToken} compares an ID token with. */
+/**
+ * What {@link checkIdToken} compares an ID token with.
+ *
+ * @example
+ * ```ts
+ * const expected: IdTokenExpectations = { issuer: 'https://login.example.com', clientId: 'web', subject: 'alice' };
+ * ```
+ */
 export interface IdTokenExpectations {
   /** The issuer identifier (`iss` must equal it exactly). */
   issuer: string;
@@ -35,6 +50,11 @@ export interface IdTokenExpectations {
 /**
  * JWT claims that describe the ID token itself rather than the user; {@link userClaims} leaves them out
  * (the list oidc-client-ts and others use, plus `azp`, `jti` and `s_hash`).
+ *
+ * @example
+ * ```ts
+ * PROTOCOL_CLAIMS.has('nonce'); // true
+ * ```
  */
 export const PROTOCOL_CLAIMS: ReadonlySet<string> = new Set([
   'aud',
@@ -107,7 +127,14 @@ export function userClaims(payload: JWTPayload): UserClaims {
   return out as UserClaims;
 }
 
-/** How {@link signatureVerifier} reaches the issuer's keys. */
+/**
+ * How {@link signatureVerifier} reaches the issuer's keys.
+ *
+ * @example
+ * ```ts
+ * const options: SignatureVerifierOptions = { jwksUri: async () => as.jwks_uri, clientSecret, fetch, timeoutMs: 5000 };
+ * ```
+ */
 export interface SignatureVerifierOptions {
   /** The issuer's `jwks_uri`, resolved lazily (discovery). */
   jwksUri: () => Promise<string | undefined>;

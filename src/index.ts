@@ -68,7 +68,7 @@ export {
   type UserTokensEvents,
   type UserTokensOptions,
 } from './users.js';
-export { type IdTokenExpectations, PROTOCOL_CLAIMS, type UserClaims, checkIdToken, userClaims } from './id-token.js';
+export type { UserClaims } from './id-token.js';
 export {
   type Token,
   type TokenStatus,

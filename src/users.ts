@@ -22,7 +22,7 @@ import { type RefreshPolicy, type RefreshPolicyOptions, backoffDelay, resolvePol
 import { type ClientOptions, OAuthClient } from './sources/client.js';
 import { toTokenwardenError } from './sources/errors.js';
 import { MemoryStore } from './stores/memory.js';
-import type { TokenStore } from './stores/store.js';
+import type { StoreLock, TokenStore } from './stores/store.js';
 import { type Token, toToken, tokenFromResponse } from './token.js';
 
 /**
@@ -106,7 +106,15 @@ export interface AccessTokenRequest {
   signal?: AbortSignal;
 }
 
-/** Options for {@link UserTokens.save}. */
+/**
+ * Options for {@link UserTokens.save}: what the login's token request asked for, when the response does
+ * not say.
+ *
+ * @example
+ * ```ts
+ * await users.save(sub, json, { scope: 'openid orders:read', resource: 'https://api.example.com', issuedAt: sentAt });
+ * ```
+ */
 export interface SaveOptions {
   /** The scope the login requested; what the access token covers when the response has no `scope`. */
   scope?: string | string[];
@@ -118,7 +126,14 @@ export interface SaveOptions {
   issuedAt?: number;
 }
 
-/** Options for {@link UserTokens.getClaims}. */
+/**
+ * Options for {@link UserTokens.getClaims}.
+ *
+ * @example
+ * ```ts
+ * const claims = await users.getClaims('alice', { userinfo: { maxAge: '15m' } });
+ * ```
+ */
 export interface GetClaimsOptions {
   /**
    * Also read the UserInfo endpoint, with the subject's access token for `token` (default: the default
@@ -128,7 +143,14 @@ export interface GetClaimsOptions {
   userinfo?: true | { maxAge?: Duration; token?: AccessTokenRequest };
 }
 
-/** A subject's claims with when and where they were last updated. */
+/**
+ * A subject's claims with when and where they were last updated.
+ *
+ * @example
+ * ```ts
+ * const { claims, updatedAt, from } = (await users.getClaimsInfo('alice'))!;
+ * ```
+ */
 export interface ClaimsInfo {
   readonly claims: UserClaims;
   /** When these claims were stored (epoch ms). */
@@ -137,7 +159,15 @@ export interface ClaimsInfo {
   readonly from: 'id_token' | 'userinfo';
 }
 
-/** A stored access token and the request it answers. */
+/**
+ * A stored access token and the request it answers.
+ *
+ * @example
+ * ```ts
+ * const [first]: StoredAccessToken[] = await users.listAccessTokens('alice');
+ * console.log(first?.scope, first?.resource, first?.token.expiresAt);
+ * ```
+ */
 export interface StoredAccessToken {
   readonly token: Token;
   /** The scope requested when it was obtained (`undefined`: the grant's default). */
@@ -148,7 +178,14 @@ export interface StoredAccessToken {
   readonly extraParams: Readonly<Record<string, readonly string[]>> | undefined;
 }
 
-/** What {@link UserTokens.revoke} did. */
+/**
+ * What {@link UserTokens.revoke} did.
+ *
+ * @example
+ * ```ts
+ * const { refreshToken, accessTokens } = await users.revoke('alice');
+ * ```
+ */
 export interface RevokeResult {
   /** The refresh token was revoked at the authorization server (`false`: there was none). */
   readonly refreshToken: boolean;
@@ -156,7 +193,15 @@ export interface RevokeResult {
   readonly accessTokens: number;
 }
 
-/** Events of {@link UserTokens}. None carries a token or a secret. */
+/**
+ * Events of {@link UserTokens}. None carries a token or a secret (they do carry the subject).
+ *
+ * @example
+ * ```ts
+ * users.on('loginRequired', ({ subject }) => sessions.markSignedOut(subject));
+ * users.on('storeError', ({ operation, error }) => log.warn({ operation, code: error.code }, 'token store'));
+ * ```
+ */
 export interface UserTokensEvents {
   /** An access token was obtained (`from: 'source'`) or adopted from another instance (`'store'`). */
   token: [{ subject: string; from: 'source' | 'store'; scope: string | undefined; expiresAt: number | undefined }];
@@ -250,13 +295,26 @@ type StoreResult<T> = { ok: true; value: T } | { ok: false; error: TokenwardenEr
 interface ReadResult {
   readonly record: UserRecord | undefined;
   readonly version: number | undefined;
+  /** What this process now holds for the subject (`undefined`: nothing stored). */
+  readonly cached?: Cached | undefined;
 }
 
 const DEFAULT_SPEC: Spec = spec(undefined);
-/** A token is served until `min(5 s, 5 % of its lifetime)` before it expires. */
+/**
+ * A token is served until `min(5 s, 15 % of its lifetime)` before it expires, so that it is still valid when
+ * it reaches the API even if the event loop or the network is slow; past that, callers wait for the refresh
+ * (which starts at about 70 % of the lifetime).
+ */
 const EXPIRY_LEEWAY_MS = 5_000;
-const EXPIRY_LEEWAY_RATIO = 0.05;
-/** Longest subject accepted (characters). Subjects are hashed into keys, so this only bounds record size. */
+const EXPIRY_LEEWAY_RATIO = 0.15;
+/**
+ * Longest subject accepted (characters). Subjects are hashed into keys, so this only bounds record size.
+ *
+ * @example
+ * ```ts
+ * if (sub.length > MAX_SUBJECT_LENGTH) throw new Error('subject too long');
+ * ```
+ */
 export const MAX_SUBJECT_LENGTH = 65_536;
 const RESERVED_PARAMS = new Set([
   'grant_type',
@@ -330,6 +388,7 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
   readonly #cache: LRUCache<string, Cached>;
   readonly #inflight = new Map<string, Promise<Token>>();
   readonly #scopeSets = new Map<string, ReadonlySet<string>>();
+  readonly #releasing = new Set<Promise<void>>();
   readonly #closing = new AbortController();
   #storeDown = false;
   #closed = false;
@@ -645,7 +704,7 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
       }
       return { refreshToken: revokedRefresh, accessTokens: revokedAccess };
     } finally {
-      if (lock.ok && lock.value !== undefined) await lock.value.release().catch(() => undefined);
+      if (lock.ok && lock.value !== undefined) this.#release(lock.value);
     }
   }
 
@@ -677,6 +736,7 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
     this.#closed = true;
     this.#closing.abort(new TokenwardenError('ERR_CLOSED', 'UserTokens was closed'));
     await Promise.allSettled([...this.#inflight.values()]);
+    await Promise.allSettled([...this.#releasing]);
     this.#cache.clear();
     if (this.#ownsStore) await this.store.close();
   }
@@ -705,7 +765,8 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
     if (cached !== undefined && now < cached.revalidateAt) {
       const held = find(cached, want, now, 'valid');
       if (held !== undefined) {
-        if (now >= held.staleAt) this.#refreshInBackground(subject, cached, want, now);
+        // Renew the stale token itself (which may be a broader one covering this request).
+        if (now >= held.staleAt) this.#refreshInBackground(subject, cached, held.spec, now);
         return held.token;
       }
     }
@@ -739,7 +800,8 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
       // Another instance may already have refreshed (or the subject signed out): read the store first.
       const first = await this.#readOrServe(subject, key, want);
       if ('token' in first) return first.token;
-      let held = this.#usable(subject, want, level);
+      const now = (): number => this.#clock.now();
+      let held = first.cached && find(first.cached, want, now(), level);
       if (held !== undefined) return held.token;
       this.#mayRefresh(subject, first.record, want);
 
@@ -751,7 +813,7 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
         // Someone else holds the lock for longer than we wait: take what they may have written.
         const again = await this.#readOrServe(subject, key, want);
         if ('token' in again) return again.token;
-        held = this.#usable(subject, want, 'valid');
+        held = again.cached && find(again.cached, want, now(), 'valid');
         if (held !== undefined) return held.token;
         throw new TokenwardenError(
           'ERR_LOCK_TIMEOUT',
@@ -762,17 +824,27 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
         // Re-read under the lock: the previous holder may have just rotated the refresh token.
         const current = await this.#readOrServe(subject, key, want);
         if ('token' in current) return current.token;
-        held = this.#usable(subject, want, level);
+        held = current.cached && find(current.cached, want, now(), level);
         if (held !== undefined) return held.token;
         const record = this.#mayRefresh(subject, current.record, want);
         this.#checkOpen();
         return await this.#refresh(subject, key, record, current.version, want);
       } finally {
-        await lock.value.release().catch(() => undefined);
+        this.#release(lock.value);
       }
     } catch (err) {
       throw this.#failed(subject, want, err);
     }
+  }
+
+  /**
+   * Releases a lock without making the caller wait: the token is in hand, and a slow store must not eat
+   * into its remaining life on the way to the caller. `close()` waits for releases still running.
+   */
+  #release(lock: StoreLock): void {
+    const released = lock.release().catch(() => undefined);
+    this.#releasing.add(released);
+    void released.then(() => this.#releasing.delete(released));
   }
 
   /** Reads the subject's record and adopts it; when the store fails, serves a still-valid cached token. */
@@ -788,6 +860,7 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
       let parsed: { record: UserRecord | undefined } | undefined;
       return {
         version: stored.version,
+        cached,
         get record() {
           parsed ??= { record: decode() };
           return parsed.record;
@@ -808,9 +881,11 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
         version = written.value;
       }
     }
-    if (record === undefined) this.#cache.delete(subject);
-    else this.#adopt(subject, key, record, version, true);
-    return { record, version };
+    if (record === undefined) {
+      this.#cache.delete(subject);
+      return { record, version };
+    }
+    return { record, version, cached: this.#adopt(subject, key, record, version, true) };
   }
 
   /** Without the store no refresh may happen (the refresh token there may be newer): a cached valid token or the error. */
@@ -986,9 +1061,7 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
 
   /** Holds a record the store did not take, so its tokens are served and it is written on the next read. */
   #keepPending(subject: string, key: string, record: UserRecord, baseVersion: number | undefined): void {
-    this.#adopt(subject, key, record, undefined, false);
-    const cached = this.#cache.peek(subject);
-    if (cached !== undefined) cached.pending = { record, baseVersion };
+    this.#adopt(subject, key, record, undefined, false).pending = { record, baseVersion };
   }
 
   async #userinfo(subject: string, request: AccessTokenRequest | undefined): Promise<ClaimsInfo> {
@@ -1046,7 +1119,7 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
   }
 
   /** Makes the in-process layer reflect `record` (as of `version`). */
-  #adopt(subject: string, key: string, record: UserRecord, version: number | undefined, fromStore: boolean): void {
+  #adopt(subject: string, key: string, record: UserRecord, version: number | undefined, fromStore: boolean): Cached {
     const now = this.#clock.now();
     const previous = this.#cache.peek(subject);
     if (
@@ -1056,7 +1129,7 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
       previous.pending === undefined
     ) {
       previous.revalidateAt = now + this.#revalidateMs;
-      return;
+      return previous;
     }
     const entries: Held[] = [];
     for (const stored of record.accessTokens) {
@@ -1087,7 +1160,7 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
       }
     }
     const sameSession = previous !== undefined && previous.session === record.session;
-    this.#cache.set(subject, {
+    const cached: Cached = {
       recordKey: key,
       version,
       session: record.session,
@@ -1097,7 +1170,9 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
       revalidateAt: version === undefined ? now : now + this.#revalidateMs,
       failures: sameSession ? previous.failures : undefined,
       pending: undefined,
-    });
+    };
+    this.#cache.set(subject, cached);
+    return cached;
   }
 
   /** The set of a scope string, shared by every token with the same scope (most users have the same). */

@@ -25,6 +25,8 @@ export interface WorkerResult {
   expired: number;
   wrongUser: number;
   errors: { subject: string; code: string | undefined; message: string }[];
+  /** For each expired token: how late it was, its lifetime and its age when received (ms). */
+  expiredDetail: { lateMs: number; lifetimeMs: number; ageMs: number; waitedMs: number }[];
   /** Mode `once`: `'ok'` or the error code, per subject. */
   outcome: Record<string, string>;
 }
@@ -38,16 +40,23 @@ const users = new UserTokens({
   store,
   allowInsecureRequests: true,
 });
-const result: WorkerResult = { calls: 0, expired: 0, wrongUser: 0, errors: [], outcome: {} };
+const result: WorkerResult = { calls: 0, expired: 0, wrongUser: 0, errors: [], expiredDetail: [], outcome: {} };
 
 async function check(subject: string): Promise<void> {
   try {
+    const asked = Date.now();
     const token = await users.getAccessToken(subject);
     const now = Date.now();
     result.calls += 1;
     const claims = decodeJwt(token.accessToken);
     if (!(token.expiresAt !== undefined && token.expiresAt > now) || (claims.exp as number) * 1000 <= now) {
       result.expired += 1;
+      result.expiredDetail.push({
+        lateMs: now - (token.expiresAt ?? 0),
+        lifetimeMs: (token.expiresAt ?? 0) - token.issuedAt,
+        ageMs: now - token.issuedAt,
+        waitedMs: now - asked,
+      });
     }
     if (claims.sub !== subject) result.wrongUser += 1;
     result.outcome[subject] = 'ok';
@@ -71,7 +80,8 @@ if (config.mode === 'once') {
     await new Promise((resolve) => setTimeout(resolve, Math.max(0, tick + config.intervalMs - Date.now())));
   }
 }
-console.log(JSON.stringify(result));
+// Close first: a refresh still in flight must write its rotated refresh token before the process ends.
 await users.close();
 await store.close();
+console.log(JSON.stringify(result));
 process.exit(0);

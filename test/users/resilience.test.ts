@@ -67,7 +67,7 @@ describe('UserTokens when the store fails', () => {
 
     await untilExpired(json['access_token'] as string);
     const before = refreshes();
-    const err = await users.getAccessToken('alice').catch((e: unknown) => e as TokenwardenError);
+    const err = (await users.getAccessToken('alice').catch((e: unknown) => e)) as TokenwardenError;
     expect(err).toBeInstanceOf(TokenwardenError);
     expect(err.code).toBe('ERR_STORE');
     expect(refreshes()).toBe(before);
@@ -112,7 +112,7 @@ describe('UserTokens when the store fails', () => {
     const store = new FailingStore(new MemoryStore());
     const users = usersFor(as, { store, storeTimeout: '100ms' });
     store.hang = true;
-    const err = await users.getAccessToken('carol').catch((e: unknown) => e as TokenwardenError);
+    const err = (await users.getAccessToken('carol').catch((e: unknown) => e)) as TokenwardenError;
     expect(err.code).toBe('ERR_STORE_TIMEOUT');
     await users.close();
   });
