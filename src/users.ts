@@ -281,6 +281,9 @@ interface Cached {
   entries: Held[];
   /** The entry serving the default request (no options): the hot path. */
   dflt: Held | undefined;
+  /** The hot path, flattened: `dflt.token` is served without I/O until `min(dflt.staleAt, revalidateAt)`. */
+  hotToken: Token | undefined;
+  hotUntil: number;
   /** Serve from memory until then; afterwards read the store first. */
   revalidateAt: number;
   failures: Map<string, Failure> | undefined;
@@ -558,9 +561,7 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
     if (request === undefined) {
       const cached = this.#cache.get(subject);
       if (cached !== undefined) {
-        const held = cached.dflt;
-        const now = this.#clock.now();
-        if (held !== undefined && now < held.staleAt && now < cached.revalidateAt) return Promise.resolve(held.token);
+        if (this.#clock.now() < cached.hotUntil) return Promise.resolve(cached.hotToken as Token);
       }
     }
     return this.#getSlow(subject, request);
@@ -855,7 +856,7 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
     const stored = result.value;
     if (stored !== undefined && cached?.version === stored.version && cached.pending === undefined) {
       // Unchanged since this process last read it (the common revalidation): parsed only if a refresh needs it.
-      cached.revalidateAt = this.#clock.now() + this.#revalidateMs;
+      revalidated(cached, this.#clock.now() + this.#revalidateMs);
       const decode = (): UserRecord | undefined => this.#decode(subject, stored.value);
       let parsed: { record: UserRecord | undefined } | undefined;
       return {
@@ -1128,7 +1129,7 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
       previous.version === version &&
       previous.pending === undefined
     ) {
-      previous.revalidateAt = now + this.#revalidateMs;
+      revalidated(previous, now + this.#revalidateMs);
       return previous;
     }
     const entries: Held[] = [];
@@ -1160,17 +1161,21 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
       }
     }
     const sameSession = previous !== undefined && previous.session === record.session;
+    const dflt = entries.find((h) => h.spec.key === DEFAULT_SPEC.key);
     const cached: Cached = {
       recordKey: key,
       version,
       session: record.session,
       hasRefreshToken: record.refreshToken !== undefined,
       entries,
-      dflt: entries.find((h) => h.spec.key === DEFAULT_SPEC.key),
-      revalidateAt: version === undefined ? now : now + this.#revalidateMs,
+      dflt,
+      hotToken: dflt?.token,
+      hotUntil: -Infinity,
+      revalidateAt: -Infinity,
       failures: sameSession ? previous.failures : undefined,
       pending: undefined,
     };
+    revalidated(cached, version === undefined ? now : now + this.#revalidateMs);
     this.#cache.set(subject, cached);
     return cached;
   }
@@ -1300,6 +1305,12 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
 }
 
 // ---------------------------------------------------------------------------------------------------
+
+/** Sets when a subject's record is next read from the store, and with it the hot path's deadline. */
+function revalidated(cached: Cached, at: number): void {
+  cached.revalidateAt = at;
+  cached.hotUntil = cached.dflt === undefined ? -Infinity : Math.min(cached.dflt.staleAt, at);
+}
 
 function sha256(text: string): string {
   return createHash('sha256').update(text).digest('base64url');
