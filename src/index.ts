@@ -58,6 +58,19 @@ export { FileStore, type FileStoreOptions } from './stores/file.js';
 export { MemoryStore, type MemoryStoreOptions } from './stores/memory.js';
 export type { LockOptions, SetOptions, StoreEvents, StoreLock, StoreRecord, TokenStore } from './stores/store.js';
 export {
+  type AccessTokenRequest,
+  type ClaimsInfo,
+  type GetClaimsOptions,
+  MAX_SUBJECT_LENGTH,
+  type RevokeResult,
+  type SaveOptions,
+  type StoredAccessToken,
+  UserTokens,
+  type UserTokensEvents,
+  type UserTokensOptions,
+} from './users.js';
+export type { UserClaims } from './id-token.js';
+export {
   type Token,
   type TokenStatus,
   isValid,

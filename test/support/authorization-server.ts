@@ -51,6 +51,11 @@ export interface AuthorizationServerOptions {
   port?: number;
   /** Signing keys to reuse (JWKS key rotation tests). Default: a fresh RS256 key. */
   signingKeys?: JWK[];
+  /**
+   * A login or refresh that names no resource gets an opaque access token for the UserInfo endpoint
+   * (log in with `resource: null`) instead of a JWT for https://api.example.test. Default false.
+   */
+  userinfoTokens?: boolean;
 }
 
 export type Fault = 'refuse' | 'reset' | '503' | 'html500' | 'slow' | undefined;
@@ -237,8 +242,8 @@ export async function startAuthorizationServer(
       userinfo: { enabled: true },
       resourceIndicators: {
         enabled: true,
-        defaultResource: async (_ctx, _client, oneOf) => oneOf ?? API_RESOURCE,
-        useGrantedResource: async () => true,
+        defaultResource: async (_ctx, _client, oneOf) => oneOf ?? (options.userinfoTokens ? undefined : API_RESOURCE),
+        useGrantedResource: async () => options.userinfoTokens !== true,
         getResourceServerInfo: async (_ctx, resource) => resourceInfo(resource),
       },
     },

@@ -1,0 +1,119 @@
+/**
+ * UserTokens when the store fails: cached tokens keep being served, no refresh token is spent without the
+ * store (another process may hold a newer one), and a refresh the store could not take is written once it
+ * answers again. The failing store wraps a real MemoryStore; only the faults are simulated.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { TokenwardenError } from '../../src/errors.js';
+import { MemoryStore } from '../../src/stores/memory.js';
+import type { LockOptions, SetOptions, StoreLock, StoreRecord, TokenStore } from '../../src/stores/store.js';
+import { type TestAuthorizationServer, startAuthorizationServer } from '../support/authorization-server.js';
+import { subjectOf, untilExpired, usersFor } from './helpers.js';
+
+type Operation = 'get' | 'set' | 'lock' | 'delete';
+
+class FailingStore implements TokenStore {
+  readonly failing = new Set<Operation>();
+  hang = false;
+  constructor(readonly inner: TokenStore) {}
+  #check(operation: Operation): Promise<void> {
+    if (this.hang) return new Promise(() => undefined);
+    if (this.failing.has(operation)) return Promise.reject(new Error(`ECONNREFUSED (${operation})`));
+    return Promise.resolve();
+  }
+  async get(key: string): Promise<StoreRecord | undefined> {
+    await this.#check('get');
+    return this.inner.get(key);
+  }
+  async set(key: string, value: string, options?: SetOptions): Promise<number | null> {
+    await this.#check('set');
+    return this.inner.set(key, value, options);
+  }
+  async delete(key: string): Promise<void> {
+    await this.#check('delete');
+    return this.inner.delete(key);
+  }
+  async lock(key: string, options: LockOptions): Promise<StoreLock | undefined> {
+    await this.#check('lock');
+    return this.inner.lock(key, options);
+  }
+  close(): Promise<void> {
+    return this.inner.close();
+  }
+}
+
+let as: TestAuthorizationServer;
+beforeAll(async () => {
+  as = await startAuthorizationServer({ accessTokenTtl: 2 });
+});
+afterAll(async () => {
+  await as.close();
+});
+const refreshes = (): number => as.counts.byGrant['refresh_token'] ?? 0;
+
+describe('UserTokens when the store fails', () => {
+  it('serves a cached valid token, refuses to refresh without the store, and recovers', async () => {
+    const store = new FailingStore(new MemoryStore());
+    const users = usersFor(as, { store, cache: { revalidate: 0 } });
+    const events: string[] = [];
+    users.on('storeError', ({ operation, error }) => events.push(`${operation}:${error.code}`));
+    users.on('storeRecovered', () => events.push('recovered'));
+    const json = await as.login('alice');
+    await users.save('alice', json);
+
+    store.failing.add('get');
+    expect((await users.getAccessToken('alice')).accessToken).toBe(json['access_token']);
+    expect(events).toContain('get:ERR_STORE');
+
+    await untilExpired(json['access_token'] as string);
+    const before = refreshes();
+    const err = (await users.getAccessToken('alice').catch((e: unknown) => e)) as TokenwardenError;
+    expect(err).toBeInstanceOf(TokenwardenError);
+    expect(err.code).toBe('ERR_STORE');
+    expect(refreshes()).toBe(before);
+
+    store.failing.clear();
+    const next = await users.getAccessToken('alice');
+    expect(subjectOf(next.accessToken)).toBe('alice');
+    expect(refreshes()).toBe(before + 1);
+    expect(events).toContain('recovered');
+    await users.close();
+  });
+
+  it('keeps a refresh the store did not take, and writes it (with the rotated refresh token) when it answers', async () => {
+    const memory = new MemoryStore();
+    const store = new FailingStore(memory);
+    const users = usersFor(as, { store, cache: { revalidate: 0 } });
+    const json = await as.login('bob');
+    await users.save('bob', json);
+    await untilExpired(json['access_token'] as string);
+
+    store.failing.add('set');
+    const refreshed = await users.getAccessToken('bob');
+    expect(refreshed.accessToken).not.toBe(json['access_token']);
+    expect((await memory.get(users.keyFor('bob')))?.value).toContain(json['refresh_token'] as string);
+    // Served from this process while the store refuses writes.
+    expect((await users.getAccessToken('bob')).accessToken).toBe(refreshed.accessToken);
+
+    store.failing.clear();
+    expect((await users.getAccessToken('bob')).accessToken).toBe(refreshed.accessToken);
+    expect((await memory.get(users.keyFor('bob')))?.value).not.toContain(json['refresh_token'] as string);
+    // Another instance continues with the rotated refresh token: no invalid_grant.
+    const other = usersFor(as, { store: memory });
+    await untilExpired(refreshed.accessToken);
+    const invalidGrants = as.counts.errors['invalid_grant'] ?? 0;
+    expect(subjectOf((await other.getAccessToken('bob')).accessToken)).toBe('bob');
+    expect(as.counts.errors['invalid_grant'] ?? 0).toBe(invalidGrants);
+    await users.close();
+    await other.close();
+  });
+
+  it('gives up on a store that does not answer after storeTimeout', async () => {
+    const store = new FailingStore(new MemoryStore());
+    const users = usersFor(as, { store, storeTimeout: '100ms' });
+    store.hang = true;
+    const err = (await users.getAccessToken('carol').catch((e: unknown) => e)) as TokenwardenError;
+    expect(err.code).toBe('ERR_STORE_TIMEOUT');
+    await users.close();
+  });
+});

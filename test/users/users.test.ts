@@ -1,0 +1,421 @@
+import { inspect } from 'node:util';
+import { decodeJwt } from 'jose';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { TokenwardenError } from '../../src/errors.js';
+import { MemoryStore } from '../../src/stores/memory.js';
+import type { TokenStore } from '../../src/stores/store.js';
+import type { UserTokens } from '../../src/users.js';
+import {
+  API_RESOURCE,
+  type TestAuthorizationServer,
+  startAuthorizationServer,
+} from '../support/authorization-server.js';
+import { hsIdToken, msUntilExpiry, sleep, subjectOf, syntheticResponse, untilExpired, usersFor } from './helpers.js';
+import { openStore, storeFactories } from './stores.js';
+
+let as: TestAuthorizationServer;
+/** Five-minute tokens: for tests that must not see a token expire on a loaded machine. */
+let steady: TestAuthorizationServer;
+
+beforeAll(async () => {
+  [as, steady] = await Promise.all([
+    startAuthorizationServer({ accessTokenTtl: 2 }),
+    startAuthorizationServer({ accessTokenTtl: 300 }),
+  ]);
+});
+afterAll(async () => {
+  await Promise.all([as.close(), steady.close()]);
+});
+
+const refreshes = (): number => as.counts.byGrant['refresh_token'] ?? 0;
+const failure = (promise: Promise<unknown>): Promise<TokenwardenError> =>
+  promise.then(
+    () => {
+      throw new Error('expected a rejection');
+    },
+    (err: unknown) => {
+      expect(err).toBeInstanceOf(TokenwardenError);
+      return err as TokenwardenError;
+    },
+  );
+
+/** Spends a refresh token at the server directly (as another client or a leaked copy would). */
+async function spend(refreshToken: string): Promise<{ status: number; body: Record<string, unknown> }> {
+  const { clientId, clientSecret } = as.clients.app;
+  const res = await fetch(`${as.issuer}/token`, {
+    method: 'POST',
+    headers: {
+      authorization: `Basic ${Buffer.from(`${clientId}:${clientSecret}`).toString('base64')}`,
+      'content-type': 'application/x-www-form-urlencoded',
+    },
+    body: new URLSearchParams({ grant_type: 'refresh_token', refresh_token: refreshToken }),
+  });
+  return { status: res.status, body: (await res.json()) as Record<string, unknown> };
+}
+
+for (const factory of storeFactories) {
+  describe.skipIf(factory.skip !== undefined)(`UserTokens on ${factory.name}`, () => {
+    const open = async (): Promise<TokenStore> => openStore(await factory.spec());
+
+    it('saves a login and serves its access token, claims and ID token', async () => {
+      const store = await open();
+      const users = usersFor(steady, { store });
+      const json = await steady.login('alice');
+      const saved = await users.save('alice', json);
+      expect(saved.accessToken).toBe(json['access_token']);
+
+      const token = await users.getAccessToken('alice');
+      expect(token.accessToken).toBe(json['access_token']);
+      expect(token.tokenType).toBe('Bearer');
+      expect(token.refreshToken).toBeUndefined(); // kept once, in the record; never handed out
+      expect(token.expiresAt).toBe((decodeJwt(json['access_token'] as string).exp as number) * 1000);
+
+      const claims = await users.getClaims('alice');
+      expect(claims).toMatchObject({ sub: 'alice', email: 'alice@example.test', name: 'User alice' });
+      expect(claims).not.toHaveProperty('aud');
+      expect(claims).not.toHaveProperty('nonce');
+      const info = await users.getClaimsInfo('alice');
+      expect(info?.from).toBe('id_token');
+      expect(info?.updatedAt).toBeGreaterThan(Date.now() - 10_000);
+      expect(await users.getIdToken('alice')).toBe(json['id_token']);
+
+      const list = await users.listAccessTokens('alice');
+      expect(list).toHaveLength(1);
+      expect(list[0]?.token.accessToken).toBe(json['access_token']);
+      expect(list[0]?.scope).toBeUndefined();
+      expect(users.keyFor('alice')).toMatch(/^tw1:user:[A-Za-z0-9_-]{43}:[A-Za-z0-9_-]{43}$/);
+      expect((await store.get(users.keyFor('alice')))?.value).toContain(json['refresh_token'] as string);
+      await users.close();
+      await store.close();
+    });
+
+    it('refreshes an expired token once, persisting the rotated refresh token for every instance', async () => {
+      const store = await open();
+      const a = usersFor(as, { store });
+      const json = await as.login('bob');
+      await a.save('bob', json);
+      await untilExpired(json['access_token'] as string);
+
+      const before = refreshes();
+      const invalidGrants = as.counts.errors['invalid_grant'] ?? 0;
+      const tokens = await Promise.all(Array.from({ length: 20 }, () => a.getAccessToken('bob')));
+      expect(refreshes() - before).toBe(1);
+      expect(new Set(tokens.map((t) => t.accessToken)).size).toBe(1);
+      expect(subjectOf(tokens[0]!.accessToken)).toBe('bob');
+      expect(msUntilExpiry(tokens[0]!.accessToken)).toBeGreaterThan(0);
+
+      // A second instance (another process, say) has an empty cache: it adopts the stored token…
+      const b = usersFor(as, { store });
+      expect((await b.getAccessToken('bob')).accessToken).toBe(tokens[0]!.accessToken);
+      // …and, once that expires, refreshes with the rotated refresh token (the spent one would be invalid_grant).
+      await untilExpired(tokens[0]!.accessToken);
+      const next = await b.getAccessToken('bob');
+      expect(next.accessToken).not.toBe(tokens[0]!.accessToken);
+      expect(refreshes() - before).toBe(2);
+      expect(as.counts.errors['invalid_grant'] ?? 0).toBe(invalidGrants);
+      await a.close();
+      await b.close();
+      await store.close();
+    });
+
+    it('several instances sharing the store refresh each user once and never mix users up', async () => {
+      const store = await open();
+      const instances = [usersFor(as, { store }), usersFor(as, { store }), usersFor(as, { store })];
+      const subjects = ['u1', 'u2', 'u3', 'u4'];
+      const logins = await Promise.all(subjects.map((s) => as.login(s)));
+      await Promise.all(subjects.map((s, i) => instances[i % 3]!.save(s, logins[i]!)));
+      await sleep(Math.max(...logins.map((l) => msUntilExpiry(l['access_token'] as string))) + 20);
+
+      const before = refreshes();
+      const results = await Promise.all(
+        instances.flatMap((users) =>
+          subjects.flatMap((s) => Array.from({ length: 5 }, async () => [s, await users.getAccessToken(s)] as const)),
+        ),
+      );
+      for (const [subject, token] of results) {
+        expect(subjectOf(token.accessToken)).toBe(subject);
+        expect(token.expiresAt).toBeGreaterThan(Date.now());
+      }
+      expect(refreshes() - before).toBe(subjects.length);
+      await Promise.all(instances.map((u) => u.close()));
+      await store.close();
+    });
+
+    it('a subject whose refresh token the server rejects must log in again, without retries', async () => {
+      const store = await open();
+      const users = usersFor(as, { store });
+      const json = await as.login('carol');
+      await users.save('carol', json);
+      // Another party spends the refresh token first: presenting it again revokes the grant.
+      expect((await spend(json['refresh_token'] as string)).status).toBe(200);
+      await untilExpired(json['access_token'] as string);
+
+      const events: string[] = [];
+      users.on('loginRequired', ({ subject }) => events.push(subject));
+      const before = refreshes();
+      const err = await failure(users.getAccessToken('carol'));
+      expect(err.code).toBe('ERR_LOGIN_REQUIRED');
+      expect(err.error).toBe('invalid_grant');
+      expect(err.status).toBe(400);
+      expect((err.cause as TokenwardenError).code).toBe('ERR_OAUTH');
+      expect(events).toEqual(['carol']);
+      // The dead refresh token is gone from the store: nobody, here or elsewhere, tries it again.
+      expect((await store.get(users.keyFor('carol')))?.value).not.toContain(json['refresh_token'] as string);
+      const other = usersFor(as, { store });
+      for (const u of [users, other, users])
+        expect((await failure(u.getAccessToken('carol'))).code).toBe('ERR_LOGIN_REQUIRED');
+      expect(refreshes() - before).toBe(1);
+      // What the subject had is still there for logout.
+      expect(await users.getIdToken('carol')).toBe(json['id_token']);
+      await users.close();
+      await other.close();
+      await store.close();
+    });
+
+    it('revoke() revokes at the server and forgets the subject; others are untouched', async () => {
+      const store = await open();
+      const users = usersFor(as, { store });
+      const [alice, bob] = await Promise.all([as.login('alice'), as.login('bob')]);
+      await users.save('alice', alice);
+      await users.save('bob', bob);
+      const revocations = as.counts.revocation;
+
+      const result = await users.revoke('alice');
+      expect(result.refreshToken).toBe(true);
+      expect(as.counts.revocation).toBeGreaterThan(revocations);
+      expect(await store.get(users.keyFor('alice'))).toBeUndefined();
+      const err = await failure(users.getAccessToken('alice'));
+      expect(typeof err.code).toBe('string');
+      expect(err.code).toBe('ERR_LOGIN_REQUIRED');
+      expect(await users.getClaims('alice')).toBeUndefined();
+      expect(await users.listAccessTokens('alice')).toEqual([]);
+      // The server agrees: the refresh token is dead.
+      expect((await spend(alice['refresh_token'] as string)).body['error']).toBe('invalid_grant');
+
+      expect(subjectOf((await users.getAccessToken('bob')).accessToken)).toBe('bob');
+      await untilExpired(bob['access_token'] as string);
+      expect(subjectOf((await users.getAccessToken('bob')).accessToken)).toBe('bob');
+      await users.close();
+      await store.close();
+    });
+
+    it('stores attacker-chosen subjects under their own keys, reading each back without touching others', async () => {
+      const store = await open();
+      const users = usersFor(as, { store });
+      const alice = await as.login('alice');
+      await users.save('alice', alice);
+      const subjects = [
+        '*',
+        '?',
+        '[a-z]*',
+        '../',
+        '../../etc/passwd',
+        "'; drop table tokens; --",
+        'alice\u0000',
+        'ALICE',
+        'alice ',
+        'tw1:user:x',
+        '{"sub":"alice"}',
+        '🙂\u202e',
+        'x'.repeat(10 * 1024),
+      ];
+      const responses = new Map<string, Record<string, unknown>>();
+      for (const subject of subjects) {
+        const json = await syntheticResponse(as, subject);
+        responses.set(subject, json);
+        await users.save(subject, json);
+      }
+      const keys = new Set([users.keyFor('alice'), ...subjects.map((s) => users.keyFor(s))]);
+      expect(keys.size).toBe(subjects.length + 1);
+      for (const key of keys) expect(key).toMatch(/^tw1:user:[A-Za-z0-9_-]{43}:[A-Za-z0-9_-]{43}$/);
+
+      const fresh = usersFor(as, { store }); // nothing cached: everything comes from the store
+      for (const subject of subjects) {
+        const token = await fresh.getAccessToken(subject);
+        expect(token.accessToken).toBe(responses.get(subject)!['access_token']);
+        expect((await fresh.getClaims(subject))?.sub).toBe(subject);
+        expect(await fresh.getIdToken(subject)).toBe(responses.get(subject)!['id_token']);
+      }
+      expect(subjectOf((await fresh.getAccessToken('alice')).accessToken)).toBe('alice');
+      expect((await fresh.getClaims('alice'))?.sub).toBe('alice');
+      await fresh.delete('*');
+      expect((await failure(fresh.getAccessToken('*'))).code).toBe('ERR_LOGIN_REQUIRED');
+      expect((await fresh.getAccessToken('?')).accessToken).toBe(responses.get('?')!['access_token']);
+      expect(subjectOf((await fresh.getAccessToken('alice')).accessToken)).toBe('alice');
+      await users.close();
+      await fresh.close();
+      await store.close();
+    });
+
+    it("treats another subject's record copied under a key as a miss", async () => {
+      const store = await open();
+      const users = usersFor(as, { store });
+      await users.save('mallory', await syntheticResponse(as, 'mallory'));
+      const copied = (await store.get(users.keyFor('mallory')))!.value;
+      await store.set(users.keyFor('victim'), copied);
+      const errors: string[] = [];
+      const fresh = usersFor(as, { store });
+      fresh.on('storeError', ({ error }) => errors.push(error.code));
+      expect((await failure(fresh.getAccessToken('victim'))).code).toBe('ERR_LOGIN_REQUIRED');
+      expect(await fresh.getClaims('victim')).toBeUndefined();
+      expect(errors[0]).toBe('ERR_STORE');
+      await store.set(users.keyFor('victim'), 'not json');
+      expect(await fresh.getIdToken('victim')).toBeUndefined();
+      await users.close();
+      await fresh.close();
+      await store.close();
+    });
+  });
+}
+
+describe('UserTokens', () => {
+  let users: UserTokens;
+  beforeAll(() => {
+    users = usersFor(as, { store: new MemoryStore() });
+  });
+  afterAll(async () => {
+    await users.close();
+  });
+
+  it('checks that an ID token belongs to this issuer, client and subject, and stores nothing otherwise', async () => {
+    const [alice, bob] = await Promise.all([as.login('alice'), as.login('bob')]);
+    const invalid = async (subject: string, json: Record<string, unknown>, u = users): Promise<string> => {
+      const err = await failure(u.save(subject, json));
+      expect(err.code).toBe('ERR_ID_TOKEN_INVALID');
+      expect((await failure(u.getAccessToken(subject))).code).toBe('ERR_LOGIN_REQUIRED');
+      return err.message;
+    };
+    // Another subject's login.
+    expect(await invalid('bob', alice)).toMatch(/another subject/);
+    // Another client's view: the ID token's audience is `app`.
+    const other = usersFor(as, { clientId: as.clients.svc.clientId, clientSecret: as.clients.svc.clientSecret });
+    expect(await invalid('alice', alice, other)).toMatch(/another client/);
+    await other.close();
+    // bob's signed ID token with its subject changed to alice: the claims fit, the signature does not.
+    const [h, p, s] = (bob['id_token'] as string).split('.');
+    const forged = { ...JSON.parse(Buffer.from(p!, 'base64url').toString()), sub: 'mallory' };
+    const forgedToken = `${h}.${Buffer.from(JSON.stringify(forged)).toString('base64url')}.${s}`;
+    expect(await invalid('mallory', { ...bob, id_token: forgedToken })).toMatch(/signature/);
+    // Signed with a secret that is not the client's; issued by someone else; not signed at all.
+    expect(
+      await invalid('dave', { ...bob, id_token: await hsIdToken(as, 'dave', {}, 'not-the-client-secret-at-all') }),
+    ).toMatch(/signature/);
+    expect(
+      await invalid('dave', { ...bob, id_token: await hsIdToken(as, 'dave', { iss: 'https://evil.example' }) }),
+    ).toMatch(/issuer/);
+    const unsigned = `${Buffer.from('{"alg":"none"}').toString('base64url')}.${p}.`;
+    expect(await invalid('bob', { ...bob, id_token: unsigned })).toMatch(/not signed/);
+    // Several audiences need azp = this client.
+    expect(await invalid('dave', { ...bob, id_token: await hsIdToken(as, 'dave', { aud: ['app', 'other'] }) })).toMatch(
+      /azp/,
+    );
+    await users.save('dave', { ...bob, id_token: await hsIdToken(as, 'dave', { aud: ['app', 'other'], azp: 'app' }) });
+    // A response without an ID token is accepted (plain OAuth), and a malformed one is not.
+    const { id_token: _omit, ...plain } = alice;
+    await users.save('erin', plain);
+    expect(await users.getClaims('erin')).toBeUndefined();
+    expect((await failure(users.save('erin', { token_type: 'Bearer' }))).code).toBe('ERR_INVALID_RESPONSE');
+    expect((await failure(users.save('', plain))).code).toBe('ERR_CONFIG');
+  });
+
+  it('returns an expired ID token (for logout), and save() accepts a response whose ID token expired', async () => {
+    const json = await as.login('frank');
+    const idToken = json['id_token'] as string;
+    await sleep(msUntilExpiry(idToken) + 50);
+    await users.save('frank', json);
+    expect(await users.getIdToken('frank')).toBe(idToken);
+    expect((decodeJwt(idToken).exp as number) * 1000).toBeLessThan(Date.now());
+    expect((await users.getClaims('frank'))?.sub).toBe('frank');
+  });
+
+  it('serves a token that covers the requested scope, and down-scopes by refresh otherwise', async () => {
+    const users = usersFor(steady, { store: new MemoryStore() });
+    const refreshes = (): number => steady.counts.byGrant['refresh_token'] ?? 0;
+    const json = await steady.login('grace');
+    await users.save('grace', json);
+    const before = refreshes();
+    // The login's token has "read write": it covers "read" and "write read".
+    expect((await users.getAccessToken('grace', { scope: 'read' })).accessToken).toBe(json['access_token']);
+    expect((await users.getAccessToken('grace', { scope: ['write', 'read'] })).accessToken).toBe(json['access_token']);
+    expect(refreshes()).toBe(before);
+
+    // A request for a resource is another token: one refresh with scope=read&resource=…, down-scoped.
+    const narrow = await users.getAccessToken('grace', { scope: 'read', resource: API_RESOURCE });
+    expect(refreshes()).toBe(before + 1);
+    expect(decodeJwt(narrow.accessToken).scope).toBe('read');
+    expect(narrow.scope).toBe('read');
+    expect((await users.getAccessToken('grace', { scope: 'read', resource: API_RESOURCE })).accessToken).toBe(
+      narrow.accessToken,
+    );
+    // The default token is still the login's, and both are listed.
+    expect((await users.getAccessToken('grace')).accessToken).toBe(json['access_token']);
+    const listed = await users.listAccessTokens('grace');
+    expect(listed.map((e) => [e.scope, e.resource])).toEqual([
+      [undefined, undefined],
+      ['read', [API_RESOURCE]],
+    ]);
+
+    // A scope the grant does not have is the server's refusal — not a login problem, and the grant survives.
+    const err = await failure(users.getAccessToken('grace', { scope: 'admin' }));
+    expect(err.code).toBe('ERR_OAUTH');
+    expect(err.error).toBe('invalid_scope');
+    const write = await users.getAccessToken('grace', { scope: 'write', resource: API_RESOURCE });
+    expect(decodeJwt(write.accessToken)).toMatchObject({ sub: 'grace', scope: 'write' });
+    expect(refreshes()).toBe(before + 3);
+    expect(steady.counts.errors).toEqual({ invalid_scope: 1 });
+    // extraParams are part of a token's identity, and cannot smuggle in the parameters UserTokens sets.
+    await expect(users.getAccessToken('grace', { extraParams: { scope: 'x' } })).rejects.toMatchObject({
+      code: 'ERR_CONFIG',
+    });
+    await users.close();
+  });
+
+  it('serves a stale token at once while one background refresh replaces it', async () => {
+    const eager = usersFor(as, {
+      store: new MemoryStore(),
+      refresh: { beforeExpiry: '5s', maxBeforeExpiryRatio: 1, jitter: 0 }, // stale at once
+    });
+    const json = await as.login('heidi');
+    await eager.save('heidi', json);
+    const refreshed = new Promise<void>((resolve) => eager.once('token', () => resolve()));
+    const before = refreshes();
+    const stale = await Promise.all(Array.from({ length: 10 }, () => eager.getAccessToken('heidi')));
+    expect(stale.every((t) => t.accessToken === json['access_token'])).toBe(true);
+    await refreshed;
+    expect(refreshes()).toBe(before + 1);
+    const next = await eager.getAccessToken('heidi');
+    expect(next.accessToken).not.toBe(json['access_token']);
+    expect(subjectOf(next.accessToken)).toBe('heidi');
+    await eager.close();
+  });
+
+  it('keeps the in-process layer bounded, serving evicted subjects from the store', async () => {
+    const store = new MemoryStore();
+    const small = usersFor(as, { store, cache: { max: 5 } });
+    const responses = await Promise.all(Array.from({ length: 30 }, (_, i) => syntheticResponse(as, `user-${i}`)));
+    for (const [i, json] of responses.entries()) await small.save(`user-${i}`, json);
+    expect(small.cachedSubjects).toBeLessThanOrEqual(5);
+    for (const [i, json] of responses.entries()) {
+      expect((await small.getAccessToken(`user-${i}`)).accessToken).toBe(json['access_token']);
+    }
+    expect(small.cachedSubjects).toBeLessThanOrEqual(5);
+    expect(store.size).toBe(30);
+    await small.close();
+  });
+
+  it('delete() forgets without calling the server', async () => {
+    const json = await as.login('ivan');
+    await users.save('ivan', json);
+    const revocations = as.counts.revocation;
+    await users.delete('ivan');
+    expect(as.counts.revocation).toBe(revocations);
+    expect((await failure(users.getAccessToken('ivan'))).code).toBe('ERR_LOGIN_REQUIRED');
+    expect(await users.getIdToken('ivan')).toBeUndefined();
+  });
+
+  it('rejects per-request options in the constructor, and never shows the secret', () => {
+    expect(() => usersFor(as, { scope: 'read' } as never)).toThrow(/getAccessToken/);
+    const text = JSON.stringify(users) + inspect(users);
+    expect(text).not.toContain(as.clients.app.clientSecret);
+  });
+});
