@@ -32,6 +32,7 @@
  * | `ERR_RETRY_LATER` | the server asked us to wait (`Retry-After`) and no valid token is available |
  * | `ERR_CLOSED` | the manager or store was closed |
  * | `ERR_UNSUPPORTED` | the server or token uses something tokenwarden does not support |
+ * | `ERR_INVALID_TOKEN` | a token given to us is not a JWT, or failed verification (the `tokenwarden inspect` command) |
  */
 export type ErrorCode =
   | 'ERR_CONFIG'
@@ -52,7 +53,8 @@ export type ErrorCode =
   | 'ERR_DECRYPT'
   | 'ERR_RETRY_LATER'
   | 'ERR_CLOSED'
-  | 'ERR_UNSUPPORTED';
+  | 'ERR_UNSUPPORTED'
+  | 'ERR_INVALID_TOKEN';
 
 /** Options accepted by {@link TokenwardenError}'s constructor. */
 export interface TokenwardenErrorOptions {
