@@ -169,7 +169,7 @@ export function storeContract(name: string, factory: StoreFactory | undefined): 
       await Promise.all(
         Array.from({ length: writers }, async (_, w) => {
           const s = stores[w % stores.length] as ContractStore;
-          for (let done = 0; done < each; ) {
+          for (let done = 0; done < each;) {
             const current = await s.get(key);
             const next = String(Number(current?.value ?? '0') + 1);
             if ((await s.set(key, next, { ifVersion: current?.version ?? 0 })) !== null) done++;

@@ -21,7 +21,7 @@ storeContract('FileStore', {
   },
   corrupt: {
     'not JSON': (key) => writeFile(fileOf(key), '{"tokenwarden":1,"key":'),
-    'empty': (key) => writeFile(fileOf(key), ''),
+    empty: (key) => writeFile(fileOf(key), ''),
     'JSON of the wrong shape': (key) => writeFile(fileOf(key), JSON.stringify({ tokenwarden: 1, key, version: 'x' })),
     'an entry for another key': (key) =>
       writeFile(fileOf(key), JSON.stringify({ tokenwarden: 1, key: 'other', version: 1, expiresAt: null, value: 'v' })),
@@ -34,9 +34,7 @@ describe('FileStore on disk', () => {
     const store = new FileStore({ path });
     await store.set('k', 'v');
     expect((await stat(path)).mode & 0o777).toBe(0o700);
-    expect((await stat(join(path, `${createHash('sha256').update('k').digest('hex')}.json`))).mode & 0o777).toBe(
-      0o600,
-    );
+    expect((await stat(join(path, `${createHash('sha256').update('k').digest('hex')}.json`))).mode & 0o777).toBe(0o600);
     await store.close();
   });
 
