@@ -31,8 +31,8 @@
  * | `ERR_DECRYPT` | a stored entry could not be decrypted with any configured key |
  * | `ERR_RETRY_LATER` | the server asked us to wait (`Retry-After`) and no valid token is available |
  * | `ERR_CLOSED` | the manager or store was closed |
- * | `ERR_UNSUPPORTED` | the server or token uses something tokenwarden does not support |
  * | `ERR_INVALID_TOKEN` | a token given to us is not a JWT, or failed verification (the `tokenwarden inspect` command) |
+ * | `ERR_UNSUPPORTED` | the server or token uses something tokenwarden does not support |
  */
 export type ErrorCode =
   | 'ERR_CONFIG'
