@@ -28,8 +28,14 @@ export const REQUEST_HEADER = 'tokenwarden-request';
 
 /** Longest wait for a clean shutdown before the agent exits anyway. */
 const SHUTDOWN_LIMIT_MS = 15_000;
-/** After an error that waiting will not heal (a revoked client), the agent still tries again this often (growing). */
-const PERMANENT_RETRY_MS = [30_000, 60_000, 120_000, 300_000] as const;
+/**
+ * While a token has no usable token, the agent asks its manager for one this often. The manager turns
+ * that into at most one request per attempt window (it answers at once with the last error inside it, and
+ * honours `Retry-After`), so a down server sees about one request per second from this token, and a
+ * recovered one is used within a second — instead of after the background backoff, which may have grown
+ * to tens of seconds during the outage.
+ */
+const RECOVERY_POLL_MS = 1_000;
 /** A failed sink write is tried again after this long. */
 const SINK_RETRY_MS = 5_000;
 
@@ -89,10 +95,11 @@ export interface RunningAgent {
   stop(): Promise<void>;
 }
 
-/** One configured token: its manager and its file sink. */
+/** One configured token: its manager, its file sink, and the recovery poll. */
 class Entry {
-  readonly #failures: { count: number; timer: NodeJS.Timeout | undefined } = { count: 0, timer: undefined };
   readonly sink: FileSink | undefined;
+  readonly #poll: NodeJS.Timeout;
+  #asking = false;
 
   constructor(
     readonly name: string,
@@ -102,8 +109,6 @@ class Entry {
   ) {
     this.sink = sinkConfig && new FileSink(name, sinkConfig, manager, log);
     manager.on('token', (info) => {
-      this.#failures.count = 0;
-      clearTimeout(this.#failures.timer);
       log.info('token obtained', {
         token: name,
         expires_at: iso(info.expiresAt),
@@ -121,11 +126,10 @@ class Entry {
         valid_until: iso(validUntil),
       };
       if (isTransient(error)) log.warn('refresh failed; retrying', fields);
-      else {
-        log.error('refresh failed with an error that waiting will not heal; check the configuration', fields);
-        this.#retryLater();
-      }
+      else log.error('refresh failed with an error that waiting will not heal; check the configuration', fields);
     });
+    this.#poll = setInterval(() => this.#recover(), RECOVERY_POLL_MS);
+    this.#poll.unref();
   }
 
   /** A usable token: valid, and not within its last moments (see {@link usableToken}). */
@@ -133,22 +137,28 @@ class Entry {
     return usableToken(this.manager);
   }
 
-  /**
-   * The manager does not retry errors like `invalid_client` on its own; an agent should not give up for
-   * good (the client may be re-enabled), so it tries again on a slow, growing schedule.
-   */
-  #retryLater(): void {
-    const delay = PERMANENT_RETRY_MS[Math.min(this.#failures.count, PERMANENT_RETRY_MS.length - 1)] as number;
-    this.#failures.count += 1;
-    clearTimeout(this.#failures.timer);
-    this.#failures.timer = setTimeout(() => {
-      this.manager.refresh().catch(() => undefined); // reported through 'refreshFailed'
-    }, delay);
-    this.#failures.timer.unref();
+  /** The first token; rejects when the first attempt fails. */
+  start(): Promise<Token> {
+    return this.#ask();
+  }
+
+  /** No usable token (an outage outlived it, or the start failed): ask the manager, which bounds the rate. */
+  #recover(): void {
+    if (this.#asking || this.token() !== undefined) return;
+    this.#ask().catch(() => undefined); // failures are logged through 'refreshFailed'
+  }
+
+  async #ask(): Promise<Token> {
+    this.#asking = true;
+    try {
+      return await this.manager.getToken();
+    } finally {
+      this.#asking = false;
+    }
   }
 
   async close(): Promise<void> {
-    clearTimeout(this.#failures.timer);
+    clearInterval(this.#poll);
     await this.manager.close();
     await this.sink?.close();
   }
@@ -184,6 +194,8 @@ class FileSink {
   #expiryTimer: NodeJS.Timeout | undefined;
   #retryTimer: NodeJS.Timeout | undefined;
   #closed = false;
+  /** The file was removed because a token ran out: say so when a token is back. */
+  #lost = false;
 
   constructor(
     readonly name: string,
@@ -223,6 +235,7 @@ class FileSink {
         });
         this.#written = null;
         if (hadToken) {
+          this.#lost = true;
           this.log.error('no valid token: the sink file was removed until a new token arrives', {
             token: this.name,
             file: this.config.file,
@@ -233,7 +246,10 @@ class FileSink {
       if (token.accessToken !== this.#written) {
         await writeAtomically(this.config.file, sinkContent(token, this.config.format));
         this.#written = token.accessToken;
-        this.log.debug('sink written', { token: this.name, file: this.config.file });
+        if (this.#lost)
+          this.log.info('the sink file holds a valid token again', { token: this.name, file: this.config.file });
+        else this.log.debug('sink written', { token: this.name, file: this.config.file });
+        this.#lost = false;
       }
       if (token.expiresAt !== undefined) {
         // Check again when the token reaches its margin: if no replacement came, the file goes.
@@ -340,7 +356,7 @@ export async function startAgent(config: AgentConfig, log: Logger): Promise<Runn
       address = server.address() as AddressInfo;
       log.info('listening', { address: address.address, port: address.port });
     }
-    const results = await Promise.allSettled([...entries.values()].map((e) => e.manager.getToken()));
+    const results = await Promise.allSettled([...entries.values()].map((e) => e.start()));
     const permanent = results.find(
       (r): r is PromiseRejectedResult =>
         r.status === 'rejected' && !(isTokenwardenError(r.reason) && isTransient(r.reason as TokenwardenError)),

@@ -456,7 +456,8 @@ function object(value: unknown, file: string, where: string): Record<string, unk
   if (value === null || typeof value !== 'object' || Array.isArray(value)) {
     throw new UsageError(`${file}: ${where} must be an object`);
   }
-  return value as Record<string, unknown>;
+  // A field set to null (a template's empty value) counts as absent.
+  return Object.fromEntries(Object.entries(value).filter(([, v]) => v !== null));
 }
 
 function allowOnly(entry: Record<string, unknown>, allowed: readonly string[], file: string, where: string): void {

@@ -4,6 +4,7 @@
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
+import { request } from 'node:http';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -101,7 +102,13 @@ export class Agent {
     return `${this.stdout}\n${this.stderr}`
       .split('\n')
       .filter((l) => l.trim() !== '')
-      .map((l) => JSON.parse(l) as Record<string, unknown>);
+      .map((l) => {
+        try {
+          return JSON.parse(l) as Record<string, unknown>;
+        } catch {
+          return { unparsed: l }; // the one-line error of a failed start
+        }
+      });
   }
 
   /** Waits for a log line matching `test`. */
@@ -159,3 +166,21 @@ export async function closedPort(): Promise<number> {
 
 /** The one-line error format: `tokenwarden: CODE: message. Hint: …`, nothing else, no stack trace. */
 export const ONE_LINE_ERROR = /^tokenwarden: ERR_[A-Z_]+: [^\n]+\n$/;
+
+/** A plain HTTP request to the loopback endpoint (node:http, so that any Host header can be sent). */
+export function httpGet(
+  port: number,
+  path: string,
+  headers: Record<string, string> = {},
+  method = 'GET',
+): Promise<{ status: number; headers: Record<string, unknown>; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = request({ host: '127.0.0.1', port, path, method, headers }, (res) => {
+      let body = '';
+      res.setEncoding('utf8').on('data', (d: string) => (body += d));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
