@@ -165,12 +165,13 @@ class Entry {
 }
 
 /**
- * How long before its expiry a token stops being handed out: `min(1 s, 10 % of its lifetime)`. A token
- * with less left would expire on its way to the API.
+ * How long before its expiry a token stops being handed out: `min(5 s, 25 % of its lifetime)`. A token with
+ * less left would likely expire on its way to the API — or, if the agent is starved of CPU, before it is
+ * taken out of the sink.
  */
 export function expiryMarginMs(token: Token): number {
   if (token.expiresAt === undefined) return 0;
-  return Math.min(1000, Math.max(0, token.expiresAt - token.issuedAt) * 0.1);
+  return Math.min(5000, Math.max(0, token.expiresAt - token.issuedAt) * 0.25);
 }
 
 /** The manager's token if it is valid beyond {@link expiryMarginMs}; `undefined` otherwise. No I/O. */
