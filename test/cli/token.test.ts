@@ -54,19 +54,19 @@ function expectCleanFailure(result: Result, code: number, errorCode: string): vo
 }
 
 describe('tokenwarden token (acceptance)', () => {
-  it('two runs print the same JWT with one token request; the cache holds no secret and is private', async () => {
+  it('two runs print the same JWT with one token request; the cache holds no secret and is private', async (ctx) => {
     const home = await tempHome();
     const env = { ...home.env, TOKENWARDEN_CLIENT_SECRET: secret };
     as.resetCounts();
+    const started = Date.now();
     const first = await runCli(base(), env);
     const second = await runCli(base(), env);
+    const ended = Date.now();
     expect(first.code, first.stderr).toBe(0);
     expect(second.code, second.stderr).toBe(0);
     expect(first.stdout).toMatch(/\n$/);
     expect(first.stdout.trimEnd()).toMatch(JWT);
-    expect(second.stdout).toBe(first.stdout);
     expect(first.stderr + second.stderr).toBe('');
-    expect(as.counts.token).toBe(1);
     expect(decodeJwt(first.stdout.trim())['client_id']).toBe('svc');
 
     const files = await filesUnder(join(home.dir, 'cache'));
@@ -76,6 +76,15 @@ describe('tokenwarden token (acceptance)', () => {
       expect(f.mode & 0o077, `${f.path} is private`).toBe(0);
     }
     expect(files.find((f) => f.path.endsWith('/tokenwarden'))?.mode).toBe(0o700);
+
+    // A cached token is reused while it has 10 % of its life left. Only when the second run ended before the
+    // earliest moment that can be (a machine starved of CPU can take seconds per run) must it have reused it.
+    const exp = (decodeJwt(first.stdout.trim()).exp as number) * 1000;
+    if (ended >= exp - 0.1 * (exp - started)) {
+      ctx.skip(`the runs took ${ended - started} ms, longer than the 3 s token can be reused: too slow to judge`);
+    }
+    expect(second.stdout).toBe(first.stdout);
+    expect(as.counts.token).toBe(1);
   });
 
   it('--json gives access_token, token_type, expires_at (ISO 8601) and scope', async () => {
@@ -124,11 +133,12 @@ describe('tokenwarden token (cache)', () => {
     expect(first.code, first.stderr).toBe(0);
     const exp = decodeJwt(first.stdout.trim()).exp as number;
     await sleep(Math.max(0, exp * 1000 - Date.now()) + 100);
+    const before = Date.now();
     const second = await runCli(base(), env);
     expect(second.code, second.stderr).toBe(0);
     expect(second.stdout).not.toBe(first.stdout);
     expect(as.counts.token).toBe(2);
-    expect((decodeJwt(second.stdout.trim()).exp as number) * 1000).toBeGreaterThan(Date.now());
+    expect((decodeJwt(second.stdout.trim()).exp as number) * 1000).toBeGreaterThan(before);
   });
 
   it('--min-ttl longer than the cached token has left asks for a new one (and says the server gives less)', async () => {
