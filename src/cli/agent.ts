@@ -17,6 +17,7 @@ import type { AddressInfo } from 'node:net';
 import { basename, dirname, join } from 'node:path';
 import { type TokenwardenError, isTokenwardenError } from '../errors.js';
 import { TokenManager, isTransient } from '../manager.js';
+import type { RefreshPolicyOptions } from '../policy.js';
 import { clientCredentials } from '../sources/client-credentials.js';
 import type { GrantSource } from '../sources/client.js';
 import type { Token } from '../token.js';
@@ -36,6 +37,13 @@ const SHUTDOWN_LIMIT_MS = 15_000;
  * to tens of seconds during the outage.
  */
 const RECOVERY_POLL_MS = 1_000;
+/**
+ * The agent's refresh policy: the library's, but up to 5 minutes ahead of expiry (not 30 s) — continuity is
+ * the agent's whole job, so a one-hour token is replaced 5–6 minutes early, leaving room to ride out an
+ * outage; short tokens are still replaced at about half their life.
+ */
+const AGENT_REFRESH_POLICY: RefreshPolicyOptions = { beforeExpiry: '5m' };
+
 /** A failed sink write is tried again after this long. */
 const SINK_RETRY_MS = 5_000;
 
@@ -326,7 +334,7 @@ export async function writeAtomically(file: string, content: string): Promise<vo
 export async function startAgent(config: AgentConfig, log: Logger): Promise<RunningAgent> {
   const entries = new Map<string, Entry>();
   for (const [name, token] of Object.entries(config.tokens)) {
-    const manager = new TokenManager({ source: await sourceFor(name, token) });
+    const manager = new TokenManager({ source: await sourceFor(name, token), refresh: AGENT_REFRESH_POLICY });
     entries.set(name, new Entry(name, manager, token.sink, log));
   }
   // Sinks left by an earlier run may hold expired tokens: until this run has a token, there is none.

@@ -83,7 +83,7 @@ describe('tokenwarden token (cache shared by processes)', () => {
     expect(during.code, during.stderr).toBe(0);
     expect(during.stdout).toBe(first.stdout);
     expect(during.stderr).toMatch(
-      /^tokenwarden: warning: could not refresh the cached token \(ERR_NETWORK: .*; it is still valid for 1\d s\n$/,
+      /^tokenwarden: warning: could not refresh the cached token \(ERR_NETWORK: .*; it is still valid for \d+ s\n$/,
     );
 
     const after = await runCli(base(), env);
