@@ -25,13 +25,13 @@
  * | `ERR_OAUTH` | the server answered an OAuth error (`error`, `error_description`, `status`) |
  * | `ERR_LOGIN_REQUIRED` | no usable refresh token for a subject: the user must sign in again |
  * | `ERR_ID_TOKEN_INVALID` | an ID token does not belong to this client or subject |
+ * | `ERR_INVALID_TOKEN` | a token given to us is not a JWT, or failed verification (the `tokenwarden inspect` command) |
  * | `ERR_STORE` | a token store failed (the manager degrades to in-process behaviour) |
  * | `ERR_STORE_TIMEOUT` | a token store did not answer in time |
  * | `ERR_LOCK_TIMEOUT` | another process held the refresh lock for longer than we could wait |
  * | `ERR_DECRYPT` | a stored entry could not be decrypted with any configured key |
  * | `ERR_RETRY_LATER` | the server asked us to wait (`Retry-After`) and no valid token is available |
  * | `ERR_CLOSED` | the manager or store was closed |
- * | `ERR_INVALID_TOKEN` | a token given to us is not a JWT, or failed verification (the `tokenwarden inspect` command) |
  * | `ERR_UNSUPPORTED` | the server or token uses something tokenwarden does not support |
  */
 export type ErrorCode =
@@ -47,14 +47,14 @@ export type ErrorCode =
   | 'ERR_OAUTH'
   | 'ERR_LOGIN_REQUIRED'
   | 'ERR_ID_TOKEN_INVALID'
+  | 'ERR_INVALID_TOKEN'
   | 'ERR_STORE'
   | 'ERR_STORE_TIMEOUT'
   | 'ERR_LOCK_TIMEOUT'
   | 'ERR_DECRYPT'
   | 'ERR_RETRY_LATER'
   | 'ERR_CLOSED'
-  | 'ERR_UNSUPPORTED'
-  | 'ERR_INVALID_TOKEN';
+  | 'ERR_UNSUPPORTED';
 
 /** Options accepted by {@link TokenwardenError}'s constructor. */
 export interface TokenwardenErrorOptions {
