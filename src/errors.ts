@@ -25,6 +25,7 @@
  * | `ERR_OAUTH` | the server answered an OAuth error (`error`, `error_description`, `status`) |
  * | `ERR_LOGIN_REQUIRED` | no usable refresh token for a subject: the user must sign in again |
  * | `ERR_ID_TOKEN_INVALID` | an ID token does not belong to this client or subject |
+ * | `ERR_INVALID_TOKEN` | a token given to us is not a JWT, or failed verification (the `tokenwarden inspect` command) |
  * | `ERR_STORE` | a token store failed (the manager degrades to in-process behaviour) |
  * | `ERR_STORE_TIMEOUT` | a token store did not answer in time |
  * | `ERR_LOCK_TIMEOUT` | another process held the refresh lock for longer than we could wait |
@@ -54,6 +55,7 @@ export type ErrorCode =
   | 'ERR_OAUTH'
   | 'ERR_LOGIN_REQUIRED'
   | 'ERR_ID_TOKEN_INVALID'
+  | 'ERR_INVALID_TOKEN'
   | 'ERR_STORE'
   | 'ERR_STORE_TIMEOUT'
   | 'ERR_LOCK_TIMEOUT'

@@ -1,0 +1,568 @@
+/**
+ * `tokenwarden agent`: a long-running process that keeps every configured token fresh with a
+ * {@link TokenManager} each (background refresh, grace while the authorization server is down, backoff) and
+ * publishes it to its sinks — a file (atomic replace, mode 0600) and, optionally, a loopback HTTP endpoint.
+ *
+ * The contract of a sink: **it holds a valid token, or nothing**. When a token is about to expire without a
+ * replacement (a long outage), the sink file is removed and the endpoint answers 503 until a new token
+ * arrives; on shutdown the sink files are removed too (nobody would remove them once expired). A reader
+ * therefore never gets an expired token: it gets a valid one or a clear "none".
+ *
+ * @module
+ */
+import { randomBytes } from 'node:crypto';
+import { type IncomingMessage, type Server, type ServerResponse, createServer } from 'node:http';
+import { mkdir, open, rename, unlink } from 'node:fs/promises';
+import type { AddressInfo } from 'node:net';
+import { basename, dirname, join } from 'node:path';
+import { type TokenwardenError, isTokenwardenError } from '../errors.js';
+import { TokenManager, isTransient } from '../manager.js';
+import type { RefreshPolicyOptions } from '../policy.js';
+import { clientCredentials } from '../sources/client-credentials.js';
+import type { GrantSource } from '../sources/client.js';
+import type { Token } from '../token.js';
+import { type AgentConfig, type AgentTokenConfig, type SinkConfig, loadAgentConfig, readSecret } from './config.js';
+import { oneLine } from './output.js';
+
+/** The request header every `GET /v1/token/<name>` must carry (`Tokenwarden-Request: 1`). */
+export const REQUEST_HEADER = 'tokenwarden-request';
+
+/** Longest wait for a clean shutdown before the agent exits anyway. */
+const SHUTDOWN_LIMIT_MS = 15_000;
+/**
+ * While a token has no usable token, the agent asks its manager for one this often. The manager turns
+ * that into at most one request per attempt window (it answers at once with the last error inside it, and
+ * honours `Retry-After`), so a down server sees about one request per second from this token, and a
+ * recovered one is used within a second — instead of after the background backoff, which may have grown
+ * to tens of seconds during the outage.
+ */
+const RECOVERY_POLL_MS = 1_000;
+/**
+ * The agent's refresh policy: the library's, but up to 5 minutes ahead of expiry (not 30 s) — continuity is
+ * the agent's whole job, so a one-hour token is replaced 5–6 minutes early, leaving room to ride out an
+ * outage; short tokens are still replaced at about half their life.
+ */
+const AGENT_REFRESH_POLICY: RefreshPolicyOptions = { beforeExpiry: '5m' };
+
+/** A failed sink write is tried again after this long. */
+const SINK_RETRY_MS = 5_000;
+
+/** A JSON-lines logger: `{"time","level","msg",...fields}`. Fields must never hold a token or a secret. */
+export interface Logger {
+  debug(msg: string, fields?: Record<string, unknown>): void;
+  info(msg: string, fields?: Record<string, unknown>): void;
+  warn(msg: string, fields?: Record<string, unknown>): void;
+  error(msg: string, fields?: Record<string, unknown>): void;
+}
+
+/**
+ * A logger writing JSON lines: `debug` and `info` to stdout, `warn` and `error` to stderr.
+ *
+ * @example
+ * ```ts
+ * const log = jsonLogger({ debug: false });
+ * log.info('started', { tokens: ['billing'] }); // {"time":"…","level":"info","msg":"started","tokens":["billing"]}
+ * ```
+ */
+export function jsonLogger(options: { debug: boolean }): Logger {
+  const emit = (level: string, msg: string, fields: Record<string, unknown> = {}): void => {
+    const line = `${JSON.stringify({ time: new Date().toISOString(), level, msg, ...fields })}\n`;
+    (level === 'warn' || level === 'error' ? process.stderr : process.stdout).write(line);
+  };
+  return {
+    debug: (msg, fields) => {
+      if (options.debug) emit('debug', msg, fields);
+    },
+    info: (msg, fields) => emit('info', msg, fields),
+    warn: (msg, fields) => emit('warn', msg, fields),
+    error: (msg, fields) => emit('error', msg, fields),
+  };
+}
+
+/** Log fields for an error: code, message, OAuth error and status. Never a secret (errors hold none). */
+export function errorFields(err: unknown): Record<string, unknown> {
+  if (isTokenwardenError(err)) {
+    return {
+      code: err.code,
+      message: oneLine(err.message),
+      ...(err.error !== undefined && { error: err.error }),
+      ...(err.status !== undefined && { status: err.status }),
+    };
+  }
+  return {
+    code: (err as NodeJS.ErrnoException)?.code ?? 'ERR_INTERNAL',
+    message: oneLine(String((err as Error)?.message ?? err)),
+  };
+}
+
+/** A running agent. */
+export interface RunningAgent {
+  /** The HTTP endpoint's address, when `listen` is configured. */
+  readonly address: AddressInfo | undefined;
+  /** Stops: closes the endpoint and the managers, removes the sink files. */
+  stop(): Promise<void>;
+}
+
+/** One configured token: its manager, its file sink, and the recovery poll. */
+class Entry {
+  readonly sink: FileSink | undefined;
+  readonly #poll: NodeJS.Timeout;
+  #asking = false;
+
+  constructor(
+    readonly name: string,
+    readonly manager: TokenManager,
+    sinkConfig: SinkConfig | undefined,
+    readonly log: Logger,
+  ) {
+    this.sink = sinkConfig && new FileSink(name, sinkConfig, manager, log);
+    manager.on('token', (info) => {
+      log.info('token obtained', {
+        token: name,
+        expires_at: iso(info.expiresAt),
+        refresh_at: iso(info.staleAt),
+        scope: info.scope ?? null,
+      });
+      this.sink?.sync();
+    });
+    manager.on('refreshFailed', ({ error, failures, retryInMs, validUntil }) => {
+      const fields = {
+        token: name,
+        ...errorFields(error),
+        failures,
+        retry_in_ms: retryInMs === undefined ? null : Math.round(retryInMs),
+        valid_until: iso(validUntil),
+      };
+      if (isTransient(error)) log.warn('refresh failed; retrying', fields);
+      else log.error('refresh failed with an error that waiting will not heal; check the configuration', fields);
+    });
+    this.#poll = setInterval(() => this.#recover(), RECOVERY_POLL_MS);
+    this.#poll.unref();
+  }
+
+  /** A usable token: valid, and not within its last moments (see {@link usableToken}). */
+  token(): Token | undefined {
+    return usableToken(this.manager);
+  }
+
+  /** The first token; rejects when the first attempt fails. */
+  start(): Promise<Token> {
+    return this.#ask();
+  }
+
+  /** No usable token (an outage outlived it, or the start failed): ask the manager, which bounds the rate. */
+  #recover(): void {
+    if (this.#asking || this.token() !== undefined) return;
+    this.#ask().catch(() => undefined); // failures are logged through 'refreshFailed'
+  }
+
+  async #ask(): Promise<Token> {
+    this.#asking = true;
+    try {
+      return await this.manager.getToken();
+    } finally {
+      this.#asking = false;
+    }
+  }
+
+  async close(): Promise<void> {
+    clearInterval(this.#poll);
+    await this.manager.close();
+    await this.sink?.close();
+  }
+}
+
+/**
+ * How long before its expiry a token stops being handed out: `min(5 s, 25 % of its lifetime)`. A token with
+ * less left would likely expire on its way to the API — or, if the agent is starved of CPU, before it is
+ * taken out of the sink.
+ */
+export function expiryMarginMs(token: Token): number {
+  if (token.expiresAt === undefined) return 0;
+  return Math.min(5000, Math.max(0, token.expiresAt - token.issuedAt) * 0.25);
+}
+
+/** The manager's token if it is valid beyond {@link expiryMarginMs}; `undefined` otherwise. No I/O. */
+export function usableToken(manager: TokenManager, now = Date.now()): Token | undefined {
+  const { status, token } = manager.peek();
+  if (token === undefined || status === 'expired' || status === 'none') return undefined;
+  if (token.expiresAt !== undefined && token.expiresAt - expiryMarginMs(token) <= now) return undefined;
+  return token;
+}
+
+/**
+ * A file holding the current token: replaced atomically (temp file in the same directory, mode 0600,
+ * fsync, rename), removed when the token runs out without a replacement and when the agent stops.
+ * Writes are serialised and coalesced: the file always ends up with the newest token.
+ */
+class FileSink {
+  /** The access token in the file; `null` when the file is known to be absent; `undefined` when unknown. */
+  #written: string | null | undefined = undefined;
+  #running: Promise<void> | undefined;
+  #again = false;
+  #expiryTimer: NodeJS.Timeout | undefined;
+  #retryTimer: NodeJS.Timeout | undefined;
+  #closed = false;
+  /** The file was removed because a token ran out: say so when a token is back. */
+  #lost = false;
+
+  constructor(
+    readonly name: string,
+    readonly config: SinkConfig,
+    readonly manager: TokenManager,
+    readonly log: Logger,
+  ) {}
+
+  /** Brings the file in line with the manager's token (write, or remove). */
+  sync(): void {
+    if (this.#running !== undefined) {
+      this.#again = true;
+      return;
+    }
+    this.#running = this.#loop().finally(() => {
+      this.#running = undefined;
+    });
+  }
+
+  async #loop(): Promise<void> {
+    do {
+      this.#again = false;
+      await this.#apply();
+    } while (this.#again && !this.#closed);
+  }
+
+  async #apply(): Promise<void> {
+    if (this.#closed) return;
+    const token = usableToken(this.manager);
+    clearTimeout(this.#expiryTimer);
+    try {
+      if (token === undefined) {
+        if (this.#written === null) return;
+        const hadToken = typeof this.#written === 'string';
+        await unlink(this.config.file).catch((err: NodeJS.ErrnoException) => {
+          if (err.code !== 'ENOENT') throw err;
+        });
+        this.#written = null;
+        if (hadToken) {
+          this.#lost = true;
+          this.log.error('no valid token: the sink file was removed until a new token arrives', {
+            token: this.name,
+            file: this.config.file,
+          });
+        }
+        return;
+      }
+      if (token.accessToken !== this.#written) {
+        await writeAtomically(this.config.file, sinkContent(token, this.config.format));
+        this.#written = token.accessToken;
+        if (this.#lost)
+          this.log.info('the sink file holds a valid token again', { token: this.name, file: this.config.file });
+        else this.log.debug('sink written', { token: this.name, file: this.config.file });
+        this.#lost = false;
+      }
+      if (token.expiresAt !== undefined) {
+        // Check again when the token reaches its margin: if no replacement came, the file goes.
+        const at = token.expiresAt - expiryMarginMs(token);
+        this.#expiryTimer = setTimeout(() => this.sync(), Math.max(0, at - Date.now()) + 1);
+        this.#expiryTimer.unref();
+      }
+    } catch (err) {
+      this.log.error('cannot update the sink file; trying again', {
+        token: this.name,
+        file: this.config.file,
+        ...errorFields(err),
+      });
+      clearTimeout(this.#retryTimer);
+      this.#retryTimer = setTimeout(() => this.sync(), SINK_RETRY_MS);
+      this.#retryTimer.unref();
+    }
+  }
+
+  /** Stops updating and removes the file (a token left behind would expire with nobody to remove it). */
+  async close(): Promise<void> {
+    this.#closed = true;
+    clearTimeout(this.#expiryTimer);
+    clearTimeout(this.#retryTimer);
+    await this.#running;
+    if (this.#written === null) return;
+    await unlink(this.config.file).catch(() => undefined);
+  }
+}
+
+function sinkContent(token: Token, format: SinkConfig['format']): string {
+  if (format === 'token') return token.accessToken;
+  return `${JSON.stringify(tokenJson(token))}\n`;
+}
+
+function tokenJson(token: Token): Record<string, unknown> {
+  return {
+    access_token: token.accessToken,
+    token_type: token.tokenType,
+    expires_at: iso(token.expiresAt),
+    expires_in: token.expiresAt === undefined ? null : Math.max(0, Math.floor((token.expiresAt - Date.now()) / 1000)),
+  };
+}
+
+/**
+ * Replaces `file` with `content` so that a reader sees the old file or the new one, never a part: a temp
+ * file (mode 0600, created exclusively) in the same directory, fsync, rename. The directory is created
+ * (0700) if missing.
+ */
+export async function writeAtomically(file: string, content: string): Promise<void> {
+  const dir = dirname(file);
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  const temp = join(dir, `.${basename(file)}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`);
+  const handle = await open(temp, 'wx', 0o600);
+  try {
+    await handle.writeFile(content, 'utf8');
+    await handle.sync();
+    await handle.close();
+    await rename(temp, file);
+  } catch (err) {
+    await handle.close().catch(() => undefined);
+    await unlink(temp).catch(() => undefined);
+    throw err;
+  }
+}
+
+/**
+ * Starts the agent from a validated configuration: one manager per token, sinks, the optional loopback
+ * endpoint. Resolves once every token has had its first attempt. Throws (after cleaning up) when a token
+ * fails with an error that waiting will not heal (a wrong secret, an unknown client); transient failures
+ * (the authorization server is down) are retried in the background.
+ */
+export async function startAgent(config: AgentConfig, log: Logger): Promise<RunningAgent> {
+  const entries = new Map<string, Entry>();
+  for (const [name, token] of Object.entries(config.tokens)) {
+    const manager = new TokenManager({ source: await sourceFor(name, token), refresh: AGENT_REFRESH_POLICY });
+    entries.set(name, new Entry(name, manager, token.sink, log));
+  }
+  // Sinks left by an earlier run may hold expired tokens: until this run has a token, there is none.
+  for (const entry of entries.values()) entry.sink?.sync();
+
+  let server: Server | undefined;
+  let address: AddressInfo | undefined;
+  const stop = async (): Promise<void> => {
+    if (server !== undefined) {
+      const closed = new Promise<void>((resolve) => server?.close(() => resolve()));
+      server.closeAllConnections();
+      await closed;
+    }
+    await Promise.all([...entries.values()].map((e) => e.close()));
+  };
+
+  try {
+    if (config.listen !== undefined) {
+      server = createServer((req, res) => handle(req, res, entries, address as AddressInfo, log));
+      const listening = server;
+      await new Promise<void>((resolve, reject) => {
+        listening.once('error', reject);
+        listening.listen(config.listen?.port, config.listen?.host, () => {
+          listening.off('error', reject);
+          resolve();
+        });
+      });
+      address = server.address() as AddressInfo;
+      log.info('listening', { address: address.address, port: address.port });
+    }
+    const results = await Promise.allSettled([...entries.values()].map((e) => e.start()));
+    const permanent = results.find(
+      (r): r is PromiseRejectedResult =>
+        r.status === 'rejected' && !(isTokenwardenError(r.reason) && isTransient(r.reason as TokenwardenError)),
+    );
+    if (permanent !== undefined) throw permanent.reason;
+  } catch (err) {
+    await stop().catch(() => undefined);
+    throw err;
+  }
+  return { address, stop };
+}
+
+async function sourceFor(name: string, token: AgentTokenConfig): Promise<GrantSource> {
+  const secret =
+    token.clientAuth === 'none'
+      ? undefined
+      : await readSecret(
+          { env: token.clientSecretEnv, file: token.clientSecretFile },
+          `tokens.${name}`,
+          // A readable secret file is worth a warning, not a refusal: the operator may have reasons.
+          (message) =>
+            process.stderr.write(
+              `${JSON.stringify({ time: new Date().toISOString(), level: 'warn', msg: message, token: name })}\n`,
+            ),
+        );
+  return clientCredentials({
+    ...(token.issuer !== undefined && { issuer: token.issuer }),
+    ...(token.tokenEndpoint !== undefined && { tokenEndpoint: token.tokenEndpoint }),
+    clientId: token.clientId,
+    ...(secret !== undefined && { clientSecret: secret }),
+    ...(token.clientAuth !== undefined && { clientAuth: token.clientAuth }),
+    ...(token.scope !== undefined && { scope: token.scope }),
+    ...(token.resource !== undefined && { resource: token.resource }),
+    ...(token.audience !== undefined && { audience: token.audience }),
+    ...(token.timeoutMs !== undefined && { timeout: token.timeoutMs }),
+    allowInsecureRequests: token.allowInsecureRequests === true,
+  });
+}
+
+/**
+ * The loopback endpoint. `GET /v1/health` (200 when every token is valid, else 503) and
+ * `GET /v1/token/<name>` (200 with the token, 503 when none is valid, 404 for an unknown name); nothing else.
+ *
+ * Defences, because any local process can connect to a loopback port: the `Host` header must name the
+ * loopback address (a web page using DNS rebinding cannot); requests with an `Origin` (browsers) are refused;
+ * and the token route needs the `Tokenwarden-Request: 1` header, which a server-side request forgery
+ * (an app tricked into fetching a URL) does not send — the same defence cloud metadata servers use.
+ */
+function handle(
+  req: IncomingMessage,
+  res: ServerResponse,
+  entries: Map<string, Entry>,
+  address: AddressInfo,
+  log: Logger,
+): void {
+  const reply = (status: number, body: Record<string, unknown>, headers: Record<string, string> = {}): void => {
+    res.writeHead(status, {
+      'content-type': 'application/json',
+      'cache-control': 'no-store',
+      'x-content-type-options': 'nosniff',
+      ...headers,
+    });
+    res.end(req.method === 'HEAD' ? undefined : `${JSON.stringify(body)}\n`);
+  };
+  const url = new URL(req.url ?? '/', 'http://agent.invalid');
+  log.debug('request', { method: req.method, path: url.pathname });
+  if (!isLoopbackHost(req.headers.host, address.port)) {
+    reply(403, { error: 'forbidden', message: 'the Host header must name the loopback address' });
+    return;
+  }
+  if (req.headers.origin !== undefined) {
+    reply(403, { error: 'forbidden', message: 'browser requests are not served' });
+    return;
+  }
+  if (req.method !== 'GET' && req.method !== 'HEAD') {
+    reply(405, { error: 'method_not_allowed' }, { allow: 'GET, HEAD' });
+    return;
+  }
+  if (url.pathname === '/v1/health') {
+    const tokens: Record<string, unknown> = {};
+    let healthy = true;
+    for (const [name, entry] of entries) {
+      const token = entry.token();
+      healthy &&= token !== undefined;
+      tokens[name] = { valid: token !== undefined, expires_at: iso(token?.expiresAt) };
+    }
+    reply(healthy ? 200 : 503, { status: healthy ? 'ok' : 'unavailable', tokens });
+    return;
+  }
+  const match = /^\/v1\/token\/([^/]+)$/.exec(url.pathname);
+  if (match === null) {
+    reply(404, { error: 'not_found', message: 'the routes are GET /v1/token/<name> and GET /v1/health' });
+    return;
+  }
+  let name: string;
+  try {
+    name = decodeURIComponent(match[1] as string);
+  } catch {
+    reply(404, { error: 'not_found' });
+    return;
+  }
+  const entry = entries.get(name);
+  if (entry === undefined) {
+    reply(404, { error: 'not_found', message: 'no token is configured under this name' });
+    return;
+  }
+  if (req.headers[REQUEST_HEADER] !== '1') {
+    reply(400, { error: 'missing_header', message: 'send the header "Tokenwarden-Request: 1"' });
+    return;
+  }
+  const token = entry.token();
+  if (token === undefined) {
+    reply(
+      503,
+      { error: 'unavailable', message: 'no valid token right now; the agent keeps trying' },
+      { 'retry-after': '1' },
+    );
+    return;
+  }
+  reply(200, tokenJson(token));
+}
+
+function isLoopbackHost(host: string | undefined, port: number): boolean {
+  if (host === undefined) return false;
+  const names = ['127.0.0.1', 'localhost', '[::1]'];
+  return names.some((name) => host === name || host === `${name}:${port}`) || /^127\.\d+\.\d+\.\d+(:\d+)?$/.test(host);
+}
+
+function iso(ms: number | undefined): string | null {
+  return ms === undefined || !Number.isFinite(ms) ? null : new Date(ms).toISOString();
+}
+
+/**
+ * Runs `tokenwarden agent --config FILE` until SIGTERM or SIGINT; resolves with the exit code (0 after a
+ * clean stop). A second signal during shutdown exits at once.
+ */
+export async function runAgent(configFile: string, options: { debug: boolean }): Promise<number> {
+  const config = await loadAgentConfig(configFile);
+  const log = jsonLogger(options);
+  log.info('starting', {
+    config: config.file,
+    tokens: Object.fromEntries(
+      Object.entries(config.tokens).map(([name, t]) => [
+        name,
+        {
+          issuer: t.issuer ?? null,
+          token_endpoint: t.tokenEndpoint ?? null,
+          client_id: t.clientId,
+          sink: t.sink?.file ?? null,
+        },
+      ]),
+    ),
+    listen: config.listen ? `${config.listen.host}:${config.listen.port}` : null,
+    pid: process.pid,
+  });
+  // Timers of the managers are unref()'d: this keeps the process alive until a signal says stop.
+  const keepAlive = setInterval(() => undefined, 1 << 30);
+  let stopping = false;
+  let signalled!: (signal: string) => void;
+  const signal = new Promise<string>((resolve) => (signalled = resolve));
+  const onSignal = (name: NodeJS.Signals): void => {
+    if (stopping) {
+      log.warn('second signal: exiting without a clean stop', { signal: name });
+      process.exit(1);
+    }
+    stopping = true;
+    signalled(name);
+  };
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+  const detach = (): void => {
+    clearInterval(keepAlive);
+    process.off('SIGTERM', onSignal);
+    process.off('SIGINT', onSignal);
+  };
+  let startError: unknown;
+  const starting = startAgent(config, log).catch((err: unknown) => {
+    startError = err;
+    return undefined;
+  });
+  const first = await Promise.race([starting, signal]);
+  if (first === undefined) {
+    detach();
+    throw startError;
+  }
+  const name = typeof first === 'string' ? first : await signal;
+  log.info('stopping', { signal: name });
+  const limit = setTimeout(() => {
+    log.error('shutdown took too long; exiting', { limit_ms: SHUTDOWN_LIMIT_MS });
+    process.exit(1);
+  }, SHUTDOWN_LIMIT_MS);
+  limit.unref();
+  // A signal during start-up: the start (bounded by request timeouts) finishes first, then everything stops.
+  const agent = await starting;
+  await agent?.stop();
+  clearTimeout(limit);
+  detach();
+  log.info('stopped');
+  return 0;
+}

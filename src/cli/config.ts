@@ -1,0 +1,473 @@
+/**
+ * Configuration of the `tokenwarden` command: where things live (XDG directories), profiles for
+ * `tokenwarden token --profile NAME`, the agent's configuration file, durations, loopback listen
+ * addresses, and reading client secrets from the environment or a file — never from argv or a config file.
+ *
+ * Every problem is a {@link UsageError} (exit code 2) naming the file and the field.
+ *
+ * @module
+ */
+import { readFile, stat } from 'node:fs/promises';
+import { isIP } from 'node:net';
+import { homedir } from 'node:os';
+import { dirname, extname, isAbsolute, join, resolve } from 'node:path';
+import { toMs } from '../duration.js';
+import { UsageError } from './output.js';
+
+/** The client authentication methods the command supports (a secret, or none for a public client). */
+export const AUTH_METHODS = ['client_secret_basic', 'client_secret_post', 'client_secret_jwt', 'none'] as const;
+
+/** One of {@link AUTH_METHODS}. */
+export type CliAuthMethod = (typeof AUTH_METHODS)[number];
+
+/**
+ * A client credentials configuration, as written in a profile or an agent token. The secret is named
+ * (`clientSecretEnv`, `clientSecretFile`), never written here.
+ */
+export interface CredentialConfig {
+  issuer?: string;
+  tokenEndpoint?: string;
+  clientId?: string;
+  /** Name of the environment variable that holds the client secret. */
+  clientSecretEnv?: string;
+  /** File holding the client secret (a trailing newline is ignored); relative to the config file. */
+  clientSecretFile?: string;
+  clientAuth?: CliAuthMethod;
+  scope?: string | string[];
+  resource?: string | string[];
+  audience?: string | string[];
+  allowInsecureRequests?: boolean;
+  /** Time limit per request to the authorization server, milliseconds. */
+  timeoutMs?: number;
+}
+
+/** A profile of `tokenwarden token --profile NAME`: a credential, possibly partial (flags complete it). */
+export interface ProfileConfig extends CredentialConfig {
+  /** Default `--min-ttl`, milliseconds. */
+  minTtlMs?: number;
+}
+
+/** Where the agent writes a token. */
+export interface SinkConfig {
+  /** Absolute path of the file. */
+  file: string;
+  /** `token`: the access token alone (no newline); `json`: `{ access_token, token_type, expires_at }`. */
+  format: 'token' | 'json';
+}
+
+/** One token the agent keeps fresh. */
+export interface AgentTokenConfig extends CredentialConfig {
+  issuer?: string;
+  clientId: string;
+  sink?: SinkConfig;
+}
+
+/** A loopback address and port for the agent's HTTP endpoint. */
+export interface ListenAddress {
+  host: string;
+  port: number;
+}
+
+/** The agent's configuration file, validated. */
+export interface AgentConfig {
+  /** The file it was read from, absolute. */
+  file: string;
+  tokens: Record<string, AgentTokenConfig>;
+  listen?: ListenAddress;
+}
+
+const CREDENTIAL_FIELDS = [
+  'issuer',
+  'tokenEndpoint',
+  'clientId',
+  'clientSecretEnv',
+  'clientSecretFile',
+  'clientAuth',
+  'scope',
+  'resource',
+  'audience',
+  'allowInsecureRequests',
+  'timeout',
+] as const;
+
+/** `$XDG_CONFIG_HOME/tokenwarden`, else `~/.config/tokenwarden`. */
+export function configDir(env: NodeJS.ProcessEnv = process.env): string {
+  return join(xdg(env, 'XDG_CONFIG_HOME', '.config'), 'tokenwarden');
+}
+
+/** `$XDG_CACHE_HOME/tokenwarden`, else `~/.cache/tokenwarden`. */
+export function cacheDir(env: NodeJS.ProcessEnv = process.env): string {
+  return join(xdg(env, 'XDG_CACHE_HOME', '.cache'), 'tokenwarden');
+}
+
+function xdg(env: NodeJS.ProcessEnv, name: string, fallback: string): string {
+  const value = env[name];
+  // The XDG specification: a relative path is invalid and must be ignored.
+  if (value !== undefined && value !== '' && isAbsolute(value)) return value;
+  const home = env['HOME'] || homedir();
+  return join(home, fallback);
+}
+
+/**
+ * Parses a duration from the command line or a config file: `'90s'`, `'5m'`, `'1h'`, `'250ms'`, or a bare
+ * number of **seconds**. Returns milliseconds.
+ *
+ * @example
+ * ```ts
+ * parseDuration('5m', '--min-ttl'); // 300000
+ * parseDuration('30', '--min-ttl'); // 30000
+ * ```
+ */
+export function parseDuration(value: unknown, name: string): number {
+  if (typeof value === 'number' || (typeof value === 'string' && /^\s*\d+(\.\d+)?\s*$/.test(value))) {
+    const seconds = Number(value);
+    if (Number.isFinite(seconds) && seconds >= 0) return seconds * 1000;
+  } else if (typeof value === 'string') {
+    try {
+      return toMs(value as `${number}s`, name);
+    } catch {
+      // the message below
+    }
+  }
+  throw new UsageError(`${name} must be a duration like 90s, 5m, 1h or a number of seconds`);
+}
+
+/**
+ * Reads a JSON file, or a YAML file (`.yaml`, `.yml`; the `yaml` package is loaded only then). Syntax
+ * errors name the position, never quote the content (it might hold something secret).
+ */
+export async function readConfigFile(file: string): Promise<unknown> {
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    throw new UsageError(
+      `cannot read the configuration file ${file}${code ? ` (${code})` : ''}`,
+      'check the path and its permissions',
+    );
+  }
+  const ext = extname(file).toLowerCase();
+  if (ext === '.yaml' || ext === '.yml') {
+    const { parse, YAMLParseError } = await import('yaml');
+    try {
+      return parse(text, { prettyErrors: false });
+    } catch (err) {
+      if (err instanceof YAMLParseError) {
+        const at = err.linePos?.[0];
+        throw new UsageError(
+          `${file} is not valid YAML${at ? ` (line ${at.line}, column ${at.col})` : ''}: ${err.code}`,
+          'fix the syntax',
+        );
+      }
+      throw new UsageError(`${file} is not valid YAML`, 'fix the syntax');
+    }
+  }
+  try {
+    return JSON.parse(text) as unknown;
+  } catch (err) {
+    const position = /position (\d+)/.exec(String((err as Error).message))?.[1];
+    const where = position === undefined ? '' : ` (${lineCol(text, Number(position))})`;
+    throw new UsageError(`${file} is not valid JSON${where}`, 'fix the syntax (a .yaml or .yml file is read as YAML)');
+  }
+}
+
+function lineCol(text: string, position: number): string {
+  const before = text.slice(0, position).split('\n');
+  return `line ${before.length}, column ${(before.at(-1)?.length ?? 0) + 1}`;
+}
+
+/**
+ * Finds the profiles file: `config.json`, `config.yaml` or `config.yml` in {@link configDir}, the first
+ * that exists. `undefined` when there is none.
+ */
+export async function findProfilesFile(env: NodeJS.ProcessEnv = process.env): Promise<string | undefined> {
+  const dir = configDir(env);
+  for (const name of ['config.json', 'config.yaml', 'config.yml']) {
+    const file = join(dir, name);
+    if (
+      await stat(file).then(
+        (s) => s.isFile(),
+        () => false,
+      )
+    )
+      return file;
+  }
+  return undefined;
+}
+
+/**
+ * Loads profile `name` from the profiles file (`{ "profiles": { "<name>": { "issuer", "clientId", … } } }`).
+ *
+ * @example
+ * ```ts
+ * const profile = await loadProfile('billing'); // ProfileConfig, paths resolved
+ * ```
+ */
+export async function loadProfile(name: string, env: NodeJS.ProcessEnv = process.env): Promise<ProfileConfig> {
+  const file = await findProfilesFile(env);
+  if (file === undefined) {
+    throw new UsageError(
+      `profile '${name}' not found: there is no config.json, config.yaml or config.yml in ${configDir(env)}`,
+      'create one with { "profiles": { "NAME": { "issuer": …, "clientId": … } } }',
+    );
+  }
+  const data = await readConfigFile(file);
+  const root = object(data, file, '(top level)');
+  allowOnly(root, ['profiles'], file, '');
+  const profiles = object(root['profiles'] ?? {}, file, 'profiles');
+  const raw = profiles[name];
+  if (raw === undefined) {
+    const known = Object.keys(profiles);
+    throw new UsageError(
+      `profile '${name}' is not in ${file}`,
+      known.length ? `known profiles: ${known.join(', ')}` : 'add it under "profiles"',
+    );
+  }
+  const where = `profiles.${name}`;
+  const entry = object(raw, file, where);
+  allowOnly(entry, [...CREDENTIAL_FIELDS, 'minTtl'], file, where);
+  const profile: ProfileConfig = parseCredential(entry, file, where);
+  if (entry['minTtl'] !== undefined) profile.minTtlMs = fieldDuration(entry['minTtl'], file, `${where}.minTtl`);
+  return profile;
+}
+
+/**
+ * Loads and validates the agent's configuration file:
+ * `{ "tokens": { "<name>": { "issuer", "clientId", "clientSecretEnv" | "clientSecretFile", "scope", "resource",
+ * "audience", "allowInsecureRequests", "sink": { "file": "…", "format": "token" | "json" } } }, "listen": "127.0.0.1:PORT" }`.
+ *
+ * @example
+ * ```ts
+ * const config = await loadAgentConfig('/etc/tokenwarden/agent.json');
+ * ```
+ */
+export async function loadAgentConfig(file: string): Promise<AgentConfig> {
+  const path = resolve(file);
+  const root = object(await readConfigFile(path), path, '(top level)');
+  allowOnly(root, ['tokens', 'listen'], path, '');
+  const rawTokens = object(root['tokens'], path, 'tokens');
+  const names = Object.keys(rawTokens);
+  if (names.length === 0) throw new UsageError(`${path}: tokens is empty`, 'configure at least one token');
+  const listen = root['listen'] === undefined ? undefined : parseListen(root['listen'], `${path}: listen`);
+  const tokens: Record<string, AgentTokenConfig> = {};
+  for (const name of names) {
+    const where = `tokens.${name}`;
+    if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(name)) {
+      throw new UsageError(
+        `${path}: the token name '${name.slice(0, 64)}' is not allowed`,
+        'use 1–64 characters of A–Z, a–z, 0–9, ".", "_" or "-", starting with a letter or digit',
+      );
+    }
+    const entry = object(rawTokens[name], path, where);
+    allowOnly(entry, [...CREDENTIAL_FIELDS, 'sink'], path, where);
+    const credential = parseCredential(entry, path, where);
+    requireCredential(credential, `${path}: ${where}`);
+    const token: AgentTokenConfig = { ...credential, clientId: credential.clientId as string };
+    if (entry['sink'] !== undefined) token.sink = parseSink(entry['sink'], path, `${where}.sink`);
+    if (token.sink === undefined && listen === undefined) {
+      throw new UsageError(
+        `${path}: ${where} has no sink and there is no listen address, so nobody could read this token`,
+        `add "sink": { "file": "…" } to ${where}, or a top-level "listen": "127.0.0.1:PORT"`,
+      );
+    }
+    tokens[name] = token;
+  }
+  const sinks = Object.values(tokens).flatMap((t) => (t.sink ? [t.sink.file] : []));
+  const duplicate = sinks.find((f, i) => sinks.indexOf(f) !== i);
+  if (duplicate !== undefined) throw new UsageError(`${path}: two tokens write the same sink file ${duplicate}`);
+  return { file: path, tokens, ...(listen && { listen }) };
+}
+
+/** Checks that a credential names a server and a client; a `UsageError` otherwise. */
+export function requireCredential(credential: CredentialConfig, where: string): void {
+  if (credential.issuer === undefined && credential.tokenEndpoint === undefined) {
+    throw new UsageError(`${where}: issuer or tokenEndpoint is required`);
+  }
+  if (credential.clientId === undefined) throw new UsageError(`${where}: clientId is required`);
+  if (credential.clientAuth !== 'none' && !credential.clientSecretEnv && !credential.clientSecretFile) {
+    throw new UsageError(
+      `${where}: clientSecretEnv or clientSecretFile is required`,
+      'name the environment variable or the file that holds the client secret (or set clientAuth to none for a public client)',
+    );
+  }
+}
+
+function parseCredential(entry: Record<string, unknown>, file: string, where: string): CredentialConfig {
+  const out: CredentialConfig = {};
+  const str = (name: string): string | undefined => {
+    const value = entry[name];
+    if (value === undefined) return undefined;
+    if (typeof value !== 'string' || value === '') {
+      throw new UsageError(`${file}: ${where}.${name} must be a non-empty string`);
+    }
+    return value;
+  };
+  const list = (name: string): string | string[] | undefined => {
+    const value = entry[name];
+    if (value === undefined) return undefined;
+    if (typeof value === 'string' && value !== '') return value;
+    if (Array.isArray(value) && value.length > 0 && value.every((v) => typeof v === 'string' && v !== '')) {
+      return value as string[];
+    }
+    throw new UsageError(`${file}: ${where}.${name} must be a string or an array of strings`);
+  };
+  if ('clientSecret' in entry) {
+    throw new UsageError(
+      `${file}: ${where}.clientSecret is not allowed: a secret does not belong in a configuration file`,
+      'use clientSecretEnv (the name of an environment variable) or clientSecretFile (a file only the service can read)',
+    );
+  }
+  const issuer = str('issuer');
+  const tokenEndpoint = str('tokenEndpoint');
+  const clientId = str('clientId');
+  const clientSecretEnv = str('clientSecretEnv');
+  const clientSecretFile = str('clientSecretFile');
+  if (issuer !== undefined) out.issuer = issuer;
+  if (tokenEndpoint !== undefined) out.tokenEndpoint = tokenEndpoint;
+  if (clientId !== undefined) out.clientId = clientId;
+  if (clientSecretEnv !== undefined) {
+    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(clientSecretEnv)) {
+      throw new UsageError(`${file}: ${where}.clientSecretEnv must be the name of an environment variable`);
+    }
+    out.clientSecretEnv = clientSecretEnv;
+  }
+  if (clientSecretFile !== undefined) out.clientSecretFile = resolve(dirname(file), clientSecretFile);
+  if (clientSecretEnv !== undefined && clientSecretFile !== undefined) {
+    throw new UsageError(`${file}: ${where} has both clientSecretEnv and clientSecretFile`, 'keep one');
+  }
+  const clientAuth = str('clientAuth');
+  if (clientAuth !== undefined) {
+    if (!(AUTH_METHODS as readonly string[]).includes(clientAuth)) {
+      throw new UsageError(`${file}: ${where}.clientAuth must be one of ${AUTH_METHODS.join(', ')}`);
+    }
+    out.clientAuth = clientAuth as CliAuthMethod;
+  }
+  for (const name of ['scope', 'resource', 'audience'] as const) {
+    const value = list(name);
+    if (value !== undefined) out[name] = value;
+  }
+  const insecure = entry['allowInsecureRequests'];
+  if (insecure !== undefined) {
+    if (typeof insecure !== 'boolean')
+      throw new UsageError(`${file}: ${where}.allowInsecureRequests must be true or false`);
+    out.allowInsecureRequests = insecure;
+  }
+  if (entry['timeout'] !== undefined) out.timeoutMs = fieldDuration(entry['timeout'], file, `${where}.timeout`);
+  return out;
+}
+
+function parseSink(raw: unknown, file: string, where: string): SinkConfig {
+  const sink = object(raw, file, where);
+  allowOnly(sink, ['file', 'format'], file, where);
+  if (typeof sink['file'] !== 'string' || sink['file'] === '') {
+    throw new UsageError(`${file}: ${where}.file must be a path`);
+  }
+  const format = sink['format'] ?? 'token';
+  if (format !== 'token' && format !== 'json') throw new UsageError(`${file}: ${where}.format must be token or json`);
+  return { file: resolve(dirname(file), sink['file']), format };
+}
+
+function fieldDuration(value: unknown, file: string, where: string): number {
+  try {
+    return parseDuration(value, where);
+  } catch (err) {
+    throw new UsageError(`${file}: ${(err as Error).message}`);
+  }
+}
+
+/**
+ * Parses a listen address and refuses anything but loopback: `127.0.0.1:8790`, `[::1]:8790`,
+ * `localhost:8790` (read as `127.0.0.1`). Port 0 picks a free port.
+ *
+ * @example
+ * ```ts
+ * parseListen('127.0.0.1:8790', 'listen'); // { host: '127.0.0.1', port: 8790 }
+ * ```
+ */
+export function parseListen(value: unknown, where: string): ListenAddress {
+  if (typeof value !== 'string') throw new UsageError(`${where} must be a string like "127.0.0.1:8790"`);
+  const match = /^(?:\[([^\]]+)\]|([^:[\]]+)):(\d{1,5})$/.exec(value.trim());
+  if (!match) throw new UsageError(`${where} must look like "127.0.0.1:8790" or "[::1]:8790"`);
+  const rawHost = (match[1] ?? match[2]) as string;
+  const port = Number(match[3]);
+  if (port > 65_535) throw new UsageError(`${where}: port ${port} is out of range`);
+  const host = rawHost.toLowerCase() === 'localhost' ? '127.0.0.1' : rawHost;
+  const loopback = (isIP(host) === 4 && host.startsWith('127.')) || (isIP(host) === 6 && isLoopbackV6(host));
+  if (!loopback) {
+    throw new UsageError(
+      `${where}: ${rawHost} is not a loopback address; the token endpoint only listens on 127.0.0.1 or ::1`,
+      'anyone who can reach the port can take the tokens: use a loopback address and a file sink for other hosts',
+    );
+  }
+  return { host, port };
+}
+
+function isLoopbackV6(host: string): boolean {
+  return /^(0{0,4}:){2,7}0{0,3}1$/.test(host) || host === '::1';
+}
+
+/**
+ * Reads a client secret from an environment variable or a file (its trailing newline removed). A file that
+ * others may read triggers `warn`. `what` names where the setting came from, for messages.
+ */
+export async function readSecret(
+  from: { env?: string | undefined; file?: string | undefined },
+  what: string,
+  warn: (message: string) => void,
+  env: NodeJS.ProcessEnv = process.env,
+): Promise<string> {
+  if (from.file !== undefined) {
+    let text: string;
+    try {
+      const info = await stat(from.file);
+      if (!info.isFile()) throw Object.assign(new Error('not a file'), { code: 'ENOTFILE' });
+      if ((info.mode & 0o077) !== 0) {
+        warn(
+          `the client secret file ${from.file} can be read by other users (mode ${(info.mode & 0o777).toString(8)}): chmod 600 it`,
+        );
+      }
+      text = await readFile(from.file, 'utf8');
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      throw new UsageError(
+        `cannot read the client secret file ${from.file} (${what})${code ? `: ${code}` : ''}`,
+        'check the path and that this user can read it',
+      );
+    }
+    const secret = text.replace(/[\r\n]+$/, '');
+    if (secret === '') throw new UsageError(`the client secret file ${from.file} (${what}) is empty`);
+    return secret;
+  }
+  if (from.env !== undefined) {
+    const secret = env[from.env];
+    if (secret === undefined || secret === '') {
+      throw new UsageError(
+        `the environment variable ${from.env} (${what}) is not set or empty`,
+        `export ${from.env} with the client secret`,
+      );
+    }
+    return secret;
+  }
+  throw new UsageError(`no client secret (${what})`);
+}
+
+function object(value: unknown, file: string, where: string): Record<string, unknown> {
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) {
+    throw new UsageError(`${file}: ${where} must be an object`);
+  }
+  // A field set to null (a template's empty value) counts as absent.
+  return Object.fromEntries(Object.entries(value).filter(([, v]) => v !== null));
+}
+
+function allowOnly(entry: Record<string, unknown>, allowed: readonly string[], file: string, where: string): void {
+  for (const key of Object.keys(entry)) {
+    if (key === 'clientSecret') continue; // refused with its own message
+    if (!allowed.includes(key)) {
+      throw new UsageError(
+        `${file}: unknown field ${where ? `${where}.` : ''}${key.slice(0, 64)}`,
+        `allowed here: ${allowed.join(', ')}`,
+      );
+    }
+  }
+}
