@@ -4,16 +4,18 @@
  * One row per key: `(key, value, version, expires_at)`. Compare-and-set is a single conditional
  * `INSERT … ON CONFLICT … WHERE` or `UPDATE … WHERE version = $n`, atomic under PostgreSQL's row locking.
  *
- * The refresh lock is a session-level advisory lock (`pg_try_advisory_lock`) on a pooled connection
- * held until release, rather than `pg_advisory_xact_lock` in a transaction: a refresh is an HTTP round
- * trip, and keeping a transaction open across it would hold a snapshot and trip
- * `idle_in_transaction_session_timeout`; a session lock needs only the connection. A holder that crashes
- * loses its connection and PostgreSQL frees the lock at once; a holder that lives on releases it when
- * its lease (`ttlMs`) ends, by a timer.
+ * The refresh lock is a lease row in `<table>_locks` — `(key, owner, expires_at)`, taken by one
+ * `INSERT … ON CONFLICT DO UPDATE … WHERE expires_at <= now()` and released by a compare-and-delete on the
+ * owner — rather than an advisory lock or `SELECT … FOR UPDATE`: both of those hold a connection (and, for
+ * `FOR UPDATE`, a transaction with its snapshot) for the whole refresh, an HTTP round trip. With many
+ * subjects refreshing at once (per-user tokens) that exhausts the pool, and session advisory locks do not
+ * survive a transaction-pooling PgBouncer. A lease needs no connection while held; a crashed holder's lock
+ * is taken over when its lease (`ttlMs`) ends, as with Redis. Times come from the database's clock, so
+ * hosts with skewed clocks agree.
  *
  * @module
  */
-import { createHash } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import type { Pool, PoolClient, PoolConfig } from 'pg';
 import { type Duration, toMs } from '../duration.js';
@@ -102,6 +104,8 @@ const IDENTIFIER = /^[A-Za-z_][A-Za-z0-9_]{0,62}$/;
 export class PostgresStore extends EventEmitter<StoreEvents> implements TokenStore {
   /** The quoted, possibly schema-qualified table name. */
   readonly table: string;
+  /** The table of refresh-lock leases (`<table>_locks`). */
+  readonly lockTable: string;
   readonly #tableName: string;
   readonly #options: PostgresStoreOptions;
   readonly #codec: Codec;
@@ -132,13 +136,15 @@ export class PostgresStore extends EventEmitter<StoreEvents> implements TokenSto
     }
     this.#tableName = table;
     this.table = parts.map((p) => `"${p}"`).join('.');
+    const locks = [...parts.slice(0, -1), `${(parts.at(-1) as string).slice(0, 57)}_locks`];
+    this.lockTable = locks.map((p) => `"${p}"`).join('.');
     this.#options = options;
     this.#codec = new Codec(options.encryptionKey);
     this.#timeoutMs = toMs(options.timeout ?? DEFAULT_TIMEOUT_MS, 'timeout');
   }
 
   /**
-   * Creates the table (and its expiry index) if missing. Idempotent and safe to run from many processes
+   * Creates the table (and its expiry index) and the lock table if missing. Idempotent and safe to run from many processes
    * at once (serialised by an advisory transaction lock). Runs by itself on first use unless
    * `createTable: false`.
    *
@@ -169,6 +175,14 @@ export class PostgresStore extends EventEmitter<StoreEvents> implements TokenSto
         client,
         `CREATE INDEX IF NOT EXISTS "${`${name}_expires_at`.slice(0, 63)}" ON ${this.table} (expires_at)
          WHERE expires_at IS NOT NULL`,
+      );
+      await this.#query(
+        client,
+        `CREATE TABLE IF NOT EXISTS ${this.lockTable} (
+          key text PRIMARY KEY,
+          owner text NOT NULL,
+          expires_at timestamptz NOT NULL
+        )`,
       );
       await this.#query(client, 'COMMIT');
       client.release();
@@ -233,22 +247,19 @@ export class PostgresStore extends EventEmitter<StoreEvents> implements TokenSto
     checkKey(key);
     const ttlMs = checkTtl(options.ttlMs, 'ttlMs') as number;
     const deadline = Date.now() + Math.max(0, options.waitMs);
-    const id = lockId('lock', `${this.#tableName}\u0000${key}`);
-    const pool = await this.#connect();
+    const owner = randomUUID();
     for (let attempt = 0; ; attempt++) {
       throwIfAborted(options.signal);
       this.#check();
-      const client = await this.#client(pool);
-      let taken: boolean;
-      try {
-        const { rows } = await this.#query(client, 'SELECT pg_try_advisory_lock($1::bigint) AS ok', [id]);
-        taken = (rows[0] as { ok: boolean } | undefined)?.ok === true;
-      } catch (err) {
-        client.release(true); // we do not know whether the lock was taken: dropping the session frees it
-        throw err;
-      }
-      if (taken) return this.#holding(key, id, client, ttlMs);
-      client.release();
+      const { rows } = await this.#run(
+        `INSERT INTO ${this.lockTable} AS l (key, owner, expires_at)
+           VALUES ($1, $2, now() + $3::bigint * interval '1 millisecond')
+         ON CONFLICT (key) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at
+           WHERE l.expires_at <= now()
+         RETURNING owner`,
+        [key, owner, Math.ceil(ttlMs)],
+      );
+      if (rows.length === 1) return this.#holding(key, owner);
       const now = Date.now();
       if (now >= deadline) return undefined;
       // Waiters in this process are woken at once on release; other processes' releases are polled.
@@ -272,27 +283,18 @@ export class PostgresStore extends EventEmitter<StoreEvents> implements TokenSto
     if (this.#closed) throw closedError();
   }
 
-  #holding(key: string, id: string, client: PoolClient, ttlMs: number): StoreLock {
-    const onError = (): void => undefined; // a broken connection surfaces on release; its lock is gone with it
-    client.on('error', onError);
+  #holding(key: string, owner: string): StoreLock {
     const lock: StoreLock = {
       release: async () => {
         if (!this.#held.delete(lock)) return;
-        clearTimeout(lease);
-        try {
-          const { rows } = await this.#query(client, 'SELECT pg_advisory_unlock($1::bigint) AS ok', [id]);
-          client.off('error', onError);
-          client.release((rows[0] as { ok: boolean } | undefined)?.ok === true ? undefined : true);
-        } catch {
-          client.off('error', onError);
-          client.release(true); // the session ends, and the lock with it
-        }
+        // Only our own lease is removed (a lease that ran out may belong to someone else by now); a
+        // failure leaves it to run out.
+        await this.#run(`DELETE FROM ${this.lockTable} WHERE key = $1 AND owner = $2`, [key, owner]).catch(
+          () => undefined,
+        );
         this.#waiters.notify(key);
       },
     };
-    // A lease: a holder that is alive but stuck gives the lock up when ttlMs ends.
-    const lease = setTimeout(() => void lock.release(), ttlMs);
-    lease.unref();
     this.#held.add(lock);
     return lock;
   }
@@ -331,7 +333,11 @@ export class PostgresStore extends EventEmitter<StoreEvents> implements TokenSto
     const pool = await this.#connect();
     // Checked first so that a role without CREATE privilege can use a table made for it.
     const { rows } = await bounded(
-      () => pool.query('SELECT to_regclass($1) IS NOT NULL AS present', [this.table]),
+      () =>
+        pool.query('SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL AS present', [
+          this.table,
+          this.lockTable,
+        ]),
       this.#timeoutMs,
       'postgres query',
     );
@@ -344,6 +350,9 @@ export class PostgresStore extends EventEmitter<StoreEvents> implements TokenSto
     if (now - this.#lastSweep < 10 * 60_000) return;
     this.#lastSweep = now;
     void this.#run(`DELETE FROM ${this.table} WHERE expires_at < now() - interval '1 minute'`, []).catch(
+      () => undefined,
+    );
+    void this.#run(`DELETE FROM ${this.lockTable} WHERE expires_at < now() - interval '1 minute'`, []).catch(
       () => undefined,
     );
   }

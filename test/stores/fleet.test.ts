@@ -44,7 +44,7 @@ afterAll(async () => {
   }
   if (postgresAvailable) {
     const pool = new pg.Pool({ connectionString: DATABASE_URL, max: 1 });
-    await pool.query(`DROP TABLE IF EXISTS ${table}`);
+    await pool.query(`DROP TABLE IF EXISTS ${table}, ${table}_locks`);
     await pool.end();
   }
 });

@@ -12,7 +12,7 @@ const tables = [table];
 
 afterAll(async () => {
   if (!admin) return;
-  for (const t of tables) await admin.query(`DROP TABLE IF EXISTS ${t}`);
+  for (const t of tables) await admin.query(`DROP TABLE IF EXISTS ${t}, ${t}_locks`);
   await admin.end();
 });
 
@@ -68,19 +68,29 @@ describe.skipIf(!postgresAvailable)('PostgresStore with PostgreSQL', () => {
     await pool.end();
   });
 
-  it('a holder whose connection dies (a crashed process) frees the lock at once', async () => {
+  it('a crashed holder’s lock is taken over when its lease ends, and holds no connection meanwhile', async () => {
     const name = `tw-crash-${randomBytes(4).toString('hex')}`;
     const taker = new PostgresStore({ connectionString: DATABASE_URL, table, poolOptions: { application_name: name } });
     const store = new PostgresStore({ connectionString: DATABASE_URL, table });
-    const held = await taker.lock('crash', { ttlMs: 600_000, waitMs: 0 });
+    const held = await taker.lock('crash', { ttlMs: 1500, waitMs: 0 });
     expect(held).toBeDefined();
-    expect(await store.lock('crash', { ttlMs: 1000, waitMs: 100 })).toBeUndefined();
-    // The holder's session ends as it would when its process is killed.
+    // The holder's process dies: its connections go, and it never releases.
     await admin!.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1', [name]);
+    expect(await store.lock('crash', { ttlMs: 1000, waitMs: 100 })).toBeUndefined();
     const next = await store.lock('crash', { ttlMs: 1000, waitMs: 5000 });
     expect(next).toBeDefined();
     await next?.release();
-    await taker.close(); // its release fails quietly: the session is gone
+    await store.close();
+  });
+
+  it('many locks held at once do not use up the pool (20 leases on a pool of 2 connections)', async () => {
+    const store = new PostgresStore({ connectionString: DATABASE_URL, table, poolOptions: { max: 2 } });
+    const locks = await Promise.all(
+      Array.from({ length: 20 }, (_, i) => store.lock(`many-${i}`, { ttlMs: 10_000, waitMs: 1000 })),
+    );
+    expect(locks.every((l) => l !== undefined)).toBe(true);
+    expect(await store.get('many-0')).toBeUndefined(); // reads still get a connection
+    await Promise.all(locks.map((l) => l?.release()));
     await store.close();
   });
 

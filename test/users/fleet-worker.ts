@@ -32,7 +32,7 @@ export interface WorkerResult {
 }
 
 const config = JSON.parse(process.argv[2] as string) as WorkerConfig;
-const store = await openStore(config.store);
+const store = openStore(config.store);
 const users = new UserTokens({
   issuer: config.issuer,
   clientId: config.clientId,

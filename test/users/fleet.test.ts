@@ -14,7 +14,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type TestAuthorizationServer, startAuthorizationServer } from '../support/authorization-server.js';
 import type { WorkerConfig, WorkerResult } from './fleet-worker.js';
 import { subjectOf, usersFor } from './helpers.js';
-import { type StoreSpec, openStore, storeFactories } from './stores.js';
+import { type StoreSpec, cleanupStores, openStore, storeFactories } from './stores.js';
 
 const worker = fileURLToPath(new URL('./fleet-worker.ts', import.meta.url));
 
@@ -67,6 +67,7 @@ for (const factory of storeFactories.filter((f) => f.shared)) {
     });
     afterAll(async () => {
       await as?.close();
+      await cleanupStores();
     });
 
     const config = (mode: WorkerConfig['mode'], subjects: string[], durationMs = 0): WorkerConfig => ({
@@ -81,7 +82,7 @@ for (const factory of storeFactories.filter((f) => f.shared)) {
     });
 
     it('4 processes × 3 users every 20 ms for 8 s: no error, expired or wrong token; ≤ 33 refreshes; then revoke', async () => {
-      const store = await openStore(spec);
+      const store = openStore(spec);
       const users = usersFor(as, { store });
       const subjects = ['alice', 'bob', 'carol'];
       for (const subject of subjects) await users.save(subject, await as.login(subject));
@@ -115,7 +116,7 @@ for (const factory of storeFactories.filter((f) => f.shared)) {
     }, 60_000);
 
     it('3 processes × 12 users for 4 s: every user refreshed by one process at a time', async () => {
-      const store = await openStore(spec);
+      const store = openStore(spec);
       const users = usersFor(as, { store });
       const subjects = Array.from({ length: 12 }, (_, i) => `user-${i}`);
       for (const subject of subjects) await users.save(subject, await as.login(subject));

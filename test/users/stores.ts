@@ -1,21 +1,24 @@
 /**
- * The stores the UserTokens suites run on. A store is described by a JSON-able spec so that child
- * processes of the fleet test can open the same one.
- *
- * TODO(stores merge): `tokenwarden/redis` (src/stores/redis.ts) and `tokenwarden/postgres` are being built
- * on the `stores` branch. The Redis entry below turns itself on once src/stores/redis.ts exists (it assumes
- * the `new RedisStore({ url })` of the acceptance check); add PostgreSQL the same way.
+ * The stores the UserTokens suites run on: every TokenStore tokenwarden ships. A store is described by a
+ * JSON-able spec so that child processes of the fleet test open the same one. Redis keys and PostgreSQL
+ * tables are this run's own (random prefix / table) and removed by `cleanupStores()`.
  */
-import { existsSync } from 'node:fs';
-import { mkdtemp } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { FileStore } from '../../src/stores/file.js';
 import { MemoryStore } from '../../src/stores/memory.js';
+import { PostgresStore } from '../../src/stores/postgres.js';
+import { RedisStore } from '../../src/stores/redis.js';
 import type { TokenStore } from '../../src/stores/store.js';
-import { REDIS_URL, redisAvailable } from '../support/services.js';
-import { SharedFileStore } from '../support/shared-file-store.js';
+import { DATABASE_URL, REDIS_URL, postgresAvailable, redisAvailable } from '../support/services.js';
 
-export type StoreSpec = { kind: 'memory' } | { kind: 'shared-file'; dir: string } | { kind: 'redis'; url: string };
+export type StoreSpec =
+  | { kind: 'memory' }
+  | { kind: 'file'; dir: string }
+  | { kind: 'redis'; url: string; prefix: string }
+  | { kind: 'postgres'; connectionString: string; table: string };
 
 export interface StoreFactory {
   readonly name: string;
@@ -26,41 +29,77 @@ export interface StoreFactory {
   spec(): Promise<StoreSpec>;
 }
 
-const redisModule = new URL('../../src/stores/redis.ts', import.meta.url);
+const run = randomBytes(6).toString('hex');
+const prefix = `tw-test-users:${run}:`;
+const table = `tw_test_users_${run}`;
+const dirs: string[] = [];
 
 export const storeFactories: StoreFactory[] = [
   { name: 'MemoryStore', skip: undefined, shared: false, spec: async () => ({ kind: 'memory' }) },
   {
-    name: 'shared file store (test stand-in)',
+    name: 'FileStore',
     skip: undefined,
     shared: true,
-    spec: async () => ({ kind: 'shared-file', dir: await mkdtemp(join(tmpdir(), 'tw-users-')) }),
+    spec: async () => {
+      const dir = await mkdtemp(join(tmpdir(), 'tw-users-'));
+      dirs.push(dir);
+      return { kind: 'file', dir };
+    },
   },
   {
     name: 'RedisStore',
-    skip: !existsSync(redisModule)
-      ? 'src/stores/redis.ts is not on this branch yet (stores issue)'
-      : !redisAvailable
-        ? 'Redis is not reachable'
-        : undefined,
+    skip: redisAvailable ? undefined : 'Redis is not reachable',
     shared: true,
-    spec: async () => ({ kind: 'redis', url: REDIS_URL }),
+    spec: async () => ({ kind: 'redis', url: REDIS_URL, prefix }),
+  },
+  {
+    name: 'PostgresStore',
+    skip: postgresAvailable ? undefined : 'PostgreSQL is not reachable',
+    shared: true,
+    spec: async () => ({ kind: 'postgres', connectionString: DATABASE_URL, table }),
   },
 ];
 
-/** Opens the store a spec describes (in this process). */
-export async function openStore(spec: StoreSpec): Promise<TokenStore> {
-  switch (spec.kind) {
-    case 'memory':
-      return new MemoryStore({ max: 100_000 });
-    case 'shared-file':
-      return new SharedFileStore(spec.dir);
-    case 'redis': {
-      // Loaded by path so that this branch type-checks before the Redis store exists.
-      const { RedisStore } = (await import(redisModule.href)) as {
-        RedisStore: new (options: { url: string }) => TokenStore;
-      };
-      return new RedisStore({ url: spec.url });
+const opened: TokenStore[] = [];
+
+/** Opens the store a spec describes (in this process); `cleanupStores()` closes it. */
+export function openStore(spec: StoreSpec): TokenStore {
+  const store = ((): TokenStore => {
+    switch (spec.kind) {
+      case 'memory':
+        return new MemoryStore({ max: 100_000 });
+      case 'file':
+        return new FileStore({ path: spec.dir });
+      case 'redis':
+        return new RedisStore({ url: spec.url, prefix: spec.prefix });
+      case 'postgres':
+        return new PostgresStore({ connectionString: spec.connectionString, table: spec.table });
     }
+  })();
+  opened.push(store);
+  return store;
+}
+
+/** Closes the stores opened here and removes this run's Redis keys, PostgreSQL table and directories. */
+export async function cleanupStores(): Promise<void> {
+  await Promise.all(opened.splice(0).map((store) => store.close().catch(() => undefined)));
+  await Promise.all(dirs.splice(0).map((dir) => rm(dir, { recursive: true, force: true })));
+  if (redisAvailable) {
+    const { Redis } = await import('ioredis');
+    const admin = new Redis(REDIS_URL);
+    let cursor = '0';
+    do {
+      const [next, keys] = await admin.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 500);
+      if (keys.length > 0) await admin.del(...keys);
+      cursor = next;
+    } while (cursor !== '0');
+    admin.disconnect();
+  }
+  if (postgresAvailable) {
+    const { default: pg } = await import('pg');
+    const admin = new pg.Client({ connectionString: DATABASE_URL });
+    await admin.connect();
+    await admin.query(`DROP TABLE IF EXISTS ${table}, ${table}_locks`);
+    await admin.end();
   }
 }

@@ -11,7 +11,7 @@ import {
   startAuthorizationServer,
 } from '../support/authorization-server.js';
 import { hsIdToken, msUntilExpiry, sleep, subjectOf, syntheticResponse, untilExpired, usersFor } from './helpers.js';
-import { openStore, storeFactories } from './stores.js';
+import { cleanupStores, openStore, storeFactories } from './stores.js';
 
 let as: TestAuthorizationServer;
 /** Five-minute tokens: for tests that must not see a token expire on a loaded machine. */
@@ -25,6 +25,7 @@ beforeAll(async () => {
 });
 afterAll(async () => {
   await Promise.all([as.close(), steady.close()]);
+  await cleanupStores();
 });
 
 const refreshes = (): number => as.counts.byGrant['refresh_token'] ?? 0;
