@@ -353,7 +353,9 @@ export async function startAgent(config: AgentConfig, log: Logger): Promise<Runn
 
   try {
     if (config.listen !== undefined) {
-      server = createServer((req, res) => handle(req, res, entries, address as AddressInfo, log));
+      server = createServer((req, res) =>
+        handle(req, res, entries, address as AddressInfo, log, config.requireRequestHeader === true),
+      );
       const listening = server;
       await new Promise<void>((resolve, reject) => {
         listening.once('error', reject);
@@ -411,8 +413,9 @@ async function sourceFor(name: string, token: AgentTokenConfig): Promise<GrantSo
  *
  * Defences, because any local process can connect to a loopback port: the `Host` header must name the
  * loopback address (a web page using DNS rebinding cannot); requests with an `Origin` (browsers) are refused;
- * and the token route needs the `Tokenwarden-Request: 1` header, which a server-side request forgery
- * (an app tricked into fetching a URL) does not send — the same defence cloud metadata servers use.
+ * and with `requireRequestHeader` the token route needs the `Tokenwarden-Request: 1` header, which a
+ * server-side request forgery (an app tricked into fetching a URL) does not send — the defence cloud
+ * metadata servers use, opt-in as in Vault Agent.
  */
 function handle(
   req: IncomingMessage,
@@ -420,6 +423,7 @@ function handle(
   entries: Map<string, Entry>,
   address: AddressInfo,
   log: Logger,
+  requireHeader: boolean,
 ): void {
   const reply = (status: number, body: Record<string, unknown>, headers: Record<string, string> = {}): void => {
     res.writeHead(status, {
@@ -472,7 +476,7 @@ function handle(
     reply(404, { error: 'not_found', message: 'no token is configured under this name' });
     return;
   }
-  if (req.headers[REQUEST_HEADER] !== '1') {
+  if (requireHeader && req.headers[REQUEST_HEADER] !== '1') {
     reply(400, { error: 'missing_header', message: 'send the header "Tokenwarden-Request: 1"' });
     return;
   }

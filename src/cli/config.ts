@@ -74,6 +74,11 @@ export interface AgentConfig {
   file: string;
   tokens: Record<string, AgentTokenConfig>;
   listen?: ListenAddress;
+  /**
+   * Serve `GET /v1/token/<name>` only to requests carrying `Tokenwarden-Request: 1` (a defence against
+   * server-side request forgery, like Vault Agent's `require_request_header`). Default `false`.
+   */
+  requireRequestHeader?: boolean;
 }
 
 const CREDENTIAL_FIELDS = [
@@ -235,7 +240,8 @@ export async function loadProfile(name: string, env: NodeJS.ProcessEnv = process
 /**
  * Loads and validates the agent's configuration file:
  * `{ "tokens": { "<name>": { "issuer", "clientId", "clientSecretEnv" | "clientSecretFile", "scope", "resource",
- * "audience", "allowInsecureRequests", "sink": { "file": "…", "format": "token" | "json" } } }, "listen": "127.0.0.1:PORT" }`.
+ * "audience", "allowInsecureRequests", "sink": { "file": "…", "format": "token" | "json" } } }, "listen": "127.0.0.1:PORT",
+ * "requireRequestHeader": false }`.
  *
  * @example
  * ```ts
@@ -245,7 +251,11 @@ export async function loadProfile(name: string, env: NodeJS.ProcessEnv = process
 export async function loadAgentConfig(file: string): Promise<AgentConfig> {
   const path = resolve(file);
   const root = object(await readConfigFile(path), path, '(top level)');
-  allowOnly(root, ['tokens', 'listen'], path, '');
+  allowOnly(root, ['tokens', 'listen', 'requireRequestHeader'], path, '');
+  const requireRequestHeader = root['requireRequestHeader'];
+  if (requireRequestHeader !== undefined && typeof requireRequestHeader !== 'boolean') {
+    throw new UsageError(`${path}: requireRequestHeader must be true or false`);
+  }
   const rawTokens = object(root['tokens'], path, 'tokens');
   const names = Object.keys(rawTokens);
   if (names.length === 0) throw new UsageError(`${path}: tokens is empty`, 'configure at least one token');
@@ -276,7 +286,12 @@ export async function loadAgentConfig(file: string): Promise<AgentConfig> {
   const sinks = Object.values(tokens).flatMap((t) => (t.sink ? [t.sink.file] : []));
   const duplicate = sinks.find((f, i) => sinks.indexOf(f) !== i);
   if (duplicate !== undefined) throw new UsageError(`${path}: two tokens write the same sink file ${duplicate}`);
-  return { file: path, tokens, ...(listen && { listen }) };
+  return {
+    file: path,
+    tokens,
+    ...(listen && { listen }),
+    ...(requireRequestHeader === true && { requireRequestHeader }),
+  };
 }
 
 /** Checks that a credential names a server and a client; a `UsageError` otherwise. */

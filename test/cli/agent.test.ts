@@ -99,6 +99,17 @@ function startAgentProcess(args: string[], env: Record<string, string>): Agent {
 }
 
 describe('tokenwarden agent', () => {
+  it('with requireRequestHeader, serves the token only to requests that carry Tokenwarden-Request: 1', async () => {
+    const home = await tempHome();
+    const { file } = await agentConfig(home.dir, { requireRequestHeader: true });
+    const agent = startAgentProcess(['agent', '--config', file], { ...home.env, SVC_SECRET: secret });
+    const port = (await agent.waitForLog((l) => l['msg'] === 'listening'))['port'] as number;
+    await agent.waitForLog((l) => l['msg'] === 'token obtained');
+    expect((await httpGet(port, '/v1/token/svc')).status, 'without the request header').toBe(400);
+    expect((await httpGet(port, '/v1/token/svc', { 'tokenwarden-request': '1' })).status).toBe(200);
+    expect((await agent.stop()).code).toBe(0);
+  });
+
   it('keeps the sink file holding a valid token for 6 s, serves it on loopback, stops on SIGTERM', async () => {
     const home = await tempHome();
     const { file, sink } = await agentConfig(home.dir);
@@ -117,7 +128,7 @@ describe('tokenwarden agent', () => {
     expect((await stat(join(home.dir, 'run'))).mode & 0o777).toBe(0o700);
 
     // The loopback endpoint.
-    const ok = await httpGet(port, '/v1/token/svc', { 'tokenwarden-request': '1' });
+    const ok = await httpGet(port, '/v1/token/svc');
     expect(ok.status).toBe(200);
     expect(ok.headers['cache-control']).toBe('no-store');
     const body = JSON.parse(ok.body) as Record<string, unknown>;
@@ -127,7 +138,6 @@ describe('tokenwarden agent', () => {
     const health = await httpGet(port, '/v1/health');
     expect(health.status).toBe(200);
     expect(JSON.parse(health.body)).toMatchObject({ status: 'ok', tokens: { svc: { valid: true } } });
-    expect((await httpGet(port, '/v1/token/svc')).status, 'without the request header').toBe(400);
     expect((await httpGet(port, '/v1/token/other', { 'tokenwarden-request': '1' })).status).toBe(404);
     expect((await httpGet(port, '/v1/tokens')).status).toBe(404);
     expect((await httpGet(port, '/v1/token/svc', { 'tokenwarden-request': '1' }, 'POST')).status).toBe(405);
