@@ -24,6 +24,7 @@ import {
 } from './policy.js';
 import type { TokenSource } from './sources/source.js';
 import { MemoryStore } from './stores/memory.js';
+import { bounded, releaseLate } from './stores/shared.js';
 import type { StoreRecord, TokenStore } from './stores/store.js';
 import { type Token, type TokenStatus, isValid, parseStoredToken, remainingMs, serializeToken } from './token.js';
 
@@ -653,18 +654,9 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
     call: (store: TokenStore) => Promise<T>,
   ): Promise<T | typeof STORE_FAILED> {
     const limit = operation === 'lock' ? this.#lockWaitMs + this.#storeTimeoutMs : this.#storeTimeoutMs;
-    let timer: NodeJS.Timeout | undefined;
     try {
-      const result = await Promise.race([
-        call(this.store),
-        new Promise<never>((_, reject) => {
-          timer = setTimeout(
-            () => reject(new TokenwardenError('ERR_STORE_TIMEOUT', `store ${operation} took longer than ${limit} ms`)),
-            limit,
-          );
-          timer.unref();
-        }),
-      ]);
+      // A lock that arrives after the limit is released at once rather than held until its lease ends.
+      const result = await bounded(() => call(this.store), limit, `store ${operation}`, releaseLate);
       if (this.#storeDown) {
         this.#storeDown = false;
         this.emit('storeRecovered', { key: this.key });
@@ -674,13 +666,8 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
       if (isTokenwardenError(err, 'ERR_CLOSED') && this.#closed) throw err;
       if (this.#closing.signal.aborted && operation === 'lock') throw this.#closing.signal.reason as Error;
       this.#storeDown = true;
-      const error = isTokenwardenError(err)
-        ? err
-        : new TokenwardenError('ERR_STORE', `store ${operation} failed`, { cause: err });
-      this.emit('storeError', { key: this.key, operation, error });
+      this.emit('storeError', { key: this.key, operation, error: err as TokenwardenError });
       return STORE_FAILED;
-    } finally {
-      clearTimeout(timer);
     }
   }
 

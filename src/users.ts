@@ -22,6 +22,7 @@ import { type RefreshPolicy, type RefreshPolicyOptions, backoffDelay, resolvePol
 import { type ClientOptions, OAuthClient } from './sources/client.js';
 import { toTokenwardenError } from './sources/errors.js';
 import { MemoryStore } from './stores/memory.js';
+import { bounded, releaseLate } from './stores/shared.js';
 import type { StoreLock, TokenStore } from './stores/store.js';
 import { type Token, toToken, tokenFromResponse } from './token.js';
 
@@ -1265,18 +1266,9 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
     call: (store: TokenStore) => Promise<T>,
   ): Promise<StoreResult<T>> {
     const limit = operation === 'lock' ? this.#lockWaitMs + this.#storeTimeoutMs : this.#storeTimeoutMs;
-    let timer: NodeJS.Timeout | undefined;
     try {
-      const value = await Promise.race([
-        call(this.store),
-        new Promise<never>((_, reject) => {
-          timer = setTimeout(
-            () => reject(new TokenwardenError('ERR_STORE_TIMEOUT', `store ${operation} took longer than ${limit} ms`)),
-            limit,
-          );
-          timer.unref();
-        }),
-      ]);
+      // A lock that arrives after the limit is released at once rather than held until its lease ends.
+      const value = await bounded(() => call(this.store), limit, `store ${operation}`, releaseLate);
       if (this.#storeDown) {
         this.#storeDown = false;
         this.emit('storeRecovered');
@@ -1284,13 +1276,9 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
       return { ok: true, value };
     } catch (err) {
       if (this.#closing.signal.aborted) throw this.#closing.signal.reason as Error;
-      const error = isTokenwardenError(err)
-        ? err
-        : new TokenwardenError('ERR_STORE', `store ${operation} failed`, { cause: err });
+      const error = err as TokenwardenError;
       this.#storeFailed(subject, operation, error);
       return { ok: false, error };
-    } finally {
-      clearTimeout(timer);
     }
   }
 

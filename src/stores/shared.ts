@@ -60,6 +60,19 @@ export async function bounded<T>(
 }
 
 /**
+ * The `onLate` of {@link bounded} for any store call: if what arrives late is a lock, release it.
+ *
+ * @example
+ * ```ts
+ * await bounded(() => store.lock(key, options), limit, 'store lock', releaseLate);
+ * ```
+ */
+export function releaseLate(value: unknown): void {
+  const release = (value as { release?: unknown } | null | undefined)?.release;
+  if (typeof release === 'function') void (release as () => Promise<void>).call(value).catch(() => undefined);
+}
+
+/**
  * Wraps anything thrown by a driver or the file system into a `TokenwardenError` (`ERR_STORE`). Messages
  * name the operation and, for errors with a `code` (errno, SQLSTATE), that code — never the driver's
  * message, which may quote a connection string.
