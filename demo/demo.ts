@@ -1,10 +1,14 @@
 /**
  * `npm run demo`: a real OAuth 2.0 authorization server (oidc-provider) on loopback issuing 6-second tokens,
- * two workers sharing one TokenManager store, a stream of getToken() calls, and an authorization-server
- * outage ridden out on the still-valid token. Ends by itself after ~25 s (or on Ctrl-C) with a summary.
+ * two workers sharing one token through a FileStore (as two processes on one host would), a stream of
+ * getToken() calls, an authorization-server outage ridden out on the still-valid token, and a restart that
+ * continues with the stored token. Ends by itself after ~25 s (or on Ctrl-C) with a summary.
  */
 import { createHash } from 'node:crypto';
-import { MemoryStore, TokenManager, type TokenStore, clientCredentials } from '../src/index.js';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { FileStore, TokenManager, clientCredentials } from '../src/index.js';
 import { startAuthorizationServer } from '../test/support/authorization-server.js';
 
 const TOKEN_TTL_S = 6;
@@ -30,10 +34,11 @@ const say = (text: string) => console.log(`${color.dim}${clock()}${color.off}  $
 
 console.log(`${color.bold}tokenwarden demo${color.off}`);
 console.log(`authorization server: oidc-provider at ${as.issuer}, ${TOKEN_TTL_S} s client-credentials tokens`);
-console.log(`two workers share one store; each calls getToken() as fast as it can. Ctrl-C stops.\n`);
+const dir = await mkdtemp(join(tmpdir(), 'tokenwarden-demo-'));
+console.log(`two workers share one FileStore (${dir}); each calls getToken() as fast as it can. Ctrl-C stops.\n`);
 
-// One store shared by both workers: in a real fleet this is a FileStore, RedisStore or PostgresStore.
-const store: TokenStore = new MemoryStore();
+// One store shared by both workers, as by two processes on one host (across hosts: RedisStore, PostgresStore).
+const store = new FileStore({ path: dir });
 const options = {
   issuer: as.issuer,
   clientId: as.clients.svc.clientId,
@@ -118,6 +123,16 @@ const timer = setTimeout(stop, RUN_MS);
 await Promise.all([...workers.map(work), status(), outage()]);
 clearTimeout(timer);
 
+// A restart: a new manager on the same store continues with the stored token instead of asking the AS.
+await Promise.all(workers.map((w) => w.manager.close()));
+const requestsBefore = as.counts.token;
+const restarted = new TokenManager({ source: clientCredentials(options), store });
+const again = await restarted.getToken();
+say(
+  `after a restart: token ${fingerprint(again.accessToken)} read from the store, ${as.counts.token - requestsBefore} request(s) to the AS`,
+);
+await restarted.close();
+
 const calls = workers.reduce((n, w) => n + w.calls, 0);
 const failures = workers.reduce((n, w) => n + w.failures, 0);
 const expired = workers.reduce((n, w) => n + w.expired, 0);
@@ -134,7 +149,7 @@ console.log(`  expired tokens served     ${expired}`);
 console.log(
   `  outage ridden out         ${outageStarted ? `${OUTAGE_MS / 1000} s, callers kept the still-valid token` : 'stopped before the outage'}`,
 );
-await Promise.all(workers.map((w) => w.manager.close()));
 await store.close();
+await rm(dir, { recursive: true, force: true });
 await as.close();
 process.exit(failures === 0 && expired === 0 ? 0 : 1);
