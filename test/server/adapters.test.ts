@@ -107,6 +107,8 @@ const harnesses: Record<string, (routes: Route[]) => Promise<Running>> = {
   },
 };
 
+const ALGS = 'algs="RS256 RS384 RS512 PS256 PS384 PS512 ES256 ES384 ES512 EdDSA Ed25519"';
+
 interface Answer {
   status: number;
   headers: Record<string, string | string[] | undefined>;
@@ -173,16 +175,18 @@ describe.each(Object.keys(harnesses))('%s adapter', (name) => {
     expect(res.body).toEqual({ uid: 'svc', scopes: ['read'] });
   });
 
-  it('401 with a bare Bearer challenge when there is no token', async () => {
+  it('401 offering Bearer and DPoP when there is no token (RFC 9449 §7.2)', async () => {
     for (const headers of [[], [['authorization', 'Basic dXNlcjpwYXNz']]] as [string, string][][]) {
       const res = await send(`${app.url}/read`, headers);
       expect(res.status).toBe(401);
-      expect(res.headers['www-authenticate']).toBe('Bearer realm="api"');
+      expect(res.headers['www-authenticate']).toBe(`Bearer realm="api", DPoP realm="api", ${ALGS}`);
       expect(res.headers['cache-control']).toBe('no-store');
       expect(res.headers['content-type']).toMatch(/^application\/json/);
       expect(res.body).toEqual({ error: 'missing_token', error_description: 'bearer token required' });
     }
-    expect((await send(`${app.url}/realm`)).headers['www-authenticate']).toBe('Bearer realm="orders"');
+    expect((await send(`${app.url}/realm`)).headers['www-authenticate']).toBe(
+      `Bearer realm="orders", DPoP realm="orders", ${ALGS}`,
+    );
   });
 
   it('401 invalid_token for a bad or expired token', async () => {
