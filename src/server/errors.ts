@@ -1,7 +1,7 @@
 /**
- * Verification failures and how they are answered over HTTP (RFC 6750 §3): the one place that turns a
- * {@link VerifyFailure} into a status, a `WWW-Authenticate` challenge and a JSON body. Every framework
- * adapter calls {@link failureResponse}; none formats a challenge of its own.
+ * Verification failures and how they are answered over HTTP (RFC 6750 §3, RFC 9449 §7.1): the one place
+ * that turns a {@link VerifyFailure} into a status, a `WWW-Authenticate` challenge and a JSON body. Every
+ * framework adapter calls {@link failureResponse}; none formats a challenge of its own.
  *
  * @module
  */
@@ -11,9 +11,11 @@
  *
  * | error | status | when |
  * | --- | --- | --- |
- * | `missing_token` | 401 | no bearer token in the request (the challenge then carries no `error`, RFC 6750 §3.1) |
+ * | `missing_token` | 401 | no token in the request, or one with a scheme the verifier does not take (the challenge then carries no `error`, RFC 6750 §3.1) |
  * | `invalid_request` | 400 | malformed `Authorization` header, or a token sent in more than one place |
- * | `invalid_token` | 401 | the token is malformed, expired, not yet valid, badly signed, inactive, for another audience… |
+ * | `invalid_token` | 401 | the token is malformed, expired, not yet valid, badly signed, inactive, for another audience, bound to a key (`cnf`) but presented as `Bearer`, or not bound to the key of its DPoP proof… |
+ * | `invalid_dpop_proof` | 401 | a `DPoP` token without its proof, or with a bad one: signature, `typ`, `alg`, key, `htm`, `htu`, `iat`, `ath`, a replayed `jti` (RFC 9449 §7.1) |
+ * | `use_dpop_nonce` | 401 | the verifier wants a server nonce in the proof; the answer carries it in `DPoP-Nonce` (RFC 9449 §9) |
  * | `insufficient_scope` | 403 | the token is valid but lacks a required scope, or the claim check refused it |
  * | `temporarily_unavailable` | 503 | the token could not be checked: the authorization server, its JWKS or its introspection endpoint is unreachable, slow or broken |
  *
@@ -27,7 +29,32 @@
  * ```
  */
 export type VerifyErrorCode =
-  'missing_token' | 'invalid_request' | 'invalid_token' | 'insufficient_scope' | 'temporarily_unavailable';
+  | 'missing_token'
+  | 'invalid_request'
+  | 'invalid_token'
+  | 'invalid_dpop_proof'
+  | 'use_dpop_nonce'
+  | 'insufficient_scope'
+  | 'temporarily_unavailable';
+
+/**
+ * What a challenge says about DPoP (RFC 9449 §7.1): the proof algorithms the verifier accepts (`algs`),
+ * whether it refuses bearer tokens, and the server nonce to send in `DPoP-Nonce`. The verifier attaches
+ * it to failures whose challenge mentions DPoP.
+ *
+ * @example
+ * ```ts
+ * const dpop: DPoPChallenge = { algs: ['ES256', 'EdDSA'], required: true };
+ * challenge({ ...failure('missing_token', 'DPoP token required'), dpop }); // 'DPoP realm="api", algs="ES256 EdDSA"'
+ * ```
+ */
+export interface DPoPChallenge {
+  readonly algs: readonly string[];
+  /** Bearer tokens are refused: challenges name only `DPoP`. */
+  readonly required?: boolean;
+  /** The nonce the client must put in its next proofs, sent as `DPoP-Nonce`. */
+  readonly nonce?: string;
+}
 
 /**
  * A refused verification. `description` is a short fixed string: never a token, a secret or text from
@@ -45,12 +72,18 @@ export interface VerifyFailure {
   readonly status: 400 | 401 | 403 | 503;
   /** For `insufficient_scope`: the scope(s) the request needs, space-separated. */
   readonly scope?: string;
+  /** `'DPoP'` when the token came with the DPoP scheme: the challenge answers in that scheme. */
+  readonly scheme?: 'Bearer' | 'DPoP';
+  /** The verifier's DPoP support, when the challenge should mention it. */
+  readonly dpop?: DPoPChallenge;
 }
 
 const STATUS: Record<VerifyErrorCode, VerifyFailure['status']> = {
   missing_token: 401,
   invalid_request: 400,
   invalid_token: 401,
+  invalid_dpop_proof: 401,
+  use_dpop_nonce: 401,
   insufficient_scope: 403,
   temporarily_unavailable: 503,
 };
@@ -103,10 +136,13 @@ export interface ChallengeOptions {
 }
 
 /**
- * The `WWW-Authenticate` value for a failure (RFC 6750 §3): `Bearer realm="api"` when no token was sent,
- * `Bearer realm="api", error="invalid_token", error_description="token expired"` for a bad one, and
- * `scope="…"` added for `insufficient_scope`. Returns `undefined` for `temporarily_unavailable`, which is
- * not a challenge.
+ * The `WWW-Authenticate` value for a failure (RFC 6750 §3, RFC 9449 §7.1): `Bearer realm="api"` when no
+ * token was sent, `Bearer realm="api", error="invalid_token", error_description="token expired"` for a bad
+ * one, and `scope="…"` added for `insufficient_scope`. A failure of a token presented with `DPoP` is
+ * answered in that scheme, with the accepted proof algorithms: `DPoP realm="api", error="invalid_dpop_proof",
+ * error_description="…", algs="ES256 …"`. When the verifier accepts DPoP, a request without a token is
+ * offered both schemes, `Bearer realm="api", DPoP realm="api", algs="…"` (only `DPoP` when it is
+ * required). Returns `undefined` for `temporarily_unavailable`, which is not a challenge.
  *
  * @example
  * ```ts
@@ -116,17 +152,24 @@ export interface ChallengeOptions {
  */
 export function challenge(result: VerifyFailure, options: ChallengeOptions = {}): string | undefined {
   if (result.error === 'temporarily_unavailable') return undefined;
-  const parts = [`realm="${safeText(options.realm ?? 'api')}"`];
-  if (result.error !== 'missing_token') {
-    parts.push(`error="${result.error}"`, `error_description="${safeText(result.description)}"`);
-    if (result.scope !== undefined) parts.push(`scope="${safeText(result.scope)}"`);
+  const realm = `realm="${safeText(options.realm ?? 'api')}"`;
+  const dpop = result.dpop;
+  const algs = dpop === undefined ? [] : [`algs="${safeText(dpop.algs.join(' '))}"`];
+  if (result.error === 'missing_token') {
+    if (dpop === undefined) return result.scheme === 'DPoP' ? `DPoP ${realm}` : `Bearer ${realm}`;
+    const offer = ['DPoP', [realm, ...algs].join(', ')].join(' ');
+    return dpop.required === true ? offer : `Bearer ${realm}, ${offer}`;
   }
+  const parts = [realm, `error="${result.error}"`, `error_description="${safeText(result.description)}"`];
+  if (result.scope !== undefined) parts.push(`scope="${safeText(result.scope)}"`);
+  if (result.scheme === 'DPoP') return `DPoP ${[...parts, ...algs].join(', ')}`;
   return `Bearer ${parts.join(', ')}`;
 }
 
 /**
  * Status, headers and JSON body for a failure: what every adapter sends. `Cache-Control: no-store` is
- * always set; `WWW-Authenticate` for 400/401/403; `Retry-After` for 503.
+ * always set; `WWW-Authenticate` for 400/401/403; `Retry-After` for 503; `DPoP-Nonce` when the failure
+ * carries a server nonce (`use_dpop_nonce`).
  *
  * @example
  * ```ts
@@ -139,6 +182,7 @@ export function failureResponse(result: VerifyFailure, options: ChallengeOptions
   const value = challenge(result, options);
   if (value !== undefined) headers['www-authenticate'] = value;
   else headers['retry-after'] = '5';
+  if (result.dpop?.nonce !== undefined) headers['dpop-nonce'] = result.dpop.nonce;
   return {
     status: result.status,
     headers,

@@ -1,7 +1,8 @@
 /**
- * Finding the bearer token in a request (RFC 6750 §2): the `Authorization` header by default; the
- * `access_token` query parameter and form body field only when enabled. A request that carries a token in
- * more than one place, or two `Authorization` headers, is an `invalid_request`.
+ * Finding the access token in a request (RFC 6750 §2, RFC 9449 §7.1): the `Authorization` header by default
+ * (`Bearer`, and `DPoP` when the verifier accepts DPoP); the `access_token` query parameter and form body
+ * field only when enabled (always bearer). A request that carries a token in more than one place, or two
+ * `Authorization` headers, is an `invalid_request`.
  *
  * @module
  */
@@ -33,8 +34,12 @@ export interface NodeRequestLike {
   headers: Record<string, string | string[] | undefined>;
   rawHeaders?: string[];
   url?: string;
+  /** The URL before a router rewrote `url` (Express, connect and Fastify set it); read for DPoP's `htu`. */
+  originalUrl?: string;
   method?: string;
   body?: unknown;
+  /** The connection: a TLS socket (`encrypted: true`) tells an HTTPS request from an HTTP one, for DPoP's `htu`. */
+  socket?: object | null;
 }
 
 /**
@@ -51,8 +56,19 @@ export interface NodeRequestLike {
  */
 export type VerifyInput = string | Request | NodeRequestLike | null | undefined;
 
+/** The `Authorization` schemes a token may be presented with. */
+export type TokenScheme = 'Bearer' | 'DPoP';
+
+/** A token found in a request, and the scheme it came with (`Bearer` for a raw token, a query or body one). */
+export interface PresentedToken {
+  token: string;
+  scheme: TokenScheme;
+}
+
 const NO_TOKEN = failure('missing_token', 'bearer token required');
 const MALFORMED_HEADER = failure('invalid_request', 'malformed Authorization header');
+const MALFORMED_DPOP_HEADER: VerifyFailure = { ...MALFORMED_HEADER, scheme: 'DPoP' };
+const BEARER_ONLY: readonly TokenScheme[] = ['Bearer'];
 const TWO_HEADERS = failure('invalid_request', 'more than one Authorization header');
 const TWO_TOKENS = failure('invalid_request', 'bearer token sent in more than one place');
 const TOO_LARGE = failure('invalid_token', 'token too large');
@@ -61,7 +77,8 @@ const TOO_LARGE = failure('invalid_token', 'token too large');
  * Returns the one bearer token in `input`, or the failure that explains why there is none. `body` is a
  * parsed form body (an object, `URLSearchParams` or `FormData`), used when `'body'` is enabled.
  * Header values longer than `maxLength` (plus room for the scheme) are refused before they are parsed; the
- * caller checks the token's own length and syntax.
+ * caller checks the token's own length and syntax. Only the `Bearer` scheme is read: a `DPoP` token needs
+ * its proof checked, which the verifier does.
  *
  * @example
  * ```ts
@@ -74,21 +91,36 @@ export function extractToken(
   options: { locations: readonly TokenLocation[]; maxLength: number },
   body?: unknown,
 ): string | VerifyFailure {
+  const found = extractPresented(input, { ...options, schemes: BEARER_ONLY }, body);
+  return 'token' in found ? found.token : found;
+}
+
+/**
+ * The one token in `input` with the scheme it was presented with (`schemes` lists the `Authorization`
+ * schemes read; others count as no token), or the failure that explains why there is none.
+ */
+export function extractPresented(
+  input: VerifyInput,
+  options: { locations: readonly TokenLocation[]; maxLength: number; schemes: readonly TokenScheme[] },
+  body?: unknown,
+): PresentedToken | VerifyFailure {
   if (input === null || input === undefined) return NO_TOKEN;
   if (typeof input === 'string') {
     if (input.length > options.maxLength + 64) return TOO_LARGE;
     // A raw token has no space; anything else is a header value.
-    if (input.includes(' ') || input.toLowerCase() === 'bearer')
-      return fromHeader(input, options.maxLength) ?? NO_TOKEN;
-    return input === '' ? NO_TOKEN : input;
+    const lower = input.toLowerCase();
+    if (input.includes(' ') || lower === 'bearer' || lower === 'dpop') {
+      return fromHeader(input, options.maxLength, options.schemes) ?? NO_TOKEN;
+    }
+    return input === '' ? NO_TOKEN : { token: input, scheme: 'Bearer' };
   }
-  const found: string[] = [];
+  const found: PresentedToken[] = [];
   if (options.locations.includes('header')) {
     const header = authorizationHeader(input);
     if (typeof header === 'object') return header;
     if (header !== undefined) {
-      const token = fromHeader(header, options.maxLength);
-      if (typeof token === 'object') return token;
+      const token = fromHeader(header, options.maxLength, options.schemes);
+      if (token !== undefined && 'error' in token) return token;
       if (token !== undefined) found.push(token);
     }
   }
@@ -96,17 +128,16 @@ export function extractToken(
     const url = input.url;
     if (typeof url === 'string' && url.includes('access_token=')) {
       const values = new URL(url, 'http://localhost').searchParams.getAll('access_token');
-      found.push(...values);
+      for (const token of values) found.push({ token, scheme: 'Bearer' });
     }
   }
   if (options.locations.includes('body')) {
-    const values = bodyTokens(input, body);
-    found.push(...values);
+    for (const token of bodyTokens(input, body)) found.push({ token, scheme: 'Bearer' });
   }
   if (found.length > 1) return TWO_TOKENS;
-  const [token] = found;
-  if (token === undefined) return NO_TOKEN;
-  return token === '' ? MALFORMED_HEADER : token;
+  const [presented] = found;
+  if (presented === undefined) return NO_TOKEN;
+  return presented.token === '' ? MALFORMED_HEADER : presented;
 }
 
 /**
@@ -172,20 +203,26 @@ function authorizationHeader(input: Request | NodeRequestLike): string | VerifyF
 }
 
 /**
- * The token in a header value, `undefined` when the header uses another scheme (`Basic …`), or a failure
- * when it is malformed. The length is checked before anything else looks at the value.
+ * The token in a header value, `undefined` when the header uses a scheme not in `schemes` (`Basic …`), or
+ * a failure when it is malformed. The length is checked before anything else looks at the value.
  */
-function fromHeader(value: string, maxLength: number): string | VerifyFailure | undefined {
+function fromHeader(
+  value: string,
+  maxLength: number,
+  schemes: readonly TokenScheme[],
+): PresentedToken | VerifyFailure | undefined {
   if (value.length > maxLength + 64) return TOO_LARGE;
   const trimmed = value.trim();
   const space = trimmed.indexOf(' ');
-  const scheme = space < 0 ? trimmed : trimmed.slice(0, space);
-  if (scheme.toLowerCase() !== 'bearer') return undefined;
-  if (space < 0) return MALFORMED_HEADER;
+  const name = (space < 0 ? trimmed : trimmed.slice(0, space)).toLowerCase();
+  const scheme = name === 'bearer' ? 'Bearer' : name === 'dpop' ? 'DPoP' : undefined;
+  if (scheme === undefined || !schemes.includes(scheme)) return undefined;
+  const malformed = scheme === 'DPoP' ? MALFORMED_DPOP_HEADER : MALFORMED_HEADER;
+  if (space < 0) return malformed;
   const token = trimmed.slice(space + 1).trimStart();
   // One token, no parameters: "Bearer a b" and "Bearer a, Bearer b" (merged duplicate headers) are malformed.
-  if (token === '' || /[\s,]/.test(token)) return MALFORMED_HEADER;
-  return token;
+  if (token === '' || /[\s,]/.test(token)) return malformed;
+  return { token, scheme };
 }
 
 function bodyTokens(input: Request | NodeRequestLike, parsed: unknown): string[] {
@@ -204,4 +241,33 @@ function bodyTokens(input: Request | NodeRequestLike, parsed: unknown): string[]
 
 function headerValue(value: string | string[] | undefined): string | undefined {
   return Array.isArray(value) ? value[0] : value;
+}
+
+/**
+ * The values of the request's `DPoP` headers (RFC 9449 §4.3: there must be exactly one). Repeated headers
+ * that a runtime merged into one value are split again at the comma, which no compact JWT contains.
+ */
+export function dpopHeaders(input: Request | NodeRequestLike): string[] {
+  let values: string[];
+  if (isFetchRequest(input)) {
+    const value = input.headers.get('dpop');
+    values = value === null ? [] : [value];
+  } else if (Array.isArray(input.rawHeaders)) {
+    values = [];
+    const raw = input.rawHeaders;
+    for (let i = 0; i < raw.length; i += 2) {
+      const name = raw[i] as string;
+      if (name.length === 4 && name.toLowerCase() === 'dpop') values.push(raw[i + 1] ?? '');
+    }
+  } else {
+    const value = input.headers['dpop'];
+    values = value === undefined ? [] : Array.isArray(value) ? value : [value];
+  }
+  return values.flatMap((v) => v.split(','));
+}
+
+/** The first value of a request header (names in lower case). */
+export function requestHeader(input: Request | NodeRequestLike, name: string): string | undefined {
+  if (isFetchRequest(input)) return input.headers.get(name) ?? undefined;
+  return headerValue(input.headers[name]);
 }

@@ -1,7 +1,8 @@
 /**
- * `tokenwarden/server`: validate bearer tokens on a resource server — JWT access tokens against the
- * issuer's JWKS, opaque tokens by introspection, or any scheme through a provider — with a bounded cache
- * whose entries never outlive the token. Framework middleware lives in `tokenwarden/express`,
+ * `tokenwarden/server`: validate access tokens on a resource server — JWT access tokens against the
+ * issuer's JWKS, opaque tokens by introspection, or any scheme through a provider; bearer or DPoP-bound
+ * (RFC 9449, the proof checked on every request) — with a bounded cache whose entries never outlive the
+ * token. Framework middleware lives in `tokenwarden/express`,
  * `tokenwarden/fastify`, `tokenwarden/koa`, `tokenwarden/hono` and `tokenwarden/node`.
  *
  * @example
@@ -14,8 +15,10 @@
  * @module
  */
 export { ValidationCache, cacheKey } from './cache.js';
+export type { DPoPNonce, DPoPOptions } from './dpop.js';
 export {
   type ChallengeOptions,
+  type DPoPChallenge,
   type FailureResponse,
   type VerifyErrorCode,
   type VerifyFailure,

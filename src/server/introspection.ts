@@ -109,11 +109,14 @@ export function introspectionStrategy(options: IntrospectionStrategyOptions): Ve
         cacheForMs: options.inactiveCacheMaxAgeMs,
       });
       if (claims.active !== true) return inactive('token is not active');
-      const tokenType = claims.token_type;
-      if (tokenType !== undefined && !['bearer', 'access_token'].includes(tokenType.toLowerCase())) {
+      const tokenType = claims.token_type?.toLowerCase();
+      if (tokenType !== undefined && !['bearer', 'access_token', 'dpop'].includes(tokenType)) {
         return inactive('not an access token');
       }
-      if (claims.cnf !== undefined) return inactive('sender-constrained token presented as bearer');
+      // The verifier checks the key binding (`cnf`) per request; a DPoP token must have one to check.
+      if (tokenType === 'dpop' && typeof (claims.cnf as { jkt?: unknown } | undefined)?.jkt !== 'string') {
+        return inactive('DPoP token without key binding');
+      }
       if (typeof claims.iss === 'string' && !(await options.issuerCheck(claims.iss))) {
         return inactive('unexpected issuer');
       }

@@ -200,8 +200,6 @@ export function jwtStrategy(options: JwtStrategyOptions): VerifierProvider<JwtPa
         if (!options.strict && protectedHeader.typ !== undefined && !isAccessTokenTyp(protectedHeader.typ)) {
           return bad('unexpected token type', options.negativeCacheMs);
         }
-        // A sender-constrained token (DPoP, mTLS) must not be accepted as a plain bearer token.
-        if (payload.cnf !== undefined) return bad('sender-constrained token presented as bearer', 0);
         return { ok: true, payload: { claims: payload, header: protectedHeader } };
       } catch (err) {
         return classify(err, options.negativeCacheMs);

@@ -49,14 +49,21 @@ export interface Auth {
  *
  * @example
  * ```ts
- * const { token, scopes, expiresAt }: Credentials = result.auth.credentials;
+ * const { token, tokenType, jkt, scopes, expiresAt }: Credentials = result.auth.credentials;
  * if (scopes.includes('admin')) grantAdmin();
+ * if (tokenType === 'DPoP') console.log('bound to key', jkt);
  * ```
  */
 export interface Credentials {
   /** The token as presented. Treat it as a secret: never log it. */
   readonly token: string;
-  readonly tokenType: 'Bearer';
+  /** `'DPoP'` when the request proved possession of the key the token is bound to (RFC 9449), else `'Bearer'`. */
+  readonly tokenType: 'Bearer' | 'DPoP';
+  /**
+   * For a DPoP token: the JWK SHA-256 thumbprint (RFC 7638) of the key that signed the proof, which is the
+   * token's `cnf.jkt`. Use it to tie state to the client's key.
+   */
+  readonly jkt?: string;
   /** Granted scopes, from `scope` (space-separated) or `scp` (array or string). */
   readonly scopes: readonly string[];
   /** When the token expires (`exp`), epoch milliseconds; `undefined` when the token does not say. */

@@ -1,11 +1,13 @@
 /**
- * `createVerifier()`: validates bearer tokens for a resource server. One function, `verify(input)`, that
- * never throws for a bad token: it resolves to `{ ok: true, auth }` or `{ ok: false, failure }`.
+ * `createVerifier()`: validates access tokens for a resource server, bearer and DPoP-bound. One function,
+ * `verify(input)`, that never throws for a bad token: it resolves to `{ ok: true, auth }` or
+ * `{ ok: false, failure }`.
  *
- * The data path of `verify()`: extract the one token (refusing oversized input before parsing it) →
- * validation cache (SHA-256 of the token; the entry's deadline re-checked against the clock) → single
- * flight → strategy (JWT against the JWKS, introspection, or your provider) → cache → scope and claim
- * checks (on every call, never cached).
+ * The data path of `verify()`: extract the one token and its scheme (refusing oversized input before
+ * parsing it) → for `DPoP`, the proof (every request, never cached) → validation cache (SHA-256 of the
+ * token; the entry's deadline re-checked against the clock) → single flight → strategy (JWT against the
+ * JWKS, introspection, or your provider) → cache → the token's key binding (`cnf`) against the scheme and
+ * the proof, and the proof id against replay → scope and claim checks (on every call, never cached).
  *
  * @module
  */
@@ -17,11 +19,13 @@ import { type ClientAuthMethod, type PrivateKeyInput, checkUrl } from '../source
 import type { DiscoveryAlgorithm } from '../sources/discovery.js';
 import type * as oauth from 'oauth4webapi';
 import { ValidationCache, cacheKey } from './cache.js';
+import { type CheckedProof, type DPoPOptions, type DPoPVerifier, dpopVerifier } from './dpop.js';
 import { type VerifyFailure, failure } from './errors.js';
 import {
   type TokenLocation,
+  type TokenScheme,
   type VerifyInput,
-  extractToken,
+  extractPresented,
   hasFormBody,
   isFetchRequest,
   readFormBody,
@@ -44,7 +48,8 @@ import {
 } from './provider.js';
 
 /**
- * The outcome of `verify()`.
+ * The outcome of `verify()`. A success may carry response `headers` to send with the answer: a new
+ * `DPoP-Nonce` when the client's proof used the previous server nonce.
  *
  * @example
  * ```ts
@@ -54,7 +59,8 @@ import {
  * ```
  */
 export type VerifyResult =
-  { readonly ok: true; readonly auth: Auth } | { readonly ok: false; readonly failure: VerifyFailure };
+  | { readonly ok: true; readonly auth: Auth; readonly headers?: Readonly<Record<string, string>> }
+  | { readonly ok: false; readonly failure: VerifyFailure };
 
 /**
  * How tokens are checked. See {@link VerifierOptions.strategy}.
@@ -199,6 +205,13 @@ export interface VerifierOptions extends AuthorizationRequirements {
   maxTokenLength?: number;
   /** Where a token may be sent. Default `['header']`. */
   tokenLocations?: readonly TokenLocation[];
+  /**
+   * DPoP (RFC 9449): by default a token presented with `Authorization: DPoP` and a valid proof in the
+   * `DPoP` header is accepted (tokens bound to a key, `cnf`, are refused as `Bearer`); options set the
+   * policy (`required`), server nonces, the proof window and how the request URL is known behind a proxy.
+   * `false` takes no DPoP tokens at all (the scheme is then as unknown as `Basic`).
+   */
+  dpop?: DPoPOptions | false;
   /** The clock for the cache and `exp`/`nbf` checks. Default: the system clock. */
   clock?: Clock;
   /** The `fetch` for discovery, JWKS and introspection. */
@@ -229,6 +242,11 @@ export interface VerifierOptions extends AuthorizationRequirements {
 export interface VerifyCallOptions extends AuthorizationRequirements {
   /** A form body the framework already parsed (for `tokenLocations: ['body']`). */
   body?: unknown;
+  /**
+   * The request target as the client sent it (path and query), when the framework rewrote the Node
+   * request's `url` and did not keep `originalUrl` on it (Koa's `ctx.originalUrl`). Read for DPoP's `htu`.
+   */
+  originalUrl?: string;
 }
 
 /**
@@ -244,17 +262,28 @@ export interface Verifier {
   (input: VerifyInput, options?: VerifyCallOptions): Promise<VerifyResult>;
   /** How tokens are checked: `'jwt'`, `'introspection'`, `'auto'` or `'provider'`. */
   readonly strategy: Strategy | 'provider';
+  /** Whether DPoP tokens are accepted (with their proof). */
+  readonly dpop: boolean;
   /** Entries in the validation cache. */
   readonly cacheSize: number;
   /** Forgets every cached result (e.g. after revoking tokens out of band). */
   clearCache(): void;
 }
 
-/** A cached verification: the token-independent part of an {@link Auth}, or a remembered failure. */
+/** What a token's `cnf` claim binds it to: a DPoP key (`jkt`), and whether anything else (mTLS…). */
+interface Binding {
+  jkt: string | undefined;
+  other: boolean;
+}
+
+/** A cached verification: the request-independent part of an {@link Auth}, or a remembered failure. */
 type Outcome =
   | {
       ok: true;
-      auth: Omit<Auth, 'ttl' | 'credentials'> & { credentials: Omit<Auth['credentials'], 'token'> };
+      auth: Omit<Auth, 'ttl' | 'credentials'> & {
+        credentials: Omit<Auth['credentials'], 'token' | 'tokenType' | 'jkt'>;
+      };
+      binding: Binding | undefined;
       until: number;
     }
   | { ok: false; failure: VerifyFailure; until: number };
@@ -264,12 +293,21 @@ const MALFORMED = failure('invalid_token', 'malformed token');
 const TOO_LARGE = failure('invalid_token', 'token too large');
 const INVALID = failure('invalid_token', 'token is not valid');
 const UNAVAILABLE = failure('temporarily_unavailable', 'token could not be verified now');
+const BOUND_AS_BEARER = failure('invalid_token', 'sender-constrained token presented as bearer');
+const NOT_DPOP_BOUND = failure('invalid_token', 'token is not bound to a DPoP key');
+const KEY_MISMATCH = failure('invalid_token', 'invalid DPoP key binding');
+const DPOP_REQUIRED = failure('missing_token', 'DPoP-bound token required');
+const BOTH_SCHEMES: readonly TokenScheme[] = ['Bearer', 'DPoP'];
+const BEARER_SCHEME: readonly TokenScheme[] = ['Bearer'];
 
 /**
- * Creates a bearer token verifier. Throws `ERR_CONFIG` (or `ERR_INSECURE_ISSUER`) at construction for
+ * Creates an access token verifier. Throws `ERR_CONFIG` (or `ERR_INSECURE_ISSUER`) at construction for
  * misconfiguration; `verify()` itself never throws for a bad token or an unreachable server.
  *
- * Does not check DPoP or mTLS proofs: sender-constrained tokens (`cnf`) are refused.
+ * DPoP-bound tokens (RFC 9449) are accepted with their proof (`Authorization: DPoP` and a `DPoP` header
+ * in a Fetch or Node request: a raw token or a header value cannot carry one); see
+ * {@link VerifierOptions.dpop}. mTLS-bound tokens (RFC 8705) are not checked: a token bound by anything
+ * but a DPoP key is refused.
  *
  * @example
  * ```ts
@@ -304,6 +342,27 @@ export function createVerifier(options: VerifierOptions): Verifier {
   const { strategy, provider, jwt } = resolveStrategy(options, clock);
   const cache = new ValidationCache<Outcome>({ max: maxEntries });
   const onError = options.onError;
+  const dpop: DPoPVerifier | undefined =
+    options.dpop === false
+      ? undefined
+      : dpopVerifier(options.dpop ?? {}, {
+          clockToleranceMs: toMs(options.clockTolerance ?? 0, 'clockTolerance'),
+          onError: (err) => report(onError, err),
+        });
+  const schemes = dpop === undefined ? BEARER_SCHEME : BOTH_SCHEMES;
+
+  /**
+   * A failure as answered: with the DPoP scheme when the token came with it, and with what the challenge
+   * must say about DPoP when it offers or answers in that scheme.
+   */
+  const refuse = (refused: VerifyFailure, scheme: TokenScheme = 'Bearer'): { ok: false; failure: VerifyFailure } => {
+    if (dpop === undefined || refused.error === 'temporarily_unavailable') return { ok: false, failure: refused };
+    if (refused.scheme === 'DPoP' || scheme === 'DPoP') {
+      return { ok: false, failure: { ...refused, scheme: 'DPoP', dpop: refused.dpop ?? dpop.challenge } };
+    }
+    if (refused.error === 'missing_token') return { ok: false, failure: { ...refused, dpop: dpop.challenge } };
+    return { ok: false, failure: refused };
+  };
 
   /** One verification of a token by its strategy; shared by concurrent callers, cached unless unavailable. */
   const check = async (token: string, key: string): Promise<Outcome> => {
@@ -337,23 +396,54 @@ export function createVerifier(options: VerifierOptions): Verifier {
     if (body === undefined && locations.includes('body') && typeof input === 'object' && input !== null) {
       if (isFetchRequest(input) && hasFormBody(input)) body = await readFormBody(input, maxLength + 4096);
     }
-    const token = extractToken(input, { locations, maxLength }, body);
-    if (typeof token !== 'string') return { ok: false, failure: token };
-    if (token.length > maxLength) return { ok: false, failure: TOO_LARGE };
-    if (!TOKEN_SYNTAX.test(token)) return { ok: false, failure: MALFORMED };
+    const presented = extractPresented(input, { locations, maxLength, schemes }, body);
+    if ('error' in presented) return refuse(presented);
+    const { token, scheme } = presented;
+    if (token.length > maxLength) return refuse(TOO_LARGE, scheme);
+    if (!TOKEN_SYNTAX.test(token)) return refuse(MALFORMED, scheme);
+    // An unsupported scheme for this verifier: no error in the challenge (RFC 6750 §3.1).
+    if (scheme === 'Bearer' && dpop?.required === true) return refuse(DPOP_REQUIRED);
 
-    const key = cacheKey(token);
+    const key = cacheKey(token); // also the proof's `ath`: base64url(SHA-256(token))
+    let proof: CheckedProof | undefined;
+    if (scheme === 'DPoP') {
+      // A raw token or a header value has no DPoP header: nothing proves possession.
+      const checked =
+        typeof input === 'object' && input !== null
+          ? await (dpop as DPoPVerifier).check(input, key, clock.now(), call.originalUrl)
+          : failure('invalid_dpop_proof', 'DPoP proof required');
+      if ('error' in checked) return refuse(checked, scheme);
+      proof = checked;
+    }
+
     // cache.get() re-checks the entry's deadline (never later than the token's exp) against the clock.
     const outcome = cache.get(key, clock.now()) ?? (await cache.flight(key, () => check(token, key)));
-    if (!outcome.ok) return { ok: false, failure: outcome.failure };
+    if (!outcome.ok) return refuse(outcome.failure, scheme);
+    const binding = outcome.binding;
+    if (proof === undefined) {
+      // RFC 9449 §7.2: a token bound to a key is worthless without the proof; never accept it as bearer.
+      if (binding !== undefined) return refuse(BOUND_AS_BEARER);
+    } else {
+      if (binding?.jkt === undefined || binding.other) return refuse(NOT_DPOP_BOUND, scheme);
+      if (binding.jkt !== proof.jkt) return refuse(KEY_MISMATCH, scheme);
+      // Recorded only now, with a valid token bound to the proof's key: strangers cannot fill the cache.
+      const replayed = (dpop as DPoPVerifier).remember(proof, clock.now());
+      if (replayed !== undefined) return refuse(replayed, scheme);
+    }
     const auth: Auth = {
       ...outcome.auth,
-      credentials: { ...outcome.auth.credentials, token },
+      credentials: {
+        token,
+        tokenType: scheme,
+        ...(proof !== undefined && { jkt: proof.jkt }),
+        ...outcome.auth.credentials,
+      },
       ttl: Math.max(0, outcome.until - clock.now()),
     };
     let refused = authorize(auth, call, defaults);
     if (refused instanceof Promise) refused = await refused;
-    return refused === undefined ? { ok: true, auth } : { ok: false, failure: refused };
+    if (refused !== undefined) return refuse(refused, scheme);
+    return proof?.nonce === undefined ? { ok: true, auth } : { ok: true, auth, headers: { 'dpop-nonce': proof.nonce } };
   };
 
   /** Turns a provider's answer into a cacheable {@link Outcome}. */
@@ -385,16 +475,17 @@ export function createVerifier(options: VerifierOptions): Verifier {
     const auth = deepFreeze({
       uid: selected.getUid ? selected.getUid(payload) : uidOf(claims, options.uid),
       issuer: selected.getIssuer ? selected.getIssuer(payload) : stringClaim(claims, 'iss'),
-      credentials: { tokenType: 'Bearer' as const, scopes: credentials.scopes ?? scopesOf(claims), expiresAt },
+      credentials: { scopes: credentials.scopes ?? scopesOf(claims), expiresAt },
       info: selected.getInfo ? selected.getInfo(payload) : infoOf(claims),
       extra: { ...(selected.getExtra ? selected.getExtra(payload) : { claims }), strategy: name },
     });
     // A result already past its deadline (accepted within the clock tolerance) is answered, not cached.
-    return { ok: true, auth, until };
+    return { ok: true, auth, binding: bindingOf(auth.extra.claims), until };
   }
 
   return Object.defineProperties(verify, {
     strategy: { value: strategy, enumerable: true },
+    dpop: { value: dpop !== undefined, enumerable: true },
     cacheSize: { get: () => cache.size, enumerable: true },
     clearCache: { value: () => cache.clear(), enumerable: true },
   }) as Verifier;
@@ -424,6 +515,18 @@ function authorize(
   const passed = claimCheck(auth);
   if (passed instanceof Promise) return passed.then((ok) => (ok === true ? undefined : CLAIM_CHECK_FAILED));
   return passed === true ? undefined : CLAIM_CHECK_FAILED;
+}
+
+/** The key binding of a token (RFC 7800 `cnf`, RFC 9449 §6), from its claims or introspection response. */
+function bindingOf(claims: Claims | undefined): Binding | undefined {
+  const cnf = claims?.['cnf'];
+  if (cnf === undefined) return undefined;
+  if (cnf === null || typeof cnf !== 'object' || Array.isArray(cnf)) return { jkt: undefined, other: true };
+  const jkt = (cnf as Record<string, unknown>)['jkt'];
+  return {
+    jkt: typeof jkt === 'string' && jkt !== '' ? jkt : undefined,
+    other: Object.keys(cnf).some((name) => name !== 'jkt'),
+  };
 }
 
 /** Default `valid_token?` for providers: `exp` in the future and `nbf` in the past, when present. */

@@ -9,7 +9,9 @@ import express from 'express';
 import Fastify from 'fastify';
 import { Hono } from 'hono';
 import Koa from 'koa';
+import { calculateJwkThumbprint, exportJWK, generateKeyPair } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { TokenManager, clientCredentials } from '../../src/index.js';
 import { bearerAuth as expressAuth } from '../../src/server/adapters/express.js';
 import { bearerAuth as fastifyAuth, bearerAuthHook as fastifyHook } from '../../src/server/adapters/fastify.js';
 import { type BearerAuthVariables, bearerAuth as honoAuth } from '../../src/server/adapters/hono.js';
@@ -21,7 +23,7 @@ import {
   type TestAuthorizationServer,
   startAuthorizationServer,
 } from '../support/authorization-server.js';
-import { forge, issueToken } from './support.js';
+import { dpopProof, forge, issueDPoPToken, issueToken } from './support.js';
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -39,8 +41,12 @@ interface Running {
   close(): Promise<void>;
 }
 
-/** What every handler answers: who the token is for, and its scopes. */
-const reply = (auth: Auth | null | undefined) => ({ uid: auth?.uid ?? null, scopes: auth?.credentials.scopes ?? null });
+/** What every handler answers: who the token is for, its scopes, and for a DPoP token the key thumbprint. */
+const reply = (auth: Auth | null | undefined) => ({
+  uid: auth?.uid ?? null,
+  scopes: auth?.credentials.scopes ?? null,
+  ...(auth?.credentials.tokenType === 'DPoP' && { dpop: auth.credentials.jkt }),
+});
 
 async function listen(server: Server): Promise<Running> {
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
@@ -107,6 +113,8 @@ const harnesses: Record<string, (routes: Route[]) => Promise<Running>> = {
   },
 };
 
+const ALGS = 'algs="RS256 RS384 RS512 PS256 PS384 PS512 ES256 ES384 ES512 EdDSA Ed25519"';
+
 interface Answer {
   status: number;
   headers: Record<string, string | string[] | undefined>;
@@ -114,11 +122,11 @@ interface Answer {
 }
 
 /** A request with raw header pairs, so that a header can be sent twice. */
-function send(url: string, headers: [string, string][] = []): Promise<Answer> {
+function send(url: string, headers: [string, string][] = [], method = 'GET'): Promise<Answer> {
   return new Promise((resolve, reject) => {
     // Raw header pairs replace Node's defaults, Host included.
     const raw = [['host', new URL(url).host], ...headers].flat();
-    const req = httpRequest(url, { headers: raw as unknown as Record<string, string> }, (res) => {
+    const req = httpRequest(url, { method, headers: raw as unknown as Record<string, string> }, (res) => {
       let text = '';
       res.on('data', (chunk: Buffer) => (text += chunk.toString()));
       res.on('end', () =>
@@ -135,9 +143,16 @@ let read: string;
 let readWrite: string;
 let expired: string;
 let deadIssuer: string;
+let dpopKeys: CryptoKeyPair;
+let dpopJkt: string;
+let bound: string;
+const nonces = { current: 'nonce-2', previous: 'nonce-1' };
 
 beforeAll(async () => {
   as = await startAuthorizationServer({ accessTokenTtl: 300 });
+  dpopKeys = await generateKeyPair('ES256', { extractable: true });
+  dpopJkt = await calculateJwkThumbprint(await exportJWK(dpopKeys.publicKey));
+  bound = await issueDPoPToken(as, dpopKeys);
   read = (await issueToken(as, { scope: 'read' })).accessToken;
   readWrite = (await issueToken(as, { scope: 'read write' })).accessToken;
   expired = await forge(as, { exp: Math.floor(Date.now() / 1000) - 60 });
@@ -173,16 +188,18 @@ describe.each(Object.keys(harnesses))('%s adapter', (name) => {
     expect(res.body).toEqual({ uid: 'svc', scopes: ['read'] });
   });
 
-  it('401 with a bare Bearer challenge when there is no token', async () => {
+  it('401 offering Bearer and DPoP when there is no token (RFC 9449 §7.2)', async () => {
     for (const headers of [[], [['authorization', 'Basic dXNlcjpwYXNz']]] as [string, string][][]) {
       const res = await send(`${app.url}/read`, headers);
       expect(res.status).toBe(401);
-      expect(res.headers['www-authenticate']).toBe('Bearer realm="api"');
+      expect(res.headers['www-authenticate']).toBe(`Bearer realm="api", DPoP realm="api", ${ALGS}`);
       expect(res.headers['cache-control']).toBe('no-store');
       expect(res.headers['content-type']).toMatch(/^application\/json/);
       expect(res.body).toEqual({ error: 'missing_token', error_description: 'bearer token required' });
     }
-    expect((await send(`${app.url}/realm`)).headers['www-authenticate']).toBe('Bearer realm="orders"');
+    expect((await send(`${app.url}/realm`)).headers['www-authenticate']).toBe(
+      `Bearer realm="orders", DPoP realm="orders", ${ALGS}`,
+    );
   });
 
   it('401 invalid_token for a bad or expired token', async () => {
@@ -258,6 +275,190 @@ describe.each(Object.keys(harnesses))('%s adapter', (name) => {
       error: 'temporarily_unavailable',
       error_description: 'token could not be verified now',
     });
+  });
+});
+
+describe.each(Object.keys(harnesses))('%s adapter: DPoP (RFC 9449)', (name) => {
+  let app: Running;
+  const base = () => ({ issuer: as.issuer, audience: API_RESOURCE, allowInsecureRequests: true });
+
+  beforeAll(async () => {
+    app = await (harnesses[name] as (routes: Route[]) => Promise<Running>)([
+      { path: '/read', options: base() },
+      { path: '/nonce', options: { ...base(), dpop: { nonce: () => nonces } } },
+      { path: '/dpop-only', options: { ...base(), dpop: { required: true } } },
+    ]);
+  });
+  afterAll(() => app.close());
+
+  /** A TokenManager whose source binds tokens to a fresh key, and what its API calls were answered. */
+  const dpopClient = async () => {
+    const keyPair = await generateKeyPair('ES256', { extractable: true });
+    const statuses: number[] = [];
+    const manager = new TokenManager({
+      source: clientCredentials({
+        issuer: as.issuer,
+        clientId: as.clients.svc.clientId,
+        clientSecret: as.clients.svc.clientSecret,
+        scope: 'read',
+        allowInsecureRequests: true,
+        dpop: keyPair,
+      }),
+      fetch: {
+        fetch: async (url, init) => {
+          const res = await fetch(url, init);
+          statuses.push(res.status);
+          return res;
+        },
+      },
+    });
+    const jkt = await calculateJwkThumbprint(await exportJWK(keyPair.publicKey));
+    return { manager, statuses, jkt };
+  };
+
+  const dpopHeaders = async (path: string, method = 'GET', extra: Record<string, unknown> = {}) =>
+    [
+      ['authorization', `DPoP ${bound}`],
+      ['dpop', await dpopProof(dpopKeys, { htu: `${app.url}${path}`, htm: method, token: bound, ...extra })],
+    ] as [string, string][];
+
+  it('manager.fetch with a DPoP-bound token: 200 for GET and POST, tokenType DPoP and the key in auth', async () => {
+    const keyPair = await generateKeyPair('ES256', { extractable: true });
+    const manager = new TokenManager({
+      source: clientCredentials({
+        issuer: as.issuer,
+        clientId: as.clients.svc.clientId,
+        clientSecret: as.clients.svc.clientSecret,
+        scope: 'read',
+        allowInsecureRequests: true,
+        dpop: keyPair,
+      }),
+    });
+    try {
+      const jkt = await calculateJwkThumbprint(await exportJWK(keyPair.publicKey));
+      const get = await manager.fetch(`${app.url}/read?page=2`);
+      expect(get.status).toBe(200);
+      expect(await get.json()).toEqual({ uid: 'svc', scopes: ['read'], dpop: jkt });
+      const post = await manager.fetch(`${app.url}/read`, { method: 'POST', body: 'x' });
+      expect(post.status).toBe(200);
+      expect(await post.json()).toEqual({ uid: 'svc', scopes: ['read'], dpop: jkt });
+    } finally {
+      await manager.close();
+    }
+  });
+
+  it('a missing, replayed or misdirected proof: 401 invalid_dpop_proof in the DPoP scheme', async () => {
+    const missing = await send(`${app.url}/read`, [['authorization', `DPoP ${bound}`]]);
+    expect(missing.status).toBe(401);
+    expect(missing.headers['www-authenticate']).toBe(
+      `DPoP realm="api", error="invalid_dpop_proof", error_description="DPoP proof required", ${ALGS}`,
+    );
+    expect(missing.body).toEqual({ error: 'invalid_dpop_proof', error_description: 'DPoP proof required' });
+    const headers = await dpopHeaders('/read');
+    expect((await send(`${app.url}/read`, headers)).status).toBe(200);
+    const replayed = await send(`${app.url}/read`, headers);
+    expect(replayed.status).toBe(401);
+    expect(replayed.body['error_description']).toBe('DPoP proof already used');
+    const otherMethod = await send(`${app.url}/read`, await dpopHeaders('/read', 'POST'));
+    expect(otherMethod.body['error']).toBe('invalid_dpop_proof');
+    const otherPath = await send(`${app.url}/read`, await dpopHeaders('/nonce'));
+    expect(otherPath.body).toEqual({
+      error: 'invalid_dpop_proof',
+      error_description: 'DPoP proof htu does not match the request URL',
+    });
+  });
+
+  it('a DPoP-bound token presented as Bearer: 401 invalid_token', async () => {
+    const res = await send(`${app.url}/read`, [['authorization', `Bearer ${bound}`]]);
+    expect(res.status).toBe(401);
+    expect(res.headers['www-authenticate']).toBe(
+      'Bearer realm="api", error="invalid_token", error_description="sender-constrained token presented as bearer"',
+    );
+  });
+
+  it('server nonce: manager.fetch answers use_dpop_nonce once; the previous nonce passes and gets the current one', async () => {
+    const { manager, statuses, jkt } = await dpopClient();
+    try {
+      const res = await manager.fetch(`${app.url}/nonce`);
+      expect(res.status).toBe(200);
+      expect(await res.json()).toEqual({ uid: 'svc', scopes: ['read'], dpop: jkt });
+      expect(statuses).toEqual([401, 200]);
+      expect((await manager.fetch(`${app.url}/nonce`)).status).toBe(200);
+      expect(statuses).toEqual([401, 200, 200]);
+    } finally {
+      await manager.close();
+    }
+    const challenged = await send(`${app.url}/nonce`, await dpopHeaders('/nonce'));
+    expect(challenged.status).toBe(401);
+    expect(challenged.headers['dpop-nonce']).toBe('nonce-2');
+    expect(challenged.headers['www-authenticate']).toMatch(/^DPoP realm="api", error="use_dpop_nonce", /);
+    const previous = await send(`${app.url}/nonce`, await dpopHeaders('/nonce', 'GET', { nonce: 'nonce-1' }));
+    expect(previous.status).toBe(200);
+    expect(previous.headers['dpop-nonce']).toBe('nonce-2');
+    const current = await send(`${app.url}/nonce`, await dpopHeaders('/nonce', 'GET', { nonce: 'nonce-2' }));
+    expect(current.status).toBe(200);
+    expect(current.headers['dpop-nonce']).toBeUndefined();
+  });
+
+  it('dpop.required: a bearer token gets 401 with a DPoP-only challenge; a DPoP token passes', async () => {
+    const res = await send(`${app.url}/dpop-only`, [['authorization', `Bearer ${read}`]]);
+    expect(res.status).toBe(401);
+    expect(res.headers['www-authenticate']).toBe(`DPoP realm="api", ${ALGS}`);
+    expect(res.body).toEqual({ error: 'missing_token', error_description: 'DPoP-bound token required' });
+    const ok = await send(`${app.url}/dpop-only`, await dpopHeaders('/dpop-only', 'DELETE'), 'DELETE');
+    expect(ok.status).toBe(200);
+    expect(ok.body).toEqual({ uid: 'svc', scopes: ['read'], dpop: dpopJkt });
+  });
+});
+
+describe('DPoP behind rewritten URLs: the proof names the URL the client called', () => {
+  it('express: a router mounted on a path (req.originalUrl)', async () => {
+    const appExpress = express();
+    const router = express.Router();
+    router.get(
+      '/read',
+      expressAuth({ issuer: as.issuer, audience: API_RESOURCE, allowInsecureRequests: true }),
+      (req, res) => void res.json(reply(req.auth)),
+    );
+    appExpress.use('/api', router);
+    const app = await listen(createServer(appExpress));
+    try {
+      const proof = await dpopProof(dpopKeys, { htu: `${app.url}/api/read`, token: bound });
+      const res = await send(`${app.url}/api/read`, [
+        ['authorization', `DPoP ${bound}`],
+        ['dpop', proof],
+      ]);
+      expect(res.status).toBe(200);
+      expect(res.body).toEqual({ uid: 'svc', scopes: ['read'], dpop: dpopJkt });
+    } finally {
+      await app.close();
+    }
+  });
+
+  it('koa: a middleware that rewrote ctx.path, as koa-mount does (ctx.originalUrl)', async () => {
+    const appKoa = new Koa();
+    const auth = koaAuth({ issuer: as.issuer, audience: API_RESOURCE, allowInsecureRequests: true });
+    appKoa.use(async (ctx, next) => {
+      ctx.path = ctx.path.replace(/^\/api/, '') || '/';
+      await next();
+    });
+    appKoa.use(async (ctx) => {
+      await auth(ctx, async () => {
+        ctx.body = reply(ctx.state.auth);
+      });
+    });
+    const app = await listen(createServer(appKoa.callback()));
+    try {
+      const proof = await dpopProof(dpopKeys, { htu: `${app.url}/api/read`, token: bound });
+      const res = await send(`${app.url}/api/read`, [
+        ['authorization', `DPoP ${bound}`],
+        ['dpop', proof],
+      ]);
+      expect(res.status).toBe(200);
+      expect(res.body).toEqual({ uid: 'svc', scopes: ['read'], dpop: dpopJkt });
+    } finally {
+      await app.close();
+    }
   });
 });
 

@@ -1,6 +1,7 @@
 /** Helpers for the resource-server suites: tokens from the real authorization server, and forged ones. */
-import { createPrivateKey, randomBytes, sign } from 'node:crypto';
-import { type JWK, SignJWT, importJWK, base64url } from 'jose';
+import { createHash, createPrivateKey, randomBytes, sign } from 'node:crypto';
+import { type JWK, SignJWT, exportJWK, importJWK, base64url } from 'jose';
+import { clientCredentials } from '../../src/index.js';
 import { API_RESOURCE, type TestAuthorizationServer } from '../support/authorization-server.js';
 
 export interface IssuedToken {
@@ -71,4 +72,60 @@ export function signRaw(header: Record<string, unknown>, claims: Record<string, 
   const input = `${segment(header)}.${segment(claims)}`;
   const signature = sign('sha256', Buffer.from(input), createPrivateKey({ key: key as never, format: 'jwk' }));
   return `${input}.${signature.toString('base64url')}`;
+}
+
+/** A DPoP-bound token from the real server for `keyPair` (a JWT for the API resource, opaque for the opaque one). */
+export async function issueDPoPToken(
+  as: TestAuthorizationServer,
+  keyPair: CryptoKeyPair,
+  options: { scope?: string; resource?: string } = {},
+): Promise<string> {
+  const source = clientCredentials({
+    issuer: as.issuer,
+    clientId: as.clients.svc.clientId,
+    clientSecret: as.clients.svc.clientSecret,
+    scope: options.scope ?? 'read',
+    ...(options.resource !== undefined && { resource: options.resource }),
+    allowInsecureRequests: true,
+    dpop: keyPair,
+  });
+  const token = await source.fetchToken({});
+  if (token.tokenType !== 'DPoP') throw new Error(`expected a DPoP token, got ${token.tokenType}`);
+  return token.accessToken;
+}
+
+export interface ProofOptions {
+  htu: string;
+  htm?: string;
+  /** The access token the proof is for (its `ath`). */
+  token?: string;
+  /** Seconds. Default: now. */
+  iat?: number;
+  jti?: string;
+  nonce?: string;
+  /** Claims to add, or to remove with `undefined`. */
+  claims?: Record<string, unknown>;
+  /** Header parameters to add or replace. */
+  header?: Record<string, unknown>;
+}
+
+/** A DPoP proof (RFC 9449 §4.2) signed with `keyPair` (ES256 unless the header says otherwise). */
+export async function dpopProof(keyPair: CryptoKeyPair, options: ProofOptions): Promise<string> {
+  const claims: Record<string, unknown> = {
+    jti: options.jti ?? randomBytes(16).toString('base64url'),
+    htm: options.htm ?? 'GET',
+    htu: options.htu,
+    iat: options.iat ?? Math.floor(Date.now() / 1000),
+    ...(options.token !== undefined && { ath: ath(options.token) }),
+    ...(options.nonce !== undefined && { nonce: options.nonce }),
+    ...options.claims,
+  };
+  for (const [name, value] of Object.entries(claims)) if (value === undefined) delete claims[name];
+  const header = { alg: 'ES256', typ: 'dpop+jwt', jwk: await exportJWK(keyPair.publicKey), ...options.header };
+  return new SignJWT(claims).setProtectedHeader(header as never).sign(keyPair.privateKey);
+}
+
+/** `base64url(SHA-256(token))`: a proof's `ath`. */
+export function ath(token: string): string {
+  return createHash('sha256').update(token).digest('base64url');
 }

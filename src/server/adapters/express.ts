@@ -1,12 +1,12 @@
 /**
- * `tokenwarden/express`: bearer token middleware for Express (4 and 5). Sets `req.auth`, or answers
- * 401/400/403/503 per RFC 6750 with a `WWW-Authenticate` challenge and a JSON body.
+ * `tokenwarden/express`: access token (bearer or DPoP) middleware for Express (4 and 5). Sets `req.auth`,
+ * or answers 401/400/403/503 per RFC 6750 and RFC 9449 with a `WWW-Authenticate` challenge and a JSON body.
  *
  * @module
  */
 import type { Auth } from '../provider.js';
 import type { NodeRequestLike } from '../extract.js';
-import { type BearerAuthOptions, type NodeResponseLike, authenticator, sendNode } from './shared.js';
+import { type BearerAuthOptions, type NodeResponseLike, authenticator, sendNode, setNodeHeaders } from './shared.js';
 
 export type { BearerAuthOptions } from './shared.js';
 export type { Auth } from '../provider.js';
@@ -15,7 +15,7 @@ declare global {
   // eslint-disable-next-line @typescript-eslint/no-namespace
   namespace Express {
     interface Request {
-      /** Set by tokenwarden's `bearerAuth()` when the bearer token is valid. */
+      /** Set by tokenwarden's `bearerAuth()` when the access token is valid. */
       auth?: Auth;
     }
   }
@@ -34,8 +34,10 @@ export interface ExpressRequestLike extends NodeRequestLike {
 }
 
 /**
- * Express middleware that verifies the bearer token and sets `req.auth`. Options are the verifier's
- * (or `{ verifier }`), plus `requiredScopes`, `anyScopes`, `claimCheck`, `realm` and `optional`.
+ * Express middleware that verifies the access token (bearer, or DPoP with its proof) and sets `req.auth`.
+ * Options are the verifier's (or `{ verifier }`), plus `requiredScopes`, `anyScopes`, `claimCheck`, `realm`
+ * and `optional`. A DPoP proof is checked against `req.method`, `req.originalUrl` (the URL before routers
+ * rewrote it) and `Host`; behind a proxy set the verifier's `dpop.publicUrl` or `dpop.trustProxy`.
  *
  * @example
  * ```ts
@@ -55,6 +57,7 @@ export function bearerAuth(
   return (req, res, next) => {
     authenticate(req, req.body).then((outcome) => {
       if (outcome.response) return sendNode(res, outcome.response);
+      setNodeHeaders(res, outcome.headers);
       req.auth = outcome.auth;
       next();
     }, next);

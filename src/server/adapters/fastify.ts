@@ -1,6 +1,6 @@
 /**
- * `tokenwarden/fastify`: bearer token checks for Fastify. Sets `request.auth`, or answers 401/400/403/503
- * per RFC 6750.
+ * `tokenwarden/fastify`: access token (bearer or DPoP) checks for Fastify. Sets `request.auth`, or answers
+ * 401/400/403/503 per RFC 6750 and RFC 9449.
  *
  * The plugin is marked with `Symbol.for('skip-override')`, which is all `fastify-plugin` does that matters
  * here: its hook then applies to the context the plugin is registered in (and that context's children),
@@ -42,6 +42,7 @@ export interface FastifyRequestLike {
  */
 export interface FastifyReplyLike {
   code(status: number): FastifyReplyLike;
+  header?(name: string, value: string): unknown;
   headers(headers: Record<string, string>): FastifyReplyLike;
   send(body: unknown): FastifyReplyLike;
 }
@@ -65,7 +66,8 @@ type AddHook = (name: 'onRequest' | 'preValidation', hook: ReturnType<typeof bea
 
 /**
  * A Fastify hook (for `onRequest`, or `preValidation` when tokens may come in the body) that verifies
- * the bearer token and sets `request.auth`. Use it per route.
+ * the access token (bearer, or DPoP with its proof, checked against the raw request's method, its
+ * `originalUrl ?? url` and `Host`) and sets `request.auth`. Use it per route.
  *
  * @example
  * ```ts
@@ -83,13 +85,14 @@ export function bearerAuthHook(
       const { status, headers, body } = outcome.response;
       return reply.code(status).headers(headers).send(body);
     }
+    for (const [name, value] of Object.entries(outcome.headers ?? {})) reply.header?.(name, value);
     request.auth = outcome.auth;
     return undefined;
   };
 }
 
 /**
- * A Fastify plugin that verifies the bearer token of every request in the context it is registered in
+ * A Fastify plugin that verifies the access token of every request in the context it is registered in
  * and sets `request.auth`.
  *
  * @example

@@ -1,6 +1,6 @@
 /**
- * `tokenwarden/hono`: bearer token middleware for Hono. Sets `c.get('auth')`, or answers 401/400/403/503
- * per RFC 6750.
+ * `tokenwarden/hono`: access token (bearer or DPoP) middleware for Hono. Sets `c.get('auth')`, or answers
+ * 401/400/403/503 per RFC 6750 and RFC 9449.
  *
  * @module
  */
@@ -34,11 +34,14 @@ export interface BearerAuthVariables {
 export interface HonoContextLike {
   req: { raw: Request };
   set(key: 'auth', value: Auth): void;
+  /** Sets a header of the response (a new `DPoP-Nonce`). */
+  header?(name: string, value: string): void;
 }
 
 /**
- * Hono middleware that verifies the bearer token and sets the `auth` variable. Works on every runtime
- * Hono runs on that has `node:crypto`.
+ * Hono middleware that verifies the access token (bearer, or DPoP with its proof, checked against the
+ * `Request`'s method and URL) and sets the `auth` variable. Works on every runtime Hono runs on that has
+ * `node:crypto`.
  *
  * @example
  * ```ts
@@ -61,6 +64,7 @@ export function bearerAuth(
         headers: { ...headers, 'content-type': 'application/json; charset=utf-8' },
       });
     }
+    for (const [name, value] of Object.entries(outcome.headers ?? {})) c.header?.(name, value);
     if (outcome.auth !== undefined) c.set('auth', outcome.auth);
     await next();
     return undefined;

@@ -1,6 +1,6 @@
 /**
- * `tokenwarden/koa`: bearer token middleware for Koa. Sets `ctx.state.auth`, or answers 401/400/403/503
- * per RFC 6750.
+ * `tokenwarden/koa`: access token (bearer or DPoP) middleware for Koa. Sets `ctx.state.auth`, or answers
+ * 401/400/403/503 per RFC 6750 and RFC 9449.
  *
  * @module
  */
@@ -22,6 +22,8 @@ export type { Auth } from '../provider.js';
  */
 export interface KoaContextLike {
   req: NodeRequestLike;
+  /** The request target before any middleware rewrote it (koa-mount, rewrites), for DPoP's `htu`. */
+  originalUrl?: string;
   /** Koa's request; its `body`, when a body parser set one, is read for `tokenLocations: ['body']`. */
   request: object;
   state: { auth?: Auth | undefined } & Record<string, unknown>;
@@ -31,7 +33,8 @@ export interface KoaContextLike {
 }
 
 /**
- * Koa middleware that verifies the bearer token and sets `ctx.state.auth`.
+ * Koa middleware that verifies the access token (bearer, or DPoP with its proof, checked against the
+ * method, `ctx.originalUrl` and `Host`) and sets `ctx.state.auth`.
  *
  * @example
  * ```ts
@@ -47,13 +50,14 @@ export function bearerAuth(
 ): (ctx: KoaContextLike, next: () => Promise<unknown>) => Promise<void> {
   const authenticate = authenticator(options);
   return async (ctx, next) => {
-    const outcome = await authenticate(ctx.req, (ctx.request as { body?: unknown }).body);
+    const outcome = await authenticate(ctx.req, (ctx.request as { body?: unknown }).body, ctx.originalUrl);
     if (outcome.response) {
       ctx.status = outcome.response.status;
       ctx.set(outcome.response.headers);
       ctx.body = outcome.response.body;
       return;
     }
+    if (outcome.headers !== undefined) ctx.set({ ...outcome.headers });
     ctx.state.auth = outcome.auth;
     await next();
   };

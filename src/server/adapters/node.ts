@@ -1,11 +1,12 @@
 /**
- * `tokenwarden/node`: bearer token checks for a plain `node:http` server (and connect-style stacks).
+ * `tokenwarden/node`: access token (bearer or DPoP) checks for a plain `node:http` server (and connect-style
+ * stacks).
  *
  * @module
  */
 import type { Auth } from '../provider.js';
 import type { NodeRequestLike } from '../extract.js';
-import { type BearerAuthOptions, type NodeResponseLike, authenticator, sendNode } from './shared.js';
+import { type BearerAuthOptions, type NodeResponseLike, authenticator, sendNode, setNodeHeaders } from './shared.js';
 
 export type { BearerAuthOptions } from './shared.js';
 export type { Auth } from '../provider.js';
@@ -26,7 +27,8 @@ export interface NodeAuthRequest extends NodeRequestLike {
 }
 
 /**
- * Returns `authenticate(req, res, next?)`: it verifies the bearer token, sets `req.auth` and resolves to
+ * Returns `authenticate(req, res, next?)`: it verifies the access token (bearer, or DPoP with its proof,
+ * checked against `req.method`, `req.originalUrl ?? req.url` and `Host`), sets `req.auth` and resolves to
  * the {@link Auth} (`undefined` for a request without a token when `optional`); or answers the request
  * itself (401/400/403/503, RFC 6750) and resolves to `false`. With a `next` callback (connect, polka…) it
  * calls `next()` on success and `next(err)` on an unexpected error.
@@ -60,6 +62,7 @@ export function bearerAuth(
       sendNode(res, outcome.response);
       return false;
     }
+    setNodeHeaders(res, outcome.headers);
     req.auth = outcome.auth;
     next?.();
     return outcome.auth;

@@ -38,19 +38,26 @@ export type BearerAuthOptions = (VerifierOptions | ({ verifier: Verifier } & Aut
   };
 
 /**
- * What an adapter does with a request: go on (with `auth`, or without it when optional), or answer.
+ * What an adapter does with a request: go on (with `auth`, or without it when optional, and `headers` to
+ * set on the eventual response, such as a new `DPoP-Nonce`), or answer.
  *
  * @example
  * ```ts
  * const outcome: AuthenticateOutcome = await authenticate(req);
  * if (outcome.response) reply(outcome.response.status, outcome.response.headers, outcome.response.body);
+ * else for (const [name, value] of Object.entries(outcome.headers ?? {})) res.setHeader(name, value);
  * ```
  */
-export type AuthenticateOutcome = { auth: Auth | undefined; response?: undefined } | { response: FailureResponse };
+export type AuthenticateOutcome =
+  | { auth: Auth | undefined; headers?: Readonly<Record<string, string>>; response?: undefined }
+  | { response: FailureResponse };
 
 /**
- * Builds the per-request function every adapter calls. Throws `ERR_CONFIG` for bad options, when the
- * middleware is created.
+ * Builds the per-request function every adapter calls: `authenticate(input, body?, originalUrl?)`, where
+ * `input` is the framework's Node request or Fetch `Request` (its method, URL and headers are what a DPoP
+ * proof is checked against), `body` a form body the framework parsed, and `originalUrl` the request target
+ * when the framework rewrote `url` without keeping it on the request (Koa). Throws `ERR_CONFIG` for bad
+ * options, when the middleware is created.
  *
  * @example
  * ```ts
@@ -61,7 +68,7 @@ export type AuthenticateOutcome = { auth: Auth | undefined; response?: undefined
  */
 export function authenticator(
   options: BearerAuthOptions,
-): (input: VerifyInput, body?: unknown) => Promise<AuthenticateOutcome> {
+): (input: VerifyInput, body?: unknown, originalUrl?: string) => Promise<AuthenticateOutcome> {
   if (options === null || typeof options !== 'object') {
     throw new TokenwardenError('ERR_CONFIG', 'bearerAuth options must be an object');
   }
@@ -73,9 +80,14 @@ export function authenticator(
   const route = 'verifier' in options ? requirements(options) : {};
   const challenge: ChallengeOptions = options.realm === undefined ? {} : { realm: options.realm };
   const optional = options.optional === true;
-  return async (input, body) => {
-    const result = await verifier(input, body === undefined ? route : { ...route, body });
-    if (result.ok) return { auth: result.auth };
+  return async (input, body, originalUrl) => {
+    const call =
+      body === undefined && originalUrl === undefined
+        ? route
+        : { ...route, ...(body !== undefined && { body }), ...(originalUrl !== undefined && { originalUrl }) };
+    const result = await verifier(input, call);
+    if (result.ok)
+      return result.headers === undefined ? { auth: result.auth } : { auth: result.auth, headers: result.headers };
     if (optional && result.failure.error === 'missing_token') return { auth: undefined };
     return { response: failureResponse(result.failure, challenge) };
   };
@@ -93,6 +105,19 @@ export interface NodeResponseLike {
   statusCode: number;
   setHeader(name: string, value: string): unknown;
   end(chunk?: string): unknown;
+}
+
+/**
+ * Sets response headers a successful verification asks for (a new `DPoP-Nonce`).
+ *
+ * @example
+ * ```ts
+ * if (!outcome.response) setNodeHeaders(res, outcome.headers);
+ * ```
+ */
+export function setNodeHeaders(res: NodeResponseLike, headers: Readonly<Record<string, string>> | undefined): void {
+  if (headers === undefined) return;
+  for (const [name, value] of Object.entries(headers)) res.setHeader(name, value);
 }
 
 /**

@@ -1,0 +1,556 @@
+/**
+ * DPoP (RFC 9449) on the resource server: checking the proof a request carries in its `DPoP` header
+ * (§4.3), remembering proof ids against replay (§11.1), the request URL the proof's `htu` must name, and
+ * server nonces (§9).
+ *
+ * The verifier calls {@link DPoPVerifier.check} for every request presented with `Authorization: DPoP`,
+ * before the token: the token itself is validated and cached like any other (per token), the proof never
+ * is (per request). After the token, the verifier compares its `cnf.jkt` with the proof key's thumbprint
+ * and only then records the proof's `jti` ({@link DPoPVerifier.remember}), so that only requests with a
+ * valid token can fill the replay cache.
+ *
+ * @module
+ */
+import { hash } from 'node:crypto';
+import { type JWK, decodeProtectedHeader, importJWK, jwtVerify } from 'jose';
+import { LRUCache } from 'lru-cache';
+import { type Duration, toMs } from '../duration.js';
+import { TokenwardenError } from '../errors.js';
+import { type DPoPChallenge, type VerifyFailure, failure } from './errors.js';
+import { type NodeRequestLike, dpopHeaders, isFetchRequest, requestHeader } from './extract.js';
+import { ASYMMETRIC_ALGORITHMS } from './jwt.js';
+
+/**
+ * A server nonce for DPoP proofs (RFC 9449 §9): one value, or the current one and the one before it while
+ * clients switch over (a proof with `previous` is accepted, and the answer carries `current` in
+ * `DPoP-Nonce`).
+ *
+ * @example
+ * ```ts
+ * let nonce: DPoPNonce = { current: randomUUID() };
+ * setInterval(() => (nonce = { current: randomUUID(), previous: nonce.current }), 60_000).unref();
+ * createVerifier({ issuer, audience, dpop: { nonce: () => nonce } });
+ * ```
+ */
+export type DPoPNonce = string | { readonly current: string; readonly previous?: string | undefined };
+
+/**
+ * How the verifier treats DPoP (RFC 9449). By default a token presented with `Authorization: DPoP` is
+ * accepted when its request carries a valid proof of possession of the key the token is bound to, and a
+ * bound token (`cnf`) presented as `Bearer` is refused.
+ *
+ * @example
+ * ```ts
+ * createVerifier({
+ *   issuer,
+ *   audience,
+ *   dpop: { required: true, publicUrl: 'https://api.example.com', nonce: () => currentNonce },
+ * });
+ * ```
+ */
+export interface DPoPOptions {
+  /**
+   * Refuse every token presented as `Bearer` (or in a query or a body): each request must prove possession.
+   * Such a request is answered like one without a token (401 `missing_token`, a `DPoP`-only challenge, and
+   * let through without `auth` by an `optional` middleware). Default `false`.
+   */
+  required?: boolean;
+  /**
+   * Proof algorithms accepted, announced in challenges as `algs`. Asymmetric only. Default: RS, PS, ES
+   * 256/384/512, EdDSA and Ed25519.
+   */
+  algorithms?: readonly string[];
+  /**
+   * How far a proof's `iat` may lie from now, in either direction, on top of `clockTolerance`. Proof ids
+   * are remembered as long. Default `'60s'`.
+   */
+  iatWindow?: Duration;
+  /**
+   * Bound of the replay cache (proof ids remembered per verifier). When it is full, the oldest proof is
+   * forgotten and proofs no newer than it are refused, so a full cache never lets a proof through twice.
+   * Default 100 000.
+   */
+  replayCache?: { maxEntries?: number };
+  /**
+   * Demand a server nonce in proofs (RFC 9449 §9). Called for every DPoP request; a proof without the
+   * current (or previous) nonce is answered 401 `use_dpop_nonce` with the nonce in `DPoP-Nonce`.
+   */
+  nonce?: () => DPoPNonce | Promise<DPoPNonce>;
+  /**
+   * The URL clients use to reach this server, whose origin (and path prefix) replace the request's own
+   * when the proof's `htu` is checked: set it behind a proxy or load balancer, e.g.
+   * `'https://api.example.com'` or `'https://example.com/orders-api'` when the proxy strips `/orders-api`.
+   * Default: the request's own URL (Fetch requests), or `Host` and the connection for Node requests.
+   */
+  publicUrl?: string;
+  /**
+   * Take the scheme and host the client used from `X-Forwarded-Proto` and `X-Forwarded-Host` (their first
+   * value). Only behind a proxy that sets them; a client can send them otherwise. Default `false`.
+   */
+  trustProxy?: boolean;
+}
+
+/** A proof that passed every check that does not need the token's validation. */
+export interface CheckedProof {
+  /** The proof key's JWK SHA-256 thumbprint. */
+  readonly jkt: string;
+  readonly jti: string;
+  /** `iat`, epoch milliseconds. */
+  readonly iat: number;
+  /** The current nonce, when the proof used the previous one (sent back in `DPoP-Nonce`). */
+  readonly nonce?: string;
+}
+
+/** The DPoP side of one verifier (built by `createVerifier`). */
+export interface DPoPVerifier {
+  readonly required: boolean;
+  /** What challenges say about DPoP. */
+  readonly challenge: DPoPChallenge;
+  /**
+   * Checks the proof of a request presented with the DPoP scheme against its method, URL and the token's
+   * hash (`ath`). Never throws; failures come with the scheme and challenge set.
+   */
+  check(
+    input: Request | NodeRequestLike,
+    ath: string,
+    now: number,
+    originalUrl?: string,
+  ): Promise<CheckedProof | VerifyFailure>;
+  /** Records the proof id; a failure when it was seen before (or might have been). */
+  remember(proof: CheckedProof, now: number): VerifyFailure | undefined;
+}
+
+/** Longest proof read (an RSA 4096 key in the header is under 1 KiB). */
+const MAX_PROOF_LENGTH = 8192;
+const MAX_JTI_LENGTH = 256;
+/** RFC 9449 §8.1: `nonce = 1*NQCHAR`. */
+const NONCE_SYNTAX = /^[\x21\x23-\x5b\x5d-\x7e]+$/;
+const PRIVATE_MEMBERS = ['d', 'p', 'q', 'dp', 'dq', 'qi', 'oth', 'k'];
+const THUMBPRINT_MEMBERS: Record<string, readonly string[]> = {
+  EC: ['crv', 'kty', 'x', 'y'],
+  RSA: ['e', 'kty', 'n'],
+  OKP: ['crv', 'kty', 'x'],
+};
+const HOST_SYNTAX = /^(?:[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?$/;
+
+/**
+ * Builds the DPoP side of a verifier, checking its options (`ERR_CONFIG`).
+ *
+ * @example
+ * ```ts
+ * const dpop = dpopVerifier({ required: true }, { clockToleranceMs: 0, onError });
+ * const proof = await dpop.check(request, cacheKey(token), Date.now());
+ * ```
+ */
+export function dpopVerifier(
+  options: DPoPOptions,
+  context: { clockToleranceMs: number; onError: (error: TokenwardenError) => void },
+): DPoPVerifier {
+  if (options === null || typeof options !== 'object') {
+    throw new TokenwardenError('ERR_CONFIG', 'dpop must be an object, or false');
+  }
+  if (options.required !== undefined && typeof options.required !== 'boolean') {
+    throw new TokenwardenError('ERR_CONFIG', 'dpop.required must be a boolean');
+  }
+  const allowed: readonly string[] = ASYMMETRIC_ALGORITHMS;
+  const algorithms = [...(options.algorithms ?? ASYMMETRIC_ALGORITHMS)];
+  if (algorithms.length === 0 || algorithms.some((a) => !allowed.includes(a))) {
+    throw new TokenwardenError(
+      'ERR_CONFIG',
+      `dpop.algorithms must be a non-empty list of ${ASYMMETRIC_ALGORITHMS.join(', ')} (no 'none', no HMAC)`,
+    );
+  }
+  const windowMs = toMs(options.iatWindow ?? '60s', 'dpop.iatWindow') + context.clockToleranceMs;
+  const maxEntries = options.replayCache?.maxEntries ?? 100_000;
+  if (!(Number.isInteger(maxEntries) && maxEntries > 0)) {
+    throw new TokenwardenError('ERR_CONFIG', 'dpop.replayCache.maxEntries must be a positive integer');
+  }
+  if (options.nonce !== undefined && typeof options.nonce !== 'function') {
+    throw new TokenwardenError('ERR_CONFIG', 'dpop.nonce must be a function returning the current nonce');
+  }
+  if (options.trustProxy !== undefined && typeof options.trustProxy !== 'boolean') {
+    throw new TokenwardenError('ERR_CONFIG', 'dpop.trustProxy must be a boolean');
+  }
+  if (options.publicUrl !== undefined && options.trustProxy === true) {
+    throw new TokenwardenError('ERR_CONFIG', 'dpop.publicUrl and dpop.trustProxy exclude each other');
+  }
+  const base = options.publicUrl === undefined ? undefined : publicBase(options.publicUrl);
+  const trustProxy = options.trustProxy === true;
+  const nonceOf = options.nonce;
+  const required = options.required === true;
+  const challenge: DPoPChallenge = Object.freeze({ algs: Object.freeze(algorithms), ...(required && { required }) });
+  const replay = new ReplayCache(maxEntries);
+  // Imported proof keys by algorithm and thumbprint: a client signs every request with the same key.
+  const keys = new LRUCache<string, CryptoKey>({ max: 1000 });
+
+  const refuse = (description: string): VerifyFailure => ({
+    ...failure('invalid_dpop_proof', description),
+    scheme: 'DPoP',
+    dpop: challenge,
+  });
+  const MISSING = refuse('DPoP proof required');
+  const SEVERAL = refuse('more than one DPoP proof');
+  const MALFORMED = refuse('malformed DPoP proof');
+  const REPLAYED = refuse('DPoP proof already used');
+  const TOO_OLD = refuse('DPoP proof too old');
+
+  const keyFor = async (alg: string, jkt: string, members: JWK): Promise<CryptoKey | undefined> => {
+    const id = `${alg} ${jkt}`;
+    let key = keys.get(id);
+    if (key === undefined) {
+      const imported = await importJWK(members, alg).catch(() => undefined);
+      if (imported === undefined || imported instanceof Uint8Array || imported.type !== 'public') return undefined;
+      key = imported;
+      keys.set(id, key);
+    }
+    return key;
+  };
+
+  const currentNonce = async (): Promise<{ current: string; previous?: string | undefined } | Error> => {
+    try {
+      let value = nonceOf!();
+      if (value instanceof Promise) value = await value;
+      const nonce = typeof value === 'string' ? { current: value } : value;
+      if (
+        nonce === null ||
+        typeof nonce !== 'object' ||
+        typeof nonce.current !== 'string' ||
+        !NONCE_SYNTAX.test(nonce.current) ||
+        (nonce.previous !== undefined && typeof nonce.previous !== 'string')
+      ) {
+        return new TokenwardenError('ERR_CONFIG', 'dpop.nonce must return a nonce (printable ASCII, no quotes)');
+      }
+      return nonce;
+    } catch (err) {
+      return err instanceof Error ? err : new Error(String(err));
+    }
+  };
+
+  return {
+    required,
+    challenge,
+
+    async check(input, ath, now, originalUrl) {
+      const proofs = dpopHeaders(input);
+      if (proofs.length === 0) return MISSING;
+      if (proofs.length > 1) return SEVERAL;
+      const proof = (proofs[0] as string).trim();
+      if (proof.length > MAX_PROOF_LENGTH) return refuse('DPoP proof too large');
+      if (proof.split('.').length !== 3) return MALFORMED;
+
+      // The header first (§4.3 checks 4 to 7): no key is imported and no signature checked for a proof
+      // whose type, algorithm or key is wrong.
+      let header: Record<string, unknown>;
+      try {
+        header = decodeProtectedHeader(proof) as Record<string, unknown>;
+      } catch {
+        return MALFORMED;
+      }
+      const typ = typeof header['typ'] === 'string' ? header['typ'].toLowerCase() : undefined;
+      if (typ !== 'dpop+jwt' && typ !== 'application/dpop+jwt') return refuse('DPoP proof typ must be dpop+jwt');
+      const alg = header['alg'];
+      if (typeof alg !== 'string' || !algorithms.includes(alg)) return refuse('DPoP proof algorithm not allowed');
+      const jwk = header['jwk'];
+      if (jwk === null || typeof jwk !== 'object' || Array.isArray(jwk)) return refuse('DPoP proof has no jwk');
+      const fields = jwk as Record<string, unknown>;
+      if (PRIVATE_MEMBERS.some((m) => m in fields)) return refuse('DPoP proof key must be a public key');
+      if (
+        (fields['use'] !== undefined && fields['use'] !== 'sig') ||
+        (fields['alg'] !== undefined && fields['alg'] !== alg)
+      ) {
+        return refuse('DPoP proof key not for this algorithm');
+      }
+      const thumbprint = jwkThumbprint(fields);
+      if (thumbprint === undefined) return refuse('DPoP proof key invalid');
+      const key = await keyFor(alg, thumbprint.jkt, thumbprint.members);
+      if (key === undefined) return refuse('DPoP proof key invalid');
+
+      let claims: Record<string, unknown>;
+      try {
+        ({ payload: claims } = await jwtVerify(proof, key, {
+          algorithms: [alg],
+          currentDate: new Date(now),
+          clockTolerance: context.clockToleranceMs / 1000,
+        }));
+      } catch (err) {
+        return refuse(proofError(err));
+      }
+
+      const { jti, htm, htu, iat } = claims;
+      if (typeof jti !== 'string' || jti === '' || jti.length > MAX_JTI_LENGTH) {
+        return refuse('DPoP proof jti missing or invalid');
+      }
+      if (typeof htm !== 'string') return refuse('DPoP proof htm missing');
+      if (typeof htu !== 'string') return refuse('DPoP proof htu missing');
+      if (typeof iat !== 'number' || !Number.isFinite(iat)) return refuse('DPoP proof iat missing');
+      if (typeof claims['ath'] !== 'string') return refuse('DPoP proof ath missing');
+
+      if (htm !== input.method) return refuse('DPoP proof htm does not match the request method');
+      const url = requestUrl(input, originalUrl, base, trustProxy);
+      if (url === undefined) return refuse('request URL unknown');
+      if (normalizeHtu(htu) !== url) return refuse('DPoP proof htu does not match the request URL');
+      const iatMs = iat * 1000;
+      if (Math.abs(now - iatMs) > windowMs) return refuse('DPoP proof iat outside the accepted window');
+      if (claims['ath'] !== ath) return refuse('DPoP proof ath does not match the access token');
+
+      let stale: string | undefined;
+      if (nonceOf !== undefined) {
+        const nonce = await currentNonce();
+        if (nonce instanceof Error) {
+          context.onError(
+            nonce instanceof TokenwardenError
+              ? nonce
+              : new TokenwardenError('ERR_PROVIDER', 'dpop.nonce failed', { cause: nonce }),
+          );
+          return failure('temporarily_unavailable', 'token could not be verified now');
+        }
+        const presented = claims['nonce'];
+        if (presented !== nonce.current) {
+          if (nonce.previous === undefined || presented !== nonce.previous) {
+            return {
+              ...failure('use_dpop_nonce', 'resource server requires nonce in DPoP proof'),
+              scheme: 'DPoP',
+              dpop: { ...challenge, nonce: nonce.current },
+            };
+          }
+          stale = nonce.current;
+        }
+      }
+      return { jkt: thumbprint.jkt, jti, iat: iatMs, ...(stale !== undefined && { nonce: stale }) };
+    },
+
+    remember(proof, now) {
+      // Proof ids are kept per key: one client cannot make another's proofs look replayed.
+      const verdict = replay.add(`${proof.jkt} ${proof.jti}`, proof.iat + windowMs, now);
+      return verdict === 'ok' ? undefined : verdict === 'replayed' ? REPLAYED : TOO_OLD;
+    },
+  };
+}
+
+/** What jose says about a proof it refused, as a short fixed text. */
+function proofError(err: unknown): string {
+  switch ((err as { code?: unknown } | null)?.code) {
+    case 'ERR_JWS_SIGNATURE_VERIFICATION_FAILED':
+      return 'invalid DPoP proof signature';
+    case 'ERR_JWT_EXPIRED':
+      return 'DPoP proof expired';
+    case 'ERR_JOSE_NOT_SUPPORTED':
+      return 'DPoP proof not supported';
+    case 'ERR_JWT_CLAIM_VALIDATION_FAILED':
+      return 'DPoP proof claims invalid';
+    default:
+      return 'malformed DPoP proof';
+  }
+}
+
+/**
+ * The JWK SHA-256 thumbprint (RFC 7638) of a public key, and the members it is computed from (the only
+ * ones the key is imported from, so that the thumbprint names the imported key exactly).
+ *
+ * @example
+ * ```ts
+ * jwkThumbprint(await exportJWK(publicKey))?.jkt; // as jose's calculateJwkThumbprint()
+ * ```
+ */
+export function jwkThumbprint(jwk: Readonly<Record<string, unknown>>): { jkt: string; members: JWK } | undefined {
+  const names = typeof jwk['kty'] === 'string' ? THUMBPRINT_MEMBERS[jwk['kty']] : undefined;
+  if (names === undefined) return undefined;
+  const members: Record<string, string> = {};
+  for (const name of names) {
+    const value = jwk[name];
+    if (typeof value !== 'string' || value === '') return undefined;
+    members[name] = value;
+  }
+  // Members in lexicographic order, no whitespace: JSON.stringify keeps the order they were added in.
+  return { jkt: hash('sha256', JSON.stringify(members), 'base64url'), members: members as JWK };
+}
+
+/**
+ * A URL as `htu` compares it (RFC 9449 §4.3, RFC 3986 §6.2.2–6.2.3): scheme and host in lower case, no
+ * default port, dot segments resolved, percent-encodings in upper case and unreserved characters decoded;
+ * without query and fragment. `undefined` for anything but an http(s) URL.
+ *
+ * @example
+ * ```ts
+ * normalizeHtu('HTTPS://API.example.com:443/a/../orders%7e?x=1'); // 'https://api.example.com/orders~'
+ * ```
+ */
+export function normalizeHtu(value: string): string | undefined {
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    return undefined;
+  }
+  if (url.protocol !== 'https:' && url.protocol !== 'http:') return undefined;
+  const path = url.pathname.replace(/%[0-9A-Fa-f]{2}/g, (escape) => {
+    const char = String.fromCharCode(parseInt(escape.slice(1), 16));
+    return /[A-Za-z0-9\-._~]/.test(char) ? char : escape.toUpperCase();
+  });
+  return `${url.protocol}//${url.host}${path}`;
+}
+
+/**
+ * The URL a request was sent to, normalized for `htu`: from a Fetch request's URL, or from a Node
+ * request's `Host` (or HTTP/2 `:authority`), its connection (`https` when encrypted) and its original
+ * path; the scheme and host from `X-Forwarded-*` with `trustProxy`, or the origin and path prefix of
+ * `publicUrl`. `undefined` when it cannot be known (no or a malformed host).
+ */
+export function requestUrl(
+  input: Request | NodeRequestLike,
+  originalUrl: string | undefined,
+  base: { origin: string; prefix: string } | undefined,
+  trustProxy: boolean,
+): string | undefined {
+  let scheme: string | undefined;
+  let host: string | undefined;
+  let path: string;
+  if (isFetchRequest(input)) {
+    let url: URL;
+    try {
+      url = new URL(input.url);
+    } catch {
+      return undefined;
+    }
+    scheme = url.protocol.slice(0, -1);
+    host = url.host;
+    path = url.pathname;
+  } else {
+    const target = originalUrl ?? input.originalUrl ?? input.url ?? '/';
+    if (target.startsWith('/')) {
+      path = target;
+      scheme =
+        requestHeader(input, ':scheme') ??
+        ((input.socket as { encrypted?: unknown } | null | undefined)?.encrypted === true ? 'https' : 'http');
+      host = requestHeader(input, 'host') ?? requestHeader(input, ':authority');
+    } else {
+      // absolute-form (RFC 9112 §3.2.2): the target names the host.
+      let url: URL;
+      try {
+        url = new URL(target);
+      } catch {
+        return undefined;
+      }
+      scheme = url.protocol.slice(0, -1);
+      host = url.host;
+      path = url.pathname;
+    }
+    const end = path.search(/[?#]/);
+    if (end >= 0) path = path.slice(0, end);
+  }
+  if (base !== undefined) return normalizeHtu(`${base.origin}${base.prefix}${path}`);
+  if (trustProxy) {
+    const proto = firstValue(requestHeader(input, 'x-forwarded-proto'))?.toLowerCase();
+    if (proto === 'http' || proto === 'https') scheme = proto;
+    host = firstValue(requestHeader(input, 'x-forwarded-host')) ?? host;
+  }
+  if (host === undefined || !HOST_SYNTAX.test(host) || (scheme !== 'http' && scheme !== 'https')) return undefined;
+  return normalizeHtu(`${scheme}://${host}${path}`);
+}
+
+function firstValue(header: string | undefined): string | undefined {
+  if (header === undefined) return undefined;
+  const value = header.split(',')[0]?.trim();
+  return value === '' ? undefined : value;
+}
+
+function publicBase(publicUrl: string): { origin: string; prefix: string } {
+  let url: URL | undefined;
+  try {
+    url = new URL(publicUrl);
+  } catch {
+    url = undefined;
+  }
+  if (
+    url === undefined ||
+    (url.protocol !== 'https:' && url.protocol !== 'http:') ||
+    url.search !== '' ||
+    url.hash !== ''
+  ) {
+    throw new TokenwardenError('ERR_CONFIG', 'dpop.publicUrl must be an http(s) URL without query or fragment');
+  }
+  return { origin: url.origin, prefix: url.pathname.replace(/\/+$/, '') };
+}
+
+/**
+ * Proof ids seen within the `iat` window, bounded. Each id is kept until the proof's `iat` leaves the
+ * window (after that the `iat` check refuses the proof anyway). When the cache is full, the entry that
+ * leaves the window first is dropped and every proof not newer than it is refused from then on (the
+ * "floor"): a full cache narrows the window instead of letting a forgotten proof be replayed.
+ *
+ * @example
+ * ```ts
+ * const replay = new ReplayCache(100_000);
+ * replay.add(`${jkt} ${jti}`, iatMs + 60_000, Date.now()); // 'ok'
+ * replay.add(`${jkt} ${jti}`, iatMs + 60_000, Date.now()); // 'replayed'
+ * ```
+ */
+export class ReplayCache {
+  readonly #max: number;
+  readonly #seen = new Set<string>();
+  /** A binary min-heap on `until`. */
+  readonly #heap: { key: string; until: number }[] = [];
+  #floor = -Infinity;
+
+  constructor(max: number) {
+    this.#max = max;
+  }
+
+  /** Entries held. */
+  get size(): number {
+    return this.#seen.size;
+  }
+
+  /** Records `key` until `until` (epoch ms); whether it is new, was seen, or is too old to tell. */
+  add(key: string, until: number, now: number): 'ok' | 'replayed' | 'too old' {
+    while (this.#heap.length > 0 && (this.#heap[0] as { until: number }).until < now) {
+      this.#seen.delete(this.#pop().key);
+    }
+    if (this.#seen.has(key)) return 'replayed';
+    if (until <= this.#floor) return 'too old';
+    if (this.#seen.size >= this.#max) {
+      const evicted = this.#pop();
+      this.#seen.delete(evicted.key);
+      this.#floor = Math.max(this.#floor, evicted.until);
+      if (until <= this.#floor) return 'too old';
+    }
+    this.#seen.add(key);
+    this.#push({ key, until });
+    return 'ok';
+  }
+
+  #push(entry: { key: string; until: number }): void {
+    const heap = this.#heap;
+    let i = heap.push(entry) - 1;
+    while (i > 0) {
+      const parent = (i - 1) >> 1;
+      if ((heap[parent] as { until: number }).until <= entry.until) break;
+      heap[i] = heap[parent] as { key: string; until: number };
+      i = parent;
+    }
+    heap[i] = entry;
+  }
+
+  #pop(): { key: string; until: number } {
+    const heap = this.#heap;
+    const top = heap[0] as { key: string; until: number };
+    const last = heap.pop() as { key: string; until: number };
+    if (heap.length > 0) {
+      let i = 0;
+      for (;;) {
+        const left = 2 * i + 1;
+        if (left >= heap.length) break;
+        const right = left + 1;
+        const child =
+          right < heap.length && (heap[right] as { until: number }).until < (heap[left] as { until: number }).until
+            ? right
+            : left;
+        if ((heap[child] as { until: number }).until >= last.until) break;
+        heap[i] = heap[child] as { key: string; until: number };
+        i = child;
+      }
+      heap[i] = last;
+    }
+    return top;
+  }
+}
