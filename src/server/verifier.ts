@@ -350,6 +350,7 @@ export function createVerifier(options: VerifierOptions): Verifier {
           onError: (err) => report(onError, err),
         });
   const schemes = dpop === undefined ? BEARER_SCHEME : BOTH_SCHEMES;
+  const advertiseDpop = options.dpop !== undefined && options.dpop !== false;
 
   /**
    * A failure as answered: with the DPoP scheme when the token came with it, and with what the challenge
@@ -360,7 +361,11 @@ export function createVerifier(options: VerifierOptions): Verifier {
     if (refused.scheme === 'DPoP' || scheme === 'DPoP') {
       return { ok: false, failure: { ...refused, scheme: 'DPoP', dpop: refused.dpop ?? dpop.challenge } };
     }
-    if (refused.error === 'missing_token') return { ok: false, failure: { ...refused, dpop: dpop.challenge } };
+    // DPoP proofs are accepted by default, but offered in the no-token challenge only when configured: the
+    // plain `Bearer realm="…"` challenge stays what RFC 6750 clients expect unless you opt into DPoP.
+    if (refused.error === 'missing_token' && advertiseDpop) {
+      return { ok: false, failure: { ...refused, dpop: dpop.challenge } };
+    }
     return { ok: false, failure: refused };
   };
 

@@ -71,7 +71,7 @@ beforeAll(async () => {
   other = await generateKeyPair('ES256', { extractable: true });
   token = await issueDPoPToken(as, keys, { scope: 'read write' });
   jkt = await calculateJwkThumbprint(await exportJWK(keys.publicKey));
-  verify = createVerifier(options());
+  verify = createVerifier({ ...options(), dpop: {} }); // DPoP configured: offered in challenges
 });
 afterAll(() => as.close());
 
@@ -469,7 +469,11 @@ describe('policy', () => {
     expect((await strict(request(API, [await dpopProof(keys, { htu: API, token })]))).ok).toBe(true);
   });
 
-  it('default: a request without a token is offered both schemes (RFC 9449 §7.2)', async () => {
+  it('a request without a token is offered Bearer by default, and both schemes once dpop is configured (RFC 9449 §7.2)', async () => {
+    const plainDefault = createVerifier(options());
+    const none = await plainDefault(undefined);
+    expect(none.ok).toBe(false);
+    if (!none.ok) expect(challenge(none.failure)).toBe('Bearer realm="api"');
     const result = await verify(undefined);
     if (!result.ok) expect(challenge(result.failure)).toBe(`Bearer realm="api", DPoP realm="api", ${ALGS}`);
     const basic = await verify('Basic dXNlcjpwYXNz');
