@@ -140,9 +140,9 @@ export interface ChallengeOptions {
  * token was sent, `Bearer realm="api", error="invalid_token", error_description="token expired"` for a bad
  * one, and `scope="…"` added for `insufficient_scope`. A failure of a token presented with `DPoP` is
  * answered in that scheme, with the accepted proof algorithms: `DPoP realm="api", error="invalid_dpop_proof",
- * error_description="…", algs="ES256 …"`. When the verifier accepts DPoP, a request without a token is
- * offered both schemes when DPoP is configured, `Bearer realm="api", DPoP realm="api", algs="…"` (only `DPoP` when it is
- * required). Returns `undefined` for `temporarily_unavailable`, which is not a challenge.
+ * error_description="…", algs="ES256 …"`. When the verifier is configured with a `dpop` option, a request
+ * without a token is offered both schemes, `Bearer realm="api", DPoP realm="api", algs="…"` (only `DPoP` when
+ * it is required). Returns `undefined` for `temporarily_unavailable`, which is not a challenge.
  *
  * @example
  * ```ts
