@@ -8,10 +8,15 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import pg from 'pg';
-import { Redis } from 'ioredis';
 import { startAuthorizationServer } from '../test/support/authorization-server.js';
-import { DATABASE_URL, REDIS_URL, postgresAvailable, redisAvailable } from '../test/support/services.js';
+import {
+  DATABASE_URL,
+  REDIS_URL,
+  dropStoreTables,
+  postgresAvailable,
+  redisAvailable,
+  removeRedisKeys,
+} from '../test/support/services.js';
 import { type ChildConfig, type ChildResult, runFleet } from '../test/stores/fleet-support.js';
 import type { BenchRow } from './run.js';
 import { percentile } from './util.js';
@@ -97,16 +102,7 @@ export async function run(): Promise<BenchRow[]> {
 
   await as.close();
   await rm(dir, { recursive: true, force: true });
-  if (redisAvailable) {
-    const admin = new Redis(REDIS_URL);
-    const keys = await admin.keys(`${prefix}*`);
-    if (keys.length > 0) await admin.del(...keys);
-    await admin.quit();
-  }
-  if (postgresAvailable) {
-    const pool = new pg.Pool({ connectionString: DATABASE_URL, max: 1 });
-    await pool.query(`DROP TABLE IF EXISTS ${table}, ${table}_locks`);
-    await pool.end();
-  }
+  await removeRedisKeys(prefix);
+  await dropStoreTables(table);
   return rows;
 }

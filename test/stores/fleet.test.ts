@@ -10,14 +10,20 @@ import { rm } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import pg from 'pg';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FileStore, TokenManager, type TokenStore, refreshToken } from '../../src/index.js';
 import { PostgresStore } from '../../src/postgres.js';
 import { RedisStore } from '../../src/redis.js';
 import { type TestAuthorizationServer, startAuthorizationServer } from '../support/authorization-server.js';
-import { DATABASE_URL, REDIS_URL, postgresAvailable, redisAvailable } from '../support/services.js';
+import {
+  DATABASE_URL,
+  REDIS_URL,
+  dropStoreTables,
+  postgresAvailable,
+  redisAvailable,
+  removeRedisKeys,
+} from '../support/services.js';
 import { type ChildConfig, runFleet, spawnChild } from './fleet-support.js';
 
 const PROCESSES = 6;
@@ -36,17 +42,8 @@ beforeAll(async () => {
 afterAll(async () => {
   await as?.close();
   await rm(root, { recursive: true, force: true });
-  if (redisAvailable) {
-    const admin = new Redis(REDIS_URL);
-    const keys = await admin.keys(`${redisPrefix}*`);
-    if (keys.length > 0) await admin.del(...keys);
-    await admin.quit();
-  }
-  if (postgresAvailable) {
-    const pool = new pg.Pool({ connectionString: DATABASE_URL, max: 1 });
-    await pool.query(`DROP TABLE IF EXISTS ${table}, ${table}_locks`);
-    await pool.end();
-  }
+  await removeRedisKeys(redisPrefix);
+  await dropStoreTables(table);
 });
 
 type StoreConfig = ChildConfig['store'];

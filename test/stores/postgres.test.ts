@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import pg from 'pg';
 import { afterAll, describe, expect, it } from 'vitest';
 import { PostgresStore } from '../../src/stores/postgres.js';
-import { DATABASE_URL, postgresAvailable } from '../support/services.js';
+import { DATABASE_URL, dropStoreTables, postgresAvailable } from '../support/services.js';
 import { storeContract } from './contract.js';
 
 // A table of this run's own: parallel runs never collide, and dropping it touches nothing shared.
@@ -11,9 +11,8 @@ const admin = postgresAvailable ? new pg.Pool({ connectionString: DATABASE_URL, 
 const tables = [table];
 
 afterAll(async () => {
-  if (!admin) return;
-  for (const t of tables) await admin.query(`DROP TABLE IF EXISTS ${t}, ${t}_locks`);
-  await admin.end();
+  await dropStoreTables(...tables);
+  await admin?.end();
 });
 
 const put = async (key: string, value: string, version = 1) => {

@@ -3,7 +3,7 @@ import { createServer } from 'node:net';
 import { Redis } from 'ioredis';
 import { afterAll, describe, expect, it } from 'vitest';
 import { RedisStore } from '../../src/stores/redis.js';
-import { REDIS_URL, redisAvailable } from '../support/services.js';
+import { REDIS_URL, redisAvailable, removeRedisKeys } from '../support/services.js';
 import { storeContract } from './contract.js';
 
 const prefix = `tw-test:${randomUUID()}:`;
@@ -11,15 +11,8 @@ const admin = redisAvailable ? new Redis(REDIS_URL, { lazyConnect: true }) : und
 const entry = (key: string) => `${prefix}entry:${key}`;
 
 afterAll(async () => {
-  if (!admin) return;
-  // Only this run's keys: never FLUSHALL a shared server.
-  let cursor = '0';
-  do {
-    const [next, keys] = await admin.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 500);
-    if (keys.length > 0) await admin.del(...keys);
-    cursor = next;
-  } while (cursor !== '0');
-  await admin.quit();
+  await removeRedisKeys(prefix);
+  await admin?.quit();
 });
 
 storeContract(

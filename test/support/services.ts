@@ -39,3 +39,33 @@ export async function requireService(name: 'redis' | 'postgres'): Promise<boolea
 
 export const redisAvailable = await requireService('redis');
 export const postgresAvailable = await requireService('postgres');
+
+/** Deletes this run's Redis keys (those under `prefix`): never FLUSHALL a shared server. */
+export async function removeRedisKeys(prefix: string): Promise<void> {
+  if (!redisAvailable) return;
+  const { Redis } = await import('ioredis');
+  const admin = new Redis(REDIS_URL);
+  try {
+    let cursor = '0';
+    do {
+      const [next, keys] = await admin.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 500);
+      if (keys.length > 0) await admin.del(...keys);
+      cursor = next;
+    } while (cursor !== '0');
+  } finally {
+    admin.disconnect();
+  }
+}
+
+/** Drops this run's PostgresStore tables (each with its `_locks` table): never shared ones. */
+export async function dropStoreTables(...tables: string[]): Promise<void> {
+  if (!postgresAvailable || tables.length === 0) return;
+  const { default: pg } = await import('pg');
+  const admin = new pg.Client({ connectionString: DATABASE_URL });
+  await admin.connect();
+  try {
+    for (const t of tables) await admin.query(`DROP TABLE IF EXISTS ${t}, ${t}_locks`);
+  } finally {
+    await admin.end();
+  }
+}

@@ -12,7 +12,14 @@ import { MemoryStore } from '../../src/stores/memory.js';
 import { PostgresStore } from '../../src/stores/postgres.js';
 import { RedisStore } from '../../src/stores/redis.js';
 import type { TokenStore } from '../../src/stores/store.js';
-import { DATABASE_URL, REDIS_URL, postgresAvailable, redisAvailable } from '../support/services.js';
+import {
+  DATABASE_URL,
+  REDIS_URL,
+  dropStoreTables,
+  postgresAvailable,
+  redisAvailable,
+  removeRedisKeys,
+} from '../support/services.js';
 
 export type StoreSpec =
   | { kind: 'memory' }
@@ -84,22 +91,6 @@ export function openStore(spec: StoreSpec): TokenStore {
 export async function cleanupStores(): Promise<void> {
   await Promise.all(opened.splice(0).map((store) => store.close().catch(() => undefined)));
   await Promise.all(dirs.splice(0).map((dir) => rm(dir, { recursive: true, force: true })));
-  if (redisAvailable) {
-    const { Redis } = await import('ioredis');
-    const admin = new Redis(REDIS_URL);
-    let cursor = '0';
-    do {
-      const [next, keys] = await admin.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 500);
-      if (keys.length > 0) await admin.del(...keys);
-      cursor = next;
-    } while (cursor !== '0');
-    admin.disconnect();
-  }
-  if (postgresAvailable) {
-    const { default: pg } = await import('pg');
-    const admin = new pg.Client({ connectionString: DATABASE_URL });
-    await admin.connect();
-    await admin.query(`DROP TABLE IF EXISTS ${table}, ${table}_locks`);
-    await admin.end();
-  }
+  await removeRedisKeys(prefix);
+  await dropStoreTables(table);
 }
