@@ -7,7 +7,7 @@ import type { AddressInfo } from 'node:net';
 import { TokenManager, clientCredentials } from '../dist/index.js';
 import { startAuthorizationServer } from '../test/support/authorization-server.js';
 import type { BenchRow } from './run.js';
-import { opsPerSecond, ratio, si } from './util.js';
+import { compare, ratio, si } from './util.js';
 
 export async function run(): Promise<BenchRow[]> {
   const as = await startAuthorizationServer({ accessTokenTtl: 3600 });
@@ -24,8 +24,11 @@ export async function run(): Promise<BenchRow[]> {
   const manager = new TokenManager({ source: clientCredentials(options) });
   const token = await manager.getToken();
   const map = new Map([['k', token]]);
-  const baseline = await opsPerSecond(() => map.get('k'), { ms: 1500 });
-  const ours = await opsPerSecond(() => manager.getToken(), { ms: 1500 });
+  const [baseline, ours] = await compare(
+    () => map.get('k'),
+    () => manager.getToken(),
+    { ms: 3000 },
+  );
   rows.push({
     case: 'getToken() hot path (fresh token)',
     ours: `${si(ours)} ops/s`,
@@ -51,14 +54,11 @@ export async function run(): Promise<BenchRow[]> {
   const api = createServer((_req, res) => res.end('ok'));
   await new Promise<void>((r) => api.listen(0, '127.0.0.1', r));
   const url = `http://127.0.0.1:${(api.address() as AddressInfo).port}/`;
-  const plain = await opsPerSecond(
+  const [plain, authed] = await compare(
     async () => (await fetch(url, { headers: { authorization: `Bearer ${token.accessToken}` } })).text(),
-    {
-      ms: 2000,
-      batch: 50,
-    },
+    async () => (await manager.fetch(url)).text(),
+    { ms: 4000, batch: 50, rounds: 4 },
   );
-  const authed = await opsPerSecond(async () => (await manager.fetch(url)).text(), { ms: 2000, batch: 50 });
   rows.push({
     case: 'manager.fetch() vs fetch() with a fixed header, local server',
     ours: `${si(authed)} req/s`,

@@ -10,6 +10,9 @@ export async function opsPerSecond(fn: () => unknown, options: { ms?: number; ba
     while (performance.now() - start < duration) {
       for (let i = 0; i < batch; i++) await fn();
       ops += batch;
+      // Let timers and I/O run between batches, as in a real process (a loop of resolved awaits never
+      // yields to the event loop; servers in this process would starve and drop connections).
+      await new Promise((resolve) => setImmediate(resolve));
     }
     return (ops * 1000) / (performance.now() - start);
   };
@@ -33,4 +36,24 @@ export function si(value: number): string {
 
 export function ratio(ours: number, baseline: number): string {
   return `${(ours / baseline).toFixed(2)}×`;
+}
+
+/**
+ * Measures `a` and `b` in alternation (a, b, a, b, …) and returns the median ops/s of each: order effects
+ * (JIT warm-up, connection pools, GC) fall on both sides instead of favouring whichever runs second.
+ */
+export async function compare(
+  a: () => unknown,
+  b: () => unknown,
+  options: { ms?: number; batch?: number; rounds?: number } = {},
+): Promise<[number, number]> {
+  const rounds = options.rounds ?? 3;
+  const ms = (options.ms ?? 1500) / rounds;
+  const as: number[] = [];
+  const bs: number[] = [];
+  for (let i = 0; i < rounds; i++) {
+    as.push(await opsPerSecond(a, { ms, ...(options.batch !== undefined && { batch: options.batch }) }));
+    bs.push(await opsPerSecond(b, { ms, ...(options.batch !== undefined && { batch: options.batch }) }));
+  }
+  return [percentile(as, 50), percentile(bs, 50)];
 }

@@ -7,6 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TokenwardenError } from '../src/errors.js';
 import { TokenManager } from '../src/manager.js';
 import { clientCredentials } from '../src/sources/client-credentials.js';
+import { refreshToken } from '../src/sources/refresh-token.js';
 import { type FaultServer, json, startFaultServer } from './support/fault-server.js';
 
 const SECRET = 'client-secret-that-must-never-leak';
@@ -112,6 +113,32 @@ describe('token endpoint faults', () => {
       req.socket.destroy();
     });
     expect(await failure()).toMatchObject({ code: 'ERR_NETWORK' });
+  });
+
+  it('a reset before any answer is sent again once for client credentials, never for a refresh token', async () => {
+    let n = 0;
+    server.handle((req, res) => {
+      if (n++ === 0) {
+        req.socket.destroy();
+        return;
+      }
+      json(res, 200, { access_token: 'second-try', token_type: 'bearer', expires_in: 60 });
+    });
+    const before = server.requests.length;
+    expect((await source().fetchToken({})).accessToken).toBe('second-try');
+    expect(server.requests.length - before).toBe(2);
+
+    n = 0;
+    const refresh = refreshToken({
+      tokenEndpoint: `${server.url}/token`,
+      clientId: 'app',
+      clientSecret: SECRET,
+      refreshToken: 'single-use',
+      allowInsecureRequests: true,
+    });
+    const sent = server.requests.length;
+    await expect(refresh.fetchToken({})).rejects.toMatchObject({ code: 'ERR_NETWORK' });
+    expect(server.requests.length - sent).toBe(1); // the server may have spent it: no second spend
   });
 
   it('nothing listening → ERR_NETWORK', async () => {

@@ -10,7 +10,7 @@ import { inspect } from 'node:util';
 import * as oauth from 'oauth4webapi';
 import { type Clock, systemClock } from '../clock.js';
 import { type Duration, toMs } from '../duration.js';
-import { TokenwardenError } from '../errors.js';
+import { TokenwardenError, isTokenwardenError } from '../errors.js';
 import {
   DEFAULT_MAX_RESPONSE_BYTES,
   DEFAULT_TIMEOUT_MS,
@@ -276,7 +276,13 @@ export class OAuthClient {
         json = await attempt();
       } catch (err) {
         // A DPoP server may ask for a nonce first (RFC 9449 §8): the handle kept it; send again once.
-        if (!(this.dpop && oauth.isDPoPNonceError(err))) throw err;
+        // A kept-alive connection the server closed as we reused it fails with a reset before any answer:
+        // send again once, except for a refresh token, which the server may have spent (a second spend
+        // revokes the grant) — the manager's backoff retries that one.
+        const again =
+          (this.dpop !== undefined && oauth.isDPoPNonceError(err)) ||
+          (grantType !== 'refresh_token' && meta.status === undefined && isConnectionReset(err));
+        if (!again) throw err;
         json = await attempt();
       }
     } catch (err) {
@@ -363,6 +369,17 @@ export class OAuthClient {
   [inspect.custom](): string {
     return `OAuthClient ${inspect(this.toJSON())}`;
   }
+}
+
+/** A socket closed under the request (reset, broken pipe) — not a refusal, not a timeout. */
+function isConnectionReset(err: unknown): boolean {
+  if (!isTokenwardenError(err, 'ERR_NETWORK')) return false;
+  for (let e: unknown = err.cause, depth = 0; e && depth < 5; depth++) {
+    const code = (e as { code?: unknown }).code;
+    if (code === 'ECONNRESET' || code === 'EPIPE' || code === 'UND_ERR_SOCKET') return true;
+    e = (e as { cause?: unknown }).cause;
+  }
+  return false;
 }
 
 /**
