@@ -9,6 +9,7 @@
 import { EventEmitter } from 'node:events';
 import { inspect } from 'node:util';
 import type { DPoPHandle } from 'oauth4webapi';
+import { abortable } from './abort.js';
 import { type Clock, type Timer, systemClock } from './clock.js';
 import { type Duration, toMs } from './duration.js';
 import { TokenwardenError, isTokenwardenError } from './errors.js';
@@ -18,6 +19,7 @@ import {
   type RefreshPolicy,
   type RefreshPolicyOptions,
   backoffDelay,
+  refreshFloor,
   resolvePolicy,
   staleAt,
   statusAt,
@@ -146,12 +148,6 @@ interface Want {
 }
 
 const STORE_FAILED = Symbol('store failed');
-
-/**
- * Least time between two background refreshes: a token that is already stale when it arrives (a very
- * short lifetime, a clock far off) must not turn the background refresh into a loop.
- */
-const MIN_REFRESH_INTERVAL_MS = 1000;
 
 /**
  * After a transient failure, callers without a valid token get that failure at once for up to this long
@@ -412,7 +408,7 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
       }
     }
     const demand = this.#demand(now, minTtlMs);
-    return options?.signal ? abortable(demand, options.signal) : demand;
+    return options?.signal ? abortable(demand, options.signal, 'getToken()') : demand;
   }
 
   /** No usable token: one attempt now, unless the server told us to wait or a permanent error is fresh. */
@@ -729,43 +725,10 @@ export function isTransient(error: TokenwardenError): boolean {
   }
 }
 
-/**
- * The floor between background refreshes for `token`: {@link MIN_REFRESH_INTERVAL_MS}, but never past
- * two thirds of a short token's life (a 1 s token is not left to expire before its refresh starts),
- * and never under a quarter of a second (no refresh loop on absurdly short tokens).
- */
-function refreshFloor(token: Token): number {
-  if (token.expiresAt === undefined) return MIN_REFRESH_INTERVAL_MS;
-  const lifetime = token.expiresAt - token.issuedAt;
-  return Math.min(MIN_REFRESH_INTERVAL_MS, Math.max(250, (lifetime * 2) / 3));
-}
-
 /** How long a store keeps an entry: while it has a refresh token, until deleted; otherwise its life. */
 function storeTtl(token: Token, now: number): { ttlMs?: number } {
   if (token.refreshToken !== undefined || token.expiresAt === undefined) return {};
   return { ttlMs: Math.max(1000, token.expiresAt - now + 60_000) };
-}
-
-function abortable<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
-  if (signal.aborted) return Promise.reject(abortError(signal));
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = (): void => reject(abortError(signal));
-    signal.addEventListener('abort', onAbort, { once: true });
-    promise.then(
-      (value) => {
-        signal.removeEventListener('abort', onAbort);
-        resolve(value);
-      },
-      (err: unknown) => {
-        signal.removeEventListener('abort', onAbort);
-        reject(err as Error);
-      },
-    );
-  });
-}
-
-function abortError(signal: AbortSignal): TokenwardenError {
-  return new TokenwardenError('ERR_ABORTED', 'getToken() was aborted', { cause: signal.reason });
 }
 
 class Registry {

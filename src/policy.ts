@@ -186,3 +186,25 @@ export function parseRetryAfter(value: string | null | undefined, now: number): 
   if (Number.isNaN(date)) return undefined;
   return Math.min(Math.max(0, date - now), MAX_RETRY_AFTER_MS);
 }
+
+/**
+ * Least time between two background refreshes: a token that is already stale when it arrives (a very short
+ * lifetime, a clock far off) must not turn the background refresh into a loop.
+ */
+export const MIN_REFRESH_INTERVAL_MS = 1000;
+
+/**
+ * The floor between background refreshes of `token`, counted from its `issuedAt`:
+ * {@link MIN_REFRESH_INTERVAL_MS}, but never past two thirds of a short token's life (a 1 s token is not left
+ * to expire before its refresh starts), and never under a quarter of a second.
+ *
+ * @example
+ * ```ts
+ * refreshFloor(token); // 1000 for any token living 1.5 s or more
+ * ```
+ */
+export function refreshFloor(token: Token): number {
+  if (token.expiresAt === undefined) return MIN_REFRESH_INTERVAL_MS;
+  const lifetime = token.expiresAt - token.issuedAt;
+  return Math.min(MIN_REFRESH_INTERVAL_MS, Math.max(250, (lifetime * 2) / 3));
+}

@@ -4,6 +4,7 @@
  * @module
  */
 import { decodeJwt } from 'jose';
+import { parseJsonObject } from './json.js';
 
 /**
  * An access token as tokenwarden holds it.
@@ -151,13 +152,7 @@ export function serializeToken(token: Token): string {
  * ```
  */
 export function parseStoredToken(text: string): Token | undefined {
-  let data: unknown;
-  try {
-    data = JSON.parse(text);
-  } catch {
-    return undefined;
-  }
-  return toToken(data);
+  return toToken(parseJsonObject(text));
 }
 
 /** Checks the shape of a deserialised token; `undefined` when it is not a token. */

@@ -12,11 +12,13 @@ import { inspect } from 'node:util';
 import { type JWTPayload, decodeJwt } from 'jose';
 import { LRUCache } from 'lru-cache';
 import * as oauth from 'oauth4webapi';
+import { abortable } from './abort.js';
 import { type Clock, systemClock } from './clock.js';
 import { type Duration, toMs } from './duration.js';
 import { TokenwardenError, isTokenwardenError } from './errors.js';
 import { boundedFetch } from './http/transport.js';
 import { type UserClaims, checkIdToken, signatureVerifier, userClaims } from './id-token.js';
+import { parseJsonObject } from './json.js';
 import { isTransient } from './manager.js';
 import { type RefreshPolicy, type RefreshPolicyOptions, backoffDelay, resolvePolicy, staleAt } from './policy.js';
 import { type ClientOptions, OAuthClient } from './sources/client.js';
@@ -773,7 +775,7 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
       }
     }
     const run = this.#single(subject, want, 'valid');
-    return request?.signal ? abortable(run, request.signal) : run;
+    return request?.signal ? abortable(run, request.signal, 'getAccessToken()') : run;
   }
 
   #refreshInBackground(subject: string, cached: Cached, want: Spec, now: number): void {
@@ -1462,14 +1464,8 @@ function claimsInfo(record: UserRecord): ClaimsInfo | undefined {
 }
 
 function parseRecord(text: string): UserRecord | undefined {
-  let data: unknown;
-  try {
-    data = JSON.parse(text);
-  } catch {
-    return undefined;
-  }
-  if (data === null || typeof data !== 'object') return undefined;
-  const d = data as Record<string, unknown>;
+  const d = parseJsonObject(text);
+  if (d === undefined) return undefined;
   if (d['v'] !== 1 || typeof d['issuer'] !== 'string' || typeof d['clientId'] !== 'string') return undefined;
   if (typeof d['subject'] !== 'string' || typeof d['session'] !== 'string') return undefined;
   if (typeof d['updatedAt'] !== 'number' || !Array.isArray(d['accessTokens'])) return undefined;
@@ -1504,24 +1500,4 @@ function parseRecord(text: string): UserRecord | undefined {
 
 function isListOrNull(value: unknown): value is string[] | null {
   return value === null || (Array.isArray(value) && value.every((v) => typeof v === 'string'));
-}
-
-function abortable<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
-  const abortError = (): TokenwardenError =>
-    new TokenwardenError('ERR_ABORTED', 'getAccessToken() was aborted', { cause: signal.reason });
-  if (signal.aborted) return Promise.reject(abortError());
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = (): void => reject(abortError());
-    signal.addEventListener('abort', onAbort, { once: true });
-    promise.then(
-      (value) => {
-        signal.removeEventListener('abort', onAbort);
-        resolve(value);
-      },
-      (err: unknown) => {
-        signal.removeEventListener('abort', onAbort);
-        reject(err as Error);
-      },
-    );
-  });
 }

@@ -91,17 +91,31 @@ export function boundedFetch(options: TransportOptions, meta?: ResponseMeta): Fe
 }
 
 async function readCapped(response: Response, max: number, url: string): Promise<Uint8Array<ArrayBuffer> | null> {
-  const tooLarge = (): TokenwardenError =>
-    new TokenwardenError('ERR_RESPONSE_TOO_LARGE', `response from ${url} is larger than ${max} bytes`, {
+  if (response.body === null) return null;
+  const body = await readAtMost(response.body, max, response.headers.get('content-length'));
+  if (body === undefined) {
+    throw new TokenwardenError('ERR_RESPONSE_TOO_LARGE', `response from ${url} is larger than ${max} bytes`, {
       status: response.status,
     });
-  const declared = Number(response.headers.get('content-length'));
-  if (Number.isFinite(declared) && declared > max) {
-    await response.body?.cancel().catch(() => undefined);
-    throw tooLarge();
   }
-  if (!response.body) return null;
-  const reader = response.body.getReader();
+  return body;
+}
+
+/**
+ * Reads a body stream whole, or stops (cancelling the stream) and resolves to `undefined` as soon as it —
+ * or its declared `Content-Length` — exceeds `max` bytes: an oversized body is never held in memory.
+ */
+export async function readAtMost(
+  stream: ReadableStream<Uint8Array>,
+  max: number,
+  contentLength?: string | null,
+): Promise<Uint8Array<ArrayBuffer> | undefined> {
+  const declared = Number(contentLength);
+  if (contentLength != null && Number.isFinite(declared) && declared > max) {
+    await stream.cancel().catch(() => undefined);
+    return undefined;
+  }
+  const reader = stream.getReader();
   const chunks: Uint8Array[] = [];
   let size = 0;
   for (;;) {
@@ -110,7 +124,7 @@ async function readCapped(response: Response, max: number, url: string): Promise
     size += value.byteLength;
     if (size > max) {
       await reader.cancel().catch(() => undefined);
-      throw tooLarge();
+      return undefined;
     }
     chunks.push(value);
   }

@@ -6,6 +6,7 @@
  *
  * @module
  */
+import { readAtMost } from '../http/transport.js';
 import { type VerifyFailure, failure } from './errors.js';
 
 /**
@@ -157,24 +158,10 @@ export function hasFormBody(input: VerifyInput): boolean {
  * larger than `maxBytes`. Returns `undefined` when there is no usable body.
  */
 export async function readFormBody(request: Request, maxBytes: number): Promise<URLSearchParams | undefined> {
-  const declared = Number(request.headers.get('content-length'));
-  if (Number.isFinite(declared) && declared > maxBytes) return undefined;
   const stream = request.clone().body;
   if (!stream) return undefined;
-  const reader = stream.getReader();
-  const chunks: Uint8Array[] = [];
-  let size = 0;
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    size += value.byteLength;
-    if (size > maxBytes) {
-      await reader.cancel().catch(() => undefined);
-      return undefined;
-    }
-    chunks.push(value);
-  }
-  return new URLSearchParams(Buffer.concat(chunks).toString('utf8'));
+  const body = await readAtMost(stream, maxBytes, request.headers.get('content-length'));
+  return body === undefined ? undefined : new URLSearchParams(Buffer.from(body).toString('utf8'));
 }
 
 /** Whether `input` is a Fetch API `Request` (or shaped like one). */

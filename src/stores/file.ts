@@ -16,6 +16,7 @@ import { hostname } from 'node:os';
 import { join, resolve } from 'node:path';
 import { type Duration, toMs } from '../duration.js';
 import { TokenwardenError } from '../errors.js';
+import { parseJsonObject } from '../json.js';
 import { Codec, type EncryptionOption, decodeOrMiss } from './codec.js';
 import { LockWaiters } from './lock-waiters.js';
 import {
@@ -345,14 +346,8 @@ export class FileStore extends EventEmitter<StoreEvents> implements TokenStore {
 }
 
 function parseEntry(text: string): Entry | undefined {
-  let data: unknown;
-  try {
-    data = JSON.parse(text);
-  } catch {
-    return undefined;
-  }
-  if (data === null || typeof data !== 'object') return undefined;
-  const e = data as Record<string, unknown>;
+  const e = parseJsonObject(text);
+  if (e === undefined) return undefined;
   if (e['tokenwarden'] !== 1 || typeof e['key'] !== 'string' || typeof e['value'] !== 'string') return undefined;
   if (!Number.isSafeInteger(e['version']) || (e['version'] as number) <= 0) return undefined;
   if (e['expiresAt'] !== null && !(typeof e['expiresAt'] === 'number' && Number.isFinite(e['expiresAt']))) {
@@ -374,13 +369,9 @@ async function readLock(path: string): Promise<LockInfo | undefined | 'missing'>
     if (isMissing(err)) return 'missing';
     throw err;
   }
-  try {
-    const data = JSON.parse(text) as Partial<LockInfo>;
-    if (typeof data.owner === 'string' && typeof data.pid === 'number' && typeof data.expiresAt === 'number') {
-      return { owner: data.owner, pid: data.pid, host: String(data.host), expiresAt: data.expiresAt };
-    }
-  } catch {
-    // fall through: not a lock we wrote
+  const data = parseJsonObject(text) as Partial<LockInfo> | undefined; // undefined: not a lock we wrote
+  if (typeof data?.owner === 'string' && typeof data.pid === 'number' && typeof data.expiresAt === 'number') {
+    return { owner: data.owner, pid: data.pid, host: String(data.host), expiresAt: data.expiresAt };
   }
   return undefined;
 }
