@@ -273,9 +273,31 @@ describe('TokenManager', () => {
     // another writer puts a newer token in the store behind our back
     const before = await store.get(m.key);
     await store.set(m.key, before!.value.replace('access-1', 'access-other'), {});
-    await m.refresh(); // our refresh sees the other token under the lock... and force wants a newer one than ours
-    const stored = await store.get(m.key);
-    expect(stored!.value).toContain((await m.getToken()).accessToken);
+    // Our forced refresh reads the store first, finds a token newer than the one it holds, and takes it.
+    expect((await m.refresh()).accessToken).toBe('access-other');
+    expect(source.calls).toHaveLength(1); // no second request
+    expect((await store.get(m.key))!.value).toContain('access-other'); // and nothing overwritten
+    expect((await m.getToken()).accessToken).toBe('access-other');
+  });
+
+  it('never overwrites a newer store entry with an older result (compare-and-set on the version read)', async () => {
+    const clock = new ManualClock(T0);
+    const store = new MemoryStore({ clock });
+    const source = new ScriptedSource(clock);
+    const m = new TokenManager({ source, store, clock, random: () => 0 });
+    managers.push(m);
+    await m.getToken();
+    // While our fetch is in flight (the store lock held by us), another writer ignores the lock and writes.
+    source.gate();
+    const refreshing = m.refresh();
+    await clock.advance(0);
+    const base = await store.get(m.key);
+    await store.set(m.key, base!.value.replace('access-1', 'access-foreign'));
+    source.release();
+    await refreshing;
+    // Our compare-and-set failed; the store's newer, still-valid entry won and is what we now serve.
+    expect((await store.get(m.key))!.value).toContain('access-foreign');
+    expect((await m.getToken()).accessToken).toBe('access-foreign');
   });
 
   it('degrades to in-process behaviour when the store fails, with events, and recovers', async () => {

@@ -465,6 +465,7 @@ describe('policy', () => {
     });
     if (!result.ok) expect(challenge(result.failure)).toBe(`DPoP realm="api", ${ALGS}`);
     const none = await strict(undefined);
+    expect(none.ok).toBe(false);
     if (!none.ok) expect(challenge(none.failure)).toBe(`DPoP realm="api", ${ALGS}`);
     expect((await strict(request(API, [await dpopProof(keys, { htu: API, token })]))).ok).toBe(true);
   });
@@ -475,8 +476,10 @@ describe('policy', () => {
     expect(none.ok).toBe(false);
     if (!none.ok) expect(challenge(none.failure)).toBe('Bearer realm="api"');
     const result = await verify(undefined);
+    expect(result.ok).toBe(false);
     if (!result.ok) expect(challenge(result.failure)).toBe(`Bearer realm="api", DPoP realm="api", ${ALGS}`);
     const basic = await verify('Basic dXNlcjpwYXNz');
+    expect(basic.ok).toBe(false);
     if (!basic.ok) expect(challenge(basic.failure, { realm: 'x' })).toBe(`Bearer realm="x", DPoP realm="x", ${ALGS}`);
   });
 
