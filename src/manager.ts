@@ -13,6 +13,7 @@ import { abortable } from './abort.js';
 import { type Clock, type Timer, systemClock } from './clock.js';
 import { type Duration, toMs } from './duration.js';
 import { TokenwardenError, isTokenwardenError } from './errors.js';
+import { type Attempt, Fleet, type Lineage, type Slot, type Versioned, lockLease } from './fleet/fleet.js';
 import { type AuthFetchOptions, authFetch } from './http/auth-fetch.js';
 import type { FetchLike } from './http/transport.js';
 import {
@@ -26,9 +27,8 @@ import {
 } from './policy.js';
 import type { TokenSource } from './sources/source.js';
 import { MemoryStore } from './stores/memory.js';
-import { bounded, releaseLate } from './stores/shared.js';
-import type { StoreRecord, TokenStore } from './stores/store.js';
-import { type Token, type TokenStatus, isValid, parseStoredToken, remainingMs, serializeToken } from './token.js';
+import type { TokenStore } from './stores/store.js';
+import { type Token, type TokenStatus, parseStoredEntry, remainingMs, serializeStoredToken } from './token.js';
 
 /**
  * Options for {@link TokenManager}.
@@ -55,10 +55,25 @@ export interface TokenManagerOptions {
   key?: string;
   /** When to refresh. See {@link RefreshPolicyOptions} for the defaults. */
   refresh?: RefreshPolicyOptions;
-  /** The refresh lock: `ttl` (longer than a refresh can take, default `'30s'`), `wait` (default = `ttl`). */
+  /**
+   * The refresh lock: `ttl`, its lease — longer than a token request can take (default `'30s'`, or the
+   * source's `timeout` plus twice `storeTimeout` and 5 s when that is longer; a shorter `ttl` is
+   * `ERR_CONFIG`), and `wait`, how long a caller without a valid token waits for another process's refresh
+   * (default = `ttl`).
+   */
   lock?: { ttl?: Duration; wait?: Duration };
-  /** Longest wait for a store read or write before degrading to in-process behaviour. Default `'2s'`. */
+  /**
+   * The time budget of one refresh's store steps (read, lock, re-read, write), default `'2s'`. A caller
+   * holding a valid token never waits on the store at all.
+   */
   storeTimeout?: Duration;
+  /**
+   * Let a source that spends a single-use refresh token refresh without the store's lock when the store is
+   * down and no valid token is left. Default `false`: such callers get `ERR_STORE`/`ERR_STORE_TIMEOUT` until
+   * the store answers, because another process may be spending the same refresh token — which servers punish
+   * by revoking the whole grant. Set it only for a store no other process uses.
+   */
+  unlockedRefresh?: boolean;
   /** Clock. Default: the system clock. */
   clock?: Clock;
   /** Random numbers in [0, 1) for jitter. Default `Math.random`. */
@@ -135,6 +150,8 @@ interface Held {
   readonly staleAt: number;
   /** Version of the store entry this token was read from or written as; `undefined` if never synced. */
   version: number | undefined;
+  /** Its place in the key's history (see the fleet core). */
+  readonly seq: number;
   readonly generation: number;
 }
 
@@ -146,8 +163,6 @@ interface Want {
   /** Least remaining life. */
   minTtlMs?: number;
 }
-
-const STORE_FAILED = Symbol('store failed');
 
 /**
  * After a transient failure, callers without a valid token get that failure at once for up to this long
@@ -201,10 +216,9 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
   readonly #policy: RefreshPolicy;
   readonly #clock: Clock;
   readonly #random: () => number;
-  readonly #lockTtlMs: number;
-  readonly #lockWaitMs: number;
-  readonly #storeTimeoutMs: number;
   readonly #ownsStore: boolean;
+  readonly #fleet: Fleet<Token>;
+  readonly #slot: Slot<Token>;
   readonly #closing = new AbortController();
   #held: Held | undefined;
   #generation = 0;
@@ -219,7 +233,6 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
   #failFastUntil = 0;
   #timer: Timer | undefined;
   #closed = false;
-  #storeDown = false;
   #expiredReported: Token | undefined;
 
   constructor(options: TokenManagerOptions) {
@@ -239,12 +252,34 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
     this.#policy = resolvePolicy(options.refresh);
     this.#clock = options.clock ?? systemClock;
     this.#random = options.random ?? Math.random;
-    this.#lockTtlMs = toMs(options.lock?.ttl ?? '30s', 'lock.ttl');
-    this.#lockWaitMs = options.lock?.wait === undefined ? this.#lockTtlMs : toMs(options.lock.wait, 'lock.wait');
-    this.#storeTimeoutMs = toMs(options.storeTimeout ?? '2s', 'storeTimeout');
+    const storeTimeoutMs = toMs(options.storeTimeout ?? '2s', 'storeTimeout');
+    const lockTtlMs = lockLease(options.lock?.ttl, requestTimeoutOf(source), storeTimeoutMs);
+    const lockWaitMs = options.lock?.wait === undefined ? lockTtlMs : toMs(options.lock.wait, 'lock.wait');
     this.#ownsStore = options.store === undefined;
     this.store = options.store ?? new MemoryStore({ max: 16, clock: this.#clock });
     this.fetch = authFetch(this, options.fetch);
+    this.#slot = {
+      key,
+      held: () => {
+        const held = this.#held;
+        return held && { state: held.token, seq: held.seq, version: held.version };
+      },
+      take: (value, from) => this.#take(value, from),
+      storeFailed: (operation, error) =>
+        this.emit('storeError', { key, operation: operation === 'delete' ? 'set' : operation, error }),
+      storeRecovered: () => this.emit('storeRecovered', { key }),
+    };
+    this.#fleet = new Fleet({
+      store: this.store,
+      lineage: tokenLineage(source.exclusive === true),
+      clock: this.#clock,
+      storeTimeoutMs,
+      lockTtlMs,
+      lockWaitMs,
+      unlockedRefresh: options.unlockedRefresh === true,
+      closing: this.#closing.signal,
+      slots: () => [this.#slot],
+    });
   }
 
   /**
@@ -308,13 +343,14 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
     const now = this.#clock.now();
     const dead = Object.freeze({ ...held.token, expiresAt: Math.min(held.token.expiresAt ?? now, now) });
     this.#timer?.cancel();
-    const next: Held = { token: dead, staleAt: now, version: held.version, generation: held.generation };
+    const next: Held = { ...held, token: dead, staleAt: now };
     this.#held = next;
     if (held.version === undefined) return;
-    const version = await this.#storeCall('set', (store) =>
-      store.set(this.key, serializeToken(dead), { ifVersion: held.version as number, ...storeTtl(dead, now) }),
+    const text = encodeToken(dead, held.seq);
+    const written = await this.#fleet.storeCall(this.#slot, 'set', (store) =>
+      store.set(this.key, text, { ifVersion: held.version as number, ...storeTtl(dead, now) }),
     );
-    if (typeof version === 'number' && this.#held === next) next.version = version;
+    if (written.ok && written.value !== null && this.#held === next) next.version = written.value;
   }
 
   /**
@@ -348,8 +384,11 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
     if (this.#closed) return;
     this.#closed = true;
     this.#timer?.cancel();
-    this.#closing.abort(new TokenwardenError('ERR_CLOSED', 'the token manager was closed'));
     await this.#inflight?.catch(() => undefined);
+    // A rotated refresh token the store did not take yet is written now (bounded), never dropped silently.
+    await this.#fleet.flush();
+    this.#closing.abort(new TokenwardenError('ERR_CLOSED', 'the token manager was closed'));
+    this.#fleet.close();
     this.#held = undefined;
     registry.forget(this);
     if (this.#ownsStore) await this.store.close();
@@ -458,98 +497,40 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
     return want.minTtlMs === undefined || remainingMs(token, now) > want.minTtlMs;
   }
 
-  /** The fleet protocol. */
+  /** The fleet protocol (src/fleet/), for this manager's one key. */
   async #run(want: Want): Promise<Token> {
+    const attempt: Attempt<Token> = {
+      ...this.#slot,
+      exclusive: this.source.exclusive === true,
+      satisfied: () => this.#held !== undefined && this.#satisfies(this.#held.token, want),
+      spend: (current, signal) =>
+        this.source.fetchToken({ signal, ...(current !== undefined && { previous: current.state }) }),
+    };
     try {
-      // Another process may already have refreshed: read the store before anything else.
-      this.#adopt(await this.#storeCall('get', (s) => s.get(this.key)));
-      if (this.#held && this.#satisfies(this.#held.token, want)) return this.#held.token;
-
-      const lock = await this.#storeCall('lock', (s) =>
-        s.lock(this.key, { ttlMs: this.#lockTtlMs, waitMs: this.#lockWaitMs, signal: this.#closing.signal }),
-      );
-      if (lock === undefined) {
-        // Someone else holds the lock for longer than we wait: take what they may have written.
-        this.#adopt(await this.#storeCall('get', (s) => s.get(this.key)));
-        const held = this.#held;
-        if (held && statusAt(held.token, held.staleAt, this.#clock.now()) !== 'expired') return held.token;
-        throw new TokenwardenError(
-          'ERR_LOCK_TIMEOUT',
-          `another process held the refresh lock for more than ${this.#lockWaitMs} ms`,
-        );
-      }
-      if (lock === STORE_FAILED && this.source.exclusive === true && this.#holdsValidToken()) {
-        // Without the fleet lock another process may be spending the same single-use refresh token, and a
-        // second spend revokes the grant: keep serving the valid token and retry; only a caller with no
-        // valid token left makes us refresh in-process.
-        throw new TokenwardenError(
-          'ERR_STORE',
-          'the store is unavailable; not spending the refresh token without the fleet lock while the current token is valid',
-        );
-      }
-      try {
-        // Re-read under the lock: the previous holder may have just rotated the refresh token.
-        const record = await this.#storeCall('get', (s) => s.get(this.key));
-        this.#adopt(record);
-        if (this.#held && this.#satisfies(this.#held.token, want)) return this.#held.token;
-        if (this.#closed) throw new TokenwardenError('ERR_CLOSED', 'the token manager was closed');
-        const token = await this.source.fetchToken({ ...(this.#held && { previous: this.#held.token }) });
-        const base = record === STORE_FAILED ? undefined : (record?.version ?? 0);
-        return await this.#write(token, base);
-      } finally {
-        if (lock !== STORE_FAILED) await lock.release().catch(() => undefined);
-      }
+      await this.#fleet.run(attempt);
+      return (this.#held as Held).token;
     } catch (err) {
       throw this.#failed(err);
     }
   }
 
-  /** Writes a token just fetched (compare-and-set on the version read under the lock) and holds it. */
-  async #write(token: Token, ifVersion: number | undefined): Promise<Token> {
-    const now = this.#clock.now();
-    const value = serializeToken(token);
-    let version = await this.#storeCall('set', (s) =>
-      s.set(this.key, value, { ...storeTtl(token, now), ...(ifVersion !== undefined && { ifVersion }) }),
-    );
-    if (version === null) {
-      // Someone wrote despite our lock (it expired, or a foreign writer): the store's entry wins if usable.
-      const record = await this.#storeCall('get', (s) => s.get(this.key));
-      const theirs = record === STORE_FAILED || record === undefined ? undefined : parseStoredToken(record.value);
-      if (theirs !== undefined && record !== STORE_FAILED && record !== undefined && isValid(theirs, now)) {
-        this.#install(theirs, record.version, 'store');
-        return theirs;
-      }
-      version = await this.#storeCall('set', (s) => s.set(this.key, value, storeTtl(token, now)));
-    }
-    this.#install(token, version === STORE_FAILED || version === null ? undefined : version, 'source');
-    return token;
-  }
-
-  /** Holds the store's token if it is a different write from the one held. */
-  #adopt(record: StoreRecord | undefined | typeof STORE_FAILED): void {
-    if (record === undefined || record === STORE_FAILED) return;
+  /** Holds a token the fleet core obtained or read (a placeholder announcing someone's first refresh is not one). */
+  #take(value: Versioned<Token>, from: 'store' | 'source'): void {
     const held = this.#held;
-    if (held !== undefined && held.version === record.version) return;
-    const token = parseStoredToken(record.value);
-    if (token === undefined) {
-      // A corrupt entry is a miss (the next write replaces it); the store itself is fine.
-      this.emit('storeError', {
-        key: this.key,
-        operation: 'get',
-        error: new TokenwardenError('ERR_STORE', 'the stored entry is not a token; ignoring it'),
-      });
+    if (held !== undefined && held.seq === value.seq && held.token.accessToken === value.state.accessToken) {
+      held.version = value.version; // the same token, now written (or found) in the store
       return;
     }
-    // A token we could not write (store was down) is compared by age; otherwise the store's order wins.
-    if (held !== undefined && held.version === undefined && token.issuedAt < held.token.issuedAt) return;
-    this.#install(token, record.version, 'store');
+    if (from === 'store' && isPlaceholder(value.state)) return;
+    this.#install(value.state, value.version, value.seq, from);
   }
 
-  #install(token: Token, version: number | undefined, from: 'source' | 'store'): void {
+  #install(token: Token, version: number | undefined, seq: number, from: 'source' | 'store'): void {
     const held: Held = {
       token,
       staleAt: staleAt(token, this.#policy, this.#random()),
       version,
+      seq,
       generation: ++this.#generation,
     };
     this.#held = held;
@@ -641,37 +622,6 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
     this.#refresh({ fresh: true }).catch(() => undefined); // reported through 'refreshFailed'
   }
 
-  /**
-   * Runs a store operation with a time limit; failures degrade to in-process behaviour. The limit is real
-   * time (a Node timer), not the injected clock: it bounds I/O, which a test clock does not move.
-   */
-  async #storeCall<T>(
-    operation: 'get' | 'set' | 'lock',
-    call: (store: TokenStore) => Promise<T>,
-  ): Promise<T | typeof STORE_FAILED> {
-    const limit = operation === 'lock' ? this.#lockWaitMs + this.#storeTimeoutMs : this.#storeTimeoutMs;
-    try {
-      // A lock that arrives after the limit is released at once rather than held until its lease ends.
-      const result = await bounded(() => call(this.store), limit, `store ${operation}`, releaseLate);
-      if (this.#storeDown) {
-        this.#storeDown = false;
-        this.emit('storeRecovered', { key: this.key });
-      }
-      return result;
-    } catch (err) {
-      if (isTokenwardenError(err, 'ERR_CLOSED') && this.#closed) throw err;
-      if (this.#closing.signal.aborted && operation === 'lock') throw this.#closing.signal.reason as Error;
-      this.#storeDown = true;
-      this.emit('storeError', { key: this.key, operation, error: err as TokenwardenError });
-      return STORE_FAILED;
-    }
-  }
-
-  #holdsValidToken(): boolean {
-    const held = this.#held;
-    return held !== undefined && statusAt(held.token, held.staleAt, this.#clock.now()) !== 'expired';
-  }
-
   #info(held: Held): TokenInfo {
     return {
       key: this.key,
@@ -723,6 +673,42 @@ export function isTransient(error: TokenwardenError): boolean {
     default:
       return false;
   }
+}
+
+/** How a manager's token is stored (see the fleet core). */
+function tokenLineage(exclusive: boolean): Lineage<Token> {
+  return {
+    decode: (_key, value) => {
+      const entry = parseStoredEntry(value);
+      return (
+        entry && {
+          state: entry.token,
+          seq: entry.seq,
+          ...(entry.healedAt !== undefined && { healedAt: entry.healedAt }),
+        }
+      );
+    },
+    encode: (token, seq, healedAt) => serializeStoredToken(token, seq, healedAt),
+    precious: (token) => token.refreshToken !== undefined,
+    ttlMs: (token, now) => storeTtl(token, now).ttlMs,
+    ...(exclusive && { placeholder: (now: number) => PLACEHOLDER(now) }),
+  };
+}
+
+/** Announces a first refresh from configuration: no token, nothing single-use, expired. */
+const PLACEHOLDER = (now: number): Token =>
+  Object.freeze({ accessToken: '', tokenType: 'Bearer', issuedAt: now, expiresAt: now, raw: {} });
+
+function isPlaceholder(token: Token): boolean {
+  return token.accessToken === '' && token.refreshToken === undefined;
+}
+
+const encodeToken = (token: Token, seq: number): string => serializeStoredToken(token, seq);
+
+/** The request time limit of a built-in source (`GrantSource`), if it has one. */
+function requestTimeoutOf(source: TokenSource): number | undefined {
+  const timeoutMs = (source as { client?: { timeoutMs?: unknown } }).client?.timeoutMs;
+  return typeof timeoutMs === 'number' && Number.isFinite(timeoutMs) ? timeoutMs : undefined;
 }
 
 /** How long a store keeps an entry: while it has a refresh token, until deleted; otherwise its life. */

@@ -143,6 +143,42 @@ export function serializeToken(token: Token): string {
 }
 
 /**
+ * A token as the fleet stores it: with its place in the key's history (`seq`) and, when a process wrote it
+ * back from memory into a store that had lost it, when (`healedAt`). Read by {@link parseStoredToken} too.
+ *
+ * @example
+ * ```ts
+ * const text = serializeStoredToken(token, 7);
+ * parseStoredEntry(text); // { token, seq: 7, healedAt: undefined }
+ * ```
+ */
+export function serializeStoredToken(token: Token, seq: number, healedAt?: number): string {
+  return JSON.stringify({ v: 1, ...token, seq, ...(healedAt !== undefined && { healedAt }) });
+}
+
+/**
+ * Reads {@link serializeStoredToken}'s form (an entry written by {@link serializeToken} has `seq` 0);
+ * `undefined` for anything that is not a stored token.
+ *
+ * @example
+ * ```ts
+ * const entry = parseStoredEntry(record.value); // { token, seq, healedAt } | undefined
+ * ```
+ */
+export function parseStoredEntry(text: string): { token: Token; seq: number; healedAt?: number } | undefined {
+  const data = parseJsonObject(text);
+  const token = toToken(data);
+  if (token === undefined || data === undefined) return undefined;
+  const seq = data['seq'];
+  const healedAt = data['healedAt'];
+  return {
+    token,
+    seq: Number.isSafeInteger(seq) && (seq as number) >= 0 ? (seq as number) : 0,
+    ...(typeof healedAt === 'number' && Number.isFinite(healedAt) && { healedAt }),
+  };
+}
+
+/**
  * Reads a token written by {@link serializeToken}; returns `undefined` for anything that is not one
  * (a corrupt or foreign entry is a miss, never a crash).
  *

@@ -26,6 +26,20 @@ afterEach(async () => {
   await Promise.all(managers.splice(0).map((m) => m.close()));
 });
 
+/** Moves the clock in small steps until `promise` settles (for waits that start after a few store calls). */
+async function whileMoving<T>(clock: ManualClock, promise: Promise<T>): Promise<T> {
+  let done = false;
+  promise.then(
+    () => (done = true),
+    () => (done = true),
+  );
+  for (let i = 0; i < 1000 && !done; i++) {
+    await clock.advance(100);
+    await new Promise((r) => setImmediate(r));
+  }
+  return promise;
+}
+
 describe('TokenManager', () => {
   it('shares one fetch among concurrent callers of a cold manager', async () => {
     const { source, manager } = setup();
@@ -287,17 +301,37 @@ describe('TokenManager', () => {
     const m = new TokenManager({ source, store, clock, random: () => 0 });
     managers.push(m);
     await m.getToken();
-    // While our fetch is in flight (the store lock held by us), another writer ignores the lock and writes.
+    // While our fetch is in flight (the store lock held by us), another writer ignores the lock and stores
+    // the result of its own refresh from the same starting point.
     source.gate();
     const refreshing = m.refresh();
     await clock.advance(0);
     const base = await store.get(m.key);
-    await store.set(m.key, base!.value.replace('access-1', 'access-foreign'));
+    await store.set(m.key, base!.value.replace('access-1', 'access-foreign').replace('"seq":1', '"seq":2'));
     source.release();
     await refreshing;
-    // Our compare-and-set failed; the store's newer, still-valid entry won and is what we now serve.
+    // Our compare-and-set failed; the store's entry, as new as ours, won and is what we now serve.
     expect((await store.get(m.key))!.value).toContain('access-foreign');
     expect((await m.getToken()).accessToken).toBe('access-foreign');
+  });
+
+  it('writes its newer result over an older entry that appeared under its lock (settled by seq)', async () => {
+    const clock = new ManualClock(T0);
+    const store = new MemoryStore({ clock });
+    const source = new ScriptedSource(clock);
+    const m = new TokenManager({ source, store, clock, random: () => 0 });
+    managers.push(m);
+    await m.getToken();
+    source.gate();
+    const refreshing = m.refresh();
+    await clock.advance(0);
+    // A store restored from an old copy: the same place in the history as what we are replacing.
+    const base = await store.get(m.key);
+    await store.set(m.key, base!.value.replace('access-1', 'access-restored'));
+    source.release();
+    await refreshing;
+    expect((await store.get(m.key))!.value).toContain('access-2');
+    expect((await m.getToken()).accessToken).toBe('access-2');
   });
 
   it('degrades to in-process behaviour when the store fails, with events, and recovers', async () => {
@@ -324,7 +358,7 @@ describe('TokenManager', () => {
     expect(source.calls).toHaveLength(2);
   });
 
-  it('never spends a single-use refresh token without the fleet lock while the current token is still valid', async () => {
+  it('never spends a single-use refresh token without the fleet lock, before or after the token expires', async () => {
     const clock = new ManualClock(T0);
     const inner = new MemoryStore({ clock });
     let lockDown = false;
@@ -338,13 +372,45 @@ describe('TokenManager', () => {
     };
     const { manager, source, events } = setup({ store, clock, lifetimeMs: 10_000 });
     source.exclusive = true;
-    await manager.getToken();
+    // A shared store that holds nothing yet: the first refresh is announced and waits for the fleet to settle.
+    await whileMoving(clock, manager.getToken());
     lockDown = true;
     await clock.advance(7_000); // stale: background refreshes fail on the lock, the source is not called
     expect(source.calls).toHaveLength(1);
     expect((await manager.getToken()).accessToken).toBe('access-1');
     expect(events.some((e) => e.name === 'refreshFailed')).toBe(true);
-    await clock.advance(3_500); // expired: now a caller needs a token, and only an in-process refresh can give one
+    await clock.advance(3_500); // expired: a caller needs a token, but another process may be spending it
+    const failed = await manager.getToken().catch((err: unknown) => err);
+    expect(failed).toMatchObject({ code: 'ERR_STORE' });
+    expect(source.calls).toHaveLength(1);
+    lockDown = false; // the store is back: the first caller refreshes, once
+    expect((await manager.getToken()).accessToken).toBe('access-2');
+    expect(source.calls).toHaveLength(2);
+  });
+
+  it('unlockedRefresh: a store known to be private lets an expired token be refreshed without the lock', async () => {
+    const clock = new ManualClock(T0);
+    const inner = new MemoryStore({ clock });
+    const store = {
+      get: (k: string) => inner.get(k),
+      set: (k: string, v: string, o?: object) => inner.set(k, v, o),
+      delete: (k: string) => inner.delete(k),
+      lock: () => Promise.reject(new Error('ETIMEDOUT')),
+      close: () => inner.close(),
+    };
+    const source = new ScriptedSource(clock, 10_000);
+    source.exclusive = true;
+    const manager = new TokenManager({
+      source,
+      store,
+      clock,
+      random: () => 0,
+      unlockedRefresh: true,
+      refresh: { background: false },
+    });
+    managers.push(manager);
+    await manager.getToken();
+    await clock.advance(10_500);
     expect((await manager.getToken()).accessToken).toBe('access-2');
     expect(source.calls).toHaveLength(2);
   });

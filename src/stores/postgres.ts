@@ -53,7 +53,8 @@ export interface PostgresStoreCommonOptions {
   encryptionKey?: EncryptionOption;
   /**
    * Longest time one operation may take (connecting, a statement). Default `'2s'`. On a pool the store
-   * creates it is also the server-side `statement_timeout`.
+   * creates, a statement past it also closes its connection (no startup parameters are sent, so the store
+   * works behind PgBouncer in transaction or session mode).
    */
   timeout?: Duration;
 }
@@ -373,7 +374,8 @@ export class PostgresStore extends EventEmitter<StoreEvents> implements TokenSto
       connectionString,
       max: 5,
       connectionTimeoutMillis: this.#timeoutMs,
-      statement_timeout: this.#timeoutMs,
+      // Client-side only: a startup parameter such as statement_timeout is refused by PgBouncer. A query
+      // past its time limit makes the pool drop its connection (and with it the statement).
       query_timeout: this.#timeoutMs + 500,
       idleTimeoutMillis: 10_000,
       allowExitOnIdle: true,

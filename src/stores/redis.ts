@@ -69,8 +69,19 @@ export type RedisStoreOptions = RedisStoreCommonOptions &
         /** Extra ioredis options for the connection the store creates. */
         redisOptions?: RedisOptions;
         client?: never;
+        sentinels?: never;
       }
-    | { client: Redis | Cluster; url?: never; redisOptions?: never }
+    | {
+        /** Redis Sentinel: the sentinels to ask for the current master (the store follows failovers). */
+        sentinels: { host: string; port: number }[];
+        /** The master group name the sentinels monitor. */
+        name: string;
+        /** Extra ioredis options for the connection the store creates (`sentinelPassword`, `password`, TLS…). */
+        redisOptions?: RedisOptions;
+        url?: never;
+        client?: never;
+      }
+    | { client: Redis | Cluster; url?: never; redisOptions?: never; sentinels?: never }
   );
 
 /** The part of an ioredis connection the store uses (both `Redis` and `Cluster` have it). */
@@ -117,9 +128,18 @@ end
 return 0
 `;
 
+// The store's epoch: created once, kept for ever. A Redis that comes back without it lost its data.
+// ARGV: a new epoch, used only when there is none.
+const EPOCH = `
+local e = redis.call('GET', KEYS[1])
+if e then return e end
+redis.call('SET', KEYS[1], ARGV[1])
+return ARGV[1]
+`;
+
 const sha1 = (script: string): string => createHash('sha1').update(script).digest('hex');
-const SCRIPTS = { get: GET, set: SET, release: RELEASE } as const;
-const SHAS = { get: sha1(GET), set: sha1(SET), release: sha1(RELEASE) } as const;
+const SCRIPTS = { get: GET, set: SET, release: RELEASE, epoch: EPOCH } as const;
+const SHAS = { get: sha1(GET), set: sha1(SET), release: sha1(RELEASE), epoch: sha1(EPOCH) } as const;
 
 /**
  * Tokens in Redis, shared by every process that uses the same Redis and `prefix`. Entries expire with
@@ -153,15 +173,26 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
   #owned: Connection | undefined;
   #subscriber: Connection | undefined;
   #subscribed: Promise<void> | undefined;
+  /** The server identity checked on the current connection (see {@link RedisStore} `reset`). */
+  #identity: Promise<void> | undefined;
+  /** One wait for the connection to become ready, shared by every operation started meanwhile. */
+  #readiness: Promise<void> | undefined;
+  #runId: string | undefined;
+  #epoch: string | undefined;
   #closed = false;
 
   constructor(options: RedisStoreOptions) {
     super();
-    if (options === null || typeof options !== 'object' || (!options.url && !options.client)) {
-      throw new TokenwardenError('ERR_CONFIG', 'RedisStore needs a url or a client');
+    if (options === null || typeof options !== 'object') {
+      throw new TokenwardenError('ERR_CONFIG', 'RedisStore needs a url, sentinels or a client');
     }
-    if (options.url !== undefined && options.client !== undefined) {
-      throw new TokenwardenError('ERR_CONFIG', 'RedisStore takes a url or a client, not both');
+    const ways = [options.url, options.client, options.sentinels].filter((w) => w !== undefined).length;
+    if (ways !== 1) throw new TokenwardenError('ERR_CONFIG', 'RedisStore takes one of url, sentinels or client');
+    if (
+      options.sentinels !== undefined &&
+      (!Array.isArray(options.sentinels) || options.sentinels.length === 0 || typeof options.name !== 'string')
+    ) {
+      throw new TokenwardenError('ERR_CONFIG', 'RedisStore sentinels must be a non-empty list, with the master name');
     }
     if (options.url !== undefined && !/^rediss?:\/\//.test(options.url)) {
       throw new TokenwardenError('ERR_CONFIG', 'RedisStore url must start with redis:// or rediss://');
@@ -292,7 +323,7 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
 
   /** Runs one of the store's Lua scripts (EVALSHA, loading it with EVAL when Redis does not know it). */
   async #script(name: keyof typeof SCRIPTS, key: string, ...args: string[]): Promise<unknown> {
-    const connection = await this.#usable();
+    const connection = name === 'epoch' ? await this.#connect() : await this.#usable();
     const what = `redis ${name}`;
     try {
       return await bounded(() => connection.call('EVALSHA', SHAS[name], 1, key, ...args), this.#timeoutMs, what);
@@ -307,18 +338,51 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
    * The connection, if it can take a command now. Commands are never left queued while Redis is away: a
    * queued write replayed after a reconnect could put back a token whose refresh token was spent since.
    * While a connection attempt is under way we wait for it (bounded); while reconnecting we fail at once.
+   * After every (re)connection the server's identity is checked before the first command (see `reset`).
    */
   async #usable(): Promise<Connection> {
     const connection = await this.#connect();
     const { status } = connection;
-    if (status === 'ready') return connection;
-    if (status === 'wait')
-      connection.connect().catch(() => undefined); // a lazyConnect client of yours
-    else if (status !== 'connecting' && status !== 'connect') {
-      throw new TokenwardenError('ERR_STORE', `redis is not connected (${status})`);
+    if (status !== 'ready') {
+      if (status === 'wait')
+        connection.connect().catch(() => undefined); // a lazyConnect client of yours
+      else if (status !== 'connecting' && status !== 'connect') {
+        throw new TokenwardenError('ERR_STORE', `redis is not connected (${status})`);
+      }
+      this.#readiness ??= whenReady(connection).finally(() => {
+        this.#readiness = undefined;
+      });
+      await bounded(() => this.#readiness as Promise<void>, this.#timeoutMs, 'redis connect');
     }
-    await whenReady(connection, this.#timeoutMs);
+    this.#identity ??= this.#identify(connection).catch((err: unknown) => {
+      this.#identity = undefined;
+      throw err;
+    });
+    await bounded(() => this.#identity as Promise<void>, this.#timeoutMs, 'redis connect');
     return connection;
+  }
+
+  /**
+   * Reads the server's run id and the store's epoch. A different run id (a restart, a failover to another
+   * server) or a different or missing epoch (the data is gone) means entries may be missing or older than
+   * what processes hold: the store emits `reset`, and every `TokenManager`/`UserTokens` on it writes back
+   * what it holds before anyone spends a refresh token.
+   */
+  async #identify(connection: Connection): Promise<void> {
+    const cluster = typeof (connection as { nodes?: unknown }).nodes === 'function';
+    const fresh = `${Date.now()}:${randomUUID()}`;
+    const [info, epoch] = await Promise.all([
+      // A cluster answers INFO from any node: only the epoch says anything there.
+      cluster ? Promise.resolve('') : connection.call('INFO', 'server'),
+      this.#script('epoch', `${this.prefix}epoch`, fresh),
+    ]);
+    const runId = /run_id:([0-9a-f]+)/.exec(String(info))?.[1];
+    const changed =
+      (this.#runId !== undefined && runId !== undefined && runId !== this.#runId) ||
+      (this.#epoch !== undefined && String(epoch) !== this.#epoch);
+    this.#runId = runId;
+    this.#epoch = String(epoch);
+    if (changed) this.emit('reset');
   }
 
   #connect(): Promise<Connection> {
@@ -330,10 +394,15 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
   }
 
   async #open(): Promise<Connection> {
-    const { client, url, redisOptions } = this.#options;
-    if (client !== undefined) return client as unknown as Connection;
+    const { client, url, redisOptions, sentinels } = this.#options;
+    const name = (this.#options as { name?: string }).name;
+    if (client !== undefined) {
+      this.#watch(client as unknown as Connection);
+      return client as unknown as Connection;
+    }
     const ioredis = await loadIoredis();
-    const connection = new ioredis.Redis(url as string, {
+    const options: RedisOptions = {
+      ...(sentinels !== undefined && { sentinels, name }),
       // Fail commands while Redis is unreachable instead of queueing them for long: the manager then
       // degrades to in-process behaviour, and the connection keeps reconnecting in the background.
       commandTimeout: this.#timeoutMs,
@@ -341,9 +410,14 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
       maxRetriesPerRequest: 1,
       enableOfflineQueue: false,
       autoResendUnfulfilledCommands: false,
-      retryStrategy: (times: number) => Math.min(50 * 2 ** times, 1000),
+      // Back within a quarter second of Redis: every process re-checks the server's identity at about the
+      // same time after a restart (see `reset`).
+      retryStrategy: (times: number) => Math.min(50 * 2 ** times, 250),
       ...redisOptions,
-    }) as unknown as Connection;
+    };
+    const connection = (url === undefined
+      ? new ioredis.Redis(options)
+      : new ioredis.Redis(url, options)) as unknown as Connection;
     // Connection errors surface as failed commands; without a listener ioredis would print each one.
     connection.on('error', () => undefined);
     if (this.#closed) {
@@ -351,7 +425,19 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
       throw closedError();
     }
     this.#owned = connection;
+    this.#watch(connection);
     return connection;
+  }
+
+  /** Re-checks the server's identity on every reconnection, before the first command (a store may have lost data). */
+  #watch(connection: Connection): void {
+    connection.on('ready', () => {
+      this.#identity = this.#identify(connection).catch((err: unknown) => {
+        this.#identity = undefined;
+        throw err;
+      });
+      this.#identity.catch(() => undefined);
+    });
   }
 
   /** Subscribes (once, on a connection of its own) to lock releases; polling covers any failure. */
@@ -367,7 +453,7 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
       if (this.#closed) subscriber.disconnect();
       const subscribe = async (): Promise<void> => {
         if (subscriber.status === 'wait') subscriber.connect().catch(() => undefined);
-        if (subscriber.status !== 'ready') await whenReady(subscriber, this.#timeoutMs);
+        if (subscriber.status !== 'ready') await bounded(() => whenReady(subscriber), this.#timeoutMs, 'redis connect');
         await bounded(() => subscriber.subscribe(this.#channel), this.#timeoutMs, 'redis subscribe');
       };
       this.#subscribed = subscribe().then(
@@ -383,11 +469,10 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
   }
 }
 
-/** Resolves when `connection` is ready; rejects on its next error, its end, or after `ms`. */
-function whenReady(connection: Connection, ms: number): Promise<void> {
+/** Resolves when `connection` is ready; rejects on its next error or its end. */
+function whenReady(connection: Connection): Promise<void> {
   return new Promise<void>((resolve, reject) => {
     const done = (err?: unknown): void => {
-      clearTimeout(timer);
       connection.off('ready', onReady);
       connection.off('error', onError);
       connection.off('end', onEnd);
@@ -397,10 +482,6 @@ function whenReady(connection: Connection, ms: number): Promise<void> {
     const onReady = (): void => done();
     const onError = (err: Error): void => done(err);
     const onEnd = (): void => done(new TokenwardenError('ERR_STORE', 'the Redis connection was closed'));
-    const timer = setTimeout(
-      () => done(new TokenwardenError('ERR_STORE_TIMEOUT', `redis connect took longer than ${ms} ms`)),
-      ms,
-    );
     connection.on('ready', onReady);
     connection.on('error', onError);
     connection.on('end', onEnd);

@@ -4,7 +4,14 @@
  *
  * argv[2]: JSON {@link ChildConfig}.
  */
-import { FileStore, TokenManager, type TokenStore, clientCredentials, refreshToken } from '../../src/index.js';
+import {
+  FileStore,
+  TokenManager,
+  type TokenManagerOptions,
+  type TokenStore,
+  clientCredentials,
+  refreshToken,
+} from '../../src/index.js';
 import { PostgresStore } from '../../src/postgres.js';
 import { RedisStore } from '../../src/redis.js';
 
@@ -12,6 +19,7 @@ export interface ChildConfig {
   store:
     | { kind: 'file'; path: string }
     | { kind: 'redis'; url: string; prefix: string }
+    | { kind: 'redis-sentinel'; sentinels: { host: string; port: number }[]; name: string; prefix: string }
     | { kind: 'postgres'; connectionString: string; table: string }
     | { kind: 'none' };
   issuer: string;
@@ -26,6 +34,8 @@ export interface ChildConfig {
   grant?: 'refresh_token' | 'client_credentials';
   /** Write a set of entries in a loop instead (crash safety: the parent kills us mid-write). */
   mode?: 'fleet' | 'writer';
+  /** Extra TokenManager options (JSON-able): `storeTimeout`, `lock`… */
+  manager?: Pick<TokenManagerOptions, 'storeTimeout' | 'lock'>;
 }
 
 export interface ChildResult {
@@ -41,6 +51,14 @@ export interface ChildResult {
   storeErrors: number;
   storeRecovered: number;
   sources: number;
+  /** Calls made while the manager held a valid (fresh or stale) token. */
+  callsWhileValid: number;
+  /** The slowest of those, in ms. */
+  maxWhileValidMs: number;
+  /** Errors of calls made while a valid token was held (there should be none). */
+  errorsWhileValid: string[];
+  /** Errors without a tokenwarden code. */
+  uncoded: string[];
 }
 
 const config = JSON.parse(process.argv[2] as string) as ChildConfig;
@@ -49,6 +67,9 @@ function openStore(): TokenStore | undefined {
   const s = config.store;
   if (s.kind === 'file') return new FileStore({ path: s.path });
   if (s.kind === 'redis') return new RedisStore({ url: s.url, prefix: s.prefix });
+  if (s.kind === 'redis-sentinel') {
+    return new RedisStore({ sentinels: s.sentinels, name: s.name, prefix: s.prefix });
+  }
   if (s.kind === 'postgres') return new PostgresStore({ connectionString: s.connectionString, table: s.table });
   return undefined;
 }
@@ -76,6 +97,7 @@ const manager = new TokenManager({
       ? clientCredentials({ ...client, scope: 'read' })
       : refreshToken({ ...client, refreshToken: config.refreshToken }),
   ...(store && { store }),
+  ...config.manager,
 });
 const result: ChildResult = {
   calls: 0,
@@ -87,6 +109,10 @@ const result: ChildResult = {
   storeErrors: 0,
   storeRecovered: 0,
   sources: 0,
+  callsWhileValid: 0,
+  maxWhileValidMs: 0,
+  errorsWhileValid: [],
+  uncoded: [],
 };
 manager.on('storeError', (e) => {
   result.storeErrors++;
@@ -102,17 +128,31 @@ await new Promise((r) => setTimeout(r, Math.max(0, config.startAt - Date.now()))
 const end = Date.now() + config.durationMs;
 while (Date.now() < end) {
   const started = performance.now();
+  const status = manager.peek().status;
+  const valid = status === 'fresh' || status === 'stale';
   try {
     const token = await manager.getToken();
-    if (result.calls === 0) result.firstMs = performance.now() - started;
-    else result.latenciesMs.push(performance.now() - started);
+    const took = performance.now() - started;
+    if (result.calls === 0) result.firstMs = took;
+    else result.latenciesMs.push(took);
+    if (valid) {
+      result.callsWhileValid++;
+      result.maxWhileValidMs = Math.max(result.maxWhileValidMs, took);
+    }
     if (token.expiresAt !== undefined) {
       const left = token.expiresAt - Date.now();
       if (left <= 0) result.expired++;
       result.minRemainingMs = Math.min(result.minRemainingMs, left);
     }
   } catch (err) {
-    result.errors.push(String((err as { code?: string }).code ?? err));
+    const code = (err as { code?: string }).code;
+    result.errors.push(String(code ?? err));
+    if (typeof code !== 'string' || !code.startsWith('ERR_')) result.uncoded.push(String(err).slice(0, 200));
+    if (valid) {
+      result.callsWhileValid++;
+      result.maxWhileValidMs = Math.max(result.maxWhileValidMs, performance.now() - started);
+      result.errorsWhileValid.push(String(code ?? err));
+    }
   }
   result.calls++;
   await new Promise((r) => setTimeout(r, config.intervalMs));

@@ -1,6 +1,6 @@
 /**
  * Runs a fleet of child processes (fleet-child.ts) against one authorization server and one store; used
- * by the fleet tests and the fleet benchmark.
+ * by the fleet tests, the store fault tests and the fleet benchmark.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
@@ -18,6 +18,26 @@ export function spawnChild(config: ChildConfig): ChildProcess {
   });
 }
 
+/** Runs one child with `config` and resolves to its result. */
+export function runChild(config: ChildConfig): Promise<ChildResult> {
+  return new Promise<ChildResult>((resolve, reject) => {
+    const child = spawnChild(config);
+    let out = '';
+    let err = '';
+    child.stdout?.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr?.on('data', (d: Buffer) => (err += d.toString()));
+    child.on('error', reject);
+    child.on('exit', (code, signal) => {
+      const line = out.trim().split('\n').pop() ?? '';
+      try {
+        resolve(JSON.parse(line) as ChildResult);
+      } catch {
+        reject(new Error(`fleet child exited (${code ?? signal}) without a result: ${err.slice(0, 2000)}`));
+      }
+    });
+  });
+}
+
 /** Runs `count` children with `config` (starting together) and resolves to their results. */
 export async function runFleet(
   count: number,
@@ -25,26 +45,5 @@ export async function runFleet(
   bootMs = 4000,
 ): Promise<ChildResult[]> {
   const startAt = Date.now() + bootMs;
-  return Promise.all(
-    Array.from(
-      { length: count },
-      () =>
-        new Promise<ChildResult>((resolve, reject) => {
-          const child = spawnChild({ ...config, startAt });
-          let out = '';
-          let err = '';
-          child.stdout?.on('data', (d: Buffer) => (out += d.toString()));
-          child.stderr?.on('data', (d: Buffer) => (err += d.toString()));
-          child.on('error', reject);
-          child.on('exit', (code, signal) => {
-            const line = out.trim().split('\n').pop() ?? '';
-            try {
-              resolve(JSON.parse(line) as ChildResult);
-            } catch {
-              reject(new Error(`fleet child exited (${code ?? signal}) without a result: ${err.slice(0, 2000)}`));
-            }
-          });
-        }),
-    ),
-  );
+  return Promise.all(Array.from({ length: count }, () => runChild({ ...config, startAt })));
 }

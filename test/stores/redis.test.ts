@@ -84,7 +84,9 @@ describe('RedisStore without Redis', () => {
   });
 
   it('rejects bad options', () => {
-    expect(() => new RedisStore({} as never)).toThrow(/url or a client/);
+    expect(() => new RedisStore({} as never)).toThrow(/one of url, sentinels or client/);
+    expect(() => new RedisStore({ url: 'redis://x', sentinels: [] } as never)).toThrow(/one of url/);
+    expect(() => new RedisStore({ sentinels: [], name: 'm' })).toThrow(/sentinels must be a non-empty list/);
     expect(() => new RedisStore({ url: 'http://x' })).toThrow(/redis:\/\//);
   });
 });

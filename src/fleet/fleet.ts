@@ -1,0 +1,629 @@
+/**
+ * THE fleet protocol, written once and used by `TokenManager` (one token per key) and `UserTokens` (one
+ * record per subject): whatever holds something single-use — a rotating refresh token — and is shared by
+ * several processes through a {@link TokenStore}.
+ *
+ * ```
+ * read → (satisfied?) → lock → re-read → spend → compare-and-set write → release
+ * ```
+ *
+ * The rules it keeps, whatever the store is doing:
+ *
+ * 1. **Never spend without the lock.** A single-use state is spent only by the holder of the store's lock,
+ *    after re-reading the store under it. When the store cannot be read or locked, the attempt fails with
+ *    the store's coded error (`ERR_STORE`, `ERR_STORE_TIMEOUT`) — it does not fall back to spending
+ *    in-process, unless the store is private to this process or the caller chose `unlockedRefresh`.
+ * 2. **Nothing the server answered is thrown away.** A spend's result is written before it is reported;
+ *    when the write fails the result is kept in memory as *pending*, the lock is kept (its lease is the
+ *    fleet's promise that nobody else spends meanwhile), and the write is retried until it lands.
+ * 3. **The store heals.** Each state carries `seq`, its position in the key's history. A read that finds the
+ *    store older than what this process holds writes the newer state back (compare-and-set). When a store
+ *    reports a `reset` (restarted empty, failed over), every process writes back what it holds and no one
+ *    spends for {@link SETTLE_MS}, so that the process holding the newest state is heard first.
+ * 4. **An older result never overwrites a newer one:** every write is a compare-and-set on the version read,
+ *    and conflicts are settled by `seq`.
+ * 5. **Bounded waits.** The store steps of one attempt (get, lock, get, set) share one time budget
+ *    (`storeTimeoutMs`); waiting for another process's refresh is bounded separately by the lock wait.
+ *
+ * @module
+ */
+import { type Clock, sleep, systemClock } from '../clock.js';
+import { type Duration, toMs } from '../duration.js';
+import { TokenwardenError, isTokenwardenError } from '../errors.js';
+import { MemoryStore } from '../stores/memory.js';
+import { bounded, releaseLate, waitClock } from '../stores/shared.js';
+import type { StoreLock, StoreRecord, TokenStore } from '../stores/store.js';
+
+/**
+ * After a store reset (or the first announcement of a state no store held), nobody spends for this long:
+ * long enough for every process of a fleet to reconnect and write back what it holds.
+ */
+export const SETTLE_MS = 1_500;
+
+/**
+ * The lock lease for a participant: `ttl` when given (it must outlive a token request: longer than the
+ * request time limit plus two store time limits, or `ERR_CONFIG`), otherwise 30 s or that bound plus 5 s,
+ * whichever is longer.
+ *
+ * @example
+ * ```ts
+ * lockLease(undefined, 10_000, 2_000); // 30000
+ * lockLease('20s', 60_000, 2_000);     // throws ERR_CONFIG: a lease shorter than a token request
+ * ```
+ */
+export function lockLease(
+  ttl: Duration | undefined,
+  requestTimeoutMs: number | undefined,
+  storeTimeoutMs: number,
+): number {
+  const needed = (requestTimeoutMs ?? 0) + 2 * storeTimeoutMs;
+  if (ttl === undefined) return Math.max(30_000, needed + 5_000);
+  const ms = toMs(ttl, 'lock.ttl');
+  if (requestTimeoutMs !== undefined && ms <= needed) {
+    throw new TokenwardenError(
+      'ERR_CONFIG',
+      `lock.ttl (${ms} ms) must be longer than the token request timeout plus two store timeouts (${needed} ms): a lease that ends during a refresh lets another process spend the same refresh token`,
+    );
+  }
+  return ms;
+}
+
+/** A state with its place in the key's history and in the store. */
+export interface Versioned<S> {
+  readonly state: S;
+  /** Position in the key's history (grows with every spend): larger is newer, whatever the store did. */
+  readonly seq: number;
+  /** The store version it was read or written as; `undefined` when the store does not hold it (yet). */
+  readonly version: number | undefined;
+}
+
+/** How a participant's state is stored. */
+export interface Lineage<S> {
+  /** Parses a stored value; `undefined` for anything that is not this key's state (a miss). */
+  decode(key: string, value: string): { state: S; seq: number; healedAt?: number } | undefined;
+  encode(state: S, seq: number, healedAt?: number): string;
+  /** Whether the state holds something single-use worth writing back into a store that lost it. */
+  precious(state: S): boolean;
+  /** How long the store should keep it (`undefined`: until replaced). */
+  ttlMs(state: S, now: number): number | undefined;
+  /**
+   * A state holding nothing single-use, written to announce a first spend from configuration (nothing
+   * stored, nothing held) so that a process holding a newer state can overwrite it before the spend.
+   * Absent: nothing is ever spent from configuration (UserTokens: a subject starts with a login).
+   */
+  placeholder?(now: number): S;
+}
+
+/** One key as a participant holds it. */
+export interface Slot<S> {
+  readonly key: string;
+  /** The newest state this process holds for the key (possibly expired). */
+  held(): Versioned<S> | undefined;
+  /** The store holds a newer state, or a write landed: hold it. */
+  take(value: Versioned<S>, from: 'store' | 'source'): void;
+  /** The store holds nothing for the key (deleted, expired, or never written). */
+  missing?(): void;
+  /** A store operation failed (for events). */
+  storeFailed(operation: StoreOperation, error: TokenwardenError): void;
+  /** The store answers again after a failure (for events). */
+  storeRecovered(): void;
+}
+
+/** One attempt to get a state that satisfies a caller. */
+export interface Attempt<S> extends Slot<S> {
+  /** Whether what is held now serves the caller (no spend needed). */
+  satisfied(): boolean;
+  /** The spend uses something single-use (a refresh token): the fleet lock is then required. */
+  readonly exclusive: boolean;
+  /**
+   * Obtains a new state from the authorization server, starting from `current` (the newest known). A
+   * failure after the server rotated the single-use part carries the rotated state: see
+   * {@link withRotated}.
+   */
+  spend(current: Versioned<S> | undefined, signal: AbortSignal): Promise<S>;
+}
+
+/** A store operation, as named in events. */
+export type StoreOperation = 'get' | 'set' | 'lock' | 'delete';
+
+/** Options of a {@link Fleet}. */
+export interface FleetOptions<S> {
+  store: TokenStore;
+  lineage: Lineage<S>;
+  clock: Clock;
+  /** The budget of one attempt's store steps. */
+  storeTimeoutMs: number;
+  /** The lock lease: longer than a spend can take. */
+  lockTtlMs: number;
+  /** How long to wait for another process's refresh. */
+  lockWaitMs: number;
+  /** Spend without the lock when the store is down and nothing valid is held (a store private to one process). */
+  unlockedRefresh: boolean;
+  /** Aborts waits and spends when the participant closes. */
+  closing: AbortSignal;
+  /** Every slot this process holds, for writing back after a store reset. */
+  slots(): Iterable<Slot<S>>;
+}
+
+const ROTATED = Symbol('tokenwarden.rotated');
+
+/**
+ * Attaches to `error` the state a failed spend still produced (the server rotated the refresh token, then a
+ * later check of its answer failed): the fleet writes it before reporting the error.
+ */
+export function withRotated<E extends Error, S>(error: E, state: S): E {
+  Object.defineProperty(error, ROTATED, { value: state, enumerable: false, configurable: true });
+  return error;
+}
+
+function rotatedOf<S>(error: unknown): S | undefined {
+  return error !== null && typeof error === 'object' ? ((error as { [ROTATED]?: S })[ROTATED] ?? undefined) : undefined;
+}
+
+interface Pending<S> {
+  readonly slot: Slot<S>;
+  readonly value: Versioned<S>;
+  /** The version the spend was based on (`0`: absent). */
+  readonly base: number;
+  /** Kept until the write lands: nobody else may spend meanwhile. */
+  readonly lock: StoreLock | undefined;
+  attempts: number;
+}
+
+/**
+ * One `reset` listener per store, however many participants share it (a process may have a manager per
+ * credential on one store: no MaxListenersExceededWarning).
+ */
+const listeners = {
+  byStore: new WeakMap<TokenStore, Set<() => void>>(),
+  add(store: TokenStore, callback: () => void): void {
+    const events = store as Partial<Pick<NodeJS.EventEmitter, 'on'>>;
+    if (typeof events.on !== 'function') return;
+    let set = this.byStore.get(store);
+    if (set === undefined) {
+      const callbacks = new Set<() => void>();
+      set = callbacks;
+      this.byStore.set(store, callbacks);
+      events.on.call(store, 'reset', () => {
+        for (const cb of callbacks) cb();
+      });
+    }
+    set.add(callback);
+  },
+  remove(store: TokenStore, callback: () => void): void {
+    this.byStore.get(store)?.delete(callback);
+  },
+};
+
+/**
+ * The time budget of one attempt's store steps: what the reads and writes took, together. Waiting for the
+ * lock is not charged (that is waiting for another process's refresh, bounded by the lock wait).
+ */
+class Budget {
+  #left: number;
+  constructor(ms: number) {
+    this.#left = ms;
+  }
+  remaining(): number {
+    return Math.max(0, this.#left);
+  }
+  charge(ms: number): void {
+    this.#left -= ms;
+  }
+}
+
+type Decoded<S> = ReturnType<Lineage<S>['decode']>;
+type Read<S> =
+  { ok: true; record: StoreRecord | undefined; stored: Decoded<S> } | { ok: false; error: TokenwardenError };
+
+/**
+ * The fleet protocol for one participant (a `TokenManager`, a `UserTokens`) over one store.
+ *
+ * @example
+ * ```ts
+ * const fleet = new Fleet({ store, lineage, clock, storeTimeoutMs: 2000, lockTtlMs: 30_000, lockWaitMs: 30_000,
+ *   unlockedRefresh: false, closing: controller.signal, slots: () => [slot] });
+ * await fleet.run(attempt); // afterwards attempt.held() satisfies the caller, or it threw a coded error
+ * ```
+ */
+export class Fleet<S> {
+  readonly #o: FleetOptions<S>;
+  /** The store is private to this process: nobody else can spend, so no lock is needed when it fails. */
+  readonly #private: boolean;
+  readonly #pending = new Map<string, Pending<S>>();
+  #settleUntil = 0;
+  #storeDown = false;
+  #flushTimer: NodeJS.Timeout | undefined;
+  readonly #onReset = (): void => this.#reset();
+
+  constructor(options: FleetOptions<S>) {
+    this.#o = options;
+    this.#private = options.store instanceof MemoryStore;
+    listeners.add(options.store, this.#onReset);
+  }
+
+  /** States spent but not yet in the store (their writes are being retried). */
+  get pendingCount(): number {
+    return this.#pending.size;
+  }
+
+  /**
+   * Runs the protocol until `attempt.satisfied()`, or throws a coded error. The state it ends with has been
+   * handed to `attempt.take()`.
+   */
+  async run(attempt: Attempt<S>): Promise<void> {
+    const budget = new Budget(this.#o.storeTimeoutMs);
+    // 1. Another process may already have done it: read first.
+    const first = await this.#read(attempt, budget);
+    if (first.ok) await this.#reconcile(attempt, first, budget);
+    if (attempt.satisfied()) return;
+    if (!first.ok) return this.#withoutStore(attempt, first.error, budget);
+
+    // 2. The lock, then 3. re-read under it: the previous holder may have just rotated the refresh token.
+    const lock = await this.#lock(attempt, budget);
+    if (lock === undefined) {
+      const again = await this.#read(attempt, budget);
+      if (again.ok) await this.#reconcile(attempt, again, budget);
+      if (attempt.satisfied()) return;
+      throw new TokenwardenError(
+        'ERR_LOCK_TIMEOUT',
+        `another process held the refresh lock for more than ${this.#o.lockWaitMs} ms`,
+      );
+    }
+    if (!lock.ok) return this.#withoutStore(attempt, lock.error, budget);
+    let keep = false;
+    try {
+      const read = await this.#read(attempt, budget);
+      if (!read.ok) {
+        if (attempt.exclusive && !this.#mayGoAlone()) throw read.error;
+        this.#checkOpen();
+        keep = await this.#spendAndWrite(attempt, lock.lock, undefined, budget);
+        return;
+      }
+      let current: Read<S> & { ok: true } = read;
+      await this.#reconcile(attempt, current, budget);
+      if (attempt.satisfied()) return;
+      if (attempt.exclusive && !this.#private) {
+        current = await this.#settle(attempt, current, budget);
+        if (attempt.satisfied()) return;
+      }
+      this.#checkOpen();
+      // 4. Spend, and 5. write by compare-and-set on the version read under the lock.
+      keep = await this.#spendAndWrite(attempt, lock.lock, current.record?.version ?? 0, budget);
+    } finally {
+      // 6. Release — unless the write did not land: the lease then keeps others off until it does.
+      if (!keep) this.#release(lock.lock);
+    }
+  }
+
+  /**
+   * Writes back what `slot` holds if the store has nothing newer (after a reset, or when a read found the
+   * store behind). Never spends.
+   */
+  async heal(slot: Slot<S>): Promise<void> {
+    const budget = new Budget(this.#o.storeTimeoutMs);
+    const read = await this.#read(slot, budget);
+    if (read.ok) await this.#reconcile(slot, read, budget, true);
+  }
+
+  /** Writes every pending state (bounded by one store time limit each); for `close()`. */
+  async flush(): Promise<void> {
+    if (this.#flushTimer !== undefined) clearTimeout(this.#flushTimer);
+    this.#flushTimer = undefined;
+    await Promise.all([...this.#pending.values()].map((p) => this.#writeBack(p)));
+  }
+
+  /** Stops listening to the store; pending writes are abandoned (call {@link Fleet.flush} first). */
+  close(): void {
+    listeners.remove(this.#o.store, this.#onReset);
+    if (this.#flushTimer !== undefined) clearTimeout(this.#flushTimer);
+    this.#flushTimer = undefined;
+    for (const p of this.#pending.values()) if (p.lock) this.#release(p.lock);
+    this.#pending.clear();
+  }
+
+  /**
+   * A store call bounded by what is left of the budget; failures become results and events. The lock is also
+   * given the lock wait (waiting for another process's refresh is not the store being slow).
+   */
+  async storeCall<T>(
+    slot: Slot<S>,
+    operation: StoreOperation,
+    call: (store: TokenStore) => Promise<T>,
+    budget?: Budget,
+  ): Promise<{ ok: true; value: T } | { ok: false; error: TokenwardenError }> {
+    const limit = budget === undefined ? this.#o.storeTimeoutMs : budget.remaining();
+    const budgetMs = operation === 'lock' ? limit + this.#o.lockWaitMs : limit;
+    const started = Date.now();
+    if (limit <= 0) {
+      const error = new TokenwardenError(
+        'ERR_STORE_TIMEOUT',
+        `the store took longer than ${this.#o.storeTimeoutMs} ms in all`,
+      );
+      this.#failed(slot, operation, error);
+      return { ok: false, error };
+    }
+    try {
+      const value = await bounded(() => call(this.#o.store), budgetMs, `store ${operation}`, releaseLate);
+      if (operation !== 'lock') budget?.charge(Date.now() - started);
+      if (this.#storeDown) {
+        this.#storeDown = false;
+        slot.storeRecovered();
+        this.#flushSoon(0);
+      }
+      return { ok: true, value };
+    } catch (err) {
+      budget?.charge(Math.min(Date.now() - started, limit));
+      if (this.#o.closing.aborted && isTokenwardenError(err, 'ERR_CLOSED', 'ERR_ABORTED')) throw err;
+      const error = isTokenwardenError(err)
+        ? err
+        : new TokenwardenError('ERR_STORE', `store ${operation} failed`, { cause: err });
+      this.#failed(slot, operation, error);
+      return { ok: false, error };
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------------
+
+  #failed(slot: Slot<S>, operation: StoreOperation, error: TokenwardenError): void {
+    this.#storeDown = true;
+    slot.storeFailed(operation, error);
+  }
+
+  async #read(slot: Slot<S>, budget: Budget): Promise<Read<S>> {
+    const result = await this.storeCall(slot, 'get', (s) => s.get(slot.key), budget);
+    if (!result.ok) return result;
+    const record = result.value;
+    let stored: Decoded<S> = undefined;
+    if (record !== undefined) {
+      stored = this.#o.lineage.decode(slot.key, record.value);
+      if (stored === undefined) {
+        // A corrupt or foreign entry is a miss (the next write replaces it); the store itself is fine.
+        slot.storeFailed('get', new TokenwardenError('ERR_STORE', 'the stored entry is not ours; ignoring it'));
+      }
+    }
+    return { ok: true, record: stored === undefined ? undefined : record, stored };
+  }
+
+  /**
+   * Makes this process and the store agree after a read: the newer of the two (by `seq`) wins. The store's
+   * state is taken when newer (or at the same place in the history, as another write); ours is written back
+   * when the store is behind — or, with `missingToo` (after a reset) or for a pending write, when the store
+   * has nothing. A missing entry is otherwise left missing: a deletion (a sign-out) is not undone.
+   */
+  async #reconcile(slot: Slot<S>, read: Read<S> & { ok: true }, budget: Budget, missingToo = false): Promise<void> {
+    const held = slot.held();
+    const pending = this.#pending.get(slot.key);
+    const { stored, record } = read;
+    if (stored === undefined || record === undefined) {
+      const mine = pending?.value ?? held;
+      if ((missingToo || pending !== undefined) && mine !== undefined && this.#o.lineage.precious(mine.state)) {
+        await this.#writeBackHeld(slot, mine, 0, budget);
+      } else if (pending === undefined) {
+        slot.missing?.();
+      }
+      return;
+    }
+    if (pending !== undefined && stored.seq >= pending.value.seq) this.#drop(pending);
+    if (held === undefined || stored.seq > held.seq || (stored.seq === held.seq && record.version !== held.version)) {
+      slot.take({ state: stored.state, seq: stored.seq, version: record.version }, 'store');
+    } else if (held.seq > stored.seq && this.#o.lineage.precious(held.state)) {
+      await this.#writeBackHeld(slot, pending?.value ?? held, record.version, budget);
+    }
+  }
+
+  /** Writes a state this process holds over an older (or missing) entry, marked as restored from memory. */
+  async #writeBackHeld(slot: Slot<S>, value: Versioned<S>, ifVersion: number, budget: Budget): Promise<void> {
+    const now = this.#o.clock.now();
+    const text = this.#o.lineage.encode(value.state, value.seq, now);
+    const ttl = this.#o.lineage.ttlMs(value.state, now);
+    const written = await this.storeCall(
+      slot,
+      'set',
+      (s) => s.set(slot.key, text, { ifVersion, ...(ttl !== undefined && { ttlMs: ttl }) }),
+      budget,
+    );
+    if (written.ok && written.value !== null) {
+      slot.take({ ...value, version: written.value }, 'store');
+      const pending = this.#pending.get(slot.key);
+      if (pending !== undefined && pending.value.seq <= value.seq) this.#drop(pending);
+    }
+  }
+
+  /** The lock, or `undefined` when another process held it past the wait. */
+  async #lock(
+    slot: Slot<S>,
+    budget: Budget,
+  ): Promise<{ ok: true; lock: StoreLock } | { ok: false; error: TokenwardenError } | undefined> {
+    const { lockTtlMs: ttlMs, lockWaitMs: waitMs, closing: signal } = this.#o;
+    const result = await this.storeCall(slot, 'lock', (s) => s.lock(slot.key, { ttlMs, waitMs, signal }), budget);
+    if (!result.ok) return result;
+    return result.value === undefined ? undefined : { ok: true, lock: result.value };
+  }
+
+  /**
+   * No spend until the fleet has settled: after a store reset seen here, or while the entry was restored from
+   * memory moments ago. A spend from configuration (nothing stored) is announced first — what this process
+   * holds, or the lineage's placeholder — and given the same time, so that a process holding a newer state
+   * can overwrite it. Resolves to the read to spend from.
+   */
+  async #settle(attempt: Attempt<S>, current: Read<S> & { ok: true }, budget: Budget): Promise<Read<S> & { ok: true }> {
+    const now = this.#o.clock.now();
+    const healedAt = current.stored?.healedAt;
+    let until = Math.max(this.#settleUntil, healedAt === undefined ? 0 : healedAt + SETTLE_MS);
+    if (current.record === undefined) {
+      const held = attempt.held();
+      const { lineage } = this.#o;
+      if (held !== undefined && lineage.precious(held.state)) {
+        await this.#writeBackHeld(attempt, held, 0, budget);
+      } else if (lineage.placeholder !== undefined) {
+        const text = lineage.encode(lineage.placeholder(now), 0, now);
+        await this.storeCall(attempt, 'set', (s) => s.set(attempt.key, text, { ifVersion: 0 }), budget);
+      } else {
+        return current; // nothing single-use to spend from configuration
+      }
+      until = Math.max(until, now + SETTLE_MS);
+    }
+    if (now >= until) return current;
+    const clock = this.#o.clock === systemClock ? waitClock : this.#o.clock;
+    await sleep(clock, until - now, this.#o.closing).catch(() => undefined);
+    this.#checkOpen();
+    const again = await this.#read(attempt, new Budget(this.#o.storeTimeoutMs));
+    if (!again.ok) throw again.error;
+    await this.#reconcile(attempt, again, budget);
+    return again;
+  }
+
+  /**
+   * Spends and writes the result, compare-and-set on `base` (the version read under the lock). Returns
+   * whether the lock must be kept (the write did not land: it is retried, and the lease keeps others off).
+   */
+  async #spendAndWrite(
+    attempt: Attempt<S>,
+    lock: StoreLock | undefined,
+    base: number | undefined,
+    budget: Budget,
+  ): Promise<boolean> {
+    const current = attempt.held();
+    const spendLimit = Math.max(1000, this.#o.lockTtlMs - this.#o.storeTimeoutMs);
+    const signal = AbortSignal.any([this.#o.closing, AbortSignal.timeout(spendLimit)]);
+    let state: S;
+    let failure: unknown;
+    try {
+      state = await attempt.spend(current, signal);
+    } catch (err) {
+      const rotated = rotatedOf<S>(err);
+      if (rotated === undefined) throw err;
+      // The server acted (it rotated the refresh token) but its answer failed a later check: keep the new
+      // refresh token first, then report the error.
+      state = rotated;
+      failure = err;
+    }
+    const value: Versioned<S> = { state, seq: (current?.seq ?? 0) + 1, version: undefined };
+    const kept = await this.#write(attempt, value, base, lock, budget);
+    if (failure !== undefined) throw failure;
+    return kept;
+  }
+
+  /** Writes a spend's result; when the store does not take it, holds it as pending and retries. */
+  async #write(
+    slot: Slot<S>,
+    value: Versioned<S>,
+    base: number | undefined,
+    lock: StoreLock | undefined,
+    budget: Budget,
+  ): Promise<boolean> {
+    const now = this.#o.clock.now();
+    const text = this.#o.lineage.encode(value.state, value.seq);
+    const ttl = this.#o.lineage.ttlMs(value.state, now);
+    const options = { ...(ttl !== undefined && { ttlMs: ttl }), ...(base !== undefined && { ifVersion: base }) };
+    const written = await this.storeCall(slot, 'set', (s) => s.set(slot.key, text, options), budget);
+    if (written.ok && written.value !== null) {
+      slot.take({ ...value, version: written.value }, 'source');
+      return false;
+    }
+    // Not written (yet): hold it, keep the lock, and retry until it lands or the store holds something newer.
+    slot.take(value, 'source');
+    const pending: Pending<S> = { slot, value, base: base ?? 0, lock, attempts: 0 };
+    this.#pending.set(slot.key, pending);
+    if (written.ok) {
+      // The version moved under our lock (a lease that ran out, a store restored from memory): settle by seq.
+      await this.#writeBack(pending);
+      return this.#pending.get(slot.key) === pending;
+    }
+    this.#flushSoon(250);
+    return lock !== undefined;
+  }
+
+  /** One try at writing a pending state: read, and write it unless the store holds something as new. */
+  async #writeBack(pending: Pending<S>): Promise<void> {
+    if (this.#pending.get(pending.slot.key) !== pending) return;
+    const budget = new Budget(this.#o.storeTimeoutMs);
+    pending.attempts += 1;
+    const read = await this.#read(pending.slot, budget);
+    if (!read.ok) return;
+    const { stored, record } = read;
+    if (stored !== undefined && record !== undefined && stored.seq >= pending.value.seq) {
+      // Ours landed after all (a write that timed out), or a state as new came from elsewhere: the store wins.
+      pending.slot.take({ state: stored.state, seq: stored.seq, version: record.version }, 'store');
+      this.#drop(pending);
+      return;
+    }
+    const now = this.#o.clock.now();
+    const text = this.#o.lineage.encode(pending.value.state, pending.value.seq);
+    const ttl = this.#o.lineage.ttlMs(pending.value.state, now);
+    const written = await this.storeCall(
+      pending.slot,
+      'set',
+      (s) =>
+        s.set(pending.slot.key, text, { ifVersion: record?.version ?? 0, ...(ttl !== undefined && { ttlMs: ttl }) }),
+      budget,
+    );
+    if (written.ok && written.value !== null) {
+      pending.slot.take({ ...pending.value, version: written.value }, 'store');
+      this.#drop(pending);
+    }
+  }
+
+  #drop(pending: Pending<S>): void {
+    if (this.#pending.get(pending.slot.key) !== pending) return;
+    this.#pending.delete(pending.slot.key);
+    if (pending.lock) this.#release(pending.lock);
+  }
+
+  /** Retries pending writes after `ms` (sooner when the store comes back), with backoff up to 2 s. */
+  #flushSoon(ms: number): void {
+    if (this.#pending.size === 0 || this.#o.closing.aborted) return;
+    if (this.#flushTimer !== undefined) {
+      if (ms > 0) return;
+      clearTimeout(this.#flushTimer);
+    }
+    this.#flushTimer = setTimeout(() => {
+      this.#flushTimer = undefined;
+      void Promise.all([...this.#pending.values()].map((p) => this.#writeBack(p))).then(() => {
+        const attempts = Math.max(0, ...[...this.#pending.values()].map((p) => p.attempts));
+        this.#flushSoon(Math.min(2000, 250 * 2 ** Math.min(attempts, 4)));
+      });
+    }, ms);
+    this.#flushTimer.unref();
+  }
+
+  /** The store lost data or changed server: write back everything held, and let the fleet settle. */
+  #reset(): void {
+    this.#settleUntil = this.#o.clock.now() + SETTLE_MS;
+    this.#flushSoon(0);
+    const slots = [...this.#o.slots()].filter((s) => {
+      const held = s.held();
+      return held !== undefined && this.#o.lineage.precious(held.state) && !this.#pending.has(s.key);
+    });
+    // A few at a time: a UserTokens instance may hold thousands of subjects.
+    let next = 0;
+    const worker = async (): Promise<void> => {
+      while (next < slots.length && !this.#o.closing.aborted) {
+        const slot = slots[next++] as Slot<S>;
+        await this.heal(slot).catch(() => undefined);
+      }
+    };
+    for (let i = 0; i < Math.min(16, slots.length); i++) void worker();
+  }
+
+  /** Without the store: a state that is not single-use (or a private store) is spent alone; otherwise the error. */
+  async #withoutStore(attempt: Attempt<S>, error: TokenwardenError, budget: Budget): Promise<void> {
+    if (attempt.exclusive && !this.#mayGoAlone()) throw error;
+    this.#checkOpen();
+    await this.#spendAndWrite(attempt, undefined, undefined, budget);
+  }
+
+  #mayGoAlone(): boolean {
+    return this.#private || this.#o.unlockedRefresh;
+  }
+
+  /** Releases a lock without making the caller wait (the store may be slow; the result is in hand). */
+  #release(lock: StoreLock): void {
+    void lock.release().catch(() => undefined);
+  }
+
+  #checkOpen(): void {
+    if (this.#o.closing.aborted) throw new TokenwardenError('ERR_CLOSED', 'closed');
+  }
+}

@@ -1,0 +1,356 @@
+/**
+ * The fleet through the store faults an operator meets. Each scenario runs three processes (a fourth joins
+ * in one) sharing one store, each calling getToken() every 10 ms for 15 s, all starting from the same
+ * single-use rotating refresh token of a real authorization server that issues 2 s access tokens and
+ * revokes the whole grant when a refresh token is presented twice. The store is a private server started
+ * here (never the shared one) and broken for real: killed, frozen with SIGSTOP, restarted empty, failed over.
+ *
+ * Every scenario must end with: no `invalid_grant` (no refresh token spent twice), the grant alive, every
+ * failed call a coded error made while the process held no valid token, and no call by a process that
+ * held a valid token slower than 2.5 s.
+ */
+import { randomBytes, randomUUID } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { TokenManager, type TokenStore, refreshToken } from '../../src/index.js';
+import { PostgresStore } from '../../src/postgres.js';
+import { RedisStore } from '../../src/redis.js';
+import { type TestAuthorizationServer, startAuthorizationServer } from '../support/authorization-server.js';
+import {
+  hasPgBouncer,
+  hasRedisServer,
+  pgBin,
+  sleep,
+  startPgBouncer,
+  startPrivatePostgres,
+  startPrivateRedis,
+  startSentinelSet,
+} from '../support/private-servers.js';
+import { type ChildConfig, type ChildResult, runChild } from '../stores/fleet-support.js';
+
+const PROCESSES = 3;
+const DURATION_MS = 15_000;
+const INTERVAL_MS = 10;
+const BOOT_MS = 3_500;
+/** When the fault starts, counted from the moment the processes start calling. */
+const FAULT_AT_MS = 4_000;
+const MAX_WHILE_VALID_MS = 2_500;
+/** What a failed getToken() may be while no valid token exists and the store is away. */
+const STORE_CODES = new Set(['ERR_STORE', 'ERR_STORE_TIMEOUT', 'ERR_LOCK_TIMEOUT']);
+
+let as: TestAuthorizationServer;
+
+beforeAll(async () => {
+  as = await startAuthorizationServer({ accessTokenTtl: 2 });
+});
+afterAll(async () => {
+  await as?.close();
+});
+
+type StoreConfig = ChildConfig['store'];
+
+function openStore(config: StoreConfig): TokenStore {
+  switch (config.kind) {
+    case 'redis':
+      return new RedisStore({ url: config.url, prefix: config.prefix });
+    case 'redis-sentinel':
+      return new RedisStore({ sentinels: config.sentinels, name: config.name, prefix: config.prefix });
+    case 'postgres':
+      return new PostgresStore({ connectionString: config.connectionString, table: config.table });
+    default:
+      throw new Error(`no store for ${config.kind}`);
+  }
+}
+
+interface Outcome {
+  rt: string;
+  results: ChildResult[];
+  invalidGrant: number;
+  refreshes: number;
+}
+
+/**
+ * Runs the fleet on `store`; `fault(startAt)` breaks and mends the store while it runs (it is awaited in
+ * parallel with the processes). A `newcomer` process joins at the time `fault` resolves to.
+ */
+async function runScenario(options: {
+  store: StoreConfig;
+  fault: (startAt: number) => Promise<number | void>;
+  newcomer?: boolean;
+  grant?: 'refresh_token' | 'client_credentials';
+  manager?: ChildConfig['manager'];
+}): Promise<Outcome> {
+  const login = await as.login(`faults-${randomUUID()}`);
+  const rt = login['refresh_token'] as string;
+  as.resetCounts();
+  const startAt = Date.now() + BOOT_MS;
+  const base: ChildConfig = {
+    store: options.store,
+    issuer: as.issuer,
+    clientId: as.clients.app.clientId,
+    clientSecret: as.clients.app.clientSecret,
+    refreshToken: rt,
+    startAt,
+    durationMs: DURATION_MS,
+    intervalMs: INTERVAL_MS,
+    ...(options.grant && { grant: options.grant }),
+    ...(options.manager && { manager: options.manager }),
+  };
+  const children = Array.from({ length: PROCESSES }, () => runChild(base));
+  const joined = (async () => {
+    const at = await options.fault(startAt);
+    if (!options.newcomer || typeof at !== 'number') return [];
+    // The newcomer is started (node, imports, discovery) so that its first call comes 0.5 s after `at`.
+    const joinAt = at + 500;
+    return [await runChild({ ...base, startAt: joinAt, durationMs: Math.max(2000, startAt + DURATION_MS - joinAt) })];
+  })();
+  const results = [...(await Promise.all(children)), ...(await joined)];
+  const invalidGrant = as.counts.errors['invalid_grant'] ?? 0;
+  const refreshes = as.counts.byGrant['refresh_token'] ?? 0;
+  return { rt, results, invalidGrant, refreshes };
+}
+
+/**
+ * The grant is alive: a new process on the same store, configured like the fleet, refreshes twice from
+ * what the store holds (with the long-spent initial refresh token in its configuration, as a restarted
+ * process would be).
+ */
+async function expectGrantAlive(store: StoreConfig, initialRefreshToken: string): Promise<void> {
+  const shared = openStore(store);
+  const m = new TokenManager({
+    source: refreshToken({
+      issuer: as.issuer,
+      clientId: as.clients.app.clientId,
+      clientSecret: as.clients.app.clientSecret,
+      refreshToken: initialRefreshToken,
+      allowInsecureRequests: true,
+    }),
+    store: shared,
+  });
+  try {
+    const first = await m.refresh();
+    const second = await m.refresh();
+    expect(second.expiresAt).toBeGreaterThan(Date.now());
+    expect(second.refreshToken).not.toBe(first.refreshToken);
+  } finally {
+    await m.close();
+    await shared.close();
+  }
+  expect(as.counts.errors['invalid_grant'] ?? 0).toBe(0);
+}
+
+function expectFleetKeptTheGrant(outcome: Outcome, label: string): void {
+  const summary = JSON.stringify(
+    outcome.results.map(({ latenciesMs: _l, errors, ...r }) => ({
+      ...r,
+      errors: errors.length,
+      codes: [...new Set(errors)],
+    })),
+  );
+  const all = outcome.results;
+  expect(outcome.invalidGrant, `${label}: invalid_grant ${summary}`).toBe(0);
+  expect(
+    all.flatMap((r) => r.uncoded),
+    `${label}: uncoded errors`,
+  ).toEqual([]);
+  expect(
+    all.flatMap((r) => r.errorsWhileValid),
+    `${label}: errors while a valid token was held ${summary}`,
+  ).toEqual([]);
+  for (const code of all.flatMap((r) => r.errors)) expect(STORE_CODES, `${label}: ${summary}`).toContain(code);
+  expect(
+    Math.max(...all.map((r) => r.maxWhileValidMs)),
+    `${label}: slow call with a valid token ${summary}`,
+  ).toBeLessThan(MAX_WHILE_VALID_MS);
+  expect(
+    all.reduce((n, r) => n + r.expired, 0),
+    `${label}: expired tokens served ${summary}`,
+  ).toBe(0);
+  // The fleet worked (calls succeeded before and after the fault) and refreshed as one.
+  for (const r of all) expect(r.calls - r.errors.length, summary).toBeGreaterThan(100);
+  expect(outcome.refreshes, summary).toBeGreaterThanOrEqual(3);
+}
+
+/** Sleeps until `ms` after the fleet started calling. */
+const at = (startAt: number, ms: number): Promise<void> => sleep(startAt + ms - Date.now());
+
+describe.skipIf(!hasRedisServer)('a fleet through Redis faults', () => {
+  const prefix = () => `tw-faults:${randomUUID()}:`;
+
+  it('Redis stopped for 3 s across an expiry (data kept), then back', async () => {
+    const redis = await startPrivateRedis({ persist: true });
+    try {
+      const store: StoreConfig = { kind: 'redis', url: redis.url, prefix: prefix() };
+      const outcome = await runScenario({
+        store,
+        fault: async (startAt) => {
+          await at(startAt, FAULT_AT_MS);
+          await redis.stop();
+          await sleep(3000);
+          await redis.start();
+        },
+      });
+      expectFleetKeptTheGrant(outcome, 'redis stopped 3 s');
+      await expectGrantAlive(store, outcome.rt);
+    } finally {
+      await redis.close();
+    }
+  }, 90_000);
+
+  it('Redis stopped for 3 s across an expiry and restarted empty', async () => {
+    const redis = await startPrivateRedis();
+    try {
+      const store: StoreConfig = { kind: 'redis', url: redis.url, prefix: prefix() };
+      const outcome = await runScenario({
+        store,
+        fault: async (startAt) => {
+          await at(startAt, FAULT_AT_MS);
+          await redis.stop();
+          await sleep(3000);
+          await redis.start({ empty: true });
+        },
+      });
+      expectFleetKeptTheGrant(outcome, 'redis stopped 3 s, back empty');
+      await expectGrantAlive(store, outcome.rt);
+    } finally {
+      await redis.close();
+    }
+  }, 90_000);
+
+  it('Redis frozen (SIGSTOP) for 5 s, then SIGCONT', async () => {
+    const redis = await startPrivateRedis();
+    try {
+      const store: StoreConfig = { kind: 'redis', url: redis.url, prefix: prefix() };
+      const outcome = await runScenario({
+        store,
+        fault: async (startAt) => {
+          await at(startAt, FAULT_AT_MS);
+          redis.freeze();
+          await sleep(5000);
+          redis.thaw();
+        },
+      });
+      expectFleetKeptTheGrant(outcome, 'redis frozen 5 s');
+      await expectGrantAlive(store, outcome.rt);
+    } finally {
+      await redis.close();
+    }
+  }, 90_000);
+
+  it('Redis restarted empty, and a fourth process starts 0.5 s later', async () => {
+    const redis = await startPrivateRedis();
+    try {
+      const store: StoreConfig = { kind: 'redis', url: redis.url, prefix: prefix() };
+      const outcome = await runScenario({
+        store,
+        newcomer: true,
+        fault: async (startAt) => {
+          await at(startAt, FAULT_AT_MS);
+          await redis.stop();
+          await redis.start({ empty: true });
+          return Date.now();
+        },
+      });
+      expect(outcome.results).toHaveLength(PROCESSES + 1);
+      expectFleetKeptTheGrant(outcome, 'redis restarted empty + newcomer');
+      await expectGrantAlive(store, outcome.rt);
+    } finally {
+      await redis.close();
+    }
+  }, 90_000);
+
+  it('Redis Sentinel failover: the master killed with SIGKILL, a replica promoted', async () => {
+    const set = await startSentinelSet();
+    try {
+      const store: StoreConfig = { kind: 'redis-sentinel', sentinels: set.sentinels, name: set.name, prefix: prefix() };
+      const outcome = await runScenario({
+        store,
+        fault: async (startAt) => {
+          await at(startAt, FAULT_AT_MS);
+          await set.master.stop();
+        },
+      });
+      expect(await set.masterPort()).toBe(set.replica.port); // it did fail over
+      expectFleetKeptTheGrant(outcome, 'sentinel failover');
+      await expectGrantAlive(store, outcome.rt);
+    } finally {
+      await set.close();
+    }
+  }, 90_000);
+
+  it('client credentials, Redis frozen for 5 s: no call that holds a valid token waits', async () => {
+    const redis = await startPrivateRedis();
+    try {
+      const store: StoreConfig = { kind: 'redis', url: redis.url, prefix: prefix() };
+      const outcome = await runScenario({
+        store,
+        grant: 'client_credentials',
+        fault: async (startAt) => {
+          await at(startAt, FAULT_AT_MS);
+          redis.freeze();
+          await sleep(5000);
+          redis.thaw();
+        },
+      });
+      const all = outcome.results;
+      expect(Math.max(...all.map((r) => r.maxWhileValidMs))).toBeLessThan(MAX_WHILE_VALID_MS);
+      // Client credentials spend nothing single-use: without the store, each process fetches its own.
+      expect(all.flatMap((r) => r.errors)).toEqual([]);
+    } finally {
+      await redis.close();
+    }
+  }, 90_000);
+});
+
+describe.skipIf(pgBin === undefined)('a fleet through PostgreSQL faults', () => {
+  const table = () => `tw_faults_${randomBytes(5).toString('hex')}`;
+
+  it('PostgreSQL stopped for 5 s across an expiry, then back', async () => {
+    const pg = await startPrivatePostgres();
+    try {
+      const store: StoreConfig = { kind: 'postgres', connectionString: pg.url, table: table() };
+      const outcome = await runScenario({
+        store,
+        fault: async (startAt) => {
+          await at(startAt, FAULT_AT_MS);
+          await pg.stop();
+          await sleep(5000);
+          await pg.start();
+        },
+      });
+      expectFleetKeptTheGrant(outcome, 'postgres stopped 5 s');
+      await expectGrantAlive(store, outcome.rt);
+    } finally {
+      await pg.close();
+    }
+  }, 90_000);
+
+  for (const mode of ['transaction', 'session'] as const) {
+    // (PostgreSQL restarting behind a default PgBouncer means 15 s of `server_login_retry` refusals, whoever
+    // the client: PgBouncer itself restarting is the fault here.)
+    it.skipIf(!hasPgBouncer)(
+      `behind PgBouncer in ${mode} mode (default settings), PgBouncer killed for 3 s`,
+      async () => {
+        const pg = await startPrivatePostgres();
+        const bouncer = await startPgBouncer(pg.port, mode);
+        try {
+          const store: StoreConfig = { kind: 'postgres', connectionString: bouncer.url, table: table() };
+          const outcome = await runScenario({
+            store,
+            fault: async (startAt) => {
+              await at(startAt, FAULT_AT_MS);
+              await bouncer.stop();
+              await sleep(3000);
+              await bouncer.start();
+            },
+          });
+          expectFleetKeptTheGrant(outcome, `pgbouncer ${mode}`);
+          await expectGrantAlive(store, outcome.rt);
+        } finally {
+          await bouncer.close();
+          await pg.close();
+        }
+      },
+      90_000,
+    );
+  }
+});

@@ -1,0 +1,399 @@
+/**
+ * Private Redis, Redis Sentinel, PostgreSQL and PgBouncer servers for fault tests: each started on a free
+ * loopback port in a temporary directory, stopped by PID, never the shared servers of the machine. Faults
+ * are real: `stop()` kills the process, `freeze()` sends SIGSTOP, `restart({ empty: true })` starts it again
+ * without its data.
+ */
+import { execFile, spawnSync } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
+import { chownSync, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { connect, createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+
+const run = promisify(execFile);
+
+/** A free TCP port on 127.0.0.1. */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as { port: number };
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+/** Resolves once something accepts TCP connections on `port` (or rejects after `ms`). */
+export async function waitForPort(port: number, ms = 15_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const open = await new Promise<boolean>((resolve) => {
+      const socket = connect({ host: '127.0.0.1', port });
+      socket.once('connect', () => {
+        socket.destroy();
+        resolve(true);
+      });
+      socket.once('error', () => resolve(false));
+    });
+    if (open) return;
+    if (Date.now() > deadline) throw new Error(`nothing listens on ${port} after ${ms} ms`);
+    await sleep(25);
+  }
+}
+
+export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+function readPid(file: string): number | undefined {
+  try {
+    const pid = Number(readFileSync(file, 'utf8').trim());
+    return Number.isInteger(pid) && pid > 0 ? pid : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function killAndWait(pid: number | undefined, signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
+  if (pid === undefined || !alive(pid)) return;
+  try {
+    process.kill(pid, 'SIGCONT'); // a frozen process must be able to die
+    process.kill(pid, signal);
+  } catch {
+    return;
+  }
+  const deadline = Date.now() + 10_000;
+  while (alive(pid) && Date.now() < deadline) await sleep(20);
+}
+
+/** Processes started here, killed when the test process exits even if a test forgot. */
+const started = new Set<() => number | undefined>();
+process.once('exit', () => {
+  for (const pid of started) {
+    const p = pid();
+    if (p !== undefined && alive(p)) {
+      try {
+        process.kill(p, 'SIGCONT');
+        process.kill(p, 'SIGKILL');
+      } catch {
+        // gone
+      }
+    }
+  }
+});
+
+export const hasRedisServer = spawnSync('redis-server', ['--version']).status === 0;
+
+export interface PrivateRedis {
+  readonly port: number;
+  readonly url: string;
+  readonly pid: number | undefined;
+  /** Kills the server (SIGKILL: no chance to save). */
+  stop(): Promise<void>;
+  /** Starts it again on the same port; `empty: true` drops what it held (its data files are removed). */
+  start(options?: { empty?: boolean }): Promise<void>;
+  /** SIGSTOP: the server keeps its connections but answers nothing. */
+  freeze(): void;
+  /** SIGCONT. */
+  thaw(): void;
+  /** Runs a redis-cli command against it. */
+  cli(...args: string[]): Promise<string>;
+  close(): Promise<void>;
+}
+
+export interface PrivateRedisOptions {
+  /** Keep data across `stop()`/`start()` (append-only file, fsync on every write). Default false. */
+  persist?: boolean;
+  /** Extra `redis-server` arguments (`--replicaof`, …). */
+  args?: string[];
+  port?: number;
+}
+
+/** A private `redis-server --daemonize yes --pidfile F` on a free loopback port. */
+export async function startPrivateRedis(options: PrivateRedisOptions = {}): Promise<PrivateRedis> {
+  const port = options.port ?? (await freePort());
+  const dir = join(tmpdir(), `tw-redis-${randomUUID()}`);
+  mkdirSync(dir, { recursive: true });
+  const pidfile = join(dir, 'redis.pid');
+  let pid: number | undefined;
+  started.add(() => pid);
+  const start = async (startOptions: { empty?: boolean } = {}): Promise<void> => {
+    if (startOptions.empty) {
+      for (const name of readdirSync(dir)) if (name !== 'redis.pid') rmSync(join(dir, name), { recursive: true });
+    }
+    rmSync(pidfile, { force: true });
+    const persistence = options.persist
+      ? ['--appendonly', 'yes', '--appendfsync', 'always', '--save', '']
+      : ['--appendonly', 'no', '--save', ''];
+    await run('redis-server', [
+      '--port',
+      String(port),
+      '--bind',
+      '127.0.0.1',
+      '--daemonize',
+      'yes',
+      '--pidfile',
+      pidfile,
+      '--dir',
+      dir,
+      '--logfile',
+      join(dir, 'redis.log'),
+      ...persistence,
+      ...(options.args ?? []),
+    ]);
+    await waitForPort(port);
+    const deadline = Date.now() + 5000;
+    while ((pid = readPid(pidfile)) === undefined && Date.now() < deadline) await sleep(10);
+    // Loading an append-only file: wait until it answers PING with PONG.
+    while (Date.now() < deadline) {
+      const pong = await run('redis-cli', ['-p', String(port), 'ping']).then(
+        (r) => r.stdout.trim(),
+        () => '',
+      );
+      if (pong === 'PONG') return;
+      await sleep(25);
+    }
+  };
+  await start();
+  return {
+    port,
+    url: `redis://127.0.0.1:${port}`,
+    get pid() {
+      return pid;
+    },
+    stop: () => killAndWait(pid),
+    start,
+    freeze: () => pid !== undefined && process.kill(pid, 'SIGSTOP'),
+    thaw: () => pid !== undefined && process.kill(pid, 'SIGCONT'),
+    cli: async (...args) => (await run('redis-cli', ['-p', String(port), ...args])).stdout.trim(),
+    close: async () => {
+      await killAndWait(pid);
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+export interface PrivateSentinelSet {
+  readonly name: string;
+  readonly master: PrivateRedis;
+  readonly replica: PrivateRedis;
+  readonly sentinels: { host: string; port: number }[];
+  /** The port of the current master, as the sentinel says. */
+  masterPort(): Promise<number>;
+  close(): Promise<void>;
+}
+
+/**
+ * A master, a replica and one sentinel (quorum 1, `down-after-milliseconds` 500): killing the master makes
+ * the sentinel promote the replica within a couple of seconds.
+ */
+export async function startSentinelSet(): Promise<PrivateSentinelSet> {
+  const name = 'twmaster';
+  const master = await startPrivateRedis();
+  const replica = await startPrivateRedis({ args: ['--replicaof', '127.0.0.1', String(master.port)] });
+  const port = await freePort();
+  const dir = join(tmpdir(), `tw-sentinel-${randomUUID()}`);
+  mkdirSync(dir, { recursive: true });
+  const conf = join(dir, 'sentinel.conf');
+  writeFileSync(
+    conf,
+    [
+      `port ${port}`,
+      'bind 127.0.0.1',
+      `dir ${dir}`,
+      `sentinel monitor ${name} 127.0.0.1 ${master.port} 1`,
+      `sentinel down-after-milliseconds ${name} 500`,
+      `sentinel failover-timeout ${name} 5000`,
+      `sentinel parallel-syncs ${name} 1`,
+      '',
+    ].join('\n'),
+  );
+  const pidfile = join(dir, 'sentinel.pid');
+  await run('redis-server', [
+    conf,
+    '--sentinel',
+    '--daemonize',
+    'yes',
+    '--pidfile',
+    pidfile,
+    '--logfile',
+    join(dir, 'sentinel.log'),
+  ]);
+  await waitForPort(port);
+  let pid: number | undefined;
+  const deadline = Date.now() + 5000;
+  while ((pid = readPid(pidfile)) === undefined && Date.now() < deadline) await sleep(10);
+  started.add(() => pid);
+  // Wait until the replica is in sync, so that a failover has data to promote.
+  while (Date.now() < deadline + 10_000) {
+    const info = await replica.cli('info', 'replication');
+    if (info.includes('master_link_status:up')) break;
+    await sleep(50);
+  }
+  const masterPort = async (): Promise<number> => {
+    const out = await run('redis-cli', ['-p', String(port), 'sentinel', 'get-master-addr-by-name', name]);
+    return Number(out.stdout.trim().split('\n')[1]);
+  };
+  return {
+    name,
+    master,
+    replica,
+    sentinels: [{ host: '127.0.0.1', port }],
+    masterPort,
+    close: async () => {
+      await killAndWait(pid);
+      await master.close();
+      await replica.close();
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** The PostgreSQL server binaries (initdb, pg_ctl, postgres), if installed. */
+export const pgBin: string | undefined = (() => {
+  const root = '/usr/lib/postgresql';
+  if (!existsSync(root)) return undefined;
+  const versions = readdirSync(root).sort((a, b) => Number(b) - Number(a));
+  for (const v of versions) if (existsSync(join(root, v, 'bin', 'initdb'))) return join(root, v, 'bin');
+  return undefined;
+})();
+
+/** Runs a command as the `postgres` user when we are root (initdb and postgres refuse to run as root). */
+async function asPostgres(command: string, args: string[]): Promise<{ stdout: string }> {
+  if (process.getuid?.() === 0) return run('runuser', ['-u', 'postgres', '--', command, ...args]);
+  return run(command, args);
+}
+
+function postgresUid(): { uid: number; gid: number } | undefined {
+  if (process.getuid?.() !== 0) return undefined;
+  const out = spawnSync('id', ['-u', 'postgres']).stdout.toString().trim();
+  const gid = spawnSync('id', ['-g', 'postgres']).stdout.toString().trim();
+  return out === '' ? undefined : { uid: Number(out), gid: Number(gid) };
+}
+
+export interface PrivatePostgres {
+  readonly port: number;
+  readonly url: string;
+  stop(): Promise<void>;
+  start(): Promise<void>;
+  freeze(): void;
+  thaw(): void;
+  close(): Promise<void>;
+}
+
+/** A private PostgreSQL cluster (`initdb` into a temporary directory, trust auth) on a free loopback port. */
+export async function startPrivatePostgres(): Promise<PrivatePostgres> {
+  if (pgBin === undefined) throw new Error('PostgreSQL server binaries are not installed');
+  const port = await freePort();
+  const dir = join(tmpdir(), `tw-pg-${randomUUID()}`);
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const owner = postgresUid();
+  if (owner) chownSync(dir, owner.uid, owner.gid);
+  const data = join(dir, 'data');
+  await asPostgres(join(pgBin, 'initdb'), ['-D', data, '-U', 'postgres', '-A', 'trust', '--no-sync', '-E', 'UTF8']);
+  const log = join(dir, 'pg.log');
+  const options = `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=100`;
+  let pid: number | undefined;
+  started.add(() => pid);
+  const start = async (): Promise<void> => {
+    await asPostgres(join(pgBin as string, 'pg_ctl'), ['-D', data, '-l', log, '-o', options, '-w', 'start']);
+    pid = readPid(join(data, 'postmaster.pid'));
+    await waitForPort(port);
+  };
+  const stop = async (): Promise<void> => {
+    // Immediate shutdown: what an operator's restart or a crash looks like to clients.
+    await asPostgres(join(pgBin as string, 'pg_ctl'), ['-D', data, '-m', 'immediate', '-w', 'stop']).catch(() =>
+      killAndWait(pid),
+    );
+  };
+  await start();
+  return {
+    port,
+    url: `postgres://postgres@127.0.0.1:${port}/postgres`,
+    start,
+    stop,
+    freeze: () => pid !== undefined && process.kill(pid, 'SIGSTOP'),
+    thaw: () => pid !== undefined && process.kill(pid, 'SIGCONT'),
+    close: async () => {
+      if (pid !== undefined && alive(pid)) process.kill(pid, 'SIGCONT');
+      await stop();
+      await killAndWait(pid);
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+export const hasPgBouncer = spawnSync('pgbouncer', ['--version']).status === 0 || existsSync('/usr/sbin/pgbouncer');
+
+export interface PrivatePgBouncer {
+  readonly port: number;
+  readonly url: string;
+  /** Kills PgBouncer (SIGKILL). */
+  stop(): Promise<void>;
+  /** Starts it again on the same port. */
+  start(): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** PgBouncer in front of `postgresPort`, with its default settings but for `pool_mode`. */
+export async function startPgBouncer(postgresPort: number, mode: 'transaction' | 'session'): Promise<PrivatePgBouncer> {
+  const port = await freePort();
+  const dir = join(tmpdir(), `tw-pgb-${randomUUID()}`);
+  mkdirSync(dir, { recursive: true });
+  const owner = postgresUid();
+  const ini = join(dir, 'pgbouncer.ini');
+  const users = join(dir, 'users.txt');
+  const pidfile = join(dir, 'pgbouncer.pid');
+  writeFileSync(users, '"postgres" ""\n');
+  writeFileSync(
+    ini,
+    [
+      '[databases]',
+      `postgres = host=127.0.0.1 port=${postgresPort} dbname=postgres`,
+      '[pgbouncer]',
+      'listen_addr = 127.0.0.1',
+      `listen_port = ${port}`,
+      `unix_socket_dir = ${dir}`,
+      'auth_type = trust',
+      `auth_file = ${users}`,
+      `pool_mode = ${mode}`,
+      `logfile = ${join(dir, 'pgbouncer.log')}`,
+      `pidfile = ${pidfile}`,
+      '',
+    ].join('\n'),
+  );
+  if (owner) chownSync(dir, owner.uid, owner.gid);
+  for (const f of [ini, users]) if (owner) chownSync(f, owner.uid, owner.gid);
+  const binary = existsSync('/usr/sbin/pgbouncer') ? '/usr/sbin/pgbouncer' : 'pgbouncer';
+  let pid: number | undefined;
+  started.add(() => pid);
+  const start = async (): Promise<void> => {
+    rmSync(pidfile, { force: true });
+    await asPostgres(binary, ['-d', ini]);
+    await waitForPort(port);
+    const deadline = Date.now() + 5000;
+    while ((pid = readPid(pidfile)) === undefined && Date.now() < deadline) await sleep(10);
+  };
+  await start();
+  return {
+    port,
+    url: `postgres://postgres@127.0.0.1:${port}/postgres`,
+    stop: () => killAndWait(pid),
+    start,
+    close: async () => {
+      await killAndWait(pid, 'SIGTERM');
+      await killAndWait(pid);
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
