@@ -68,7 +68,7 @@ export {
   UserTokens,
   type UserTokensEvents,
   type UserTokensOptions,
-} from './users.js';
+} from './users/index.js';
 export type { UserClaims } from './id-token.js';
 export {
   type Token,

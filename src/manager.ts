@@ -6,14 +6,14 @@
  *
  * @module
  */
-import { EventEmitter } from 'node:events';
+import { EventEmitter, setMaxListeners } from 'node:events';
 import { inspect } from 'node:util';
 import type { DPoPHandle } from 'oauth4webapi';
 import { abortable } from './abort.js';
 import { type Clock, type Timer, systemClock } from './clock.js';
 import { type Duration, toMs } from './duration.js';
 import { TokenwardenError, isTokenwardenError } from './errors.js';
-import { type Attempt, Fleet, type Lineage, type Slot, type Versioned, lockLease } from './fleet/fleet.js';
+import { type Attempt, Fleet, type Lineage, type Slot, type Versioned, lockLease, withRotated } from './fleet/fleet.js';
 import { type AuthFetchOptions, authFetch } from './http/auth-fetch.js';
 import type { FetchLike } from './http/transport.js';
 import {
@@ -25,6 +25,7 @@ import {
   staleAt,
   statusAt,
 } from './policy.js';
+import { rotatedRefreshToken } from './sources/client.js';
 import type { TokenSource } from './sources/source.js';
 import { MemoryStore } from './stores/memory.js';
 import type { TokenStore } from './stores/store.js';
@@ -258,6 +259,7 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
     this.#ownsStore = options.store === undefined;
     this.store = options.store ?? new MemoryStore({ max: 16, clock: this.#clock });
     this.fetch = authFetch(this, options.fetch);
+    setMaxListeners(0, this.#closing.signal); // shared by every refresh and lock wait in flight
     this.#slot = {
       key,
       held: () => {
@@ -388,7 +390,7 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
     // A rotated refresh token the store did not take yet is written now (bounded), never dropped silently.
     await this.#fleet.flush();
     this.#closing.abort(new TokenwardenError('ERR_CLOSED', 'the token manager was closed'));
-    this.#fleet.close();
+    await this.#fleet.close();
     this.#held = undefined;
     registry.forget(this);
     if (this.#ownsStore) await this.store.close();
@@ -503,8 +505,22 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
       ...this.#slot,
       exclusive: this.source.exclusive === true,
       satisfied: () => this.#held !== undefined && this.#satisfies(this.#held.token, want),
-      spend: (current, signal) =>
-        this.source.fetchToken({ signal, ...(current !== undefined && { previous: current.state }) }),
+      spend: async (current, signal) => {
+        try {
+          return await this.source.fetchToken({ signal, ...(current !== undefined && { previous: current.state }) });
+        } catch (err) {
+          // The server rotated the refresh token before a later check of its answer failed: keep the new one.
+          const rotated = rotatedRefreshToken(err);
+          if (rotated === undefined) throw err;
+          const now = this.#clock.now();
+          const kept: Token = Object.freeze({
+            ...PLACEHOLDER(now),
+            tokenType: current?.state.tokenType ?? 'Bearer',
+            refreshToken: rotated,
+          });
+          throw withRotated(err as Error, kept);
+        }
+      },
     };
     try {
       await this.#fleet.run(attempt);

@@ -103,6 +103,10 @@ export interface Slot<S> {
   take(value: Versioned<S>, from: 'store' | 'source'): void;
   /** The store holds nothing for the key (deleted, expired, or never written). */
   missing?(): void;
+  /** Whether a decoded state belongs to this slot (a state copied under another key is a miss). */
+  owns?(state: S): boolean;
+  /** A spend's result was dropped: its key was deleted while it ran (a sign-out). Revoke it, if you can. */
+  abandoned?(state: S): void;
   /** A store operation failed (for events). */
   storeFailed(operation: StoreOperation, error: TokenwardenError): void;
   /** The store answers again after a failure (for events). */
@@ -113,6 +117,11 @@ export interface Slot<S> {
 export interface Attempt<S> extends Slot<S> {
   /** Whether what is held now serves the caller (no spend needed). */
   satisfied(): boolean;
+  /**
+   * Throws when a spend must not even be tried (nothing to spend, a recent failure that waiting will not
+   * heal): called before taking the lock and again before spending.
+   */
+  precheck?(): void;
   /** The spend uses something single-use (a refresh token): the fleet lock is then required. */
   readonly exclusive: boolean;
   /**
@@ -231,6 +240,8 @@ export class Fleet<S> {
   /** The store is private to this process: nobody else can spend, so no lock is needed when it fails. */
   readonly #private: boolean;
   readonly #pending = new Map<string, Pending<S>>();
+  /** Lock releases under way (`close()` waits for them: a store closed under one leaves a lease behind). */
+  readonly #releasing = new Set<Promise<void>>();
   #settleUntil = 0;
   #storeDown = false;
   #flushTimer: NodeJS.Timeout | undefined;
@@ -258,6 +269,7 @@ export class Fleet<S> {
     if (first.ok) await this.#reconcile(attempt, first, budget);
     if (attempt.satisfied()) return;
     if (!first.ok) return this.#withoutStore(attempt, first.error, budget);
+    attempt.precheck?.();
 
     // 2. The lock, then 3. re-read under it: the previous holder may have just rotated the refresh token.
     const lock = await this.#lock(attempt, budget);
@@ -283,6 +295,7 @@ export class Fleet<S> {
       let current: Read<S> & { ok: true } = read;
       await this.#reconcile(attempt, current, budget);
       if (attempt.satisfied()) return;
+      attempt.precheck?.();
       if (attempt.exclusive && !this.#private) {
         current = await this.#settle(attempt, current, budget);
         if (attempt.satisfied()) return;
@@ -297,13 +310,21 @@ export class Fleet<S> {
   }
 
   /**
-   * Writes back what `slot` holds if the store has nothing newer (after a reset, or when a read found the
-   * store behind). Never spends.
+   * Reads the key and makes this process and the store agree (see the rules above); never spends.
+   * `restore`: the store may have lost the entry (after a reset), so what this process holds is written back
+   * into a missing entry too. Resolves to whether the store answered.
    */
-  async heal(slot: Slot<S>): Promise<void> {
+  async sync(slot: Slot<S>, restore = false): Promise<boolean> {
     const budget = new Budget(this.#o.storeTimeoutMs);
     const read = await this.#read(slot, budget);
-    if (read.ok) await this.#reconcile(slot, read, budget, true);
+    if (read.ok) await this.#reconcile(slot, read, budget, restore);
+    return read.ok;
+  }
+
+  /** Drops a pending write of `key` (its entry was deleted on purpose: a sign-out is not undone). */
+  forget(key: string): void {
+    const pending = this.#pending.get(key);
+    if (pending !== undefined) this.#drop(pending);
   }
 
   /** Writes every pending state (bounded by one store time limit each); for `close()`. */
@@ -313,13 +334,17 @@ export class Fleet<S> {
     await Promise.all([...this.#pending.values()].map((p) => this.#writeBack(p)));
   }
 
-  /** Stops listening to the store; pending writes are abandoned (call {@link Fleet.flush} first). */
-  close(): void {
+  /**
+   * Stops listening to the store and waits for lock releases under way; pending writes are abandoned (call
+   * {@link Fleet.flush} first).
+   */
+  async close(): Promise<void> {
     listeners.remove(this.#o.store, this.#onReset);
     if (this.#flushTimer !== undefined) clearTimeout(this.#flushTimer);
     this.#flushTimer = undefined;
     for (const p of this.#pending.values()) if (p.lock) this.#release(p.lock);
     this.#pending.clear();
+    await Promise.allSettled([...this.#releasing]);
   }
 
   /**
@@ -377,6 +402,7 @@ export class Fleet<S> {
     let stored: Decoded<S> = undefined;
     if (record !== undefined) {
       stored = this.#o.lineage.decode(slot.key, record.value);
+      if (stored !== undefined && slot.owns !== undefined && !slot.owns(stored.state)) stored = undefined;
       if (stored === undefined) {
         // A corrupt or foreign entry is a miss (the next write replaces it); the store itself is fine.
         slot.storeFailed('get', new TokenwardenError('ERR_STORE', 'the stored entry is not ours; ignoring it'));
@@ -527,7 +553,15 @@ export class Fleet<S> {
     const pending: Pending<S> = { slot, value, base: base ?? 0, lock, attempts: 0 };
     this.#pending.set(slot.key, pending);
     if (written.ok) {
-      // The version moved under our lock (a lease that ran out, a store restored from memory): settle by seq.
+      // The version moved under our lock: deleted (a sign-out while we spent — not undone), or written by
+      // someone whose lease ran out or who restored it from memory (settled by seq).
+      const read = await this.#read(slot, budget);
+      if (read.ok && read.record === undefined) {
+        this.#pending.delete(slot.key);
+        slot.missing?.();
+        slot.abandoned?.(value.state);
+        return false;
+      }
       await this.#writeBack(pending);
       return this.#pending.get(slot.key) === pending;
     }
@@ -601,7 +635,7 @@ export class Fleet<S> {
     const worker = async (): Promise<void> => {
       while (next < slots.length && !this.#o.closing.aborted) {
         const slot = slots[next++] as Slot<S>;
-        await this.heal(slot).catch(() => undefined);
+        await this.sync(slot, true).catch(() => undefined);
       }
     };
     for (let i = 0; i < Math.min(16, slots.length); i++) void worker();
@@ -610,6 +644,7 @@ export class Fleet<S> {
   /** Without the store: a state that is not single-use (or a private store) is spent alone; otherwise the error. */
   async #withoutStore(attempt: Attempt<S>, error: TokenwardenError, budget: Budget): Promise<void> {
     if (attempt.exclusive && !this.#mayGoAlone()) throw error;
+    attempt.precheck?.();
     this.#checkOpen();
     await this.#spendAndWrite(attempt, undefined, undefined, budget);
   }
@@ -620,7 +655,9 @@ export class Fleet<S> {
 
   /** Releases a lock without making the caller wait (the store may be slow; the result is in hand). */
   #release(lock: StoreLock): void {
-    void lock.release().catch(() => undefined);
+    const released = lock.release().catch(() => undefined);
+    this.#releasing.add(released);
+    void released.then(() => this.#releasing.delete(released));
   }
 
   #checkOpen(): void {

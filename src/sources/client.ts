@@ -7,6 +7,7 @@
  */
 import { createHash } from 'node:crypto';
 import { inspect } from 'node:util';
+import { decodeJwt } from 'jose';
 import * as oauth from 'oauth4webapi';
 import { type Clock, systemClock } from '../clock.js';
 import { type Duration, toMs } from '../duration.js';
@@ -250,7 +251,8 @@ export class OAuthClient {
     const meta: ResponseMeta = {};
     const what = `token request (${grantType})`;
     const issuedAt = this.clock.now();
-    let json: oauth.TokenEndpointResponse;
+    /** A refresh token the server issued in a successful answer — kept even if a later check fails. */
+    let rotated: string | undefined;
     try {
       const as = await this.authorizationServer(context.signal);
       const auth = await this.clientAuthentication();
@@ -267,11 +269,16 @@ export class OAuthClient {
             ...(this.dpop && { DPoP: this.dpop }),
           },
         );
-        return oauth.processGenericTokenEndpointResponse(as, this.#client, response, {
+        const peek = response.ok ? await peekJson(response) : undefined;
+        if (typeof peek?.['refresh_token'] === 'string' && peek['refresh_token'] !== '') {
+          rotated = peek['refresh_token'];
+        }
+        return oauth.processGenericTokenEndpointResponse(idTokenIssuer(as, this.issuer, peek), this.#client, response, {
           // RFC 8693 responses for tokens that are not access tokens say "N_A".
           recognizedTokenTypes: { n_a: () => undefined },
         });
       };
+      let json: oauth.TokenEndpointResponse;
       try {
         json = await attempt();
       } catch (err) {
@@ -280,20 +287,23 @@ export class OAuthClient {
         // send again once, except for a refresh token, which the server may have spent (a second spend
         // revokes the grant) — the manager's backoff retries that one.
         const again =
-          (this.dpop !== undefined && oauth.isDPoPNonceError(err)) ||
-          (grantType !== 'refresh_token' && meta.status === undefined && isConnectionReset(err));
+          rotated === undefined &&
+          ((this.dpop !== undefined && oauth.isDPoPNonceError(err)) ||
+            (grantType !== 'refresh_token' && meta.status === undefined && isConnectionReset(err)));
         if (!again) throw err;
         json = await attempt();
       }
+      return tokenFromResponse(json as unknown as Record<string, unknown>, {
+        issuedAt,
+        refreshToken: context.refreshToken,
+      });
     } catch (err) {
       const retryAfterMs =
         meta.status === 429 || meta.status === 503 ? parseRetryAfter(meta.retryAfter, this.clock.now()) : undefined;
-      throw toTokenwardenError(err, what, 'ERR_DISCOVERY', retryAfterMs);
+      const error = toTokenwardenError(err, what, 'ERR_DISCOVERY', retryAfterMs);
+      if (rotated !== undefined && rotated !== context.refreshToken) markRotated(error, rotated);
+      throw error;
     }
-    return tokenFromResponse(json as unknown as Record<string, unknown>, {
-      issuedAt,
-      refreshToken: context.refreshToken,
-    });
   }
 
   /** Adds `scope`, `resource`, `audience` and `extraParams` from the options where `params` lacks them. */
@@ -368,6 +378,60 @@ export class OAuthClient {
 
   [inspect.custom](): string {
     return `OAuthClient ${inspect(this.toJSON())}`;
+  }
+}
+
+const ROTATED_REFRESH_TOKEN = Symbol('tokenwarden.rotatedRefreshToken');
+
+function markRotated(error: Error, refreshToken: string): void {
+  Object.defineProperty(error, ROTATED_REFRESH_TOKEN, { value: refreshToken, enumerable: false, configurable: true });
+}
+
+/**
+ * The refresh token the server issued in an answer that then failed a check (an ID token, a token type):
+ * the server has already rotated the refresh token it was sent, so this one must be kept, not the old one.
+ * Never enumerable, never in a message or in JSON.
+ *
+ * @example
+ * ```ts
+ * try { await client.tokenRequest('refresh_token', params); }
+ * catch (err) { const next = rotatedRefreshToken(err); if (next) await keep(next); throw err; }
+ * ```
+ */
+export function rotatedRefreshToken(error: unknown): string | undefined {
+  if (error === null || typeof error !== 'object') return undefined;
+  const value = (error as { [ROTATED_REFRESH_TOKEN]?: unknown })[ROTATED_REFRESH_TOKEN];
+  return typeof value === 'string' ? value : undefined;
+}
+
+/** The JSON body of a response, read from a clone (the original is left for oauth4webapi); `undefined` if none. */
+async function peekJson(response: Response): Promise<Record<string, unknown> | undefined> {
+  try {
+    const data: unknown = await response.clone().json();
+    return data !== null && typeof data === 'object' && !Array.isArray(data)
+      ? (data as Record<string, unknown>)
+      : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * The metadata to check a token response's ID token against. With a configured issuer, that issuer; with
+ * only a token endpoint there is none to compare with, so the ID token is not judged against the endpoint's
+ * URL (its own `iss` stands; audience, expiry and the rest are still checked).
+ */
+function idTokenIssuer(
+  as: oauth.AuthorizationServer,
+  configured: string | undefined,
+  body: Record<string, unknown> | undefined,
+): oauth.AuthorizationServer {
+  if (configured !== undefined || typeof body?.['id_token'] !== 'string') return as;
+  try {
+    const { iss } = decodeJwt(body['id_token']);
+    return typeof iss === 'string' ? { ...as, issuer: iss } : as;
+  } catch {
+    return as;
   }
 }
 

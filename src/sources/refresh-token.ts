@@ -1,5 +1,5 @@
 import { TokenwardenError } from '../errors.js';
-import { type ClientOptions, GrantSource, OAuthClient, hashSecret } from './client.js';
+import { type ClientOptions, GrantSource, OAuthClient, hashSecret, rotatedRefreshToken } from './client.js';
 import type { TokenSource } from './source.js';
 
 /**
@@ -59,6 +59,7 @@ export function refreshToken(options: RefreshTokenOptions): GrantSource {
         if (token.refreshToken !== undefined) latest = token.refreshToken;
         return token;
       } catch (err) {
+        latest = rotatedRefreshToken(err) ?? latest; // the server rotated it before a later check failed
         if (
           options.fallback &&
           err instanceof TokenwardenError &&

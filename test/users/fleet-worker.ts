@@ -6,7 +6,7 @@
  */
 import { createInterface } from 'node:readline';
 import { decodeJwt } from 'jose';
-import { UserTokens } from '../../src/users.js';
+import { UserTokens } from '../../src/users/index.js';
 import { type StoreSpec, openStore } from './stores.js';
 
 export interface WorkerConfig {

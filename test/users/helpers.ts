@@ -1,7 +1,7 @@
 /** Shared helpers of the UserTokens suites. */
 import { randomBytes } from 'node:crypto';
 import { SignJWT, decodeJwt } from 'jose';
-import { UserTokens, type UserTokensOptions } from '../../src/users.js';
+import { UserTokens, type UserTokensOptions } from '../../src/users/index.js';
 import type { TestAuthorizationServer } from '../support/authorization-server.js';
 
 /** A UserTokens for the test server's `app` client. */

@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TokenwardenError } from '../../src/errors.js';
 import { MemoryStore } from '../../src/stores/memory.js';
 import type { TokenStore } from '../../src/stores/store.js';
-import type { UserTokens } from '../../src/users.js';
+import type { UserTokens } from '../../src/users/index.js';
 import {
   API_RESOURCE,
   type TestAuthorizationServer,

@@ -1,0 +1,906 @@
+/**
+ * UserTokens: the tokens of signed-in users (by subject), kept valid from any instance of an app.
+ *
+ * The data path of `getAccessToken(subject)`, in one line:
+ * memory (LRU) → (stale or due?) fleet core: store → lock → re-read → refresh_token grant → CAS write → release.
+ *
+ * @module
+ */
+import { createHash, randomUUID } from 'node:crypto';
+import { EventEmitter, setMaxListeners } from 'node:events';
+import { inspect } from 'node:util';
+import { type JWTPayload, decodeJwt } from 'jose';
+import * as oauth from 'oauth4webapi';
+import { abortable } from '../abort.js';
+import { type Clock, systemClock } from '../clock.js';
+import { toMs } from '../duration.js';
+import { TokenwardenError, isTokenwardenError } from '../errors.js';
+import { type Attempt, Fleet, type Slot, type Versioned, lockLease, withRotated } from '../fleet/fleet.js';
+import { boundedFetch } from '../http/transport.js';
+import { type UserClaims, checkIdToken, signatureVerifier, userClaims } from '../id-token.js';
+import { isTransient } from '../manager.js';
+import { type RefreshPolicy, backoffDelay, resolvePolicy } from '../policy.js';
+import { OAuthClient, rotatedRefreshToken } from '../sources/client.js';
+import { toTokenwardenError } from '../sources/errors.js';
+import { MemoryStore } from '../stores/memory.js';
+import type { StoreLock, TokenStore } from '../stores/store.js';
+import { type Token, tokenFromResponse } from '../token.js';
+import { type Cached, type Failure, type Level, SubjectCache, find } from './cache.js';
+import {
+  type AccessTokenRequest,
+  type ClaimsInfo,
+  type GetClaimsOptions,
+  MAX_SUBJECT_LENGTH,
+  type RevokeResult,
+  type SaveOptions,
+  type StoredAccessToken,
+  type UserTokensEvents,
+  type UserTokensOptions,
+} from './options.js';
+import {
+  type UserRecord,
+  accessEntry,
+  checkTokenResponse,
+  prune,
+  recordLineage,
+  refreshExpiry,
+  withoutRefreshToken,
+} from './record.js';
+import { DEFAULT_SPEC, type Spec, spec, specKey } from './spec.js';
+
+/**
+ * The tokens of signed-in users, by subject: what a web app or BFF needs to call APIs on their behalf for
+ * hours, from whichever instance serves the request.
+ *
+ * - {@link UserTokens.save} files the token response of a login (from any library) under the subject,
+ *   after checking that its ID token was issued by this issuer, to this client, about this subject;
+ * - {@link UserTokens.getAccessToken} returns a valid access token covering the requested scope/resource,
+ *   refreshing it with the subject's (rotating) refresh token when stale — one refresh per subject at a
+ *   time across every process sharing the store, re-reading the store under the lock so that no process
+ *   spends a refresh token another one already rotated (the fleet core, `src/fleet/`);
+ * - {@link UserTokens.revoke} signs the subject out at the authorization server (RFC 7009) and forgets
+ *   everything; {@link UserTokens.delete} only forgets.
+ *
+ * A subject without a usable refresh token (none, expired, revoked, or rejected with `invalid_grant`)
+ * gets `ERR_LOGIN_REQUIRED` — at once, without retrying: the user must sign in again.
+ *
+ * Keys: each subject has one store record under `tw1:user:<SHA-256 of issuer and client>:<SHA-256 of
+ * subject>`, so no subject string (`*`, `../`, `'; drop …`, 10 KB) can reach another key or key space.
+ * The record names its issuer, client and subject, and a record that does not match is a miss.
+ *
+ * @example
+ * ```ts
+ * import { UserTokens } from 'tokenwarden';
+ * import { RedisStore } from 'tokenwarden/redis';
+ * const users = new UserTokens({ issuer, clientId, clientSecret, store: new RedisStore({ url }) });
+ *
+ * // in the login callback, with the token endpoint's JSON (from any OAuth library):
+ * await users.save(claims.sub, tokenResponse);
+ * // on any instance, on every API call:
+ * const token = await users.getAccessToken(session.sub, { scope: 'orders:read' });
+ * await fetch(url, { headers: { authorization: `${token.tokenType} ${token.accessToken}` } });
+ * // at logout:
+ * await users.revoke(session.sub);
+ * ```
+ */
+export class UserTokens extends EventEmitter<UserTokensEvents> {
+  /** The issuer. */
+  readonly issuer: string;
+  /** The client identifier. */
+  readonly clientId: string;
+  /** The store (a private `MemoryStore` when none was given). */
+  readonly store: TokenStore;
+  /** The OAuth client used for refresh, revocation and UserInfo requests. */
+  readonly client: OAuthClient;
+
+  readonly #namespace: string;
+  readonly #clock: Clock;
+  readonly #random: () => number;
+  readonly #policy: RefreshPolicy;
+  readonly #lockTtlMs: number;
+  readonly #lockWaitMs: number;
+  readonly #revalidateMs: number;
+  readonly #maxAccessTokens: number;
+  readonly #recordTtlMs: number | undefined;
+  readonly #revokeAccessTokens: boolean;
+  readonly #verify: ((idToken: string, alg: string) => Promise<void>) | undefined;
+  readonly #ownsStore: boolean;
+  readonly #cache: SubjectCache;
+  readonly #fleet: Fleet<UserRecord>;
+  readonly #lineage: ReturnType<typeof recordLineage>;
+  readonly #inflight = new Map<string, Promise<Token>>();
+  readonly #revalidating = new Set<string>();
+  readonly #releasing = new Set<Promise<void>>();
+  readonly #closing = new AbortController();
+  #closed = false;
+
+  constructor(options: UserTokensOptions) {
+    super();
+    if (options === null || typeof options !== 'object') {
+      throw new TokenwardenError('ERR_CONFIG', 'UserTokens needs options');
+    }
+    if (typeof options.issuer !== 'string' || options.issuer === '') {
+      throw new TokenwardenError('ERR_CONFIG', 'issuer is required');
+    }
+    for (const name of ['scope', 'resource', 'audience', 'extraParams', 'tokenEndpoint'] as const) {
+      if ((options as unknown as Record<string, unknown>)[name] !== undefined) {
+        throw new TokenwardenError(
+          'ERR_CONFIG',
+          `UserTokens does not take '${name}': pass scope/resource/extraParams to getAccessToken()`,
+        );
+      }
+    }
+    this.client = new OAuthClient(options);
+    this.issuer = options.issuer;
+    this.clientId = options.clientId;
+    this.#clock = options.clock ?? systemClock;
+    this.#random = options.random ?? Math.random;
+    this.#policy = resolvePolicy({ maxBeforeExpiryRatio: 0.25, ...options.refresh, background: false });
+    const storeTimeoutMs = toMs(options.storeTimeout ?? '2s', 'storeTimeout');
+    this.#lockTtlMs = lockLease(options.lock?.ttl, this.client.timeoutMs, storeTimeoutMs);
+    this.#lockWaitMs = options.lock?.wait === undefined ? this.#lockTtlMs : toMs(options.lock.wait, 'lock.wait');
+    this.#revalidateMs = toMs(options.cache?.revalidate ?? '1s', 'cache.revalidate');
+    this.#recordTtlMs = options.recordTtl === undefined ? undefined : toMs(options.recordTtl, 'recordTtl');
+    const max = options.cache?.max ?? 10_000;
+    if (!(Number.isInteger(max) && max > 0)) {
+      throw new TokenwardenError('ERR_CONFIG', 'cache.max must be a positive integer');
+    }
+    this.#maxAccessTokens = options.maxAccessTokens ?? 16;
+    if (!(Number.isInteger(this.#maxAccessTokens) && this.#maxAccessTokens > 0)) {
+      throw new TokenwardenError('ERR_CONFIG', 'maxAccessTokens must be a positive integer');
+    }
+    this.#revokeAccessTokens = options.revokeAccessTokens ?? true;
+    this.#cache = new SubjectCache(max, this.#policy, this.#random, this.#clock, this.#revalidateMs);
+    this.#ownsStore = options.store === undefined;
+    this.store = options.store ?? new MemoryStore({ max: 10_000, clock: this.#clock });
+    this.#namespace = sha256(JSON.stringify([this.issuer, this.clientId]));
+    this.#lineage = recordLineage(this.issuer, this.clientId, this.#recordTtlMs);
+    // One closing signal shared by every operation in flight (many users refresh at once).
+    setMaxListeners(0, this.#closing.signal);
+    this.#fleet = new Fleet({
+      store: this.store,
+      lineage: this.#lineage,
+      clock: this.#clock,
+      storeTimeoutMs,
+      lockTtlMs: this.#lockTtlMs,
+      lockWaitMs: this.#lockWaitMs,
+      unlockedRefresh: false,
+      closing: this.#closing.signal,
+      slots: () => this.#heldSlots(),
+    });
+    if (options.verifyIdTokenSignature !== false) {
+      const client = this.client;
+      this.#verify = signatureVerifier({
+        jwksUri: async () => (await client.authorizationServer()).jwks_uri,
+        clientSecret: options.clientSecret,
+        fetch: boundedFetch({
+          timeoutMs: client.timeoutMs,
+          maxResponseBytes: client.maxResponseBytes,
+          ...(options.fetch && { fetch: options.fetch }),
+        }),
+        timeoutMs: client.timeoutMs,
+      });
+    }
+  }
+
+  /**
+   * The store key of a subject's record: fixed-length, made of `[A-Za-z0-9_:-]` only, whatever the subject.
+   *
+   * @example
+   * ```ts
+   * users.keyFor('alice'); // 'tw1:user:Jx3…:2bd8…'
+   * ```
+   */
+  keyFor(subject: string): string {
+    checkSubject(subject);
+    return `tw1:user:${this.#namespace}:${sha256(subject)}`;
+  }
+
+  /** Subjects held in the in-process layer (at most `cache.max`). */
+  get cachedSubjects(): number {
+    return this.#cache.size;
+  }
+
+  /**
+   * Files a login's token endpoint response (the raw JSON, from any library) under `subject`, replacing
+   * whatever the subject had: access token, refresh token, ID token and its claims.
+   *
+   * An ID token, when present, must have been issued by this issuer (`iss`), to this client (`aud`, and
+   * `azp` when present or when there are several audiences) about this subject (`sub` equal to `subject`),
+   * and its signature must verify with the issuer's keys (unless `verifyIdTokenSignature: false`);
+   * otherwise `ERR_ID_TOKEN_INVALID` and nothing is stored. Its expiry is not checked: `save()` files a
+   * response, it does not authenticate anyone. A response without an ID token keeps the subject's
+   * previous ID token and claims, if any.
+   *
+   * @example
+   * ```ts
+   * const json = await (await fetch(tokenEndpoint, { method: 'POST', body })).json();
+   * await users.save('alice', json, { issuedAt: sentAt });
+   * ```
+   */
+  async save(
+    subject: string,
+    tokenResponse: Readonly<Record<string, unknown>>,
+    options: SaveOptions = {},
+  ): Promise<Token> {
+    this.#checkOpen();
+    const key = this.keyFor(subject);
+    const json = checkTokenResponse(tokenResponse);
+    const now = this.#clock.now();
+    // The login's token is the subject's default token; `options.scope` is what it covers when the response does not say.
+    const want = spec({ resource: options.resource, extraParams: options.extraParams });
+    const requested = spec({ scope: options.scope });
+    let claims: UserClaims | undefined;
+    if (typeof json['id_token'] === 'string') {
+      const payload = await checkIdToken(json['id_token'], {
+        issuer: this.issuer,
+        clientId: this.clientId,
+        subject,
+        ...(this.#verify && { verify: this.#verify }),
+      });
+      claims = userClaims(payload);
+    }
+    const token = tokenFromResponse(json, { issuedAt: options.issuedAt ?? now });
+    const slot = this.#slot(subject, key);
+    const previous = await this.#fleet.storeCall(slot, 'get', (s) => s.get(key));
+    const before = previous.ok && previous.value ? this.#decode(slot, previous.value.value) : undefined;
+    const record: UserRecord = {
+      v: 1,
+      issuer: this.issuer,
+      clientId: this.clientId,
+      subject,
+      session: randomUUID(),
+      ...(token.refreshToken !== undefined && { refreshToken: token.refreshToken }),
+      ...refreshExpiry(json, token.issuedAt),
+      accessTokens: [],
+      updatedAt: now,
+    };
+    if (claims !== undefined) {
+      Object.assign(record, { idToken: json['id_token'], claims, claimsUpdatedAt: now, claimsFrom: 'id_token' });
+    } else if (before?.state.idToken !== undefined || before?.state.claims !== undefined) {
+      const { idToken, claims: c, claimsUpdatedAt, claimsFrom } = before.state;
+      Object.assign(record, { idToken, claims: c, claimsUpdatedAt, claimsFrom });
+    }
+    const stored = accessEntry(want, token, requested.scope);
+    record.accessTokens.push(stored);
+    // A login is authoritative: written unconditionally, and after every state before it in the subject's
+    // history (a refresh racing it fails its compare-and-set and leaves it alone).
+    const seq = Math.max((before?.seq ?? this.#cache.peek(subject)?.seq ?? 0) + 1, now);
+    this.#fleet.forget(key);
+    const written = await this.#fleet.storeCall(slot, 'set', (s) =>
+      s.set(key, this.#lineage.encode(record, seq), this.#ttl()),
+    );
+    if (!written.ok) throw written.error;
+    this.#cache.adopt(subject, key, record, seq, written.value ?? undefined);
+    return stored.token;
+  }
+
+  /**
+   * A valid access token of `subject` for `request`: from memory when fresh; when stale, at once while
+   * one refresh runs in the background; otherwise after the one shared refresh (down-scoped to
+   * `request.scope`, for `request.resource`). Rejects with `ERR_LOGIN_REQUIRED` when the subject has no
+   * usable refresh token, with the server's `ERR_OAUTH` (`invalid_scope`, `invalid_target`…) when it
+   * refuses the request, and with `ERR_STORE`/`ERR_STORE_TIMEOUT` when a refresh is needed and the store
+   * does not answer (a rotating refresh token must not be spent without it). A caller that gets a held,
+   * valid token never waits on the store.
+   *
+   * @example
+   * ```ts
+   * const token = await users.getAccessToken('alice');                      // the login's default token
+   * const read = await users.getAccessToken('alice', { scope: 'read' });    // a token covering "read"
+   * ```
+   */
+  getAccessToken(subject: string, request?: AccessTokenRequest): Promise<Token> {
+    if (request === undefined) {
+      const cached = this.#cache.get(subject);
+      if (cached !== undefined) {
+        if (this.#clock.now() < cached.hotUntil) return Promise.resolve(cached.hotToken as Token);
+      }
+    }
+    return this.#getSlow(subject, request);
+  }
+
+  /**
+   * The subject's unexpired access tokens and the requests they answer (one store read, no scan).
+   *
+   * @example
+   * ```ts
+   * for (const { token, scope, resource } of await users.listAccessTokens('alice')) console.log(scope, resource, token.expiresAt);
+   * ```
+   */
+  async listAccessTokens(subject: string): Promise<StoredAccessToken[]> {
+    const record = await this.#read(subject);
+    const now = this.#clock.now();
+    return (record?.accessTokens ?? [])
+      .filter((e) => e.token.expiresAt === undefined || e.token.expiresAt > now)
+      .map((e) => ({
+        token: e.token,
+        scope: e.spec.scope === null ? undefined : e.spec.scope.join(' '),
+        resource: e.spec.resource ?? undefined,
+        extraParams: e.spec.params ?? undefined,
+      }));
+  }
+
+  /**
+   * The subject's claims: from the latest ID token, merged with a UserInfo response when asked for
+   * (`userinfo`). `undefined` when nothing is stored or no ID token was ever saved.
+   *
+   * @example
+   * ```ts
+   * const claims = await users.getClaims('alice');                                  // { sub: 'alice', email: … }
+   * const fresh = await users.getClaims('alice', { userinfo: { maxAge: '10m' } });  // UserInfo at most every 10 min
+   * ```
+   */
+  async getClaims(subject: string, options: GetClaimsOptions = {}): Promise<UserClaims | undefined> {
+    return (await this.getClaimsInfo(subject, options))?.claims;
+  }
+
+  /**
+   * {@link UserTokens.getClaims} with when the claims were stored and where they came from.
+   *
+   * @example
+   * ```ts
+   * const info = await users.getClaimsInfo('alice'); // { claims, updatedAt, from: 'id_token' }
+   * ```
+   */
+  async getClaimsInfo(subject: string, options: GetClaimsOptions = {}): Promise<ClaimsInfo | undefined> {
+    const record = await this.#read(subject);
+    if (record === undefined) return undefined;
+    const userinfo = options.userinfo;
+    if (userinfo !== undefined) {
+      const maxAgeMs =
+        userinfo === true || userinfo.maxAge === undefined ? 0 : toMs(userinfo.maxAge, 'userinfo.maxAge');
+      const age = this.#clock.now() - (record.claimsUpdatedAt ?? -Infinity);
+      if (record.claims === undefined || record.claimsFrom !== 'userinfo' || age >= maxAgeMs) {
+        return this.#userinfo(subject, userinfo === true ? undefined : userinfo.token);
+      }
+    }
+    return claimsInfo(record);
+  }
+
+  /**
+   * The subject's latest ID token, even when expired (it is still what OpenID Connect RP-initiated logout
+   * wants as `id_token_hint`). `undefined` when none was saved.
+   *
+   * @example
+   * ```ts
+   * const hint = await users.getIdToken('alice');
+   * res.redirect(`${endSessionEndpoint}?id_token_hint=${hint}&post_logout_redirect_uri=${back}`);
+   * ```
+   */
+  async getIdToken(subject: string): Promise<string | undefined> {
+    return (await this.#read(subject))?.idToken;
+  }
+
+  /**
+   * Signs the subject out at the authorization server and forgets everything stored for them: revokes the
+   * refresh token (RFC 7009), then — unless `revokeAccessTokens: false` — each unexpired access token
+   * (a server that cannot revoke one, e.g. a JWT, says `unsupported_token_type`; that is not an error),
+   * then deletes the record. Runs under the subject's refresh lock, so the newest rotated refresh token is
+   * the one revoked.
+   *
+   * When revoking the refresh token fails (network, server error, no revocation endpoint), the record is
+   * still deleted and the promise rejects with that error: the user is signed out here, but the server may
+   * still honour the refresh token until it expires.
+   *
+   * @example
+   * ```ts
+   * app.post('/logout', async (req, res) => {
+   *   const idToken = await users.getIdToken(req.session.sub);
+   *   await users.revoke(req.session.sub);
+   *   res.redirect(logoutUrl(idToken));
+   * });
+   * ```
+   */
+  async revoke(subject: string): Promise<RevokeResult> {
+    this.#checkOpen();
+    const key = this.keyFor(subject);
+    const slot = this.#slot(subject, key);
+    const lock = await this.#fleet.storeCall(slot, 'lock', (s) =>
+      s.lock(key, { ttlMs: this.#lockTtlMs, waitMs: this.#lockWaitMs, signal: this.#closing.signal }),
+    );
+    try {
+      const record = await this.#read(subject);
+      let refreshError: TokenwardenError | undefined;
+      let revokedRefresh = false;
+      let revokedAccess = 0;
+      if (record?.refreshToken !== undefined) {
+        try {
+          await this.client.revoke(record.refreshToken, 'refresh_token');
+          revokedRefresh = true;
+        } catch (err) {
+          refreshError = isTokenwardenError(err) ? err : toTokenwardenError(err, 'revocation');
+        }
+      }
+      if (record !== undefined && this.#revokeAccessTokens && refreshError?.code !== 'ERR_UNSUPPORTED') {
+        const now = this.#clock.now();
+        for (const entry of record.accessTokens) {
+          if (entry.token.expiresAt !== undefined && entry.token.expiresAt <= now) continue;
+          try {
+            await this.client.revoke(entry.token.accessToken, 'access_token');
+            revokedAccess += 1;
+          } catch {
+            // Best effort: JWT access tokens are usually not revocable (unsupported_token_type).
+          }
+        }
+      }
+      await this.#remove(subject, key);
+      if (refreshError !== undefined) {
+        throw new TokenwardenError(
+          refreshError.code,
+          `the subject's tokens were removed, but revoking the refresh token failed: ${refreshError.message}`,
+          {
+            cause: refreshError,
+            ...(refreshError.error !== undefined && { error: refreshError.error }),
+            ...(refreshError.status !== undefined && { status: refreshError.status }),
+          },
+        );
+      }
+      return { refreshToken: revokedRefresh, accessTokens: revokedAccess };
+    } finally {
+      if (lock.ok && lock.value !== undefined) this.#release(lock.value);
+    }
+  }
+
+  /**
+   * Forgets everything stored for the subject without telling the authorization server (for when the
+   * server already knows, or the grant is dead anyway).
+   *
+   * @example
+   * ```ts
+   * await users.delete('alice');
+   * ```
+   */
+  async delete(subject: string): Promise<void> {
+    this.#checkOpen();
+    await this.#remove(subject, this.keyFor(subject));
+  }
+
+  /**
+   * Waits for refreshes in flight (so a rotated refresh token is never lost), writes any the store did not
+   * take yet (bounded), and closes the store if this instance created it. Later calls fail with
+   * `ERR_CLOSED`.
+   *
+   * @example
+   * ```ts
+   * process.on('SIGTERM', () => users.close());
+   * ```
+   */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    await Promise.allSettled([...this.#inflight.values()]);
+    await this.#fleet.flush();
+    this.#closing.abort(new TokenwardenError('ERR_CLOSED', 'UserTokens was closed'));
+    await this.#fleet.close();
+    await Promise.allSettled([...this.#releasing]);
+    this.#cache.clear();
+    if (this.#ownsStore) await this.store.close();
+  }
+
+  toJSON(): Record<string, unknown> {
+    return {
+      issuer: this.issuer,
+      clientId: this.clientId,
+      cachedSubjects: this.#cache.size,
+      client: this.client.toJSON(),
+    };
+  }
+
+  [inspect.custom](): string {
+    return `UserTokens ${inspect(this.toJSON())}`;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+
+  async #getSlow(subject: string, request: AccessTokenRequest | undefined): Promise<Token> {
+    this.#checkOpen();
+    checkSubject(subject);
+    const want = request === undefined ? DEFAULT_SPEC : spec(request);
+    let now = this.#clock.now();
+    let cached = this.#cache.get(subject);
+    if (cached !== undefined && this.#revalidateMs === 0) {
+      // Revalidation on every call was asked for: read first (a store that fails leaves what is held).
+      await this.#fleet.sync(this.#slot(subject, cached.recordKey));
+      cached = this.#cache.get(subject);
+      now = this.#clock.now();
+    }
+    if (cached !== undefined) {
+      const held = find(cached, want, now, 'valid');
+      if (held !== undefined) {
+        if (now >= cached.revalidateAt && this.#revalidateMs > 0) this.#revalidateInBackground(subject, cached);
+        // Renew the stale token itself (which may be a broader one covering this request).
+        if (now >= held.staleAt) this.#refreshInBackground(subject, cached, held.spec, now);
+        return held.token;
+      }
+    }
+    const run = this.#single(subject, want, 'valid');
+    return request?.signal ? abortable(run, request.signal, 'getAccessToken()') : run;
+  }
+
+  /** Reads the subject's record again, off the caller's path: a sign-out elsewhere is noticed, a newer record taken. */
+  #revalidateInBackground(subject: string, cached: Cached): void {
+    if (this.#revalidating.has(subject) || this.#closed) return;
+    this.#revalidating.add(subject);
+    // Until it answers, the held token is served without starting another read.
+    cached.revalidateAt = this.#clock.now() + Math.max(this.#revalidateMs, 1);
+    void this.#fleet
+      .sync(this.#slot(subject, cached.recordKey))
+      .catch(() => undefined)
+      .finally(() => this.#revalidating.delete(subject));
+  }
+
+  #refreshInBackground(subject: string, cached: Cached, want: Spec, now: number): void {
+    if (!cached.hasRefreshToken) return;
+    const failure = cached.failures?.get(want.key);
+    if (failure && (now < failure.nextAttemptAt || now < failure.blockedUntil || now < failure.permanentUntil)) return;
+    this.#single(subject, want, 'fresh').catch(() => undefined); // reported through 'refreshFailed'
+  }
+
+  /** One run per subject and request in this process; later callers join it. */
+  #single(subject: string, want: Spec, level: Level): Promise<Token> {
+    const flightKey = `${want.key}\u0000${subject}`;
+    const joined = this.#inflight.get(flightKey);
+    if (joined !== undefined) return joined;
+    const run = this.#obtain(subject, want, level).finally(() => {
+      if (this.#inflight.get(flightKey) === run) this.#inflight.delete(flightKey);
+    });
+    this.#inflight.set(flightKey, run);
+    return run;
+  }
+
+  /** The fleet protocol (src/fleet/) for one subject and request. */
+  async #obtain(subject: string, want: Spec, level: Level): Promise<Token> {
+    const key = this.#cache.peek(subject)?.recordKey ?? this.keyFor(subject);
+    const found = (lvl: Level): Token | undefined => {
+      const cached = this.#cache.peek(subject);
+      return cached === undefined ? undefined : find(cached, want, this.#clock.now(), lvl)?.token;
+    };
+    const attempt: Attempt<UserRecord> = {
+      ...this.#slot(subject, key),
+      exclusive: true,
+      satisfied: () => found(level) !== undefined,
+      precheck: () => this.#mayRefresh(subject, want),
+      spend: (current, signal) => this.#spend(subject, want, current, signal),
+    };
+    try {
+      await this.#fleet.run(attempt);
+      // What the run left (a token just obtained on a slow day may be inside its last moments: still valid).
+      const cached = this.#cache.peek(subject);
+      const token = found('valid') ?? (cached && find(cached, want, this.#clock.now(), 'unexpired'))?.token;
+      if (token === undefined) throw new TokenwardenError('ERR_LOGIN_REQUIRED', 'the subject was signed out');
+      return token;
+    } catch (err) {
+      throw this.#failed(subject, want, err);
+    }
+  }
+
+  /** The subject as the fleet core sees it: one key, the record this process holds. */
+  #slot(subject: string, key: string): Slot<UserRecord> {
+    return {
+      key,
+      held: () => {
+        const cached = this.#cache.peek(subject);
+        return cached && { state: cached.record, seq: cached.seq, version: cached.version };
+      },
+      take: (value, from) => this.#take(subject, key, value, from),
+      missing: () => this.#cache.delete(subject),
+      owns: (record) => record.subject === subject,
+      abandoned: (record) => {
+        // Signed out while we refreshed: the new refresh token is not brought back; revoke it (best effort).
+        if (record.refreshToken !== undefined) {
+          this.client.revoke(record.refreshToken, 'refresh_token').catch(() => undefined);
+        }
+      },
+      storeFailed: (operation, error) => this.emit('storeError', { subject, operation, error }),
+      storeRecovered: () => this.emit('storeRecovered'),
+    };
+  }
+
+  /** The subjects that hold something worth writing back into a store that lost it. */
+  *#heldSlots(): Iterable<Slot<UserRecord>> {
+    for (const [subject, cached] of this.#cache.entries()) {
+      if (cached.hasRefreshToken) yield this.#slot(subject, cached.recordKey);
+    }
+  }
+
+  #take(subject: string, key: string, value: Versioned<UserRecord>, from: 'store' | 'source'): void {
+    const hadSubject = this.#cache.peek(subject) !== undefined;
+    const { added } = this.#cache.adopt(subject, key, value.state, value.seq, value.version);
+    if (from === 'store' && !hadSubject) return;
+    for (const { token } of added) {
+      this.emit('token', { subject, from, scope: token.scope, expiresAt: token.expiresAt });
+    }
+  }
+
+  /** Throws when the subject cannot be refreshed now: no record, no refresh token, or a recent failure. */
+  #mayRefresh(subject: string, want: Spec): void {
+    const cached = this.#cache.peek(subject);
+    if (cached === undefined) {
+      throw new TokenwardenError('ERR_LOGIN_REQUIRED', 'nothing is stored for this subject: the user must sign in');
+    }
+    const now = this.#clock.now();
+    const { record } = cached;
+    if (
+      record.refreshToken === undefined ||
+      (record.refreshExpiresAt !== undefined && record.refreshExpiresAt <= now)
+    ) {
+      throw new TokenwardenError(
+        'ERR_LOGIN_REQUIRED',
+        'no usable refresh token is stored for this subject: the user must sign in again',
+      );
+    }
+    const failure = cached.failures?.get(want.key);
+    if (failure !== undefined) {
+      if (now < failure.blockedUntil) {
+        throw new TokenwardenError(
+          'ERR_RETRY_LATER',
+          'the authorization server asked to wait before the next refresh',
+          {
+            cause: failure.lastError,
+            retryAfterMs: failure.blockedUntil - now,
+            ...(failure.lastError.status !== undefined && { status: failure.lastError.status }),
+          },
+        );
+      }
+      if (now < failure.permanentUntil) throw failure.lastError;
+    }
+  }
+
+  /**
+   * Spends the subject's refresh token (the fleet holds the lock and has just re-read) and returns the next
+   * record. A refresh token the server rejects, or an answer about another subject, ends the grant: the
+   * record without its refresh token is written before the error is reported.
+   */
+  async #spend(
+    subject: string,
+    want: Spec,
+    current: Versioned<UserRecord> | undefined,
+    signal: AbortSignal,
+  ): Promise<UserRecord> {
+    const record = current?.state;
+    const spent = record?.refreshToken;
+    if (record === undefined || spent === undefined) {
+      throw new TokenwardenError('ERR_LOGIN_REQUIRED', 'no usable refresh token is stored for this subject');
+    }
+    const params = new URLSearchParams({ refresh_token: spent });
+    if (want.scope !== null) params.set('scope', want.scope.join(' '));
+    for (const r of want.resource ?? []) params.append('resource', r);
+    for (const [name, values] of Object.entries(want.params ?? {})) for (const v of values) params.append(name, v);
+    let token: Token;
+    try {
+      token = await this.client.tokenRequest('refresh_token', params, { refreshToken: spent, signal });
+    } catch (err) {
+      const now = this.#clock.now();
+      const rotated = rotatedRefreshToken(err);
+      if (rotated !== undefined) {
+        // The server rotated the refresh token before a later check of its answer failed: keep the new one.
+        throw withRotated(err as Error, { ...record, refreshToken: rotated, updatedAt: now });
+      }
+      if (isTokenwardenError(err, 'ERR_OAUTH') && err.error === 'invalid_grant') {
+        // The refresh token is dead (expired, revoked, or reused): no process may try it again.
+        const error = new TokenwardenError(
+          'ERR_LOGIN_REQUIRED',
+          'the authorization server rejected the refresh token (invalid_grant): the user must sign in again',
+          { cause: err, error: 'invalid_grant', ...(err.status !== undefined && { status: err.status }) },
+        );
+        throw withRotated(error, withoutRefreshToken(record, now));
+      }
+      throw err;
+    }
+    const now = this.#clock.now();
+    let claims: UserClaims | undefined;
+    if (token.idToken !== undefined) {
+      // oauth4webapi checked iss, aud, azp, exp and iat; the subject must be the one that logged in (OIDC Core §12.2).
+      const payload = safeDecode(token.idToken);
+      if (payload?.sub !== subject) {
+        const error = new TokenwardenError(
+          'ERR_ID_TOKEN_INVALID',
+          'the refresh response carries an ID token about another subject',
+        );
+        throw withRotated(error, withoutRefreshToken(record, now));
+      }
+      claims = userClaims(payload);
+    }
+    const entry = accessEntry(want, token, want.scope);
+    const others = record.accessTokens.filter((e) => specKey(e.spec) !== want.key);
+    const next: UserRecord = {
+      ...record,
+      accessTokens: prune([...others, entry], now, entry, this.#maxAccessTokens),
+      updatedAt: now,
+    };
+    if (token.refreshToken !== undefined) {
+      next.refreshToken = token.refreshToken;
+      const expiry = refreshExpiry(token.raw, token.issuedAt).refreshExpiresAt;
+      if (expiry !== undefined) next.refreshExpiresAt = expiry;
+    }
+    if (claims !== undefined) {
+      Object.assign(next, { idToken: token.idToken, claims, claimsUpdatedAt: now, claimsFrom: 'id_token' });
+    }
+    return next;
+  }
+
+  /**
+   * Compare-and-set update of a subject's record that spends nothing (merged claims): `change` maps the
+   * current record to the next one (or `undefined`: leave it). Retries on a concurrent write. `'gone'` when
+   * the record was deleted.
+   */
+  async #update(
+    subject: string,
+    change: (record: UserRecord) => UserRecord | undefined,
+  ): Promise<'written' | 'unchanged' | 'gone' | 'failed'> {
+    const key = this.keyFor(subject);
+    const slot = this.#slot(subject, key);
+    for (let attempt = 0; attempt < 5; attempt++) {
+      const read = await this.#fleet.storeCall(slot, 'get', (s) => s.get(key));
+      if (!read.ok) return 'failed';
+      const current = read.value === undefined ? undefined : this.#decode(slot, read.value.value);
+      if (current === undefined || read.value === undefined) {
+        this.#cache.delete(subject);
+        return 'gone';
+      }
+      const next = change(current.state);
+      if (next === undefined) return 'unchanged';
+      const written = await this.#fleet.storeCall(slot, 'set', (s) =>
+        s.set(key, this.#lineage.encode(next, current.seq), { ...this.#ttl(), ifVersion: read.value?.version ?? 0 }),
+      );
+      if (!written.ok) return 'failed';
+      if (written.value !== null) {
+        this.#take(subject, key, { state: next, seq: current.seq, version: written.value }, 'store');
+        return 'written';
+      }
+    }
+    return 'failed';
+  }
+
+  async #userinfo(subject: string, request: AccessTokenRequest | undefined): Promise<ClaimsInfo> {
+    const token = await this.getAccessToken(subject, request);
+    if (token.tokenType !== 'Bearer') {
+      throw new TokenwardenError(
+        'ERR_UNSUPPORTED',
+        `UserInfo requests with ${token.tokenType} tokens are not supported`,
+      );
+    }
+    let fetched: oauth.UserInfoResponse;
+    try {
+      const as = await this.client.authorizationServer();
+      const response = await oauth.userInfoRequest(
+        as,
+        this.client.client,
+        token.accessToken,
+        this.client.requestOptions() as unknown as oauth.UserInfoRequestOptions,
+      );
+      fetched = await oauth.processUserInfoResponse(as, this.client.client, subject, response);
+    } catch (err) {
+      throw toTokenwardenError(err, 'userinfo');
+    }
+    const now = this.#clock.now();
+    let result: ClaimsInfo | undefined;
+    const outcome = await this.#update(subject, (r) => {
+      const claims = { ...(r.claims ?? {}), ...(fetched as Record<string, unknown>), sub: subject } as UserClaims;
+      result = { claims, updatedAt: now, from: 'userinfo' };
+      return { ...r, claims, claimsUpdatedAt: now, claimsFrom: 'userinfo', updatedAt: now };
+    });
+    if (outcome === 'gone') throw new TokenwardenError('ERR_LOGIN_REQUIRED', 'the subject was signed out');
+    return result as ClaimsInfo;
+  }
+
+  /** One store read of the subject's record (taken into the in-process layer). Store failures reject. */
+  async #read(subject: string): Promise<UserRecord | undefined> {
+    this.#checkOpen();
+    const key = this.#cache.peek(subject)?.recordKey ?? this.keyFor(subject);
+    const slot = this.#slot(subject, key);
+    const result = await this.#fleet.storeCall(slot, 'get', (s) => s.get(key));
+    if (!result.ok) throw result.error;
+    const current = result.value === undefined ? undefined : this.#decode(slot, result.value.value);
+    if (current === undefined || result.value === undefined) {
+      this.#cache.delete(subject);
+      return undefined;
+    }
+    this.#take(subject, key, { state: current.state, seq: current.seq, version: result.value.version }, 'store');
+    return current.state;
+  }
+
+  /** Parses a stored record; anything that is not this subject's record (corrupt, foreign, collided) is a miss. */
+  #decode(slot: Slot<UserRecord>, text: string): { state: UserRecord; seq: number } | undefined {
+    const decoded = this.#lineage.decode(slot.key, text);
+    if (decoded === undefined || slot.owns?.(decoded.state) === false) {
+      slot.storeFailed(
+        'get',
+        new TokenwardenError('ERR_STORE', "the stored entry is not this subject's record; ignoring it"),
+      );
+      return undefined;
+    }
+    return decoded;
+  }
+
+  async #remove(subject: string, key: string): Promise<void> {
+    this.#fleet.forget(key);
+    const result = await this.#fleet.storeCall(this.#slot(subject, key), 'delete', (s) => s.delete(key));
+    this.#cache.delete(subject);
+    if (!result.ok) throw result.error;
+  }
+
+  /**
+   * Releases a lock without making the caller wait: a slow store must not hold up a sign-out's answer.
+   * `close()` waits for releases still running.
+   */
+  #release(lock: StoreLock): void {
+    const released = lock.release().catch(() => undefined);
+    this.#releasing.add(released);
+    void released.then(() => this.#releasing.delete(released));
+  }
+
+  #failed(subject: string, want: Spec, err: unknown): TokenwardenError {
+    const error = isTokenwardenError(err)
+      ? err
+      : new TokenwardenError('ERR_NETWORK', `refresh failed: ${String((err as Error)?.message ?? err).slice(0, 200)}`, {
+          cause: err,
+        });
+    if (this.#closed) return error;
+    if (error.code === 'ERR_LOGIN_REQUIRED') {
+      const cached = this.#cache.peek(subject);
+      if (cached !== undefined) cached.hasRefreshToken = false;
+      this.emit('loginRequired', { subject, error });
+      return error;
+    }
+    if (error.code === 'ERR_RETRY_LATER' || error.code === 'ERR_CLOSED' || error.code === 'ERR_ABORTED') return error;
+    const cached = this.#cache.peek(subject);
+    const now = this.#clock.now();
+    let failure: Failure | undefined;
+    if (cached !== undefined) {
+      cached.failures ??= new Map();
+      failure = cached.failures.get(want.key);
+      if (failure === undefined) {
+        failure = { failures: 0, lastError: error, nextAttemptAt: 0, blockedUntil: 0, permanentUntil: 0 };
+        cached.failures.set(want.key, failure);
+      }
+      failure.failures += 1;
+      failure.lastError = error;
+      const delay = backoffDelay(this.#policy, failure.failures, this.#random(), error.retryAfterMs);
+      if (error.retryAfterMs !== undefined) failure.blockedUntil = now + error.retryAfterMs;
+      if (isTransient(error)) failure.nextAttemptAt = now + delay;
+      else failure.permanentUntil = now + delay;
+    }
+    this.emit('refreshFailed', { subject, error, failures: failure?.failures ?? 1 });
+    return error;
+  }
+
+  #ttl(): { ttlMs?: number } {
+    return this.#recordTtlMs === undefined ? {} : { ttlMs: this.#recordTtlMs };
+  }
+
+  #checkOpen(): void {
+    if (this.#closed) throw new TokenwardenError('ERR_CLOSED', 'UserTokens was closed');
+  }
+}
+
+function sha256(text: string): string {
+  return createHash('sha256').update(text).digest('base64url');
+}
+
+function checkSubject(subject: unknown): asserts subject is string {
+  if (typeof subject !== 'string' || subject === '') {
+    throw new TokenwardenError('ERR_CONFIG', 'subject must be a non-empty string');
+  }
+  if (subject.length > MAX_SUBJECT_LENGTH) {
+    throw new TokenwardenError('ERR_CONFIG', `subject is longer than ${MAX_SUBJECT_LENGTH} characters`);
+  }
+}
+
+function safeDecode(jwt: string): JWTPayload | undefined {
+  try {
+    return decodeJwt(jwt);
+  } catch {
+    return undefined;
+  }
+}
+
+function claimsInfo(record: UserRecord): ClaimsInfo | undefined {
+  if (record.claims === undefined) return undefined;
+  return {
+    claims: record.claims,
+    updatedAt: record.claimsUpdatedAt ?? record.updatedAt,
+    from: record.claimsFrom ?? 'id_token',
+  };
+}
