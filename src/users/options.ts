@@ -1,5 +1,5 @@
 /**
- * The public types of {@link UserTokens}: its options, requests and events.
+ * The public types of `UserTokens`: its options, requests and events.
  *
  * @module
  */
@@ -10,7 +10,6 @@ import type { RefreshPolicyOptions } from '../policy.js';
 import type { ClientOptions } from '../sources/client.js';
 import type { TokenStore } from '../stores/store.js';
 import type { Token } from '../token.js';
-import type { UserTokens } from './user-tokens.js';
 
 /**
  * Options for {@link UserTokens}. The client options are those of every grant (`clientSecret`,
