@@ -71,6 +71,9 @@ interface LockInfo {
 const WRITE_LOCK_TTL_MS = 10_000;
 /** Temp files older than this are leftovers of a crashed writer. */
 const LEFTOVER_AGE_MS = 60_000;
+const SWEEP_EVERY_MS = 60_000;
+/** The names of this store's temporary files: `<hash>.<kind>.<pid>.<uuid>.tmp` and `<hash>.<kind>.<uuid>.gone`. */
+const DEBRIS = /^[0-9a-f]{64}\.(?:json|lock|wlock)\.(?:(\d{1,10})\.[0-9a-f-]{36}\.tmp|[0-9a-f-]{36}\.gone)$/;
 const HOST = hostname();
 
 /**
@@ -101,6 +104,7 @@ export class FileStore extends EventEmitter<StoreEvents> implements TokenStore {
   readonly #waiters = new LockWaiters(waitClock);
   readonly #held = new Set<StoreLock>();
   #ready: Promise<void> | undefined;
+  #sweptAt = 0;
   #closed = false;
 
   constructor(options: FileStoreOptions) {
@@ -256,21 +260,44 @@ export class FileStore extends EventEmitter<StoreEvents> implements TokenStore {
       throw new TokenwardenError('ERR_STORE', 'the FileStore directory belongs to another user');
     }
     if ((info.mode & 0o077) !== 0) await chmod(this.path, 0o700);
+    await this.#sweep();
+  }
+
+  /**
+   * Removes this store's own debris — temp files (`<hash>.<kind>.<pid>.<uuid>.tmp`) of a writer whose
+   * process is dead on this host, or older than a minute whoever wrote them, and set-aside lock files
+   * (`<hash>.<kind>.<uuid>.gone`) older than a minute — at first use and then at most once a minute. Files
+   * that do not follow these names are never touched.
+   */
+  async #sweep(): Promise<void> {
     const now = Date.now();
+    this.#sweptAt = now;
     for (const name of await readdir(this.path)) {
-      if (!name.endsWith('.tmp') && !name.endsWith('.gone')) continue;
+      const match = DEBRIS.exec(name);
+      if (match === null) continue;
       const file = join(this.path, name);
+      const pid = match[1] === undefined ? undefined : Number(match[1]);
+      const writerDead = pid !== undefined && pid !== process.pid && !isAlive(pid);
       const age = await stat(file).then(
         (s) => now - s.mtimeMs,
-        () => 0,
+        () => -1,
       );
-      if (age > LEFTOVER_AGE_MS) await unlink(file).catch(() => undefined);
+      if (age < 0) continue;
+      if (writerDead || age > LEFTOVER_AGE_MS) await unlink(file).catch(() => undefined);
     }
+  }
+
+  /** Sweeps debris now and then (a long-lived process outlives the crashed writers next to it). */
+  #sweepNowAndThen(): void {
+    if (Date.now() - this.#sweptAt < SWEEP_EVERY_MS) return;
+    this.#sweptAt = Date.now();
+    void this.#sweep().catch(() => undefined);
   }
 
   /** Writes `text` to `path` so that readers see the old file or the new one, never a part. */
   async #writeAtomically(path: string, text: string): Promise<void> {
     await this.#ensureDir();
+    this.#sweepNowAndThen();
     const temp = `${path}.${process.pid}.${randomUUID()}.tmp`;
     let handle: FileHandle | undefined = await open(temp, 'wx', 0o600);
     try {

@@ -79,9 +79,24 @@ export function releaseLate(value: unknown): void {
  */
 export function storeError(err: unknown, what: string): TokenwardenError {
   if (isTokenwardenError(err)) return err;
+  if (isDriverTimeout(err)) {
+    return new TokenwardenError('ERR_STORE_TIMEOUT', `${what} timed out in the driver`, { cause: err });
+  }
   const code = (err as { code?: unknown } | null)?.code;
   const detail = typeof code === 'string' && /^[A-Za-z0-9_]{1,32}$/.test(code) ? ` (${code})` : '';
   return new TokenwardenError('ERR_STORE', `${what} failed${detail}`, { cause: err });
+}
+
+/** A driver's own time limit (ioredis `commandTimeout`, pg `query_timeout` and `connectionTimeoutMillis`). */
+function isDriverTimeout(err: unknown): boolean {
+  const message = (err as { message?: unknown } | null)?.message;
+  return (
+    typeof message === 'string' &&
+    (message === 'Command timed out' ||
+      message === 'Query read timeout' ||
+      message.startsWith('timeout exceeded when trying to connect') ||
+      message === 'Connection terminated due to connection timeout')
+  );
 }
 
 /** The `ERR_CLOSED` error of a closed store. */

@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
-import { mkdir, readFile, rm, stat, writeFile, chmod } from 'node:fs/promises';
+import { mkdir, readFile, readdir, rm, stat, utimes, writeFile, chmod } from 'node:fs/promises';
+import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -83,6 +84,34 @@ describe('FileStore on disk', () => {
     const lock = await store.lock('k', { ttlMs: 30_000, waitMs: 0 });
     expect(lock).toBeDefined();
     await lock?.release();
+    await store.close();
+  });
+
+  it('removes its own debris of a crashed writer (dead pid, or older than a minute), and nothing else', async () => {
+    const path = join(root, 'debris');
+    await mkdir(path, { recursive: true, mode: 0o700 });
+    const hash = createHash('sha256').update('k').digest('hex');
+    const deadPid = spawnSync(process.execPath, ['-e', '0']).pid as number; // exited: dead
+    const debris = {
+      deadWriter: `${hash}.json.${deadPid}.${randomUUID()}.tmp`,
+      oldLockTemp: `${hash}.lock.${process.pid}.${randomUUID()}.tmp`,
+      oldAside: `${hash}.wlock.${randomUUID()}.gone`,
+    };
+    const kept = {
+      liveWriter: `${hash}.json.${process.pid}.${randomUUID()}.tmp`, // a write in flight right now
+      foreign: 'notes.tmp',
+      foreignGone: 'backup.gone',
+    };
+    for (const name of [...Object.values(debris), ...Object.values(kept)]) await writeFile(join(path, name), 'x');
+    const old = new Date(Date.now() - 120_000);
+    for (const name of [debris.oldLockTemp, debris.oldAside, kept.foreign, kept.foreignGone]) {
+      await utimes(join(path, name), old, old);
+    }
+    const store = new FileStore({ path });
+    await store.set('k', 'v');
+    const left = await readdir(path);
+    for (const name of Object.values(debris)) expect(left).not.toContain(name);
+    for (const name of Object.values(kept)) expect(left).toContain(name);
     await store.close();
   });
 });

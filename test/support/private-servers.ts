@@ -397,3 +397,46 @@ export async function startPgBouncer(postgresPort: number, mode: 'transaction' |
     },
   };
 }
+
+export interface PrivateRedisCluster {
+  readonly nodes: { host: string; port: number }[];
+  close(): Promise<void>;
+}
+
+/** A Redis Cluster of `masters` private nodes (no replicas), every slot assigned, state ok. */
+export async function startRedisCluster(masters = 3): Promise<PrivateRedisCluster> {
+  const servers: PrivateRedis[] = [];
+  try {
+    for (let i = 0; i < masters; i++) {
+      servers.push(
+        await startPrivateRedis({
+          args: ['--cluster-enabled', 'yes', '--cluster-config-file', 'nodes.conf', '--cluster-node-timeout', '2000'],
+        }),
+      );
+    }
+    await run('redis-cli', [
+      '--cluster',
+      'create',
+      ...servers.map((s) => `127.0.0.1:${s.port}`),
+      '--cluster-replicas',
+      '0',
+      '--cluster-yes',
+    ]);
+    const deadline = Date.now() + 15_000;
+    for (const server of servers) {
+      while (!(await server.cli('cluster', 'info')).includes('cluster_state:ok')) {
+        if (Date.now() > deadline) throw new Error('the Redis Cluster did not become ready');
+        await sleep(100);
+      }
+    }
+  } catch (err) {
+    await Promise.all(servers.map((s) => s.close()));
+    throw err;
+  }
+  return {
+    nodes: servers.map((s) => ({ host: '127.0.0.1', port: s.port })),
+    close: async () => {
+      await Promise.all(servers.map((s) => s.close()));
+    },
+  };
+}
