@@ -20,7 +20,14 @@ import { TokenwardenError } from '../errors.js';
  */
 export type CredentialInput = { file: string } | (() => string | Promise<string>);
 
-/** Largest credential file read, in bytes: a JWT is a few kilobytes; anything larger is not one. */
+/**
+ * Largest credential file read, in bytes (64 KiB): a JWT is a few kilobytes; anything larger is not one.
+ *
+ * @example
+ * ```ts
+ * if ((await stat(path)).size > MAX_CREDENTIAL_FILE_BYTES) console.warn(`${path} is too large to be a token`);
+ * ```
+ */
 export const MAX_CREDENTIAL_FILE_BYTES = 64 * 1024;
 
 /** True for `{ file: '…' }`. */

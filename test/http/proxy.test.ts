@@ -3,7 +3,16 @@
  * counting what went through it — a fixed proxy URL, `'env'` with NO_PROXY, proxy credentials (never shown),
  * sources, UserTokens and createVerifier; and curl's rules for the proxy variables.
  */
+import { execFile } from 'node:child_process';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { createServer as createTlsServer } from 'node:https';
+import { type Server as NetServer, createServer as createNetServer } from 'node:net';
+import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
 import { inspect } from 'node:util';
+import { createProxy } from 'proxy';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import {
   TokenManager,
@@ -214,6 +223,83 @@ describe('proxy on sources', () => {
   });
 });
 
+describe('proxy faults and TLS', () => {
+  it('a proxy that accepts and never answers is ERR_TIMEOUT after the timeout', async () => {
+    const silent: NetServer = createNetServer(() => undefined);
+    await new Promise<void>((r) => silent.listen(0, '127.0.0.1', r));
+    const port = (silent.address() as AddressInfo).port;
+    try {
+      const source = clientCredentials({ ...svc(), proxy: `http://127.0.0.1:${port}`, timeout: '300ms' });
+      const err = await source.fetchToken({}).catch((e: unknown) => e);
+      expect(isTokenwardenError(err, 'ERR_TIMEOUT')).toBe(true);
+      expect((err as Error).message).toContain(`through the proxy http://127.0.0.1:${port}`);
+    } finally {
+      silent.close();
+      silent.closeAllConnections?.();
+    }
+  });
+
+  it('an https: proxy: TLS to the proxy, trusted through NODE_EXTRA_CA_CERTS (in a child process)', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'tw-tls-'));
+    const run = promisify(execFile);
+    try {
+      await run('openssl', [
+        'req',
+        '-x509',
+        '-newkey',
+        'ec',
+        '-pkeyopt',
+        'ec_paramgen_curve:P-256',
+        '-nodes',
+        '-days',
+        '1',
+        '-subj',
+        '/CN=localhost',
+        '-addext',
+        'subjectAltName=IP:127.0.0.1,DNS:localhost',
+        '-keyout',
+        join(dir, 'key.pem'),
+        '-out',
+        join(dir, 'cert.pem'),
+      ]);
+      const tlsServer = createTlsServer({
+        key: await readFile(join(dir, 'key.pem')),
+        cert: await readFile(join(dir, 'cert.pem')),
+      });
+      const seen: string[] = [];
+      tlsServer.prependListener('request', (req) => seen.push(`${req.method} ${req.url}`));
+      tlsServer.prependListener('connect', (req) => seen.push(`CONNECT ${req.url}`));
+      createProxy(tlsServer as never);
+      await new Promise<void>((r) => tlsServer.listen(0, '127.0.0.1', r));
+      const port = (tlsServer.address() as AddressInfo).port;
+      const dist = new URL('../../dist/index.js', import.meta.url).href;
+      const script = `
+        const { clientCredentials } = await import(${JSON.stringify(dist)});
+        const source = clientCredentials(${JSON.stringify({ ...svc(), proxy: `https://localhost:${port}` })});
+        const token = await source.fetchToken({});
+        console.log(token.tokenType);`;
+      try {
+        const { stdout } = await run(process.execPath, ['--input-type=module', '-e', script], {
+          env: { PATH: process.env['PATH'] ?? '', NODE_EXTRA_CA_CERTS: join(dir, 'cert.pem') },
+        });
+        expect(stdout.trim()).toBe('Bearer');
+        // Through a TLS proxy every request is tunnelled, http: targets too.
+        expect(seen).toContain(`CONNECT ${new URL(as.issuer).host}`);
+        // Without the CA, the proxy's certificate is refused.
+        const untrusted = await run(process.execPath, ['--input-type=module', '-e', script], {
+          env: { PATH: process.env['PATH'] ?? '' },
+        }).catch((e: { stderr?: string }) => e);
+        expect(String((untrusted as { stderr?: string }).stderr)).toMatch(/ERR_NETWORK|certificate/i);
+      } finally {
+        tlsServer.close();
+        tlsServer.closeAllConnections();
+      }
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
+
 describe('proxy on createVerifier', () => {
   it('discovery and JWKS go through the proxy', async () => {
     const source = clientCredentials(svc());
@@ -282,6 +368,7 @@ describe("curl's rules for the proxy variables", () => {
     ['10.0.0.0/8', 'https://11.1.2.3/', false],
     ['127.0.0.1', 'http://127.0.0.1:8080/', true],
     ['127.0.0.1', 'http://127.0.0.10/', false],
+    ['127.0.0.1', 'http://localhost/', false],
     ['1.2.3.4', 'http://5.1.2.3.4.nip.test/', false],
     ['::1', 'http://[::1]:8080/', true],
     ['[::1]:8080', 'http://[::1]:8080/', true],
