@@ -149,7 +149,8 @@ function requestUrl(instance: AxiosInstance, config: InternalAxiosRequestConfig)
   }
 }
 
-function checkOrigins(value: unknown): Set<string> {
+function checkOrigins(input: unknown): Set<string> {
+  const value = typeof input === 'string' || input instanceof URL ? [input] : input;
   if (!Array.isArray(value) || value.length === 0) {
     throw new TokenwardenError('ERR_CONFIG', "origins must be a non-empty list, e.g. ['https://api.example.com']");
   }

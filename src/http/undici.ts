@@ -262,7 +262,8 @@ class StableController implements Dispatcher.DispatchController {
   }
 }
 
-function checkOrigins(value: unknown): Set<string> {
+function checkOrigins(input: unknown): Set<string> {
+  const value = typeof input === 'string' || input instanceof URL ? [input] : input;
   if (!Array.isArray(value) || value.length === 0) {
     throw new TokenwardenError(
       'ERR_CONFIG',

@@ -225,7 +225,10 @@ describe('proxy on sources', () => {
 
 describe('proxy faults and TLS', () => {
   it('a proxy that accepts and never answers is ERR_TIMEOUT after the timeout', async () => {
-    const silent: NetServer = createNetServer(() => undefined);
+    const sockets = new Set<import('node:net').Socket>();
+    const silent: NetServer = createNetServer((socket) => {
+      sockets.add(socket);
+    });
     await new Promise<void>((r) => silent.listen(0, '127.0.0.1', r));
     const port = (silent.address() as AddressInfo).port;
     try {
@@ -234,8 +237,8 @@ describe('proxy faults and TLS', () => {
       expect(isTokenwardenError(err, 'ERR_TIMEOUT')).toBe(true);
       expect((err as Error).message).toContain(`through the proxy http://127.0.0.1:${port}`);
     } finally {
+      for (const socket of sockets) socket.destroy();
       silent.close();
-      silent.closeAllConnections?.();
     }
   });
 
