@@ -34,6 +34,7 @@
  * | `ERR_CLOSED` | the manager or store was closed |
  * | `ERR_UNSUPPORTED` | the server or token uses something tokenwarden does not support |
  * | `ERR_PROVIDER` | a resource-server provider (your code) threw while checking a token |
+ * | `ERR_CREDENTIAL` | a credential read per request (a client assertion or subject token file, or the function giving it) was missing, empty, unreadable or failed |
  *
  * @example
  * ```ts
@@ -63,7 +64,8 @@ export type ErrorCode =
   | 'ERR_RETRY_LATER'
   | 'ERR_CLOSED'
   | 'ERR_UNSUPPORTED'
-  | 'ERR_PROVIDER';
+  | 'ERR_PROVIDER'
+  | 'ERR_CREDENTIAL';
 
 /**
  * Options accepted by {@link TokenwardenError}'s constructor.

@@ -15,6 +15,7 @@ export { type Duration, toMs } from './duration.js';
 export { type ErrorCode, TokenwardenError, type TokenwardenErrorOptions, isTokenwardenError } from './errors.js';
 export { type AuthFetchOptions, type RetryOn401, type TokenProvider, authFetch } from './http/auth-fetch.js';
 export type { FetchLike } from './http/transport.js';
+export { type ProxyOption, proxyFetch, proxyForUrl, redactProxyUrl } from './http/proxy.js';
 export {
   type GetTokenOptions,
   type TokenInfo,
@@ -43,6 +44,7 @@ export {
   importPrivateKey,
 } from './sources/client.js';
 export { type ClientCredentialsOptions, clientCredentials } from './sources/client-credentials.js';
+export { type CredentialInput, MAX_CREDENTIAL_FILE_BYTES } from './sources/credential.js';
 export { type DiscoveryAlgorithm, clearDiscoveryCache, discover } from './sources/discovery.js';
 export { type JwtAssertionOptions, type JwtBearerOptions, jwtBearer } from './sources/jwt-bearer.js';
 export { type RefreshTokenOptions, refreshToken } from './sources/refresh-token.js';

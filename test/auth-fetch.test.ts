@@ -116,7 +116,7 @@ describe('authenticated fetch', () => {
     await m.close();
   });
 
-  it('does not retry a streamed body it cannot send again', async () => {
+  it('does not retry a streamed body it cannot send again, but the next request has a new token', async () => {
     const m = manager();
     revoked.add(decodeJwt((await m.getToken()).accessToken).jti as string);
     seen.length = 0;
@@ -129,6 +129,10 @@ describe('authenticated fetch', () => {
     const res = await m.fetch(`${apiUrl}/upload`, { method: 'POST', body, duplex: 'half' } as RequestInit);
     expect(res.status).toBe(401);
     expect(seen).toHaveLength(1);
+    // The rejected token was dropped all the same: the next request carries a new one.
+    const next = await m.fetch(`${apiUrl}/after`);
+    expect(next.status).toBe(200);
+    expect(seen[1]?.authorization).not.toBe(seen[0]?.authorization);
     await m.close();
   });
 });

@@ -404,6 +404,7 @@ async function sourceFor(name: string, token: AgentTokenConfig): Promise<GrantSo
     ...(token.audience !== undefined && { audience: token.audience }),
     ...(token.timeoutMs !== undefined && { timeout: token.timeoutMs }),
     allowInsecureRequests: token.allowInsecureRequests === true,
+    proxy: 'env', // HTTPS_PROXY/HTTP_PROXY/NO_PROXY, as curl
   });
 }
 

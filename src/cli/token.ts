@@ -112,6 +112,7 @@ export async function runToken(options: TokenCommandOptions, warn: (message: str
     ...(credential.audience !== undefined && { audience: credential.audience }),
     ...(credential.timeoutMs !== undefined && { timeout: credential.timeoutMs }),
     allowInsecureRequests: credential.allowInsecureRequests === true,
+    proxy: 'env', // HTTPS_PROXY/HTTP_PROXY/NO_PROXY, as curl
   });
   // The key binds the cached token to the secret that obtained it (hashed into the digest, never stored as
   // such): a changed or wrong secret is not served someone else's token; it asks the server.

@@ -58,6 +58,7 @@ export async function verifyJwt(token: string, options: VerifyJwtOptions): Promi
     issuer: options.issuer,
     audience: options.audience,
     allowInsecureRequests: options.allowInsecureRequests === true,
+    proxy: 'env', // HTTPS_PROXY/HTTP_PROXY/NO_PROXY, as curl
     timeout: options.timeoutMs ?? DEFAULT_TIMEOUT_MS,
     cache: false,
     onError: (err) => {

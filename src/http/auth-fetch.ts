@@ -6,6 +6,7 @@
 import * as oauth from 'oauth4webapi';
 import { TokenwardenError } from '../errors.js';
 import type { Token } from '../token.js';
+import { checkRetryOn401, isRetryable401 } from './authorize.js';
 import type { FetchLike } from './transport.js';
 
 /**
@@ -24,7 +25,8 @@ export interface TokenProvider {
 }
 
 /**
- * When a 401 response is retried with a new token.
+ * When a 401 response is retried with a new token (the same rule for `manager.fetch`, axios and undici).
+ * A function receives a `Response` with the status and headers (for axios and undici, without the body).
  *
  * @example
  * ```ts
@@ -54,7 +56,8 @@ export interface AuthFetchOptions {
 /**
  * Wraps `fetch` so every request carries `Authorization: <type> <token>`. On a 401 that matches
  * `retryOn401`, the token is invalidated (here and in the shared store) and the request is sent once more
- * with a new token — only if its body can be sent again (no streamed bodies), and never more than once.
+ * with a new token — only if its body can be sent again (no streamed bodies; such a 401 is returned, and
+ * the next request gets a new token), and never more than once.
  *
  * For `DPoP` tokens (a source configured with `dpop`), each request also carries a DPoP proof signed for
  * its method and URL (RFC 9449, through `oauth4webapi`); a resource server's `use_dpop_nonce` challenge is
@@ -70,7 +73,7 @@ export interface AuthFetchOptions {
  * ```
  */
 export function authFetch(provider: TokenProvider, options: AuthFetchOptions = {}): FetchLike {
-  const retryOn = options.retryOn401 ?? 'invalid_token';
+  const retryOn = checkRetryOn401(options.retryOn401);
   return async (input, init) => {
     const fetchImpl = options.fetch ?? globalThis.fetch;
     const signal = init?.signal ?? (input instanceof Request ? input.signal : undefined);
@@ -93,7 +96,11 @@ export function authFetch(provider: TokenProvider, options: AuthFetchOptions = {
       };
     }
     const response = await send(token);
-    if (response.status !== 401 || !replayable || !shouldRetry(retryOn, response)) return response;
+    if (!isRetryable401(retryOn, response.status, response.headers, response)) return response;
+    if (!replayable) {
+      await provider.invalidate(token.accessToken).catch(() => undefined);
+      return response;
+    }
     await response.body?.cancel().catch(() => undefined);
     await provider.invalidate(token.accessToken);
     const fresh = await provider.getToken(signal ? { signal } : undefined);
@@ -141,13 +148,6 @@ async function dpopSender(
       throw err;
     }
   };
-}
-
-function shouldRetry(retryOn: RetryOn401, response: Response): boolean {
-  if (retryOn === 'never') return false;
-  if (retryOn === 'always') return true;
-  if (typeof retryOn === 'function') return retryOn(response);
-  return /error\s*=\s*"?invalid_token"?/i.test(response.headers.get('www-authenticate') ?? '');
 }
 
 function canReplay(input: string | URL | Request, init: RequestInit | undefined): boolean {

@@ -5,7 +5,8 @@
  *
  * @module
  */
-import { TokenwardenError } from '../errors.js';
+import { TokenwardenError, truncate } from '../errors.js';
+import { describeProxyFor } from './proxy.js';
 
 /**
  * A `fetch`-compatible function.
@@ -46,7 +47,9 @@ export interface ResponseMeta {
 export function boundedFetch(options: TransportOptions, meta?: ResponseMeta): FetchLike {
   const fetchImpl = options.fetch ?? globalThis.fetch;
   return async (input, init = {}) => {
-    const url = describeUrl(input);
+    const target = describeUrl(input);
+    const proxy = describeProxyFor(fetchImpl, target);
+    const url = proxy === undefined ? target : `${target} through the proxy ${proxy}`;
     const timeout = AbortSignal.timeout(options.timeoutMs);
     const callerSignal = init.signal ?? undefined;
     const signal = callerSignal ? AbortSignal.any([callerSignal, timeout]) : timeout;
@@ -61,9 +64,14 @@ export function boundedFetch(options: TransportOptions, meta?: ResponseMeta): Fe
         });
       }
       const code = networkCode(err);
-      return new TokenwardenError('ERR_NETWORK', `request to ${url} failed${code ? ` (${code})` : ''}`, {
-        cause: err,
-      });
+      // undici's own words say what the proxy did ("Proxy response (407) !== 200 when HTTP Tunneling"):
+      // its messages hold no credential (it never sees the proxy URL's user-info).
+      const detail = proxy === undefined ? undefined : innermostMessage(err);
+      return new TokenwardenError(
+        'ERR_NETWORK',
+        `request to ${url} failed${code ? ` (${code})` : ''}${detail ? `: ${truncate(detail, 120)}` : ''}`,
+        { cause: err },
+      );
     };
     let response: Response;
     try {
@@ -145,6 +153,16 @@ export function describeUrl(input: string | URL | Request): string {
   } catch {
     return '(invalid URL)';
   }
+}
+
+function innermostMessage(err: unknown): string | undefined {
+  let message: string | undefined;
+  for (let e: unknown = err, depth = 0; e && depth < 5; depth++) {
+    const text = (e as { message?: unknown }).message;
+    if (typeof text === 'string' && text !== '' && text !== 'fetch failed') message = text;
+    e = (e as { cause?: unknown }).cause;
+  }
+  return message;
 }
 
 function networkCode(err: unknown): string | undefined {

@@ -15,6 +15,7 @@ import { type Clock, systemClock } from '../clock.js';
 import { type Duration, toMs } from '../duration.js';
 import { TokenwardenError, isTokenwardenError } from '../errors.js';
 import { DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_TIMEOUT_MS, type FetchLike } from '../http/transport.js';
+import { type ProxyOption, resolveTransport } from '../http/proxy.js';
 import { type ClientAuthMethod, type PrivateKeyInput, checkUrl } from '../sources/client.js';
 import type { DiscoveryAlgorithm } from '../sources/discovery.js';
 import type * as oauth from 'oauth4webapi';
@@ -214,8 +215,13 @@ export interface VerifierOptions extends AuthorizationRequirements {
   dpop?: DPoPOptions | false;
   /** The clock for the cache and `exp`/`nbf` checks. Default: the system clock. */
   clock?: Clock;
-  /** The `fetch` for discovery, JWKS and introspection. */
+  /** The `fetch` for discovery, JWKS and introspection. Not with `proxy`. */
   fetch?: FetchLike;
+  /**
+   * Send discovery, JWKS and introspection requests through an HTTP(S) proxy: a URL (credentials allowed,
+   * never shown) or `'env'` (`HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY`, read like curl). Not with `fetch`.
+   */
+  proxy?: ProxyOption;
   /** Time limit per request to the authorization server. Default `'10s'`. */
   timeout?: Duration;
   /** Largest response accepted from the authorization server, in bytes. Default 1 MiB. */
@@ -584,6 +590,7 @@ function resolveStrategy(
     return { strategy: 'provider', provider: options.provider };
   }
   const allowInsecureRequests = options.allowInsecureRequests === true;
+  const fetch = resolveTransport(options.fetch, options.proxy);
   const timeoutMs = toMs(options.timeout ?? DEFAULT_TIMEOUT_MS, 'timeout');
   const maxResponseBytes = options.maxResponseBytes ?? DEFAULT_MAX_RESPONSE_BYTES;
   if (!(Number.isInteger(maxResponseBytes) && maxResponseBytes > 0)) {
@@ -639,7 +646,7 @@ function resolveStrategy(
       cooldownMs: toMs(jwks.cooldown ?? '30s', 'jwks.cooldown'),
       jwksCacheMaxAgeMs: toMs(jwks.cacheMaxAge ?? '10m', 'jwks.cacheMaxAge'),
       negativeCacheMs: toMs(options.negativeCacheMaxAge ?? '30s', 'negativeCacheMaxAge'),
-      fetch: options.fetch,
+      fetch,
       timeoutMs,
       maxResponseBytes,
       allowInsecureRequests,
@@ -674,7 +681,7 @@ function resolveStrategy(
       ...(introspection.clientAuth !== undefined && { clientAuth: introspection.clientAuth }),
       ...(introspection.privateKey !== undefined && { privateKey: introspection.privateKey }),
       ...(options.discovery !== undefined && { discovery: options.discovery }),
-      ...(options.fetch !== undefined && { fetch: options.fetch }),
+      ...(fetch !== undefined && { fetch }),
       timeout: timeoutMs,
       maxResponseBytes,
       allowInsecureRequests,

@@ -19,8 +19,10 @@ import {
   type ResponseMeta,
   boundedFetch,
 } from '../http/transport.js';
+import { type ProxyOption, redactProxyUrl, resolveTransport } from '../http/proxy.js';
 import { parseRetryAfter } from '../policy.js';
 import { type Token, tokenFromResponse } from '../token.js';
+import { type CredentialInput, checkCredentialInput, isFileCredential, readCredential } from './credential.js';
 import { type DiscoveryAlgorithm, discover } from './discovery.js';
 import { toTokenwardenError } from './errors.js';
 import type { FetchTokenContext, TokenSource } from './source.js';
@@ -88,6 +90,15 @@ export interface ClientOptions {
   clientAuth?: ClientAuthMethod | oauth.ClientAuth;
   /** The private key for `private_key_jwt`. */
   privateKey?: PrivateKeyInput;
+  /**
+   * A client assertion signed elsewhere (RFC 7523 §2.2), read for every request to the authorization server:
+   * `{ file }` — a workload identity token the platform writes and rotates (a Kubernetes projected
+   * service-account token, `AZURE_FEDERATED_TOKEN_FILE`) — or a function returning one. Sent as
+   * `client_assertion` with `client_assertion_type=urn:ietf:params:oauth:client-assertion-type:jwt-bearer`
+   * (the `private_key_jwt` method). A missing, empty or unreadable file fails that request with
+   * `ERR_CREDENTIAL` naming the path, never the content.
+   */
+  clientAssertion?: CredentialInput;
   /** Scope(s) to request. */
   scope?: string | string[];
   /** Resource indicator(s), RFC 8707. */
@@ -98,8 +109,15 @@ export interface ClientOptions {
   extraParams?: Record<string, string | string[]>;
   /** Extra HTTP headers on requests to the authorization server. */
   headers?: Record<string, string>;
-  /** The `fetch` to use (inject for proxies, mTLS agents, tests). */
+  /** The `fetch` to use (inject for mTLS agents, tests). Not with `proxy`. */
   fetch?: FetchLike;
+  /**
+   * Send every request to the authorization server (discovery, token, revocation, userinfo) through an
+   * HTTP(S) proxy: a URL (`'http://proxy.internal:3128'`, credentials allowed and never shown), or `'env'`
+   * for `HTTPS_PROXY`/`HTTP_PROXY`/`ALL_PROXY`/`NO_PROXY` (and lower-case) read like curl on each request.
+   * Default: no proxy (Node's `fetch` ignores those variables). Not with `fetch`.
+   */
+  proxy?: ProxyOption;
   /** Time limit per request. Default `'10s'`. */
   timeout?: Duration;
   /** Largest response accepted from the server, in bytes. Default 1 MiB. */
@@ -142,6 +160,11 @@ export class OAuthClient {
   readonly clock: Clock;
   /** The DPoP handle (proofs and server nonces), when `dpop` is configured. */
   readonly dpop: oauth.DPoPHandle | undefined;
+  /**
+   * The transport under every request of this client: the `fetch` option, a proxy-aware fetch for `proxy`,
+   * or `undefined` for the global `fetch`. Give it to anything else that talks to the same server.
+   */
+  readonly fetch: FetchLike | undefined;
   readonly #options: ClientOptions;
   readonly #client: oauth.Client;
   #auth: Promise<oauth.ClientAuth> | undefined;
@@ -173,6 +196,7 @@ export class OAuthClient {
       throw new TokenwardenError('ERR_CONFIG', 'maxResponseBytes must be a positive integer');
     }
     this.clock = options.clock ?? systemClock;
+    this.fetch = resolveTransport(options.fetch, options.proxy);
     this.authMethod = resolveAuthMethod(options);
     this.#options = options;
     this.#client = { client_id: options.clientId };
@@ -197,7 +221,7 @@ export class OAuthClient {
       allowInsecureRequests: this.allowInsecureRequests,
       timeoutMs: this.timeoutMs,
       maxResponseBytes: this.maxResponseBytes,
-      ...(this.#options.fetch && { fetch: this.#options.fetch }),
+      ...(this.fetch && { fetch: this.fetch }),
       ...(signal && { signal }),
     });
     return as;
@@ -210,7 +234,7 @@ export class OAuthClient {
         {
           timeoutMs: this.timeoutMs,
           maxResponseBytes: this.maxResponseBytes,
-          ...(this.#options.fetch && { fetch: this.#options.fetch }),
+          ...(this.fetch && { fetch: this.fetch }),
         },
         meta,
       ),
@@ -373,6 +397,8 @@ export class OAuthClient {
       clientAuth: this.authMethod,
       clientSecret: this.#options.clientSecret === undefined ? undefined : '[redacted]',
       privateKey: this.#options.privateKey === undefined ? undefined : '[redacted]',
+      clientAssertion: describeCredential(this.#options.clientAssertion),
+      proxy: this.#options.proxy === undefined ? undefined : redactProxyUrl(this.#options.proxy),
     };
   }
 
@@ -514,8 +540,30 @@ export function checkUrl(value: unknown, name: string, allowInsecure: boolean): 
   return String(value);
 }
 
+/** How a credential input prints: the file path, or that it is a function. Never the credential. */
+export function describeCredential(input: CredentialInput | undefined): string | undefined {
+  if (input === undefined) return undefined;
+  return isFileCredential(input) ? `file ${input.file}` : '[function]';
+}
+
 function resolveAuthMethod(options: ClientOptions): ClientAuthMethod | 'custom' {
   const { clientAuth } = options;
+  if (options.clientAssertion !== undefined) {
+    checkCredentialInput(options.clientAssertion, 'clientAssertion');
+    if (options.clientSecret !== undefined || options.privateKey !== undefined || typeof clientAuth === 'function') {
+      throw new TokenwardenError(
+        'ERR_CONFIG',
+        'clientAssertion is the client authentication: do not pass clientSecret, privateKey or a clientAuth function with it',
+      );
+    }
+    if (clientAuth !== undefined && clientAuth !== 'private_key_jwt' && clientAuth !== 'client_secret_jwt') {
+      throw new TokenwardenError(
+        'ERR_CONFIG',
+        `clientAssertion is a JWT client assertion: clientAuth '${String(clientAuth)}' does not take one`,
+      );
+    }
+    return clientAuth ?? 'private_key_jwt';
+  }
   if (typeof clientAuth === 'function') return 'custom';
   const method =
     clientAuth ?? (options.privateKey ? 'private_key_jwt' : options.clientSecret ? 'client_secret_basic' : 'none');
@@ -545,6 +593,16 @@ function resolveAuthMethod(options: ClientOptions): ClientAuthMethod | 'custom' 
 
 async function makeClientAuth(options: ClientOptions, method: ClientAuthMethod | 'custom'): Promise<oauth.ClientAuth> {
   const secret = options.clientSecret as string;
+  const assertion = options.clientAssertion;
+  if (assertion !== undefined) {
+    // oauth4webapi's own client authentication seam: called for every request, so a rotated file is read.
+    return async (_as, client, body) => {
+      const jwt = await readCredential(assertion, 'clientAssertion');
+      body.set('client_id', client.client_id);
+      body.set('client_assertion_type', 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer');
+      body.set('client_assertion', jwt);
+    };
+  }
   switch (method) {
     case 'custom':
       return options.clientAuth as oauth.ClientAuth;

@@ -1,18 +1,25 @@
 import { randomUUID } from 'node:crypto';
 import { TokenwardenError } from '../errors.js';
 import { type ClientOptions, GrantSource, OAuthClient, hashSecret } from './client.js';
+import { checkCredentialInput, isFileCredential, readCredential } from './credential.js';
 
 /**
- * A token given to a token exchange: a string, a function returning one (called on every exchange), or
- * anything with `getAccessToken()` — such as another `TokenManager`, whose token is then always fresh.
+ * A token given to a token exchange: a string, a function returning one (called on every exchange),
+ * `{ file }` — a file read on every exchange, such as a Kubernetes projected service-account token the
+ * kubelet rotates — or anything with `getAccessToken()` — such as another `TokenManager`, whose token is
+ * then always fresh.
  *
  * @example
  * ```ts
  * const subject: SubjectTokenInput = () => request.headers.authorization!.slice('Bearer '.length);
+ * const projected: SubjectTokenInput = { file: '/var/run/secrets/tokens/exchange-token' };
  * ```
  */
 export type SubjectTokenInput =
-  string | (() => string | Promise<string>) | { getAccessToken(): Promise<string>; readonly key?: string };
+  | string
+  | (() => string | Promise<string>)
+  | { file: string }
+  | { getAccessToken(): Promise<string>; readonly key?: string };
 
 /**
  * URN of an OAuth access token (RFC 8693 §3).
@@ -49,8 +56,8 @@ export interface TokenExchangeOptions extends ClientOptions {
  * The token exchange grant (RFC 8693): trade a token (for example the caller's) for one meant for
  * another audience or resource.
  *
- * Store key: derived from the options and, for a static subject token, its hash; for a function the key
- * is unique to this instance (no sharing across processes) unless you pass `key` — do so only when
+ * Store key: derived from the options and, for a static subject token, its hash; for `{ file }`, the path
+ * (every process reading that file shares the token); for a function the key is unique to this instance (no sharing across processes) unless you pass `key` — do so only when
  * every process exchanges the same subject.
  *
  * @example
@@ -66,6 +73,8 @@ export function tokenExchange(options: TokenExchangeOptions): GrantSource {
   if (options.subjectToken === undefined || options.subjectToken === '') {
     throw new TokenwardenError('ERR_CONFIG', 'subjectToken is required');
   }
+  if (isFileCredential(options.subjectToken)) checkCredentialInput(options.subjectToken, 'subjectToken');
+  if (isFileCredential(options.actorToken)) checkCredentialInput(options.actorToken, 'actorToken');
   const client = new OAuthClient(options);
   const grant = 'urn:ietf:params:oauth:grant-type:token-exchange';
   return new GrantSource(
@@ -92,8 +101,12 @@ export function tokenExchange(options: TokenExchangeOptions): GrantSource {
   );
 }
 
-/** Resolves a {@link SubjectTokenInput} to the token string. */
+/**
+ * Resolves a {@link SubjectTokenInput} to the token string. A `{ file }` that is missing, empty or unreadable
+ * is `ERR_CREDENTIAL` naming the path.
+ */
 export async function resolveToken(input: SubjectTokenInput, name: string): Promise<string> {
+  if (isFileCredential(input)) return readCredential(input, name);
   const value =
     typeof input === 'string' ? input : typeof input === 'function' ? await input() : await input.getAccessToken();
   if (typeof value !== 'string' || value === '') {
@@ -104,6 +117,8 @@ export async function resolveToken(input: SubjectTokenInput, name: string): Prom
 
 function identityOf(input: SubjectTokenInput): string {
   if (typeof input === 'string') return `static:${hashSecret(input)}`;
-  if (typeof input === 'object' && typeof input.key === 'string') return `source:${input.key}`;
+  // Processes reading the same file exchange the same (rotating) identity: they may share the token.
+  if (isFileCredential(input)) return `file:${input.file}`;
+  if (typeof input === 'object' && 'key' in input && typeof input.key === 'string') return `source:${input.key}`;
   return `instance:${randomUUID()}`;
 }

@@ -76,6 +76,15 @@ export interface Counters {
   userinfo: number;
 }
 
+/** One token endpoint request, with the parameters the workload identity tests check. */
+export interface TokenRequestRecord {
+  grant: string;
+  clientAssertion?: string;
+  clientAssertionType?: string;
+  subjectToken?: string;
+  status: number;
+}
+
 export interface TestClient {
   clientId: string;
   clientSecret: string;
@@ -86,6 +95,8 @@ export interface TestAuthorizationServer {
   readonly port: number;
   readonly provider: Provider;
   readonly counts: Counters;
+  /** Every token endpoint request since the last `resetCounts()`. */
+  readonly tokenRequests: TokenRequestRecord[];
   readonly clients: {
     /** client_secret_basic, client_credentials, scope read write. */
     svc: TestClient;
@@ -138,6 +149,7 @@ export async function startAuthorizationServer(
   };
 
   const counts = emptyCounts();
+  const tokenRequests: TokenRequestRecord[] = [];
   let fault: Fault;
   let faultTimer: NodeJS.Timeout | undefined;
 
@@ -312,6 +324,20 @@ export async function startAuthorizationServer(
       const grant =
         ((ctx as unknown as KoaContextWithOIDC).oidc?.params?.['grant_type'] as string | undefined) ?? 'unknown';
       counts.byGrant[grant] = (counts.byGrant[grant] ?? 0) + 1;
+      const body = ((ctx as unknown as KoaContextWithOIDC).oidc?.body ?? {}) as Record<string, unknown>;
+      const text = (name: string) => (typeof body[name] === 'string' ? { [name]: body[name] as string } : {});
+      const { client_assertion, client_assertion_type, subject_token } = {
+        ...text('client_assertion'),
+        ...text('client_assertion_type'),
+        ...text('subject_token'),
+      };
+      tokenRequests.push({
+        grant,
+        ...(client_assertion !== undefined && { clientAssertion: client_assertion }),
+        ...(client_assertion_type !== undefined && { clientAssertionType: client_assertion_type }),
+        ...(subject_token !== undefined && { subjectToken: subject_token }),
+        status: ctx.status,
+      });
       if (ctx.status >= 400) {
         counts.tokenErrors++;
         const error = (ctx.body as { error?: string } | undefined)?.error ?? String(ctx.status);
@@ -332,10 +358,12 @@ export async function startAuthorizationServer(
     port,
     provider,
     counts,
+    tokenRequests,
     clients,
     signingKeys,
     resetCounts() {
       Object.assign(counts, emptyCounts());
+      tokenRequests.length = 0;
     },
     async setFault(next, ms) {
       clearTimeout(faultTimer);

@@ -1,0 +1,103 @@
+/**
+ * What every HTTP integration (authenticated fetch, axios, undici) decides the same way: the headers that
+ * carry a token — `Authorization`, and for a `DPoP` token a proof signed by oauth4webapi — which 401s are
+ * retried with a new token, and which are a DPoP nonce challenge. One place, so a fix lands once.
+ *
+ * @module
+ */
+import * as oauth from 'oauth4webapi';
+import { TokenwardenError } from '../errors.js';
+import type { Token } from '../token.js';
+import type { RetryOn401, TokenProvider } from './auth-fetch.js';
+
+/**
+ * The headers that send `token` with a request: `authorization: <type> <token>`, and for a `DPoP` token a
+ * `dpop` proof for this method and URL (RFC 9449 §7), signed by oauth4webapi with the provider's DPoP
+ * handle (and the server's last nonce). Nothing is sent.
+ */
+export async function authorizationHeaders(
+  provider: TokenProvider,
+  token: Token,
+  method: string,
+  url: URL,
+): Promise<Record<string, string>> {
+  if (token.tokenType !== 'DPoP') return { authorization: `${token.tokenType} ${token.accessToken}` };
+  const handle = dpopHandle(provider);
+  let headers: Record<string, string> | undefined;
+  // oauth4webapi builds the proof as part of a request: hand it a fetch that keeps the headers and sends nothing.
+  await oauth.protectedResourceRequest(token.accessToken, method.toUpperCase(), proofUrl(url), new Headers(), null, {
+    DPoP: handle,
+    [oauth.allowInsecureRequests]: true, // the URL is the caller's, as with any request they make
+    [oauth.customFetch]: async (_url, init) => {
+      headers = init.headers as Record<string, string>;
+      return new Response(null, { status: 204 });
+    },
+  });
+  const { authorization, dpop } = headers ?? {};
+  if (authorization === undefined || dpop === undefined) {
+    throw new TokenwardenError('ERR_UNSUPPORTED', 'the DPoP proof could not be made');
+  }
+  return { authorization, dpop };
+}
+
+/**
+ * Remembers a resource server's `DPoP-Nonce` (RFC 9449 §9) in the provider's DPoP handle, for the next
+ * proof to that origin. A no-op without a nonce or a handle.
+ */
+export async function rememberDpopNonce(
+  provider: TokenProvider,
+  url: URL,
+  nonce: string | null | undefined,
+): Promise<void> {
+  const handle = provider.dpop;
+  if (handle === undefined || !nonce) return;
+  // The handle caches the nonce of any response it sees; show it one carrying this nonce.
+  await oauth
+    .protectedResourceRequest('-', 'GET', proofUrl(url), new Headers(), null, {
+      DPoP: handle,
+      [oauth.allowInsecureRequests]: true,
+      [oauth.customFetch]: async () => new Response(null, { status: 204, headers: { 'dpop-nonce': nonce } }),
+    })
+    .catch(() => undefined);
+}
+
+/** True for a 401 that asks for a DPoP proof with a (new) server nonce: `error="use_dpop_nonce"`. */
+export function isDpopNonceChallenge(status: number, wwwAuthenticate: string | null | undefined): boolean {
+  return status === 401 && /\bdpop\b[^]*error\s*=\s*"?use_dpop_nonce"?/i.test(wwwAuthenticate ?? '');
+}
+
+/**
+ * The 401 rule of {@link RetryOn401}, for every integration: `'invalid_token'` when `WWW-Authenticate` says
+ * `error="invalid_token"` (RFC 6750 §3.1), `'always'`, `'never'`, or your function — which receives a
+ * `Response` with the status and headers (for axios and undici, without the body).
+ */
+export function isRetryable401(retryOn: RetryOn401, status: number, headers: Headers, response?: Response): boolean {
+  if (status !== 401 || retryOn === 'never') return false;
+  if (retryOn === 'always') return true;
+  if (typeof retryOn === 'function') return retryOn(response ?? new Response(null, { status, headers })) === true;
+  return /error\s*=\s*"?invalid_token"?/i.test(headers.get('www-authenticate') ?? '');
+}
+
+/**
+ * Checks a `retryOn401` option (`ERR_CONFIG` otherwise) and returns it with its default.
+ */
+export function checkRetryOn401(value: unknown): RetryOn401 {
+  if (value === undefined) return 'invalid_token';
+  if (value === 'invalid_token' || value === 'always' || value === 'never' || typeof value === 'function') {
+    return value as RetryOn401;
+  }
+  throw new TokenwardenError('ERR_CONFIG', "retryOn401 must be 'invalid_token', 'always', 'never' or a function");
+}
+
+function dpopHandle(provider: TokenProvider): oauth.DPoPHandle {
+  const handle = provider.dpop;
+  if (handle === undefined) {
+    throw new TokenwardenError('ERR_CONFIG', 'a DPoP token needs the DPoP key pair: configure the source with dpop');
+  }
+  return handle;
+}
+
+/** A proof names the URL without query or fragment (`htu`, RFC 9449 §4.2); oauth4webapi strips them too. */
+function proofUrl(url: URL): URL {
+  return new URL(`${url.origin}${url.pathname}`);
+}

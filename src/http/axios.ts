@@ -1,0 +1,208 @@
+/**
+ * Tokens on an axios instance: a request interceptor that attaches them and a response interceptor that
+ * retries once on a 401 — the same rule as `manager.fetch`. axios is only a type here (an optional peer):
+ * this module loads without it.
+ *
+ * @module
+ */
+import type { AxiosInstance, AxiosResponse, InternalAxiosRequestConfig } from 'axios';
+import { TokenwardenError } from '../errors.js';
+import type { Token } from '../token.js';
+import type { RetryOn401, TokenProvider } from './auth-fetch.js';
+import {
+  authorizationHeaders,
+  checkRetryOn401,
+  isDpopNonceChallenge,
+  isRetryable401,
+  rememberDpopNonce,
+} from './authorize.js';
+
+/**
+ * Options for {@link axiosAuth}.
+ *
+ * @example
+ * ```ts
+ * const options: AxiosAuthOptions = { origins: ['https://api.example.com'], retryOn401: 'always' };
+ * ```
+ */
+export interface AxiosAuthOptions {
+  /**
+   * The origins that get the token (`scheme://host[:port]`; a URL's path is ignored). Default: the origin of
+   * the instance's `baseURL`; with no absolute `baseURL`, every request of the instance gets it.
+   */
+  origins?: readonly (string | URL)[];
+  /** Which 401 responses get one retry with a new token. Default `'invalid_token'` (as `manager.fetch`). */
+  retryOn401?: RetryOn401;
+}
+
+/** Marks a retried request (a string key: axios copies configs without their symbols). */
+const RETRIED = 'tokenwardenRetried';
+
+interface Retried {
+  token?: boolean;
+  nonce?: boolean;
+}
+
+/**
+ * Installs two interceptors on an axios instance: requests to its origins (the `baseURL`'s, or `origins`)
+ * carry `Authorization: <type> <token>` from a `TokenManager` (or any {@link TokenProvider}) — with a DPoP
+ * proof when the source is DPoP-bound — and a 401 that matches `retryOn401` (default: `WWW-Authenticate`
+ * with `error="invalid_token"`) invalidates the token (here and in the shared store) and sends the request
+ * once more with a new one. Never more than one retry; a streamed body (a `Readable`, a `form-data`
+ * instance) is not replayed, and that 401 is handed back (the next request gets a new token). Redirects are
+ * axios's (follow-redirects drops `Authorization` on a redirect to another host).
+ *
+ * Returns a function that removes both interceptors.
+ *
+ * @example
+ * ```ts
+ * import axios from 'axios';
+ * import { axiosAuth } from 'tokenwarden/axios';
+ *
+ * const api = axios.create({ baseURL: 'https://api.example.com' });
+ * const remove = axiosAuth(api, manager);
+ * const { data } = await api.get('/orders');
+ * remove(); // back to plain axios
+ * ```
+ */
+export function axiosAuth(
+  instance: AxiosInstance,
+  provider: TokenProvider,
+  options: AxiosAuthOptions = {},
+): () => void {
+  if (instance === null || typeof instance !== 'function' || typeof instance.interceptors !== 'object') {
+    throw new TokenwardenError('ERR_CONFIG', 'axiosAuth needs an axios instance (axios.create())');
+  }
+  if (provider === null || typeof provider !== 'object' || typeof provider.getToken !== 'function') {
+    throw new TokenwardenError('ERR_CONFIG', 'axiosAuth needs a TokenManager (or anything with getToken())');
+  }
+  const listed = options.origins === undefined ? undefined : checkOrigins(options.origins);
+  const retryOn = checkRetryOn401(options.retryOn401);
+  /** The token each request was sent with, for the 401 decision. */
+  const sentWith = new WeakMap<object, { token: Token; url: URL }>();
+
+  const allowed = (url: URL): boolean => {
+    if (listed !== undefined) return listed.has(url.origin);
+    const base = originOf(instance.defaults.baseURL);
+    return base === undefined || base === url.origin;
+  };
+
+  const requestId = instance.interceptors.request.use(async (config) => {
+    const url = requestUrl(instance, config);
+    if (url === undefined || !allowed(url)) return config;
+    const signal = config.signal instanceof AbortSignal ? config.signal : undefined;
+    const token = await provider.getToken(signal ? { signal } : undefined);
+    const headers = await authorizationHeaders(provider, token, config.method ?? 'get', url);
+    for (const [name, value] of Object.entries(headers)) config.headers.set(name, value);
+    sentWith.set(config, { token, url });
+    return config;
+  });
+
+  const answered = async (response: AxiosResponse): Promise<AxiosResponse | undefined> => {
+    const config = response.config as InternalAxiosRequestConfig & { [RETRIED]?: Retried };
+    const sent = config === undefined ? undefined : sentWith.get(config);
+    if (sent === undefined) return undefined;
+    const { token, url } = sent;
+    const headers = toFetchHeaders(response.headers);
+    if (token.tokenType === 'DPoP') await rememberDpopNonce(provider, url, headers.get('dpop-nonce'));
+    if (response.status !== 401) return undefined;
+    const retried: Retried = config[RETRIED] ?? {};
+    const replayable = isReplayable(config.data);
+    if (token.tokenType === 'DPoP' && !retried.nonce && replayable) {
+      if (isDpopNonceChallenge(response.status, headers.get('www-authenticate'))) {
+        return instance.request({ ...config, [RETRIED]: { ...retried, nonce: true } } as InternalAxiosRequestConfig);
+      }
+    }
+    if (retried.token || !isRetryable401(retryOn, response.status, headers)) return undefined;
+    if (!replayable) {
+      await provider.invalidate(token.accessToken).catch(() => undefined);
+      return undefined;
+    }
+    await provider.invalidate(token.accessToken);
+    return instance.request({ ...config, [RETRIED]: { ...retried, token: true } } as InternalAxiosRequestConfig);
+  };
+
+  const responseId = instance.interceptors.response.use(
+    async (response) => (await answered(response)) ?? response,
+    async (error: unknown) => {
+      const response = (error as { isAxiosError?: boolean; response?: AxiosResponse }).response;
+      if ((error as { isAxiosError?: boolean }).isAxiosError === true && response !== undefined) {
+        const again = await answered(response);
+        if (again !== undefined) return again;
+      }
+      throw error;
+    },
+  );
+
+  return () => {
+    instance.interceptors.request.eject(requestId);
+    instance.interceptors.response.eject(responseId);
+  };
+}
+
+function requestUrl(instance: AxiosInstance, config: InternalAxiosRequestConfig): URL | undefined {
+  try {
+    const url = new URL(instance.getUri(config));
+    return url.protocol === 'http:' || url.protocol === 'https:' ? url : undefined;
+  } catch {
+    return undefined; // a relative URL: no origin to check, so no token
+  }
+}
+
+function checkOrigins(input: unknown): Set<string> {
+  const value = typeof input === 'string' || input instanceof URL ? [input] : input;
+  if (!Array.isArray(value) || value.length === 0) {
+    throw new TokenwardenError('ERR_CONFIG', "origins must be a non-empty list, e.g. ['https://api.example.com']");
+  }
+  const origins = new Set<string>();
+  for (const entry of value) {
+    const origin = typeof entry === 'string' || entry instanceof URL ? originOf(entry) : undefined;
+    if (origin === undefined) {
+      throw new TokenwardenError('ERR_CONFIG', 'origins must be absolute http(s) URLs, e.g. https://api.example.com');
+    }
+    origins.add(origin);
+  }
+  return origins;
+}
+
+function originOf(value: unknown): string | undefined {
+  if (typeof value !== 'string' && !(value instanceof URL)) return undefined;
+  try {
+    const url = new URL(value);
+    return url.protocol === 'http:' || url.protocol === 'https:' ? url.origin : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** After axios's transforms, a body is a string, a buffer, form data or a stream; only streams are read once. */
+function isReplayable(data: unknown): boolean {
+  if (data === undefined || data === null) return true;
+  if (typeof data !== 'object') return true;
+  const candidate = data as { pipe?: unknown; getReader?: unknown; [Symbol.asyncIterator]?: unknown };
+  return (
+    typeof candidate.pipe !== 'function' &&
+    typeof candidate.getReader !== 'function' &&
+    typeof candidate[Symbol.asyncIterator] !== 'function'
+  );
+}
+
+function toFetchHeaders(headers: unknown): Headers {
+  const out = new Headers();
+  if (headers === null || typeof headers !== 'object') return out;
+  const plain =
+    typeof (headers as { toJSON?: unknown }).toJSON === 'function'
+      ? (headers as { toJSON(): Record<string, unknown> }).toJSON()
+      : (headers as Record<string, unknown>);
+  for (const [name, value] of Object.entries(plain)) {
+    if (value === undefined || value === null) continue;
+    for (const v of Array.isArray(value) ? value : [value]) {
+      try {
+        out.append(name, String(v));
+      } catch {
+        // A header the fetch Headers class refuses is not one the 401 rule reads.
+      }
+    }
+  }
+  return out;
+}
