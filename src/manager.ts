@@ -674,6 +674,7 @@ export function isTransient(error: TokenwardenError): boolean {
     case 'ERR_STORE':
     case 'ERR_STORE_TIMEOUT':
     case 'ERR_LOCK_TIMEOUT':
+    case 'ERR_CREDENTIAL': // a workload identity file the platform has not written (or rotated) yet
       return true;
     case 'ERR_HTTP_STATUS':
     case 'ERR_OAUTH':

@@ -176,7 +176,7 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
         fetch: boundedFetch({
           timeoutMs: client.timeoutMs,
           maxResponseBytes: client.maxResponseBytes,
-          ...(options.fetch && { fetch: options.fetch }),
+          ...(client.fetch && { fetch: client.fetch }), // the `fetch` option, or the proxy's
         }),
         timeoutMs: client.timeoutMs,
       });
