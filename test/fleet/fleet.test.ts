@@ -1,0 +1,200 @@
+/**
+ * The fleet core's rules, one test each, through TokenManager: several managers on one store stand for
+ * several processes (they share nothing but the store), a ScriptedSource for the authorization server, and
+ * a store that wraps a real MemoryStore and fails, stalls or loses data on command. The fault suites
+ * (test/faults/) check the same rules against real servers and real faults.
+ */
+import { EventEmitter } from 'node:events';
+import { afterEach, describe, expect, it } from 'vitest';
+import { ManualClock } from '../../src/clock.js';
+import { SETTLE_MS } from '../../src/fleet/fleet.js';
+import { TokenManager, type TokenManagerOptions } from '../../src/manager.js';
+import { MemoryStore } from '../../src/stores/memory.js';
+import type { LockOptions, SetOptions, StoreEvents, StoreLock, StoreRecord, TokenStore } from '../../src/stores/store.js';
+import { ScriptedSource } from '../support/scripted-source.js';
+
+const T0 = Date.parse('2030-01-01T00:00:00Z');
+type Op = 'get' | 'set' | 'lock' | 'delete';
+
+/** A shared store (not a MemoryStore: the core treats it as shared by other processes) with faults on command. */
+class FaultyStore extends EventEmitter<StoreEvents> implements TokenStore {
+  readonly failing = new Set<Op>();
+  readonly delayMs: Partial<Record<Op, number>> = {};
+  readonly calls: Op[] = [];
+  constructor(readonly inner: MemoryStore) {
+    super();
+  }
+  async #enter(op: Op): Promise<void> {
+    this.calls.push(op);
+    const delay = this.delayMs[op];
+    if (delay !== undefined) await new Promise((r) => setTimeout(r, delay));
+    if (this.failing.has(op)) throw new Error(`ECONNREFUSED (${op})`);
+  }
+  async get(key: string): Promise<StoreRecord | undefined> {
+    await this.#enter('get');
+    return this.inner.get(key);
+  }
+  async set(key: string, value: string, options?: SetOptions): Promise<number | null> {
+    await this.#enter('set');
+    return this.inner.set(key, value, options);
+  }
+  async delete(key: string): Promise<void> {
+    await this.#enter('delete');
+    return this.inner.delete(key);
+  }
+  async lock(key: string, options: LockOptions): Promise<StoreLock | undefined> {
+    await this.#enter('lock');
+    return this.inner.lock(key, options);
+  }
+  close(): Promise<void> {
+    return Promise.resolve();
+  }
+}
+
+const managers: TokenManager[] = [];
+afterEach(async () => {
+  await Promise.all(managers.splice(0).map((m) => m.close()));
+});
+
+function manager(options: Partial<TokenManagerOptions> & { source: ScriptedSource; store: TokenStore }): TokenManager {
+  const m = new TokenManager({ random: () => 0, refresh: { background: false }, ...options });
+  managers.push(m);
+  return m;
+}
+
+/** Moves a manual clock in small steps until `promise` settles (waits that start after a few store calls). */
+async function whileMoving<T>(clock: ManualClock, promise: Promise<T>, stepMs = 100): Promise<T> {
+  let done = false;
+  promise.then(
+    () => (done = true),
+    () => (done = true),
+  );
+  for (let i = 0; i < 1000 && !done; i++) {
+    await clock.advance(stepMs);
+    await new Promise((r) => setImmediate(r));
+  }
+  return promise;
+}
+
+const until = async (check: () => Promise<boolean> | boolean): Promise<void> => {
+  for (let i = 0; i < 500; i++) {
+    if (await check()) return;
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  throw new Error('condition not reached');
+};
+
+describe('the fleet core', () => {
+  it('one refresh’s store steps share one time budget: reads that each take 60 % of it fail the refresh before any spend', async () => {
+    const store = new FaultyStore(new MemoryStore());
+    const source = new ScriptedSource(new ManualClock(T0));
+    source.exclusive = true;
+    const m = manager({ source, store, storeTimeout: 250, clock: new ManualClock(T0) });
+    store.delayMs.get = 150;
+    const failure = await m.getToken().catch((err: unknown) => err);
+    expect(failure).toMatchObject({ code: 'ERR_STORE_TIMEOUT' });
+    expect(source.calls).toHaveLength(0); // with a limit per step, both reads would have fit, and it would have spent
+    expect(store.calls).toEqual(['get', 'lock', 'get']);
+  });
+
+  it('a spend whose write does not land keeps the lock, so no other process spends, and is written when the store takes writes again', async () => {
+    const clock = new ManualClock(T0);
+    const store = new FaultyStore(new MemoryStore()); // lock leases in real time
+    const source = new ScriptedSource(clock, 10_000);
+    source.exclusive = true;
+    const a = manager({ source, store, clock });
+    const b = manager({ source, store, clock, lock: { wait: 50 } });
+    await whileMoving(clock, a.getToken()); // access-1, announced and settled: a first start
+    await clock.advance(10_500); // expired everywhere
+
+    store.failing.add('set');
+    expect((await a.getToken()).accessToken).toBe('access-2'); // the caller gets it; the store does not (yet)
+    expect(source.calls).toHaveLength(2);
+    // Process B has no valid token either: it reads access-1 (expired), and cannot take the lock.
+    expect(await b.getToken().catch((err: unknown) => err)).toMatchObject({ code: 'ERR_LOCK_TIMEOUT' });
+    expect(source.calls).toHaveLength(2); // refresh-1 was not spent a second time
+
+    store.failing.delete('set');
+    await until(async () => (await store.inner.get(a.key))?.value.includes('access-2') === true);
+    // Written, and the lock released: B takes the newest token without a spend.
+    expect((await b.getToken()).accessToken).toBe('access-2');
+    expect(source.calls).toHaveLength(2);
+  });
+
+  it('after a store reset every process writes back what it holds, the newest wins, and no one spends before the fleet settles', async () => {
+    const clock = new ManualClock(T0);
+    const inner = new MemoryStore({ clock });
+    const store = new FaultyStore(inner);
+    const source = new ScriptedSource(clock, 10_000);
+    source.exclusive = true;
+    const a = manager({ source, store, clock });
+    const b = manager({ source, store, clock });
+    await whileMoving(clock, a.getToken()); // access-1
+    expect((await b.getToken()).accessToken).toBe('access-1'); // adopted, no spend
+    await a.refresh(); // access-2, which B has not seen
+    expect(source.calls).toHaveLength(2);
+    await clock.advance(10_500); // both expired
+
+    await inner.delete(a.key); // the store restarts empty…
+    store.emit('reset'); // …and says so
+    await until(async () => (await inner.get(a.key))?.value.includes('access-2') === true);
+    expect((await inner.get(a.key))?.value).toContain('"healedAt"');
+
+    // B's refresh waits for the fleet to settle, then spends A's newer refresh token, not its own.
+    const refreshing = b.getToken();
+    await clock.advance(SETTLE_MS / 2);
+    expect(source.calls).toHaveLength(2);
+    await whileMoving(clock, refreshing);
+    expect(source.calls).toHaveLength(3);
+    expect(source.calls[2]?.previous?.refreshToken).toBe('refresh-2');
+  });
+
+  it('a first refresh from configuration is announced in an empty store, and a process holding a newer state overwrites the announcement before the spend', async () => {
+    const clock = new ManualClock(T0);
+    const inner = new MemoryStore({ clock });
+    const store = new FaultyStore(inner);
+    const source = new ScriptedSource(clock, 10_000);
+    source.exclusive = true;
+    const old = manager({ source, store, clock });
+    await whileMoving(clock, old.getToken()); // access-1 / refresh-1
+    await inner.delete(old.key); // the store lost it, without a reset anyone could see
+
+    const newcomer = manager({ source, store, clock });
+    const first = newcomer.getToken();
+    await until(async () => (await inner.get(old.key)) !== undefined); // announced…
+    expect((await inner.get(old.key))?.value).not.toContain('refresh-');
+    store.emit('reset'); // …and the process holding refresh-1 writes it back over the announcement
+    await whileMoving(clock, first);
+    expect(source.calls).toHaveLength(1); // access-1 was still valid: taken, nothing spent
+    expect((await first).accessToken).toBe('access-1');
+  });
+
+  it('a read that finds the store behind what this process holds (a failover lost the last write) writes the newer state back', async () => {
+    const clock = new ManualClock(T0);
+    const inner = new MemoryStore({ clock });
+    const store = new FaultyStore(inner);
+    const source = new ScriptedSource(clock, 10_000);
+    source.exclusive = true;
+    const a = manager({ source, store, clock });
+    await whileMoving(clock, a.getToken());
+    const older = await inner.get(a.key);
+    await a.refresh(); // access-2, seq 2
+    await inner.set(a.key, older!.value); // the promoted replica has only the seq-1 entry
+    source.gate();
+    const refreshing = a.refresh();
+    await until(async () => (await inner.get(a.key))?.value.includes('refresh-2') === true);
+    expect((await inner.get(a.key))?.value).toContain('"healedAt"');
+    source.release();
+    await whileMoving(clock, refreshing);
+    expect(source.calls.at(-1)?.previous?.refreshToken).toBe('refresh-2');
+  });
+
+  it('the lock lease outlives a token request: a shorter lock.ttl is ERR_CONFIG', () => {
+    const clock = new ManualClock(T0);
+    const store = new FaultyStore(new MemoryStore({ clock }));
+    const source = Object.assign(new ScriptedSource(clock), { client: { timeoutMs: 60_000 } });
+    expect(() => manager({ source, store, lock: { ttl: '30s' } })).toThrow(/lock.ttl/);
+    expect(() => manager({ source, store, lock: { ttl: '2m' } })).not.toThrow();
+    expect(() => manager({ source, store })).not.toThrow(); // the default lease is long enough
+  });
+});
