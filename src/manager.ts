@@ -81,6 +81,14 @@ export interface TokenManagerOptions {
   random?: () => number;
   /** Options of {@link TokenManager.fetch} (which 401 responses are retried). */
   fetch?: AuthFetchOptions;
+  /**
+   * Least time between two refreshes forced by a rejected token ({@link TokenManager.invalidate}, which
+   * `manager.fetch`, axios and undici call on a 401 `invalid_token`), across every process sharing the store
+   * (the time of the last one is kept with the token). A rejection sooner than this after the previous forced
+   * refresh is ignored (the caller gets the API's 401) — so an API that rejects every token costs one token
+   * request per interval, not one per call. Default `'30s'`.
+   */
+  forcedRefreshInterval?: Duration;
 }
 
 /**
@@ -153,7 +161,15 @@ interface Held {
   version: number | undefined;
   /** Its place in the key's history (see the fleet core). */
   readonly seq: number;
+  /** When a refresh was last forced for this key (a rejected token, `invalidate()`), fleet-wide. */
+  readonly forcedAt: number | undefined;
   readonly generation: number;
+}
+
+/** What the fleet core keeps for a manager's key: the token, and when a refresh was last forced. */
+interface TokenState {
+  readonly token: Token;
+  readonly forcedAt?: number | undefined;
 }
 
 interface Want {
@@ -218,8 +234,9 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
   readonly #clock: Clock;
   readonly #random: () => number;
   readonly #ownsStore: boolean;
-  readonly #fleet: Fleet<Token>;
-  readonly #slot: Slot<Token>;
+  readonly #fleet: Fleet<TokenState>;
+  readonly #slot: Slot<TokenState>;
+  readonly #forcedIntervalMs: number;
   readonly #closing = new AbortController();
   #held: Held | undefined;
   #generation = 0;
@@ -254,6 +271,7 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
     this.#clock = options.clock ?? systemClock;
     this.#random = options.random ?? Math.random;
     const storeTimeoutMs = toMs(options.storeTimeout ?? '2s', 'storeTimeout');
+    this.#forcedIntervalMs = toMs(options.forcedRefreshInterval ?? '30s', 'forcedRefreshInterval');
     const lockTtlMs = lockLease(options.lock?.ttl, requestTimeoutOf(source), storeTimeoutMs);
     const lockWaitMs = options.lock?.wait === undefined ? lockTtlMs : toMs(options.lock.wait, 'lock.wait');
     this.#ownsStore = options.store === undefined;
@@ -264,7 +282,7 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
       key,
       held: () => {
         const held = this.#held;
-        return held && { state: held.token, seq: held.seq, version: held.version };
+        return held && { state: { token: held.token, forcedAt: held.forcedAt }, seq: held.seq, version: held.version };
       },
       take: (value, from) => this.#take(value, from),
       storeFailed: (operation, error) =>
@@ -331,7 +349,8 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
   /**
    * Drops the current token (for example after an API answered 401 `invalid_token`), here and — if the
    * store still holds it — for every process sharing the store. The refresh token is kept. Pass the
-   * access token that failed so that a newer token obtained meanwhile is not dropped.
+   * access token that failed so that a newer token obtained meanwhile is not dropped. Ignored within
+   * `forcedRefreshInterval` (default 30 s) of the previous forced refresh of this key, fleet-wide.
    *
    * @example
    * ```ts
@@ -343,12 +362,14 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
     if (held === undefined || this.#closed) return;
     if (accessToken !== undefined && held.token.accessToken !== accessToken) return;
     const now = this.#clock.now();
+    // No forced refresh sooner than forcedRefreshInterval after the previous one (kept with the token).
+    if (held.forcedAt !== undefined && now - held.forcedAt < this.#forcedIntervalMs) return;
     const dead = Object.freeze({ ...held.token, expiresAt: Math.min(held.token.expiresAt ?? now, now) });
     this.#timer?.cancel();
-    const next: Held = { ...held, token: dead, staleAt: now };
+    const next: Held = { ...held, token: dead, staleAt: now, forcedAt: now };
     this.#held = next;
     if (held.version === undefined) return;
-    const text = encodeToken(dead, held.seq);
+    const text = encodeToken({ token: dead, forcedAt: now }, held.seq);
     const written = await this.#fleet.storeCall(this.#slot, 'set', (store) =>
       store.set(this.key, text, { ifVersion: held.version as number, ...storeTtl(dead, now) }),
     );
@@ -501,13 +522,16 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
 
   /** The fleet protocol (src/fleet/), for this manager's one key. */
   async #run(want: Want): Promise<Token> {
-    const attempt: Attempt<Token> = {
+    const attempt: Attempt<TokenState> = {
       ...this.#slot,
       exclusive: this.source.exclusive === true,
       satisfied: () => this.#held !== undefined && this.#satisfies(this.#held.token, want),
       spend: async (current, signal) => {
+        const forcedAt = current?.state.forcedAt;
         try {
-          return await this.source.fetchToken({ signal, ...(current !== undefined && { previous: current.state }) });
+          const previous = current?.state.token;
+          const token = await this.source.fetchToken({ signal, ...(previous !== undefined && { previous }) });
+          return { token, forcedAt };
         } catch (err) {
           // The server rotated the refresh token before a later check of its answer failed: keep the new one.
           const rotated = rotatedRefreshToken(err);
@@ -515,10 +539,10 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
           const now = this.#clock.now();
           const kept: Token = Object.freeze({
             ...PLACEHOLDER(now),
-            tokenType: current?.state.tokenType ?? 'Bearer',
+            tokenType: current?.state.token.tokenType ?? 'Bearer',
             refreshToken: rotated,
           });
-          throw withRotated(err as Error, kept);
+          throw withRotated(err as Error, { token: kept, forcedAt });
         }
       },
     };
@@ -531,22 +555,35 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
   }
 
   /** Holds a token the fleet core obtained or read (a placeholder announcing someone's first refresh is not one). */
-  #take(value: Versioned<Token>, from: 'store' | 'source'): void {
+  #take(value: Versioned<TokenState>, from: 'store' | 'source'): void {
     const held = this.#held;
-    if (held !== undefined && held.seq === value.seq && held.token.accessToken === value.state.accessToken) {
+    const { token, forcedAt } = value.state;
+    if (
+      held !== undefined &&
+      held.seq === value.seq &&
+      held.token.accessToken === token.accessToken &&
+      held.token.expiresAt === token.expiresAt
+    ) {
       held.version = value.version; // the same token, now written (or found) in the store
       return;
     }
-    if (from === 'store' && isPlaceholder(value.state)) return;
-    this.#install(value.state, value.version, value.seq, from);
+    if (from === 'store' && isPlaceholder(token)) return;
+    this.#install(token, value.version, value.seq, from, forcedAt);
   }
 
-  #install(token: Token, version: number | undefined, seq: number, from: 'source' | 'store'): void {
+  #install(
+    token: Token,
+    version: number | undefined,
+    seq: number,
+    from: 'source' | 'store',
+    forcedAt: number | undefined,
+  ): void {
     const held: Held = {
       token,
       staleAt: staleAt(token, this.#policy, this.#random()),
       version,
       seq,
+      forcedAt,
       generation: ++this.#generation,
     };
     this.#held = held;
@@ -693,22 +730,21 @@ export function isTransient(error: TokenwardenError): boolean {
 }
 
 /** How a manager's token is stored (see the fleet core). */
-function tokenLineage(exclusive: boolean): Lineage<Token> {
+function tokenLineage(exclusive: boolean): Lineage<TokenState> {
   return {
     decode: (_key, value) => {
       const entry = parseStoredEntry(value);
-      return (
-        entry && {
-          state: entry.token,
-          seq: entry.seq,
-          ...(entry.healedAt !== undefined && { healedAt: entry.healedAt }),
-        }
-      );
+      if (entry === undefined) return undefined;
+      return {
+        state: { token: entry.token, forcedAt: entry.forcedAt },
+        seq: entry.seq,
+        ...(entry.healedAt !== undefined && { healedAt: entry.healedAt }),
+      };
     },
-    encode: (token, seq, healedAt) => serializeStoredToken(token, seq, healedAt),
-    precious: (token) => token.refreshToken !== undefined,
-    ttlMs: (token, now) => storeTtl(token, now).ttlMs,
-    ...(exclusive && { placeholder: (now: number) => PLACEHOLDER(now) }),
+    encode: (state, seq, healedAt) => encodeToken(state, seq, healedAt),
+    precious: (state) => state.token.refreshToken !== undefined,
+    ttlMs: (state, now) => storeTtl(state.token, now).ttlMs,
+    ...(exclusive && { placeholder: (now: number) => ({ token: PLACEHOLDER(now) }) }),
   };
 }
 
@@ -720,7 +756,8 @@ function isPlaceholder(token: Token): boolean {
   return token.accessToken === '' && token.refreshToken === undefined;
 }
 
-const encodeToken = (token: Token, seq: number): string => serializeStoredToken(token, seq);
+const encodeToken = (state: TokenState, seq: number, healedAt?: number): string =>
+  serializeStoredToken(state.token, { seq, healedAt, forcedAt: state.forcedAt });
 
 /** The request time limit of a built-in source (`GrantSource`), if it has one. */
 function requestTimeoutOf(source: TokenSource): number | undefined {

@@ -143,17 +143,28 @@ export function serializeToken(token: Token): string {
 }
 
 /**
- * A token as the fleet stores it: with its place in the key's history (`seq`) and, when a process wrote it
- * back from memory into a store that had lost it, when (`healedAt`). Read by {@link parseStoredToken} too.
+ * A token as the fleet stores it: with its place in the key's history (`seq`), when a process wrote it
+ * back from memory into a store that had lost it (`healedAt`), and when a refresh was last forced by a
+ * rejected token (`forcedAt`). Read by {@link parseStoredToken} too.
  *
  * @example
  * ```ts
- * const text = serializeStoredToken(token, 7);
- * parseStoredEntry(text); // { token, seq: 7, healedAt: undefined }
+ * const text = serializeStoredToken(token, { seq: 7 });
+ * parseStoredEntry(text); // { token, seq: 7 }
  * ```
  */
-export function serializeStoredToken(token: Token, seq: number, healedAt?: number): string {
-  return JSON.stringify({ v: 1, ...token, seq, ...(healedAt !== undefined && { healedAt }) });
+export function serializeStoredToken(
+  token: Token,
+  meta: { seq: number; healedAt?: number | undefined; forcedAt?: number | undefined },
+): string {
+  const { seq, healedAt, forcedAt } = meta;
+  return JSON.stringify({
+    v: 1,
+    ...token,
+    seq,
+    ...(healedAt !== undefined && { healedAt }),
+    ...(forcedAt !== undefined && { forcedAt }),
+  });
 }
 
 /**
@@ -165,16 +176,24 @@ export function serializeStoredToken(token: Token, seq: number, healedAt?: numbe
  * const entry = parseStoredEntry(record.value); // { token, seq, healedAt } | undefined
  * ```
  */
-export function parseStoredEntry(text: string): { token: Token; seq: number; healedAt?: number } | undefined {
+export function parseStoredEntry(
+  text: string,
+): { token: Token; seq: number; healedAt?: number; forcedAt?: number } | undefined {
   const data = parseJsonObject(text);
   const token = toToken(data);
   if (token === undefined || data === undefined) return undefined;
   const seq = data['seq'];
-  const healedAt = data['healedAt'];
+  const time = (name: string): number | undefined => {
+    const value = data[name];
+    return typeof value === 'number' && Number.isFinite(value) ? value : undefined;
+  };
+  const healedAt = time('healedAt');
+  const forcedAt = time('forcedAt');
   return {
     token,
     seq: Number.isSafeInteger(seq) && (seq as number) >= 0 ? (seq as number) : 0,
-    ...(typeof healedAt === 'number' && Number.isFinite(healedAt) && { healedAt }),
+    ...(healedAt !== undefined && { healedAt }),
+    ...(forcedAt !== undefined && { forcedAt }),
   };
 }
 

@@ -2,7 +2,7 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { createRemoteJWKSet, decodeJwt, jwtVerify } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { TokenManager, authFetch, clientCredentials } from '../src/index.js';
+import { MemoryStore, TokenManager, authFetch, clientCredentials } from '../src/index.js';
 import {
   API_RESOURCE,
   type TestAuthorizationServer,
@@ -15,6 +15,8 @@ let api: Server;
 let apiUrl: string;
 const revoked = new Set<string>();
 let answerEvery401 = false;
+/** Rejects every token with 401 invalid_token (a broken or hostile API). */
+let rejectEverything = false;
 const seen: { authorization: string | undefined; body: string }[] = [];
 
 beforeAll(async () => {
@@ -27,6 +29,7 @@ beforeAll(async () => {
       seen.push({ authorization: req.headers.authorization, body });
       const token = req.headers.authorization?.replace(/^Bearer /, '') ?? '';
       try {
+        if (rejectEverything) throw new Error('rejected');
         const { payload } = await jwtVerify(token, jwks, { issuer: as.issuer, audience: API_RESOURCE });
         if (answerEvery401) {
           res.writeHead(401, { 'www-authenticate': 'Bearer realm="api"' }).end();
@@ -49,8 +52,9 @@ afterAll(async () => {
   await as.close();
 });
 
-function manager() {
+function manager(options: { store?: MemoryStore } = {}) {
   return new TokenManager({
+    ...options,
     source: clientCredentials({
       issuer: as.issuer,
       clientId: as.clients.svc.clientId,
@@ -134,5 +138,26 @@ describe('authenticated fetch', () => {
     expect(next.status).toBe(200);
     expect(seen[1]?.authorization).not.toBe(seen[0]?.authorization);
     await m.close();
+  });
+
+  it('an API that rejects every token costs one forced refresh per interval, fleet-wide — not a token request per call', async () => {
+    const store = new MemoryStore();
+    const [a, b] = [manager({ store }), manager({ store })];
+    rejectEverything = true;
+    try {
+      await a.getToken();
+      await b.getToken(); // taken from the store: one token so far
+      const before = as.counts.byGrant['client_credentials'] ?? 0;
+      const answers = [];
+      for (let i = 0; i < 25; i++)
+        answers.push((await a.fetch(`${apiUrl}/x`)).status, (await b.fetch(`${apiUrl}/x`)).status);
+      expect(answers.every((status) => status === 401)).toBe(true);
+      // The first rejection forces one new token (for both processes); the other 49 are answered as they are.
+      expect((as.counts.byGrant['client_credentials'] ?? 0) - before).toBe(1);
+    } finally {
+      rejectEverything = false;
+      await a.close();
+      await b.close();
+    }
   });
 });

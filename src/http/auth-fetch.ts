@@ -101,9 +101,11 @@ export function authFetch(provider: TokenProvider, options: AuthFetchOptions = {
       await provider.invalidate(token.accessToken).catch(() => undefined);
       return response;
     }
-    await response.body?.cancel().catch(() => undefined);
     await provider.invalidate(token.accessToken);
     const fresh = await provider.getToken(signal ? { signal } : undefined);
+    // The provider kept the token (a forced refresh happened moments ago): the API's answer stands.
+    if (fresh.accessToken === token.accessToken) return response;
+    await response.body?.cancel().catch(() => undefined);
     return send(fresh);
   };
 }

@@ -119,6 +119,8 @@ export function axiosAuth(
       return undefined;
     }
     await provider.invalidate(token.accessToken);
+    // The provider kept the token (a forced refresh happened moments ago): the API's answer stands.
+    if ((await provider.getToken()).accessToken === token.accessToken) return undefined;
     return instance.request({ ...config, [RETRIED]: { ...retried, token: true } } as InternalAxiosRequestConfig);
   };
 

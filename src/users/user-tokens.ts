@@ -886,7 +886,14 @@ function checkSubject(subject: unknown): asserts subject is string {
   if (subject.length > MAX_SUBJECT_LENGTH) {
     throw new TokenwardenError('ERR_CONFIG', `subject is longer than ${MAX_SUBJECT_LENGTH} characters`);
   }
+  // A lone UTF-16 surrogate becomes U+FFFD in UTF-8: '\ud800' and '\udc00' would hash to one key.
+  if (LONE_SURROGATE.test(subject)) {
+    throw new TokenwardenError('ERR_CONFIG', 'subject is not well-formed Unicode (it has a lone surrogate)');
+  }
 }
+
+/** With the `u` flag a surrogate pair is one code point: this matches only a surrogate on its own. */
+const LONE_SURROGATE = /[\uD800-\uDFFF]/u;
 
 function safeDecode(jwt: string): JWTPayload | undefined {
   try {

@@ -10,7 +10,14 @@ import { ManualClock } from '../../src/clock.js';
 import { SETTLE_MS } from '../../src/fleet/fleet.js';
 import { TokenManager, type TokenManagerOptions } from '../../src/manager.js';
 import { MemoryStore } from '../../src/stores/memory.js';
-import type { LockOptions, SetOptions, StoreEvents, StoreLock, StoreRecord, TokenStore } from '../../src/stores/store.js';
+import type {
+  LockOptions,
+  SetOptions,
+  StoreEvents,
+  StoreLock,
+  StoreRecord,
+  TokenStore,
+} from '../../src/stores/store.js';
 import { ScriptedSource } from '../support/scripted-source.js';
 
 const T0 = Date.parse('2030-01-01T00:00:00Z');

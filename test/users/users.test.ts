@@ -414,6 +414,16 @@ describe('UserTokens', () => {
     expect(await users.getIdToken('ivan')).toBeUndefined();
   });
 
+  it('refuses subjects that are not well-formed Unicode: two lone surrogates must not share a key', async () => {
+    const users = usersFor(as);
+    for (const subject of ['\ud800', '\udc00', 'a\ud83d', '\ude00b']) {
+      expect(() => users.keyFor(subject)).toThrow(expect.objectContaining({ code: 'ERR_CONFIG' }));
+      await expect(users.getAccessToken(subject)).rejects.toMatchObject({ code: 'ERR_CONFIG' });
+    }
+    expect(users.keyFor('\ud83d\ude00')).not.toBe(users.keyFor('\ufffd')); // a pair is fine, and distinct
+    await users.close();
+  });
+
   it('rejects per-request options in the constructor, and never shows the secret', () => {
     expect(() => usersFor(as, { scope: 'read' } as never)).toThrow(/getAccessToken/);
     const text = JSON.stringify(users) + inspect(users);
