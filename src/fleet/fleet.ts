@@ -414,10 +414,13 @@ export class Fleet<S> {
   /**
    * Makes this process and the store agree after a read: the newer of the two (by `seq`) wins. The store's
    * state is taken when newer (or at the same place in the history, as another write); ours is written back
-   * when the store is behind — or, with `missingToo` (after a reset) or for a pending write, when the store
-   * has nothing. A missing entry is otherwise left missing: a deletion (a sign-out) is not undone.
+   * when the store is behind — or, with `missingToo` (after a reset: also while the fleet settles) or for a
+   * pending write, when the store has nothing. A missing entry is otherwise left missing: a deletion (a
+   * sign-out) is not undone.
    */
   async #reconcile(slot: Slot<S>, read: Read<S> & { ok: true }, budget: Budget, missingToo = false): Promise<void> {
+    // Right after a reset, a missing entry is one the store lost, not one someone deleted.
+    missingToo ||= this.#o.clock.now() < this.#settleUntil;
     const held = slot.held();
     const pending = this.#pending.get(slot.key);
     const { stored, record } = read;
@@ -556,7 +559,8 @@ export class Fleet<S> {
       // The version moved under our lock: deleted (a sign-out while we spent — not undone), or written by
       // someone whose lease ran out or who restored it from memory (settled by seq).
       const read = await this.#read(slot, budget);
-      if (read.ok && read.record === undefined) {
+      // Deleted — unless the store has just lost its data (a reset): then ours goes back in.
+      if (read.ok && read.record === undefined && this.#o.clock.now() >= this.#settleUntil) {
         this.#pending.delete(slot.key);
         slot.missing?.();
         slot.abandoned?.(value.state);

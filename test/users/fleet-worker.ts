@@ -40,6 +40,14 @@ const users = new UserTokens({
   store,
   allowInsecureRequests: true,
 });
+if (process.env.TW_DEBUG) {
+  const t0 = Date.now();
+  const log = (...args: unknown[]): void => console.error(process.pid, Date.now() - t0, ...args);
+  (store as unknown as { on?: (e: string, f: () => void) => void }).on?.('reset', () => log('reset'));
+  users.on('storeError', (e) => log('storeError', e.subject, e.operation, e.error.message));
+  users.on('loginRequired', (e) => log('loginRequired', e.subject, e.error.message));
+  users.on('token', (e) => log('token', e.subject, e.from));
+}
 const result: WorkerResult = { calls: 0, expired: 0, wrongUser: 0, errors: [], expiredDetail: [], outcome: {} };
 
 async function check(subject: string): Promise<void> {
