@@ -16,6 +16,7 @@ import { PostgresStore } from '../../src/postgres.js';
 import { RedisStore } from '../../src/redis.js';
 import { type TestAuthorizationServer, startAuthorizationServer } from '../support/authorization-server.js';
 import {
+  skipWithout,
   hasPgBouncer,
   hasRedisServer,
   pgBin,
@@ -173,7 +174,7 @@ function expectFleetKeptTheGrant(outcome: Outcome, label: string): void {
 /** Sleeps until `ms` after the fleet started calling. */
 const at = (startAt: number, ms: number): Promise<void> => sleep(startAt + ms - Date.now());
 
-describe.skipIf(!hasRedisServer)('a fleet through Redis faults', () => {
+describe.skipIf(skipWithout('redis-server', hasRedisServer))('a fleet through Redis faults', () => {
   const prefix = () => `tw-faults:${randomUUID()}:`;
 
   it('Redis stopped for 3 s across an expiry (data kept), then back', async () => {
@@ -301,56 +302,59 @@ describe.skipIf(!hasRedisServer)('a fleet through Redis faults', () => {
   }, 90_000);
 });
 
-describe.skipIf(pgBin === undefined)('a fleet through PostgreSQL faults', () => {
-  const table = () => `tw_faults_${randomBytes(5).toString('hex')}`;
+describe.skipIf(skipWithout('the PostgreSQL server binaries', pgBin !== undefined))(
+  'a fleet through PostgreSQL faults',
+  () => {
+    const table = () => `tw_faults_${randomBytes(5).toString('hex')}`;
 
-  it('PostgreSQL stopped for 5 s across an expiry, then back', async () => {
-    const pg = await startPrivatePostgres();
-    try {
-      const store: StoreConfig = { kind: 'postgres', connectionString: pg.url, table: table() };
-      const outcome = await runScenario({
-        store,
-        fault: async (startAt) => {
-          await at(startAt, FAULT_AT_MS);
-          await pg.stop();
-          await sleep(5000);
-          await pg.start();
+    it('PostgreSQL stopped for 5 s across an expiry, then back', async () => {
+      const pg = await startPrivatePostgres();
+      try {
+        const store: StoreConfig = { kind: 'postgres', connectionString: pg.url, table: table() };
+        const outcome = await runScenario({
+          store,
+          fault: async (startAt) => {
+            await at(startAt, FAULT_AT_MS);
+            await pg.stop();
+            await sleep(5000);
+            await pg.start();
+          },
+        });
+        expectFleetKeptTheGrant(outcome, 'postgres stopped 5 s');
+        await expectGrantAlive(store, outcome.rt);
+      } finally {
+        await pg.close();
+      }
+    }, 90_000);
+
+    for (const mode of ['transaction', 'session'] as const) {
+      // (PostgreSQL restarting behind a default PgBouncer means 15 s of `server_login_retry` refusals, whoever
+      // the client: PgBouncer itself restarting is the fault here.)
+      it.skipIf(skipWithout('pgbouncer', hasPgBouncer))(
+        `behind PgBouncer in ${mode} mode (default settings), PgBouncer killed for 3 s`,
+        async () => {
+          const pg = await startPrivatePostgres();
+          const bouncer = await startPgBouncer(pg.port, mode);
+          try {
+            const store: StoreConfig = { kind: 'postgres', connectionString: bouncer.url, table: table() };
+            const outcome = await runScenario({
+              store,
+              fault: async (startAt) => {
+                await at(startAt, FAULT_AT_MS);
+                await bouncer.stop();
+                await sleep(3000);
+                await bouncer.start();
+              },
+            });
+            expectFleetKeptTheGrant(outcome, `pgbouncer ${mode}`);
+            await expectGrantAlive(store, outcome.rt);
+          } finally {
+            await bouncer.close();
+            await pg.close();
+          }
         },
-      });
-      expectFleetKeptTheGrant(outcome, 'postgres stopped 5 s');
-      await expectGrantAlive(store, outcome.rt);
-    } finally {
-      await pg.close();
+        90_000,
+      );
     }
-  }, 90_000);
-
-  for (const mode of ['transaction', 'session'] as const) {
-    // (PostgreSQL restarting behind a default PgBouncer means 15 s of `server_login_retry` refusals, whoever
-    // the client: PgBouncer itself restarting is the fault here.)
-    it.skipIf(!hasPgBouncer)(
-      `behind PgBouncer in ${mode} mode (default settings), PgBouncer killed for 3 s`,
-      async () => {
-        const pg = await startPrivatePostgres();
-        const bouncer = await startPgBouncer(pg.port, mode);
-        try {
-          const store: StoreConfig = { kind: 'postgres', connectionString: bouncer.url, table: table() };
-          const outcome = await runScenario({
-            store,
-            fault: async (startAt) => {
-              await at(startAt, FAULT_AT_MS);
-              await bouncer.stop();
-              await sleep(3000);
-              await bouncer.start();
-            },
-          });
-          expectFleetKeptTheGrant(outcome, `pgbouncer ${mode}`);
-          await expectGrantAlive(store, outcome.rt);
-        } finally {
-          await bouncer.close();
-          await pg.close();
-        }
-      },
-      90_000,
-    );
-  }
-});
+  },
+);

@@ -8,7 +8,13 @@
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type TestAuthorizationServer, startAuthorizationServer } from '../support/authorization-server.js';
-import { type PrivateRedis, hasRedisServer, sleep, startPrivateRedis } from '../support/private-servers.js';
+import {
+  type PrivateRedis,
+  hasRedisServer,
+  skipWithout,
+  sleep,
+  startPrivateRedis,
+} from '../support/private-servers.js';
 import type { WorkerConfig, WorkerResult } from '../users/fleet-worker.js';
 import { runFleet } from '../users/fleet-run.js';
 import { usersFor } from '../users/helpers.js';
@@ -71,7 +77,7 @@ function expectGrantsKept(results: WorkerResult[]): void {
   for (const r of results) expect(r.calls - r.errors.length, summary).toBeGreaterThan(100);
 }
 
-describe.skipIf(!hasRedisServer)('UserTokens through Redis faults', () => {
+describe.skipIf(skipWithout('redis-server', hasRedisServer))('UserTokens through Redis faults', () => {
   it('Redis stopped for 3 s and restarted empty', async () => {
     const results = await scenario(async (redis) => {
       await redis.stop();

@@ -10,6 +10,7 @@ import { RedisStore } from '../../src/stores/redis.js';
 import {
   type PrivateRedisCluster,
   hasRedisServer,
+  skipWithout,
   sleep,
   startPrivateRedis,
   startRedisCluster,
@@ -32,7 +33,7 @@ afterAll(async () => {
 
 storeContract(
   'RedisStore on a Redis Cluster',
-  hasRedisServer
+  !skipWithout('redis-server', hasRedisServer)
     ? {
         open: async (options) => new RedisStore({ client: await clusterClient(), prefix: 'tw-cluster:', ...options }),
         raw: async (key) => (await (await clusterClient()).hget(`tw-cluster:entry:${key}`, 'value')) ?? undefined,
@@ -40,7 +41,7 @@ storeContract(
     : undefined,
 );
 
-describe.skipIf(!hasRedisServer)('RedisStore when its server restarts or freezes', () => {
+describe.skipIf(skipWithout('redis-server', hasRedisServer))('RedisStore when its server restarts or freezes', () => {
   it('reports a restart (empty, or with its data) as reset, once, before the next command; a freeze is not one', async () => {
     const redis = await startPrivateRedis({ persist: true });
     const store = new RedisStore({ url: redis.url, prefix: `tw:${randomUUID()}:`, timeout: 500 });

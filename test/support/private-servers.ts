@@ -99,6 +99,17 @@ process.once('exit', () => {
 
 export const hasRedisServer = spawnSync('redis-server', ['--version']).status === 0;
 
+/**
+ * Whether a fault suite needing `tool` should skip: only off CI (with one line saying why). In CI a missing
+ * tool is a failure, as a missing service is (`.ci/run` installs them).
+ */
+export function skipWithout(tool: string, available: boolean): boolean {
+  if (available) return false;
+  if (process.env.CI) return false; // run, and fail loudly
+  console.warn(`skipping the fault tests that need ${tool}: it is not installed (see .ci/run)`);
+  return true;
+}
+
 export interface PrivateRedis {
   readonly port: number;
   readonly url: string;
