@@ -149,6 +149,60 @@ describe('refresh tokens with rotation against a real authorization server', () 
     await expect(latest.fetchToken({})).rejects.toMatchObject({ code: 'ERR_OAUTH', error: 'invalid_grant' });
   });
 
+  it('with only a tokenEndpoint, an ID token in the refresh answer is not judged against the endpoint URL', async () => {
+    const login = await as.login('tokenendpoint-only');
+    const invalidGrants = as.counts.errors['invalid_grant'] ?? 0;
+    const manager = new TokenManager({
+      source: refreshToken({
+        tokenEndpoint: `${as.issuer}/token`,
+        clientId: 'app',
+        clientSecret: as.clients.app.clientSecret,
+        refreshToken: login['refresh_token'] as string,
+        allowInsecureRequests: true,
+      }),
+    });
+    const first = await manager.getToken();
+    expect(first.idToken).toBeDefined(); // the answer carried an ID token whose iss is the issuer, not the endpoint
+    const second = await manager.refresh();
+    expect(second.refreshToken).not.toBe(first.refreshToken);
+    expect(as.counts.errors['invalid_grant'] ?? 0).toBe(invalidGrants);
+    await manager.close();
+  });
+
+  it('keeps the refresh token the server rotated when a later check of its answer fails, then reports the error', async () => {
+    const login = await as.login('rotated-then-refused');
+    let tamper = false;
+    // The one fault a real server will not produce: an answer it acted on, that then fails a check here.
+    const fetchThatTampers: typeof fetch = async (input, init) => {
+      const response = await fetch(input, init);
+      if (!tamper || !String(input instanceof Request ? input.url : input).endsWith('/token')) return response;
+      const body = (await response.json()) as Record<string, unknown>;
+      return new Response(JSON.stringify({ ...body, token_type: 'N_A-not-a-type' }), {
+        status: response.status,
+        headers: { 'content-type': 'application/json' },
+      });
+    };
+    const invalidGrants = as.counts.errors['invalid_grant'] ?? 0;
+    const manager = new TokenManager({
+      source: refreshToken({
+        ...base(),
+        clientId: 'app',
+        clientSecret: as.clients.app.clientSecret,
+        refreshToken: login['refresh_token'] as string,
+        fetch: fetchThatTampers,
+      }),
+    });
+    await manager.getToken();
+    tamper = true;
+    await expect(manager.refresh()).rejects.toMatchObject({ code: 'ERR_UNSUPPORTED' });
+    tamper = false;
+    // The refresh token spent in the refused answer was rotated by the server: the next refresh spends the new one.
+    const next = await manager.refresh();
+    expect(decodeJwt(next.accessToken).sub).toBe('rotated-then-refused');
+    expect(as.counts.errors['invalid_grant'] ?? 0).toBe(invalidGrants);
+    await manager.close();
+  });
+
   it('falls back to another source when the refresh token is rejected with invalid_grant', async () => {
     const source = refreshToken({
       ...base(),

@@ -253,11 +253,6 @@ export class Fleet<S> {
     listeners.add(options.store, this.#onReset);
   }
 
-  /** States spent but not yet in the store (their writes are being retried). */
-  get pendingCount(): number {
-    return this.#pending.size;
-  }
-
   /**
    * Runs the protocol until `attempt.satisfied()`, or throws a coded error. The state it ends with has been
    * handed to `attempt.take()`.
@@ -289,7 +284,7 @@ export class Fleet<S> {
       if (!read.ok) {
         if (attempt.exclusive && !this.#mayGoAlone()) throw read.error;
         this.#checkOpen();
-        keep = await this.#spendAndWrite(attempt, lock.lock, undefined, budget);
+        await this.#spendAndWrite(attempt, lock.lock, undefined, budget, () => (keep = true));
         return;
       }
       let current: Read<S> & { ok: true } = read;
@@ -302,7 +297,7 @@ export class Fleet<S> {
       }
       this.#checkOpen();
       // 4. Spend, and 5. write by compare-and-set on the version read under the lock.
-      keep = await this.#spendAndWrite(attempt, lock.lock, current.record?.version ?? 0, budget);
+      await this.#spendAndWrite(attempt, lock.lock, current.record?.version ?? 0, budget, () => (keep = true));
     } finally {
       // 6. Release — unless the write did not land: the lease then keeps others off until it does.
       if (!keep) this.#release(lock.lock);
@@ -504,15 +499,17 @@ export class Fleet<S> {
   }
 
   /**
-   * Spends and writes the result, compare-and-set on `base` (the version read under the lock). Returns
-   * whether the lock must be kept (the write did not land: it is retried, and the lease keeps others off).
+   * Spends and writes the result, compare-and-set on `base` (the version read under the lock). `keepLock` is
+   * called when the write did not land (it is retried, and the lease must keep others off until it does) —
+   * before an error is rethrown, so that the caller does not release the lock on its way out.
    */
   async #spendAndWrite(
     attempt: Attempt<S>,
     lock: StoreLock | undefined,
     base: number | undefined,
     budget: Budget,
-  ): Promise<boolean> {
+    keepLock: () => void,
+  ): Promise<void> {
     const current = attempt.held();
     const spendLimit = Math.max(1000, this.#o.lockTtlMs - this.#o.storeTimeoutMs);
     const signal = AbortSignal.any([this.#o.closing, AbortSignal.timeout(spendLimit)]);
@@ -529,9 +526,8 @@ export class Fleet<S> {
       failure = err;
     }
     const value: Versioned<S> = { state, seq: (current?.seq ?? 0) + 1, version: undefined };
-    const kept = await this.#write(attempt, value, base, lock, budget);
+    if (await this.#write(attempt, value, base, lock, budget)) keepLock();
     if (failure !== undefined) throw failure;
-    return kept;
   }
 
   /** Writes a spend's result; when the store does not take it, holds it as pending and retries. */
@@ -650,7 +646,7 @@ export class Fleet<S> {
     if (attempt.exclusive && !this.#mayGoAlone()) throw error;
     attempt.precheck?.();
     this.#checkOpen();
-    await this.#spendAndWrite(attempt, undefined, undefined, budget);
+    await this.#spendAndWrite(attempt, undefined, undefined, budget, () => undefined);
   }
 
   #mayGoAlone(): boolean {
