@@ -82,11 +82,11 @@ export interface TokenManagerOptions {
   /** Options of {@link TokenManager.fetch} (which 401 responses are retried). */
   fetch?: AuthFetchOptions;
   /**
-   * Least time between two refreshes forced by a rejected token ({@link TokenManager.invalidate}, which
-   * `manager.fetch`, axios and undici call on a 401 `invalid_token`), across every process sharing the store
-   * (the time of the last one is kept with the token). A rejection sooner than this after the previous forced
-   * refresh is ignored (the caller gets the API's 401) — so an API that rejects every token costs one token
-   * request per interval, not one per call. Default `'30s'`.
+   * The window for refreshes forced by rejected tokens ({@link TokenManager.invalidate}, which
+   * `manager.fetch`, axios and undici call on a 401 `invalid_token`): at most two per window, across every
+   * process sharing the store (their times are kept with the token). A rejection beyond that is ignored (the
+   * caller gets the API's 401) — so an API that rejects every token costs two token requests per window, not one
+   * per call. Default `'30s'`.
    */
   forcedRefreshInterval?: Duration;
 }
@@ -161,16 +161,19 @@ interface Held {
   version: number | undefined;
   /** Its place in the key's history (see the fleet core). */
   readonly seq: number;
-  /** When a refresh was last forced for this key (a rejected token, `invalidate()`), fleet-wide. */
-  readonly forcedAt: number | undefined;
+  /** When refreshes were last forced for this key (rejected tokens, `invalidate()`), fleet-wide; newest last. */
+  readonly forced: readonly number[];
   readonly generation: number;
 }
 
-/** What the fleet core keeps for a manager's key: the token, and when a refresh was last forced. */
+/** What the fleet core keeps for a manager's key: the token, and when refreshes were last forced. */
 interface TokenState {
   readonly token: Token;
-  readonly forcedAt?: number | undefined;
+  readonly forced?: readonly number[] | undefined;
 }
+
+/** Refreshes forced by rejected tokens allowed within one `forcedRefreshInterval`. */
+const FORCED_PER_INTERVAL = 2;
 
 interface Want {
   /** Only a fresh token will do (background refresh of a stale one); otherwise a valid one. */
@@ -282,7 +285,7 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
       key,
       held: () => {
         const held = this.#held;
-        return held && { state: { token: held.token, forcedAt: held.forcedAt }, seq: held.seq, version: held.version };
+        return held && { state: { token: held.token, forced: held.forced }, seq: held.seq, version: held.version };
       },
       take: (value, from) => this.#take(value, from),
       storeFailed: (operation, error) =>
@@ -349,8 +352,8 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
   /**
    * Drops the current token (for example after an API answered 401 `invalid_token`), here and — if the
    * store still holds it — for every process sharing the store. The refresh token is kept. Pass the
-   * access token that failed so that a newer token obtained meanwhile is not dropped. Ignored within
-   * `forcedRefreshInterval` (default 30 s) of the previous forced refresh of this key, fleet-wide.
+   * access token that failed so that a newer token obtained meanwhile is not dropped. Ignored when two
+   * refreshes of this key were already forced within `forcedRefreshInterval` (default 30 s), fleet-wide.
    *
    * @example
    * ```ts
@@ -362,14 +365,16 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
     if (held === undefined || this.#closed) return;
     if (accessToken !== undefined && held.token.accessToken !== accessToken) return;
     const now = this.#clock.now();
-    // No forced refresh sooner than forcedRefreshInterval after the previous one (kept with the token).
-    if (held.forcedAt !== undefined && now - held.forcedAt < this.#forcedIntervalMs) return;
+    // At most FORCED_PER_INTERVAL forced refreshes per forcedRefreshInterval (their times are kept with the token).
+    const recent = held.forced.filter((t) => now - t < this.#forcedIntervalMs && t <= now);
+    if (recent.length >= FORCED_PER_INTERVAL) return;
+    const forced = [...recent, now];
     const dead = Object.freeze({ ...held.token, expiresAt: Math.min(held.token.expiresAt ?? now, now) });
     this.#timer?.cancel();
-    const next: Held = { ...held, token: dead, staleAt: now, forcedAt: now };
+    const next: Held = { ...held, token: dead, staleAt: now, forced };
     this.#held = next;
     if (held.version === undefined) return;
-    const text = encodeToken({ token: dead, forcedAt: now }, held.seq);
+    const text = encodeToken({ token: dead, forced }, held.seq);
     const written = await this.#fleet.storeCall(this.#slot, 'set', (store) =>
       store.set(this.key, text, { ifVersion: held.version as number, ...storeTtl(dead, now) }),
     );
@@ -527,11 +532,11 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
       exclusive: this.source.exclusive === true,
       satisfied: () => this.#held !== undefined && this.#satisfies(this.#held.token, want),
       spend: async (current, signal) => {
-        const forcedAt = current?.state.forcedAt;
+        const forced = current?.state.forced;
         try {
           const previous = current?.state.token;
           const token = await this.source.fetchToken({ signal, ...(previous !== undefined && { previous }) });
-          return { token, forcedAt };
+          return { token, forced };
         } catch (err) {
           // The server rotated the refresh token before a later check of its answer failed: keep the new one.
           const rotated = rotatedRefreshToken(err);
@@ -542,7 +547,7 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
             tokenType: current?.state.token.tokenType ?? 'Bearer',
             refreshToken: rotated,
           });
-          throw withRotated(err as Error, { token: kept, forcedAt });
+          throw withRotated(err as Error, { token: kept, forced });
         }
       },
     };
@@ -557,7 +562,7 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
   /** Holds a token the fleet core obtained or read (a placeholder announcing someone's first refresh is not one). */
   #take(value: Versioned<TokenState>, from: 'store' | 'source'): void {
     const held = this.#held;
-    const { token, forcedAt } = value.state;
+    const { token, forced } = value.state;
     if (
       held !== undefined &&
       held.seq === value.seq &&
@@ -568,7 +573,7 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
       return;
     }
     if (from === 'store' && isPlaceholder(token)) return;
-    this.#install(token, value.version, value.seq, from, forcedAt);
+    this.#install(token, value.version, value.seq, from, forced ?? []);
   }
 
   #install(
@@ -576,14 +581,14 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
     version: number | undefined,
     seq: number,
     from: 'source' | 'store',
-    forcedAt: number | undefined,
+    forced: readonly number[],
   ): void {
     const held: Held = {
       token,
       staleAt: staleAt(token, this.#policy, this.#random()),
       version,
       seq,
-      forcedAt,
+      forced,
       generation: ++this.#generation,
     };
     this.#held = held;
@@ -736,7 +741,7 @@ function tokenLineage(exclusive: boolean): Lineage<TokenState> {
       const entry = parseStoredEntry(value);
       if (entry === undefined) return undefined;
       return {
-        state: { token: entry.token, forcedAt: entry.forcedAt },
+        state: { token: entry.token, forced: entry.forced },
         seq: entry.seq,
         ...(entry.healedAt !== undefined && { healedAt: entry.healedAt }),
       };
@@ -757,7 +762,7 @@ function isPlaceholder(token: Token): boolean {
 }
 
 const encodeToken = (state: TokenState, seq: number, healedAt?: number): string =>
-  serializeStoredToken(state.token, { seq, healedAt, forcedAt: state.forcedAt });
+  serializeStoredToken(state.token, { seq, healedAt, forced: state.forced });
 
 /** The request time limit of a built-in source (`GrantSource`), if it has one. */
 function requestTimeoutOf(source: TokenSource): number | undefined {

@@ -145,7 +145,7 @@ export function serializeToken(token: Token): string {
 /**
  * A token as the fleet stores it: with its place in the key's history (`seq`), when a process wrote it
  * back from memory into a store that had lost it (`healedAt`), and when a refresh was last forced by a
- * rejected token (`forcedAt`). Read by {@link parseStoredToken} too.
+ * rejected token (`forced`, the latest times). Read by {@link parseStoredToken} too.
  *
  * @example
  * ```ts
@@ -155,15 +155,15 @@ export function serializeToken(token: Token): string {
  */
 export function serializeStoredToken(
   token: Token,
-  meta: { seq: number; healedAt?: number | undefined; forcedAt?: number | undefined },
+  meta: { seq: number; healedAt?: number | undefined; forced?: readonly number[] | undefined },
 ): string {
-  const { seq, healedAt, forcedAt } = meta;
+  const { seq, healedAt, forced } = meta;
   return JSON.stringify({
     v: 1,
     ...token,
     seq,
     ...(healedAt !== undefined && { healedAt }),
-    ...(forcedAt !== undefined && { forcedAt }),
+    ...(forced !== undefined && forced.length > 0 && { forced }),
   });
 }
 
@@ -178,7 +178,7 @@ export function serializeStoredToken(
  */
 export function parseStoredEntry(
   text: string,
-): { token: Token; seq: number; healedAt?: number; forcedAt?: number } | undefined {
+): { token: Token; seq: number; healedAt?: number; forced?: number[] } | undefined {
   const data = parseJsonObject(text);
   const token = toToken(data);
   if (token === undefined || data === undefined) return undefined;
@@ -188,12 +188,15 @@ export function parseStoredEntry(
     return typeof value === 'number' && Number.isFinite(value) ? value : undefined;
   };
   const healedAt = time('healedAt');
-  const forcedAt = time('forcedAt');
+  const list = data['forced'];
+  const forced = Array.isArray(list)
+    ? list.filter((t): t is number => typeof t === 'number' && Number.isFinite(t)).slice(-8)
+    : undefined;
   return {
     token,
     seq: Number.isSafeInteger(seq) && (seq as number) >= 0 ? (seq as number) : 0,
     ...(healedAt !== undefined && { healedAt }),
-    ...(forcedAt !== undefined && { forcedAt }),
+    ...(forced !== undefined && forced.length > 0 && { forced }),
   };
 }
 

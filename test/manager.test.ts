@@ -241,20 +241,22 @@ describe('TokenManager', () => {
     expect(source.calls[1]?.previous?.refreshToken).toBe('refresh-1');
   });
 
-  it('invalidate() forces at most one refresh per forcedRefreshInterval', async () => {
+  it('invalidate() forces at most two refreshes per forcedRefreshInterval', async () => {
     const { clock, source, manager } = setup({ forcedRefreshInterval: '30s' });
     await manager.getToken(); // access-1
     await manager.invalidate('access-1');
     expect((await manager.getToken()).accessToken).toBe('access-2');
-    await manager.invalidate('access-2'); // 0 s after the forced refresh: ignored
-    expect((await manager.getToken()).accessToken).toBe('access-2');
-    await clock.advance(29_000);
-    await manager.invalidate('access-2');
-    expect((await manager.getToken()).accessToken).toBe('access-2');
-    await clock.advance(1_000);
-    await manager.invalidate('access-2');
+    await manager.invalidate('access-2'); // the second within the window: allowed
     expect((await manager.getToken()).accessToken).toBe('access-3');
-    expect(source.calls).toHaveLength(3);
+    await manager.invalidate('access-3'); // the third: ignored
+    expect((await manager.getToken()).accessToken).toBe('access-3');
+    await clock.advance(29_000);
+    await manager.invalidate('access-3');
+    expect((await manager.getToken()).accessToken).toBe('access-3');
+    await clock.advance(1_000); // the first forced refresh has left the window
+    await manager.invalidate('access-3');
+    expect((await manager.getToken()).accessToken).toBe('access-4');
+    expect(source.calls).toHaveLength(4);
   });
 
   it('getToken({ minTtl }) replaces a token with less life left', async () => {
