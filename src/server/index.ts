@@ -28,6 +28,8 @@ export {
 } from './errors.js';
 export { type NodeRequestLike, type TokenLocation, type VerifyInput, extractToken } from './extract.js';
 export { ASYMMETRIC_ALGORITHMS, RFC9068_CLAIMS } from './jwt.js';
+export type { KeySetEvents, KeySetHealth } from './keys.js';
+export type { EndpointHealth, EndpointKind, UpstreamEvents } from './upstream.js';
 export type {
   Auth,
   AuthExtra,
@@ -46,6 +48,8 @@ export {
   type JwksOptions,
   type Strategy,
   type Verifier,
+  type VerifierEvents,
+  type VerifierHealth,
   type VerifierOptions,
   type VerifyCallOptions,
   type VerifyResult,
@@ -54,4 +58,5 @@ export {
 } from './verifier.js';
 export { type AuthenticateOutcome, type BearerAuthOptions, authenticator } from './adapters/shared.js';
 export { TokenwardenError, isTokenwardenError, type ErrorCode } from '../errors.js';
+export type { BackoffOptions } from '../policy.js';
 export { ManualClock, systemClock, type Clock } from '../clock.js';

@@ -171,7 +171,12 @@ export class KeySet {
   async #current(): Promise<Held> {
     const now = this.#upstreams.clock.now();
     const held = this.#usable(now);
-    if (held === undefined) return this.#refresh();
+    if (held === undefined) {
+      // While the JWKS fails, a request does not wait on another's probe (it may hang until the time limit).
+      const endpoint = this.#endpoint();
+      if (this.#refreshing !== undefined && endpoint?.failing === true) throw endpoint.retryLater();
+      return this.#refresh();
+    }
     const age = now - held.fetchedAt;
     if (age < this.#refreshAt()) return held;
     if (age < this.#options.cacheMaxAgeMs) {
@@ -197,7 +202,7 @@ export class KeySet {
     const held = this.#held;
     if (held === undefined) return undefined;
     const ageMs = now - held.fetchedAt;
-    if (ageMs <= this.#options.cacheMaxAgeMs + this.#options.maxStaleMs) return held;
+    if (ageMs < this.#options.cacheMaxAgeMs + this.#options.maxStaleMs) return held;
     if (drop) {
       this.#held = undefined;
       this.#stale = false;

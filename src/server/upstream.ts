@@ -119,7 +119,7 @@ export class Endpoint {
     const { clock } = this.#upstreams;
     let probe = false;
     if (this.#failures > 0) {
-      if (this.#probing || clock.now() < this.#retryAt) throw this.#retryLater();
+      if (this.#probing || clock.now() < this.#retryAt) throw this.retryLater();
       this.#probing = probe = true;
     }
     const generation = this.#generation;
@@ -199,7 +199,11 @@ export class Endpoint {
     });
   }
 
-  #retryLater(): TokenwardenError {
+  /**
+   * The answer for a caller who will not wait for this failing endpoint: `ERR_RETRY_LATER`, with the time
+   * until the next attempt and the last failure as `cause`.
+   */
+  retryLater(): TokenwardenError {
     const now = this.#upstreams.clock.now();
     // While another caller probes, the answer is due within the request's time limit: a second is a fair guess.
     const retryAfterMs = this.#probing ? Math.max(1000, this.retryInMs(now)) : this.retryInMs(now);
@@ -310,8 +314,10 @@ export class Upstreams {
       return Promise.resolve(known.metadata);
     }
     let running = this.#discovering.get(issuer);
+    const endpoint = this.endpoint('discovery', issuer);
+    // While discovery fails, a caller does not wait on another's probe: it is answered at once.
+    if (running !== undefined && endpoint.failing && known === undefined) return Promise.reject(endpoint.retryLater());
     if (running === undefined) {
-      const endpoint = this.endpoint('discovery', issuer);
       running = endpoint
         .request((meta) =>
           discover(issuer, {

@@ -637,6 +637,7 @@ export function createVerifier(options: VerifierOptions): Verifier {
 
   const ready = async ({ signal }: { signal?: AbortSignal } = {}): Promise<VerifierHealth> => {
     const work = prepare();
+    if (signal !== undefined) work.catch(() => undefined); // the caller may stop waiting; the work goes on
     await (signal === undefined ? work : abortable(work, signal, 'ready()'));
     return health();
   };
