@@ -367,7 +367,7 @@ describe('introspection answers', () => {
   /** A fresh verifier against a fresh server answering `answer`: each case starts without backoff. */
   async function against(
     answer: (res: ServerResponse, body: string) => void | Promise<void>,
-    extra: Partial<VerifierOptions> = {},
+    extra: Partial<VerifierOptions> | ((url: string) => Partial<VerifierOptions>) = {},
   ): Promise<{ result: VerifyResult; seen: Observed; server: FaultServer }> {
     const server = await introspectionServer(answer, key);
     try {
@@ -377,7 +377,7 @@ describe('introspection answers', () => {
         allowInsecureRequests: true,
         timeout: '500ms',
         maxResponseBytes: 64 * 1024,
-        ...extra,
+        ...(typeof extra === 'function' ? extra(server.url) : extra),
       });
       const result = await within(verify(`Bearer ${TOKEN}`));
       if (!result.ok) seen.said.push(result, failureResponse(result.failure));
@@ -470,6 +470,13 @@ describe('introspection answers', () => {
       expect(result, name).toMatchObject({ ok: false, failure: { status: 503, error: 'temporarily_unavailable' } });
       expect(seen.errors[0]?.code, name).toBe('ERR_INVALID_RESPONSE');
     }
+    // Without an issuer, a signed answer cannot be checked: refused, not trusted.
+    const issuerless = await against(
+      send((i) => signedAnswer(key, good(i))),
+      (url) => ({ issuer: undefined, introspectionEndpoint: `${url}/introspect` }),
+    );
+    expect(issuerless.result).toMatchObject({ ok: false, failure: { status: 503 } });
+    expect(issuerless.seen.errors[0]?.code).toBe('ERR_INVALID_RESPONSE');
     // Properly signed: accepted, with the claims inside token_introspection.
     const { result, server } = await against(
       send((i) => signedAnswer(key, good(i))),

@@ -235,4 +235,42 @@ describe('introspection (RFC 7662) against a real authorization server', () => {
       await fault.close();
     }
   });
+
+  it('introspectionEndpoint: for an issuer whose metadata has none (no discovery needed then)', async () => {
+    const server = await startFaultServer();
+    server.handle((req, res) => {
+      if (req.url?.startsWith('/.well-known/'))
+        return json(res, 200, { issuer: server.url, jwks_uri: `${server.url}/jwks` });
+      return json(res, 200, { active: true, iss: server.url, sub: 'alice', exp: Math.floor(Date.now() / 1000) + 60 });
+    });
+    try {
+      const errors: TokenwardenError[] = [];
+      const base = {
+        issuer: server.url,
+        introspection: { clientId: 'rs', clientSecret: 's' },
+        allowInsecureRequests: true,
+      };
+      const discovered = createVerifier({ ...base, onError: (e) => errors.push(e) });
+      expect(await discovered('tok')).toMatchObject({ ok: false, failure: { status: 503 } });
+      expect(errors[0]).toMatchObject({ code: 'ERR_UNSUPPORTED' });
+      expect(errors[0]?.message).toContain('introspectionEndpoint');
+
+      server.requests.length = 0;
+      const explicit = createVerifier({ ...base, introspectionEndpoint: `${server.url}/introspect` });
+      const result = await explicit('tok');
+      expect(result.ok && result.auth).toMatchObject({ uid: 'alice', issuer: server.url });
+      expect(server.requests.map((r) => r.path)).toEqual(['/introspect']);
+      // The same option nested, and both agreeing, work; two different endpoints are a configuration error.
+      const nested = { ...base, introspection: { ...base.introspection, endpoint: `${server.url}/introspect` } };
+      expect((await createVerifier(nested)('tok')).ok).toBe(true);
+      expect((await createVerifier({ ...nested, introspectionEndpoint: `${server.url}/introspect` })('tok')).ok).toBe(
+        true,
+      );
+      expect(() => createVerifier({ ...nested, introspectionEndpoint: `${server.url}/other` })).toThrow(
+        expect.objectContaining({ code: 'ERR_CONFIG' }) as unknown as Error,
+      );
+    } finally {
+      await server.close();
+    }
+  });
 });

@@ -420,6 +420,68 @@ describe('last-known keys during an outage', () => {
   });
 });
 
+describe('metadata and key selection', () => {
+  it('metadata is discovered again after an hour; when that fails, the metadata already known is used', async () => {
+    const key = await newSigningKey();
+    let discoveryDown = false;
+    const server = await startFaultServer();
+    server.handle((req, res) => {
+      if (req.url?.startsWith('/.well-known/')) {
+        if (discoveryDown) return json(res, 503, 'down');
+        return json(res, 200, { issuer: server.url, jwks_uri: `${server.url}/jwks` });
+      }
+      return json(res, 200, { keys: [publicJwk(key)] });
+    });
+    try {
+      const clock = new ManualClock(Date.now());
+      const verify = createVerifier({ issuer: server.url, audience: AUDIENCE, allowInsecureRequests: true, clock });
+      expect((await verify(await sign(key, server.url, {}, clock.now()))).ok).toBe(true);
+      discoveryDown = true;
+      await clock.advance(61 * 60_000);
+      expect((await verify(await sign(key, server.url, {}, clock.now()))).ok).toBe(true);
+      const paths = server.requests.map((r) => r.path.replace(/^\/\.well-known\/.*/, 'discovery'));
+      expect(paths).toEqual(['discovery', '/jwks', 'discovery', '/jwks']); // tried, failed, used the known jwks_uri
+      expect(verify.health().keys[0]).toMatchObject({ ageMs: 0, stale: false });
+    } finally {
+      await server.close();
+    }
+  });
+
+  it('a token without kid is tried against each key that fits it', async () => {
+    const [a, b] = [await newSigningKey(), await newSigningKey()];
+    const issuer = await faultIssuer((res) => json(res, 200, { keys: [publicJwk(a), publicJwk(b)] }));
+    try {
+      const verify = createVerifier({ issuer: issuer.issuer, audience: AUDIENCE, allowInsecureRequests: true });
+      const unsigned = async (key: JWK) =>
+        new SignJWT({ iss: issuer.issuer, aud: AUDIENCE, sub: 'alice', exp: Math.floor(Date.now() / 1000) + 60 })
+          .setProtectedHeader({ alg: 'RS256' })
+          .sign(await importJWK(key, 'RS256'));
+      expect((await verify(await unsigned(b))).ok).toBe(true);
+      expect((await verify(await unsigned(a))).ok).toBe(true);
+      expect(await verify(await unsigned(await newSigningKey()))).toMatchObject({
+        ok: false,
+        failure: { error: 'invalid_token', description: 'invalid signature' },
+      });
+    } finally {
+      await issuer.close();
+    }
+  });
+
+  it('a cold verifier makes one discovery and one JWKS request for 200 concurrent tokens', async () => {
+    const as = await startAuthorizationServer({ accessTokenTtl: 300 });
+    try {
+      const verify = createVerifier({ issuer: as.issuer, audience: API_RESOURCE, allowInsecureRequests: true });
+      const tokens = await Promise.all(Array.from({ length: 200 }, () => forge(as)));
+      as.resetCounts();
+      const results = await Promise.all(tokens.map((t) => verify(t)));
+      for (const r of results) expect(r.ok).toBe(true);
+      expect(as.counts).toMatchObject({ discovery: 1, jwks: 1 });
+    } finally {
+      await as.close();
+    }
+  });
+});
+
 describe('ready(), health() and events', () => {
   let as: TestAuthorizationServer;
   beforeAll(async () => {
@@ -457,6 +519,32 @@ describe('ready(), health() and events', () => {
       const aborted = new AbortController();
       aborted.abort();
       await expect(verify.ready({ signal: aborted.signal })).rejects.toMatchObject({ code: 'ERR_ABORTED' });
+    } finally {
+      await down.close();
+    }
+  });
+
+  it("'auto' with only introspection failing is degraded, not unavailable: JWTs are still judged", async () => {
+    const down = await startFaultServer((_req, res) => json(res, 503, 'down'));
+    try {
+      const verify = createVerifier({
+        issuer: as.issuer,
+        audience: [API_RESOURCE, OPAQUE_RESOURCE],
+        introspection: { clientId: 'rs', clientSecret: 's' },
+        introspectionEndpoint: `${down.url}/introspect`,
+        allowInsecureRequests: true,
+      });
+      expect(verify.strategy).toBe('auto');
+      expect(await verify('opaque-token')).toEqual(unavailable);
+      expect((await verify(await forge(as))).ok).toBe(true);
+      expect(verify.health()).toMatchObject({ status: 'degraded', ready: true });
+      const only = createVerifier({
+        introspection: { clientId: 'rs', clientSecret: 's' },
+        introspectionEndpoint: `${down.url}/introspect`,
+        allowInsecureRequests: true,
+      });
+      expect(await only('opaque-token')).toEqual(unavailable);
+      expect(only.health()).toMatchObject({ status: 'unavailable', ready: false });
     } finally {
       await down.close();
     }
@@ -614,10 +702,9 @@ describe('introspection during an outage', () => {
     }
   });
 
-  it("honours the introspection endpoint's Retry-After, and health() reports it unavailable", async () => {
-    const down = await startFaultServer((_req, res) =>
-      json(res, 503, { error: 'temporarily_unavailable' }, { 'retry-after': '20' }),
-    );
+  it("honours the introspection endpoint's Retry-After (429), and health() reports it unavailable", async () => {
+    const errors: TokenwardenError[] = [];
+    const down = await startFaultServer((_req, res) => json(res, 429, { error: 'slow_down' }, { 'retry-after': '20' }));
     try {
       const clock = new ManualClock(Date.now());
       const verify = createVerifier({
@@ -625,6 +712,7 @@ describe('introspection during an outage', () => {
         introspection: { clientId: 'rs', clientSecret: 's' },
         allowInsecureRequests: true,
         clock,
+        onError: (e) => errors.push(e),
       });
       const first = await verify('tok');
       expect(first).toEqual(unavailable);
@@ -633,6 +721,8 @@ describe('introspection during an outage', () => {
       const later = await verify('tok');
       expect(!later.ok && later.failure.retryAfter).toBe(1);
       expect(down.requests).toHaveLength(1);
+      expect(errors.map((e) => e.code)).toEqual(['ERR_OAUTH', 'ERR_RETRY_LATER']);
+      expect(errors[1]).toMatchObject({ retryAfterMs: 1000, cause: { code: 'ERR_OAUTH', status: 429 } });
       expect(verify.health()).toMatchObject({
         status: 'unavailable',
         ready: false,
