@@ -54,7 +54,7 @@ export interface KeySetOptions {
  * ```
  */
 export interface KeySetHealth {
-  /** The issuer whose `jwks_uri` is used, or the configured `jwksUri`. */
+  /** The issuer whose `jwks_uri` is used, or the configured `jwksUri` (origin and path). */
   readonly source: string;
   /** The JWKS URL (origin and path), once known. */
   readonly url?: string;
@@ -112,7 +112,7 @@ export class KeySet {
   #url: string | undefined;
 
   constructor(source: string, resolveUrl: () => Promise<string>, upstreams: Upstreams, options: KeySetOptions) {
-    this.source = source;
+    this.source = source.replace(/[?#].*$/s, ''); // never a query string (a JWKS proxy's key, say)
     this.#resolveUrl = resolveUrl;
     this.#upstreams = upstreams;
     this.#options = options;

@@ -216,7 +216,7 @@ export class Endpoint {
 }
 
 function label(kind: EndpointKind): string {
-  return kind === 'jwks' ? 'JWKS request' : kind === 'discovery' ? 'discovery' : 'introspection request';
+  return kind === 'jwks' ? 'JWKS request' : kind === 'discovery' ? 'discovery request' : 'introspection request';
 }
 
 /** What {@link Upstreams} needs: the verifier's clock, backoff and transport settings. */
