@@ -614,7 +614,9 @@ export function createVerifier(options: VerifierOptions): Verifier {
     }
     // What can be judged now: JWTs when every key set has usable keys or is not failing; opaque tokens when
     // the introspection endpoint (and the discovery it needs) is not failing.
-    const jwtBlind = keys.some((k) => k.keys === 0 && k.failing);
+    // (With several issuers, one that cannot be judged leaves the verifier degraded, not unavailable.)
+    const blindSets = keys.filter((k) => k.keys === 0 && k.failing).length;
+    const jwtBlind = blindSets > 0 && blindSets === keys.length;
     const introspectionBlind = upstreams?.introspectionFailing() === true;
     const blind =
       strategy === 'jwt'
@@ -623,7 +625,7 @@ export function createVerifier(options: VerifierOptions): Verifier {
           ? introspectionBlind
           : strategy === 'auto' && jwtBlind && introspectionBlind;
     const servingStale = keys.some((k) => k.stale);
-    const degraded = servingStale || jwtBlind || introspectionBlind || endpoints.some((e) => e.failing);
+    const degraded = servingStale || blindSets > 0 || introspectionBlind || endpoints.some((e) => e.failing);
     const status = blind ? 'unavailable' : degraded ? 'degraded' : 'ok';
     return {
       status,

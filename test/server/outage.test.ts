@@ -555,6 +555,26 @@ describe('ready(), health() and events', () => {
     }
   });
 
+  it('with several issuers, one that cannot be judged leaves the verifier degraded; all of them, unavailable', async () => {
+    const down = await startFaultServer((_req, res) => json(res, 503, 'down'));
+    try {
+      const key = await newSigningKey();
+      const verify = createVerifier({
+        issuer: [as.issuer, down.url],
+        audience: [API_RESOURCE, AUDIENCE],
+        allowInsecureRequests: true,
+      });
+      expect(await verify(await sign(key, down.url))).toEqual(unavailable);
+      expect((await verify(await forge(as))).ok).toBe(true);
+      expect(verify.health()).toMatchObject({ status: 'degraded', ready: true });
+      const alone = createVerifier({ issuer: down.url, audience: AUDIENCE, allowInsecureRequests: true });
+      expect(await alone(await sign(key, down.url))).toEqual(unavailable);
+      expect(alone.health()).toMatchObject({ status: 'unavailable', ready: false });
+    } finally {
+      await down.close();
+    }
+  });
+
   it('events: every request, each failure, the recovery, and every verify with its outcome and cache use', async () => {
     const { fetch } = counting();
     const clock = new ManualClock(Date.now());
