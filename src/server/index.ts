@@ -2,7 +2,8 @@
  * `tokenwarden/server`: validate access tokens on a resource server — JWT access tokens against the
  * issuer's JWKS, opaque tokens by introspection, or any scheme through a provider; bearer or DPoP-bound
  * (RFC 9449, the proof checked on every request) — with a bounded cache whose entries never outlive the
- * token. Framework middleware lives in `tokenwarden/express`,
+ * token. While the authorization server is down, the last known keys keep verifying JWTs and every endpoint
+ * of it is backed off; `verify.health()` and events tell how it is going. Framework middleware lives in `tokenwarden/express`,
  * `tokenwarden/fastify`, `tokenwarden/koa`, `tokenwarden/hono` and `tokenwarden/node`.
  *
  * @example
