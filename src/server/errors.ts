@@ -76,6 +76,11 @@ export interface VerifyFailure {
   readonly scheme?: 'Bearer' | 'DPoP';
   /** The verifier's DPoP support, when the challenge should mention it. */
   readonly dpop?: DPoPChallenge;
+  /**
+   * For `temporarily_unavailable`: seconds until the verifier next tries the authorization server (its
+   * backoff), sent as `Retry-After`. Default 5.
+   */
+  readonly retryAfter?: number;
 }
 
 const STATUS: Record<VerifyErrorCode, VerifyFailure['status']> = {
@@ -168,7 +173,8 @@ export function challenge(result: VerifyFailure, options: ChallengeOptions = {})
 
 /**
  * Status, headers and JSON body for a failure: what every adapter sends. `Cache-Control: no-store` is
- * always set; `WWW-Authenticate` for 400/401/403; `Retry-After` for 503; `DPoP-Nonce` when the failure
+ * always set; `WWW-Authenticate` for 400/401/403; `Retry-After` for 503 (the failure's `retryAfter`, the time
+ * until the verifier tries the authorization server again; 5 s when unknown); `DPoP-Nonce` when the failure
  * carries a server nonce (`use_dpop_nonce`).
  *
  * @example
@@ -181,7 +187,7 @@ export function failureResponse(result: VerifyFailure, options: ChallengeOptions
   const headers: Record<string, string> = { 'cache-control': 'no-store' };
   const value = challenge(result, options);
   if (value !== undefined) headers['www-authenticate'] = value;
-  else headers['retry-after'] = '5';
+  else headers['retry-after'] = String(retryAfterSeconds(result.retryAfter));
   if (result.dpop?.nonce !== undefined) headers['dpop-nonce'] = result.dpop.nonce;
   return {
     status: result.status,
@@ -192,6 +198,12 @@ export function failureResponse(result: VerifyFailure, options: ChallengeOptions
       ...(result.scope !== undefined && { scope: result.scope }),
     },
   };
+}
+
+/** A whole number of seconds from 1 to an hour; 5 when unknown. */
+function retryAfterSeconds(value: number | undefined): number {
+  if (typeof value !== 'number' || !Number.isFinite(value)) return 5;
+  return Math.min(3600, Math.max(1, Math.ceil(value)));
 }
 
 /** RFC 6750 §3: error_description and scope use %x20-21 / %x23-5B / %x5D-7E (no `"`, no `\`). */

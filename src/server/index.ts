@@ -2,7 +2,8 @@
  * `tokenwarden/server`: validate access tokens on a resource server — JWT access tokens against the
  * issuer's JWKS, opaque tokens by introspection, or any scheme through a provider; bearer or DPoP-bound
  * (RFC 9449, the proof checked on every request) — with a bounded cache whose entries never outlive the
- * token. Framework middleware lives in `tokenwarden/express`,
+ * token. While the authorization server is down, the last known keys keep verifying JWTs and every endpoint
+ * of it is backed off; `verify.health()` and events tell how it is going. Framework middleware lives in `tokenwarden/express`,
  * `tokenwarden/fastify`, `tokenwarden/koa`, `tokenwarden/hono` and `tokenwarden/node`.
  *
  * @example
@@ -28,6 +29,8 @@ export {
 } from './errors.js';
 export { type NodeRequestLike, type TokenLocation, type VerifyInput, extractToken } from './extract.js';
 export { ASYMMETRIC_ALGORITHMS, RFC9068_CLAIMS } from './jwt.js';
+export type { KeySetEvents, KeySetHealth } from './keys.js';
+export type { EndpointHealth, EndpointKind, UpstreamEvents } from './upstream.js';
 export type {
   Auth,
   AuthExtra,
@@ -46,6 +49,8 @@ export {
   type JwksOptions,
   type Strategy,
   type Verifier,
+  type VerifierEvents,
+  type VerifierHealth,
   type VerifierOptions,
   type VerifyCallOptions,
   type VerifyResult,
@@ -54,4 +59,5 @@ export {
 } from './verifier.js';
 export { type AuthenticateOutcome, type BearerAuthOptions, authenticator } from './adapters/shared.js';
 export { TokenwardenError, isTokenwardenError, type ErrorCode } from '../errors.js';
+export type { BackoffOptions } from '../policy.js';
 export { ManualClock, systemClock, type Clock } from '../clock.js';

@@ -1,28 +1,16 @@
 /**
  * The JWT strategy: JWT access tokens verified locally against the issuer's JWKS (RFC 9068, RFC 8725).
  *
- * Keys come from the `jwks_uri` of the issuer's discovered metadata (or an explicit `jwksUri`) through
- * jose's remote key set: cached for `cacheMaxAge`, refetched for an unknown `kid` at most once per
- * `cooldown`, so tokens with random `kid`s cannot make us hammer the authorization server. Fetches go
- * through tokenwarden's transport (injectable `fetch`, timeout, body cap).
+ * Keys come from the `jwks_uri` of the issuer's discovered metadata (or an explicit `jwksUri`) through a
+ * {@link KeySet}: last-known keys kept through an outage, refreshed ahead of `cacheMaxAge` in the
+ * background, refetched for an unknown `kid` at most once per `cooldown`, every fetch backed off while the
+ * authorization server fails.
  *
  * @module
  */
-import {
-  type JWSHeaderParameters,
-  type JWTPayload,
-  type JWTVerifyOptions,
-  type RemoteJWKSet,
-  createRemoteJWKSet,
-  customFetch,
-  decodeJwt,
-  jwtVerify,
-} from 'jose';
-import type { Clock } from '../clock.js';
+import { type JWSHeaderParameters, type JWTPayload, type JWTVerifyOptions, decodeJwt } from 'jose';
 import { TokenwardenError } from '../errors.js';
-import { type FetchLike, boundedFetch, describeUrl } from '../http/transport.js';
-import { checkUrl } from '../sources/client.js';
-import { type DiscoveryAlgorithm, discover } from '../sources/discovery.js';
+import { type KeySets, verifyJwt } from './keys.js';
 import {
   type Claims,
   type PayloadResult,
@@ -30,6 +18,7 @@ import {
   type VerifierProvider,
   expiresAtOf,
   infoOf,
+  numericDatesValid,
   scopesOf,
   stringClaim,
   uidOf,
@@ -81,16 +70,10 @@ export interface JwtStrategyOptions {
   strict: boolean;
   requiredClaims: string[];
   uidClaim?: string | undefined;
-  cooldownMs: number;
-  jwksCacheMaxAgeMs: number;
   /** How long a token whose signature is good but whose claims are not is remembered as bad. */
   negativeCacheMs: number;
-  fetch?: FetchLike | undefined;
-  timeoutMs: number;
-  maxResponseBytes: number;
-  allowInsecureRequests: boolean;
-  discovery: DiscoveryAlgorithm;
-  clock: Clock;
+  /** The verifier's key sets (shared with signed introspection responses). */
+  keySets: KeySets;
 }
 
 /** The payload the JWT strategy hands the verifier. */
@@ -98,9 +81,6 @@ export interface JwtPayload {
   readonly claims: JWTPayload;
   readonly header: JWSHeaderParameters;
 }
-
-/** Issuers whose key sets are kept when issuers come from a resolver. */
-const MAX_KEY_SETS = 100;
 
 /**
  * Creates the JWT strategy as a {@link VerifierProvider}.
@@ -113,58 +93,9 @@ const MAX_KEY_SETS = 100;
  * ```
  */
 export function jwtStrategy(options: JwtStrategyOptions): VerifierProvider<JwtPayload> {
-  const keySets = new Map<string, Promise<RemoteJWKSet>>();
-  // The settled key sets, so that the common path does not wait on an already settled promise.
-  const ready = new Map<string, RemoteJWKSet>();
   const single = 'list' in options.issuers && options.issuers.list.length === 1 ? options.issuers.list[0] : undefined;
-  const jwksFetch = jwksTransport(options);
-
-  const remoteSet = (jwksUri: string): RemoteJWKSet =>
-    createRemoteJWKSet(new URL(checkUrl(jwksUri, 'jwks_uri', options.allowInsecureRequests)), {
-      timeoutDuration: Math.ceil(options.timeoutMs),
-      cooldownDuration: options.cooldownMs,
-      cacheMaxAge: options.jwksCacheMaxAgeMs,
-      [customFetch]: jwksFetch,
-    });
-
-  const keySetFor = (issuer: string): Promise<RemoteJWKSet> => {
-    const id = options.jwksUri ?? issuer;
-    let set = keySets.get(id);
-    if (set === undefined) {
-      set =
-        options.jwksUri !== undefined
-          ? Promise.resolve(remoteSet(options.jwksUri))
-          : discover(issuer, {
-              clock: options.clock,
-              algorithm: options.discovery,
-              allowInsecureRequests: options.allowInsecureRequests,
-              timeoutMs: options.timeoutMs,
-              maxResponseBytes: options.maxResponseBytes,
-              ...(options.fetch && { fetch: options.fetch }),
-            }).then((metadata) => {
-              if (typeof metadata.jwks_uri !== 'string') {
-                throw new TokenwardenError('ERR_DISCOVERY', 'the issuer metadata has no jwks_uri');
-              }
-              return remoteSet(metadata.jwks_uri);
-            });
-      // A failed discovery is not kept: the next request tries again.
-      set.then(
-        (value) => {
-          if (keySets.get(id) === set) ready.set(id, value);
-        },
-        () => {
-          if (keySets.get(id) === set) keySets.delete(id);
-        },
-      );
-      if (keySets.size >= MAX_KEY_SETS) {
-        const oldest = keySets.keys().next().value as string;
-        keySets.delete(oldest);
-        ready.delete(oldest);
-      }
-      keySets.set(id, set);
-    }
-    return set;
-  };
+  const keySetFor = (issuer: string) =>
+    options.jwksUri !== undefined ? options.keySets.forUri(options.jwksUri) : options.keySets.forIssuer(issuer);
 
   const trustedIssuer = async (token: string): Promise<string | undefined> => {
     const iss = decodeJwt(token).iss;
@@ -187,17 +118,18 @@ export function jwtStrategy(options: JwtStrategyOptions): VerifierProvider<JwtPa
   return {
     async getPayload(token: string, context: ProviderContext): Promise<PayloadResult<JwtPayload>> {
       try {
-        // Fast paths without a promise to wait on: one issuer, key set already fetched.
+        // Fast path without a promise to wait on: one issuer.
         const issuer = single ?? (await trustedIssuer(token));
         if (issuer === undefined) return bad('unexpected issuer', options.negativeCacheMs);
-        const keySet = ready.get(options.jwksUri ?? issuer) ?? (await keySetFor(issuer));
-        const { payload, protectedHeader } = await jwtVerify(token, keySet, {
+        const { payload, protectedHeader } = await verifyJwt(token, keySetFor(issuer), {
           ...baseVerifyOptions,
           issuer,
           currentDate: new Date(context.now),
         });
+        // jose takes any number: 1e400 is Infinity after JSON parsing, an `exp` that never comes (RFC 7519 §2).
+        if (!numericDatesValid(payload)) return bad('invalid numeric date', options.negativeCacheMs);
         // RFC 8725 §3.11 explicit typing: without `strict`, a typ other than JWT / at+jwt is another kind of JWT.
-        if (!options.strict && protectedHeader.typ !== undefined && !isAccessTokenTyp(protectedHeader.typ)) {
+        if (!options.strict && protectedHeader.typ !== undefined && !isAccessTokenTyp(protectedHeader.typ as unknown)) {
           return bad('unexpected token type', options.negativeCacheMs);
         }
         return { ok: true, payload: { claims: payload, header: protectedHeader } };
@@ -214,7 +146,8 @@ export function jwtStrategy(options: JwtStrategyOptions): VerifierProvider<JwtPa
   };
 }
 
-function isAccessTokenTyp(typ: string): boolean {
+function isAccessTokenTyp(typ: unknown): boolean {
+  if (typeof typ !== 'string') return false;
   const t = typ.toLowerCase();
   return t === 'jwt' || t === 'at+jwt' || t === 'application/jwt' || t === 'application/at+jwt';
 }
@@ -260,10 +193,8 @@ function classify(err: unknown, negativeCacheMs: number): PayloadResult<never> {
     case 'ERR_JWT_INVALID':
     case 'ERR_JWK_INVALID':
       return bad('malformed token', 0);
-    case 'ERR_JWKS_TIMEOUT':
-      return unavailable(new TokenwardenError('ERR_TIMEOUT', 'JWKS request timed out', { cause: err }));
-    case 'ERR_JWKS_INVALID':
-      return unavailable(new TokenwardenError('ERR_INVALID_RESPONSE', 'the JWKS is not a JSON Web Key Set'));
+    case 'ERR_JWKS_INVALID': // a member of the set that is not a public key
+      return unavailable(new TokenwardenError('ERR_INVALID_RESPONSE', 'the JWKS holds a key that is not a public key'));
     default:
       return unavailable(
         new TokenwardenError('ERR_UNSUPPORTED', 'JWT verification failed unexpectedly', { cause: err }),
@@ -273,28 +204,4 @@ function classify(err: unknown, negativeCacheMs: number): PayloadResult<never> {
 
 function unavailable(cause: TokenwardenError): PayloadResult<never> {
   return { ok: false, error: 'temporarily_unavailable', description: 'token could not be verified now', cause };
-}
-
-/** The transport for JWKS requests: bounded, and strict about what counts as a key set response. */
-function jwksTransport(options: JwtStrategyOptions) {
-  const transport = boundedFetch({
-    timeoutMs: options.timeoutMs,
-    maxResponseBytes: options.maxResponseBytes,
-    ...(options.fetch && { fetch: options.fetch }),
-  });
-  return async (url: string, init: RequestInit): Promise<Response> => {
-    const response = await transport(url, init);
-    if (response.status !== 200) {
-      throw new TokenwardenError('ERR_HTTP_STATUS', `JWKS request to ${describeUrl(url)} answered ${response.status}`, {
-        status: response.status,
-      });
-    }
-    const text = await response.text();
-    try {
-      JSON.parse(text);
-    } catch {
-      throw new TokenwardenError('ERR_INVALID_RESPONSE', `JWKS from ${describeUrl(url)} is not JSON`);
-    }
-    return new Response(text, { status: 200, headers: { 'content-type': 'application/json' } });
-  };
 }

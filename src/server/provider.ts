@@ -165,6 +165,11 @@ export type PayloadResult<P> =
       cacheForMs?: number;
       /** The underlying error, for the verifier's `onError` hook (never shown to clients). */
       cause?: unknown;
+      /**
+       * For `temporarily_unavailable`: when to try again, in ms (sent as `Retry-After`). Default: the
+       * cause's `retryAfterMs` when it is a `TokenwardenError`, else 5 s.
+       */
+      retryAfterMs?: number;
     };
 
 /**
@@ -218,6 +223,32 @@ export function scopesOf(claims: Claims): string[] {
   return [];
 }
 
+/**
+ * Largest NumericDate accepted: 9999-12-31T23:59:59Z. Beyond it a date is a forgery or a bug, and past
+ * 8.64e12 it is not even a JavaScript `Date`.
+ */
+export const MAX_NUMERIC_DATE = 253_402_300_799;
+
+/**
+ * Whether `exp`, `nbf` and `iat`, where present, are NumericDates (RFC 7519 §2): finite numbers of seconds
+ * from 0 to {@link MAX_NUMERIC_DATE}. `1e400` (Infinity after JSON parsing), a negative number, a string or
+ * `null` are not.
+ *
+ * @example
+ * ```ts
+ * numericDatesValid({ exp: 1767225600 }); // true
+ * numericDatesValid(JSON.parse('{"exp":1e400}')); // false
+ * ```
+ */
+export function numericDatesValid(claims: Claims): boolean {
+  for (const name of ['exp', 'nbf', 'iat']) {
+    const value = claims[name];
+    if (value === undefined) continue;
+    if (typeof value !== 'number' || !Number.isFinite(value) || value < 0 || value > MAX_NUMERIC_DATE) return false;
+  }
+  return true;
+}
+
 /** `exp` (seconds) → epoch milliseconds, or `undefined`. */
 export function expiresAtOf(claims: Claims): number | undefined {
   const exp = claims['exp'];
@@ -257,9 +288,14 @@ export function stringClaim(claims: Claims, name: string): string | undefined {
  * by one of them.
  */
 export function deepFreeze<T>(value: T): T {
-  if (value !== null && typeof value === 'object' && !Object.isFrozen(value)) {
-    Object.freeze(value);
-    for (const inner of Object.values(value)) deepFreeze(inner);
+  // Iterative: claims nested 100 000 deep (an introspection answer may be a MiB) must not overflow the stack.
+  const pending: unknown[] = [value];
+  while (pending.length > 0) {
+    const next = pending.pop();
+    if (next !== null && typeof next === 'object' && !Object.isFrozen(next)) {
+      Object.freeze(next);
+      for (const inner of Object.values(next)) pending.push(inner);
+    }
   }
   return value;
 }

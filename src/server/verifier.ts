@@ -11,17 +11,20 @@
  *
  * @module
  */
+import { EventEmitter } from 'node:events';
+import { abortable } from '../abort.js';
 import { type Clock, systemClock } from '../clock.js';
 import { type Duration, toMs } from '../duration.js';
 import { TokenwardenError, isTokenwardenError } from '../errors.js';
 import { DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_TIMEOUT_MS, type FetchLike } from '../http/transport.js';
 import { type ProxyOption, resolveTransport } from '../http/proxy.js';
+import { type BackoffOptions, type RefreshPolicy, resolvePolicy } from '../policy.js';
 import { type ClientAuthMethod, type PrivateKeyInput, checkUrl } from '../sources/client.js';
 import type { DiscoveryAlgorithm } from '../sources/discovery.js';
 import type * as oauth from 'oauth4webapi';
 import { ValidationCache, cacheKey } from './cache.js';
 import { type CheckedProof, type DPoPOptions, type DPoPVerifier, dpopVerifier } from './dpop.js';
-import { type VerifyFailure, failure } from './errors.js';
+import { type VerifyErrorCode, type VerifyFailure, failure } from './errors.js';
 import {
   type TokenLocation,
   type TokenScheme,
@@ -33,6 +36,7 @@ import {
 } from './extract.js';
 import { introspectionStrategy } from './introspection.js';
 import { ASYMMETRIC_ALGORITHMS, type IssuerPolicy, jwtStrategy } from './jwt.js';
+import { type KeySetEvents, type KeySetHealth, KeySets } from './keys.js';
 import {
   type Auth,
   type AuthExtra,
@@ -43,10 +47,12 @@ import {
   deepFreeze,
   expiresAtOf,
   infoOf,
+  numericDatesValid,
   scopesOf,
   stringClaim,
   uidOf,
 } from './provider.js';
+import { type EndpointHealth, type UpstreamEvents, Upstreams, type UpstreamsOptions } from './upstream.js';
 
 /**
  * The outcome of `verify()`. A success may carry response `headers` to send with the answer: a new
@@ -111,7 +117,10 @@ export interface AuthorizationRequirements {
  * ```
  */
 export interface IntrospectionOptions {
-  /** The introspection endpoint. Default: `introspection_endpoint` from the issuer's metadata. */
+  /**
+   * The introspection endpoint. Default: `introspection_endpoint` from the issuer's metadata. Same as the
+   * verifier's `introspectionEndpoint`.
+   */
   endpoint?: string;
   /** The resource server's client id at the authorization server. */
   clientId: string;
@@ -125,21 +134,33 @@ export interface IntrospectionOptions {
   cacheMaxAge?: Duration;
   /** How long an inactive answer is remembered. Default `'10s'`. */
   inactiveCacheMaxAge?: Duration;
+  /**
+   * Ask for a signed answer (RFC 9701, `Accept: application/token-introspection+jwt`). A signed answer is
+   * believed only when it verifies against the issuer's JWKS with `iss` the issuer and `aud` this
+   * `clientId` — whether asked for or not; otherwise it is an invalid response (503). Default `false`.
+   */
+  jwtResponse?: boolean;
 }
 
 /**
- * JWKS fetching and caching (jose's remote key set).
+ * JWKS fetching and caching. Keys are refreshed in the background ahead of `cacheMaxAge`; while the JWKS
+ * cannot be fetched, the last keys fetched keep verifying tokens for up to `maxStale` more.
  *
  * @example
  * ```ts
- * createVerifier({ issuer, audience, jwks: { cooldown: '1m', cacheMaxAge: '1h' } });
+ * createVerifier({ issuer, audience, jwks: { cooldown: '1m', cacheMaxAge: '1h', maxStale: '1d' } });
  * ```
  */
 export interface JwksOptions {
   /** After a fetch, how long before an unknown `kid` may trigger another. Default `'30s'`. */
   cooldown?: Duration;
-  /** How long keys are used before they are fetched again. Default `'10m'`. */
+  /** How long keys are used before they are fetched again (while the JWKS answers). Default `'10m'`. */
   cacheMaxAge?: Duration;
+  /**
+   * How long past `cacheMaxAge` the last keys fetched are still used while refetching fails (an outage of
+   * the authorization server). After that, JWTs are answered 503 until a fetch succeeds. Default `'12h'`.
+   */
+  maxStale?: Duration;
 }
 
 /**
@@ -189,10 +210,23 @@ export interface VerifierOptions extends AuthorizationRequirements {
   strict?: boolean;
   /** More claims a JWT must carry. */
   requiredClaims?: readonly string[];
-  /** JWKS fetching and caching. */
+  /** JWKS fetching and caching, and how long last-known keys are used during an outage. */
   jwks?: JwksOptions;
   /** Introspect tokens with these resource server credentials. */
   introspection?: IntrospectionOptions;
+  /**
+   * The introspection endpoint, when the issuer's metadata has none (or to skip discovery). Same as
+   * `introspection.endpoint`.
+   */
+  introspectionEndpoint?: string;
+  /**
+   * Backoff between failed requests to the authorization server, per endpoint (discovery, JWKS,
+   * introspection): the n-th consecutive failure waits `min(max, initial × multiplier^(n−1))`, jittered into
+   * its upper half, and at least the server's `Retry-After`. Meanwhile tokens that need the endpoint are
+   * answered 503 at once (with `Retry-After`), and the last known keys keep verifying JWTs. Default
+   * `{ initial: '1s', max: '30s', multiplier: 2 }`.
+   */
+  backoff?: BackoffOptions;
   /** The claim that becomes `auth.uid`. Default: `sub`, else `client_id`. */
   uid?: string;
   /**
@@ -231,8 +265,9 @@ export interface VerifierOptions extends AuthorizationRequirements {
   /** Allow `http:` URLs. Only for local development and tests. Default `false`. */
   allowInsecureRequests?: boolean;
   /**
-   * Called when a token could not be checked (answered 503): discovery, JWKS or introspection failed,
-   * or a provider threw. The error never contains the token.
+   * Called when a token could not be checked (answered 503): discovery, JWKS or introspection failed
+   * (`ERR_RETRY_LATER` while backing off, with the last failure as `cause`), or a provider threw. The error
+   * never contains the token.
    */
   onError?: (error: TokenwardenError) => void;
 }
@@ -274,6 +309,78 @@ export interface Verifier {
   readonly cacheSize: number;
   /** Forgets every cached result (e.g. after revoking tokens out of band). */
   clearCache(): void;
+  /**
+   * Fetches now what the first request would otherwise wait for: the issuer's metadata and JWKS (and the
+   * introspection endpoint's metadata), so that `await verify.ready()` before listening makes the first
+   * request as fast as the others. Resolves with {@link Verifier.health}; rejects with the
+   * {@link TokenwardenError} of the step that failed (`ERR_RETRY_LATER` while backing off after a failure) —
+   * the verifier keeps working either way and tries again on demand.
+   */
+  ready(options?: { signal?: AbortSignal }): Promise<VerifierHealth>;
+  /** The verifier's view of the authorization server, for a readiness probe or a status page. No I/O. */
+  health(): VerifierHealth;
+  /** Listens to an event (see {@link VerifierEvents}); listeners that throw are ignored. */
+  on<K extends keyof VerifierEvents>(name: K, listener: (...args: VerifierEvents[K]) => void): Verifier;
+  /** Removes a listener. */
+  off<K extends keyof VerifierEvents>(name: K, listener: (...args: VerifierEvents[K]) => void): Verifier;
+}
+
+/**
+ * What `verify.health()` reports. `status` is `'ok'` when nothing is failing; `'degraded'` when something is
+ * (an endpoint failing, last-known keys past `cacheMaxAge` in use) but tokens can still be judged;
+ * `'unavailable'` when the tokens this verifier takes cannot be judged now (no usable keys and the JWKS or
+ * discovery failing; the introspection endpoint failing) and are answered 503. `ready` is
+ * `status !== 'unavailable'`: what a readiness probe should report. Before the first request (or
+ * `ready()`), nothing is known to fail and `status` is `'ok'`.
+ *
+ * @example
+ * ```ts
+ * app.get('/ready', (_req, res) => {
+ *   const health = verify.health();
+ *   res.status(health.ready ? 200 : 503).json({ status: health.status, error: health.lastError?.code });
+ * });
+ * ```
+ */
+export interface VerifierHealth {
+  readonly status: 'ok' | 'degraded' | 'unavailable';
+  readonly ready: boolean;
+  /** Some key set is older than `cacheMaxAge` and in use because the JWKS cannot be fetched. */
+  readonly servingStale: boolean;
+  /** Each key set (one per issuer, or the configured `jwksUri`): its age and whether it is stale. */
+  readonly keys: readonly (KeySetHealth & { readonly failing: boolean })[];
+  /** Each endpoint of the authorization server used so far: failures, last error, next attempt. */
+  readonly endpoints: readonly EndpointHealth[];
+  /** The most recent failure of any endpoint (a {@link TokenwardenError}, safe to log with `toJSON()`). */
+  readonly lastError?: TokenwardenError;
+}
+
+/**
+ * Events of a verifier (`verify.on(name, listener)`). None carries a token or a secret.
+ *
+ * - `verify`: every call of `verify()`, with its outcome (`'ok'`, the error code, or `'unavailable'` for a
+ *   503) and whether the validation cache answered (`cache`, when it was consulted).
+ * - `request`: every request to the authorization server (`endpoint`: `'discovery'`, `'jwks'`,
+ *   `'introspection'`), `outcome` `'ok'` or `'error'`.
+ * - `unavailable`: a request to an endpoint failed; it is left alone for `retryInMs`.
+ * - `recovered`: an endpoint that had failed answered again (`downForMs`).
+ * - `staleKeys`: keys older than `cacheMaxAge` are in use because the JWKS cannot be fetched (once per
+ *   episode, with `usableForMs` left).
+ * - `keysExpired`: those keys passed `maxStale` and were dropped.
+ *
+ * @example
+ * ```ts
+ * verify.on('staleKeys', ({ url, ageMs }) => log.warn({ url, ageMs }, 'authorization server down: serving last known keys'));
+ * verify.on('verify', ({ outcome, cache }) => counter.add(1, { outcome, cache }));
+ * ```
+ */
+export interface VerifierEvents extends UpstreamEvents, KeySetEvents {
+  verify: [
+    {
+      outcome: 'ok' | 'unavailable' | Exclude<VerifyErrorCode, 'temporarily_unavailable'>;
+      cache?: 'hit' | 'miss';
+      strategy?: AuthExtra['strategy'];
+    },
+  ];
 }
 
 /** What a token's `cnf` claim binds it to: a DPoP key (`jkt`), and whether anything else (mTLS…). */
@@ -299,6 +406,12 @@ const MALFORMED = failure('invalid_token', 'malformed token');
 const TOO_LARGE = failure('invalid_token', 'token too large');
 const INVALID = failure('invalid_token', 'token is not valid');
 const UNAVAILABLE = failure('temporarily_unavailable', 'token could not be verified now');
+
+/** 503: the token could not be checked; `retryAfterMs` is when the verifier next tries (default 5 s). */
+function unavailable(retryAfterMs: number | undefined): VerifyFailure {
+  if (retryAfterMs === undefined || !Number.isFinite(retryAfterMs)) return UNAVAILABLE;
+  return { ...UNAVAILABLE, retryAfter: Math.max(1, Math.ceil(retryAfterMs / 1000)) };
+}
 const BOUND_AS_BEARER = failure('invalid_token', 'sender-constrained token presented as bearer');
 const NOT_DPOP_BOUND = failure('invalid_token', 'token is not bound to a DPoP key');
 const KEY_MISMATCH = failure('invalid_token', 'invalid DPoP key binding');
@@ -345,7 +458,16 @@ export function createVerifier(options: VerifierOptions): Verifier {
   const cacheMaxAgeMs = toMs(('maxAge' in cacheOptions ? cacheOptions.maxAge : undefined) ?? '5m', 'cache.maxAge');
   const defaults = requirements(options);
 
-  const { strategy, provider, jwt } = resolveStrategy(options, clock);
+  const events = new EventEmitter<VerifierEvents>();
+  const emit = <K extends keyof VerifierEvents>(name: K, ...args: VerifierEvents[K]): void => {
+    if (events.listenerCount(name) === 0) return;
+    try {
+      (events.emit as (name: K, ...args: VerifierEvents[K]) => boolean)(name, ...args);
+    } catch {
+      // A failing observer must not change the answer.
+    }
+  };
+  const { strategy, provider, jwt, keySets, upstreams, prepare } = resolveStrategy(options, clock, emit);
   const cache = new ValidationCache<Outcome>({ max: maxEntries });
   const onError = options.onError;
   const dpop: DPoPVerifier | undefined =
@@ -391,7 +513,7 @@ export function createVerifier(options: VerifierOptions): Verifier {
       }
       outcome = judge(selected, result, valid, context, strategyName(strategy, selected === jwt));
     } catch (err) {
-      outcome = { ok: false, failure: UNAVAILABLE, until: 0 };
+      outcome = { ok: false, failure: unavailable(undefined), until: 0 };
       report(
         onError,
         isTokenwardenError(err) ? err : new TokenwardenError('ERR_PROVIDER', 'token provider failed', { cause: err }),
@@ -402,7 +524,12 @@ export function createVerifier(options: VerifierOptions): Verifier {
     return outcome;
   };
 
-  const verify = async (input: VerifyInput, call: VerifyCallOptions = {}): Promise<VerifyResult> => {
+  /** `verify()` itself; `probe`, when an observer listens, learns whether the cache answered. */
+  const run = async (
+    input: VerifyInput,
+    call: VerifyCallOptions,
+    probe: { cache?: 'hit' | 'miss' } | undefined,
+  ): Promise<VerifyResult> => {
     let body = call.body;
     if (body === undefined && locations.includes('body') && typeof input === 'object' && input !== null) {
       if (isFetchRequest(input) && hasFormBody(input)) body = await readFormBody(input, maxLength + 4096);
@@ -428,7 +555,9 @@ export function createVerifier(options: VerifierOptions): Verifier {
     }
 
     // cache.get() re-checks the entry's deadline (never later than the token's exp) against the clock.
-    const outcome = cache.get(key, clock.now()) ?? (await cache.flight(key, () => check(token, key)));
+    const cached = cache.get(key, clock.now());
+    if (probe !== undefined) probe.cache = cached === undefined ? 'miss' : 'hit';
+    const outcome = cached ?? (await cache.flight(key, () => check(token, key)));
     if (!outcome.ok) return refuse(outcome.failure, scheme);
     const binding = outcome.binding;
     if (proof === undefined) {
@@ -457,6 +586,64 @@ export function createVerifier(options: VerifierOptions): Verifier {
     return proof?.nonce === undefined ? { ok: true, auth } : { ok: true, auth, headers: { 'dpop-nonce': proof.nonce } };
   };
 
+  const verify = async (input: VerifyInput, call: VerifyCallOptions = {}): Promise<VerifyResult> => {
+    if (events.listenerCount('verify') === 0) return run(input, call, undefined);
+    const probe: { cache?: 'hit' | 'miss' } = {};
+    const result = await run(input, call, probe);
+    const error = result.ok ? undefined : result.failure.error;
+    emit('verify', {
+      outcome: error === undefined ? 'ok' : error === 'temporarily_unavailable' ? 'unavailable' : error,
+      ...(probe.cache !== undefined && { cache: probe.cache }),
+      ...(result.ok && { strategy: result.auth.extra.strategy }),
+    });
+    return result;
+  };
+
+  const health = (): VerifierHealth => {
+    const now = clock.now();
+    const endpoints = upstreams?.endpoints().map((e) => e.health()) ?? [];
+    const keys = (keySets?.all() ?? []).map((set) => ({ ...set.health(now), failing: set.failing }));
+    let lastError: EndpointHealth | undefined;
+    for (const e of endpoints) {
+      if (
+        e.lastError !== undefined &&
+        (lastError === undefined || (e.lastFailureAt ?? 0) >= (lastError.lastFailureAt ?? 0))
+      ) {
+        lastError = e;
+      }
+    }
+    // What can be judged now: JWTs when every key set has usable keys or is not failing; opaque tokens when
+    // the introspection endpoint (and the discovery it needs) is not failing.
+    // (With several issuers, one that cannot be judged leaves the verifier degraded, not unavailable.)
+    const blindSets = keys.filter((k) => k.keys === 0 && k.failing).length;
+    const jwtBlind = blindSets > 0 && blindSets === keys.length;
+    const introspectionBlind = upstreams?.introspectionFailing() === true;
+    const blind =
+      strategy === 'jwt'
+        ? jwtBlind
+        : strategy === 'introspection'
+          ? introspectionBlind
+          : strategy === 'auto' && jwtBlind && introspectionBlind;
+    const servingStale = keys.some((k) => k.stale);
+    const degraded = servingStale || blindSets > 0 || introspectionBlind || endpoints.some((e) => e.failing);
+    const status = blind ? 'unavailable' : degraded ? 'degraded' : 'ok';
+    return {
+      status,
+      ready: status !== 'unavailable',
+      servingStale,
+      keys,
+      endpoints,
+      ...(lastError?.lastError !== undefined && { lastError: lastError.lastError }),
+    };
+  };
+
+  const ready = async ({ signal }: { signal?: AbortSignal } = {}): Promise<VerifierHealth> => {
+    const work = prepare();
+    if (signal !== undefined) work.catch(() => undefined); // the caller may stop waiting; the work goes on
+    await (signal === undefined ? work : abortable(work, signal, 'ready()'));
+    return health();
+  };
+
   /** Turns a provider's answer into a cacheable {@link Outcome}. */
   function judge(
     selected: VerifierProvider<unknown>,
@@ -467,8 +654,9 @@ export function createVerifier(options: VerifierOptions): Verifier {
   ): Outcome {
     if (!result.ok) {
       if (result.error === 'temporarily_unavailable') {
-        report(onError, asError(result.cause));
-        return { ok: false, failure: UNAVAILABLE, until: 0 };
+        const cause = asError(result.cause);
+        report(onError, cause);
+        return { ok: false, failure: unavailable(result.retryAfterMs ?? cause.retryAfterMs), until: 0 };
       }
       return {
         ok: false,
@@ -494,12 +682,29 @@ export function createVerifier(options: VerifierOptions): Verifier {
     return { ok: true, auth, binding: bindingOf(auth.extra.claims), until };
   }
 
-  return Object.defineProperties(verify, {
+  const verifier = Object.defineProperties(verify, {
     strategy: { value: strategy, enumerable: true },
     dpop: { value: dpop !== undefined, enumerable: true },
     cacheSize: { get: () => cache.size, enumerable: true },
     clearCache: { value: () => cache.clear(), enumerable: true },
+    ready: { value: ready, enumerable: true },
+    health: { value: health, enumerable: true },
+    on: {
+      value: (name: keyof VerifierEvents, listener: (...args: never[]) => void) => {
+        events.on(name, listener as never);
+        return verifier;
+      },
+      enumerable: true,
+    },
+    off: {
+      value: (name: keyof VerifierEvents, listener: (...args: never[]) => void) => {
+        events.off(name, listener as never);
+        return verifier;
+      },
+      enumerable: true,
+    },
   }) as Verifier;
+  return verifier;
 }
 
 /**
@@ -540,8 +745,12 @@ function bindingOf(claims: Claims | undefined): Binding | undefined {
   };
 }
 
-/** Default `valid_token?` for providers: `exp` in the future and `nbf` in the past, when present. */
+/**
+ * Default `valid_token?` for providers: `exp` in the future and `nbf` in the past, when present, and every
+ * numeric date a finite number in range (an `exp` of `1e400` is not "no expiry").
+ */
 function defaultIsValid(claims: Claims, now: number): boolean {
+  if (!numericDatesValid(claims)) return false;
   const exp = expiresAtOf(claims);
   const nbf = claims['nbf'];
   return (exp === undefined || exp > now) && (typeof nbf !== 'number' || nbf * 1000 <= now);
@@ -574,20 +783,47 @@ function asError(cause: unknown): TokenwardenError {
     : new TokenwardenError('ERR_PROVIDER', 'token could not be verified', { cause });
 }
 
+/** What {@link resolveStrategy} builds. */
+interface Resolved {
+  strategy: Strategy | 'provider';
+  provider: VerifierProvider<unknown>;
+  jwt?: VerifierProvider<unknown>;
+  /** The authorization server's endpoints and key sets (not for a provider). */
+  upstreams?: Upstreams;
+  keySets?: KeySets;
+  /** Fetches what the first request would need (for `ready()`). */
+  prepare: () => Promise<void>;
+}
+
+/** The default backoff between failed requests to the authorization server. */
+const DEFAULT_BACKOFF = { initial: '1s', max: '30s', multiplier: 2 } as const;
+
+/** The verifier's backoff as the shared policy type (only its `backoff*` fields are used). */
+function backoffPolicy(backoff: BackoffOptions | undefined): RefreshPolicy {
+  if (backoff !== undefined && (backoff === null || typeof backoff !== 'object')) {
+    throw new TokenwardenError('ERR_CONFIG', 'backoff must be an object: { initial, max, multiplier }');
+  }
+  const multiplier = backoff?.multiplier ?? DEFAULT_BACKOFF.multiplier;
+  if (typeof multiplier !== 'number' || !(multiplier >= 1 && multiplier <= 100)) {
+    throw new TokenwardenError('ERR_CONFIG', 'backoff.multiplier must be a number from 1 to 100');
+  }
+  const initial = toMs(backoff?.initial ?? DEFAULT_BACKOFF.initial, 'backoff.initial');
+  const max = toMs(backoff?.max ?? DEFAULT_BACKOFF.max, 'backoff.max');
+  if (max < initial) throw new TokenwardenError('ERR_CONFIG', 'backoff.max must not be less than backoff.initial');
+  return resolvePolicy({ backoff: { initial, max, multiplier } });
+}
+
 /** Picks the strategy and builds its provider(s), checking every option it uses. */
 function resolveStrategy(
   options: VerifierOptions,
   clock: Clock,
-): {
-  strategy: Strategy | 'provider';
-  provider: VerifierProvider<unknown>;
-  jwt?: VerifierProvider<unknown>;
-} {
+  emit: <K extends keyof VerifierEvents>(name: K, ...args: VerifierEvents[K]) => void,
+): Resolved {
   if (options.provider !== undefined) {
     if (typeof options.provider?.getPayload !== 'function') {
       throw new TokenwardenError('ERR_CONFIG', 'provider must have a getPayload(token, context) method');
     }
-    return { strategy: 'provider', provider: options.provider };
+    return { strategy: 'provider', provider: options.provider, prepare: () => Promise.resolve() };
   }
   const allowInsecureRequests = options.allowInsecureRequests === true;
   const fetch = resolveTransport(options.fetch, options.proxy);
@@ -599,16 +835,47 @@ function resolveStrategy(
   const issuers = issuerPolicy(options.issuer, allowInsecureRequests);
   const audience = checkAudience(options.audience);
   const clockToleranceMs = toMs(options.clockTolerance ?? 0, 'clockTolerance');
+  const jwksUri =
+    options.jwksUri === undefined ? undefined : checkUrl(options.jwksUri, 'jwksUri', allowInsecureRequests);
+  const introspectionEndpoint = introspectionEndpointOf(options);
   const strategy: Strategy =
     options.strategy ??
     (options.introspection === undefined
       ? 'jwt'
-      : audience !== undefined || options.jwksUri !== undefined
+      : audience !== undefined || jwksUri !== undefined
         ? 'auto'
         : 'introspection');
   if (strategy !== 'jwt' && strategy !== 'introspection' && strategy !== 'auto') {
     throw new TokenwardenError('ERR_CONFIG', "strategy must be 'jwt', 'introspection' or 'auto'");
   }
+  const algorithms = [...(options.algorithms ?? ASYMMETRIC_ALGORITHMS)];
+  const allowed: readonly string[] = ASYMMETRIC_ALGORITHMS;
+  if (algorithms.length === 0 || algorithms.some((a) => !allowed.includes(a))) {
+    throw new TokenwardenError(
+      'ERR_CONFIG',
+      `algorithms must be a non-empty list of ${ASYMMETRIC_ALGORITHMS.join(', ')} (no 'none', no HMAC: a JWKS holds public keys)`,
+    );
+  }
+  const jwks = options.jwks ?? {};
+  const upstreams = new Upstreams({
+    clock,
+    policy: backoffPolicy(options.backoff),
+    fetch,
+    timeoutMs,
+    maxResponseBytes,
+    allowInsecureRequests,
+    discovery: options.discovery ?? 'auto',
+    emit: emit as UpstreamsOptions['emit'], // VerifierEvents extends what Upstreams reports
+  });
+  const keySets = new KeySets(upstreams, {
+    cooldownMs: toMs(jwks.cooldown ?? '30s', 'jwks.cooldown'),
+    cacheMaxAgeMs: toMs(jwks.cacheMaxAge ?? '10m', 'jwks.cacheMaxAge'),
+    maxStaleMs: toMs(jwks.maxStale ?? '12h', 'jwks.maxStale'),
+  });
+  const preparing: (() => Promise<unknown>)[] = [];
+  const prepare = async (): Promise<void> => {
+    await Promise.all(preparing.map((step) => step()));
+  };
 
   let jwt: VerifierProvider<unknown> | undefined;
   if (strategy !== 'introspection') {
@@ -621,51 +888,44 @@ function resolveStrategy(
         'audience is required to verify JWTs (RFC 9068: a resource server must check the token is meant for it)',
       );
     }
-    if (options.jwksUri === undefined && !('list' in issuers)) {
+    if (jwksUri === undefined && !('list' in issuers)) {
       throw new TokenwardenError('ERR_CONFIG', 'an issuer resolver needs jwksUri, or a list of issuers');
     }
-    const algorithms = [...(options.algorithms ?? ASYMMETRIC_ALGORITHMS)];
-    const allowed: readonly string[] = ASYMMETRIC_ALGORITHMS;
-    if (algorithms.length === 0 || algorithms.some((a) => !allowed.includes(a))) {
-      throw new TokenwardenError(
-        'ERR_CONFIG',
-        `algorithms must be a non-empty list of ${ASYMMETRIC_ALGORITHMS.join(', ')} (no 'none', no HMAC: a JWKS holds public keys)`,
-      );
-    }
-    const jwks = options.jwks ?? {};
+    // The key sets known from the configuration, so that health() lists them and ready() loads them.
+    const sets =
+      jwksUri !== undefined
+        ? [keySets.forUri(jwksUri)]
+        : (issuers as { list: readonly string[] }).list.map((i) => keySets.forIssuer(i));
+    for (const set of sets) preparing.push(() => set.load());
     jwt = jwtStrategy({
       issuers,
       audience: [...audience],
-      jwksUri: options.jwksUri === undefined ? undefined : checkUrl(options.jwksUri, 'jwksUri', allowInsecureRequests),
+      jwksUri,
       algorithms,
       clockToleranceSec: clockToleranceMs / 1000,
       maxTokenAgeSec: options.maxTokenAge === undefined ? undefined : toMs(options.maxTokenAge, 'maxTokenAge') / 1000,
       strict: options.strict === true,
       requiredClaims: [...(options.requiredClaims ?? [])],
       uidClaim: options.uid,
-      cooldownMs: toMs(jwks.cooldown ?? '30s', 'jwks.cooldown'),
-      jwksCacheMaxAgeMs: toMs(jwks.cacheMaxAge ?? '10m', 'jwks.cacheMaxAge'),
       negativeCacheMs: toMs(options.negativeCacheMaxAge ?? '30s', 'negativeCacheMaxAge'),
-      fetch,
-      timeoutMs,
-      maxResponseBytes,
-      allowInsecureRequests,
-      discovery: options.discovery ?? 'auto',
-      clock,
+      keySets,
     }) as VerifierProvider<unknown>;
-    if (strategy === 'jwt') return { strategy, provider: jwt };
+    if (strategy === 'jwt') return { strategy, provider: jwt, upstreams, keySets, prepare };
   }
 
   const introspection = options.introspection;
-  if (introspection === undefined || typeof introspection !== 'object') {
+  if (introspection === undefined || introspection === null || typeof introspection !== 'object') {
     throw new TokenwardenError('ERR_CONFIG', `strategy '${strategy}' needs the introspection option`);
   }
   const single = issuers !== undefined && 'list' in issuers && issuers.list.length === 1 ? issuers.list[0] : undefined;
-  if (introspection.endpoint === undefined && single === undefined) {
+  if (introspectionEndpoint === undefined && single === undefined) {
     throw new TokenwardenError(
       'ERR_CONFIG',
-      'introspection needs an endpoint, or exactly one issuer to discover it from',
+      'introspection needs an endpoint (introspectionEndpoint), or exactly one issuer to discover it from',
     );
+  }
+  if (introspection.jwtResponse !== undefined && typeof introspection.jwtResponse !== 'boolean') {
+    throw new TokenwardenError('ERR_CONFIG', 'introspection.jwtResponse must be a boolean');
   }
   const issuerCheck =
     issuers === undefined
@@ -673,6 +933,7 @@ function resolveStrategy(
       : 'list' in issuers
         ? (iss: string) => issuers.list.includes(iss)
         : issuers.resolve;
+  if (introspectionEndpoint === undefined) preparing.push(() => upstreams.metadata(single as string));
   const provider = introspectionStrategy({
     client: {
       ...(single !== undefined && { issuer: single }),
@@ -687,15 +948,33 @@ function resolveStrategy(
       allowInsecureRequests,
       clock,
     },
-    endpoint: introspection.endpoint,
+    endpoint: introspectionEndpoint,
+    issuer: single,
     issuerCheck,
     audience: audience === undefined ? undefined : [...audience],
     uidClaim: options.uid,
     clockToleranceMs,
     cacheMaxAgeMs: toMs(introspection.cacheMaxAge ?? '1m', 'introspection.cacheMaxAge'),
     inactiveCacheMaxAgeMs: toMs(introspection.inactiveCacheMaxAge ?? '10s', 'introspection.inactiveCacheMaxAge'),
+    jwtResponse: introspection.jwtResponse === true,
+    algorithms,
+    jwksUri,
+    upstreams,
+    keySets,
   }) as VerifierProvider<unknown>;
-  return jwt === undefined ? { strategy, provider } : { strategy, provider, jwt };
+  return jwt === undefined
+    ? { strategy, provider, upstreams, keySets, prepare }
+    : { strategy, provider, jwt, upstreams, keySets, prepare };
+}
+
+/** `introspectionEndpoint` or `introspection.endpoint` (the same option, in two places); both must agree. */
+function introspectionEndpointOf(options: VerifierOptions): string | undefined {
+  const top = options.introspectionEndpoint;
+  const nested = options.introspection?.endpoint;
+  if (top !== undefined && nested !== undefined && top !== nested) {
+    throw new TokenwardenError('ERR_CONFIG', 'introspectionEndpoint and introspection.endpoint differ: set one');
+  }
+  return top ?? nested;
 }
 
 function issuerPolicy(issuer: VerifierOptions['issuer'], allowInsecure: boolean): IssuerPolicy | undefined {

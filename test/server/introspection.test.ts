@@ -148,16 +148,24 @@ describe('introspection (RFC 7662) against a real authorization server', () => {
 
   it('the endpoint down, failing or slow: 503 temporarily_unavailable, not cached, reported without the token', async () => {
     const errors: TokenwardenError[] = [];
-    const verify = createVerifier({ ...options(), timeout: '400ms', onError: (e) => errors.push(e) });
+    // Each failure backs the endpoint off (at most 16 s after five): the clock moves past it between faults.
+    const clock = new ManualClock(Date.now());
+    const verify = createVerifier({ ...options(), timeout: '400ms', clock, onError: (e) => errors.push(e) });
     expect((await verify('warm-up-discovery')).ok).toBe(false);
     as.resetCounts();
     for (const fault of ['refuse', 'reset', '503', 'html500', 'slow'] as const) {
       await as.setFault(fault);
       expect(await verify(opaque)).toEqual({
         ok: false,
-        failure: { error: 'temporarily_unavailable', description: 'token could not be verified now', status: 503 },
+        failure: {
+          error: 'temporarily_unavailable',
+          description: 'token could not be verified now',
+          status: 503,
+          retryAfter: expect.any(Number),
+        },
       });
       await as.clearFault();
+      await clock.advance(20_000);
     }
     expect(errors.map((e) => e.code)).toEqual([
       'ERR_NETWORK',
@@ -187,13 +195,17 @@ describe('introspection (RFC 7662) against a real authorization server', () => {
 
   it('an explicit endpoint needs no discovery; garbage answers are 503', async () => {
     const fault = await startFaultServer();
+    // A garbage answer backs the endpoint off: the clock moves past it before the next case.
+    const clock = new ManualClock(Date.now());
+    const next = () => clock.advance(60_000);
     try {
       const verify = createVerifier({
         introspection: { endpoint: `${fault.url}/introspect`, clientId: 'rs', clientSecret: 's' },
         allowInsecureRequests: true,
+        clock,
       });
       fault.handle((_req, res) =>
-        json(res, 200, { active: true, sub: 'alice', scope: 'read', exp: Math.floor(Date.now() / 1000) + 60 }),
+        json(res, 200, { active: true, sub: 'alice', scope: 'read', exp: Math.floor(clock.now() / 1000) + 60 }),
       );
       const ok = await verify('tok-1');
       expect(ok.ok && ok.auth.uid).toBe('alice');
@@ -202,8 +214,10 @@ describe('introspection (RFC 7662) against a real authorization server', () => {
       expect(fault.requests[0]?.headers.authorization).toMatch(/^Basic /);
       fault.handle((_req, res) => json(res, 200, 'not json at all'));
       expect(await verify('tok-2')).toMatchObject({ failure: { status: 503 } });
+      await next();
       fault.handle((_req, res) => json(res, 200, { active: 'yes' }));
       expect(await verify('tok-3')).toMatchObject({ failure: { status: 503 } });
+      await next();
       fault.handle((_req, res) => json(res, 200, { active: true, cnf: { jkt: 'x' } }));
       expect(await verify('tok-4')).toMatchObject({
         failure: { status: 401, description: 'sender-constrained token presented as bearer' },
@@ -219,6 +233,44 @@ describe('introspection (RFC 7662) against a real authorization server', () => {
       expect(await pinned('tok-6')).toMatchObject({ failure: { status: 401, description: 'unexpected issuer' } });
     } finally {
       await fault.close();
+    }
+  });
+
+  it('introspectionEndpoint: for an issuer whose metadata has none (no discovery needed then)', async () => {
+    const server = await startFaultServer();
+    server.handle((req, res) => {
+      if (req.url?.startsWith('/.well-known/'))
+        return json(res, 200, { issuer: server.url, jwks_uri: `${server.url}/jwks` });
+      return json(res, 200, { active: true, iss: server.url, sub: 'alice', exp: Math.floor(Date.now() / 1000) + 60 });
+    });
+    try {
+      const errors: TokenwardenError[] = [];
+      const base = {
+        issuer: server.url,
+        introspection: { clientId: 'rs', clientSecret: 's' },
+        allowInsecureRequests: true,
+      };
+      const discovered = createVerifier({ ...base, onError: (e) => errors.push(e) });
+      expect(await discovered('tok')).toMatchObject({ ok: false, failure: { status: 503 } });
+      expect(errors[0]).toMatchObject({ code: 'ERR_UNSUPPORTED' });
+      expect(errors[0]?.message).toContain('introspectionEndpoint');
+
+      server.requests.length = 0;
+      const explicit = createVerifier({ ...base, introspectionEndpoint: `${server.url}/introspect` });
+      const result = await explicit('tok');
+      expect(result.ok && result.auth).toMatchObject({ uid: 'alice', issuer: server.url });
+      expect(server.requests.map((r) => r.path)).toEqual(['/introspect']);
+      // The same option nested, and both agreeing, work; two different endpoints are a configuration error.
+      const nested = { ...base, introspection: { ...base.introspection, endpoint: `${server.url}/introspect` } };
+      expect((await createVerifier(nested)('tok')).ok).toBe(true);
+      expect((await createVerifier({ ...nested, introspectionEndpoint: `${server.url}/introspect` })('tok')).ok).toBe(
+        true,
+      );
+      expect(() => createVerifier({ ...nested, introspectionEndpoint: `${server.url}/other` })).toThrow(
+        expect.objectContaining({ code: 'ERR_CONFIG' }) as unknown as Error,
+      );
+    } finally {
+      await server.close();
     }
   });
 });

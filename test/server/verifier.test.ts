@@ -386,22 +386,31 @@ describe('JWKS or discovery unreachable: 503 temporarily_unavailable, never cach
     const down = await startAuthorizationServer({ accessTokenTtl: 300 });
     const token = (await issueToken(down)).accessToken;
     const errors: TokenwardenError[] = [];
+    // Each failure backs the endpoint off (at most 8 s after four): the clock moves past it between faults.
+    const clock = new ManualClock(Date.now());
     const fresh = createVerifier({
       issuer: down.issuer,
       audience: API_RESOURCE,
       allowInsecureRequests: true,
       timeout: '500ms',
+      clock,
       onError: (e) => errors.push(e),
     });
+    const unavailable = {
+      ok: false,
+      failure: {
+        error: 'temporarily_unavailable',
+        description: 'token could not be verified now',
+        status: 503,
+        retryAfter: expect.any(Number),
+      },
+    };
     try {
       for (const fault of ['refuse', '503', 'reset', 'slow'] as const) {
         await down.setFault(fault);
-        const result = await fresh(token);
-        expect(result).toEqual({
-          ok: false,
-          failure: { error: 'temporarily_unavailable', description: 'token could not be verified now', status: 503 },
-        });
+        expect(await fresh(token)).toEqual(unavailable);
         await down.clearFault();
+        await clock.advance(10_000);
       }
       expect(errors.map((e) => e.code)).toEqual(['ERR_NETWORK', 'ERR_HTTP_STATUS', 'ERR_NETWORK', 'ERR_TIMEOUT']);
       expect((await fresh(token)).ok).toBe(true);
@@ -412,16 +421,15 @@ describe('JWKS or discovery unreachable: 503 temporarily_unavailable, never cach
         audience: API_RESOURCE,
         allowInsecureRequests: true,
         timeout: '500ms',
+        clock,
         onError: (e) => errors.push(e),
       });
       errors.length = 0;
       for (const fault of ['503', 'html500', 'refuse'] as const) {
         await down.setFault(fault);
-        expect(await second(token)).toMatchObject({
-          ok: false,
-          failure: { error: 'temporarily_unavailable', status: 503 },
-        });
+        expect(await second(token)).toEqual(unavailable);
         await down.clearFault();
+        await clock.advance(10_000);
       }
       expect(errors.map((e) => e.code)).toEqual(['ERR_HTTP_STATUS', 'ERR_HTTP_STATUS', 'ERR_NETWORK']);
       expect(errors[0]?.message).toMatch(/^JWKS request to http:\/\/127\.0\.0\.1:\d+\/jwks answered 503$/);

@@ -1,7 +1,8 @@
 /**
  * A real authorization server for tests and the demo: oidc-provider on a random loopback port, with
  * short token lifetimes, rotating single-use refresh tokens (reuse revokes the grant), JWT access tokens
- * for `https://api.example.test`, opaque ones for `https://opaque.example.test`, introspection,
+ * for `https://api.example.test`, opaque ones for `https://opaque.example.test`, introspection (signed
+ * JWT answers, RFC 9701, for the `rs` client when it asks for them),
  * revocation, token exchange (RFC 8693) and JWT bearer (RFC 7523) grants, a scripted authorization-code
  * login, request counters and switchable faults (outage, reset, 503, slow).
  */
@@ -229,6 +230,8 @@ export async function startAuthorizationServer(
       {
         client_id: clients.rs.clientId,
         client_secret: clients.rs.clientSecret,
+        // Signed introspection responses (RFC 9701) when asked for with Accept: application/token-introspection+jwt.
+        introspection_signed_response_alg: 'RS256',
         grant_types: [],
         response_types: [],
         redirect_uris: [],
@@ -250,6 +253,7 @@ export async function startAuthorizationServer(
       devInteractions: { enabled: false },
       clientCredentials: { enabled: true },
       introspection: { enabled: true, allowedPolicy: async () => true },
+      jwtIntrospection: { enabled: true },
       revocation: { enabled: true, allowedPolicy: async () => true },
       userinfo: { enabled: true },
       resourceIndicators: {

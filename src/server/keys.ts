@@ -1,0 +1,400 @@
+/**
+ * The issuer's signing keys, kept through an outage: a {@link KeySet} holds the last JWKS that was fetched
+ * successfully and keeps using it while refetches fail, up to `maxStale` past `cacheMaxAge`; it refreshes
+ * ahead of `cacheMaxAge` in the background; concurrent misses share one fetch; an unknown `kid` refetches at
+ * most once per `cooldown`; and every fetch goes through the endpoint's backoff ({@link Endpoint}).
+ *
+ * jose still selects and imports keys (`createLocalJWKSet` over the last good JWKS) and verifies
+ * signatures; {@link verifyJwt} is the one function through which every signature is checked, so that the
+ * way keys are selected and used can change in one place.
+ *
+ * @module
+ */
+import {
+  type JSONWebKeySet,
+  type CompactJWSHeaderParameters,
+  type JWTPayload,
+  type JWTVerifyGetKey,
+  type JWTVerifyOptions,
+  type JWTVerifyResult,
+  type FlattenedJWSInput,
+  createLocalJWKSet,
+  errors,
+  jwtVerify,
+} from 'jose';
+import { TokenwardenError, isTokenwardenError } from '../errors.js';
+import { type ResponseMeta, boundedFetch, describeUrl } from '../http/transport.js';
+import { parseJsonObject } from '../json.js';
+import { checkUrl } from '../sources/client.js';
+import type { Upstreams } from './upstream.js';
+
+/**
+ * How a key set is cached and refreshed (milliseconds).
+ *
+ * @example
+ * ```ts
+ * const options: KeySetOptions = { cacheMaxAgeMs: 600_000, maxStaleMs: 43_200_000, cooldownMs: 30_000 };
+ * ```
+ */
+export interface KeySetOptions {
+  /** How long fetched keys are used before they are fetched again. */
+  cacheMaxAgeMs: number;
+  /** How long past `cacheMaxAge` the last good keys are still used while refetches fail. */
+  maxStaleMs: number;
+  /** Least time between a fetch and a refetch caused by an unknown `kid`. */
+  cooldownMs: number;
+}
+
+/**
+ * The state of one key set, as `verify.health()` reports it.
+ *
+ * @example
+ * ```ts
+ * const stale = verify.health().keys.filter((k) => k.stale);
+ * ```
+ */
+export interface KeySetHealth {
+  /** The issuer whose `jwks_uri` is used, or the configured `jwksUri` (origin and path). */
+  readonly source: string;
+  /** The JWKS URL (origin and path), once known. */
+  readonly url?: string;
+  /** Keys in the set (0 before the first successful fetch). */
+  readonly keys: number;
+  /** When the keys in use were fetched, epoch ms. */
+  readonly fetchedAt?: number;
+  /** How old they are, ms. */
+  readonly ageMs?: number;
+  /** They are older than `cacheMaxAge` and still used because refetching failed. */
+  readonly stale: boolean;
+  /** The last moment they will be used if refetching keeps failing, epoch ms. */
+  readonly usableUntil?: number;
+}
+
+/**
+ * Key set events, emitted by a verifier (`verify.on(…)`).
+ *
+ * @example
+ * ```ts
+ * verify.on('staleKeys', ({ url, ageMs, usableForMs }) => log.warn({ url, ageMs, usableForMs }, 'serving last known keys'));
+ * ```
+ */
+export interface KeySetEvents {
+  /** Keys older than `cacheMaxAge` are being used because the JWKS could not be fetched (once per episode). */
+  staleKeys: [{ url: string; ageMs: number; usableForMs: number; error: TokenwardenError | undefined }];
+  /** The last known keys passed `cacheMaxAge + maxStale` and were dropped: JWTs are answered 503 until a fetch succeeds. */
+  keysExpired: [{ url: string; ageMs: number }];
+}
+
+interface Held {
+  readonly getKey: JWTVerifyGetKey;
+  readonly count: number;
+  readonly fetchedAt: number;
+  readonly url: string;
+}
+
+/**
+ * One issuer's JWKS (or one configured `jwksUri`), with last-known keys through an outage. Its
+ * {@link KeySet.getKey} is what jose calls to pick the key for a token.
+ */
+export class KeySet {
+  readonly source: string;
+  readonly #upstreams: Upstreams;
+  readonly #options: KeySetOptions;
+  /** The JWKS URL: fixed, or from the issuer's metadata. */
+  readonly #resolveUrl: () => Promise<string>;
+  #held: Held | undefined;
+  #lastAttemptAt = -Infinity;
+  #refreshing: Promise<Held> | undefined;
+  #stale = false;
+  /** The last refresh failed (discovery or JWKS) and none succeeded since. */
+  #failed = false;
+  /** The last URL fetched: the endpoint whose failures decide whether stale keys are served. */
+  #url: string | undefined;
+
+  constructor(source: string, resolveUrl: () => Promise<string>, upstreams: Upstreams, options: KeySetOptions) {
+    this.source = source.replace(/[?#].*$/s, ''); // never a query string (a JWKS proxy's key, say)
+    this.#resolveUrl = resolveUrl;
+    this.#upstreams = upstreams;
+    this.#options = options;
+  }
+
+  /**
+   * Picks the key for a JWS header (jose's `JWTVerifyGetKey`). Throws a {@link TokenwardenError} when keys
+   * could not be had (the token cannot be judged: 503), or jose's `JWKSNoMatchingKey` when the set, fresh
+   * enough, has no key for the header (the token is bad: 401).
+   */
+  readonly getKey = async (header: CompactJWSHeaderParameters, token: FlattenedJWSInput): Promise<CryptoKey> => {
+    const held = await this.#current();
+    try {
+      return (await held.getKey(header, token)) as CryptoKey;
+    } catch (err) {
+      if ((err as { code?: unknown }).code !== 'ERR_JWKS_NO_MATCHING_KEY') throw err;
+      // A key published since the last fetch (rotation), or a forged kid: refetch, at most once per cooldown.
+      if (this.#upstreams.clock.now() - this.#lastAttemptAt >= this.#options.cooldownMs) {
+        const fresh = await this.#refresh();
+        return (await fresh.getKey(header, token)) as CryptoKey;
+      }
+      // While the JWKS cannot be fetched, a kid we do not know may be a key published meanwhile: not judged.
+      if (this.#failing()) throw this.#cannotJudge();
+      throw err;
+    }
+  };
+
+  /** The last attempt to fetch the keys (discovery or JWKS) failed. */
+  get failing(): boolean {
+    return this.#failed;
+  }
+
+  /** Fetches the keys unless fresh ones are held (for `verify.ready()`); rejects when they cannot be had. */
+  async load(): Promise<void> {
+    const held = this.#usable(this.#upstreams.clock.now());
+    if (held === undefined || this.#upstreams.clock.now() - held.fetchedAt >= this.#refreshAt()) await this.#refresh();
+  }
+
+  health(now: number): KeySetHealth {
+    const held = this.#usable(now, false);
+    const url = held?.url ?? (this.#url === undefined ? undefined : describeUrl(this.#url));
+    if (held === undefined) return { source: this.source, ...(url !== undefined && { url }), keys: 0, stale: false };
+    const ageMs = now - held.fetchedAt;
+    return {
+      source: this.source,
+      url: held.url,
+      keys: held.count,
+      fetchedAt: held.fetchedAt,
+      ageMs,
+      stale: ageMs >= this.#options.cacheMaxAgeMs,
+      usableUntil: held.fetchedAt + this.#options.cacheMaxAgeMs + this.#options.maxStaleMs,
+    };
+  }
+
+  /** The keys to use now, refreshing first when there are none or they are due and the endpoint is healthy. */
+  async #current(): Promise<Held> {
+    const now = this.#upstreams.clock.now();
+    const held = this.#usable(now);
+    if (held === undefined) {
+      // While the JWKS fails, a request does not wait on another's probe (it may hang until the time limit).
+      const endpoint = this.#endpoint();
+      if (this.#refreshing !== undefined && endpoint?.failing === true) throw endpoint.retryLater();
+      return this.#refresh();
+    }
+    const age = now - held.fetchedAt;
+    if (age < this.#refreshAt()) return held;
+    if (age < this.#options.cacheMaxAgeMs) {
+      this.#background(); // ahead of cacheMaxAge, off the request path
+      return held;
+    }
+    if (this.#failing()) {
+      // Known down: no request waits for it; the backoff decides when it is probed again.
+      this.#background();
+      return this.#serveStale(held, undefined);
+    }
+    // Past cacheMaxAge with the endpoint healthy: wait for the refresh (a key the authorization server
+    // withdrew is not used longer than cacheMaxAge while it answers), and fall back to the held keys.
+    try {
+      return await this.#refresh();
+    } catch (err) {
+      return this.#serveStale(held, isTokenwardenError(err) ? err : undefined);
+    }
+  }
+
+  /** Held keys not past `cacheMaxAge + maxStale`; older ones are dropped (with a `keysExpired` event). */
+  #usable(now: number, drop = true): Held | undefined {
+    const held = this.#held;
+    if (held === undefined) return undefined;
+    const ageMs = now - held.fetchedAt;
+    if (ageMs < this.#options.cacheMaxAgeMs + this.#options.maxStaleMs) return held;
+    if (drop) {
+      this.#held = undefined;
+      this.#stale = false;
+      this.#upstreams.emit('keysExpired', { url: held.url, ageMs });
+    }
+    return undefined;
+  }
+
+  /** When, in ms after a fetch, keys are refreshed in the background: a tenth (at most a minute) before cacheMaxAge. */
+  #refreshAt(): number {
+    const max = this.#options.cacheMaxAgeMs;
+    return max - Math.min(max / 10, 60_000);
+  }
+
+  #serveStale(held: Held, error: TokenwardenError | undefined): Held {
+    if (!this.#stale) {
+      this.#stale = true;
+      const now = this.#upstreams.clock.now();
+      this.#upstreams.emit('staleKeys', {
+        url: held.url,
+        ageMs: now - held.fetchedAt,
+        usableForMs: held.fetchedAt + this.#options.cacheMaxAgeMs + this.#options.maxStaleMs - now,
+        error: error ?? this.#endpoint()?.health().lastError,
+      });
+    }
+    return held;
+  }
+
+  #failing(): boolean {
+    return this.#endpoint()?.failing === true;
+  }
+
+  #endpoint() {
+    return this.#url === undefined ? undefined : this.#upstreams.endpoint('jwks', this.#url);
+  }
+
+  #cannotJudge(): TokenwardenError {
+    const endpoint = this.#endpoint();
+    const now = this.#upstreams.clock.now();
+    return new TokenwardenError(
+      'ERR_RETRY_LATER',
+      `no key for this token in the last known JWKS of ${endpoint?.url ?? this.source}, which cannot be fetched now`,
+      { cause: endpoint?.health().lastError, retryAfterMs: Math.max(1000, endpoint?.retryInMs(now) ?? 0) },
+    );
+  }
+
+  #background(): void {
+    this.#refresh().catch(() => undefined); // recorded by the endpoint (events, health)
+  }
+
+  /** One fetch for every concurrent caller: resolves the URL (discovery), then fetches through the backoff. */
+  #refresh(): Promise<Held> {
+    if (this.#refreshing !== undefined) return this.#refreshing;
+    const run = (async (): Promise<Held> => {
+      const url = await this.#resolveUrl();
+      this.#url = url;
+      const endpoint = this.#upstreams.endpoint('jwks', url);
+      const jwks = await endpoint.request((meta) => {
+        this.#lastAttemptAt = this.#upstreams.clock.now();
+        return this.#fetch(url, meta);
+      });
+      const held: Held = {
+        getKey: createLocalJWKSet(jwks),
+        count: jwks.keys.length,
+        fetchedAt: this.#upstreams.clock.now(),
+        url: endpoint.url,
+      };
+      this.#held = held;
+      this.#stale = false;
+      this.#failed = false;
+      return held;
+    })();
+    run.catch(() => {
+      this.#failed = true;
+    });
+    const shared = run.finally(() => {
+      if (this.#refreshing === shared) this.#refreshing = undefined;
+    });
+    this.#refreshing = shared;
+    return shared;
+  }
+
+  /** One JWKS request: bounded, no redirects, and strict about what counts as a key set. */
+  async #fetch(url: string, meta: ResponseMeta): Promise<JSONWebKeySet> {
+    const { fetch, timeoutMs, maxResponseBytes } = this.#upstreams.options;
+    const transport = boundedFetch({ timeoutMs, maxResponseBytes, ...(fetch && { fetch }) }, meta);
+    const response = await transport(url, {
+      headers: { accept: 'application/jwk-set+json, application/json' },
+      redirect: 'manual',
+    });
+    const where = describeUrl(url);
+    if (response.status !== 200) {
+      throw new TokenwardenError('ERR_HTTP_STATUS', `JWKS request to ${where} answered ${response.status}`, {
+        status: response.status,
+      });
+    }
+    const body = parseJsonObject(await response.text());
+    if (body === undefined || !Array.isArray(body['keys'])) {
+      throw new TokenwardenError('ERR_INVALID_RESPONSE', `JWKS from ${where} is not a JSON Web Key Set`);
+    }
+    const jwks = body as unknown as JSONWebKeySet;
+    try {
+      createLocalJWKSet(jwks); // the same checks as when it is used: a malformed set is a failed fetch
+    } catch {
+      throw new TokenwardenError('ERR_INVALID_RESPONSE', `JWKS from ${where} is not a JSON Web Key Set`);
+    }
+    return jwks;
+  }
+}
+
+/**
+ * The key sets of one verifier, by issuer (its discovered `jwks_uri`) or by configured `jwksUri`. The JWT
+ * strategy and signed introspection responses share them.
+ *
+ * @example
+ * ```ts
+ * const keySets = new KeySets(upstreams, { cacheMaxAgeMs: 600_000, maxStaleMs: 43_200_000, cooldownMs: 30_000 });
+ * const { payload } = await verifyJwt(token, keySets.forIssuer(issuer), { issuer, audience, algorithms });
+ * ```
+ */
+export class KeySets {
+  readonly #upstreams: Upstreams;
+  readonly #options: KeySetOptions;
+  readonly #sets = new Map<string, KeySet>();
+
+  constructor(upstreams: Upstreams, options: KeySetOptions) {
+    this.#upstreams = upstreams;
+    this.#options = options;
+  }
+
+  /** The key set at `jwks_uri` of `issuer`'s metadata. */
+  forIssuer(issuer: string): KeySet {
+    return this.#get(`issuer ${issuer}`, issuer, async () => {
+      const metadata = await this.#upstreams.metadata(issuer);
+      if (typeof metadata.jwks_uri !== 'string') {
+        throw new TokenwardenError('ERR_DISCOVERY', 'the issuer metadata has no jwks_uri');
+      }
+      return checkUrl(metadata.jwks_uri, 'jwks_uri', this.#upstreams.options.allowInsecureRequests);
+    });
+  }
+
+  /** The key set at a configured URL. */
+  forUri(jwksUri: string): KeySet {
+    return this.#get(`uri ${jwksUri}`, jwksUri, () => Promise.resolve(jwksUri));
+  }
+
+  all(): KeySet[] {
+    return [...this.#sets.values()];
+  }
+
+  #get(id: string, source: string, resolve: () => Promise<string>): KeySet {
+    let set = this.#sets.get(id);
+    if (set === undefined) {
+      if (this.#sets.size >= MAX_KEY_SETS) this.#sets.delete(this.#sets.keys().next().value as string);
+      set = new KeySet(source, resolve, this.#upstreams, this.#options);
+      this.#sets.set(id, set);
+    }
+    return set;
+  }
+}
+
+/** Issuers whose key sets are kept when issuers come from a resolver. */
+const MAX_KEY_SETS = 100;
+
+/**
+ * Verifies a JWS-signed JWT with a key from `keys` and checks its claims (jose's `jwtVerify`): the one place
+ * where a signature is checked. When several keys of the set match the header (no `kid`), each is tried.
+ *
+ * @example
+ * ```ts
+ * const { payload, protectedHeader } = await verifyJwt(token, keySets.forIssuer(issuer), { issuer, audience, algorithms: ['RS256'] });
+ * ```
+ */
+export async function verifyJwt(
+  token: string,
+  keys: KeySet,
+  options: JWTVerifyOptions,
+): Promise<JWTVerifyResult<JWTPayload>> {
+  try {
+    return await jwtVerify(token, keys.getKey, options);
+  } catch (err) {
+    if (!(err instanceof errors.JWKSMultipleMatchingKeys)) throw err;
+    let last: unknown = err;
+    for await (const key of err) {
+      try {
+        return await jwtVerify(token, key, options);
+      } catch (inner) {
+        // Only a signature that does not verify means "try the next key"; a claim error is the answer.
+        if ((inner as { code?: unknown }).code !== 'ERR_JWS_SIGNATURE_VERIFICATION_FAILED') throw inner;
+        last = inner;
+      }
+    }
+    throw last;
+  }
+}
