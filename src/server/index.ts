@@ -2,7 +2,8 @@
  * `tokenwarden/server`: validate access tokens on a resource server — JWT access tokens against the
  * issuer's JWKS, opaque tokens by introspection, or any scheme through a provider; bearer or DPoP-bound
  * (RFC 9449, the proof checked on every request) — with a bounded cache whose entries never outlive the
- * token. Framework middleware lives in `tokenwarden/express`,
+ * token; and describe the resource to clients (RFC 9728 Protected Resource Metadata). Framework middleware
+ * lives in `tokenwarden/express`,
  * `tokenwarden/fastify`, `tokenwarden/koa`, `tokenwarden/hono` and `tokenwarden/node`.
  *
  * @example
@@ -52,6 +53,16 @@ export {
   createVerifier,
   requirements,
 } from './verifier.js';
+export {
+  PROTECTED_RESOURCE_WELL_KNOWN,
+  type MetadataResponse,
+  type ProtectedResource,
+  type ProtectedResourceMetadata,
+  type ProtectedResourceOptions,
+  protectedResource,
+  protectedResourceMetadata,
+  protectedResourceMetadataUrl,
+} from './protected-resource.js';
 export { type AuthenticateOutcome, type BearerAuthOptions, authenticator } from './adapters/shared.js';
 export { TokenwardenError, isTokenwardenError, type ErrorCode } from '../errors.js';
 export { ManualClock, systemClock, type Clock } from '../clock.js';
