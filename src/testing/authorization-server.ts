@@ -19,7 +19,7 @@ import type { JWK } from 'jose';
 import { type Clock, systemClock } from '../clock.js';
 import { type Duration, toMs } from '../duration.js';
 import { TokenwardenError } from '../errors.js';
-import { ClientAuthenticator, type OAuthError, type RegisteredClient, oauthError } from './client-auth.js';
+import { ClientAuthenticator, type OAuthError, type RegisteredClient, clientKeys, oauthError } from './client-auth.js';
 import { type Answer, Grants, type Subject, type TokenResponse } from './grants.js';
 import { KeyRing, type SigningAlgorithm } from './keys.js';
 
@@ -222,8 +222,11 @@ export interface TestAuthorizationServer {
   readonly audience: string;
   /** The authorization server metadata (RFC 8414), as served. */
   readonly metadata: Readonly<Record<string, unknown>>;
-  /** Registers another confidential client (for introspection by a resource server, or a second app). */
-  addClient(options?: { clientId?: string; clientSecret?: string }): TestClient;
+  /**
+   * Registers another confidential client (a resource server that introspects, a second app). With `jwks`
+   * (public JWKs), it may also authenticate with `private_key_jwt`.
+   */
+  addClient(options?: { clientId?: string; clientSecret?: string; jwks?: readonly JWK[] }): TestClient;
   /** A JWT access token (RFC 9068) signed with the current key, verifiable with the JWKS. No request is made. */
   mintAccessToken(options?: MintAccessTokenOptions): Promise<string>;
   /** A refresh token of a new grant, as a login would have issued it: single use, rotated on every use. */
@@ -269,8 +272,8 @@ const ALL_ENDPOINTS: readonly TestEndpoint[] = [
 ];
 const FAULTS: readonly Fault[] = ['ok', 'down', 'reset', '500', '503', 'slow', 'garbage'];
 const ALGORITHMS: readonly SigningAlgorithm[] = ['RS256', 'RS384', 'RS512', 'PS256', 'ES256', 'ES384', 'EdDSA'];
-const AUTH_METHODS = ['client_secret_basic', 'client_secret_post', 'client_secret_jwt'];
-const HMAC_ALGS = ['HS256', 'HS384', 'HS512'];
+const AUTH_METHODS = ['client_secret_basic', 'client_secret_post', 'client_secret_jwt', 'private_key_jwt'];
+const ASSERTION_ALGS = ['HS256', 'HS384', 'HS512', 'RS256', 'PS256', 'ES256', 'EdDSA'];
 
 function config(message: string): TokenwardenError {
   return new TokenwardenError('ERR_CONFIG', message);
@@ -312,7 +315,8 @@ function listen(server: Server, port: number): Promise<void> {
  *
  * Endpoints (under `issuer`): `/.well-known/openid-configuration`, `/.well-known/oauth-authorization-server`
  * (RFC 8414, path inserted for an issuer with a path), `/jwks`, `/token` (`client_credentials`,
- * `refresh_token`; client authentication `client_secret_basic`, `client_secret_post`, `client_secret_jwt`),
+ * `refresh_token`; client authentication `client_secret_basic`, `client_secret_post`, `client_secret_jwt`,
+ * and `private_key_jwt` for clients added with `jwks`),
  * `/introspect`, `/revoke`, `/userinfo`. Not offered: an authorization endpoint (use `issueTokens()`), DPoP
  * binding, token exchange.
  *
@@ -402,27 +406,35 @@ export async function createTestAuthorizationServer(
     subject_types_supported: ['public'],
     id_token_signing_alg_values_supported: [algorithm],
     token_endpoint_auth_methods_supported: AUTH_METHODS,
-    token_endpoint_auth_signing_alg_values_supported: HMAC_ALGS,
+    token_endpoint_auth_signing_alg_values_supported: ASSERTION_ALGS,
     introspection_endpoint_auth_methods_supported: AUTH_METHODS,
-    introspection_endpoint_auth_signing_alg_values_supported: HMAC_ALGS,
+    introspection_endpoint_auth_signing_alg_values_supported: ASSERTION_ALGS,
     revocation_endpoint_auth_methods_supported: AUTH_METHODS,
-    revocation_endpoint_auth_signing_alg_values_supported: HMAC_ALGS,
+    revocation_endpoint_auth_signing_alg_values_supported: ASSERTION_ALGS,
     ...(scopes !== undefined && { scopes_supported: [...scopes] }),
     claims_parameter_supported: false,
     protected_resources: audiences, // RFC 9728 §4
   });
 
   const clients = new Map<string, RegisteredClient>();
-  const addClient = (given: { clientId?: string; clientSecret?: string } = {}): TestClient => {
+  const addClient = (given: { clientId?: string; clientSecret?: string; jwks?: readonly JWK[] } = {}): TestClient => {
     const clientId = given.clientId ?? `client-${randomBytes(4).toString('hex')}`;
     const clientSecret = given.clientSecret ?? randomBytes(24).toString('base64url');
     if (typeof clientId !== 'string' || clientId === '' || typeof clientSecret !== 'string' || clientSecret === '') {
       throw config('clientId and clientSecret must be non-empty strings');
     }
     if (clients.has(clientId)) throw config('a client with this clientId is already registered');
+    let keys: RegisteredClient['keys'];
+    if (given.jwks !== undefined) {
+      if (!Array.isArray(given.jwks) || given.jwks.length === 0 || given.jwks.some((k) => k?.kty === 'oct')) {
+        throw config('jwks must be a non-empty list of public JWKs');
+      }
+      keys = clientKeys(given.jwks);
+    }
     clients.set(clientId, {
       clientId,
       clientSecret,
+      keys,
       grantTypes: new Set(['client_credentials', 'refresh_token']),
     });
     return Object.freeze({ clientId, clientSecret });

@@ -1,19 +1,44 @@
 /**
  * Client authentication at the test authorization server's endpoints (RFC 6749 §2.3): `client_secret_basic`
- * (credentials form-encoded before Base64, §2.3.1), `client_secret_post`, and `client_secret_jwt` (RFC 7523
- * §2.2 with the client secret as HMAC key, one use per `jti`). Exactly one method per request.
+ * (credentials form-encoded before Base64, §2.3.1), `client_secret_post`, `client_secret_jwt` (RFC 7523 §2.2
+ * with the client secret as HMAC key) and `private_key_jwt` (the client's registered public keys); an
+ * assertion is good for one use (`jti`). Exactly one method per request.
  *
  * @module
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
-import { decodeJwt, jwtVerify } from 'jose';
+import { type JWK, createLocalJWKSet, decodeJwt, decodeProtectedHeader, jwtVerify } from 'jose';
 
-/** A client registered at the test authorization server. */
+/** A client registered at the test authorization server: a secret, and public keys for `private_key_jwt`. */
 export interface RegisteredClient {
   readonly clientId: string;
   readonly clientSecret: string;
+  readonly keys: ReturnType<typeof createLocalJWKSet> | undefined;
   readonly grantTypes: ReadonlySet<string>;
 }
+
+/** The public keys of a `private_key_jwt` client, checked: asymmetric, no private part. */
+export function clientKeys(jwks: readonly JWK[]): ReturnType<typeof createLocalJWKSet> {
+  const keys = jwks.map((jwk) => {
+    const { d: _d, p: _p, q: _q, dp: _dp, dq: _dq, qi: _qi, k: _k, ...pub } = jwk;
+    return pub;
+  });
+  return createLocalJWKSet({ keys });
+}
+
+const ASYMMETRIC = [
+  'RS256',
+  'RS384',
+  'RS512',
+  'PS256',
+  'PS384',
+  'PS512',
+  'ES256',
+  'ES384',
+  'ES512',
+  'EdDSA',
+  'Ed25519',
+];
 
 /** An OAuth error answer (RFC 6749 §5.2). */
 export interface OAuthError {
@@ -119,8 +144,10 @@ export class ClientAuthenticator {
     }
     const assertion = params.get('client_assertion') ?? '';
     let iss: unknown;
+    let alg: unknown;
     try {
       iss = decodeJwt(assertion).iss;
+      alg = decodeProtectedHeader(assertion).alg;
     } catch {
       return { error: invalidClient('malformed client assertion') };
     }
@@ -133,14 +160,20 @@ export class ClientAuthenticator {
     let jti: unknown;
     let exp: number;
     try {
-      const { payload } = await jwtVerify(assertion, new TextEncoder().encode(client.clientSecret), {
-        algorithms: ['HS256', 'HS384', 'HS512'],
+      // client_secret_jwt with the secret, private_key_jwt with the registered public keys.
+      const hmac = typeof alg === 'string' && alg.startsWith('HS');
+      if (!hmac && client.keys === undefined) throw new Error('no public key registered');
+      const options = {
+        algorithms: hmac ? ['HS256', 'HS384', 'HS512'] : ASYMMETRIC,
         issuer: client.clientId,
         subject: client.clientId,
         audience: [...this.#context.audiences],
         requiredClaims: ['exp', 'jti'],
         currentDate: new Date(now),
-      });
+      };
+      const { payload } = hmac
+        ? await jwtVerify(assertion, new TextEncoder().encode(client.clientSecret), options)
+        : await jwtVerify(assertion, client.keys!, options);
       jti = payload.jti;
       exp = payload.exp as number;
     } catch {

@@ -5,7 +5,7 @@
 import express from 'express';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { decodeJwt, decodeProtectedHeader } from 'jose';
+import { SignJWT, decodeJwt, decodeProtectedHeader, exportJWK, generateKeyPair } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TokenManager, clientCredentials, refreshToken } from '../../src/index.js';
 import { bearerAuth } from '../../src/server/adapters/express.js';
@@ -185,6 +185,41 @@ describe('grants through TokenManager', () => {
       expect(decodeJwt(token.accessToken).client_id).toBe(as.client.clientId);
     },
   );
+
+  it('private_key_jwt for a client registered with its public key; an assertion is good once', async () => {
+    const { privateKey, publicKey } = await generateKeyPair('ES256', { extractable: true });
+    const keyed = as.addClient({ jwks: [{ ...(await exportJWK(publicKey)), alg: 'ES256' }] });
+    const source = clientCredentials({ issuer: as.issuer, clientId: keyed.clientId, privateKey, ...insecure });
+    expect(decodeJwt((await source.fetchToken({})).accessToken).client_id).toBe(keyed.clientId);
+    // Another key is refused; so is an assertion for a client registered without keys.
+    const other = await generateKeyPair('ES256', { extractable: true });
+    const wrong = clientCredentials({
+      issuer: as.issuer,
+      clientId: keyed.clientId,
+      privateKey: other.privateKey,
+      ...insecure,
+    });
+    await expect(wrong.fetchToken({})).rejects.toMatchObject({ error: 'invalid_client', status: 401 });
+    const keyless = clientCredentials({ issuer: as.issuer, clientId: as.client.clientId, privateKey, ...insecure });
+    await expect(keyless.fetchToken({})).rejects.toMatchObject({ error: 'invalid_client' });
+    // A replayed assertion (same jti) is refused.
+    const assertion = await new SignJWT({ jti: 'once' })
+      .setProtectedHeader({ alg: 'ES256' })
+      .setIssuer(keyed.clientId)
+      .setSubject(keyed.clientId)
+      .setAudience(as.issuer)
+      .setIssuedAt()
+      .setExpirationTime('1m')
+      .sign(privateKey);
+    const body = new URLSearchParams({
+      grant_type: 'client_credentials',
+      client_assertion_type: 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer',
+      client_assertion: assertion,
+    });
+    const post = () => fetch(`${as.issuer}/token`, { method: 'POST', body });
+    expect((await post()).status).toBe(200);
+    expect((await post()).status).toBe(401);
+  });
 
   it('rotateRefreshTokens: false keeps the refresh token usable', async () => {
     const fixed = await createTestAuthorizationServer({ rotateRefreshTokens: false, algorithm: 'ES256' });
