@@ -20,6 +20,7 @@ import { type Clock, systemClock } from '../clock.js';
 import { type Duration, toMs } from '../duration.js';
 import { TokenwardenError } from '../errors.js';
 import { ClientAuthenticator, type OAuthError, type RegisteredClient, clientKeys, oauthError } from './client-auth.js';
+import { DPOP_ALGORITHMS, DPoPProofs } from './dpop.js';
 import { type Answer, Grants, type Subject, type TokenResponse } from './grants.js';
 import { KeyRing, type SigningAlgorithm } from './keys.js';
 
@@ -316,9 +317,9 @@ function listen(server: Server, port: number): Promise<void> {
  * Endpoints (under `issuer`): `/.well-known/openid-configuration`, `/.well-known/oauth-authorization-server`
  * (RFC 8414, path inserted for an issuer with a path), `/jwks`, `/token` (`client_credentials`,
  * `refresh_token`; client authentication `client_secret_basic`, `client_secret_post`, `client_secret_jwt`,
- * and `private_key_jwt` for clients added with `jwks`),
- * `/introspect`, `/revoke`, `/userinfo`. Not offered: an authorization endpoint (use `issueTokens()`), DPoP
- * binding, token exchange.
+ * and `private_key_jwt` for clients added with `jwks`; a request with a DPoP proof gets a token bound to its
+ * key, RFC 9449), `/introspect`, `/revoke`, `/userinfo`. Not offered: an authorization endpoint (use
+ * `issueTokens()`), DPoP server nonces, token exchange.
  *
  * Keys: the JWKS always holds the current key and the next one, published ahead of use, so a verifier that
  * fetched it before `rotateKeys()` already knows the key of tokens signed after; the previous key stays
@@ -412,6 +413,7 @@ export async function createTestAuthorizationServer(
     revocation_endpoint_auth_methods_supported: AUTH_METHODS,
     revocation_endpoint_auth_signing_alg_values_supported: ASSERTION_ALGS,
     ...(scopes !== undefined && { scopes_supported: [...scopes] }),
+    dpop_signing_alg_values_supported: DPOP_ALGORITHMS,
     claims_parameter_supported: false,
     protected_resources: audiences, // RFC 9728 §4
   });
@@ -445,6 +447,7 @@ export async function createTestAuthorizationServer(
     audiences: [issuer, ...Object.values(endpoints)],
     now: () => clock.now(),
   });
+  const proofs = new DPoPProofs(() => clock.now());
   const grants = new Grants({
     issuer,
     keys,
@@ -549,8 +552,10 @@ export async function createTestAuthorizationServer(
     );
     let answer: Answer;
     if ('error' in authenticated) answer = failed(authenticated.error);
-    else if (endpoint === 'token') answer = await grants.token(params, authenticated.client);
-    else {
+    else if (endpoint === 'token') {
+      const jkt = await proofs.check(req.headers['dpop'], 'POST', endpoints.token);
+      answer = typeof jkt === 'object' ? failed(jkt) : await grants.token(params, authenticated.client, jkt);
+    } else {
       const token = params.get('token');
       if (token === null || token === '') answer = failed(oauthError(400, 'invalid_request', 'token required'));
       else if (endpoint === 'introspection') answer = await grants.introspect(token, authenticated.client);

@@ -42,6 +42,8 @@ export interface Subject {
   readonly clientId: string;
   readonly scope: readonly string[];
   readonly resources: readonly string[];
+  /** The DPoP key the access token is bound to (RFC 9449 `cnf.jkt`). */
+  readonly jkt?: string;
 }
 
 interface Family extends Subject {
@@ -137,8 +139,11 @@ export class Grants {
     return [...new Set(values)];
   }
 
-  /** The token endpoint, once the client is authenticated and the parameters are single. */
-  async token(params: URLSearchParams, client: RegisteredClient): Promise<Answer> {
+  /**
+   * The token endpoint, once the client is authenticated and the parameters are single; `jkt` is the key of
+   * a valid DPoP proof, to bind the access token to.
+   */
+  async token(params: URLSearchParams, client: RegisteredClient, jkt?: string): Promise<Answer> {
     const grantType = params.get('grant_type');
     if (grantType === null || grantType === '') {
       return errorAnswer(oauthError(400, 'invalid_request', 'grant_type required'));
@@ -159,10 +164,11 @@ export class Grants {
         clientId: client.clientId,
         scope: scope ?? [],
         resources: resources.length > 0 ? resources : this.#defaultResources(),
+        ...(jkt !== undefined && { jkt }),
       };
       return this.#answer(await this.#accessToken(subject, undefined));
     }
-    return this.#refresh(params.get('refresh_token'), client, scope, resources);
+    return this.#refresh(params.get('refresh_token'), client, scope, resources, jkt);
   }
 
   async #refresh(
@@ -170,6 +176,7 @@ export class Grants {
     client: RegisteredClient,
     scope: string[] | undefined,
     resources: string[],
+    jkt: string | undefined,
   ): Promise<Answer> {
     if (refreshToken === null || refreshToken === '') {
       return errorAnswer(oauthError(400, 'invalid_request', 'refresh_token required'));
@@ -206,9 +213,11 @@ export class Grants {
       next = this.#newRefreshToken(family);
     }
     const subject: Subject = {
-      ...family,
+      sub: family.sub,
+      clientId: family.clientId,
       scope: scope ?? family.scope,
       resources: resources.length > 0 ? resources : family.resources,
+      ...(jkt !== undefined && { jkt }),
     };
     const issued = await this.#accessToken(subject, family);
     return this.#answer({
@@ -249,7 +258,7 @@ export class Grants {
     }
     return {
       access_token: accessToken,
-      token_type: 'Bearer',
+      token_type: subject.jkt === undefined ? 'Bearer' : 'DPoP',
       expires_in: ttl,
       ...(subject.scope.length > 0 && { scope: subject.scope.join(' ') }),
     };
@@ -267,6 +276,7 @@ export class Grants {
       jti,
       client_id: subject.clientId,
       ...(subject.scope.length > 0 && { scope: subject.scope.join(' ') }),
+      ...(subject.jkt !== undefined && { cnf: { jkt: subject.jkt } }),
     };
   }
 
@@ -331,6 +341,7 @@ export class Grants {
         jti: opaque.jti,
         client_id: opaque.clientId,
         ...(opaque.scope.length > 0 && { scope: opaque.scope.join(' ') }),
+        ...(opaque.jkt !== undefined && { cnf: { jkt: opaque.jkt } }),
       };
     }
     if (token.split('.').length !== 3) return undefined;
@@ -370,7 +381,7 @@ export class Grants {
       }
     } else {
       const claims = await this.activeAccessToken(token);
-      if (claims !== undefined) body = { active: true, ...claims, token_type: 'Bearer' };
+      if (claims !== undefined) body = { active: true, ...claims, token_type: claims['cnf'] ? 'DPoP' : 'Bearer' };
     }
     return { status: 200, body, headers: { ...NO_STORE, 'content-type': 'application/json; charset=utf-8' } };
   }

@@ -5,7 +5,7 @@
 import express from 'express';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { SignJWT, decodeJwt, decodeProtectedHeader, exportJWK, generateKeyPair } from 'jose';
+import { SignJWT, calculateJwkThumbprint, decodeJwt, decodeProtectedHeader, exportJWK, generateKeyPair } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TokenManager, clientCredentials, refreshToken } from '../../src/index.js';
 import { bearerAuth } from '../../src/server/adapters/express.js';
@@ -313,6 +313,80 @@ describe('time from a ManualClock', () => {
       await manager.close();
     } finally {
       await timed.close();
+    }
+  });
+});
+
+describe('DPoP (RFC 9449)', () => {
+  it('a proof at the token endpoint binds the token to its key; manager.fetch passes a resource server with it', async () => {
+    const keyPair = await generateKeyPair('ES256', { extractable: true });
+    const jkt = await calculateJwkThumbprint(await exportJWK(keyPair.publicKey));
+    const manager = new TokenManager({
+      source: clientCredentials({ issuer: as.issuer, ...as.client, dpop: keyPair, ...insecure }),
+    });
+    const app = express();
+    app.get('/me', bearerAuth({ verifier: newVerifier() }), (req, res) => {
+      res.json({ type: req.auth?.credentials.tokenType, jkt: req.auth?.credentials.jkt });
+    });
+    const server = createServer(app);
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    try {
+      const token = await manager.getToken();
+      expect(token.tokenType).toBe('DPoP');
+      expect(decodeJwt(token.accessToken).cnf).toEqual({ jkt });
+      const res = await manager.fetch(`${base}/me`);
+      expect(res.status).toBe(200);
+      expect(await res.json()).toEqual({ type: 'DPoP', jkt });
+      // Stolen and replayed as a bearer token: refused.
+      const stolen = await fetch(`${base}/me`, { headers: { authorization: `Bearer ${token.accessToken}` } });
+      expect(stolen.status).toBe(401);
+    } finally {
+      await manager.close();
+      server.closeAllConnections();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    }
+  });
+
+  it('a bad or replayed proof is invalid_dpop_proof', async () => {
+    const keyPair = await generateKeyPair('ES256', { extractable: true });
+    const jwk = await exportJWK(keyPair.publicKey);
+    const proof = (claims: Record<string, unknown>, header: Record<string, unknown> = {}) =>
+      new SignJWT({
+        jti: crypto.randomUUID(),
+        htm: 'POST',
+        htu: `${as.issuer}/token`,
+        iat: Math.floor(Date.now() / 1000),
+        ...claims,
+      })
+        .setProtectedHeader({ alg: 'ES256', typ: 'dpop+jwt', jwk, ...header } as never)
+        .sign(keyPair.privateKey);
+    const request = (dpop: string) =>
+      fetch(`${as.issuer}/token`, {
+        method: 'POST',
+        headers: {
+          dpop,
+          authorization: `Basic ${Buffer.from(`${as.client.clientId}:${as.client.clientSecret}`).toString('base64')}`,
+        },
+        body: new URLSearchParams({ grant_type: 'client_credentials' }),
+      });
+    const good = await proof({});
+    const ok = await request(good);
+    expect(ok.status).toBe(200);
+    expect(((await ok.json()) as { token_type: string }).token_type).toBe('DPoP');
+    const bad = [
+      good, // replayed
+      await proof({ htu: `${as.issuer}/other` }),
+      await proof({ htm: 'GET' }),
+      await proof({ iat: Math.floor(Date.now() / 1000) - 600 }),
+      await proof({ jti: undefined }),
+      await proof({}, { typ: 'JWT' }),
+      'not.a.proof',
+    ];
+    for (const dpop of bad) {
+      const res = await request(dpop);
+      expect(res.status, dpop.slice(0, 20)).toBe(400);
+      expect(((await res.json()) as { error: string }).error).toBe('invalid_dpop_proof');
     }
   });
 });
