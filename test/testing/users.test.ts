@@ -116,18 +116,38 @@ describe('UserTokens with the test server', () => {
     }
   });
 
-  it('an outage is not a logout: the refresh fails with ERR_NETWORK and works once the server is back', async () => {
+  it.each([
+    ['down', 'ERR_NETWORK'],
+    ['reset', 'ERR_NETWORK'],
+    ['500', 'ERR_HTTP_STATUS'],
+    ['garbage', 'ERR_INVALID_RESPONSE'],
+  ] as const)(
+    "fault('%s') is not a logout: the refresh fails with %s and works once the server is back",
+    async (fault, code) => {
+      const app = users();
+      try {
+        await app.save('frank', await as.issueTokens({ sub: 'frank', scope: 'read write' }));
+        await as.fault(fault);
+        await expire();
+        await expect(app.getAccessToken('frank', { scope: 'read' })).rejects.toMatchObject({ code });
+        await as.fault('ok');
+        await clock.advance(1100); // past the one-second hold after a failure
+        expect((await app.getAccessToken('frank', { scope: 'read' })).scope).toBe('read');
+      } finally {
+        await as.fault('ok');
+        await app.close();
+      }
+    },
+  );
+
+  it('keys rotated after the app fetched them: an ID token signed by the new key is accepted', async () => {
     const app = users();
     try {
-      await app.save('frank', await as.issueTokens({ sub: 'frank', scope: 'read write' }));
-      await as.fault('down');
-      await expire();
-      await expect(app.getAccessToken('frank', { scope: 'read' })).rejects.toMatchObject({ code: 'ERR_NETWORK' });
-      await as.fault('ok');
-      await clock.advance(1100); // past the one-second hold after a failure
-      expect((await app.getAccessToken('frank', { scope: 'read' })).scope).toBe('read');
+      await app.save('gina', await as.issueTokens({ sub: 'gina', scope: 'openid' })); // fetches the JWKS
+      await as.rotateKeys();
+      await app.save('gina', await as.issueTokens({ sub: 'gina', scope: 'openid email' }));
+      expect(await app.getClaims('gina')).toMatchObject({ sub: 'gina', email: 'gina@example.test' });
     } finally {
-      await as.fault('ok');
       await app.close();
     }
   });
