@@ -10,6 +10,7 @@ import { type TestAuthorizationServer, createTestAuthorizationServer } from '../
 let as: TestAuthorizationServer;
 beforeAll(async () => {
   as = await createTestAuthorizationServer({
+    algorithm: 'ES256',
     accessTokenTtl: '60s',
     scopes: ['openid', 'email', 'read', 'write'],
     userClaims: (sub) => ({ email: `${sub}@example.test`, email_verified: true }),
