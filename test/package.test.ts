@@ -52,6 +52,20 @@ describe('the published package', () => {
       expect.arrayContaining(['TokenManager', 'clientCredentials', 'refreshToken', 'TokenwardenError']),
     );
     for (const sub of subpaths) expect(exported[sub]?.length, `${sub} exports something`).toBeGreaterThan(0);
+    expect(exported['./testing']).toContain('createTestAuthorizationServer');
+
+    // The test kit works from the tarball alone: no optional peer, no dev dependency.
+    const kit = `
+      import { createTestAuthorizationServer } from '${pkg.name}/testing';
+      import { TokenManager, clientCredentials } from '${pkg.name}';
+      const as = await createTestAuthorizationServer({ algorithm: 'ES256' });
+      const manager = new TokenManager({ source: clientCredentials({ issuer: as.issuer, ...as.client, allowInsecureRequests: true }) });
+      console.log((await manager.getToken()).tokenType);
+      await manager.close();
+      await as.close();
+    `;
+    const started = await run('node', ['--input-type=module', '-e', kit], { cwd: appDir });
+    expect(started.stdout.trim()).toBe('Bearer');
   }, 180_000);
 
   it('passes publint and are-the-types-wrong', async () => {

@@ -138,6 +138,11 @@ export interface FailureResponse {
 export interface ChallengeOptions {
   /** The `realm` of the challenge. Default `'api'`. */
   realm?: string;
+  /**
+   * The URL of the resource's metadata document (RFC 9728 §5.1), added as `resource_metadata="…"` to every
+   * challenge. `bearerAuth({ protectedResource })` sets it from the configured resource.
+   */
+  resourceMetadata?: string;
 }
 
 /**
@@ -147,7 +152,8 @@ export interface ChallengeOptions {
  * answered in that scheme, with the accepted proof algorithms: `DPoP realm="api", error="invalid_dpop_proof",
  * error_description="…", algs="ES256 …"`. When the verifier is configured with a `dpop` option, a request
  * without a token is offered both schemes, `Bearer realm="api", DPoP realm="api", algs="…"` (only `DPoP` when
- * it is required). Returns `undefined` for `temporarily_unavailable`, which is not a challenge.
+ * it is required). With `resourceMetadata`, each challenge ends with `resource_metadata="…"` (RFC 9728 §5.1).
+ * Returns `undefined` for `temporarily_unavailable`, which is not a challenge.
  *
  * @example
  * ```ts
@@ -160,15 +166,21 @@ export function challenge(result: VerifyFailure, options: ChallengeOptions = {})
   const realm = `realm="${safeText(options.realm ?? 'api')}"`;
   const dpop = result.dpop;
   const algs = dpop === undefined ? [] : [`algs="${safeText(dpop.algs.join(' '))}"`];
+  const metadata =
+    options.resourceMetadata === undefined ? [] : [`resource_metadata="${safeUrl(options.resourceMetadata)}"`];
   if (result.error === 'missing_token') {
-    if (dpop === undefined) return result.scheme === 'DPoP' ? `DPoP ${realm}` : `Bearer ${realm}`;
-    const offer = ['DPoP', [realm, ...algs].join(', ')].join(' ');
-    return dpop.required === true ? offer : `Bearer ${realm}, ${offer}`;
+    // A scope here tells the client what to ask for (RFC 6750 §3; MCP's scope guidance).
+    const scope = result.scope === undefined ? [] : [`scope="${safeText(result.scope)}"`];
+    const bearer = `Bearer ${[realm, ...scope, ...metadata].join(', ')}`;
+    if (dpop === undefined)
+      return result.scheme === 'DPoP' ? `DPoP ${[realm, ...scope, ...metadata].join(', ')}` : bearer;
+    const offer = `DPoP ${[realm, ...algs, ...metadata].join(', ')}`;
+    return dpop.required === true ? offer : `${bearer}, ${offer}`;
   }
   const parts = [realm, `error="${result.error}"`, `error_description="${safeText(result.description)}"`];
   if (result.scope !== undefined) parts.push(`scope="${safeText(result.scope)}"`);
-  if (result.scheme === 'DPoP') return `DPoP ${[...parts, ...algs].join(', ')}`;
-  return `Bearer ${parts.join(', ')}`;
+  if (result.scheme === 'DPoP') return `DPoP ${[...parts, ...algs, ...metadata].join(', ')}`;
+  return `Bearer ${[...parts, ...metadata].join(', ')}`;
 }
 
 /**
@@ -204,6 +216,11 @@ export function failureResponse(result: VerifyFailure, options: ChallengeOptions
 function retryAfterSeconds(value: number | undefined): number {
   if (typeof value !== 'number' || !Number.isFinite(value)) return 5;
   return Math.min(3600, Math.max(1, Math.ceil(value)));
+}
+
+/** A URL inside a quoted-string: only the characters RFC 6750 allows in its values, never truncated. */
+function safeUrl(url: string): string {
+  return url.replace(/[^\x21\x23-\x5b\x5d-\x7e]/g, '');
 }
 
 /** RFC 6750 §3: error_description and scope use %x20-21 / %x23-5B / %x5D-7E (no `"`, no `\`). */

@@ -3,7 +3,8 @@
  * issuer's JWKS, opaque tokens by introspection, or any scheme through a provider; bearer or DPoP-bound
  * (RFC 9449, the proof checked on every request) — with a bounded cache whose entries never outlive the
  * token. While the authorization server is down, the last known keys keep verifying JWTs and every endpoint
- * of it is backed off; `verify.health()` and events tell how it is going. Framework middleware lives in `tokenwarden/express`,
+ * of it is backed off; `verify.health()` and events tell how it is going. Resources describe themselves to
+ * clients (RFC 9728 Protected Resource Metadata). Framework middleware lives in `tokenwarden/express`,
  * `tokenwarden/fastify`, `tokenwarden/koa`, `tokenwarden/hono` and `tokenwarden/node`.
  *
  * @example
@@ -57,6 +58,16 @@ export {
   createVerifier,
   requirements,
 } from './verifier.js';
+export {
+  PROTECTED_RESOURCE_WELL_KNOWN,
+  type MetadataResponse,
+  type ProtectedResource,
+  type ProtectedResourceMetadata,
+  type ProtectedResourceOptions,
+  protectedResource,
+  protectedResourceMetadata,
+  protectedResourceMetadataUrl,
+} from './protected-resource.js';
 export { type AuthenticateOutcome, type BearerAuthOptions, authenticator } from './adapters/shared.js';
 export { TokenwardenError, isTokenwardenError, type ErrorCode } from '../errors.js';
 export type { BackoffOptions } from '../policy.js';

@@ -17,7 +17,7 @@ import { bearerAuth as fastifyAuth, bearerAuthHook as fastifyHook } from '../../
 import { type BearerAuthVariables, bearerAuth as honoAuth } from '../../src/server/adapters/hono.js';
 import { bearerAuth as koaAuth } from '../../src/server/adapters/koa.js';
 import { bearerAuth as nodeAuth } from '../../src/server/adapters/node.js';
-import { type Auth, type BearerAuthOptions, createVerifier } from '../../src/server/index.js';
+import { type Auth, type BearerAuthOptions, authenticator, createVerifier } from '../../src/server/index.js';
 import {
   API_RESOURCE,
   type TestAuthorizationServer,
@@ -76,8 +76,11 @@ const harnesses: Record<string, (routes: Route[]) => Promise<Running>> = {
       await scope.register(fastifyAuth, first.options);
       scope.all(first.path, async (request) => reply(request.auth));
     });
-    for (const r of rest)
+    for (const r of rest) {
+      // The plugin adds the RFC 9728 metadata route itself.
+      if (app.hasRoute({ method: 'GET', url: r.path })) continue;
       app.all(r.path, { onRequest: fastifyHook(r.options) }, async (request) => reply(request.auth));
+    }
     await app.ready();
     return listen(app.server);
   },
@@ -119,18 +122,25 @@ interface Answer {
   status: number;
   headers: Record<string, string | string[] | undefined>;
   body: Record<string, unknown>;
+  text: string;
 }
 
 /** A request with raw header pairs, so that a header can be sent twice. */
 function send(url: string, headers: [string, string][] = [], method = 'GET'): Promise<Answer> {
   return new Promise((resolve, reject) => {
-    // Raw header pairs replace Node's defaults, Host included.
-    const raw = [['host', new URL(url).host], ...headers].flat();
+    // Raw header pairs replace Node's defaults, Host included (unless the test sends its own).
+    const host = headers.some(([name]) => name.toLowerCase() === 'host') ? [] : [['host', new URL(url).host]];
+    const raw = [...host, ...headers].flat();
     const req = httpRequest(url, { method, headers: raw as unknown as Record<string, string> }, (res) => {
       let text = '';
       res.on('data', (chunk: Buffer) => (text += chunk.toString()));
       res.on('end', () =>
-        resolve({ status: res.statusCode ?? 0, headers: res.headers, body: text ? JSON.parse(text) : {} }),
+        resolve({
+          status: res.statusCode ?? 0,
+          headers: res.headers,
+          body: text ? JSON.parse(text) : {},
+          text,
+        }),
       );
     });
     req.on('error', reject);
@@ -493,3 +503,184 @@ describe('form body tokens (opt-in; RFC 6750 §2.2)', () => {
     });
   }
 });
+
+describe.each(Object.keys(harnesses))('%s adapter: Protected Resource Metadata (RFC 9728)', (name) => {
+  const WELL_KNOWN = '/.well-known/oauth-protected-resource';
+  const MCP_RESOURCE = `${API_RESOURCE}/mcp`;
+  const OWN_RESOURCE = `${API_RESOURCE}/own`;
+  let app: Running;
+  let mcpToken: string;
+  let ownToken: string;
+
+  beforeAll(async () => {
+    const verifier = createVerifier({ issuer: as.issuer, audience: API_RESOURCE, allowInsecureRequests: true });
+    const mcpVerifier = createVerifier({ issuer: as.issuer, audience: MCP_RESOURCE, allowInsecureRequests: true });
+    const api = {
+      verifier,
+      protectedResource: {
+        resource: API_RESOURCE,
+        authorizationServers: [as.issuer],
+        scopesSupported: ['read', 'write'],
+        resourceName: 'Test API',
+      },
+    };
+    const mcp = {
+      verifier: mcpVerifier,
+      protectedResource: { resource: MCP_RESOURCE, authorizationServers: [as.issuer] },
+    };
+    // Verifier options instead of a shared verifier: the audience, the authorization servers and the
+    // bearer methods come from them.
+    const own: BearerAuthOptions = {
+      issuer: as.issuer,
+      allowInsecureRequests: true,
+      tokenLocations: ['header', 'query'],
+      protectedResource: { resource: OWN_RESOURCE },
+    };
+    app = await (harnesses[name] as (routes: Route[]) => Promise<Running>)([
+      { path: '/read', options: api },
+      { path: WELL_KNOWN, options: api },
+      { path: '/write', options: { ...api, requiredScopes: ['write'] } },
+      { path: '/mcp', options: mcp },
+      { path: `${WELL_KNOWN}/mcp`, options: mcp },
+      { path: '/own', options: own },
+      { path: `${WELL_KNOWN}/own`, options: own },
+    ]);
+    mcpToken = (await issueToken(as, { scope: 'read', resource: MCP_RESOURCE })).accessToken;
+    ownToken = (await issueToken(as, { scope: 'read', resource: OWN_RESOURCE })).accessToken;
+  });
+  afterAll(() => app.close());
+
+  /** The RFC 9728 §2 / §3.2 checks every document must pass. */
+  const checkDocument = (res: Answer, resource: string) => {
+    expect(res.status).toBe(200);
+    expect(res.headers['content-type']).toMatch(/^application\/json/);
+    expect(res.headers['cache-control']).toBe('public, max-age=3600');
+    expect(res.headers['access-control-allow-origin']).toBe('*');
+    expect(res.headers['www-authenticate']).toBeUndefined();
+    const doc = res.body;
+    expect(doc['resource']).toBe(resource); // identical to the identifier the URL was formed from (§3.3)
+    for (const [member, value] of Object.entries(doc)) {
+      if (Array.isArray(value)) {
+        expect(value.length, `${member} has values or is omitted (§3.2)`).toBeGreaterThan(0);
+        expect(value.every((v) => typeof v === 'string')).toBe(true);
+      }
+    }
+    for (const url of [doc['resource'], ...((doc['authorization_servers'] as string[] | undefined) ?? [])]) {
+      expect(String(url)).not.toContain('#');
+    }
+    return doc;
+  };
+
+  it('serves the document at /.well-known/oauth-protected-resource without a token', async () => {
+    const doc = checkDocument(await send(`${app.url}${WELL_KNOWN}`), API_RESOURCE);
+    expect(doc).toEqual({
+      resource: API_RESOURCE,
+      authorization_servers: [as.issuer],
+      scopes_supported: ['read', 'write'],
+      resource_name: 'Test API',
+    });
+    // Even with a bad token: the document is public.
+    checkDocument(await send(`${app.url}${WELL_KNOWN}?x=1`, [['authorization', 'Bearer garbage']]), API_RESOURCE);
+  });
+
+  it('a resource with a path: the document at the path-suffixed URL (§3.1)', async () => {
+    const doc = checkDocument(await send(`${app.url}${WELL_KNOWN}/mcp`), MCP_RESOURCE);
+    expect(doc).toEqual({ resource: MCP_RESOURCE, authorization_servers: [as.issuer] });
+  });
+
+  it('HEAD, a CORS preflight, and 405 for other methods', async () => {
+    const head = await send(`${app.url}${WELL_KNOWN}`, [], 'HEAD');
+    expect(head.status).toBe(200);
+    expect(head.text).toBe('');
+    const preflight = await send(
+      `${app.url}${WELL_KNOWN}`,
+      [
+        ['origin', 'https://client.example'],
+        ['access-control-request-method', 'GET'],
+        ['access-control-request-headers', 'mcp-protocol-version'],
+      ],
+      'OPTIONS',
+    );
+    expect(preflight.status).toBe(204);
+    expect(preflight.headers['access-control-allow-origin']).toBe('*');
+    expect(preflight.headers['access-control-allow-methods']).toBe('GET, HEAD, OPTIONS');
+    const post = await send(`${app.url}${WELL_KNOWN}`, [], 'POST');
+    expect(post.status).toBe(405);
+    expect(post.headers['allow']).toBe('GET, HEAD, OPTIONS');
+  });
+
+  it('every 401 names the metadata URL formed from resource, never from Host (§5.1)', async () => {
+    const missing = await send(`${app.url}/read`, [['host', 'evil.example']]);
+    expect(missing.status).toBe(401);
+    expect(missing.headers['www-authenticate']).toBe(
+      `Bearer realm="api", resource_metadata="${API_RESOURCE}${WELL_KNOWN}"`,
+    );
+    const bad = await send(`${app.url}/read`, [['authorization', 'Bearer garbage']]);
+    expect(bad.status).toBe(401);
+    expect(bad.headers['www-authenticate']).toBe(
+      `Bearer realm="api", error="invalid_token", error_description="malformed token", resource_metadata="${API_RESOURCE}${WELL_KNOWN}"`,
+    );
+    const mcpMissing = await send(`${app.url}/mcp`, [['host', 'evil.example:1']]);
+    expect(mcpMissing.headers['www-authenticate']).toBe(
+      `Bearer realm="api", resource_metadata="${API_RESOURCE}${WELL_KNOWN}/mcp"`,
+    );
+  });
+
+  it('a valid token for the resource passes', async () => {
+    expect((await send(`${app.url}/read`, [['authorization', `Bearer ${read}`]])).body).toEqual({
+      uid: 'svc',
+      scopes: ['read'],
+    });
+    expect((await send(`${app.url}/mcp`, [['authorization', `Bearer ${mcpToken}`]])).status).toBe(200);
+  });
+
+  it('a token for another resource is refused 401, even when the verifier would take it', async () => {
+    // The /mcp verifier checks aud MCP_RESOURCE; /read's shared verifier checks API_RESOURCE.
+    const other = await send(`${app.url}/mcp`, [['authorization', `Bearer ${read}`]]);
+    expect(other.status).toBe(401);
+    expect(other.headers['www-authenticate']).toContain(`resource_metadata="${API_RESOURCE}${WELL_KNOWN}/mcp"`);
+    expect(other.body['error']).toBe('invalid_token');
+    const lax = createVerifier({
+      issuer: as.issuer,
+      audience: [API_RESOURCE, MCP_RESOURCE],
+      allowInsecureRequests: true,
+    });
+    const check = (requireAudience: boolean) =>
+      authenticatorOutcome(lax, { resource: MCP_RESOURCE, authorizationServers: [as.issuer], requireAudience });
+    expect((await check(true)).response?.status).toBe(401);
+    expect((await check(false)).response).toBeUndefined();
+  });
+
+  it('403 insufficient_scope names the metadata URL; a 401 names the scope the route needs', async () => {
+    const forbidden = await send(`${app.url}/write`, [['authorization', `Bearer ${read}`]]);
+    expect(forbidden.status).toBe(403);
+    expect(forbidden.headers['www-authenticate']).toBe(
+      `Bearer realm="api", error="insufficient_scope", error_description="insufficient scope", scope="write", resource_metadata="${API_RESOURCE}${WELL_KNOWN}"`,
+    );
+    const missing = await send(`${app.url}/write`);
+    expect(missing.status).toBe(401);
+    expect(missing.headers['www-authenticate']).toBe(
+      `Bearer realm="api", scope="write", resource_metadata="${API_RESOURCE}${WELL_KNOWN}"`,
+    );
+  });
+
+  it('from verifier options: audience = resource, authorization servers = issuer, bearer methods = tokenLocations', async () => {
+    const doc = checkDocument(await send(`${app.url}${WELL_KNOWN}/own`), OWN_RESOURCE);
+    expect(doc).toEqual({
+      resource: OWN_RESOURCE,
+      authorization_servers: [as.issuer],
+      bearer_methods_supported: ['header', 'query'],
+    });
+    expect((await send(`${app.url}/own`, [['authorization', `Bearer ${ownToken}`]])).status).toBe(200);
+    expect((await send(`${app.url}/own`, [['authorization', `Bearer ${read}`]])).status).toBe(401);
+  });
+});
+
+/** One authentication of a request carrying `read`, through the shared adapter code, with a protected resource. */
+async function authenticatorOutcome(
+  verifier: ReturnType<typeof createVerifier>,
+  protectedResource: NonNullable<BearerAuthOptions['protectedResource']>,
+) {
+  const authenticate = authenticator({ verifier, protectedResource });
+  return authenticate(`Bearer ${read}`);
+}

@@ -11,6 +11,8 @@
  */
 import type { Auth } from '../provider.js';
 import type { NodeRequestLike } from '../extract.js';
+import { TokenwardenError } from '../../errors.js';
+import { protectedResourceMetadataUrl } from '../protected-resource.js';
 import { type BearerAuthOptions, authenticator } from './shared.js';
 
 export type { BearerAuthOptions } from './shared.js';
@@ -60,9 +62,14 @@ export interface FastifyInstanceLike {
   addHook: (...args: never[]) => unknown;
   decorateRequest(name: 'auth', value: null): unknown;
   hasRequestDecorator(name: string): boolean;
+  /** Used to add the RFC 9728 metadata route when `protectedResource` is set. */
+  route?: (...args: never[]) => unknown;
+  hasRoute?: (...args: never[]) => boolean;
 }
 
 type AddHook = (name: 'onRequest' | 'preValidation', hook: ReturnType<typeof bearerAuthHook>) => unknown;
+type Route = (route: { method: string[]; url: string; handler: ReturnType<typeof bearerAuthHook> }) => unknown;
+type HasRoute = (route: { method: string; url: string }) => boolean;
 
 /**
  * A Fastify hook (for `onRequest`, or `preValidation` when tokens may come in the body) that verifies
@@ -93,7 +100,8 @@ export function bearerAuthHook(
 
 /**
  * A Fastify plugin that verifies the access token of every request in the context it is registered in
- * and sets `request.auth`.
+ * and sets `request.auth`. With `protectedResource`, it also adds the route of the RFC 9728 metadata
+ * document to that context (GET and HEAD answered, OPTIONS as a CORS preflight, other methods 405): register it where no `prefix` applies.
  *
  * @example
  * ```ts
@@ -112,6 +120,21 @@ export const bearerAuth = Object.assign(
     if (!fastify.hasRequestDecorator('auth')) fastify.decorateRequest('auth', null);
     const usesBody = 'tokenLocations' in options && options.tokenLocations?.includes('body') === true;
     (fastify.addHook as AddHook).call(fastify, usesBody ? 'preValidation' : 'onRequest', hook);
+    if (options.protectedResource !== undefined) {
+      // Fastify runs hooks only for routes it has: the metadata document needs one. Its hook answers it
+      // before any token check; the handler does the same, should another hook run first.
+      const url = new URL(protectedResourceMetadataUrl(options.protectedResource.resource)).pathname;
+      if (typeof fastify.route !== 'function') {
+        throw new TokenwardenError('ERR_CONFIG', 'protectedResource needs a Fastify instance (route())');
+      }
+      const exists = (fastify.hasRoute as HasRoute | undefined)?.call(fastify, { method: 'GET', url }) === true;
+      if (!exists)
+        (fastify.route as Route).call(fastify, {
+          method: ['GET', 'OPTIONS', 'POST', 'PUT', 'PATCH', 'DELETE'],
+          url,
+          handler: hook,
+        });
+    }
   },
   {
     [Symbol.for('skip-override')]: true,

@@ -59,6 +59,7 @@ export function bearerAuth(
     const outcome = await authenticate(c.req.raw);
     if (outcome.response) {
       const { status, headers, body } = outcome.response;
+      if (body === undefined) return new Response(null, { status, headers });
       return new Response(JSON.stringify(body), {
         status,
         headers: { ...headers, 'content-type': 'application/json; charset=utf-8' },

@@ -54,7 +54,7 @@ export function bearerAuth(
     if (outcome.response) {
       ctx.status = outcome.response.status;
       ctx.set(outcome.response.headers);
-      ctx.body = outcome.response.body;
+      if (outcome.response.body !== undefined) ctx.body = outcome.response.body;
       return;
     }
     if (outcome.headers !== undefined) ctx.set({ ...outcome.headers });

@@ -7,8 +7,21 @@
  */
 import { TokenwardenError } from '../../errors.js';
 import type { Auth } from '../provider.js';
-import { type ChallengeOptions, type FailureResponse, failureResponse } from '../errors.js';
+import {
+  type ChallengeOptions,
+  type FailureResponse,
+  type VerifyFailure,
+  failure,
+  failureResponse,
+} from '../errors.js';
 import type { VerifyInput } from '../extract.js';
+import { ASYMMETRIC_ALGORITHMS } from '../jwt.js';
+import {
+  type MetadataResponse,
+  type ProtectedResource,
+  type ProtectedResourceOptions,
+  protectedResource,
+} from '../protected-resource.js';
 import {
   type AuthorizationRequirements,
   type Verifier,
@@ -35,6 +48,15 @@ export type BearerAuthOptions = (VerifierOptions | ({ verifier: Verifier } & Aut
      * `false`.
      */
     optional?: boolean;
+    /**
+     * Describe the resource (RFC 9728): the middleware answers `GET /.well-known/oauth-protected-resource`
+     * (with the resource's path appended when it has one, §3.1) unauthenticated, every challenge names that
+     * URL in `resource_metadata` (§5.1) — formed from `resource`, never from the request's `Host` — a 401
+     * also names the route's `requiredScopes` in `scope`, and only tokens whose `aud` names `resource` are
+     * accepted (`requireAudience: false` to turn that off). Without an `audience` option, the verifier's
+     * audience is `resource`. Mount the middleware where it sees the metadata path (`app.use(...)`).
+     */
+    protectedResource?: ProtectedResourceOptions;
   };
 
 /**
@@ -50,7 +72,7 @@ export type BearerAuthOptions = (VerifierOptions | ({ verifier: Verifier } & Aut
  */
 export type AuthenticateOutcome =
   | { auth: Auth | undefined; headers?: Readonly<Record<string, string>>; response?: undefined }
-  | { response: FailureResponse };
+  | { response: FailureResponse | MetadataResponse };
 
 /**
  * Builds the per-request function every adapter calls: `authenticate(input, body?, originalUrl?)`, where
@@ -75,22 +97,85 @@ export function authenticator(
   if ('verifier' in options && typeof options.verifier !== 'function') {
     throw new TokenwardenError('ERR_CONFIG', 'verifier must be a verifier made by createVerifier()');
   }
-  const verifier = 'verifier' in options ? options.verifier : createVerifier(options);
+  const resource = options.protectedResource === undefined ? undefined : resourceOf(options);
+  const verifier =
+    'verifier' in options
+      ? options.verifier
+      : createVerifier(
+          resource !== undefined && options.audience === undefined
+            ? { ...options, audience: resource.metadata.resource }
+            : options,
+        );
   // With a shared verifier the route's requirements go with each call; otherwise they are the verifier's.
   const route = 'verifier' in options ? requirements(options) : {};
-  const challenge: ChallengeOptions = options.realm === undefined ? {} : { realm: options.realm };
+  const challenge: ChallengeOptions = {
+    ...(options.realm !== undefined && { realm: options.realm }),
+    ...(resource !== undefined && { resourceMetadata: resource.metadataUrl }),
+    ...(options.resourceMetadata !== undefined && { resourceMetadata: options.resourceMetadata }),
+  };
+  // MCP: a 401 names the scopes the request needs, so that a client asks for them (RFC 6750 §3).
+  const needed = resource === undefined ? undefined : requirements(options).requiredScopes?.join(' ') || undefined;
+  const refuse = (refused: VerifyFailure): { response: FailureResponse } => {
+    if (needed !== undefined && refused.status === 401 && refused.scope === undefined) {
+      if (refused.error === 'missing_token' || refused.error === 'invalid_token') {
+        refused = { ...refused, ...failure(refused.error, refused.description, needed) };
+      }
+    }
+    return { response: failureResponse(refused, challenge) };
+  };
   const optional = options.optional === true;
   return async (input, body, originalUrl) => {
+    if (resource !== undefined) {
+      const answer = resource.answer(input, originalUrl);
+      if (answer !== undefined) return { response: answer };
+    }
     const call =
       body === undefined && originalUrl === undefined
         ? route
         : { ...route, ...(body !== undefined && { body }), ...(originalUrl !== undefined && { originalUrl }) };
     const result = await verifier(input, call);
-    if (result.ok)
+    if (result.ok) {
+      const wrongAudience = resource?.checkAudience(result.auth);
+      if (wrongAudience !== undefined) return refuse(wrongAudience);
       return result.headers === undefined ? { auth: result.auth } : { auth: result.auth, headers: result.headers };
+    }
     if (optional && result.failure.error === 'missing_token') return { auth: undefined };
-    return { response: failureResponse(result.failure, challenge) };
+    return refuse(result.failure);
   };
+}
+
+/**
+ * The protected resource of `bearerAuth({ protectedResource })`, with defaults taken from the verifier's
+ * options when they are given (not a shared `verifier`): authorization servers from `issuer`, bearer
+ * methods from `tokenLocations`, DPoP from `dpop`.
+ */
+function resourceOf(options: BearerAuthOptions): ProtectedResource {
+  const given = options.protectedResource as ProtectedResourceOptions;
+  if (given === null || typeof given !== 'object') {
+    throw new TokenwardenError('ERR_CONFIG', 'protectedResource options must be an object');
+  }
+  if ('verifier' in options) return protectedResource(given);
+  const issuers =
+    typeof options.issuer === 'string' ? [options.issuer] : Array.isArray(options.issuer) ? options.issuer : undefined;
+  if (issuers !== undefined && given.authorizationServers !== undefined) {
+    const untrusted = given.authorizationServers.find((s) => !issuers.includes(s));
+    if (untrusted !== undefined) {
+      throw new TokenwardenError(
+        'ERR_CONFIG',
+        'protectedResource.authorizationServers names a server the verifier does not trust (not in issuer)',
+      );
+    }
+  }
+  const dpop = typeof options.dpop === 'object' && options.dpop !== null ? options.dpop : undefined;
+  const derived: ProtectedResourceOptions = {
+    ...(issuers !== undefined && { authorizationServers: issuers }),
+    bearerMethodsSupported: dpop?.required === true ? [] : [...(options.tokenLocations ?? ['header'])],
+    ...(dpop !== undefined && { dpopSigningAlgValuesSupported: [...(dpop.algorithms ?? ASYMMETRIC_ALGORITHMS)] }),
+    ...(dpop?.required === true && { dpopBoundAccessTokensRequired: true }),
+    ...(options.allowInsecureRequests === true && { allowInsecureRequests: true }),
+    ...given,
+  };
+  return protectedResource(derived);
 }
 
 /**
@@ -121,16 +206,17 @@ export function setNodeHeaders(res: NodeResponseLike, headers: Readonly<Record<s
 }
 
 /**
- * Writes a failure to a Node.js response as JSON.
+ * Writes a failure (or a metadata answer) to a Node.js response as JSON.
  *
  * @example
  * ```ts
  * if (outcome.response) return sendNode(res, outcome.response);
  * ```
  */
-export function sendNode(res: NodeResponseLike, response: FailureResponse): void {
+export function sendNode(res: NodeResponseLike, response: FailureResponse | MetadataResponse): void {
   res.statusCode = response.status;
   for (const [name, value] of Object.entries(response.headers)) res.setHeader(name, value);
+  if (response.body === undefined) return void res.end();
   res.setHeader('content-type', 'application/json; charset=utf-8');
   res.end(JSON.stringify(response.body));
 }

@@ -1,0 +1,100 @@
+/**
+ * DPoP proofs at the test authorization server's token endpoint (RFC 9449 §4.3, §5): a request with a valid
+ * proof gets an access token bound to the proof's key (`cnf.jkt`, `token_type: DPoP`); a bad proof is
+ * `invalid_dpop_proof`. Server nonces are not demanded.
+ *
+ * @module
+ */
+import { type JWK, calculateJwkThumbprint, decodeProtectedHeader, importJWK, jwtVerify } from 'jose';
+import { type OAuthError, oauthError } from './client-auth.js';
+
+const ALGORITHMS = [
+  'RS256',
+  'RS384',
+  'RS512',
+  'PS256',
+  'PS384',
+  'PS512',
+  'ES256',
+  'ES384',
+  'ES512',
+  'EdDSA',
+  'Ed25519',
+];
+/** How far a proof's `iat` may be from now (RFC 9449 §11.1), and so how long its `jti` is remembered. */
+const WINDOW_MS = 60_000;
+
+/** The DPoP proof algorithms the token endpoint accepts, for the metadata. */
+export const DPOP_ALGORITHMS: readonly string[] = ALGORITHMS;
+
+function bad(description: string): OAuthError {
+  return oauthError(400, 'invalid_dpop_proof', description);
+}
+
+/** Checks proofs and remembers their ids for the proof window. */
+export class DPoPProofs {
+  readonly #now: () => number;
+  readonly #seen = new Map<string, number>();
+
+  constructor(now: () => number) {
+    this.#now = now;
+  }
+
+  /**
+   * The thumbprint of the key a request's proof proves, `undefined` without a `DPoP` header, or the error.
+   * `url` is the endpoint's URL (the proof's `htu` is compared without query and fragment).
+   */
+  async check(
+    header: string | string[] | undefined,
+    method: string,
+    url: string,
+  ): Promise<string | OAuthError | undefined> {
+    if (header === undefined) return undefined;
+    if (typeof header !== 'string' || header === '' || header.includes(',')) return bad('exactly one DPoP proof');
+    let jwk: JWK;
+    let alg: string;
+    try {
+      const protectedHeader = decodeProtectedHeader(header);
+      if (protectedHeader.typ !== 'dpop+jwt') return bad('typ must be dpop+jwt');
+      alg = String(protectedHeader.alg);
+      if (!ALGORITHMS.includes(alg)) return bad('unsupported proof algorithm');
+      jwk = protectedHeader.jwk as JWK;
+      if (jwk === null || typeof jwk !== 'object' || 'd' in jwk || jwk.kty === 'oct')
+        return bad('jwk must be a public key');
+    } catch {
+      return bad('malformed DPoP proof');
+    }
+    const now = this.#now();
+    let payload: Record<string, unknown>;
+    try {
+      const key = await importJWK(jwk, alg);
+      ({ payload } = await jwtVerify(header, key, { typ: 'dpop+jwt', algorithms: [alg], currentDate: new Date(now) }));
+    } catch {
+      return bad('DPoP proof signature or claims are not valid');
+    }
+    if (typeof payload['jti'] !== 'string' || payload['jti'] === '') return bad('jti required');
+    if (payload['htm'] !== method) return bad('htm does not match the request');
+    if (typeof payload['htu'] !== 'string' || stripped(payload['htu']) !== stripped(url)) {
+      return bad('htu does not match the request');
+    }
+    const iat = payload['iat'];
+    if (typeof iat !== 'number' || Math.abs(iat * 1000 - now) > WINDOW_MS)
+      return bad('iat outside the accepted window');
+    const jkt = await calculateJwkThumbprint(jwk);
+    for (const [id, until] of this.#seen) if (until <= now) this.#seen.delete(id);
+    const id = `${jkt}\u0000${payload['jti']}`;
+    if (this.#seen.has(id)) return bad('DPoP proof already used');
+    this.#seen.set(id, now + 2 * WINDOW_MS);
+    return jkt;
+  }
+}
+
+/** A URL without query and fragment (RFC 9449 §4.3 step 9); `undefined` when it is not one. */
+function stripped(url: string): string | undefined {
+  try {
+    const parsed = new URL(url);
+    return `${parsed.origin}${parsed.pathname}`;
+  } catch {
+    return undefined;
+  }
+}
