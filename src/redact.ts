@@ -96,10 +96,14 @@ export class Redactor {
     }
     if (value instanceof Error) return this.redactError(value, depth);
     if (value instanceof URL) return this.redact(value.href);
-    if (Array.isArray(value)) return value.slice(0, 50).map((v) => this.redactValue(v, depth + 1));
-    const out: Record<string, unknown> = {};
-    for (const [k, v] of Object.entries(value).slice(0, 50)) out[this.redact(k)] = this.redactValue(v, depth + 1);
-    return out;
+    try {
+      if (Array.isArray(value)) return value.slice(0, 50).map((v) => this.redactValue(v, depth + 1));
+      const out: Record<string, unknown> = {};
+      for (const [k, v] of Object.entries(value).slice(0, 50)) out[this.redact(k)] = this.redactValue(v, depth + 1);
+      return out;
+    } catch {
+      return '[unreadable]'; // a getter that throws (a driver's request object, a revoked proxy)
+    }
   }
 
   /** Scrubs an error in place — message, stack, own properties, cause — and returns it. */

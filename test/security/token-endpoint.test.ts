@@ -148,6 +148,40 @@ describe('an authorization server echoing the credentials it received', () => {
     expect(leaksIn(text, sentCredentials())).toEqual([]);
   });
 
+  it('a fetch that fails quoting the request it was given (a proxy library, say) does not leak it either', async () => {
+    const quoting = async (_input: unknown, init?: RequestInit): Promise<Response> => {
+      const headers = JSON.stringify(Object.fromEntries(new Headers(init?.headers)));
+      throw Object.assign(new Error(`proxy refused ${String(init?.body)} with ${headers}`), {
+        code: 'EPROXY',
+        config: {
+          data: String(init?.body),
+          headers: { Authorization: new Headers(init?.headers).get('authorization') },
+        },
+      });
+    };
+    const sources = {
+      client_secret_basic: clientCredentials({ ...common(), clientSecret: CLIENT_SECRET, fetch: quoting }),
+      client_secret_post: clientCredentials({
+        ...common(),
+        clientSecret: CLIENT_SECRET,
+        clientAuth: 'client_secret_post',
+        fetch: quoting,
+      }),
+      'refresh token': refreshToken({
+        ...common(),
+        clientSecret: CLIENT_SECRET,
+        refreshToken: REFRESH_TOKEN,
+        fetch: quoting,
+      }),
+    };
+    for (const [name, source] of Object.entries(sources)) {
+      const err = await failure(() => source.fetchToken({}));
+      expect(err.code).toBe('ERR_NETWORK');
+      expect(renderings(err)).toContain('[redacted]'); // the quoted request was there, scrubbed
+      expect(leaksIn(renderings(err), [CLIENT_SECRET, REFRESH_TOKEN]), name).toEqual([]);
+    }
+  });
+
   it('revocation (at the configured revocationEndpoint): the revoked token is not echoed back either', async () => {
     const client = new OAuthClient({
       ...common(),
