@@ -282,7 +282,8 @@ export function toToken(data: unknown): Token | undefined {
   for (const field of ['refreshToken', 'idToken', 'scope'] as const) {
     if (d[field] !== undefined && typeof d[field] !== 'string') return undefined;
   }
-  // A stored token is held to the same character sets as a received one (a planted entry is no exception).
+  // A stored token is held to the same character sets as a received one (a planted entry is no exception),
+  // except that the access token may be empty: the fleet's placeholder announcing a first refresh.
   const strings = d as {
     accessToken: string;
     tokenType: string;
@@ -290,7 +291,8 @@ export function toToken(data: unknown): Token | undefined {
     idToken?: string;
     scope?: string;
   };
-  if (invalidTokenField(strings) !== undefined) return undefined;
+  const checked = strings.accessToken === '' ? { ...strings, accessToken: 'placeholder' } : strings;
+  if (invalidTokenField(checked) !== undefined) return undefined;
   const raw = d['raw'] !== null && typeof d['raw'] === 'object' ? (d['raw'] as Record<string, unknown>) : {};
   return freezeToken({
     accessToken: d['accessToken'],

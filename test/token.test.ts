@@ -101,3 +101,10 @@ describe('stored tokens are held to the RFC 6749 character sets too', () => {
     }
   });
 });
+
+describe('the fleet placeholder', () => {
+  it('a stored token with an empty access token (a first refresh announced) is still read back', () => {
+    const placeholder = { v: 1, accessToken: '', tokenType: 'Bearer', issuedAt: 1, expiresAt: 1, raw: {}, seq: 1 };
+    expect(parseStoredToken(JSON.stringify(placeholder))?.accessToken).toBe('');
+  });
+});
