@@ -214,13 +214,15 @@ function either(hex: string): string {
 }
 
 /**
- * Replaces the user name and password of URLs in `text` (`https://user:pass@host` → `https://[redacted]@host`).
+ * Replaces the user name and password of URLs in `text` (`https://user:pass@host` → `https://***@host`, as
+ * proxy URLs are shown).
  *
  * @example
  * ```ts
- * redactUrlCredentials('request to https://svc:hunter2@as.example.com/token failed'); // 'request to https://[redacted]@as.example.com/token failed'
+ * redactUrlCredentials('request to https://svc:hunter2@as.example.com/token failed'); // 'request to https://***@as.example.com/token failed'
  * ```
  */
 export function redactUrlCredentials(text: string): string {
-  return text.replace(/\b([a-z][a-z0-9+.-]*:\/\/)[^/?#\s@"'<>]*@/gi, `$1${REDACTED}@`);
+  // `***` as the proxy descriptions write it (`http://***@proxy:3128`), which is left as it is.
+  return text.replace(/\b([a-z][a-z0-9+.-]*:\/\/)[^/?#\s@"'<>]*@/gi, '$1***@');
 }

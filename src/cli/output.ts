@@ -26,7 +26,7 @@ export function keepSecret(secret: string, clientId?: string): void {
 
 /**
  * Text about to be printed, scrubbed: registered secrets (see {@link keepSecret}) and the user name and
- * password of any URL (`https://user:pass@host` → `https://[redacted]@host`: a token endpoint, an issuer, a
+ * password of any URL (`https://user:pass@host` → `https://***@host`: a token endpoint, an issuer, a
  * proxy).
  *
  * @example

@@ -66,7 +66,7 @@ describe('Redactor', () => {
 
   it('redacts user names and passwords in URLs', () => {
     expect(redactUrlCredentials('GET https://svc:hunter2@as.example.com/token and http://u@h/x')).toBe(
-      'GET https://[redacted]@as.example.com/token and http://[redacted]@h/x',
+      'GET https://***@as.example.com/token and http://***@h/x',
     );
     expect(redactUrlCredentials('https://as.example.com/token?user=a@b')).toBe('https://as.example.com/token?user=a@b');
   });
