@@ -15,7 +15,11 @@ import { OAuthClient } from '../../src/sources/client.js';
 import { jwtBearer } from '../../src/sources/jwt-bearer.js';
 import { refreshToken } from '../../src/sources/refresh-token.js';
 import { tokenExchange } from '../../src/sources/token-exchange.js';
+import type { FetchLike } from '../../src/http/transport.js';
 import { tokenFromResponse } from '../../src/token.js';
+import { UserTokens } from '../../src/users/index.js';
+import { type TestAuthorizationServer, startAuthorizationServer } from '../support/authorization-server.js';
+import { syntheticResponse } from '../users/helpers.js';
 import { type FaultServer, json, startFaultServer } from '../support/fault-server.js';
 import {
   ACTOR_TOKEN,
@@ -265,5 +269,43 @@ describe('tokens outside the RFC 6749 / RFC 6750 character set', () => {
       tokenFromResponse({ access_token: 'x', token_type: 'urn:ietf:params:oauth:token-type:jwt' }, { issuedAt: 0 })
         .tokenType,
     ).toBe('urn:ietf:params:oauth:token-type:jwt');
+  });
+});
+
+describe('a UserInfo endpoint echoing the access token it was sent', () => {
+  let as: TestAuthorizationServer;
+  beforeAll(async () => {
+    as = await startAuthorizationServer();
+  });
+  afterAll(() => as?.close());
+
+  it('UserTokens.getClaims({ userinfo: true }): the bearer token is not in any rendering of the error', async () => {
+    // The real server for discovery and everything else; its UserInfo answer replaced by an echo of the request.
+    const echoing: FetchLike = async (input, init) => {
+      const url = typeof input === 'string' ? input : input instanceof URL ? input.href : input.url;
+      if (!url.includes('/me')) return fetch(input, init);
+      const authorization = new Headers(init?.headers).get('authorization') ?? '';
+      const quoted = authorization.replace(/["\\]/g, '\\$&');
+      return new Response(JSON.stringify({ error: 'invalid_token', error_description: `you sent ${authorization}` }), {
+        status: 401,
+        headers: {
+          'content-type': 'application/json',
+          'www-authenticate': `Bearer error="invalid_token", error_description="you sent ${quoted}"`,
+        },
+      });
+    };
+    const users = new UserTokens({
+      issuer: as.issuer,
+      clientId: as.clients.app.clientId,
+      clientSecret: as.clients.app.clientSecret,
+      allowInsecureRequests: true,
+      fetch: echoing,
+    });
+    const login = await syntheticResponse(as, 'alice');
+    await users.save('alice', login);
+    const err = await failure(() => users.getClaims('alice', { userinfo: true }));
+    expect(err.code).toBe('ERR_OAUTH');
+    expect(leaksIn(renderings(err), [login['access_token'] as string, as.clients.app.clientSecret])).toEqual([]);
+    await users.close();
   });
 });
