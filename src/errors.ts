@@ -161,10 +161,16 @@ export function isTokenwardenError(err: unknown, ...codes: ErrorCode[]): err is 
   return err instanceof TokenwardenError && (codes.length === 0 || codes.includes(err.code));
 }
 
-/** Cuts server-provided text to `max` characters and strips control characters. */
+// eslint-disable-next-line no-control-regex
+const CONTROLS = /[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]+/g;
+
+/**
+ * Cuts server-provided text to `max` characters and replaces control characters — C0, DEL, C1 (`\u009b`
+ * starts a terminal escape sequence), line and paragraph separators, bidirectional overrides — with spaces,
+ * so that it cannot forge log lines or act on a terminal.
+ */
 export function truncate(text: string, max = MAX_DESCRIPTION): string {
-  // eslint-disable-next-line no-control-regex
-  const clean = text.replace(/[\u0000-\u001f\u007f]+/g, ' ');
+  const clean = text.replace(CONTROLS, ' ');
   return clean.length > max ? `${clean.slice(0, max)}…` : clean;
 }
 

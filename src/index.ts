@@ -55,7 +55,7 @@ export {
   type TokenExchangeOptions,
   tokenExchange,
 } from './sources/token-exchange.js';
-export { Codec, type EncryptionKeyInput, type EncryptionOption } from './stores/codec.js';
+export { Codec, type EncryptionKeyInput, type EncryptionOption, type EncryptionSettings } from './stores/codec.js';
 export { FileStore, type FileStoreOptions } from './stores/file.js';
 export { MemoryStore, type MemoryStoreOptions } from './stores/memory.js';
 export type { LockOptions, SetOptions, StoreEvents, StoreLock, StoreRecord, TokenStore } from './stores/store.js';

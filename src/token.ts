@@ -4,6 +4,7 @@
  * @module
  */
 import { decodeJwt } from 'jose';
+import { TokenwardenError } from './errors.js';
 import { parseJsonObject } from './json.js';
 
 /**
@@ -57,12 +58,53 @@ export const MAX_LIFETIME_MS = 10 * 365 * 86_400_000;
 const EXP_AGREEMENT_MS = 2_000;
 
 /**
- * Builds a {@link Token} from a token endpoint response that `oauth4webapi` has already validated.
+ * RFC 6749 Appendix A: tokens are printable ASCII; RFC 6750 puts the access token in a header. Held to
+ * NQSCHAR (`%x21 / %x23-5B / %x5D-7E`: no space, no quote, no backslash), which every b64token is: nothing that could
+ * end a header, a quoted string or a terminal line, and no escape sequence.
+ */
+const TOKEN_CHARS = /^[\x21\x23-\x5B\x5D-\x7E]+$/;
+/** RFC 6749 A.13: `type-name` (`1*name-char`) or an absolute URI (RFC 8693 types). */
+const TOKEN_TYPE_CHARS = /^(?:[A-Za-z0-9._-]+|[A-Za-z][A-Za-z0-9+.-]*:[\x21\x23-\x5B\x5D-\x7E]+)$/;
+/** RFC 6749 §3.3: scope tokens of NQCHAR separated by spaces (extra spaces tolerated). */
+const SCOPE_CHARS = /^[ \x21\x23-\x5B\x5D-\x7E]*$/;
+
+/**
+ * Which field of a token, if any, holds characters outside its RFC 6749 / RFC 6750 character set: the
+ * access, refresh and ID tokens NQSCHAR, the token type a `type-name` or URI, the scope NQCHAR and spaces.
+ * `undefined` when all are fine. Never says what the characters are (a token is a secret).
+ *
+ * @example
+ * ```ts
+ * const bad = invalidTokenField({ accessToken: 'abc\u001b[2J', tokenType: 'Bearer' }); // 'access_token'
+ * ```
+ */
+export function invalidTokenField(token: {
+  accessToken: string;
+  tokenType: string;
+  refreshToken?: string | undefined;
+  idToken?: string | undefined;
+  scope?: string | undefined;
+}): 'access_token' | 'token_type' | 'refresh_token' | 'id_token' | 'scope' | undefined {
+  if (!TOKEN_CHARS.test(token.accessToken)) return 'access_token';
+  if (!TOKEN_TYPE_CHARS.test(token.tokenType)) return 'token_type';
+  if (token.refreshToken !== undefined && !TOKEN_CHARS.test(token.refreshToken)) return 'refresh_token';
+  if (token.idToken !== undefined && !TOKEN_CHARS.test(token.idToken)) return 'id_token';
+  if (token.scope !== undefined && !SCOPE_CHARS.test(token.scope)) return 'scope';
+  return undefined;
+}
+
+/**
+ * Builds a {@link Token} from a token endpoint response (validated by `oauth4webapi`, or by `UserTokens.save`).
  *
  * Lifetime: from `expires_in` (relative, so immune to clock skew), tightened to the JWT's `exp` when the
  * two agree within 2 s; from `exp` when `expires_in` is absent; unknown otherwise. `expires_in: 0` is read
  * as "no lifetime given" (as golang/oauth2 does). When the response has no refresh token,
  * `options.refreshToken` (the one just spent) is carried over, because servers that do not rotate omit it.
+ *
+ * Every token string is checked against its RFC 6749 / RFC 6750 character set (see
+ * {@link invalidTokenField}): a response with an access token holding a space, a quote, CR/LF, a terminal
+ * escape or anything outside printable ASCII is an `ERR_INVALID_RESPONSE` that names the field, never the
+ * value.
  *
  * @example
  * ```ts
@@ -73,18 +115,36 @@ export function tokenFromResponse(
   json: Readonly<Record<string, unknown>>,
   options: { issuedAt: number; refreshToken?: string | undefined },
 ): Token {
-  const accessToken = json['access_token'] as string;
+  const accessToken = json['access_token'];
+  if (typeof accessToken !== 'string' || accessToken === '') {
+    throw new TokenwardenError('ERR_INVALID_RESPONSE', 'the token response has no access_token');
+  }
   const { issuedAt } = options;
-  const refreshToken = typeof json['refresh_token'] === 'string' ? json['refresh_token'] : options.refreshToken;
+  const sent = typeof json['refresh_token'] === 'string' ? json['refresh_token'] : undefined;
+  const fields = {
+    accessToken,
+    tokenType: normaliseTokenType(typeof json['token_type'] === 'string' ? json['token_type'] : 'bearer'),
+    refreshToken: sent,
+    idToken: typeof json['id_token'] === 'string' ? json['id_token'] : undefined,
+    scope: typeof json['scope'] === 'string' ? json['scope'] : undefined,
+  };
+  const bad = invalidTokenField(fields);
+  if (bad !== undefined) {
+    throw new TokenwardenError(
+      'ERR_INVALID_RESPONSE',
+      `the token response's ${bad} holds characters outside the RFC 6749 character set (control characters, spaces, quotes or non-ASCII); refused`,
+    );
+  }
+  const refreshToken = sent ?? options.refreshToken;
   const expiresAt = computeExpiresAt(accessToken, json['expires_in'], issuedAt);
   return freezeToken({
     accessToken,
-    tokenType: normaliseTokenType(typeof json['token_type'] === 'string' ? json['token_type'] : 'bearer'),
+    tokenType: fields.tokenType,
     issuedAt,
     ...(expiresAt !== undefined && { expiresAt }),
     ...(refreshToken !== undefined && { refreshToken }),
-    ...(typeof json['id_token'] === 'string' && { idToken: json['id_token'] }),
-    ...(typeof json['scope'] === 'string' && { scope: json['scope'] }),
+    ...(fields.idToken !== undefined && { idToken: fields.idToken }),
+    ...(fields.scope !== undefined && { scope: fields.scope }),
     raw: json,
   });
 }
@@ -225,6 +285,17 @@ export function toToken(data: unknown): Token | undefined {
   for (const field of ['refreshToken', 'idToken', 'scope'] as const) {
     if (d[field] !== undefined && typeof d[field] !== 'string') return undefined;
   }
+  // A stored token is held to the same character sets as a received one (a planted entry is no exception),
+  // except that the access token may be empty: the fleet's placeholder announcing a first refresh.
+  const strings = d as {
+    accessToken: string;
+    tokenType: string;
+    refreshToken?: string;
+    idToken?: string;
+    scope?: string;
+  };
+  const checked = strings.accessToken === '' ? { ...strings, accessToken: 'placeholder' } : strings;
+  if (invalidTokenField(checked) !== undefined) return undefined;
   const raw = d['raw'] !== null && typeof d['raw'] === 'object' ? (d['raw'] as Record<string, unknown>) : {};
   return freezeToken({
     accessToken: d['accessToken'],

@@ -1,12 +1,15 @@
 import { decodeJwt } from 'jose';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { TokenwardenError } from '../src/errors.js';
+import type { FetchLike } from '../src/http/transport.js';
 import { TokenManager } from '../src/manager.js';
 import { clearDiscoveryCache } from '../src/sources/discovery.js';
 import { clientCredentials } from '../src/sources/client-credentials.js';
+import { OAuthClient } from '../src/sources/client.js';
 import { jwtBearer } from '../src/sources/jwt-bearer.js';
 import { refreshToken } from '../src/sources/refresh-token.js';
 import { tokenExchange } from '../src/sources/token-exchange.js';
+import { UserTokens, type UserTokensOptions } from '../src/users/index.js';
 import {
   API_RESOURCE,
   type TestAuthorizationServer,
@@ -284,5 +287,97 @@ describe('token exchange and JWT bearer against a real authorization server', ()
     const b = await source.fetchToken({});
     expect(decodeJwt(a.accessToken).aud).toBe(API_RESOURCE);
     expect(a.accessToken).not.toBe(b.accessToken);
+  });
+});
+
+describe('a server whose metadata names no revocation endpoint (revocationEndpoint)', () => {
+  /** The real server, seen through a fetch that drops `revocation_endpoint` from its metadata. */
+  const withoutRevocationInMetadata: FetchLike = async (input, init) => {
+    const response = await fetch(input, init);
+    const url = typeof input === 'string' ? input : input instanceof URL ? input.href : input.url;
+    if (!url.includes('/.well-known/')) return response;
+    const metadata = (await response.json()) as Record<string, unknown>;
+    delete metadata['revocation_endpoint'];
+    return new Response(JSON.stringify(metadata), {
+      status: response.status,
+      headers: { 'content-type': 'application/json' },
+    });
+  };
+  let revocationEndpoint: string;
+  beforeAll(async () => {
+    const metadata = (await (await fetch(`${as.issuer}/.well-known/openid-configuration`)).json()) as Record<
+      string,
+      string
+    >;
+    revocationEndpoint = metadata['revocation_endpoint'] as string;
+    expect(revocationEndpoint).toMatch(/^http:/);
+  });
+  beforeEach(() => clearDiscoveryCache(as.issuer));
+  afterAll(() => clearDiscoveryCache(as.issuer));
+
+  const users = (extra: Partial<UserTokensOptions> = {}) =>
+    new UserTokens({
+      issuer: as.issuer,
+      clientId: as.clients.app.clientId,
+      clientSecret: as.clients.app.clientSecret,
+      allowInsecureRequests: true,
+      fetch: withoutRevocationInMetadata,
+      ...extra,
+    });
+
+  it('UserTokens.revoke() revokes at the configured endpoint: the server then refuses the refresh token', async () => {
+    const login = await as.login('alice');
+    const tokens = users({ revocationEndpoint });
+    await tokens.save('alice', login);
+    const before = as.counts.revocation;
+    expect((await tokens.revoke('alice')).refreshToken).toBe(true);
+    expect(as.counts.revocation).toBeGreaterThan(before);
+    const spent = refreshToken({
+      ...base(),
+      clientId: as.clients.app.clientId,
+      clientSecret: as.clients.app.clientSecret,
+      refreshToken: login['refresh_token'] as string,
+    });
+    await expect(spent.fetchToken({})).rejects.toMatchObject({ code: 'ERR_OAUTH', error: 'invalid_grant' });
+    await tokens.close();
+  });
+
+  it('without it, revoke() is ERR_UNSUPPORTED (the subject is forgotten locally all the same)', async () => {
+    const login = await as.login('bob');
+    const tokens = users();
+    await tokens.save('bob', login);
+    const before = as.counts.revocation;
+    await expect(tokens.revoke('bob')).rejects.toMatchObject({ code: 'ERR_UNSUPPORTED' });
+    expect(as.counts.revocation).toBe(before);
+    await tokens.close();
+  });
+
+  it('an OAuthClient with an explicit token endpoint (no discovery) revokes at revocationEndpoint', async () => {
+    const login = await as.login('carol');
+    const client = new OAuthClient({
+      tokenEndpoint: `${as.issuer}/token`,
+      revocationEndpoint,
+      clientId: as.clients.app.clientId,
+      clientSecret: as.clients.app.clientSecret,
+      allowInsecureRequests: true,
+    });
+    await client.revoke(login['refresh_token'] as string, 'refresh_token');
+    const spent = refreshToken({
+      ...base(),
+      clientId: as.clients.app.clientId,
+      clientSecret: as.clients.app.clientSecret,
+      refreshToken: login['refresh_token'] as string,
+    });
+    await expect(spent.fetchToken({})).rejects.toMatchObject({ code: 'ERR_OAUTH', error: 'invalid_grant' });
+  });
+
+  it('refuses a revocationEndpoint that is not an https URL (or has credentials in it)', () => {
+    const options = { issuer: 'https://as.example.test', clientId: 'c', clientSecret: 's' };
+    expect(() => new OAuthClient({ ...options, revocationEndpoint: 'http://as.example.test/revoke' })).toThrow(
+      expect.objectContaining({ code: 'ERR_INSECURE_ISSUER' }),
+    );
+    expect(() => new OAuthClient({ ...options, revocationEndpoint: 'https://u:p@as.example.test/revoke' })).toThrow(
+      expect.objectContaining({ code: 'ERR_CONFIG' }),
+    );
   });
 });

@@ -85,3 +85,26 @@ describe('stored tokens', () => {
     expect(parseStoredToken(text)).toBeUndefined();
   });
 });
+
+describe('stored tokens are held to the RFC 6749 character sets too', () => {
+  it('a stored token whose access token, refresh token or type holds a control character is not a token (a miss)', () => {
+    const stored = { v: 1, accessToken: 'fine-token', tokenType: 'Bearer', issuedAt: 1, raw: {} };
+    expect(parseStoredToken(JSON.stringify(stored))?.accessToken).toBe('fine-token');
+    for (const bad of [
+      { accessToken: 'tok\u001b[2Jen' },
+      { accessToken: 'tok\r\nen' },
+      { refreshToken: 'rt\u0007' },
+      { tokenType: 'Bearer\n' },
+      { scope: 'read\u009b' },
+    ]) {
+      expect(parseStoredToken(JSON.stringify({ ...stored, ...bad })), JSON.stringify(bad)).toBeUndefined();
+    }
+  });
+});
+
+describe('the fleet placeholder', () => {
+  it('a stored token with an empty access token (a first refresh announced) is still read back', () => {
+    const placeholder = { v: 1, accessToken: '', tokenType: 'Bearer', issuedAt: 1, expiresAt: 1, raw: {}, seq: 1 };
+    expect(parseStoredToken(JSON.stringify(placeholder))?.accessToken).toBe('');
+  });
+});

@@ -12,17 +12,17 @@
  */
 import { randomBytes } from 'node:crypto';
 import { type IncomingMessage, type Server, type ServerResponse, createServer } from 'node:http';
-import { mkdir, open, rename, unlink } from 'node:fs/promises';
+import { lstat, mkdir, open, rename, stat, unlink } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import { basename, dirname, join } from 'node:path';
-import { type TokenwardenError, isTokenwardenError } from '../errors.js';
+import { TokenwardenError, isTokenwardenError } from '../errors.js';
 import { TokenManager, isTransient } from '../manager.js';
 import type { RefreshPolicyOptions } from '../policy.js';
 import { clientCredentials } from '../sources/client-credentials.js';
 import type { GrantSource } from '../sources/client.js';
 import type { Token } from '../token.js';
 import { type AgentConfig, type AgentTokenConfig, type SinkConfig, loadAgentConfig, readSecret } from './config.js';
-import { oneLine } from './output.js';
+import { UsageError, keepSecret, oneLine, printable } from './output.js';
 
 /** The request header every `GET /v1/token/<name>` must carry (`Tokenwarden-Request: 1`). */
 export const REQUEST_HEADER = 'tokenwarden-request';
@@ -66,7 +66,8 @@ export interface Logger {
  */
 export function jsonLogger(options: { debug: boolean }): Logger {
   const emit = (level: string, msg: string, fields: Record<string, unknown> = {}): void => {
-    const line = `${JSON.stringify({ time: new Date().toISOString(), level, msg, ...fields })}\n`;
+    // Secrets the agent read, and passwords in URLs (an issuer, a token endpoint), never reach a log line.
+    const line = `${printable(JSON.stringify({ time: new Date().toISOString(), level, msg, ...fields }))}\n`;
     (level === 'warn' || level === 'error' ? process.stderr : process.stdout).write(line);
   };
   return {
@@ -304,12 +305,56 @@ function tokenJson(token: Token): Record<string, unknown> {
 }
 
 /**
+ * Whether a sink may be written in `file`'s directory: `'refuse'` (with the reason) for a directory every
+ * user may write that is not sticky — anyone could replace the token file with their own, or remove it —
+ * and for an existing sink that belongs to another user; `'warn'` for a non-sticky directory its group may
+ * write; `'ok'` otherwise (a missing directory is created 0700).
+ */
+export async function sinkDirectoryRisk(
+  file: string,
+): Promise<{ verdict: 'ok' } | { verdict: 'warn' | 'refuse'; reason: string }> {
+  const dir = dirname(file);
+  const info = await stat(dir).catch((err: NodeJS.ErrnoException) => {
+    if (err.code === 'ENOENT') return undefined;
+    throw err;
+  });
+  if (info !== undefined) {
+    const sticky = (info.mode & 0o1000) !== 0;
+    const mode = (info.mode & 0o7777).toString(8);
+    if (!sticky && (info.mode & 0o002) !== 0) {
+      return {
+        verdict: 'refuse',
+        reason: `the sink directory ${dir} can be written by every user and is not sticky (mode ${mode}): anyone could replace the token file with their own`,
+      };
+    }
+    const existing = await lstat(file).catch(() => undefined);
+    const uid = process.geteuid?.();
+    if (existing !== undefined && uid !== undefined && existing.uid !== uid) {
+      return {
+        verdict: 'refuse',
+        reason: `the sink file ${file} exists and belongs to another user (uid ${existing.uid}): readers would get their file`,
+      };
+    }
+    if (!sticky && (info.mode & 0o020) !== 0) {
+      return {
+        verdict: 'warn',
+        reason: `the sink directory ${dir} can be written by its group (mode ${mode}): its members could replace the token file`,
+      };
+    }
+  }
+  return { verdict: 'ok' };
+}
+
+/**
  * Replaces `file` with `content` so that a reader sees the old file or the new one, never a part: a temp
  * file (mode 0600, created exclusively) in the same directory, fsync, rename. The directory is created
- * (0700) if missing.
+ * (0700) if missing; a directory where anyone could replace the file is refused (see
+ * {@link sinkDirectoryRisk}).
  */
 export async function writeAtomically(file: string, content: string): Promise<void> {
   const dir = dirname(file);
+  const risk = await sinkDirectoryRisk(file);
+  if (risk.verdict === 'refuse') throw new TokenwardenError('ERR_CONFIG', risk.reason);
   await mkdir(dir, { recursive: true, mode: 0o700 });
   const temp = join(dir, `.${basename(file)}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`);
   const handle = await open(temp, 'wx', 0o600);
@@ -332,6 +377,18 @@ export async function writeAtomically(file: string, content: string): Promise<vo
  * (the authorization server is down) are retried in the background.
  */
 export async function startAgent(config: AgentConfig, log: Logger): Promise<RunningAgent> {
+  // A sink where another user could swap the token file is refused before anything starts.
+  for (const [name, token] of Object.entries(config.tokens)) {
+    if (token.sink === undefined) continue;
+    const risk = await sinkDirectoryRisk(token.sink.file);
+    if (risk.verdict === 'refuse') {
+      throw new UsageError(
+        `tokens.${name}.sink: ${risk.reason}`,
+        'put sinks in a directory only the agent can write (e.g. /run/tokenwarden, mode 0700), or a sticky one like /tmp',
+      );
+    }
+    if (risk.verdict === 'warn') log.warn(risk.reason, { token: name });
+  }
   const entries = new Map<string, Entry>();
   for (const [name, token] of Object.entries(config.tokens)) {
     const manager = new TokenManager({ source: await sourceFor(name, token), refresh: AGENT_REFRESH_POLICY });
@@ -388,11 +445,9 @@ async function sourceFor(name: string, token: AgentTokenConfig): Promise<GrantSo
           { env: token.clientSecretEnv, file: token.clientSecretFile },
           `tokens.${name}`,
           // A readable secret file is worth a warning, not a refusal: the operator may have reasons.
-          (message) =>
-            process.stderr.write(
-              `${JSON.stringify({ time: new Date().toISOString(), level: 'warn', msg: message, token: name })}\n`,
-            ),
+          (message) => warnLine(message, { token: name }),
         );
+  if (secret !== undefined) keepSecret(secret, token.clientId);
   return clientCredentials({
     ...(token.issuer !== undefined && { issuer: token.issuer }),
     ...(token.tokenEndpoint !== undefined && { tokenEndpoint: token.tokenEndpoint }),
@@ -503,12 +558,19 @@ function iso(ms: number | undefined): string | null {
   return ms === undefined || !Number.isFinite(ms) ? null : new Date(ms).toISOString();
 }
 
+/** A warning as a JSON log line on stderr, before the logger exists (configuration, secrets). */
+function warnLine(message: string, fields: Record<string, unknown> = {}): void {
+  process.stderr.write(
+    `${printable(JSON.stringify({ time: new Date().toISOString(), level: 'warn', msg: message, ...fields }))}\n`,
+  );
+}
+
 /**
  * Runs `tokenwarden agent --config FILE` until SIGTERM or SIGINT; resolves with the exit code (0 after a
  * clean stop). A second signal during shutdown exits at once.
  */
 export async function runAgent(configFile: string, options: { debug: boolean }): Promise<number> {
-  const config = await loadAgentConfig(configFile);
+  const config = await loadAgentConfig(configFile, (message) => warnLine(message));
   const log = jsonLogger(options);
   log.info('starting', {
     config: config.file,

@@ -7,7 +7,8 @@
  *
  * @module
  */
-import { readFile, stat } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { type FileHandle, open, readFile, stat } from 'node:fs/promises';
 import { isIP } from 'node:net';
 import { homedir } from 'node:os';
 import { dirname, extname, isAbsolute, join, resolve } from 'node:path';
@@ -137,20 +138,40 @@ export function parseDuration(value: unknown, name: string): number {
   throw new UsageError(`${name} must be a duration like 90s, 5m, 1h or a number of seconds`);
 }
 
+/** A configuration file is small; anything larger is not one. */
+const MAX_CONFIG_BYTES = 1024 * 1024;
+
 /**
  * Reads a JSON file, or a YAML file (`.yaml`, `.yml`; the `yaml` package is loaded only then). Syntax
  * errors name the position, never quote the content (it might hold something secret).
+ *
+ * Whoever can change a configuration file decides where the client secret is sent: a file any user may
+ * write is refused; one its group may write, or that belongs to another user (other than root), gives a
+ * warning through `warn`.
  */
-export async function readConfigFile(file: string): Promise<unknown> {
+export async function readConfigFile(
+  file: string,
+  warn: (message: string) => void = () => undefined,
+): Promise<unknown> {
   let text: string;
+  let handle: FileHandle | undefined;
   try {
-    text = await readFile(file, 'utf8');
+    // Non-blocking: a FIFO in place of the file must not hang the command.
+    handle = await open(file, constants.O_RDONLY | (constants.O_NONBLOCK ?? 0));
+    const info = await handle.stat();
+    if (!info.isFile()) throw Object.assign(new Error('not a file'), { code: 'ENOTFILE' });
+    if (info.size > MAX_CONFIG_BYTES) throw Object.assign(new Error('too large'), { code: 'EFBIG' });
+    checkConfigPermissions(file, info, warn);
+    text = await handle.readFile('utf8');
   } catch (err) {
+    if (err instanceof UsageError) throw err;
     const code = (err as NodeJS.ErrnoException).code;
     throw new UsageError(
       `cannot read the configuration file ${file}${code ? ` (${code})` : ''}`,
       'check the path and its permissions',
     );
+  } finally {
+    await handle?.close().catch(() => undefined);
   }
   const ext = extname(file).toLowerCase();
   if (ext === '.yaml' || ext === '.yml') {
@@ -174,6 +195,29 @@ export async function readConfigFile(file: string): Promise<unknown> {
     const position = /position (\d+)/.exec(String((err as Error).message))?.[1];
     const where = position === undefined ? '' : ` (${lineCol(text, Number(position))})`;
     throw new UsageError(`${file} is not valid JSON${where}`, 'fix the syntax (a .yaml or .yml file is read as YAML)');
+  }
+}
+
+/** Refuses a configuration file every user may write; warns about one its group may write, or another user owns. */
+function checkConfigPermissions(
+  file: string,
+  info: { mode: number; uid: number },
+  warn: (message: string) => void,
+): void {
+  const mode = (info.mode & 0o777).toString(8).padStart(3, '0');
+  const risk = 'whoever can change it can send the client secret to a server of their choosing';
+  if ((info.mode & 0o002) !== 0) {
+    throw new UsageError(
+      `the configuration file ${file} can be changed by any user (mode ${mode}): ${risk}`,
+      `chmod o-w ${file}`,
+    );
+  }
+  if ((info.mode & 0o020) !== 0) {
+    warn(`the configuration file ${file} can be changed by its group (mode ${mode}): ${risk}; chmod g-w it`);
+  }
+  const uid = process.geteuid?.();
+  if (uid !== undefined && info.uid !== uid && info.uid !== 0) {
+    warn(`the configuration file ${file} belongs to another user (uid ${info.uid}): ${risk}`);
   }
 }
 
@@ -209,7 +253,11 @@ export async function findProfilesFile(env: NodeJS.ProcessEnv = process.env): Pr
  * const profile = await loadProfile('billing'); // ProfileConfig, paths resolved
  * ```
  */
-export async function loadProfile(name: string, env: NodeJS.ProcessEnv = process.env): Promise<ProfileConfig> {
+export async function loadProfile(
+  name: string,
+  env: NodeJS.ProcessEnv = process.env,
+  warn: (message: string) => void = () => undefined,
+): Promise<ProfileConfig> {
   const file = await findProfilesFile(env);
   if (file === undefined) {
     throw new UsageError(
@@ -217,7 +265,7 @@ export async function loadProfile(name: string, env: NodeJS.ProcessEnv = process
       'create one with { "profiles": { "NAME": { "issuer": …, "clientId": … } } }',
     );
   }
-  const data = await readConfigFile(file);
+  const data = await readConfigFile(file, warn);
   const root = object(data, file, '(top level)');
   allowOnly(root, ['profiles'], file, '');
   const profiles = object(root['profiles'] ?? {}, file, 'profiles');
@@ -248,9 +296,12 @@ export async function loadProfile(name: string, env: NodeJS.ProcessEnv = process
  * const config = await loadAgentConfig('/etc/tokenwarden/agent.json');
  * ```
  */
-export async function loadAgentConfig(file: string): Promise<AgentConfig> {
+export async function loadAgentConfig(
+  file: string,
+  warn: (message: string) => void = () => undefined,
+): Promise<AgentConfig> {
   const path = resolve(file);
-  const root = object(await readConfigFile(path), path, '(top level)');
+  const root = object(await readConfigFile(path, warn), path, '(top level)');
   allowOnly(root, ['tokens', 'listen', 'requireRequestHeader'], path, '');
   const requireRequestHeader = root['requireRequestHeader'];
   if (requireRequestHeader !== undefined && typeof requireRequestHeader !== 'boolean') {

@@ -4,7 +4,6 @@
  *
  * @module
  */
-import { decodeJwt, decodeProtectedHeader } from 'jose';
 import { TokenwardenError } from '../errors.js';
 import { parseDuration } from './config.js';
 import { UsageError, describeExpiry, write } from './output.js';
@@ -32,8 +31,17 @@ export interface InspectedToken {
   verified: boolean;
 }
 
+/** Longest token accepted, from the command line or stdin. */
+const MAX_TOKEN_BYTES = 1024 * 1024;
+/** Deepest nesting of arrays and objects in a header or claims set: real tokens use two or three levels. */
+const MAX_DEPTH = 32;
+/** The JavaScript `Date` range, in seconds: a NumericDate beyond it cannot be a date. */
+const MAX_NUMERIC_DATE = 8.64e12;
+
 /**
- * Decodes `token` (a JWT; a leading `Bearer ` is ignored). Throws `ERR_INVALID_TOKEN` for anything else.
+ * Decodes `token` (a JWT; a leading `Bearer ` is ignored). Throws `ERR_INVALID_TOKEN` for anything else,
+ * including hostile content: more than 1 MiB, JSON nested deeper than 32 levels, and `exp`, `nbf` or `iat`
+ * claims that are not NumericDates (RFC 7519: a finite number; here also within the range of a date).
  *
  * @example
  * ```ts
@@ -41,6 +49,9 @@ export interface InspectedToken {
  * ```
  */
 export function decodeToken(token: string): { header: Record<string, unknown>; claims: Record<string, unknown> } {
+  if (token.length > MAX_TOKEN_BYTES) {
+    throw new TokenwardenError('ERR_INVALID_TOKEN', `the token is longer than ${MAX_TOKEN_BYTES} bytes: not a token`);
+  }
   const compact = token.trim().replace(/^bearer\s+/i, '');
   const parts = compact.split('.');
   if (parts.length === 5) {
@@ -52,16 +63,69 @@ export function decodeToken(token: string): { header: Record<string, unknown>; c
   if (parts.length !== 3 || parts.some((p, i) => (i < 2 && p === '') || !/^[A-Za-z0-9_-]*$/.test(p))) {
     throw new TokenwardenError('ERR_INVALID_TOKEN', 'not a JWT: expected three base64url parts separated by dots');
   }
+  const header = decodePart(parts[0] as string, 'header');
+  const claims = decodePart(parts[1] as string, 'claims');
+  for (const claim of ['exp', 'nbf', 'iat']) {
+    const value = claims[claim];
+    if (value === undefined) continue;
+    if (typeof value !== 'number' || !Number.isFinite(value) || Math.abs(value) > MAX_NUMERIC_DATE) {
+      throw new TokenwardenError(
+        'ERR_INVALID_TOKEN',
+        `the ${claim} claim is not a NumericDate (RFC 7519: a number of seconds within the range of a date)`,
+      );
+    }
+  }
+  return { header, claims };
+}
+
+function decodePart(part: string, name: 'header' | 'claims'): Record<string, unknown> {
+  const text = Buffer.from(part, 'base64url').toString('utf8');
+  if (nestingDepth(text) > MAX_DEPTH) {
+    throw new TokenwardenError('ERR_INVALID_TOKEN', `the token's ${name} are nested deeper than ${MAX_DEPTH} levels`);
+  }
+  let value: unknown;
   try {
-    const header = decodeProtectedHeader(compact) as Record<string, unknown>;
-    const claims = decodeJwt(compact) as Record<string, unknown>;
-    return { header, claims };
+    value = JSON.parse(text);
   } catch {
+    value = undefined;
+  }
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) {
     throw new TokenwardenError(
       'ERR_INVALID_TOKEN',
       'not a JWT: its header or claims are not base64url-encoded JSON objects',
     );
   }
+  return value as Record<string, unknown>;
+}
+
+/** How deep arrays and objects nest in JSON text (brackets inside strings do not count). */
+function nestingDepth(text: string): number {
+  let depth = 0;
+  let deepest = 0;
+  let inString = false;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (inString) {
+      if (c === 0x5c)
+        i++; // backslash: skip the escaped character
+      else if (c === 0x22) inString = false;
+    } else if (c === 0x22) inString = true;
+    else if (c === 0x7b || c === 0x5b) deepest = Math.max(deepest, ++depth);
+    else if (c === 0x7d || c === 0x5d) depth--;
+  }
+  return deepest;
+}
+
+/**
+ * Characters JSON leaves as they are but a terminal acts on — DEL, the C1 controls (`\u009b` starts an
+ * escape sequence on many terminals), line and paragraph separators, bidirectional overrides — written as
+ * `\uXXXX` escapes (still valid JSON).
+ */
+function terminalSafe(text: string): string {
+  return text.replace(
+    /[\u007f-\u009f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g,
+    (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`,
+  );
 }
 
 /**
@@ -100,7 +164,7 @@ export async function runInspect(tokenArg: string, options: InspectCommandOption
     expired: exp !== undefined && exp <= now,
     verified,
   };
-  await write(process.stdout, options.json ? `${JSON.stringify(result, null, 2)}\n` : human(result, now));
+  await write(process.stdout, terminalSafe(options.json ? `${JSON.stringify(result, null, 2)}\n` : human(result, now)));
 }
 
 function human(t: InspectedToken, now: number): string {

@@ -13,7 +13,7 @@ import { readFileSync } from 'node:fs';
 import { Command, CommanderError, Option } from 'commander';
 import type { InspectCommandOptions } from './inspect.js';
 import type { TokenCommandOptions } from './token.js';
-import { EXIT_USAGE, UsageError, exitCodeFor, formatError, write } from './output.js';
+import { EXIT_USAGE, UsageError, exitCodeFor, formatError, oneLine, printable, write } from './output.js';
 
 const SECRET_FLAG = /^--?(client[-_]?secret|secret)(=|$)/i;
 
@@ -31,7 +31,7 @@ function version(): string {
 const collect = (value: string, previous: string[] | undefined): string[] => [...(previous ?? []), value];
 
 function warn(message: string): void {
-  process.stderr.write(`tokenwarden: warning: ${message}\n`);
+  process.stderr.write(`tokenwarden: warning: ${printable(oneLine(message))}\n`);
 }
 
 function buildProgram(): Command {

@@ -6,6 +6,37 @@
  * @module
  */
 import { TokenwardenError } from '../errors.js';
+import { Redactor, redactUrlCredentials } from '../redact.js';
+
+/** The secrets this process read (client secrets): never printed, whatever text carries them. */
+let known = Redactor.none;
+
+/**
+ * Registers a secret the command read (a client secret) so that nothing it prints — errors, `--debug`
+ * stack traces, warnings, agent logs — can carry it, in any encoding.
+ *
+ * @example
+ * ```ts
+ * keepSecret(await readSecret({ file }, '--client-secret-file', warn));
+ * ```
+ */
+export function keepSecret(secret: string, clientId?: string): void {
+  known = known.with(new Redactor([secret], { clientId }));
+}
+
+/**
+ * Text about to be printed, scrubbed: registered secrets (see {@link keepSecret}) and the user name and
+ * password of any URL (`https://user:pass@host` → `https://***@host`: a token endpoint, an issuer, a
+ * proxy).
+ *
+ * @example
+ * ```ts
+ * process.stderr.write(printable(`request to ${url} failed`));
+ * ```
+ */
+export function printable(text: string): string {
+  return known.redact(redactUrlCredentials(text));
+}
 
 /** Exit code of a failure (the authorization server refused, the network failed, a token is invalid…). */
 export const EXIT_FAILURE = 1;
@@ -49,7 +80,7 @@ export function exitCodeFor(err: unknown): number {
 /**
  * One line (newline-terminated): `tokenwarden: CODE: message. Hint: what to do.` With `debug`, the stack
  * traces of the error and its causes follow. Control characters are removed so that a message from the
- * network cannot forge further lines.
+ * network cannot forge further lines; secrets and passwords in URLs are removed (see {@link printable}).
  *
  * @example
  * ```ts
@@ -62,7 +93,7 @@ export function formatError(err: unknown, options: { debug: boolean; command?: s
   const hint = hintFor(err, options.command);
   let text = `tokenwarden: ${code}: ${message}${hint ? `. Hint: ${hint}` : ''}\n`;
   if (options.debug) text += debugDetails(err);
-  return text;
+  return printable(text);
 }
 
 /** What to do about an error, in a few words; `undefined` when there is nothing useful to add. */
@@ -123,10 +154,10 @@ function oauthHint(err: TokenwardenError): string {
   }
 }
 
-/** Collapses whitespace and control characters into single spaces. */
+/** Collapses whitespace and control characters (C0, DEL, C1, bidirectional overrides) into single spaces. */
 export function oneLine(text: string): string {
   // eslint-disable-next-line no-control-regex
-  return text.replace(/[\u0000-\u001f\u007f\s]+/g, ' ').trim();
+  return text.replace(/[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\s]+/g, ' ').trim();
 }
 
 function debugDetails(err: unknown): string {

@@ -20,7 +20,7 @@ import {
   parseDuration,
   readSecret,
 } from './config.js';
-import { UsageError, humanDuration, write } from './output.js';
+import { UsageError, humanDuration, keepSecret, write } from './output.js';
 
 /** The options of `tokenwarden token`, as parsed from the command line. */
 export interface TokenCommandOptions {
@@ -70,7 +70,7 @@ export const CLI_REFRESH_POLICY: RefreshPolicyOptions = {
  * ```
  */
 export async function runToken(options: TokenCommandOptions, warn: (message: string) => void): Promise<void> {
-  const profile = options.profile === undefined ? {} : await loadProfile(options.profile);
+  const profile = options.profile === undefined ? {} : await loadProfile(options.profile, process.env, warn);
   const where =
     options.profile === undefined ? 'the command line' : `the command line and profile '${options.profile}'`;
   const credential: CredentialConfig = { ...profile };
@@ -101,6 +101,7 @@ export async function runToken(options: TokenCommandOptions, warn: (message: str
   }
 
   const secret = credential.clientAuth === 'none' ? undefined : await resolveSecret(options, profile, where, warn);
+  if (secret !== undefined) keepSecret(secret, credential.clientId);
   const source = clientCredentials({
     ...(credential.issuer !== undefined && { issuer: credential.issuer }),
     ...(credential.tokenEndpoint !== undefined && { tokenEndpoint: credential.tokenEndpoint }),

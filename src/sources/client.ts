@@ -21,10 +21,12 @@ import {
 } from '../http/transport.js';
 import { type ProxyOption, redactProxyUrl, resolveTransport } from '../http/proxy.js';
 import { parseRetryAfter } from '../policy.js';
+import { Redactor } from '../redact.js';
+import { checkKey } from '../stores/shared.js';
 import { type Token, tokenFromResponse } from '../token.js';
 import { type CredentialInput, checkCredentialInput, isFileCredential, readCredential } from './credential.js';
 import { type DiscoveryAlgorithm, discover } from './discovery.js';
-import { toTokenwardenError } from './errors.js';
+import { rememberSecrets, toTokenwardenError } from './errors.js';
 import type { FetchTokenContext, TokenSource } from './source.js';
 
 /**
@@ -75,8 +77,14 @@ export type PrivateKeyInput =
 export interface ClientOptions {
   /** Issuer URL; its metadata is discovered (OpenID Connect, then RFC 8414) and cached. */
   issuer?: string;
-  /** Token endpoint URL; when given, no discovery happens (revocation then needs an issuer with discovery). */
+  /** Token endpoint URL; when given, no discovery happens (revocation then needs `revocationEndpoint`). */
   tokenEndpoint?: string;
+  /**
+   * Revocation endpoint URL (RFC 7009), used when the server's metadata names none (or there is no
+   * discovery): `UserTokens.revoke()` and `OAuthClient.revoke()` then work against servers that do not
+   * advertise it.
+   */
+  revocationEndpoint?: string;
   /** Which discovery document to read. Default `'auto'`. */
   discovery?: DiscoveryAlgorithm;
   /** The client identifier. */
@@ -153,6 +161,8 @@ export class OAuthClient {
   readonly clientId: string;
   readonly issuer: string | undefined;
   readonly tokenEndpoint: string | undefined;
+  /** The configured `revocationEndpoint`, if any (used when the metadata has none). */
+  readonly revocationEndpoint: string | undefined;
   readonly authMethod: ClientAuthMethod | 'custom';
   readonly timeoutMs: number;
   readonly maxResponseBytes: number;
@@ -186,9 +196,14 @@ export class OAuthClient {
       options.tokenEndpoint === undefined
         ? undefined
         : checkUrl(options.tokenEndpoint, 'tokenEndpoint', this.allowInsecureRequests);
+    this.revocationEndpoint =
+      options.revocationEndpoint === undefined
+        ? undefined
+        : checkUrl(options.revocationEndpoint, 'revocationEndpoint', this.allowInsecureRequests);
     if (options.clientSecret !== undefined && typeof options.clientSecret !== 'string') {
       throw new TokenwardenError('ERR_CONFIG', 'clientSecret must be a string');
     }
+    if (options.key !== undefined) checkKey(options.key);
     this.clientId = options.clientId;
     this.timeoutMs = toMs(options.timeout ?? DEFAULT_TIMEOUT_MS, 'timeout');
     this.maxResponseBytes = options.maxResponseBytes ?? DEFAULT_MAX_RESPONSE_BYTES;
@@ -213,7 +228,11 @@ export class OAuthClient {
   async authorizationServer(signal?: AbortSignal): Promise<oauth.AuthorizationServer> {
     if (this.issuer === undefined || this.tokenEndpoint !== undefined) {
       // No discovery: the assertion audience is the issuer when known, else the token endpoint (RFC 7523).
-      return { issuer: this.issuer ?? (this.tokenEndpoint as string), token_endpoint: this.tokenEndpoint };
+      return {
+        issuer: this.issuer ?? (this.tokenEndpoint as string),
+        token_endpoint: this.tokenEndpoint,
+        ...(this.revocationEndpoint !== undefined && { revocation_endpoint: this.revocationEndpoint }),
+      };
     }
     const as = await discover(this.issuer, {
       clock: this.clock,
@@ -227,17 +246,35 @@ export class OAuthClient {
     return as;
   }
 
-  /** Options for an oauth4webapi request: transport, insecure flag, headers, signal. */
+  /**
+   * Options for an oauth4webapi request: transport, insecure flag, headers, signal. The transport notes the
+   * credentials each request carries (its `Authorization` header, secret form fields) with the response,
+   * so that errors made of what the server answered are scrubbed of them (see {@link OAuthClient.redactor}).
+   */
   requestOptions(meta?: ResponseMeta, signal?: AbortSignal): oauth.HttpRequestOptions<'POST', URLSearchParams> {
+    const transport = boundedFetch(
+      {
+        timeoutMs: this.timeoutMs,
+        maxResponseBytes: this.maxResponseBytes,
+        ...(this.fetch && { fetch: this.fetch }),
+      },
+      meta,
+    );
+    const noting: FetchLike = async (input, init) => {
+      const secrets = sentSecrets(init);
+      if (meta !== undefined) ((meta as SentMeta).sent ??= []).push(...secrets);
+      const sent = this.redactor(secrets);
+      try {
+        const response = await transport(input, init);
+        rememberSecrets(response, sent);
+        return response;
+      } catch (err) {
+        if (err !== null && typeof err === 'object') rememberSecrets(err, sent);
+        throw err;
+      }
+    };
     return {
-      [oauth.customFetch]: boundedFetch(
-        {
-          timeoutMs: this.timeoutMs,
-          maxResponseBytes: this.maxResponseBytes,
-          ...(this.fetch && { fetch: this.fetch }),
-        },
-        meta,
-      ),
+      [oauth.customFetch]: noting,
       [oauth.allowInsecureRequests]: this.allowInsecureRequests,
       ...(this.#options.headers && { headers: this.#options.headers }),
       ...(signal && { signal }),
@@ -272,7 +309,7 @@ export class OAuthClient {
     params: URLSearchParams,
     context: { signal?: AbortSignal | undefined; refreshToken?: string | undefined } = {},
   ): Promise<Token> {
-    const meta: ResponseMeta = {};
+    const meta: SentMeta = {};
     const what = `token request (${grantType})`;
     const issuedAt = this.clock.now();
     /** A refresh token the server issued in a successful answer — kept even if a later check fails. */
@@ -324,7 +361,13 @@ export class OAuthClient {
     } catch (err) {
       const retryAfterMs =
         meta.status === 429 || meta.status === 503 ? parseRetryAfter(meta.retryAfter, this.clock.now()) : undefined;
-      const error = toTokenwardenError(err, what, 'ERR_DISCOVERY', retryAfterMs);
+      const error = toTokenwardenError(
+        err,
+        what,
+        'ERR_DISCOVERY',
+        retryAfterMs,
+        this.redactor([context.refreshToken, ...secretParams(params), ...(meta.sent ?? [])]),
+      );
       if (rotated !== undefined && rotated !== context.refreshToken) markRotated(error, rotated);
       throw error;
     }
@@ -345,23 +388,51 @@ export class OAuthClient {
   }
 
   /**
-   * Revokes a token (RFC 7009). Resolves when the server confirms; a server without a revocation
-   * endpoint is an `ERR_UNSUPPORTED` error.
+   * Revokes a token (RFC 7009) at the metadata's `revocation_endpoint`, else at the configured
+   * `revocationEndpoint`. Resolves when the server confirms; with neither it is an `ERR_UNSUPPORTED` error.
    */
   async revoke(token: string, hint?: 'refresh_token' | 'access_token', signal?: AbortSignal): Promise<void> {
+    const meta: SentMeta = {};
     try {
-      const as = await this.authorizationServer(signal);
-      if (as.revocation_endpoint === undefined) {
-        throw new TokenwardenError('ERR_UNSUPPORTED', 'the authorization server has no revocation endpoint');
+      const discovered = await this.authorizationServer(signal);
+      const endpoint = discovered.revocation_endpoint ?? this.revocationEndpoint;
+      if (endpoint === undefined) {
+        throw new TokenwardenError(
+          'ERR_UNSUPPORTED',
+          'the authorization server has no revocation endpoint (set revocationEndpoint if it has one that its metadata does not name)',
+        );
       }
+      const as = { ...discovered, revocation_endpoint: endpoint };
       const response = await oauth.revocationRequest(as, this.#client, await this.clientAuthentication(), token, {
-        ...this.requestOptions(undefined, signal),
+        ...this.requestOptions(meta, signal),
         ...(hint && { additionalParameters: { token_type_hint: hint } }),
       });
       await oauth.processRevocationResponse(response);
     } catch (err) {
-      throw toTokenwardenError(err, 'revocation');
+      throw toTokenwardenError(
+        err,
+        'revocation',
+        'ERR_DISCOVERY',
+        undefined,
+        this.redactor([token, ...(meta.sent ?? [])]),
+      );
     }
+  }
+
+  /**
+   * A {@link Redactor} for errors of this client: it knows the client secret, the private key material, and
+   * `extra` (a refresh token being spent, an assertion, a subject token…), in every form a server could
+   * echo them, including the Basic credential of this client id.
+   *
+   * @example
+   * ```ts
+   * throw toTokenwardenError(err, 'userinfo', 'ERR_DISCOVERY', undefined, client.redactor([accessToken]));
+   * ```
+   */
+  redactor(extra: Iterable<string | undefined> = []): Redactor {
+    return new Redactor([this.#options.clientSecret, ...keyMaterial(this.#options.privateKey), ...extra], {
+      clientId: this.clientId,
+    });
   }
 
   /**
@@ -472,6 +543,75 @@ function isConnectionReset(err: unknown): boolean {
   return false;
 }
 
+/** What a request observed, plus the credentials it sent (for {@link OAuthClient.redactor}). */
+interface SentMeta extends ResponseMeta {
+  sent?: string[];
+}
+
+/** Form fields that carry a credential (RFC 6749, 7009, 7523, 7636, 8628, 8693). */
+const SECRET_FIELDS = [
+  'client_secret',
+  'client_assertion',
+  'assertion',
+  'refresh_token',
+  'code',
+  'code_verifier',
+  'password',
+  'device_code',
+  'subject_token',
+  'actor_token',
+  'token',
+];
+
+function secretParams(params: URLSearchParams): string[] {
+  return SECRET_FIELDS.flatMap((name) => params.getAll(name));
+}
+
+/** The credentials a request carries: its Authorization header (and a Basic one decoded), secret form fields. */
+function sentSecrets(init: RequestInit | undefined): string[] {
+  const out: string[] = [];
+  const authorization = new Headers(init?.headers).get('authorization');
+  if (authorization !== null) {
+    const [scheme, value] = authorization.split(/\s+/, 2);
+    if (value !== undefined) {
+      out.push(value);
+      if (scheme?.toLowerCase() === 'basic') {
+        const decoded = Buffer.from(value, 'base64').toString('utf8');
+        const password = decoded.slice(decoded.indexOf(':') + 1);
+        out.push(password, safeDecode(password));
+      }
+    }
+  }
+  const body = init?.body;
+  if (body instanceof URLSearchParams) out.push(...secretParams(body));
+  else if (typeof body === 'string') out.push(...secretParams(new URLSearchParams(body)));
+  return out;
+}
+
+function safeDecode(value: string): string {
+  try {
+    return decodeURIComponent(value.replace(/\+/g, ' '));
+  } catch {
+    return value;
+  }
+}
+
+/** The secret parts of a private key as text: a PEM (and its base64 body), a JWK's private members. */
+function keyMaterial(input: PrivateKeyInput | undefined): string[] {
+  if (input === undefined || input === null) return [];
+  if (typeof input === 'string') {
+    const body = input.replace(/-----[^-]+-----/g, '').replace(/\s+/g, '');
+    const lines = input.split(/\r?\n/).filter((l) => l.length >= 16 && !l.startsWith('-----'));
+    return [input, body, ...lines];
+  }
+  if (isCryptoKey(input)) return [];
+  if ('key' in input && input.key !== undefined && !('kty' in input)) {
+    return keyMaterial(input.key as PrivateKeyInput);
+  }
+  const jwk = input as Record<string, unknown>;
+  return ['d', 'p', 'q', 'dp', 'dq', 'qi', 'k'].flatMap((m) => (typeof jwk[m] === 'string' ? [jwk[m]] : []));
+}
+
 /**
  * A deterministic store key from identity fields: `tw1:` + a SHA-256 over canonical JSON, so that no
  * secret and no attacker-chosen character ever reaches a key.
@@ -536,6 +676,13 @@ export function checkUrl(value: unknown, name: string, allowInsecure: boolean): 
   }
   if (url.protocol !== 'http:' && url.protocol !== 'https:') {
     throw new TokenwardenError('ERR_CONFIG', `${name} must be an http(s) URL`);
+  }
+  // fetch refuses such URLs, quoting them whole in its error: refused here, without repeating the URL.
+  if (url.username !== '' || url.password !== '') {
+    throw new TokenwardenError(
+      'ERR_CONFIG',
+      `${name} must not contain a user name or password (credentials in a URL end up in logs; use clientSecret)`,
+    );
   }
   return String(value);
 }

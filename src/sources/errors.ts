@@ -1,34 +1,103 @@
 /**
- * Maps what `oauth4webapi` and `fetch` throw to {@link TokenwardenError}s with stable codes.
+ * Maps what `oauth4webapi` and `fetch` throw to {@link TokenwardenError}s with stable codes — and is the one
+ * place where text from an authorization server is scrubbed of the credentials the client sent.
  *
  * @module
  */
 import * as oauth from 'oauth4webapi';
 import { type ErrorCode, TokenwardenError, sanitizeCause, truncate } from '../errors.js';
+import { Redactor, redactUrlCredentials } from '../redact.js';
+
+/** The secrets sent with the request that produced a response (see {@link rememberSecrets}). */
+const sentWith = new WeakMap<object, Redactor>();
+
+/**
+ * Records which secrets went out with the request that produced `response` (or that failed with an
+ * error), so that {@link toTokenwardenError} scrubs them out of whatever the server answered — also for
+ * callers that did not pass a {@link Redactor} themselves.
+ *
+ * @example
+ * ```ts
+ * const response = await fetch(url, init);
+ * rememberSecrets(response, client.redactor([refreshToken]));
+ * ```
+ */
+export function rememberSecrets(target: object, redactor: Redactor): void {
+  if (!redactor.isEmpty) sentWith.set(target, (sentWith.get(target) ?? Redactor.none).with(redactor));
+}
+
+/** The secrets remembered for `err`, its response, or its cause (a Response). */
+function rememberedFor(err: unknown): Redactor {
+  let found = Redactor.none;
+  const candidates = [err, (err as { response?: unknown })?.response, (err as { cause?: unknown })?.cause];
+  for (const c of candidates) {
+    if (c !== null && typeof c === 'object') {
+      const r = sentWith.get(c);
+      if (r !== undefined) found = found.with(r);
+    }
+  }
+  return found;
+}
 
 /**
  * Converts any error thrown while talking to an authorization server into a {@link TokenwardenError}.
  * `what` names the operation for the message ("token request", "discovery", …); `metadataCode` is used
  * for metadata problems (missing endpoints, issuer mismatch).
+ *
+ * Everything the server said (`error`, `error_description`, `WWW-Authenticate` parameters, field names,
+ * headers) is scrubbed of every secret `redactor` knows — and of those remembered for the response (see
+ * {@link rememberSecrets}) — in every form (raw, form- and percent-encoded, Basic), and of passwords in
+ * URLs, before it reaches the message, `error_description`, `toJSON()`, `util.inspect()` or the cause.
+ *
+ * @example
+ * ```ts
+ * try {
+ *   await oauth.processRevocationResponse(response);
+ * } catch (err) {
+ *   throw toTokenwardenError(err, 'revocation', 'ERR_DISCOVERY', undefined, client.redactor([token]));
+ * }
+ * ```
  */
 export function toTokenwardenError(
   err: unknown,
   what: string,
   metadataCode: ErrorCode = 'ERR_DISCOVERY',
   retryAfterMs?: number,
+  redactor: Redactor = Redactor.none,
 ): TokenwardenError {
-  if (err instanceof TokenwardenError) return err;
+  const r = redactor.with(rememberedFor(err));
+  // Server text: secrets out, then control characters and length, then secrets out again (removing control
+  // characters may join a secret's parts; secrets go before the cut, so a cut cannot leave half of one).
+  const text = (value: string, max?: number): string => r.redact(truncate(redactUrlCredentials(r.redact(value)), max));
+  if (err instanceof TokenwardenError) return rebuildIfLeaking(err, r);
   const retry = retryAfterMs === undefined ? {} : { retryAfterMs };
   if (err instanceof oauth.ResponseBodyError) {
-    const description = err.error_description;
+    const error = text(String(err.error), 64);
+    const description = typeof err.error_description === 'string' ? text(err.error_description) : undefined;
+    // The parsed body stays as a summary: the OAuth fields (scrubbed) and the names of the others.
+    const body: unknown = err.cause;
+    Object.assign(err, { error, error_description: description });
+    Object.defineProperty(err, 'cause', {
+      value: {
+        error,
+        ...(description !== undefined && { error_description: description }),
+        fields:
+          body !== null && typeof body === 'object'
+            ? Object.keys(body)
+                .slice(0, 20)
+                .map((k) => text(k, 64))
+            : [],
+      },
+      enumerable: true,
+      configurable: true,
+      writable: true,
+    });
     return new TokenwardenError(
       'ERR_OAUTH',
-      `${what} failed: the server answered ${err.status} ${truncate(err.error, 64)}${
-        description ? ` (${truncate(description)})` : ''
-      }`,
+      `${what} failed: the server answered ${err.status} ${error}${description ? ` (${description})` : ''}`,
       {
-        cause: oauthCause(err),
-        error: err.error,
+        cause: scrub(err, r),
+        error,
         ...(description !== undefined && { error_description: description }),
         status: err.status,
         ...retry,
@@ -37,22 +106,19 @@ export function toTokenwardenError(
   }
   if (err instanceof oauth.WWWAuthenticateChallengeError) {
     const params = err.cause[0]?.parameters ?? {};
-    const error = params.error ?? 'invalid_client';
-    return new TokenwardenError(
-      'ERR_OAUTH',
-      `${what} failed: the server answered ${err.status} ${truncate(error, 64)}`,
-      {
-        cause: oauthCause(err),
-        error,
-        ...(params.error_description !== undefined && { error_description: params.error_description }),
-        status: err.status,
-        ...retry,
-      },
-    );
+    const error = text(params.error ?? 'invalid_client', 64);
+    const description = params.error_description === undefined ? undefined : text(params.error_description);
+    return new TokenwardenError('ERR_OAUTH', `${what} failed: the server answered ${err.status} ${error}`, {
+      cause: scrub(err, r),
+      error,
+      ...(description !== undefined && { error_description: description }),
+      status: err.status,
+      ...retry,
+    });
   }
   if (err instanceof oauth.UnsupportedOperationError) {
-    return new TokenwardenError('ERR_UNSUPPORTED', `${what} failed: ${truncate(err.message)}`, {
-      cause: sanitizeCause(err),
+    return new TokenwardenError('ERR_UNSUPPORTED', `${what} failed: ${text(err.message)}`, {
+      cause: scrub(sanitizeCause(err), r),
     });
   }
   if (err instanceof oauth.OperationProcessingError) {
@@ -63,7 +129,7 @@ export function toTokenwardenError(
         return new TokenwardenError(
           'ERR_HTTP_STATUS',
           `${what} failed: unexpected HTTP status${status === undefined ? '' : ` ${status}`} without an OAuth error body`,
-          { cause: sanitizeResponseCause(err), ...(status !== undefined && { status }), ...retry },
+          { cause: scrub(sanitizeResponseCause(err), r), ...(status !== undefined && { status }), ...retry },
         );
       }
       case oauth.HTTP_REQUEST_FORBIDDEN:
@@ -71,43 +137,80 @@ export function toTokenwardenError(
         return new TokenwardenError(
           'ERR_INSECURE_ISSUER',
           `${what} refused: only https: URLs are allowed (set allowInsecureRequests: true for local development)`,
-          { cause: sanitizeResponseCause(err) },
+          { cause: scrub(sanitizeResponseCause(err), r) },
         );
       case oauth.MISSING_SERVER_METADATA:
       case oauth.INVALID_SERVER_METADATA:
-        return new TokenwardenError(metadataCode, `${what} failed: ${truncate(err.message)}`, {
-          cause: sanitizeCause(err),
+        return new TokenwardenError(metadataCode, `${what} failed: ${text(err.message)}`, {
+          cause: scrub(sanitizeCause(err), r),
         });
       case oauth.JSON_ATTRIBUTE_COMPARISON:
         if (what === 'discovery') {
           return new TokenwardenError(
             'ERR_DISCOVERY',
             'discovery failed: the metadata names a different issuer than the one configured',
-            { cause: sanitizeCause(err) },
+            { cause: scrub(sanitizeCause(err), r) },
           );
         }
         break;
       default:
         break;
     }
-    return new TokenwardenError('ERR_INVALID_RESPONSE', `${what} failed: ${truncate(err.message)}`, {
-      cause: sanitizeResponseCause(err),
+    return new TokenwardenError('ERR_INVALID_RESPONSE', `${what} failed: ${text(err.message)}`, {
+      cause: scrub(sanitizeResponseCause(err), r),
       ...retry,
     });
   }
   if (err instanceof TypeError && typeof (err as { code?: unknown }).code === 'string') {
     // oauth4webapi's argument checks (CodedTypeError): a configuration problem.
-    return new TokenwardenError('ERR_CONFIG', `${what} failed: ${truncate(err.message)}`, { cause: err });
+    return new TokenwardenError('ERR_CONFIG', `${what} failed: ${text(err.message)}`, { cause: scrub(err, r) });
   }
-  return new TokenwardenError('ERR_NETWORK', `${what} failed: ${truncate(String((err as Error)?.message ?? err))}`, {
-    cause: err,
+  return new TokenwardenError('ERR_NETWORK', `${what} failed: ${text(String((err as Error)?.message ?? err))}`, {
+    cause: scrub(err, r),
   });
 }
 
-function oauthCause(err: Error & { response?: Response }): Error {
-  // Keep the error (for its stack and OAuth fields) but not the Response object it references.
-  Object.defineProperty(err, 'response', { value: undefined, enumerable: false });
+/**
+ * Scrubs a cause: the Response it references is dropped, every string in it (own properties, nested
+ * objects, its own cause) loses the secrets, and passwords in URLs.
+ */
+function scrub(err: unknown, r: Redactor): unknown {
+  if (!(err instanceof Error)) return r.redactValue(err);
+  if ((err as { response?: unknown }).response !== undefined) {
+    // Keep the error (for its stack and OAuth fields) but not the Response object it references.
+    Object.defineProperty(err, 'response', { value: undefined, enumerable: false, configurable: true });
+  }
+  r.redactError(err);
+  scrubUrls(err, 0);
   return err;
+}
+
+/** Passwords in URLs out of an error's message, stack and cause chain (they may come from `fetch`). */
+function scrubUrls(err: unknown, depth: number): void {
+  if (!(err instanceof Error) || depth > 5) return;
+  for (const name of ['message', 'stack'] as const) {
+    const value = err[name];
+    if (typeof value === 'string' && redactUrlCredentials(value) !== value) {
+      Object.defineProperty(err, name, { value: redactUrlCredentials(value), writable: true, configurable: true });
+    }
+  }
+  scrubUrls((err as { cause?: unknown }).cause, depth + 1);
+}
+
+/** A TokenwardenError that passed through: rebuilt with its texts scrubbed when they hold a secret. */
+function rebuildIfLeaking(err: TokenwardenError, r: Redactor): TokenwardenError {
+  if (r.isEmpty) return err;
+  const texts = [err.message, err.error ?? '', err.error_description ?? ''];
+  if (err.cause !== undefined) scrub(err.cause, r);
+  if (!texts.some((t) => r.contains(t))) return err;
+  const rebuilt = new TokenwardenError(err.code, r.redact(err.message), {
+    cause: err.cause,
+    ...(err.error !== undefined && { error: r.redact(err.error) }),
+    ...(err.error_description !== undefined && { error_description: r.redact(err.error_description) }),
+    ...(err.status !== undefined && { status: err.status }),
+    ...(err.retryAfterMs !== undefined && { retryAfterMs: err.retryAfterMs }),
+  });
+  return rebuilt;
 }
 
 function sanitizeResponseCause(err: Error): unknown {

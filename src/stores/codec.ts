@@ -21,7 +21,30 @@ import { TokenwardenError } from '../errors.js';
 export type EncryptionKeyInput = string | Uint8Array | { id: string; key: string | Uint8Array };
 
 /**
- * The `encryptionKey` option of every store: one key, or several, newest first (rotation).
+ * The long form of the `encryptionKey` option: the keys, and how to treat entries written before
+ * encryption was turned on.
+ *
+ * @example
+ * ```ts
+ * // While a fleet moves to encryption: read the old plaintext entries, write every new one encrypted.
+ * const encryptionKey: EncryptionSettings = { keys: process.env.TOKEN_KEY!, acceptPlaintext: true };
+ * ```
+ */
+export interface EncryptionSettings {
+  /** One key, or several, newest first (rotation). At least one. */
+  keys: EncryptionKeyInput | readonly EncryptionKeyInput[];
+  /**
+   * Read entries that are not encrypted (written before `encryptionKey` was set) instead of refusing them.
+   * Only for a rollout: anyone who can write to the store can then plant a token. New entries are always
+   * encrypted, so the old ones disappear with the next refresh. Default `false`: an unencrypted entry is
+   * refused (`ERR_DECRYPT`, a miss with a `corrupt` event).
+   */
+  acceptPlaintext?: boolean;
+}
+
+/**
+ * The `encryptionKey` option of every store: one key, or several, newest first (rotation), or
+ * {@link EncryptionSettings} (keys plus the `acceptPlaintext` migration switch).
  *
  * @example
  * ```ts
@@ -29,9 +52,13 @@ export type EncryptionKeyInput = string | Uint8Array | { id: string; key: string
  * new FileStore({ path: '.tokens', encryptionKey });
  * ```
  */
-export type EncryptionOption = EncryptionKeyInput | readonly EncryptionKeyInput[];
+export type EncryptionOption = EncryptionKeyInput | readonly EncryptionKeyInput[] | EncryptionSettings;
 
 const PREFIX = 'tw-enc1';
+/** AES-GCM: a 96-bit nonce and the full 128-bit tag. A shorter tag is a forgery made easier, never accepted. */
+const IV_BYTES = 12;
+const TAG_BYTES = 16;
+const BASE64URL = /^[A-Za-z0-9_-]*$/;
 
 interface Key {
   id: string;
@@ -39,7 +66,9 @@ interface Key {
 }
 
 /**
- * Encrypts and decrypts store values. Without keys it passes values through.
+ * Encrypts and decrypts store values. Without keys it passes values through. With keys, a value that is
+ * not encrypted is refused (`ERR_DECRYPT`) unless `acceptPlaintext` is set: otherwise anyone able to write
+ * to the store could plant a token of their choosing.
  *
  * @example
  * ```ts
@@ -50,10 +79,21 @@ interface Key {
  */
 export class Codec {
   readonly #keys: Key[];
+  readonly #acceptPlaintext: boolean;
 
   constructor(option?: EncryptionOption) {
-    const list = option === undefined ? [] : Array.isArray(option) ? option : [option as EncryptionKeyInput];
+    const settings = isSettings(option) ? option : undefined;
+    const keys = settings ? settings.keys : (option as EncryptionKeyInput | readonly EncryptionKeyInput[] | undefined);
+    const list: readonly EncryptionKeyInput[] =
+      keys === undefined ? [] : Array.isArray(keys) ? keys : [keys as EncryptionKeyInput];
+    if (settings !== undefined) {
+      if (list.length === 0) throw new TokenwardenError('ERR_CONFIG', 'encryptionKey.keys needs at least one key');
+      if (settings.acceptPlaintext !== undefined && typeof settings.acceptPlaintext !== 'boolean') {
+        throw new TokenwardenError('ERR_CONFIG', 'encryptionKey.acceptPlaintext must be true or false');
+      }
+    }
     this.#keys = list.map(toKey);
+    this.#acceptPlaintext = settings?.acceptPlaintext === true;
     const ids = new Set(this.#keys.map((k) => k.id));
     if (ids.size !== this.#keys.length) throw new TokenwardenError('ERR_CONFIG', 'encryptionKey ids must be unique');
   }
@@ -78,34 +118,59 @@ export class Codec {
   }
 
   /**
-   * Opens a value written by {@link Codec.encode}. A plaintext value (written before encryption was
-   * turned on) is returned as is. Throws `ERR_DECRYPT` when no configured key opens it.
+   * Opens a value written by {@link Codec.encode}. Without keys, values are returned as they are (an
+   * encrypted one is refused: it cannot be read). With keys, a value that is not encrypted is refused
+   * unless `acceptPlaintext` is set. Throws `ERR_DECRYPT` when no configured key opens a value, when its
+   * nonce is not 12 bytes or its tag not 16, or when it fails authentication.
    */
   decode(key: string, stored: string): string {
-    if (!stored.startsWith(`${PREFIX}.`)) {
-      return stored;
+    const encrypted = stored.startsWith(`${PREFIX}.`);
+    if (!encrypted) {
+      if (this.#keys.length === 0 || this.#acceptPlaintext) return stored;
+      throw new TokenwardenError(
+        'ERR_DECRYPT',
+        'stored entry is not encrypted although encryptionKey is set; refused (while migrating to encryption, set encryptionKey: { keys, acceptPlaintext: true })',
+      );
     }
     const parts = stored.split('.');
     if (parts.length !== 5) throw new TokenwardenError('ERR_DECRYPT', 'stored entry is not a valid encrypted value');
-    const [, id, iv, body, tag] = parts as [string, string, string, string, string];
+    const [, id, iv64, body64, tag64] = parts as [string, string, string, string, string];
+    if (this.#keys.length === 0) {
+      throw new TokenwardenError('ERR_DECRYPT', 'stored entry is encrypted but no encryptionKey is configured');
+    }
     const candidates = this.#keys.filter((k) => k.id === id);
     if (candidates.length === 0) {
       throw new TokenwardenError(
         'ERR_DECRYPT',
-        `stored entry was encrypted with key id ${id.slice(0, 16)}, which is not configured`,
+        `stored entry was encrypted with key id ${id.replace(/[^A-Za-z0-9_-]/g, '?').slice(0, 16)}, which is not configured`,
+      );
+    }
+    // Buffer.from(…, 'base64url') skips characters it does not know: check the alphabet first, then sizes.
+    const iv = BASE64URL.test(iv64) ? Buffer.from(iv64, 'base64url') : undefined;
+    const tag = BASE64URL.test(tag64) ? Buffer.from(tag64, 'base64url') : undefined;
+    if (iv?.byteLength !== IV_BYTES || tag?.byteLength !== TAG_BYTES || !BASE64URL.test(body64)) {
+      throw new TokenwardenError(
+        'ERR_DECRYPT',
+        `stored entry is malformed (AES-GCM needs a ${IV_BYTES}-byte nonce and a ${TAG_BYTES}-byte tag)`,
       );
     }
     try {
-      const decipher = createDecipheriv('aes-256-gcm', (candidates[0] as Key).bytes, Buffer.from(iv, 'base64url'));
+      const decipher = createDecipheriv('aes-256-gcm', (candidates[0] as Key).bytes, iv, {
+        authTagLength: TAG_BYTES,
+      });
       decipher.setAAD(Buffer.from(key));
-      decipher.setAuthTag(Buffer.from(tag, 'base64url'));
-      return Buffer.concat([decipher.update(Buffer.from(body, 'base64url')), decipher.final()]).toString('utf8');
+      decipher.setAuthTag(tag);
+      return Buffer.concat([decipher.update(Buffer.from(body64, 'base64url')), decipher.final()]).toString('utf8');
     } catch (err) {
       throw new TokenwardenError('ERR_DECRYPT', 'stored entry failed authentication (wrong key, or tampered)', {
         cause: err,
       });
     }
   }
+}
+
+function isSettings(option: EncryptionOption | undefined): option is EncryptionSettings {
+  return option !== null && typeof option === 'object' && !Array.isArray(option) && 'keys' in option;
 }
 
 function toKey(input: EncryptionKeyInput): Key {

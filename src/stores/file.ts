@@ -11,7 +11,8 @@
  */
 import { createHash, randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
-import { type FileHandle, link, mkdir, open, readFile, readdir, rename, stat, unlink, chmod } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { type FileHandle, chmod, link, lstat, mkdir, open, readdir, rename, stat, unlink } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join, resolve } from 'node:path';
 import { type Duration, toMs } from '../duration.js';
@@ -42,7 +43,11 @@ import type { LockOptions, SetOptions, StoreEvents, StoreLock, StoreRecord, Toke
  * ```
  */
 export interface FileStoreOptions {
-  /** The directory (created `0700` if missing; an existing one of ours with looser permissions is fixed). */
+  /**
+   * The directory (created `0700` if missing; an existing one of ours with looser permissions is fixed).
+   * A directory — or a symbolic link to one — that belongs to another user is refused, for reads as for
+   * writes, and even when running as root.
+   */
   path: string;
   /** Encrypt entries at rest (AES-256-GCM); several keys, newest first, to rotate. See {@link Codec}. */
   encryptionKey?: EncryptionOption;
@@ -74,12 +79,24 @@ const LEFTOVER_AGE_MS = 60_000;
 const SWEEP_EVERY_MS = 60_000;
 /** The names of this store's temporary files: `<hash>.<kind>.<pid>.<uuid>.tmp` and `<hash>.<kind>.<uuid>.gone`. */
 const DEBRIS = /^[0-9a-f]{64}\.(?:json|lock|wlock)\.(?:(\d{1,10})\.[0-9a-f-]{36}\.tmp|[0-9a-f-]{36}\.gone)$/;
+/** Largest entry or lock file read (an entry holds a token response of at most a few MiB, base64-encoded). */
+const MAX_FILE_BYTES = 8 * 1024 * 1024;
+/**
+ * How entries and locks are opened: never through a symbolic link (a planted link could point anywhere),
+ * and without blocking (a planted FIFO must not hang a read).
+ */
+const READ_FLAGS = constants.O_RDONLY | (constants.O_NOFOLLOW ?? 0) | (constants.O_NONBLOCK ?? 0);
 const HOST = hostname();
 
 /**
  * Token entries in a directory: shared by every process of one host that uses the same `path`, and kept
  * across restarts (a CLI or a cron job continues with the newest rotated refresh token). The directory
  * is `0700` and every file `0600`; use `encryptionKey` as well when the disk is shared or backed up.
+ *
+ * Only what this user wrote is trusted: a directory owned by another user is refused (`ERR_STORE`, for
+ * `get` as for `set`, also when running as root), and an entry file that is not a regular file owned by
+ * this user and writable by nobody else — a symbolic link, a FIFO, a file another user planted — is a miss
+ * with a `corrupt` event, never a token.
  *
  * Writes are atomic: a process killed in the middle of a write leaves the previous entry intact. The
  * refresh lock is a lease (`ttlMs`) that another process takes over when it expires or when its holder's
@@ -120,7 +137,11 @@ export class FileStore extends EventEmitter<StoreEvents> implements TokenStore {
   async get(key: string): Promise<StoreRecord | undefined> {
     this.#check();
     checkKey(key);
-    const entry = await bounded(() => this.#read(key), this.#timeoutMs, 'file store get');
+    const entry = await bounded(
+      async () => ((await this.#ensureDir(false)) ? this.#read(key) : undefined),
+      this.#timeoutMs,
+      'file store get',
+    );
     if (entry === undefined || isExpired(entry)) return undefined;
     const value = decodeOrMiss(this.#codec, key, entry.value, (event) => this.emit('corrupt', event));
     return value === undefined ? undefined : { value, version: entry.version };
@@ -221,43 +242,57 @@ export class FileStore extends EventEmitter<StoreEvents> implements TokenStore {
 
   /** Reads an entry; a file that is not one we wrote for this key is reported and read as a miss. */
   async #read(key: string, report = true): Promise<Entry | undefined> {
-    let text: string;
-    try {
-      text = await readFile(this.#file(key, '.json'), 'utf8');
-    } catch (err) {
-      if (isMissing(err)) return undefined;
-      throw storeError(err, 'file store read');
-    }
-    const entry = parseEntry(text);
-    if (entry === undefined || entry.key !== key) {
-      if (report) {
-        this.emit('corrupt', {
-          key,
-          code: 'ERR_STORE',
-          message: 'the stored file is not a tokenwarden entry for this key; treated as missing',
-        });
-      }
+    const corrupt = (message: string): undefined => {
+      if (report) this.emit('corrupt', { key, code: 'ERR_STORE', message });
       return undefined;
+    };
+    const file = await readOwnFile(this.#file(key, '.json'));
+    if (file === 'missing') return undefined;
+    if (typeof file !== 'string') return corrupt(`the stored file ${file.problem}; treated as missing`);
+    const entry = parseEntry(file);
+    if (entry === undefined || entry.key !== key) {
+      return corrupt('the stored file is not a tokenwarden entry for this key; treated as missing');
     }
     return entry;
   }
 
-  /** Creates the directory (0700) once, or checks an existing one; clears leftovers of crashed writers. */
-  #ensureDir(): Promise<void> {
-    this.#ready ??= this.#prepareDir().catch((err: unknown) => {
-      this.#ready = undefined;
-      throw storeError(err, 'file store directory');
-    });
-    return this.#ready;
+  /**
+   * Checks the directory once (and creates it, 0700, when `create`); clears leftovers of crashed writers.
+   * Resolves to `false` when it does not exist and `create` is false (a read then finds nothing).
+   */
+  async #ensureDir(create = true): Promise<boolean> {
+    if (this.#ready === undefined) {
+      if (!create && !(await exists(this.path))) return false;
+      const ready = this.#prepareDir().catch((err: unknown) => {
+        if (this.#ready === ready) this.#ready = undefined;
+        throw storeError(err, 'file store directory');
+      });
+      this.#ready = ready;
+    }
+    await this.#ready;
+    return true;
   }
 
   async #prepareDir(): Promise<void> {
     await mkdir(this.path, { recursive: true, mode: 0o700 });
+    const uid = process.geteuid?.();
+    const link = await lstat(this.path);
+    // A link planted by another user (in /tmp, say) could lead anywhere; a link of our own is followed.
+    if (link.isSymbolicLink() && uid !== undefined && link.uid !== uid) {
+      throw new TokenwardenError(
+        'ERR_STORE',
+        `the FileStore path is a symbolic link owned by another user (uid ${link.uid}); refused`,
+      );
+    }
     const info = await stat(this.path);
     if (!info.isDirectory()) throw new TokenwardenError('ERR_STORE', 'the FileStore path is not a directory');
-    const uid = process.getuid?.();
-    if (uid !== undefined && info.uid !== uid && uid !== 0) {
-      throw new TokenwardenError('ERR_STORE', 'the FileStore directory belongs to another user');
+    // Another user's directory is theirs to fill: its entries could be planted tokens. Root is no exception
+    // (chmod would not make the directory ours; its owner could still write to it).
+    if (uid !== undefined && info.uid !== uid) {
+      throw new TokenwardenError(
+        'ERR_STORE',
+        `the FileStore directory belongs to another user (uid ${info.uid}, this process runs as uid ${uid}); refused for reads and writes`,
+      );
     }
     if ((info.mode & 0o077) !== 0) await chmod(this.path, 0o700);
     await this.#sweep();
@@ -389,13 +424,9 @@ function isExpired(entry: Entry): boolean {
 
 /** Reads a lock file: its holder, `undefined` when unreadable (treated as stale), `'missing'` when gone. */
 async function readLock(path: string): Promise<LockInfo | undefined | 'missing'> {
-  let text: string;
-  try {
-    text = await readFile(path, 'utf8');
-  } catch (err) {
-    if (isMissing(err)) return 'missing';
-    throw err;
-  }
+  const text = await readOwnFile(path);
+  if (text === 'missing') return 'missing';
+  if (typeof text !== 'string') return undefined;
   const data = parseJsonObject(text) as Partial<LockInfo> | undefined; // undefined: not a lock we wrote
   if (typeof data?.owner === 'string' && typeof data.pid === 'number' && typeof data.expiresAt === 'number') {
     return { owner: data.owner, pid: data.pid, host: String(data.host), expiresAt: data.expiresAt };
@@ -446,6 +477,47 @@ async function writeExclusive(path: string, text: string): Promise<void> {
     await handle.writeFile(text, 'utf8');
   } finally {
     await handle.close();
+  }
+}
+
+/**
+ * Reads a file this process can trust: a regular file (not a link, FIFO or device), owned by this user,
+ * writable by nobody else, of a sane size. `'missing'` when there is none; `{ problem }` (for a `corrupt`
+ * event) when it is there but not to be trusted.
+ */
+async function readOwnFile(path: string): Promise<string | 'missing' | { problem: string }> {
+  let handle: FileHandle;
+  try {
+    handle = await open(path, READ_FLAGS);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') return 'missing';
+    if (code === 'ELOOP' || code === 'EMLINK') return { problem: 'is a symbolic link' };
+    if (code === 'ENXIO' || code === 'EISDIR') return { problem: 'is not a regular file' };
+    throw err;
+  }
+  try {
+    const info = await handle.stat();
+    if (!info.isFile()) return { problem: 'is not a regular file' };
+    const uid = process.geteuid?.();
+    if (uid !== undefined && info.uid !== uid) {
+      return { problem: `belongs to another user (uid ${info.uid}): not written by this user` };
+    }
+    if ((info.mode & 0o022) !== 0) return { problem: 'is writable by other users' };
+    if (info.size > MAX_FILE_BYTES) return { problem: `is larger than ${MAX_FILE_BYTES} bytes` };
+    return await handle.readFile('utf8');
+  } finally {
+    await handle.close().catch(() => undefined);
+  }
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await lstat(path);
+    return true;
+  } catch (err) {
+    if (isMissing(err)) return false;
+    throw err;
   }
 }
 

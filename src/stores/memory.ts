@@ -5,6 +5,7 @@ import { type Clock, systemClock } from '../clock.js';
 import { TokenwardenError } from '../errors.js';
 import { Codec, type EncryptionOption, decodeOrMiss } from './codec.js';
 import { LockWaiters } from './lock-waiters.js';
+import { checkKey } from './shared.js';
 import type { LockOptions, SetOptions, StoreEvents, StoreLock, StoreRecord, TokenStore } from './store.js';
 
 /**
@@ -64,6 +65,7 @@ export class MemoryStore extends EventEmitter<StoreEvents> implements TokenStore
 
   async get(key: string): Promise<StoreRecord | undefined> {
     this.#check();
+    checkKey(key);
     const entry = this.#entries.get(key);
     if (!entry) return undefined;
     const value = decodeOrMiss(this.#codec, key, entry.value, (event) => this.emit('corrupt', event));
@@ -72,6 +74,7 @@ export class MemoryStore extends EventEmitter<StoreEvents> implements TokenStore
 
   async set(key: string, value: string, options: SetOptions = {}): Promise<number | null> {
     this.#check();
+    checkKey(key);
     if (options.ifVersion !== undefined) {
       const current = this.#entries.get(key)?.version ?? 0;
       if (current !== options.ifVersion) return null;
@@ -84,11 +87,13 @@ export class MemoryStore extends EventEmitter<StoreEvents> implements TokenStore
 
   async delete(key: string): Promise<void> {
     this.#check();
+    checkKey(key);
     this.#entries.delete(key);
   }
 
   async lock(key: string, options: LockOptions): Promise<StoreLock | undefined> {
     this.#check();
+    checkKey(key);
     const owner = randomUUID();
     const deadline = this.#clock.now() + options.waitMs;
     for (;;) {

@@ -113,11 +113,33 @@ export function pollDelay(attempt: number, maxMs: number): number {
   return base * (0.75 + Math.random() * 0.5);
 }
 
-/** Validates a store key: a non-empty string (keys come from tokenwarden and are never secret). */
+/** With the `u` flag a pair is one code point: only a surrogate standing alone matches. */
+const LONE_SURROGATE = /\p{Surrogate}/u;
+
+/**
+ * Validates a store key (keys come from tokenwarden and are never secret): a string of 1 to 1024
+ * characters, well-formed UTF-16 and without NUL. Every backend stores a key as UTF-8 (a file name's hash,
+ * a Redis key, a PostgreSQL `text`), where a lone surrogate becomes U+FFFD: `'\ud800'` and `'\udc00'` would
+ * be one entry, and one user's record would overwrite another's. Such a key is refused (`ERR_CONFIG`),
+ * never stored; PostgreSQL cannot store NUL at all.
+ *
+ * @example
+ * ```ts
+ * checkKey('tw1:client_credentials:3f2a…'); // fine
+ * checkKey('user:\ud800');                   // throws ERR_CONFIG
+ * ```
+ */
 export function checkKey(key: string): void {
   if (typeof key !== 'string' || key.length === 0 || key.length > 1024) {
     throw new TokenwardenError('ERR_CONFIG', 'a store key must be a string of 1 to 1024 characters');
   }
+  if (LONE_SURROGATE.test(key)) {
+    throw new TokenwardenError(
+      'ERR_CONFIG',
+      'a store key must be well-formed UTF-16: it holds a lone surrogate, which would collide with other keys once encoded as UTF-8',
+    );
+  }
+  if (key.includes('\u0000')) throw new TokenwardenError('ERR_CONFIG', 'a store key must not contain NUL');
 }
 
 /** Validates the `ttlMs` of a set or a lock; returns it rounded up to whole milliseconds. */

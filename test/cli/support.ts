@@ -76,6 +76,7 @@ export function runCli(
       clearTimeout(timer);
       resolve({ code, signal, stdout, stderr });
     });
+    child.stdin.on('error', () => undefined); // the command may exit before reading all its input
     child.stdin.end(options.input ?? '');
   });
 }

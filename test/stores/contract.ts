@@ -5,7 +5,7 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import type { EventEmitter } from 'node:events';
 import { afterAll, describe, expect, it } from 'vitest';
-import type { EncryptionOption } from '../../src/stores/codec.js';
+import { Codec, type EncryptionOption } from '../../src/stores/codec.js';
 import type { StoreEvents, TokenStore } from '../../src/stores/store.js';
 
 export type ContractStore = TokenStore & EventEmitter<StoreEvents>;
@@ -248,6 +248,59 @@ export function storeContract(name: string, factory: StoreFactory | undefined): 
       expect(await wrong.get(key)).toBeUndefined();
       expect(events).toEqual([expect.objectContaining({ key, code: 'ERR_DECRYPT' })]);
       expect(events[0]?.message).not.toContain('value');
+    });
+
+    it.skipIf(!shared)(
+      'with encryptionKey, a plaintext entry is refused (ERR_DECRYPT) unless acceptPlaintext',
+      async () => {
+        // Anyone who can write to the store could otherwise plant a token of their choosing.
+        const plain = await open();
+        const strict = await open({ encryptionKey: K1 });
+        const migrating = await open({ encryptionKey: { keys: K1, acceptPlaintext: true } });
+        const key = newKey();
+        await plain.set(key, '{"accessToken":"planted"}');
+        const events: StoreEvents['corrupt'][0][] = [];
+        strict.on('corrupt', (e) => events.push(e));
+        expect(await strict.get(key)).toBeUndefined();
+        expect(events).toEqual([expect.objectContaining({ key, code: 'ERR_DECRYPT' })]);
+        expect(events[0]?.message).toContain('acceptPlaintext');
+        expect((await migrating.get(key))?.value).toBe('{"accessToken":"planted"}');
+        // A write during the migration is encrypted: the strict reader takes it.
+        await migrating.set(key, 'sealed now');
+        expect((await strict.get(key))?.value).toBe('sealed now');
+      },
+    );
+
+    it.skipIf(!shared)('an encrypted entry whose GCM tag is cut short (4 to 15 bytes) is refused', async () => {
+      const plain = await open();
+      const reader = await open({ encryptionKey: K1 });
+      const key = newKey();
+      const sealed = new Codec(K1).encode(key, 'forged');
+      const [prefix, id, iv, body, tag] = sealed.split('.') as [string, string, string, string, string];
+      const events: StoreEvents['corrupt'][0][] = [];
+      reader.on('corrupt', (e) => events.push(e));
+      for (const bytes of [4, 8, 12, 15]) {
+        const short = Buffer.from(tag, 'base64url').subarray(0, bytes).toString('base64url');
+        await plain.set(key, [prefix, id, iv, body, short].join('.'));
+        expect(await reader.get(key), `${bytes}-byte tag`).toBeUndefined();
+      }
+      expect(events.map((e) => e.code)).toEqual(['ERR_DECRYPT', 'ERR_DECRYPT', 'ERR_DECRYPT', 'ERR_DECRYPT']);
+      await plain.set(key, sealed);
+      expect((await reader.get(key))?.value).toBe('forged'); // the full tag still opens it
+    });
+
+    it('refuses keys that are not well-formed UTF-16 (lone surrogates collide once UTF-8) with ERR_CONFIG', async () => {
+      const s = await open();
+      for (const key of ['\ud800', '\udc00', `tw1:user:${'\ud83d'}`, 'a\udfffb', 'nul\u0000']) {
+        await expect(s.get(key)).rejects.toMatchObject({ code: 'ERR_CONFIG' });
+        await expect(s.set(key, 'v')).rejects.toMatchObject({ code: 'ERR_CONFIG' });
+        await expect(s.delete(key)).rejects.toMatchObject({ code: 'ERR_CONFIG' });
+        await expect(s.lock(key, { ttlMs: 1000, waitMs: 0 })).rejects.toMatchObject({ code: 'ERR_CONFIG' });
+      }
+      // A well-formed pair is one character, and fine.
+      const emoji = `${newKey()}:\ud83d\ude00`;
+      await s.set(emoji, 'v');
+      expect((await s.get(emoji))?.value).toBe('v');
     });
 
     it('close() makes later calls fail with ERR_CLOSED and may be called twice', async () => {
