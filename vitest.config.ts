@@ -1,16 +1,34 @@
 import { defineConfig } from 'vitest/config';
 
+/**
+ * The suites that run fleets of child processes against real servers (and break those servers on purpose):
+ * each one alone keeps both cores busy, so they run one file at a time, after the others.
+ */
+const FLEET = ['test/faults/**/*.test.ts', 'test/stores/fleet.test.ts', 'test/users/fleet.test.ts'];
+
 export default defineConfig({
   test: {
-    // The examples' vitest suites run too; node:test ones (*.node.test.ts) through test/examples.test.ts.
-    include: ['test/**/*.test.ts', 'examples/**/*.test.ts'],
-    exclude: ['**/node_modules/**', 'examples/**/*.node.test.ts'],
     testTimeout: 30_000,
     hookTimeout: 30_000,
     // Real servers (oidc-provider, Redis, PostgreSQL) and child processes: keep the two cores for them.
     pool: 'forks',
-    maxWorkers: 2,
-    fileParallelism: true,
-    reporters: process.env.CI ? ['default'] : ['default'],
+    reporters: ['default'],
+    projects: [
+      {
+        extends: true,
+        test: {
+          name: 'main',
+          // The examples' vitest suites run too; node:test ones (*.node.test.ts) through test/examples.test.ts.
+          include: ['test/**/*.test.ts', 'examples/**/*.test.ts'],
+          exclude: ['**/node_modules/**', 'examples/**/*.node.test.ts', ...FLEET],
+          maxWorkers: 2,
+          fileParallelism: true,
+        },
+      },
+      {
+        extends: true,
+        test: { name: 'fleet', include: FLEET, maxWorkers: 1, fileParallelism: false },
+      },
+    ],
   },
 });

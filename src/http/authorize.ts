@@ -89,6 +89,40 @@ export function checkRetryOn401(value: unknown): RetryOn401 {
   throw new TokenwardenError('ERR_CONFIG', "retryOn401 must be 'invalid_token', 'always', 'never' or a function");
 }
 
+/**
+ * The `origins` option of an integration: one URL or a non-empty list of absolute http(s) URLs, as a set of
+ * origins (`ERR_CONFIG` otherwise). Tokens go to these origins only.
+ */
+export function checkOrigins(input: unknown): Set<string> {
+  const value = typeof input === 'string' || input instanceof URL ? [input] : input;
+  if (!Array.isArray(value) || value.length === 0) {
+    throw new TokenwardenError(
+      'ERR_CONFIG',
+      "origins must list the origins that get the token, e.g. ['https://api.example.com']",
+    );
+  }
+  const origins = new Set<string>();
+  for (const entry of value) {
+    const origin = typeof entry === 'string' || entry instanceof URL ? originOf(entry) : undefined;
+    if (origin === undefined) {
+      throw new TokenwardenError('ERR_CONFIG', 'origins must be absolute http(s) URLs, e.g. https://api.example.com');
+    }
+    origins.add(origin);
+  }
+  return origins;
+}
+
+/** The origin of an absolute http(s) URL, or `undefined` for anything else. */
+export function originOf(value: unknown): string | undefined {
+  if (value === undefined || value === null) return undefined;
+  try {
+    const url = value instanceof URL ? value : new URL(String(value));
+    return url.protocol === 'http:' || url.protocol === 'https:' ? url.origin : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 function dpopHandle(provider: TokenProvider): oauth.DPoPHandle {
   const handle = provider.dpop;
   if (handle === undefined) {

@@ -11,9 +11,11 @@ import type { Token } from '../token.js';
 import type { RetryOn401, TokenProvider } from './auth-fetch.js';
 import {
   authorizationHeaders,
+  checkOrigins,
   checkRetryOn401,
   isDpopNonceChallenge,
   isRetryable401,
+  originOf,
   rememberDpopNonce,
 } from './authorize.js';
 
@@ -148,32 +150,6 @@ function requestUrl(instance: AxiosInstance, config: InternalAxiosRequestConfig)
     return url.protocol === 'http:' || url.protocol === 'https:' ? url : undefined;
   } catch {
     return undefined; // a relative URL: no origin to check, so no token
-  }
-}
-
-function checkOrigins(input: unknown): Set<string> {
-  const value = typeof input === 'string' || input instanceof URL ? [input] : input;
-  if (!Array.isArray(value) || value.length === 0) {
-    throw new TokenwardenError('ERR_CONFIG', "origins must be a non-empty list, e.g. ['https://api.example.com']");
-  }
-  const origins = new Set<string>();
-  for (const entry of value) {
-    const origin = typeof entry === 'string' || entry instanceof URL ? originOf(entry) : undefined;
-    if (origin === undefined) {
-      throw new TokenwardenError('ERR_CONFIG', 'origins must be absolute http(s) URLs, e.g. https://api.example.com');
-    }
-    origins.add(origin);
-  }
-  return origins;
-}
-
-function originOf(value: unknown): string | undefined {
-  if (typeof value !== 'string' && !(value instanceof URL)) return undefined;
-  try {
-    const url = new URL(value);
-    return url.protocol === 'http:' || url.protocol === 'https:' ? url.origin : undefined;
-  } catch {
-    return undefined;
   }
 }
 

@@ -12,9 +12,11 @@ import type { Token } from '../token.js';
 import type { RetryOn401, TokenProvider } from './auth-fetch.js';
 import {
   authorizationHeaders,
+  checkOrigins,
   checkRetryOn401,
   isDpopNonceChallenge,
   isRetryable401,
+  originOf,
   rememberDpopNonce,
 } from './authorize.js';
 
@@ -259,35 +261,6 @@ class StableController implements Dispatcher.DispatchController {
   resume(): void {
     this.#paused = false;
     this.#target?.resume();
-  }
-}
-
-function checkOrigins(input: unknown): Set<string> {
-  const value = typeof input === 'string' || input instanceof URL ? [input] : input;
-  if (!Array.isArray(value) || value.length === 0) {
-    throw new TokenwardenError(
-      'ERR_CONFIG',
-      "origins must list the origins that get the token, e.g. ['https://api.example.com']",
-    );
-  }
-  const origins = new Set<string>();
-  for (const entry of value) {
-    const origin = typeof entry === 'string' || entry instanceof URL ? originOf(entry) : undefined;
-    if (origin === undefined) {
-      throw new TokenwardenError('ERR_CONFIG', 'origins must be absolute http(s) URLs, e.g. https://api.example.com');
-    }
-    origins.add(origin);
-  }
-  return origins;
-}
-
-function originOf(value: unknown): string | undefined {
-  if (value === undefined || value === null) return undefined;
-  try {
-    const url = value instanceof URL ? value : new URL(String(value));
-    return url.protocol === 'http:' || url.protocol === 'https:' ? url.origin : undefined;
-  } catch {
-    return undefined;
   }
 }
 

@@ -8,6 +8,7 @@
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { type JWK, createLocalJWKSet, decodeJwt, decodeProtectedHeader, jwtVerify } from 'jose';
+import { ASYMMETRIC_ALGORITHMS } from '../server/jwt.js';
 
 /** A client registered at the test authorization server: a secret, and public keys for `private_key_jwt`. */
 export interface RegisteredClient {
@@ -25,20 +26,6 @@ export function clientKeys(jwks: readonly JWK[]): ReturnType<typeof createLocalJ
   });
   return createLocalJWKSet({ keys });
 }
-
-const ASYMMETRIC = [
-  'RS256',
-  'RS384',
-  'RS512',
-  'PS256',
-  'PS384',
-  'PS512',
-  'ES256',
-  'ES384',
-  'ES512',
-  'EdDSA',
-  'Ed25519',
-];
 
 /** An OAuth error answer (RFC 6749 §5.2). */
 export interface OAuthError {
@@ -164,7 +151,7 @@ export class ClientAuthenticator {
       const hmac = typeof alg === 'string' && alg.startsWith('HS');
       if (!hmac && client.keys === undefined) throw new Error('no public key registered');
       const options = {
-        algorithms: hmac ? ['HS256', 'HS384', 'HS512'] : ASYMMETRIC,
+        algorithms: hmac ? ['HS256', 'HS384', 'HS512'] : [...ASYMMETRIC_ALGORITHMS],
         issuer: client.clientId,
         subject: client.clientId,
         audience: [...this.#context.audiences],

@@ -7,20 +7,9 @@
  */
 import { type JWK, calculateJwkThumbprint, decodeProtectedHeader, importJWK, jwtVerify } from 'jose';
 import { type OAuthError, oauthError } from './client-auth.js';
+import { ASYMMETRIC_ALGORITHMS } from '../server/jwt.js';
 
-const ALGORITHMS = [
-  'RS256',
-  'RS384',
-  'RS512',
-  'PS256',
-  'PS384',
-  'PS512',
-  'ES256',
-  'ES384',
-  'ES512',
-  'EdDSA',
-  'Ed25519',
-];
+const ALGORITHMS: readonly string[] = ASYMMETRIC_ALGORITHMS;
 /** How far a proof's `iat` may be from now (RFC 9449 §11.1), and so how long its `jti` is remembered. */
 const WINDOW_MS = 60_000;
 

@@ -70,7 +70,10 @@ async function scenario(fault: (redis: PrivateRedis) => Promise<void>): Promise<
 
 function expectGrantsKept(results: WorkerResult[]): void {
   const errors = results.flatMap((r) => r.errors);
-  const summary = JSON.stringify(results.map((r) => ({ calls: r.calls, errors: r.errors.length, wrong: r.wrongUser })));
+  const summary = JSON.stringify({
+    processes: results.map((r) => ({ calls: r.calls, errors: r.errors.length, wrong: r.wrongUser })),
+    errors: [...new Set(errors.map((e) => `${e.code}: ${e.message}`))],
+  });
   expect(as.counts.errors['invalid_grant'] ?? 0, summary).toBe(0);
   for (const { code } of errors) expect(STORE_CODES, summary).toContain(code);
   expect(results.reduce((n, r) => n + r.wrongUser, 0)).toBe(0);
