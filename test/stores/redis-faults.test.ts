@@ -94,9 +94,9 @@ describe.skipIf(skipWithout('redis-server', hasRedisServer))('RedisStore when it
   }, 30_000);
 });
 
-/** Retries a store call while the connection comes back (at most 5 s). */
+/** Retries a store call while the connection comes back (at most 15 s: a loaded machine reconnects slowly). */
 async function retry<T>(call: () => Promise<T>): Promise<T> {
-  const deadline = Date.now() + 5000;
+  const deadline = Date.now() + 15_000;
   for (;;) {
     try {
       return await call();
