@@ -8,9 +8,10 @@
  *
  * @module
  */
-import { type JWSHeaderParameters, type JWTPayload, type JWTVerifyOptions, decodeJwt } from 'jose';
+import { type JWSHeaderParameters, type JWTPayload, decodeJwt } from 'jose';
 import { TokenwardenError } from '../errors.js';
-import { type KeySets, verifyJwt } from './keys.js';
+import { jwtRules } from './jws.js';
+import { type KeySets, type VerifiedJwt, verifyJwt } from './keys.js';
 import {
   type Claims,
   type PayloadResult,
@@ -104,38 +105,52 @@ export function jwtStrategy(options: JwtStrategyOptions): VerifierProvider<JwtPa
     return trusted === true ? iss : undefined;
   };
 
-  const baseVerifyOptions: JWTVerifyOptions = {
+  const rules = jwtRules({
     algorithms: options.algorithms,
     audience: options.audience,
-    clockTolerance: options.clockToleranceSec,
+    clockToleranceSec: options.clockToleranceSec,
     requiredClaims: options.strict
       ? [...RFC9068_CLAIMS, ...options.requiredClaims]
       : ['exp', ...options.requiredClaims],
-    ...(options.maxTokenAgeSec !== undefined && { maxTokenAge: options.maxTokenAgeSec }),
-    ...(options.strict && { typ: 'at+jwt' }),
+    maxTokenAgeSec: options.maxTokenAgeSec,
+    typ: options.strict ? 'at+jwt' : undefined,
+  });
+  /** The checks after jose's rules: numeric dates in range, explicit typing. */
+  const judge = ({ payload, protectedHeader }: VerifiedJwt): PayloadResult<JwtPayload> => {
+    // jose takes any number: 1e400 is Infinity after JSON parsing, an `exp` that never comes (RFC 7519 §2).
+    if (!numericDatesValid(payload)) return bad('invalid numeric date', options.negativeCacheMs);
+    // RFC 8725 §3.11 explicit typing: without `strict`, a typ other than JWT / at+jwt is another kind of JWT.
+    if (!options.strict && protectedHeader.typ !== undefined && !isAccessTokenTyp(protectedHeader.typ as unknown)) {
+      return bad('unexpected token type', options.negativeCacheMs);
+    }
+    return { ok: true, payload: { claims: payload, header: protectedHeader } };
+  };
+  const verify = (
+    token: string,
+    issuer: string,
+    now: number,
+  ): PayloadResult<JwtPayload> | Promise<PayloadResult<JwtPayload>> => {
+    try {
+      const verified = verifyJwt(token, keySetFor(issuer), rules, issuer, now);
+      if (!(verified instanceof Promise)) return judge(verified);
+      return verified.then(judge, (err: unknown) => classify(err, options.negativeCacheMs));
+    } catch (err) {
+      return classify(err, options.negativeCacheMs);
+    }
   };
 
   return {
-    async getPayload(token: string, context: ProviderContext): Promise<PayloadResult<JwtPayload>> {
-      try {
-        // Fast path without a promise to wait on: one issuer.
-        const issuer = single ?? (await trustedIssuer(token));
-        if (issuer === undefined) return bad('unexpected issuer', options.negativeCacheMs);
-        const { payload, protectedHeader } = await verifyJwt(token, keySetFor(issuer), {
-          ...baseVerifyOptions,
-          issuer,
-          currentDate: new Date(context.now),
-        });
-        // jose takes any number: 1e400 is Infinity after JSON parsing, an `exp` that never comes (RFC 7519 §2).
-        if (!numericDatesValid(payload)) return bad('invalid numeric date', options.negativeCacheMs);
-        // RFC 8725 §3.11 explicit typing: without `strict`, a typ other than JWT / at+jwt is another kind of JWT.
-        if (!options.strict && protectedHeader.typ !== undefined && !isAccessTokenTyp(protectedHeader.typ as unknown)) {
-          return bad('unexpected token type', options.negativeCacheMs);
-        }
-        return { ok: true, payload: { claims: payload, header: protectedHeader } };
-      } catch (err) {
-        return classify(err, options.negativeCacheMs);
+    getPayload(token: string, context: ProviderContext): Promise<PayloadResult<JwtPayload>> {
+      // Fast path without a promise to wait on: one issuer.
+      if (single !== undefined) {
+        const result = verify(token, single, context.now);
+        return result instanceof Promise ? result : Promise.resolve(result);
       }
+      return trustedIssuer(token).then(
+        (issuer) =>
+          issuer === undefined ? bad('unexpected issuer', options.negativeCacheMs) : verify(token, issuer, context.now),
+        (err: unknown) => classify(err, options.negativeCacheMs),
+      );
     },
     isValid: () => true, // jose checked exp, nbf, iat with the clock tolerance
     getUid: (p) => uidOf(p.claims as Claims, options.uidClaim),
