@@ -84,6 +84,19 @@ export interface JwtPayload {
 }
 
 /**
+ * The JWT strategy: a {@link VerifierProvider}, and `check()`, the same without a promise when the token's
+ * keys are known (the verifier's miss path).
+ *
+ * @example
+ * ```ts
+ * const result = jwt.check(token, Date.now()); // a PayloadResult, or a promise of one
+ * ```
+ */
+export interface JwtStrategy extends VerifierProvider<JwtPayload> {
+  check(token: string, now: number): PayloadResult<JwtPayload> | Promise<PayloadResult<JwtPayload>>;
+}
+
+/**
  * Creates the JWT strategy as a {@link VerifierProvider}.
  *
  * @example
@@ -93,7 +106,7 @@ export interface JwtPayload {
  * const result = await jwt.getPayload(token, { now: Date.now(), clock: systemClock });
  * ```
  */
-export function jwtStrategy(options: JwtStrategyOptions): VerifierProvider<JwtPayload> {
+export function jwtStrategy(options: JwtStrategyOptions): JwtStrategy {
   const single = 'list' in options.issuers && options.issuers.list.length === 1 ? options.issuers.list[0] : undefined;
   const keySetFor = (issuer: string) =>
     options.jwksUri !== undefined ? options.keySets.forUri(options.jwksUri) : options.keySets.forIssuer(issuer);
@@ -139,18 +152,21 @@ export function jwtStrategy(options: JwtStrategyOptions): VerifierProvider<JwtPa
     }
   };
 
+  const check = (token: string, now: number): PayloadResult<JwtPayload> | Promise<PayloadResult<JwtPayload>> => {
+    // Fast path without a promise to wait on: one issuer.
+    if (single !== undefined) return verify(token, single, now);
+    return trustedIssuer(token).then(
+      (issuer) =>
+        issuer === undefined ? bad('unexpected issuer', options.negativeCacheMs) : verify(token, issuer, now),
+      (err: unknown) => classify(err, options.negativeCacheMs),
+    );
+  };
+
   return {
+    check,
     getPayload(token: string, context: ProviderContext): Promise<PayloadResult<JwtPayload>> {
-      // Fast path without a promise to wait on: one issuer.
-      if (single !== undefined) {
-        const result = verify(token, single, context.now);
-        return result instanceof Promise ? result : Promise.resolve(result);
-      }
-      return trustedIssuer(token).then(
-        (issuer) =>
-          issuer === undefined ? bad('unexpected issuer', options.negativeCacheMs) : verify(token, issuer, context.now),
-        (err: unknown) => classify(err, options.negativeCacheMs),
-      );
+      const result = check(token, context.now);
+      return result instanceof Promise ? result : Promise.resolve(result);
     },
     isValid: () => true, // jose checked exp, nbf, iat with the clock tolerance
     getUid: (p) => uidOf(p.claims as Claims, options.uidClaim),
