@@ -106,9 +106,8 @@ export function recordLineage(issuer: string, clientId: string, ttlMs: number | 
     shared: (record) => {
       const text = texts.get(record);
       if (text === undefined) return record;
-      const shared = slicedRecord(record, text);
-      texts.set(shared, text);
-      return shared;
+      texts.delete(record);
+      return slicedRecord(record, text);
     },
     precious: (record) => record.refreshToken !== undefined,
     ttlMs: () => ttlMs,
@@ -266,15 +265,29 @@ function slice(text: string, value: string): string {
   return at < 0 ? value : text.slice(at, at + value.length);
 }
 
-/** The record with its tokens (and id, session) as slices of `text`. */
+/** Scope strings, one instance each (most users have the same few). */
+const scopes = new Map<string, string>();
+function interned(scope: string): string {
+  const known = scopes.get(scope);
+  if (known !== undefined) return known;
+  if (scopes.size >= 1000) scopes.clear();
+  scopes.set(scope, scope);
+  return scope;
+}
+
+/** The record with its tokens (and id, session) as slices of `text`, its scope strings shared. */
 function slicedRecord(record: UserRecord, text: string): UserRecord {
   const shared: UserRecord = {
     ...record,
     id: slice(text, record.id),
     session: slice(text, record.session),
     accessTokens: record.accessTokens.map(({ spec, token }) => ({
-      spec,
-      token: Object.freeze({ ...token, accessToken: slice(text, token.accessToken) }),
+      spec: spec.scope === null && spec.resource === null && spec.params === null ? DEFAULT_STORED_SPEC : spec,
+      token: Object.freeze({
+        ...token,
+        accessToken: slice(text, token.accessToken),
+        ...(token.scope !== undefined && { scope: interned(token.scope) }),
+      }),
     })),
   };
   if (record.refreshToken !== undefined) shared.refreshToken = slice(text, record.refreshToken);
