@@ -13,7 +13,7 @@ import { MemoryStore, UserTokens } from '../dist/index.js';
 import type { BenchRow } from './run.js';
 import { opsPerSecond, ratio, si } from './util.js';
 
-const USERS = Number(process.env["BENCH_USERS"] ?? 50_000);
+const USERS = Number(process.env['BENCH_USERS'] ?? 50_000);
 const ISSUER = 'https://login.example.test';
 const CLIENT_ID = 'web';
 const CLIENT_SECRET = randomBytes(32).toString('base64url');

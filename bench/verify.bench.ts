@@ -26,7 +26,9 @@ export async function run(): Promise<BenchRow[]> {
     const tokens: string[] = [];
     for (let i = 0; i < TOKENS; i++) tokens.push(await as.mintAccessToken({ sub: `user-${i}`, scope: 'read' }));
     const jwksUri = new URL('/jwks', as.issuer).href;
-    const jwks = (await (await fetch(jwksUri)).json()) as { keys: (import('node:crypto').JsonWebKey & { kid: string })[] };
+    const jwks = (await (await fetch(jwksUri)).json()) as {
+      keys: (import('node:crypto').JsonWebKey & { kid: string })[];
+    };
 
     // Ours: a verifier whose cache holds fewer entries than there are tokens, so every call misses.
     const verify = createVerifier({

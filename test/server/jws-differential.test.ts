@@ -5,7 +5,7 @@
  * rules refuse on top (RFC 6750 token syntax, NumericDates in range, explicit typing). A token without
  * `kid` that several keys fit is tried against each, by tokenwarden as it was with jose, and here too.
  */
-import { createPrivateKey, generateKeyPairSync, sign as cryptoSign } from 'node:crypto';
+import { type KeyObject, generateKeyPairSync, sign as cryptoSign } from 'node:crypto';
 import { type JWK, createLocalJWKSet, errors, exportJWK, jwtVerify } from 'jose';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { createVerifier } from '../../src/server/index.js';
@@ -16,7 +16,7 @@ const AUDIENCE = 'https://api.example.test';
 const JWKS_URI = `${ISSUER}/jwks`;
 const ALGS = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA', 'Ed25519'];
 
-type Signer = { kid: string; alg: string; privateKey: ReturnType<typeof createPrivateKey> };
+type Signer = { kid: string; alg: string; privateKey: KeyObject };
 const b64 = (value: unknown): string =>
   Buffer.from(typeof value === 'string' ? value : JSON.stringify(value)).toString('base64url');
 
@@ -59,7 +59,11 @@ beforeAll(async () => {
     ['small', 'rsa', { modulusLength: 1024 }],
   ];
   for (const [name, type, options] of pairs) {
-    const { privateKey, publicKey } = generateKeyPairSync(type as 'rsa', options as never);
+    const pair = generateKeyPairSync(type as 'rsa', options as never) as unknown as {
+      privateKey: KeyObject;
+      publicKey: KeyObject;
+    };
+    const { privateKey, publicKey } = pair;
     const kid = `k-${name}`;
     keys.push({ ...(await exportJWK(publicKey)), kid, use: 'sig' });
     for (const alg of ALGS.filter((a) => (name.length === 2 ? a.startsWith(name) : a === name))) {
