@@ -1,5 +1,5 @@
 /**
- * Per-user tokens: 100 000 signed-in users in a MemoryStore. Memory per user (heap delta ÷ users) against
+ * Per-user tokens: 50 000 signed-in users in a MemoryStore. Memory per user (heap delta ÷ users) against
  * a bare Map of the same access tokens; `getAccessToken()` hit latency against an awaited Map lookup; the
  * in-process layer bounded by its LRU.
  *
@@ -13,7 +13,7 @@ import { MemoryStore, UserTokens } from '../dist/index.js';
 import type { BenchRow } from './run.js';
 import { opsPerSecond, ratio, si } from './util.js';
 
-const USERS = 100_000;
+const USERS = Number(process.env['BENCH_USERS'] ?? 50_000);
 const ISSUER = 'https://login.example.test';
 const CLIENT_ID = 'web';
 const CLIENT_SECRET = randomBytes(32).toString('base64url');

@@ -57,3 +57,29 @@ export async function compare(
   }
   return [percentile(as, 50), percentile(bs, 50)];
 }
+
+/**
+ * Ops/s of each function, measured in alternating slices of `sliceMs` (after one warm-up slice each), so
+ * that a change in machine load during the run affects every contender alike.
+ */
+export async function alternate(
+  fns: (() => unknown)[],
+  options: { rounds: number; sliceMs: number },
+): Promise<number[]> {
+  const ops = fns.map(() => 0);
+  const time = fns.map(() => 0);
+  for (let round = -1; round < options.rounds; round++) {
+    for (const [i, fn] of fns.entries()) {
+      let n = 0;
+      const start = performance.now();
+      while (performance.now() - start < options.sliceMs) {
+        for (let k = 0; k < 50; k++) await fn();
+        n += 50;
+      }
+      if (round < 0) continue; // warm-up
+      ops[i] = (ops[i] as number) + n;
+      time[i] = (time[i] as number) + performance.now() - start;
+    }
+  }
+  return ops.map((n, i) => (n * 1000) / (time[i] as number));
+}

@@ -60,11 +60,16 @@ export class ValidationCache<T> {
     if (until > now) this.#entries?.set(key, { value, until });
   }
 
-  /** Runs `fn` once for all concurrent callers with the same `key`. */
-  flight(key: string, fn: () => Promise<T>): Promise<T> {
+  /**
+   * Runs `fn` once for all concurrent callers with the same `key`: while a promise it returned is pending,
+   * callers get that promise. A value returned at once is returned as it is (nothing was in flight).
+   */
+  flight(key: string, fn: () => T | Promise<T>): T | Promise<T> {
     const running = this.#inflight.get(key);
     if (running !== undefined) return running;
-    const promise = fn().finally(() => this.#inflight.delete(key));
+    const result = fn();
+    if (!(result instanceof Promise)) return result;
+    const promise = result.finally(() => this.#inflight.delete(key));
     this.#inflight.set(key, promise);
     return promise;
   }

@@ -25,6 +25,7 @@ import * as oauth from 'oauth4webapi';
 import { TokenwardenError } from '../errors.js';
 import { type ResponseMeta, describeUrl } from '../http/transport.js';
 import { type ClientOptions, OAuthClient } from '../sources/client.js';
+import { jwtRules } from './jws.js';
 import { type KeySets, verifyJwt } from './keys.js';
 import {
   type Claims,
@@ -88,6 +89,13 @@ export function introspectionStrategy(options: IntrospectionStrategyOptions): Ve
   );
   const clientSecret = options.client.clientSecret;
   const audiences = options.audience === undefined ? undefined : ([] as string[]).concat(options.audience);
+  const signedRules = jwtRules({
+    audience: options.client.clientId,
+    typ: 'token-introspection+jwt',
+    algorithms: options.algorithms,
+    requiredClaims: ['iat'],
+    clockToleranceSec: options.clockToleranceMs / 1000,
+  });
 
   const metadata = async (): Promise<oauth.AuthorizationServer> => {
     if (endpoint !== undefined) return { issuer: issuer ?? endpoint, introspection_endpoint: endpoint };
@@ -135,15 +143,7 @@ export function introspectionStrategy(options: IntrospectionStrategyOptions): Ve
       options.jwksUri !== undefined ? options.keySets.forUri(options.jwksUri) : options.keySets.forIssuer(issuer);
     let claims: Claims;
     try {
-      ({ payload: claims } = await verifyJwt(jwt, keys, {
-        issuer,
-        audience: client.clientId,
-        typ: 'token-introspection+jwt',
-        algorithms: options.algorithms,
-        requiredClaims: ['iat'],
-        clockTolerance: options.clockToleranceMs / 1000,
-        currentDate: new Date(upstreams.clock.now()),
-      }));
+      ({ payload: claims } = await verifyJwt(jwt, keys, signedRules, issuer, upstreams.clock.now()));
     } catch (err) {
       if (err instanceof TokenwardenError) throw err; // the keys could not be had
       throw refuse(signedFailure(err));

@@ -8,9 +8,10 @@
  *
  * @module
  */
-import { type JWSHeaderParameters, type JWTPayload, type JWTVerifyOptions, decodeJwt } from 'jose';
+import { type JWSHeaderParameters, type JWTPayload, decodeJwt } from 'jose';
 import { TokenwardenError } from '../errors.js';
-import { type KeySets, verifyJwt } from './keys.js';
+import { jwtRules } from './jws.js';
+import { type KeySets, type VerifiedJwt, verifyJwt } from './keys.js';
 import {
   type Claims,
   type PayloadResult,
@@ -83,6 +84,19 @@ export interface JwtPayload {
 }
 
 /**
+ * The JWT strategy: a {@link VerifierProvider}, and `check()`, the same without a promise when the token's
+ * keys are known (the verifier's miss path).
+ *
+ * @example
+ * ```ts
+ * const result = jwt.check(token, Date.now()); // a PayloadResult, or a promise of one
+ * ```
+ */
+export interface JwtStrategy extends VerifierProvider<JwtPayload> {
+  check(token: string, now: number): PayloadResult<JwtPayload> | Promise<PayloadResult<JwtPayload>>;
+}
+
+/**
  * Creates the JWT strategy as a {@link VerifierProvider}.
  *
  * @example
@@ -92,7 +106,7 @@ export interface JwtPayload {
  * const result = await jwt.getPayload(token, { now: Date.now(), clock: systemClock });
  * ```
  */
-export function jwtStrategy(options: JwtStrategyOptions): VerifierProvider<JwtPayload> {
+export function jwtStrategy(options: JwtStrategyOptions): JwtStrategy {
   const single = 'list' in options.issuers && options.issuers.list.length === 1 ? options.issuers.list[0] : undefined;
   const keySetFor = (issuer: string) =>
     options.jwksUri !== undefined ? options.keySets.forUri(options.jwksUri) : options.keySets.forIssuer(issuer);
@@ -104,38 +118,55 @@ export function jwtStrategy(options: JwtStrategyOptions): VerifierProvider<JwtPa
     return trusted === true ? iss : undefined;
   };
 
-  const baseVerifyOptions: JWTVerifyOptions = {
+  const rules = jwtRules({
     algorithms: options.algorithms,
     audience: options.audience,
-    clockTolerance: options.clockToleranceSec,
+    clockToleranceSec: options.clockToleranceSec,
     requiredClaims: options.strict
       ? [...RFC9068_CLAIMS, ...options.requiredClaims]
       : ['exp', ...options.requiredClaims],
-    ...(options.maxTokenAgeSec !== undefined && { maxTokenAge: options.maxTokenAgeSec }),
-    ...(options.strict && { typ: 'at+jwt' }),
+    maxTokenAgeSec: options.maxTokenAgeSec,
+    typ: options.strict ? 'at+jwt' : undefined,
+  });
+  /** The checks after jose's rules: numeric dates in range, explicit typing. */
+  const judge = ({ payload, protectedHeader }: VerifiedJwt): PayloadResult<JwtPayload> => {
+    // jose takes any number: 1e400 is Infinity after JSON parsing, an `exp` that never comes (RFC 7519 §2).
+    if (!numericDatesValid(payload)) return bad('invalid numeric date', options.negativeCacheMs);
+    // RFC 8725 §3.11 explicit typing: without `strict`, a typ other than JWT / at+jwt is another kind of JWT.
+    if (!options.strict && protectedHeader.typ !== undefined && !isAccessTokenTyp(protectedHeader.typ as unknown)) {
+      return bad('unexpected token type', options.negativeCacheMs);
+    }
+    return { ok: true, payload: { claims: payload, header: protectedHeader } };
+  };
+  const verify = (
+    token: string,
+    issuer: string,
+    now: number,
+  ): PayloadResult<JwtPayload> | Promise<PayloadResult<JwtPayload>> => {
+    try {
+      const verified = verifyJwt(token, keySetFor(issuer), rules, issuer, now);
+      if (!(verified instanceof Promise)) return judge(verified);
+      return verified.then(judge, (err: unknown) => classify(err, options.negativeCacheMs));
+    } catch (err) {
+      return classify(err, options.negativeCacheMs);
+    }
+  };
+
+  const check = (token: string, now: number): PayloadResult<JwtPayload> | Promise<PayloadResult<JwtPayload>> => {
+    // Fast path without a promise to wait on: one issuer.
+    if (single !== undefined) return verify(token, single, now);
+    return trustedIssuer(token).then(
+      (issuer) =>
+        issuer === undefined ? bad('unexpected issuer', options.negativeCacheMs) : verify(token, issuer, now),
+      (err: unknown) => classify(err, options.negativeCacheMs),
+    );
   };
 
   return {
-    async getPayload(token: string, context: ProviderContext): Promise<PayloadResult<JwtPayload>> {
-      try {
-        // Fast path without a promise to wait on: one issuer.
-        const issuer = single ?? (await trustedIssuer(token));
-        if (issuer === undefined) return bad('unexpected issuer', options.negativeCacheMs);
-        const { payload, protectedHeader } = await verifyJwt(token, keySetFor(issuer), {
-          ...baseVerifyOptions,
-          issuer,
-          currentDate: new Date(context.now),
-        });
-        // jose takes any number: 1e400 is Infinity after JSON parsing, an `exp` that never comes (RFC 7519 §2).
-        if (!numericDatesValid(payload)) return bad('invalid numeric date', options.negativeCacheMs);
-        // RFC 8725 §3.11 explicit typing: without `strict`, a typ other than JWT / at+jwt is another kind of JWT.
-        if (!options.strict && protectedHeader.typ !== undefined && !isAccessTokenTyp(protectedHeader.typ as unknown)) {
-          return bad('unexpected token type', options.negativeCacheMs);
-        }
-        return { ok: true, payload: { claims: payload, header: protectedHeader } };
-      } catch (err) {
-        return classify(err, options.negativeCacheMs);
-      }
+    check,
+    getPayload(token: string, context: ProviderContext): Promise<PayloadResult<JwtPayload>> {
+      const result = check(token, context.now);
+      return result instanceof Promise ? result : Promise.resolve(result);
     },
     isValid: () => true, // jose checked exp, nbf, iat with the clock tolerance
     getUid: (p) => uidOf(p.claims as Claims, options.uidClaim),

@@ -4,28 +4,35 @@
  * ahead of `cacheMaxAge` in the background; concurrent misses share one fetch; an unknown `kid` refetches at
  * most once per `cooldown`; and every fetch goes through the endpoint's backoff ({@link Endpoint}).
  *
- * jose still selects and imports keys (`createLocalJWKSet` over the last good JWKS) and verifies
- * signatures; {@link verifyJwt} is the one function through which every signature is checked, so that the
- * way keys are selected and used can change in one place.
+ * jose selects and imports keys (`createLocalJWKSet` over the last good JWKS); each key is then kept as a
+ * `KeyObject` ({@link VerificationKey}) and the selection for a header (`alg`, `kid`) is remembered with the
+ * keys it was made in, so that a known header costs one `Map` lookup. {@link verifyJwt} is the one function
+ * through which every signature is checked (with `node:crypto`, see `jws.ts`).
  *
  * @module
  */
 import {
-  type JSONWebKeySet,
   type CompactJWSHeaderParameters,
+  type JSONWebKeySet,
+  type JWSHeaderParameters,
   type JWTPayload,
   type JWTVerifyGetKey,
-  type JWTVerifyOptions,
-  type JWTVerifyResult,
-  type FlattenedJWSInput,
   createLocalJWKSet,
   errors,
-  jwtVerify,
 } from 'jose';
 import { TokenwardenError, isTokenwardenError } from '../errors.js';
 import { type ResponseMeta, boundedFetch, describeUrl } from '../http/transport.js';
 import { parseJsonObject } from '../json.js';
 import { checkUrl } from '../sources/client.js';
+import {
+  type CompactJws,
+  type JwtRules,
+  type VerificationKey,
+  checkSignature,
+  jwtClaims,
+  parseCompactJws,
+  verificationKey,
+} from './jws.js';
 import type { Upstreams } from './upstream.js';
 
 /**
@@ -87,6 +94,8 @@ export interface KeySetEvents {
 
 interface Held {
   readonly getKey: JWTVerifyGetKey;
+  /** jose's selection for a header (`alg` and `kid`), as keys ready for `crypto.verify`: only selections that found keys. */
+  readonly selected: Map<string, readonly VerificationKey[]>;
   readonly count: number;
   readonly fetchedAt: number;
   readonly url: string;
@@ -94,7 +103,7 @@ interface Held {
 
 /**
  * One issuer's JWKS (or one configured `jwksUri`), with last-known keys through an outage. Its
- * {@link KeySet.getKey} is what jose calls to pick the key for a token.
+ * {@link KeySet.select} picks the keys for a token's header.
  */
 export class KeySet {
   readonly source: string;
@@ -119,26 +128,42 @@ export class KeySet {
   }
 
   /**
-   * Picks the key for a JWS header (jose's `JWTVerifyGetKey`). Throws a {@link TokenwardenError} when keys
-   * could not be had (the token cannot be judged: 503), or jose's `JWKSNoMatchingKey` when the set, fresh
-   * enough, has no key for the header (the token is bad: 401).
+   * The keys for a JWS header whose `alg` is allowed: at once (no promise) when this header was seen with the
+   * keys held now and they are younger than `cacheMaxAge`; otherwise through jose's selection, after a fetch
+   * when needed. Rejects with a {@link TokenwardenError} when keys could not be had (the token cannot be
+   * judged: 503), or jose's `JWKSNoMatchingKey` (or `JWKSMultipleMatchingKeys` when none of several could be
+   * imported) when the set, fresh enough, has no key for the header (the token is bad: 401).
    */
-  readonly getKey = async (header: CompactJWSHeaderParameters, token: FlattenedJWSInput): Promise<CryptoKey> => {
+  select(header: JWSHeaderParameters): readonly VerificationKey[] | Promise<readonly VerificationKey[]> {
+    const held = this.#held;
+    const kid = header.kid as unknown;
+    if (held !== undefined && (kid === undefined || typeof kid === 'string')) {
+      const keys = held.selected.get(selection(header.alg as string, kid));
+      const age = this.#upstreams.clock.now() - held.fetchedAt;
+      // The same decisions as #current() for keys younger than cacheMaxAge.
+      if (keys !== undefined && age < this.#options.cacheMaxAgeMs) {
+        if (age >= this.#refreshAt()) this.#background();
+        return keys;
+      }
+    }
+    return this.#select(header);
+  }
+
+  async #select(header: JWSHeaderParameters): Promise<readonly VerificationKey[]> {
     const held = await this.#current();
     try {
-      return (await held.getKey(header, token)) as CryptoKey;
+      return await selectIn(held, header);
     } catch (err) {
       if ((err as { code?: unknown }).code !== 'ERR_JWKS_NO_MATCHING_KEY') throw err;
       // A key published since the last fetch (rotation), or a forged kid: refetch, at most once per cooldown.
       if (this.#upstreams.clock.now() - this.#lastAttemptAt >= this.#options.cooldownMs) {
-        const fresh = await this.#refresh();
-        return (await fresh.getKey(header, token)) as CryptoKey;
+        return selectIn(await this.#refresh(), header);
       }
       // While the JWKS cannot be fetched, a kid we do not know may be a key published meanwhile: not judged.
       if (this.#failing()) throw this.#cannotJudge();
       throw err;
     }
-  };
+  }
 
   /** The last attempt to fetch the keys (discovery or JWKS) failed. */
   get failing(): boolean {
@@ -266,6 +291,7 @@ export class KeySet {
       });
       const held: Held = {
         getKey: createLocalJWKSet(jwks),
+        selected: new Map(),
         count: jwks.keys.length,
         fetchedAt: this.#upstreams.clock.now(),
         url: endpoint.url,
@@ -320,7 +346,7 @@ export class KeySet {
  * @example
  * ```ts
  * const keySets = new KeySets(upstreams, { cacheMaxAgeMs: 600_000, maxStaleMs: 43_200_000, cooldownMs: 30_000 });
- * const { payload } = await verifyJwt(token, keySets.forIssuer(issuer), { issuer, audience, algorithms });
+ * const { payload } = await verifyJwt(token, keySets.forIssuer(issuer), jwtRules({ algorithms, audience }), issuer, Date.now());
  * ```
  */
 export class KeySets {
@@ -367,34 +393,88 @@ export class KeySets {
 /** Issuers whose key sets are kept when issuers come from a resolver. */
 const MAX_KEY_SETS = 100;
 
+/** The selection cache's key: `alg` and `kid` (absent or a string). */
+function selection(alg: string, kid: string | undefined): string {
+  return kid === undefined ? alg : `${alg}\u0000${kid}`;
+}
+
+/** jose's selection in `held` (each candidate imported once), remembered when it found keys. */
+async function selectIn(held: Held, header: JWSHeaderParameters): Promise<readonly VerificationKey[]> {
+  const alg = header.alg as string;
+  let found: CryptoKey[];
+  try {
+    found = [(await held.getKey(header as CompactJWSHeaderParameters, undefined as never)) as CryptoKey];
+  } catch (err) {
+    if (!(err instanceof errors.JWKSMultipleMatchingKeys)) throw err;
+    // No kid and several keys of the kind: each is tried (those jose could import).
+    found = [];
+    for await (const key of err) found.push(key as CryptoKey);
+    if (found.length === 0) throw err;
+  }
+  const keys = found.map((key) => verificationKey(key, alg));
+  const kid = header.kid as unknown;
+  if (kid === undefined || typeof kid === 'string') held.selected.set(selection(alg, kid), keys);
+  return keys;
+}
+
 /**
- * Verifies a JWS-signed JWT with a key from `keys` and checks its claims (jose's `jwtVerify`): the one place
- * where a signature is checked. When several keys of the set match the header (no `kid`), each is tried.
+ * The verified header and claims of a JWT.
  *
  * @example
  * ```ts
- * const { payload, protectedHeader } = await verifyJwt(token, keySets.forIssuer(issuer), { issuer, audience, algorithms: ['RS256'] });
+ * const { payload, protectedHeader }: VerifiedJwt = await verifyJwt(token, keys, rules, issuer, Date.now());
  * ```
  */
-export async function verifyJwt(
+export interface VerifiedJwt {
+  readonly payload: JWTPayload;
+  readonly protectedHeader: JWSHeaderParameters;
+}
+
+/**
+ * Verifies a JWS-signed JWT with a key from `keys` and checks its claims at `nowMs`: the one place where a
+ * signature is checked. jose's rules (see `jws.ts`) with `node:crypto`; when several keys match the header
+ * (no `kid`), each is tried. Synchronous (a value, or a throw of jose's errors) when the keys for the header
+ * are known and nothing else is verifying; a promise otherwise.
+ *
+ * @example
+ * ```ts
+ * const rules = jwtRules({ algorithms: ['RS256'], audience, requiredClaims: ['exp'] });
+ * const { payload, protectedHeader } = await verifyJwt(token, keySets.forIssuer(issuer), rules, issuer, Date.now());
+ * ```
+ */
+export function verifyJwt(
   token: string,
   keys: KeySet,
-  options: JWTVerifyOptions,
-): Promise<JWTVerifyResult<JWTPayload>> {
-  try {
-    return await jwtVerify(token, keys.getKey, options);
-  } catch (err) {
-    if (!(err instanceof errors.JWKSMultipleMatchingKeys)) throw err;
-    let last: unknown = err;
-    for await (const key of err) {
-      try {
-        return await jwtVerify(token, key, options);
-      } catch (inner) {
-        // Only a signature that does not verify means "try the next key"; a claim error is the answer.
-        if ((inner as { code?: unknown }).code !== 'ERR_JWS_SIGNATURE_VERIFICATION_FAILED') throw inner;
-        last = inner;
-      }
-    }
-    throw last;
+  rules: JwtRules,
+  issuer: string | undefined,
+  nowMs: number,
+): VerifiedJwt | Promise<VerifiedJwt> {
+  const jws = parseCompactJws(token, rules.algorithms);
+  const selected = keys.select(jws.header);
+  if (!(selected instanceof Promise) && selected.length === 1) {
+    const ok = checkSignature(jws, selected[0] as VerificationKey);
+    if (ok === true) return { payload: jwtClaims(jws, rules, issuer, nowMs), protectedHeader: jws.header };
+    if (ok === false) throw new errors.JWSSignatureVerificationFailed();
+    return ok.then((good) => {
+      if (!good) throw new errors.JWSSignatureVerificationFailed();
+      return { payload: jwtClaims(jws, rules, issuer, nowMs), protectedHeader: jws.header };
+    });
   }
+  return verifyWithAny(jws, selected, rules, issuer, nowMs);
+}
+
+async function verifyWithAny(
+  jws: CompactJws,
+  selected: readonly VerificationKey[] | Promise<readonly VerificationKey[]>,
+  rules: JwtRules,
+  issuer: string | undefined,
+  nowMs: number,
+): Promise<VerifiedJwt> {
+  for (const key of await selected) {
+    // Only a signature that does not verify means "try the next key"; a claim error is the answer.
+    if (await checkSignature(jws, key)) {
+      return { payload: jwtClaims(jws, rules, issuer, nowMs), protectedHeader: jws.header };
+    }
+  }
+  throw new errors.JWSSignatureVerificationFailed();
 }

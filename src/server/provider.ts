@@ -285,10 +285,46 @@ export function stringClaim(claims: Claims, name: string): string | undefined {
 
 /**
  * Freezes an object and everything in it, so a cached result shared between requests cannot be changed
- * by one of them.
+ * by one of them. Returns `value`.
+ *
+ * Recursive for the shallow objects claims are (a few levels: no array of what is left to do, no
+ * `Object.values` copies), and iterative past 32 levels, so that claims nested 100 000 deep (an
+ * introspection answer may be a MiB) cannot overflow the stack.
+ *
+ * @example
+ * ```ts
+ * const claims = freezeDeep(JSON.parse(text));
+ * Object.isFrozen(claims.cnf); // true
+ * ```
  */
-export function deepFreeze<T>(value: T): T {
-  // Iterative: claims nested 100 000 deep (an introspection answer may be a MiB) must not overflow the stack.
+export function freezeDeep<T>(value: T): T {
+  freezeWithin(value, 32);
+  return value;
+}
+
+function freezeWithin(value: unknown, depth: number): void {
+  if (value === null || typeof value !== 'object' || Object.isFrozen(value)) return;
+  if (depth === 0) {
+    deepFreeze(value);
+    return;
+  }
+  Object.freeze(value);
+  if (Array.isArray(value)) {
+    for (let i = 0; i < value.length; i++) {
+      const inner: unknown = value[i];
+      if (inner !== null && typeof inner === 'object') freezeWithin(inner, depth - 1);
+    }
+    return;
+  }
+  const record = value as Record<string, unknown>;
+  for (const key of Object.keys(record)) {
+    const inner = record[key];
+    if (inner !== null && typeof inner === 'object') freezeWithin(inner, depth - 1);
+  }
+}
+
+/** {@link freezeDeep} without recursion, for what is deeper than it recurses. */
+function deepFreeze(value: unknown): void {
   const pending: unknown[] = [value];
   while (pending.length > 0) {
     const next = pending.pop();
@@ -297,5 +333,4 @@ export function deepFreeze<T>(value: T): T {
       for (const inner of Object.values(next)) pending.push(inner);
     }
   }
-  return value;
 }

@@ -35,7 +35,7 @@ import {
   readFormBody,
 } from './extract.js';
 import { introspectionStrategy } from './introspection.js';
-import { ASYMMETRIC_ALGORITHMS, type IssuerPolicy, jwtStrategy } from './jwt.js';
+import { ASYMMETRIC_ALGORITHMS, type IssuerPolicy, type JwtStrategy, jwtStrategy } from './jwt.js';
 import { type KeySetEvents, type KeySetHealth, KeySets } from './keys.js';
 import {
   type Auth,
@@ -44,8 +44,8 @@ import {
   type PayloadResult,
   type ProviderContext,
   type VerifierProvider,
-  deepFreeze,
   expiresAtOf,
+  freezeDeep,
   infoOf,
   numericDatesValid,
   scopesOf,
@@ -497,31 +497,65 @@ export function createVerifier(options: VerifierOptions): Verifier {
     return { ok: false, failure: refused };
   };
 
-  /** One verification of a token by its strategy; shared by concurrent callers, cached unless unavailable. */
-  const check = async (token: string, key: string): Promise<Outcome> => {
-    const context: ProviderContext = { now: clock.now(), clock };
-    const selected = strategy === 'auto' && looksLikeJwt(token) ? (jwt as VerifierProvider<unknown>) : provider;
-    let outcome: Outcome;
+  /**
+   * One verification of a token by its strategy, cached unless unavailable. A value when the strategy
+   * answers at once (a JWT whose keys are known: no promise at all), else a promise that concurrent callers
+   * share (see `cache.flight`).
+   */
+  const check = (token: string, key: string): Outcome | Promise<Outcome> => {
+    const now = clock.now();
+    const isJwt = strategy === 'jwt' || (strategy === 'auto' && looksLikeJwt(token));
+    const selected = isJwt ? (jwt as JwtStrategy) : provider;
+    const name = strategyName(strategy, isJwt);
+    const context: ProviderContext = { now, clock };
+    let result: PayloadResult<unknown> | Promise<PayloadResult<unknown>>;
     try {
-      const result = await selected.getPayload(token, context);
-      let valid: boolean | Promise<boolean> = true;
-      if (result.ok) {
-        valid = selected.isValid
-          ? selected.isValid(result.payload, context)
-          : defaultIsValid((result.payload ?? {}) as Claims, context.now);
-        if (valid instanceof Promise) valid = await valid;
-      }
-      outcome = judge(selected, result, valid, context, strategyName(strategy, selected === jwt));
+      result = isJwt ? (jwt as JwtStrategy).check(token, now) : selected.getPayload(token, context);
     } catch (err) {
-      outcome = { ok: false, failure: unavailable(undefined), until: 0 };
-      report(
-        onError,
-        isTokenwardenError(err) ? err : new TokenwardenError('ERR_PROVIDER', 'token provider failed', { cause: err }),
-      );
+      return providerFailed(err);
     }
-    if (!outcome.ok && outcome.failure.error === 'temporarily_unavailable') return outcome;
-    cache.set(key, outcome, outcome.until, clock.now());
+    if (result instanceof Promise) {
+      return result.then((r) => settle(selected, r, context, name, key)).then(undefined, providerFailed);
+    }
+    try {
+      return settle(selected, result, context, name, key);
+    } catch (err) {
+      return providerFailed(err);
+    }
+  };
+
+  /** A provider's answer, judged (after its `isValid`) and cached. */
+  const settle = (
+    selected: VerifierProvider<unknown>,
+    result: PayloadResult<unknown>,
+    context: ProviderContext,
+    name: AuthExtra['strategy'],
+    key: string,
+  ): Outcome | Promise<Outcome> => {
+    let valid: boolean | Promise<boolean> = true;
+    if (result.ok) {
+      valid = selected.isValid
+        ? selected.isValid(result.payload, context)
+        : defaultIsValid((result.payload ?? {}) as Claims, context.now);
+    }
+    if (valid instanceof Promise) return valid.then((v) => store(key, judge(selected, result, v, context, name)));
+    return store(key, judge(selected, result, valid, context, name));
+  };
+
+  const store = (key: string, outcome: Outcome): Outcome => {
+    if (outcome.ok || outcome.failure.error !== 'temporarily_unavailable') {
+      cache.set(key, outcome, outcome.until, clock.now());
+    }
     return outcome;
+  };
+
+  /** A provider that threw: not judged (503), reported, never cached. */
+  const providerFailed = (err: unknown): Outcome => {
+    report(
+      onError,
+      isTokenwardenError(err) ? err : new TokenwardenError('ERR_PROVIDER', 'token provider failed', { cause: err }),
+    );
+    return { ok: false, failure: unavailable(undefined), until: 0 };
   };
 
   /** `verify()` itself; `probe`, when an observer listens, learns whether the cache answered. */
@@ -557,7 +591,8 @@ export function createVerifier(options: VerifierOptions): Verifier {
     // cache.get() re-checks the entry's deadline (never later than the token's exp) against the clock.
     const cached = cache.get(key, clock.now());
     if (probe !== undefined) probe.cache = cached === undefined ? 'miss' : 'hit';
-    const outcome = cached ?? (await cache.flight(key, () => check(token, key)));
+    let outcome = cached ?? cache.flight(key, () => check(token, key));
+    if (outcome instanceof Promise) outcome = await outcome;
     if (!outcome.ok) return refuse(outcome.failure, scheme);
     const binding = outcome.binding;
     if (proof === undefined) {
@@ -570,14 +605,23 @@ export function createVerifier(options: VerifierOptions): Verifier {
       const replayed = (dpop as DPoPVerifier).remember(proof, clock.now());
       if (replayed !== undefined) return refuse(replayed, scheme);
     }
+    // The request's own parts (token, scheme, key, ttl) around the cached, frozen ones: no spreads.
+    const base = outcome.auth;
     const auth: Auth = {
-      ...outcome.auth,
-      credentials: {
-        token,
-        tokenType: scheme,
-        ...(proof !== undefined && { jkt: proof.jkt }),
-        ...outcome.auth.credentials,
-      },
+      uid: base.uid,
+      issuer: base.issuer,
+      credentials:
+        proof === undefined
+          ? { token, tokenType: scheme, scopes: base.credentials.scopes, expiresAt: base.credentials.expiresAt }
+          : {
+              token,
+              tokenType: scheme,
+              jkt: proof.jkt,
+              scopes: base.credentials.scopes,
+              expiresAt: base.credentials.expiresAt,
+            },
+      info: base.info,
+      extra: base.extra,
       ttl: Math.max(0, outcome.until - clock.now()),
     };
     let refused = authorize(auth, call, defaults);
@@ -671,12 +715,14 @@ export function createVerifier(options: VerifierOptions): Verifier {
     const expiresAt = 'expiresAt' in credentials ? credentials.expiresAt : expiresAtOf(claims);
     const ttl = selected.getTtl?.(payload, context);
     const until = Math.min(expiresAt ?? Infinity, context.now + cacheMaxAgeMs, context.now + (ttl ?? Infinity));
-    const auth = deepFreeze({
+    // Frozen once, here: the cached result is shared by every request that presents the token.
+    const extra = selected.getExtra ? selected.getExtra(payload) : { claims };
+    const auth = Object.freeze({
       uid: selected.getUid ? selected.getUid(payload) : uidOf(claims, options.uid),
       issuer: selected.getIssuer ? selected.getIssuer(payload) : stringClaim(claims, 'iss'),
-      credentials: { scopes: credentials.scopes ?? scopesOf(claims), expiresAt },
-      info: selected.getInfo ? selected.getInfo(payload) : infoOf(claims),
-      extra: { ...(selected.getExtra ? selected.getExtra(payload) : { claims }), strategy: name },
+      credentials: Object.freeze({ scopes: freezeDeep(credentials.scopes ?? scopesOf(claims)), expiresAt }),
+      info: freezeDeep(selected.getInfo ? selected.getInfo(payload) : infoOf(claims)),
+      extra: Object.freeze(freezeDeep({ ...extra, strategy: name })),
     });
     // A result already past its deadline (accepted within the clock tolerance) is answered, not cached.
     return { ok: true, auth, binding: bindingOf(auth.extra.claims), until };
@@ -787,7 +833,7 @@ function asError(cause: unknown): TokenwardenError {
 interface Resolved {
   strategy: Strategy | 'provider';
   provider: VerifierProvider<unknown>;
-  jwt?: VerifierProvider<unknown>;
+  jwt?: JwtStrategy;
   /** The authorization server's endpoints and key sets (not for a provider). */
   upstreams?: Upstreams;
   keySets?: KeySets;
@@ -877,7 +923,7 @@ function resolveStrategy(
     await Promise.all(preparing.map((step) => step()));
   };
 
-  let jwt: VerifierProvider<unknown> | undefined;
+  let jwt: JwtStrategy | undefined;
   if (strategy !== 'introspection') {
     if (issuers === undefined) {
       throw new TokenwardenError('ERR_CONFIG', 'issuer is required to verify JWTs');
@@ -909,8 +955,9 @@ function resolveStrategy(
       uidClaim: options.uid,
       negativeCacheMs: toMs(options.negativeCacheMaxAge ?? '30s', 'negativeCacheMaxAge'),
       keySets,
-    }) as VerifierProvider<unknown>;
-    if (strategy === 'jwt') return { strategy, provider: jwt, upstreams, keySets, prepare };
+    });
+    if (strategy === 'jwt')
+      return { strategy, provider: jwt as VerifierProvider<unknown>, jwt, upstreams, keySets, prepare };
   }
 
   const introspection = options.introspection;

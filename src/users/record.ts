@@ -1,12 +1,20 @@
 /**
  * The stored record of a subject: one per (issuer, client, subject), holding everything about the
- * subject — refresh token, ID token and claims, access tokens by request — so that listing is one read and
- * every update is one compare-and-set. Its `seq` places it in the subject's history (see the fleet core).
+ * subject — refresh token, ID token, access tokens by request — so that listing is one read and every
+ * update is one compare-and-set. Its `seq` places it in the subject's history (see the fleet core).
+ *
+ * Compact (version 2): each token once, claims derived from the ID token (stored only when UserInfo merged
+ * new ones), no identity fields repeated in clear (one 128-bit hash of issuer, client and subject), no
+ * response fields the token already carries. In this process the record's token strings are slices of the
+ * stored text ({@link RecordLineage.shared}), so a subject's tokens are held once, not once in the store
+ * and again in the in-process layer. Version 1 records (before) still read.
  *
  * @module
  */
+import { createHash, randomBytes } from 'node:crypto';
+import { decodeJwt } from 'jose';
 import type { Lineage } from '../fleet/fleet.js';
-import type { UserClaims } from '../id-token.js';
+import { type UserClaims, userClaims } from '../id-token.js';
 import { parseJsonObject } from '../json.js';
 import { TokenwardenError } from '../errors.js';
 import { type Token, toToken } from '../token.js';
@@ -19,16 +27,15 @@ export interface StoredEntry {
 }
 
 export interface UserRecord {
-  v: 1;
-  issuer: string;
-  clientId: string;
-  subject: string;
+  /** Whose record this is: {@link recordId} of issuer, client and subject. */
+  id: string;
   /** New on every `save()` (a login); lets a refresh that raced a new login tell the two apart. */
   session: string;
   refreshToken?: string;
   /** When the refresh token expires, if the server said (`refresh_expires_in`). */
   refreshExpiresAt?: number;
   idToken?: string;
+  /** Claims merged from UserInfo; absent when the claims are the ID token's (see {@link recordClaims}). */
   claims?: UserClaims;
   claimsUpdatedAt?: number;
   claimsFrom?: 'id_token' | 'userinfo';
@@ -36,25 +43,256 @@ export interface UserRecord {
   updatedAt: number;
 }
 
-/** The records of one issuer and client (their identity is checked on every read). */
-export function recordLineage(issuer: string, clientId: string, ttlMs: number | undefined): Lineage<UserRecord> {
+/**
+ * Whose record: base64url of the first 128 bits of SHA-256 over issuer, client and subject. A record copied
+ * under another subject's key, or another client's, does not match it.
+ */
+export function recordId(issuer: string, clientId: string, subject: string): string {
+  return createHash('sha256')
+    .update(JSON.stringify([issuer, clientId, subject]))
+    .digest()
+    .subarray(0, 16)
+    .toString('base64url');
+}
+
+/** A new login's session id (128 random bits). */
+export function newSession(): string {
+  return randomBytes(16).toString('base64url');
+}
+
+/** The subject's claims: merged from UserInfo when they were, else the ID token's (decoded, not verified again). */
+export function recordClaims(record: UserRecord): UserClaims | undefined {
+  if (record.claims !== undefined) return record.claims;
+  if (record.idToken === undefined) return undefined;
+  try {
+    return userClaims(decodeJwt(record.idToken));
+  } catch {
+    return undefined;
+  }
+}
+
+/** The lineage of one issuer and client's records, and {@link RecordLineage.shared}. */
+export interface RecordLineage extends Lineage<UserRecord> {
+  /**
+   * The record to hold in memory: its token strings made slices of the text it was last encoded to or
+   * decoded from (the text the store holds), so that no token is held twice in this process.
+   */
+  shared(record: UserRecord): UserRecord;
+}
+
+/** The records of one issuer and client (a version 1 record's identity is checked when it is read). */
+export function recordLineage(issuer: string, clientId: string, ttlMs: number | undefined): RecordLineage {
+  const texts = new WeakMap<UserRecord, string>();
   return {
     decode: (_key, value) => {
       const data = parseJsonObject(value);
-      const record = data && toRecord(data);
-      if (record === undefined || record.issuer !== issuer || record.clientId !== clientId) return undefined;
-      const seq = data?.['seq'];
-      const healedAt = data?.['healedAt'];
+      if (data === undefined) return undefined;
+      const record = data['v'] === 2 ? fromV2(data) : fromV1(data, issuer, clientId);
+      if (record === undefined) return undefined;
+      texts.set(record, value);
+      const seq = data['seq'];
+      const healedAt = data['healedAt'];
       return {
         state: record,
         seq: Number.isSafeInteger(seq) && (seq as number) >= 0 ? (seq as number) : 0,
         ...(typeof healedAt === 'number' && Number.isFinite(healedAt) && { healedAt }),
       };
     },
-    encode: (record, seq, healedAt) => JSON.stringify({ ...record, seq, ...(healedAt !== undefined && { healedAt }) }),
+    encode: (record, seq, healedAt) => {
+      const text = JSON.stringify({ ...toV2(record), seq, ...(healedAt !== undefined && { healedAt }) });
+      texts.set(record, text);
+      return text;
+    },
+    shared: (record) => {
+      const text = texts.get(record);
+      if (text === undefined) return record;
+      texts.delete(record);
+      return slicedRecord(record, text);
+    },
     precious: (record) => record.refreshToken !== undefined,
     ttlMs: () => ttlMs,
   };
+}
+
+/** The stored form: short names, defaults left out, each token once. */
+function toV2(record: UserRecord): Record<string, unknown> {
+  return {
+    v: 2,
+    id: record.id,
+    s: record.session,
+    ...(record.refreshToken !== undefined && { r: record.refreshToken }),
+    ...(record.refreshExpiresAt !== undefined && { rx: record.refreshExpiresAt }),
+    ...(record.idToken !== undefined && { i: record.idToken }),
+    ...(record.claims !== undefined && { c: record.claims }),
+    ...(record.claimsUpdatedAt !== undefined && { cu: record.claimsUpdatedAt }),
+    ...(record.claimsFrom === 'userinfo' && { cf: 'userinfo' }),
+    a: record.accessTokens.map(({ spec, token }) => {
+      const {
+        access_token: _a,
+        refresh_token: _r,
+        id_token: _i,
+        token_type: _t,
+        expires_in: _e,
+        scope: _s,
+        ...extra
+      } = token.raw as Record<string, unknown>;
+      return {
+        t: token.accessToken,
+        ...(token.tokenType !== 'Bearer' && { y: token.tokenType }),
+        at: token.issuedAt,
+        ...(token.expiresAt !== undefined && { x: token.expiresAt }),
+        ...(token.scope !== undefined && { sc: token.scope }),
+        ...((spec.scope !== null || spec.resource !== null || spec.params !== null) && {
+          q: [spec.scope, spec.resource, spec.params],
+        }),
+        ...(Object.keys(extra).length > 0 && { w: extra }),
+      };
+    }),
+    u: record.updatedAt,
+  };
+}
+
+const DEFAULT_STORED_SPEC: StoredSpec = Object.freeze({ scope: null, resource: null, params: null });
+const NO_EXTRA: Readonly<Record<string, unknown>> = Object.freeze({});
+
+function fromV2(d: Record<string, unknown>): UserRecord | undefined {
+  if (typeof d['id'] !== 'string' || typeof d['s'] !== 'string' || typeof d['u'] !== 'number') return undefined;
+  if (!Array.isArray(d['a'])) return undefined;
+  for (const field of ['r', 'i'] as const) if (d[field] !== undefined && typeof d[field] !== 'string') return undefined;
+  for (const field of ['rx', 'cu'] as const)
+    if (d[field] !== undefined && typeof d[field] !== 'number') return undefined;
+  const claims = d['c'];
+  if (claims !== undefined && (claims === null || typeof claims !== 'object' || Array.isArray(claims)))
+    return undefined;
+  const accessTokens: StoredEntry[] = [];
+  for (const e of d['a'] as unknown[]) {
+    if (e === null || typeof e !== 'object') return undefined;
+    const a = e as Record<string, unknown>;
+    const token = toToken({
+      accessToken: a['t'],
+      tokenType: a['y'] ?? 'Bearer',
+      issuedAt: a['at'],
+      ...(a['x'] !== undefined && { expiresAt: a['x'] }),
+      ...(a['sc'] !== undefined && { scope: a['sc'] }),
+      raw: a['w'] !== null && typeof a['w'] === 'object' ? a['w'] : NO_EXTRA,
+    });
+    if (token === undefined) return undefined;
+    let spec = DEFAULT_STORED_SPEC;
+    if (a['q'] !== undefined) {
+      const q = a['q'];
+      if (!Array.isArray(q) || q.length !== 3) return undefined;
+      const checked = checkSpec({ scope: q[0], resource: q[1], params: q[2] });
+      if (checked === undefined) return undefined;
+      spec = checked;
+    }
+    accessTokens.push({ spec, token });
+  }
+  return {
+    id: d['id'],
+    session: d['s'],
+    ...(d['r'] !== undefined && { refreshToken: d['r'] as string }),
+    ...(d['rx'] !== undefined && { refreshExpiresAt: d['rx'] as number }),
+    ...(d['i'] !== undefined && { idToken: d['i'] as string }),
+    ...(claims !== undefined && { claims: claims as UserClaims }),
+    ...(d['cu'] !== undefined && { claimsUpdatedAt: d['cu'] as number }),
+    ...((d['i'] !== undefined || claims !== undefined) && {
+      claimsFrom: d['cf'] === 'userinfo' ? 'userinfo' : 'id_token',
+    }),
+    accessTokens,
+    updatedAt: d['u'],
+  };
+}
+
+/** A version 1 record (full names, identity in clear, claims beside the ID token), in today's form. */
+function fromV1(d: Record<string, unknown>, issuer: string, clientId: string): UserRecord | undefined {
+  if (d['v'] !== 1 || d['issuer'] !== issuer || d['clientId'] !== clientId) return undefined;
+  if (typeof d['subject'] !== 'string' || typeof d['session'] !== 'string') return undefined;
+  if (typeof d['updatedAt'] !== 'number' || !Array.isArray(d['accessTokens'])) return undefined;
+  for (const field of ['refreshToken', 'idToken'] as const) {
+    if (d[field] !== undefined && typeof d[field] !== 'string') return undefined;
+  }
+  for (const field of ['refreshExpiresAt', 'claimsUpdatedAt'] as const) {
+    if (d[field] !== undefined && typeof d[field] !== 'number') return undefined;
+  }
+  const claims = d['claims'];
+  if (
+    claims !== undefined &&
+    (claims === null || typeof claims !== 'object' || (claims as { sub?: unknown }).sub !== d['subject'])
+  ) {
+    return undefined;
+  }
+  const accessTokens: StoredEntry[] = [];
+  for (const e of d['accessTokens'] as unknown[]) {
+    if (e === null || typeof e !== 'object') return undefined;
+    const entry = e as { spec?: unknown; token?: unknown };
+    const token = toToken(entry.token);
+    const spec =
+      entry.spec === null || typeof entry.spec !== 'object' ? undefined : checkSpec(entry.spec as StoredSpec);
+    if (token === undefined || spec === undefined) return undefined;
+    accessTokens.push({ spec, token });
+  }
+  const fromUserinfo = d['claimsFrom'] === 'userinfo';
+  // Claims that are the ID token's are derived from it from now on; UserInfo-merged ones stay.
+  const keepClaims = claims !== undefined && (fromUserinfo || d['idToken'] === undefined);
+  return {
+    id: recordId(issuer, clientId, d['subject']),
+    session: d['session'],
+    ...(d['refreshToken'] !== undefined && { refreshToken: d['refreshToken'] as string }),
+    ...(d['refreshExpiresAt'] !== undefined && { refreshExpiresAt: d['refreshExpiresAt'] as number }),
+    ...(d['idToken'] !== undefined && { idToken: d['idToken'] as string }),
+    ...(keepClaims && { claims: claims as UserClaims }),
+    ...(d['claimsUpdatedAt'] !== undefined && { claimsUpdatedAt: d['claimsUpdatedAt'] as number }),
+    ...((d['idToken'] !== undefined || claims !== undefined) && {
+      claimsFrom: fromUserinfo ? ('userinfo' as const) : ('id_token' as const),
+    }),
+    accessTokens,
+    updatedAt: d['updatedAt'],
+  };
+}
+
+function checkSpec(s: StoredSpec): StoredSpec | undefined {
+  if (!isListOrNull(s.scope) || !isListOrNull(s.resource)) return undefined;
+  if (s.params !== null && (typeof s.params !== 'object' || !Object.values(s.params).every(isListOrNull))) {
+    return undefined;
+  }
+  if (s.scope === null && s.resource === null && s.params === null) return DEFAULT_STORED_SPEC;
+  return { scope: s.scope, resource: s.resource, params: s.params };
+}
+
+/** `value` as a slice of `text` when `text` holds it verbatim (V8 keeps a slice as a view of its parent). */
+function slice(text: string, value: string): string {
+  const at = text.indexOf(value);
+  return at < 0 ? value : text.slice(at, at + value.length);
+}
+
+/** Scope strings, one instance each (most users have the same few). */
+const scopes = new Map<string, string>();
+function interned(scope: string): string {
+  const known = scopes.get(scope);
+  if (known !== undefined) return known;
+  if (scopes.size >= 1000) scopes.clear();
+  scopes.set(scope, scope);
+  return scope;
+}
+
+/** The record with its tokens (and id, session) as slices of `text`, its scope strings shared. */
+function slicedRecord(record: UserRecord, text: string): UserRecord {
+  const shared: UserRecord = {
+    ...record,
+    id: slice(text, record.id),
+    session: slice(text, record.session),
+    accessTokens: record.accessTokens.map(({ spec, token }) => ({
+      spec: spec.scope === null && spec.resource === null && spec.params === null ? DEFAULT_STORED_SPEC : spec,
+      token: Object.freeze({
+        ...token,
+        accessToken: slice(text, token.accessToken),
+        ...(token.scope !== undefined && { scope: interned(token.scope) }),
+      }),
+    })),
+  };
+  if (record.refreshToken !== undefined) shared.refreshToken = slice(text, record.refreshToken);
+  if (record.idToken !== undefined) shared.idToken = slice(text, record.idToken);
+  return shared;
 }
 
 /**
@@ -122,40 +360,6 @@ export function prune(entries: StoredEntry[], now: number, keep: StoredEntry, ma
 export function withoutRefreshToken(record: UserRecord, now: number): UserRecord {
   const { refreshToken: _rt, refreshExpiresAt: _re, ...rest } = record;
   return { ...rest, updatedAt: now };
-}
-
-function toRecord(d: Record<string, unknown>): UserRecord | undefined {
-  if (d['v'] !== 1 || typeof d['issuer'] !== 'string' || typeof d['clientId'] !== 'string') return undefined;
-  if (typeof d['subject'] !== 'string' || typeof d['session'] !== 'string') return undefined;
-  if (typeof d['updatedAt'] !== 'number' || !Array.isArray(d['accessTokens'])) return undefined;
-  for (const field of ['refreshToken', 'idToken'] as const) {
-    if (d[field] !== undefined && typeof d[field] !== 'string') return undefined;
-  }
-  for (const field of ['refreshExpiresAt', 'claimsUpdatedAt'] as const) {
-    if (d[field] !== undefined && typeof d[field] !== 'number') return undefined;
-  }
-  const claims = d['claims'];
-  if (
-    claims !== undefined &&
-    (claims === null || typeof claims !== 'object' || (claims as { sub?: unknown }).sub !== d['subject'])
-  ) {
-    return undefined;
-  }
-  const accessTokens: StoredEntry[] = [];
-  for (const e of d['accessTokens'] as unknown[]) {
-    if (e === null || typeof e !== 'object') return undefined;
-    const entry = e as { spec?: unknown; token?: unknown };
-    const token = toToken(entry.token);
-    const s = entry.spec as StoredSpec | undefined;
-    if (token === undefined || s === null || typeof s !== 'object') return undefined;
-    if (!isListOrNull(s.scope) || !isListOrNull(s.resource)) return undefined;
-    if (s.params !== null && (typeof s.params !== 'object' || !Object.values(s.params).every(isListOrNull))) {
-      return undefined;
-    }
-    accessTokens.push({ spec: { scope: s.scope, resource: s.resource, params: s.params }, token });
-  }
-  const { seq: _seq, healedAt: _healed, ...rest } = d;
-  return { ...(rest as unknown as UserRecord), accessTokens };
 }
 
 function isListOrNull(value: unknown): value is string[] | null {

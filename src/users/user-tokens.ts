@@ -6,7 +6,7 @@
  *
  * @module
  */
-import { createHash, randomUUID } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { EventEmitter, setMaxListeners } from 'node:events';
 import { inspect } from 'node:util';
 import { type JWTPayload, decodeJwt } from 'jose';
@@ -17,7 +17,7 @@ import { toMs } from '../duration.js';
 import { TokenwardenError, isTokenwardenError } from '../errors.js';
 import { type Attempt, Fleet, type Slot, type Versioned, lockLease, withRotated } from '../fleet/fleet.js';
 import { boundedFetch } from '../http/transport.js';
-import { type UserClaims, checkIdToken, signatureVerifier, userClaims } from '../id-token.js';
+import { type UserClaims, checkIdToken, signatureVerifier } from '../id-token.js';
 import { isTransient } from '../manager.js';
 import { type RefreshPolicy, backoffDelay, resolvePolicy } from '../policy.js';
 import { OAuthClient, rotatedRefreshToken } from '../sources/client.js';
@@ -40,6 +40,9 @@ import {
 import {
   type UserRecord,
   accessEntry,
+  newSession,
+  recordClaims,
+  recordId,
   checkTokenResponse,
   prune,
   recordLineage,
@@ -113,6 +116,7 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
   readonly #releasing = new Set<Promise<void>>();
   readonly #closing = new AbortController();
   #closed = false;
+  #lastId: { subject: string; id: string } | undefined;
 
   constructor(options: UserTokensOptions) {
     super();
@@ -196,6 +200,13 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
     return `tw1:user:${this.#namespace}:${sha256(subject)}`;
   }
 
+  /** {@link recordId} of a subject, remembered for the last one asked (store reads of one subject come in runs). */
+  #recordId(subject: string): string {
+    if (this.#lastId?.subject !== subject)
+      this.#lastId = { subject, id: recordId(this.issuer, this.clientId, subject) };
+    return this.#lastId.id;
+  }
+
   /** Subjects held in the in-process layer (at most `cache.max`). */
   get cachedSubjects(): number {
     return this.#cache.size;
@@ -230,33 +241,30 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
     // The login's token is the subject's default token; `options.scope` is what it covers when the response does not say.
     const want = spec({ resource: options.resource, extraParams: options.extraParams });
     const requested = spec({ scope: options.scope });
-    let claims: UserClaims | undefined;
-    if (typeof json['id_token'] === 'string') {
-      const payload = await checkIdToken(json['id_token'], {
+    const checkedIdToken = typeof json['id_token'] === 'string';
+    if (checkedIdToken) {
+      await checkIdToken(json['id_token'] as string, {
         issuer: this.issuer,
         clientId: this.clientId,
         subject,
         ...(this.#verify && { verify: this.#verify }),
       });
-      claims = userClaims(payload);
     }
     const token = tokenFromResponse(json, { issuedAt: options.issuedAt ?? now });
     const slot = this.#slot(subject, key);
     const previous = await this.#fleet.storeCall(slot, 'get', (s) => s.get(key));
     const before = previous.ok && previous.value ? this.#decode(slot, previous.value.value) : undefined;
     const record: UserRecord = {
-      v: 1,
-      issuer: this.issuer,
-      clientId: this.clientId,
-      subject,
-      session: randomUUID(),
+      id: this.#recordId(subject),
+      session: newSession(),
       ...(token.refreshToken !== undefined && { refreshToken: token.refreshToken }),
       ...refreshExpiry(json, token.issuedAt),
       accessTokens: [],
       updatedAt: now,
     };
-    if (claims !== undefined) {
-      Object.assign(record, { idToken: json['id_token'], claims, claimsUpdatedAt: now, claimsFrom: 'id_token' });
+    if (checkedIdToken) {
+      // The claims are the ID token's: derived from it when asked for (recordClaims), not stored beside it.
+      Object.assign(record, { idToken: json['id_token'], claimsUpdatedAt: now, claimsFrom: 'id_token' });
     } else if (before?.state.idToken !== undefined || before?.state.claims !== undefined) {
       const { idToken, claims: c, claimsUpdatedAt, claimsFrom } = before.state;
       Object.assign(record, { idToken, claims: c, claimsUpdatedAt, claimsFrom });
@@ -271,7 +279,7 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
       s.set(key, this.#lineage.encode(record, seq), this.#ttl()),
     );
     if (!written.ok) throw written.error;
-    this.#cache.adopt(subject, key, record, seq, written.value ?? undefined);
+    this.#cache.adopt(subject, key, this.#lineage.shared(record), seq, written.value ?? undefined);
     return stored.token;
   }
 
@@ -351,7 +359,7 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
       const maxAgeMs =
         userinfo === true || userinfo.maxAge === undefined ? 0 : toMs(userinfo.maxAge, 'userinfo.maxAge');
       const age = this.#clock.now() - (record.claimsUpdatedAt ?? -Infinity);
-      if (record.claims === undefined || record.claimsFrom !== 'userinfo' || age >= maxAgeMs) {
+      if (record.claimsFrom !== 'userinfo' || record.claims === undefined || age >= maxAgeMs) {
         return this.#userinfo(subject, userinfo === true ? undefined : userinfo.token);
       }
     }
@@ -585,7 +593,7 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
       },
       take: (value, from) => this.#take(subject, key, value, from),
       missing: () => this.#cache.delete(subject),
-      owns: (record) => record.subject === subject,
+      owns: (record) => record.id === this.#recordId(subject),
       abandoned: (record) => {
         // Signed out while we refreshed: the new refresh token is not brought back; revoke it (best effort).
         if (record.refreshToken !== undefined) {
@@ -606,7 +614,7 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
 
   #take(subject: string, key: string, value: Versioned<UserRecord>, from: 'store' | 'source'): void {
     const hadSubject = this.#cache.peek(subject) !== undefined;
-    const { added } = this.#cache.adopt(subject, key, value.state, value.seq, value.version);
+    const { added } = this.#cache.adopt(subject, key, this.#lineage.shared(value.state), value.seq, value.version);
     if (from === 'store' && !hadSubject) return;
     for (const { token } of added) {
       this.emit('token', { subject, from, scope: token.scope, expiresAt: token.expiresAt });
@@ -689,7 +697,7 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
       throw err;
     }
     const now = this.#clock.now();
-    let claims: UserClaims | undefined;
+    let newIdToken = false;
     if (token.idToken !== undefined) {
       // oauth4webapi checked iss, aud, azp, exp and iat; the subject must be the one that logged in (OIDC Core §12.2).
       const payload = safeDecode(token.idToken);
@@ -700,7 +708,7 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
         );
         throw withRotated(error, withoutRefreshToken(record, now));
       }
-      claims = userClaims(payload);
+      newIdToken = true;
     }
     const entry = accessEntry(want, token, want.scope);
     const others = record.accessTokens.filter((e) => specKey(e.spec) !== want.key);
@@ -714,8 +722,10 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
       const expiry = refreshExpiry(token.raw, token.issuedAt).refreshExpiresAt;
       if (expiry !== undefined) next.refreshExpiresAt = expiry;
     }
-    if (claims !== undefined) {
-      Object.assign(next, { idToken: token.idToken, claims, claimsUpdatedAt: now, claimsFrom: 'id_token' });
+    if (newIdToken) {
+      // A new ID token replaces the claims (UserInfo-merged ones too): derived from it from now on.
+      delete next.claims;
+      Object.assign(next, { idToken: token.idToken, claimsUpdatedAt: now, claimsFrom: 'id_token' });
     }
     return next;
   }
@@ -777,7 +787,11 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
     const now = this.#clock.now();
     let result: ClaimsInfo | undefined;
     const outcome = await this.#update(subject, (r) => {
-      const claims = { ...(r.claims ?? {}), ...(fetched as Record<string, unknown>), sub: subject } as UserClaims;
+      const claims = {
+        ...(recordClaims(r) ?? {}),
+        ...(fetched as Record<string, unknown>),
+        sub: subject,
+      } as UserClaims;
       result = { claims, updatedAt: now, from: 'userinfo' };
       return { ...r, claims, claimsUpdatedAt: now, claimsFrom: 'userinfo', updatedAt: now };
     });
@@ -904,9 +918,10 @@ function safeDecode(jwt: string): JWTPayload | undefined {
 }
 
 function claimsInfo(record: UserRecord): ClaimsInfo | undefined {
-  if (record.claims === undefined) return undefined;
+  const claims = recordClaims(record);
+  if (claims === undefined) return undefined;
   return {
-    claims: record.claims,
+    claims,
     updatedAt: record.claimsUpdatedAt ?? record.updatedAt,
     from: record.claimsFrom ?? 'id_token',
   };

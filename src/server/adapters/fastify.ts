@@ -92,7 +92,8 @@ export function bearerAuthHook(
       const { status, headers, body } = outcome.response;
       return reply.code(status).headers(headers).send(body);
     }
-    for (const [name, value] of Object.entries(outcome.headers ?? {})) reply.header?.(name, value);
+    if (outcome.headers !== undefined)
+      for (const name in outcome.headers) reply.header?.(name, outcome.headers[name] as string);
     request.auth = outcome.auth;
     return undefined;
   };

@@ -65,7 +65,8 @@ export function bearerAuth(
         headers: { ...headers, 'content-type': 'application/json; charset=utf-8' },
       });
     }
-    for (const [name, value] of Object.entries(outcome.headers ?? {})) c.header?.(name, value);
+    if (outcome.headers !== undefined)
+      for (const name in outcome.headers) c.header?.(name, outcome.headers[name] as string);
     if (outcome.auth !== undefined) c.set('auth', outcome.auth);
     await next();
     return undefined;

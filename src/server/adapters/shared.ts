@@ -202,7 +202,7 @@ export interface NodeResponseLike {
  */
 export function setNodeHeaders(res: NodeResponseLike, headers: Readonly<Record<string, string>> | undefined): void {
   if (headers === undefined) return;
-  for (const [name, value] of Object.entries(headers)) res.setHeader(name, value);
+  for (const name in headers) res.setHeader(name, headers[name] as string);
 }
 
 /**

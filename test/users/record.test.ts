@@ -1,0 +1,110 @@
+/**
+ * The compact user record (issue 15): each token once in the stored text, claims derived from the ID token
+ * unless UserInfo merged new ones, no identity in clear; version 1 records (before) still read.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { MemoryStore } from '../../src/stores/memory.js';
+import { recordId, recordLineage } from '../../src/users/record.js';
+import { type TestAuthorizationServer, startAuthorizationServer } from '../support/authorization-server.js';
+import { syntheticResponse, usersFor } from './helpers.js';
+
+let as: TestAuthorizationServer;
+beforeAll(async () => {
+  as = await startAuthorizationServer();
+});
+afterAll(async () => {
+  await as.close();
+});
+
+const occurrences = (text: string, part: string): number => text.split(part).length - 1;
+
+describe('the compact record', () => {
+  it('holds each token once, no claims beside the ID token, and no issuer, client or subject in clear', async () => {
+    const store = new MemoryStore();
+    const users = usersFor(as, { store });
+    const response = await syntheticResponse(as, 'alice@example.test');
+    await users.save('alice@example.test', response);
+    const text = (await store.get(users.keyFor('alice@example.test')))!.value;
+    for (const token of ['access_token', 'refresh_token', 'id_token'] as const) {
+      expect(occurrences(text, response[token] as string)).toBe(1);
+    }
+    expect(text).not.toContain(as.issuer);
+    expect(text).not.toContain('alice@example.test');
+    expect(JSON.parse(text)).not.toHaveProperty('c');
+    // The claims come from the ID token when asked for.
+    expect((await users.getClaims('alice@example.test'))?.['sub']).toBe('alice@example.test');
+    expect((await users.getClaimsInfo('alice@example.test'))?.from).toBe('id_token');
+    await users.close();
+  });
+
+  it('reads a version 1 record as before (tokens, claims, ID token), and refuses one of another client', async () => {
+    const store = new MemoryStore();
+    const users = usersFor(as, { store });
+    const now = Date.now();
+    const response = await syntheticResponse(as, 'bob');
+    const v1 = {
+      v: 1,
+      issuer: as.issuer,
+      clientId: as.clients.app.clientId,
+      subject: 'bob',
+      session: '9b7c7a0e-2f4e-4a53-8a0c-3a7f2d1c5e6f',
+      refreshToken: response['refresh_token'],
+      idToken: response['id_token'],
+      claims: { sub: 'bob', email: 'bob@example.test' },
+      claimsUpdatedAt: now,
+      claimsFrom: 'userinfo',
+      accessTokens: [
+        {
+          spec: { scope: null, resource: null, params: null },
+          token: {
+            accessToken: 'at-bob',
+            tokenType: 'Bearer',
+            issuedAt: now,
+            expiresAt: now + 3_600_000,
+            scope: 'read',
+            raw: { token_type: 'Bearer' },
+          },
+        },
+      ],
+      updatedAt: now,
+      seq: now,
+    };
+    await store.set(users.keyFor('bob'), JSON.stringify(v1));
+    const token = await users.getAccessToken('bob');
+    expect(token.accessToken).toBe('at-bob');
+    expect(token.scope).toBe('read');
+    expect(await users.getIdToken('bob')).toBe(response['id_token']);
+    expect(await users.getClaimsInfo('bob')).toMatchObject({ claims: { email: 'bob@example.test' }, from: 'userinfo' });
+    // A version 1 record of another client under bob's key is a miss.
+    await store.set(
+      users.keyFor('carol'),
+      JSON.stringify({ ...v1, clientId: 'other', subject: 'carol', claims: undefined }),
+    );
+    await expect(users.getAccessToken('carol')).rejects.toMatchObject({ code: 'ERR_LOGIN_REQUIRED' });
+    await users.close();
+  });
+
+  it('in memory, the record read from the store shares its token strings with the stored text', () => {
+    const lineage = recordLineage('https://as.example.test', 'web', undefined);
+    const accessToken = `eyJ${'a'.repeat(600)}`;
+    const record = {
+      id: recordId('https://as.example.test', 'web', 'dave'),
+      session: 's',
+      refreshToken: 'r'.repeat(43),
+      accessTokens: [
+        {
+          spec: { scope: null, resource: null, params: null },
+          token: Object.freeze({ accessToken, tokenType: 'Bearer', issuedAt: 1, raw: {} }),
+        },
+      ],
+      updatedAt: 1,
+    };
+    const text = lineage.encode(record, 1);
+    const decoded = lineage.decode('k', text)!;
+    const shared = lineage.shared(decoded.state);
+    expect(shared).not.toBe(decoded.state); // rebuilt around the text
+    expect(shared.accessTokens[0]!.token.accessToken).toBe(accessToken);
+    expect(shared.refreshToken).toBe(record.refreshToken);
+    expect(lineage.shared(shared)).toBe(shared); // nothing more to share
+  });
+});
