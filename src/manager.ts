@@ -29,6 +29,7 @@ import { rotatedRefreshToken } from './sources/client.js';
 import type { TokenSource } from './sources/source.js';
 import { MemoryStore } from './stores/memory.js';
 import type { TokenStore } from './stores/store.js';
+import * as telemetry from './telemetry/hooks.js';
 import { type Token, type TokenStatus, parseStoredEntry, remainingMs, serializeStoredToken } from './token.js';
 
 /**
@@ -54,6 +55,11 @@ export interface TokenManagerOptions {
   store?: TokenStore;
   /** Store key. Default: `source.key`. */
   key?: string;
+  /**
+   * A name for this token in metrics: the `tokenwarden.name` attribute of `tokenwarden.token.time_to_expiry`
+   * (next to the store key). Default: the name given to {@link TokenManager.named}, else none. Not a secret.
+   */
+  name?: string;
   /** When to refresh. See {@link RefreshPolicyOptions} for the defaults. */
   refresh?: RefreshPolicyOptions;
   /**
@@ -255,6 +261,11 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
   #timer: Timer | undefined;
   #closed = false;
   #expiredReported: Token | undefined;
+  /** The grant type in metrics (`custom` for a source that is not a built-in grant). */
+  readonly #grant: string;
+  /** What the time-to-expiry gauge reads (held here: the gauge holds it weakly). */
+  readonly #expiry: telemetry.ExpiryTarget;
+  readonly #unwatch: () => void;
 
   constructor(options: TokenManagerOptions) {
     super();
@@ -303,6 +314,19 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
       closing: this.#closing.signal,
       slots: () => [this.#slot],
     });
+    const grant = (source as { grant?: unknown }).grant;
+    this.#grant = typeof grant === 'string' ? grant : 'custom';
+    if (options.name !== undefined && typeof options.name !== 'string') {
+      throw new TokenwardenError('ERR_CONFIG', 'name must be a string');
+    }
+    this.#expiry = {
+      attributes: telemetry.managerAttributes(key, this.#grant, options.name),
+      secondsLeft: () => {
+        const expiresAt = this.#held?.token.expiresAt;
+        return expiresAt === undefined ? undefined : (expiresAt - this.#clock.now()) / 1000;
+      },
+    };
+    this.#unwatch = telemetry.watchExpiry(this.#expiry);
   }
 
   /**
@@ -418,6 +442,7 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
     this.#closing.abort(new TokenwardenError('ERR_CLOSED', 'the token manager was closed'));
     await this.#fleet.close();
     this.#held = undefined;
+    this.#unwatch();
     registry.forget(this);
     if (this.#ownsStore) await this.store.close();
   }
@@ -466,7 +491,10 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
     if (held !== undefined) {
       const status = statusAt(held.token, held.staleAt, now);
       if (status !== 'expired' && (minTtlMs === 0 || remainingMs(held.token, now) > minTtlMs)) {
-        if (status === 'stale') this.#refreshInBackground(now);
+        if (status === 'stale') {
+          telemetry.staleServed(this.#grant);
+          this.#refreshInBackground(now);
+        }
         return held.token;
       }
       if (status === 'expired' && this.#expiredReported !== held.token) {
@@ -790,7 +818,8 @@ class Registry {
       }
       return existing;
     }
-    const manager = new TokenManager(typeof options === 'function' ? options() : options);
+    const resolved = typeof options === 'function' ? options() : options;
+    const manager = new TokenManager({ name, ...resolved });
     this.#managers.set(name, manager);
     return manager;
   }

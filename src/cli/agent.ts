@@ -20,6 +20,7 @@ import { TokenManager, isTransient } from '../manager.js';
 import type { RefreshPolicyOptions } from '../policy.js';
 import { clientCredentials } from '../sources/client-credentials.js';
 import type { GrantSource } from '../sources/client.js';
+import { MetricsRegistry } from '../telemetry/registry.js';
 import type { Token } from '../token.js';
 import { type AgentConfig, type AgentTokenConfig, type SinkConfig, loadAgentConfig, readSecret } from './config.js';
 import { UsageError, keepSecret, oneLine, printable } from './output.js';
@@ -109,6 +110,9 @@ class Entry {
   readonly sink: FileSink | undefined;
   readonly #poll: NodeJS.Timeout;
   #asking = false;
+  /** The last refresh failure since the last token (for `/v1/health`). */
+  lastError: TokenwardenError | undefined;
+  failures = 0;
 
   constructor(
     readonly name: string,
@@ -118,6 +122,8 @@ class Entry {
   ) {
     this.sink = sinkConfig && new FileSink(name, sinkConfig, manager, log);
     manager.on('token', (info) => {
+      this.lastError = undefined;
+      this.failures = 0;
       log.info('token obtained', {
         token: name,
         expires_at: iso(info.expiresAt),
@@ -127,6 +133,8 @@ class Entry {
       this.sink?.sync();
     });
     manager.on('refreshFailed', ({ error, failures, retryInMs, validUntil }) => {
+      this.lastError = error;
+      this.failures = failures;
       const fields = {
         token: name,
         ...errorFields(error),
@@ -390,8 +398,14 @@ export async function startAgent(config: AgentConfig, log: Logger): Promise<Runn
     if (risk.verdict === 'warn') log.warn(risk.reason, { token: name });
   }
   const entries = new Map<string, Entry>();
+  // The agent's own numbers for `GET /v1/metrics` (see telemetry/registry.ts for why not the OTel SDK).
+  const metrics = config.listen === undefined ? undefined : new MetricsRegistry();
   for (const [name, token] of Object.entries(config.tokens)) {
-    const manager = new TokenManager({ source: await sourceFor(name, token), refresh: AGENT_REFRESH_POLICY });
+    const manager = new TokenManager({
+      source: await sourceFor(name, token),
+      refresh: AGENT_REFRESH_POLICY,
+      name,
+    });
     entries.set(name, new Entry(name, manager, token.sink, log));
   }
   // Sinks left by an earlier run may hold expired tokens: until this run has a token, there is none.
@@ -406,12 +420,13 @@ export async function startAgent(config: AgentConfig, log: Logger): Promise<Runn
       await closed;
     }
     await Promise.all([...entries.values()].map((e) => e.close()));
+    metrics?.close();
   };
 
   try {
     if (config.listen !== undefined) {
       server = createServer((req, res) =>
-        handle(req, res, entries, address as AddressInfo, log, config.requireRequestHeader === true),
+        handle(req, res, entries, address as AddressInfo, log, config.requireRequestHeader === true, metrics),
       );
       const listening = server;
       await new Promise<void>((resolve, reject) => {
@@ -464,8 +479,9 @@ async function sourceFor(name: string, token: AgentTokenConfig): Promise<GrantSo
 }
 
 /**
- * The loopback endpoint. `GET /v1/health` (200 when every token is valid, else 503) and
- * `GET /v1/token/<name>` (200 with the token, 503 when none is valid, 404 for an unknown name); nothing else.
+ * The loopback endpoint. `GET /v1/health` (200 when every token is valid, else 503 with the reason),
+ * `GET /v1/metrics` (Prometheus text) and `GET /v1/token/<name>` (200 with the token, 503 when none is
+ * valid, 404 for an unknown name); nothing else.
  *
  * Defences, because any local process can connect to a loopback port: the `Host` header must name the
  * loopback address (a web page using DNS rebinding cannot); requests with an `Origin` (browsers) are refused;
@@ -480,6 +496,7 @@ function handle(
   address: AddressInfo,
   log: Logger,
   requireHeader: boolean,
+  metrics: MetricsRegistry | undefined,
 ): void {
   const reply = (status: number, body: Record<string, unknown>, headers: Record<string, string> = {}): void => {
     res.writeHead(status, {
@@ -506,18 +523,31 @@ function handle(
   }
   if (url.pathname === '/v1/health') {
     const tokens: Record<string, unknown> = {};
-    let healthy = true;
+    const unhealthy: string[] = [];
     for (const [name, entry] of entries) {
-      const token = entry.token();
-      healthy &&= token !== undefined;
-      tokens[name] = { valid: token !== undefined, expires_at: iso(token?.expiresAt) };
+      const health = tokenHealth(entry);
+      if (!health.valid) unhealthy.push(`${name}: ${health.reason as string}`);
+      tokens[name] = health;
     }
-    reply(healthy ? 200 : 503, { status: healthy ? 'ok' : 'unavailable', tokens });
+    if (unhealthy.length === 0) reply(200, { status: 'ok', tokens });
+    else reply(503, { status: 'unavailable', reason: `no valid token for ${unhealthy.join('; ')}`, tokens });
+    return;
+  }
+  if (url.pathname === '/v1/metrics' && metrics !== undefined) {
+    res.writeHead(200, {
+      'content-type': metrics.contentType,
+      'cache-control': 'no-store',
+      'x-content-type-options': 'nosniff',
+    });
+    res.end(req.method === 'HEAD' ? undefined : metrics.text());
     return;
   }
   const match = /^\/v1\/token\/([^/]+)$/.exec(url.pathname);
   if (match === null) {
-    reply(404, { error: 'not_found', message: 'the routes are GET /v1/token/<name> and GET /v1/health' });
+    reply(404, {
+      error: 'not_found',
+      message: 'the routes are GET /v1/token/<name>, GET /v1/health and GET /v1/metrics',
+    });
     return;
   }
   let name: string;
@@ -546,6 +576,60 @@ function handle(
     return;
   }
   reply(200, tokenJson(token));
+}
+
+/**
+ * OAuth error codes a health answer may name (RFC 6749, 6750, 8628, 8693, 8707, 9449). Anything else a
+ * server sent is shown as `other`: the endpoint never repeats text chosen by the server.
+ */
+const KNOWN_OAUTH_ERRORS: ReadonlySet<string> = new Set([
+  'invalid_request',
+  'invalid_client',
+  'invalid_grant',
+  'unauthorized_client',
+  'unsupported_grant_type',
+  'invalid_scope',
+  'invalid_target',
+  'invalid_token',
+  'insufficient_scope',
+  'invalid_dpop_proof',
+  'use_dpop_nonce',
+  'access_denied',
+  'server_error',
+  'temporarily_unavailable',
+  'slow_down',
+  'expired_token',
+]);
+
+/** One token in `/v1/health`: whether it is valid, until when, and — when it is not — why. */
+function tokenHealth(entry: Entry): Record<string, unknown> {
+  const token = entry.token();
+  const { status, token: held } = entry.manager.peek();
+  const error = entry.lastError;
+  const lastError =
+    error === undefined
+      ? undefined
+      : {
+          code: error.code,
+          ...(error.error !== undefined && {
+            oauth_error: KNOWN_OAUTH_ERRORS.has(error.error) ? error.error : 'other',
+          }),
+          ...(error.status !== undefined && { status: error.status }),
+        };
+  const base = {
+    valid: token !== undefined,
+    status,
+    expires_at: iso((token ?? held)?.expiresAt),
+    ...(lastError !== undefined && { last_error: lastError, failures: entry.failures }),
+  };
+  if (token !== undefined) return base;
+  const why =
+    held === undefined
+      ? 'no token obtained yet'
+      : status === 'expired'
+        ? 'the token expired'
+        : 'the token is about to expire';
+  return { ...base, reason: error === undefined ? why : `${why}; the last refresh failed (${error.code})` };
 }
 
 function isLoopbackHost(host: string | undefined, port: number): boolean {

@@ -33,6 +33,7 @@ import { TokenwardenError, isTokenwardenError } from '../errors.js';
 import { MemoryStore } from '../stores/memory.js';
 import { bounded, releaseLate, waitClock } from '../stores/shared.js';
 import type { StoreLock, StoreRecord, TokenStore } from '../stores/store.js';
+import * as telemetry from '../telemetry/hooks.js';
 
 /**
  * After a store reset (or the first announcement of a state no store held), nobody spends for this long:
@@ -355,6 +356,7 @@ export class Fleet<S> {
     const limit = budget === undefined ? this.#o.storeTimeoutMs : budget.remaining();
     const budgetMs = operation === 'lock' ? limit + this.#o.lockWaitMs : limit;
     const started = Date.now();
+    const waitStarted = operation === 'lock' ? performance.now() : 0;
     if (limit <= 0) {
       const error = new TokenwardenError(
         'ERR_STORE_TIMEOUT',
@@ -366,6 +368,7 @@ export class Fleet<S> {
     try {
       const value = await bounded(() => call(this.#o.store), budgetMs, `store ${operation}`, releaseLate);
       if (operation !== 'lock') budget?.charge(Date.now() - started);
+      else telemetry.lockWaited(performance.now() - waitStarted, value === undefined ? 'timeout' : 'acquired');
       if (this.#storeDown) {
         this.#storeDown = false;
         slot.storeRecovered();
@@ -373,6 +376,7 @@ export class Fleet<S> {
       }
       return { ok: true, value };
     } catch (err) {
+      if (operation === 'lock') telemetry.lockWaited(performance.now() - waitStarted, 'error');
       budget?.charge(Math.min(Date.now() - started, limit));
       if (this.#o.closing.aborted && isTokenwardenError(err, 'ERR_CLOSED', 'ERR_ABORTED')) throw err;
       const error = isTokenwardenError(err)
@@ -387,6 +391,7 @@ export class Fleet<S> {
 
   #failed(slot: Slot<S>, operation: StoreOperation, error: TokenwardenError): void {
     this.#storeDown = true;
+    telemetry.storeFailed(operation, error.code);
     slot.storeFailed(operation, error);
   }
 

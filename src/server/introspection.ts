@@ -25,6 +25,7 @@ import * as oauth from 'oauth4webapi';
 import { TokenwardenError } from '../errors.js';
 import { type ResponseMeta, describeUrl } from '../http/transport.js';
 import { type ClientOptions, OAuthClient } from '../sources/client.js';
+import * as telemetry from '../telemetry/hooks.js';
 import { jwtRules } from './jws.js';
 import { type KeySets, verifyJwt } from './keys.js';
 import {
@@ -164,7 +165,7 @@ export function introspectionStrategy(options: IntrospectionStrategyOptions): Ve
         const as = await metadata();
         answer = await upstreams
           .endpoint('introspection', as.introspection_endpoint as string)
-          .request((meta) => introspect(as, token, meta));
+          .request((meta) => telemetry.countRequest('introspection', () => introspect(as, token, meta)));
       } catch (err) {
         // Network, timeout, 5xx, garbage, our own credentials refused, backing off: the token was not judged.
         return {

@@ -22,6 +22,7 @@ import {
 } from 'jose';
 import { TokenwardenError, isTokenwardenError } from '../errors.js';
 import { type ResponseMeta, boundedFetch, describeUrl } from '../http/transport.js';
+import * as telemetry from '../telemetry/hooks.js';
 import { parseJsonObject } from '../json.js';
 import { checkUrl } from '../sources/client.js';
 import {
@@ -287,7 +288,7 @@ export class KeySet {
       const endpoint = this.#upstreams.endpoint('jwks', url);
       const jwks = await endpoint.request((meta) => {
         this.#lastAttemptAt = this.#upstreams.clock.now();
-        return this.#fetch(url, meta);
+        return telemetry.countRequest('jwks', () => this.#fetch(url, meta));
       });
       const held: Held = {
         getKey: createLocalJWKSet(jwks),

@@ -20,6 +20,7 @@ import { DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_TIMEOUT_MS, type FetchLike } from '
 import { type ProxyOption, resolveTransport } from '../http/proxy.js';
 import { type BackoffOptions, type RefreshPolicy, resolvePolicy } from '../policy.js';
 import { type ClientAuthMethod, type PrivateKeyInput, checkUrl } from '../sources/client.js';
+import * as telemetry from '../telemetry/hooks.js';
 import type { DiscoveryAlgorithm } from '../sources/discovery.js';
 import type * as oauth from 'oauth4webapi';
 import { ValidationCache, cacheKey } from './cache.js';
@@ -558,11 +559,14 @@ export function createVerifier(options: VerifierOptions): Verifier {
     return { ok: false, failure: unavailable(undefined), until: 0 };
   };
 
-  /** `verify()` itself; `probe`, when an observer listens, learns whether the cache answered. */
+  /**
+   * `verify()` itself; `probe`, when an observer listens (the `verify` event, telemetry), learns whether the
+   * cache answered, and traces a miss.
+   */
   const run = async (
     input: VerifyInput,
     call: VerifyCallOptions,
-    probe: { cache?: 'hit' | 'miss' } | undefined,
+    probe: telemetry.VerifyProbe | undefined,
   ): Promise<VerifyResult> => {
     let body = call.body;
     if (body === undefined && locations.includes('body') && typeof input === 'object' && input !== null) {
@@ -591,7 +595,8 @@ export function createVerifier(options: VerifierOptions): Verifier {
     // cache.get() re-checks the entry's deadline (never later than the token's exp) against the clock.
     const cached = cache.get(key, clock.now());
     if (probe !== undefined) probe.cache = cached === undefined ? 'miss' : 'hit';
-    let outcome = cached ?? cache.flight(key, () => check(token, key));
+    const miss = (): Outcome | Promise<Outcome> => cache.flight(key, () => check(token, key));
+    let outcome = cached ?? (probe?.traced === undefined ? miss() : probe.traced(async () => miss()));
     if (outcome instanceof Promise) outcome = await outcome;
     if (!outcome.ok) return refuse(outcome.failure, scheme);
     const binding = outcome.binding;
@@ -630,9 +635,14 @@ export function createVerifier(options: VerifierOptions): Verifier {
     return proof?.nonce === undefined ? { ok: true, auth } : { ok: true, auth, headers: { 'dpop-nonce': proof.nonce } };
   };
 
-  const verify = async (input: VerifyInput, call: VerifyCallOptions = {}): Promise<VerifyResult> => {
-    if (events.listenerCount('verify') === 0) return run(input, call, undefined);
-    const probe: { cache?: 'hit' | 'miss' } = {};
+  /** `run`, and the `verify` event when someone listens. */
+  const observed = async (
+    input: VerifyInput,
+    call: VerifyCallOptions,
+    observer: telemetry.VerifyProbe | undefined,
+  ): Promise<VerifyResult> => {
+    if (events.listenerCount('verify') === 0) return run(input, call, observer);
+    const probe: telemetry.VerifyProbe = observer ?? {};
     const result = await run(input, call, probe);
     const error = result.ok ? undefined : result.failure.error;
     emit('verify', {
@@ -642,6 +652,10 @@ export function createVerifier(options: VerifierOptions): Verifier {
     });
     return result;
   };
+
+  // Counted, timed and traced by telemetry (nothing is done when nothing records).
+  const verify = (input: VerifyInput, call: VerifyCallOptions = {}): Promise<VerifyResult> =>
+    telemetry.verification(observed, input, call);
 
   const health = (): VerifierHealth => {
     const now = clock.now();

@@ -23,6 +23,7 @@ import { type ProxyOption, redactProxyUrl, resolveTransport } from '../http/prox
 import { parseRetryAfter } from '../policy.js';
 import { Redactor } from '../redact.js';
 import { checkKey } from '../stores/shared.js';
+import * as telemetry from '../telemetry/hooks.js';
 import { type Token, tokenFromResponse } from '../token.js';
 import { type CredentialInput, checkCredentialInput, isFileCredential, readCredential } from './credential.js';
 import { type DiscoveryAlgorithm, discover } from './discovery.js';
@@ -304,10 +305,19 @@ export class OAuthClient {
    * parameters are added unless `params` already sets them) and returns the {@link Token}.
    * `context.refreshToken` is carried over when the response has no refresh token.
    */
-  async tokenRequest(
+  tokenRequest(
     grantType: string,
     params: URLSearchParams,
     context: { signal?: AbortSignal | undefined; refreshToken?: string | undefined } = {},
+  ): Promise<Token> {
+    // Counted, timed and traced as one token request (the HTTP client span is a child of its span).
+    return telemetry.tokenRequest(grantType, () => this.#tokenRequest(grantType, params, context));
+  }
+
+  async #tokenRequest(
+    grantType: string,
+    params: URLSearchParams,
+    context: { signal?: AbortSignal | undefined; refreshToken?: string | undefined },
   ): Promise<Token> {
     const meta: SentMeta = {};
     const what = `token request (${grantType})`;

@@ -24,6 +24,7 @@ import { OAuthClient, rotatedRefreshToken } from '../sources/client.js';
 import { toTokenwardenError } from '../sources/errors.js';
 import { MemoryStore } from '../stores/memory.js';
 import type { StoreLock, TokenStore } from '../stores/store.js';
+import * as telemetry from '../telemetry/hooks.js';
 import { type Token, tokenFromResponse } from '../token.js';
 import { type Cached, type Failure, type Level, SubjectCache, find } from './cache.js';
 import {
@@ -518,7 +519,10 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
       if (held !== undefined) {
         if (now >= cached.revalidateAt && this.#revalidateMs > 0) this.#revalidateInBackground(subject, cached);
         // Renew the stale token itself (which may be a broader one covering this request).
-        if (now >= held.staleAt) this.#refreshInBackground(subject, cached, held.spec, now);
+        if (now >= held.staleAt) {
+          telemetry.staleServed('refresh_token'); // no per-user attribute
+          this.#refreshInBackground(subject, cached, held.spec, now);
+        }
         return held.token;
       }
     }

@@ -1,0 +1,409 @@
+/**
+ * The one place where tokenwarden's instruments are created and recorded: the fleet core, the manager,
+ * UserTokens, the OAuth client and the verifier call these hooks, and nothing else knows OpenTelemetry.
+ *
+ * Recording goes to every *sink*: the instruments of the global OpenTelemetry meter provider (when
+ * `@opentelemetry/api` is installed and an SDK is registered) and those of each open
+ * {@link MetricsRegistry} (the agent's Prometheus endpoint). With neither, every hook returns after one
+ * check and records nothing; no hook is on the fresh-token path of `getToken()`.
+ *
+ * A provider registered after tokenwarden's first use is picked up at the next hook call (the global
+ * provider is looked up each time, and instruments are created once per provider).
+ *
+ * @module
+ */
+import { readFileSync } from 'node:fs';
+import { isTokenwardenError } from '../errors.js';
+import { ATTRIBUTES, INSTRUMENTS, type InstrumentSpec, SPANS } from './instruments.js';
+import {
+  type Attributes,
+  type CounterLike,
+  type HistogramLike,
+  type MeterLike,
+  type ObservableResultLike,
+  type OtelApi,
+  type SpanLike,
+  type TracerLike,
+  otelApi,
+} from './otel.js';
+
+/** The instruments of one sink. */
+interface Instruments {
+  readonly tokenRequests: CounterLike;
+  readonly tokenRequestDuration: HistogramLike;
+  readonly staleServed: CounterLike;
+  readonly lockWait: HistogramLike;
+  readonly storeErrors: CounterLike;
+  readonly verifyRequests: CounterLike;
+  readonly verifyDuration: HistogramLike;
+  readonly jwksFetches: CounterLike;
+  readonly introspectionRequests: CounterLike;
+}
+
+function options(spec: InstrumentSpec): {
+  description: string;
+  unit: string;
+  advice?: { explicitBucketBoundaries: number[] };
+} {
+  return {
+    description: spec.description,
+    unit: spec.unit,
+    ...(spec.buckets !== undefined && { advice: { explicitBucketBoundaries: [...spec.buckets] } }),
+  };
+}
+
+/** Creates the catalogue's instruments on `meter` (once per meter). */
+export function createInstruments(meter: MeterLike): Instruments {
+  const i = INSTRUMENTS;
+  const counter = (spec: InstrumentSpec): CounterLike => meter.createCounter(spec.name, options(spec));
+  const histogram = (spec: InstrumentSpec): HistogramLike => meter.createHistogram(spec.name, options(spec));
+  meter.createObservableGauge(i.timeToExpiry.name, options(i.timeToExpiry)).addCallback(observeExpiries);
+  return {
+    tokenRequests: counter(i.tokenRequests),
+    tokenRequestDuration: histogram(i.tokenRequestDuration),
+    staleServed: counter(i.staleServed),
+    lockWait: histogram(i.lockWait),
+    storeErrors: counter(i.storeErrors),
+    verifyRequests: counter(i.verifyRequests),
+    verifyDuration: histogram(i.verifyDuration),
+    jwksFetches: counter(i.jwksFetches),
+    introspectionRequests: counter(i.introspectionRequests),
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sinks
+
+const NONE: readonly Instruments[] = Object.freeze([]);
+/** Registries of this process (the agent's endpoint), each with its instruments. */
+const locals = new Map<object, Instruments>();
+/** The global meter provider the OpenTelemetry instruments were made for, and those instruments. */
+let otelProvider: unknown;
+let otelInstruments: Instruments | undefined;
+let sinks: readonly Instruments[] = NONE;
+
+function rebuild(): void {
+  const all = [...(otelInstruments === undefined ? [] : [otelInstruments]), ...locals.values()];
+  sinks = all.length === 0 ? NONE : Object.freeze(all);
+}
+
+/** Where to record now. Cheap: one lookup of the global meter provider, compared with the last one. */
+function active(): readonly Instruments[] {
+  const api = otelApi();
+  if (api !== null) {
+    const provider = api.metrics.getMeterProvider();
+    if (provider !== otelProvider) {
+      otelProvider = provider;
+      const meter = provider.getMeter('tokenwarden', version());
+      // The API's no-op provider hands out the no-op meter: nothing to record into.
+      otelInstruments = meter === api.createNoopMeter() ? undefined : createInstruments(meter);
+      rebuild();
+    }
+  }
+  return sinks;
+}
+
+/** Adds a local registry (its meter) as a sink; returns the function that removes it. */
+export function addLocalSink(owner: object, meter: MeterLike): () => void {
+  locals.set(owner, createInstruments(meter));
+  rebuild();
+  return () => {
+    locals.delete(owner);
+    rebuild();
+  };
+}
+
+let packageVersion: string | undefined;
+function version(): string {
+  if (packageVersion === undefined) {
+    try {
+      const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as {
+        version?: unknown;
+      };
+      packageVersion = typeof pkg.version === 'string' ? pkg.version : '0.0.0';
+    } catch {
+      packageVersion = '0.0.0';
+    }
+  }
+  return packageVersion;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tracing
+
+let noopTracerProvider: unknown;
+let tracer: { provider: unknown; tracer: TracerLike } | undefined;
+
+/** The tracer when a tracer provider is registered; `undefined` otherwise (no span is worth starting). */
+function activeTracer(api: OtelApi | null): TracerLike | undefined {
+  if (api === null) return undefined;
+  const provider = api.trace.getTracerProvider();
+  // Unregistered, the API answers with its proxy delegating to the no-op provider.
+  noopTracerProvider ??= new api.ProxyTracerProvider().getDelegate?.();
+  if (provider.getDelegate?.() === noopTracerProvider) return undefined;
+  if (tracer?.provider !== provider) tracer = { provider, tracer: provider.getTracer('tokenwarden', version()) };
+  return tracer.tracer;
+}
+
+function endSpan(api: OtelApi, span: SpanLike, outcome: string, errorType: string | undefined): void {
+  span.setAttribute(ATTRIBUTES.outcome, outcome);
+  if (errorType !== undefined) {
+    span.setAttribute(ATTRIBUTES.errorType, errorType);
+    // The code only: an error's message may quote what a server answered.
+    span.setStatus({ code: api.SpanStatusCode.ERROR, message: errorType });
+  }
+  span.end();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attributes: a few distinct sets, made once each (recording allocates nothing).
+
+const attributeCache = new Map<string, Attributes>();
+function attributes(...pairs: (string | undefined)[]): Attributes {
+  const id = pairs.join('\u0000');
+  let cached = attributeCache.get(id);
+  if (cached === undefined) {
+    const built: Record<string, string> = {};
+    for (let n = 0; n < pairs.length; n += 2) {
+      const value = pairs[n + 1];
+      if (value !== undefined) built[pairs[n] as string] = value;
+    }
+    cached = Object.freeze(built);
+    // Values are grant types, codes and outcomes: a bounded set. The bound is a guard, not a cache policy.
+    if (attributeCache.size < 10_000) attributeCache.set(id, cached);
+  }
+  return cached;
+}
+
+/** The `error.type` of a failure: the `TokenwardenError` code, `_OTHER` for anything else. */
+export function errorType(error: unknown): string {
+  return isTokenwardenError(error) ? error.code : '_OTHER';
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hooks
+
+/**
+ * Runs one token endpoint request (`run`) as the span `tokenwarden.token_request` — so that the HTTP client
+ * span of an instrumented `fetch`/undici is its child — and counts it with its duration.
+ */
+export async function tokenRequest<T>(grant: string, run: () => Promise<T>): Promise<T> {
+  const recording = active();
+  const api = otelApi();
+  const t = activeTracer(api);
+  if (recording.length === 0 && t === undefined) return run();
+  const started = performance.now();
+  const finish = (error: unknown, failed: boolean): string | undefined => {
+    const code = failed ? errorType(error) : undefined;
+    const attrs = attributes(
+      ATTRIBUTES.grant,
+      grant,
+      ATTRIBUTES.outcome,
+      failed ? 'error' : 'success',
+      ATTRIBUTES.errorType,
+      code,
+    );
+    const seconds = (performance.now() - started) / 1000;
+    for (const sink of recording) {
+      sink.tokenRequests.add(1, attrs);
+      sink.tokenRequestDuration.record(seconds, attrs);
+    }
+    return code;
+  };
+  if (t === undefined || api === null) {
+    try {
+      const value = await run();
+      finish(undefined, false);
+      return value;
+    } catch (err) {
+      finish(err, true);
+      throw err;
+    }
+  }
+  const span = t.startSpan(SPANS.tokenRequest, {
+    kind: api.SpanKind.INTERNAL,
+    attributes: attributes(ATTRIBUTES.grant, grant),
+  });
+  try {
+    const value = await api.context.with(api.trace.setSpan(api.context.active(), span), run);
+    endSpan(api, span, 'success', finish(undefined, false));
+    return value;
+  } catch (err) {
+    endSpan(api, span, 'error', finish(err, true));
+    throw err;
+  }
+}
+
+/** A token was served while its refresh was due or failing (stale, still valid). */
+export function staleServed(grant: string): void {
+  const recording = active();
+  if (recording.length === 0) return;
+  const attrs = attributes(ATTRIBUTES.grant, grant);
+  for (const sink of recording) sink.staleServed.add(1, attrs);
+}
+
+/** A lock acquisition ended after `ms`: `acquired`, `timeout` (held by another process too long) or `error`. */
+export function lockWaited(ms: number, outcome: 'acquired' | 'timeout' | 'error'): void {
+  const recording = active();
+  if (recording.length === 0) return;
+  const attrs = attributes(ATTRIBUTES.outcome, outcome);
+  for (const sink of recording) sink.lockWait.record(Math.max(0, ms) / 1000, attrs);
+}
+
+/** A store operation failed or timed out. */
+export function storeFailed(operation: string, code: string): void {
+  const recording = active();
+  if (recording.length === 0) return;
+  const attrs = attributes(ATTRIBUTES.operation, operation, ATTRIBUTES.errorType, code);
+  for (const sink of recording) sink.storeErrors.add(1, attrs);
+}
+
+/** Counts one request to the authorization server made by the verifier (`jwks` or `introspection`). */
+export function serverRequest(kind: 'jwks' | 'introspection', error: unknown, failed: boolean): void {
+  const recording = active();
+  if (recording.length === 0) return;
+  const attrs = attributes(
+    ATTRIBUTES.outcome,
+    failed ? 'error' : 'success',
+    ATTRIBUTES.errorType,
+    failed ? errorType(error) : undefined,
+  );
+  for (const sink of recording) (kind === 'jwks' ? sink.jwksFetches : sink.introspectionRequests).add(1, attrs);
+}
+
+/** What a verification answered (structurally, the verifier's `VerifyResult`). */
+interface Answer {
+  readonly ok: boolean;
+  readonly failure?: { readonly error: string };
+}
+
+/**
+ * What one verification tells the hooks about itself: whether the validation cache answered, and — on a
+ * miss — the check to run inside the `tokenwarden.verify` span. (The verifier's own `verify` event reads
+ * `cache` from the same object.)
+ */
+export interface VerifyProbe {
+  cache?: 'hit' | 'miss';
+  /** Runs the check of a cache miss inside the span; absent when no span is started. */
+  traced?<T>(run: () => Promise<T>): Promise<T>;
+}
+
+class Probe implements VerifyProbe {
+  readonly #started = performance.now();
+  cache: 'hit' | 'miss' | undefined;
+  #span: SpanLike | undefined;
+
+  constructor(
+    readonly recording: readonly Instruments[],
+    readonly api: OtelApi | null,
+    readonly tracer: TracerLike | undefined,
+  ) {}
+
+  traced<T>(run: () => Promise<T>): Promise<T> {
+    const { api, tracer } = this;
+    if (api === null || tracer === undefined) return run();
+    const span = tracer.startSpan(SPANS.verify, { kind: api.SpanKind.INTERNAL });
+    this.#span = span;
+    return api.context.with(api.trace.setSpan(api.context.active(), span), run);
+  }
+
+  finish(answer: Answer): void {
+    const error = answer.failure?.error;
+    const outcome = answer.ok ? 'ok' : error === 'temporarily_unavailable' ? 'unavailable' : (error ?? 'unavailable');
+    if (this.#span !== undefined && this.api !== null) endSpan(this.api, this.#span, outcome, undefined);
+    if (this.recording.length === 0) return;
+    const attrs = attributes(ATTRIBUTES.outcome, outcome, ATTRIBUTES.cache, this.cache);
+    const seconds = (performance.now() - this.#started) / 1000;
+    for (const sink of this.recording) {
+      sink.verifyRequests.add(1, attrs);
+      sink.verifyDuration.record(seconds, attrs);
+    }
+  }
+
+  fail(error: unknown): void {
+    if (this.#span !== undefined && this.api !== null) endSpan(this.api, this.#span, 'unavailable', errorType(error));
+  }
+}
+
+/**
+ * Runs one verification, `run(a, b, probe)`: counts it by outcome (`ok`, the RFC 6750 / RFC 9449 error,
+ * `unavailable`) and cache use, times it, and gives it the span `tokenwarden.verify` when it misses the cache.
+ * With nothing to record, `probe` is `undefined` and nothing else happens.
+ */
+export function verification<A, B, R extends Answer>(
+  run: (a: A, b: B, probe: VerifyProbe | undefined) => Promise<R>,
+  a: A,
+  b: B,
+): Promise<R> {
+  const recording = active();
+  const api = otelApi();
+  const t = activeTracer(api);
+  if (recording.length === 0 && t === undefined) return run(a, b, undefined);
+  const probe = new Probe(recording, api, t);
+  return run(a, b, probe).then(
+    (answer) => {
+      probe.finish(answer);
+      return answer;
+    },
+    (err: unknown) => {
+      probe.fail(err);
+      throw err;
+    },
+  );
+}
+
+/** Counts one request the verifier makes to the authorization server (`jwks` or `introspection`). */
+export function countRequest<T>(kind: 'jwks' | 'introspection', run: () => Promise<T>): Promise<T> {
+  return run().then(
+    (value) => {
+      serverRequest(kind, undefined, false);
+      return value;
+    },
+    (err: unknown) => {
+      serverRequest(kind, err, true);
+      throw err;
+    },
+  );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Time to expiry: one observable gauge per sink, over every watched manager.
+
+/** What a manager shows the time-to-expiry gauge. */
+export interface ExpiryTarget {
+  readonly attributes: Attributes;
+  /** Seconds until the held token expires (negative once expired); `undefined` with no token or no expiry. */
+  secondsLeft(): number | undefined;
+}
+
+const watched = new Set<WeakRef<ExpiryTarget>>();
+
+function observeExpiries(result: ObservableResultLike): void {
+  for (const ref of watched) {
+    const target = ref.deref();
+    if (target === undefined) {
+      watched.delete(ref); // its manager was dropped without close()
+      continue;
+    }
+    const seconds = target.secondsLeft();
+    if (seconds !== undefined && Number.isFinite(seconds)) result.observe(seconds, target.attributes);
+  }
+}
+
+/**
+ * Shows `target` on the time-to-expiry gauge until the returned function is called. Held weakly: a manager
+ * dropped without `close()` disappears from the gauge.
+ */
+export function watchExpiry(target: ExpiryTarget): () => void {
+  active(); // instruments exist for a provider registered before this manager
+  const ref = new WeakRef(target);
+  watched.add(ref);
+  return () => {
+    watched.delete(ref);
+  };
+}
+
+/** The attributes of a manager on the gauge. */
+export function managerAttributes(key: string, grant: string, name: string | undefined): Attributes {
+  return attributes(ATTRIBUTES.key, key, ATTRIBUTES.grant, grant, ATTRIBUTES.name, name);
+}
