@@ -66,6 +66,28 @@ describe('the published package', () => {
     `;
     const started = await run('node', ['--input-type=module', '-e', kit], { cwd: appDir });
     expect(started.stdout.trim()).toBe('Bearer');
+
+    // Without the optional @opentelemetry/api: managers work, and the registry (the agent's) still counts.
+    const telemetry = `
+      import { TokenManager } from 'tokenwarden';
+      import { MetricsRegistry } from 'tokenwarden/telemetry';
+      let missing = false;
+      try { await import('@opentelemetry/api'); } catch { missing = true; }
+      const registry = new MetricsRegistry();
+      const source = { key: 'k', fetchToken: async () => ({ accessToken: 'a', tokenType: 'Bearer', issuedAt: Date.now(), expiresAt: Date.now() + 60000, raw: {} }) };
+      const manager = new TokenManager({ source, name: 'pkg' });
+      await manager.getToken();
+      console.log(JSON.stringify({ missing, text: registry.text() }));
+      await manager.close();
+    `;
+    const result = JSON.parse(
+      (await run('node', ['--input-type=module', '-e', telemetry], { cwd: appDir })).stdout,
+    ) as {
+      missing: boolean;
+      text: string;
+    };
+    expect(result.missing, '@opentelemetry/api is not installed with the package').toBe(true);
+    expect(result.text).toMatch(/^tokenwarden_token_time_to_expiry_seconds\{[^}]*tokenwarden_name="pkg"\} \d/m);
   }, 180_000);
 
   it('passes publint and are-the-types-wrong', async () => {
