@@ -77,39 +77,83 @@ export function createInstruments(meter: MeterLike): Instruments {
 const NONE: readonly Instruments[] = Object.freeze([]);
 /** Registries of this process (the agent's endpoint), each with its instruments. */
 const locals = new Map<object, Instruments>();
-/** The global meter provider the OpenTelemetry instruments were made for, and those instruments. */
-let otelProvider: unknown;
-let otelInstruments: Instruments | undefined;
-let sinks: readonly Instruments[] = NONE;
+/** Instruments are made once per provider, even if it is unregistered and registered again. */
+const byProvider = new WeakMap<object, Instruments | null>();
+const tracers = new WeakMap<object, TracerLike>();
 
-function rebuild(): void {
-  const all = [...(otelInstruments === undefined ? [] : [otelInstruments]), ...locals.values()];
-  sinks = all.length === 0 ? NONE : Object.freeze(all);
+/** Where hooks record now: the sinks, and the tracer when a tracer provider is registered. */
+interface State {
+  readonly sinks: readonly Instruments[];
+  readonly api: OtelApi | null;
+  readonly tracer: TracerLike | undefined;
 }
 
-/** Where to record now. Cheap: one lookup of the global meter provider, compared with the last one. */
-function active(): readonly Instruments[] {
+/**
+ * Where `@opentelemetry/api` (every 1.x copy of it) keeps the registered providers: `metrics` holds the
+ * meter provider, `trace` the registering API's proxy tracer provider. Only compared, never written: when
+ * neither slot changed since the last look, nothing else did, and the hooks need no API call at all.
+ */
+const GLOBAL_KEY = Symbol.for('opentelemetry.js.api.1');
+const UNSEEN = Symbol('unseen');
+let seenMetrics: unknown = UNSEEN;
+let seenTrace: unknown = UNSEEN;
+let state: State | undefined;
+
+/** The current {@link State}: two property reads while the registrations stay as they were. */
+function current(): State {
+  const registry = (globalThis as { [GLOBAL_KEY]?: { metrics?: unknown; trace?: unknown } })[GLOBAL_KEY];
+  const metrics = registry?.metrics;
+  const traces = registry?.trace;
+  if (state !== undefined && metrics === seenMetrics && traces === seenTrace) return state;
+  seenMetrics = metrics;
+  seenTrace = traces;
+  state = resolve();
+  return state;
+}
+
+/** Looks the providers up through the API (which checks versions) and makes instruments for a new one. */
+function resolve(): State {
   const api = otelApi();
+  let otel: Instruments | null = null;
+  let tracer: TracerLike | undefined;
   if (api !== null) {
     const provider = api.metrics.getMeterProvider();
-    if (provider !== otelProvider) {
-      otelProvider = provider;
+    let made = byProvider.get(provider);
+    if (made === undefined) {
       const meter = provider.getMeter('tokenwarden', version());
       // The API's no-op provider hands out the no-op meter: nothing to record into.
-      otelInstruments = meter === api.createNoopMeter() ? undefined : createInstruments(meter);
-      rebuild();
+      made = meter === api.createNoopMeter() ? null : createInstruments(meter);
+      byProvider.set(provider, made);
+    }
+    otel = made;
+    const tracerProvider = api.trace.getTracerProvider();
+    // Unregistered, the API answers with its own proxy delegating to the no-op provider.
+    noopTracerProvider ??= new api.ProxyTracerProvider().getDelegate?.();
+    if (tracerProvider.getDelegate?.() !== noopTracerProvider) {
+      tracer = tracers.get(tracerProvider);
+      if (tracer === undefined) {
+        tracer = tracerProvider.getTracer('tokenwarden', version());
+        tracers.set(tracerProvider, tracer);
+      }
     }
   }
-  return sinks;
+  const all = [...(otel === null ? [] : [otel]), ...locals.values()];
+  return { sinks: all.length === 0 ? NONE : Object.freeze(all), api, tracer };
+}
+let noopTracerProvider: unknown;
+
+/** Where to record metrics now. */
+function active(): readonly Instruments[] {
+  return current().sinks;
 }
 
 /** Adds a local registry (its meter) as a sink; returns the function that removes it. */
 export function addLocalSink(owner: object, meter: MeterLike): () => void {
   locals.set(owner, createInstruments(meter));
-  rebuild();
+  state = undefined;
   return () => {
     locals.delete(owner);
-    rebuild();
+    state = undefined;
   };
 }
 
@@ -130,20 +174,6 @@ function version(): string {
 
 // ---------------------------------------------------------------------------------------------
 // Tracing
-
-let noopTracerProvider: unknown;
-let tracer: { provider: unknown; tracer: TracerLike } | undefined;
-
-/** The tracer when a tracer provider is registered; `undefined` otherwise (no span is worth starting). */
-function activeTracer(api: OtelApi | null): TracerLike | undefined {
-  if (api === null) return undefined;
-  const provider = api.trace.getTracerProvider();
-  // Unregistered, the API answers with its proxy delegating to the no-op provider.
-  noopTracerProvider ??= new api.ProxyTracerProvider().getDelegate?.();
-  if (provider.getDelegate?.() === noopTracerProvider) return undefined;
-  if (tracer?.provider !== provider) tracer = { provider, tracer: provider.getTracer('tokenwarden', version()) };
-  return tracer.tracer;
-}
 
 function endSpan(api: OtelApi, span: SpanLike, outcome: string, errorType: string | undefined): void {
   span.setAttribute(ATTRIBUTES.outcome, outcome);
@@ -188,9 +218,7 @@ export function errorType(error: unknown): string {
  * span of an instrumented `fetch`/undici is its child — and counts it with its duration.
  */
 export async function tokenRequest<T>(grant: string, run: () => Promise<T>): Promise<T> {
-  const recording = active();
-  const api = otelApi();
-  const t = activeTracer(api);
+  const { sinks: recording, api, tracer: t } = current();
   if (recording.length === 0 && t === undefined) return run();
   const started = performance.now();
   const finish = (error: unknown, failed: boolean): string | undefined => {
@@ -335,9 +363,7 @@ export function verification<A, B, R extends Answer>(
   a: A,
   b: B,
 ): Promise<R> {
-  const recording = active();
-  const api = otelApi();
-  const t = activeTracer(api);
+  const { sinks: recording, api, tracer: t } = current();
   if (recording.length === 0 && t === undefined) return run(a, b, undefined);
   const probe = new Probe(recording, api, t);
   return run(a, b, probe).then(

@@ -230,12 +230,14 @@ describe('UserTokens', () => {
       const login = await as.login('erin-subject@example.test');
       noteTokens(login['access_token'] as string, login['refresh_token'] as string, login['id_token'] as string);
       as.resetCounts();
+      let refreshed = false;
+      users.on('token', ({ from }) => (refreshed ||= from === 'source'));
       await users.save(subject, login);
       await clock.advance(50_000); // stale (75 % of 60 s), still valid: served while one refresh runs
       const served = await users.getAccessToken(subject);
       expect(served.accessToken).toBe(login['access_token']);
-      await until(() => as.counts.byGrant['refresh_token'] === 1);
-      await until(async () => (await users.getAccessToken(subject)).accessToken !== login['access_token']);
+      await until(() => refreshed);
+      expect((await users.getAccessToken(subject)).accessToken).not.toBe(login['access_token']);
       const records = await users.listAccessTokens(subject);
       noteTokens(...records.map((r) => r.token.accessToken));
       noteTokens(((await users.store.get(users.keyFor(subject)))?.value.match(/"refreshToken":"([^"]+)"/) ?? [])[1]);
