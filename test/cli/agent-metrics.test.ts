@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import parse from 'parse-prometheus-text-format';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type TestAuthorizationServer, startAuthorizationServer } from '../support/authorization-server.js';
+import { json, startFaultServer } from '../support/fault-server.js';
 import { Agent, assertBuilt, httpGet, removeHomes, tempHome } from './support.js';
 
 let as: TestAuthorizationServer;
@@ -99,6 +100,57 @@ describe('tokenwarden agent: /v1/health and /v1/metrics', () => {
     } finally {
       await as.clearFault();
       expect((await agent.stop()).code).toBe(0);
+    }
+  });
+
+  it('a server echoing the secret in its OAuth error: /v1/health and /v1/metrics repeat neither', async () => {
+    const secret = 'echo-me-if-you-can-0123456789';
+    // A 2 s token first, then refusals that echo the client secret (an OAuth error no retry will heal).
+    let served = 0;
+    const server = await startFaultServer((req, res) => {
+      if (served++ === 0) return json(res, 200, { access_token: 'opaque-first', token_type: 'Bearer', expires_in: 2 });
+      const basic = Buffer.from(String(req.headers.authorization).replace(/^Basic /, ''), 'base64').toString();
+      const echoed = decodeURIComponent(basic.slice(basic.indexOf(':') + 1));
+      json(res, 400, { error: `bad_${echoed}`, error_description: `secret was ${echoed}` });
+    });
+    const home = await tempHome();
+    const file = join(home.dir, 'agent.json');
+    const config = {
+      tokens: {
+        echo: {
+          tokenEndpoint: `${server.url}/token`,
+          clientId: 'svc',
+          clientSecretEnv: 'ECHO_SECRET',
+          allowInsecureRequests: true,
+        },
+      },
+      listen: '127.0.0.1:0',
+    };
+    await writeFile(file, JSON.stringify(config));
+    const agent = new Agent(['agent', '--config', file], { ...home.env, ECHO_SECRET: secret });
+    agents.push(agent);
+    try {
+      const port = (await agent.waitForLog((l) => l['msg'] === 'listening'))['port'] as number;
+      await agent.waitForLog((l) => typeof l['msg'] === 'string' && l['msg'].startsWith('refresh failed'));
+      let health = await httpGet(port, '/v1/health');
+      for (let i = 0; i < 100 && health.status === 200; i++) {
+        await new Promise((r) => setTimeout(r, 50));
+        health = await httpGet(port, '/v1/health'); // until the first token runs out
+      }
+      expect(health.status).toBe(503);
+      expect(JSON.parse(health.body)).toMatchObject({
+        reason: expect.stringContaining('(ERR_OAUTH)'),
+        tokens: { echo: { valid: false, last_error: { code: 'ERR_OAUTH', oauth_error: 'other', status: 400 } } },
+      });
+      const metrics = (await httpGet(port, '/v1/metrics')).body;
+      expect(metrics).toMatch(/error_type="ERR_OAUTH"/);
+      for (const text of [health.body, metrics]) {
+        expect(text).not.toContain(secret);
+        expect(text).not.toContain('bad_');
+      }
+    } finally {
+      expect((await agent.stop()).code).toBe(0);
+      await server.close();
     }
   });
 });

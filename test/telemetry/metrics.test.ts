@@ -328,6 +328,33 @@ describe('verifications', () => {
   });
 });
 
+describe('providers', () => {
+  it('nothing is recorded without an SDK; one registered later is used from the next recording on', async () => {
+    await otel.close(); // no meter provider now
+    const manager = new TokenManager({ source: clientCredentials(svc()), name: 'late' });
+    const verify = createVerifier({ issuer: as.issuer, audience: API_RESOURCE, allowInsecureRequests: true });
+    try {
+      const first = await manager.getToken();
+      noteTokens(first.accessToken);
+      expect((await verify(`Bearer ${first.accessToken}`)).ok).toBe(true);
+
+      otel = installMetrics();
+      noteTokens((await manager.refresh()).accessToken);
+      expect((await verify(`Bearer ${first.accessToken}`)).ok).toBe(true);
+      const points = await otel.collect();
+      expect(total(points, REQUESTS)).toBe(1); // the refresh, not the first request
+      expect(total(points, 'tokenwarden.verify.requests')).toBe(1);
+      expect(total(points, 'tokenwarden.verify.requests', { 'tokenwarden.cache': 'hit' })).toBe(1);
+      const expiry = points.find(
+        (p) => p.name === 'tokenwarden.token.time_to_expiry' && p.attributes['tokenwarden.name'] === 'late',
+      );
+      expect(expiry?.value).toBeGreaterThan(0);
+    } finally {
+      await manager.close();
+    }
+  });
+});
+
 /** Polls `condition` (real time: the authorization server is real) for up to 5 s. */
 async function until(condition: () => boolean | Promise<boolean>): Promise<void> {
   const end = Date.now() + 5000;
