@@ -25,6 +25,8 @@ export interface Point {
   value: number;
   /** Histograms: the sum of the recorded values. */
   sum?: number;
+  /** Histograms: the bucket boundaries. */
+  boundaries?: number[];
 }
 
 export interface MetricsHarness {
@@ -56,13 +58,15 @@ export function installMetrics(): MetricsHarness {
                 ? 'gauge'
                 : 'counter';
           for (const dp of metric.dataPoints as { attributes: Record<string, unknown>; value: unknown }[]) {
-            const value = dp.value as number | { count: number; sum: number };
+            const value = dp.value as number | { count: number; sum: number; buckets: { boundaries: number[] } };
             points.push({
               name,
               unit,
               kind,
               attributes: dp.attributes,
-              ...(typeof value === 'number' ? { value } : { value: value.count, sum: value.sum }),
+              ...(typeof value === 'number'
+                ? { value }
+                : { value: value.count, sum: value.sum, boundaries: value.buckets.boundaries }),
             });
           }
         }

@@ -17,7 +17,7 @@ import {
   refreshToken,
 } from '../../src/index.js';
 import { createVerifier } from '../../src/server/index.js';
-import { MetricsRegistry } from '../../src/telemetry/index.js';
+import { INSTRUMENTS, MetricsRegistry } from '../../src/telemetry/index.js';
 import {
   API_RESOURCE,
   OPAQUE_RESOURCE,
@@ -204,6 +204,10 @@ describe('stores', () => {
       expect(waits('acquired')).toBeGreaterThanOrEqual(1);
       expect(waits('timeout')).toBe(1);
       expect(points.find((p) => p.name === 'tokenwarden.lock.wait.duration')?.unit).toBe('s');
+      // The catalogue's buckets reach the SDK as advice.
+      expect(points.find((p) => p.name === 'tokenwarden.lock.wait.duration')?.boundaries).toEqual([
+        ...INSTRUMENTS.lockWait.buckets,
+      ]);
     } finally {
       await Promise.all([degraded.close(), fine.close(), blocked.close()]);
       await Promise.all([broken.close(), store.close()]);
