@@ -44,8 +44,15 @@ export interface Failure {
 
 /** What this process knows about one subject. */
 export interface Cached {
-  readonly recordKey: string;
-  readonly record: UserRecord;
+  /**
+   * The stored text of the record (the string the store holds: this layer's tokens are slices of it), read
+   * again when the record itself is needed — a refresh, a write-back — so it is not held twice.
+   */
+  readonly text: string | undefined;
+  /** The record itself, only when there is no text to read it from (never encoded nor decoded). */
+  readonly parsed: UserRecord | undefined;
+  /** The login it belongs to (a new `save()` starts another). */
+  readonly session: string;
   /** The record's place in the subject's history (see the fleet core). */
   readonly seq: number;
   version: number | undefined;
@@ -132,8 +139,8 @@ export class SubjectCache {
    */
   adopt(
     subject: string,
-    key: string,
     record: UserRecord,
+    text: string | undefined,
     seq: number,
     version: number | undefined,
   ): { cached: Cached; added: StoredEntry[] } {
@@ -165,11 +172,12 @@ export class SubjectCache {
       });
       added.push(stored);
     }
-    const sameSession = previous !== undefined && previous.record.session === record.session;
+    const sameSession = previous !== undefined && previous.session === record.session;
     const dflt = entries.find((h) => h.spec.key === DEFAULT_SPEC.key);
     const cached: Cached = {
-      recordKey: key,
-      record,
+      text,
+      parsed: text === undefined ? record : undefined,
+      session: record.session,
       seq,
       version,
       hasRefreshToken: record.refreshToken !== undefined,

@@ -75,9 +75,12 @@ export function recordClaims(record: UserRecord): UserClaims | undefined {
 export interface RecordLineage extends Lineage<UserRecord> {
   /**
    * The record to hold in memory: its token strings made slices of the text it was last encoded to or
-   * decoded from (the text the store holds), so that no token is held twice in this process.
+   * decoded from (the text the store holds), so that no token is held twice in this process — and that
+   * text, from which the record can be read again (`undefined` for a record never encoded nor decoded).
    */
-  shared(record: UserRecord): UserRecord;
+  shared(record: UserRecord): { record: UserRecord; text: string | undefined };
+  /** The record in `text` (what {@link RecordLineage.shared} gave), read again; `undefined` if it is not one. */
+  reread(text: string): UserRecord | undefined;
 }
 
 /** The records of one issuer and client (a version 1 record's identity is checked when it is read). */
@@ -105,9 +108,14 @@ export function recordLineage(issuer: string, clientId: string, ttlMs: number | 
     },
     shared: (record) => {
       const text = texts.get(record);
-      if (text === undefined) return record;
+      if (text === undefined) return { record, text: undefined };
       texts.delete(record);
-      return slicedRecord(record, text);
+      return { record: slicedRecord(record, text), text };
+    },
+    reread: (text) => {
+      const data = parseJsonObject(text);
+      const record = data === undefined ? undefined : data['v'] === 2 ? fromV2(data) : fromV1(data, issuer, clientId);
+      return record && slicedRecord(record, text);
     },
     precious: (record) => record.refreshToken !== undefined,
     ttlMs: () => ttlMs,

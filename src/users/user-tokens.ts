@@ -280,7 +280,8 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
       s.set(key, this.#lineage.encode(record, seq), this.#ttl()),
     );
     if (!written.ok) throw written.error;
-    this.#cache.adopt(subject, key, this.#lineage.shared(record), seq, written.value ?? undefined);
+    const shared = this.#lineage.shared(record);
+    this.#cache.adopt(subject, shared.record, shared.text, seq, written.value ?? undefined);
     return stored.token;
   }
 
@@ -510,7 +511,7 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
     let cached = this.#cache.get(subject);
     if (cached !== undefined && this.#revalidateMs === 0) {
       // Revalidation on every call was asked for: read first (a store that fails leaves what is held).
-      await this.#fleet.sync(this.#slot(subject, cached.recordKey));
+      await this.#fleet.sync(this.#slot(subject, this.keyFor(subject)));
       cached = this.#cache.get(subject);
       now = this.#clock.now();
     }
@@ -537,7 +538,7 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
     // Until it answers, the held token is served without starting another read.
     cached.revalidateAt = this.#clock.now() + Math.max(this.#revalidateMs, 1);
     void this.#fleet
-      .sync(this.#slot(subject, cached.recordKey))
+      .sync(this.#slot(subject, this.keyFor(subject)))
       .catch(() => undefined)
       .finally(() => this.#revalidating.delete(subject));
   }
@@ -563,7 +564,7 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
 
   /** The fleet protocol (src/fleet/) for one subject and request. */
   async #obtain(subject: string, want: Spec, level: Level): Promise<Token> {
-    const key = this.#cache.peek(subject)?.recordKey ?? this.keyFor(subject);
+    const key = this.keyFor(subject);
     const found = (lvl: Level): Token | undefined => {
       const cached = this.#cache.peek(subject);
       return cached === undefined ? undefined : find(cached, want, this.#clock.now(), lvl)?.token;
@@ -593,7 +594,16 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
       key,
       held: () => {
         const cached = this.#cache.peek(subject);
-        return cached && { state: cached.record, seq: cached.seq, version: cached.version };
+        if (cached === undefined) return undefined;
+        const recordOf = (): UserRecord => this.#recordOf(cached);
+        // Read again only if the core needs the record itself (a spend, a write-back), not for its place.
+        return {
+          get state() {
+            return recordOf();
+          },
+          seq: cached.seq,
+          version: cached.version,
+        };
       },
       take: (value, from) => this.#take(subject, key, value, from),
       missing: () => this.#cache.delete(subject),
@@ -612,17 +622,25 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
   /** The subjects that hold something worth writing back into a store that lost it. */
   *#heldSlots(): Iterable<Slot<UserRecord>> {
     for (const [subject, cached] of this.#cache.entries()) {
-      if (cached.hasRefreshToken) yield this.#slot(subject, cached.recordKey);
+      if (cached.hasRefreshToken) yield this.#slot(subject, this.keyFor(subject));
     }
   }
 
   #take(subject: string, key: string, value: Versioned<UserRecord>, from: 'store' | 'source'): void {
     const hadSubject = this.#cache.peek(subject) !== undefined;
-    const { added } = this.#cache.adopt(subject, key, this.#lineage.shared(value.state), value.seq, value.version);
+    const shared = this.#lineage.shared(value.state);
+    const { added } = this.#cache.adopt(subject, shared.record, shared.text, value.seq, value.version);
     if (from === 'store' && !hadSubject) return;
     for (const { token } of added) {
       this.emit('token', { subject, from, scope: token.scope, expiresAt: token.expiresAt });
     }
+  }
+
+  /** The record a subject's cached state comes from (read again from its stored text). */
+  #recordOf(cached: Cached): UserRecord {
+    const record = cached.parsed ?? (cached.text === undefined ? undefined : this.#lineage.reread(cached.text));
+    if (record === undefined) throw new TokenwardenError('ERR_LOGIN_REQUIRED', 'nothing is stored for this subject');
+    return record;
   }
 
   /** Throws when the subject cannot be refreshed now: no record, no refresh token, or a recent failure. */
@@ -632,7 +650,7 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
       throw new TokenwardenError('ERR_LOGIN_REQUIRED', 'nothing is stored for this subject: the user must sign in');
     }
     const now = this.#clock.now();
-    const { record } = cached;
+    const record = this.#recordOf(cached);
     if (
       record.refreshToken === undefined ||
       (record.refreshExpiresAt !== undefined && record.refreshExpiresAt <= now)
@@ -806,7 +824,7 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
   /** One store read of the subject's record (taken into the in-process layer). Store failures reject. */
   async #read(subject: string): Promise<UserRecord | undefined> {
     this.#checkOpen();
-    const key = this.#cache.peek(subject)?.recordKey ?? this.keyFor(subject);
+    const key = this.keyFor(subject);
     const slot = this.#slot(subject, key);
     const result = await this.#fleet.storeCall(slot, 'get', (s) => s.get(key));
     if (!result.ok) throw result.error;

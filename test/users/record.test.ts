@@ -101,10 +101,15 @@ describe('the compact record', () => {
     };
     const text = lineage.encode(record, 1);
     const decoded = lineage.decode('k', text)!;
-    const shared = lineage.shared(decoded.state);
+    const { record: shared, text: stored } = lineage.shared(decoded.state);
+    expect(stored).toBe(text); // the very string the store holds
     expect(shared).not.toBe(decoded.state); // rebuilt around the text
     expect(shared.accessTokens[0]!.token.accessToken).toBe(accessToken);
     expect(shared.refreshToken).toBe(record.refreshToken);
-    expect(lineage.shared(shared)).toBe(shared); // nothing more to share
+    expect(lineage.shared(shared).record).toBe(shared); // nothing more to share
+    // Read again from the text alone (the in-process layer keeps the text, not the record).
+    const again = lineage.reread(text)!;
+    expect(again.refreshToken).toBe(record.refreshToken);
+    expect(again.accessTokens[0]!.token.accessToken).toBe(accessToken);
   });
 });
