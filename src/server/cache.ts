@@ -10,6 +10,7 @@
  */
 import { hash } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
+import type { Clock, Timer } from '../clock.js';
 
 /**
  * The cache key of a token: base64url SHA-256 over all of it.
@@ -21,6 +22,62 @@ import { LRUCache } from 'lru-cache';
  */
 export function cacheKey(token: string): string {
   return hash('sha256', token, 'base64url');
+}
+
+/** How long {@link RecentKeys} holds a token it has seen (at most twice this, until its sweep runs). */
+export const RECENT_MS = 1000;
+/** How many tokens {@link RecentKeys} holds at most. */
+export const RECENT_MAX = 1024;
+/** Characters of a token's end that {@link RecentKeys} looks it up by (a JWT's signature, or most of it). */
+const TAIL = 43;
+
+/**
+ * The cache keys of the tokens seen in the last second, found without hashing: a token presented again
+ * within {@link RECENT_MS} (the common case: a client sends one token with every call) costs a lookup by
+ * its last characters and one full string comparison instead of a SHA-256. Only exact equality with the
+ * token that was hashed returns its key, so two tokens never share one. The price is that these tokens
+ * stay in memory as strings for about a second after they were first seen (no longer than the requests
+ * that carried them); the validation cache itself holds only hashes. Bounded to {@link RECENT_MAX} tokens,
+ * emptied by a timer (never keeping the process alive) every {@link RECENT_MS} while it holds any.
+ *
+ * @example
+ * ```ts
+ * const recent = new RecentKeys(systemClock);
+ * recent.key(token, Date.now()) === cacheKey(token); // true, hashed once a second at most
+ * ```
+ */
+export class RecentKeys {
+  readonly #clock: Clock;
+  readonly #seen = new Map<string, { token: string; key: string; until: number }>();
+  #sweep: Timer | undefined;
+
+  constructor(clock: Clock) {
+    this.#clock = clock;
+  }
+
+  /** {@link cacheKey}(`token`), from memory when the token was seen in the last second. */
+  key(token: string, now: number): string {
+    const tail = token.length > TAIL ? token.slice(-TAIL) : token;
+    const seen = this.#seen.get(tail);
+    if (seen !== undefined && seen.token === token && now < seen.until) return seen.key;
+    const key = cacheKey(token);
+    if (this.#seen.size >= RECENT_MAX) this.#seen.delete(this.#seen.keys().next().value as string);
+    this.#seen.set(tail, { token, key, until: now + RECENT_MS });
+    this.#sweep ??= this.#clock.setTimer(() => this.clear(), RECENT_MS);
+    return key;
+  }
+
+  /** Tokens held now. */
+  get size(): number {
+    return this.#seen.size;
+  }
+
+  /** Forgets every token (and stops the sweep until one is seen again). */
+  clear(): void {
+    this.#seen.clear();
+    this.#sweep?.cancel();
+    this.#sweep = undefined;
+  }
 }
 
 /**

@@ -64,6 +64,8 @@ export type TokenScheme = 'Bearer' | 'DPoP';
 export interface PresentedToken {
   token: string;
   scheme: TokenScheme;
+  /** Found in the `Authorization` header, whose value must hold nothing after the token (see {@link malformation}). */
+  header?: true;
 }
 
 const NO_TOKEN = failure('missing_token', 'bearer token required');
@@ -73,6 +75,29 @@ const BEARER_ONLY: readonly TokenScheme[] = ['Bearer'];
 const TWO_HEADERS = failure('invalid_request', 'more than one Authorization header');
 const TWO_TOKENS = failure('invalid_request', 'bearer token sent in more than one place');
 const TOO_LARGE = failure('invalid_token', 'token too large');
+const MALFORMED_TOKEN = failure('invalid_token', 'malformed token');
+const TOKEN_SYNTAX = /^[A-Za-z0-9\-._~+/]+=*$/; // RFC 6750 §2.1 b64token
+const HEADER_JUNK = /[\s,]/;
+
+/**
+ * Why a found token cannot be one, or `undefined`: a header value with more after the token ("Bearer a b",
+ * "Bearer a, Bearer b" from merged duplicate headers) is a malformed request; a token outside the RFC 6750
+ * §2.1 `b64token` syntax is a malformed token. Kept apart from {@link extractPresented} so that the verifier
+ * runs it only for tokens its cache does not know (a cached token passed it).
+ *
+ * @example
+ * ```ts
+ * malformation({ token: 'a b', scheme: 'Bearer', header: true }); // { error: 'invalid_request', … }
+ * malformation({ token: 'abc', scheme: 'Bearer' }); // undefined
+ * ```
+ */
+export function malformation(presented: PresentedToken): VerifyFailure | undefined {
+  const { token } = presented;
+  if (presented.header === true && HEADER_JUNK.test(token)) {
+    return presented.scheme === 'DPoP' ? MALFORMED_DPOP_HEADER : MALFORMED_HEADER;
+  }
+  return TOKEN_SYNTAX.test(token) ? undefined : MALFORMED_TOKEN;
+}
 
 /**
  * Returns the one bearer token in `input`, or the failure that explains why there is none. `body` is a
@@ -93,7 +118,8 @@ export function extractToken(
   body?: unknown,
 ): string | VerifyFailure {
   const found = extractPresented(input, { ...options, schemes: BEARER_ONLY }, body);
-  return 'token' in found ? found.token : found;
+  if ('error' in found) return found;
+  return found.header === true && HEADER_JUNK.test(found.token) ? MALFORMED_HEADER : found.token;
 }
 
 /**
@@ -109,30 +135,33 @@ export function extractPresented(
   if (typeof input === 'string') {
     if (input.length > options.maxLength + 64) return TOO_LARGE;
     // A raw token has no space; anything else is a header value.
-    const lower = input.toLowerCase();
-    if (input.includes(' ') || lower === 'bearer' || lower === 'dpop') {
+    if (input.includes(' ') || (input.length <= 6 && /^(?:bearer|dpop)$/i.test(input))) {
       return fromHeader(input, options.maxLength, options.schemes) ?? NO_TOKEN;
     }
     return input === '' ? NO_TOKEN : { token: input, scheme: 'Bearer' };
   }
-  const found: PresentedToken[] = [];
-  if (options.locations.includes('header')) {
+  const { locations } = options;
+  let fromAuthorization: PresentedToken | undefined;
+  if (locations.includes('header')) {
     const header = authorizationHeader(input);
     if (typeof header === 'object') return header;
     if (header !== undefined) {
       const token = fromHeader(header, options.maxLength, options.schemes);
       if (token !== undefined && 'error' in token) return token;
-      if (token !== undefined) found.push(token);
+      fromAuthorization = token;
     }
+    // Header only (the default): no list to build.
+    if (locations.length === 1) return fromAuthorization ?? NO_TOKEN;
   }
-  if (options.locations.includes('query')) {
+  const found: PresentedToken[] = fromAuthorization === undefined ? [] : [fromAuthorization];
+  if (locations.includes('query')) {
     const url = input.url;
     if (typeof url === 'string' && url.includes('access_token=')) {
       const values = new URL(url, 'http://localhost').searchParams.getAll('access_token');
       for (const token of values) found.push({ token, scheme: 'Bearer' });
     }
   }
-  if (options.locations.includes('body')) {
+  if (locations.includes('body')) {
     for (const token of bodyTokens(input, body)) found.push({ token, scheme: 'Bearer' });
   }
   if (found.length > 1) return TWO_TOKENS;
@@ -207,9 +236,10 @@ function fromHeader(
   const malformed = scheme === 'DPoP' ? MALFORMED_DPOP_HEADER : MALFORMED_HEADER;
   if (space < 0) return malformed;
   const token = trimmed.slice(space + 1).trimStart();
-  // One token, no parameters: "Bearer a b" and "Bearer a, Bearer b" (merged duplicate headers) are malformed.
-  if (token === '' || /[\s,]/.test(token)) return malformed;
-  return { token, scheme };
+  if (token === '') return malformed;
+  // One token, no parameters: "Bearer a b" and "Bearer a, Bearer b" (merged duplicate headers) are malformed,
+  // which malformation() tells, once per token the verifier does not know.
+  return { token, scheme, header: true };
 }
 
 function bodyTokens(input: Request | NodeRequestLike, parsed: unknown): string[] {

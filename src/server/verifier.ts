@@ -23,14 +23,16 @@ import { type ClientAuthMethod, type PrivateKeyInput, checkUrl } from '../source
 import * as telemetry from '../telemetry/hooks.js';
 import type { DiscoveryAlgorithm } from '../sources/discovery.js';
 import type * as oauth from 'oauth4webapi';
-import { ValidationCache, cacheKey } from './cache.js';
+import { RecentKeys, ValidationCache } from './cache.js';
 import { type CheckedProof, type DPoPOptions, type DPoPVerifier, dpopVerifier } from './dpop.js';
 import { type VerifyErrorCode, type VerifyFailure, failure } from './errors.js';
 import {
+  type PresentedToken,
   type TokenLocation,
   type TokenScheme,
   type VerifyInput,
   extractPresented,
+  malformation,
   hasFormBody,
   isFetchRequest,
   readFormBody,
@@ -402,8 +404,6 @@ type Outcome =
     }
   | { ok: false; failure: VerifyFailure; until: number };
 
-const TOKEN_SYNTAX = /^[A-Za-z0-9\-._~+/]+=*$/; // RFC 6750 §2.1 b64token
-const MALFORMED = failure('invalid_token', 'malformed token');
 const TOO_LARGE = failure('invalid_token', 'token too large');
 const INVALID = failure('invalid_token', 'token is not valid');
 const UNAVAILABLE = failure('temporarily_unavailable', 'token could not be verified now');
@@ -417,6 +417,22 @@ const BOUND_AS_BEARER = failure('invalid_token', 'sender-constrained token prese
 const NOT_DPOP_BOUND = failure('invalid_token', 'token is not bound to a DPoP key');
 const KEY_MISMATCH = failure('invalid_token', 'invalid DPoP key binding');
 const DPOP_REQUIRED = failure('missing_token', 'DPoP-bound token required');
+/**
+ * Where a verifier keeps the call the framework adapters use: `verify()` without the promise when the answer
+ * is ready at once (see `run` in {@link createVerifier}). Not part of the public API.
+ *
+ * @internal
+ */
+export const VERIFY_NOW: unique symbol = Symbol('tokenwarden.verifyNow');
+
+/** A verifier's {@link VERIFY_NOW} call, as the adapters see it. */
+export type VerifyNow = (input: VerifyInput, options?: VerifyCallOptions) => VerifyResult | Promise<VerifyResult>;
+
+/** A success, with the new `DPoP-Nonce` to send when the proof check chose one. */
+function accepted(auth: Auth, nonce: string | undefined): VerifyResult {
+  return nonce === undefined ? { ok: true, auth } : { ok: true, auth, headers: { 'dpop-nonce': nonce } };
+}
+
 const BOTH_SCHEMES: readonly TokenScheme[] = ['Bearer', 'DPoP'];
 const BEARER_SCHEME: readonly TokenScheme[] = ['Bearer'];
 
@@ -470,6 +486,7 @@ export function createVerifier(options: VerifierOptions): Verifier {
   };
   const { strategy, provider, jwt, keySets, upstreams, prepare } = resolveStrategy(options, clock, emit);
   const cache = new ValidationCache<Outcome>({ max: maxEntries });
+  const recent = new RecentKeys(clock);
   const onError = options.onError;
   const dpop: DPoPVerifier | undefined =
     options.dpop === false
@@ -479,6 +496,8 @@ export function createVerifier(options: VerifierOptions): Verifier {
           onError: (err) => report(onError, err),
         });
   const schemes = dpop === undefined ? BEARER_SCHEME : BOTH_SCHEMES;
+  const extraction = { locations, maxLength, schemes };
+  const readsBody = locations.includes('body');
   const advertiseDpop = options.dpop !== undefined && options.dpop !== false;
 
   /**
@@ -561,43 +580,94 @@ export function createVerifier(options: VerifierOptions): Verifier {
 
   /**
    * `verify()` itself; `probe`, when an observer listens (the `verify` event, telemetry), learns whether the
-   * cache answered, and traces a miss.
+   * cache answered, and traces a miss. The answer comes at once, without a promise, when nothing needs
+   * waiting for — a bearer token found in the cache with synchronous checks, the path most requests take —
+   * and as a promise otherwise (a body to read, a DPoP proof, a cache miss that fetches, an async check).
    */
-  const run = async (
+  const run = (
     input: VerifyInput,
     call: VerifyCallOptions,
     probe: telemetry.VerifyProbe | undefined,
-  ): Promise<VerifyResult> => {
-    let body = call.body;
-    if (body === undefined && locations.includes('body') && typeof input === 'object' && input !== null) {
-      if (isFetchRequest(input) && hasFormBody(input)) body = await readFormBody(input, maxLength + 4096);
+  ): VerifyResult | Promise<VerifyResult> => {
+    const body = call.body;
+    if (body === undefined && readsBody && typeof input === 'object' && input !== null) {
+      if (isFetchRequest(input) && hasFormBody(input)) {
+        return readFormBody(input, maxLength + 4096).then((read) => present(input, call, probe, read));
+      }
     }
-    const presented = extractPresented(input, { locations, maxLength, schemes }, body);
+    return present(input, call, probe, body);
+  };
+
+  /** Finds the token and, for DPoP, checks the proof (never cached) before the cache is consulted. */
+  const present = (
+    input: VerifyInput,
+    call: VerifyCallOptions,
+    probe: telemetry.VerifyProbe | undefined,
+    body: unknown,
+  ): VerifyResult | Promise<VerifyResult> => {
+    const presented = extractPresented(input, extraction, body);
     if ('error' in presented) return refuse(presented);
     const { token, scheme } = presented;
     if (token.length > maxLength) return refuse(TOO_LARGE, scheme);
-    if (!TOKEN_SYNTAX.test(token)) return refuse(MALFORMED, scheme);
     // An unsupported scheme for this verifier: no error in the challenge (RFC 6750 §3.1).
     if (scheme === 'Bearer' && dpop?.required === true) return refuse(DPOP_REQUIRED);
-
-    const key = cacheKey(token); // also the proof's `ath`: base64url(SHA-256(token))
-    let proof: CheckedProof | undefined;
-    if (scheme === 'DPoP') {
-      // A raw token or a header value has no DPoP header: nothing proves possession.
-      const checked =
-        typeof input === 'object' && input !== null
-          ? await (dpop as DPoPVerifier).check(input, key, clock.now(), call.originalUrl)
-          : failure('invalid_dpop_proof', 'DPoP proof required');
-      if ('error' in checked) return refuse(checked, scheme);
-      proof = checked;
+    const now = clock.now();
+    const key = recent.key(token, now); // base64url(SHA-256(token)), also the proof's `ath`
+    if (scheme === 'Bearer') return lookUp(token, presented, key, undefined, call, probe, now);
+    const malformed = malformation(presented);
+    if (malformed !== undefined) return refuse(malformed, scheme);
+    // A raw token or a header value has no DPoP header: nothing proves possession.
+    if (typeof input !== 'object' || input === null) {
+      return refuse(failure('invalid_dpop_proof', 'DPoP proof required'), scheme);
     }
+    return (dpop as DPoPVerifier).check(input, key, now, call.originalUrl).then((checked) => {
+      if ('error' in checked) return refuse(checked, scheme);
+      return lookUp(token, presented, key, checked, call, probe, clock.now());
+    });
+  };
 
+  /**
+   * The cache, or the strategy on a miss. The token's syntax is checked only on a miss: an entry exists only
+   * for a token that passed it, and its key is the SHA-256 of every character.
+   */
+  const lookUp = (
+    token: string,
+    presented: PresentedToken,
+    key: string,
+    proof: CheckedProof | undefined,
+    call: VerifyCallOptions,
+    probe: telemetry.VerifyProbe | undefined,
+    now: number,
+  ): VerifyResult | Promise<VerifyResult> => {
     // cache.get() re-checks the entry's deadline (never later than the token's exp) against the clock.
-    const cached = cache.get(key, clock.now());
-    if (probe !== undefined) probe.cache = cached === undefined ? 'miss' : 'hit';
+    const cached = cache.get(key, now);
+    if (cached !== undefined) {
+      if (probe !== undefined) probe.cache = 'hit';
+      return answer(cached, token, presented.scheme, proof, call, now);
+    }
+    if (proof === undefined) {
+      // Not a token at all: refused as before any lookup (no cache use reported).
+      const malformed = malformation(presented);
+      if (malformed !== undefined) return refuse(malformed, presented.scheme);
+    }
+    if (probe !== undefined) probe.cache = 'miss';
     const miss = (): Outcome | Promise<Outcome> => cache.flight(key, () => check(token, key));
-    let outcome = cached ?? (probe?.traced === undefined ? miss() : probe.traced(async () => miss()));
-    if (outcome instanceof Promise) outcome = await outcome;
+    const outcome = probe?.traced === undefined ? miss() : probe.traced(async () => miss());
+    if (outcome instanceof Promise) {
+      return outcome.then((o) => answer(o, token, presented.scheme, proof, call, clock.now()));
+    }
+    return answer(outcome, token, presented.scheme, proof, call, clock.now());
+  };
+
+  /** A judged token, with this request's parts: the key binding against the proof, scopes and claims. */
+  const answer = (
+    outcome: Outcome,
+    token: string,
+    scheme: TokenScheme,
+    proof: CheckedProof | undefined,
+    call: VerifyCallOptions,
+    now: number,
+  ): VerifyResult | Promise<VerifyResult> => {
     if (!outcome.ok) return refuse(outcome.failure, scheme);
     const binding = outcome.binding;
     if (proof === undefined) {
@@ -607,7 +677,7 @@ export function createVerifier(options: VerifierOptions): Verifier {
       if (binding?.jkt === undefined || binding.other) return refuse(NOT_DPOP_BOUND, scheme);
       if (binding.jkt !== proof.jkt) return refuse(KEY_MISMATCH, scheme);
       // Recorded only now, with a valid token bound to the proof's key: strangers cannot fill the cache.
-      const replayed = (dpop as DPoPVerifier).remember(proof, clock.now());
+      const replayed = (dpop as DPoPVerifier).remember(proof, now);
       if (replayed !== undefined) return refuse(replayed, scheme);
     }
     // The request's own parts (token, scheme, key, ttl) around the cached, frozen ones: no spreads.
@@ -627,35 +697,50 @@ export function createVerifier(options: VerifierOptions): Verifier {
             },
       info: base.info,
       extra: base.extra,
-      ttl: Math.max(0, outcome.until - clock.now()),
+      ttl: Math.max(0, outcome.until - now),
     };
-    let refused = authorize(auth, call, defaults);
-    if (refused instanceof Promise) refused = await refused;
+    const nonce = proof?.nonce;
+    const refused = authorize(auth, call, defaults);
+    if (refused instanceof Promise) {
+      return refused.then((r) => (r !== undefined ? refuse(r, scheme) : accepted(auth, nonce)));
+    }
     if (refused !== undefined) return refuse(refused, scheme);
-    return proof?.nonce === undefined ? { ok: true, auth } : { ok: true, auth, headers: { 'dpop-nonce': proof.nonce } };
+    return accepted(auth, nonce);
   };
 
   /** `run`, and the `verify` event when someone listens. */
-  const observed = async (
+  const observed = (
     input: VerifyInput,
     call: VerifyCallOptions,
     observer: telemetry.VerifyProbe | undefined,
-  ): Promise<VerifyResult> => {
+  ): VerifyResult | Promise<VerifyResult> => {
     if (events.listenerCount('verify') === 0) return run(input, call, observer);
     const probe: telemetry.VerifyProbe = observer ?? {};
-    const result = await run(input, call, probe);
-    const error = result.ok ? undefined : result.failure.error;
-    emit('verify', {
-      outcome: error === undefined ? 'ok' : error === 'temporarily_unavailable' ? 'unavailable' : error,
-      ...(probe.cache !== undefined && { cache: probe.cache }),
-      ...(result.ok && { strategy: result.auth.extra.strategy }),
-    });
-    return result;
+    const told = (result: VerifyResult): VerifyResult => {
+      const error = result.ok ? undefined : result.failure.error;
+      emit('verify', {
+        outcome: error === undefined ? 'ok' : error === 'temporarily_unavailable' ? 'unavailable' : error,
+        ...(probe.cache !== undefined && { cache: probe.cache }),
+        ...(result.ok && { strategy: result.auth.extra.strategy }),
+      });
+      return result;
+    };
+    const result = run(input, call, probe);
+    return result instanceof Promise ? result.then(told) : told(result);
   };
 
-  // Counted, timed and traced by telemetry (nothing is done when nothing records).
-  const verify = (input: VerifyInput, call: VerifyCallOptions = {}): Promise<VerifyResult> =>
+  // Counted, timed and traced by telemetry (nothing is done when nothing records). `now` is what the
+  // framework adapters call: no promise for an answer that is ready.
+  const now = (input: VerifyInput, call: VerifyCallOptions = {}): VerifyResult | Promise<VerifyResult> =>
     telemetry.verification(observed, input, call);
+  const verify = (input: VerifyInput, call?: VerifyCallOptions): Promise<VerifyResult> => {
+    try {
+      const result = now(input, call);
+      return result instanceof Promise ? result : Promise.resolve(result);
+    } catch (err) {
+      return Promise.reject(err as Error);
+    }
+  };
 
   const health = (): VerifierHealth => {
     const now = clock.now();
@@ -746,9 +831,16 @@ export function createVerifier(options: VerifierOptions): Verifier {
     strategy: { value: strategy, enumerable: true },
     dpop: { value: dpop !== undefined, enumerable: true },
     cacheSize: { get: () => cache.size, enumerable: true },
-    clearCache: { value: () => cache.clear(), enumerable: true },
+    clearCache: {
+      value: () => {
+        cache.clear();
+        recent.clear();
+      },
+      enumerable: true,
+    },
     ready: { value: ready, enumerable: true },
     health: { value: health, enumerable: true },
+    [VERIFY_NOW]: { value: now },
     on: {
       value: (name: keyof VerifierEvents, listener: (...args: never[]) => void) => {
         events.on(name, listener as never);

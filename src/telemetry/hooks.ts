@@ -356,20 +356,32 @@ class Probe implements VerifyProbe {
 /**
  * Runs one verification, `run(a, b, probe)`: counts it by outcome (`ok`, the RFC 6750 / RFC 9449 error,
  * `unavailable`) and cache use, times it, and gives it the span `tokenwarden.verify` when it misses the cache.
- * With nothing to record, `probe` is `undefined` and nothing else happens.
+ * With nothing to record, `probe` is `undefined`, nothing else happens, and an answer `run` gives at once
+ * (a cache hit) is returned as it is, without a promise.
  */
 export function verification<A, B, R extends Answer>(
-  run: (a: A, b: B, probe: VerifyProbe | undefined) => Promise<R>,
+  run: (a: A, b: B, probe: VerifyProbe | undefined) => R | Promise<R>,
   a: A,
   b: B,
-): Promise<R> {
-  const { sinks: recording, api, tracer: t } = current();
+): R | Promise<R> {
+  const { sinks: recording, tracer: t, api } = current();
   if (recording.length === 0 && t === undefined) return run(a, b, undefined);
   const probe = new Probe(recording, api, t);
-  return run(a, b, probe).then(
-    (answer) => {
-      probe.finish(answer);
-      return answer;
+  let answer: R | Promise<R>;
+  try {
+    answer = run(a, b, probe);
+  } catch (err) {
+    probe.fail(err);
+    throw err;
+  }
+  if (!(answer instanceof Promise)) {
+    probe.finish(answer);
+    return answer;
+  }
+  return answer.then(
+    (value) => {
+      probe.finish(value);
+      return value;
     },
     (err: unknown) => {
       probe.fail(err);

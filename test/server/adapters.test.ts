@@ -265,6 +265,21 @@ describe.each(Object.keys(harnesses))('%s adapter', (name) => {
     }
   });
 
+  it('a token the cache knows, with something after it, is still a malformed request (checked on every miss)', async () => {
+    expect((await send(`${app.url}/read`, bearer(read))).status).toBe(200); // now cached
+    for (const value of [
+      `Bearer ${read} x`,
+      `Bearer ${read},`,
+      `Bearer ${read}, Bearer ${read}`,
+      `Bearer ${read}\tx`,
+    ]) {
+      const res = await send(`${app.url}/read`, [['authorization', value]]);
+      expect(res.status, JSON.stringify(value.slice(-12))).toBe(400);
+      expect(res.body['error']).toBe('invalid_request');
+    }
+    expect((await send(`${app.url}/read`, bearer(`${read}%`))).body['error']).toBe('invalid_token');
+  });
+
   it('reads the query parameter only where enabled', async () => {
     expect((await send(`${app.url}/read?access_token=${read}`)).status).toBe(401);
     const res = await send(`${app.url}/query?access_token=${read}`);

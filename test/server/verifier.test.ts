@@ -186,6 +186,16 @@ describe('hostile tokens: always { ok: false, invalid_token, 401 }, never a thro
     expect(await fresh(`${h}.${p}`)).toEqual(invalid('malformed token'));
   });
 
+  it("a token carrying a cached valid token's signature under another payload gets no hit (recent keys compare whole tokens)", async () => {
+    const fresh = createVerifier(options());
+    expect((await fresh(readToken)).ok).toBe(true);
+    const [h, , sig] = readToken.split('.');
+    const forged = `${h}.${segment({ sub: 'mallory', scope: 'admin' })}.${sig}`;
+    expect(await fresh(forged)).toEqual(invalid('invalid signature'));
+    expect(await fresh(`Bearer ${forged}`)).toEqual(invalid('invalid signature'));
+    expect((await fresh(readToken)).ok).toBe(true);
+  });
+
   it('malformed base64, malformed JSON, garbage', async () => {
     for (const token of [
       'garbage',

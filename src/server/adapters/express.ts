@@ -6,7 +6,14 @@
  */
 import type { Auth } from '../provider.js';
 import type { NodeRequestLike } from '../extract.js';
-import { type BearerAuthOptions, type NodeResponseLike, authenticator, sendNode, setNodeHeaders } from './shared.js';
+import {
+  type AuthenticateOutcome,
+  type BearerAuthOptions,
+  type NodeResponseLike,
+  authenticateNow,
+  sendNode,
+  setNodeHeaders,
+} from './shared.js';
 
 export type { BearerAuthOptions } from './shared.js';
 export type { Auth } from '../provider.js';
@@ -53,13 +60,22 @@ export interface ExpressRequestLike extends NodeRequestLike {
 export function bearerAuth(
   options: BearerAuthOptions,
 ): (req: ExpressRequestLike, res: NodeResponseLike, next: (err?: unknown) => void) => void {
-  const authenticate = authenticator(options);
+  const authenticate = authenticateNow(options);
+  const apply = (req: ExpressRequestLike, res: NodeResponseLike, next: () => void, outcome: AuthenticateOutcome) => {
+    if (outcome.response) return sendNode(res, outcome.response);
+    setNodeHeaders(res, outcome.headers);
+    req.auth = outcome.auth;
+    next();
+  };
   return (req, res, next) => {
-    authenticate(req, req.body).then((outcome) => {
-      if (outcome.response) return sendNode(res, outcome.response);
-      setNodeHeaders(res, outcome.headers);
-      req.auth = outcome.auth;
-      next();
-    }, next);
+    let outcome;
+    try {
+      outcome = authenticate(req, req.body);
+    } catch (err) {
+      return next(err);
+    }
+    // A known token is answered at once: the route runs in this tick, as after any synchronous middleware.
+    if (outcome instanceof Promise) outcome.then((o) => apply(req, res, next, o), next);
+    else apply(req, res, next, outcome);
   };
 }

@@ -13,7 +13,7 @@ import type { Auth } from '../provider.js';
 import type { NodeRequestLike } from '../extract.js';
 import { TokenwardenError } from '../../errors.js';
 import { protectedResourceMetadataUrl } from '../protected-resource.js';
-import { type BearerAuthOptions, authenticator } from './shared.js';
+import { type AuthenticateOutcome, type BearerAuthOptions, authenticateNow } from './shared.js';
 
 export type { BearerAuthOptions } from './shared.js';
 export type { Auth } from '../provider.js';
@@ -67,14 +67,20 @@ export interface FastifyInstanceLike {
   hasRoute?: (...args: never[]) => boolean;
 }
 
-type AddHook = (name: 'onRequest' | 'preValidation', hook: ReturnType<typeof bearerAuthHook>) => unknown;
-type Route = (route: { method: string[]; url: string; handler: ReturnType<typeof bearerAuthHook> }) => unknown;
+type Hook = ReturnType<typeof bearerAuthHook>;
+type Handler = (request: FastifyRequestLike, reply: FastifyReplyLike) => Promise<FastifyReplyLike | undefined>;
+type AddHook = (name: 'onRequest' | 'preValidation', hook: Hook) => unknown;
+type Route = (route: { method: string[]; url: string; handler: Handler }) => unknown;
 type HasRoute = (route: { method: string; url: string }) => boolean;
 
 /**
  * A Fastify hook (for `onRequest`, or `preValidation` when tokens may come in the body) that verifies
  * the access token (bearer, or DPoP with its proof, checked against the raw request's method, its
  * `originalUrl ?? url` and `Host`) and sets `request.auth`. Use it per route.
+ *
+ * It is a callback-style hook (`done` is its third argument): a token the verifier already knows is
+ * answered in the same tick, without a promise; otherwise it returns a promise, which Fastify awaits.
+ * Called without `done`, it always returns a promise.
  *
  * @example
  * ```ts
@@ -84,10 +90,18 @@ type HasRoute = (route: { method: string; url: string }) => boolean;
  */
 export function bearerAuthHook(
   options: BearerAuthOptions,
-): (request: FastifyRequestLike, reply: FastifyReplyLike) => Promise<FastifyReplyLike | undefined> {
-  const authenticate = authenticator(options);
-  return async (request, reply) => {
-    const outcome = await authenticate(request.raw, request.body);
+): (
+  request: FastifyRequestLike,
+  reply: FastifyReplyLike,
+  done?: (err?: Error) => void,
+) => Promise<FastifyReplyLike | undefined> | undefined {
+  const authenticate = authenticateNow(options);
+  /** Answers the request (returns the reply) or sets `auth` (returns `undefined`). */
+  const apply = (
+    request: FastifyRequestLike,
+    reply: FastifyReplyLike,
+    outcome: AuthenticateOutcome,
+  ): FastifyReplyLike | undefined => {
     if (outcome.response) {
       const { status, headers, body } = outcome.response;
       return reply.code(status).headers(headers).send(body);
@@ -95,6 +109,22 @@ export function bearerAuthHook(
     if (outcome.headers !== undefined)
       for (const name in outcome.headers) reply.header?.(name, outcome.headers[name] as string);
     request.auth = outcome.auth;
+    return undefined;
+  };
+  return (request, reply, done) => {
+    let outcome: AuthenticateOutcome | Promise<AuthenticateOutcome>;
+    try {
+      outcome = authenticate(request.raw, request.body);
+    } catch (err) {
+      if (done === undefined) return Promise.reject(err as Error);
+      done(err as Error);
+      return undefined;
+    }
+    if (outcome instanceof Promise) return outcome.then((o) => apply(request, reply, o));
+    const sent = apply(request, reply, outcome);
+    // Fastify goes on when `done` is called; after a reply it must not be (the reply ends the request).
+    if (done === undefined) return Promise.resolve(sent);
+    if (sent === undefined) done();
     return undefined;
   };
 }
@@ -118,6 +148,7 @@ export function bearerAuthHook(
 export const bearerAuth = Object.assign(
   async function bearerAuth(fastify: FastifyInstanceLike, options: BearerAuthOptions): Promise<void> {
     const hook = bearerAuthHook(options);
+    const handler: Handler = async (request, reply) => hook(request, reply);
     if (!fastify.hasRequestDecorator('auth')) fastify.decorateRequest('auth', null);
     const usesBody = 'tokenLocations' in options && options.tokenLocations?.includes('body') === true;
     (fastify.addHook as AddHook).call(fastify, usesBody ? 'preValidation' : 'onRequest', hook);
@@ -133,7 +164,7 @@ export const bearerAuth = Object.assign(
         (fastify.route as Route).call(fastify, {
           method: ['GET', 'OPTIONS', 'POST', 'PUT', 'PATCH', 'DELETE'],
           url,
-          handler: hook,
+          handler,
         });
     }
   },

@@ -4,8 +4,9 @@
  *
  * @module
  */
+import type { NodeRequestLike } from '../extract.js';
 import type { Auth } from '../provider.js';
-import { type BearerAuthOptions, authenticator } from './shared.js';
+import { type AuthenticateOutcome, type BearerAuthOptions, authenticateNow } from './shared.js';
 
 export type { BearerAuthOptions } from './shared.js';
 export type { Auth } from '../provider.js';
@@ -33,6 +34,8 @@ export interface BearerAuthVariables {
  */
 export interface HonoContextLike {
   req: { raw: Request };
+  /** On `@hono/node-server`, `{ incoming, outgoing }`: the Node request is read directly when it is there. */
+  env?: unknown;
   set(key: 'auth', value: Auth): void;
   /** Sets a header of the response (a new `DPoP-Nonce`). */
   header?(name: string, value: string): void;
@@ -53,10 +56,15 @@ export interface HonoContextLike {
  */
 export function bearerAuth(
   options: BearerAuthOptions,
-): (c: HonoContextLike, next: () => Promise<void>) => Promise<Response | undefined> {
-  const authenticate = authenticator(options);
+): (c: HonoContextLike, next: () => Promise<void>) => Promise<Response | void> {
+  const authenticate = authenticateNow(options);
+  // A token in a form body is read from the Fetch Request (a clone of it); otherwise, on @hono/node-server,
+  // the Node request it wraps is read as it is: the Request's Headers are then never built for us.
+  const readsBody = 'tokenLocations' in options && options.tokenLocations?.includes('body') === true;
   return async (c, next) => {
-    const outcome = await authenticate(c.req.raw);
+    const incoming = readsBody ? undefined : nodeRequestOf(c.env);
+    let outcome: AuthenticateOutcome | Promise<AuthenticateOutcome> = authenticate(incoming ?? c.req.raw);
+    if (outcome instanceof Promise) outcome = await outcome;
     if (outcome.response) {
       const { status, headers, body } = outcome.response;
       if (body === undefined) return new Response(null, { status, headers });
@@ -68,7 +76,24 @@ export function bearerAuth(
     if (outcome.headers !== undefined)
       for (const name in outcome.headers) c.header?.(name, outcome.headers[name] as string);
     if (outcome.auth !== undefined) c.set('auth', outcome.auth);
-    await next();
-    return undefined;
+    return next();
   };
+}
+
+/**
+ * The Node.js request `@hono/node-server` passes as `env.incoming`, when it is one (its method, URL and
+ * headers are the ones the Fetch Request was built from, `Host` included).
+ */
+function nodeRequestOf(env: unknown): NodeRequestLike | undefined {
+  if (env === null || typeof env !== 'object') return undefined;
+  const incoming = (env as { incoming?: unknown }).incoming;
+  if (incoming === null || typeof incoming !== 'object') return undefined;
+  const { headers, rawHeaders, method, url } = incoming as Record<string, unknown>;
+  const isNode =
+    Array.isArray(rawHeaders) &&
+    headers !== null &&
+    typeof headers === 'object' &&
+    typeof method === 'string' &&
+    typeof url === 'string';
+  return isNode ? (incoming as NodeRequestLike) : undefined;
 }

@@ -6,7 +6,7 @@
  */
 import type { Auth } from '../provider.js';
 import type { NodeRequestLike } from '../extract.js';
-import { type BearerAuthOptions, authenticator } from './shared.js';
+import { type BearerAuthOptions, authenticateNow } from './shared.js';
 
 export type { BearerAuthOptions } from './shared.js';
 export type { Auth } from '../provider.js';
@@ -48,9 +48,10 @@ export interface KoaContextLike {
 export function bearerAuth(
   options: BearerAuthOptions,
 ): (ctx: KoaContextLike, next: () => Promise<unknown>) => Promise<void> {
-  const authenticate = authenticator(options);
+  const authenticate = authenticateNow(options);
   return async (ctx, next) => {
-    const outcome = await authenticate(ctx.req, (ctx.request as { body?: unknown }).body, ctx.originalUrl);
+    let outcome = authenticate(ctx.req, (ctx.request as { body?: unknown }).body, ctx.originalUrl);
+    if (outcome instanceof Promise) outcome = await outcome;
     if (outcome.response) {
       ctx.status = outcome.response.status;
       ctx.set(outcome.response.headers);

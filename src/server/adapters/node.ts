@@ -6,7 +6,7 @@
  */
 import type { Auth } from '../provider.js';
 import type { NodeRequestLike } from '../extract.js';
-import { type BearerAuthOptions, type NodeResponseLike, authenticator, sendNode, setNodeHeaders } from './shared.js';
+import { type BearerAuthOptions, type NodeResponseLike, authenticateNow, sendNode, setNodeHeaders } from './shared.js';
 
 export type { BearerAuthOptions } from './shared.js';
 export type { Auth } from '../provider.js';
@@ -48,11 +48,12 @@ export interface NodeAuthRequest extends NodeRequestLike {
 export function bearerAuth(
   options: BearerAuthOptions,
 ): (req: NodeAuthRequest, res: NodeResponseLike, next?: (err?: unknown) => void) => Promise<Auth | undefined | false> {
-  const authenticate = authenticator(options);
+  const authenticate = authenticateNow(options);
   return async (req, res, next) => {
     let outcome;
     try {
-      outcome = await authenticate(req, req.body);
+      outcome = authenticate(req, req.body);
+      if (outcome instanceof Promise) outcome = await outcome;
     } catch (err) {
       if (next === undefined) throw err;
       next(err);

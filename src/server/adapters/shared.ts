@@ -24,8 +24,11 @@ import {
 } from '../protected-resource.js';
 import {
   type AuthorizationRequirements,
+  VERIFY_NOW,
   type Verifier,
   type VerifierOptions,
+  type VerifyNow,
+  type VerifyResult,
   createVerifier,
   requirements,
 } from '../verifier.js';
@@ -91,6 +94,26 @@ export type AuthenticateOutcome =
 export function authenticator(
   options: BearerAuthOptions,
 ): (input: VerifyInput, body?: unknown, originalUrl?: string) => Promise<AuthenticateOutcome> {
+  const authenticate = authenticateNow(options);
+  return async (input, body, originalUrl) => authenticate(input, body, originalUrl);
+}
+
+/**
+ * {@link authenticator} for the adapters: the outcome itself when it is ready at once (a known token, the
+ * path most requests take), a promise otherwise, so that a cached request costs no promise, no microtask
+ * and no async frame in the framework. May throw (a failing claim check): adapters pass that on as the
+ * framework's error.
+ *
+ * @example
+ * ```ts
+ * const authenticate = authenticateNow(options);
+ * const outcome = authenticate(req);
+ * if (outcome instanceof Promise) outcome.then(apply, fail); else apply(outcome);
+ * ```
+ */
+export function authenticateNow(
+  options: BearerAuthOptions,
+): (input: VerifyInput, body?: unknown, originalUrl?: string) => AuthenticateOutcome | Promise<AuthenticateOutcome> {
   if (options === null || typeof options !== 'object') {
     throw new TokenwardenError('ERR_CONFIG', 'bearerAuth options must be an object');
   }
@@ -106,6 +129,8 @@ export function authenticator(
             ? { ...options, audience: resource.metadata.resource }
             : options,
         );
+  // A verifier made by createVerifier() answers a known token without a promise; any other function is called.
+  const verify: VerifyNow = (verifier as Verifier & { [VERIFY_NOW]?: VerifyNow })[VERIFY_NOW] ?? verifier;
   // With a shared verifier the route's requirements go with each call; otherwise they are the verifier's.
   const route = 'verifier' in options ? requirements(options) : {};
   const challenge: ChallengeOptions = {
@@ -124,7 +149,16 @@ export function authenticator(
     return { response: failureResponse(refused, challenge) };
   };
   const optional = options.optional === true;
-  return async (input, body, originalUrl) => {
+  const settle = (result: VerifyResult): AuthenticateOutcome => {
+    if (result.ok) {
+      const wrongAudience = resource?.checkAudience(result.auth);
+      if (wrongAudience !== undefined) return refuse(wrongAudience);
+      return result.headers === undefined ? { auth: result.auth } : { auth: result.auth, headers: result.headers };
+    }
+    if (optional && result.failure.error === 'missing_token') return { auth: undefined };
+    return refuse(result.failure);
+  };
+  return (input, body, originalUrl) => {
     if (resource !== undefined) {
       const answer = resource.answer(input, originalUrl);
       if (answer !== undefined) return { response: answer };
@@ -133,14 +167,8 @@ export function authenticator(
       body === undefined && originalUrl === undefined
         ? route
         : { ...route, ...(body !== undefined && { body }), ...(originalUrl !== undefined && { originalUrl }) };
-    const result = await verifier(input, call);
-    if (result.ok) {
-      const wrongAudience = resource?.checkAudience(result.auth);
-      if (wrongAudience !== undefined) return refuse(wrongAudience);
-      return result.headers === undefined ? { auth: result.auth } : { auth: result.auth, headers: result.headers };
-    }
-    if (optional && result.failure.error === 'missing_token') return { auth: undefined };
-    return refuse(result.failure);
+    const result = verify(input, call);
+    return result instanceof Promise ? result.then(settle) : settle(result);
   };
 }
 
