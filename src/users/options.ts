@@ -35,7 +35,9 @@ export interface UserTokensOptions extends Omit<
   issuer: string;
   /**
    * Where each subject's record lives (shared by every instance of the app). Default: a private
-   * `MemoryStore` of 10 000 entries. Pass a `RedisStore`/`PostgresStore` to share users across instances.
+   * `MemoryStore` of up to 1 000 000 records (each expires with its login; beyond that bound the least
+   * recently used subject must sign in again). Pass a `RedisStore`/`PostgresStore` to share users across
+   * instances, or your own `MemoryStore({ max })` to bound it otherwise.
    */
   store?: TokenStore;
   /**

@@ -52,6 +52,9 @@ import {
 } from './record.js';
 import { DEFAULT_SPEC, type Spec, spec, specKey } from './spec.js';
 
+/** Records the default (private) `MemoryStore` holds: every signed-in user of a large app. */
+const DEFAULT_MAX_RECORDS = 1_000_000;
+
 /**
  * The tokens of signed-in users, by subject: what a web app or BFF needs to call APIs on their behalf for
  * hours, from whichever instance serves the request.
@@ -157,7 +160,8 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
     this.#revokeAccessTokens = options.revokeAccessTokens ?? true;
     this.#cache = new SubjectCache(max, this.#policy, this.#random, this.#clock, this.#revalidateMs);
     this.#ownsStore = options.store === undefined;
-    this.store = options.store ?? new MemoryStore({ max: 10_000, clock: this.#clock });
+    // Every signed-in user, not the 10 000 most recent: a login evicted here is a user signed out.
+    this.store = options.store ?? new MemoryStore({ max: DEFAULT_MAX_RECORDS, clock: this.#clock });
     this.#namespace = sha256(JSON.stringify([this.issuer, this.clientId]));
     this.#lineage = recordLineage(this.issuer, this.clientId, this.#recordTtlMs);
     // One closing signal shared by every operation in flight (many users refresh at once).

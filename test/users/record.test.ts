@@ -113,3 +113,26 @@ describe('the compact record', () => {
     expect(again.accessTokens[0]!.token.accessToken).toBe(accessToken);
   });
 });
+
+describe('the default store', () => {
+  it('keeps every signed-in user: 12 000 logins, none evicted (its bound is 1 000 000)', async () => {
+    const users = usersFor(as, { cache: { max: 100 } });
+    const subjects = Array.from({ length: 12_000 }, (_, i) => `user-${i}`);
+    const tokens = new Map<string, string>();
+    for (const subject of subjects) {
+      const response = {
+        access_token: `at-${subject}`,
+        token_type: 'Bearer',
+        expires_in: 3600,
+        refresh_token: `rt-${subject}`,
+      };
+      await users.save(subject, response);
+      tokens.set(subject, response.access_token);
+    }
+    // The first users signed in are the ones an LRU of 10 000 would have dropped.
+    for (const subject of subjects.slice(0, 2_500)) {
+      expect((await users.getAccessToken(subject)).accessToken).toBe(tokens.get(subject));
+    }
+    await users.close();
+  }, 60_000);
+});
