@@ -150,17 +150,15 @@ export class SubjectCache {
       revalidated(previous, now + this.revalidateMs);
       return { cached: previous, added: [] };
     }
-    const entries: Held[] = [];
     const added: StoredEntry[] = [];
-    for (const stored of record.accessTokens) {
+    // Made by map(): an array of exactly this length (push() on [] reserves 17 slots, 136 bytes per user).
+    const entries: Held[] = record.accessTokens.map((stored): Held => {
       const old = previous?.entries.find((h) => h.token.accessToken === stored.token.accessToken);
-      if (old !== undefined) {
-        entries.push(old);
-        continue;
-      }
+      if (old !== undefined) return old;
       const { token } = stored;
       const lifetime = token.expiresAt === undefined ? 0 : Math.max(0, token.expiresAt - token.issuedAt);
-      entries.push({
+      added.push(stored);
+      return {
         spec: specOf(stored.spec),
         granted: this.#scopeSet(token.scope),
         token,
@@ -169,9 +167,8 @@ export class SubjectCache {
           token.expiresAt === undefined
             ? Infinity
             : token.expiresAt - Math.min(EXPIRY_LEEWAY_MS, lifetime * EXPIRY_LEEWAY_RATIO),
-      });
-      added.push(stored);
-    }
+      };
+    });
     const sameSession = previous !== undefined && previous.session === record.session;
     const dflt = entries.find((h) => h.spec.key === DEFAULT_SPEC.key);
     const cached: Cached = {

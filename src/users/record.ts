@@ -283,6 +283,30 @@ function interned(scope: string): string {
   return scope;
 }
 
+/**
+ * A stored access token as held in process: one object literal, so that every field sits inside the object
+ * (a spread adds them one by one, into a separate property array: 40 bytes more per user).
+ */
+function heldToken(token: Token, accessToken: string): Token {
+  const { tokenType, issuedAt, expiresAt, scope, raw } = token;
+  const shared = scope === undefined ? undefined : interned(scope);
+  if (token.refreshToken !== undefined || token.idToken !== undefined) {
+    return Object.freeze({ ...token, accessToken, ...(shared !== undefined && { scope: shared }) });
+  }
+  if (expiresAt === undefined) {
+    return Object.freeze(
+      shared === undefined
+        ? { accessToken, tokenType, issuedAt, raw }
+        : { accessToken, tokenType, issuedAt, scope: shared, raw },
+    );
+  }
+  return Object.freeze(
+    shared === undefined
+      ? { accessToken, tokenType, expiresAt, issuedAt, raw }
+      : { accessToken, tokenType, expiresAt, issuedAt, scope: shared, raw },
+  );
+}
+
 /** The record with its tokens (and id, session) as slices of `text`, its scope strings shared. */
 function slicedRecord(record: UserRecord, text: string): UserRecord {
   const shared: UserRecord = {
@@ -291,11 +315,7 @@ function slicedRecord(record: UserRecord, text: string): UserRecord {
     session: slice(text, record.session),
     accessTokens: record.accessTokens.map(({ spec, token }) => ({
       spec: spec.scope === null && spec.resource === null && spec.params === null ? DEFAULT_STORED_SPEC : spec,
-      token: Object.freeze({
-        ...token,
-        accessToken: slice(text, token.accessToken),
-        ...(token.scope !== undefined && { scope: interned(token.scope) }),
-      }),
+      token: heldToken(token, slice(text, token.accessToken)),
     })),
   };
   if (record.refreshToken !== undefined) shared.refreshToken = slice(text, record.refreshToken);
