@@ -8,6 +8,9 @@ import { LockWaiters } from './lock-waiters.js';
 import { checkKey } from './shared.js';
 import type { LockOptions, SetOptions, StoreEvents, StoreLock, StoreRecord, TokenStore } from './store.js';
 
+/** Up to this bound, the LRU's arrays are allocated at full size when the store is made. */
+const PREALLOCATED_MAX = 65_536;
+
 /**
  * Options for {@link MemoryStore}.
  *
@@ -53,7 +56,12 @@ export class MemoryStore extends EventEmitter<StoreEvents> implements TokenStore
     if (!(Number.isInteger(max) && max > 0)) throw new TokenwardenError('ERR_CONFIG', 'max must be a positive integer');
     this.#clock = options.clock ?? systemClock;
     const clock = this.#clock;
-    this.#entries = new LRUCache({ max, perf: { now: () => clock.now() } });
+    // lru-cache allocates arrays of `max` slots up front (28 MB for a million entries): a large bound is
+    // kept as a size limit instead (one unit per entry), whose arrays grow with the entries.
+    this.#entries =
+      max <= PREALLOCATED_MAX
+        ? new LRUCache({ max, perf: { now: () => clock.now() } })
+        : new LRUCache({ maxSize: max, sizeCalculation: () => 1, perf: { now: () => clock.now() } });
     this.#codec = new Codec(options.encryptionKey);
     this.#waiters = new LockWaiters(this.#clock);
   }
