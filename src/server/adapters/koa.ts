@@ -6,7 +6,7 @@
  */
 import type { Auth } from '../provider.js';
 import type { NodeRequestLike } from '../extract.js';
-import { type BearerAuthOptions, authenticateNow } from './shared.js';
+import { type AuthenticateOutcome, type BearerAuthOptions, authenticateNow } from './shared.js';
 
 export type { BearerAuthOptions } from './shared.js';
 export type { Auth } from '../provider.js';
@@ -49,17 +49,28 @@ export function bearerAuth(
   options: BearerAuthOptions,
 ): (ctx: KoaContextLike, next: () => Promise<unknown>) => Promise<void> {
   const authenticate = authenticateNow(options);
-  return async (ctx, next) => {
-    let outcome = authenticate(ctx.req, (ctx.request as { body?: unknown }).body, ctx.originalUrl);
-    if (outcome instanceof Promise) outcome = await outcome;
+  const apply = (ctx: KoaContextLike, next: () => Promise<unknown>, outcome: AuthenticateOutcome): Promise<void> => {
     if (outcome.response) {
       ctx.status = outcome.response.status;
       ctx.set(outcome.response.headers);
       if (outcome.response.body !== undefined) ctx.body = outcome.response.body;
-      return;
+      return Promise.resolve();
     }
     if (outcome.headers !== undefined) ctx.set({ ...outcome.headers });
     ctx.state.auth = outcome.auth;
-    await next();
+    return next().then(ignore);
+  };
+  // Not an async function: a known token goes on to `next()` in the same tick.
+  return (ctx, next) => {
+    let outcome: AuthenticateOutcome | Promise<AuthenticateOutcome>;
+    try {
+      outcome = authenticate(ctx.req, (ctx.request as { body?: unknown }).body, ctx.originalUrl);
+    } catch (err) {
+      return Promise.reject(err as Error);
+    }
+    if (outcome instanceof Promise) return outcome.then((o) => apply(ctx, next, o));
+    return apply(ctx, next, outcome);
   };
 }
+
+function ignore(): void {}
