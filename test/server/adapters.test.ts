@@ -699,3 +699,52 @@ async function authenticatorOutcome(
   const authenticate = authenticator({ verifier, protectedResource });
   return authenticate(`Bearer ${read}`);
 }
+
+describe('a known token takes no promise on the way to the route', () => {
+  const options = () => ({ issuer: as.issuer, audience: API_RESOURCE, allowInsecureRequests: true });
+  const request = (token: string) => ({
+    method: 'GET',
+    url: '/read',
+    headers: { host: 'api.test', authorization: `Bearer ${token}` },
+  });
+
+  it('fastify hook: done() in the same call for a known token; a promise without done; a reply for a bad one', async () => {
+    const hook = fastifyHook(options());
+    const reply = { code: () => reply, headers: () => reply, send: () => reply, header: () => undefined };
+    const first = { raw: request(read), auth: undefined as Auth | undefined | null };
+    // Unknown yet: Fastify gets a promise (the keys are fetched), done() is not called.
+    let doneCalls = 0;
+    const pending = hook(first, reply, () => void doneCalls++);
+    expect(pending).toBeInstanceOf(Promise);
+    await pending;
+    expect(first.auth?.credentials.scopes).toEqual(['read']);
+    // Known now: done() before the hook returns, and no promise.
+    const second = { raw: request(read), auth: undefined as Auth | undefined | null };
+    expect(hook(second, reply, () => void doneCalls++)).toBeUndefined();
+    expect(doneCalls).toBe(1);
+    expect(second.auth?.uid).toBe(first.auth?.uid);
+    // Without done (called from an async hook of one's own): always a promise.
+    const third = { raw: request(read), auth: undefined as Auth | undefined | null };
+    await expect(hook(third, reply)).resolves.toBeUndefined();
+    expect(third.auth?.uid).toBe(first.auth?.uid);
+    // A refused token is answered on the reply; done() is not called.
+    let status = 0;
+    const refusing = { ...reply, code: (s: number) => ((status = s), refusing) };
+    hook({ raw: request('garbage') }, refusing, () => void doneCalls++);
+    await new Promise((r) => setImmediate(r));
+    expect(status).toBe(401);
+    expect(doneCalls).toBe(1);
+  });
+
+  it('express: next() before the middleware returns, once the token is known', async () => {
+    const middleware = expressAuth(options());
+    const res = { statusCode: 200, setHeader: () => undefined, end: () => undefined };
+    const req1 = request(read) as Parameters<typeof middleware>[0];
+    await new Promise<void>((resolve, reject) => middleware(req1, res, (err) => (err ? reject(err) : resolve())));
+    const req2 = request(read) as Parameters<typeof middleware>[0];
+    let called = false;
+    middleware(req2, res, () => void (called = true));
+    expect(called).toBe(true);
+    expect(req2.auth?.uid).toBe(req1.auth?.uid);
+  });
+});

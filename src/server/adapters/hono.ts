@@ -44,7 +44,10 @@ export interface HonoContextLike {
 /**
  * Hono middleware that verifies the access token (bearer, or DPoP with its proof, checked against the
  * `Request`'s method and URL) and sets the `auth` variable. Works on every runtime Hono runs on that has
- * `node:crypto`.
+ * `node:crypto`. On `@hono/node-server` it reads the Node request the Fetch `Request` wraps
+ * (`c.env.incoming`: same method, target and headers, `Host` included) unless `tokenLocations` has `'body'`,
+ * so that the `Request`'s headers are not built for it; a token the verifier knows goes on to `next()` in the
+ * same tick.
  *
  * @example
  * ```ts
