@@ -32,7 +32,7 @@ export const RECENT_MAX = 1024;
 const TAIL = 43;
 
 /**
- * The cache keys of the tokens seen in the last second, found without hashing: a token presented again
+ * The cache keys of the valid tokens seen in the last second, found without hashing: a token presented again
  * within {@link RECENT_MS} (the common case: a client sends one token with every call) costs a lookup by
  * its last characters and one full string comparison instead of a SHA-256. Only exact equality with the
  * token that was hashed returns its key, so two tokens never share one. The price is that these tokens
@@ -43,7 +43,8 @@ const TAIL = 43;
  * @example
  * ```ts
  * const recent = new RecentKeys(systemClock);
- * recent.key(token, Date.now()) === cacheKey(token); // true, hashed once a second at most
+ * const key = recent.key(token, Date.now()); // cacheKey(token), hashed
+ * if (cache.get(key, Date.now())?.ok) recent.remember(token, key, Date.now()); // not hashed for a second
  * ```
  */
 export class RecentKeys {
@@ -55,16 +56,30 @@ export class RecentKeys {
     this.#clock = clock;
   }
 
-  /** {@link cacheKey}(`token`), from memory when the token was seen in the last second. */
+  /** {@link cacheKey}(`token`): from memory when it was remembered less than a second ago, else hashed. */
   key(token: string, now: number): string {
+    return this.known(token, now) ?? cacheKey(token);
+  }
+
+  /** The key remembered for exactly `token` less than a second ago, or `undefined`. */
+  known(token: string, now: number): string | undefined {
+    const seen = this.#seen.get(token.length > TAIL ? token.slice(-TAIL) : token);
+    return seen !== undefined && seen.token === token && now < seen.until ? seen.key : undefined;
+  }
+
+  /**
+   * Remembers `token`'s `key` for {@link RECENT_MS} (the verifier calls this for tokens its cache accepted,
+   * so that nothing a stranger sends — garbage, forgeries, unknown tokens — is ever held here).
+   */
+  remember(token: string, key: string, now: number): void {
     const tail = token.length > TAIL ? token.slice(-TAIL) : token;
     const seen = this.#seen.get(tail);
-    if (seen !== undefined && seen.token === token && now < seen.until) return seen.key;
-    const key = cacheKey(token);
-    if (this.#seen.size >= RECENT_MAX) this.#seen.delete(this.#seen.keys().next().value as string);
+    if (seen !== undefined && seen.token === token && now < seen.until) return;
+    if (seen === undefined && this.#seen.size >= RECENT_MAX) {
+      this.#seen.delete(this.#seen.keys().next().value as string);
+    }
     this.#seen.set(tail, { token, key, until: now + RECENT_MS });
     this.#sweep ??= this.#clock.setTimer(() => this.clear(), RECENT_MS);
-    return key;
   }
 
   /** Tokens held now. */

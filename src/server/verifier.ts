@@ -23,7 +23,7 @@ import { type ClientAuthMethod, type PrivateKeyInput, checkUrl } from '../source
 import * as telemetry from '../telemetry/hooks.js';
 import type { DiscoveryAlgorithm } from '../sources/discovery.js';
 import type * as oauth from 'oauth4webapi';
-import { RecentKeys, ValidationCache } from './cache.js';
+import { RecentKeys, ValidationCache, cacheKey } from './cache.js';
 import { type CheckedProof, type DPoPOptions, type DPoPVerifier, dpopVerifier } from './dpop.js';
 import { type VerifyErrorCode, type VerifyFailure, failure } from './errors.js';
 import {
@@ -612,8 +612,10 @@ export function createVerifier(options: VerifierOptions): Verifier {
     // An unsupported scheme for this verifier: no error in the challenge (RFC 6750 §3.1).
     if (scheme === 'Bearer' && dpop?.required === true) return refuse(DPOP_REQUIRED);
     const now = clock.now();
-    const key = recent.key(token, now); // base64url(SHA-256(token)), also the proof's `ath`
-    if (scheme === 'Bearer') return lookUp(token, presented, key, undefined, call, probe, now);
+    // base64url(SHA-256(token)), also the proof's `ath`; from memory for a valid token seen a moment ago.
+    const known = recent.known(token, now);
+    const key = known ?? cacheKey(token);
+    if (scheme === 'Bearer') return lookUp(token, presented, key, known !== undefined, undefined, call, probe, now);
     const malformed = malformation(presented);
     if (malformed !== undefined) return refuse(malformed, scheme);
     // A raw token or a header value has no DPoP header: nothing proves possession.
@@ -622,7 +624,7 @@ export function createVerifier(options: VerifierOptions): Verifier {
     }
     return (dpop as DPoPVerifier).check(input, key, now, call.originalUrl).then((checked) => {
       if ('error' in checked) return refuse(checked, scheme);
-      return lookUp(token, presented, key, checked, call, probe, clock.now());
+      return lookUp(token, presented, key, known !== undefined, checked, call, probe, clock.now());
     });
   };
 
@@ -634,6 +636,7 @@ export function createVerifier(options: VerifierOptions): Verifier {
     token: string,
     presented: PresentedToken,
     key: string,
+    remembered: boolean,
     proof: CheckedProof | undefined,
     call: VerifyCallOptions,
     probe: telemetry.VerifyProbe | undefined,
@@ -643,6 +646,8 @@ export function createVerifier(options: VerifierOptions): Verifier {
     const cached = cache.get(key, now);
     if (cached !== undefined) {
       if (probe !== undefined) probe.cache = 'hit';
+      // Only tokens found valid are held as strings (never garbage, forgeries or unknown tokens).
+      if (cached.ok && !remembered) recent.remember(token, key, now);
       return answer(cached, token, presented.scheme, proof, call, now);
     }
     if (proof === undefined) {

@@ -1,6 +1,6 @@
 /**
  * The validation cache's keys: the SHA-256 of every character of a token, and the short-lived memory of
- * recent tokens that spares the hash on a repeated token without ever letting two tokens share a key.
+ * recent valid tokens that spares the hash on a repeated token without ever letting two tokens share a key.
  */
 import { describe, expect, it } from 'vitest';
 import { ManualClock } from '../../src/clock.js';
@@ -8,54 +8,61 @@ import { RECENT_MAX, RECENT_MS, RecentKeys, cacheKey } from '../../src/server/ca
 
 const SIGNATURE = 'S'.repeat(43);
 
+/** What the verifier does for a token its cache accepted: look the key up, then remember it. */
+function seen(recent: RecentKeys, token: string, now: number): string {
+  const key = recent.key(token, now);
+  recent.remember(token, key, now);
+  return key;
+}
+
 describe('RecentKeys', () => {
   it('gives every token its own SHA-256 key, also tokens that end alike (a JWT with its signature reused)', () => {
-    const clock = new ManualClock(0);
-    const recent = new RecentKeys(clock);
+    const recent = new RecentKeys(new ManualClock(0));
     const genuine = `eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.${SIGNATURE}`;
     const forged = `eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJtYWxsb3J5In0.${SIGNATURE}`;
-    expect(recent.key(genuine, 0)).toBe(cacheKey(genuine));
+    expect(seen(recent, genuine, 0)).toBe(cacheKey(genuine));
     expect(recent.key(forged, 1)).toBe(cacheKey(forged));
+    expect(seen(recent, forged, 1)).toBe(cacheKey(forged));
     expect(recent.key(genuine, 2)).toBe(cacheKey(genuine));
     expect(cacheKey(genuine)).not.toBe(cacheKey(forged));
     // Short tokens, and tokens that differ only before their last characters.
     for (const token of ['a', 'ab', `x${'t'.repeat(60)}`, `y${'t'.repeat(60)}`, `x${'t'.repeat(60)}`]) {
-      expect(recent.key(token, 3)).toBe(cacheKey(token));
+      expect(seen(recent, token, 3)).toBe(cacheKey(token));
     }
+  });
+
+  it('holds only what it is told to remember: looking a token up holds nothing', () => {
+    const recent = new RecentKeys(new ManualClock(0));
+    for (let i = 0; i < 100; i++) expect(recent.key(`garbage-${i}`, 0)).toBe(cacheKey(`garbage-${i}`));
+    expect(recent.size).toBe(0);
   });
 
   it('holds a token for about a second, then forgets it (a timer that the clock runs)', async () => {
     const clock = new ManualClock(0);
     const recent = new RecentKeys(clock);
-    recent.key('token-one', clock.now());
-    recent.key('token-two', clock.now());
+    seen(recent, 'token-one', clock.now());
+    seen(recent, 'token-two', clock.now());
     expect(recent.size).toBe(2);
     await clock.advance(RECENT_MS);
     expect(recent.size).toBe(0);
     // Seen again: held again, and swept again.
-    expect(recent.key('token-one', clock.now())).toBe(cacheKey('token-one'));
+    expect(seen(recent, 'token-one', clock.now())).toBe(cacheKey('token-one'));
     expect(recent.size).toBe(1);
     await clock.advance(RECENT_MS);
     expect(recent.size).toBe(0);
   });
 
   it('an entry past its second is not used even before the sweep', () => {
-    const clock = new ManualClock(0);
-    const recent = new RecentKeys(clock);
+    const recent = new RecentKeys(new ManualClock(0));
     const token = `abc.def.${SIGNATURE}`;
-    recent.key(token, 0);
-    // Same tail, same token: from memory within the second, hashed again after it (same key either way).
+    seen(recent, token, 0);
     expect(recent.key(token, RECENT_MS - 1)).toBe(cacheKey(token));
     expect(recent.key(token, RECENT_MS + 5)).toBe(cacheKey(token));
   });
 
-  it('holds at most RECENT_MAX tokens however many are presented', () => {
-    const clock = new ManualClock(0);
-    const recent = new RecentKeys(clock);
-    for (let i = 0; i < RECENT_MAX * 3; i++) {
-      const token = `token-${i}`;
-      expect(recent.key(token, 0)).toBe(cacheKey(token));
-    }
+  it('holds at most RECENT_MAX tokens however many are remembered', () => {
+    const recent = new RecentKeys(new ManualClock(0));
+    for (let i = 0; i < RECENT_MAX * 3; i++) expect(seen(recent, `token-${i}`, 0)).toBe(cacheKey(`token-${i}`));
     expect(recent.size).toBe(RECENT_MAX);
   });
 });
