@@ -23,17 +23,28 @@ const SERVER = fileURLToPath(new URL('./support/http-server.ts', import.meta.url
 
 type Mode = 'none' | 'tokenwarden' | 'map';
 
-/** Whether servers run pinned to CPU 1 and this process to CPU 0 (`taskset`, on Linux with two or more cores). */
-const PINNED = pin();
+/**
+ * Pins this process's main thread to CPU 0 while the servers (pinned to CPU 1) are measured, on Linux with two
+ * or more cores (`taskset`); returns the function that gives the thread every CPU back. Called after the
+ * authorization server is up, so that the thread pool (started by its key generation) is not pinned: the
+ * other benchmarks in this process run as before.
+ */
+let pinned = false;
 
-function pin(): boolean {
-  if (process.platform !== 'linux' || availableParallelism() < 2) return false;
+function pin(): (() => void) | undefined {
+  if (process.platform !== 'linux' || availableParallelism() < 2) return undefined;
+  const set = (cpus: string): void =>
+    void execFileSync('taskset', ['-p', '-c', cpus, String(process.pid)], { stdio: 'ignore' });
   try {
-    execFileSync('taskset', ['-p', '-c', '0', String(process.pid)], { stdio: 'ignore' });
-    return true;
+    set('0');
   } catch {
-    return false;
+    return undefined;
   }
+  pinned = true;
+  return () => {
+    pinned = false;
+    set(`0-${availableParallelism() - 1}`);
+  };
 }
 
 export async function run(): Promise<BenchRow[]> {
@@ -42,64 +53,69 @@ export async function run(): Promise<BenchRow[]> {
   const audience = decodeAudience(token);
   const header = `Bearer ${token}`;
   const rows: BenchRow[] = [];
-  for (const [name, framework] of [
-    ['Fastify 5', 'fastify'],
-    ['Hono 4 (node-server)', 'hono'],
-    ['Express 5', 'express'],
-  ] as const) {
-    const modes: Mode[] = ['none', 'tokenwarden', 'map'];
-    const servers = await Promise.all(modes.map((mode) => start(framework, mode, as.issuer, audience, header)));
-    try {
-      const ratios: number[] = [];
-      const mapRatios: number[] = [];
-      const cpuRatios: number[] = [];
-      const rates = servers.map(() => [] as number[]);
-      const cpus = servers.map(() => [] as number[]);
-      for (let round = -1; round < ROUNDS; round++) {
-        // The order turns each round, so that none always follows the same one.
-        const measured: number[] = [];
-        const cpu: number[] = [];
-        for (let k = 0; k < servers.length; k++) {
-          const i = (k + Math.max(0, round)) % servers.length;
-          const before = await cpuTime(servers[i]!.child);
-          const result = await autocannon({
-            url: servers[i]!.url,
-            connections: 20,
-            duration: round < 0 ? 3 : SECONDS, // round -1 warms up each server's JIT
-            headers: { authorization: header },
-          });
-          if (result.non2xx > 0 || result.errors > 0) {
-            throw new Error(`${name}: ${result.non2xx} non-2xx, ${result.errors} errors`);
+  const unpin = pin();
+  try {
+    for (const [name, framework] of [
+      ['Fastify 5', 'fastify'],
+      ['Hono 4 (node-server)', 'hono'],
+      ['Express 5', 'express'],
+    ] as const) {
+      const modes: Mode[] = ['none', 'tokenwarden', 'map'];
+      const servers = await Promise.all(modes.map((mode) => start(framework, mode, as.issuer, audience, header)));
+      try {
+        const ratios: number[] = [];
+        const mapRatios: number[] = [];
+        const cpuRatios: number[] = [];
+        const rates = servers.map(() => [] as number[]);
+        const cpus = servers.map(() => [] as number[]);
+        for (let round = -1; round < ROUNDS; round++) {
+          // The order turns each round, so that none always follows the same one.
+          const measured: number[] = [];
+          const cpu: number[] = [];
+          for (let k = 0; k < servers.length; k++) {
+            const i = (k + Math.max(0, round)) % servers.length;
+            const before = await cpuTime(servers[i]!.child);
+            const result = await autocannon({
+              url: servers[i]!.url,
+              connections: 20,
+              duration: round < 0 ? 3 : SECONDS, // round -1 warms up each server's JIT
+              headers: { authorization: header },
+            });
+            if (result.non2xx > 0 || result.errors > 0) {
+              throw new Error(`${name}: ${result.non2xx} non-2xx, ${result.errors} errors`);
+            }
+            measured[i] = result.requests.total / result.duration;
+            cpu[i] = ((await cpuTime(servers[i]!.child)) - before) / result.requests.total;
           }
-          measured[i] = result.requests.total / result.duration;
-          cpu[i] = ((await cpuTime(servers[i]!.child)) - before) / result.requests.total;
+          if (process.env['BENCH_DEBUG'])
+            console.error(name, round, measured.map(Math.round).join(' '), cpu.map((c) => c.toFixed(1)).join(' '));
+          if (round < 0) continue;
+          for (const [i, r] of measured.entries()) rates[i]!.push(r);
+          for (const [i, c] of cpu.entries()) cpus[i]!.push(c);
+          cpuRatios.push(cpu[0]! / cpu[1]!);
+          ratios.push(measured[1]! / measured[0]!);
+          mapRatios.push(measured[2]! / measured[0]!);
         }
-        if (process.env['BENCH_DEBUG'])
-          console.error(name, round, measured.map(Math.round).join(' '), cpu.map((c) => c.toFixed(1)).join(' '));
-        if (round < 0) continue;
-        for (const [i, r] of measured.entries()) rates[i]!.push(r);
-        for (const [i, c] of cpu.entries()) cpus[i]!.push(c);
-        cpuRatios.push(cpu[0]! / cpu[1]!);
-        ratios.push(measured[1]! / measured[0]!);
-        mapRatios.push(measured[2]! / measured[0]!);
+        const [none, tw] = rates.map(median) as [number, number];
+        const [cpuNone, cpuTw, cpuMap] = cpus.map(median) as [number, number, number];
+        rows.push({
+          case: `${name} req/s, bearerAuth, one repeated token`,
+          ours: `${si(tw)} req/s`,
+          baseline: `no auth: ${si(none)} req/s (Map-lookup middleware ${ratio(median(mapRatios), 1)})`,
+          ratio: ratio(median(ratios), 1),
+        });
+        rows.push({
+          case: `${name} server CPU per request, bearerAuth`,
+          ours: `${cpuTw.toFixed(1)} µs`,
+          baseline: `no auth: ${cpuNone.toFixed(1)} µs (Map lookup: ${cpuMap.toFixed(1)} µs)`,
+          ratio: ratio(median(cpuRatios), 1),
+        });
+      } finally {
+        for (const s of servers) s.child.disconnect();
       }
-      const [none, tw] = rates.map(median) as [number, number];
-      const [cpuNone, cpuTw, cpuMap] = cpus.map(median) as [number, number, number];
-      rows.push({
-        case: `${name} req/s, bearerAuth, one repeated token`,
-        ours: `${si(tw)} req/s`,
-        baseline: `no auth: ${si(none)} req/s (Map-lookup middleware ${ratio(median(mapRatios), 1)})`,
-        ratio: ratio(median(ratios), 1),
-      });
-      rows.push({
-        case: `${name} server CPU per request, bearerAuth`,
-        ours: `${cpuTw.toFixed(1)} µs`,
-        baseline: `no auth: ${cpuNone.toFixed(1)} µs (Map lookup: ${cpuMap.toFixed(1)} µs)`,
-        ratio: ratio(median(cpuRatios), 1),
-      });
-    } finally {
-      for (const s of servers) s.child.disconnect();
     }
+  } finally {
+    unpin?.();
   }
   await as.close();
   return rows;
@@ -122,7 +138,7 @@ async function start(
 ): Promise<{ url: string; child: ChildProcess }> {
   const args = ['--import', 'tsx', SERVER, framework, mode, issuer, audience];
   // With two or more cores, the server gets one of its own and the load generator (this process) another.
-  const child = PINNED
+  const child = pinned
     ? spawn('taskset', ['-c', '1', process.execPath, ...args], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
     : spawn(process.execPath, args, { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
   const [message] = (await once(child, 'message')) as [{ url: string }];
