@@ -4,8 +4,6 @@
  * authorization server with 3 forced refreshes and one refresh failing while the server is down, and a
  * verifier answering one valid and one expired token; then `tokenwarden agent` serving `/v1/metrics`.
  */
-import { writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
 import { TokenManager, clientCredentials } from 'tokenwarden';
 import { createVerifier } from 'tokenwarden/server';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -15,7 +13,7 @@ import {
   startAuthorizationServer,
 } from '../support/authorization-server.js';
 import { attributeValues, installMetrics, total } from '../support/otel.js';
-import { Agent, assertBuilt, httpGet, removeHomes, tempHome } from '../cli/support.js';
+import { Agent, assertBuilt, httpGet, removeHomes, tempHome, writeAgentConfig } from '../cli/support.js';
 import { forge } from '../server/support.js';
 
 let as: TestAuthorizationServer;
@@ -87,20 +85,7 @@ describe('issue 12 acceptance', () => {
 
   it('tokenwarden agent with "listen" serves /v1/metrics containing tokenwarden_token_requests_total', async () => {
     const home = await tempHome();
-    const file = join(home.dir, 'agent.json');
-    const config = {
-      tokens: {
-        svc: {
-          issuer: as.issuer,
-          clientId: 'svc',
-          clientSecretEnv: 'SVC_SECRET',
-          scope: 'read',
-          allowInsecureRequests: true,
-        },
-      },
-      listen: '127.0.0.1:0',
-    };
-    await writeFile(file, JSON.stringify(config));
+    const file = await writeAgentConfig(home.dir, as.issuer);
     const agent = new Agent(['agent', '--config', file], { ...home.env, SVC_SECRET: as.clients.svc.clientSecret });
     try {
       const port = (await agent.waitForLog((l) => l['msg'] === 'listening'))['port'] as number;

@@ -9,7 +9,7 @@ import parse from 'parse-prometheus-text-format';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type TestAuthorizationServer, startAuthorizationServer } from '../support/authorization-server.js';
 import { json, startFaultServer } from '../support/fault-server.js';
-import { Agent, assertBuilt, httpGet, removeHomes, tempHome } from './support.js';
+import { Agent, assertBuilt, httpGet, removeHomes, tempHome, writeAgentConfig } from './support.js';
 
 let as: TestAuthorizationServer;
 const agents: Agent[] = [];
@@ -31,20 +31,7 @@ const sample = (text: string, line: RegExp): number | undefined => {
 describe('tokenwarden agent: /v1/health and /v1/metrics', () => {
   it('503 with the reason while the server is down, 200 once a token is held; the metrics count both', async () => {
     const home = await tempHome();
-    const file = join(home.dir, 'agent.json');
-    const config = {
-      tokens: {
-        svc: {
-          issuer: as.issuer,
-          clientId: 'svc',
-          clientSecretEnv: 'SVC_SECRET',
-          scope: 'read',
-          allowInsecureRequests: true,
-        },
-      },
-      listen: '127.0.0.1:0',
-    };
-    await writeFile(file, JSON.stringify(config));
+    const file = await writeAgentConfig(home.dir, as.issuer);
     await as.setFault('refuse');
     const agent = new Agent(['agent', '--config', file], { ...home.env, SVC_SECRET: as.clients.svc.clientSecret });
     agents.push(agent);

@@ -8,7 +8,17 @@ import { join } from 'node:path';
 import { decodeJwt } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type TestAuthorizationServer, startAuthorizationServer } from '../support/authorization-server.js';
-import { Agent, ONE_LINE_ERROR, assertBuilt, httpGet, removeHomes, runCli, sleep, tempHome } from './support.js';
+import {
+  Agent,
+  ONE_LINE_ERROR,
+  assertBuilt,
+  httpGet,
+  removeHomes,
+  runCli,
+  sleep,
+  tempHome,
+  writeAgentConfig,
+} from './support.js';
 
 let as: TestAuthorizationServer;
 let secret: string;
@@ -73,22 +83,7 @@ async function agentConfig(
   name = 'agent.json',
 ): Promise<{ file: string; sink: string }> {
   const sink = join(dir, 'run', 'svc.token');
-  const config = {
-    tokens: {
-      svc: {
-        issuer: as.issuer,
-        clientId: 'svc',
-        clientSecretEnv: 'SVC_SECRET',
-        scope: 'read',
-        allowInsecureRequests: true,
-        sink: { file: sink },
-      },
-    },
-    listen: '127.0.0.1:0',
-    ...extra,
-  };
-  const file = join(dir, name);
-  await writeFile(file, JSON.stringify(config));
+  const file = await writeAgentConfig(dir, as.issuer, { svc: { sink: { file: sink } }, extra, name });
   return { file, sink };
 }
 

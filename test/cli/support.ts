@@ -3,7 +3,7 @@
  * the environment a test gives it.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { request } from 'node:http';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -42,6 +42,35 @@ export async function tempHome(): Promise<Home> {
     dir,
     env: { HOME: dir, XDG_CACHE_HOME: join(dir, 'cache'), XDG_CONFIG_HOME: join(dir, 'config') },
   };
+}
+
+/**
+ * Writes an agent configuration to `dir/name` and returns its path: one token `svc` (client credentials at
+ * `issuer`, secret from SVC_SECRET, scope read, plain HTTP allowed) served on a free loopback port; `svc`
+ * adds to that token's entry, `extra` to the top level.
+ */
+export async function writeAgentConfig(
+  dir: string,
+  issuer: string,
+  { svc = {}, extra = {}, name = 'agent.json' }: { svc?: object; extra?: object; name?: string } = {},
+): Promise<string> {
+  const config = {
+    tokens: {
+      svc: {
+        issuer,
+        clientId: 'svc',
+        clientSecretEnv: 'SVC_SECRET',
+        scope: 'read',
+        allowInsecureRequests: true,
+        ...svc,
+      },
+    },
+    listen: '127.0.0.1:0',
+    ...extra,
+  };
+  const file = join(dir, name);
+  await writeFile(file, JSON.stringify(config));
+  return file;
 }
 
 export async function removeHomes(): Promise<void> {
