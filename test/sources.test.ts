@@ -325,6 +325,17 @@ describe('a server whose metadata names no revocation endpoint (revocationEndpoi
       ...extra,
     });
 
+  /** The authorization server refuses `token` (invalid_grant): it was revoked. */
+  const expectRevoked = async (token: string): Promise<void> => {
+    const spent = refreshToken({
+      ...base(),
+      clientId: as.clients.app.clientId,
+      clientSecret: as.clients.app.clientSecret,
+      refreshToken: token,
+    });
+    await expect(spent.fetchToken({})).rejects.toMatchObject({ code: 'ERR_OAUTH', error: 'invalid_grant' });
+  };
+
   it('UserTokens.revoke() revokes at the configured endpoint: the server then refuses the refresh token', async () => {
     const login = await as.login('alice');
     const tokens = users({ revocationEndpoint });
@@ -332,13 +343,7 @@ describe('a server whose metadata names no revocation endpoint (revocationEndpoi
     const before = as.counts.revocation;
     expect((await tokens.revoke('alice')).refreshToken).toBe(true);
     expect(as.counts.revocation).toBeGreaterThan(before);
-    const spent = refreshToken({
-      ...base(),
-      clientId: as.clients.app.clientId,
-      clientSecret: as.clients.app.clientSecret,
-      refreshToken: login['refresh_token'] as string,
-    });
-    await expect(spent.fetchToken({})).rejects.toMatchObject({ code: 'ERR_OAUTH', error: 'invalid_grant' });
+    await expectRevoked(login['refresh_token'] as string);
     await tokens.close();
   });
 
@@ -362,13 +367,7 @@ describe('a server whose metadata names no revocation endpoint (revocationEndpoi
       allowInsecureRequests: true,
     });
     await client.revoke(login['refresh_token'] as string, 'refresh_token');
-    const spent = refreshToken({
-      ...base(),
-      clientId: as.clients.app.clientId,
-      clientSecret: as.clients.app.clientSecret,
-      refreshToken: login['refresh_token'] as string,
-    });
-    await expect(spent.fetchToken({})).rejects.toMatchObject({ code: 'ERR_OAUTH', error: 'invalid_grant' });
+    await expectRevoked(login['refresh_token'] as string);
   });
 
   it('refuses a revocationEndpoint that is not an https URL (or has credentials in it)', () => {
