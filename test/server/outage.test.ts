@@ -448,11 +448,11 @@ describe('metadata and key selection', () => {
 
   it('a token without kid is tried against each key that fits it', async () => {
     const [a, b] = [await newSigningKey(), await newSigningKey()];
-    const issuer = await faultIssuer((res) => json(res, 200, { keys: [publicJwk(a), publicJwk(b)] }));
+    const as = await startAuthorizationServer({ signingKeys: [a, b] }); // its JWKS publishes both
     try {
-      const verify = createVerifier({ issuer: issuer.issuer, audience: AUDIENCE, allowInsecureRequests: true });
+      const verify = createVerifier({ issuer: as.issuer, audience: AUDIENCE, allowInsecureRequests: true });
       const unsigned = async (key: JWK) =>
-        new SignJWT({ iss: issuer.issuer, aud: AUDIENCE, sub: 'alice', exp: Math.floor(Date.now() / 1000) + 60 })
+        new SignJWT({ iss: as.issuer, aud: AUDIENCE, sub: 'alice', exp: Math.floor(Date.now() / 1000) + 60 })
           .setProtectedHeader({ alg: 'RS256' })
           .sign(await importJWK(key, 'RS256'));
       expect((await verify(await unsigned(b))).ok).toBe(true);
@@ -462,7 +462,7 @@ describe('metadata and key selection', () => {
         failure: { error: 'invalid_token', description: 'invalid signature' },
       });
     } finally {
-      await issuer.close();
+      await as.close();
     }
   });
 
