@@ -11,7 +11,7 @@ import { type Duration, toMs } from '../duration.js';
 import { TokenwardenError } from '../errors.js';
 import { type VerifyFailure, failure } from './errors.js';
 import { type NodeRequestLike, type TokenLocation, type VerifyInput, isFetchRequest } from './extract.js';
-import type { Auth } from './provider.js';
+import { type Auth, freezeDeep } from './provider.js';
 
 /**
  * The well-known URI suffix of RFC 9728 §3, registered for general-purpose OAuth protected resources.
@@ -292,7 +292,7 @@ export function protectedResourceMetadata(options: ProtectedResourceOptions): Pr
       doc[member] = jsonValue(value, `protectedResource.extra.${member}`);
     }
   }
-  return deepFreeze(doc) as ProtectedResourceMetadata;
+  return freezeDeep(doc) as ProtectedResourceMetadata;
 }
 
 /**
@@ -502,12 +502,4 @@ function jsonValue(value: unknown, name: string): unknown {
   }
   if (text === undefined) throw config(`${name} must be a JSON value`);
   return JSON.parse(text) as unknown;
-}
-
-function deepFreeze<T>(value: T): T {
-  if (value !== null && typeof value === 'object' && !Object.isFrozen(value)) {
-    Object.freeze(value);
-    for (const inner of Object.values(value)) deepFreeze(inner);
-  }
-  return value;
 }
