@@ -916,7 +916,8 @@ function defaultIsValid(claims: Claims, now: number): boolean {
 /** Three base64url segments and a header that starts as a JSON object: worth a local JWT check. */
 function looksLikeJwt(token: string): boolean {
   const first = token.indexOf('.');
-  return token.startsWith('eyJ') && first > 0 && token.indexOf('.', first + 1) > first && token.split('.').length === 3;
+  const second = first < 0 ? -1 : token.indexOf('.', first + 1);
+  return token.startsWith('eyJ') && first > 0 && second > first && token.indexOf('.', second + 1) < 0;
 }
 
 function strategyName(strategy: Strategy | 'provider', isJwt: boolean): AuthExtra['strategy'] {
