@@ -76,6 +76,7 @@ const TWO_HEADERS = failure('invalid_request', 'more than one Authorization head
 const TWO_TOKENS = failure('invalid_request', 'bearer token sent in more than one place');
 const TOO_LARGE = failure('invalid_token', 'token too large');
 const MALFORMED_TOKEN = failure('invalid_token', 'malformed token');
+const MALFORMED_URL = failure('invalid_request', 'malformed request URL');
 const TOKEN_SYNTAX = /^[A-Za-z0-9\-._~+/]+=*$/; // RFC 6750 §2.1 b64token
 const HEADER_JUNK = /[\s,]/;
 
@@ -157,7 +158,13 @@ export function extractPresented(
   if (locations.includes('query')) {
     const url = input.url;
     if (typeof url === 'string' && url.includes('access_token=')) {
-      const values = new URL(url, 'http://localhost').searchParams.getAll('access_token');
+      let values: string[];
+      try {
+        values = new URL(url, 'http://localhost').searchParams.getAll('access_token');
+      } catch {
+        // A request target no URL parser takes ("//a[b?…"): the client's fault, not a server error.
+        return MALFORMED_URL;
+      }
       for (const token of values) found.push({ token, scheme: 'Bearer' });
     }
   }

@@ -11,7 +11,7 @@ import { type Duration, toMs } from '../duration.js';
 import { TokenwardenError } from '../errors.js';
 import { type VerifyFailure, failure } from './errors.js';
 import { type NodeRequestLike, type TokenLocation, type VerifyInput, isFetchRequest } from './extract.js';
-import type { Auth } from './provider.js';
+import { type Auth, freezeDeep } from './provider.js';
 
 /**
  * The well-known URI suffix of RFC 9728 §3, registered for general-purpose OAuth protected resources.
@@ -292,7 +292,7 @@ export function protectedResourceMetadata(options: ProtectedResourceOptions): Pr
       doc[member] = jsonValue(value, `protectedResource.extra.${member}`);
     }
   }
-  return deepFreeze(doc) as ProtectedResourceMetadata;
+  return freezeDeep(doc) as ProtectedResourceMetadata;
 }
 
 /**
@@ -350,10 +350,10 @@ export function protectedResource(options: ProtectedResourceOptions): ProtectedR
     metadataPath,
     requireAudience,
     answer(input: VerifyInput, originalUrl?: string): MetadataResponse | undefined {
-      const target = requestTarget(input, originalUrl);
-      if (target === undefined || target.path !== metadataPath) return undefined;
-      if (target.method === 'GET' || target.method === 'HEAD') return { ...ok, headers: { ...ok.headers } };
-      if (target.method === 'OPTIONS') {
+      const method = methodFor(input, metadataPath, originalUrl);
+      if (method === undefined) return undefined;
+      if (method === 'GET' || method === 'HEAD') return { ...ok, headers: { ...ok.headers } };
+      if (method === 'OPTIONS') {
         return {
           status: 204,
           headers: {
@@ -381,12 +381,18 @@ export function protectedResource(options: ProtectedResourceOptions): ProtectedR
   });
 }
 
-/** The method and path (no query) of a Fetch or Node request; `undefined` for a raw token or header. */
-function requestTarget(input: VerifyInput, originalUrl?: string): { method: string; path: string } | undefined {
+/**
+ * The method of a Fetch or Node request for exactly `path` (any query), or `undefined`: another path, a raw
+ * token or a header. Called on every request the middleware sees: an origin-form target (what clients send)
+ * is compared as it is, and a URL is parsed only when it may be the one (a Fetch request's URL is
+ * serialized, its path in it as it is) or is in absolute form (as proxies send, RFC 9112 §3.2.2).
+ */
+function methodFor(input: VerifyInput, path: string, originalUrl?: string): string | undefined {
   if (input === null || typeof input !== 'object') return undefined;
   if (isFetchRequest(input)) {
+    if (typeof input.url !== 'string' || !input.url.includes(path)) return undefined;
     try {
-      return { method: input.method.toUpperCase(), path: new URL(input.url).pathname };
+      return new URL(input.url).pathname === path ? input.method.toUpperCase() : undefined;
     } catch {
       return undefined;
     }
@@ -394,17 +400,18 @@ function requestTarget(input: VerifyInput, originalUrl?: string): { method: stri
   const node = input as NodeRequestLike;
   const raw = originalUrl ?? node.originalUrl ?? node.url;
   if (typeof raw !== 'string') return undefined;
-  let path = raw;
-  // An absolute-form request target (RFC 9112 §3.2.2), as proxies send.
-  if (!raw.startsWith('/')) {
+  let same: boolean;
+  if (raw.startsWith('/')) {
+    const after = raw.charCodeAt(path.length); // NaN at the end
+    same = raw.startsWith(path) && (raw.length === path.length || after === 0x3f || after === 0x23); // ? or #
+  } else {
     try {
-      path = new URL(raw).pathname;
+      same = new URL(raw).pathname === path;
     } catch {
       return undefined;
     }
   }
-  const end = path.search(/[?#]/);
-  return { method: (node.method ?? 'GET').toUpperCase(), path: end === -1 ? path : path.slice(0, end) };
+  return same ? (node.method ?? 'GET').toUpperCase() : undefined;
 }
 
 function config(message: string): TokenwardenError {
@@ -495,12 +502,4 @@ function jsonValue(value: unknown, name: string): unknown {
   }
   if (text === undefined) throw config(`${name} must be a JSON value`);
   return JSON.parse(text) as unknown;
-}
-
-function deepFreeze<T>(value: T): T {
-  if (value !== null && typeof value === 'object' && !Object.isFrozen(value)) {
-    Object.freeze(value);
-    for (const inner of Object.values(value)) deepFreeze(inner);
-  }
-  return value;
 }

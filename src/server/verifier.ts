@@ -417,6 +417,7 @@ const BOUND_AS_BEARER = failure('invalid_token', 'sender-constrained token prese
 const NOT_DPOP_BOUND = failure('invalid_token', 'token is not bound to a DPoP key');
 const KEY_MISMATCH = failure('invalid_token', 'invalid DPoP key binding');
 const DPOP_REQUIRED = failure('missing_token', 'DPoP-bound token required');
+const CLAIM_CHECK_FAILED = failure('insufficient_scope', 'claim check failed');
 /**
  * Where a verifier keeps the call the framework adapters use: `verify()` without the promise when the answer
  * is ready at once (see `run` in {@link createVerifier}). Not part of the public API.
@@ -884,7 +885,6 @@ function authorize(
     return failure('insufficient_scope', 'insufficient scope', any.join(' '));
   }
   if (claimCheck === undefined) return undefined;
-  const CLAIM_CHECK_FAILED = failure('insufficient_scope', 'claim check failed');
   const passed = claimCheck(auth);
   if (passed instanceof Promise) return passed.then((ok) => (ok === true ? undefined : CLAIM_CHECK_FAILED));
   return passed === true ? undefined : CLAIM_CHECK_FAILED;
@@ -916,7 +916,8 @@ function defaultIsValid(claims: Claims, now: number): boolean {
 /** Three base64url segments and a header that starts as a JSON object: worth a local JWT check. */
 function looksLikeJwt(token: string): boolean {
   const first = token.indexOf('.');
-  return token.startsWith('eyJ') && first > 0 && token.indexOf('.', first + 1) > first && token.split('.').length === 3;
+  const second = first < 0 ? -1 : token.indexOf('.', first + 1);
+  return token.startsWith('eyJ') && first > 0 && second > first && token.indexOf('.', second + 1) < 0;
 }
 
 function strategyName(strategy: Strategy | 'provider', isJwt: boolean): AuthExtra['strategy'] {

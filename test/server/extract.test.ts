@@ -80,6 +80,13 @@ describe('extractToken (RFC 6750 §2)', () => {
     });
     expect(extractToken(new Request('http://x/r?access_token=q2'), all)).toBe('q2');
   });
+
+  it('a request target that is not a URL: invalid_request, not a thrown TypeError', () => {
+    expect(extractToken(node({}, { url: '//a[b?access_token=q1', method: 'GET' }), all)).toMatchObject({
+      error: 'invalid_request',
+      status: 400,
+    });
+  });
 });
 
 describe('RFC 6750 §3 challenges and responses', () => {

@@ -137,6 +137,8 @@ describe('protectedResource().answer: which requests get the document', () => {
     for (const input of [
       node('/.well-known/oauth-protected-resource/mcp'),
       node('/.well-known/oauth-protected-resource/mcp?x=1', 'HEAD'),
+      node('/.well-known/oauth-protected-resource/mcp#x'),
+      new Request('http://127.0.0.1/a/../.well-known/oauth-protected-resource/mcp?x=1'),
       node('http://evil.example/.well-known/oauth-protected-resource/mcp'),
       new Request('http://127.0.0.1/.well-known/oauth-protected-resource/mcp'),
     ]) {
@@ -170,6 +172,13 @@ describe('protectedResource().answer: which requests get the document', () => {
 
   it('does not answer a raw token, a header, or nothing', () => {
     for (const input of ['Bearer x', 'x', undefined, null]) expect(resource.answer(input)).toBeUndefined();
+    for (const url of [
+      'http://x/mcp',
+      'http://x/.well-known/oauth-protected-resource/mcp/x',
+      'http://x/?/.well-known/oauth-protected-resource/mcp',
+    ]) {
+      expect(resource.answer(new Request(url))).toBeUndefined();
+    }
   });
 
   it('OPTIONS is a CORS preflight; other methods get 405 with Allow', () => {
