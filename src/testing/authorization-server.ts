@@ -349,9 +349,9 @@ export async function createTestAuthorizationServer(
   const accessTokenTtlS = seconds(options.accessTokenTtl ?? '5m', 'accessTokenTtl', 1);
   const refreshTokenTtlS = seconds(options.refreshTokenTtl ?? '1d', 'refreshTokenTtl', 1);
   const idTokenTtlS = seconds(options.idTokenTtl ?? '5m', 'idTokenTtl', 1);
-  const audiences = [
-    ...new Set(typeof options.audience === 'string' ? [options.audience] : (options.audience ?? ['https://api.test'])),
-  ];
+  const audienceList: unknown =
+    typeof options.audience === 'string' ? [options.audience] : (options.audience ?? ['https://api.test']);
+  const audiences: string[] = Array.isArray(audienceList) ? [...new Set(audienceList as string[])] : [];
   if (audiences.length === 0 || audiences.some((a) => typeof a !== 'string' || !URL.canParse(a) || a.includes('#'))) {
     throw config('audience must be one or more absolute URIs without a fragment');
   }
@@ -364,6 +364,9 @@ export async function createTestAuthorizationServer(
   if (path !== '' && !/^(\/[A-Za-z0-9\-._~!$&'()*+,;=:@%]+)+$/.test(path)) {
     throw config("path must look like '/tenant' (no trailing slash, query or fragment)");
   }
+  const wantedPort = options.port ?? 0;
+  if (!Number.isInteger(wantedPort) || wantedPort < 0 || wantedPort > 65_535)
+    throw config('port must be an integer from 0 to 65535');
   const userClaims = options.userClaims ?? (() => ({}));
   if (typeof userClaims !== 'function') throw config('userClaims must be a function');
 
@@ -374,7 +377,7 @@ export async function createTestAuthorizationServer(
     sockets.add(socket);
     socket.on('close', () => sockets.delete(socket));
   });
-  await listen(server, options.port ?? 0);
+  await listen(server, wantedPort);
   const port = (server.address() as AddressInfo).port;
   const origin = `http://127.0.0.1:${port}`;
   const issuer = `${origin}${path}`;
