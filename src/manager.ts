@@ -279,6 +279,9 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
     const key = options.key ?? source.key;
     if (typeof key !== 'string' || key === '')
       throw new TokenwardenError('ERR_CONFIG', 'the source has no key; pass key');
+    if (options.name !== undefined && typeof options.name !== 'string') {
+      throw new TokenwardenError('ERR_CONFIG', 'name must be a string');
+    }
     this.key = key;
     this.source = source;
     this.#policy = resolvePolicy(options.refresh);
@@ -316,9 +319,6 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
     });
     const grant = (source as { grant?: unknown }).grant;
     this.#grant = typeof grant === 'string' ? grant : 'custom';
-    if (options.name !== undefined && typeof options.name !== 'string') {
-      throw new TokenwardenError('ERR_CONFIG', 'name must be a string');
-    }
     this.#expiry = {
       attributes: telemetry.managerAttributes(key, this.#grant, options.name),
       secondsLeft: () => {

@@ -5,6 +5,7 @@
  * @module
  */
 import { TokenwardenError } from '../errors.js';
+import { parseJsonObject } from '../json.js';
 import { parseDuration } from './config.js';
 import { UsageError, describeExpiry, write } from './output.js';
 
@@ -83,19 +84,14 @@ function decodePart(part: string, name: 'header' | 'claims'): Record<string, unk
   if (nestingDepth(text) > MAX_DEPTH) {
     throw new TokenwardenError('ERR_INVALID_TOKEN', `the token's ${name} are nested deeper than ${MAX_DEPTH} levels`);
   }
-  let value: unknown;
-  try {
-    value = JSON.parse(text);
-  } catch {
-    value = undefined;
-  }
-  if (value === null || typeof value !== 'object' || Array.isArray(value)) {
+  const value = parseJsonObject(text);
+  if (value === undefined) {
     throw new TokenwardenError(
       'ERR_INVALID_TOKEN',
       'not a JWT: its header or claims are not base64url-encoded JSON objects',
     );
   }
-  return value as Record<string, unknown>;
+  return value;
 }
 
 /** How deep arrays and objects nest in JSON text (brackets inside strings do not count). */

@@ -53,7 +53,7 @@ function options(spec: InstrumentSpec): {
 }
 
 /** Creates the catalogue's instruments on `meter` (once per meter). */
-export function createInstruments(meter: MeterLike): Instruments {
+function createInstruments(meter: MeterLike): Instruments {
   const i = INSTRUMENTS;
   const counter = (spec: InstrumentSpec): CounterLike => meter.createCounter(spec.name, options(spec));
   const histogram = (spec: InstrumentSpec): HistogramLike => meter.createHistogram(spec.name, options(spec));
@@ -206,7 +206,7 @@ function attributes(...pairs: (string | undefined)[]): Attributes {
 }
 
 /** The `error.type` of a failure: the `TokenwardenError` code, `_OTHER` for anything else. */
-export function errorType(error: unknown): string {
+function errorType(error: unknown): string {
   return isTokenwardenError(error) ? error.code : '_OTHER';
 }
 
@@ -287,7 +287,7 @@ export function storeFailed(operation: string, code: string): void {
 }
 
 /** Counts one request to the authorization server made by the verifier (`jwks` or `introspection`). */
-export function serverRequest(kind: 'jwks' | 'introspection', error: unknown, failed: boolean): void {
+function serverRequest(kind: 'jwks' | 'introspection', error: unknown, failed: boolean): void {
   const recording = active();
   if (recording.length === 0) return;
   const attrs = attributes(

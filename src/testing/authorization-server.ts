@@ -21,7 +21,7 @@ import { type Duration, toMs } from '../duration.js';
 import { TokenwardenError } from '../errors.js';
 import { ClientAuthenticator, type OAuthError, type RegisteredClient, clientKeys, oauthError } from './client-auth.js';
 import { DPOP_ALGORITHMS, DPoPProofs } from './dpop.js';
-import { type Answer, Grants, type Subject, type TokenResponse } from './grants.js';
+import { type Answer, Grants, type Subject, type TokenResponse, errorAnswer } from './grants.js';
 import { KeyRing, type SigningAlgorithm } from './keys.js';
 
 /**
@@ -349,9 +349,9 @@ export async function createTestAuthorizationServer(
   const accessTokenTtlS = seconds(options.accessTokenTtl ?? '5m', 'accessTokenTtl', 1);
   const refreshTokenTtlS = seconds(options.refreshTokenTtl ?? '1d', 'refreshTokenTtl', 1);
   const idTokenTtlS = seconds(options.idTokenTtl ?? '5m', 'idTokenTtl', 1);
-  const audiences = [
-    ...new Set(typeof options.audience === 'string' ? [options.audience] : (options.audience ?? ['https://api.test'])),
-  ];
+  const audienceList: unknown =
+    typeof options.audience === 'string' ? [options.audience] : (options.audience ?? ['https://api.test']);
+  const audiences: string[] = Array.isArray(audienceList) ? [...new Set(audienceList as string[])] : [];
   if (audiences.length === 0 || audiences.some((a) => typeof a !== 'string' || !URL.canParse(a) || a.includes('#'))) {
     throw config('audience must be one or more absolute URIs without a fragment');
   }
@@ -364,6 +364,9 @@ export async function createTestAuthorizationServer(
   if (path !== '' && !/^(\/[A-Za-z0-9\-._~!$&'()*+,;=:@%]+)+$/.test(path)) {
     throw config("path must look like '/tenant' (no trailing slash, query or fragment)");
   }
+  const wantedPort = options.port ?? 0;
+  if (!Number.isInteger(wantedPort) || wantedPort < 0 || wantedPort > 65_535)
+    throw config('port must be an integer from 0 to 65535');
   const userClaims = options.userClaims ?? (() => ({}));
   if (typeof userClaims !== 'function') throw config('userClaims must be a function');
 
@@ -374,7 +377,7 @@ export async function createTestAuthorizationServer(
     sockets.add(socket);
     socket.on('close', () => sockets.delete(socket));
   });
-  await listen(server, options.port ?? 0);
+  await listen(server, wantedPort);
   const port = (server.address() as AddressInfo).port;
   const origin = `http://127.0.0.1:${port}`;
   const issuer = `${origin}${path}`;
@@ -538,9 +541,10 @@ export async function createTestAuthorizationServer(
     }
     if (method !== 'POST') return methodNotAllowed(res, 'POST');
     const params = await readForm(req);
-    if (!(params instanceof URLSearchParams)) return send(res, failed(params));
+    if (!(params instanceof URLSearchParams)) return send(res, errorAnswer(params));
     const duplicate = [...new Set(params.keys())].find((k) => k !== 'resource' && params.getAll(k).length > 1);
-    if (duplicate !== undefined) return send(res, failed(oauthError(400, 'invalid_request', 'repeated parameter')));
+    if (duplicate !== undefined)
+      return send(res, errorAnswer(oauthError(400, 'invalid_request', 'repeated parameter')));
     if (endpoint === 'token') {
       const grantType = params.get('grant_type') ?? 'none';
       stats.grants[grantType] = (stats.grants[grantType] ?? 0) + 1;
@@ -551,13 +555,13 @@ export async function createTestAuthorizationServer(
       params,
     );
     let answer: Answer;
-    if ('error' in authenticated) answer = failed(authenticated.error);
+    if ('error' in authenticated) answer = errorAnswer(authenticated.error);
     else if (endpoint === 'token') {
       const jkt = await proofs.check(req.headers['dpop'], 'POST', endpoints.token);
-      answer = typeof jkt === 'object' ? failed(jkt) : await grants.token(params, authenticated.client, jkt);
+      answer = typeof jkt === 'object' ? errorAnswer(jkt) : await grants.token(params, authenticated.client, jkt);
     } else {
       const token = params.get('token');
-      if (token === null || token === '') answer = failed(oauthError(400, 'invalid_request', 'token required'));
+      if (token === null || token === '') answer = errorAnswer(oauthError(400, 'invalid_request', 'token required'));
       else if (endpoint === 'introspection') answer = await grants.introspect(token, authenticated.client);
       else answer = await grants.revoke(token, authenticated.client);
     }
@@ -570,7 +574,7 @@ export async function createTestAuthorizationServer(
 
   server.on('request', (req: IncomingMessage, res: ServerResponse) => {
     handle(req, res).catch(() => {
-      if (!res.headersSent) send(res, failed(oauthError(500, 'server_error', 'unexpected error')));
+      if (!res.headersSent) send(res, errorAnswer(oauthError(500, 'server_error', 'unexpected error')));
       else res.destroy();
     });
   });
@@ -657,16 +661,8 @@ export async function createTestAuthorizationServer(
   return Object.freeze(as);
 }
 
-function failed(err: OAuthError): Answer {
-  return {
-    status: err.status,
-    body: { error: err.error, error_description: err.description },
-    headers: { 'cache-control': 'no-store', pragma: 'no-cache', ...err.headers },
-  };
-}
-
 function methodNotAllowed(res: ServerResponse, allow: string): void {
-  send(res, { ...failed(oauthError(405, 'invalid_request', 'method not allowed')), headers: { allow } });
+  send(res, { ...errorAnswer(oauthError(405, 'invalid_request', 'method not allowed')), headers: { allow } });
 }
 
 function send(res: ServerResponse, answer: Answer): void {

@@ -8,6 +8,7 @@
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { type JWK, createLocalJWKSet, decodeJwt, decodeProtectedHeader, jwtVerify } from 'jose';
+import { ReplayCache } from '../server/dpop.js';
 import { ASYMMETRIC_ALGORITHMS } from '../server/jwt.js';
 
 /** A client registered at the test authorization server: a secret, and public keys for `private_key_jwt`. */
@@ -75,7 +76,7 @@ export interface ClientAuthContext {
 /** Authenticates the client of one request; remembers assertion ids until they expire. */
 export class ClientAuthenticator {
   readonly #context: ClientAuthContext;
-  readonly #seenAssertions = new Map<string, number>();
+  readonly #seenAssertions = new ReplayCache(100_000);
 
   constructor(context: ClientAuthContext) {
     this.#context = context;
@@ -166,10 +167,9 @@ export class ClientAuthenticator {
     } catch {
       return { error: invalidClient('client assertion is not valid') };
     }
-    for (const [id, until] of this.#seenAssertions) if (until <= now) this.#seenAssertions.delete(id);
-    const key = `${client.clientId}\u0000${String(jti)}`;
-    if (this.#seenAssertions.has(key)) return { error: invalidClient('client assertion already used') };
-    this.#seenAssertions.set(key, exp * 1000);
+    if (this.#seenAssertions.add(`${client.clientId}\u0000${String(jti)}`, exp * 1000, now) !== 'ok') {
+      return { error: invalidClient('client assertion already used') };
+    }
     return { client };
   }
 }

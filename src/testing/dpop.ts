@@ -7,11 +7,14 @@
  */
 import { type JWK, calculateJwkThumbprint, decodeProtectedHeader, importJWK, jwtVerify } from 'jose';
 import { type OAuthError, oauthError } from './client-auth.js';
+import { ReplayCache, normalizeHtu } from '../server/dpop.js';
 import { ASYMMETRIC_ALGORITHMS } from '../server/jwt.js';
 
 const ALGORITHMS: readonly string[] = ASYMMETRIC_ALGORITHMS;
 /** How far a proof's `iat` may be from now (RFC 9449 §11.1), and so how long its `jti` is remembered. */
 const WINDOW_MS = 60_000;
+/** Proof ids remembered at most (a test server never comes near it). */
+const MAX_REMEMBERED = 100_000;
 
 /** The DPoP proof algorithms the token endpoint accepts, for the metadata. */
 export const DPOP_ALGORITHMS: readonly string[] = ALGORITHMS;
@@ -23,7 +26,7 @@ function bad(description: string): OAuthError {
 /** Checks proofs and remembers their ids for the proof window. */
 export class DPoPProofs {
   readonly #now: () => number;
-  readonly #seen = new Map<string, number>();
+  readonly #seen = new ReplayCache(MAX_REMEMBERED);
 
   constructor(now: () => number) {
     this.#now = now;
@@ -63,27 +66,17 @@ export class DPoPProofs {
     }
     if (typeof payload['jti'] !== 'string' || payload['jti'] === '') return bad('jti required');
     if (payload['htm'] !== method) return bad('htm does not match the request');
-    if (typeof payload['htu'] !== 'string' || stripped(payload['htu']) !== stripped(url)) {
+    const htu = typeof payload['htu'] === 'string' ? normalizeHtu(payload['htu']) : undefined;
+    if (htu === undefined || htu !== normalizeHtu(url)) {
       return bad('htu does not match the request');
     }
     const iat = payload['iat'];
     if (typeof iat !== 'number' || Math.abs(iat * 1000 - now) > WINDOW_MS)
       return bad('iat outside the accepted window');
     const jkt = await calculateJwkThumbprint(jwk);
-    for (const [id, until] of this.#seen) if (until <= now) this.#seen.delete(id);
-    const id = `${jkt}\u0000${payload['jti']}`;
-    if (this.#seen.has(id)) return bad('DPoP proof already used');
-    this.#seen.set(id, now + 2 * WINDOW_MS);
+    if (this.#seen.add(`${jkt}\u0000${payload['jti']}`, now + 2 * WINDOW_MS, now) !== 'ok') {
+      return bad('DPoP proof already used');
+    }
     return jkt;
-  }
-}
-
-/** A URL without query and fragment (RFC 9449 §4.3 step 9); `undefined` when it is not one. */
-function stripped(url: string): string | undefined {
-  try {
-    const parsed = new URL(url);
-    return `${parsed.origin}${parsed.pathname}`;
-  } catch {
-    return undefined;
   }
 }

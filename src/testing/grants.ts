@@ -81,7 +81,8 @@ const NO_STORE = { 'cache-control': 'no-store', pragma: 'no-cache' };
 const SCOPE = /^[\x21\x23-\x5b\x5d-\x7e]+( [\x21\x23-\x5b\x5d-\x7e]+)*$/; // RFC 6749 §3.3
 const SWEEP_AT = 10_000;
 
-function errorAnswer(err: OAuthError): Answer {
+/** The answer of an endpoint refusing a request (RFC 6749 §5.2), never cached. */
+export function errorAnswer(err: OAuthError): Answer {
   return {
     status: err.status,
     body: { error: err.error, error_description: err.description },

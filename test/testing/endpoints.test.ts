@@ -290,6 +290,9 @@ describe('configuration', () => {
     ['an unknown algorithm', { algorithm: 'HS256' }],
     ['a path with a trailing slash', { path: '/tenant/' }],
     ['a scope with a space', { scopes: ['read write'] }],
+    ['an audience that is neither a string nor a list', { audience: 5 }],
+    ['a port out of range', { port: 70_000 }],
+    ['a port that is not a number', { port: 'http' }],
   ])('refuses %s with ERR_CONFIG', async (_name, options) => {
     await expect(createTestAuthorizationServer(options as never)).rejects.toMatchObject({ code: 'ERR_CONFIG' });
   });
