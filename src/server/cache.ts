@@ -43,8 +43,9 @@ const TAIL = 43;
  * @example
  * ```ts
  * const recent = new RecentKeys(systemClock);
- * const key = recent.key(token, Date.now()); // cacheKey(token), hashed
- * if (cache.get(key, Date.now())?.ok) recent.remember(token, key, Date.now()); // not hashed for a second
+ * const known = recent.known(token, Date.now()); // undefined: not remembered
+ * const key = known ?? cacheKey(token);
+ * if (known === undefined && cache.get(key, Date.now())?.ok) recent.remember(token, key, Date.now());
  * ```
  */
 export class RecentKeys {
@@ -54,11 +55,6 @@ export class RecentKeys {
 
   constructor(clock: Clock) {
     this.#clock = clock;
-  }
-
-  /** {@link cacheKey}(`token`): from memory when it was remembered less than a second ago, else hashed. */
-  key(token: string, now: number): string {
-    return this.known(token, now) ?? cacheKey(token);
   }
 
   /** The key remembered for exactly `token` less than a second ago, or `undefined`. */

@@ -616,7 +616,7 @@ export function createVerifier(options: VerifierOptions): Verifier {
     // base64url(SHA-256(token)), also the proof's `ath`; from memory for a valid token seen a moment ago.
     const known = recent.known(token, now);
     const key = known ?? cacheKey(token);
-    if (scheme === 'Bearer') return lookUp(token, presented, key, known !== undefined, undefined, call, probe, now);
+    if (scheme === 'Bearer') return lookUp(presented, key, known !== undefined, undefined, call, probe, now);
     const malformed = malformation(presented);
     if (malformed !== undefined) return refuse(malformed, scheme);
     // A raw token or a header value has no DPoP header: nothing proves possession.
@@ -625,7 +625,7 @@ export function createVerifier(options: VerifierOptions): Verifier {
     }
     return (dpop as DPoPVerifier).check(input, key, now, call.originalUrl).then((checked) => {
       if ('error' in checked) return refuse(checked, scheme);
-      return lookUp(token, presented, key, known !== undefined, checked, call, probe, clock.now());
+      return lookUp(presented, key, known !== undefined, checked, call, probe, clock.now());
     });
   };
 
@@ -634,7 +634,6 @@ export function createVerifier(options: VerifierOptions): Verifier {
    * for a token that passed it, and its key is the SHA-256 of every character.
    */
   const lookUp = (
-    token: string,
     presented: PresentedToken,
     key: string,
     remembered: boolean,
@@ -643,6 +642,7 @@ export function createVerifier(options: VerifierOptions): Verifier {
     probe: telemetry.VerifyProbe | undefined,
     now: number,
   ): VerifyResult | Promise<VerifyResult> => {
+    const { token } = presented;
     // cache.get() re-checks the entry's deadline (never later than the token's exp) against the clock.
     const cached = cache.get(key, now);
     if (cached !== undefined) {
