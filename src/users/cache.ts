@@ -20,14 +20,14 @@ import { DEFAULT_SPEC, type Spec, covers, specOf, splitScope } from './spec.js';
 const EXPIRY_LEEWAY_MS = 5_000;
 const EXPIRY_LEEWAY_RATIO = 0.15;
 
-/** An access token held in memory, with the moment it turns stale in this process. */
+/**
+ * An access token held in memory, with the moment it turns stale in this process. Three fields: what it is
+ * served until (a little before `expiresAt`) and the set of its granted scope are derived when asked for.
+ */
 export interface Held {
   readonly spec: Spec;
-  readonly granted: ReadonlySet<string> | null;
   readonly token: Token;
   readonly staleAt: number;
-  /** Served until then: a little before `expiresAt`, so that it is still valid when it reaches the API. */
-  readonly usableUntil: number;
 }
 
 /** Refresh failures of one request of one subject. */
@@ -42,30 +42,36 @@ export interface Failure {
   permanentUntil: number;
 }
 
-/** What this process knows about one subject. */
+/** A subject's refresh failures by request, for one login (a new `save()` forgets them). */
+export interface Failures {
+  readonly session: string;
+  readonly byRequest: Map<string, Failure>;
+}
+
+/**
+ * What this process knows about one subject: as few fields as serve the hot path (this layer holds up to
+ * `cache.max` subjects). Everything else is read again from the stored text when needed — a refresh, a
+ * write-back, a listing — so that no token is held twice.
+ */
 export interface Cached {
   /**
-   * The stored text of the record (the string the store holds: this layer's tokens are slices of it), read
-   * again when the record itself is needed — a refresh, a write-back — so it is not held twice.
+   * The stored text of the record (the string the store holds: this layer's tokens are slices of it), or the
+   * record itself when it was never encoded nor decoded.
    */
-  readonly text: string | undefined;
-  /** The record itself, only when there is no text to read it from (never encoded nor decoded). */
-  readonly parsed: UserRecord | undefined;
-  /** The login it belongs to (a new `save()` starts another). */
-  readonly session: string;
+  readonly source: string | UserRecord;
   /** The record's place in the subject's history (see the fleet core). */
   readonly seq: number;
   version: number | undefined;
   hasRefreshToken: boolean;
-  readonly entries: readonly Held[];
+  /** The held access tokens: one (most subjects), or several. */
+  readonly entries: Held | readonly Held[];
   /** The entry serving the default request (no options): the hot path. */
   readonly dflt: Held | undefined;
-  /** The hot path, flattened: `dflt.token` is served without I/O until `min(dflt.staleAt, revalidateAt)`. */
-  readonly hotToken: Token | undefined;
+  /** The hot path's deadline: `dflt.token` is served without I/O until `min(dflt.staleAt, revalidateAt)`. */
   hotUntil: number;
   /** Read the store again (in the background) after then. */
   revalidateAt: number;
-  failures: Map<string, Failure> | undefined;
+  failures: Failures | undefined;
 }
 
 /**
@@ -74,17 +80,40 @@ export interface Cached {
  */
 export type Level = 'valid' | 'fresh' | 'unexpired';
 
+/** The subject's held tokens as a list. */
+export function heldList(cached: Cached): readonly Held[] {
+  const { entries } = cached;
+  return isList(entries) ? entries : [entries];
+}
+
+/** When a held token stops being served: `min(5 s, 15 % of its lifetime)` before it expires. */
+export function usableUntil(token: Token): number {
+  if (token.expiresAt === undefined) return Infinity;
+  const lifetime = Math.max(0, token.expiresAt - token.issuedAt);
+  return token.expiresAt - Math.min(EXPIRY_LEEWAY_MS, lifetime * EXPIRY_LEEWAY_RATIO);
+}
+
 /** The held token serving `want`: the exact request first, then any whose granted scope covers it. */
 export function find(cached: Cached, want: Spec, now: number, level: Level): Held | undefined {
+  const { entries } = cached;
+  if (!isList(entries)) return serves(entries, want, now, level) ? entries : undefined;
   let best: Held | undefined;
-  for (const held of cached.entries) {
-    if (level === 'unexpired' ? now >= (held.token.expiresAt ?? Infinity) : now >= held.usableUntil) continue;
-    if (level === 'fresh' && now >= held.staleAt) continue;
-    if (!covers(held.spec, held.granted, want)) continue;
+  for (const held of entries) {
+    if (!serves(held, want, now, level)) continue;
     if (held.spec.key === want.key) return held;
     if (best === undefined || (held.token.expiresAt ?? Infinity) > (best.token.expiresAt ?? Infinity)) best = held;
   }
   return best;
+}
+
+function serves(held: Held, want: Spec, now: number, level: Level): boolean {
+  if (level === 'unexpired' ? now >= (held.token.expiresAt ?? Infinity) : now >= usableUntil(held.token)) return false;
+  if (level === 'fresh' && now >= held.staleAt) return false;
+  return covers(held.spec, held.spec.key === want.key ? null : scopeSet(held.token.scope), want);
+}
+
+function isList(entries: Held | readonly Held[]): entries is readonly Held[] {
+  return Array.isArray(entries);
 }
 
 /** Sets when a subject's record is next read from the store, and with it the hot path's deadline. */
@@ -93,10 +122,22 @@ export function revalidated(cached: Cached, at: number): void {
   cached.hotUntil = cached.dflt === undefined ? -Infinity : Math.min(cached.dflt.staleAt, at);
 }
 
+/** The set of a scope string, shared by every token with the same scope (most users have the same). */
+const scopeSets = new Map<string, ReadonlySet<string>>();
+function scopeSet(scope: string | undefined): ReadonlySet<string> | null {
+  if (scope === undefined) return null;
+  let set = scopeSets.get(scope);
+  if (set === undefined) {
+    if (scopeSets.size >= 1000) scopeSets.clear();
+    set = new Set(splitScope(scope));
+    scopeSets.set(scope, set);
+  }
+  return set;
+}
+
 /** The subjects this process holds. */
 export class SubjectCache {
   readonly #lru: LRUCache<string, Cached>;
-  readonly #scopeSets = new Map<string, ReadonlySet<string>>();
 
   constructor(
     max: number,
@@ -151,54 +192,38 @@ export class SubjectCache {
       return { cached: previous, added: [] };
     }
     const added: StoredEntry[] = [];
-    // Made by map(): an array of exactly this length (push() on [] reserves 17 slots, 136 bytes per user).
-    const entries: Held[] = record.accessTokens.map((stored): Held => {
-      const old = previous?.entries.find((h) => h.token.accessToken === stored.token.accessToken);
+    const before = previous === undefined ? [] : heldList(previous);
+    const held = (stored: StoredEntry): Held => {
+      const old = before.find((h) => h.token.accessToken === stored.token.accessToken);
       if (old !== undefined) return old;
-      const { token } = stored;
-      const lifetime = token.expiresAt === undefined ? 0 : Math.max(0, token.expiresAt - token.issuedAt);
       added.push(stored);
       return {
         spec: specOf(stored.spec),
-        granted: this.#scopeSet(token.scope),
-        token,
-        staleAt: staleAt(token, this.policy, this.random()),
-        usableUntil:
-          token.expiresAt === undefined
-            ? Infinity
-            : token.expiresAt - Math.min(EXPIRY_LEEWAY_MS, lifetime * EXPIRY_LEEWAY_RATIO),
+        token: stored.token,
+        staleAt: staleAt(stored.token, this.policy, this.random()),
       };
-    });
-    const sameSession = previous !== undefined && previous.session === record.session;
-    const dflt = entries.find((h) => h.spec.key === DEFAULT_SPEC.key);
+    };
+    // One held token is kept as itself; several in an array of exactly their number (map(), not push()).
+    const stored = record.accessTokens;
+    const entries: Held | Held[] = stored.length === 1 ? held(stored[0]!) : stored.map(held);
+    const dflt = isList(entries)
+      ? entries.find((h) => h.spec.key === DEFAULT_SPEC.key)
+      : entries.spec.key === DEFAULT_SPEC.key
+        ? entries
+        : undefined;
     const cached: Cached = {
-      text,
-      parsed: text === undefined ? record : undefined,
-      session: record.session,
+      source: text ?? record,
       seq,
       version,
       hasRefreshToken: record.refreshToken !== undefined,
       entries,
       dflt,
-      hotToken: dflt?.token,
       hotUntil: -Infinity,
       revalidateAt: -Infinity,
-      failures: sameSession ? previous.failures : undefined,
+      failures: previous?.failures?.session === record.session ? previous.failures : undefined,
     };
     revalidated(cached, version === undefined ? now : now + this.revalidateMs);
     this.#lru.set(subject, cached);
     return { cached, added };
-  }
-
-  /** The set of a scope string, shared by every token with the same scope (most users have the same). */
-  #scopeSet(scope: string | undefined): ReadonlySet<string> | null {
-    if (scope === undefined) return null;
-    let set = this.#scopeSets.get(scope);
-    if (set === undefined) {
-      if (this.#scopeSets.size >= 1000) this.#scopeSets.clear();
-      set = new Set(splitScope(scope));
-      this.#scopeSets.set(scope, set);
-    }
-    return set;
   }
 }

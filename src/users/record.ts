@@ -5,7 +5,9 @@
  *
  * Compact (version 2): each token once, claims derived from the ID token (stored only when UserInfo merged
  * new ones), no identity fields repeated in clear (one 128-bit hash of issuer, client and subject), no
- * response fields the token already carries. In this process the record's token strings are slices of the
+ * response fields the token already carries, and no moment written twice: a token's `issuedAt`, the claims'
+ * `claimsUpdatedAt` and the record's `seq` are left out when they equal its `updatedAt` (as they do after a
+ * login), and read back as it. In this process the record's token strings are slices of the
  * stored text ({@link RecordLineage.shared}), so a subject's tokens are held once, not once in the store
  * and again in the in-process layer. Version 1 records (before) still read.
  *
@@ -93,7 +95,8 @@ export function recordLineage(issuer: string, clientId: string, ttlMs: number | 
       const record = data['v'] === 2 ? fromV2(data) : fromV1(data, issuer, clientId);
       if (record === undefined) return undefined;
       texts.set(record, value);
-      const seq = data['seq'];
+      // No seq: the record's updatedAt (see encode).
+      const seq = data['v'] === 2 && data['seq'] === undefined ? record.updatedAt : data['seq'];
       const healedAt = data['healedAt'];
       return {
         state: record,
@@ -102,7 +105,11 @@ export function recordLineage(issuer: string, clientId: string, ttlMs: number | 
       };
     },
     encode: (record, seq, healedAt) => {
-      const text = JSON.stringify({ ...toV2(record), seq, ...(healedAt !== undefined && { healedAt }) });
+      const text = JSON.stringify({
+        ...toV2(record),
+        ...(seq !== record.updatedAt && { seq }),
+        ...(healedAt !== undefined && { healedAt }),
+      });
       texts.set(record, text);
       return text;
     },
@@ -122,8 +129,9 @@ export function recordLineage(issuer: string, clientId: string, ttlMs: number | 
   };
 }
 
-/** The stored form: short names, defaults left out, each token once. */
+/** The stored form: short names, defaults left out, each token once, `updatedAt` not repeated. */
 function toV2(record: UserRecord): Record<string, unknown> {
+  const hasClaims = record.idToken !== undefined || record.claims !== undefined;
   return {
     v: 2,
     id: record.id,
@@ -132,7 +140,8 @@ function toV2(record: UserRecord): Record<string, unknown> {
     ...(record.refreshExpiresAt !== undefined && { rx: record.refreshExpiresAt }),
     ...(record.idToken !== undefined && { i: record.idToken }),
     ...(record.claims !== undefined && { c: record.claims }),
-    ...(record.claimsUpdatedAt !== undefined && { cu: record.claimsUpdatedAt }),
+    // Absent means "as updatedAt"; 0 keeps a record's "never" (claims of a version 1 record without a date).
+    ...(hasClaims && record.claimsUpdatedAt !== record.updatedAt && { cu: record.claimsUpdatedAt ?? 0 }),
     ...(record.claimsFrom === 'userinfo' && { cf: 'userinfo' }),
     a: record.accessTokens.map(({ spec, token }) => {
       const {
@@ -147,7 +156,7 @@ function toV2(record: UserRecord): Record<string, unknown> {
       return {
         t: token.accessToken,
         ...(token.tokenType !== 'Bearer' && { y: token.tokenType }),
-        at: token.issuedAt,
+        ...(token.issuedAt !== record.updatedAt && { at: token.issuedAt }),
         ...(token.expiresAt !== undefined && { x: token.expiresAt }),
         ...(token.scope !== undefined && { sc: token.scope }),
         ...((spec.scope !== null || spec.resource !== null || spec.params !== null) && {
@@ -179,7 +188,7 @@ function fromV2(d: Record<string, unknown>): UserRecord | undefined {
     const token = toToken({
       accessToken: a['t'],
       tokenType: a['y'] ?? 'Bearer',
-      issuedAt: a['at'],
+      issuedAt: a['at'] ?? d['u'],
       ...(a['x'] !== undefined && { expiresAt: a['x'] }),
       ...(a['sc'] !== undefined && { scope: a['sc'] }),
       raw: a['w'] !== null && typeof a['w'] === 'object' ? a['w'] : NO_EXTRA,
@@ -202,8 +211,8 @@ function fromV2(d: Record<string, unknown>): UserRecord | undefined {
     ...(d['rx'] !== undefined && { refreshExpiresAt: d['rx'] as number }),
     ...(d['i'] !== undefined && { idToken: d['i'] as string }),
     ...(claims !== undefined && { claims: claims as UserClaims }),
-    ...(d['cu'] !== undefined && { claimsUpdatedAt: d['cu'] as number }),
     ...((d['i'] !== undefined || claims !== undefined) && {
+      claimsUpdatedAt: (d['cu'] ?? d['u']) as number,
       claimsFrom: d['cf'] === 'userinfo' ? 'userinfo' : 'id_token',
     }),
     accessTokens,

@@ -26,7 +26,7 @@ import { MemoryStore } from '../stores/memory.js';
 import type { StoreLock, TokenStore } from '../stores/store.js';
 import * as telemetry from '../telemetry/hooks.js';
 import { type Token, tokenFromResponse } from '../token.js';
-import { type Cached, type Failure, type Level, SubjectCache, find } from './cache.js';
+import { type Cached, type Failure, type Held, type Level, SubjectCache, find } from './cache.js';
 import {
   type AccessTokenRequest,
   type ClaimsInfo,
@@ -308,7 +308,7 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
     if (request === undefined) {
       const cached = this.#cache.get(subject);
       if (cached !== undefined) {
-        if (this.#clock.now() < cached.hotUntil) return Promise.resolve(cached.hotToken as Token);
+        if (this.#clock.now() < cached.hotUntil) return Promise.resolve((cached.dflt as Held).token);
       }
     }
     return this.#getSlow(subject, request);
@@ -549,7 +549,7 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
 
   #refreshInBackground(subject: string, cached: Cached, want: Spec, now: number): void {
     if (!cached.hasRefreshToken) return;
-    const failure = cached.failures?.get(want.key);
+    const failure = cached.failures?.byRequest.get(want.key);
     if (failure && (now < failure.nextAttemptAt || now < failure.blockedUntil || now < failure.permanentUntil)) return;
     this.#single(subject, want, 'fresh').catch(() => undefined); // reported through 'refreshFailed'
   }
@@ -642,9 +642,16 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
 
   /** The record a subject's cached state comes from (read again from its stored text). */
   #recordOf(cached: Cached): UserRecord {
-    const record = cached.parsed ?? (cached.text === undefined ? undefined : this.#lineage.reread(cached.text));
+    const { source } = cached;
+    const record = typeof source === 'string' ? this.#lineage.reread(source) : source;
     if (record === undefined) throw new TokenwardenError('ERR_LOGIN_REQUIRED', 'nothing is stored for this subject');
     return record;
+  }
+
+  /** The login a subject's cached state belongs to ('' when its record cannot be read). */
+  #sessionOf(cached: Cached): string {
+    const { source } = cached;
+    return (typeof source === 'string' ? this.#lineage.reread(source)?.session : source.session) ?? '';
   }
 
   /** Throws when the subject cannot be refreshed now: no record, no refresh token, or a recent failure. */
@@ -664,7 +671,7 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
         'no usable refresh token is stored for this subject: the user must sign in again',
       );
     }
-    const failure = cached.failures?.get(want.key);
+    const failure = cached.failures?.byRequest.get(want.key);
     if (failure !== undefined) {
       if (now < failure.blockedUntil) {
         throw new TokenwardenError(
@@ -889,11 +896,11 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
     const now = this.#clock.now();
     let failure: Failure | undefined;
     if (cached !== undefined) {
-      cached.failures ??= new Map();
-      failure = cached.failures.get(want.key);
+      cached.failures ??= { session: this.#sessionOf(cached), byRequest: new Map() };
+      failure = cached.failures.byRequest.get(want.key);
       if (failure === undefined) {
         failure = { failures: 0, lastError: error, nextAttemptAt: 0, blockedUntil: 0, permanentUntil: 0 };
-        cached.failures.set(want.key, failure);
+        cached.failures.byRequest.set(want.key, failure);
       }
       failure.failures += 1;
       failure.lastError = error;

@@ -112,6 +112,43 @@ describe('the compact record', () => {
     expect(again.refreshToken).toBe(record.refreshToken);
     expect(again.accessTokens[0]!.token.accessToken).toBe(accessToken);
   });
+  it('writes no moment twice: issuedAt, claimsUpdatedAt and seq are left out when they equal updatedAt, and read back', () => {
+    const lineage = recordLineage('https://as.example.test', 'web', undefined);
+    const entry = (issuedAt: number) => ({
+      spec: { scope: null, resource: null, params: null },
+      token: Object.freeze({
+        accessToken: `at-${issuedAt}`,
+        tokenType: 'Bearer',
+        issuedAt,
+        expiresAt: issuedAt + 60_000,
+        raw: {},
+      }),
+    });
+    const base = {
+      id: recordId('https://as.example.test', 'web', 'erin'),
+      session: 's',
+      idToken: 'h.p.s',
+      claimsFrom: 'id_token' as const,
+    };
+    // After a login: every moment is the same one.
+    const login = { ...base, claimsUpdatedAt: 5_000, accessTokens: [entry(5_000)], updatedAt: 5_000 };
+    const text = lineage.encode(login, 5_000);
+    const stored = JSON.parse(text) as Record<string, unknown>;
+    expect(stored).not.toHaveProperty('seq');
+    expect(stored).not.toHaveProperty('cu');
+    expect((stored['a'] as Record<string, unknown>[])[0]).not.toHaveProperty('at');
+    const read = lineage.decode('k', text)!;
+    expect(read.seq).toBe(5_000);
+    expect(read.state.claimsUpdatedAt).toBe(5_000);
+    expect(read.state.accessTokens[0]!.token.issuedAt).toBe(5_000);
+    // After a refresh (and a date-less version 1 record's claims): each one kept as it is.
+    const later = { ...base, claimsUpdatedAt: undefined, accessTokens: [entry(7_000), entry(5_000)], updatedAt: 7_001 };
+    const again = lineage.decode('k', lineage.encode(later, 5_001))!;
+    expect(again.seq).toBe(5_001);
+    expect(again.state.updatedAt).toBe(7_001);
+    expect(again.state.accessTokens.map((e) => e.token.issuedAt)).toEqual([7_000, 5_000]);
+    expect(again.state.claimsUpdatedAt).toBe(0); // "never": the claims are due for UserInfo again
+  });
 });
 
 describe('the default store', () => {

@@ -8,6 +8,8 @@ import { TokenwardenError } from '../../src/errors.js';
 import { MemoryStore } from '../../src/stores/memory.js';
 import type { LockOptions, SetOptions, StoreLock, StoreRecord, TokenStore } from '../../src/stores/store.js';
 import { type TestAuthorizationServer, startAuthorizationServer } from '../support/authorization-server.js';
+import { UserTokens } from '../../src/users/index.js';
+import { json, startFaultServer } from '../support/fault-server.js';
 import { subjectOf, untilExpired, usersFor } from './helpers.js';
 
 type Operation = 'get' | 'set' | 'lock' | 'delete';
@@ -115,5 +117,49 @@ describe('UserTokens when the store fails', () => {
     const err = (await users.getAccessToken('carol').catch((e: unknown) => e)) as TokenwardenError;
     expect(err.code).toBe('ERR_STORE_TIMEOUT');
     await users.close();
+  });
+});
+
+describe('UserTokens when the authorization server asks to wait', () => {
+  it('honours Retry-After per subject without asking again, and a new login (save) starts afresh', async () => {
+    const fault = await startFaultServer((req, res) => {
+      if (req.url === '/.well-known/openid-configuration' || req.url === '/.well-known/oauth-authorization-server') {
+        return json(res, 200, { issuer: fault.url, token_endpoint: `${fault.url}/token` });
+      }
+      json(res, 429, { error: 'slow_down', error_description: 'too many requests' }, { 'retry-after': '60' });
+    });
+    const users = new UserTokens({
+      issuer: fault.url,
+      clientId: 'app',
+      clientSecret: 'secret',
+      allowInsecureRequests: true,
+    });
+    const tokenCalls = (): number => fault.requests.filter((r) => r.path === '/token').length;
+    // Issued an hour ago for a minute: nothing held is usable, so each call needs a refresh.
+    const login = (): Record<string, unknown> => ({
+      access_token: `at-${tokenCalls()}-${Math.random()}`,
+      token_type: 'Bearer',
+      expires_in: 60,
+      refresh_token: 'rt-1',
+    });
+    const anHourAgo = { issuedAt: Date.now() - 3_600_000 };
+    try {
+      await users.save('ann', login(), anHourAgo);
+      await users.save('ben', login(), anHourAgo);
+      await expect(users.getAccessToken('ann')).rejects.toMatchObject({ status: 429 });
+      expect(tokenCalls()).toBe(1);
+      // ann waits (no request); ben is another subject and is asked for.
+      await expect(users.getAccessToken('ann')).rejects.toMatchObject({ code: 'ERR_RETRY_LATER' });
+      expect(tokenCalls()).toBe(1);
+      await expect(users.getAccessToken('ben')).rejects.toMatchObject({ status: 429 });
+      expect(tokenCalls()).toBe(2);
+      // A new login is another grant: the wait asked of the old one does not hold it back.
+      await users.save('ann', login(), anHourAgo);
+      await expect(users.getAccessToken('ann')).rejects.toMatchObject({ status: 429 });
+      expect(tokenCalls()).toBe(3);
+    } finally {
+      await users.close();
+      await fault.close();
+    }
   });
 });
