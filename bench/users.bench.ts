@@ -4,7 +4,9 @@
  * in-process layer bounded by its LRU.
  *
  * Token sizes are realistic: a ~600-character JWT access token, an HS256 ID token with a few profile
- * claims, a 43-character refresh token. No network: refreshes never happen (one-hour tokens).
+ * claims, a 43-character refresh token; and, for one row, what oidc-provider issues by default — opaque
+ * 43-character access and refresh tokens, an ID token with at_hash, sid, nonce and auth_time. No network:
+ * refreshes never happen (one-hour tokens).
  */
 import { createHmac, randomBytes } from 'node:crypto';
 import { setFlagsFromString } from 'node:v8';
@@ -33,9 +35,37 @@ function fresh(json: Record<string, unknown>): Record<string, unknown> {
   return JSON.parse(JSON.stringify(json)) as Record<string, unknown>;
 }
 
-/** A token endpoint response as a real login returns it (the access token is JWT-shaped, not verified). */
-function loginResponse(sub: string, now: number): Record<string, unknown> {
+/**
+ * A token endpoint response as a real login returns it: with a JWT-shaped access token (not verified), or
+ * (`opaque`) as oidc-provider answers by default.
+ */
+function loginResponse(sub: string, now: number, shape: 'jwt' | 'opaque' = 'jwt'): Record<string, unknown> {
   const iat = Math.floor(now / 1000);
+  if (shape === 'opaque') {
+    const sid = randomBytes(16).toString('base64url');
+    const signed = `${b64({ alg: 'HS256' })}.${b64({
+      sub,
+      email: `${sub}@example.test`,
+      email_verified: true,
+      name: `User ${sub}`,
+      at_hash: randomBytes(16).toString('base64url'),
+      sid,
+      auth_time: iat,
+      nonce: randomBytes(16).toString('base64url'),
+      iss: ISSUER,
+      aud: CLIENT_ID,
+      iat,
+      exp: iat + 3600,
+    })}`;
+    return {
+      access_token: randomBytes(32).toString('base64url'),
+      token_type: 'Bearer',
+      expires_in: 3600,
+      refresh_token: randomBytes(32).toString('base64url'),
+      id_token: `${signed}.${createHmac('sha256', CLIENT_SECRET).update(signed).digest('base64url')}`,
+      scope: 'openid profile email read write',
+    };
+  }
   const accessToken = [
     b64({ alg: 'RS256', typ: 'at+jwt', kid: 'k1' }),
     b64({
@@ -138,6 +168,24 @@ export async function run(): Promise<BenchRow[]> {
     ours: kib(defaultBytes),
     baseline: `Map<subject, login JSON>: ${kib(naiveBytes)}`,
     ratio: `${(defaultBytes / naiveBytes).toFixed(2)}× the memory`,
+  });
+  // The same with oidc-provider's default tokens (opaque access and refresh tokens).
+  base = heapUsed();
+  const naiveOpaque = new Map<string, string>();
+  for (const s of subjects) naiveOpaque.set(s, JSON.stringify(fresh(loginResponse(s, now, 'opaque'))));
+  const naiveOpaqueBytes = (heapUsed() - base) / USERS;
+  naiveOpaque.clear();
+  base = heapUsed();
+  const opaque = new UserTokens({ issuer: ISSUER, clientId: CLIENT_ID, clientSecret: CLIENT_SECRET });
+  for (const s of subjects) await opaque.save(s, fresh(loginResponse(s, now, 'opaque')));
+  for (const s of subjects) await opaque.getAccessToken(s);
+  const opaqueBytes = (heapUsed() - base) / USERS;
+  await opaque.close();
+  rows.push({
+    case: `memory per user, ${si(USERS)} users, every default, oidc-provider's default tokens (opaque access token)`,
+    ours: kib(opaqueBytes),
+    baseline: `Map<subject, login JSON>: ${kib(naiveOpaqueBytes)}`,
+    ratio: `${(opaqueBytes / naiveOpaqueBytes).toFixed(2)}× the memory`,
   });
   rows.push({
     case: 'save() a login response (HS256 ID token checked, one store read and write)',

@@ -65,10 +65,8 @@ export interface Cached {
   hasRefreshToken: boolean;
   /** The held access tokens: one (most subjects), or several. */
   readonly entries: Held | readonly Held[];
-  /** The entry serving the default request (no options): the hot path. */
+  /** The entry serving the default request (no options): the hot path serves its token without I/O until `min(dflt.staleAt, revalidateAt)`. */
   readonly dflt: Held | undefined;
-  /** The hot path's deadline: `dflt.token` is served without I/O until `min(dflt.staleAt, revalidateAt)`. */
-  hotUntil: number;
   /** Read the store again (in the background) after then. */
   revalidateAt: number;
   failures: Failures | undefined;
@@ -114,12 +112,6 @@ function serves(held: Held, want: Spec, now: number, level: Level): boolean {
 
 function isList(entries: Held | readonly Held[]): entries is readonly Held[] {
   return Array.isArray(entries);
-}
-
-/** Sets when a subject's record is next read from the store, and with it the hot path's deadline. */
-export function revalidated(cached: Cached, at: number): void {
-  cached.revalidateAt = at;
-  cached.hotUntil = cached.dflt === undefined ? -Infinity : Math.min(cached.dflt.staleAt, at);
 }
 
 /** The set of a scope string, shared by every token with the same scope (most users have the same). */
@@ -188,7 +180,7 @@ export class SubjectCache {
     const now = this.clock.now();
     const previous = this.#lru.peek(subject);
     if (previous !== undefined && version !== undefined && previous.version === version && previous.seq === seq) {
-      revalidated(previous, now + this.revalidateMs);
+      previous.revalidateAt = now + this.revalidateMs;
       return { cached: previous, added: [] };
     }
     const added: StoredEntry[] = [];
@@ -218,11 +210,9 @@ export class SubjectCache {
       hasRefreshToken: record.refreshToken !== undefined,
       entries,
       dflt,
-      hotUntil: -Infinity,
-      revalidateAt: -Infinity,
+      revalidateAt: version === undefined ? now : now + this.revalidateMs,
       failures: previous?.failures?.session === record.session ? previous.failures : undefined,
     };
-    revalidated(cached, version === undefined ? now : now + this.revalidateMs);
     this.#lru.set(subject, cached);
     return { cached, added };
   }

@@ -4,7 +4,7 @@
  * update is one compare-and-set. Its `seq` places it in the subject's history (see the fleet core).
  *
  * Compact (version 2): each token once, claims derived from the ID token (stored only when UserInfo merged
- * new ones), no identity fields repeated in clear (one 128-bit hash of issuer, client and subject), no
+ * new ones), no identity fields repeated in clear (one 96-bit hash of issuer, client and subject), no
  * response fields the token already carries, and no moment written twice: a token's `issuedAt`, the claims'
  * `claimsUpdatedAt` and the record's `seq` are left out when they equal its `updatedAt` (as they do after a
  * login), and read back as it. In this process the record's token strings are slices of the
@@ -46,20 +46,20 @@ export interface UserRecord {
 }
 
 /**
- * Whose record: base64url of the first 128 bits of SHA-256 over issuer, client and subject. A record copied
+ * Whose record: base64url of the first 96 bits of SHA-256 over issuer, client and subject. A record copied
  * under another subject's key, or another client's, does not match it.
  */
 export function recordId(issuer: string, clientId: string, subject: string): string {
   return createHash('sha256')
     .update(JSON.stringify([issuer, clientId, subject]))
     .digest()
-    .subarray(0, 16)
+    .subarray(0, 12)
     .toString('base64url');
 }
 
-/** A new login's session id (128 random bits). */
+/** A new login's session id (96 random bits: it only tells logins of one subject apart). */
 export function newSession(): string {
-  return randomBytes(16).toString('base64url');
+  return randomBytes(12).toString('base64url');
 }
 
 /** The subject's claims: merged from UserInfo when they were, else the ID token's (decoded, not verified again). */
@@ -157,7 +157,8 @@ function toV2(record: UserRecord): Record<string, unknown> {
         t: token.accessToken,
         ...(token.tokenType !== 'Bearer' && { y: token.tokenType }),
         ...(token.issuedAt !== record.updatedAt && { at: token.issuedAt }),
-        ...(token.expiresAt !== undefined && { x: token.expiresAt }),
+        // The lifetime (ms), not the moment: 6 characters fewer.
+        ...(token.expiresAt !== undefined && { e: token.expiresAt - token.issuedAt }),
         ...(token.scope !== undefined && { sc: token.scope }),
         ...((spec.scope !== null || spec.resource !== null || spec.params !== null) && {
           q: [spec.scope, spec.resource, spec.params],
@@ -185,11 +186,14 @@ function fromV2(d: Record<string, unknown>): UserRecord | undefined {
   for (const e of d['a'] as unknown[]) {
     if (e === null || typeof e !== 'object') return undefined;
     const a = e as Record<string, unknown>;
+    const issuedAt = a['at'] ?? d['u'];
+    const lifetime = a['e'];
+    if (lifetime !== undefined && typeof lifetime !== 'number') return undefined;
     const token = toToken({
       accessToken: a['t'],
       tokenType: a['y'] ?? 'Bearer',
-      issuedAt: a['at'] ?? d['u'],
-      ...(a['x'] !== undefined && { expiresAt: a['x'] }),
+      issuedAt,
+      ...(lifetime !== undefined && { expiresAt: (issuedAt as number) + lifetime }),
       ...(a['sc'] !== undefined && { scope: a['sc'] }),
       raw: a['w'] !== null && typeof a['w'] === 'object' ? a['w'] : NO_EXTRA,
     });

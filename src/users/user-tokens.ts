@@ -26,7 +26,7 @@ import { MemoryStore } from '../stores/memory.js';
 import type { StoreLock, TokenStore } from '../stores/store.js';
 import * as telemetry from '../telemetry/hooks.js';
 import { type Token, tokenFromResponse } from '../token.js';
-import { type Cached, type Failure, type Held, type Level, SubjectCache, find } from './cache.js';
+import { type Cached, type Failure, type Level, SubjectCache, find } from './cache.js';
 import {
   type AccessTokenRequest,
   type ClaimsInfo,
@@ -202,7 +202,9 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
    */
   keyFor(subject: string): string {
     checkSubject(subject);
-    return `tw1:user:${this.#namespace}:${sha256(subject)}`;
+    // One flat string (a concatenation is a tree of its parts until V8 flattens it, which a store that keeps
+    // the key for as long as the record may not): 10 bytes less per stored subject.
+    return Buffer.from(`tw1:user:${this.#namespace}:${sha256(subject)}`, 'latin1').toString('latin1');
   }
 
   /** {@link recordId} of a subject, remembered for the last one asked (store reads of one subject come in runs). */
@@ -308,7 +310,9 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
     if (request === undefined) {
       const cached = this.#cache.get(subject);
       if (cached !== undefined) {
-        if (this.#clock.now() < cached.hotUntil) return Promise.resolve((cached.dflt as Held).token);
+        const { dflt } = cached;
+        const now = this.#clock.now();
+        if (dflt !== undefined && now < dflt.staleAt && now < cached.revalidateAt) return Promise.resolve(dflt.token);
       }
     }
     return this.#getSlow(subject, request);

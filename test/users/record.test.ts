@@ -141,12 +141,16 @@ describe('the compact record', () => {
     expect(read.seq).toBe(5_000);
     expect(read.state.claimsUpdatedAt).toBe(5_000);
     expect(read.state.accessTokens[0]!.token.issuedAt).toBe(5_000);
+    expect(read.state.accessTokens[0]!.token.expiresAt).toBe(65_000);
     // After a refresh (and a date-less version 1 record's claims): each one kept as it is.
     const later = { ...base, claimsUpdatedAt: undefined, accessTokens: [entry(7_000), entry(5_000)], updatedAt: 7_001 };
     const again = lineage.decode('k', lineage.encode(later, 5_001))!;
     expect(again.seq).toBe(5_001);
     expect(again.state.updatedAt).toBe(7_001);
-    expect(again.state.accessTokens.map((e) => e.token.issuedAt)).toEqual([7_000, 5_000]);
+    expect(again.state.accessTokens.map((e) => [e.token.issuedAt, e.token.expiresAt])).toEqual([
+      [7_000, 67_000],
+      [5_000, 65_000],
+    ]);
     expect(again.state.claimsUpdatedAt).toBe(0); // "never": the claims are due for UserInfo again
   });
 });
