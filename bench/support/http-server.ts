@@ -11,7 +11,7 @@ import Fastify from 'fastify';
 import { Hono, type MiddlewareHandler } from 'hono';
 import { bearerAuth as expressAuth } from '../../dist/server/adapters/express.js';
 import { bearerAuth as fastifyAuth } from '../../dist/server/adapters/fastify.js';
-import { bearerAuth as honoAuth } from '../../dist/server/adapters/hono.js';
+import { bearerAuth as honoAuth, withBearerAuth } from '../../dist/server/adapters/hono.js';
 
 const [framework, mode, issuer, audience] = process.argv.slice(2) as [string, string, string, string];
 const options = { issuer, audience, allowInsecureRequests: true };
@@ -51,7 +51,13 @@ if (framework === 'fastify') {
   };
   if (mode === 'tokenwarden') app.use('/*', honoAuth(options) as unknown as MiddlewareHandler);
   if (mode === 'map') app.use('/*', map);
-  app.get('/', (c) => c.json({ ok: true }));
+  // withBearerAuth: the same checks around the route's only handler (Hono calls it directly, no compose).
+  if (mode === 'wrapped')
+    app.get(
+      '/',
+      withBearerAuth(options, (c) => c.json({ ok: true })),
+    );
+  else app.get('/', (c) => c.json({ ok: true }));
   server = await new Promise<Server>((resolve) => {
     const s = serve({ fetch: app.fetch, port: 0, hostname: '127.0.0.1' }, () => resolve(s as Server));
   });

@@ -14,7 +14,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TokenManager, clientCredentials } from '../../src/index.js';
 import { bearerAuth as expressAuth } from '../../src/server/adapters/express.js';
 import { bearerAuth as fastifyAuth, bearerAuthHook as fastifyHook } from '../../src/server/adapters/fastify.js';
-import { type BearerAuthVariables, bearerAuth as honoAuth } from '../../src/server/adapters/hono.js';
+import { type BearerAuthVariables, bearerAuth as honoAuth, withBearerAuth } from '../../src/server/adapters/hono.js';
 import { bearerAuth as koaAuth } from '../../src/server/adapters/koa.js';
 import { bearerAuth as nodeAuth } from '../../src/server/adapters/node.js';
 import { type Auth, type BearerAuthOptions, authenticator, createVerifier } from '../../src/server/index.js';
@@ -99,6 +99,16 @@ const harnesses: Record<string, (routes: Route[]) => Promise<Running>> = {
   hono: async (routes) => {
     const app = new Hono<{ Variables: BearerAuthVariables }>();
     for (const r of routes) app.all(r.path, honoAuth(r.options), (c) => c.json(reply(c.get('auth'))));
+    return listen(createServer(getRequestListener(app.fetch)));
+  },
+  // The same checks wrapped around the route's only handler (Hono's single-handler path, no compose).
+  'hono withBearerAuth': async (routes) => {
+    const app = new Hono<{ Variables: BearerAuthVariables }>();
+    for (const r of routes)
+      app.all(
+        r.path,
+        withBearerAuth(r.options, (c) => c.json(reply(c.get('auth')))),
+      );
     return listen(createServer(getRequestListener(app.fetch)));
   },
   node: async (routes) => {
@@ -493,7 +503,7 @@ describe('DPoP behind rewritten URLs: the proof names the URL the client called'
 
 describe('form body tokens (opt-in; RFC 6750 §2.2)', () => {
   // Node-style frameworks read a body their own parser produced; Hono's Request is read directly.
-  for (const name of ['express', 'hono'] as const) {
+  for (const name of ['express', 'hono', 'hono withBearerAuth'] as const) {
     it(`${name}: accepted from a form body only where enabled, refused in two places`, async () => {
       const base = { issuer: as.issuer, audience: API_RESOURCE, allowInsecureRequests: true };
       const app = await harnesses[name]!([
@@ -746,5 +756,27 @@ describe('a known token takes no promise on the way to the route', () => {
     middleware(req2, res, () => void (called = true));
     expect(called).toBe(true);
     expect(req2.auth?.uid).toBe(req1.auth?.uid);
+  });
+
+  it('hono withBearerAuth: a known token runs the handler in the same call, with auth set', async () => {
+    const app = new Hono<{ Variables: BearerAuthVariables }>();
+    const seen: (string | undefined)[] = [];
+    const handler = withBearerAuth(options(), (c) => {
+      seen.push(c.get('auth').uid);
+      return c.text('ok');
+    });
+    app.get('/read', handler);
+    const get = () => app.request('http://api.test/read', { headers: { authorization: `Bearer ${read}` } });
+    // Unknown yet: a promise (the keys are fetched); then known: the handler's Response itself.
+    expect((await get()).status).toBe(200);
+    const known = get();
+    expect(known).toBeInstanceOf(Response);
+    expect((known as Response).status).toBe(200);
+    expect(seen).toEqual(['svc', 'svc']);
+    // Refused: the handler does not run.
+    const refused = await app.request('http://api.test/read', { headers: { authorization: 'Bearer garbage' } });
+    expect(refused.status).toBe(401);
+    expect(refused.headers.get('www-authenticate')).toMatch(/^Bearer /);
+    expect(seen).toHaveLength(2);
   });
 });
