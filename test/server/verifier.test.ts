@@ -1,8 +1,9 @@
 import { createHmac, randomBytes } from 'node:crypto';
 import { SignJWT, exportSPKI, generateKeyPair, importJWK } from 'jose';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { ManualClock } from '../../src/clock.js';
 import { TokenwardenError } from '../../src/errors.js';
+import { RecentKeys } from '../../src/server/cache.js';
 import { type Verifier, createVerifier } from '../../src/server/index.js';
 import {
   API_RESOURCE,
@@ -447,6 +448,31 @@ describe('JWKS or discovery unreachable: 503 temporarily_unavailable, never cach
       expect((await second(token)).ok).toBe(true);
     } finally {
       await down.close();
+    }
+  });
+});
+
+describe('the recent-token memory holds only tokens the cache accepted', () => {
+  it('remembers a valid token on its cache hit, never a forged, expired or garbage one, however often sent', async () => {
+    const remembered: string[] = [];
+    const spy = vi.spyOn(RecentKeys.prototype, 'remember').mockImplementation(function (this: RecentKeys, token) {
+      remembered.push(token);
+    });
+    try {
+      const fresh = createVerifier(options());
+      const forged = await forge(as, {}, {}, { ...(await newSigningKey()), kid: as.signingKeys[0]!.kid as string });
+      const expired = await forge(as, { exp: Math.floor(Date.now() / 1000) - 60 });
+      const garbage = `${segment({ alg: 'RS256' })}.${segment({ sub: 'x' })}.AAAA`;
+      // Each refused token three times: the second and third are negative cache hits.
+      for (const token of [forged, expired, garbage]) {
+        for (let i = 0; i < 3; i++) expect((await fresh(`Bearer ${token}`)).ok).toBe(false);
+      }
+      expect(remembered).toEqual([]);
+      // A valid token: a miss, then a cache hit that remembers it.
+      for (let i = 0; i < 3; i++) expect((await fresh(`Bearer ${readToken}`)).ok).toBe(true);
+      expect(remembered).toEqual([readToken, readToken]);
+    } finally {
+      spy.mockRestore();
     }
   });
 });
