@@ -65,7 +65,10 @@ export interface Cached {
   hasRefreshToken: boolean;
   /** The held access tokens: one (most subjects), or several. */
   readonly entries: Held | readonly Held[];
-  /** The entry serving the default request (no options): the hot path serves its token without I/O until `min(dflt.staleAt, revalidateAt)`. */
+  /**
+   * The entry serving the default request (no options): the hot path serves its token without I/O until
+   * `min(dflt.staleAt, revalidateAt)`.
+   */
   readonly dflt: Held | undefined;
   /** Read the store again (in the background) after then. */
   revalidateAt: number;
@@ -79,13 +82,13 @@ export interface Cached {
 export type Level = 'valid' | 'fresh' | 'unexpired';
 
 /** The subject's held tokens as a list. */
-export function heldList(cached: Cached): readonly Held[] {
+function heldList(cached: Cached): readonly Held[] {
   const { entries } = cached;
   return isList(entries) ? entries : [entries];
 }
 
 /** When a held token stops being served: `min(5 s, 15 % of its lifetime)` before it expires. */
-export function usableUntil(token: Token): number {
+function usableUntil(token: Token): number {
   if (token.expiresAt === undefined) return Infinity;
   const lifetime = Math.max(0, token.expiresAt - token.issuedAt);
   return token.expiresAt - Math.min(EXPIRY_LEEWAY_MS, lifetime * EXPIRY_LEEWAY_RATIO);

@@ -590,6 +590,8 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
       const cached = this.#cache.peek(subject);
       const token = found('valid') ?? (cached && find(cached, want, this.#clock.now(), 'unexpired'))?.token;
       if (token === undefined) throw new TokenwardenError('ERR_LOGIN_REQUIRED', 'the subject was signed out');
+      // Served: the request's failures are over (the next one backs off from the start again).
+      this.#cache.peek(subject)?.failures?.byRequest.delete(want.key);
       return token;
     } catch (err) {
       throw this.#failed(subject, want, err);

@@ -163,3 +163,40 @@ describe('UserTokens when the authorization server asks to wait', () => {
     }
   });
 });
+
+describe('UserTokens refresh failures', () => {
+  it('back off from the start again once a refresh succeeds', async () => {
+    let answer: 'down' | 'ok' = 'down';
+    let issued = 0;
+    const fault = await startFaultServer((req, res) => {
+      if (req.url === '/.well-known/openid-configuration' || req.url === '/.well-known/oauth-authorization-server') {
+        return json(res, 200, { issuer: fault.url, token_endpoint: `${fault.url}/token` });
+      }
+      if (answer === 'down') return json(res, 503, { error: 'temporarily_unavailable' });
+      // Valid for a second: served once, then due for refresh again.
+      json(res, 200, { access_token: `at-${++issued}`, token_type: 'Bearer', expires_in: 1, refresh_token: 'rt-1' });
+    });
+    const users = new UserTokens({
+      issuer: fault.url,
+      clientId: 'app',
+      clientSecret: 'secret',
+      allowInsecureRequests: true,
+    });
+    const counts: number[] = [];
+    users.on('refreshFailed', ({ failures }) => counts.push(failures));
+    try {
+      const expired = { access_token: 'at-0', token_type: 'Bearer', expires_in: 60, refresh_token: 'rt-1' };
+      await users.save('cy', expired, { issuedAt: Date.now() - 3_600_000 });
+      await expect(users.getAccessToken('cy')).rejects.toMatchObject({ status: 503 });
+      answer = 'ok';
+      expect((await users.getAccessToken('cy')).accessToken).toBe('at-1');
+      answer = 'down';
+      await new Promise((r) => setTimeout(r, 1_000)); // at-1 is no longer usable
+      await expect(users.getAccessToken('cy')).rejects.toMatchObject({ status: 503 });
+      expect(counts).toEqual([1, 1]);
+    } finally {
+      await users.close();
+      await fault.close();
+    }
+  });
+});
