@@ -57,6 +57,14 @@ export function recordId(issuer: string, clientId: string, subject: string): str
     .toString('base64url');
 }
 
+/**
+ * Whether `record` belongs to the subject whose {@link recordId} is `id`. Version 2 records written before the
+ * id was cut to 96 bits carry 128 (22 characters), of which the first 16 characters are exactly those 96 bits.
+ */
+export function isRecordOf(record: UserRecord, id: string): boolean {
+  return record.id === id || (record.id.length === 22 && record.id.startsWith(id));
+}
+
 /** A new login's session id (96 random bits: it only tells logins of one subject apart). */
 export function newSession(): string {
   return randomBytes(12).toString('base64url');

@@ -41,6 +41,7 @@ import {
 import {
   type UserRecord,
   accessEntry,
+  isRecordOf,
   newSession,
   recordClaims,
   recordId,
@@ -617,7 +618,7 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
       },
       take: (value, from) => this.#take(subject, key, value, from),
       missing: () => this.#cache.delete(subject),
-      owns: (record) => record.id === this.#recordId(subject),
+      owns: (record) => isRecordOf(record, this.#recordId(subject)),
       abandoned: (record) => {
         // Signed out while we refreshed: the new refresh token is not brought back; revoke it (best effort).
         if (record.refreshToken !== undefined) {

@@ -2,6 +2,7 @@
  * The compact user record (issue 15): each token once in the stored text, claims derived from the ID token
  * unless UserInfo merged new ones, no identity in clear; version 1 records (before) still read.
  */
+import { createHash } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MemoryStore } from '../../src/stores/memory.js';
 import { recordId, recordLineage } from '../../src/users/record.js';
@@ -82,6 +83,31 @@ describe('the compact record', () => {
     );
     await expect(users.getAccessToken('carol')).rejects.toMatchObject({ code: 'ERR_LOGIN_REQUIRED' });
     await users.close();
+  });
+
+  it('reads a version 2 record whose id is the earlier 128-bit form, and refuses one of another subject', async () => {
+    const store = new MemoryStore();
+    const users = usersFor(as, { store });
+    await users.save('fay', await syntheticResponse(as, 'fay'));
+    const key = users.keyFor('fay');
+    const stored = JSON.parse((await store.get(key))!.value) as Record<string, unknown>;
+    const longId = (subject: string): string =>
+      createHash('sha256')
+        .update(JSON.stringify([as.issuer, as.clients.app.clientId, subject]))
+        .digest()
+        .subarray(0, 16)
+        .toString('base64url');
+    expect(longId('fay').startsWith(stored['id'] as string)).toBe(true);
+    await store.set(key, JSON.stringify({ ...stored, id: longId('fay') }));
+    await users.close();
+    const again = usersFor(as, { store });
+    expect((await again.getAccessToken('fay')).accessToken).toMatch(/^at-/);
+    // The same record under the id of someone else: a miss.
+    await store.set(key, JSON.stringify({ ...stored, id: longId('gus') }));
+    const other = usersFor(as, { store });
+    await expect(other.getAccessToken('fay')).rejects.toMatchObject({ code: 'ERR_LOGIN_REQUIRED' });
+    await again.close();
+    await other.close();
   });
 
   it('in memory, the record read from the store shares its token strings with the stored text', () => {
