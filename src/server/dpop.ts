@@ -12,12 +12,13 @@
  * @module
  */
 import { hash } from 'node:crypto';
-import { type JWK, decodeProtectedHeader, importJWK, jwtVerify } from 'jose';
+import { type JWK, decodeProtectedHeader, errors, importJWK } from 'jose';
 import { LRUCache } from 'lru-cache';
 import { type Duration, toMs } from '../duration.js';
 import { TokenwardenError } from '../errors.js';
 import { type DPoPChallenge, type VerifyFailure, failure } from './errors.js';
 import { type NodeRequestLike, dpopHeaders, isFetchRequest, requestHeader } from './extract.js';
+import { checkSignature, jwtClaims, jwtRules, parseCompactJws, verificationKey } from './jws.js';
 import { ASYMMETRIC_ALGORITHMS } from './jwt.js';
 
 /**
@@ -180,6 +181,9 @@ export function dpopVerifier(
   const required = options.required === true;
   const challenge: DPoPChallenge = Object.freeze({ algs: Object.freeze(algorithms), ...(required && { required }) });
   const replay = new ReplayCache(maxEntries);
+  // A proof is a JWT checked as jose's jwtVerify checks one (src/server/jws.ts: same rules, same errors), its
+  // signature by node:crypto with the key imported once per client key.
+  const rules = jwtRules({ algorithms, clockToleranceSec: context.clockToleranceMs / 1000 });
   // Imported proof keys by algorithm and thumbprint: a client signs every request with the same key.
   const keys = new LRUCache<string, CryptoKey>({ max: 1000 });
 
@@ -267,11 +271,11 @@ export function dpopVerifier(
 
       let claims: Record<string, unknown>;
       try {
-        ({ payload: claims } = await jwtVerify(proof, key, {
-          algorithms: [alg],
-          currentDate: new Date(now),
-          clockTolerance: context.clockToleranceMs / 1000,
-        }));
+        const jws = parseCompactJws(proof, rules.algorithms);
+        let valid = checkSignature(jws, verificationKey(key, alg));
+        if (valid instanceof Promise) valid = await valid;
+        if (!valid) throw new errors.JWSSignatureVerificationFailed();
+        claims = jwtClaims(jws, rules, undefined, now);
       } catch (err) {
         return refuse(proofError(err));
       }
@@ -327,7 +331,7 @@ export function dpopVerifier(
   };
 }
 
-/** What jose says about a proof it refused, as a short fixed text. */
+/** What jose's rules say about a proof they refused (jose's error codes), as a short fixed text. */
 function proofError(err: unknown): string {
   switch ((err as { code?: unknown } | null)?.code) {
     case 'ERR_JWS_SIGNATURE_VERIFICATION_FAILED':

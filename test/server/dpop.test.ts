@@ -3,7 +3,7 @@
  * checked on every request (§4.3), key binding (§6), replay, server nonces (§9), answers (§7.1). The
  * frameworks' middleware with a real client (`manager.fetch`) is in adapters.test.ts.
  */
-import { KeyObject, createHmac, randomBytes, sign } from 'node:crypto';
+import { KeyObject, createHmac, generateKeyPairSync, randomBytes, sign } from 'node:crypto';
 import { calculateJwkThumbprint, exportJWK, generateKeyPair } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ManualClock } from '../../src/clock.js';
@@ -311,6 +311,30 @@ describe('hostile requests: 401, never a throw', () => {
     expect(
       await verify(request(API, [await dpopProof(keys, { htu: API, token, header: { jwk: wrongCurve } })])),
     ).toEqual(refused('invalid_dpop_proof'));
+  });
+
+  it('a key of another curve or size than its algorithm: refused, however well it signed', async () => {
+    const claims = {
+      jti: randomBytes(8).toString('hex'),
+      htm: 'GET',
+      htu: API,
+      iat: Math.floor(Date.now() / 1000),
+      ath: ath(token),
+    };
+    const signed = (alg: string, pair: { publicKey: KeyObject; privateKey: KeyObject }, p1363: boolean): string => {
+      const input = `${segment({ alg, typ: 'dpop+jwt', jwk: pair.publicKey.export({ format: 'jwk' }) })}.${segment(claims)}`;
+      const key = pair.privateKey;
+      const signature = sign('sha256', Buffer.from(input), p1363 ? { key, dsaEncoding: 'ieee-p1363' } : key);
+      return `${input}.${signature.toString('base64url')}`;
+    };
+    // A P-384 key signing SHA-256 under "ES256": a valid ECDSA signature, of the wrong algorithm.
+    const p384 = generateKeyPairSync('ec', { namedCurve: 'P-384' });
+    expect(await verify(request(API, [signed('ES256', p384, true)]))).toEqual(
+      refused('invalid_dpop_proof', 'DPoP proof key invalid'),
+    );
+    // RSA under 2048 bits (RFC 7518 §3.3).
+    const small = generateKeyPairSync('rsa', { modulusLength: 1024 });
+    expect(await verify(request(API, [signed('RS256', small, false)]))).toEqual(refused('invalid_dpop_proof'));
   });
 
   it('an unknown critical header, or an exp in the past', async () => {
