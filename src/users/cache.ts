@@ -190,7 +190,11 @@ export class SubjectCache {
     const before = previous === undefined ? [] : heldList(previous);
     const held = (stored: StoredEntry): Held => {
       const old = before.find((h) => h.token.accessToken === stored.token.accessToken);
-      if (old !== undefined) return old;
+      // Held before: same moment of staleness, but the token of this record (its strings are slices of the new
+      // text: keeping the old token would keep the old text alive beside it).
+      if (old !== undefined) {
+        return old.token === stored.token ? old : { spec: old.spec, token: stored.token, staleAt: old.staleAt };
+      }
       added.push(stored);
       return {
         spec: specOf(stored.spec),
