@@ -59,7 +59,8 @@ export function recordId(issuer: string, clientId: string, subject: string): str
 
 /**
  * Whether `record` belongs to the subject whose {@link recordId} is `id`. Version 2 records written before the
- * id was cut to 96 bits carry 128 (22 characters), of which the first 16 characters are exactly those 96 bits.
+ * id was cut to 96 bits (those also write `x`, a token's expiry as a moment) carry 128 (22 characters), of
+ * which the first 16 characters are exactly those 96 bits.
  */
 export function isRecordOf(record: UserRecord, id: string): boolean {
   return record.id === id || (record.id.length === 22 && record.id.startsWith(id));
@@ -197,11 +198,13 @@ function fromV2(d: Record<string, unknown>): UserRecord | undefined {
     const issuedAt = a['at'] ?? d['u'];
     const lifetime = a['e'];
     if (lifetime !== undefined && typeof lifetime !== 'number') return undefined;
+    // The expiry as a lifetime (`e`), or as the moment itself (`x`: records written before lifetimes).
+    const expiresAt = lifetime !== undefined ? (issuedAt as number) + lifetime : a['x'];
     const token = toToken({
       accessToken: a['t'],
       tokenType: a['y'] ?? 'Bearer',
       issuedAt,
-      ...(lifetime !== undefined && { expiresAt: (issuedAt as number) + lifetime }),
+      ...(expiresAt !== undefined && { expiresAt }),
       ...(a['sc'] !== undefined && { scope: a['sc'] }),
       raw: a['w'] !== null && typeof a['w'] === 'object' ? a['w'] : NO_EXTRA,
     });

@@ -85,7 +85,7 @@ describe('the compact record', () => {
     await users.close();
   });
 
-  it('reads a version 2 record whose id is the earlier 128-bit form, and refuses one of another subject', async () => {
+  it('reads a version 2 record in its earlier form (128-bit id, expiry as a moment), and refuses one of another subject', async () => {
     const store = new MemoryStore();
     const users = usersFor(as, { store });
     await users.save('fay', await syntheticResponse(as, 'fay'));
@@ -98,12 +98,19 @@ describe('the compact record', () => {
         .subarray(0, 16)
         .toString('base64url');
     expect(longId('fay').startsWith(stored['id'] as string)).toBe(true);
-    await store.set(key, JSON.stringify({ ...stored, id: longId('fay') }));
+    // As stop 17 wrote it: the issue time, the expiry as a moment and the seq written out.
+    const [entry] = stored['a'] as { e: number; at?: number; x?: number }[];
+    const u = stored['u'] as number;
+    const { e: lifetime, ...rest } = entry!;
+    const earlier = { ...stored, id: longId('fay'), a: [{ ...rest, at: u, x: u + lifetime }], seq: u };
+    await store.set(key, JSON.stringify(earlier));
     await users.close();
     const again = usersFor(as, { store });
-    expect((await again.getAccessToken('fay')).accessToken).toMatch(/^at-/);
+    const token = await again.getAccessToken('fay');
+    expect(token.accessToken).toMatch(/^at-/);
+    expect(token.expiresAt).toBe(u + lifetime);
     // The same record under the id of someone else: a miss.
-    await store.set(key, JSON.stringify({ ...stored, id: longId('gus') }));
+    await store.set(key, JSON.stringify({ ...earlier, id: longId('gus') }));
     const other = usersFor(as, { store });
     await expect(other.getAccessToken('fay')).rejects.toMatchObject({ code: 'ERR_LOGIN_REQUIRED' });
     await again.close();
