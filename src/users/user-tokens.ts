@@ -649,16 +649,15 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
 
   /** The record a subject's cached state comes from (read again from its stored text). */
   #recordOf(cached: Cached): UserRecord {
-    const { source } = cached;
-    const record = typeof source === 'string' ? this.#lineage.reread(source) : source;
+    const record = this.#reread(cached);
     if (record === undefined) throw new TokenwardenError('ERR_LOGIN_REQUIRED', 'nothing is stored for this subject');
     return record;
   }
 
-  /** The login a subject's cached state belongs to ('' when its record cannot be read). */
-  #sessionOf(cached: Cached): string {
+  /** The record of a subject's cached state; `undefined` when its stored text no longer reads as one. */
+  #reread(cached: Cached): UserRecord | undefined {
     const { source } = cached;
-    return (typeof source === 'string' ? this.#lineage.reread(source)?.session : source.session) ?? '';
+    return typeof source === 'string' ? this.#lineage.reread(source) : source;
   }
 
   /** Throws when the subject cannot be refreshed now: no record, no refresh token, or a recent failure. */
@@ -903,7 +902,7 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
     const now = this.#clock.now();
     let failure: Failure | undefined;
     if (cached !== undefined) {
-      cached.failures ??= { session: this.#sessionOf(cached), byRequest: new Map() };
+      cached.failures ??= { session: this.#reread(cached)?.session ?? '', byRequest: new Map() };
       failure = cached.failures.byRequest.get(want.key);
       if (failure === undefined) {
         failure = { failures: 0, lastError: error, nextAttemptAt: 0, blockedUntil: 0, permanentUntil: 0 };

@@ -4,6 +4,7 @@
  * answers again. The failing store wraps a real MemoryStore; only the faults are simulated.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ManualClock } from '../../src/clock.js';
 import { TokenwardenError } from '../../src/errors.js';
 import { MemoryStore } from '../../src/stores/memory.js';
 import type { LockOptions, SetOptions, StoreLock, StoreRecord, TokenStore } from '../../src/stores/store.js';
@@ -176,22 +177,24 @@ describe('UserTokens refresh failures', () => {
       // Valid for a second: served once, then due for refresh again.
       json(res, 200, { access_token: `at-${++issued}`, token_type: 'Bearer', expires_in: 1, refresh_token: 'rt-1' });
     });
+    const clock = new ManualClock();
     const users = new UserTokens({
       issuer: fault.url,
       clientId: 'app',
       clientSecret: 'secret',
       allowInsecureRequests: true,
+      clock,
     });
     const counts: number[] = [];
     users.on('refreshFailed', ({ failures }) => counts.push(failures));
     try {
       const expired = { access_token: 'at-0', token_type: 'Bearer', expires_in: 60, refresh_token: 'rt-1' };
-      await users.save('cy', expired, { issuedAt: Date.now() - 3_600_000 });
+      await users.save('cy', expired, { issuedAt: clock.now() - 3_600_000 });
       await expect(users.getAccessToken('cy')).rejects.toMatchObject({ status: 503 });
       answer = 'ok';
       expect((await users.getAccessToken('cy')).accessToken).toBe('at-1');
       answer = 'down';
-      await new Promise((r) => setTimeout(r, 1_000)); // at-1 is no longer usable
+      await clock.advance(1_000); // at-1 is no longer usable
       await expect(users.getAccessToken('cy')).rejects.toMatchObject({ status: 503 });
       expect(counts).toEqual([1, 1]);
     } finally {
