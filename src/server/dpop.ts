@@ -18,7 +18,7 @@ import { type Duration, toMs } from '../duration.js';
 import { TokenwardenError } from '../errors.js';
 import { type DPoPChallenge, type VerifyFailure, failure } from './errors.js';
 import { type NodeRequestLike, dpopHeaders, isFetchRequest, requestHeader } from './extract.js';
-import { checkSignature, jwtClaims, jwtRules, parseCompactJws, verificationKey } from './jws.js';
+import { type JwtRules, checkSignature, jwtClaims, jwtRules, parseCompactJws, verificationKey } from './jws.js';
 import { ASYMMETRIC_ALGORITHMS } from './jwt.js';
 
 /**
@@ -181,11 +181,7 @@ export function dpopVerifier(
   const required = options.required === true;
   const challenge: DPoPChallenge = Object.freeze({ algs: Object.freeze(algorithms), ...(required && { required }) });
   const replay = new ReplayCache(maxEntries);
-  // A proof is a JWT checked as jose's jwtVerify checks one (src/server/jws.ts: same rules, same errors), its
-  // signature by node:crypto with the key imported once per client key.
-  const rules = jwtRules({ algorithms, clockToleranceSec: context.clockToleranceMs / 1000 });
-  // Imported proof keys by algorithm and thumbprint: a client signs every request with the same key.
-  const keys = new LRUCache<string, CryptoKey>({ max: 1000 });
+  const signatures = new ProofSignatures(algorithms, context.clockToleranceMs);
 
   const refuse = (description: string): VerifyFailure => ({
     ...failure('invalid_dpop_proof', description),
@@ -194,21 +190,8 @@ export function dpopVerifier(
   });
   const MISSING = refuse('DPoP proof required');
   const SEVERAL = refuse('more than one DPoP proof');
-  const MALFORMED = refuse('malformed DPoP proof');
   const REPLAYED = refuse('DPoP proof already used');
   const TOO_OLD = refuse('DPoP proof too old');
-
-  const keyFor = async (alg: string, jkt: string, members: JWK): Promise<CryptoKey | undefined> => {
-    const id = `${alg} ${jkt}`;
-    let key = keys.get(id);
-    if (key === undefined) {
-      const imported = await importJWK(members, alg).catch(() => undefined);
-      if (imported === undefined || imported instanceof Uint8Array || imported.type !== 'public') return undefined;
-      key = imported;
-      keys.set(id, key);
-    }
-    return key;
-  };
 
   const currentNonce = async (): Promise<{ current: string; previous?: string | undefined } | Error> => {
     try {
@@ -240,45 +223,10 @@ export function dpopVerifier(
       if (proofs.length > 1) return SEVERAL;
       const proof = (proofs[0] as string).trim();
       if (proof.length > MAX_PROOF_LENGTH) return refuse('DPoP proof too large');
-      if (proof.split('.').length !== 3) return MALFORMED;
 
-      // The header first (§4.3 checks 4 to 7): no key is imported and no signature checked for a proof
-      // whose type, algorithm or key is wrong.
-      let header: Record<string, unknown>;
-      try {
-        header = decodeProtectedHeader(proof) as Record<string, unknown>;
-      } catch {
-        return MALFORMED;
-      }
-      const typ = typeof header['typ'] === 'string' ? header['typ'].toLowerCase() : undefined;
-      if (typ !== 'dpop+jwt' && typ !== 'application/dpop+jwt') return refuse('DPoP proof typ must be dpop+jwt');
-      const alg = header['alg'];
-      if (typeof alg !== 'string' || !algorithms.includes(alg)) return refuse('DPoP proof algorithm not allowed');
-      const jwk = header['jwk'];
-      if (jwk === null || typeof jwk !== 'object' || Array.isArray(jwk)) return refuse('DPoP proof has no jwk');
-      const fields = jwk as Record<string, unknown>;
-      if (PRIVATE_MEMBERS.some((m) => m in fields)) return refuse('DPoP proof key must be a public key');
-      if (
-        (fields['use'] !== undefined && fields['use'] !== 'sig') ||
-        (fields['alg'] !== undefined && fields['alg'] !== alg)
-      ) {
-        return refuse('DPoP proof key not for this algorithm');
-      }
-      const thumbprint = jwkThumbprint(fields);
-      if (thumbprint === undefined) return refuse('DPoP proof key invalid');
-      const key = await keyFor(alg, thumbprint.jkt, thumbprint.members);
-      if (key === undefined) return refuse('DPoP proof key invalid');
-
-      let claims: Record<string, unknown>;
-      try {
-        const jws = parseCompactJws(proof, rules.algorithms);
-        let valid = checkSignature(jws, verificationKey(key, alg));
-        if (valid instanceof Promise) valid = await valid;
-        if (!valid) throw new errors.JWSSignatureVerificationFailed();
-        claims = jwtClaims(jws, rules, undefined, now);
-      } catch (err) {
-        return refuse(proofError(err));
-      }
+      const signed = await signatures.check(proof, now);
+      if (typeof signed === 'string') return refuse(signed);
+      const { claims, jkt } = signed;
 
       const { jti, htm, htu, iat } = claims;
       if (typeof jti !== 'string' || jti === '' || jti.length > MAX_JTI_LENGTH) {
@@ -320,7 +268,7 @@ export function dpopVerifier(
           stale = nonce.current;
         }
       }
-      return { jkt: thumbprint.jkt, jti, iat: iatMs, ...(stale !== undefined && { nonce: stale }) };
+      return { jkt, jti, iat: iatMs, ...(stale !== undefined && { nonce: stale }) };
     },
 
     remember(proof, now) {
@@ -330,6 +278,85 @@ export function dpopVerifier(
     },
   };
 }
+
+/**
+ * The signed part of a DPoP proof (RFC 9449 §4.3 checks 2–7 and its `exp`/`nbf`), for the resource server's
+ * verifier and the test authorization server's token endpoint alike: a compact JWT whose header has `typ`
+ * `dpop+jwt`, an allowed algorithm and a public `jwk` meant for it; its signature by that key (imported once
+ * per key and algorithm, checked by src/server/jws.ts with jose's rules and errors); its claims a JSON
+ * object. What the proof is for (`htm`, `htu`, `iat`, `ath`, `jti`, nonce) is the caller's to check.
+ *
+ * @example
+ * ```ts
+ * const signatures = new ProofSignatures(['ES256'], 0);
+ * const signed = await signatures.check(proof, Date.now()); // { claims, jkt }, or why not (a short text)
+ * ```
+ */
+export class ProofSignatures {
+  readonly #algorithms: readonly string[];
+  readonly #rules: JwtRules;
+  /** Imported proof keys by algorithm and thumbprint: a client signs every request with the same key. */
+  readonly #keys = new LRUCache<string, CryptoKey>({ max: 1000 });
+
+  constructor(algorithms: readonly string[], clockToleranceMs: number) {
+    this.#algorithms = algorithms;
+    this.#rules = jwtRules({ algorithms, clockToleranceSec: clockToleranceMs / 1000 });
+  }
+
+  async check(proof: string, now: number): Promise<{ claims: Record<string, unknown>; jkt: string } | string> {
+    if (proof.split('.').length !== 3) return MALFORMED_PROOF;
+    // The header first: no key is imported and no signature checked for a proof whose type, algorithm or
+    // key is wrong.
+    let header: Record<string, unknown>;
+    try {
+      header = decodeProtectedHeader(proof) as Record<string, unknown>;
+    } catch {
+      return MALFORMED_PROOF;
+    }
+    const typ = typeof header['typ'] === 'string' ? header['typ'].toLowerCase() : undefined;
+    if (typ !== 'dpop+jwt' && typ !== 'application/dpop+jwt') return 'DPoP proof typ must be dpop+jwt';
+    const alg = header['alg'];
+    if (typeof alg !== 'string' || !this.#algorithms.includes(alg)) return 'DPoP proof algorithm not allowed';
+    const jwk = header['jwk'];
+    if (jwk === null || typeof jwk !== 'object' || Array.isArray(jwk)) return 'DPoP proof has no jwk';
+    const fields = jwk as Record<string, unknown>;
+    if (PRIVATE_MEMBERS.some((m) => m in fields)) return 'DPoP proof key must be a public key';
+    if (
+      (fields['use'] !== undefined && fields['use'] !== 'sig') ||
+      (fields['alg'] !== undefined && fields['alg'] !== alg)
+    ) {
+      return 'DPoP proof key not for this algorithm';
+    }
+    const thumbprint = jwkThumbprint(fields);
+    if (thumbprint === undefined) return 'DPoP proof key invalid';
+    const key = await this.#keyFor(alg, thumbprint.jkt, thumbprint.members);
+    if (key === undefined) return 'DPoP proof key invalid';
+    try {
+      const jws = parseCompactJws(proof, this.#rules.algorithms);
+      let valid = checkSignature(jws, verificationKey(key, alg));
+      if (valid instanceof Promise) valid = await valid;
+      if (!valid) throw new errors.JWSSignatureVerificationFailed();
+      return { claims: jwtClaims(jws, this.#rules, undefined, now), jkt: thumbprint.jkt };
+    } catch (err) {
+      return proofError(err);
+    }
+  }
+
+  async #keyFor(alg: string, jkt: string, members: JWK): Promise<CryptoKey | undefined> {
+    const id = `${alg} ${jkt}`;
+    let key = this.#keys.get(id);
+    if (key === undefined) {
+      // jose's import, with alg: a key of another type or curve than the algorithm is refused here.
+      const imported = await importJWK(members, alg).catch(() => undefined);
+      if (imported === undefined || imported instanceof Uint8Array || imported.type !== 'public') return undefined;
+      key = imported;
+      this.#keys.set(id, key);
+    }
+    return key;
+  }
+}
+
+const MALFORMED_PROOF = 'malformed DPoP proof';
 
 /** What jose's rules say about a proof they refused (jose's error codes), as a short fixed text. */
 function proofError(err: unknown): string {
@@ -343,7 +370,7 @@ function proofError(err: unknown): string {
     case 'ERR_JWT_CLAIM_VALIDATION_FAILED':
       return 'DPoP proof claims invalid';
     default:
-      return 'malformed DPoP proof';
+      return MALFORMED_PROOF;
   }
 }
 

@@ -5,9 +5,8 @@
  *
  * @module
  */
-import { type JWK, calculateJwkThumbprint, decodeProtectedHeader, importJWK, jwtVerify } from 'jose';
 import { type OAuthError, oauthError } from './client-auth.js';
-import { ReplayCache, normalizeHtu } from '../server/dpop.js';
+import { ProofSignatures, ReplayCache, normalizeHtu } from '../server/dpop.js';
 import { ASYMMETRIC_ALGORITHMS } from '../server/jwt.js';
 
 const ALGORITHMS: readonly string[] = ASYMMETRIC_ALGORITHMS;
@@ -27,6 +26,7 @@ function bad(description: string): OAuthError {
 export class DPoPProofs {
   readonly #now: () => number;
   readonly #seen = new ReplayCache(MAX_REMEMBERED);
+  readonly #signatures = new ProofSignatures(ALGORITHMS, 0);
 
   constructor(now: () => number) {
     this.#now = now;
@@ -43,27 +43,11 @@ export class DPoPProofs {
   ): Promise<string | OAuthError | undefined> {
     if (header === undefined) return undefined;
     if (typeof header !== 'string' || header === '' || header.includes(',')) return bad('exactly one DPoP proof');
-    let jwk: JWK;
-    let alg: string;
-    try {
-      const protectedHeader = decodeProtectedHeader(header);
-      if (protectedHeader.typ !== 'dpop+jwt') return bad('typ must be dpop+jwt');
-      alg = String(protectedHeader.alg);
-      if (!ALGORITHMS.includes(alg)) return bad('unsupported proof algorithm');
-      jwk = protectedHeader.jwk as JWK;
-      if (jwk === null || typeof jwk !== 'object' || 'd' in jwk || jwk.kty === 'oct')
-        return bad('jwk must be a public key');
-    } catch {
-      return bad('malformed DPoP proof');
-    }
     const now = this.#now();
-    let payload: Record<string, unknown>;
-    try {
-      const key = await importJWK(jwk, alg);
-      ({ payload } = await jwtVerify(header, key, { typ: 'dpop+jwt', algorithms: [alg], currentDate: new Date(now) }));
-    } catch {
-      return bad('DPoP proof signature or claims are not valid');
-    }
+    // The signed part as the verifier checks it (typ, algorithm, public key, signature, exp/nbf).
+    const signed = await this.#signatures.check(header, now);
+    if (typeof signed === 'string') return bad(signed);
+    const { claims: payload, jkt } = signed;
     if (typeof payload['jti'] !== 'string' || payload['jti'] === '') return bad('jti required');
     if (payload['htm'] !== method) return bad('htm does not match the request');
     const htu = typeof payload['htu'] === 'string' ? normalizeHtu(payload['htu']) : undefined;
@@ -73,7 +57,6 @@ export class DPoPProofs {
     const iat = payload['iat'];
     if (typeof iat !== 'number' || Math.abs(iat * 1000 - now) > WINDOW_MS)
       return bad('iat outside the accepted window');
-    const jkt = await calculateJwkThumbprint(jwk);
     if (this.#seen.add(`${jkt}\u0000${payload['jti']}`, now + 2 * WINDOW_MS, now) !== 'ok') {
       return bad('DPoP proof already used');
     }

@@ -351,7 +351,12 @@ describe('DPoP (RFC 9449)', () => {
   it('a bad or replayed proof is invalid_dpop_proof', async () => {
     const keyPair = await generateKeyPair('ES256', { extractable: true });
     const jwk = await exportJWK(keyPair.publicKey);
-    const proof = (claims: Record<string, unknown>, header: Record<string, unknown> = {}) =>
+    const other = await generateKeyPair('ES256');
+    const proof = (
+      claims: Record<string, unknown>,
+      header: Record<string, unknown> = {},
+      signer = keyPair.privateKey,
+    ) =>
       new SignJWT({
         jti: crypto.randomUUID(),
         htm: 'POST',
@@ -360,7 +365,7 @@ describe('DPoP (RFC 9449)', () => {
         ...claims,
       })
         .setProtectedHeader({ alg: 'ES256', typ: 'dpop+jwt', jwk, ...header } as never)
-        .sign(keyPair.privateKey);
+        .sign(signer);
     const request = (dpop: string) =>
       fetch(`${as.issuer}/token`, {
         method: 'POST',
@@ -381,6 +386,7 @@ describe('DPoP (RFC 9449)', () => {
       await proof({ iat: Math.floor(Date.now() / 1000) - 600 }),
       await proof({ jti: undefined }),
       await proof({}, { typ: 'JWT' }),
+      await proof({}, {}, other.privateKey), // signed by another key than its jwk
       'not.a.proof',
     ];
     for (const dpop of bad) {
