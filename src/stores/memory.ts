@@ -1,4 +1,4 @@
-import { randomUUID } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { LRUCache } from 'lru-cache';
 import { type Clock, systemClock } from '../clock.js';
@@ -29,6 +29,22 @@ export interface MemoryStoreOptions {
 }
 
 let versionCounter = 0;
+
+/** Keys longer than this are held by a digest (see {@link heldKey}). */
+const LONGEST_HELD_AS_IS = 32;
+
+/**
+ * The key an entry is held under. A long key — `UserTokens` writes 96-character ones, one per signed-in
+ * user — is held as NUL followed by the first 15 bytes of its SHA-256 as Latin-1 (16 one-byte characters:
+ * 32 bytes of heap instead of 112 for such a key). A key given by a caller never holds NUL (`checkKey`), so a
+ * digest never equals a short key; two long keys share an entry only if 120 bits of SHA-256 collide.
+ */
+function heldKey(key: string): string {
+  if (key.length <= LONGEST_HELD_AS_IS) return key;
+  const digest = createHash('sha256').update(key).digest();
+  digest.copyWithin(1, 0, 15)[0] = 0; // one flat string (a concatenation would be a cons string in V8)
+  return digest.toString('latin1', 0, 16);
+}
 
 /**
  * A bounded in-process store: the default of every `TokenManager`, and a way for several managers (or
@@ -74,7 +90,7 @@ export class MemoryStore extends EventEmitter<StoreEvents> implements TokenStore
   async get(key: string): Promise<StoreRecord | undefined> {
     this.#check();
     checkKey(key);
-    const entry = this.#entries.get(key);
+    const entry = this.#entries.get(heldKey(key));
     if (!entry) return undefined;
     const value = decodeOrMiss(this.#codec, key, entry.value, (event) => this.emit('corrupt', event));
     return value === undefined ? undefined : { value, version: entry.version };
@@ -83,20 +99,21 @@ export class MemoryStore extends EventEmitter<StoreEvents> implements TokenStore
   async set(key: string, value: string, options: SetOptions = {}): Promise<number | null> {
     this.#check();
     checkKey(key);
+    const held = heldKey(key);
     if (options.ifVersion !== undefined) {
-      const current = this.#entries.get(key)?.version ?? 0;
+      const current = this.#entries.get(held)?.version ?? 0;
       if (current !== options.ifVersion) return null;
     }
     const version = ++versionCounter;
     const ttl = options.ttlMs === undefined ? undefined : Math.max(1, Math.ceil(options.ttlMs));
-    this.#entries.set(key, { value: this.#codec.encode(key, value), version }, ttl === undefined ? {} : { ttl });
+    this.#entries.set(held, { value: this.#codec.encode(key, value), version }, ttl === undefined ? {} : { ttl });
     return version;
   }
 
   async delete(key: string): Promise<void> {
     this.#check();
     checkKey(key);
-    this.#entries.delete(key);
+    this.#entries.delete(heldKey(key));
   }
 
   async lock(key: string, options: LockOptions): Promise<StoreLock | undefined> {

@@ -65,6 +65,32 @@ export function storeContract(name: string, factory: StoreFactory | undefined): 
       expect((await s.get(key))?.value).toBe('three');
     });
 
+    it('keeps keys apart however long and alike (a prefix, the last character, case, unicode, 1 024 characters)', async () => {
+      const s = await open();
+      const base = `${newKey()}:${'x'.repeat(900)}`;
+      const keys = [
+        base,
+        `${base}y`,
+        `${base}Y`,
+        `${base}ä`,
+        `${base}𝄞`,
+        `${base.slice(0, -1)}z`,
+        `${base}${'q'.repeat(1024 - base.length - 1)}a`,
+        `${base}${'q'.repeat(1024 - base.length - 1)}b`,
+        base.slice(0, 40),
+        base.slice(0, 41),
+        base.slice(0, 16),
+      ];
+      expect(new Set(keys).size).toBe(keys.length);
+      for (const [i, key] of keys.entries()) await s.set(key, `value ${i}`);
+      for (const [i, key] of keys.entries()) expect((await s.get(key))?.value).toBe(`value ${i}`);
+      await s.delete(keys[1]!);
+      expect(await s.get(keys[1]!)).toBeUndefined();
+      expect((await s.get(keys[0]!))?.value).toBe('value 0');
+      expect((await s.get(keys[2]!))?.value).toBe('value 2');
+      for (const key of keys) await s.delete(key);
+    });
+
     it('keeps values verbatim (unicode, JSON, large)', async () => {
       const s = await open();
       const key = newKey();
