@@ -321,3 +321,32 @@ describe('tokenwarden against jose, token by token', () => {
     expect(corpus.length - accepted).toBeGreaterThan(50);
   });
 });
+
+describe('one at a time and in a burst', () => {
+  it('gives every token the same answer whether it is checked alone (this thread) or in a burst (the thread pool)', async () => {
+    const jwks = { keys };
+    const make = () =>
+      createVerifier({
+        issuer: ISSUER,
+        audience: AUDIENCE,
+        jwksUri: JWKS_URI,
+        cache: false,
+        fetch: async () =>
+          new Response(JSON.stringify(jwks), { status: 200, headers: { 'content-type': 'application/json' } }),
+      });
+    const alone = make();
+    const answers: string[] = [];
+    for (const [, token] of corpus) {
+      const result = await alone(token);
+      answers.push(result.ok ? 'ok' : `${result.failure.status} ${result.failure.error}`);
+    }
+    const burst = make();
+    await burst.ready();
+    // Every token twice, all started in one tick: the first on this thread, the others on the pool.
+    const tokens = [...corpus, ...corpus].map(([, token]) => token);
+    const results = await Promise.all(tokens.map((token) => burst(token)));
+    const inBurst = results.map((r) => (r.ok ? 'ok' : `${r.failure.status} ${r.failure.error}`));
+    expect(inBurst).toEqual([...answers, ...answers]);
+    expect(answers.filter((a) => a === 'ok').length).toBeGreaterThanOrEqual(ALGS.length);
+  });
+});
