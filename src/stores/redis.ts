@@ -177,7 +177,8 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
   #identity: Promise<void> | undefined;
   /** One wait for the connection to become ready, shared by every operation started meanwhile. */
   #readiness: Promise<void> | undefined;
-  #runId: string | undefined;
+  /** The run id of each server seen (`host:port` of each master in a cluster; `''` for a single server). */
+  readonly #runIds = new Map<string, string>();
   #epoch: string | undefined;
   #closed = false;
 
@@ -369,18 +370,29 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
    * what it holds before anyone spends a refresh token.
    */
   async #identify(connection: Connection): Promise<void> {
-    const cluster = typeof (connection as { nodes?: unknown }).nodes === 'function';
+    const masters = clusterMasters(connection);
     const fresh = `${Date.now()}:${randomUUID()}`;
-    const [info, epoch] = await Promise.all([
-      // A cluster answers INFO from any node: only the epoch says anything there.
-      cluster ? Promise.resolve('') : connection.call('INFO', 'server'),
+    const [servers, epoch] = await Promise.all([
+      // A cluster answers INFO from any node: each master is asked on its own connection.
+      masters === undefined
+        ? connection.call('INFO', 'server').then((info) => [['', runIdOf(info)] as const])
+        : Promise.all(
+            masters.map(
+              async (node) =>
+                [`${node.options.host}:${node.options.port}`, runIdOf(await node.call('INFO', 'server'))] as const,
+            ),
+          ),
       this.#script('epoch', `${this.prefix}epoch`, fresh),
     ]);
-    const runId = /run_id:([0-9a-f]+)/.exec(String(info))?.[1];
-    const changed =
-      (this.#runId !== undefined && runId !== undefined && runId !== this.#runId) ||
-      (this.#epoch !== undefined && String(epoch) !== this.#epoch);
-    this.#runId = runId;
+    const known = this.#runIds.size > 0;
+    let changed = this.#epoch !== undefined && String(epoch) !== this.#epoch;
+    for (const [server, runId] of servers) {
+      if (runId === undefined) continue;
+      const before = this.#runIds.get(server);
+      // Another process on a known address (a restart), or a master not seen before (a failover).
+      if (known && before !== runId) changed = true;
+      this.#runIds.set(server, runId);
+    }
     this.#epoch = String(epoch);
     if (changed) this.emit('reset');
   }
@@ -438,6 +450,19 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
       });
       this.#identity.catch(() => undefined);
     });
+    // A cluster stays ready while one of its nodes restarts (it may come back empty): whenever a node's
+    // connection closes or a node joins, every master is identified again before the next command — which
+    // fails while a master cannot answer, rather than run against a shard that may have lost its data.
+    if (clusterMasters(connection) !== undefined) {
+      const again = (): void => {
+        this.#identity = undefined;
+      };
+      connection.on('+node', (node: NodeConnection) => {
+        again();
+        node.on('close', again);
+      });
+      connection.on('-node', again);
+    }
   }
 
   /** Subscribes (once, on a connection of its own) to lock releases; polling covers any failure. */
@@ -468,6 +493,21 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
     return this.#subscribed;
   }
 }
+
+/** A node of a cluster, as ioredis hands it out. */
+interface NodeConnection {
+  readonly options: { host?: string; port?: number };
+  call(command: string, ...args: string[]): Promise<unknown>;
+  on(event: string, listener: () => void): unknown;
+}
+
+/** The masters of a cluster connection; undefined for a single server (or a sentinel set-up). */
+function clusterMasters(connection: Connection): NodeConnection[] | undefined {
+  const nodes = (connection as { nodes?: unknown }).nodes;
+  return typeof nodes === 'function' ? (nodes.call(connection, 'master') as NodeConnection[]) : undefined;
+}
+
+const runIdOf = (info: unknown): string | undefined => /run_id:([0-9a-f]+)/.exec(String(info))?.[1];
 
 /** Resolves when `connection` is ready; rejects on its next error or its end. */
 function whenReady(connection: Connection): Promise<void> {

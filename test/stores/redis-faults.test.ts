@@ -8,6 +8,7 @@ import { Cluster, Redis } from 'ioredis';
 import { afterAll, describe, expect, it } from 'vitest';
 import { RedisStore } from '../../src/stores/redis.js';
 import {
+  type PrivateRedis,
   type PrivateRedisCluster,
   hasRedisServer,
   skipWithout,
@@ -72,6 +73,43 @@ describe.skipIf(skipWithout('redis-server', hasRedisServer))('RedisStore when it
       await redis.close();
     }
   }, 30_000);
+
+  it('a Redis Cluster whose master restarts empty: reset, before the next command; a freeze of that master is not one', async () => {
+    const own = await startRedisCluster(3);
+    const client = new Redis.Cluster(own.nodes, { enableOfflineQueue: true });
+    const store = new RedisStore({ client, prefix: `tw:${randomUUID()}:`, timeout: 500 });
+    const events: string[] = [];
+    store.on('reset', () => events.push('reset'));
+    try {
+      await store.set('k', 'v1');
+      await store.set('j', 'v1');
+      expect(events).toEqual([]); // the first connection only learns who the masters are
+      // The master that holds k's entry (k and j may share it: it does not matter).
+      const slot = Number(await client.call('CLUSTER', 'KEYSLOT', `${store.prefix}entry:k`));
+      const ranges = (await client.call('CLUSTER', 'SLOTS')) as [number, number, [string, number]][];
+      const port = ranges.find(([first, last]) => slot >= first && slot <= last)?.[2][1];
+      const master = own.servers.find((s) => s.port === port) as PrivateRedis;
+
+      master.freeze();
+      await expect(store.get('k')).rejects.toMatchObject({ code: 'ERR_STORE_TIMEOUT' });
+      master.thaw();
+      expect((await retry(() => store.get('k')))?.value).toBe('v1');
+      expect(events).toEqual([]);
+
+      await master.stop();
+      await master.start(); // its cluster config (slots) kept, its data gone: no persistence
+      const record = await retry(() => store.get('k'));
+      events.push(`get: ${record === undefined ? 'missing' : record.value}`);
+      // The reset came first: nobody acted on the shard's missing entry before hearing the data may be gone.
+      expect(events).toEqual(['reset', 'get: missing']);
+      expect(await store.get('k')).toBeUndefined();
+      expect(events).toHaveLength(2); // once
+    } finally {
+      await store.close();
+      client.disconnect();
+      await own.close();
+    }
+  }, 60_000);
 
   it('1000 operations started before the connection is open add no listener each (no MaxListenersExceededWarning)', async () => {
     const redis = await startPrivateRedis();

@@ -416,6 +416,8 @@ export async function startPgBouncer(postgresPort: number, mode: 'transaction' |
 
 export interface PrivateRedisCluster {
   readonly nodes: { host: string; port: number }[];
+  /** The master servers (a restart keeps a node's cluster config: its slots, without its data). */
+  readonly servers: readonly PrivateRedis[];
   close(): Promise<void>;
 }
 
@@ -451,6 +453,7 @@ export async function startRedisCluster(masters = 3): Promise<PrivateRedisCluste
   }
   return {
     nodes: servers.map((s) => ({ host: '127.0.0.1', port: s.port })),
+    servers,
     close: async () => {
       await Promise.all(servers.map((s) => s.close()));
     },
