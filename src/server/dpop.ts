@@ -16,6 +16,7 @@ import { type JWK, decodeProtectedHeader, errors, importJWK } from 'jose';
 import { LRUCache } from 'lru-cache';
 import { type Duration, toMs } from '../duration.js';
 import { TokenwardenError } from '../errors.js';
+import type { TokenStore } from '../stores/store.js';
 import { type DPoPChallenge, type VerifyFailure, failure } from './errors.js';
 import { type NodeRequestLike, dpopHeaders, isFetchRequest, requestHeader } from './extract.js';
 import { type JwtRules, checkSignature, jwtClaims, jwtRules, parseCompactJws, verificationKey } from './jws.js';
@@ -73,6 +74,24 @@ export interface DPoPOptions {
    */
   replayCache?: { maxEntries?: number };
   /**
+   * A store the whole fleet shares (a `RedisStore`, `PostgresStore`, …) where each accepted proof id is
+   * recorded too, with a compare-and-set that only an absent entry passes, kept until the proof's `iat`
+   * leaves the window: a proof accepted by one instance is refused by every other. Checked after this
+   * process's own replay cache. When the store cannot answer, the request is answered 503
+   * (`temporarily_unavailable`, reported to `onError`): a proof is never accepted unchecked. Default: none
+   * (proof ids are remembered per process).
+   *
+   * @example
+   * ```ts
+   * import { RedisStore } from 'tokenwarden/redis';
+   * const verify = createVerifier({
+   *   issuer, audience,
+   *   dpop: { replayStore: new RedisStore({ url: process.env.REDIS_URL!, prefix: 'api-dpop:' }) },
+   * });
+   * ```
+   */
+  replayStore?: TokenStore;
+  /**
    * Demand a server nonce in proofs (RFC 9449 §9). Called for every DPoP request; a proof without the
    * current (or previous) nonce is answered 401 `use_dpop_nonce` with the nonce in `DPoP-Nonce`.
    */
@@ -117,8 +136,11 @@ export interface DPoPVerifier {
     now: number,
     originalUrl?: string,
   ): Promise<CheckedProof | VerifyFailure>;
-  /** Records the proof id; a failure when it was seen before (or might have been). */
-  remember(proof: CheckedProof, now: number): VerifyFailure | undefined;
+  /**
+   * Records the proof id; a failure when it was seen before (or might have been), or when the shared
+   * `replayStore` could not tell (503). A promise only with a `replayStore`.
+   */
+  remember(proof: CheckedProof, now: number): VerifyFailure | undefined | Promise<VerifyFailure | undefined>;
 }
 
 /** Longest proof read (an RSA 4096 key in the header is under 1 KiB). */
@@ -166,6 +188,13 @@ export function dpopVerifier(
   if (!(Number.isInteger(maxEntries) && maxEntries > 0)) {
     throw new TokenwardenError('ERR_CONFIG', 'dpop.replayCache.maxEntries must be a positive integer');
   }
+  const shared = options.replayStore;
+  if (
+    shared !== undefined &&
+    (shared === null || typeof shared !== 'object' || typeof (shared as { set?: unknown }).set !== 'function')
+  ) {
+    throw new TokenwardenError('ERR_CONFIG', 'dpop.replayStore must be a TokenStore (RedisStore, PostgresStore, …)');
+  }
   if (options.nonce !== undefined && typeof options.nonce !== 'function') {
     throw new TokenwardenError('ERR_CONFIG', 'dpop.nonce must be a function returning the current nonce');
   }
@@ -192,6 +221,7 @@ export function dpopVerifier(
   const SEVERAL = refuse('more than one DPoP proof');
   const REPLAYED = refuse('DPoP proof already used');
   const TOO_OLD = refuse('DPoP proof too old');
+  const UNCHECKED = failure('temporarily_unavailable', 'token could not be verified now');
 
   const currentNonce = async (): Promise<{ current: string; previous?: string | undefined } | Error> => {
     try {
@@ -273,8 +303,24 @@ export function dpopVerifier(
 
     remember(proof, now) {
       // Proof ids are kept per key: one client cannot make another's proofs look replayed.
-      const verdict = replay.add(`${proof.jkt} ${proof.jti}`, proof.iat + windowMs, now);
-      return verdict === 'ok' ? undefined : verdict === 'replayed' ? REPLAYED : TOO_OLD;
+      const id = `${proof.jkt} ${proof.jti}`;
+      const verdict = replay.add(id, proof.iat + windowMs, now);
+      if (verdict !== 'ok') return verdict === 'replayed' ? REPLAYED : TOO_OLD;
+      if (shared === undefined) return undefined;
+      // The fleet's record: the id hashed (a jti is the client's text; keys stay short and plain).
+      const key = `tw1:dpop-jti:${hash('sha256', id, 'base64url')}`;
+      const ttlMs = Math.max(1, proof.iat + windowMs - now);
+      return shared.set(key, '1', { ifVersion: 0, ttlMs }).then(
+        (version) => (version === null ? REPLAYED : undefined),
+        (err: unknown) => {
+          context.onError(
+            err instanceof TokenwardenError
+              ? err
+              : new TokenwardenError('ERR_STORE', 'dpop.replayStore failed', { cause: err }),
+          );
+          return UNCHECKED;
+        },
+      );
     },
   };
 }

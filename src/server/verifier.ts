@@ -684,8 +684,25 @@ export function createVerifier(options: VerifierOptions): Verifier {
       if (binding.jkt !== proof.jkt) return refuse(KEY_MISMATCH, scheme);
       // Recorded only now, with a valid token bound to the proof's key: strangers cannot fill the cache.
       const replayed = (dpop as DPoPVerifier).remember(proof, now);
+      if (replayed instanceof Promise) {
+        return replayed.then((r) =>
+          r !== undefined ? refuse(r, scheme) : admit(outcome, token, scheme, proof, call, now),
+        );
+      }
       if (replayed !== undefined) return refuse(replayed, scheme);
     }
+    return admit(outcome, token, scheme, proof, call, now);
+  };
+
+  /** A valid token (and proof): the request's auth, then the route's requirements. */
+  const admit = (
+    outcome: Extract<Outcome, { ok: true }>,
+    token: string,
+    scheme: TokenScheme,
+    proof: CheckedProof | undefined,
+    call: VerifyCallOptions,
+    now: number,
+  ): VerifyResult | Promise<VerifyResult> => {
     // The request's own parts (token, scheme, key, ttl) around the cached, frozen ones: no spreads.
     const base = outcome.auth;
     const auth: Auth = {

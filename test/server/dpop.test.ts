@@ -7,6 +7,9 @@ import { KeyObject, createHmac, generateKeyPairSync, randomBytes, sign } from 'n
 import { calculateJwkThumbprint, exportJWK, generateKeyPair } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ManualClock } from '../../src/clock.js';
+import type { TokenwardenError } from '../../src/errors.js';
+import { MemoryStore } from '../../src/stores/memory.js';
+import { RedisStore } from '../../src/stores/redis.js';
 import { ReplayCache, jwkThumbprint, normalizeHtu } from '../../src/server/dpop.js';
 import {
   type NodeRequestLike,
@@ -22,6 +25,7 @@ import {
   type TestAuthorizationServer,
   startAuthorizationServer,
 } from '../support/authorization-server.js';
+import { REDIS_URL, redisAvailable, removeRedisKeys } from '../support/services.js';
 import { ath, dpopProof, forge, issueDPoPToken, issueToken, segment } from './support.js';
 
 const API = 'https://api.example.test/orders';
@@ -613,6 +617,75 @@ describe('replay cache and thumbprints', () => {
     const proofs = await Promise.all([-3, -2, -1, 0].map((d) => dpopProof(keys, { htu: API, token, iat: iat + d })));
     for (const proof of proofs) expect((await small(request(API, [proof]))).ok).toBe(true);
     for (const proof of proofs) expect((await small(request(API, [proof]))).ok).toBe(false);
+  });
+
+  it('replayStore: a proof one instance accepted is refused by every other, also when both get it at once', async () => {
+    const shared = new MemoryStore();
+    const [a, b] = [0, 1].map(() => createVerifier({ ...options(), dpop: { replayStore: shared } }));
+    const proof = await dpopProof(keys, { htu: API, token });
+    expect((await a!(request(API, [proof]))).ok).toBe(true);
+    expect(await b!(request(API, [proof]))).toEqual(refused('invalid_dpop_proof', 'DPoP proof already used'));
+    const twice = await dpopProof(keys, { htu: API, token });
+    const results = await Promise.all([a!(request(API, [twice])), b!(request(API, [twice]))]);
+    expect(results.filter((r) => r.ok)).toHaveLength(1);
+    // A fresh proof passes on both; each id is kept until its iat leaves the window (60 s), not longer.
+    expect((await b!(request(API, [await dpopProof(keys, { htu: API, token })]))).ok).toBe(true);
+    expect(shared.size).toBe(3);
+    await shared.close();
+  });
+
+  it.skipIf(!redisAvailable)('replayStore on Redis: two verifiers, one proof, one acceptance', async () => {
+    const prefix = `tw-dpop-${randomBytes(6).toString('hex')}:`;
+    const stores = [0, 1].map(() => new RedisStore({ url: REDIS_URL, prefix }));
+    try {
+      const [a, b] = stores.map((replayStore) => createVerifier({ ...options(), dpop: { replayStore } }));
+      for (let i = 0; i < 5; i++) {
+        const proof = await dpopProof(keys, { htu: API, token });
+        const results = await Promise.all([a!(request(API, [proof])), b!(request(API, [proof]))]);
+        expect(results.filter((r) => r.ok)).toHaveLength(1);
+        expect(results.find((r) => !r.ok)).toEqual(refused('invalid_dpop_proof', 'DPoP proof already used'));
+      }
+    } finally {
+      await Promise.all(stores.map((s) => s.close()));
+      await removeRedisKeys(prefix);
+    }
+  });
+
+  it('replayStore that cannot answer: 503, reported without the proof or token; never accepted unchecked', async () => {
+    const reported: TokenwardenError[] = [];
+    const proof = await dpopProof(keys, { htu: API, token });
+    const jti = JSON.parse(Buffer.from(proof.split('.')[1]!, 'base64url').toString()).jti as string;
+    const down = new MemoryStore();
+    await down.close(); // every call now fails with ERR_CLOSED
+    const failing = createVerifier({
+      ...options(),
+      dpop: { replayStore: down },
+      onError: (e) => reported.push(e),
+    });
+    const result = await failing(request(API, [proof]));
+    expect(result).toMatchObject({ ok: false, failure: { error: 'temporarily_unavailable', status: 503 } });
+    expect(reported.map((e) => e.code)).toEqual(['ERR_CLOSED']);
+    const thrower = createVerifier({
+      ...options(),
+      dpop: {
+        replayStore: {
+          ...down,
+          set: async () => {
+            throw new Error(`store down (${jti})`);
+          },
+        } as unknown as MemoryStore,
+      },
+      onError: (e) => reported.push(e),
+    });
+    expect((await thrower(request(API, [await dpopProof(keys, { htu: API, token })]))).ok).toBe(false);
+    expect(reported.map((e) => e.code)).toEqual(['ERR_CLOSED', 'ERR_STORE']);
+    for (const e of reported) {
+      expect(`${e.message} ${JSON.stringify(e)}`).not.toContain(token);
+      expect(`${e.message} ${JSON.stringify(e)}`).not.toContain(jti);
+    }
+    expect(() => createVerifier({ ...options(), dpop: { replayStore: {} as MemoryStore } })).toThrow(
+      expect.objectContaining({ code: 'ERR_CONFIG' }),
+    );
   });
 
   it('computes RFC 7638 thumbprints as jose does, for EC, RSA and OKP keys', async () => {
