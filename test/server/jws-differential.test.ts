@@ -253,17 +253,22 @@ beforeAll(async () => {
   );
 });
 
+/** A verifier of the corpus' keys (served by a fetch of its own), without a cache: every call checks. */
+function corpusVerifier() {
+  const jwks = JSON.stringify({ keys });
+  return createVerifier({
+    issuer: ISSUER,
+    audience: AUDIENCE,
+    jwksUri: JWKS_URI,
+    cache: false,
+    fetch: async () => new Response(jwks, { status: 200, headers: { 'content-type': 'application/json' } }),
+  });
+}
+
 describe('tokenwarden against jose, token by token', () => {
   it('refuses every token jose refuses, accepts exactly those jose accepts (besides its own documented rules)', async () => {
     const jwks = { keys };
-    const verify = createVerifier({
-      issuer: ISSUER,
-      audience: AUDIENCE,
-      jwksUri: JWKS_URI,
-      cache: false,
-      fetch: async () =>
-        new Response(JSON.stringify(jwks), { status: 200, headers: { 'content-type': 'application/json' } }),
-    });
+    const verify = corpusVerifier();
     const local = createLocalJWKSet(jwks);
     const mismatches: string[] = [];
     let accepted = 0;
@@ -324,23 +329,13 @@ describe('tokenwarden against jose, token by token', () => {
 
 describe('one at a time and in a burst', () => {
   it('gives every token the same answer whether it is checked alone (this thread) or in a burst (the thread pool)', async () => {
-    const jwks = { keys };
-    const make = () =>
-      createVerifier({
-        issuer: ISSUER,
-        audience: AUDIENCE,
-        jwksUri: JWKS_URI,
-        cache: false,
-        fetch: async () =>
-          new Response(JSON.stringify(jwks), { status: 200, headers: { 'content-type': 'application/json' } }),
-      });
-    const alone = make();
+    const alone = corpusVerifier();
     const answers: string[] = [];
     for (const [, token] of corpus) {
       const result = await alone(token);
       answers.push(result.ok ? 'ok' : `${result.failure.status} ${result.failure.error}`);
     }
-    const burst = make();
+    const burst = corpusVerifier();
     await burst.ready();
     // Every token twice, all started in one tick: the first on this thread, the others on the pool.
     const tokens = [...corpus, ...corpus].map(([, token]) => token);
