@@ -186,6 +186,21 @@ describe('token endpoint faults', () => {
   });
 });
 
+describe('answers of authorization servers other than oidc-provider (RFC 6749 §5, RFC 8693 §2.2)', () => {
+  const answer = (status: number, headers: Record<string, string>, body: string) =>
+    server.handle((_req, res) => {
+      res.writeHead(status, headers);
+      res.end(body);
+    });
+
+  it('a 4xx that is not JSON (a gateway page, a text/plain 429) → ERR_HTTP_STATUS with the status', async () => {
+    answer(401, { 'content-type': 'text/html' }, `<html>${LEAKED_TOKEN}</html>`);
+    expect(await failure()).toMatchObject({ code: 'ERR_HTTP_STATUS', status: 401 });
+    answer(429, { 'content-type': 'text/plain', 'retry-after': '7' }, 'Too Many Requests');
+    expect(await failure()).toMatchObject({ code: 'ERR_HTTP_STATUS', status: 429, retryAfterMs: 7000 });
+  });
+});
+
 describe('secrets stay out of what can be printed', () => {
   it('a source redacts its secret in inspect and JSON', () => {
     const s = source();

@@ -124,8 +124,12 @@ export function toTokenwardenError(
   if (err instanceof oauth.OperationProcessingError) {
     const cause = err.cause;
     switch (err.code) {
+      case oauth.RESPONSE_IS_NOT_JSON:
       case oauth.RESPONSE_IS_NOT_CONFORM: {
         const status = cause instanceof Response ? cause.status : undefined;
+        // A 4xx that is not JSON (a gateway's HTML 401, a text/plain 429) is a status without an OAuth body,
+        // like a 5xx page; only a 200 that is not JSON is a malformed answer.
+        if (err.code === oauth.RESPONSE_IS_NOT_JSON && (status === undefined || status === 200)) break;
         return new TokenwardenError(
           'ERR_HTTP_STATUS',
           `${what} failed: unexpected HTTP status${status === undefined ? '' : ` ${status}`} without an OAuth error body`,
