@@ -5,7 +5,7 @@
 import { inspect } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TokenwardenError } from '../src/errors.js';
-import { TokenManager } from '../src/manager.js';
+import { TokenManager, isTransient } from '../src/manager.js';
 import { clientCredentials } from '../src/sources/client-credentials.js';
 import { refreshToken } from '../src/sources/refresh-token.js';
 import { type FaultServer, json, startFaultServer } from './support/fault-server.js';
@@ -65,7 +65,6 @@ describe('token endpoint faults', () => {
   it.each([
     ['access_token missing', { token_type: 'bearer', expires_in: 60 }],
     ['access_token not a string', { access_token: 42, token_type: 'bearer' }],
-    ['token_type missing', { access_token: LEAKED_TOKEN }],
     ['expires_in negative', { access_token: LEAKED_TOKEN, token_type: 'bearer', expires_in: -5 }],
     ['expires_in a word', { access_token: LEAKED_TOKEN, token_type: 'bearer', expires_in: 'soon' }],
     ['a top-level array', [LEAKED_TOKEN]],
@@ -192,12 +191,133 @@ describe('answers of authorization servers other than oidc-provider (RFC 6749 §
       res.writeHead(status, headers);
       res.end(body);
     });
+  const JSON_TYPE = { 'content-type': 'application/json' };
+
+  it.each([
+    ['"3600abc"', '3600abc'],
+    ['an empty string', ''],
+    ['a boolean', true],
+  ])('expires_in %s → ERR_INVALID_RESPONSE (a number, or a string holding only one)', async (_name, expiresIn) => {
+    server.handle((_req, res) => json(res, 200, { access_token: 'a', token_type: 'bearer', expires_in: expiresIn }));
+    expect(await failure()).toMatchObject({ code: 'ERR_INVALID_RESPONSE' });
+  });
+
+  it('expires_in fractional, a fractional string or null (= absent, as golang/oauth2 reads it)', async () => {
+    const lifetime = async (expiresIn: unknown): Promise<number | undefined> => {
+      server.handle((_req, res) => json(res, 200, { access_token: 'a', token_type: 'bearer', expires_in: expiresIn }));
+      const t = await source().fetchToken({});
+      return t.expiresAt === undefined ? undefined : t.expiresAt - t.issuedAt;
+    };
+    expect(await lifetime(0.5)).toBe(500);
+    expect(await lifetime('3599.5')).toBe(3_599_500);
+    expect(await lifetime(null)).toBeUndefined();
+  });
+
+  it('token_type in any case; absent → Bearer (LinkedIn, Slack; as golang/oauth2), but refused with DPoP', async () => {
+    server.handle((_req, res) => json(res, 200, { access_token: 'a', token_type: 'BEARER', expires_in: 60 }));
+    expect((await source().fetchToken({})).tokenType).toBe('Bearer');
+    server.handle((_req, res) => json(res, 200, { access_token: 'a', expires_in: 60 }));
+    expect((await source().fetchToken({})).tokenType).toBe('Bearer');
+    server.handle((_req, res) => json(res, 200, { access_token: 'a', token_type: null, expires_in: 60 }));
+    expect((await source().fetchToken({})).tokenType).toBe('Bearer');
+    // With a DPoP proof sent, the token may be bound to the key: taking it for a bearer token would be a guess.
+    const dpop = (await crypto.subtle.generateKey({ name: 'ECDSA', namedCurve: 'P-256' }, true, [
+      'sign',
+      'verify',
+    ])) as CryptoKeyPair;
+    server.handle((_req, res) => json(res, 200, { access_token: LEAKED_TOKEN, expires_in: 60 }));
+    expect(await failure({ dpop })).toMatchObject({ code: 'ERR_INVALID_RESPONSE' });
+  });
+
+  it('scope: absent → undefined (RFC 6749 §5.1: as requested), different → as granted, null → absent, an array → refused', async () => {
+    const scope = async (body: Record<string, unknown>) => {
+      server.handle((_req, res) => json(res, 200, { access_token: 'a', token_type: 'bearer', ...body }));
+      return (await source({ scope: 'read write' }).fetchToken({})).scope;
+    };
+    expect(await scope({})).toBeUndefined();
+    expect(await scope({ scope: 'read' })).toBe('read');
+    expect(await scope({ scope: null })).toBeUndefined();
+    server.handle((_req, res) => json(res, 200, { access_token: LEAKED_TOKEN, token_type: 'bearer', scope: ['read'] }));
+    expect(await failure()).toMatchObject({ code: 'ERR_INVALID_RESPONSE' });
+  });
+
+  it('JSON served as application/json; charset=utf-8, text/plain, without a content type, or after a BOM', async () => {
+    const body = JSON.stringify({ access_token: 'a', token_type: 'bearer', expires_in: 60 });
+    for (const [headers, text] of [
+      [{ 'content-type': 'application/json; charset=utf-8' }, body],
+      [{ 'content-type': 'text/plain' }, body],
+      [{}, body],
+      [JSON_TYPE, `\uFEFF${body}`],
+    ] as const) {
+      answer(200, headers, text);
+      expect((await source().fetchToken({})).accessToken, JSON.stringify(headers)).toBe('a');
+    }
+  });
+
+  it('a form-encoded answer (GitHub without Accept: application/json) is read; Accept: application/json is sent', async () => {
+    const form = { 'content-type': 'application/x-www-form-urlencoded; charset=utf-8' };
+    answer(200, form, 'access_token=gho_abc&token_type=bearer&scope=repo%2Cgist&expires_in=28800');
+    const t = await source().fetchToken({});
+    expect(t).toMatchObject({ accessToken: 'gho_abc', tokenType: 'Bearer', scope: 'repo,gist' });
+    expect((t.expiresAt as number) - t.issuedAt).toBe(28_800_000);
+    expect(server.requests.at(-1)?.headers.accept).toBe('application/json');
+    answer(200, form, 'error=bad_verification_code&error_description=The+code+passed+is+incorrect+or+expired.');
+    expect(await failure()).toMatchObject({
+      code: 'ERR_OAUTH',
+      error: 'bad_verification_code',
+      error_description: 'The code passed is incorrect or expired.',
+      status: 200,
+    });
+  });
+
+  it('an error in a 200 answer (GitHub: bad_refresh_token) → ERR_OAUTH with status 200, not retried', async () => {
+    server.handle((_req, res) =>
+      json(res, 200, { error: 'bad_refresh_token', error_description: 'The refresh token passed is incorrect' }),
+    );
+    const e = await failure();
+    expect(e).toMatchObject({ code: 'ERR_OAUTH', error: 'bad_refresh_token', status: 200 });
+    expect(isTransient(e)).toBe(false);
+  });
+
+  it('an OAuth error body served as text/plain or without a content type → ERR_OAUTH', async () => {
+    const body = JSON.stringify({ error: 'invalid_grant', error_description: 'expired' });
+    for (const headers of [{ 'content-type': 'text/plain;charset=UTF-8' }, {}] as Record<string, string>[]) {
+      answer(400, headers, body);
+      expect(await failure()).toMatchObject({
+        code: 'ERR_OAUTH',
+        error: 'invalid_grant',
+        error_description: 'expired',
+        status: 400,
+      });
+    }
+  });
+
+  it("401 invalid_client with WWW-Authenticate: Basic → the body's error and description are kept", async () => {
+    answer(
+      401,
+      { ...JSON_TYPE, 'www-authenticate': 'Basic realm="token"' },
+      JSON.stringify({ error: 'invalid_client', error_description: 'client authentication failed' }),
+    );
+    expect(await failure()).toMatchObject({
+      code: 'ERR_OAUTH',
+      error: 'invalid_client',
+      error_description: 'client authentication failed',
+      status: 401,
+    });
+  });
 
   it('a 4xx that is not JSON (a gateway page, a text/plain 429) → ERR_HTTP_STATUS with the status', async () => {
     answer(401, { 'content-type': 'text/html' }, `<html>${LEAKED_TOKEN}</html>`);
     expect(await failure()).toMatchObject({ code: 'ERR_HTTP_STATUS', status: 401 });
     answer(429, { 'content-type': 'text/plain', 'retry-after': '7' }, 'Too Many Requests');
     expect(await failure()).toMatchObject({ code: 'ERR_HTTP_STATUS', status: 429, retryAfterMs: 7000 });
+  });
+
+  it('503 with an OAuth error and Retry-After → ERR_OAUTH temporarily_unavailable, transient, with the delay', async () => {
+    server.handle((_req, res) => json(res, 503, { error: 'temporarily_unavailable' }, { 'retry-after': '3' }));
+    const e = await failure();
+    expect(e).toMatchObject({ code: 'ERR_OAUTH', error: 'temporarily_unavailable', status: 503, retryAfterMs: 3000 });
+    expect(isTransient(e)).toBe(true);
   });
 });
 

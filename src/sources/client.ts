@@ -28,6 +28,7 @@ import { type Token, tokenFromResponse } from '../token.js';
 import { type CredentialInput, checkCredentialInput, isFileCredential, readCredential } from './credential.js';
 import { type DiscoveryAlgorithm, discover } from './discovery.js';
 import { rememberSecrets, toTokenwardenError } from './errors.js';
+import { readTokenResponse } from './token-response.js';
 import type { FetchTokenContext, TokenSource } from './source.js';
 
 /**
@@ -329,25 +330,27 @@ export class OAuthClient {
       const auth = await this.clientAuthentication();
       this.addCommonParams(params);
       const attempt = async (): Promise<oauth.TokenEndpointResponse> => {
-        const response = await oauth.genericTokenEndpointRequest(
-          as,
-          this.#client,
-          auth,
-          grantType,
-          new URLSearchParams(params),
-          {
+        const answer = await readTokenResponse(
+          await oauth.genericTokenEndpointRequest(as, this.#client, auth, grantType, new URLSearchParams(params), {
             ...this.requestOptions(meta, context.signal),
             ...(this.dpop && { DPoP: this.dpop }),
+          }),
+          { dpop: this.dpop !== undefined },
+        );
+        const body = answer.response.ok ? answer.body : undefined;
+        if (typeof body?.['refresh_token'] === 'string' && body['refresh_token'] !== '') {
+          rotated = body['refresh_token'];
+        }
+        if (answer.failure !== undefined) throw answer.failure;
+        return oauth.processGenericTokenEndpointResponse(
+          idTokenIssuer(as, this.issuer, body),
+          this.#client,
+          answer.response,
+          {
+            // RFC 8693 responses for tokens that are not access tokens say "N_A".
+            recognizedTokenTypes: { n_a: () => undefined },
           },
         );
-        const peek = response.ok ? await peekJson(response) : undefined;
-        if (typeof peek?.['refresh_token'] === 'string' && peek['refresh_token'] !== '') {
-          rotated = peek['refresh_token'];
-        }
-        return oauth.processGenericTokenEndpointResponse(idTokenIssuer(as, this.issuer, peek), this.#client, response, {
-          // RFC 8693 responses for tokens that are not access tokens say "N_A".
-          recognizedTokenTypes: { n_a: () => undefined },
-        });
       };
       let json: oauth.TokenEndpointResponse;
       try {
@@ -509,18 +512,6 @@ export function rotatedRefreshToken(error: unknown): string | undefined {
   if (error === null || typeof error !== 'object') return undefined;
   const value = (error as { [ROTATED_REFRESH_TOKEN]?: unknown })[ROTATED_REFRESH_TOKEN];
   return typeof value === 'string' ? value : undefined;
-}
-
-/** The JSON body of a response, read from a clone (the original is left for oauth4webapi); `undefined` if none. */
-async function peekJson(response: Response): Promise<Record<string, unknown> | undefined> {
-  try {
-    const data: unknown = await response.clone().json();
-    return data !== null && typeof data === 'object' && !Array.isArray(data)
-      ? (data as Record<string, unknown>)
-      : undefined;
-  } catch {
-    return undefined;
-  }
 }
 
 /**

@@ -186,6 +186,37 @@ describe('an authorization server echoing the credentials it received', () => {
     }
   });
 
+  it('an echo in an error read beyond RFC 6749 §5.2 (a 200, form-encoded, text/plain) is scrubbed as well', async () => {
+    const answers: [number, string, (text: string) => string][] = [
+      [200, 'application/json', (text) => JSON.stringify({ error: 'invalid_grant', error_description: text })],
+      [
+        200,
+        'application/x-www-form-urlencoded',
+        (text) => new URLSearchParams({ error: 'invalid_grant', error_description: text }).toString(),
+      ],
+      [400, 'text/plain', (text) => JSON.stringify({ error: 'invalid_grant', error_description: text })],
+    ];
+    for (const [status, type, body] of answers) {
+      const echoing = await startFaultServer((req, res, sent) => {
+        res.writeHead(status, { 'content-type': type });
+        res.end(body(`you sent ${sent} with ${req.headers.authorization}`));
+      });
+      const err = await failure(() =>
+        refreshToken({
+          ...common(),
+          tokenEndpoint: `${echoing.url}/token`,
+          clientSecret: CLIENT_SECRET,
+          refreshToken: REFRESH_TOKEN,
+        }).fetchToken({}),
+      );
+      const authorization = echoing.requests[0]?.headers.authorization?.replace(/^\S+\s+/, '') ?? '';
+      await echoing.close();
+      expect(err, `${status} ${type}`).toMatchObject({ code: 'ERR_OAUTH', error: 'invalid_grant', status });
+      expect(err.error_description).toContain('[redacted]');
+      expect(leaksIn(renderings(err), [CLIENT_SECRET, REFRESH_TOKEN, authorization]), `${status} ${type}`).toEqual([]);
+    }
+  });
+
   it('revocation (at the configured revocationEndpoint): the revoked token is not echoed back either', async () => {
     const client = new OAuthClient({
       ...common(),

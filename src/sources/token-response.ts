@@ -1,0 +1,106 @@
+/**
+ * A token endpoint's answer as real authorization servers send it, read once and brought to the shape
+ * RFC 6749 §5 describes before `oauth4webapi` judges it. What is accepted beyond the letter of the RFC is
+ * what golang/oauth2 accepts, and only where no RFC forbids it and nothing is lost in safety.
+ *
+ * @module
+ */
+import * as oauth from 'oauth4webapi';
+import { TokenwardenError } from '../errors.js';
+
+/** A token endpoint answer read by {@link readTokenResponse}. */
+export interface TokenAnswer {
+  /** The answer to give `oauth4webapi`: the original, or a JSON copy of its normalised body. */
+  readonly response: Response;
+  /** The body as a JSON object (a form-encoded body converted), when it is one. */
+  readonly body?: Record<string, unknown>;
+  /** A problem to report once the caller has noted what it must keep from the body (a rotated refresh token). */
+  readonly failure?: Error;
+}
+
+/** A JSON number of seconds as a string (`"3600"`, `"3599.5"`), as Azure AD v1 and others send `expires_in`. */
+const SECONDS = /^\s*\d+(?:\.\d+)?\s*$/;
+
+/**
+ * Reads a token endpoint answer (whose body `boundedFetch` has already capped):
+ *
+ * - a body with a non-empty string `error` is an OAuth error whatever its status (golang/oauth2: GitHub
+ *   answers `200 {"error":"bad_refresh_token"}`) or content type (`text/plain`, none): it becomes
+ *   `oauth4webapi`'s `ResponseBodyError`, so it is reported, scrubbed and retried like any other — and it
+ *   wins over a `WWW-Authenticate` challenge without parameters (`401` + `Basic realm=…`), whose body says more;
+ * - an `application/x-www-form-urlencoded` body (what GitHub sends when `Accept: application/json` is not
+ *   honoured) is read as the JSON object it encodes;
+ * - a member whose value is `null` is absent (as golang/oauth2 reads it);
+ * - `token_type` absent is `Bearer` (golang/oauth2; LinkedIn and Slack omit it) — except when the request
+ *   carried a DPoP proof, where the server may have bound the token, so it is refused;
+ * - `expires_in` must be a number or a string holding one: `"3600abc"` is refused (`oauth4webapi` alone
+ *   would read it as 3600).
+ *
+ * Everything else — status, content type of a body that is not JSON, each member's type — is left to
+ * `oauth4webapi`.
+ */
+export async function readTokenResponse(response: Response, options: { dpop: boolean }): Promise<TokenAnswer> {
+  if (response.body === null) return { response };
+  const text = await response.clone().text();
+  const body = parseBody(text, mediaType(response));
+  if (body === undefined) return { response };
+  const error = body['error'];
+  if (typeof error === 'string' && error !== '') {
+    throw new oauth.ResponseBodyError('server responded with an error in the response body', {
+      cause: body as unknown as oauth.OAuth2Error,
+      response,
+    });
+  }
+  if (response.status !== 200) return { response, body };
+  const fixed: Record<string, unknown> = {};
+  for (const [name, value] of Object.entries(body)) if (value !== null) fixed[name] = value;
+  let failure: Error | undefined;
+  if (fixed['token_type'] === undefined) {
+    if (options.dpop) {
+      failure = new TokenwardenError(
+        'ERR_INVALID_RESPONSE',
+        'the token response has no token_type although the request carried a DPoP proof: whether the token is DPoP-bound is unknown; refused',
+      );
+    } else {
+      fixed['token_type'] = 'bearer';
+    }
+  }
+  const expiresIn = fixed['expires_in'];
+  if (typeof expiresIn === 'string') {
+    if (SECONDS.test(expiresIn)) {
+      fixed['expires_in'] = Number(expiresIn);
+    } else {
+      failure ??= new TokenwardenError('ERR_INVALID_RESPONSE', "the token response's expires_in is not a number");
+    }
+  }
+  const headers = new Headers(response.headers);
+  headers.set('content-type', 'application/json');
+  return {
+    response: new Response(JSON.stringify(fixed), { status: 200, statusText: response.statusText, headers }),
+    body: fixed,
+    ...(failure !== undefined && { failure }),
+  };
+}
+
+/** The media type of a response, lower-case, without parameters. */
+function mediaType(response: Response): string {
+  return (response.headers.get('content-type') ?? '').split(';')[0]!.trim().toLowerCase();
+}
+
+/** The body as a JSON object: JSON whatever the content type, or a form-encoded body's fields. */
+function parseBody(text: string, type: string): Record<string, unknown> | undefined {
+  if (type === 'application/x-www-form-urlencoded') {
+    const fields: Record<string, unknown> = {};
+    for (const [name, value] of new URLSearchParams(text)) if (!(name in fields)) fields[name] = value;
+    return fields;
+  }
+  try {
+    // Response.text() has already dropped a UTF-8 byte order mark (the Fetch standard's UTF-8 decode).
+    const data: unknown = JSON.parse(text);
+    return data !== null && typeof data === 'object' && !Array.isArray(data)
+      ? (data as Record<string, unknown>)
+      : undefined;
+  } catch {
+    return undefined;
+  }
+}
