@@ -22,7 +22,7 @@ import { parseJsonObject } from './json.js';
 export interface Token {
   /** The access token itself. Treat it as a secret. */
   readonly accessToken: string;
-  /** `Bearer` (normalised from any case) or `DPoP`, or what the server sent. */
+  /** `Bearer` or `DPoP` (normalised from any case; a grant's answer without one is `Bearer`), `N_A` from a token exchange. */
   readonly tokenType: string;
   /** When the access token expires, epoch milliseconds. */
   readonly expiresAt?: number;
@@ -178,11 +178,12 @@ function jwtExpiry(token: string): { exp: number; iat?: number } | undefined {
   }
 }
 
-/** `bearer` → `Bearer`, `dpop` → `DPoP`; anything else as sent. */
+/** `bearer` → `Bearer`, `dpop` → `DPoP`, `n_a` → `N_A` (RFC 8693 §2.2.1); anything else as sent. */
 export function normaliseTokenType(type: string): string {
   const lower = type.toLowerCase();
   if (lower === 'bearer') return 'Bearer';
   if (lower === 'dpop') return 'DPoP';
+  if (lower === 'n_a') return 'N_A';
   return type;
 }
 

@@ -8,6 +8,7 @@ import { TokenwardenError } from '../src/errors.js';
 import { TokenManager, isTransient } from '../src/manager.js';
 import { clientCredentials } from '../src/sources/client-credentials.js';
 import { refreshToken } from '../src/sources/refresh-token.js';
+import { tokenExchange } from '../src/sources/token-exchange.js';
 import { type FaultServer, json, startFaultServer } from './support/fault-server.js';
 
 const SECRET = 'client-secret-that-must-never-leak';
@@ -227,6 +228,26 @@ describe('answers of authorization servers other than oidc-provider (RFC 6749 §
     ])) as CryptoKeyPair;
     server.handle((_req, res) => json(res, 200, { access_token: LEAKED_TOKEN, expires_in: 60 }));
     expect(await failure({ dpop })).toMatchObject({ code: 'ERR_INVALID_RESPONSE' });
+  });
+
+  it('token_type N_A only from a token exchange (RFC 8693 §2.2.1), where it is kept as N_A', async () => {
+    server.handle((_req, res) => json(res, 200, { access_token: LEAKED_TOKEN, token_type: 'N_A' }));
+    expect(await failure()).toMatchObject({ code: 'ERR_UNSUPPORTED' });
+    const exchange = tokenExchange({
+      tokenEndpoint: `${server.url}/token`,
+      clientId: 'svc',
+      clientSecret: SECRET,
+      subjectToken: 'subject-token',
+      allowInsecureRequests: true,
+    });
+    server.handle((_req, res) =>
+      json(res, 200, {
+        access_token: 'an-id-token',
+        token_type: 'N_A',
+        issued_token_type: 'urn:ietf:params:oauth:token-type:id_token',
+      }),
+    );
+    expect((await exchange.fetchToken({})).tokenType).toBe('N_A');
   });
 
   it('scope: absent → undefined (RFC 6749 §5.1: as requested), different → as granted, null → absent, an array → refused', async () => {

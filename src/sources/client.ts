@@ -346,10 +346,9 @@ export class OAuthClient {
           idTokenIssuer(as, this.issuer, body),
           this.#client,
           answer.response,
-          {
-            // RFC 8693 responses for tokens that are not access tokens say "N_A".
-            recognizedTokenTypes: { n_a: () => undefined },
-          },
+          // RFC 8693 §2.2.1: an exchanged token that is not an access token has the type "N_A"; no other grant
+          // issues one (RFC 6749 §7.1: a token of a type the client does not understand is not used).
+          grantType === TOKEN_EXCHANGE ? { recognizedTokenTypes: { n_a: () => undefined } } : {},
         );
       };
       let json: oauth.TokenEndpointResponse;
@@ -490,6 +489,8 @@ export class OAuthClient {
     return `OAuthClient ${inspect(this.toJSON())}`;
   }
 }
+
+const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
 
 const ROTATED_REFRESH_TOKEN = Symbol('tokenwarden.rotatedRefreshToken');
 
