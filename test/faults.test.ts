@@ -340,6 +340,44 @@ describe('answers of authorization servers other than oidc-provider (RFC 6749 §
     expect(e).toMatchObject({ code: 'ERR_OAUTH', error: 'temporarily_unavailable', status: 503, retryAfterMs: 3000 });
     expect(isTransient(e)).toBe(true);
   });
+
+  it('an empty 200 body → ERR_INVALID_RESPONSE', async () => {
+    answer(200, JSON_TYPE, '');
+    expect(await failure()).toMatchObject({ code: 'ERR_INVALID_RESPONSE' });
+  });
+
+  it('a refresh answer without refresh_token keeps the one spent (RFC 6749 §6); a new one replaces it', async () => {
+    const spent: (string | null)[] = [];
+    let rotate = false;
+    server.handle((_req, res, body) => {
+      spent.push(new URLSearchParams(body).get('refresh_token'));
+      const n = spent.length;
+      json(res, 200, {
+        access_token: `at-${n}`,
+        token_type: 'bearer',
+        expires_in: 60,
+        ...(rotate && { refresh_token: `rt-${n}` }),
+      });
+    });
+    const manager = new TokenManager({
+      source: refreshToken({
+        tokenEndpoint: `${server.url}/token`,
+        clientId: 'app',
+        clientSecret: SECRET,
+        refreshToken: 'rt-0',
+        allowInsecureRequests: true,
+      }),
+      refresh: { background: false },
+    });
+    expect((await manager.getToken()).refreshToken).toBe('rt-0');
+    expect((await manager.refresh()).refreshToken).toBe('rt-0');
+    rotate = true;
+    expect((await manager.refresh()).refreshToken).toBe('rt-3');
+    rotate = false;
+    expect((await manager.refresh()).refreshToken).toBe('rt-3');
+    expect(spent).toEqual(['rt-0', 'rt-0', 'rt-0', 'rt-3']);
+    await manager.close();
+  });
 });
 
 describe('secrets stay out of what can be printed', () => {
