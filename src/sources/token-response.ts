@@ -52,27 +52,7 @@ export async function readTokenResponse(response: Response, options: { dpop: boo
     });
   }
   if (response.status !== 200) return { response, body };
-  const fixed: Record<string, unknown> = {};
-  for (const [name, value] of Object.entries(body)) if (value !== null) fixed[name] = value;
-  let failure: Error | undefined;
-  if (fixed['token_type'] === undefined) {
-    if (options.dpop) {
-      failure = new TokenwardenError(
-        'ERR_INVALID_RESPONSE',
-        'the token response has no token_type although the request carried a DPoP proof: whether the token is DPoP-bound is unknown; refused',
-      );
-    } else {
-      fixed['token_type'] = 'bearer';
-    }
-  }
-  const expiresIn = fixed['expires_in'];
-  if (typeof expiresIn === 'string') {
-    if (SECONDS.test(expiresIn)) {
-      fixed['expires_in'] = Number(expiresIn);
-    } else {
-      failure ??= new TokenwardenError('ERR_INVALID_RESPONSE', "the token response's expires_in is not a number");
-    }
-  }
+  const { fields: fixed, failure } = normaliseTokenFields(body, options);
   const headers = new Headers(response.headers);
   headers.set('content-type', 'application/json');
   return {
@@ -80,6 +60,46 @@ export async function readTokenResponse(response: Response, options: { dpop: boo
     body: fixed,
     ...(failure !== undefined && { failure }),
   };
+}
+
+/**
+ * The members of a successful token response brought to RFC 6749 §5.1's shape, by the rules of
+ * {@link readTokenResponse}: `null` members dropped, a missing `token_type` read as `bearer` (refused after a
+ * DPoP proof), `expires_in` as a numeric string made a number (any other string refused). One place for
+ * these rules: token endpoint answers and the responses `UserTokens.save()` is given.
+ *
+ * @example
+ * ```ts
+ * const { fields, failure } = normaliseTokenFields({ access_token: 'at', expires_in: '3600' }, { dpop: false });
+ * // fields: { access_token: 'at', expires_in: 3600, token_type: 'bearer' }
+ * ```
+ */
+export function normaliseTokenFields(
+  body: Record<string, unknown>,
+  options: { dpop: boolean },
+): { fields: Record<string, unknown>; failure?: TokenwardenError } {
+  const fields: Record<string, unknown> = {};
+  for (const [name, value] of Object.entries(body)) if (value !== null) fields[name] = value;
+  let failure: TokenwardenError | undefined;
+  if (fields['token_type'] === undefined) {
+    if (options.dpop) {
+      failure = new TokenwardenError(
+        'ERR_INVALID_RESPONSE',
+        'the token response has no token_type although the request carried a DPoP proof: whether the token is DPoP-bound is unknown; refused',
+      );
+    } else {
+      fields['token_type'] = 'bearer';
+    }
+  }
+  const expiresIn = fields['expires_in'];
+  if (typeof expiresIn === 'string') {
+    if (SECONDS.test(expiresIn)) {
+      fields['expires_in'] = Number(expiresIn);
+    } else {
+      failure ??= new TokenwardenError('ERR_INVALID_RESPONSE', "the token response's expires_in is not a number");
+    }
+  }
+  return failure === undefined ? { fields } : { fields, failure };
 }
 
 /** The media type of a response, lower-case, without parameters. */

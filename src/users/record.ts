@@ -19,6 +19,7 @@ import type { Lineage } from '../fleet/fleet.js';
 import { type UserClaims, userClaims } from '../id-token.js';
 import { parseJsonObject } from '../json.js';
 import { TokenwardenError } from '../errors.js';
+import { normaliseTokenFields } from '../sources/token-response.js';
 import { type Token, toToken } from '../token.js';
 import type { Spec, StoredSpec } from './spec.js';
 import { storedSpec } from './spec.js';
@@ -377,24 +378,27 @@ export function refreshExpiry(
     : {};
 }
 
-/** Checks the shape of a token endpoint response given to `save()`. */
+/**
+ * Checks the shape of a token endpoint response given to `save()`, read by the rules token endpoint answers
+ * are read by (`normaliseTokenFields`: `null` members absent, no `token_type` is `bearer`, a numeric-string
+ * `expires_in` a number).
+ */
 export function checkTokenResponse(json: unknown): Record<string, unknown> {
   const bad = (why: string): TokenwardenError =>
     new TokenwardenError('ERR_INVALID_RESPONSE', `the token response ${why}`);
   if (json === null || typeof json !== 'object' || Array.isArray(json)) throw bad('is not a JSON object');
-  const j = json as Record<string, unknown>;
+  const { fields: j, failure } = normaliseTokenFields(json as Record<string, unknown>, { dpop: false });
+  if (failure !== undefined) throw failure;
   if (typeof j['access_token'] !== 'string' || j['access_token'] === '') throw bad('has no access_token');
   if (typeof j['token_type'] !== 'string' || j['token_type'] === '') throw bad('has no token_type');
   for (const field of ['refresh_token', 'id_token', 'scope'] as const) {
     if (j[field] !== undefined && typeof j[field] !== 'string') throw bad(`has a ${field} that is not a string`);
   }
   const expiresIn = j['expires_in'];
-  if (expiresIn !== undefined) {
-    const n = typeof expiresIn === 'string' ? Number(expiresIn) : expiresIn;
-    if (typeof n !== 'number' || !Number.isFinite(n) || n < 0) throw bad('has an invalid expires_in');
-    return { ...j, expires_in: n };
+  if (expiresIn !== undefined && (typeof expiresIn !== 'number' || !Number.isFinite(expiresIn) || expiresIn < 0)) {
+    throw bad('has an invalid expires_in');
   }
-  return { ...j };
+  return j;
 }
 
 /** Drops expired access tokens and keeps at most `max` (those expiring last; `keep` always). */

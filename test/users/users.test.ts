@@ -317,6 +317,16 @@ describe('UserTokens', () => {
     expect(await users.getClaims('erin')).toBeUndefined();
     expect((await failure(users.save('erin', { token_type: 'Bearer' }))).code).toBe('ERR_INVALID_RESPONSE');
     expect((await failure(users.save('', plain))).code).toBe('ERR_CONFIG');
+    // Read by the rules token endpoint answers are read by: no token_type is Bearer, null members are absent,
+    // a numeric-string expires_in is a number, any other string is refused.
+    const { token_type: _type, ...untyped } = plain;
+    await users.save('erin', { ...untyped, expires_in: '600', refresh_token: null, scope: null });
+    expect(await users.getAccessToken('erin')).toMatchObject({
+      accessToken: plain['access_token'],
+      tokenType: 'Bearer',
+    });
+    expect((await failure(users.save('erin', { ...plain, expires_in: '' }))).code).toBe('ERR_INVALID_RESPONSE');
+    expect((await failure(users.save('erin', { ...plain, expires_in: '600s' }))).code).toBe('ERR_INVALID_RESPONSE');
   });
 
   it('returns an expired ID token (for logout), and save() accepts a response whose ID token expired', async () => {
