@@ -135,8 +135,8 @@ export function extractPresented(
   if (input === null || input === undefined) return NO_TOKEN;
   if (typeof input === 'string') {
     if (input.length > options.maxLength + 64) return TOO_LARGE;
-    // A raw token has no space; anything else is a header value.
-    if (input.includes(' ') || (input.length <= 6 && /^(?:bearer|dpop)$/i.test(input))) {
+    // A raw token has no space or tab; anything else is a header value.
+    if (input.includes(' ') || input.includes('\t') || (input.length <= 6 && /^(?:bearer|dpop)$/i.test(input))) {
       return fromHeader(input, options.maxLength, options.schemes) ?? NO_TOKEN;
     }
     return input === '' ? NO_TOKEN : { token: input, scheme: 'Bearer' };
@@ -235,15 +235,25 @@ function fromHeader(
   schemes: readonly TokenScheme[],
 ): PresentedToken | VerifyFailure | undefined {
   if (value.length > maxLength + 64) return TOO_LARGE;
-  const trimmed = value.trim();
-  const space = trimmed.indexOf(' ');
-  const name = (space < 0 ? trimmed : trimmed.slice(0, space)).toLowerCase();
+  // Only HTTP's whitespace (SP, HTAB) around the value is dropped, as an HTTP parser drops it: not the
+  // Unicode spaces String#trim() also drops ("Bearer <token>\u00a0" is malformed, not the token).
+  let from = 0;
+  let to = value.length;
+  while (from < to && (value[from] === ' ' || value[from] === '\t')) from++;
+  while (to > from && (value[to - 1] === ' ' || value[to - 1] === '\t')) to--;
+  // The scheme ends at the first SP or HTAB: "Bearer\t<token>" is a malformed Bearer header, not another scheme.
+  let end = from;
+  while (end < to && value[end] !== ' ' && value[end] !== '\t') end++;
+  const name = value.slice(from, end).toLowerCase();
   const scheme = name === 'bearer' ? 'Bearer' : name === 'dpop' ? 'DPoP' : undefined;
   if (scheme === undefined || !schemes.includes(scheme)) return undefined;
   const malformed = scheme === 'DPoP' ? MALFORMED_DPOP_HEADER : MALFORMED_HEADER;
-  if (space < 0) return malformed;
-  const token = trimmed.slice(space + 1).trimStart();
-  if (token === '') return malformed;
+  // RFC 6750 §2.1: the scheme, 1*SP, the token. Spaces are skipped; a tab stays in front of the token and
+  // makes it malformed (malformation(): no whitespace in a token).
+  let start = end;
+  while (start < to && value[start] === ' ') start++;
+  if (start === to) return malformed;
+  const token = value.slice(start, to);
   // One token, no parameters: "Bearer a b" and "Bearer a, Bearer b" (merged duplicate headers) are malformed,
   // which malformation() tells, once per token the verifier does not know.
   return { token, scheme, header: true };

@@ -28,6 +28,18 @@ describe('extractToken (RFC 6750 §2)', () => {
     for (const input of ['Bearer', 'Bearer ', 'Bearer a b', 'Bearer a, Bearer b', 'Bearer a,b']) {
       expect(extractToken(input, header)).toMatchObject({ error: 'invalid_request', status: 400 });
     }
+    // RFC 6750 §2.1 is `Bearer 1*SP b64token`: a tab as (or in) the separator, or a Unicode space after the
+    // token, is a malformed Bearer header — not "no token", and not the token with the space dropped.
+    for (const value of ['Bearer\tabc', 'Bearer \tabc', 'bearer\t \tabc', 'Bearer abc\u00a0', 'Bearer abc\ufeff']) {
+      for (const input of [value, node({ authorization: value })]) {
+        expect(extractToken(input, header), JSON.stringify(value)).toMatchObject({
+          error: 'invalid_request',
+          description: 'malformed Authorization header',
+        });
+      }
+    }
+    // What an HTTP parser drops around a field value (SP, HTAB) is dropped here too.
+    expect(extractToken(node({ authorization: ' \tBearer abc \t' }), header)).toBe('abc');
     const twice = {
       headers: { authorization: 'Bearer a' },
       rawHeaders: ['Authorization', 'Bearer a', 'authorization', 'Bearer b'],
