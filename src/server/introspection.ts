@@ -189,6 +189,11 @@ export function introspectionStrategy(options: IntrospectionStrategyOptions): Ve
       if (tokenType !== undefined && !['bearer', 'access_token', 'dpop'].includes(tokenType as string)) {
         return inactive('not an access token');
       }
+      // Servers that introspect refresh tokens too say so outside `token_type` (which they set to "Bearer"
+      // for both): Ory Hydra and Authelia in `token_use`, Keycloak in the token's `typ` claim.
+      if (!isAccessTokenUse(claims['token_use']) || isOtherKeycloakTyp(claims['typ'])) {
+        return inactive('not an access token');
+      }
       // The verifier checks the key binding (`cnf`) per request; a DPoP token must have one to check.
       if (tokenType === 'dpop' && typeof (claims['cnf'] as { jkt?: unknown } | undefined)?.jkt !== 'string') {
         return inactive('DPoP token without key binding');
@@ -219,6 +224,16 @@ export function introspectionStrategy(options: IntrospectionStrategyOptions): Ve
     getExtra: (claims) => ({ claims }),
     getTtl: () => options.cacheMaxAgeMs,
   };
+}
+
+/** `token_use` absent, or naming an access token (`access_token`: Ory Hydra, Authelia; `access`: Amazon Cognito). */
+function isAccessTokenUse(value: unknown): boolean {
+  return value === undefined || value === 'access_token' || value === 'access';
+}
+
+/** Keycloak's `typ` of a refresh, offline or ID token (its access tokens say `Bearer` or `DPoP`). */
+function isOtherKeycloakTyp(value: unknown): boolean {
+  return typeof value === 'string' && ['refresh', 'offline', 'id', 'logout'].includes(value.toLowerCase());
 }
 
 function contentType(response: Response): string | undefined {

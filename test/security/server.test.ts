@@ -420,6 +420,39 @@ describe('introspection answers', () => {
     expect(result.ok).toBe(true);
   });
 
+  it('a refresh or ID token the server introspects as active is not an access token (Ory Hydra, Authelia, Keycloak)', async () => {
+    const exp = Math.floor(Date.now() / 1000) + 300;
+    const base = { active: true, sub: 'alice', client_id: 'app', scope: 'read', exp };
+    const refused: Record<string, unknown>[] = [
+      { ...base, token_type: 'Bearer', token_use: 'refresh_token' }, // Ory Hydra 2, Authelia
+      { ...base, token_use: 'id' },
+      { ...base, token_use: 5 },
+      { ...base, typ: 'Refresh' }, // Keycloak
+      { ...base, typ: 'Offline' },
+      { ...base, typ: 'ID' },
+    ];
+    for (const body of refused) {
+      const { result } = await against((res) => json(res, 200, body));
+      expect(result, JSON.stringify(body)).toMatchObject({
+        ok: false,
+        failure: { status: 401, error: 'invalid_token', description: 'not an access token' },
+      });
+    }
+    const accepted: Record<string, unknown>[] = [
+      { ...base, token_type: 'Bearer', token_use: 'access_token' }, // Ory Hydra 2, Authelia
+      { ...base, token_type: 'access_token' }, // Ory Hydra 1
+      { ...base, typ: 'Bearer', azp: 'app' }, // Keycloak
+      { ...base, token_type: 'bearer', username: 'alice@example.test', aud: ['rs', 'other'] }, // Okta, Spring
+    ];
+    for (const body of accepted) {
+      const { result } = await against((res) => json(res, 200, body));
+      expect(result.ok && result.auth, JSON.stringify(body)).toMatchObject({
+        uid: 'alice',
+        credentials: { scopes: ['read'] },
+      });
+    }
+  });
+
   it('a JWT answer (RFC 9701) is believed only when signed by the issuer for this client: unsigned, foreign-signed, wrong iss/aud/typ are 503', async () => {
     const now = Math.floor(Date.now() / 1000);
     const stranger = await newSigningKey();
