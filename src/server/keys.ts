@@ -14,6 +14,7 @@
 import {
   type CompactJWSHeaderParameters,
   type JSONWebKeySet,
+  type JWK,
   type JWSHeaderParameters,
   type JWTPayload,
   type JWTVerifyGetKey,
@@ -327,10 +328,18 @@ export class KeySet {
       });
     }
     const body = parseJsonObject(await response.text());
-    if (body === undefined || !Array.isArray(body['keys'])) {
+    const members: unknown = body?.['keys'];
+    if (!Array.isArray(members)) {
       throw new TokenwardenError('ERR_INVALID_RESPONSE', `JWKS from ${where} is not a JSON Web Key Set`);
     }
-    const jwks = body as unknown as JSONWebKeySet;
+    // RFC 7517 §5: members a verifier cannot use are ignored, not the set. jose ignores keys of unknown kinds
+    // and malformed keys until a token names one; a member that is not even an object would make it refuse
+    // the whole set, so it is left out here (a set with nothing else is still not a key set).
+    const keys = members.filter((m): m is JWK => m !== null && typeof m === 'object' && !Array.isArray(m));
+    if (keys.length === 0 && members.length > 0) {
+      throw new TokenwardenError('ERR_INVALID_RESPONSE', `JWKS from ${where} is not a JSON Web Key Set`);
+    }
+    const jwks: JSONWebKeySet = { keys };
     try {
       createLocalJWKSet(jwks); // the same checks as when it is used: a malformed set is a failed fetch
     } catch {
@@ -406,16 +415,31 @@ async function selectIn(held: Held, header: JWSHeaderParameters): Promise<readon
   try {
     found = [(await held.getKey(header as CompactJWSHeaderParameters, undefined as never)) as CryptoKey];
   } catch (err) {
+    // The one key that fits could not be imported (a malformed member): not a judgement of the token.
+    if (!(err instanceof errors.JOSEError)) throw unusableKey(err);
     if (!(err instanceof errors.JWKSMultipleMatchingKeys)) throw err;
     // No kid and several keys of the kind: each is tried (those jose could import).
     found = [];
     for await (const key of err) found.push(key as CryptoKey);
     if (found.length === 0) throw err;
   }
-  const keys = found.map((key) => verificationKey(key, alg));
+  const candidates = found.map((key) => verificationKey(key, alg));
+  // A key that may not be used with the algorithm (an RSA key under 2048 bits) is not tried while others
+  // can be: one weak key in the set must not make tokens without kid unverifiable.
+  const keys = candidates.filter((key) => key.unusable === undefined);
+  if (keys.length === 0) throw unusableKey(new TypeError(candidates[0]?.unusable));
   const kid = header.kid as unknown;
   if (kid === undefined || typeof kid === 'string') held.selected.set(selection(alg, kid), keys);
   return keys;
+}
+
+/** The key for a token is in the set but cannot verify it: the token is not judged (503), and `onError` says why. */
+function unusableKey(cause: unknown): TokenwardenError {
+  return new TokenwardenError(
+    'ERR_INVALID_RESPONSE',
+    'the JWKS key for this token cannot be used (malformed, or too weak for its algorithm)',
+    { cause },
+  );
 }
 
 /**

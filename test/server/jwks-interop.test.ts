@@ -1,0 +1,187 @@
+/**
+ * JWKS documents as authorization servers other than oidc-provider publish them (Keycloak, Entra ID, Okta,
+ * Auth0, ADFS, Google): keys without `alg`, encryption keys beside signing keys, `key_ops`, X.509 members,
+ * kinds of key the verifier does not know, malformed members, duplicate `kid`s across key types. oidc-provider
+ * validates the key set it publishes and cannot be made to serve most of these, so a local server publishes
+ * them (served as `application/jwk-set+json`, as Keycloak does); the tokens are signed with real keys.
+ */
+import { generateKeyPairSync } from 'node:crypto';
+import type { ServerResponse } from 'node:http';
+import { type JWK, SignJWT, exportJWK, generateKeyPair, importJWK } from 'jose';
+import { afterEach, describe, expect, it } from 'vitest';
+import { createVerifier } from '../../src/server/index.js';
+import { newSigningKey, publicJwk } from '../support/authorization-server.js';
+import { type FaultServer, startFaultServer } from '../support/fault-server.js';
+
+const AUDIENCE = 'https://api.example.test';
+
+let server: FaultServer | undefined;
+afterEach(async () => {
+  await server?.close();
+  server = undefined;
+});
+
+/** An issuer whose JWKS is `keys` (public parts), served with `content-type`. */
+async function issuerWith(keys: unknown[], contentType = 'application/jwk-set+json'): Promise<string> {
+  server = await startFaultServer();
+  const url = server.url;
+  server.handle((req, res: ServerResponse) => {
+    if (req.url?.startsWith('/.well-known/')) {
+      res
+        .writeHead(200, { 'content-type': 'application/json' })
+        .end(JSON.stringify({ issuer: url, jwks_uri: `${url}/jwks` }));
+      return;
+    }
+    res.writeHead(200, { 'content-type': contentType }).end(JSON.stringify({ keys }));
+  });
+  return url;
+}
+
+async function token(issuer: string, key: JWK, alg: string, header: Record<string, unknown> = {}): Promise<string> {
+  const now = Math.floor(Date.now() / 1000);
+  return new SignJWT({ iss: issuer, aud: AUDIENCE, sub: 'alice', iat: now, exp: now + 300 })
+    .setProtectedHeader({ alg, typ: 'JWT', ...header } as never)
+    .sign(await importJWK(key, alg));
+}
+
+async function ecKey(kid: string): Promise<JWK> {
+  const { privateKey } = await generateKeyPair('ES256', { extractable: true });
+  return { ...(await exportJWK(privateKey)), kid };
+}
+
+/** The public JWK, with members added or removed (`undefined`). */
+function published(key: JWK, members: Record<string, unknown> = {}): Record<string, unknown> {
+  const jwk: Record<string, unknown> = { ...publicJwk(key), ...members };
+  for (const [name, value] of Object.entries(jwk)) if (value === undefined) delete jwk[name];
+  return jwk;
+}
+
+const verifierFor = (issuer: string) => createVerifier({ issuer, audience: AUDIENCE, allowInsecureRequests: true });
+
+describe('JWKS members as other authorization servers publish them', () => {
+  it('keys without alg or use (Entra ID, ADFS), with key_ops (verify), with x5c/x5t beside n/e: each verifies', async () => {
+    const [bare, ops, x509] = [await newSigningKey(), await newSigningKey(), await newSigningKey()];
+    const issuer = await issuerWith([
+      published(bare, { alg: undefined, use: undefined }),
+      published(ops, { use: undefined, key_ops: ['verify'] }),
+      // The certificate chain is not what the key is made from (n and e are): a broken one changes nothing.
+      published(x509, { x5c: ['MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA'], x5t: 'bm90LWEtdGh1bWJwcmludA' }),
+    ]);
+    const verify = verifierFor(issuer);
+    for (const key of [bare, ops, x509]) {
+      expect((await verify(await token(issuer, key, 'RS256', { kid: key.kid }))).ok, key.kid).toBe(true);
+    }
+  });
+
+  it('an encryption key (use enc, or key_ops without verify) never verifies a signature, even named by kid', async () => {
+    const [signing, encryption, wrapping] = [await newSigningKey(), await newSigningKey(), await newSigningKey()];
+    const issuer = await issuerWith([
+      published(signing),
+      published(encryption, { use: 'enc', alg: 'RSA-OAEP' }), // Keycloak publishes its RSA-OAEP key so
+      published(wrapping, { use: undefined, alg: undefined, key_ops: ['encrypt', 'wrapKey'] }),
+    ]);
+    const verify = verifierFor(issuer);
+    expect((await verify(await token(issuer, signing, 'RS256', { kid: signing.kid }))).ok).toBe(true);
+    for (const key of [encryption, wrapping]) {
+      expect(await verify(await token(issuer, key, 'RS256', { kid: key.kid }))).toMatchObject({
+        ok: false,
+        failure: { status: 401, error: 'invalid_token', description: 'unknown signing key' },
+      });
+      expect(await verify(await token(issuer, key, 'RS256'))).toMatchObject({
+        ok: false,
+        failure: { status: 401, error: 'invalid_token' },
+      });
+    }
+  });
+
+  it('one RSA and one EC key under the same kid: each token is checked with the key of its algorithm', async () => {
+    const rsa = { ...(await newSigningKey()), kid: 'shared', alg: undefined, use: undefined };
+    const ec = await ecKey('shared');
+    const issuer = await issuerWith([published(rsa), published(ec, { use: 'sig' })]);
+    const verify = verifierFor(issuer);
+    expect((await verify(await token(issuer, rsa, 'RS256', { kid: 'shared' }))).ok).toBe(true);
+    expect((await verify(await token(issuer, ec, 'ES256', { kid: 'shared' }))).ok).toBe(true);
+  });
+
+  it('a token without kid: the only key of its kind, or each that fits it', async () => {
+    const only = await newSigningKey();
+    const ec = await ecKey('ec-1');
+    const issuer = await issuerWith([published(only), published(ec)]);
+    const verify = verifierFor(issuer);
+    expect((await verify(await token(issuer, only, 'RS256'))).ok).toBe(true);
+    expect((await verify(await token(issuer, ec, 'ES256'))).ok).toBe(true);
+  });
+});
+
+describe('one bad member does not make the set unusable', () => {
+  /** Members no verifier can use, as real key sets have had them. */
+  const badMembers = (): unknown[] => [
+    { kty: 'AKP', alg: 'ML-DSA-44', kid: 'pq', pub: 'AAAA' }, // a kind jose may know but no allowed alg uses
+    { kty: 'unknown', kid: 'odd' },
+    { kty: 'RSA', kid: 'broken-n', n: '!!not base64url!!', e: 'AQAB', use: 'sig' },
+    { kty: 'RSA', kid: 'no-e', n: 'AQAB' },
+    { kty: 'EC', crv: 'P-256', kid: 'no-y', x: 'AAAA' },
+    { kty: 'oct', kid: 'hmac', k: 'c2VjcmV0' },
+    { kid: 'no-kty' },
+  ];
+
+  it('unknown kinds and malformed keys beside good ones: tokens of the good ones verify, with and without kid', async () => {
+    const good = await newSigningKey();
+    const issuer = await issuerWith([...badMembers(), published(good)]);
+    const verify = verifierFor(issuer);
+    expect((await verify(await token(issuer, good, 'RS256', { kid: good.kid }))).ok).toBe(true);
+    expect((await verify(await token(issuer, good, 'RS256'))).ok).toBe(true);
+    // A kid naming a member that is no signing key of its algorithm: no such key (401).
+    for (const kid of ['pq', 'odd', 'hmac', 'no-kty', 'no-y']) {
+      const result = await verify(await token(issuer, good, 'RS256', { kid }));
+      expect(result, kid).toMatchObject({
+        ok: false,
+        failure: { status: 401, error: 'invalid_token', description: 'unknown signing key' },
+      });
+    }
+  });
+
+  it('a token naming a malformed or too weak key is not judged (503), and onError says which key problem', async () => {
+    const good = await newSigningKey();
+    const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 1024 });
+    const weak = { ...(privateKey.export({ format: 'jwk' }) as JWK), kid: 'weak', alg: 'RS256' };
+    const issuer = await issuerWith([...badMembers(), published(weak), published(good)]);
+    const reported: unknown[] = [];
+    const verify = createVerifier({
+      issuer,
+      audience: AUDIENCE,
+      allowInsecureRequests: true,
+      onError: (err) => reported.push(err),
+    });
+    // Signed by the good key under each kid: what signed it does not matter when the key named is unusable.
+    for (const kid of ['broken-n', 'no-e', 'weak']) {
+      expect(await verify(await token(issuer, good, 'RS256', { kid })), kid).toMatchObject({
+        ok: false,
+        failure: { status: 503, error: 'temporarily_unavailable' },
+      });
+      expect(reported.pop(), kid).toMatchObject({
+        code: 'ERR_INVALID_RESPONSE',
+        message: 'the JWKS key for this token cannot be used (malformed, or too weak for its algorithm)',
+      });
+    }
+    expect((await verify(await token(issuer, good, 'RS256', { kid: good.kid }))).ok).toBe(true);
+  });
+
+  it('members that are not objects (null, a string, an array) are left out, the rest used', async () => {
+    const good = await newSigningKey();
+    const issuer = await issuerWith([null, 'key', [published(good)], 7, published(good)]);
+    const verify = verifierFor(issuer);
+    expect((await verify(await token(issuer, good, 'RS256', { kid: good.kid }))).ok).toBe(true);
+    expect(verify.health().keys[0]).toMatchObject({ keys: 1 });
+  });
+
+  it('an RSA key under 2048 bits beside a good one: a token without kid is checked with the good one', async () => {
+    const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 1024 });
+    const weak = { ...(privateKey.export({ format: 'jwk' }) as JWK), kid: 'weak', alg: 'RS256' };
+    const good = await newSigningKey();
+    const issuer = await issuerWith([published(weak), published(good)]);
+    const verify = verifierFor(issuer);
+    expect((await verify(await token(issuer, good, 'RS256'))).ok).toBe(true);
+    expect((await verify(await token(issuer, good, 'RS256', { kid: good.kid }))).ok).toBe(true);
+  });
+});
