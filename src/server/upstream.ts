@@ -328,6 +328,13 @@ export class Upstreams {
             maxResponseBytes: this.options.maxResponseBytes,
             fetch: recording(meta, this.options.fetch),
             force: known !== undefined,
+          }).then((metadata) => {
+            // OpenID Connect Discovery §4.3, RFC 8414 §3.3: the metadata's `issuer` is identical to the issuer,
+            // and tokens carry it in `iss`, compared exactly (RFC 9068 §4). The discovery check compares them
+            // as URLs, where "https://as.example" and "https://as.example/" are one; left at that, every token
+            // would be refused as from an unexpected issuer, with nothing to say why.
+            if (metadata.issuer !== issuer) throw issuerMismatch(issuer, metadata.issuer);
+            return metadata;
           }),
         )
         .then(
@@ -362,4 +369,14 @@ export function recording(meta: ResponseMeta, fetchImpl: FetchLike | undefined):
     meta.retryAfter = response.headers.get('retry-after');
     return response;
   };
+}
+
+/** The configured issuer is not, character for character, the one the metadata names (a trailing slash, say). */
+function issuerMismatch(configured: string, named: unknown): TokenwardenError {
+  const shown = typeof named === 'string' ? JSON.stringify(named.slice(0, 256)) : 'something else';
+  return new TokenwardenError(
+    'ERR_DISCOVERY',
+    `the metadata of ${JSON.stringify(configured)} names its issuer ${shown}: tokens carry that exact value in iss, ` +
+      'so set issuer to it',
+  );
 }

@@ -21,15 +21,22 @@ afterEach(async () => {
   server = undefined;
 });
 
-/** An issuer whose JWKS is `keys` (public parts), served with `content-type`. */
-async function issuerWith(keys: unknown[], contentType = 'application/jwk-set+json'): Promise<string> {
+/**
+ * An issuer whose JWKS is `keys` (public parts), served with `content-type`; its metadata names it as
+ * `named(url)` (Auth0's issuers end with a slash).
+ */
+async function issuerWith(
+  keys: unknown[],
+  contentType = 'application/jwk-set+json',
+  named = (url: string) => url,
+): Promise<string> {
   server = await startFaultServer();
   const url = server.url;
   server.handle((req, res: ServerResponse) => {
     if (req.url?.startsWith('/.well-known/')) {
       res
         .writeHead(200, { 'content-type': 'application/json' })
-        .end(JSON.stringify({ issuer: url, jwks_uri: `${url}/jwks` }));
+        .end(JSON.stringify({ issuer: named(url), jwks_uri: `${url}/jwks` }));
       return;
     }
     res.writeHead(200, { 'content-type': contentType }).end(JSON.stringify({ keys }));
@@ -37,9 +44,15 @@ async function issuerWith(keys: unknown[], contentType = 'application/jwk-set+js
   return url;
 }
 
-async function token(issuer: string, key: JWK, alg: string, header: Record<string, unknown> = {}): Promise<string> {
+async function token(
+  issuer: string,
+  key: JWK,
+  alg: string,
+  header: Record<string, unknown> = {},
+  claims: Record<string, unknown> = {},
+): Promise<string> {
   const now = Math.floor(Date.now() / 1000);
-  return new SignJWT({ iss: issuer, aud: AUDIENCE, sub: 'alice', iat: now, exp: now + 300 })
+  return new SignJWT({ iss: issuer, aud: AUDIENCE, sub: 'alice', iat: now, exp: now + 300, ...claims })
     .setProtectedHeader({ alg, typ: 'JWT', ...header } as never)
     .sign(await importJWK(key, alg));
 }
@@ -183,5 +196,40 @@ describe('one bad member does not make the set unusable', () => {
     const verify = verifierFor(issuer);
     expect((await verify(await token(issuer, good, 'RS256'))).ok).toBe(true);
     expect((await verify(await token(issuer, good, 'RS256', { kid: good.kid }))).ok).toBe(true);
+  });
+});
+
+describe('issuers are compared exactly (RFC 9068 §4, OpenID Connect Discovery §4.3)', () => {
+  it('a trailing slash of difference: the token is from an unexpected issuer; metadata naming the other form is a clear discovery error', async () => {
+    const key = await newSigningKey();
+    // Auth0: the issuer is "https://tenant.auth0.com/", with the slash, in the metadata and in every token.
+    const url = await issuerWith([published(key)], 'application/json', (u) => `${u}/`);
+    const exact = verifierFor(`${url}/`);
+    expect((await exact(await token(`${url}/`, key, 'RS256', { kid: key.kid }))).ok).toBe(true);
+    expect(await exact(await token(url, key, 'RS256', { kid: key.kid }))).toMatchObject({
+      ok: false,
+      failure: { status: 401, description: 'unexpected issuer' },
+    });
+    // Configured without the slash: discovery compares URLs (equal), tokens would all be refused 401 with no
+    // word to the operator. Instead the mismatch is a discovery error naming the value to configure.
+    const reported: unknown[] = [];
+    const loose = createVerifier({
+      issuer: url,
+      audience: AUDIENCE,
+      allowInsecureRequests: true,
+      onError: (err) => reported.push(err),
+    });
+    const expected = {
+      code: 'ERR_DISCOVERY',
+      message: `the metadata of "${url}" names its issuer "${url}/": tokens carry that exact value in iss, so set issuer to it`,
+    };
+    await expect(loose.ready()).rejects.toMatchObject(expected);
+    expect(await loose(await token(`${url}/`, key, 'RS256', { kid: key.kid }))).toMatchObject({
+      ok: false,
+      failure: { status: 503, error: 'temporarily_unavailable' },
+    });
+    const first = reported[0] as { code: string; cause?: unknown };
+    expect(first.code === 'ERR_DISCOVERY' ? first : first.cause).toMatchObject(expected);
+    expect(loose.health().lastError).toMatchObject({ code: expect.stringMatching(/^ERR_/) });
   });
 });
