@@ -113,9 +113,21 @@ describe('createVerifier: JWT access tokens from a real authorization server', (
     expect((await writer(readToken, { requiredScopes: ['read'] })).ok).toBe(true);
   });
 
-  it('reads scopes from scp (array) too', async () => {
+  it('reads scopes from scp (array, as Okta writes it; a space-separated string, as Entra ID does) too', async () => {
     const result = await verify(await forge(as, { scope: undefined, scp: ['read', 'admin'] }));
     expect(result.ok && result.auth.credentials.scopes).toEqual(['read', 'admin']);
+    const entra = await verify(await forge(as, { scope: undefined, scp: 'read  admin' }));
+    expect(entra.ok && entra.auth.credentials.scopes).toEqual(['read', 'admin']);
+  });
+
+  it('typ as other servers write it: absent, JWT, at+jwt, application/at+jwt in any case; aud a string or a list', async () => {
+    for (const typ of [undefined, 'JWT', 'jwt', 'at+jwt', 'AT+JWT', 'application/at+jwt', 'application/jwt']) {
+      expect((await verify(await forge(as, {}, { typ }))).ok, String(typ)).toBe(true);
+    }
+    const strict = createVerifier({ ...options(), strict: true });
+    expect((await strict(await forge(as, {}, { typ: 'application/at+jwt' }))).ok).toBe(true);
+    expect(await strict(await forge(as, {}, { typ: undefined }))).toEqual(invalid('unexpected token type'));
+    expect((await verify(await forge(as, { aud: ['https://other.example.test', API_RESOURCE] }))).ok).toBe(true);
   });
 });
 
@@ -156,6 +168,18 @@ describe('hostile tokens: always { ok: false, invalid_token, 401 }, never a thro
     expect(await strict(await forge(as, {}, { typ: 'JWT' }))).toEqual(invalid('unexpected token type'));
     expect(await strict(await forge(as, { jti: undefined }))).toEqual(invalid('missing required claim'));
     expect((await strict(await forge(as))).ok).toBe(true);
+  });
+
+  it('nbf and iat in the future: within clockTolerance accepted, beyond it refused (iat only with maxTokenAge)', async () => {
+    const now = Math.floor(Date.now() / 1000);
+    const tolerant = createVerifier({ ...options(), clockTolerance: '30s' });
+    expect((await tolerant(await forge(as, { nbf: now + 20 }))).ok).toBe(true);
+    expect(await tolerant(await forge(as, { nbf: now + 60 }))).toEqual(invalid('token not yet valid'));
+    // RFC 7519 does not say an iat in the future makes a token invalid: only maxTokenAge looks at it.
+    expect((await verify(await forge(as, { iat: now + 3600 }))).ok).toBe(true);
+    const young = createVerifier({ ...options(), maxTokenAge: '5m', clockTolerance: '30s' });
+    expect((await young(await forge(as, { iat: now + 20 }))).ok).toBe(true);
+    expect(await young(await forge(as, { iat: now + 60 }))).toEqual(invalid('token issued in the future'));
   });
 
   it('expired, not yet valid, no exp, too old', async () => {
