@@ -83,6 +83,12 @@ describe('extractToken (RFC 6750 §2)', () => {
     ).toMatchObject({
       error: 'missing_token',
     });
+    for (const method of ['GET', 'HEAD', undefined]) {
+      const form = { 'content-type': 'application/x-www-form-urlencoded' };
+      expect(extractToken(node(form, { method, body: { access_token: 'b1' } }), all), method).toMatchObject({
+        error: 'missing_token',
+      });
+    }
     expect(extractToken(node({ authorization: 'Bearer h1' }, { url: '/r?access_token=q1' }), all)).toMatchObject({
       error: 'invalid_request',
       description: 'bearer token sent in more than one place',
