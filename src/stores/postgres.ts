@@ -19,7 +19,7 @@ import { createHash, randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import type { Pool, PoolClient, PoolConfig } from 'pg';
 import { type Duration, toMs } from '../duration.js';
-import { TokenwardenError } from '../errors.js';
+import { TokenwardenError, isTokenwardenError } from '../errors.js';
 import { Codec, type EncryptionOption, decodeOrMiss } from './codec.js';
 import { LockWaiters } from './lock-waiters.js';
 import {
@@ -118,6 +118,10 @@ export class PostgresStore extends EventEmitter<StoreEvents> implements TokenSto
   #ready: Promise<void> | undefined;
   #lastSweep = Date.now();
   #closed = false;
+  /** Whether this store has found or made its tables once (a second making means they were dropped). */
+  #hadTable = false;
+  /** The connections this store has used (each got an `error` listener then). */
+  readonly #known = new WeakSet<PoolClient>();
 
   constructor(options: PostgresStoreOptions) {
     super();
@@ -157,7 +161,7 @@ export class PostgresStore extends EventEmitter<StoreEvents> implements TokenSto
   async migrate(): Promise<void> {
     this.#check();
     const pool = await this.#connect();
-    const client = await this.#client(pool);
+    const { client } = await this.#client(pool);
     const name = this.#tableName.split('.').pop() as string;
     try {
       await this.#query(client, 'BEGIN');
@@ -300,25 +304,77 @@ export class PostgresStore extends EventEmitter<StoreEvents> implements TokenSto
     return lock;
   }
 
-  /** Runs one statement on the pool, after making sure the table exists. */
-  async #run(sql: string, params: unknown[]): Promise<{ rows: unknown[] }> {
+  /**
+   * Runs one statement on a pooled connection, after making sure the table exists. A table dropped under
+   * the store (42P01) is made again and the statement run once more, unless `createTable: false`.
+   *
+   * A connection opened earlier may hold a session the server has ended since (a restart, a terminated
+   * backend, `idle_session_timeout`), or one that is read-only for good: a session keeps the
+   * `default_transaction_read_only` it started with, so a pool filled while the database was read-only
+   * would refuse writes long after it is writable again. A statement failing that way is run again on
+   * another connection, and only an answer from a connection opened for it is final. Running one again is
+   * safe for every statement here: a lock or a compare-and-set that landed before its answer was lost finds
+   * itself already done and reports "not acquired" / a conflict, which the fleet settles.
+   */
+  async #run(sql: string, params: unknown[], again = true): Promise<{ rows: unknown[] }> {
     const pool = await this.#connect();
     await this.#ensureTable();
-    return bounded(() => pool.query(sql, params), this.#timeoutMs, 'postgres query');
+    const deadline = Date.now() + this.#timeoutMs;
+    for (;;) {
+      const { client, opened } = await this.#client(pool, deadline);
+      try {
+        const result = await this.#query(client, sql, params, deadline);
+        client.release();
+        return result;
+      } catch (err) {
+        // Dropped, not returned: a connection whose statement failed or timed out may be broken, busy, or
+        // in a session state that no longer holds (read-only).
+        client.release(true);
+        const state = sqlState(err);
+        if (!opened && staleSession(err) && Date.now() < deadline) continue;
+        if (state === '42P01' && again && this.#options.createTable !== false) {
+          this.#ready = undefined;
+          return this.#run(sql, params, false);
+        }
+        throw err;
+      }
+    }
   }
 
-  async #query(client: PoolClient, sql: string, params?: unknown[]): Promise<{ rows: unknown[] }> {
-    return bounded(() => client.query(sql, params), this.#timeoutMs, 'postgres query');
+  async #query(
+    client: PoolClient,
+    sql: string,
+    params?: unknown[],
+    deadline = Date.now() + this.#timeoutMs,
+  ): Promise<{ rows: unknown[] }> {
+    try {
+      return await bounded(() => client.query(sql, params), Math.max(1, deadline - Date.now()), 'postgres query');
+    } catch (err) {
+      throw explained(err as TokenwardenError);
+    }
   }
 
-  /** A pooled connection; one that arrives after the time limit goes straight back to the pool. */
-  async #client(pool: Pool): Promise<PoolClient> {
-    return bounded(
+  /**
+   * A pooled connection, and whether it was opened for this call. Waiting for one is bounded, and a
+   * connection that arrives after the time limit goes straight back to the pool: a statement never runs
+   * after its caller has given up (a lock taken then would be held by no one until its lease ends).
+   */
+  async #client(pool: Pool, deadline = Date.now() + this.#timeoutMs): Promise<{ client: PoolClient; opened: boolean }> {
+    const client = await bounded(
       () => pool.connect(),
-      this.#timeoutMs,
+      Math.max(1, deadline - Date.now()),
       'postgres connect',
       (late) => late.release(),
-    );
+    ).catch((err: unknown) => {
+      throw explained(err as TokenwardenError);
+    });
+    const opened = !this.#known.has(client);
+    if (opened) {
+      this.#known.add(client);
+      // A connection the server closes while the store holds it emits 'error': without a listener, a crash.
+      client.on('error', () => undefined);
+    }
+    return { client, opened };
   }
 
   #ensureTable(): Promise<void> {
@@ -333,16 +389,25 @@ export class PostgresStore extends EventEmitter<StoreEvents> implements TokenSto
   async #createIfMissing(): Promise<void> {
     const pool = await this.#connect();
     // Checked first so that a role without CREATE privilege can use a table made for it.
-    const { rows } = await bounded(
-      () =>
-        pool.query('SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL AS present', [
-          this.table,
-          this.lockTable,
-        ]),
-      this.#timeoutMs,
-      'postgres query',
-    );
-    if ((rows[0] as { present: boolean } | undefined)?.present !== true) await this.migrate();
+    const { client } = await this.#client(pool);
+    let rows: unknown[];
+    try {
+      ({ rows } = await this.#query(
+        client,
+        'SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL AS present',
+        [this.table, this.lockTable],
+      ));
+      client.release();
+    } catch (err) {
+      client.release(true);
+      throw err;
+    }
+    if ((rows[0] as { present: boolean } | undefined)?.present !== true) {
+      await this.migrate();
+      // Made again after this store used it: dropped under the fleet, its entries are gone (see `reset`).
+      if (this.#hadTable) this.emit('reset');
+    }
+    this.#hadTable = true;
   }
 
   /** Deletes long-expired rows now and then (reads already ignore them). */
@@ -390,6 +455,49 @@ export class PostgresStore extends EventEmitter<StoreEvents> implements TokenSto
     this.#owned = created;
     return created;
   }
+}
+
+/** What an operator should know about the SQLSTATEs a store meets in service (the driver's message is never shown). */
+const SQLSTATES: Record<string, string> = {
+  '25006': 'the database is read-only (default_transaction_read_only, or a hot standby)',
+  '53300': 'too many connections (max_connections or a role or database connection limit)',
+  '53400': 'the server is out of a configured resource',
+  '57014': 'statement canceled (statement_timeout, or an administrator)',
+  '55P03': 'lock not available in time (lock_timeout)',
+  '25P03': 'the session was closed by idle_in_transaction_session_timeout',
+  '57P05': 'the session was closed by idle_session_timeout',
+  '57P01': 'the server is shutting down or the session was terminated',
+  '57P02': 'the server is shutting down',
+  '57P03': 'the server is starting up or in recovery',
+  '42P01': 'the table does not exist',
+  '42501': 'permission denied',
+};
+
+/** The SQLSTATE of a driver error, or of the driver error a `TokenwardenError` wraps. */
+function sqlState(err: unknown): string | undefined {
+  const e = err as { code?: unknown; cause?: { code?: unknown } } | null;
+  const code = typeof e?.cause?.code === 'string' ? e.cause.code : e?.code;
+  return typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code) ? code : undefined;
+}
+
+/** A failure that says the session is unusable (ended by the server, or read-only), not the statement wrong. */
+function staleSession(err: unknown): boolean {
+  const state = sqlState(err);
+  if (state !== undefined) return ['25006', '57P01', '57P05', '25P03'].includes(state);
+  const cause = (err as { cause?: { message?: unknown; code?: unknown } } | null)?.cause;
+  return (
+    cause?.message === 'Connection terminated unexpectedly' ||
+    cause?.message === 'Client has encountered a connection error and is not queryable' ||
+    cause?.code === 'ECONNRESET' ||
+    cause?.code === 'EPIPE'
+  );
+}
+
+/** A store error whose SQLSTATE an operator acts on, with that said in words. */
+function explained(err: TokenwardenError): TokenwardenError {
+  const words = SQLSTATES[sqlState(err) ?? ''];
+  if (words === undefined || !isTokenwardenError(err)) return err;
+  return new TokenwardenError(err.code, `${err.message}: ${words}`, { cause: err.cause });
 }
 
 /** A 64-bit advisory lock id for `name` (signed, as PostgreSQL's bigint), as a decimal string. */

@@ -1,0 +1,193 @@
+/**
+ * PostgresStore under what a PostgreSQL operator does to a database: read-only, server-side time limits,
+ * connections used up, the store's table dropped or truncated. Each test runs on a private cluster (never the
+ * shared server) with a role of its own, so that settings made here touch nothing else. A server restart is
+ * covered by the fleet fault suite (`test/faults/fleet-faults.test.ts`, `pg_ctl stop -m immediate`).
+ */
+import { randomBytes } from 'node:crypto';
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { PostgresStore } from '../../src/stores/postgres.js';
+import { type PrivatePostgres, pgBin, skipWithout, sleep, startPrivatePostgres } from '../support/private-servers.js';
+
+let server: PrivatePostgres;
+let admin: pg.Pool;
+const id = (): string => randomBytes(4).toString('hex');
+
+/** A login role of its own, with settings; its URL carries a password (trust auth ignores it) to look for. */
+async function role(settings: Record<string, string> = {}, options = ''): Promise<{ name: string; url: string }> {
+  const name = `tw_${id()}`;
+  await admin.query(`CREATE ROLE ${name} LOGIN ${options}`);
+  await admin.query(`GRANT CREATE, USAGE ON SCHEMA public TO ${name}`);
+  for (const [key, value] of Object.entries(settings)) await admin.query(`ALTER ROLE ${name} SET ${key} = '${value}'`);
+  return { name, url: `postgres://${name}:hunter2@127.0.0.1:${server.port}/postgres` };
+}
+
+/** Ends every session of a role (what a failover or a restart does to them). */
+const terminate = (name: string) =>
+  admin.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1', [name]);
+
+const failure = (promise: Promise<unknown>) =>
+  promise.then(
+    () => undefined,
+    (err: unknown) => err as { code: string; message: string },
+  );
+
+describe.skipIf(skipWithout('the PostgreSQL server binaries', pgBin !== undefined))('PostgresStore faults', () => {
+  beforeAll(async () => {
+    server = await startPrivatePostgres();
+    admin = new pg.Pool({ connectionString: server.url, max: 3 });
+    admin.on('error', () => undefined);
+  });
+  afterAll(async () => {
+    await admin?.end();
+    await server?.close();
+  });
+
+  it('read-only: writes and the lock fail fast with ERR_STORE saying so, reads work, and it writes again once writable', async () => {
+    const { name, url } = await role();
+    const store = new PostgresStore({ connectionString: url, table: `t_${id()}`, timeout: '1s' });
+    await store.set('k', 'v1');
+    await admin.query(`ALTER ROLE ${name} SET default_transaction_read_only = on`);
+    await terminate(name); // a session keeps the setting it started with
+    expect((await store.get('k'))?.value).toBe('v1');
+    for (const write of [
+      () => store.set('k', 'v2'),
+      () => store.set('k', 'v2', { ifVersion: 1 }),
+      () => store.lock('k', { ttlMs: 10_000, waitMs: 0 }),
+      () => store.delete('k'),
+    ]) {
+      const started = Date.now();
+      const err = await failure(write());
+      expect(err).toMatchObject({ code: 'ERR_STORE', message: expect.stringMatching(/read-only/) });
+      expect(err?.message).not.toContain('hunter2');
+      expect(Date.now() - started).toBeLessThan(500);
+    }
+    expect((await store.get('k'))?.value).toBe('v1'); // nothing half done
+    // The pool now holds read-only sessions; the database becomes writable again.
+    await Promise.all([store.get('k'), store.get('k'), store.get('k')]);
+    await admin.query(`ALTER ROLE ${name} RESET default_transaction_read_only`);
+    expect(await store.set('k', 'v2')).toBeGreaterThan(0);
+    const lock = await store.lock('k', { ttlMs: 10_000, waitMs: 0 });
+    expect(lock).toBeDefined();
+    await lock?.release();
+    expect((await store.get('k'))?.value).toBe('v2');
+    await store.close();
+  });
+
+  for (const limit of ['lock_timeout', 'statement_timeout'] as const) {
+    it(`${limit} on the role: a lock blocked by an operator's transaction fails with ERR_STORE and takes nothing`, async () => {
+      const { url } = await role({ [limit]: '100ms' });
+      const table = `t_${id()}`;
+      const store = new PostgresStore({ connectionString: url, table });
+      expect(await store.lock('k', { ttlMs: 50, waitMs: 0 })).toBeDefined(); // left to run out
+      await sleep(100);
+      const operator = await admin.connect();
+      try {
+        await operator.query('BEGIN');
+        await operator.query(`SELECT * FROM ${table}_locks WHERE key = 'k' FOR UPDATE`);
+        const err = await failure(store.lock('k', { ttlMs: 10_000, waitMs: 0 }));
+        expect(err).toMatchObject({ code: 'ERR_STORE', message: expect.stringContaining(limit) });
+        await operator.query('COMMIT');
+      } finally {
+        operator.release();
+      }
+      const lock = await store.lock('k', { ttlMs: 10_000, waitMs: 0 });
+      expect(lock).toBeDefined();
+      await lock?.release();
+      await store.close();
+    });
+  }
+
+  it('idle_session_timeout and idle_in_transaction_session_timeout: closed connections are replaced, a held lease stays held', async () => {
+    const { url } = await role({ idle_session_timeout: '150ms', idle_in_transaction_session_timeout: '150ms' });
+    const table = `t_${id()}`;
+    const store = new PostgresStore({ connectionString: url, table });
+    const other = new PostgresStore({ connectionString: url, table });
+    const held = await store.lock('k', { ttlMs: 10_000, waitMs: 0 });
+    expect(held).toBeDefined();
+    await Promise.all([store.set('a', '1'), store.set('b', '2'), other.get('a')]);
+    await sleep(500); // the server closes every idle session: 'error' on pooled clients, no crash
+    expect(await other.lock('k', { ttlMs: 10_000, waitMs: 0 })).toBeUndefined(); // not released early
+    expect((await other.get('a'))?.value).toBe('1');
+    await held?.release();
+    const next = await other.lock('k', { ttlMs: 10_000, waitMs: 0 });
+    expect(next).toBeDefined();
+    await next?.release();
+    await Promise.all([store.close(), other.close()]);
+  });
+
+  it('max connections reached (53300): ERR_STORE at once, saying so; works again when connections free up', async () => {
+    const { url } = await role({}, 'CONNECTION LIMIT 2');
+    const store = new PostgresStore({ connectionString: url, table: `t_${id()}`, timeout: '1s' });
+    await store.set('k', 'v');
+    await store.close();
+    const hogs = [new pg.Client({ connectionString: url }), new pg.Client({ connectionString: url })];
+    for (const hog of hogs) {
+      hog.on('error', () => undefined);
+      await hog.connect();
+    }
+    const again = new PostgresStore({ connectionString: url, table: store.table.replaceAll('"', '') });
+    for (const call of [() => again.get('k'), () => again.lock('k', { ttlMs: 1000, waitMs: 0 })]) {
+      const started = Date.now();
+      const err = await failure(call());
+      expect(err).toMatchObject({ code: 'ERR_STORE', message: expect.stringMatching(/53300.*too many connections/) });
+      expect(err?.message).not.toContain('hunter2');
+      expect(Date.now() - started).toBeLessThan(500);
+    }
+    await Promise.all(hogs.map((hog) => hog.end()));
+    expect((await again.get('k'))?.value).toBe('v');
+    await again.close();
+  });
+
+  it('a pool of yours used up: ERR_STORE_TIMEOUT in time, and what timed out never runs later', async () => {
+    const table = `t_${id()}`;
+    const pool = new pg.Pool({ connectionString: server.url, max: 1 }); // no connectionTimeoutMillis: waits for ever
+    const store = new PostgresStore({ pool, table, timeout: 300 });
+    expect(await store.get('late')).toBeUndefined(); // the table made and checked: what follows waits for the pool only
+    const busy = await pool.connect();
+    const started = Date.now();
+    const [set, lock] = await Promise.all([
+      failure(store.set('late', 'v')),
+      failure(store.lock('k', { ttlMs: 30_000, waitMs: 0 })),
+    ]);
+    expect(set?.code).toBe('ERR_STORE_TIMEOUT');
+    expect(lock?.code).toBe('ERR_STORE_TIMEOUT');
+    expect(Date.now() - started).toBeLessThan(1000);
+    busy.release();
+    await sleep(100);
+    expect(await store.get('late')).toBeUndefined();
+    const other = new PostgresStore({ connectionString: server.url, table });
+    const taken = await other.lock('k', { ttlMs: 10_000, waitMs: 0 }); // no lease left by the abandoned lock
+    expect(taken).toBeDefined();
+    await taken?.release();
+    await Promise.all([store.close(), other.close()]);
+    await pool.end();
+  });
+
+  it('the table dropped while in use: made again on the next operation, with a reset; createTable: false says so', async () => {
+    const table = `t_${id()}`;
+    const store = new PostgresStore({ connectionString: server.url, table });
+    const fixed = new PostgresStore({ connectionString: server.url, table, createTable: false });
+    let resets = 0;
+    store.on('reset', () => resets++);
+    await store.set('k', 'v');
+    expect((await fixed.get('k'))?.value).toBe('v');
+    await admin.query(`DROP TABLE ${table}, ${table}_locks`);
+    expect(await store.get('k')).toBeUndefined();
+    expect(resets).toBe(1); // its entries are gone: every manager on the store writes back what it holds
+    const err = await failure(fixed.set('k', 'v'));
+    await admin.query(`DROP TABLE ${table}, ${table}_locks`);
+    expect(await failure(fixed.get('k'))).toMatchObject({ code: 'ERR_STORE', message: /table does not exist/ });
+    expect(err).toBeUndefined(); // (made again by the other store meanwhile)
+    expect(await store.set('k', 'v2')).toBeGreaterThan(0);
+    const lock = await store.lock('k', { ttlMs: 1000, waitMs: 0 });
+    expect(lock).toBeDefined();
+    await lock?.release();
+    // Truncated: a miss, no error (no reset: see docs/stores.md).
+    await admin.query(`TRUNCATE ${table}, ${table}_locks`);
+    expect(await store.get('k')).toBeUndefined();
+    expect(await store.set('k', 'v3', { ifVersion: 0 })).toBeGreaterThan(0);
+    await Promise.all([store.close(), fixed.close()]);
+  });
+});
