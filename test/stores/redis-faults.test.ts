@@ -1,7 +1,8 @@
 /**
  * RedisStore against private Redis servers (never the shared one): a Redis Cluster runs the whole store
  * contract; a restart is reported as `reset` (the store may have lost entries) and a freeze is not; many
- * operations started before the connection opens add no listener per operation.
+ * operations started before the connection opens add no listener per operation; a Redis shared with a cache
+ * (`maxmemory` and an eviction policy) drops a held lock or the newest entry under memory pressure.
  */
 import { randomUUID } from 'node:crypto';
 import { Cluster, Redis } from 'ioredis';
@@ -131,6 +132,86 @@ describe.skipIf(skipWithout('redis-server', hasRedisServer))('RedisStore when it
     }
   }, 30_000);
 });
+
+describe.skipIf(skipWithout('redis-server', hasRedisServer))('RedisStore on a Redis that evicts keys', () => {
+  /** A private Redis of 4 MB (about 1.2 MB used when empty) that evicts with `policy` when full. */
+  const evicting = (policy: string): Promise<PrivateRedis> =>
+    startPrivateRedis({ args: ['--maxmemory', '4mb', '--maxmemory-policy', policy] });
+
+  it('allkeys-lru under memory pressure evicts a held lock (a second holder takes it) and the newest entry', async () => {
+    const redis = await evicting('allkeys-lru');
+    const prefix = `tw:${randomUUID()}:`;
+    const a = new RedisStore({ url: redis.url, prefix });
+    const b = new RedisStore({ url: redis.url, prefix });
+    const cache = new Redis(redis.url);
+    try {
+      expect(await a.set('k', 'newest', { ttlMs: 60_000 })).toBeGreaterThan(0);
+      const held = await a.lock('k', { ttlMs: 30_000, waitMs: 0 });
+      expect(held).toBeDefined();
+      expect(await b.lock('k', { ttlMs: 30_000, waitMs: 0 })).toBeUndefined(); // exclusive, while it is there
+
+      // The cache sharing the server writes; Redis makes room by evicting keys, ours among them.
+      await fillUntilGone(cache, `${prefix}lock:k`, `${prefix}entry:k`);
+      // The lease has 30 s to run, yet another process takes the lock: both would spend the refresh token.
+      expect(await b.lock('k', { ttlMs: 30_000, waitMs: 0 })).toBeDefined();
+      // And the newest state is gone: the fleet falls back to whatever older refresh token it has.
+      expect(await a.get('k')).toBeUndefined();
+      await held?.release();
+    } finally {
+      cache.disconnect();
+      await a.close();
+      await b.close();
+      await redis.close();
+    }
+  }, 30_000);
+
+  it('noeviction: a full Redis keeps the lock and the entry, and refuses a new lock (ERR_STORE: nothing is spent)', async () => {
+    const redis = await evicting('noeviction');
+    const prefix = `tw:${randomUUID()}:`;
+    const a = new RedisStore({ url: redis.url, prefix });
+    const b = new RedisStore({ url: redis.url, prefix });
+    const cache = new Redis(redis.url);
+    try {
+      await a.set('k', 'newest', { ttlMs: 60_000 });
+      const held = await a.lock('k', { ttlMs: 30_000, waitMs: 0 });
+      expect(held).toBeDefined();
+      const value = 'x'.repeat(1024);
+      let refused = false;
+      for (let i = 0; i < 50_000 && !refused; i++)
+        refused = await cache.set(`cache:${i}`, value).then(
+          () => false,
+          () => true,
+        );
+      expect(refused).toBe(true); // OOM: Redis refuses the cache's writes instead of evicting
+      expect(await cache.exists(`${prefix}lock:k`, `${prefix}entry:k`)).toBe(2);
+      // Another process cannot take the lock (it is refused, as every write is, with ERR_STORE): nothing is spent.
+      await expect(b.lock('k', { ttlMs: 30_000, waitMs: 0 })).rejects.toMatchObject({ code: 'ERR_STORE' });
+      expect((await b.get('k'))?.value).toBe('newest'); // reads are served
+      await held?.release();
+    } finally {
+      cache.disconnect();
+      await a.close();
+      await b.close();
+      await redis.close();
+    }
+  }, 30_000);
+});
+
+/**
+ * Writes 1 KB keys into the evicting Redis (batches of 500, at most 100 batches: 50 MB against a 4 MB limit)
+ * until every one of `keys` has been evicted. Which keys Redis evicts is sampled, not strictly the oldest, so
+ * the loop stops on the outcome rather than on an amount.
+ */
+async function fillUntilGone(cache: Redis, ...keys: string[]): Promise<void> {
+  const value = 'x'.repeat(1024);
+  for (let batch = 0; batch < 100; batch++) {
+    if ((await cache.exists(...keys)) === 0) return;
+    const pipeline = cache.pipeline();
+    for (let i = 0; i < 500; i++) pipeline.set(`cache:${batch}:${i}`, value);
+    await pipeline.exec();
+  }
+  throw new Error(`Redis did not evict ${keys.join(', ')}`);
+}
 
 /** Retries a store call while the connection comes back (at most 15 s: a loaded machine reconnects slowly). */
 async function retry<T>(call: () => Promise<T>): Promise<T> {
