@@ -179,6 +179,8 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
   #readiness: Promise<void> | undefined;
   /** The run id of each server seen (`host:port` of each master in a cluster; `''` for a single server). */
   readonly #runIds = new Map<string, string>();
+  /** The eviction policy reported for each server (keyed as `#runIds`), so that it is reported once. */
+  readonly #evictions = new Map<string, string>();
   #epoch: string | undefined;
   #closed = false;
 
@@ -375,18 +377,13 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
     const [servers, epoch] = await Promise.all([
       // A cluster answers INFO from any node: each master is asked on its own connection.
       masters === undefined
-        ? connection.call('INFO', 'server').then((info) => [['', runIdOf(info)] as const])
-        : Promise.all(
-            masters.map(
-              async (node) =>
-                [`${node.options.host}:${node.options.port}`, runIdOf(await node.call('INFO', 'server'))] as const,
-            ),
-          ),
+        ? askServer('', connection).then((server) => [server])
+        : Promise.all(masters.map((node) => askServer(`${node.options.host}:${node.options.port}`, node))),
       this.#script('epoch', `${this.prefix}epoch`, fresh),
     ]);
     const known = this.#runIds.size > 0;
     let changed = this.#epoch !== undefined && String(epoch) !== this.#epoch;
-    for (const [server, runId] of servers) {
+    for (const { server, runId } of servers) {
       if (runId === undefined) continue;
       const before = this.#runIds.get(server);
       // Another process on a known address (a restart), or a master not seen before (a failover).
@@ -394,7 +391,40 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
       this.#runIds.set(server, runId);
     }
     this.#epoch = String(epoch);
+    for (const server of servers) this.#checkEviction(server);
     if (changed) this.emit('reset');
+  }
+
+  /**
+   * Reports (once per server and policy) a server that may evict the store's keys under memory pressure:
+   * `maxmemory` set and a `maxmemory-policy` other than `noeviction` (the lock and the entries carry a TTL, so
+   * the `volatile-*` policies evict them too). An unknown policy (not in `INFO`, or empty, as some managed
+   * services answer) is not reported: the store cannot tell.
+   */
+  #checkEviction({ server, policy, maxmemory }: ServerInfo): void {
+    if (policy === undefined || policy === '' || policy === 'noeviction' || maxmemory === 0) {
+      if (policy !== undefined) this.#evictions.delete(server);
+      return;
+    }
+    if (this.#evictions.get(server) === policy) return;
+    this.#evictions.set(server, policy);
+    const where = server === '' ? 'the Redis server' : `the Redis master ${server}`;
+    const limit = maxmemory === undefined ? 'a memory limit' : `maxmemory ${maxmemory} bytes`;
+    const event = {
+      ...(server !== '' && { node: server }),
+      policy,
+      maxmemory,
+      message:
+        `${where} may evict tokenwarden's keys: maxmemory-policy is ${policy} with ${limit}. Under memory ` +
+        'pressure it can drop a refresh lock still held (another process then spends the same refresh token, ' +
+        'and the server revokes the grant) or the newest token entry. Set maxmemory-policy to noeviction, or ' +
+        'use a Redis of its own for the tokens.',
+    };
+    // Loud when nobody listens: Node's process warning (printed once, to stderr, unless --no-warnings).
+    if (this.listenerCount('eviction') === 0) {
+      process.emitWarning(event.message, { type: 'TokenwardenWarning', code: 'TOKENWARDEN_REDIS_EVICTION' });
+    }
+    this.emit('eviction', event);
   }
 
   #connect(): Promise<Connection> {
@@ -508,6 +538,43 @@ function clusterMasters(connection: Connection): NodeConnection[] | undefined {
 }
 
 const runIdOf = (info: unknown): string | undefined => /run_id:([0-9a-f]+)/.exec(String(info))?.[1];
+
+/** What the store learns of a server when it connects (one master, on a cluster). */
+interface ServerInfo {
+  /** `host:port` of a cluster master; `''` for a single server. */
+  readonly server: string;
+  readonly runId: string | undefined;
+  /** `maxmemory_policy` of `INFO memory`; undefined when the server does not say. */
+  readonly policy: string | undefined;
+  /** `maxmemory` in bytes (`0`: no limit); undefined when the server does not say. */
+  readonly maxmemory: number | undefined;
+}
+
+/**
+ * Asks a server who it is (`INFO server`: its run id) and how it treats a full memory (`INFO memory`; `CONFIG
+ * GET` is disabled on managed services). Two commands sent together: one round trip, once per connection. A
+ * server that refuses `INFO memory` is identified all the same, its policy unknown.
+ */
+async function askServer(
+  server: string,
+  connection: { call(command: string, ...args: string[]): Promise<unknown> },
+): Promise<ServerInfo> {
+  const [info, memory] = await Promise.all([
+    connection.call('INFO', 'server'),
+    connection.call('INFO', 'memory').then(String, () => ''),
+  ]);
+  const limit = infoField(memory, 'maxmemory');
+  return {
+    server,
+    runId: runIdOf(info),
+    policy: infoField(memory, 'maxmemory_policy'),
+    maxmemory: limit !== undefined && /^\d+$/.test(limit) ? Number(limit) : undefined,
+  };
+}
+
+/** A `name:value` line of an `INFO` answer. */
+const infoField = (info: string, name: string): string | undefined =>
+  new RegExp(`^${name}:(.*?)\\r?$`, 'm').exec(info)?.[1];
 
 /** Resolves when `connection` is ready; rejects on its next error or its end. */
 function whenReady(connection: Connection): Promise<void> {

@@ -118,4 +118,30 @@ export interface StoreEvents {
    * store of your own that can tell should emit it too.
    */
   reset: [];
+  /**
+   * The store's server may delete keys on its own when its memory is full — a Redis with `maxmemory` and a
+   * `maxmemory-policy` other than `noeviction` (a Redis shared with a cache). Under memory pressure it can
+   * evict a lock still held (another process then spends the same refresh token: the server revokes the grant)
+   * or the newest entry (the fleet falls back to an older refresh token). `RedisStore` checks when it connects
+   * (every master of a cluster), before its first command's result, and reports each server and policy once;
+   * when nothing listens it also prints a process warning (`TOKENWARDEN_REDIS_EVICTION`). The store keeps
+   * working: fix the server's configuration (`maxmemory-policy noeviction`, or a Redis of its own).
+   *
+   * @example
+   * ```ts
+   * store.on('eviction', ({ policy, node, message }) => log.error({ policy, node }, message));
+   * ```
+   */
+  eviction: [
+    {
+      /** The eviction policy (`allkeys-lru`, `volatile-ttl`…). */
+      policy: string;
+      /** The memory limit in bytes, when the server says it. */
+      maxmemory: number | undefined;
+      /** `host:port` of the cluster master concerned; absent for a single server (or one behind Sentinel). */
+      node?: string;
+      /** What happens and what to set, in a sentence fit for a log. */
+      message: string;
+    },
+  ];
 }

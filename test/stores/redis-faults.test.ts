@@ -195,6 +195,111 @@ describe.skipIf(skipWithout('redis-server', hasRedisServer))('RedisStore on a Re
       await redis.close();
     }
   }, 30_000);
+
+  it.each(['allkeys-lru', 'volatile-lru'])(
+    '%s is reported as eviction once, before the first command resolves, naming the policy and what to set',
+    async (policy) => {
+      const redis = await evicting(policy);
+      const store = new RedisStore({ url: redis.url, prefix: `tw:${randomUUID()}:` });
+      const seen: unknown[] = [];
+      store.on('eviction', (event) => seen.push(event));
+      const warnings = captureWarnings();
+      try {
+        await store.get('k');
+        seen.push('get');
+        expect(seen).toEqual([
+          {
+            policy,
+            maxmemory: 4 * 1024 * 1024,
+            message: expect.stringMatching(
+              new RegExp(`maxmemory-policy is ${policy}.*set maxmemory-policy to noeviction`, 'i'),
+            ),
+          },
+          'get',
+        ]);
+        // Once: not again per command, nor after a reconnection to the same server.
+        await redis.cli('client', 'kill', 'type', 'normal');
+        await retry(() => store.set('k', 'v'));
+        await store.lock('k', { ttlMs: 1000, waitMs: 0 });
+        expect(seen).toHaveLength(2);
+        expect(warnings()).toEqual([]); // somebody listens: no process warning
+      } finally {
+        warnings.stop();
+        await store.close();
+        await redis.close();
+      }
+    },
+    30_000,
+  );
+
+  it('with nobody listening, the report is a process warning (TOKENWARDEN_REDIS_EVICTION)', async () => {
+    const redis = await evicting('allkeys-lfu');
+    const store = new RedisStore({ url: redis.url, prefix: `tw:${randomUUID()}:` });
+    const warnings = captureWarnings();
+    try {
+      await store.get('k');
+      await store.get('k');
+      await sleep(20); // warnings are emitted on the next tick
+      expect(warnings()).toEqual([
+        expect.objectContaining({ name: 'TokenwardenWarning', code: 'TOKENWARDEN_REDIS_EVICTION' }),
+      ]);
+      expect(warnings()[0]?.message).toMatch(/allkeys-lfu.*noeviction/);
+    } finally {
+      warnings.stop();
+      await store.close();
+      await redis.close();
+    }
+  }, 30_000);
+
+  it('noeviction, and an eviction policy without maxmemory (no limit), are not reported', async () => {
+    const servers = [
+      await evicting('noeviction'),
+      await startPrivateRedis({ args: ['--maxmemory', '0', '--maxmemory-policy', 'allkeys-lru'] }),
+    ];
+    const warnings = captureWarnings();
+    try {
+      for (const redis of servers) {
+        const store = new RedisStore({ url: redis.url, prefix: `tw:${randomUUID()}:` });
+        const seen: unknown[] = [];
+        store.on('eviction', (event) => seen.push(event));
+        await store.set('k', 'v');
+        await store.get('k');
+        expect(seen).toEqual([]);
+        await store.close();
+      }
+      await sleep(20);
+      expect(warnings()).toEqual([]);
+    } finally {
+      warnings.stop();
+      await Promise.all(servers.map((s) => s.close()));
+    }
+  }, 30_000);
+
+  it('on a Redis Cluster every master is checked: the one master that evicts is reported, by its address', async () => {
+    const own = await startRedisCluster(3);
+    const evictingMaster = own.servers[1] as PrivateRedis;
+    await evictingMaster.cli('config', 'set', 'maxmemory', '1gb');
+    await evictingMaster.cli('config', 'set', 'maxmemory-policy', 'volatile-ttl');
+    const client = new Redis.Cluster(own.nodes, { enableOfflineQueue: true });
+    const store = new RedisStore({ client, prefix: `tw:${randomUUID()}:` });
+    const seen: unknown[] = [];
+    store.on('eviction', (event) => seen.push(event));
+    try {
+      await store.get('k');
+      expect(seen).toEqual([
+        {
+          node: `127.0.0.1:${evictingMaster.port}`,
+          policy: 'volatile-ttl',
+          maxmemory: 1024 ** 3,
+          message: expect.stringContaining(`master 127.0.0.1:${evictingMaster.port}`),
+        },
+      ]);
+    } finally {
+      await store.close();
+      client.disconnect();
+      await own.close();
+    }
+  }, 60_000);
 });
 
 /**
@@ -211,6 +316,16 @@ async function fillUntilGone(cache: Redis, ...keys: string[]): Promise<void> {
     await pipeline.exec();
   }
   throw new Error(`Redis did not evict ${keys.join(', ')}`);
+}
+
+/** Collects the process warnings emitted from now on, until `stop()`. */
+function captureWarnings(): (() => (Error & { code?: string })[]) & { stop(): void } {
+  const warnings: (Error & { code?: string })[] = [];
+  const onWarning = (w: Error): void => {
+    if (w.name !== 'MaxListenersExceededWarning') warnings.push(w);
+  };
+  process.on('warning', onWarning);
+  return Object.assign(() => warnings, { stop: () => void process.off('warning', onWarning) });
 }
 
 /** Retries a store call while the connection comes back (at most 15 s: a loaded machine reconnects slowly). */
