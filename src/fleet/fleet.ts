@@ -515,6 +515,7 @@ export class Fleet<S> {
     budget: Budget,
     keepLock: () => void,
   ): Promise<void> {
+    if (lock !== undefined && attempt.exclusive) await this.#confirm(attempt, lock, budget);
     const current = attempt.held();
     const spendLimit = Math.max(1000, this.#o.lockTtlMs - this.#o.storeTimeoutMs);
     const signal = AbortSignal.any([this.#o.closing, AbortSignal.timeout(spendLimit)]);
@@ -533,6 +534,44 @@ export class Fleet<S> {
     const value: Versioned<S> = { state, seq: (current?.seq ?? 0) + 1, version: undefined };
     if (await this.#write(attempt, value, base, lock, budget)) keepLock();
     if (failure !== undefined) throw failure;
+  }
+
+  /**
+   * Right before a single-use state is spent: the lock must still be ours. A lease that ran out while the fleet
+   * settled, or a lock the store dropped (a Redis evicting keys under memory pressure), may already be held by
+   * another process, which re-reads the same refresh token: spending it here too would revoke the grant. A
+   * store that can tell (`StoreLock.renew`) confirms ownership and restarts the lease in one round trip; when it
+   * cannot answer, nothing is spent either (unless spending alone is allowed).
+   */
+  async #confirm(attempt: Attempt<S>, lock: StoreLock, budget: Budget): Promise<void> {
+    const { renew } = lock;
+    if (renew === undefined) return;
+    const limit = budget.remaining();
+    const started = Date.now();
+    let error: TokenwardenError;
+    try {
+      if (limit <= 0) {
+        throw new TokenwardenError(
+          'ERR_STORE_TIMEOUT',
+          `the store took longer than ${this.#o.storeTimeoutMs} ms in all`,
+        );
+      }
+      if (await bounded(() => renew.call(lock), limit, 'store lock renewal')) return;
+      error = new TokenwardenError(
+        'ERR_STORE',
+        'the refresh lock was lost before the refresh (its lease ran out, or the store dropped it: a Redis evicting keys?); nothing was spent',
+      );
+    } catch (err) {
+      if (this.#o.closing.aborted && isTokenwardenError(err, 'ERR_CLOSED', 'ERR_ABORTED')) throw err;
+      error = isTokenwardenError(err)
+        ? err
+        : new TokenwardenError('ERR_STORE', 'store lock renewal failed', { cause: err });
+      if (this.#mayGoAlone()) return;
+    } finally {
+      budget.charge(Math.min(Date.now() - started, limit));
+    }
+    this.#failed(attempt, 'lock', error);
+    throw error;
   }
 
   /** Writes a spend's result; when the store does not take it, holds it as pending and retries. */

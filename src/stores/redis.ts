@@ -4,7 +4,8 @@
  * Each entry is a hash `{ value, version }` under `<prefix>entry:<key>`, expiring with the token
  * (`PEXPIRE`); compare-and-set is one Lua script. The refresh lock is `SET <prefix>lock:<key> <owner> NX PX
  * <ttl>`, released by a compare-and-delete script that also publishes the key on `<prefix>unlock`, so
- * waiting processes wake at once (they also poll with backoff, in case a message is missed).
+ * waiting processes wake at once (they also poll with backoff, in case a message is missed); right before a
+ * spend its holder confirms it still owns it and restarts the lease (a compare-and-`PEXPIRE` script).
  *
  * @module
  */
@@ -128,6 +129,15 @@ end
 return 0
 `;
 
+// ARGV: owner, lease ms. The lock is still ours: restart its lease. Not ours (expired, evicted, deleted): 0.
+const RENEW = `
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+`;
+
 // The store's epoch: created once, kept for ever. A Redis that comes back without it lost its data.
 // ARGV: a new epoch, used only when there is none.
 const EPOCH = `
@@ -138,8 +148,14 @@ return ARGV[1]
 `;
 
 const sha1 = (script: string): string => createHash('sha1').update(script).digest('hex');
-const SCRIPTS = { get: GET, set: SET, release: RELEASE, epoch: EPOCH } as const;
-const SHAS = { get: sha1(GET), set: sha1(SET), release: sha1(RELEASE), epoch: sha1(EPOCH) } as const;
+const SCRIPTS = { get: GET, set: SET, release: RELEASE, renew: RENEW, epoch: EPOCH } as const;
+const SHAS = {
+  get: sha1(GET),
+  set: sha1(SET),
+  release: sha1(RELEASE),
+  renew: sha1(RENEW),
+  epoch: sha1(EPOCH),
+} as const;
 
 /**
  * Tokens in Redis, shared by every process that uses the same Redis and `prefix`. Entries expire with
@@ -274,7 +290,7 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
         void connection.call('EVAL', RELEASE, 1, lockKey, owner, this.#channel, key).catch(() => undefined);
         throw err;
       }
-      if (reply === 'OK') return this.#holding(key, lockKey, owner);
+      if (reply === 'OK') return this.#holding(key, lockKey, owner, ttlMs);
       const now = Date.now();
       if (now >= deadline) return undefined;
       if (attempt === 0) {
@@ -312,12 +328,17 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
     return `${this.prefix}entry:${key}`;
   }
 
-  #holding(key: string, lockKey: string, owner: string): StoreLock {
+  #holding(key: string, lockKey: string, owner: string, ttlMs: number): StoreLock {
     const lock: StoreLock = {
       release: async () => {
         if (!this.#held.delete(lock)) return;
         await this.#script('release', lockKey, owner, this.#channel, key).catch(() => undefined);
         this.#waiters.notify(key);
+      },
+      renew: async () => {
+        this.#check();
+        if (!this.#held.has(lock)) return false;
+        return Number(await this.#script('renew', lockKey, owner, String(ttlMs))) === 1;
       },
     };
     this.#held.add(lock);

@@ -60,12 +60,25 @@ export interface LockOptions {
  * @example
  * ```ts
  * const lock: StoreLock | undefined = await store.lock(key, { ttlMs: 30_000, waitMs: 0 });
+ * if (lock && (await lock.renew?.()) !== false) {
+ *   // still ours, for another ttlMs: spend the refresh token
+ * }
  * await lock?.release();
  * ```
  */
 export interface StoreLock {
   /** Releases the lock if this holder still owns it (compare-and-delete). Never throws. */
   release(): Promise<void>;
+  /**
+   * Confirms that this holder still owns the lock and restarts its lease (`ttlMs` from now), in one atomic
+   * step; resolves to `false` when the lock was lost — its lease ran out, or the store dropped it (a Redis that
+   * evicts keys under memory pressure, an operator's `DEL`) — and may then be held by another process. Rejects
+   * when the store cannot answer. The fleet calls it right before spending a single-use refresh token (one call
+   * per refresh, none per `getToken()` served from memory) and does not spend on `false`. It narrows, it cannot
+   * close, the window: a lock lost *during* the token request is not seen. Optional: a store whose locks
+   * cannot be lost early may leave it out.
+   */
+  renew?(): Promise<boolean>;
 }
 
 /**

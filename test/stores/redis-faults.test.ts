@@ -7,6 +7,9 @@
 import { randomUUID } from 'node:crypto';
 import { Cluster, Redis } from 'ioredis';
 import { afterAll, describe, expect, it } from 'vitest';
+import { ManualClock } from '../../src/clock.js';
+import { SETTLE_MS } from '../../src/fleet/fleet.js';
+import { TokenManager } from '../../src/manager.js';
 import { RedisStore } from '../../src/stores/redis.js';
 import {
   type PrivateRedis,
@@ -17,6 +20,7 @@ import {
   startPrivateRedis,
   startRedisCluster,
 } from '../support/private-servers.js';
+import { ScriptedSource } from '../support/scripted-source.js';
 import { storeContract } from './contract.js';
 
 let cluster: Promise<PrivateRedisCluster> | undefined;
@@ -143,6 +147,7 @@ describe.skipIf(skipWithout('redis-server', hasRedisServer))('RedisStore on a Re
     const prefix = `tw:${randomUUID()}:`;
     const a = new RedisStore({ url: redis.url, prefix });
     const b = new RedisStore({ url: redis.url, prefix });
+    for (const store of [a, b]) store.on('eviction', () => undefined); // known: no process warning
     const cache = new Redis(redis.url);
     try {
       expect(await a.set('k', 'newest', { ttlMs: 60_000 })).toBeGreaterThan(0);
@@ -170,6 +175,7 @@ describe.skipIf(skipWithout('redis-server', hasRedisServer))('RedisStore on a Re
     const prefix = `tw:${randomUUID()}:`;
     const a = new RedisStore({ url: redis.url, prefix });
     const b = new RedisStore({ url: redis.url, prefix });
+    for (const store of [a, b]) store.on('eviction', () => undefined); // known: no process warning
     const cache = new Redis(redis.url);
     try {
       await a.set('k', 'newest', { ttlMs: 60_000 });
@@ -300,6 +306,72 @@ describe.skipIf(skipWithout('redis-server', hasRedisServer))('RedisStore on a Re
       await own.close();
     }
   }, 60_000);
+
+  it('a lock evicted while a refresh is under way is seen before the spend: no refresh, ERR_STORE, the new holder undisturbed', async () => {
+    const redis = await evicting('allkeys-lru');
+    const prefix = `tw:${randomUUID()}:`;
+    const a = new RedisStore({ url: redis.url, prefix });
+    const b = new RedisStore({ url: redis.url, prefix });
+    for (const store of [a, b]) store.on('eviction', () => undefined); // known: no process warning
+    const cache = new Redis(redis.url);
+    const clock = new ManualClock();
+    const source = new ScriptedSource(clock);
+    source.exclusive = true; // a rotating refresh token: spent only under the lock
+    const manager = new TokenManager({ source, store: a, clock });
+    const storeErrors: string[] = [];
+    manager.on('storeError', ({ operation, error }) => storeErrors.push(`${operation} ${error.code}`));
+    const lockKey = `${prefix}lock:${manager.key}`;
+    try {
+      // Nothing stored: the manager takes the lock, announces its spend and lets the fleet settle (1.5 s).
+      const refresh = manager.getToken();
+      refresh.catch(() => undefined);
+      for (let i = 0; i < 200 && (await cache.exists(`${prefix}entry:${manager.key}`)) === 0; i++) await sleep(10);
+      expect(await cache.exists(lockKey)).toBe(1);
+      // Meanwhile the cache fills Redis, which evicts the lock; another process takes it.
+      await fillUntilGone(cache, lockKey);
+      const other = await b.lock(manager.key, { ttlMs: 30_000, waitMs: 0 });
+      expect(other).toBeDefined();
+      const owner = await cache.get(lockKey);
+
+      await clock.advance(SETTLE_MS);
+      await expect(refresh).rejects.toMatchObject({
+        code: 'ERR_STORE',
+        message: expect.stringMatching(/lock was lost/),
+      });
+      expect(source.calls).toHaveLength(0); // the refresh token was not spent
+      expect(storeErrors).toEqual(['lock ERR_STORE']);
+      expect(await cache.get(lockKey)).toBe(owner); // the other process still holds its lock
+      await other?.release();
+    } finally {
+      cache.disconnect();
+      await manager.close();
+      await a.close();
+      await b.close();
+      await redis.close();
+    }
+  }, 30_000);
+
+  it('lock.renew() is true and restarts the lease while the lock is ours; false once it is gone or released', async () => {
+    const redis = await evicting('noeviction');
+    const prefix = `tw:${randomUUID()}:`;
+    const store = new RedisStore({ url: redis.url, prefix });
+    const cache = new Redis(redis.url);
+    try {
+      const lock = await store.lock('k', { ttlMs: 5_000, waitMs: 0 });
+      await cache.pexpire(`${prefix}lock:k`, 1_000);
+      expect(await lock?.renew?.()).toBe(true);
+      expect(await cache.pttl(`${prefix}lock:k`)).toBeGreaterThan(4_000);
+      await cache.del(`${prefix}lock:k`);
+      expect(await lock?.renew?.()).toBe(false);
+      const again = await store.lock('k', { ttlMs: 5_000, waitMs: 0 });
+      await again?.release();
+      expect(await again?.renew?.()).toBe(false);
+    } finally {
+      cache.disconnect();
+      await store.close();
+      await redis.close();
+    }
+  }, 30_000);
 });
 
 /**
