@@ -74,6 +74,8 @@ interface LockInfo {
 
 /** Lease of the per-key write lock: a write takes milliseconds; a holder older than this has crashed. */
 const WRITE_LOCK_TTL_MS = 10_000;
+/** A lease with no more than this left is not renewed (another process may be judging it stale right now). */
+const RENEW_MARGIN_MS = 1000;
 /** Temp files older than this are leftovers of a crashed writer. */
 const LEFTOVER_AGE_MS = 60_000;
 const SWEEP_EVERY_MS = 60_000;
@@ -211,6 +213,11 @@ export class FileStore extends EventEmitter<StoreEvents> implements TokenStore {
               () => undefined,
             );
             this.#waiters.notify(key);
+          },
+          renew: async () => {
+            this.#check();
+            if (!this.#held.has(lock)) return false;
+            return bounded(() => renewLock(path, owner, ttlMs), this.#timeoutMs, 'file lock renewal');
           },
         };
         this.#held.add(lock);
@@ -468,6 +475,27 @@ async function removeIf(path: string, predicate: (info: LockInfo | undefined) =>
   if (!matches) await link(aside, path).catch(() => undefined); // not ours: put it back unless replaced
   await unlink(aside).catch(() => undefined);
   return matches;
+}
+
+/**
+ * Restarts the lease of a lock file that is still `owner`'s. Another process replaces a lock only once its
+ * lease has run out (`isStale`), so a lease with more than {@link RENEW_MARGIN_MS} left cannot be replaced
+ * between this read and the rename that writes the new lease; with less left it is reported lost instead.
+ */
+async function renewLock(path: string, owner: string, ttlMs: number): Promise<boolean> {
+  const current = await readLock(path);
+  if (current === 'missing' || current?.owner !== owner || current.expiresAt - Date.now() <= RENEW_MARGIN_MS) {
+    return false;
+  }
+  const temp = `${path}.${process.pid}.${randomUUID()}.tmp`;
+  await writeExclusive(temp, JSON.stringify({ ...current, expiresAt: Date.now() + ttlMs }));
+  try {
+    await rename(temp, path); // atomic: the lock file is never partial nor missing
+  } catch (err) {
+    await unlink(temp).catch(() => undefined);
+    throw err;
+  }
+  return true;
 }
 
 /** Lock files need no fsync: after a power loss their holders are gone, and leases expire. */

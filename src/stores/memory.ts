@@ -131,6 +131,14 @@ export class MemoryStore extends EventEmitter<StoreEvents> implements TokenStore
             if (this.#locks.get(key)?.owner === owner) this.#locks.delete(key);
             this.#waiters.notify(key);
           },
+          renew: async () => {
+            this.#check();
+            const current = this.#locks.get(key);
+            const at = this.#clock.now();
+            if (current?.owner !== owner || current.until <= at) return false;
+            current.until = at + options.ttlMs;
+            return true;
+          },
         };
       }
       if (now >= deadline) return undefined;

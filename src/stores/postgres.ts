@@ -264,7 +264,7 @@ export class PostgresStore extends EventEmitter<StoreEvents> implements TokenSto
          RETURNING owner`,
         [key, owner, Math.ceil(ttlMs)],
       );
-      if (rows.length === 1) return this.#holding(key, owner);
+      if (rows.length === 1) return this.#holding(key, owner, ttlMs);
       const now = Date.now();
       if (now >= deadline) return undefined;
       // Waiters in this process are woken at once on release; other processes' releases are polled.
@@ -288,8 +288,20 @@ export class PostgresStore extends EventEmitter<StoreEvents> implements TokenSto
     if (this.#closed) throw closedError();
   }
 
-  #holding(key: string, owner: string): StoreLock {
+  #holding(key: string, owner: string, ttlMs: number): StoreLock {
     const lock: StoreLock = {
+      // Still ours and its lease not run out: the lease starts again (one statement, under the row's lock).
+      renew: async () => {
+        this.#check();
+        if (!this.#held.has(lock)) return false;
+        const { rows } = await this.#run(
+          `UPDATE ${this.lockTable} SET expires_at = now() + $3::bigint * interval '1 millisecond'
+             WHERE key = $1 AND owner = $2 AND expires_at > now()
+           RETURNING owner`,
+          [key, owner, Math.ceil(ttlMs)],
+        );
+        return rows.length === 1;
+      },
       release: async () => {
         if (!this.#held.delete(lock)) return;
         // Only our own lease is removed (a lease that ran out may belong to someone else by now); a

@@ -75,8 +75,8 @@ export interface StoreLock {
    * evicts keys under memory pressure, an operator's `DEL`) — and may then be held by another process. Rejects
    * when the store cannot answer. The fleet calls it right before spending a single-use refresh token (one call
    * per refresh, none per `getToken()` served from memory) and does not spend on `false`. It narrows, it cannot
-   * close, the window: a lock lost *during* the token request is not seen. Optional: a store whose locks
-   * cannot be lost early may leave it out.
+   * close, the window: a lock lost *during* the token request is not seen. Every built-in store has it (the
+   * store contract tests it); optional for a store of your own, whose locks are then not confirmed.
    */
   renew?(): Promise<boolean>;
 }

@@ -6,7 +6,7 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import type { EventEmitter } from 'node:events';
 import { afterAll, describe, expect, it } from 'vitest';
 import { Codec, type EncryptionOption } from '../../src/stores/codec.js';
-import type { StoreEvents, TokenStore } from '../../src/stores/store.js';
+import type { StoreEvents, StoreLock, TokenStore } from '../../src/stores/store.js';
 
 export type ContractStore = TokenStore & EventEmitter<StoreEvents>;
 
@@ -173,6 +173,27 @@ export function storeContract(name: string, factory: StoreFactory | undefined): 
       // The old holder's release is compare-and-delete: it must not free the new holder's lock.
       await crashed?.release();
       expect(await a.lock(key, { ttlMs: 30_000, waitMs: 100 })).toBeUndefined();
+      await next?.release();
+    });
+
+    it('renew(): true while held (the lease starts again), false once released or taken by another', async () => {
+      const a = await open();
+      const b = shared ? await open() : a;
+      const key = newKey();
+      const held = (await a.lock(key, { ttlMs: 3000, waitMs: 0 })) as StoreLock;
+      expect(held.renew).toBeTypeOf('function');
+      await sleep(1500); // (a FileStore does not renew a lease with under a second left)
+      expect(await held.renew?.()).toBe(true);
+      await sleep(2000); // 3.5 s after taking it: past the first lease, within the renewed one
+      expect(await b.lock(key, { ttlMs: 3000, waitMs: 0 })).toBeUndefined();
+      await held.release();
+      expect(await held.renew?.()).toBe(false);
+      // A lease that ran out and another holder took: not ours to renew (nor to release).
+      const lapsed = (await a.lock(key, { ttlMs: 300, waitMs: 0 })) as StoreLock;
+      const next = await b.lock(key, { ttlMs: 30_000, waitMs: 15_000 });
+      expect(next).toBeDefined();
+      expect(await lapsed.renew?.()).toBe(false);
+      expect(await a.lock(key, { ttlMs: 30_000, waitMs: 0 })).toBeUndefined();
       await next?.release();
     });
 
