@@ -55,6 +55,35 @@ describe('client credentials against a real authorization server', () => {
     expect(Math.abs((token.expiresAt as number) - (claims.exp as number) * 1000)).toBeLessThan(2000);
   });
 
+  it.each([
+    ['private_key_jwt', () => ({ clientId: as.clients.jwt.clientId, privateKey: as.clients.jwt.privateJwk })],
+    [
+      'client_secret_jwt',
+      () => ({
+        clientId: as.clients.hmac.clientId,
+        clientSecret: as.clients.hmac.clientSecret,
+        clientAuth: 'client_secret_jwt' as const,
+      }),
+    ],
+  ])('%s: the assertion is for the issuer by default, the token endpoint or a URL when asked', async (_m, creds) => {
+    const sent: unknown[] = [];
+    const recording: typeof fetch = async (input, init) => {
+      const body = init?.body instanceof URLSearchParams ? init.body : undefined;
+      const assertion = body?.get('client_assertion');
+      if (assertion) sent.push(decodeJwt(assertion).aud);
+      return fetch(input, init);
+    };
+    const tokenEndpoint = `${as.issuer}/token`;
+    for (const clientAssertionAudience of [undefined, 'issuer', 'token_endpoint', tokenEndpoint] as const) {
+      const source = clientCredentials({ ...base(), ...creds(), fetch: recording, clientAssertionAudience });
+      expect((await source.fetchToken({})).accessToken).toBeTruthy(); // the real server accepts each
+    }
+    expect(sent).toEqual([as.issuer, as.issuer, tokenEndpoint, tokenEndpoint]);
+    expect(() => clientCredentials({ ...base(), ...creds(), clientAssertionAudience: '' })).toThrow(
+      expect.objectContaining({ code: 'ERR_CONFIG' }),
+    );
+  });
+
   it('reports a wrong secret as ERR_OAUTH invalid_client with the status, and no secret anywhere', async () => {
     const wrong = 'definitely-the-wrong-secret-123';
     const source = clientCredentials({ ...base(), clientId: 'svc', clientSecret: wrong });

@@ -101,6 +101,19 @@ export interface ClientOptions {
   /** The private key for `private_key_jwt`. */
   privateKey?: PrivateKeyInput;
   /**
+   * The `aud` of the client assertions `private_key_jwt` and `client_secret_jwt` sign: `'issuer'` (default: the
+   * authorization server's issuer identifier, as RFC 7523bis and FAPI 2.0 require), `'token_endpoint'` (the token
+   * endpoint's URL, which Microsoft Entra ID requires, and which OpenID Connect Core §9 suggests), or a URL of
+   * your choosing.
+   *
+   * @example
+   * ```ts
+   * clientCredentials({ issuer: `https://login.microsoftonline.com/${tenant}/v2.0`, clientId, privateKey,
+   *   clientAssertionAudience: 'token_endpoint', scope: 'api://billing/.default' });
+   * ```
+   */
+  clientAssertionAudience?: 'issuer' | 'token_endpoint' | (string & {});
+  /**
    * A client assertion signed elsewhere (RFC 7523 §2.2), read for every request to the authorization server:
    * `{ file }` — a workload identity token the platform writes and rotates (a Kubernetes projected
    * service-account token, `AZURE_FEDERATED_TOKEN_FILE`) — or a function returning one. Sent as
@@ -215,6 +228,10 @@ export class OAuthClient {
     this.clock = options.clock ?? systemClock;
     this.fetch = resolveTransport(options.fetch, options.proxy);
     this.authMethod = resolveAuthMethod(options);
+    const audience: unknown = options.clientAssertionAudience;
+    if (audience !== undefined && (typeof audience !== 'string' || audience === '')) {
+      throw new TokenwardenError('ERR_CONFIG', "clientAssertionAudience must be 'issuer', 'token_endpoint' or a URL");
+    }
     this.#options = options;
     this.#client = { client_id: options.clientId };
     try {
@@ -760,15 +777,38 @@ async function makeClientAuth(options: ClientOptions, method: ClientAuthMethod |
     case 'client_secret_post':
       return oauth.ClientSecretPost(secret);
     case 'client_secret_jwt':
-      return oauth.ClientSecretJwt(secret);
-    case 'private_key_jwt':
-      return oauth.PrivateKeyJwt(await importPrivateKey(options.privateKey as PrivateKeyInput));
+      return withAssertionAudience(options.clientAssertionAudience, (modify) => oauth.ClientSecretJwt(secret, modify));
+    case 'private_key_jwt': {
+      const key = await importPrivateKey(options.privateKey as PrivateKeyInput);
+      return withAssertionAudience(options.clientAssertionAudience, (modify) => oauth.PrivateKeyJwt(key, modify));
+    }
     case 'tls_client_auth':
     case 'self_signed_tls_client_auth':
       return oauth.TlsClientAuth();
     case 'none':
       return oauth.None();
   }
+}
+
+/**
+ * A client assertion method whose `aud` is `audience` (see `ClientOptions.clientAssertionAudience`), through
+ * `oauth4webapi`'s `modifyAssertion` hook (called as the assertion is made, with the metadata of that request).
+ */
+function withAssertionAudience(
+  audience: ClientOptions['clientAssertionAudience'],
+  make: (options: oauth.ModifyAssertionOptions) => oauth.ClientAuth,
+): oauth.ClientAuth {
+  if (audience === undefined || audience === 'issuer') return make({});
+  let current: string | undefined;
+  const inner = make({
+    [oauth.modifyAssertion]: (_header, payload) => {
+      if (current !== undefined) payload.aud = current;
+    },
+  });
+  return (as, client, body, headers) => {
+    current = audience === 'token_endpoint' ? as.token_endpoint : audience;
+    return inner(as, client, body, headers);
+  };
 }
 
 /**
