@@ -449,7 +449,16 @@ export function jwtClaims(jws: CompactJws, rules: JwtRules, issuer: string | und
   return claims as JWTPayload;
 }
 
-function audiencePresent(aud: unknown, accepted: readonly string[]): boolean {
+/**
+ * Whether an `aud` claim (a string, or an array of them) names one of `accepted`, as jose compares them.
+ *
+ * @example
+ * ```ts
+ * audiencePresent(['https://a.test', 'https://b.test'], ['https://b.test']); // true
+ * audiencePresent(undefined, ['https://b.test']); // false
+ * ```
+ */
+export function audiencePresent(aud: unknown, accepted: readonly string[]): boolean {
   if (typeof aud === 'string') return accepted.includes(aud);
   if (Array.isArray(aud)) return accepted.some((a) => aud.includes(a));
   return false;

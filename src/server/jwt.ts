@@ -10,7 +10,7 @@
  */
 import { type JWSHeaderParameters, type JWTPayload, decodeJwt } from 'jose';
 import { TokenwardenError } from '../errors.js';
-import { jwtRules } from './jws.js';
+import { audiencePresent, jwtRules } from './jws.js';
 import { type KeySets, type VerifiedJwt, verifyJwt } from './keys.js';
 import {
   type Claims,
@@ -63,7 +63,13 @@ export type IssuerPolicy = { list: readonly string[] } | { resolve: (iss: string
 /** Resolved options of the JWT strategy (built by `createVerifier`). */
 export interface JwtStrategyOptions {
   issuers: IssuerPolicy;
+  /** The accepted `aud` values; empty when only {@link JwtStrategyOptions.clientIdsWithoutAudience} is set. */
   audience: string | string[];
+  /**
+   * Accept tokens without `aud` whose `client_id` is one of these (Amazon Cognito); then a `token_use` other
+   * than `access` is refused too. See `VerifierOptions.clientIdsWithoutAudience`.
+   */
+  clientIdsWithoutAudience?: readonly string[] | undefined;
   jwksUri?: string | undefined;
   algorithms: string[];
   clockToleranceSec: number;
@@ -118,9 +124,12 @@ export function jwtStrategy(options: JwtStrategyOptions): JwtStrategy {
     return trusted === true ? iss : undefined;
   };
 
+  const clientIds = options.clientIdsWithoutAudience;
+  const audience = typeof options.audience === 'string' ? [options.audience] : options.audience;
   const rules = jwtRules({
     algorithms: options.algorithms,
-    audience: options.audience,
+    // With client ids, `aud` is judged after the signature and dates (audienceOrClient): it may be absent.
+    audience: clientIds === undefined ? options.audience : undefined,
     clockToleranceSec: options.clockToleranceSec,
     requiredClaims: options.strict
       ? [...RFC9068_CLAIMS, ...options.requiredClaims]
@@ -135,6 +144,10 @@ export function jwtStrategy(options: JwtStrategyOptions): JwtStrategy {
     // RFC 8725 §3.11 explicit typing: without `strict`, a typ other than JWT / at+jwt is another kind of JWT.
     if (!options.strict && protectedHeader.typ !== undefined && !isAccessTokenTyp(protectedHeader.typ as unknown)) {
       return bad('unexpected token type', options.negativeCacheMs);
+    }
+    if (clientIds !== undefined) {
+      const refused = audienceOrClient(payload, audience, clientIds);
+      if (refused !== undefined) return bad(refused, options.negativeCacheMs);
     }
     return { ok: true, payload: { claims: payload, header: protectedHeader } };
   };
@@ -175,6 +188,27 @@ export function jwtStrategy(options: JwtStrategyOptions): JwtStrategy {
     getInfo: (p) => infoOf(p.claims as Claims),
     getExtra: (p) => ({ claims: p.claims as Claims, header: p.header as Readonly<Record<string, unknown>> }),
   };
+}
+
+/**
+ * The audience check with `clientIdsWithoutAudience` (Amazon Cognito's access tokens carry no `aud`, their
+ * client in `client_id` and their kind in `token_use`): a token with `aud`, in any form, is judged by `aud`
+ * alone, exactly as without the option; only a token without `aud` is judged by its `client_id` (RFC 9068
+ * §2.2). A `token_use` other than `access` is refused first: Cognito's ID tokens carry `aud` = the client id
+ * and `token_use: "id"`, and must not pass for access tokens whatever the configured audience. Returns why the
+ * token is refused, or `undefined`.
+ */
+function audienceOrClient(
+  claims: JWTPayload,
+  audience: readonly string[],
+  clientIds: readonly string[],
+): string | undefined {
+  const use = claims['token_use'];
+  if (use !== undefined && use !== 'access') return 'unexpected token use';
+  if (Object.hasOwn(claims, 'aud')) return audiencePresent(claims.aud, audience) ? undefined : 'unexpected audience';
+  const clientId = claims['client_id'];
+  if (clientId === undefined) return 'missing required claim';
+  return typeof clientId === 'string' && clientIds.includes(clientId) ? undefined : 'unexpected client';
 }
 
 function isAccessTokenTyp(typ: unknown): boolean {

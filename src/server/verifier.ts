@@ -185,8 +185,31 @@ export interface VerifierOptions extends AuthorizationRequirements {
    * discovered on first use). JWT `iss` must match; an introspection response's `iss`, when present, too.
    */
   issuer?: string | readonly string[] | ((iss: string) => boolean | Promise<boolean>);
-  /** The audience(s) the token must be for (`aud`); required for JWTs (RFC 9068 §4). */
+  /**
+   * The audience(s) the token must be for (`aud`); required for JWTs (RFC 9068 §4), unless
+   * {@link VerifierOptions.clientIdsWithoutAudience} is set.
+   */
   audience?: string | readonly string[];
+  /**
+   * For authorization servers whose JWT access tokens carry no `aud` (Amazon Cognito): a JWT **without**
+   * `aud` is accepted when its `client_id` (RFC 9068 §2.2) is one of these — the app clients whose tokens this
+   * API takes. A JWT **with** `aud` is still judged by `aud` against `audience` alone, never by `client_id`
+   * (without `audience`, every token with `aud` is refused). With this option, a token whose `token_use`
+   * claim is present and not `access` is refused, so that a Cognito ID token (`aud` = the client id,
+   * `token_use: "id"`) never passes for an access token. As `clientId` in aws-jwt-verify's
+   * `CognitoJwtVerifier` with `tokenUse: 'access'`. `client_id` says which client asked, not for which API:
+   * with several APIs in one user pool, also require this API's scopes. JWTs only; not with `strict`.
+   *
+   * @example
+   * ```ts
+   * createVerifier({
+   *   issuer: 'https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_AbCdEf123',
+   *   clientIdsWithoutAudience: ['4a1b2c3d4e5f6g7h8i9j0k1l2m'],
+   *   requiredScopes: ['orders-api/read'],
+   * });
+   * ```
+   */
+  clientIdsWithoutAudience?: string | readonly string[];
   /**
    * How tokens are checked:
    * - `'jwt'`: locally, against the issuer's JWKS. Default without `introspection`.
@@ -1009,6 +1032,7 @@ function resolveStrategy(
   }
   const issuers = issuerPolicy(options.issuer, allowInsecureRequests);
   const audience = checkAudience(options.audience);
+  const clientIds = checkClientIds(options.clientIdsWithoutAudience);
   const clockToleranceMs = toMs(options.clockTolerance ?? 0, 'clockTolerance');
   const jwksUri =
     options.jwksUri === undefined ? undefined : checkUrl(options.jwksUri, 'jwksUri', allowInsecureRequests);
@@ -1017,7 +1041,7 @@ function resolveStrategy(
     options.strategy ??
     (options.introspection === undefined
       ? 'jwt'
-      : audience !== undefined || jwksUri !== undefined
+      : audience !== undefined || clientIds !== undefined || jwksUri !== undefined
         ? 'auto'
         : 'introspection');
   if (strategy !== 'jwt' && strategy !== 'introspection' && strategy !== 'auto') {
@@ -1052,15 +1076,29 @@ function resolveStrategy(
     await Promise.all(preparing.map((step) => step()));
   };
 
+  if (clientIds !== undefined && strategy === 'introspection') {
+    throw new TokenwardenError(
+      'ERR_CONFIG',
+      "clientIdsWithoutAudience applies to JWTs: not with strategy 'introspection'",
+    );
+  }
+  if (clientIds !== undefined && options.strict === true) {
+    throw new TokenwardenError(
+      'ERR_CONFIG',
+      'clientIdsWithoutAudience accepts tokens without aud, which strict (RFC 9068: aud required) refuses: set one',
+    );
+  }
+
   let jwt: JwtStrategy | undefined;
   if (strategy !== 'introspection') {
     if (issuers === undefined) {
       throw new TokenwardenError('ERR_CONFIG', 'issuer is required to verify JWTs');
     }
-    if (audience === undefined) {
+    if (audience === undefined && clientIds === undefined) {
       throw new TokenwardenError(
         'ERR_CONFIG',
-        'audience is required to verify JWTs (RFC 9068: a resource server must check the token is meant for it)',
+        'audience is required to verify JWTs (RFC 9068: a resource server must check the token is meant for it); ' +
+          'for tokens without aud (Amazon Cognito), clientIdsWithoutAudience',
       );
     }
     if (jwksUri === undefined && !('list' in issuers)) {
@@ -1074,7 +1112,8 @@ function resolveStrategy(
     for (const set of sets) preparing.push(() => set.load());
     jwt = jwtStrategy({
       issuers,
-      audience: [...audience],
+      audience: [...(audience ?? [])],
+      clientIdsWithoutAudience: clientIds,
       jwksUri,
       algorithms,
       clockToleranceSec: clockToleranceMs / 1000,
@@ -1170,6 +1209,15 @@ function checkAudience(audience: VerifierOptions['audience']): readonly string[]
     throw new TokenwardenError('ERR_CONFIG', 'audience must be a non-empty string or list of strings');
   }
   return list;
+}
+
+function checkClientIds(clientIds: VerifierOptions['clientIdsWithoutAudience']): readonly string[] | undefined {
+  if (clientIds === undefined) return undefined;
+  const list = typeof clientIds === 'string' ? [clientIds] : clientIds;
+  if (!Array.isArray(list) || list.length === 0 || list.some((c) => typeof c !== 'string' || c === '')) {
+    throw new TokenwardenError('ERR_CONFIG', 'clientIdsWithoutAudience must be a non-empty string or list of strings');
+  }
+  return [...list];
 }
 
 /**
