@@ -94,19 +94,42 @@ export type Strategy = 'jwt' | 'introspection' | 'auto';
 export type ClaimCheck = (auth: Auth) => boolean | Promise<boolean>;
 
 /**
- * Scope and claim requirements; set on the verifier, or per call (per route) to override.
+ * Scope, app role and claim requirements; set on the verifier, or per call (per route) to override. All that
+ * are set must hold.
  *
  * @example
  * ```ts
  * const admin: AuthorizationRequirements = { requiredScopes: ['admin'], claimCheck: (a) => a.info.email?.endsWith('@acme.test') === true };
  * await verify(req, admin);
+ * // Microsoft Entra ID: a delegated token with scope Orders.Read, or an app-only token with app role Orders.Read.All
+ * await verify(req, { anyScopes: ['Orders.Read'], anyRoles: ['Orders.Read.All'] });
  * ```
  */
 export interface AuthorizationRequirements {
   /** Scopes the token must all have. */
   requiredScopes?: readonly string[];
-  /** Scopes of which the token must have at least one. */
+  /**
+   * Scopes of which the token must have at least one — or, with {@link AuthorizationRequirements.anyRoles},
+   * one of those app roles instead.
+   */
   anyScopes?: readonly string[];
+  /**
+   * App roles, from the token's `roles` claim (an array, or a space-separated string), of which the token must
+   * have at least one — or, with {@link AuthorizationRequirements.anyScopes}, one of those scopes instead: the
+   * two lists are one "any of" requirement, as Microsoft.Identity.Web's `RequiredScopeOrAppPermission`.
+   * Microsoft Entra ID puts application permissions (client credentials tokens) in `roles` and delegated
+   * permissions in `scp`, so "scope X or app role Y" is `{ anyScopes: ['X'], anyRoles: ['Y'] }`. A role never
+   * counts as a scope (nor a scope as a role). Per call (per route), setting either list replaces both of the
+   * verifier's. Refused: 403 `insufficient_scope`, the challenge's `scope` naming `anyScopes` (roles are not
+   * scopes a client can ask for).
+   *
+   * @example
+   * ```ts
+   * app.get('/orders', bearerAuth({ verifier, anyScopes: ['Orders.Read'], anyRoles: ['Orders.Read.All'] }), list);
+   * app.post('/sync', bearerAuth({ verifier, anyRoles: ['Orders.Sync'] }), sync); // app-only tokens
+   * ```
+   */
+  anyRoles?: readonly string[];
   /** A last check on the verified token (claims, tenant, roles…). */
   claimCheck?: ClaimCheck;
 }
@@ -441,6 +464,7 @@ const NOT_DPOP_BOUND = failure('invalid_token', 'token is not bound to a DPoP ke
 const KEY_MISMATCH = failure('invalid_token', 'invalid DPoP key binding');
 const DPOP_REQUIRED = failure('missing_token', 'DPoP-bound token required');
 const CLAIM_CHECK_FAILED = failure('insufficient_scope', 'claim check failed');
+const INSUFFICIENT_ROLE = failure('insufficient_scope', 'insufficient role');
 /**
  * Where a verifier keeps the call the framework adapters use: `verify()` without the promise when the answer
  * is ready at once (see `run` in {@link createVerifier}). Not part of the public API.
@@ -906,7 +930,7 @@ export function createVerifier(options: VerifierOptions): Verifier {
 }
 
 /**
- * Scope and claim checks, on every call: 403 `insufficient_scope` when they fail. Synchronous unless an
+ * Scope, role and claim checks, on every call: 403 `insufficient_scope` when they fail. Synchronous unless an
  * asynchronous claim check runs (an extra promise per call is measurable on the cached path).
  */
 function authorize(
@@ -915,19 +939,36 @@ function authorize(
   defaults: AuthorizationRequirements,
 ): VerifyFailure | undefined | Promise<VerifyFailure | undefined> {
   const required = call.requiredScopes ?? defaults.requiredScopes;
-  const any = call.anyScopes ?? defaults.anyScopes;
+  // anyScopes and anyRoles are one requirement ("one of these scopes or one of these roles"): a call that
+  // sets either replaces both.
+  const either = call.anyScopes !== undefined || call.anyRoles !== undefined ? call : defaults;
+  const any = either.anyScopes;
+  const anyRoles = either.anyRoles;
   const claimCheck = call.claimCheck ?? defaults.claimCheck;
   const scopes = auth.credentials.scopes;
   if (required !== undefined && required.length > 0 && !required.every((s) => scopes.includes(s))) {
     return failure('insufficient_scope', 'insufficient scope', required.join(' '));
   }
-  if (any !== undefined && any.length > 0 && !any.some((s) => scopes.includes(s))) {
-    return failure('insufficient_scope', 'insufficient scope', any.join(' '));
+  const byScope = any !== undefined && any.length > 0;
+  const byRole = anyRoles !== undefined && anyRoles.length > 0;
+  if (
+    (byScope || byRole) &&
+    !(byScope && any.some((s) => scopes.includes(s))) &&
+    !(byRole && hasAnyRole(auth, anyRoles))
+  ) {
+    return byScope ? failure('insufficient_scope', 'insufficient scope', any.join(' ')) : INSUFFICIENT_ROLE;
   }
   if (claimCheck === undefined) return undefined;
   const passed = claimCheck(auth);
   if (passed instanceof Promise) return passed.then((ok) => (ok === true ? undefined : CLAIM_CHECK_FAILED));
   return passed === true ? undefined : CLAIM_CHECK_FAILED;
+}
+
+/** Whether the token's `roles` claim (an array, or a space-separated string) names one of `wanted`. */
+function hasAnyRole(auth: Auth, wanted: readonly string[]): boolean {
+  const roles = auth.extra.claims['roles'];
+  if (typeof roles === 'string') return roles.split(' ').some((r) => r !== '' && wanted.includes(r));
+  return Array.isArray(roles) && roles.some((r) => typeof r === 'string' && wanted.includes(r));
 }
 
 /** The key binding of a token (RFC 7800 `cnf`, RFC 9449 §6), from its claims or introspection response. */
@@ -1221,7 +1262,7 @@ function checkClientIds(clientIds: VerifierOptions['clientIdsWithoutAudience']):
 }
 
 /**
- * Checks scope lists and the claim check of `options` (throwing `ERR_CONFIG`) and returns only the
+ * Checks scope and role lists and the claim check of `options` (throwing `ERR_CONFIG`) and returns only the
  * requirements that are set.
  *
  * @example
@@ -1232,11 +1273,12 @@ function checkClientIds(clientIds: VerifierOptions['clientIdsWithoutAudience']):
  */
 export function requirements(options: AuthorizationRequirements): AuthorizationRequirements {
   const result: AuthorizationRequirements = {};
-  for (const name of ['requiredScopes', 'anyScopes'] as const) {
+  for (const name of ['requiredScopes', 'anyScopes', 'anyRoles'] as const) {
     const scopes = options[name];
     if (scopes === undefined) continue;
     if (!Array.isArray(scopes) || scopes.some((s) => typeof s !== 'string' || s === '' || s.includes(' '))) {
-      throw new TokenwardenError('ERR_CONFIG', `${name} must be a list of scope names (no spaces)`);
+      const what = name === 'anyRoles' ? 'role' : 'scope';
+      throw new TokenwardenError('ERR_CONFIG', `${name} must be a list of ${what} names (no spaces)`);
     }
     result[name] = [...scopes];
   }
