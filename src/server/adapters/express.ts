@@ -42,7 +42,7 @@ export interface ExpressRequestLike extends NodeRequestLike {
 
 /**
  * Express middleware that verifies the access token (bearer, or DPoP with its proof) and sets `req.auth`.
- * Options are the verifier's (or `{ verifier }`), plus `requiredScopes`, `anyScopes`, `claimCheck`, `realm`
+ * Options are the verifier's (or `{ verifier }`), plus `requiredScopes`, `anyScopes`, `anyRoles`, `claimCheck`, `realm`
  * and `optional`. A DPoP proof is checked against `req.method`, `req.originalUrl` (the URL before routers
  * rewrote it) and `Host`; behind a proxy set the verifier's `dpop.publicUrl` or `dpop.trustProxy`.
  *
