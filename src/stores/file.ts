@@ -123,6 +123,11 @@ export class FileStore extends EventEmitter<StoreEvents> implements TokenStore {
   readonly #waiters = new LockWaiters(waitClock);
   readonly #held = new Set<StoreLock>();
   #ready: Promise<void> | undefined;
+  /**
+   * The directory `#ready` checked: one removed or replaced since (another inode, or the same inode number
+   * reused with another owner or mode) is checked again.
+   */
+  #dir: { dev: number; ino: number; uid: number; mode: number } | undefined;
   #sweptAt = 0;
   #closed = false;
 
@@ -139,7 +144,7 @@ export class FileStore extends EventEmitter<StoreEvents> implements TokenStore {
   async get(key: string): Promise<StoreRecord | undefined> {
     this.#check();
     checkKey(key);
-    const entry = await bounded(
+    const entry = await fsBounded(
       async () => ((await this.#ensureDir(false)) ? this.#read(key) : undefined),
       this.#timeoutMs,
       'file store get',
@@ -156,7 +161,7 @@ export class FileStore extends EventEmitter<StoreEvents> implements TokenStore {
     const ttlMs = checkTtl(options.ttlMs, 'ttlMs');
     const sealed = this.#codec.encode(key, value);
     const deadline = Date.now() + this.#timeoutMs;
-    return bounded(
+    return fsBounded(
       () =>
         this.#underWriteLock(key, deadline, async () => {
           const current = await this.#read(key, false);
@@ -183,7 +188,7 @@ export class FileStore extends EventEmitter<StoreEvents> implements TokenStore {
     this.#check();
     checkKey(key);
     const deadline = Date.now() + this.#timeoutMs;
-    await bounded(
+    await fsBounded(
       () =>
         this.#underWriteLock(key, deadline, async () => {
           await unlink(this.#file(key, '.json')).catch(ignoreMissing);
@@ -204,7 +209,7 @@ export class FileStore extends EventEmitter<StoreEvents> implements TokenStore {
       throwIfAborted(options.signal);
       this.#check();
       const owner = randomUUID();
-      const taken = await bounded(() => this.#tryLock(path, owner, ttlMs), this.#timeoutMs, 'file store lock');
+      const taken = await fsBounded(() => this.#tryLock(path, owner, ttlMs), this.#timeoutMs, 'file store lock');
       if (taken) {
         const lock: StoreLock = {
           release: async () => {
@@ -217,7 +222,7 @@ export class FileStore extends EventEmitter<StoreEvents> implements TokenStore {
           renew: async () => {
             this.#check();
             if (!this.#held.has(lock)) return false;
-            return bounded(() => renewLock(path, owner, ttlMs), this.#timeoutMs, 'file lock renewal');
+            return fsBounded(() => renewLock(path, owner, ttlMs), this.#timeoutMs, 'file lock renewal');
           },
         };
         this.#held.add(lock);
@@ -264,10 +269,32 @@ export class FileStore extends EventEmitter<StoreEvents> implements TokenStore {
   }
 
   /**
-   * Checks the directory once (and creates it, 0700, when `create`); clears leftovers of crashed writers.
+   * Checks the directory (and creates it, 0700, when `create`); clears leftovers of crashed writers. Done at
+   * first use, and again whenever the directory is no longer the one checked: removed (an operator cleaning
+   * up a cache) or replaced — a replacement is trusted only once it passes the same checks.
    * Resolves to `false` when it does not exist and `create` is false (a read then finds nothing).
    */
   async #ensureDir(create = true): Promise<boolean> {
+    const ready = this.#ready;
+    if (ready !== undefined) {
+      await ready;
+      const now = await stat(this.path).catch((err: unknown) => {
+        if (isMissing(err)) return undefined;
+        throw err;
+      });
+      const was = this.#dir;
+      if (
+        now !== undefined &&
+        now.dev === was?.dev &&
+        now.ino === was.ino &&
+        now.uid === was.uid &&
+        now.mode === was.mode
+      ) {
+        return true;
+      }
+      if (this.#ready === ready) this.#ready = undefined;
+      if (now === undefined && !create) return false;
+    }
     if (this.#ready === undefined) {
       if (!create && !(await exists(this.path))) return false;
       const ready = this.#prepareDir().catch((err: unknown) => {
@@ -301,7 +328,12 @@ export class FileStore extends EventEmitter<StoreEvents> implements TokenStore {
         `the FileStore directory belongs to another user (uid ${info.uid}, this process runs as uid ${uid}); refused for reads and writes`,
       );
     }
-    if ((info.mode & 0o077) !== 0) await chmod(this.path, 0o700);
+    let { mode } = info;
+    if ((mode & 0o077) !== 0) {
+      await chmod(this.path, 0o700);
+      mode = (mode & ~0o7777) | 0o700;
+    }
+    this.#dir = { dev: info.dev, ino: info.ino, uid: info.uid, mode };
     await this.#sweep();
   }
 
@@ -503,8 +535,12 @@ async function writeExclusive(path: string, text: string): Promise<void> {
   const handle = await open(path, 'wx', 0o600);
   try {
     await handle.writeFile(text, 'utf8');
-  } finally {
     await handle.close();
+  } catch (err) {
+    // A full disk fails the write after the file was created: remove it rather than leave it for the sweep.
+    await handle.close().catch(() => undefined);
+    await unlink(path).catch(() => undefined);
+    throw err;
   }
 }
 
@@ -546,6 +582,36 @@ async function exists(path: string): Promise<boolean> {
   } catch (err) {
     if (isMissing(err)) return false;
     throw err;
+  }
+}
+
+/**
+ * What an operator should know about the errors a disk gives in service. The system's own message is never
+ * shown: it names the file.
+ */
+const ERRNOS = new Map<string, string>([
+  ['ENOSPC', 'the disk is full'],
+  ['EDQUOT', "the disk quota of this process's user is used up"],
+  ['EROFS', 'the file system is read-only'],
+  ['EIO', 'the disk reported an input/output error'],
+  ['EACCES', 'permission denied'],
+  ['EPERM', 'operation not permitted'],
+  ['ENOTDIR', 'a part of the path is not a directory'],
+  // Only writes meet it (a read finds nothing): the directory went between the check and the write.
+  ['ENOENT', 'the directory was removed while in use (the next call makes it again)'],
+  ['EMFILE', 'too many open files in this process'],
+  ['ENFILE', 'too many open files on this host'],
+]);
+
+/** {@link bounded}, with the failure's errno said in words (`… failed (ENOSPC): the disk is full`). */
+async function fsBounded<T>(operation: () => Promise<T>, ms: number, what: string): Promise<T> {
+  try {
+    return await bounded(operation, ms, what);
+  } catch (err) {
+    const error = err as TokenwardenError; // bounded throws nothing else
+    const words = ERRNOS.get(String((error.cause as NodeJS.ErrnoException | undefined)?.code));
+    if (words === undefined) throw error;
+    throw new TokenwardenError(error.code, `${error.message}: ${words}`, { cause: error.cause });
   }
 }
 
