@@ -76,6 +76,23 @@ describe('FileStore on disk', () => {
     await store.close();
   });
 
+  it('a lock left by a process on another host (a shared disk) is taken over only when its lease ends', async () => {
+    const path = join(root, 'other-host');
+    const store = new FileStore({ path });
+    await store.set('k', 'v');
+    const lockFile = join(path, `${createHash('sha256').update('k').digest('hex')}.lock`);
+    // Its pid means nothing here (dead on this host): only the lease can tell that the holder is gone.
+    const foreign = { owner: 'elsewhere', pid: 4_194_305, host: 'build-07.other.example' };
+    await writeFile(lockFile, JSON.stringify({ ...foreign, expiresAt: Date.now() + 3_600_000 }));
+    expect(await store.lock('k', { ttlMs: 30_000, waitMs: 0 })).toBeUndefined();
+    expect(JSON.parse(await readFile(lockFile, 'utf8'))).toMatchObject(foreign); // left in place
+    await writeFile(lockFile, JSON.stringify({ ...foreign, expiresAt: Date.now() - 1 }));
+    const lock = await store.lock('k', { ttlMs: 30_000, waitMs: 0 });
+    expect(lock).toBeDefined();
+    await lock?.release();
+    await store.close();
+  });
+
   it('a lock file that is not JSON is stale (a holder that crashed while creating it)', async () => {
     const path = join(root, 'garbage-lock');
     const store = new FileStore({ path });
