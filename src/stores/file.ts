@@ -100,9 +100,11 @@ const HOST = hostname();
  * this user and writable by nobody else — a symbolic link, a FIFO, a file another user planted — is a miss
  * with a `corrupt` event, never a token.
  *
- * Writes are atomic: a process killed in the middle of a write leaves the previous entry intact. The
- * refresh lock is a lease (`ttlMs`) that another process takes over when it expires or when its holder's
- * pid is gone. It is not meant for network file systems shared by several hosts (use Redis or
+ * Writes are atomic: a process killed in the middle of a write leaves the previous entry intact; so does a
+ * full or read-only disk, where writes and the lock fail with `ERR_STORE` saying so and leave no file behind.
+ * A directory removed while in use is made again by the next write; one replaced is checked as at first use.
+ * The refresh lock is a lease (`ttlMs`) that another process takes over when it expires or when its
+ * holder's pid is gone. It is not meant for network file systems shared by several hosts (use Redis or
  * PostgreSQL there): a dead holder on another host is only detected when its lease expires.
  *
  * @example
