@@ -48,7 +48,8 @@ export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeou
 
 function readPid(file: string): number | undefined {
   try {
-    const pid = Number(readFileSync(file, 'utf8').trim());
+    // The first line (a postmaster.pid goes on with the data directory, the port, …).
+    const pid = Number(readFileSync(file, 'utf8').split('\n')[0]?.trim());
     return Number.isInteger(pid) && pid > 0 ? pid : undefined;
   } catch {
     return undefined;
@@ -67,6 +68,22 @@ function alive(pid: number): boolean {
   } catch {
     return true;
   }
+}
+
+/** The processes whose parent is `pid` (a postmaster's backends and helpers). */
+function childrenOf(pid: number): number[] {
+  const children: number[] = [];
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      // The command may hold spaces and parentheses: the parent PID comes after the last ')'.
+      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
+      if (Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]) === pid) children.push(Number(entry));
+    } catch {
+      // gone
+    }
+  }
+  return children;
 }
 
 async function killAndWait(pid: number | undefined, signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
@@ -344,6 +361,144 @@ export async function startPrivatePostgres(): Promise<PrivatePostgres> {
       if (pid !== undefined && alive(pid)) process.kill(pid, 'SIGCONT');
       await stop();
       await killAndWait(pid);
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+export interface PrivatePostgresPair {
+  /** The address clients use: the primary's port, and after {@link PrivatePostgresPair.failover} the promoted replica's. */
+  readonly port: number;
+  readonly url: string;
+  /** Where the replica answers before the failover (hot standby, read-only). */
+  readonly replicaUrl: string;
+  /**
+   * Cuts the replication link (the replica's `primary_conninfo` emptied and reloaded): from now on the replica
+   * receives nothing, as an asynchronous replica that lags when the primary dies.
+   */
+  cutReplication(): Promise<void>;
+  /**
+   * The primary killed (SIGKILL to the postmaster: no shutdown checkpoint, no last WAL sent), the replica
+   * promoted (`pg_ctl promote`), then `beforeMove` (e.g. read what the promoted replica holds while no client
+   * reaches it), then the promoted replica restarted on the primary's port: the address clients use moves to it.
+   */
+  failover(beforeMove?: (promotedUrl: string) => Promise<void>): Promise<void>;
+  close(): Promise<void>;
+}
+
+/**
+ * A private PostgreSQL primary and an asynchronous streaming replica (`initdb` as the `postgres` user into a
+ * temporary directory, `wal_level=replica`, `pg_basebackup -R`), on free loopback ports.
+ *
+ * The failover moves the clients' address the simplest way that keeps what production does to them: the promoted
+ * replica is restarted on the old primary's port, as a virtual IP or a DNS name moves to the new primary. Every
+ * connection to the old primary breaks and the clients reconnect to the same address, now the promoted replica
+ * (a proxy such as PgBouncer repointed with `RELOAD` would keep the client connections instead).
+ */
+export async function startPostgresPair(): Promise<PrivatePostgresPair> {
+  if (pgBin === undefined) throw new Error('PostgreSQL server binaries are not installed');
+  const bin = (tool: string) => join(pgBin as string, tool);
+  const port = await freePort();
+  const replicaPort = await freePort();
+  const dir = join(tmpdir(), `tw-pgpair-${randomUUID()}`);
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const owner = postgresUid();
+  if (owner) chownSync(dir, owner.uid, owner.gid);
+  const primaryData = join(dir, 'primary');
+  const replicaData = join(dir, 'replica');
+  // A socket directory per server: a killed postmaster leaves its socket lock file behind (and, not reaped by
+  // an init that does not reap, looks alive to the server that takes its port over).
+  const sockets = [join(dir, 's0'), join(dir, 's1')];
+  for (const socket of sockets) {
+    mkdirSync(socket, { mode: 0o700 });
+    if (owner) chownSync(socket, owner.uid, owner.gid);
+  }
+  const options = (p: number, slot: 0 | 1) =>
+    `-p ${p} -k ${sockets[slot]} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=100 ` +
+    '-c wal_level=replica -c max_wal_senders=5 -c hot_standby=on';
+  const pids: (number | undefined)[] = [undefined, undefined];
+  started.add(() => pids[0]);
+  started.add(() => pids[1]);
+  const start = async (data: string, p: number, slot: 0 | 1): Promise<void> => {
+    const log = join(dir, `pg-${slot}.log`);
+    await asPostgres(bin('pg_ctl'), ['-D', data, '-l', log, '-o', options(p, slot), '-w', 'start']).catch(
+      (err: unknown) => {
+        const tail = existsSync(log) ? readFileSync(log, 'utf8').split('\n').slice(-6).join('\n') : '';
+        throw new Error(`pg_ctl start on ${p} failed: ${tail}`, { cause: err });
+      },
+    );
+    pids[slot] = readPid(join(data, 'postmaster.pid'));
+    await waitForPort(p);
+  };
+  const stop = async (data: string, slot: 0 | 1, mode: 'immediate' | 'fast'): Promise<void> => {
+    await asPostgres(bin('pg_ctl'), ['-D', data, '-m', mode, '-w', 'stop']).catch(() => killAndWait(pids[slot]));
+  };
+  const psql = (p: number, sql: string) =>
+    asPostgres('psql', ['-h', '127.0.0.1', '-p', String(p), '-U', 'postgres', '-Atqc', sql]).then((r) =>
+      r.stdout.trim(),
+    );
+  try {
+    await asPostgres(bin('initdb'), ['-D', primaryData, '-U', 'postgres', '-A', 'trust', '--no-sync', '-E', 'UTF8']);
+    await start(primaryData, port, 0);
+    // initdb's pg_hba.conf lets 127.0.0.1 replicate with trust.
+    await asPostgres(bin('pg_basebackup'), [
+      '-h',
+      '127.0.0.1',
+      '-p',
+      String(port),
+      '-U',
+      'postgres',
+      '-D',
+      replicaData,
+      '-R',
+      '-X',
+      'stream',
+      '--no-sync',
+    ]);
+    await start(replicaData, replicaPort, 1);
+    const deadline = Date.now() + 15_000;
+    while ((await psql(port, "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'")) !== '1') {
+      if (Date.now() > deadline) throw new Error('the replica did not start streaming');
+      await sleep(50);
+    }
+  } catch (err) {
+    await stop(replicaData, 1, 'immediate');
+    await stop(primaryData, 0, 'immediate');
+    rmSync(dir, { recursive: true, force: true });
+    throw err;
+  }
+  return {
+    port,
+    url: `postgres://postgres@127.0.0.1:${port}/postgres`,
+    replicaUrl: `postgres://postgres@127.0.0.1:${replicaPort}/postgres`,
+    cutReplication: async () => {
+      await psql(replicaPort, "ALTER SYSTEM SET primary_conninfo = ''");
+      await psql(replicaPort, 'SELECT pg_reload_conf()');
+      const deadline = Date.now() + 10_000;
+      while ((await psql(port, 'SELECT count(*) FROM pg_stat_replication')) !== '0') {
+        if (Date.now() > deadline) throw new Error('the replica still streams');
+        await sleep(20);
+      }
+    },
+    failover: async (beforeMove) => {
+      // SIGKILL to the postmaster and every process of it, as a crashed host.
+      const primary = pids[0];
+      const children = primary === undefined ? [] : childrenOf(primary);
+      await Promise.all([primary, ...children].map((pid) => killAndWait(pid)));
+      await asPostgres(bin('pg_ctl'), ['-D', replicaData, '-w', 'promote']);
+      await beforeMove?.(`postgres://postgres@127.0.0.1:${replicaPort}/postgres`);
+      await stop(replicaData, 1, 'fast');
+      await start(replicaData, port, 1);
+    },
+    close: async () => {
+      for (const slot of [0, 1] as const) {
+        const pid = pids[slot];
+        if (pid !== undefined && alive(pid)) process.kill(pid, 'SIGCONT');
+      }
+      await stop(replicaData, 1, 'immediate');
+      await stop(primaryData, 0, 'immediate');
+      await killAndWait(pids[0]);
+      await killAndWait(pids[1]);
       rmSync(dir, { recursive: true, force: true });
     },
   };
