@@ -13,6 +13,11 @@
  * is taken over when its lease (`ttlMs`) ends, as with Redis. Times come from the database's clock, so
  * hosts with skewed clocks agree.
  *
+ * A failover to an asynchronous replica may lose the last writes: the store identifies the server (its
+ * postmaster's start time) on every new connection, before its first statement; a different server — a
+ * failover, or a restart, which with `synchronous_commit = off` may lose commits too — is a `reset`, so that
+ * the fleet writes back what it holds before anyone spends.
+ *
  * @module
  */
 import { createHash, randomUUID } from 'node:crypto';
@@ -81,6 +86,9 @@ export type PostgresStoreOptions = PostgresStoreCommonOptions &
     | { pool: Pool; connectionString?: never; poolOptions?: never }
   );
 
+/** `#server` for a database that cannot say which server answers. */
+const UNIDENTIFIABLE = '';
+
 const IDENTIFIER = /^[A-Za-z_][A-Za-z0-9_]{0,62}$/;
 
 /**
@@ -122,6 +130,8 @@ export class PostgresStore extends EventEmitter<StoreEvents> implements TokenSto
   #hadTable = false;
   /** The connections this store has used (each got an `error` listener then). */
   readonly #known = new WeakSet<PoolClient>();
+  /** The server last identified (its postmaster's start time), see `#identify`. */
+  #server: string | undefined;
 
   constructor(options: PostgresStoreOptions) {
     super();
@@ -385,8 +395,43 @@ export class PostgresStore extends EventEmitter<StoreEvents> implements TokenSto
       this.#known.add(client);
       // A connection the server closes while the store holds it emits 'error': without a listener, a crash.
       client.on('error', () => undefined);
+      // Before its first statement: which server answers (a new connection may reach a new server).
+      try {
+        await this.#identify(client, deadline);
+      } catch (err) {
+        client.release(true);
+        throw err;
+      }
     }
     return { client, opened };
+  }
+
+  /**
+   * Reads which server answers: its postmaster's start time, which changes with a restart and with a failover
+   * (the promoted replica, or the server that now answers on this address, started at another time). A
+   * different server than the last one may hold older entries than processes do — an asynchronous replica that
+   * lagged, or a restart that lost unflushed commits (`synchronous_commit = off`) — so the store emits `reset`
+   * (before the statement that found it runs) and every `TokenManager`/`UserTokens` writes back what it holds
+   * before anyone spends. One round trip per new connection. Not seen: a proxy (PgBouncer) repointed to another
+   * server while connections to the proxy that the store keeps go on working (a statement that fails drops its
+   * connection, and the next one identifies the server). A server without the function (42883: a
+   * PostgreSQL-compatible database) is not identified.
+   */
+  async #identify(client: PoolClient, deadline: number): Promise<void> {
+    if (this.#server === UNIDENTIFIABLE) return;
+    let rows: unknown[];
+    try {
+      ({ rows } = await this.#query(client, 'SELECT pg_postmaster_start_time()::text AS started', [], deadline));
+    } catch (err) {
+      if (sqlState(err) !== '42883') throw err;
+      this.#server = UNIDENTIFIABLE;
+      return;
+    }
+    const started = (rows[0] as { started: string } | undefined)?.started;
+    if (started === undefined || started === this.#server) return;
+    const changed = this.#server !== undefined;
+    this.#server = started;
+    if (changed) this.emit('reset');
   }
 
   #ensureTable(): Promise<void> {

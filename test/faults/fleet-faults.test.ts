@@ -10,6 +10,7 @@
  * held a valid token slower than 2.5 s.
  */
 import { randomBytes, randomUUID } from 'node:crypto';
+import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TokenManager, type TokenStore, refreshToken } from '../../src/index.js';
 import { PostgresStore } from '../../src/postgres.js';
@@ -22,6 +23,7 @@ import {
   pgBin,
   sleep,
   startPgBouncer,
+  startPostgresPair,
   startPrivatePostgres,
   startPrivateRedis,
   startSentinelSet,
@@ -324,6 +326,86 @@ describe.skipIf(skipWithout('the PostgreSQL server binaries', pgBin !== undefine
         await expectGrantAlive(store, outcome.rt);
       } finally {
         await pg.close();
+      }
+    }, 90_000);
+
+    /** The newest state in `table` (one key in these scenarios): its `seq`, and whether it was written back. */
+    async function storedSeq(client: pg.Client, name: string): Promise<{ seq: number; healed: boolean } | undefined> {
+      const { rows } = await client.query<{ value: string }>(`SELECT value FROM "${name}"`);
+      const entries = rows.map((r) => JSON.parse(r.value) as { seq: number; healedAt?: number });
+      const newest = entries.sort((a, b) => b.seq - a.seq)[0];
+      return newest && { seq: newest.seq, healed: newest.healedAt !== undefined };
+    }
+
+    /** A connection of the test's own to `url`. */
+    async function open(url: string): Promise<pg.Client> {
+      const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 1000 });
+      client.on('error', () => undefined);
+      await client.connect();
+      return client;
+    }
+
+    /**
+     * Resolves to what `table` holds once its `seq` passes `seq`: polled every 2 ms on one connection, so that
+     * the test acts within a few milliseconds of a refresh's write.
+     */
+    async function seqAfter(url: string, name: string, seq: number, ms = 8_000) {
+      const deadline = Date.now() + ms;
+      let client: pg.Client | undefined;
+      try {
+        for (;;) {
+          client ??= await open(url).catch(() => undefined);
+          const reading = client;
+          const now =
+            reading === undefined
+              ? undefined
+              : await storedSeq(reading, name).catch(() => {
+                  void reading.end().catch(() => undefined);
+                  client = undefined;
+                  return undefined;
+                });
+          if (now !== undefined && now.seq > seq) return now;
+          if (Date.now() > deadline) throw new Error(`${name} did not pass seq ${seq} in ${ms} ms`);
+          await sleep(client === undefined ? 20 : 2);
+        }
+      } finally {
+        await client?.end().catch(() => undefined);
+      }
+    }
+
+    it('PostgreSQL failover: the primary killed right after a refresh its lagging replica never got, the replica promoted', async () => {
+      const pair = await startPostgresPair();
+      try {
+        const name = table();
+        const store: StoreConfig = { kind: 'postgres', connectionString: pair.url, table: name };
+        const seen: { killedAt?: number; promotedHeld?: number; healed?: { seq: number; healed: boolean } } = {};
+        const outcome = await runScenario({
+          store,
+          fault: async (startAt) => {
+            await at(startAt, FAULT_AT_MS);
+            // Between two refreshes, the replica stops receiving; the next refresh lands on the primary alone,
+            // and the primary is killed right after it: the failover loses that write.
+            const before = await seqAfter(pair.url, name, 0);
+            const replicated = await seqAfter(pair.url, name, before.seq);
+            await sleep(200);
+            await pair.cutReplication();
+            const last = await seqAfter(pair.url, name, replicated.seq);
+            await pair.failover(async (promoted) => {
+              seen.killedAt = last.seq;
+              const client = await open(promoted);
+              seen.promotedHeld = (await storedSeq(client, name).finally(() => client.end()))?.seq;
+            });
+            // A process holding the lost state writes it back to the promoted replica.
+            seen.healed = await seqAfter(pair.url, name, (seen.promotedHeld ?? 0) as number);
+          },
+        });
+        const label = `postgres failover ${JSON.stringify(seen)}`;
+        expect(seen.promotedHeld, label).toBeLessThan(seen.killedAt as number); // the write was lost
+        expect(seen.healed, label).toEqual({ seq: seen.killedAt, healed: true }); // and put back, not re-spent
+        expectFleetKeptTheGrant(outcome, label);
+        await expectGrantAlive(store, outcome.rt);
+      } finally {
+        await pair.close();
       }
     }, 90_000);
 

@@ -190,4 +190,27 @@ describe.skipIf(skipWithout('the PostgreSQL server binaries', pgBin !== undefine
     expect(await store.set('k', 'v3', { ifVersion: 0 })).toBeGreaterThan(0);
     await Promise.all([store.close(), fixed.close()]);
   });
+
+  // Last: it restarts the file's server.
+  it('another server behind the address (a restart, a failover) is a reset, before the statement that finds it; a new session on the same server is not', async () => {
+    const { name, url } = await role();
+    const store = new PostgresStore({ connectionString: url, table: `t_${id()}` });
+    let resets = 0;
+    store.on('reset', () => resets++);
+    await store.set('k', 'v');
+    await terminate(name); // its connections end: the next one reaches the same server
+    expect((await store.get('k'))?.value).toBe('v');
+    expect(resets).toBe(0);
+    await server.stop();
+    await server.start();
+    let resetFirst: boolean | undefined;
+    store.once('reset', () => (resetFirst ??= true));
+    expect((await store.get('k'))?.value).toBe('v');
+    resetFirst ??= false;
+    expect(resets).toBe(1);
+    expect(resetFirst).toBe(true);
+    expect((await store.get('k'))?.value).toBe('v');
+    expect(resets).toBe(1);
+    await store.close();
+  });
 });
