@@ -1072,8 +1072,8 @@ function resolveStrategy(
     throw new TokenwardenError('ERR_CONFIG', 'maxResponseBytes must be a positive integer');
   }
   const issuers = issuerPolicy(options.issuer, allowInsecureRequests);
-  const audience = checkAudience(options.audience);
-  const clientIds = checkClientIds(options.clientIdsWithoutAudience);
+  const audience = stringList(options.audience, 'audience');
+  const clientIds = stringList(options.clientIdsWithoutAudience, 'clientIdsWithoutAudience');
   const clockToleranceMs = toMs(options.clockTolerance ?? 0, 'clockTolerance');
   const jwksUri =
     options.jwksUri === undefined ? undefined : checkUrl(options.jwksUri, 'jwksUri', allowInsecureRequests);
@@ -1154,7 +1154,7 @@ function resolveStrategy(
     jwt = jwtStrategy({
       issuers,
       audience: [...(audience ?? [])],
-      clientIdsWithoutAudience: clientIds,
+      clientIdsWithoutAudience: clientIds && [...clientIds],
       jwksUri,
       algorithms,
       clockToleranceSec: clockToleranceMs / 1000,
@@ -1243,22 +1243,14 @@ function issuerPolicy(issuer: VerifierOptions['issuer'], allowInsecure: boolean)
   return { list: list.map((i, n) => checkUrl(i, list.length === 1 ? 'issuer' : `issuer[${n}]`, allowInsecure)) };
 }
 
-function checkAudience(audience: VerifierOptions['audience']): readonly string[] | undefined {
-  if (audience === undefined) return undefined;
-  const list = typeof audience === 'string' ? [audience] : audience;
+/** A string or a non-empty list of non-empty strings (`audience`, `clientIdsWithoutAudience`), as a list. */
+function stringList(value: string | readonly string[] | undefined, name: string): readonly string[] | undefined {
+  if (value === undefined) return undefined;
+  const list = typeof value === 'string' ? [value] : value;
   if (!Array.isArray(list) || list.length === 0 || list.some((a) => typeof a !== 'string' || a === '')) {
-    throw new TokenwardenError('ERR_CONFIG', 'audience must be a non-empty string or list of strings');
+    throw new TokenwardenError('ERR_CONFIG', `${name} must be a non-empty string or list of strings`);
   }
   return list;
-}
-
-function checkClientIds(clientIds: VerifierOptions['clientIdsWithoutAudience']): readonly string[] | undefined {
-  if (clientIds === undefined) return undefined;
-  const list = typeof clientIds === 'string' ? [clientIds] : clientIds;
-  if (!Array.isArray(list) || list.length === 0 || list.some((c) => typeof c !== 'string' || c === '')) {
-    throw new TokenwardenError('ERR_CONFIG', 'clientIdsWithoutAudience must be a non-empty string or list of strings');
-  }
-  return [...list];
 }
 
 /**
