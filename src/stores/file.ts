@@ -23,6 +23,7 @@ import { LockWaiters } from './lock-waiters.js';
 import {
   DEFAULT_TIMEOUT_MS,
   bounded,
+  inWords,
   checkKey,
   checkTtl,
   checkVersion,
@@ -607,14 +608,9 @@ const ERRNOS = new Map<string, string>([
 
 /** {@link bounded}, with the failure's errno said in words (`… failed (ENOSPC): the disk is full`). */
 async function fsBounded<T>(operation: () => Promise<T>, ms: number, what: string): Promise<T> {
-  try {
-    return await bounded(operation, ms, what);
-  } catch (err) {
-    const error = err as TokenwardenError; // bounded throws nothing else
-    const words = ERRNOS.get(String((error.cause as NodeJS.ErrnoException | undefined)?.code));
-    if (words === undefined) throw error;
-    throw new TokenwardenError(error.code, `${error.message}: ${words}`, { cause: error.cause });
-  }
+  return bounded(operation, ms, what).catch((err: unknown) => {
+    throw inWords(err, ERRNOS);
+  });
 }
 
 function isMissing(err: unknown): boolean {

@@ -24,12 +24,13 @@ import { createHash, randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import type { Pool, PoolClient, PoolConfig } from 'pg';
 import { type Duration, toMs } from '../duration.js';
-import { TokenwardenError, isTokenwardenError } from '../errors.js';
+import { TokenwardenError } from '../errors.js';
 import { Codec, type EncryptionOption, decodeOrMiss } from './codec.js';
 import { LockWaiters } from './lock-waiters.js';
 import {
   DEFAULT_TIMEOUT_MS,
   bounded,
+  inWords,
   checkKey,
   checkTtl,
   checkVersion,
@@ -372,7 +373,7 @@ export class PostgresStore extends EventEmitter<StoreEvents> implements TokenSto
     try {
       return await bounded(() => client.query(sql, params), Math.max(1, deadline - Date.now()), 'postgres query');
     } catch (err) {
-      throw explained(err as TokenwardenError);
+      throw inWords(err, SQLSTATES);
     }
   }
 
@@ -388,7 +389,7 @@ export class PostgresStore extends EventEmitter<StoreEvents> implements TokenSto
       'postgres connect',
       (late) => late.release(),
     ).catch((err: unknown) => {
-      throw explained(err as TokenwardenError);
+      throw inWords(err, SQLSTATES);
     });
     const opened = !this.#known.has(client);
     if (opened) {
@@ -515,20 +516,22 @@ export class PostgresStore extends EventEmitter<StoreEvents> implements TokenSto
 }
 
 /** What an operator should know about the SQLSTATEs a store meets in service (the driver's message is never shown). */
-const SQLSTATES: Record<string, string> = {
-  '25006': 'the database is read-only (default_transaction_read_only, or a hot standby)',
-  '53300': 'too many connections (max_connections or a role or database connection limit)',
-  '53400': 'the server is out of a configured resource',
-  '57014': 'statement canceled (statement_timeout, or an administrator)',
-  '55P03': 'lock not available in time (lock_timeout)',
-  '25P03': 'the session was closed by idle_in_transaction_session_timeout',
-  '57P05': 'the session was closed by idle_session_timeout',
-  '57P01': 'the server is shutting down or the session was terminated',
-  '57P02': 'the server is shutting down',
-  '57P03': 'the server is starting up or in recovery',
-  '42P01': 'the table does not exist',
-  '42501': 'permission denied',
-};
+const SQLSTATES: ReadonlyMap<string, string> = new Map(
+  Object.entries({
+    '25006': 'the database is read-only (default_transaction_read_only, or a hot standby)',
+    '53300': 'too many connections (max_connections or a role or database connection limit)',
+    '53400': 'the server is out of a configured resource',
+    '57014': 'statement canceled (statement_timeout, or an administrator)',
+    '55P03': 'lock not available in time (lock_timeout)',
+    '25P03': 'the session was closed by idle_in_transaction_session_timeout',
+    '57P05': 'the session was closed by idle_session_timeout',
+    '57P01': 'the server is shutting down or the session was terminated',
+    '57P02': 'the server is shutting down',
+    '57P03': 'the server is starting up or in recovery',
+    '42P01': 'the table does not exist',
+    '42501': 'permission denied',
+  }),
+);
 
 /** The SQLSTATE of a driver error, or of the driver error a `TokenwardenError` wraps. */
 function sqlState(err: unknown): string | undefined {
@@ -548,13 +551,6 @@ function staleSession(err: unknown): boolean {
     cause?.code === 'ECONNRESET' ||
     cause?.code === 'EPIPE'
   );
-}
-
-/** A store error whose SQLSTATE an operator acts on, with that said in words. */
-function explained(err: TokenwardenError): TokenwardenError {
-  const words = SQLSTATES[sqlState(err) ?? ''];
-  if (words === undefined || !isTokenwardenError(err)) return err;
-  return new TokenwardenError(err.code, `${err.message}: ${words}`, { cause: err.cause });
 }
 
 /** A 64-bit advisory lock id for `name` (signed, as PostgreSQL's bigint), as a decimal string. */

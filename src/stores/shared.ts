@@ -87,6 +87,23 @@ export function storeError(err: unknown, what: string): TokenwardenError {
   return new TokenwardenError('ERR_STORE', `${what} failed${detail}`, { cause: err });
 }
 
+/**
+ * A store error whose driver code (an errno, a SQLSTATE) an operator acts on, with that said in words after
+ * the message (`… failed (ENOSPC): the disk is full`). The driver's own message is never shown (it may name a
+ * file or a value). Anything else is returned as it is.
+ *
+ * @example
+ * ```ts
+ * throw inWords(err, new Map([['ENOSPC', 'the disk is full']]));
+ * ```
+ */
+export function inWords(err: unknown, words: ReadonlyMap<string, string>): unknown {
+  if (!isTokenwardenError(err)) return err;
+  const code = (err.cause as { code?: unknown } | undefined)?.code;
+  const said = typeof code === 'string' ? words.get(code) : undefined;
+  return said === undefined ? err : new TokenwardenError(err.code, `${err.message}: ${said}`, { cause: err.cause });
+}
+
 /** A driver's own time limit (ioredis `commandTimeout`, pg `query_timeout` and `connectionTimeoutMillis`). */
 function isDriverTimeout(err: unknown): boolean {
   const message = (err as { message?: unknown } | null)?.message;
