@@ -386,10 +386,13 @@ describe.skipIf(skipWithout('the PostgreSQL server binaries', pgBin !== undefine
             // Between two refreshes, the replica stops receiving; the next refresh lands on the primary alone,
             // and the primary is killed right after it: the failover loses that write.
             const before = await seqAfter(pair.url, name, 0);
-            const replicated = await seqAfter(pair.url, name, before.seq);
+            await seqAfter(pair.url, name, before.seq); // a refresh that the replica received
             await sleep(200);
             await pair.cutReplication();
-            const last = await seqAfter(pair.url, name, replicated.seq);
+            // A refresh that landed while replication was being cut may have reached the replica: wait for one
+            // written after the cut, which cannot have.
+            const cut = await seqAfter(pair.url, name, -1);
+            const last = await seqAfter(pair.url, name, cut.seq);
             await pair.failover(async (promoted) => {
               seen.killedAt = last.seq;
               const client = await open(promoted);

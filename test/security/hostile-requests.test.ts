@@ -74,11 +74,11 @@ function corpus(realToken: string, forged: string): Hostile[] {
   };
   // Random bytes and unicode, as the token and as the whole value.
   for (let i = 0; i < 60; i++) {
-    const secret = b64(6) + bytes(6 + int(60));
+    const secret = b64(16) + bytes(6 + int(60)); // a plain prefix: an escaped echo of it is still found
     add(`random bytes ${i}`, (s) => (i % 3 === 0 ? s : `Bearer ${s}`), secret);
   }
   for (let i = 0; i < 40; i++) {
-    const secret = b64(8) + unicode(4 + int(30));
+    const secret = b64(16) + unicode(4 + int(30));
     add(`unicode ${i}`, (s) => (i % 4 === 0 ? `${unicode(3)} ${s}` : `Bearer ${s}`), secret);
   }
   // Control characters at the start, inside and at the end of the token, and between scheme and token.

@@ -665,23 +665,29 @@ describe('replay cache and thumbprints', () => {
     const result = await failing(request(API, [proof]));
     expect(result).toMatchObject({ ok: false, failure: { error: 'temporarily_unavailable', status: 503 } });
     expect(reported.map((e) => e.code)).toEqual(['ERR_CLOSED']);
+    // A store whose error echoes the proof id and the token it was given: neither may reach the report.
+    const second = await dpopProof(keys, { htu: API, token });
+    const secondJti = JSON.parse(Buffer.from(second.split('.')[1]!, 'base64url').toString()).jti as string;
     const thrower = createVerifier({
       ...options(),
       dpop: {
         replayStore: {
           ...down,
-          set: async () => {
-            throw new Error(`store down (${jti})`);
+          set: async (key: string) => {
+            throw new Error(`store down (${secondJti}, ${token}, ${key})`);
           },
         } as unknown as MemoryStore,
       },
       onError: (e) => reported.push(e),
     });
-    expect((await thrower(request(API, [await dpopProof(keys, { htu: API, token })]))).ok).toBe(false);
+    expect(await thrower(request(API, [second]))).toMatchObject({
+      ok: false,
+      failure: { error: 'temporarily_unavailable', status: 503 },
+    });
     expect(reported.map((e) => e.code)).toEqual(['ERR_CLOSED', 'ERR_STORE']);
     for (const e of reported) {
-      expect(`${e.message} ${JSON.stringify(e)}`).not.toContain(token);
-      expect(`${e.message} ${JSON.stringify(e)}`).not.toContain(jti);
+      const text = `${e.message} ${JSON.stringify(e)}`;
+      for (const secret of [token, jti, secondJti]) expect(text).not.toContain(secret);
     }
     expect(() => createVerifier({ ...options(), dpop: { replayStore: {} as MemoryStore } })).toThrow(
       expect.objectContaining({ code: 'ERR_CONFIG' }),

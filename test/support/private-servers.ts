@@ -485,6 +485,7 @@ export async function startPostgresPair(): Promise<PrivatePostgresPair> {
       const primary = pids[0];
       const children = primary === undefined ? [] : childrenOf(primary);
       await Promise.all([primary, ...children].map((pid) => killAndWait(pid)));
+      pids[0] = undefined; // dead: close() and the exit hook must not signal a process that reuses the pid
       await asPostgres(bin('pg_ctl'), ['-D', replicaData, '-w', 'promote']);
       await beforeMove?.(`postgres://postgres@127.0.0.1:${replicaPort}/postgres`);
       await stop(replicaData, 1, 'fast');

@@ -320,11 +320,12 @@ describe('UserTokens', () => {
     // Read by the rules token endpoint answers are read by: no token_type is Bearer, null members are absent,
     // a numeric-string expires_in is a number, any other string is refused.
     const { token_type: _type, ...untyped } = plain;
+    const savedAt = Date.now();
     await users.save('erin', { ...untyped, expires_in: '600', refresh_token: null, scope: null });
-    expect(await users.getAccessToken('erin')).toMatchObject({
-      accessToken: plain['access_token'],
-      tokenType: 'Bearer',
-    });
+    const served = await users.getAccessToken('erin');
+    expect(served).toMatchObject({ accessToken: plain['access_token'], tokenType: 'Bearer' });
+    // The lifetime is the string's 600 s (not the JWT's own exp, which the server set otherwise).
+    expect(Math.abs((served.expiresAt as number) - (savedAt + 600_000))).toBeLessThan(5_000);
     expect((await failure(users.save('erin', { ...plain, expires_in: '' }))).code).toBe('ERR_INVALID_RESPONSE');
     expect((await failure(users.save('erin', { ...plain, expires_in: '600s' }))).code).toBe('ERR_INVALID_RESPONSE');
   });
