@@ -324,14 +324,19 @@ export interface PrivatePostgres {
   close(): Promise<void>;
 }
 
+/** A new directory, mode 0700, owned by the postgres user (when there is one): for data and sockets. */
+function postgresDir(path: string): string {
+  mkdirSync(path, { recursive: true, mode: 0o700 });
+  const owner = postgresUid();
+  if (owner) chownSync(path, owner.uid, owner.gid);
+  return path;
+}
+
 /** A private PostgreSQL cluster (`initdb` into a temporary directory, trust auth) on a free loopback port. */
 export async function startPrivatePostgres(): Promise<PrivatePostgres> {
   if (pgBin === undefined) throw new Error('PostgreSQL server binaries are not installed');
   const port = await freePort();
-  const dir = join(tmpdir(), `tw-pg-${randomUUID()}`);
-  mkdirSync(dir, { recursive: true, mode: 0o700 });
-  const owner = postgresUid();
-  if (owner) chownSync(dir, owner.uid, owner.gid);
+  const dir = postgresDir(join(tmpdir(), `tw-pg-${randomUUID()}`));
   const data = join(dir, 'data');
   await asPostgres(join(pgBin, 'initdb'), ['-D', data, '-U', 'postgres', '-A', 'trust', '--no-sync', '-E', 'UTF8']);
   const log = join(dir, 'pg.log');
@@ -400,19 +405,12 @@ export async function startPostgresPair(): Promise<PrivatePostgresPair> {
   const bin = (tool: string) => join(pgBin as string, tool);
   const port = await freePort();
   const replicaPort = await freePort();
-  const dir = join(tmpdir(), `tw-pgpair-${randomUUID()}`);
-  mkdirSync(dir, { recursive: true, mode: 0o700 });
-  const owner = postgresUid();
-  if (owner) chownSync(dir, owner.uid, owner.gid);
+  const dir = postgresDir(join(tmpdir(), `tw-pgpair-${randomUUID()}`));
   const primaryData = join(dir, 'primary');
   const replicaData = join(dir, 'replica');
   // A socket directory per server: a killed postmaster leaves its socket lock file behind (and, not reaped by
   // an init that does not reap, looks alive to the server that takes its port over).
-  const sockets = [join(dir, 's0'), join(dir, 's1')];
-  for (const socket of sockets) {
-    mkdirSync(socket, { mode: 0o700 });
-    if (owner) chownSync(socket, owner.uid, owner.gid);
-  }
+  const sockets = [postgresDir(join(dir, 's0')), postgresDir(join(dir, 's1'))];
   const options = (p: number, slot: 0 | 1) =>
     `-p ${p} -k ${sockets[slot]} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=100 ` +
     '-c wal_level=replica -c max_wal_senders=5 -c hot_standby=on';
