@@ -6,7 +6,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import { Cluster, Redis } from 'ioredis';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it, onTestFinished } from 'vitest';
 import { ManualClock } from '../../src/clock.js';
 import { SETTLE_MS } from '../../src/fleet/fleet.js';
 import { TokenManager } from '../../src/manager.js';
@@ -142,64 +142,59 @@ describe.skipIf(skipWithout('redis-server', hasRedisServer))('RedisStore on a Re
   const evicting = (policy: string): Promise<PrivateRedis> =>
     startPrivateRedis({ args: ['--maxmemory', '4mb', '--maxmemory-policy', policy] });
 
-  it('allkeys-lru under memory pressure evicts a held lock (a second holder takes it) and the newest entry', async () => {
-    const redis = await evicting('allkeys-lru');
+  /**
+   * Two stores on one evicting Redis (two processes of a fleet) and a client of the cache that shares it, all
+   * closed when the test ends (passed or not).
+   */
+  const twoProcesses = async (policy: string) => {
+    const redis = await evicting(policy);
     const prefix = `tw:${randomUUID()}:`;
     const a = new RedisStore({ url: redis.url, prefix });
     const b = new RedisStore({ url: redis.url, prefix });
     for (const store of [a, b]) store.on('eviction', () => undefined); // known: no process warning
     const cache = new Redis(redis.url);
-    try {
-      expect(await a.set('k', 'newest', { ttlMs: 60_000 })).toBeGreaterThan(0);
-      const held = await a.lock('k', { ttlMs: 30_000, waitMs: 0 });
-      expect(held).toBeDefined();
-      expect(await b.lock('k', { ttlMs: 30_000, waitMs: 0 })).toBeUndefined(); // exclusive, while it is there
-
-      // The cache sharing the server writes; Redis makes room by evicting keys, ours among them.
-      await fillUntilGone(cache, `${prefix}lock:k`, `${prefix}entry:k`);
-      // The lease has 30 s to run, yet another process takes the lock: both would spend the refresh token.
-      expect(await b.lock('k', { ttlMs: 30_000, waitMs: 0 })).toBeDefined();
-      // And the newest state is gone: the fleet falls back to whatever older refresh token it has.
-      expect(await a.get('k')).toBeUndefined();
-      await held?.release();
-    } finally {
+    onTestFinished(async () => {
       cache.disconnect();
-      await a.close();
-      await b.close();
+      await Promise.all([a.close(), b.close()]);
       await redis.close();
-    }
+    });
+    return { prefix, a, b, cache };
+  };
+
+  it('allkeys-lru under memory pressure evicts a held lock (a second holder takes it) and the newest entry', async () => {
+    const { prefix, a, b, cache } = await twoProcesses('allkeys-lru');
+    expect(await a.set('k', 'newest', { ttlMs: 60_000 })).toBeGreaterThan(0);
+    const held = await a.lock('k', { ttlMs: 30_000, waitMs: 0 });
+    expect(held).toBeDefined();
+    expect(await b.lock('k', { ttlMs: 30_000, waitMs: 0 })).toBeUndefined(); // exclusive, while it is there
+
+    // The cache sharing the server writes; Redis makes room by evicting keys, ours among them.
+    await fillUntilGone(cache, `${prefix}lock:k`, `${prefix}entry:k`);
+    // The lease has 30 s to run, yet another process takes the lock: both would spend the refresh token.
+    expect(await b.lock('k', { ttlMs: 30_000, waitMs: 0 })).toBeDefined();
+    // And the newest state is gone: the fleet falls back to whatever older refresh token it has.
+    expect(await a.get('k')).toBeUndefined();
+    await held?.release();
   }, 30_000);
 
   it('noeviction: a full Redis keeps the lock and the entry, and refuses a new lock (ERR_STORE: nothing is spent)', async () => {
-    const redis = await evicting('noeviction');
-    const prefix = `tw:${randomUUID()}:`;
-    const a = new RedisStore({ url: redis.url, prefix });
-    const b = new RedisStore({ url: redis.url, prefix });
-    for (const store of [a, b]) store.on('eviction', () => undefined); // known: no process warning
-    const cache = new Redis(redis.url);
-    try {
-      await a.set('k', 'newest', { ttlMs: 60_000 });
-      const held = await a.lock('k', { ttlMs: 30_000, waitMs: 0 });
-      expect(held).toBeDefined();
-      const value = 'x'.repeat(1024);
-      let refused = false;
-      for (let i = 0; i < 50_000 && !refused; i++)
-        refused = await cache.set(`cache:${i}`, value).then(
-          () => false,
-          () => true,
-        );
-      expect(refused).toBe(true); // OOM: Redis refuses the cache's writes instead of evicting
-      expect(await cache.exists(`${prefix}lock:k`, `${prefix}entry:k`)).toBe(2);
-      // Another process cannot take the lock (it is refused, as every write is, with ERR_STORE): nothing is spent.
-      await expect(b.lock('k', { ttlMs: 30_000, waitMs: 0 })).rejects.toMatchObject({ code: 'ERR_STORE' });
-      expect((await b.get('k'))?.value).toBe('newest'); // reads are served
-      await held?.release();
-    } finally {
-      cache.disconnect();
-      await a.close();
-      await b.close();
-      await redis.close();
-    }
+    const { prefix, a, b, cache } = await twoProcesses('noeviction');
+    await a.set('k', 'newest', { ttlMs: 60_000 });
+    const held = await a.lock('k', { ttlMs: 30_000, waitMs: 0 });
+    expect(held).toBeDefined();
+    const value = 'x'.repeat(1024);
+    let refused = false;
+    for (let i = 0; i < 50_000 && !refused; i++)
+      refused = await cache.set(`cache:${i}`, value).then(
+        () => false,
+        () => true,
+      );
+    expect(refused).toBe(true); // OOM: Redis refuses the cache's writes instead of evicting
+    expect(await cache.exists(`${prefix}lock:k`, `${prefix}entry:k`)).toBe(2);
+    // Another process cannot take the lock (it is refused, as every write is, with ERR_STORE): nothing is spent.
+    await expect(b.lock('k', { ttlMs: 30_000, waitMs: 0 })).rejects.toMatchObject({ code: 'ERR_STORE' });
+    expect((await b.get('k'))?.value).toBe('newest'); // reads are served
+    await held?.release();
   }, 30_000);
 
   it.each(['allkeys-lru', 'volatile-lru'])(
@@ -308,12 +303,7 @@ describe.skipIf(skipWithout('redis-server', hasRedisServer))('RedisStore on a Re
   }, 60_000);
 
   it('a lock evicted while a refresh is under way is seen before the spend: no refresh, ERR_STORE, the new holder undisturbed', async () => {
-    const redis = await evicting('allkeys-lru');
-    const prefix = `tw:${randomUUID()}:`;
-    const a = new RedisStore({ url: redis.url, prefix });
-    const b = new RedisStore({ url: redis.url, prefix });
-    for (const store of [a, b]) store.on('eviction', () => undefined); // known: no process warning
-    const cache = new Redis(redis.url);
+    const { prefix, a, b, cache } = await twoProcesses('allkeys-lru');
     const clock = new ManualClock();
     const source = new ScriptedSource(clock);
     source.exclusive = true; // a rotating refresh token: spent only under the lock
@@ -343,11 +333,7 @@ describe.skipIf(skipWithout('redis-server', hasRedisServer))('RedisStore on a Re
       expect(await cache.get(lockKey)).toBe(owner); // the other process still holds its lock
       await other?.release();
     } finally {
-      cache.disconnect();
       await manager.close();
-      await a.close();
-      await b.close();
-      await redis.close();
     }
   }, 30_000);
 
