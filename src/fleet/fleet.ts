@@ -31,15 +31,17 @@ import { type Clock, sleep, systemClock } from '../clock.js';
 import { type Duration, toMs } from '../duration.js';
 import { TokenwardenError, isTokenwardenError } from '../errors.js';
 import { MemoryStore } from '../stores/memory.js';
-import { bounded, releaseLate, waitClock } from '../stores/shared.js';
+import { GENERATION_WATCH_MS, bounded, releaseLate, waitClock } from '../stores/shared.js';
 import type { StoreLock, StoreRecord, TokenStore } from '../stores/store.js';
 import * as telemetry from '../telemetry/hooks.js';
 
 /**
  * After a store reset (or the first announcement of a state no store held), nobody spends for this long:
- * long enough for every process of a fleet to reconnect and write back what it holds.
+ * long enough for every process of a fleet to learn of it — a restart at its reconnection, an emptied store
+ * at the store's next look at its generation (every {@link GENERATION_WATCH_MS}) — and write back what it
+ * holds.
  */
-export const SETTLE_MS = 1_500;
+export const SETTLE_MS = GENERATION_WATCH_MS + 1_500;
 
 /**
  * The lock lease for a participant: `ttl` when given (it must outlive a token request: longer than the
@@ -185,23 +187,30 @@ interface Pending<S> {
  * credential on one store: no MaxListenersExceededWarning).
  */
 const listeners = {
-  byStore: new WeakMap<TokenStore, Set<() => void>>(),
+  byStore: new WeakMap<TokenStore, { callbacks: Set<() => void>; listener: () => void }>(),
   add(store: TokenStore, callback: () => void): void {
     const events = store as Partial<Pick<NodeJS.EventEmitter, 'on'>>;
     if (typeof events.on !== 'function') return;
-    let set = this.byStore.get(store);
-    if (set === undefined) {
+    let entry = this.byStore.get(store);
+    if (entry === undefined) {
       const callbacks = new Set<() => void>();
-      set = callbacks;
-      this.byStore.set(store, callbacks);
-      events.on.call(store, 'reset', () => {
-        for (const cb of callbacks) cb();
-      });
+      entry = {
+        callbacks,
+        listener: () => {
+          for (const cb of callbacks) cb();
+        },
+      };
+      this.byStore.set(store, entry);
+      events.on.call(store, 'reset', entry.listener);
     }
-    set.add(callback);
+    entry.callbacks.add(callback);
   },
+  /** The last participant gone, the store stops watching its generation for us (see `Generation`). */
   remove(store: TokenStore, callback: () => void): void {
-    this.byStore.get(store)?.delete(callback);
+    const entry = this.byStore.get(store);
+    if (entry === undefined || !entry.callbacks.delete(callback) || entry.callbacks.size > 0) return;
+    this.byStore.delete(store);
+    (store as Partial<Pick<NodeJS.EventEmitter, 'off'>>).off?.call(store, 'reset', entry.listener);
   },
 };
 

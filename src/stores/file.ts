@@ -5,7 +5,8 @@
  * directory), written atomically (temp file, fsync, rename, fsync of the directory); `<hash>.lock` is the
  * refresh lock and `<hash>.wlock` a short per-key lock that makes compare-and-set atomic. Lock files are
  * created with `link()` from a complete temp file, so a lock file is never seen half-written; a lock is
- * stale when its lease expired or when its holder's pid is dead on this host.
+ * stale when its lease expired or when its holder's pid is dead on this host. `generation` is the directory's
+ * generation marker (see the store's `reset` event).
  *
  * @module
  */
@@ -22,6 +23,7 @@ import { Codec, type EncryptionOption, decodeOrMiss } from './codec.js';
 import { LockWaiters } from './lock-waiters.js';
 import {
   DEFAULT_TIMEOUT_MS,
+  Generation,
   bounded,
   inWords,
   checkKey,
@@ -80,8 +82,14 @@ const RENEW_MARGIN_MS = 1000;
 /** Temp files older than this are leftovers of a crashed writer. */
 const LEFTOVER_AGE_MS = 60_000;
 const SWEEP_EVERY_MS = 60_000;
-/** The names of this store's temporary files: `<hash>.<kind>.<pid>.<uuid>.tmp` and `<hash>.<kind>.<uuid>.gone`. */
-const DEBRIS = /^[0-9a-f]{64}\.(?:json|lock|wlock)\.(?:(\d{1,10})\.[0-9a-f-]{36}\.tmp|[0-9a-f-]{36}\.gone)$/;
+/** The directory's generation marker (see `#marker`). */
+const MARKER_FILE = 'generation';
+/**
+ * The names of this store's temporary files: `<hash>.<kind>.<pid>.<uuid>.tmp`, `<hash>.<kind>.<uuid>.gone` and
+ * `generation.<pid>.<uuid>.tmp`.
+ */
+const DEBRIS =
+  /^(?:[0-9a-f]{64}\.(?:json|lock|wlock)|generation)\.(?:(\d{1,10})\.[0-9a-f-]{36}\.tmp|[0-9a-f-]{36}\.gone)$/;
 /** Largest entry or lock file read (an entry holds a token response of at most a few MiB, base64-encoded). */
 const MAX_FILE_BYTES = 8 * 1024 * 1024;
 /**
@@ -133,6 +141,14 @@ export class FileStore extends EventEmitter<StoreEvents> implements TokenStore {
   #dir: { dev: number; ino: number; uid: number; mode: number } | undefined;
   #sweptAt = 0;
   #closed = false;
+  /** The directory's generation marker: see {@link Generation}. */
+  readonly #generation = new Generation(this, () =>
+    fsBounded(
+      async () => ((await this.#ensureDir(false)) ? this.#marker() : undefined),
+      this.#timeoutMs,
+      'file store generation',
+    ),
+  );
 
   constructor(options: FileStoreOptions) {
     super();
@@ -147,11 +163,18 @@ export class FileStore extends EventEmitter<StoreEvents> implements TokenStore {
   async get(key: string): Promise<StoreRecord | undefined> {
     this.#check();
     checkKey(key);
-    const entry = await fsBounded(
-      async () => ((await this.#ensureDir(false)) ? this.#read(key) : undefined),
+    // The generation marker after the entry: an entry missing because the directory was emptied is a `reset`.
+    const { entry, marker } = await fsBounded(
+      async () => {
+        if (!(await this.#ensureDir(false))) return { entry: undefined, marker: undefined };
+        const read = await this.#read(key);
+        // A read works on a read-only disk: a marker that cannot be written there is unknown, not an error.
+        return { entry: read, marker: await this.#marker().catch(() => undefined) };
+      },
       this.#timeoutMs,
       'file store get',
     );
+    if (this.#generation.changed(marker)) this.emit('reset');
     if (entry === undefined || isExpired(entry)) return undefined;
     const value = decodeOrMiss(this.#codec, key, entry.value, (event) => this.emit('corrupt', event));
     return value === undefined ? undefined : { value, version: entry.version };
@@ -242,6 +265,7 @@ export class FileStore extends EventEmitter<StoreEvents> implements TokenStore {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    this.#generation.close();
     await Promise.all([...this.#held].map((lock) => lock.release()));
   }
 
@@ -253,6 +277,32 @@ export class FileStore extends EventEmitter<StoreEvents> implements TokenStore {
 
   #file(key: string, suffix: string): string {
     return join(this.path, createHash('sha256').update(key).digest('hex') + suffix);
+  }
+
+  /**
+   * The directory's generation marker (`generation`, beside the entries; no entry has that name), written when
+   * there is none: a new directory, or one removed or emptied under the store. Made like a lock file (a complete
+   * temp file, then `link()`), so that processes writing one at once agree on the first.
+   */
+  async #marker(): Promise<string> {
+    const path = join(this.path, MARKER_FILE);
+    for (let round = 0; round < 2; round++) {
+      const text = await readOwnFile(path);
+      if (typeof text !== 'string')
+        throw new TokenwardenError('ERR_STORE', `the store's generation marker ${text.problem}`);
+      if (text !== 'missing') return text;
+      const temp = `${path}.${process.pid}.${randomUUID()}.tmp`;
+      await writeExclusive(temp, `${Date.now()}:${randomUUID()}`);
+      try {
+        await link(temp, path);
+        await this.#syncDir();
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+      } finally {
+        await unlink(temp).catch(() => undefined);
+      }
+    }
+    throw new TokenwardenError('ERR_STORE', "the store's generation marker could not be read");
   }
 
   /** Reads an entry; a file that is not one we wrote for this key is reported and read as a miss. */

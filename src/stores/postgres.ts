@@ -16,7 +16,8 @@
  * A failover to an asynchronous replica may lose the last writes: the store identifies the server (its
  * postmaster's start time) on every new connection, before its first statement; a different server — a
  * failover, or a restart, which with `synchronous_commit = off` may lose commits too — is a `reset`, so that
- * the fleet writes back what it holds before anyone spends.
+ * the fleet writes back what it holds before anyone spends. The row keyed `''` is the table's generation
+ * marker: gone after a `TRUNCATE` or a `DELETE` of every row, which is a `reset` too.
  *
  * @module
  */
@@ -29,6 +30,7 @@ import { Codec, type EncryptionOption, decodeOrMiss } from './codec.js';
 import { LockWaiters } from './lock-waiters.js';
 import {
   DEFAULT_TIMEOUT_MS,
+  Generation,
   bounded,
   inWords,
   checkKey,
@@ -89,6 +91,8 @@ export type PostgresStoreOptions = PostgresStoreCommonOptions &
 
 /** `#server` for a database that cannot say which server answers. */
 const UNIDENTIFIABLE = '';
+/** The key of the table's generation marker (see `#marker`). */
+const MARKER = '';
 
 const IDENTIFIER = /^[A-Za-z_][A-Za-z0-9_]{0,62}$/;
 
@@ -133,6 +137,8 @@ export class PostgresStore extends EventEmitter<StoreEvents> implements TokenSto
   readonly #known = new WeakSet<PoolClient>();
   /** The server last identified (its postmaster's start time), see `#identify`. */
   #server: string | undefined;
+  /** The table's generation marker (the row keyed `''`): see {@link Generation}. */
+  readonly #generation = new Generation(this, () => this.#marker());
 
   constructor(options: PostgresStoreOptions) {
     super();
@@ -211,12 +217,21 @@ export class PostgresStore extends EventEmitter<StoreEvents> implements TokenSto
   async get(key: string): Promise<StoreRecord | undefined> {
     this.#check();
     checkKey(key);
+    // The generation marker in the same statement: an entry missing because the table was emptied is a `reset`.
     const { rows } = await this.#run(
-      `SELECT value, version::text AS version FROM ${this.table}
-       WHERE key = $1 AND (expires_at IS NULL OR expires_at > now())`,
+      `SELECT key, value, version::text AS version FROM ${this.table}
+       WHERE key = $1 AND (expires_at IS NULL OR expires_at > now()) OR key = ''`,
       [key],
     );
-    const row = rows[0] as { value: string; version: string } | undefined;
+    let row: { value: string; version: string } | undefined;
+    let marker: string | undefined;
+    for (const r of rows as { key: string; value: string; version: string }[]) {
+      if (r.key === MARKER) marker = r.value;
+      else row = r;
+    }
+    // Reads work on a read-only database: a marker that cannot be written there is unknown, not an error.
+    marker ??= await this.#marker().catch(() => undefined);
+    if (this.#generation.changed(marker)) this.emit('reset');
     if (row === undefined) return undefined;
     const value = decodeOrMiss(this.#codec, key, row.value, (event) => this.emit('corrupt', event));
     return value === undefined ? undefined : { value, version: Number(row.version) };
@@ -287,6 +302,7 @@ export class PostgresStore extends EventEmitter<StoreEvents> implements TokenSto
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    this.#generation.close();
     await Promise.all([...this.#held].map((lock) => lock.release()));
     const owned = this.#owned;
     this.#owned = undefined;
@@ -466,6 +482,27 @@ export class PostgresStore extends EventEmitter<StoreEvents> implements TokenSto
       if (this.#hadTable) this.emit('reset');
     }
     this.#hadTable = true;
+  }
+
+  /**
+   * The table's generation marker: the row keyed `''` (no caller's key: keys are 1 to 1024 characters),
+   * never expiring; written when there is none (a new table, or one emptied by `TRUNCATE` or `DELETE`).
+   */
+  async #marker(): Promise<string> {
+    for (let round = 0; round < 2; round++) {
+      const found = await this.#run(`SELECT value FROM ${this.table} WHERE key = ''`, []);
+      const value = (found.rows[0] as { value: string } | undefined)?.value;
+      if (value !== undefined) return value;
+      const made = await this.#run(
+        `INSERT INTO ${this.table} (key, value, version) VALUES ('', $1, 0) ON CONFLICT (key) DO NOTHING
+         RETURNING value`,
+        [`${Date.now()}:${randomUUID()}`],
+      );
+      const written = (made.rows[0] as { value: string } | undefined)?.value;
+      if (written !== undefined) return written;
+      // Another process wrote one at the same moment: read it.
+    }
+    throw new TokenwardenError('ERR_STORE', "the store's generation marker could not be read");
   }
 
   /** Deletes long-expired rows now and then (reads already ignore them). */

@@ -6,6 +6,7 @@
  * <ttl>`, released by a compare-and-delete script that also publishes the key on `<prefix>unlock`, so
  * waiting processes wake at once (they also poll with backoff, in case a message is missed); right before a
  * spend its holder confirms it still owns it and restarts the lease (a compare-and-`PEXPIRE` script).
+ * `<prefix>epoch` is the store's generation marker (see `reset`): read with every `get`, after the entry.
  *
  * @module
  */
@@ -18,6 +19,7 @@ import { Codec, type EncryptionOption, decodeOrMiss } from './codec.js';
 import { LockWaiters } from './lock-waiters.js';
 import {
   DEFAULT_TIMEOUT_MS,
+  Generation,
   bounded,
   checkKey,
   checkTtl,
@@ -197,7 +199,8 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
   readonly #runIds = new Map<string, string>();
   /** The eviction policy reported for each server (keyed as `#runIds`), so that it is reported once. */
   readonly #evictions = new Map<string, string>();
-  #epoch: string | undefined;
+  /** The store's epoch (its generation marker, `<prefix>epoch`): see {@link Generation}. */
+  readonly #generation = new Generation(this, () => this.#epoch(this.#usable()));
   #closed = false;
 
   constructor(options: RedisStoreOptions) {
@@ -227,7 +230,13 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
   async get(key: string): Promise<StoreRecord | undefined> {
     this.#check();
     checkKey(key);
-    const reply = await this.#script('get', this.#entryKey(key));
+    // The epoch after the entry, in the same round trip: an entry missing because the data went is a `reset`.
+    const connection = this.#usable();
+    const [reply, epoch] = await Promise.all([
+      this.#script('get', this.#entryKey(key), [], connection),
+      this.#epoch(connection),
+    ]);
+    if (this.#generation.changed(epoch)) this.emit('reset');
     if (reply === null || reply === undefined) return undefined;
     const [status, stored, version] = Array.isArray(reply) ? (reply as unknown[]) : [];
     const parsed = typeof version === 'string' && /^\d{1,15}$/.test(version) ? Number(version) : NaN;
@@ -248,14 +257,12 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
     checkKey(key);
     checkVersion(options.ifVersion);
     const ttlMs = checkTtl(options.ttlMs, 'ttlMs');
-    const reply = await this.#script(
-      'set',
-      this.#entryKey(key),
+    const reply = await this.#script('set', this.#entryKey(key), [
       this.#codec.encode(key, value),
       options.ifVersion === undefined ? '' : String(options.ifVersion),
       ttlMs === undefined ? '' : String(ttlMs),
       String(Date.now()),
-    );
+    ]);
     if (reply === null || reply === undefined) return null;
     return Number(reply);
   }
@@ -306,6 +313,7 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    this.#generation.close();
     await Promise.all([...this.#held].map((lock) => lock.release()));
     const subscriber = this.#subscriber;
     this.#subscriber = undefined;
@@ -332,22 +340,35 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
     const lock: StoreLock = {
       release: async () => {
         if (!this.#held.delete(lock)) return;
-        await this.#script('release', lockKey, owner, this.#channel, key).catch(() => undefined);
+        await this.#script('release', lockKey, [owner, this.#channel, key]).catch(() => undefined);
         this.#waiters.notify(key);
       },
       renew: async () => {
         this.#check();
         if (!this.#held.has(lock)) return false;
-        return Number(await this.#script('renew', lockKey, owner, String(ttlMs))) === 1;
+        return Number(await this.#script('renew', lockKey, [owner, String(ttlMs)])) === 1;
       },
     };
     this.#held.add(lock);
     return lock;
   }
 
-  /** Runs one of the store's Lua scripts (EVALSHA, loading it with EVAL when Redis does not know it). */
-  async #script(name: keyof typeof SCRIPTS, key: string, ...args: string[]): Promise<unknown> {
-    const connection = name === 'epoch' ? await this.#connect() : await this.#usable();
+  /** The store's epoch, made now if there is none (on `connection`, once it can take commands). */
+  async #epoch(connection: Promise<Connection>): Promise<string> {
+    return String(await this.#script('epoch', `${this.prefix}epoch`, [`${Date.now()}:${randomUUID()}`], connection));
+  }
+
+  /**
+   * Runs one of the store's Lua scripts (EVALSHA, loading it with EVAL when Redis does not know it), on
+   * `on` or on the connection once it can take commands.
+   */
+  async #script(
+    name: keyof typeof SCRIPTS,
+    key: string,
+    args: string[],
+    on: Promise<Connection> = this.#usable(),
+  ): Promise<unknown> {
+    const connection = await on;
     const what = `redis ${name}`;
     try {
       return await bounded(() => connection.call('EVALSHA', SHAS[name], 1, key, ...args), this.#timeoutMs, what);
@@ -394,16 +415,15 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
    */
   async #identify(connection: Connection): Promise<void> {
     const masters = clusterMasters(connection);
-    const fresh = `${Date.now()}:${randomUUID()}`;
     const [servers, epoch] = await Promise.all([
       // A cluster answers INFO from any node: each master is asked on its own connection.
       masters === undefined
         ? askServer('', connection).then((server) => [server])
         : Promise.all(masters.map((node) => askServer(`${node.options.host}:${node.options.port}`, node))),
-      this.#script('epoch', `${this.prefix}epoch`, fresh),
+      this.#epoch(Promise.resolve(connection)),
     ]);
     const known = this.#runIds.size > 0;
-    let changed = this.#epoch !== undefined && String(epoch) !== this.#epoch;
+    let changed = this.#generation.changed(epoch);
     for (const { server, runId } of servers) {
       if (runId === undefined) continue;
       const before = this.#runIds.get(server);
@@ -411,7 +431,6 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
       if (known && before !== runId) changed = true;
       this.#runIds.set(server, runId);
     }
-    this.#epoch = String(epoch);
     for (const server of servers) this.#checkEviction(server);
     if (changed) this.emit('reset');
   }

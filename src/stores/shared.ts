@@ -5,8 +5,10 @@
  *
  * @module
  */
+import type { EventEmitter } from 'node:events';
 import { type Clock, MAX_TIMER_MS } from '../clock.js';
 import { TokenwardenError, isTokenwardenError } from '../errors.js';
+import type { StoreEvents } from './store.js';
 
 /** Default bound on one store operation. */
 export const DEFAULT_TIMEOUT_MS = 2_000;
@@ -196,3 +198,92 @@ export const waitClock: Clock = {
     return { cancel: () => clearTimeout(handle) };
   },
 };
+
+/**
+ * How often a shared store looks at its generation marker while something listens for `reset` (every
+ * `TokenManager` and `UserTokens` on it does): the longest a process serving tokens from memory takes to
+ * learn that the store was emptied under it.
+ */
+export const GENERATION_WATCH_MS = 2_000;
+
+/**
+ * A shared store's generation: a marker the store writes once into its own namespace (the Redis prefix, the
+ * PostgreSQL table, the FileStore directory) and never changes. Whatever empties the namespace while the
+ * server runs on — `FLUSHALL`/`FLUSHDB`, a `DEL` of the prefix, `TRUNCATE` or `DELETE FROM`, the directory
+ * removed or emptied — takes the marker with it, and the next store to look writes a new one. A store that
+ * finds another marker than the one it knew emits `reset`: entries may be missing, and every process writes
+ * back what it holds before anyone spends a refresh token.
+ *
+ * A store looks on every `get` (in the same round trip, after the entry: a `get` that finds an entry missing
+ * because the namespace was emptied reports `reset` before it resolves) and, while something listens for
+ * `reset`, every {@link GENERATION_WATCH_MS} — a process that serves from memory does not read the store,
+ * and it may hold the only copy of the newest refresh token. The first marker a store sees is learnt, not
+ * reported (a process new to the store cannot know what was there before).
+ *
+ * @example
+ * ```ts
+ * const generation = new Generation(store, () => readOrCreateMarker());
+ * if (generation.changed(await readOrCreateMarker())) store.emit('reset');
+ * generation.close(); // in close()
+ * ```
+ */
+export class Generation {
+  readonly #store: EventEmitter<StoreEvents>;
+  readonly #look: () => Promise<string | undefined>;
+  #known: string | undefined;
+  #lookedAt = 0;
+  #timer: NodeJS.Timeout | undefined;
+  #closed = false;
+
+  /**
+   * @param store the store, whose `reset` listeners start and stop the watch.
+   * @param look reads the marker, writing a new one when there is none; `undefined` when the namespace is
+   *   gone and the store does not make it again on a read (a removed FileStore directory).
+   */
+  constructor(store: EventEmitter<StoreEvents>, look: () => Promise<string | undefined>) {
+    this.#store = store;
+    this.#look = look;
+    (store as EventEmitter).on('newListener', (event: string | symbol) => {
+      if (event === 'reset') this.#schedule();
+    });
+  }
+
+  /**
+   * Takes a marker the store just read: whether it differs from the one known (the namespace was emptied
+   * since, or the store now reaches another server's data). The store emits `reset` when it does.
+   */
+  changed(marker: string | undefined): boolean {
+    this.#lookedAt = Date.now();
+    const changed = this.#known !== undefined && marker !== this.#known;
+    this.#known = marker;
+    return changed;
+  }
+
+  /** Stops the watch (the store is closing). */
+  close(): void {
+    this.#closed = true;
+    clearTimeout(this.#timer);
+    this.#timer = undefined;
+  }
+
+  #schedule(): void {
+    if (this.#closed || this.#timer !== undefined) return;
+    this.#timer = setTimeout(() => void this.#watch(), GENERATION_WATCH_MS);
+    this.#timer.unref();
+  }
+
+  async #watch(): Promise<void> {
+    this.#timer = undefined;
+    if (this.#closed || this.#store.listenerCount('reset') === 0) return;
+    // A `get` looked meanwhile: nothing to learn yet.
+    if (Date.now() - this.#lookedAt >= GENERATION_WATCH_MS / 2) {
+      try {
+        const marker = await this.#look();
+        if (!this.#closed && this.changed(marker)) this.#store.emit('reset');
+      } catch {
+        // The store cannot answer: its operations fail and say so; the next look tells.
+      }
+    }
+    this.#schedule();
+  }
+}

@@ -125,10 +125,17 @@ export interface StoreEvents {
   /** An entry could not be read (undecryptable, or not a value tokenwarden wrote); it was treated as a miss. */
   corrupt: [{ key: string; code: string; message: string }];
   /**
-   * The store may have lost entries or gone back in time: its server restarted without its data, or a failover
-   * promoted a replica that may lag. Every `TokenManager` and `UserTokens` on the store writes back what it
-   * holds, and no one spends a refresh token for a moment, so that the newest refresh token is not lost. A
-   * store of your own that can tell should emit it too.
+   * The store may have lost entries or gone back in time: its server restarted without its data, a failover
+   * promoted a replica that may lag, or its namespace was emptied while the server ran on (`FLUSHALL`,
+   * `TRUNCATE`, the directory's files removed — seen by the store's generation marker, on the next `get` and
+   * within 2 s while something listens for this event). Every `TokenManager` and `UserTokens` on the store
+   * writes back what it holds, and no one spends a refresh token for a moment, so that the newest refresh token
+   * is not lost. A store of your own that can tell should emit it too.
+   *
+   * @example
+   * ```ts
+   * store.on('reset', () => log.warn('token store lost data or changed server; the fleet writes back what it holds'));
+   * ```
    */
   reset: [];
   /**

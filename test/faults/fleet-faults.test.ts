@@ -331,7 +331,8 @@ describe.skipIf(skipWithout('the PostgreSQL server binaries', pgBin !== undefine
 
     /** The newest state in `table` (one key in these scenarios): its `seq`, and whether it was written back. */
     async function storedSeq(client: pg.Client, name: string): Promise<{ seq: number; healed: boolean } | undefined> {
-      const { rows } = await client.query<{ value: string }>(`SELECT value FROM "${name}"`);
+      // (The row keyed '' is the store's generation marker, not an entry.)
+      const { rows } = await client.query<{ value: string }>(`SELECT value FROM "${name}" WHERE key <> ''`);
       const entries = rows.map((r) => JSON.parse(r.value) as { seq: number; healedAt?: number });
       const newest = entries.sort((a, b) => b.seq - a.seq)[0];
       return newest && { seq: newest.seq, healed: newest.healedAt !== undefined };

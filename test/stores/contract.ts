@@ -6,6 +6,7 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import type { EventEmitter } from 'node:events';
 import { afterAll, describe, expect, it } from 'vitest';
 import { Codec, type EncryptionOption } from '../../src/stores/codec.js';
+import { GENERATION_WATCH_MS } from '../../src/stores/shared.js';
 import type { StoreEvents, StoreLock, TokenStore } from '../../src/stores/store.js';
 
 export type ContractStore = TokenStore & EventEmitter<StoreEvents>;
@@ -22,6 +23,11 @@ export interface StoreFactory {
   raw?(key: string): Promise<string | undefined>;
   /** Ways to put something under `key` that the store did not write (bad JSON, wrong shape, …). */
   corrupt?: Record<string, (key: string) => Promise<void>>;
+  /**
+   * Empties the store's whole namespace behind its back, as an operator's `FLUSHALL`, `TRUNCATE` or `rm -r`
+   * does (the server keeps running).
+   */
+  wipe?(): Promise<void>;
   /** Removes what the run created. */
   cleanup?(): Promise<void>;
 }
@@ -349,6 +355,58 @@ export function storeContract(name: string, factory: StoreFactory | undefined): 
       await s.set(emoji, 'v');
       expect((await s.get(emoji))?.value).toBe('v');
     });
+
+    it.skipIf(!shared || f.wipe === undefined)(
+      'emptied behind its back: the next get reports reset before it resolves, once; a deleted entry is no reset',
+      async () => {
+        const s = await open();
+        const key = newKey();
+        const seen: string[] = [];
+        s.on('reset', () => seen.push('reset'));
+        await s.set(key, 'v1');
+        expect((await s.get(key))?.value).toBe('v1');
+        await s.delete(key);
+        expect(await s.get(key)).toBeUndefined();
+        await s.set(key, 'v2');
+        expect(seen).toEqual([]); // a deletion (a sign-out) is not a lost store
+
+        await f.wipe!();
+        const read = s.get(key).then((record) => {
+          seen.push('get resolved');
+          return record;
+        });
+        expect(await read).toBeUndefined();
+        expect(seen).toEqual(['reset', 'get resolved']);
+        await s.set(key, 'v3');
+        expect((await s.get(key))?.value).toBe('v3');
+        expect(seen).toEqual(['reset', 'get resolved']); // the new generation is known now
+      },
+    );
+
+    it.skipIf(!shared || f.wipe === undefined)(
+      `emptied behind its back: a store that only listens hears of it within ${GENERATION_WATCH_MS} ms; a store new to the namespace learns it`,
+      async () => {
+        const listener = await open();
+        const resets: number[] = [];
+        listener.on('reset', () => resets.push(Date.now()));
+        await listener.get(newKey()); // learns the generation
+        await sleep(GENERATION_WATCH_MS * 1.5);
+        expect(resets).toEqual([]); // looking at an unchanged store is no reset
+
+        await f.wipe!();
+        const wipedAt = Date.now();
+        const newcomer = await open();
+        let newcomerResets = 0;
+        newcomer.on('reset', () => newcomerResets++);
+        expect(await newcomer.get(newKey())).toBeUndefined();
+        while (resets.length === 0 && Date.now() - wipedAt < GENERATION_WATCH_MS * 3) await sleep(50);
+        expect(resets).toHaveLength(1);
+        expect((resets[0] as number) - wipedAt).toBeLessThan(GENERATION_WATCH_MS * 2 + 500);
+        await sleep(GENERATION_WATCH_MS * 1.5);
+        expect(resets).toHaveLength(1);
+        expect(newcomerResets).toBe(0); // it cannot know what was there before it came
+      },
+    );
 
     it('close() makes later calls fail with ERR_CLOSED and may be called twice', async () => {
       const s = await f.open();

@@ -20,6 +20,10 @@ storeContract('FileStore', {
     const entry = JSON.parse(await readFile(fileOf(key), 'utf8')) as { value: string };
     return entry.value;
   },
+  wipe: async () => {
+    // What `rm -rf tokens/*` does: every file goes (the directory itself stays).
+    for (const name of await readdir(dir)) await rm(join(dir, name), { force: true });
+  },
   corrupt: {
     'not JSON': (key) => writeFile(fileOf(key), '{"tokenwarden":1,"key":'),
     empty: (key) => writeFile(fileOf(key), ''),

@@ -31,6 +31,9 @@ storeContract(
         raw: async (key) =>
           ((await admin!.query(`SELECT value FROM ${table} WHERE key = $1`, [key])).rows[0] as { value: string })
             ?.value,
+        wipe: async () => {
+          await admin!.query(`TRUNCATE ${table}`);
+        },
         corrupt: {
           'sealed with a key id nobody has': (key) => put(key, 'tw-enc1.zz.AAAA.AAAA.AAAA'),
           'sealed, but tampered with': (key) => put(key, 'tw-enc1.k1.AAAAAAAAAAAAAAAA.AAAA.AAAAAAAAAAAAAAAAAAAAAA'),

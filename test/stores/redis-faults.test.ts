@@ -43,6 +43,10 @@ storeContract(
     ? {
         open: async (options) => new RedisStore({ client: await clusterClient(), prefix: 'tw-cluster:', ...options }),
         raw: async (key) => (await (await clusterClient()).hget(`tw-cluster:entry:${key}`, 'value')) ?? undefined,
+        // FLUSHALL on every master (a private cluster).
+        wipe: async () => {
+          await Promise.all((await clusterClient()).nodes('master').map((node) => node.flushall()));
+        },
       }
     : undefined,
 );

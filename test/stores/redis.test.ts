@@ -21,6 +21,8 @@ storeContract(
     ? {
         open: async (options) => new RedisStore({ url: REDIS_URL, prefix, ...options }),
         raw: async (key) => (await admin!.hget(entry(key), 'value')) ?? undefined,
+        // Every key under the prefix (the shared server: no FLUSHALL here; redis-faults does that on its own).
+        wipe: () => removeRedisKeys(prefix),
         corrupt: {
           'a string instead of a hash': async (key) => {
             await admin!.set(entry(key), '{"not":"ours"}');
