@@ -63,9 +63,9 @@ export interface TokenManagerOptions {
   /** When to refresh. See {@link RefreshPolicyOptions} for the defaults. */
   refresh?: RefreshPolicyOptions;
   /**
-   * The refresh lock: `ttl`, its lease — longer than a token request can take (default `'30s'`, or the
-   * source's `timeout` plus twice `storeTimeout` and 5 s when that is longer; a shorter `ttl` is
-   * `ERR_CONFIG`), and `wait`, how long a caller without a valid token waits for another process's refresh
+   * The refresh lock: `ttl`, its lease — longer than a refresh can take under it (default `'30s'`, or the
+   * settle of 3.5 s, the source's `timeout`, twice `storeTimeout` and 5 s together when that is longer; a `ttl`
+   * not longer than the settle, the `timeout` and twice `storeTimeout` together is `ERR_CONFIG`), and `wait`, how long a caller without a valid token waits for another process's refresh
    * (default = `ttl`).
    */
   lock?: { ttl?: Duration; wait?: Duration };

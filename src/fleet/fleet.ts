@@ -44,9 +44,9 @@ import * as telemetry from '../telemetry/hooks.js';
 export const SETTLE_MS = GENERATION_WATCH_MS + 1_500;
 
 /**
- * The lock lease for a participant: `ttl` when given (it must outlive a token request: longer than the
- * request time limit plus two store time limits, or `ERR_CONFIG`), otherwise 30 s or that bound plus 5 s,
- * whichever is longer.
+ * The lock lease for a participant: `ttl` when given (it must outlive what a holder may do under it: the
+ * settle ({@link SETTLE_MS}), a token request and two store steps — longer than their time limits together,
+ * or `ERR_CONFIG`), otherwise 30 s or that bound plus 5 s, whichever is longer.
  *
  * @example
  * ```ts
@@ -59,13 +59,13 @@ export function lockLease(
   requestTimeoutMs: number | undefined,
   storeTimeoutMs: number,
 ): number {
-  const needed = (requestTimeoutMs ?? 0) + 2 * storeTimeoutMs;
+  const needed = SETTLE_MS + (requestTimeoutMs ?? 0) + 2 * storeTimeoutMs;
   if (ttl === undefined) return Math.max(30_000, needed + 5_000);
   const ms = toMs(ttl, 'lock.ttl');
   if (requestTimeoutMs !== undefined && ms <= needed) {
     throw new TokenwardenError(
       'ERR_CONFIG',
-      `lock.ttl (${ms} ms) must be longer than the token request timeout plus two store timeouts (${needed} ms): a lease that ends during a refresh lets another process spend the same refresh token`,
+      `lock.ttl (${ms} ms) must be longer than the settle (${SETTLE_MS} ms), the token request timeout and two store timeouts together (${needed} ms): a lease that ends during a refresh lets another process spend the same refresh token`,
     );
   }
   return ms;
@@ -302,7 +302,7 @@ export class Fleet<S> {
       if (attempt.satisfied()) return;
       attempt.precheck?.();
       if (attempt.exclusive && !this.#private) {
-        current = await this.#settle(attempt, current, budget);
+        current = await this.#settle(attempt, current, budget, lock.lock.takenOver === true);
         if (attempt.satisfied()) return;
       }
       this.#checkOpen();
@@ -480,15 +480,26 @@ export class Fleet<S> {
   }
 
   /**
-   * No spend until the fleet has settled: after a store reset seen here, or while the entry was restored from
-   * memory moments ago. A spend from configuration (nothing stored) is announced first — what this process
-   * holds, or the lineage's placeholder — and given the same time, so that a process holding a newer state
-   * can overwrite it. Resolves to the read to spend from.
+   * No spend until the fleet has settled: after a store reset seen here, while the entry was restored from
+   * memory moments ago, or when the lock was taken over from a holder that never released it (its lease ran
+   * out during a store outage or a partition: it may hold a spend's result, retrying its write every 2 s at
+   * most). A spend from configuration (nothing stored) is announced first — what this process holds, or the
+   * lineage's placeholder — and given the same time, so that a process holding a newer state can overwrite it.
+   * Resolves to the read to spend from.
    */
-  async #settle(attempt: Attempt<S>, current: Read<S> & { ok: true }, budget: Budget): Promise<Read<S> & { ok: true }> {
+  async #settle(
+    attempt: Attempt<S>,
+    current: Read<S> & { ok: true },
+    budget: Budget,
+    takenOver: boolean,
+  ): Promise<Read<S> & { ok: true }> {
     const now = this.#o.clock.now();
     const healedAt = current.stored?.healedAt;
-    let until = Math.max(this.#settleUntil, healedAt === undefined ? 0 : healedAt + SETTLE_MS);
+    let until = Math.max(
+      this.#settleUntil,
+      healedAt === undefined ? 0 : healedAt + SETTLE_MS,
+      takenOver ? now + SETTLE_MS : 0,
+    );
     if (current.record === undefined) {
       const held = attempt.held();
       const { lineage } = this.#o;

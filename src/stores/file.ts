@@ -236,8 +236,9 @@ export class FileStore extends EventEmitter<StoreEvents> implements TokenStore {
       this.#check();
       const owner = randomUUID();
       const taken = await fsBounded(() => this.#tryLock(path, owner, ttlMs), this.#timeoutMs, 'file store lock');
-      if (taken) {
+      if (taken !== false) {
         const lock: StoreLock = {
+          takenOver: taken === 'taken over',
           release: async () => {
             if (!this.#held.delete(lock)) return;
             await bounded(() => removeIf(path, (info) => info?.owner === owner), this.#timeoutMs, 'file unlock').catch(
@@ -452,17 +453,21 @@ export class FileStore extends EventEmitter<StoreEvents> implements TokenStore {
     }
   }
 
-  /** Creates the lock file at `path` unless a live lock holds it; breaks a stale one. */
-  async #tryLock(path: string, owner: string, ttlMs: number): Promise<boolean> {
+  /**
+   * Creates the lock file at `path` unless a live lock holds it; breaks a stale one (its holder never released
+   * it: `'taken over'`). `false` when another holds it.
+   */
+  async #tryLock(path: string, owner: string, ttlMs: number): Promise<'free' | 'taken over' | false> {
     await this.#ensureDir();
     const info: LockInfo = { owner, pid: process.pid, host: HOST, expiresAt: Date.now() + ttlMs };
     const temp = `${path}.${process.pid}.${randomUUID()}.tmp`;
     await writeExclusive(temp, JSON.stringify(info));
     try {
+      let broken = false;
       for (let round = 0; round < 2; round++) {
         try {
           await link(temp, path); // atomic, and fails if the lock exists: the lock file is never partial
-          return true;
+          return broken ? 'taken over' : 'free';
         } catch (err) {
           if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
         }
@@ -472,6 +477,7 @@ export class FileStore extends EventEmitter<StoreEvents> implements TokenStore {
         // Move the stale lock aside, but only if it is still the one we judged stale.
         const seen = current?.owner;
         await removeIf(path, (now) => now?.owner === seen && isStale(now));
+        broken = true;
       }
       return false;
     } finally {
@@ -485,7 +491,7 @@ export class FileStore extends EventEmitter<StoreEvents> implements TokenStore {
     const owner = randomUUID();
     for (let attempt = 0; ; attempt++) {
       this.#check();
-      if (await this.#tryLock(path, owner, WRITE_LOCK_TTL_MS)) break;
+      if ((await this.#tryLock(path, owner, WRITE_LOCK_TTL_MS)) !== false) break;
       if (Date.now() >= deadline) {
         throw new TokenwardenError('ERR_STORE_TIMEOUT', 'the entry stayed locked by another writer');
       }

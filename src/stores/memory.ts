@@ -127,6 +127,7 @@ export class MemoryStore extends EventEmitter<StoreEvents> implements TokenStore
       if (!held || held.until <= now) {
         this.#locks.set(key, { owner, until: now + options.ttlMs });
         return {
+          takenOver: held !== undefined, // a lock never released stays in the map until taken over
           release: async () => {
             if (this.#locks.get(key)?.owner === owner) this.#locks.delete(key);
             this.#waiters.notify(key);

@@ -287,10 +287,11 @@ export class PostgresStore extends EventEmitter<StoreEvents> implements TokenSto
            VALUES ($1, $2, now() + $3::bigint * interval '1 millisecond')
          ON CONFLICT (key) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at
            WHERE l.expires_at <= now()
-         RETURNING owner`,
+         RETURNING xmax::text <> '0' AS taken_over`,
         [key, owner, Math.ceil(ttlMs)],
       );
-      if (rows.length === 1) return this.#holding(key, owner, ttlMs);
+      // A lease row left behind (updated, not inserted: xmax is set) was never released by its holder.
+      if (rows.length === 1) return this.#holding(key, owner, ttlMs, (rows[0] as { taken_over: boolean }).taken_over);
       const now = Date.now();
       if (now >= deadline) return undefined;
       // Waiters in this process are woken at once on release; other processes' releases are polled.
@@ -315,8 +316,9 @@ export class PostgresStore extends EventEmitter<StoreEvents> implements TokenSto
     if (this.#closed) throw closedError();
   }
 
-  #holding(key: string, owner: string, ttlMs: number): StoreLock {
+  #holding(key: string, owner: string, ttlMs: number, takenOver: boolean): StoreLock {
     const lock: StoreLock = {
+      takenOver,
       // Still ours and its lease not run out: the lease starts again (one statement, under the row's lock).
       renew: async () => {
         this.#check();
@@ -513,7 +515,8 @@ export class PostgresStore extends EventEmitter<StoreEvents> implements TokenSto
     void this.#run(`DELETE FROM ${this.table} WHERE expires_at < now() - interval '1 minute'`, []).catch(
       () => undefined,
     );
-    void this.#run(`DELETE FROM ${this.lockTable} WHERE expires_at < now() - interval '1 minute'`, []).catch(
+    // Lease rows are kept a day past their lease: a lock taken over from one was never released (`takenOver`).
+    void this.#run(`DELETE FROM ${this.lockTable} WHERE expires_at < now() - interval '1 day'`, []).catch(
       () => undefined,
     );
   }

@@ -3,7 +3,9 @@
  *
  * Each entry is a hash `{ value, version }` under `<prefix>entry:<key>`, expiring with the token
  * (`PEXPIRE`); compare-and-set is one Lua script. The refresh lock is `SET <prefix>lock:<key> <owner> NX PX
- * <ttl>`, released by a compare-and-delete script that also publishes the key on `<prefix>unlock`, so
+ * <ttl>`, its holder also named in `<prefix>held:<key>` until it releases it (so that a lock taken over from
+ * a holder that never released it is told apart: `StoreLock.takenOver`), released by a compare-and-delete
+ * script that also publishes the key on `<prefix>unlock`, so
  * waiting processes wake at once (they also poll with backoff, in case a message is missed); right before a
  * spend its holder confirms it still owns it and restarts the lease (a compare-and-`PEXPIRE` script).
  * `<prefix>epoch` is the store's generation marker (see `reset`): read with every `get`, after the entry.
@@ -140,6 +142,20 @@ end
 return 0
 `;
 
+// The lock's holder, kept past the lease (`<prefix>held:<key>`): a lock taken while it names someone else was
+// never released. ARGV: owner, ms to keep it. Returns the previous holder, or false.
+const HOLD = `
+local previous = redis.call('GET', KEYS[1])
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return previous
+`;
+
+// ARGV: owner. Forgets the holder on release, if still ours.
+const UNHOLD = `
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+`;
+
 // The store's epoch: created once, kept for ever. A Redis that comes back without it lost its data.
 // ARGV: a new epoch, used only when there is none.
 const EPOCH = `
@@ -150,14 +166,21 @@ return ARGV[1]
 `;
 
 const sha1 = (script: string): string => createHash('sha1').update(script).digest('hex');
-const SCRIPTS = { get: GET, set: SET, release: RELEASE, renew: RENEW, epoch: EPOCH } as const;
-const SHAS = {
-  get: sha1(GET),
-  set: sha1(SET),
-  release: sha1(RELEASE),
-  renew: sha1(RENEW),
-  epoch: sha1(EPOCH),
+const SCRIPTS = {
+  get: GET,
+  set: SET,
+  release: RELEASE,
+  renew: RENEW,
+  hold: HOLD,
+  unhold: UNHOLD,
+  epoch: EPOCH,
 } as const;
+const SHAS = Object.fromEntries(Object.entries(SCRIPTS).map(([name, script]) => [name, sha1(script)])) as Record<
+  keyof typeof SCRIPTS,
+  string
+>;
+/** How long a lock's holder is remembered past its lease (to tell a lock never released from a free one). */
+const HELD_MS = 24 * 3_600_000;
 
 /**
  * Tokens in Redis, shared by every process that uses the same Redis and `prefix`. Entries expire with
@@ -297,7 +320,15 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
         void connection.call('EVAL', RELEASE, 1, lockKey, owner, this.#channel, key).catch(() => undefined);
         throw err;
       }
-      if (reply === 'OK') return this.#holding(key, lockKey, owner, ttlMs);
+      if (reply === 'OK') {
+        // Whether the previous holder released it (a separate key: on a cluster the two live on other slots).
+        // Unknown counts as not released: the fleet then only waits a little longer.
+        const previous = await this.#script('hold', `${this.prefix}held:${key}`, [owner, String(HELD_MS)]).catch(
+          () => owner,
+        );
+        const takenOver = typeof previous === 'string' && previous !== '';
+        return this.#holding(key, lockKey, owner, ttlMs, takenOver);
+      }
       const now = Date.now();
       if (now >= deadline) return undefined;
       if (attempt === 0) {
@@ -336,11 +367,15 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
     return `${this.prefix}entry:${key}`;
   }
 
-  #holding(key: string, lockKey: string, owner: string, ttlMs: number): StoreLock {
+  #holding(key: string, lockKey: string, owner: string, ttlMs: number, takenOver: boolean): StoreLock {
     const lock: StoreLock = {
+      takenOver,
       release: async () => {
         if (!this.#held.delete(lock)) return;
-        await this.#script('release', lockKey, [owner, this.#channel, key]).catch(() => undefined);
+        await Promise.all([
+          this.#script('unhold', `${this.prefix}held:${key}`, [owner]),
+          this.#script('release', lockKey, [owner, this.#channel, key]),
+        ]).catch(() => undefined);
         this.#waiters.notify(key);
       },
       renew: async () => {

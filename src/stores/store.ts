@@ -70,6 +70,14 @@ export interface StoreLock {
   /** Releases the lock if this holder still owns it (compare-and-delete). Never throws. */
   release(): Promise<void>;
   /**
+   * `true` when the lock was taken over from a holder that never released it: its lease ran out (a crash, or a
+   * store outage or network partition longer than the lease). That holder may have spent the refresh token and
+   * still hold the answer, retrying its write: the fleet waits for the settle (`SETTLE_MS`) and re-reads before
+   * spending, so that a write pending since the outage lands first. Every built-in store sets it (the store
+   * contract tests it); a store of your own may leave it out.
+   */
+  readonly takenOver?: boolean;
+  /**
    * Confirms that this holder still owns the lock and restarts its lease (`ttlMs` from now), in one atomic
    * step; resolves to `false` when the lock was lost — its lease ran out, or the store dropped it (a Redis that
    * evicts keys under memory pressure, an operator's `DEL`) — and may then be held by another process. Rejects

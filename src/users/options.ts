@@ -48,8 +48,9 @@ export interface UserTokensOptions extends Omit<
    */
   refresh?: Omit<RefreshPolicyOptions, 'background'>;
   /**
-   * The per-subject refresh lock: `ttl`, its lease — longer than a token request can take (default `'30s'`,
-   * or the client's `timeout` plus twice `storeTimeout` and 5 s when that is longer; a shorter `ttl` is
+   * The per-subject refresh lock: `ttl`, its lease — longer than a refresh can take under it (default
+   * `'30s'`, or the settle of 3.5 s, the client's `timeout`, twice `storeTimeout` and 5 s together when that is
+   * longer; a `ttl` not longer than the settle, the `timeout` and twice `storeTimeout` together is
    * `ERR_CONFIG`) — and `wait` (default = `ttl`).
    */
   lock?: { ttl?: Duration; wait?: Duration };

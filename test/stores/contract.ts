@@ -168,6 +168,26 @@ export function storeContract(name: string, factory: StoreFactory | undefined): 
       await got?.release();
     });
 
+    it('takenOver: false for a free or released lock, true for one taken from a holder that never released it', async () => {
+      const a = await open();
+      const b = shared ? await open() : a;
+      const key = newKey();
+      const first = await a.lock(key, { ttlMs: 10_000, waitMs: 0 });
+      expect(first?.takenOver).toBe(false);
+      await first?.release();
+      const released = await b.lock(key, { ttlMs: 300, waitMs: 0 });
+      expect(released?.takenOver).toBe(false);
+      // Never released (a crash, or an outage longer than the lease): the next holder is told.
+      await sleep(450);
+      const over = await a.lock(key, { ttlMs: 10_000, waitMs: 0 });
+      expect(over?.takenOver).toBe(true);
+      await released?.release(); // too late: not its lock any more, and it changes nothing
+      await over?.release();
+      const again = await b.lock(key, { ttlMs: 10_000, waitMs: 0 });
+      expect(again?.takenOver).toBe(false);
+      await again?.release();
+    });
+
     it('a lock whose holder never releases (crashed) expires after ttlMs', async () => {
       const a = await open();
       const b = shared ? await open() : a;

@@ -13,7 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TokenwardenError } from '../../src/errors.js';
 import type { FetchLike } from '../../src/http/transport.js';
 import { TokenManager } from '../../src/manager.js';
-import { refreshToken } from '../../src/sources/refresh-token.js';
+import { afterNextTokenResponse, appRefreshToken } from '../support/app-client.js';
 import { FileStore } from '../../src/stores/file.js';
 import { type TestAuthorizationServer, startAuthorizationServer } from '../support/authorization-server.js';
 import { skipWithout, sleep } from '../support/private-servers.js';
@@ -140,33 +140,17 @@ describe.skipIf(skipWithout('mount (root on Linux) for a small tmpfs', mountable
         const dir = join(mnt, 'tokens');
         const login = await as.login('file-full-disk');
         // The disk fills while the token request is under way: after the lock, before the write.
-        let fillAfterNextTokenResponse = false;
         let filler: string | undefined;
-        const fetchThenFill: FetchLike = async (input, init) => {
-          const response = await fetch(input, init);
-          const url = input instanceof Request ? input.url : String(input);
-          if (fillAfterNextTokenResponse && new URL(url).pathname.endsWith('/token')) {
-            fillAfterNextTokenResponse = false;
-            filler = fill(mnt);
-          }
-          return response;
-        };
+        const filling = afterNextTokenResponse(() => (filler = fill(mnt)));
         const manager = (store: FileStore, fetchFn?: FetchLike): TokenManager =>
           new TokenManager({
-            source: refreshToken({
-              issuer: as.issuer,
-              clientId: as.clients.app.clientId,
-              clientSecret: as.clients.app.clientSecret,
-              refreshToken: login['refresh_token'] as string,
-              allowInsecureRequests: true,
-              ...(fetchFn && { fetch: fetchFn }),
-            }),
+            source: appRefreshToken(as, login['refresh_token'] as string, { ...(fetchFn && { fetch: fetchFn }) }),
             store,
             name: 'disk-faults',
           });
         const storeA = new FileStore({ path: dir });
         const storeB = new FileStore({ path: dir });
-        const a = manager(storeA, fetchThenFill);
+        const a = manager(storeA, filling.fetch);
         const b = manager(storeB);
         const refreshes = (): number => as.counts.byGrant['refresh_token'] ?? 0;
         try {
@@ -174,7 +158,7 @@ describe.skipIf(skipWithout('mount (root on Linux) for a small tmpfs', mountable
           const storeErrors: { operation: string; error: TokenwardenError }[] = [];
           a.on('storeError', (e) => storeErrors.push(e));
 
-          fillAfterNextTokenResponse = true;
+          filling.arm();
           const refreshed = await a.refresh();
           expect(filler).toBeDefined();
           expect(storeErrors).toContainEqual(

@@ -1,0 +1,232 @@
+/**
+ * Store faults that break "never spent twice" unless the fleet protocol and the stores work together, each
+ * run in-process with two managers on their own store objects (as two processes), on a real authorization
+ * server that revokes the grant when a refresh token is presented twice:
+ *
+ * - A shared store emptied behind the fleet's back while its server runs on — Redis `FLUSHALL` (a private
+ *   server), PostgreSQL `TRUNCATE` of the store's table, `rm -rf` of the FileStore directory's files — then a
+ *   process starts with the fleet's configuration (the long-spent initial refresh token) and asks for a token.
+ *   Before the store watched its generation, the newcomer found nothing, waited its 1.5 s and spent the
+ *   initial refresh token: `invalid_grant`, and the server revoked the grant under the running process too.
+ *   Now the running process — which serves from memory and never reads the store — learns of it within the
+ *   store's watch, writes back what it holds, and the newcomer takes that instead of spending anything.
+ * - The process that just spent cut off from Redis (a network partition) for longer than its lock lease: the
+ *   new refresh token is pending there, its lease runs out, and the moment the partition heals another
+ *   process takes the lock. Before `StoreLock.takenOver`, it re-read the store (still the spent refresh token)
+ *   and spent it at once; now it waits for the settle, and the pending write lands first.
+ */
+import { randomBytes, randomUUID } from 'node:crypto';
+import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { type AddressInfo, type Server, type Socket, connect, createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Redis } from 'ioredis';
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
+import { TokenManager, type TokenManagerOptions, type TokenSource, type TokenStore } from '../../src/index.js';
+import { PostgresStore } from '../../src/postgres.js';
+import { RedisStore } from '../../src/redis.js';
+import { FileStore } from '../../src/stores/file.js';
+import { afterNextTokenResponse, appRefreshToken } from '../support/app-client.js';
+import { type TestAuthorizationServer, startAuthorizationServer } from '../support/authorization-server.js';
+import { hasRedisServer, skipWithout, sleep, startPrivateRedis } from '../support/private-servers.js';
+import { DATABASE_URL, dropStoreTables, postgresAvailable } from '../support/services.js';
+
+let as: TestAuthorizationServer;
+beforeAll(async () => {
+  // Access tokens that outlive the test: the running process has no reason to read the store.
+  as = await startAuthorizationServer({ accessTokenTtl: 120 });
+});
+afterAll(() => as?.close());
+
+/**
+ * Two managers on their own store objects, as two processes configured alike (`source()` makes each one's
+ * source), closed with their stores when the test ends.
+ */
+function twoProcesses(
+  storeA: TokenStore,
+  storeB: TokenStore,
+  source: (which: 0 | 1) => TokenSource,
+  options: Partial<TokenManagerOptions> = {},
+): [TokenManager, TokenManager] {
+  const a = new TokenManager({ ...options, source: source(0), store: storeA });
+  const b = new TokenManager({ ...options, source: source(1), store: storeB });
+  onTestFinished(async () => {
+    await a.close();
+    await b.close();
+    await storeA.close();
+    await storeB.close();
+  });
+  return [a, b];
+}
+
+interface Backend {
+  open(): TokenStore;
+  wipe(): Promise<void>;
+}
+
+async function newcomerAfterWipe({ open, wipe }: Backend): Promise<void> {
+  const login = await as.login(`wiped-${randomUUID()}`);
+  const [running, newcomer] = twoProcesses(open(), open(), () => appRefreshToken(as, login['refresh_token'] as string));
+
+  await running.refresh();
+  const held = await running.refresh(); // the store holds the second rotation; the login's was spent long ago
+  await wipe();
+  as.resetCounts();
+
+  const started = Date.now();
+  const token = await newcomer.getToken();
+  // The newcomer spent nothing: it took what the running process wrote back.
+  expect(as.counts.byGrant['refresh_token'] ?? 0).toBe(0);
+  expect(token.accessToken).toBe(held.accessToken);
+  expect(Date.now() - started).toBeLessThan(10_000);
+
+  // The grant lives, and the fleet goes on from the refresh token the running process held.
+  await newcomer.refresh();
+  expect((await running.refresh()).expiresAt).toBeGreaterThan(Date.now());
+  expect(as.counts.byGrant['refresh_token']).toBeGreaterThanOrEqual(1);
+  expect(as.counts.errors['invalid_grant'] ?? 0).toBe(0);
+}
+
+describe('a store emptied under a running fleet, then a newcomer with the initial refresh token', () => {
+  it.skipIf(skipWithout('redis-server', hasRedisServer))(
+    'Redis: FLUSHALL',
+    async () => {
+      const redis = await startPrivateRedis();
+      const admin = new Redis(redis.url);
+      onTestFinished(async () => {
+        admin.disconnect();
+        await redis.close();
+      });
+      await newcomerAfterWipe({
+        open: () => new RedisStore({ url: redis.url, prefix: 'wiped:' }),
+        wipe: async () => {
+          await admin.flushall();
+        },
+      });
+    },
+    30_000,
+  );
+
+  it.skipIf(!postgresAvailable)(
+    'PostgreSQL: TRUNCATE of the store table',
+    async () => {
+      const table = `tw_wiped_${randomBytes(6).toString('hex')}`;
+      const admin = new pg.Pool({ connectionString: DATABASE_URL, max: 1 });
+      onTestFinished(async () => {
+        await dropStoreTables(table);
+        await admin.end();
+      });
+      await newcomerAfterWipe({
+        open: () => new PostgresStore({ connectionString: DATABASE_URL, table }),
+        wipe: async () => {
+          await admin.query(`TRUNCATE ${table}`);
+        },
+      });
+    },
+    30_000,
+  );
+
+  it('FileStore: every file of the directory removed', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'tw-wiped-'));
+    onTestFinished(() => rm(dir, { recursive: true, force: true }));
+    await newcomerAfterWipe({
+      open: () => new FileStore({ path: dir }),
+      wipe: async () => {
+        for (const name of await readdir(dir)) await rm(join(dir, name), { force: true });
+      },
+    });
+  }, 30_000);
+});
+
+/**
+ * A TCP proxy in front of a server, whose connections can be cut (every socket destroyed, new ones refused)
+ * and healed (listening again on the same port): a network partition between one process and the store.
+ */
+async function partitionable(
+  targetPort: number,
+): Promise<{ url: string; cut(): Promise<void>; heal(): Promise<void> }> {
+  const sockets = new Set<Socket>();
+  let server: Server | undefined;
+  let port = 0;
+  const listen = () =>
+    new Promise<void>((resolve, reject) => {
+      const s = createServer((client) => {
+        const upstream = connect(targetPort, '127.0.0.1');
+        const end = () => {
+          client.destroy();
+          upstream.destroy();
+          sockets.delete(client);
+          sockets.delete(upstream);
+        };
+        for (const socket of [client, upstream]) {
+          sockets.add(socket);
+          socket.on('error', end);
+          socket.on('close', end);
+        }
+        client.pipe(upstream);
+        upstream.pipe(client);
+      });
+      s.once('error', reject);
+      s.listen(port, '127.0.0.1', () => {
+        port = (s.address() as AddressInfo).port;
+        server = s;
+        resolve();
+      });
+    });
+  const cut = async () => {
+    const s = server;
+    server = undefined;
+    for (const socket of sockets) socket.destroy();
+    await new Promise<void>((resolve) => (s === undefined ? resolve() : s.close(() => resolve())));
+  };
+  await listen();
+  onTestFinished(cut);
+  return { url: `redis://127.0.0.1:${port}`, cut, heal: listen };
+}
+
+describe.skipIf(skipWithout('redis-server', hasRedisServer))(
+  'a store outage longer than the lock lease while a rotated refresh token is pending',
+  () => {
+    it('the spender cut off from Redis right after a refresh, past its lease: the next holder waits for the pending write instead of spending', async () => {
+      const redis = await startPrivateRedis();
+      const proxy = await partitionable(redis.port);
+      const login = await as.login(`lease-${randomUUID()}`);
+      const cutter = afterNextTokenResponse(() => proxy.cut()); // rotated at the server; not written yet
+      const [spender, other] = twoProcesses(
+        new RedisStore({ url: proxy.url, prefix: 'lease:', timeout: '300ms' }),
+        new RedisStore({ url: redis.url, prefix: 'lease:', timeout: '300ms' }),
+        (which) =>
+          appRefreshToken(as, login['refresh_token'] as string, {
+            timeout: '1s',
+            ...(which === 0 && { fetch: cutter.fetch }),
+          }),
+        // The lease: longer than the settle, a token request and two store steps, as it must be (5.1 s).
+        { storeTimeout: '300ms', lock: { ttl: '5.5s' } },
+      );
+      onTestFinished(() => redis.close());
+
+      await spender.refresh();
+      await other.getToken(); // takes what the store holds: both processes hold a valid token
+      const spent = as.counts.byGrant['refresh_token'] ?? 0;
+
+      cutter.arm();
+      const rotated = await spender.refresh(); // served; its write is pending, its lock kept but not renewed
+      expect(as.counts.byGrant['refresh_token']).toBe(spent + 1);
+      await sleep(6_000); // past the lease: the lock is gone from Redis
+      await proxy.heal();
+
+      // The other process refreshes at once: it gets the lock, taken over from a holder that never released
+      // it, so it waits for the settle — long enough for the pending write (retried every 2 s at most) to land.
+      const fromOther = await other.refresh();
+      expect(fromOther.accessToken).toBe(rotated.accessToken);
+      expect(as.counts.byGrant['refresh_token']).toBe(spent + 1);
+      expect(as.counts.errors['invalid_grant'] ?? 0).toBe(0);
+
+      // The grant lives: the refresh token the spender kept is the one stored.
+      await other.refresh();
+      expect(as.counts.byGrant['refresh_token']).toBe(spent + 2);
+      expect(as.counts.errors['invalid_grant'] ?? 0).toBe(0);
+    }, 30_000);
+  },
+);
