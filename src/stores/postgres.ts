@@ -138,7 +138,7 @@ export class PostgresStore extends EventEmitter<StoreEvents> implements TokenSto
   /** The server last identified (its postmaster's start time), see `#identify`. */
   #server: string | undefined;
   /** The table's generation marker (the row keyed `''`): see {@link Generation}. */
-  readonly #generation = new Generation(this, () => this.#marker());
+  readonly #generation = new Generation(this, () => this.#look());
 
   constructor(options: PostgresStoreOptions) {
     super();
@@ -431,10 +431,9 @@ export class PostgresStore extends EventEmitter<StoreEvents> implements TokenSto
    * different server than the last one may hold older entries than processes do — an asynchronous replica that
    * lagged, or a restart that lost unflushed commits (`synchronous_commit = off`) — so the store emits `reset`
    * (before the statement that found it runs) and every `TokenManager`/`UserTokens` writes back what it holds
-   * before anyone spends. One round trip per new connection. Not seen: a proxy (PgBouncer) repointed to another
-   * server while connections to the proxy that the store keeps go on working (a statement that fails drops its
-   * connection, and the next one identifies the server). A server without the function (42883: a
-   * PostgreSQL-compatible database) is not identified.
+   * before anyone spends. One round trip per new connection. A proxy (PgBouncer) repointed to another server
+   * while the store's connections to the proxy go on working is seen by the generation watch, which asks too
+   * (see `#look`). A server without the function (42883: a PostgreSQL-compatible database) is not identified.
    */
   async #identify(client: PoolClient, deadline: number): Promise<void> {
     if (this.#server === UNIDENTIFIABLE) return;
@@ -446,11 +445,32 @@ export class PostgresStore extends EventEmitter<StoreEvents> implements TokenSto
       this.#server = UNIDENTIFIABLE;
       return;
     }
-    const started = (rows[0] as { started: string } | undefined)?.started;
-    if (started === undefined || started === this.#server) return;
+    if (this.#answeredBy((rows[0] as { started?: string } | undefined)?.started)) this.emit('reset');
+  }
+
+  /** Takes the start time of the server that answered: whether it is another server than the last one. */
+  #answeredBy(started: string | undefined): boolean {
+    if (started === undefined || started === this.#server) return false;
     const changed = this.#server !== undefined;
     this.#server = started;
-    if (changed) this.emit('reset');
+    return changed;
+  }
+
+  /**
+   * The generation watch's look (every 2 s while a manager uses the store): the table's marker, and which
+   * server answers — on a pooled connection that may be old, so that a proxy repointed to another server (a
+   * PgBouncer `RELOAD` in a failover, in transaction pooling) is a `reset` within the watch, not only at the
+   * next new connection.
+   */
+  async #look(): Promise<string | undefined> {
+    const started = this.#server === UNIDENTIFIABLE ? 'NULL' : 'pg_postmaster_start_time()::text';
+    const { rows } = await this.#run(
+      `SELECT ${started} AS started, (SELECT value FROM ${this.table} WHERE key = '') AS marker`,
+      [],
+    );
+    const row = rows[0] as { started: string | null; marker: string | null } | undefined;
+    if (this.#answeredBy(row?.started ?? undefined)) this.emit('reset');
+    return row?.marker ?? (await this.#marker());
   }
 
   #ensureTable(): Promise<void> {

@@ -6,9 +6,18 @@
  */
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
+import { GENERATION_WATCH_MS } from '../../src/stores/shared.js';
 import { PostgresStore } from '../../src/stores/postgres.js';
-import { type PrivatePostgres, pgBin, skipWithout, sleep, startPrivatePostgres } from '../support/private-servers.js';
+import {
+  type PrivatePostgres,
+  hasPgBouncer,
+  pgBin,
+  skipWithout,
+  sleep,
+  startPgBouncer,
+  startPrivatePostgres,
+} from '../support/private-servers.js';
 
 let server: PrivatePostgres;
 let admin: pg.Pool;
@@ -189,6 +198,46 @@ describe.skipIf(skipWithout('the PostgreSQL server binaries', pgBin !== undefine
     expect(await store.get('k')).toBeUndefined();
     expect(await store.set('k', 'v3', { ifVersion: 0 })).toBeGreaterThan(0);
     await Promise.all([store.close(), fixed.close()]);
+  });
+
+  describe.skipIf(skipWithout('pgbouncer', hasPgBouncer))('behind a PgBouncer repointed to another server', () => {
+    it('a RELOAD onto another server (a failover runbook) while the store keeps its connections open: reset within the watch', async () => {
+      const other = await startPrivatePostgres();
+      const bouncer = await startPgBouncer(server.port, 'transaction');
+      const table = `t_${id()}`;
+      const store = new PostgresStore({ connectionString: bouncer.url, table });
+      const promoted = new pg.Client({ connectionString: other.url });
+      onTestFinished(async () => {
+        await store.close();
+        await promoted.end().catch(() => undefined);
+        await bouncer.close();
+        await other.close();
+      });
+      const resets: number[] = [];
+      store.on('reset', () => resets.push(Date.now()));
+      await store.set('k', 'v');
+      expect((await store.get('k'))?.value).toBe('v');
+
+      // The other server holds what this one holds — table, generation marker, entry — as a promoted replica would.
+      await new PostgresStore({ connectionString: other.url, table }).migrate();
+      await promoted.connect();
+      const { rows } = await admin.query<{ key: string; value: string; version: string }>(
+        `SELECT key, value, version FROM ${table}`,
+      );
+      for (const { key, value, version } of rows) {
+        await promoted.query(`INSERT INTO ${table} (key, value, version) VALUES ($1, $2, $3)`, [key, value, version]);
+      }
+      await sleep(GENERATION_WATCH_MS + 500);
+      expect(resets).toEqual([]); // the watch looked, on the same server: nothing to report
+
+      await bouncer.repoint(other.port);
+      const repointedAt = Date.now();
+      while (resets.length === 0 && Date.now() - repointedAt < GENERATION_WATCH_MS * 3) await sleep(50);
+      expect(resets).toHaveLength(1); // seen by the watch: the store made no new connection
+      expect((resets[0] as number) - repointedAt).toBeLessThan(GENERATION_WATCH_MS * 2 + 500);
+      expect((await store.get('k'))?.value).toBe('v');
+      expect(resets).toHaveLength(1);
+    }, 30_000);
   });
 
   // Last: it restarts the file's server.

@@ -512,6 +512,11 @@ export interface PrivatePgBouncer {
   stop(): Promise<void>;
   /** Starts it again on the same port. */
   start(): Promise<void>;
+  /**
+   * Points it at another server, as a failover runbook does (the config rewritten, then `SIGHUP`: PgBouncer
+   * reloads; its clients stay connected, and their next transactions reach the new server).
+   */
+  repoint(postgresPort: number): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -525,11 +530,10 @@ export async function startPgBouncer(postgresPort: number, mode: 'transaction' |
   const users = join(dir, 'users.txt');
   const pidfile = join(dir, 'pgbouncer.pid');
   writeFileSync(users, '"postgres" ""\n');
-  writeFileSync(
-    ini,
+  const config = (target: number): string =>
     [
       '[databases]',
-      `postgres = host=127.0.0.1 port=${postgresPort} dbname=postgres`,
+      `postgres = host=127.0.0.1 port=${target} dbname=postgres`,
       '[pgbouncer]',
       'listen_addr = 127.0.0.1',
       `listen_port = ${port}`,
@@ -540,8 +544,8 @@ export async function startPgBouncer(postgresPort: number, mode: 'transaction' |
       `logfile = ${join(dir, 'pgbouncer.log')}`,
       `pidfile = ${pidfile}`,
       '',
-    ].join('\n'),
-  );
+    ].join('\n');
+  writeFileSync(ini, config(postgresPort));
   if (owner) chownSync(dir, owner.uid, owner.gid);
   for (const f of [ini, users]) if (owner) chownSync(f, owner.uid, owner.gid);
   const binary = existsSync('/usr/sbin/pgbouncer') ? '/usr/sbin/pgbouncer' : 'pgbouncer';
@@ -560,6 +564,11 @@ export async function startPgBouncer(postgresPort: number, mode: 'transaction' |
     url: `postgres://postgres@127.0.0.1:${port}/postgres`,
     stop: () => killAndWait(pid),
     start,
+    repoint: async (target) => {
+      writeFileSync(ini, config(target));
+      if (pid !== undefined) process.kill(pid, 'SIGHUP');
+      await sleep(200); // the reload is asynchronous
+    },
     close: async () => {
       await killAndWait(pid, 'SIGTERM');
       await killAndWait(pid);
