@@ -82,6 +82,8 @@ export interface TokenwardenErrorOptions {
   error?: string;
   /** The OAuth `error_description` (truncated to {@link MAX_DESCRIPTION} characters). */
   error_description?: string;
+  /** The OAuth `error_uri`: kept only when it is an absolute `https:`/`http:` URL of RFC 6749's characters. */
+  error_uri?: string;
   /** The HTTP status of the response that caused this error. */
   status?: number;
   /** How long the server asked us to wait (`Retry-After`), in milliseconds. */
@@ -114,6 +116,12 @@ export class TokenwardenError extends Error {
   readonly error?: string;
   /** OAuth `error_description` from the server (truncated), when the server sent one. */
   readonly error_description?: string;
+  /**
+   * OAuth `error_uri` from the server (RFC 6749 §5.2: a page about the error), when it sent a well-formed
+   * one: an absolute `https:` or `http:` URL of at most {@link MAX_DESCRIPTION} characters from RFC 6749's
+   * set (no spaces, quotes or backslashes), without user info. Anything else is dropped, not repaired.
+   */
+  readonly error_uri?: string;
   /** HTTP status of the failing response, when there was one. */
   readonly status?: number;
   /** Milliseconds the server asked us to wait before trying again (`Retry-After`). */
@@ -126,6 +134,8 @@ export class TokenwardenError extends Error {
     if (options.error_description !== undefined) {
       this.error_description = truncate(options.error_description, MAX_DESCRIPTION);
     }
+    const uri = options.error_uri === undefined ? undefined : errorUri(options.error_uri);
+    if (uri !== undefined) this.error_uri = uri;
     if (options.status !== undefined) this.status = options.status;
     if (options.retryAfterMs !== undefined) this.retryAfterMs = options.retryAfterMs;
   }
@@ -143,10 +153,29 @@ export class TokenwardenError extends Error {
       message: this.message,
       ...(this.error !== undefined && { error: this.error }),
       ...(this.error_description !== undefined && { error_description: this.error_description }),
+      ...(this.error_uri !== undefined && { error_uri: this.error_uri }),
       ...(this.status !== undefined && { status: this.status }),
       ...(this.retryAfterMs !== undefined && { retryAfterMs: this.retryAfterMs }),
     };
   }
+}
+
+/** RFC 6749 §5.2's `error_uri` characters: %x21 / %x23-5B / %x5D-7E. */
+const ERROR_URI = /^[\x21\x23-\x5b\x5d-\x7e]+$/;
+
+/** A server's `error_uri`, if well-formed (see {@link TokenwardenError.error_uri}); `undefined` otherwise. */
+function errorUri(value: unknown): string | undefined {
+  if (typeof value !== 'string' || value.length > MAX_DESCRIPTION || !ERROR_URI.test(value)) return undefined;
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    return undefined;
+  }
+  if ((url.protocol !== 'https:' && url.protocol !== 'http:') || url.username !== '' || url.password !== '') {
+    return undefined;
+  }
+  return value;
 }
 
 /**

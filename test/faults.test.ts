@@ -300,6 +300,44 @@ describe('answers of authorization servers other than oidc-provider (RFC 6749 §
     expect(isTransient(e)).toBe(false);
   });
 
+  it('error_uri (Entra ID, GitHub): kept when an absolute http(s) URL of RFC 6749 characters; otherwise dropped', async () => {
+    const entra = 'https://login.microsoftonline.com/error?code=7000215';
+    server.handle((_req, res) =>
+      json(res, 401, { error: 'invalid_client', error_description: 'AADSTS7000215', error_uri: entra }),
+    );
+    const e = await failure();
+    expect(e).toMatchObject({ code: 'ERR_OAUTH', error: 'invalid_client', error_uri: entra, status: 401 });
+    expect(e.toJSON()).toMatchObject({ error_uri: entra });
+    const github =
+      'https://docs.github.com/apps/managing-oauth-apps/troubleshooting-oauth-app-access-token-request-errors/#bad-verification-code';
+    server.handle((_req, res) => json(res, 200, { error: 'bad_refresh_token', error_uri: github }));
+    expect(await failure()).toMatchObject({ error: 'bad_refresh_token', error_uri: github, status: 200 });
+    // In a challenge (RFC 6750 §3 parameters on a 401 whose body says nothing).
+    answer(401, { 'www-authenticate': `Bearer error="invalid_client", error_uri="${entra}"` }, '');
+    expect(await failure()).toMatchObject({ error: 'invalid_client', error_uri: entra });
+
+    for (const bad of [
+      'javascript:alert(1)',
+      'data:text/html,<b>x</b>',
+      '/relative/page',
+      'https://as.example/a b',
+      'https://as.example/"quoted"',
+      'https://as.example/back\\slash',
+      'https://as.example/\u202e',
+      `https://svc:${SECRET}@as.example/`,
+      `https://as.example/?echo=${SECRET}`,
+      `https://as.example/${'a'.repeat(300)}`,
+      42,
+      ['https://as.example/'],
+    ]) {
+      server.handle((_req, res) => json(res, 400, { error: 'invalid_grant', error_uri: bad }));
+      const dropped = await failure();
+      expect(dropped, JSON.stringify(bad)).toMatchObject({ code: 'ERR_OAUTH', error: 'invalid_grant' });
+      expect(dropped.error_uri, JSON.stringify(bad)).toBeUndefined();
+      expect(JSON.stringify(dropped.toJSON())).not.toContain(SECRET);
+    }
+  });
+
   it('an OAuth error body served as text/plain or without a content type → ERR_OAUTH', async () => {
     const body = JSON.stringify({ error: 'invalid_grant', error_description: 'expired' });
     for (const headers of [{ 'content-type': 'text/plain;charset=UTF-8' }, {}] as Record<string, string>[]) {

@@ -76,6 +76,7 @@ export function toTokenwardenError(
     const description = typeof err.error_description === 'string' ? text(err.error_description) : undefined;
     // The parsed body stays as a summary: the OAuth fields (scrubbed) and the names of the others.
     const body: unknown = err.cause;
+    const uri = uriOf((body as { error_uri?: unknown } | null)?.error_uri, r);
     Object.assign(err, { error, error_description: description });
     Object.defineProperty(err, 'cause', {
       value: {
@@ -99,6 +100,7 @@ export function toTokenwardenError(
         cause: scrub(err, r),
         error,
         ...(description !== undefined && { error_description: description }),
+        ...(uri !== undefined && { error_uri: uri }),
         status: err.status,
         ...retry,
       },
@@ -108,10 +110,12 @@ export function toTokenwardenError(
     const params = err.cause[0]?.parameters ?? {};
     const error = text(params.error ?? 'invalid_client', 64);
     const description = params.error_description === undefined ? undefined : text(params.error_description);
+    const uri = uriOf(params.error_uri, r);
     return new TokenwardenError('ERR_OAUTH', `${what} failed: the server answered ${err.status} ${error}`, {
       cause: scrub(err, r),
       error,
       ...(description !== undefined && { error_description: description }),
+      ...(uri !== undefined && { error_uri: uri }),
       status: err.status,
       ...retry,
     });
@@ -178,6 +182,14 @@ export function toTokenwardenError(
  * Scrubs a cause: the Response it references is dropped, every string in it (own properties, nested
  * objects, its own cause) loses the secrets, and passwords in URLs.
  */
+/**
+ * A server's `error_uri`, unless it holds a secret (a server echoing the request into it): a URL is not cut
+ * or masked into something else, so one that would need it is dropped (the constructor checks the rest).
+ */
+function uriOf(value: unknown, r: Redactor): string | undefined {
+  return typeof value === 'string' && !r.contains(value) && redactUrlCredentials(value) === value ? value : undefined;
+}
+
 function scrub(err: unknown, r: Redactor): unknown {
   if (!(err instanceof Error)) return r.redactValue(err);
   if ((err as { response?: unknown }).response !== undefined) {
@@ -204,13 +216,14 @@ function scrubUrls(err: unknown, depth: number): void {
 /** A TokenwardenError that passed through: rebuilt with its texts scrubbed when they hold a secret. */
 function rebuildIfLeaking(err: TokenwardenError, r: Redactor): TokenwardenError {
   if (r.isEmpty) return err;
-  const texts = [err.message, err.error ?? '', err.error_description ?? ''];
+  const texts = [err.message, err.error ?? '', err.error_description ?? '', err.error_uri ?? ''];
   if (err.cause !== undefined) scrub(err.cause, r);
   if (!texts.some((t) => r.contains(t))) return err;
   const rebuilt = new TokenwardenError(err.code, r.redact(err.message), {
     cause: err.cause,
     ...(err.error !== undefined && { error: r.redact(err.error) }),
     ...(err.error_description !== undefined && { error_description: r.redact(err.error_description) }),
+    ...(err.error_uri !== undefined && !r.contains(err.error_uri) && { error_uri: err.error_uri }),
     ...(err.status !== undefined && { status: err.status }),
     ...(err.retryAfterMs !== undefined && { retryAfterMs: err.retryAfterMs }),
   });
