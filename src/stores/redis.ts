@@ -27,6 +27,7 @@ import {
   checkTtl,
   checkVersion,
   closedError,
+  inWords,
   pollDelay,
   storeError,
   throwIfAborted,
@@ -294,7 +295,7 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
     this.#check();
     checkKey(key);
     const connection = await this.#usable();
-    await bounded(() => connection.call('DEL', this.#entryKey(key)), this.#timeoutMs, 'redis delete');
+    await redisBounded(() => connection.call('DEL', this.#entryKey(key)), this.#timeoutMs, 'redis delete');
   }
 
   async lock(key: string, options: LockOptions): Promise<StoreLock | undefined> {
@@ -310,7 +311,7 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
       const connection = await this.#usable();
       let reply: unknown;
       try {
-        reply = await bounded(
+        reply = await redisBounded(
           () => connection.call('SET', lockKey, owner, 'PX', ttlMs, 'NX'),
           this.#timeoutMs,
           'redis lock',
@@ -408,9 +409,8 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
     try {
       return await bounded(() => connection.call('EVALSHA', SHAS[name], 1, key, ...args), this.#timeoutMs, what);
     } catch (err) {
-      const cause = (err as { cause?: unknown }).cause;
-      if (!(cause instanceof Error && cause.message.startsWith('NOSCRIPT'))) throw err;
-      return bounded(() => connection.call('EVAL', SCRIPTS[name], 1, key, ...args), this.#timeoutMs, what);
+      if (replyCode((err as { cause?: unknown }).cause) !== 'NOSCRIPT') throw inWords(err, REPLIES, replyCode);
+      return redisBounded(() => connection.call('EVAL', SCRIPTS[name], 1, key, ...args), this.#timeoutMs, what);
     }
   }
 
@@ -432,13 +432,13 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
       this.#readiness ??= whenReady(connection).finally(() => {
         this.#readiness = undefined;
       });
-      await bounded(() => this.#readiness as Promise<void>, this.#timeoutMs, 'redis connect');
+      await redisBounded(() => this.#readiness as Promise<void>, this.#timeoutMs, 'redis connect');
     }
     this.#identity ??= this.#identify(connection).catch((err: unknown) => {
       this.#identity = undefined;
       throw err;
     });
-    await bounded(() => this.#identity as Promise<void>, this.#timeoutMs, 'redis connect');
+    await redisBounded(() => this.#identity as Promise<void>, this.#timeoutMs, 'redis connect');
     return connection;
   }
 
@@ -599,6 +599,41 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
   }
 }
 
+/**
+ * What an operator should know about the error replies a store meets in service (the reply's own text is never
+ * shown: it may quote a key or a script).
+ */
+const REPLIES: ReadonlyMap<string, string> = new Map(
+  Object.entries({
+    READONLY: 'the server is a read-only replica: point the store at the master (a failover not followed?)',
+    LOADING: 'the server is loading its data after a restart',
+    OOM: 'the server is out of memory (maxmemory with noeviction) and refuses writes',
+    MISCONF: 'the server cannot save to disk and refuses writes (stop-writes-on-bgsave-error)',
+    NOAUTH: 'the server requires a password',
+    WRONGPASS: 'wrong user name or password, or the user is disabled',
+    NOPERM:
+      "the user's ACL refuses a command or key the store needs (GET, SET, DEL, EVAL, EVALSHA, PUBLISH, SUBSCRIBE on its prefix)",
+    MASTERDOWN: 'the replica has lost its master',
+    CLUSTERDOWN: 'the cluster is down',
+    TRYAGAIN: 'the cluster is resharding this slot',
+    BUSY: 'the server is busy running a script',
+  }),
+);
+
+/** The prefix of a Redis error reply (`READONLY`, `NOPERM`…), or undefined for anything that is not one. */
+function replyCode(err: unknown): string | undefined {
+  const e = err as { name?: unknown; message?: unknown } | null;
+  if (e?.name !== 'ReplyError' || typeof e.message !== 'string') return undefined;
+  return /^([A-Z]{2,16})\b/.exec(e.message)?.[1];
+}
+
+/** {@link bounded}, with an error reply said in words (`redis set failed (READONLY): the server is a read-only…`). */
+async function redisBounded<T>(operation: () => Promise<T>, ms: number, what: string): Promise<T> {
+  return bounded(operation, ms, what).catch((err: unknown) => {
+    throw inWords(err, REPLIES, replyCode);
+  });
+}
+
 /** A node of a cluster, as ioredis hands it out. */
 interface NodeConnection {
   readonly options: { host?: string; port?: number };
@@ -634,9 +669,15 @@ async function askServer(
   server: string,
   connection: { call(command: string, ...args: string[]): Promise<unknown> },
 ): Promise<ServerInfo> {
+  // A server that refuses INFO (an ACL user with `-@dangerous`, a proxy that does not pass it) is not identified
+  // by its run id: the store's epoch still tells an emptied store (see `reset`).
+  const refused = (err: unknown): string => {
+    if (replyCode(err) === undefined) throw err;
+    return '';
+  };
   const [info, memory] = await Promise.all([
-    connection.call('INFO', 'server'),
-    connection.call('INFO', 'memory').then(String, () => ''),
+    connection.call('INFO', 'server').then(String, refused),
+    connection.call('INFO', 'memory').then(String, refused),
   ]);
   const limit = infoField(memory, 'maxmemory');
   return {

@@ -90,20 +90,27 @@ export function storeError(err: unknown, what: string): TokenwardenError {
 }
 
 /**
- * A store error whose driver code (an errno, a SQLSTATE) an operator acts on, with that said in words after
- * the message (`… failed (ENOSPC): the disk is full`). The driver's own message is never shown (it may name a
- * file or a value). Anything else is returned as it is.
+ * A store error whose driver code (an errno, a SQLSTATE, a Redis error reply's prefix: `codeOf` reads it from
+ * the driver's error) an operator acts on, with that said in words after the message (`… failed (ENOSPC): the
+ * disk is full`). The driver's own message is never shown (it may name a file or a value). Anything else is
+ * returned as it is.
  *
  * @example
  * ```ts
  * throw inWords(err, new Map([['ENOSPC', 'the disk is full']]));
  * ```
  */
-export function inWords(err: unknown, words: ReadonlyMap<string, string>): unknown {
+export function inWords(
+  err: unknown,
+  words: ReadonlyMap<string, string>,
+  codeOf: (cause: unknown) => unknown = (cause) => (cause as { code?: unknown } | undefined)?.code,
+): unknown {
   if (!isTokenwardenError(err)) return err;
-  const code = (err.cause as { code?: unknown } | undefined)?.code;
+  const code = codeOf(err.cause);
   const said = typeof code === 'string' ? words.get(code) : undefined;
-  return said === undefined ? err : new TokenwardenError(err.code, `${err.message}: ${said}`, { cause: err.cause });
+  if (said === undefined || err.message.endsWith(said)) return err;
+  const named = err.message.endsWith(`(${code})`) ? err.message : `${err.message} (${code})`;
+  return new TokenwardenError(err.code, `${named}: ${said}`, { cause: err.cause });
 }
 
 /** A driver's own time limit (ioredis `commandTimeout`, pg `query_timeout` and `connectionTimeoutMillis`). */

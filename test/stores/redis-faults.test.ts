@@ -8,6 +8,7 @@ import { randomUUID } from 'node:crypto';
 import { Cluster, Redis } from 'ioredis';
 import { afterAll, describe, expect, it, onTestFinished } from 'vitest';
 import { ManualClock } from '../../src/clock.js';
+import type { TokenwardenError } from '../../src/errors.js';
 import { SETTLE_MS } from '../../src/fleet/fleet.js';
 import { TokenManager } from '../../src/manager.js';
 import { RedisStore } from '../../src/stores/redis.js';
@@ -139,6 +140,67 @@ describe.skipIf(skipWithout('redis-server', hasRedisServer))('RedisStore when it
       await redis.close();
     }
   }, 30_000);
+});
+
+describe.skipIf(skipWithout('redis-server', hasRedisServer))('RedisStore under ACLs and error replies', () => {
+  it('an ACL user without INFO (+@all -@dangerous, a common hardening) uses the store; an emptied store is still a reset', async () => {
+    const redis = await startPrivateRedis();
+    await redis.cli('ACL', 'SETUSER', 'app', 'on', '>app-password', '~*', '&*', '+@all', '-@dangerous');
+    const store = new RedisStore({ url: `redis://app:app-password@127.0.0.1:${redis.port}`, prefix: 'acl:' });
+    onTestFinished(async () => {
+      await store.close();
+      await redis.close();
+    });
+    let resets = 0;
+    store.on('reset', () => resets++);
+    expect(await store.set('k', 'v')).toBeGreaterThan(0);
+    expect((await store.get('k'))?.value).toBe('v');
+    const lock = await store.lock('k', { ttlMs: 5_000, waitMs: 0 });
+    expect(await lock?.renew?.()).toBe(true);
+    await lock?.release();
+    expect(resets).toBe(0);
+    await redis.cli('FLUSHALL');
+    expect(await store.get('k')).toBeUndefined();
+    expect(resets).toBe(1);
+  });
+
+  it('error replies are said in words, never quoted: WRONGPASS (no password shown), NOPERM, READONLY (a replica)', async () => {
+    const redis = await startPrivateRedis();
+    await redis.cli('ACL', 'SETUSER', 'reader', 'on', '>reader-password', '~*', '&*', '+@all', '-eval', '-evalsha');
+    const stores = [
+      new RedisStore({ url: `redis://app:not-the-password@127.0.0.1:${redis.port}`, prefix: 'e:', timeout: 1000 }),
+      new RedisStore({ url: `redis://reader:reader-password@127.0.0.1:${redis.port}`, prefix: 'e:' }),
+      new RedisStore({ url: redis.url, prefix: 'e:' }),
+    ] as const;
+    onTestFinished(async () => {
+      await Promise.all(stores.map((s) => s.close()));
+      await redis.close();
+    });
+    const failure = (p: Promise<unknown>) =>
+      p.then(
+        () => undefined,
+        (e: unknown) => e as TokenwardenError,
+      );
+    const [wrong, noEval, master] = stores;
+    const denied = await failure(wrong.set('k', 'v'));
+    expect(denied).toMatchObject({
+      code: 'ERR_STORE',
+      message: expect.stringMatching(/\(WRONGPASS\): wrong user name or password/),
+    });
+    expect(String(denied?.message)).not.toContain('not-the-password');
+    expect(await failure(noEval.set('k', 'v'))).toMatchObject({
+      code: 'ERR_STORE',
+      message: expect.stringMatching(/\(NOPERM\): the user's ACL refuses a command or key the store needs/),
+    });
+    await master.set('k', 'v');
+    await redis.cli('REPLICAOF', '127.0.0.1', '1'); // a master that became a replica (of a server that is gone)
+    const refused = await failure(master.set('k', 'w'));
+    expect(refused).toMatchObject({
+      code: 'ERR_STORE',
+      message: expect.stringMatching(/\(READONLY\): the server is a read-only replica/),
+    });
+    expect(String(refused?.message)).not.toMatch(/script|You can't/);
+  });
 });
 
 describe.skipIf(skipWithout('redis-server', hasRedisServer))('RedisStore on a Redis that evicts keys', () => {
