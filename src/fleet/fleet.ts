@@ -270,10 +270,14 @@ export class Fleet<S> {
   async run(attempt: Attempt<S>): Promise<void> {
     const budget = new Budget(this.#o.storeTimeoutMs);
     // 1. Another process may already have done it: read first.
-    const first = await this.#read(attempt, budget);
+    let first = await this.#read(attempt, budget);
     if (first.ok) await this.#reconcile(attempt, first, budget);
     if (attempt.satisfied()) return;
     if (!first.ok) return this.#withoutStore(attempt, first.error, budget);
+    if (first.record === undefined && this.#o.lineage.placeholder === undefined) {
+      first = await this.#afterReset(attempt, first);
+      if (attempt.satisfied()) return;
+    }
     attempt.precheck?.();
 
     // 2. The lock, then 3. re-read under it: the previous holder may have just rotated the refresh token.
@@ -448,6 +452,25 @@ export class Fleet<S> {
     } else if (held.seq > stored.seq && this.#o.lineage.precious(held.state)) {
       await this.#writeBackHeld(slot, pending?.value ?? held, record.version, budget);
     }
+  }
+
+  /**
+   * Right after a store reset, an entry missing here (and held nowhere in this process) may be one that another
+   * process holds and is writing back — it hears of the reset within the store's generation watch. Where
+   * nothing is ever spent from configuration (`UserTokens`: a missing record means "sign in again"), the
+   * attempt waits for the settle and reads once more rather than report the subject signed out.
+   */
+  async #afterReset(attempt: Attempt<S>, read: Read<S> & { ok: true }): Promise<Read<S> & { ok: true }> {
+    const wait = this.#settleUntil - this.#o.clock.now();
+    if (wait <= 0) return read;
+    const clock = this.#o.clock === systemClock ? waitClock : this.#o.clock;
+    await sleep(clock, wait, this.#o.closing).catch(() => undefined);
+    this.#checkOpen();
+    const budget = new Budget(this.#o.storeTimeoutMs);
+    const again = await this.#read(attempt, budget);
+    if (!again.ok) return read;
+    await this.#reconcile(attempt, again, budget);
+    return again;
   }
 
   /** Writes a state this process holds over an older (or missing) entry, marked as restored from memory. */

@@ -10,6 +10,9 @@
  *   initial refresh token: `invalid_grant`, and the server revoked the grant under the running process too.
  *   Now the running process — which serves from memory and never reads the store — learns of it within the
  *   store's watch, writes back what it holds, and the newcomer takes that instead of spending anything.
+ * - The same for `UserTokens`: a user who asks another process right after the `FLUSHALL` got
+ *   `ERR_LOGIN_REQUIRED` (signed out) although the process holding them was about to write them back; now the
+ *   asking process waits for the settle and finds the record.
  * - The process that just spent cut off from Redis (a network partition) for longer than its lock lease: the
  *   new refresh token is pending there, its lease runs out, and the moment the partition heals another
  *   process takes the lock. Before `StoreLock.takenOver`, it re-read the store (still the spent refresh token)
@@ -27,6 +30,7 @@ import { TokenManager, type TokenManagerOptions, type TokenSource, type TokenSto
 import { PostgresStore } from '../../src/postgres.js';
 import { RedisStore } from '../../src/redis.js';
 import { FileStore } from '../../src/stores/file.js';
+import { usersFor } from '../users/helpers.js';
 import { afterNextTokenResponse, appRefreshToken } from '../support/app-client.js';
 import { type TestAuthorizationServer, startAuthorizationServer } from '../support/authorization-server.js';
 import { hasRedisServer, skipWithout, sleep, startPrivateRedis } from '../support/private-servers.js';
@@ -136,6 +140,36 @@ describe('a store emptied under a running fleet, then a newcomer with the initia
         for (const name of await readdir(dir)) await rm(join(dir, name), { force: true });
       },
     });
+  }, 30_000);
+});
+
+describe.skipIf(skipWithout('redis-server', hasRedisServer))('UserTokens on a store emptied by FLUSHALL', () => {
+  it('a user who asks another process right then is not signed out: it waits for the write-back of the one holding them', async () => {
+    const redis = await startPrivateRedis();
+    onTestFinished(() => redis.close());
+    const storeA = new RedisStore({ url: redis.url, prefix: 'users:' });
+    const storeB = new RedisStore({ url: redis.url, prefix: 'users:' });
+    const holder = usersFor(as, { store: storeA });
+    const other = usersFor(as, { store: storeB });
+    onTestFinished(async () => {
+      await holder.close();
+      await other.close();
+      await storeA.close();
+      await storeB.close();
+    });
+    const [aliceSub, bobSub] = [`alice-${randomUUID()}`, `bob-${randomUUID()}`];
+    const alice = await as.login(aliceSub);
+    const bob = await as.login(bobSub);
+    await holder.save(aliceSub, alice);
+    await holder.save(bobSub, bob);
+    expect((await other.getAccessToken(bobSub)).accessToken).toBe(bob['access_token']); // other knows the store
+
+    await redis.cli('FLUSHALL');
+    const asked = Date.now();
+    // Alice's record is gone from Redis; only the holder's memory has it, and it writes it back within its watch.
+    expect((await other.getAccessToken(aliceSub)).accessToken).toBe(alice['access_token']);
+    expect(Date.now() - asked).toBeLessThan(5_000);
+    expect(as.counts.errors['invalid_grant'] ?? 0).toBe(0);
   }, 30_000);
 });
 

@@ -203,15 +203,15 @@ describe.skipIf(skipWithout('the PostgreSQL server binaries', pgBin !== undefine
   describe.skipIf(skipWithout('pgbouncer', hasPgBouncer))('behind a PgBouncer repointed to another server', () => {
     it('a RELOAD onto another server (a failover runbook) while the store keeps its connections open: reset within the watch', async () => {
       const other = await startPrivatePostgres();
+      onTestFinished(() => other.close());
       const bouncer = await startPgBouncer(server.port, 'transaction');
+      onTestFinished(() => bouncer.close());
       const table = `t_${id()}`;
       const store = new PostgresStore({ connectionString: bouncer.url, table });
       const promoted = new pg.Client({ connectionString: other.url });
       onTestFinished(async () => {
         await store.close();
         await promoted.end().catch(() => undefined);
-        await bouncer.close();
-        await other.close();
       });
       const resets: number[] = [];
       store.on('reset', () => resets.push(Date.now()));
