@@ -463,13 +463,18 @@ export class Fleet<S> {
   async #afterReset(attempt: Attempt<S>, read: Read<S> & { ok: true }): Promise<Read<S> & { ok: true }> {
     const wait = this.#settleUntil - this.#o.clock.now();
     if (wait <= 0) return read;
+    const again = await this.#rereadAfter(attempt, wait);
+    return again.ok ? again : read;
+  }
+
+  /** Waits `ms` (closing cuts it short), then reads the key again and reconciles. */
+  async #rereadAfter(attempt: Attempt<S>, ms: number): Promise<Read<S>> {
     const clock = this.#o.clock === systemClock ? waitClock : this.#o.clock;
-    await sleep(clock, wait, this.#o.closing).catch(() => undefined);
+    await sleep(clock, ms, this.#o.closing).catch(() => undefined);
     this.#checkOpen();
     const budget = new Budget(this.#o.storeTimeoutMs);
     const again = await this.#read(attempt, budget);
-    if (!again.ok) return read;
-    await this.#reconcile(attempt, again, budget);
+    if (again.ok) await this.#reconcile(attempt, again, budget);
     return again;
   }
 
@@ -537,12 +542,8 @@ export class Fleet<S> {
       until = Math.max(until, now + SETTLE_MS);
     }
     if (now >= until) return current;
-    const clock = this.#o.clock === systemClock ? waitClock : this.#o.clock;
-    await sleep(clock, until - now, this.#o.closing).catch(() => undefined);
-    this.#checkOpen();
-    const again = await this.#read(attempt, new Budget(this.#o.storeTimeoutMs));
+    const again = await this.#rereadAfter(attempt, until - now);
     if (!again.ok) throw again.error;
-    await this.#reconcile(attempt, again, budget);
     return again;
   }
 
