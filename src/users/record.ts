@@ -35,7 +35,7 @@ export interface UserRecord {
   /** New on every `save()` (a login); lets a refresh that raced a new login tell the two apart. */
   session: string;
   refreshToken?: string;
-  /** When the refresh token expires, if the server said (`refresh_expires_in`). */
+  /** When the refresh token expires, if the server said (`refresh_expires_in`, `refresh_token_expires_in`). */
   refreshExpiresAt?: number;
   idToken?: string;
   /** Claims merged from UserInfo; absent when the claims are the ID token's (see {@link recordClaims}). */
@@ -366,12 +366,16 @@ export function accessEntry(want: Spec, token: Token, requestedScope: readonly s
   return { spec: storedSpec(want), token: stored };
 }
 
-/** `refresh_expires_in` (seconds) from `issuedAt`, when the server said. */
+/**
+ * When the refresh token expires, from `issuedAt`, when the server said: `refresh_expires_in` (Keycloak) or
+ * `refresh_token_expires_in` (Microsoft Entra ID, GitHub Apps), in seconds. `0` (Keycloak's offline tokens) or
+ * anything that is not a positive number says nothing.
+ */
 export function refreshExpiry(
   json: Readonly<Record<string, unknown>>,
   issuedAt: number,
 ): { refreshExpiresAt?: number } {
-  const value = json['refresh_expires_in'];
+  const value = json['refresh_expires_in'] ?? json['refresh_token_expires_in'];
   const seconds = typeof value === 'string' ? Number(value) : value;
   return typeof seconds === 'number' && Number.isFinite(seconds) && seconds > 0
     ? { refreshExpiresAt: issuedAt + seconds * 1000 }

@@ -415,6 +415,28 @@ describe('UserTokens', () => {
     await small.close();
   });
 
+  it("a refresh token's own lifetime (Keycloak refresh_expires_in; Entra ID, GitHub Apps refresh_token_expires_in) is kept: expired, it is not spent; 0 is no limit", async () => {
+    const cases = [
+      ['refresh_expires_in', 1, 'ERR_LOGIN_REQUIRED'],
+      ['refresh_token_expires_in', '1', 'ERR_LOGIN_REQUIRED'],
+      ['refresh_expires_in', 0, 'refreshed'], // Keycloak's offline tokens
+    ] as const;
+    await Promise.all(
+      cases.map(async ([field, seconds, expected], n) => {
+        const sub = `rx-${n}`;
+        const json = { ...(await as.login(sub)), [field]: seconds };
+        await users.save(sub, json);
+        await untilExpired(json['access_token'] as string); // and past the refresh token's second
+        const outcome = await users.getAccessToken(sub).then(
+          (t) => (t.accessToken !== json['access_token'] ? 'refreshed' : 'served the old one'),
+          (e: TokenwardenError) => e.code,
+        );
+        expect(outcome, field).toBe(expected);
+      }),
+    );
+    expect(as.counts.errors['invalid_grant'] ?? 0).toBe(0);
+  });
+
   it('delete() forgets without calling the server', async () => {
     const json = await as.login('ivan');
     await users.save('ivan', json);
