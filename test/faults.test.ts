@@ -338,6 +338,15 @@ describe('answers of authorization servers other than oidc-provider (RFC 6749 §
     }
   });
 
+  it('an answer nested deeper than the stack (100 000 arrays) → ERR_INVALID_RESPONSE, not a network error', async () => {
+    const deep = `${'['.repeat(100_000)}${']'.repeat(100_000)}`;
+    answer(200, JSON_TYPE, `{"access_token":"${LEAKED_TOKEN}","token_type":"bearer","x":${deep}}`);
+    expect(await failure()).toMatchObject({
+      code: 'ERR_INVALID_RESPONSE',
+      message: expect.stringMatching(/nested too deeply/),
+    });
+  });
+
   it('an OAuth error body served as text/plain or without a content type → ERR_OAUTH', async () => {
     const body = JSON.stringify({ error: 'invalid_grant', error_description: 'expired' });
     for (const headers of [{ 'content-type': 'text/plain;charset=UTF-8' }, {}] as Record<string, string>[]) {
@@ -427,5 +436,129 @@ describe('secrets stay out of what can be printed', () => {
     const manager = new TokenManager({ source: s });
     expect(inspect(manager, { depth: 10 })).not.toContain(SECRET);
     void manager.close();
+  });
+});
+
+describe('hostile discovery documents (issuer configured, the metadata served by a faulty server)', () => {
+  const tokenOk = (res: Parameters<typeof json>[0]) =>
+    json(res, 200, { access_token: 'a', token_type: 'bearer', expires_in: 60 });
+  let n = 0;
+  /** A client for an issuer of its own on the fault server (discovery is cached per issuer). */
+  const discover = async (metadata: (issuer: string) => Parameters<typeof server.handle>[0]) => {
+    const issuer = `${server.url}/issuer-${n++}`;
+    server.handle(metadata(issuer));
+    const err = await clientCredentials({
+      issuer,
+      clientId: 'svc',
+      clientSecret: SECRET,
+      allowInsecureRequests: true,
+      timeout: '500ms',
+    })
+      .fetchToken({})
+      .then(
+        () => undefined,
+        (e: unknown) => e as TokenwardenError,
+      );
+    expect(err).toBeInstanceOf(TokenwardenError);
+    const everything = [err?.message, JSON.stringify(err), inspect(err, { depth: 10 })].join('\n');
+    expect(everything).not.toContain(SECRET);
+    expect(everything).not.toContain(LEAKED_TOKEN);
+    return err as TokenwardenError;
+  };
+  const metadataThen =
+    (doc: (issuer: string) => unknown) =>
+    (issuer: string): Parameters<typeof server.handle>[0] =>
+    (req, res) =>
+      req.url?.includes('/.well-known/') ? json(res, 200, doc(issuer)) : tokenOk(res);
+  const raw =
+    (status: number, type: string, body: (issuer: string) => string) =>
+    (issuer: string): Parameters<typeof server.handle>[0] =>
+    (_req, res) => {
+      res.writeHead(status, { 'content-type': type });
+      res.end(body(issuer));
+    };
+
+  it('each is a coded error, never a token request to a place the metadata made up, never a crash', async () => {
+    const cases: [string, (issuer: string) => Parameters<typeof server.handle>[0], string][] = [
+      [
+        'another issuer (mix-up)',
+        metadataThen((i) => ({ issuer: 'https://as.evil.example', token_endpoint: `${i}/token` })),
+        'ERR_DISCOVERY',
+      ],
+      [
+        'the issuer with a trailing slash',
+        metadataThen((i) => ({ issuer: `${i}/`, token_endpoint: `${i}/token` })),
+        'ERR_DISCOVERY',
+      ],
+      ['no token_endpoint', metadataThen((i) => ({ issuer: i })), 'ERR_DISCOVERY'],
+      ['token_endpoint a number', metadataThen((i) => ({ issuer: i, token_endpoint: 5 })), 'ERR_DISCOVERY'],
+      ['token_endpoint relative', metadataThen((i) => ({ issuer: i, token_endpoint: '/token' })), 'ERR_DISCOVERY'],
+      [
+        'token_endpoint javascript:',
+        metadataThen((i) => ({ issuer: i, token_endpoint: 'javascript:alert(1)' })),
+        'ERR_INSECURE_ISSUER',
+      ],
+      [
+        'token_endpoint file:',
+        metadataThen((i) => ({ issuer: i, token_endpoint: 'file:///etc/passwd' })),
+        'ERR_INSECURE_ISSUER',
+      ],
+      ['an array', metadataThen(() => [1, 2]), 'ERR_INVALID_RESPONSE'],
+      ['null', raw(200, 'application/json', () => 'null'), 'ERR_INVALID_RESPONSE'],
+      ['truncated JSON', raw(200, 'application/json', () => '{"issuer": '), 'ERR_INVALID_RESPONSE'],
+      ['an HTML page with 200', raw(200, 'text/html', () => `<html>${LEAKED_TOKEN}</html>`), 'ERR_INVALID_RESPONSE'],
+      ['404', raw(404, 'application/json', () => '{"error":"not_found"}'), 'ERR_HTTP_STATUS'],
+      ['a 500 page', raw(500, 'text/html', () => `<b>${LEAKED_TOKEN}</b>`), 'ERR_HTTP_STATUS'],
+      [
+        'a redirect elsewhere (not followed)',
+        (_i) => (_req, res) => {
+          res.writeHead(302, { location: 'http://127.0.0.1:1/x' });
+          res.end();
+        },
+        'ERR_HTTP_STATUS',
+      ],
+      [
+        '5 MB',
+        raw(200, 'application/json', (i) =>
+          JSON.stringify({ issuer: i, token_endpoint: `${i}/token`, x: 'a'.repeat(5_000_000) }),
+        ),
+        'ERR_RESPONSE_TOO_LARGE',
+      ],
+      [
+        'a body that never ends',
+        (_i) => (_req, res) => {
+          res.writeHead(200, { 'content-type': 'application/json' });
+          res.write('{');
+        },
+        'ERR_TIMEOUT',
+      ],
+      [
+        'a connection reset',
+        (_i) => (req) => {
+          req.socket.destroy();
+        },
+        'ERR_NETWORK',
+      ],
+    ];
+    // Metadata nested 100 000 deep beside valid members is read (V8 parses it) and the junk ignored.
+    const deep = `${'['.repeat(100_000)}${']'.repeat(100_000)}`;
+    const issuer = `${server.url}/issuer-${n++}`;
+    server.handle((req, res) => {
+      if (!req.url?.includes('/.well-known/')) return tokenOk(res);
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(`{"issuer":"${issuer}","token_endpoint":"${issuer}/token","x":${deep}}`);
+    });
+    const source = clientCredentials({ issuer, clientId: 'svc', clientSecret: SECRET, allowInsecureRequests: true });
+    expect((await source.fetchToken({})).accessToken).toBe('a');
+
+    for (const [name, metadata, code] of cases) {
+      const tokenRequests = server.requests.filter((r) => r.path.endsWith('/token')).length;
+      const err = await discover(metadata);
+      expect(err.code, name).toBe(code);
+      if (code !== 'ERR_DISCOVERY' || !name.startsWith('token_endpoint')) {
+        // Nothing was sent to a token endpoint the metadata did not validly name.
+        expect(server.requests.filter((r) => r.path.endsWith('/token')).length, name).toBe(tokenRequests);
+      }
+    }
   });
 });

@@ -284,7 +284,7 @@ function introspectionError(err: unknown, where: string, secrets: readonly strin
     if (err.code === oauth.HTTP_REQUEST_FORBIDDEN || err.code === oauth.REQUEST_PROTOCOL_FORBIDDEN) {
       return new TokenwardenError(
         'ERR_INSECURE_ISSUER',
-        `${failed}: only https: URLs are allowed (set allowInsecureRequests: true for local development)`,
+        `${failed}: only https: URLs are allowed (http: too with allowInsecureRequests: true, for local development)`,
       );
     }
   }

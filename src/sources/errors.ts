@@ -144,7 +144,7 @@ export function toTokenwardenError(
       case oauth.REQUEST_PROTOCOL_FORBIDDEN:
         return new TokenwardenError(
           'ERR_INSECURE_ISSUER',
-          `${what} refused: only https: URLs are allowed (set allowInsecureRequests: true for local development)`,
+          `${what} refused: only https: URLs are allowed (http: too with allowInsecureRequests: true, for local development)`,
           { cause: scrub(sanitizeResponseCause(err), r) },
         );
       case oauth.MISSING_SERVER_METADATA:
@@ -166,6 +166,14 @@ export function toTokenwardenError(
     }
     return new TokenwardenError('ERR_INVALID_RESPONSE', `${what} failed: ${text(err.message)}`, {
       cause: scrub(sanitizeResponseCause(err), r),
+      ...retry,
+    });
+  }
+  if (err instanceof RangeError) {
+    // JSON.parse of an answer nested deeper than the stack (V8 gives up with a RangeError): the answer is at
+    // fault, not the network.
+    return new TokenwardenError('ERR_INVALID_RESPONSE', `${what} failed: the answer is JSON nested too deeply`, {
+      cause: scrub(err, r),
       ...retry,
     });
   }
