@@ -376,7 +376,13 @@ export class KeySets {
       if (typeof metadata.jwks_uri !== 'string') {
         throw new TokenwardenError('ERR_DISCOVERY', 'the issuer metadata has no jwks_uri');
       }
-      return checkUrl(metadata.jwks_uri, 'jwks_uri', this.#upstreams.options.allowInsecureRequests);
+      try {
+        return checkUrl(metadata.jwks_uri, 'jwks_uri', this.#upstreams.options.allowInsecureRequests);
+      } catch (err) {
+        // The server's metadata is at fault, not this process's configuration (an http: one stays insecure).
+        if (!isTokenwardenError(err, 'ERR_CONFIG')) throw err;
+        throw new TokenwardenError('ERR_DISCOVERY', `the issuer metadata's ${err.message}`, { cause: err });
+      }
     });
   }
 

@@ -233,3 +233,23 @@ describe('issuers are compared exactly (RFC 9068 ยง4, OpenID Connect Discovery ย
     expect(loose.health().lastError).toMatchObject({ code: expect.stringMatching(/^ERR_/) });
   });
 });
+
+describe('metadata whose jwks_uri is not usable', () => {
+  it('missing, not a string, relative, javascript: or file:: ERR_DISCOVERY from ready(), and tokens 503 (never 401)', async () => {
+    server = await startFaultServer();
+    const url = server.url;
+    const token = `eyJhbGciOiJSUzI1NiIsImtpZCI6ImsifQ.eyJpc3MiOiJ4In0.${'a'.repeat(342)}`;
+    let n = 0;
+    for (const jwksUri of [undefined, 5, '/jwks', 'javascript:alert(1)', 'file:///etc/passwd']) {
+      const issuer = `${url}/issuer-${n++}`;
+      server.handle((_req, res) => {
+        res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ issuer, jwks_uri: jwksUri }));
+      });
+      const verify = createVerifier({ issuer, audience: AUDIENCE, allowInsecureRequests: true });
+      await expect(verify.ready(), String(jwksUri)).rejects.toMatchObject({ code: 'ERR_DISCOVERY' });
+      const result = await verify(token);
+      expect(result.ok).toBe(false);
+      expect(result.ok ? undefined : result.failure.status, String(jwksUri)).toBe(503);
+    }
+  });
+});
