@@ -165,11 +165,12 @@ export class FileStore extends EventEmitter<StoreEvents> implements TokenStore {
     checkKey(key);
     // The generation marker after the entry: an entry missing because the directory was emptied is a `reset`.
     const { entry, marker } = await fsBounded(
-      async () => {
+      async (): Promise<{ entry: Entry | undefined; marker: string | undefined | null }> => {
+        // No directory: nothing stored, and the generation gone (a directory removed under the store).
         if (!(await this.#ensureDir(false))) return { entry: undefined, marker: undefined };
         const read = await this.#read(key);
         // A read works on a read-only disk: a marker that cannot be written there is unknown, not an error.
-        return { entry: read, marker: await this.#marker().catch(() => undefined) };
+        return { entry: read, marker: await this.#marker().catch(() => null) };
       },
       this.#timeoutMs,
       'file store get',

@@ -230,8 +230,8 @@ export class PostgresStore extends EventEmitter<StoreEvents> implements TokenSto
       else row = r;
     }
     // Reads work on a read-only database: a marker that cannot be written there is unknown, not an error.
-    marker ??= await this.#marker().catch(() => undefined);
-    if (this.#generation.changed(marker)) this.emit('reset');
+    const seen = marker ?? (await this.#marker().catch(() => null));
+    if (this.#generation.changed(seen)) this.emit('reset');
     if (row === undefined) return undefined;
     const value = decodeOrMiss(this.#codec, key, row.value, (event) => this.emit('corrupt', event));
     return value === undefined ? undefined : { value, version: Number(row.version) };

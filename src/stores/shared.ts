@@ -257,9 +257,12 @@ export class Generation {
 
   /**
    * Takes a marker the store just read: whether it differs from the one known (the namespace was emptied
-   * since, or the store now reaches another server's data). The store emits `reset` when it does.
+   * since, or the store now reaches another server's data). The store emits `reset` when it does. `undefined`:
+   * the namespace is gone (a removed directory); `null`: the marker could not be read or written this time (a
+   * read-only disk, a transient error) — nothing is learnt, nothing reported.
    */
-  changed(marker: string | undefined): boolean {
+  changed(marker: string | undefined | null): boolean {
+    if (marker === null) return false;
     this.#lookedAt = Date.now();
     const changed = this.#known !== undefined && marker !== this.#known;
     this.#known = marker;

@@ -135,4 +135,22 @@ describe('FileStore on disk', () => {
     for (const name of Object.values(kept)) expect(left).toContain(name);
     await store.close();
   });
+
+  it('a generation marker it cannot trust or read this time (writable by others) is no reset, and reads go on', async () => {
+    const path = join(root, 'marker');
+    const store = new FileStore({ path });
+    let resets = 0;
+    store.on('reset', () => resets++);
+    await store.set('k', 'v');
+    expect((await store.get('k'))?.value).toBe('v'); // the marker is made and learnt
+    await chmod(join(path, 'generation'), 0o666);
+    expect((await store.get('k'))?.value).toBe('v');
+    await chmod(join(path, 'generation'), 0o600);
+    expect((await store.get('k'))?.value).toBe('v');
+    expect(resets).toBe(0);
+    await rm(join(path, 'generation'));
+    expect((await store.get('k'))?.value).toBe('v');
+    expect(resets).toBe(1); // gone is gone
+    await store.close();
+  });
 });
