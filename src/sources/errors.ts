@@ -154,11 +154,10 @@ export function toTokenwardenError(
         });
       case oauth.JSON_ATTRIBUTE_COMPARISON:
         if (what === 'discovery') {
-          return new TokenwardenError(
-            'ERR_DISCOVERY',
-            'discovery failed: the metadata names a different issuer than the one configured',
-            { cause: scrub(sanitizeCause(err), r) },
-          );
+          const named = (cause as { body?: { issuer?: unknown } } | undefined)?.body?.issuer;
+          return new TokenwardenError('ERR_DISCOVERY', `discovery failed: ${issuerNamed(named, text)}`, {
+            cause: scrub(sanitizeCause(err), r),
+          });
         }
         break;
       default:
@@ -184,6 +183,21 @@ export function toTokenwardenError(
   return new TokenwardenError('ERR_NETWORK', `${what} failed: ${text(String((err as Error)?.message ?? err))}`, {
     cause: scrub(err, r),
   });
+}
+
+/**
+ * Why discovery refused the metadata's `issuer`: the value it names (bounded), and for a multi-tenant endpoint —
+ * Microsoft Entra ID's `common` or `organizations`, whose metadata names `…/{tenantid}/v2.0` — what to do.
+ */
+function issuerNamed(named: unknown, text: (value: string, max?: number) => string): string {
+  if (typeof named !== 'string') return 'the metadata names a different issuer than the one configured';
+  const said = `the metadata names its issuer ${JSON.stringify(text(named, 256))}, not the one configured`;
+  if (!/\{tenant(?:id)?\}/i.test(named)) return said;
+  return (
+    `${said}: a multi-tenant endpoint (Microsoft Entra ID's common or organizations), whose tokens each carry ` +
+    "their tenant's issuer. Name the tenant in issuer; or, for a client, set tokenEndpoint; for a resource server, " +
+    'set issuer to a function of iss that accepts your tenants, with jwksUri'
+  );
 }
 
 /**

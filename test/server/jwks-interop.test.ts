@@ -10,6 +10,7 @@ import type { ServerResponse } from 'node:http';
 import { type JWK, SignJWT, exportJWK, generateKeyPair, importJWK } from 'jose';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createVerifier } from '../../src/server/index.js';
+import { clientCredentials } from '../../src/sources/client-credentials.js';
 import { newSigningKey, publicJwk } from '../support/authorization-server.js';
 import { type FaultServer, startFaultServer } from '../support/fault-server.js';
 
@@ -251,5 +252,69 @@ describe('metadata whose jwks_uri is not usable', () => {
       expect(result.ok).toBe(false);
       expect(result.ok ? undefined : result.failure.status, String(jwksUri)).toBe(503);
     }
+  });
+});
+
+describe("Microsoft Entra ID's multi-tenant endpoints (common, organizations)", () => {
+  const TENANTS = ['8d3f2a51-6b7c-4e10-9a2b-1c2d3e4f5a6b', '0b1c2d3e-4f5a-46b7-8c9d-0e1f2a3b4c5d'];
+  const STRANGER = 'ffffffff-0000-4000-8000-000000000000';
+  /** An Entra-like server: `common` metadata names `{tenantid}`, one key set signs for every tenant. */
+  async function entraLike(key: JWK): Promise<string> {
+    server = await startFaultServer();
+    const url = server.url;
+    server.handle((req, res: ServerResponse) => {
+      if (req.url?.includes('/.well-known/')) {
+        res.writeHead(200, { 'content-type': 'application/json' }).end(
+          JSON.stringify({
+            issuer: `${url}/{tenantid}/v2.0`,
+            jwks_uri: `${url}/common/discovery/v2.0/keys`,
+            token_endpoint: `${url}/common/oauth2/v2.0/token`,
+          }),
+        );
+        return;
+      }
+      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ keys: [published(key)] }));
+    });
+    return url;
+  }
+
+  it('configured as the issuer, it says what to do instead (client and resource server), never a bare mismatch', async () => {
+    const url = await entraLike(await ecKey('k1'));
+    const common = `${url}/common/v2.0`;
+    await expect(verifierFor(common).ready()).rejects.toMatchObject({
+      code: 'ERR_DISCOVERY',
+      message: expect.stringMatching(/\{tenantid\}.*multi-tenant.*function of iss.*jwksUri/),
+    });
+    const client = clientCredentials({
+      issuer: common,
+      clientId: 'svc',
+      clientSecret: 's',
+      allowInsecureRequests: true,
+    });
+    await expect(client.fetchToken({})).rejects.toMatchObject({
+      code: 'ERR_DISCOVERY',
+      message: expect.stringMatching(/multi-tenant.*tokenEndpoint/),
+    });
+  });
+
+  it('the recipe: issuer a function accepting your tenants, jwksUri the common keys, claimCheck tying iss to tid', async () => {
+    const key = await ecKey('k1');
+    const url = await entraLike(key);
+    const issuerOf = (tid: string) => `${url}/${tid}/v2.0`;
+    const verify = createVerifier({
+      issuer: (iss) => TENANTS.some((tid) => iss === issuerOf(tid)),
+      jwksUri: `${url}/common/discovery/v2.0/keys`,
+      audience: AUDIENCE,
+      allowInsecureRequests: true,
+      claimCheck: (auth) => auth.extra.claims['iss'] === issuerOf(String(auth.extra.claims['tid'])),
+    });
+    for (const tid of TENANTS) {
+      const result = await verify(await token(issuerOf(tid), key, 'ES256', {}, { tid }));
+      expect(result.ok, tid).toBe(true);
+    }
+    const stranger = await verify(await token(issuerOf(STRANGER), key, 'ES256', {}, { tid: STRANGER }));
+    expect(stranger.ok ? 200 : stranger.failure.status).toBe(401);
+    const mixed = await verify(await token(issuerOf(TENANTS[0] as string), key, 'ES256', {}, { tid: TENANTS[1] }));
+    expect(mixed.ok ? 200 : mixed.failure.status).toBe(403);
   });
 });
