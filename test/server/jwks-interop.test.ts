@@ -318,3 +318,21 @@ describe("Microsoft Entra ID's multi-tenant endpoints (common, organizations)", 
     expect(mixed.ok ? 200 : mixed.failure.status).toBe(403);
   });
 });
+
+describe('Google ID tokens as bearer tokens', () => {
+  it("iss is 'https://accounts.google.com' or, in some, 'accounts.google.com' (no scheme): an issuer function takes both", async () => {
+    const key = await ecKey('g1');
+    const url = await issuerWith([published(key)]);
+    const verify = createVerifier({
+      issuer: (iss) => iss === 'https://accounts.google.com' || iss === 'accounts.google.com',
+      jwksUri: `${url}/jwks`,
+      audience: AUDIENCE,
+      allowInsecureRequests: true,
+    });
+    for (const iss of ['https://accounts.google.com', 'accounts.google.com']) {
+      expect((await verify(await token(iss, key, 'ES256'))).ok, iss).toBe(true);
+    }
+    const other = await verify(await token('https://accounts.google.com.evil.example', key, 'ES256'));
+    expect(other.ok ? 200 : other.failure.status).toBe(401);
+  });
+});
