@@ -89,6 +89,32 @@ describe('DPoP', () => {
     await manager.close();
   });
 
+  it('an authorization server that demands a nonce (400 use_dpop_nonce): the token request is sent again once, with it', async () => {
+    const strict = await startAuthorizationServer({ accessTokenTtl: 60, dpopNonce: true });
+    try {
+      const keyPair = await generateKeyPair('ES256', { extractable: true });
+      const manager = new TokenManager({
+        source: clientCredentials({
+          issuer: strict.issuer,
+          clientId: strict.clients.svc.clientId,
+          clientSecret: strict.clients.svc.clientSecret,
+          scope: 'read',
+          allowInsecureRequests: true,
+          dpop: keyPair,
+        }),
+      });
+      const token = await manager.getToken();
+      expect(token.tokenType).toBe('DPoP');
+      expect(strict.counts.errors).toEqual({ use_dpop_nonce: 1 });
+      await manager.refresh(); // the nonce is remembered: no second challenge while it is valid
+      expect(strict.counts.byGrant['client_credentials']).toBe(3);
+      expect(strict.counts.errors).toEqual({ use_dpop_nonce: 1 });
+      await manager.close();
+    } finally {
+      await strict.close();
+    }
+  });
+
   it('a DPoP-bound token without its proof is refused', async () => {
     const keyPair = await generateKeyPair('ES256', { extractable: true });
     const source = clientCredentials({

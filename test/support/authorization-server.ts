@@ -57,6 +57,8 @@ export interface AuthorizationServerOptions {
    * (log in with `resource: null`) instead of a JWT for https://api.example.test. Default false.
    */
   userinfoTokens?: boolean;
+  /** Demand a server-provided nonce in every DPoP proof at the token endpoint (RFC 9449 §8). Default false. */
+  dpopNonce?: boolean;
 }
 
 export type Fault = 'refuse' | 'reset' | '503' | 'html500' | 'slow' | undefined;
@@ -251,6 +253,9 @@ export async function startAuthorizationServer(
     scopes: ['openid', 'offline_access', 'read', 'write', 'profile', 'email'],
     features: {
       devInteractions: { enabled: false },
+      ...(options.dpopNonce === true && {
+        dPoP: { enabled: true, nonceSecret: randomBytes(32), requireNonce: () => true },
+      }),
       clientCredentials: { enabled: true },
       introspection: { enabled: true, allowedPolicy: async () => true },
       jwtIntrospection: { enabled: true },
