@@ -25,7 +25,7 @@ import {
   DEFAULT_TIMEOUT_MS,
   Generation,
   bounded,
-  inWords,
+  boundedInWords,
   checkKey,
   checkTtl,
   checkVersion,
@@ -664,11 +664,8 @@ const ERRNOS = new Map<string, string>([
 ]);
 
 /** {@link bounded}, with the failure's errno said in words (`… failed (ENOSPC): the disk is full`). */
-async function fsBounded<T>(operation: () => Promise<T>, ms: number, what: string): Promise<T> {
-  return bounded(operation, ms, what).catch((err: unknown) => {
-    throw inWords(err, ERRNOS);
-  });
-}
+const fsBounded = <T>(operation: () => Promise<T>, ms: number, what: string): Promise<T> =>
+  boundedInWords(operation, ms, what, ERRNOS);
 
 function isMissing(err: unknown): boolean {
   return (err as NodeJS.ErrnoException | null)?.code === 'ENOENT';

@@ -32,7 +32,7 @@ import {
   DEFAULT_TIMEOUT_MS,
   Generation,
   bounded,
-  inWords,
+  boundedInWords,
   checkKey,
   checkTtl,
   checkVersion,
@@ -388,11 +388,12 @@ export class PostgresStore extends EventEmitter<StoreEvents> implements TokenSto
     params?: unknown[],
     deadline = Date.now() + this.#timeoutMs,
   ): Promise<{ rows: unknown[] }> {
-    try {
-      return await bounded(() => client.query(sql, params), Math.max(1, deadline - Date.now()), 'postgres query');
-    } catch (err) {
-      throw inWords(err, SQLSTATES);
-    }
+    return boundedInWords(
+      () => client.query(sql, params),
+      Math.max(1, deadline - Date.now()),
+      'postgres query',
+      SQLSTATES,
+    );
   }
 
   /**
@@ -401,14 +402,13 @@ export class PostgresStore extends EventEmitter<StoreEvents> implements TokenSto
    * after its caller has given up (a lock taken then would be held by no one until its lease ends).
    */
   async #client(pool: Pool, deadline = Date.now() + this.#timeoutMs): Promise<{ client: PoolClient; opened: boolean }> {
-    const client = await bounded(
+    const client = await boundedInWords(
       () => pool.connect(),
       Math.max(1, deadline - Date.now()),
       'postgres connect',
-      (late) => late.release(),
-    ).catch((err: unknown) => {
-      throw inWords(err, SQLSTATES);
-    });
+      SQLSTATES,
+      { onLate: (late) => late.release() },
+    );
     const opened = !this.#known.has(client);
     if (opened) {
       this.#known.add(client);

@@ -28,6 +28,7 @@ import {
   checkVersion,
   closedError,
   inWords,
+  boundedInWords,
   pollDelay,
   storeError,
   throwIfAborted,
@@ -628,11 +629,8 @@ function replyCode(err: unknown): string | undefined {
 }
 
 /** {@link bounded}, with an error reply said in words (`redis set failed (READONLY): the server is a read-only…`). */
-async function redisBounded<T>(operation: () => Promise<T>, ms: number, what: string): Promise<T> {
-  return bounded(operation, ms, what).catch((err: unknown) => {
-    throw inWords(err, REPLIES, replyCode);
-  });
-}
+const redisBounded = <T>(operation: () => Promise<T>, ms: number, what: string): Promise<T> =>
+  boundedInWords(operation, ms, what, REPLIES, { codeOf: replyCode });
 
 /** A node of a cluster, as ioredis hands it out. */
 interface NodeConnection {

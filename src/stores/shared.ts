@@ -113,6 +113,27 @@ export function inWords(
   return new TokenwardenError(err.code, `${named}: ${said}`, { cause: err.cause });
 }
 
+/**
+ * {@link bounded}, with a failure's driver code said in words ({@link inWords}): the one way every store runs an
+ * operation against its backend.
+ *
+ * @example
+ * ```ts
+ * await boundedInWords(() => unlink(file), 2000, 'file store delete', new Map([['EROFS', 'the file system is read-only']]));
+ * ```
+ */
+export async function boundedInWords<T>(
+  operation: () => Promise<T>,
+  ms: number,
+  what: string,
+  words: ReadonlyMap<string, string>,
+  options: { codeOf?: (cause: unknown) => unknown; onLate?: (value: T) => void } = {},
+): Promise<T> {
+  return bounded(operation, ms, what, options.onLate).catch((err: unknown) => {
+    throw inWords(err, words, options.codeOf);
+  });
+}
+
 /** A driver's own time limit (ioredis `commandTimeout`, pg `query_timeout` and `connectionTimeoutMillis`). */
 function isDriverTimeout(err: unknown): boolean {
   const message = (err as { message?: unknown } | null)?.message;
