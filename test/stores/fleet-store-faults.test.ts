@@ -78,12 +78,10 @@ async function newcomerAfterWipe({ open, wipe }: Backend): Promise<void> {
   await wipe();
   as.resetCounts();
 
-  const started = Date.now();
   const token = await newcomer.getToken();
   // The newcomer spent nothing: it took what the running process wrote back.
   expect(as.counts.byGrant['refresh_token'] ?? 0).toBe(0);
   expect(token.accessToken).toBe(held.accessToken);
-  expect(Date.now() - started).toBeLessThan(10_000);
 
   // The grant lives, and the fleet goes on from the refresh token the running process held.
   await newcomer.refresh();
@@ -165,10 +163,8 @@ describe.skipIf(skipWithout('redis-server', hasRedisServer))('UserTokens on a st
     expect((await other.getAccessToken(bobSub)).accessToken).toBe(bob['access_token']); // other knows the store
 
     await redis.cli('FLUSHALL');
-    const asked = Date.now();
     // Alice's record is gone from Redis; only the holder's memory has it, and it writes it back within its watch.
     expect((await other.getAccessToken(aliceSub)).accessToken).toBe(alice['access_token']);
-    expect(Date.now() - asked).toBeLessThan(5_000);
     expect(as.counts.errors['invalid_grant'] ?? 0).toBe(0);
   }, 30_000);
 });
