@@ -58,19 +58,27 @@ afterAll(async () => {
   await as.close();
 });
 
+/** A manager for the `svc` client of `server`, its tokens bound to a new ES256 key pair. */
+async function dpopManager(
+  server: TestAuthorizationServer,
+): Promise<{ manager: TokenManager; keyPair: CryptoKeyPair }> {
+  const keyPair = await generateKeyPair('ES256', { extractable: true });
+  const manager = new TokenManager({
+    source: clientCredentials({
+      issuer: server.issuer,
+      clientId: server.clients.svc.clientId,
+      clientSecret: server.clients.svc.clientSecret,
+      scope: 'read',
+      allowInsecureRequests: true,
+      dpop: keyPair,
+    }),
+  });
+  return { manager, keyPair };
+}
+
 describe('DPoP', () => {
   it('binds the token to the key and proves possession on every API call, answering a nonce challenge', async () => {
-    const keyPair = await generateKeyPair('ES256', { extractable: true });
-    const manager = new TokenManager({
-      source: clientCredentials({
-        issuer: as.issuer,
-        clientId: as.clients.svc.clientId,
-        clientSecret: as.clients.svc.clientSecret,
-        scope: 'read',
-        allowInsecureRequests: true,
-        dpop: keyPair,
-      }),
-    });
+    const { manager, keyPair } = await dpopManager(as);
     const token = await manager.getToken();
     expect(token.tokenType).toBe('DPoP');
     const jkt = await calculateJwkThumbprint(await exportJWK(keyPair.publicKey));
@@ -92,17 +100,7 @@ describe('DPoP', () => {
   it('an authorization server that demands a nonce (400 use_dpop_nonce): the token request is sent again once, with it', async () => {
     const strict = await startAuthorizationServer({ accessTokenTtl: 60, dpopNonce: true });
     try {
-      const keyPair = await generateKeyPair('ES256', { extractable: true });
-      const manager = new TokenManager({
-        source: clientCredentials({
-          issuer: strict.issuer,
-          clientId: strict.clients.svc.clientId,
-          clientSecret: strict.clients.svc.clientSecret,
-          scope: 'read',
-          allowInsecureRequests: true,
-          dpop: keyPair,
-        }),
-      });
+      const { manager } = await dpopManager(strict);
       const token = await manager.getToken();
       expect(token.tokenType).toBe('DPoP');
       expect(strict.counts.errors).toEqual({ use_dpop_nonce: 1 });
