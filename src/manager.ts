@@ -65,7 +65,8 @@ export interface TokenManagerOptions {
   /**
    * The refresh lock: `ttl`, its lease — longer than a refresh can take under it (default `'30s'`, or the
    * settle of 3.5 s, the source's `timeout`, twice `storeTimeout` and 5 s together when that is longer; a `ttl`
-   * not longer than the settle, the `timeout` and twice `storeTimeout` together is `ERR_CONFIG`), and `wait`, how long a caller without a valid token waits for another process's refresh
+   * not longer than the settle, the `timeout` and twice `storeTimeout` together is `ERR_CONFIG`), and `wait`,
+   * how long a caller without a valid token waits for another process's refresh
    * (default = `ttl`).
    */
   lock?: { ttl?: Duration; wait?: Duration };
