@@ -250,7 +250,7 @@ describe('answers of authorization servers other than oidc-provider (RFC 6749 §
     expect((await exchange.fetchToken({})).tokenType).toBe('N_A');
   });
 
-  it('scope: absent → undefined (RFC 6749 §5.1: as requested), different → as granted, null → absent, an array → refused', async () => {
+  it('scope: absent → undefined (RFC 6749 §5.1: as requested), different → as granted, null → absent, an array of scope tokens (Twitch) → the same list, any other array → refused', async () => {
     const scope = async (body: Record<string, unknown>) => {
       server.handle((_req, res) => json(res, 200, { access_token: 'a', token_type: 'bearer', ...body }));
       return (await source({ scope: 'read write' }).fetchToken({})).scope;
@@ -258,8 +258,22 @@ describe('answers of authorization servers other than oidc-provider (RFC 6749 §
     expect(await scope({})).toBeUndefined();
     expect(await scope({ scope: 'read' })).toBe('read');
     expect(await scope({ scope: null })).toBeUndefined();
-    server.handle((_req, res) => json(res, 200, { access_token: LEAKED_TOKEN, token_type: 'bearer', scope: ['read'] }));
-    expect(await failure()).toMatchObject({ code: 'ERR_INVALID_RESPONSE' });
+    expect(await scope({ scope: ['user:read:email', 'chat:read'] })).toBe('user:read:email chat:read');
+    expect(await scope({ scope: [] })).toBe('');
+    for (const bad of [
+      ['read write'],
+      ['read', 42],
+      [''],
+      ['"read"'],
+      ['read\\'],
+      [['read']],
+      [null],
+      { read: true },
+      7,
+    ]) {
+      server.handle((_req, res) => json(res, 200, { access_token: LEAKED_TOKEN, token_type: 'bearer', scope: bad }));
+      expect(await failure(), JSON.stringify(bad)).toMatchObject({ code: 'ERR_INVALID_RESPONSE' });
+    }
   });
 
   it('JSON served as application/json; charset=utf-8, text/plain, without a content type, or after a BOM', async () => {

@@ -18,6 +18,9 @@ export interface TokenAnswer {
   readonly failure?: Error;
 }
 
+/** A scope-token (RFC 6749 §3.3: `1*NQCHAR`, printable ASCII without space, `"` and `\`). */
+const SCOPE_TOKEN = /^[\x21\x23-\x5b\x5d-\x7e]+$/;
+
 /** A JSON number of seconds as a string (`"3600"`, `"3599.5"`), as Azure AD v1 and others send `expires_in`. */
 const SECONDS = /^\s*\d+(?:\.\d+)?\s*$/;
 
@@ -34,7 +37,10 @@ const SECONDS = /^\s*\d+(?:\.\d+)?\s*$/;
  * - `token_type` absent is `Bearer` (golang/oauth2; LinkedIn and Slack omit it) — except when the request
  *   carried a DPoP proof, where the server may have bound the token, so it is refused;
  * - `expires_in` must be a number or a string holding one: `"3600abc"` is refused (`oauth4webapi` alone
- *   would read it as 3600).
+ *   would read it as 3600);
+ * - `scope` as a JSON array of scope tokens (Twitch: `["user:read:email", "chat:read"]`) is the RFC 6749 §3.3
+ *   space-delimited list of the same tokens; an array holding anything else (a space, a quote, a number) is
+ *   refused.
  *
  * Everything else — status, content type of a body that is not JSON, each member's type — is left to
  * `oauth4webapi`.
@@ -65,7 +71,8 @@ export async function readTokenResponse(response: Response, options: { dpop: boo
 /**
  * The members of a successful token response brought to RFC 6749 §5.1's shape, by the rules of
  * {@link readTokenResponse}: `null` members dropped, a missing `token_type` read as `bearer` (refused after a
- * DPoP proof), `expires_in` as a numeric string made a number (any other string refused). One place for
+ * DPoP proof), `expires_in` as a numeric string made a number (any other string refused), `scope` as an array
+ * of scope tokens made the space-delimited string (any other array refused). One place for
  * these rules: token endpoint answers and the responses `UserTokens.save()` is given.
  *
  * @example
@@ -97,6 +104,17 @@ export function normaliseTokenFields(
       fields['expires_in'] = Number(expiresIn);
     } else {
       failure ??= new TokenwardenError('ERR_INVALID_RESPONSE', "the token response's expires_in is not a number");
+    }
+  }
+  const scope = fields['scope'];
+  if (Array.isArray(scope)) {
+    if (scope.every((token) => typeof token === 'string' && SCOPE_TOKEN.test(token))) {
+      fields['scope'] = scope.join(' ');
+    } else {
+      failure ??= new TokenwardenError(
+        'ERR_INVALID_RESPONSE',
+        "the token response's scope is an array holding something other than scope tokens",
+      );
     }
   }
   return failure === undefined ? { fields } : { fields, failure };
