@@ -3,8 +3,8 @@
  *
  * jose (6, WebCrypto) verifies a signature with a round trip to the thread pool and several promise layers
  * per token: about four times what the signature itself costs. Here the signature is checked by
- * `crypto.verify` with a `KeyObject` made once per key — synchronously when nothing else is verifying, on
- * the thread pool when other verifications are waiting (so that a burst uses every core, as jose does) —
+ * `crypto.verify` with a `KeyObject` made once per key — synchronously when nothing else is verifying, split
+ * between this thread and the thread pool in a burst (so that a burst uses every core, as jose does) —
  * while jose keeps what it does best: fetching and selecting keys (`createLocalJWKSet`, by `kid`, `alg`,
  * `kty`, `crv`, `use`, `key_ops`) and importing them (WebCrypto's JWK import, with its checks), once per key.
  *
@@ -257,21 +257,30 @@ export function verifySignature(jws: CompactJws, key: VerificationKey): boolean 
 
 /** Verifications waiting on the thread pool. */
 let offloaded = 0;
-/** Whether a check has started since the last microtask checkpoint (another would make a burst: several in one tick). */
+/** Checks started since the last microtask checkpoint (more than one make a burst: several in one tick). */
 let burst = 0;
 const settled = (): void => {
   burst = 0;
 };
 /** Whether another core may take work: never on a single-core machine. */
 const SPARE_CORES = availableParallelism() > 1;
+/**
+ * The share of a burst's checks (after its first) this thread takes itself: half an even share of the
+ * cores, as it also runs everything else of every check of the burst (parsing, keys, claims, the answers
+ * of the pool). Measured on 2-core virtual machines (`bench/verify.bench.ts`, ES256 and RS256, 16 in
+ * flight): a quarter beat one in sixteen by 10–25 % and half by 0–15 %; a thread-pool round trip costs
+ * CPU time there (a futex wake-up, an interrupt between vCPUs) — as much as the ES256 check itself when
+ * one is in flight.
+ */
+const OWN_SHARE = 1 / (2 * availableParallelism());
 
 /**
  * {@link verifySignature}, where it is fastest. Alone, on this thread: a thread-pool round trip costs more
  * than the check itself. In a burst (several verifications started in one tick, or some on the pool
- * already), on the thread pool, so that the burst runs on every core as jose's WebCrypto calls do — with a
- * fraction of their overhead per call (measured: `npm run bench`). The first check of a tick runs on this
- * thread at the tick's end (a microtask), after the tick's other checks have gone to the pool: run at once,
- * it would keep the pool idle while it runs (measured: 5–10 % more checks per second in a burst).
+ * already), split between the thread pool and this thread ({@link OWN_SHARE} of it), so that the burst runs
+ * on every core as jose's WebCrypto calls do — with a fraction of their overhead per call (measured: `npm run
+ * bench`). This thread's share runs at the tick's end (microtasks), after the tick's other checks have gone
+ * to the pool: run at once, it would keep the pool idle meanwhile.
  *
  * @example
  * ```ts
@@ -280,9 +289,11 @@ const SPARE_CORES = availableParallelism() > 1;
  */
 export function checkSignature(jws: CompactJws, key: VerificationKey): boolean | Promise<boolean> {
   if (!SPARE_CORES) return verifySignature(jws, key);
-  if (burst === 0 && offloaded === 0) {
-    burst = 1;
-    queueMicrotask(settled);
+  const index = burst++;
+  if (index === 0) queueMicrotask(settled);
+  // The first check of a tick when the pool is idle, then every (1 / OWN_SHARE)-th, evenly spread.
+  const own = index === 0 ? offloaded === 0 : Math.floor((index + 1) * OWN_SHARE) > Math.floor(index * OWN_SHARE);
+  if (own) {
     return new Promise<boolean>((resolve, reject) =>
       queueMicrotask(() => {
         try {
