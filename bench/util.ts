@@ -59,27 +59,44 @@ export async function compare(
 }
 
 /**
- * Ops/s of each function, measured in alternating slices of `sliceMs` (after one warm-up slice each), so
- * that a change in machine load during the run affects every contender alike.
+ * Ops/s of each function in each round, measured in alternating slices of `sliceMs` (after one warm-up
+ * slice each), so that a change in machine load during the run affects every contender alike. The order
+ * turns each round (a, b, c; b, c, a; …): no contender always runs after the same one (measured: the
+ * slice after one that leaves the thread pool busy runs slower).
  */
-export async function alternate(
+export async function alternateRounds(
   fns: (() => unknown)[],
   options: { rounds: number; sliceMs: number },
-): Promise<number[]> {
-  const ops = fns.map(() => 0);
-  const time = fns.map(() => 0);
+): Promise<number[][]> {
+  const rates: number[][] = fns.map(() => []);
   for (let round = -1; round < options.rounds; round++) {
-    for (const [i, fn] of fns.entries()) {
+    for (let q = 0; q < fns.length; q++) {
+      const i = (q + Math.max(0, round)) % fns.length;
+      const fn = fns[i] as () => unknown;
       let n = 0;
       const start = performance.now();
       while (performance.now() - start < options.sliceMs) {
         for (let k = 0; k < 50; k++) await fn();
         n += 50;
       }
-      if (round < 0) continue; // warm-up
-      ops[i] = (ops[i] as number) + n;
-      time[i] = (time[i] as number) + performance.now() - start;
+      if (round >= 0) (rates[i] as number[]).push((n * 1000) / (performance.now() - start));
     }
   }
-  return ops.map((n, i) => (n * 1000) / (time[i] as number));
+  return rates;
+}
+
+/** The median ops/s of each function over {@link alternateRounds}. */
+export async function alternate(
+  fns: (() => unknown)[],
+  options: { rounds: number; sliceMs: number },
+): Promise<number[]> {
+  return (await alternateRounds(fns, options)).map((rates) => percentile(rates, 50));
+}
+
+/** The median over rounds of `ours[round] ÷ theirs[round]`, as "1.23×". */
+export function medianRatio(ours: number[], theirs: number[]): string {
+  return `${percentile(
+    ours.map((x, round) => x / (theirs[round] as number)),
+    50,
+  ).toFixed(2)}×`;
 }
