@@ -7,6 +7,7 @@
  *
  * @module
  */
+import { basicUserPass } from './sources/client-secret-basic.js';
 
 /** What a secret is replaced with. */
 export const REDACTED = '[redacted]';
@@ -162,7 +163,12 @@ function secretForms(secret: string, clientId: string | undefined): string[] {
     ...base64Forms(bytes),
   ];
   if (clientId !== undefined) {
-    for (const credential of [`${clientId}:${secret}`, `${formEncode(clientId)}:${formEncode(secret)}`]) {
+    const credentials = new Set([
+      `${clientId}:${secret}`,
+      `${formEncode(clientId)}:${formEncode(secret)}`,
+      basicUserPass(clientId, secret), // as sent
+    ]);
+    for (const credential of credentials) {
       forms.push(...base64Forms(Buffer.from(credential, 'utf8')));
     }
   }

@@ -25,6 +25,7 @@ import { Redactor } from '../redact.js';
 import { checkKey } from '../stores/shared.js';
 import * as telemetry from '../telemetry/hooks.js';
 import { type Token, tokenFromResponse } from '../token.js';
+import { clientSecretBasic } from './client-secret-basic.js';
 import { type CredentialInput, checkCredentialInput, isFileCredential, readCredential } from './credential.js';
 import { type DiscoveryAlgorithm, discover } from './discovery.js';
 import { rememberSecrets, toTokenwardenError } from './errors.js';
@@ -773,7 +774,7 @@ async function makeClientAuth(options: ClientOptions, method: ClientAuthMethod |
     case 'custom':
       return options.clientAuth as oauth.ClientAuth;
     case 'client_secret_basic':
-      return oauth.ClientSecretBasic(secret);
+      return clientSecretBasic(secret);
     case 'client_secret_post':
       return oauth.ClientSecretPost(secret);
     case 'client_secret_jwt':

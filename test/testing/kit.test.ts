@@ -186,6 +186,13 @@ describe('grants through TokenManager', () => {
     },
   );
 
+  it('client_secret_basic with a secret of every awkward character: a server that decodes the credential (RFC 6749 §2.3.1) reads it', async () => {
+    const clientSecret = `-._~!*'() +/=%:&?#[]@"\\é€😀${'x'.repeat(8)}`;
+    const awkward = as.addClient({ clientId: 'svc:odd~id', clientSecret });
+    const token = await clientCredentials({ issuer: as.issuer, ...awkward, ...insecure }).fetchToken({});
+    expect(decodeJwt(token.accessToken).client_id).toBe('svc:odd~id');
+  });
+
   it('private_key_jwt for a client registered with its public key; an assertion is good once', async () => {
     const { privateKey, publicKey } = await generateKeyPair('ES256', { extractable: true });
     const keyed = as.addClient({ jwks: [{ ...(await exportJWK(publicKey)), alg: 'ES256' }] });

@@ -1,0 +1,172 @@
+/**
+ * The client side against a second real authorization server with other habits than oidc-provider:
+ * `@node-oauth/oauth2-server` (no discovery, opaque tokens, a Basic challenge on a bad client credential,
+ * no grant revocation when a spent refresh token comes back). What holds against oidc-provider must hold here.
+ */
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { inspect } from 'node:util';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import {
+  FileStore,
+  type RefreshTokenOptions,
+  TokenManager,
+  TokenwardenError,
+  clientCredentials,
+  refreshToken,
+  tokenExchange,
+} from '../src/index.js';
+import { type NodeOAuth2Server, startNodeOAuth2Server } from './support/node-oauth2-server.js';
+
+let server: NodeOAuth2Server;
+let dir: string;
+
+beforeAll(async () => {
+  server = await startNodeOAuth2Server();
+  dir = await mkdtemp(join(tmpdir(), 'tw-node-oauth2-'));
+});
+afterAll(async () => {
+  await server.close();
+  await rm(dir, { recursive: true, force: true });
+});
+
+const client = () => ({
+  tokenEndpoint: server.tokenEndpoint,
+  clientId: server.client.clientId,
+  clientSecret: server.client.clientSecret,
+  allowInsecureRequests: true,
+});
+const rt = (refresh: string, extra: Partial<RefreshTokenOptions> = {}) =>
+  refreshToken({ ...client(), refreshToken: refresh, ...extra });
+
+/** Whether any refresh token was presented twice since `from` (an index into the server's record). */
+function spentTwice(from = 0): string[] {
+  const seen = new Set<string>();
+  return server.refreshTokensPresented.slice(from).filter((t) => seen.has(t) || !seen.add(t));
+}
+
+describe('@node-oauth/oauth2-server', () => {
+  it('client credentials with client_secret_basic and client_secret_post: the lifetime from expires_in, the scope granted', async () => {
+    for (const clientAuth of ['client_secret_basic', 'client_secret_post'] as const) {
+      const before = Date.now();
+      const token = await clientCredentials({ ...client(), clientAuth, scope: 'read write' }).fetchToken({});
+      expect(token).toMatchObject({ tokenType: 'Bearer', scope: 'read write' });
+      expect(token.accessToken).toMatch(/^[0-9a-f]{40,}$/);
+      expect(token.expiresAt! - before).toBeGreaterThan(55_000);
+      expect(token.expiresAt! - before).toBeLessThanOrEqual(61_000);
+    }
+  });
+
+  it('a wrong secret: 401 with a Basic challenge and an OAuth body → ERR_OAUTH invalid_client, the secret nowhere', async () => {
+    const secret = `${server.client.clientSecret}-wrong`;
+    const err = await clientCredentials({ ...client(), clientSecret: secret })
+      .fetchToken({})
+      .catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(TokenwardenError);
+    expect(err).toMatchObject({ code: 'ERR_OAUTH', error: 'invalid_client', status: 401 });
+    const everything = [String(err), JSON.stringify(err), inspect(err, { depth: 10 })].join('\n');
+    expect(everything).not.toContain(secret);
+    expect(everything).not.toContain(Buffer.from(`svc:${secret}`).toString('base64'));
+  });
+
+  it('a scope the server does not grant → ERR_OAUTH invalid_scope (400), not retried as transient', async () => {
+    await expect(clientCredentials({ ...client(), scope: 'admin' }).fetchToken({})).rejects.toMatchObject({
+      code: 'ERR_OAUTH',
+      error: 'invalid_scope',
+      status: 400,
+    });
+  });
+
+  it('a grant the server does not have (token exchange) → ERR_OAUTH unsupported_grant_type', async () => {
+    const exchange = tokenExchange({ ...client(), subjectToken: 'subject' });
+    await expect(exchange.fetchToken({})).rejects.toMatchObject({ code: 'ERR_OAUTH', error: 'unsupported_grant_type' });
+  });
+
+  it('rotating refresh tokens: each spent once by TokenManager; a spent one is refused (invalid_grant) without harming the newest', async () => {
+    const from = server.refreshTokensPresented.length;
+    const first = await server.login('alice');
+    const manager = new TokenManager({ source: rt(first) });
+    const a = await manager.getToken();
+    const b = await manager.refresh();
+    const c = await manager.refresh();
+    expect(new Set([first, a.refreshToken, b.refreshToken, c.refreshToken]).size).toBe(4);
+    expect(spentTwice(from)).toEqual([]);
+    await manager.close();
+    // This server does not revoke the grant on reuse (oidc-provider does): the spent one fails, the newest works.
+    await expect(rt(first).fetchToken({})).rejects.toMatchObject({ code: 'ERR_OAUTH', error: 'invalid_grant' });
+    expect((await rt(c.refreshToken as string).fetchToken({})).accessToken).toMatch(/^[0-9a-f]{40,}$/);
+  });
+
+  it('a fleet of four managers on one FileStore, refreshing at once ten times: no refresh token presented twice, no invalid_grant', async () => {
+    const from = server.refreshTokensPresented.length;
+    const invalidGrants = server.errors['invalid_grant'] ?? 0;
+    const first = await server.login('fleet');
+    const path = join(dir, 'fleet');
+    const managers = Array.from(
+      { length: 4 },
+      () => new TokenManager({ source: rt(first), store: new FileStore({ path }) }),
+    );
+    await Promise.all(managers.map((m) => m.getToken()));
+    for (let round = 0; round < 10; round++) await Promise.all(managers.map((m) => m.refresh()));
+    expect(spentTwice(from)).toEqual([]);
+    expect(server.errors['invalid_grant'] ?? 0).toBe(invalidGrants);
+    // One refresh at a time across the fleet: a manager that waited for the lock finds the token just refreshed.
+    const spent = server.refreshTokensPresented.length - from;
+    expect(spent).toBeGreaterThanOrEqual(1 + 10);
+    expect(spent).toBeLessThanOrEqual(1 + 10 * 4);
+    await Promise.all(managers.map((m) => m.close()));
+  });
+
+  it('a server that does not rotate: the same refresh token is carried over (RFC 6749 §6) and keeps working', async () => {
+    const fixed = await startNodeOAuth2Server({ rotateRefreshTokens: false });
+    try {
+      const first = await fixed.login('carol');
+      const manager = new TokenManager({
+        source: refreshToken({
+          tokenEndpoint: fixed.tokenEndpoint,
+          clientId: fixed.client.clientId,
+          clientSecret: fixed.client.clientSecret,
+          refreshToken: first,
+          allowInsecureRequests: true,
+        }),
+      });
+      const a = await manager.getToken();
+      const b = await manager.refresh();
+      expect(a.refreshToken).toBe(first);
+      expect(b.refreshToken).toBe(first);
+      expect(b.accessToken).not.toBe(a.accessToken);
+      await manager.close();
+    } finally {
+      await fixed.close();
+    }
+  });
+
+  it('an expired refresh token → invalid_grant; with a fallback, the fallback source answers instead', async () => {
+    const short = await startNodeOAuth2Server({ refreshTokenTtl: 1 });
+    try {
+      const first = await short.login('dave');
+      await new Promise((resolve) => setTimeout(resolve, 1_100)); // the server's own clock: nothing else moves it
+      const options = {
+        tokenEndpoint: short.tokenEndpoint,
+        clientId: short.client.clientId,
+        clientSecret: short.client.clientSecret,
+        allowInsecureRequests: true,
+      };
+      await expect(refreshToken({ ...options, refreshToken: first }).fetchToken({})).rejects.toMatchObject({
+        code: 'ERR_OAUTH',
+        error: 'invalid_grant',
+        status: 400,
+      });
+      const rescued = await refreshToken({
+        ...options,
+        refreshToken: first,
+        fallback: clientCredentials(options),
+      }).fetchToken({});
+      expect(rescued.accessToken).toMatch(/^[0-9a-f]{40,}$/);
+      expect(short.byGrant['client_credentials']).toBe(1);
+    } finally {
+      await short.close();
+    }
+  });
+});
