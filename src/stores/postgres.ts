@@ -31,6 +31,7 @@ import { LockWaiters } from './lock-waiters.js';
 import {
   DEFAULT_TIMEOUT_MS,
   Generation,
+  NETWORK_CODES,
   bounded,
   boundedInWords,
   checkKey,
@@ -575,9 +576,16 @@ export class PostgresStore extends EventEmitter<StoreEvents> implements TokenSto
   }
 }
 
-/** What an operator should know about the SQLSTATEs a store meets in service (the driver's message is never shown). */
-const SQLSTATES: ReadonlyMap<string, string> = new Map(
-  Object.entries({
+/**
+ * What an operator should know about the SQLSTATEs (and network errors) a store meets in service (the driver's
+ * message is never shown).
+ */
+const SQLSTATES: ReadonlyMap<string, string> = new Map([
+  ...NETWORK_CODES,
+  ...Object.entries({
+    '3D000': 'the database does not exist',
+    '28000': 'the server refused the role (it does not exist, or pg_hba.conf has no entry for it)',
+    '28P01': 'wrong password',
     '25006': 'the database is read-only (default_transaction_read_only, or a hot standby)',
     '53300': 'too many connections (max_connections or a role or database connection limit)',
     '53400': 'the server is out of a configured resource',
@@ -591,7 +599,7 @@ const SQLSTATES: ReadonlyMap<string, string> = new Map(
     '42P01': 'the table does not exist',
     '42501': 'permission denied',
   }),
-);
+]);
 
 /** The SQLSTATE of a driver error, or of the driver error a `TokenwardenError` wraps. */
 function sqlState(err: unknown): string | undefined {

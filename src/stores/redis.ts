@@ -22,6 +22,7 @@ import { LockWaiters } from './lock-waiters.js';
 import {
   DEFAULT_TIMEOUT_MS,
   Generation,
+  NETWORK_CODES,
   bounded,
   checkKey,
   checkTtl,
@@ -604,8 +605,9 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
  * What an operator should know about the error replies a store meets in service (the reply's own text is never
  * shown: it may quote a key or a script).
  */
-const REPLIES: ReadonlyMap<string, string> = new Map(
-  Object.entries({
+const REPLIES: ReadonlyMap<string, string> = new Map([
+  ...NETWORK_CODES,
+  ...Object.entries({
     READONLY: 'the server is a read-only replica: point the store at the master (a failover not followed?)',
     LOADING: 'the server is loading its data after a restart',
     OOM: 'the server is out of memory (maxmemory with noeviction) and refuses writes',
@@ -619,12 +621,17 @@ const REPLIES: ReadonlyMap<string, string> = new Map(
     TRYAGAIN: 'the cluster is resharding this slot',
     BUSY: 'the server is busy running a script',
   }),
-);
+]);
 
-/** The prefix of a Redis error reply (`READONLY`, `NOPERM`…), or undefined for anything that is not one. */
+/**
+ * The prefix of a Redis error reply (`READONLY`, `NOPERM`…), or the errno or TLS code of a connection error
+ * (`ENOTFOUND`…); undefined for anything else.
+ */
 function replyCode(err: unknown): string | undefined {
-  const e = err as { name?: unknown; message?: unknown } | null;
-  if (e?.name !== 'ReplyError' || typeof e.message !== 'string') return undefined;
+  const e = err as { name?: unknown; message?: unknown; code?: unknown } | null;
+  if (e?.name !== 'ReplyError' || typeof e.message !== 'string') {
+    return typeof e?.code === 'string' ? e.code : undefined;
+  }
   return /^([A-Z]{2,16})\b/.exec(e.message)?.[1];
 }
 

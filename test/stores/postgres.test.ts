@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { type AddressInfo, createServer } from 'node:net';
 import pg from 'pg';
 import { afterAll, describe, expect, it } from 'vitest';
 import { PostgresStore } from '../../src/stores/postgres.js';
@@ -109,4 +110,55 @@ describe('PostgresStore without PostgreSQL', () => {
     expect(err.message).not.toContain('hunter2');
     await store.close();
   });
+
+  it('says why a connection cannot be made, in words, without the host or the password', async () => {
+    const failure = async (connectionString: string): Promise<string> => {
+      const store = new PostgresStore({ connectionString, timeout: '5s' });
+      const err = (await store.get('k').catch((e: unknown) => e)) as { code: string; message: string };
+      await store.close();
+      expect(err.code).toBe('ERR_STORE');
+      expect(err.message).not.toMatch(/hunter2|no-such-host/);
+      return err.message;
+    };
+    expect(await failure('postgres://u:hunter2@no-such-host.invalid/db')).toMatch(
+      /postgres connect failed \((ENOTFOUND|EAI_AGAIN)\): the host name (does not resolve|could not be resolved)/,
+    );
+    expect(await failure(`postgres://u:hunter2@127.0.0.1:${await closedPort()}/db`)).toMatch(
+      /\(ECONNREFUSED\): nothing listens at that address and port/,
+    );
+  });
 });
+
+describe.skipIf(!postgresAvailable)('PostgresStore reaching a server that refuses it', () => {
+  it('a database that does not exist (3D000) and a role the server refuses (28000) are said in words', async () => {
+    const url = new URL(DATABASE_URL);
+    const refused = async (change: (u: URL) => void): Promise<string> => {
+      const target = new URL(url);
+      change(target);
+      const store = new PostgresStore({ connectionString: target.href, timeout: '5s' });
+      const err = (await store.get('k').catch((e: unknown) => e)) as { code: string; message: string };
+      await store.close();
+      expect(err.code).toBe('ERR_STORE');
+      return err.message;
+    };
+    expect(
+      await refused((u) => {
+        u.pathname = '/tw_no_such_database';
+      }),
+    ).toMatch(/\(3D000\): the database does not exist$/);
+    expect(
+      await refused((u) => {
+        u.username = 'tw_no_such_role';
+      }),
+    ).toMatch(/\(28000\): the server refused the role/);
+  });
+});
+
+/** A loopback port nothing listens on (taken, then closed). */
+async function closedPort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as AddressInfo;
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}

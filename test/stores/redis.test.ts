@@ -85,6 +85,23 @@ describe('RedisStore without Redis', () => {
     await store.close();
   });
 
+  it('says why a connection cannot be made, in words, without the host or the password', async () => {
+    const failure = async (url: string): Promise<string> => {
+      const store = new RedisStore({ url, timeout: '5s' });
+      const err = (await store.get('k').catch((e: unknown) => e)) as { code: string; message: string };
+      await store.close();
+      expect(err.code).toBe('ERR_STORE');
+      expect(err.message).not.toMatch(/hunter2|no-such-host/);
+      return err.message;
+    };
+    expect(await failure('redis://:hunter2@no-such-host.invalid:6379')).toMatch(
+      /redis connect failed \((ENOTFOUND|EAI_AGAIN)\): the host name (does not resolve|could not be resolved)/,
+    );
+    expect(await failure(`redis://:hunter2@127.0.0.1:${await freePort()}`)).toMatch(
+      /\(ECONNREFUSED\): nothing listens at that address and port/,
+    );
+  });
+
   it('rejects bad options', () => {
     expect(() => new RedisStore({} as never)).toThrow(/one of url, sentinels or client/);
     expect(() => new RedisStore({ url: 'redis://x', sentinels: [] } as never)).toThrow(/one of url/);
