@@ -2,6 +2,7 @@
  * Faults a real authorization server cannot produce on demand, from a local HTTP server. Each must
  * become a TokenwardenError with a stable code and without any secret or body in what a user sees.
  */
+import { type AddressInfo, createServer as createNetServer } from 'node:net';
 import { inspect } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TokenwardenError } from '../src/errors.js';
@@ -113,6 +114,27 @@ describe('token endpoint faults', () => {
       req.socket.destroy();
     });
     expect(await failure()).toMatchObject({ code: 'ERR_NETWORK' });
+  });
+
+  it('a connection that cannot be made is said in words: a name that does not resolve, nothing listening, a blocked port', async () => {
+    const at = async (tokenEndpoint: string): Promise<string> => {
+      const e = await failure({ tokenEndpoint });
+      expect(e.code).toBe('ERR_NETWORK');
+      return e.message;
+    };
+    expect(await at('https://no-such-host.invalid/token')).toMatch(
+      /failed \((ENOTFOUND|EAI_AGAIN)\): the host name (does not resolve|could not be resolved)/,
+    );
+    const closed = await new Promise<number>((resolve) => {
+      const probe = createNetServer().listen(0, '127.0.0.1', () => {
+        const { port } = probe.address() as AddressInfo;
+        probe.close(() => resolve(port));
+      });
+    });
+    expect(await at(`http://127.0.0.1:${closed}/token`)).toMatch(
+      /failed \(ECONNREFUSED\): nothing listens at that address and port$/,
+    );
+    expect(await at('http://127.0.0.1:25/token')).toMatch(/failed: the port is one fetch refuses to use/);
   });
 
   it('a reset before any answer is sent again once for client credentials, never for a refresh token', async () => {

@@ -6,6 +6,7 @@
  * @module
  */
 import { TokenwardenError, truncate } from '../errors.js';
+import { NETWORK_CODES } from './network.js';
 import { describeProxyFor } from './proxy.js';
 
 /**
@@ -65,8 +66,17 @@ export function boundedFetch(options: TransportOptions, meta?: ResponseMeta): Fe
       }
       const code = networkCode(err);
       // undici's own words say what the proxy did ("Proxy response (407) !== 200 when HTTP Tunneling"):
-      // its messages hold no credential (it never sees the proxy URL's user-info).
-      const detail = proxy === undefined ? undefined : innermostMessage(err);
+      // its messages hold no credential (it never sees the proxy URL's user-info). Otherwise a code is said
+      // in words; fetch's "bad port" (a port the Fetch standard blocks: 1, 9, 25…) has none.
+      const innermost = innermostMessage(err);
+      const detail =
+        proxy !== undefined
+          ? innermost
+          : code !== undefined
+            ? NETWORK_CODES.get(code)
+            : innermost === 'bad port'
+              ? 'the port is one fetch refuses to use (a blocked port of the Fetch standard)'
+              : undefined;
       return new TokenwardenError(
         'ERR_NETWORK',
         `request to ${url} failed${code ? ` (${code})` : ''}${detail ? `: ${truncate(detail, 120)}` : ''}`,

@@ -26,12 +26,12 @@ import { EventEmitter } from 'node:events';
 import type { Pool, PoolClient, PoolConfig } from 'pg';
 import { type Duration, toMs } from '../duration.js';
 import { TokenwardenError } from '../errors.js';
+import { NETWORK_CODES } from '../http/network.js';
 import { Codec, type EncryptionOption, decodeOrMiss } from './codec.js';
 import { LockWaiters } from './lock-waiters.js';
 import {
   DEFAULT_TIMEOUT_MS,
   Generation,
-  NETWORK_CODES,
   bounded,
   boundedInWords,
   checkKey,

@@ -90,30 +90,6 @@ export function storeError(err: unknown, what: string): TokenwardenError {
 }
 
 /**
- * What an operator should know about a connection that could not be made or kept (the errno or TLS code of
- * the driver's error): every networked store says these in words.
- */
-export const NETWORK_CODES: ReadonlyMap<string, string> = new Map(
-  Object.entries({
-    ENOTFOUND: 'the host name does not resolve (DNS)',
-    EAI_AGAIN: 'the host name could not be resolved just now (DNS unavailable)',
-    ECONNREFUSED: 'nothing listens at that address and port',
-    ECONNRESET: 'the connection was reset',
-    ETIMEDOUT: 'the connection timed out',
-    EHOSTUNREACH: 'the host is unreachable',
-    ENETUNREACH: 'the network is unreachable',
-    EPIPE: 'the connection was closed by the server',
-    DEPTH_ZERO_SELF_SIGNED_CERT: "the server's TLS certificate is self-signed and not trusted (ca)",
-    SELF_SIGNED_CERT_IN_CHAIN: "the server's TLS certificate chain ends in an untrusted root (ca)",
-    UNABLE_TO_VERIFY_LEAF_SIGNATURE: "the server's TLS certificate is not signed by a trusted authority (ca)",
-    UNABLE_TO_GET_ISSUER_CERT_LOCALLY: "the server's TLS certificate is not signed by a trusted authority (ca)",
-    CERT_HAS_EXPIRED: "the server's TLS certificate has expired",
-    ERR_TLS_CERT_ALTNAME_INVALID: "the server's TLS certificate does not name that host",
-    ERR_SSL_WRONG_VERSION_NUMBER: 'TLS was asked of a server that does not speak it there (rediss://, ssl)',
-  }),
-);
-
-/**
  * A store error whose driver code (an errno, a SQLSTATE, a Redis error reply's prefix: `codeOf` reads it from
  * the driver's error) an operator acts on, with that said in words after the message (`… failed (ENOSPC): the
  * disk is full`). The driver's own message is never shown (it may name a file or a value). Anything else is
