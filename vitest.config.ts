@@ -1,10 +1,15 @@
 import { defineConfig } from 'vitest/config';
 
 /**
- * The suites that run fleets of child processes against real servers (and break those servers on purpose):
- * each one alone keeps both cores busy, so they run one file at a time, after the others.
+ * The suites that run fleets of child processes against real servers (and break those servers on purpose), and
+ * the demo: each one alone keeps both cores busy, so they run one file at a time, after the others.
  */
-const FLEET = ['test/faults/**/*.test.ts', 'test/stores/fleet.test.ts', 'test/users/fleet.test.ts'];
+const FLEET = [
+  'test/faults/**/*.test.ts',
+  'test/stores/fleet.test.ts',
+  'test/users/fleet.test.ts',
+  'test/demo.test.ts',
+];
 
 export default defineConfig({
   test: {
