@@ -136,6 +136,19 @@ describe('client credentials against a real authorization server', () => {
     );
   });
 
+  it('refuses a client id or secret that is not well-formed Unicode (a lone surrogate) with ERR_CONFIG, not a URIError mid-request', () => {
+    for (const bad of [{ clientSecret: 'x\uD800y' }, { clientSecret: '\uDC00' }, { clientId: 'svc\uDBFF' }]) {
+      expect(
+        () => clientCredentials({ ...base(), clientId: 'svc', clientSecret: 'ok', ...bad }),
+        JSON.stringify(bad),
+      ).toThrow(
+        expect.objectContaining({ code: 'ERR_CONFIG', message: expect.stringMatching(/not well-formed Unicode/) }),
+      );
+    }
+    // A pair is fine (an emoji in a secret).
+    expect(() => clientCredentials({ ...base(), clientId: 'svc', clientSecret: 'x\uD83D\uDE00y' })).not.toThrow();
+  });
+
   it('derives different store keys for different credentials and scopes, equal keys for equal ones, none with a secret', () => {
     // Secrets long enough that no hash contains one by chance (a two-letter one is in ~1 % of base64url hashes).
     const S1 = 'first-secret-0123456789';

@@ -62,6 +62,9 @@ export type ClientAuthMethod =
 export type PrivateKeyInput =
   CryptoKey | oauth.JWK | string | { key: CryptoKey | oauth.JWK | string; kid?: string; alg?: string };
 
+/** A UTF-16 surrogate without its pair. */
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
+
 /**
  * Options every grant accepts.
  *
@@ -218,6 +221,15 @@ export class OAuthClient {
         : checkUrl(options.revocationEndpoint, 'revocationEndpoint', this.allowInsecureRequests);
     if (options.clientSecret !== undefined && typeof options.clientSecret !== 'string') {
       throw new TokenwardenError('ERR_CONFIG', 'clientSecret must be a string');
+    }
+    // A lone surrogate cannot be sent (UTF-8 has no form for it): found here, not as a URIError mid-request.
+    for (const [name, value] of [
+      ['clientId', options.clientId],
+      ['clientSecret', options.clientSecret],
+    ] as const) {
+      if (value !== undefined && LONE_SURROGATE.test(value)) {
+        throw new TokenwardenError('ERR_CONFIG', `${name} is not well-formed Unicode (it holds a lone surrogate)`);
+      }
     }
     if (options.key !== undefined) checkKey(options.key);
     this.clientId = options.clientId;
