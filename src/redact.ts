@@ -8,6 +8,7 @@
  * @module
  */
 import { basicUserPass } from './sources/client-secret-basic.js';
+import { isWellFormedUnicode } from './unicode.js';
 
 /** What a secret is replaced with. */
 export const REDACTED = '[redacted]';
@@ -158,7 +159,7 @@ function secretForms(secret: string, clientId: string | undefined): string[] {
     bytes.toString('latin1'),
     JSON.stringify(secret).slice(1, -1),
     formEncode(secret),
-    encodeURIComponent(secret),
+    percentEncoded(secret),
     percentEveryByte(bytes),
     ...base64Forms(bytes),
   ];
@@ -166,7 +167,7 @@ function secretForms(secret: string, clientId: string | undefined): string[] {
     const credentials = new Set([
       `${clientId}:${secret}`,
       `${formEncode(clientId)}:${formEncode(secret)}`,
-      basicUserPass(clientId, secret), // as sent
+      ...(isWellFormedUnicode(clientId + secret) ? [basicUserPass(clientId, secret)] : []), // as sent
     ]);
     for (const credential of credentials) {
       forms.push(...base64Forms(Buffer.from(credential, 'utf8')));
@@ -175,6 +176,11 @@ function secretForms(secret: string, clientId: string | undefined): string[] {
   // The secret's base64 inside longer base64 text (a Basic credential with another client id, a JWT…).
   for (const input of new Set([secret, formEncode(secret)])) forms.push(...base64Fragments(Buffer.from(input, 'utf8')));
   return forms;
+}
+
+/** `encodeURIComponent`, or the value as it is when it holds a lone surrogate (which that throws on). */
+function percentEncoded(value: string): string {
+  return isWellFormedUnicode(value) ? encodeURIComponent(value) : value;
 }
 
 /** `application/x-www-form-urlencoded`, as URLSearchParams writes it (space as `+`). */

@@ -69,6 +69,19 @@ const TOKEN_TYPE_CHARS = /^(?:[A-Za-z0-9._-]+|[A-Za-z][A-Za-z0-9+.-]*:[\x21\x23-
 const SCOPE_CHARS = /^[ \x21\x23-\x5B\x5D-\x7E]*$/;
 
 /**
+ * Whether `value` is made only of the characters an access or refresh token may hold (NQSCHAR: printable
+ * ASCII but space, `"` and `\`).
+ *
+ * @example
+ * ```ts
+ * isTokenString('2YotnFZFEjr1zCsicMWpAA'); // true
+ * ```
+ */
+export function isTokenString(value: string): boolean {
+  return TOKEN_CHARS.test(value);
+}
+
+/**
  * Which field of a token, if any, holds characters outside its RFC 6749 / RFC 6750 character set: the
  * access, refresh and ID tokens NQSCHAR, the token type a `type-name` or URI, the scope NQCHAR and spaces.
  * `undefined` when all are fine. Never says what the characters are (a token is a secret).

@@ -163,8 +163,30 @@ describe('token endpoint faults', () => {
     expect(server.requests.length - sent).toBe(1); // the server may have spent it: no second spend
   });
 
-  it('nothing listening → ERR_NETWORK', async () => {
-    expect(await failure({ tokenEndpoint: 'http://127.0.0.1:9/token' })).toMatchObject({ code: 'ERR_NETWORK' });
+  it('a lone surrogate (a JSON escape) in a rotated refresh token: coded errors, never a URIError; an unsendable refresh token is not kept', async () => {
+    // The answer is refused for its access token; its refresh token could never be sent (UTF-8 has no form for
+    // a lone surrogate), so it is not kept as the rotated one: the next refresh spends the one that was sent.
+    let n = 0;
+    server.handle((_req, res) => {
+      res.writeHead(n++ === 0 ? 200 : 400, { 'content-type': 'application/json' });
+      res.end(
+        n === 1
+          ? '{"access_token":"a\\ud800b","token_type":"bearer","expires_in":60,"refresh_token":"r\\ud800t"}'
+          : '{"error":"invalid_grant","error_description":"echo r\\ud800t"}',
+      );
+    });
+    const source = refreshToken({
+      tokenEndpoint: `${server.url}/token`,
+      clientId: 'app',
+      clientSecret: SECRET,
+      refreshToken: 'first-refresh-token',
+      allowInsecureRequests: true,
+    });
+    const sent = server.requests.length;
+    await expect(source.fetchToken({})).rejects.toMatchObject({ code: 'ERR_INVALID_RESPONSE' });
+    await expect(source.fetchToken({})).rejects.toMatchObject({ code: 'ERR_OAUTH', error: 'invalid_grant' });
+    const spent = server.requests.slice(sent).map((r) => new URLSearchParams(r.body).get('refresh_token'));
+    expect(spent).toEqual(['first-refresh-token', 'first-refresh-token']);
   });
 
   it('a response slower than the timeout → ERR_TIMEOUT', async () => {

@@ -24,7 +24,8 @@ import { parseRetryAfter } from '../policy.js';
 import { Redactor } from '../redact.js';
 import { checkKey } from '../stores/shared.js';
 import * as telemetry from '../telemetry/hooks.js';
-import { type Token, tokenFromResponse } from '../token.js';
+import { type Token, isTokenString, tokenFromResponse } from '../token.js';
+import { isWellFormedUnicode } from '../unicode.js';
 import { clientSecretBasic } from './client-secret-basic.js';
 import { type CredentialInput, checkCredentialInput, isFileCredential, readCredential } from './credential.js';
 import { type DiscoveryAlgorithm, discover } from './discovery.js';
@@ -61,9 +62,6 @@ export type ClientAuthMethod =
  */
 export type PrivateKeyInput =
   CryptoKey | oauth.JWK | string | { key: CryptoKey | oauth.JWK | string; kid?: string; alg?: string };
-
-/** A UTF-16 surrogate without its pair. */
-const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
 
 /**
  * Options every grant accepts.
@@ -227,7 +225,7 @@ export class OAuthClient {
       ['clientId', options.clientId],
       ['clientSecret', options.clientSecret],
     ] as const) {
-      if (value !== undefined && LONE_SURROGATE.test(value)) {
+      if (value !== undefined && !isWellFormedUnicode(value)) {
         throw new TokenwardenError('ERR_CONFIG', `${name} is not well-formed Unicode (it holds a lone surrogate)`);
       }
     }
@@ -368,7 +366,9 @@ export class OAuthClient {
           { dpop: this.dpop !== undefined },
         );
         const body = answer.response.ok ? answer.body : undefined;
-        if (typeof body?.['refresh_token'] === 'string' && body['refresh_token'] !== '') {
+        // Kept only when it could be sent: a refresh token outside its character set (a lone surrogate, a
+        // control character) is refused with the answer, and could never be spent.
+        if (typeof body?.['refresh_token'] === 'string' && isTokenString(body['refresh_token'])) {
           rotated = body['refresh_token'];
         }
         if (answer.failure !== undefined) throw answer.failure;

@@ -8,6 +8,7 @@
 import type { EventEmitter } from 'node:events';
 import { type Clock, MAX_TIMER_MS } from '../clock.js';
 import { TokenwardenError, isTokenwardenError } from '../errors.js';
+import { isWellFormedUnicode } from '../unicode.js';
 import type { StoreEvents } from './store.js';
 
 /** Default bound on one store operation. */
@@ -160,9 +161,6 @@ export function pollDelay(attempt: number, maxMs: number): number {
   return base * (0.75 + Math.random() * 0.5);
 }
 
-/** With the `u` flag a pair is one code point: only a surrogate standing alone matches. */
-const LONE_SURROGATE = /\p{Surrogate}/u;
-
 /**
  * Validates a store key (keys come from tokenwarden and are never secret): a string of 1 to 1024
  * characters, well-formed UTF-16 and without NUL. Every backend stores a key as UTF-8 (a file name's hash,
@@ -180,7 +178,7 @@ export function checkKey(key: string): void {
   if (typeof key !== 'string' || key.length === 0 || key.length > 1024) {
     throw new TokenwardenError('ERR_CONFIG', 'a store key must be a string of 1 to 1024 characters');
   }
-  if (LONE_SURROGATE.test(key)) {
+  if (!isWellFormedUnicode(key)) {
     throw new TokenwardenError(
       'ERR_CONFIG',
       'a store key must be well-formed UTF-16: it holds a lone surrogate, which would collide with other keys once encoded as UTF-8',

@@ -51,6 +51,7 @@ import {
   refreshExpiry,
   withoutRefreshToken,
 } from './record.js';
+import { isWellFormedUnicode } from '../unicode.js';
 import { DEFAULT_SPEC, type Spec, spec, specKey } from './spec.js';
 
 /** Records the default (private) `MemoryStore` holds: every signed-in user of a large app. */
@@ -940,13 +941,10 @@ function checkSubject(subject: unknown): asserts subject is string {
     throw new TokenwardenError('ERR_CONFIG', `subject is longer than ${MAX_SUBJECT_LENGTH} characters`);
   }
   // A lone UTF-16 surrogate becomes U+FFFD in UTF-8: '\ud800' and '\udc00' would hash to one key.
-  if (LONE_SURROGATE.test(subject)) {
+  if (!isWellFormedUnicode(subject)) {
     throw new TokenwardenError('ERR_CONFIG', 'subject is not well-formed Unicode (it has a lone surrogate)');
   }
 }
-
-/** With the `u` flag a surrogate pair is one code point: this matches only a surrogate on its own. */
-const LONE_SURROGATE = /[\uD800-\uDFFF]/u;
 
 function safeDecode(jwt: string): JWTPayload | undefined {
   try {
