@@ -4,6 +4,7 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { type FaultServer, json, startFaultServer } from '../support/fault-server.js';
+import { basicUserPass } from '../../src/sources/client-secret-basic.js';
 
 /** Characters that every encoding treats differently: space, quote, plus, slash, equals, ampersand, percent, non-ASCII. */
 export const CLIENT_SECRET = 'cs-"se cr3t"+/=&~!%41-é-0d9c8b7a';
@@ -123,6 +124,7 @@ export function leakForms(secret: string, clientId = CLIENT_ID): string[] {
     Buffer.from(secret, 'utf8').toString('base64url'),
     b64(`${clientId}:${secret}`),
     b64(`${formEncode(clientId)}:${formEncode(secret)}`),
+    b64(basicUserPass(clientId, secret)), // the Basic credential as client_secret_basic sends it
   ];
 }
 
