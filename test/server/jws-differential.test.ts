@@ -265,65 +265,158 @@ function corpusVerifier() {
   });
 }
 
+/**
+ * How jose judges `token` (with the same options and tokenwarden's documented rules on top) against how
+ * tokenwarden does: the mismatches, none when they agree.
+ */
+async function judge(
+  verify: ReturnType<typeof corpusVerifier>,
+  local: ReturnType<typeof createLocalJWKSet>,
+  name: string,
+  token: string,
+): Promise<{ mismatches: string[]; accepted: boolean }> {
+  let joseAccepts = false;
+  let joseRefusal: 401 | 503 = 401;
+  let claims: Record<string, unknown> = {};
+  let typ: unknown;
+  const options = { issuer: ISSUER, audience: AUDIENCE, algorithms: ALGS, requiredClaims: ['exp'] };
+  try {
+    let result;
+    try {
+      result = await jwtVerify(token, local, options);
+    } catch (err) {
+      // No kid and several keys that fit: tokenwarden tries each (as it did with jose), so does this.
+      if (!(err instanceof errors.JWKSMultipleMatchingKeys)) throw err;
+      for await (const key of err) {
+        try {
+          result = await jwtVerify(token, key, options);
+          break;
+        } catch (inner) {
+          if ((inner as { code?: unknown }).code !== 'ERR_JWS_SIGNATURE_VERIFICATION_FAILED') throw inner;
+        }
+      }
+      if (result === undefined) throw err;
+    }
+    joseAccepts = true;
+    claims = result.payload;
+    typ = result.protectedHeader.typ;
+  } catch (err) {
+    // jose's own errors judge the token (401); anything else (a key it cannot use) is not a judgement.
+    const code = (err as { code?: unknown }).code;
+    joseRefusal = typeof code === 'string' && code.startsWith('ERR_J') ? 401 : 503;
+  }
+  // tokenwarden's documented rules on top of jose's.
+  const syntax = /^[A-Za-z0-9\-._~+/]+=*$/.test(token);
+  const typed =
+    typ === undefined ||
+    (typeof typ === 'string' && ['jwt', 'at+jwt', 'application/jwt', 'application/at+jwt'].includes(typ.toLowerCase()));
+  const expected = joseAccepts && syntax && numericDatesValid(claims) && typed;
+  const result = await verify(token);
+  const mismatches: string[] = [];
+  if (result.ok !== expected) {
+    mismatches.push(
+      `${name}: jose ${joseAccepts ? 'accepts' : 'refuses'}, tokenwarden ${result.ok ? 'accepts' : 'refuses'}`,
+    );
+  }
+  if (!result.ok && !joseAccepts && syntax && result.failure.status !== joseRefusal) {
+    mismatches.push(`${name}: refused with ${result.failure.status}, jose's refusal means ${joseRefusal}`);
+  }
+  return { mismatches, accepted: result.ok };
+}
+
 describe('tokenwarden against jose, token by token', () => {
   it('refuses every token jose refuses, accepts exactly those jose accepts (besides its own documented rules)', async () => {
-    const jwks = { keys };
     const verify = corpusVerifier();
-    const local = createLocalJWKSet(jwks);
+    const local = createLocalJWKSet({ keys });
     const mismatches: string[] = [];
     let accepted = 0;
     for (const [name, token] of corpus) {
-      let joseAccepts = false;
-      let joseRefusal: 401 | 503 = 401;
-      let claims: Record<string, unknown> = {};
-      let typ: unknown;
-      const options = { issuer: ISSUER, audience: AUDIENCE, algorithms: ALGS, requiredClaims: ['exp'] };
-      try {
-        let result;
-        try {
-          result = await jwtVerify(token, local, options);
-        } catch (err) {
-          // No kid and several keys that fit: tokenwarden tries each (as it did with jose), so does this.
-          if (!(err instanceof errors.JWKSMultipleMatchingKeys)) throw err;
-          for await (const key of err) {
-            try {
-              result = await jwtVerify(token, key, options);
-              break;
-            } catch (inner) {
-              if ((inner as { code?: unknown }).code !== 'ERR_JWS_SIGNATURE_VERIFICATION_FAILED') throw inner;
-            }
-          }
-          if (result === undefined) throw err;
-        }
-        joseAccepts = true;
-        claims = result.payload;
-        typ = result.protectedHeader.typ;
-      } catch (err) {
-        // jose's own errors judge the token (401); anything else (a key it cannot use) is not a judgement.
-        const code = (err as { code?: unknown }).code;
-        joseRefusal = typeof code === 'string' && code.startsWith('ERR_J') ? 401 : 503;
-      }
-      // tokenwarden's documented rules on top of jose's.
-      const syntax = /^[A-Za-z0-9\-._~+/]+=*$/.test(token);
-      const typed =
-        typ === undefined ||
-        (typeof typ === 'string' &&
-          ['jwt', 'at+jwt', 'application/jwt', 'application/at+jwt'].includes(typ.toLowerCase()));
-      const expected = joseAccepts && syntax && numericDatesValid(claims) && typed;
-      const result = await verify(token);
-      if (result.ok !== expected)
-        mismatches.push(
-          `${name}: jose ${joseAccepts ? 'accepts' : 'refuses'}, tokenwarden ${result.ok ? 'accepts' : 'refuses'}`,
-        );
-      if (!result.ok && !joseAccepts && syntax && result.failure.status !== joseRefusal) {
-        mismatches.push(`${name}: refused with ${result.failure.status}, jose's refusal means ${joseRefusal}`);
-      }
-      if (result.ok) accepted += 1;
+      const judged = await judge(verify, local, name, token);
+      mismatches.push(...judged.mismatches);
+      if (judged.accepted) accepted += 1;
     }
     expect(mismatches).toEqual([]);
     // The corpus has both kinds: every algorithm's valid token is accepted, and the hostile ones are not.
     expect(accepted).toBeGreaterThanOrEqual(ALGS.length);
     expect(corpus.length - accepted).toBeGreaterThan(50);
+  });
+
+  it('1 000 validly signed tokens with claims and headers made at random from hostile parts: the same answers as jose', async () => {
+    let state = 15_000;
+    const pick = (n: number): number => {
+      state = (Math.imul(state, 1103515245) + 12345) >>> 0;
+      return (state >>> 8) % n;
+    };
+    const now = Math.floor(Date.now() / 1000);
+    const VALUES: unknown[] = [
+      null,
+      true,
+      0,
+      -1,
+      1.5,
+      now - 600,
+      now - 1,
+      now + 1,
+      now + 600,
+      now + 10 ** 12,
+      1e308,
+      -1e308,
+      String(now + 600),
+      '',
+      '\ud800',
+      ISSUER,
+      `${ISSUER}/`,
+      ISSUER.toUpperCase(),
+      AUDIENCE,
+      [AUDIENCE],
+      ['other', AUDIENCE],
+      ['other'],
+      [],
+      [AUDIENCE, 1],
+      {},
+      { sub: 'x' },
+      'x'.repeat(2000),
+    ];
+    const CLAIMS = ['iss', 'aud', 'exp', 'nbf', 'iat', 'sub', 'jti', 'scope', 'client_id'];
+    const HEADERS: Record<string, unknown>[] = [
+      {},
+      {},
+      { typ: 'JWT' },
+      { typ: 'at+JWT' },
+      { typ: 'application/at+jwt' },
+      { typ: 'id+jwt' },
+      { typ: 7 },
+      { crit: ['exp'] },
+      { crit: [] },
+      { b64: false },
+      { b64: true, crit: ['b64'] },
+      { kid: 'unknown' },
+      { jku: 'https://attacker.example/jwks' },
+      { x5u: 'https://attacker.example/cert' },
+    ];
+    const verify = corpusVerifier();
+    const local = createLocalJWKSet({ keys });
+    const mismatches: string[] = [];
+    let accepted = 0;
+    for (let n = 0; n < 1000; n++) {
+      const claims: Record<string, unknown> = {};
+      for (let k = 1 + pick(3); k > 0; k--) claims[CLAIMS[pick(CLAIMS.length)] as string] = VALUES[pick(VALUES.length)];
+      if (pick(8) === 0) delete claims['exp'];
+      const header = HEADERS[pick(HEADERS.length)] as Record<string, unknown>;
+      const signer = signers.get(ALGS[pick(ALGS.length)] as string) as Signer;
+      const token = jwt(signer, claims, header);
+      const judged = await judge(
+        verify,
+        local,
+        `case ${n}: ${JSON.stringify({ header, claims }).slice(0, 200)}`,
+        token,
+      );
+      mismatches.push(...judged.mismatches);
+      if (judged.accepted) accepted += 1;
+    }
+    expect(mismatches).toEqual([]);
+    expect(accepted).toBeGreaterThan(100);
+    expect(accepted).toBeLessThan(900);
   });
 });
 
@@ -337,7 +430,7 @@ describe('one at a time and in a burst', () => {
     }
     const burst = corpusVerifier();
     await burst.ready();
-    // Every token twice, all started in one tick: the first on this thread, the others on the pool.
+    // Every token twice, all started in one tick: a share of them on this thread, the others on the pool.
     const tokens = [...corpus, ...corpus].map(([, token]) => token);
     const results = await Promise.all(tokens.map((token) => burst(token)));
     const inBurst = results.map((r) => (r.ok ? 'ok' : `${r.failure.status} ${r.failure.error}`));
