@@ -32,6 +32,17 @@ function source(extra: Record<string, unknown> = {}) {
   });
 }
 
+/** The refresh token grant at the fault server, starting from `rt`. */
+function refreshSource(rt: string) {
+  return refreshToken({
+    tokenEndpoint: `${server.url}/token`,
+    clientId: 'app',
+    clientSecret: SECRET,
+    refreshToken: rt,
+    allowInsecureRequests: true,
+  });
+}
+
 async function failure(extra?: Record<string, unknown>): Promise<TokenwardenError> {
   const err = await source(extra)
     .fetchToken({})
@@ -151,13 +162,7 @@ describe('token endpoint faults', () => {
     expect(server.requests.length - before).toBe(2);
 
     n = 0;
-    const refresh = refreshToken({
-      tokenEndpoint: `${server.url}/token`,
-      clientId: 'app',
-      clientSecret: SECRET,
-      refreshToken: 'single-use',
-      allowInsecureRequests: true,
-    });
+    const refresh = refreshSource('single-use');
     const sent = server.requests.length;
     await expect(refresh.fetchToken({})).rejects.toMatchObject({ code: 'ERR_NETWORK' });
     expect(server.requests.length - sent).toBe(1); // the server may have spent it: no second spend
@@ -175,13 +180,7 @@ describe('token endpoint faults', () => {
           : '{"error":"invalid_grant","error_description":"echo r\\ud800t"}',
       );
     });
-    const source = refreshToken({
-      tokenEndpoint: `${server.url}/token`,
-      clientId: 'app',
-      clientSecret: SECRET,
-      refreshToken: 'first-refresh-token',
-      allowInsecureRequests: true,
-    });
+    const source = refreshSource('first-refresh-token');
     const sent = server.requests.length;
     await expect(source.fetchToken({})).rejects.toMatchObject({ code: 'ERR_INVALID_RESPONSE' });
     await expect(source.fetchToken({})).rejects.toMatchObject({ code: 'ERR_OAUTH', error: 'invalid_grant' });
@@ -465,13 +464,7 @@ describe('answers of authorization servers other than oidc-provider (RFC 6749 §
       });
     });
     const manager = new TokenManager({
-      source: refreshToken({
-        tokenEndpoint: `${server.url}/token`,
-        clientId: 'app',
-        clientSecret: SECRET,
-        refreshToken: 'rt-0',
-        allowInsecureRequests: true,
-      }),
+      source: refreshSource('rt-0'),
       refresh: { background: false },
     });
     expect((await manager.getToken()).refreshToken).toBe('rt-0');

@@ -9,6 +9,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createVerifier } from '../../src/server/index.js';
 import { type FaultServer, startFaultServer } from '../support/fault-server.js';
+import { seeded } from '../support/seeded.js';
 import { leaksIn } from './support.js';
 
 const CASES = 1000;
@@ -24,17 +25,9 @@ beforeAll(async () => {
 });
 afterAll(() => server.close());
 
-function generator(seed: number): (n: number) => number {
-  let state = seed;
-  return (n) => {
-    state = (Math.imul(state, 1103515245) + 12345) >>> 0;
-    return (state >>> 8) % n;
-  };
-}
-
 describe('introspection answers made at random from hostile parts', () => {
   it(`${CASES} answers: never a throw, accepted only when active is true and every check passes`, async () => {
-    const pick = generator(7662);
+    const pick = seeded(7662);
     const now = () => Math.floor(Date.now() / 1000);
     const values = (): unknown[] => [
       null,

@@ -13,6 +13,7 @@ import { clientCredentials } from '../../src/sources/client-credentials.js';
 import { refreshToken } from '../../src/sources/refresh-token.js';
 import { tokenExchange } from '../../src/sources/token-exchange.js';
 import { type FaultServer, startFaultServer } from '../support/fault-server.js';
+import { seeded } from '../support/seeded.js';
 import { CLIENT_ID, CLIENT_SECRET, REFRESH_TOKEN, SUBJECT_TOKEN, leaksIn } from './support.js';
 
 const CASES = 1500;
@@ -26,15 +27,6 @@ beforeAll(async () => {
   });
 });
 afterAll(() => server.close());
-
-/** A small linear congruential generator: the same seed gives the same cases on every machine. */
-function generator(seed: number): (n: number) => number {
-  let state = seed;
-  return (n) => {
-    state = (Math.imul(state, 1103515245) + 12345) >>> 0;
-    return (state >>> 8) % n;
-  };
-}
 
 const basic = `Basic ${Buffer.from(`${CLIENT_ID}:${CLIENT_SECRET}`).toString('base64')}`;
 const VALUES: unknown[] = [
@@ -139,7 +131,7 @@ const SOURCES = [
 
 describe('token endpoint answers made at random from hostile parts', () => {
   it(`${CASES} answers to every grant: a token or a coded TokenwardenError, never a credential in what a user sees`, async () => {
-    const pick = generator(20261130);
+    const pick = seeded(20261130);
     const choose = <T>(list: readonly T[]): T => list[pick(list.length)] as T;
     const problems: string[] = [];
     const outcomes = new Map<string, number>();
