@@ -7,6 +7,7 @@
  */
 import * as oauth from 'oauth4webapi';
 import { TokenwardenError } from '../errors.js';
+import { isTokenString } from '../token.js';
 
 /** A token endpoint answer read by {@link readTokenResponse}. */
 export interface TokenAnswer {
@@ -17,9 +18,6 @@ export interface TokenAnswer {
   /** A problem to report once the caller has noted what it must keep from the body (a rotated refresh token). */
   readonly failure?: Error;
 }
-
-/** A scope-token (RFC 6749 §3.3: `1*NQCHAR`, printable ASCII without space, `"` and `\`). */
-const SCOPE_TOKEN = /^[\x21\x23-\x5b\x5d-\x7e]+$/;
 
 /** A JSON number of seconds as a string (`"3600"`, `"3599.5"`), as Azure AD v1 and others send `expires_in`. */
 const SECONDS = /^\s*\d+(?:\.\d+)?\s*$/;
@@ -108,7 +106,8 @@ export function normaliseTokenFields(
   }
   const scope = fields['scope'];
   if (Array.isArray(scope)) {
-    if (scope.every((token) => typeof token === 'string' && SCOPE_TOKEN.test(token))) {
+    // A scope-token is `1*NQCHAR` (RFC 6749 §3.3): the characters of a token string.
+    if (scope.every((token) => typeof token === 'string' && isTokenString(token))) {
       fields['scope'] = scope.join(' ');
     } else {
       failure ??= new TokenwardenError(
