@@ -23,7 +23,7 @@
  * | `ERR_INVALID_RESPONSE` | the body is not JSON, or is JSON of the wrong shape |
  * | `ERR_RESPONSE_TOO_LARGE` | the body exceeded `maxResponseBytes` |
  * | `ERR_OAUTH` | the server answered an OAuth error (`error`, `error_description`, `status`) |
- * | `ERR_LOGIN_REQUIRED` | no usable refresh token for a subject: the user must sign in again |
+ * | `ERR_LOGIN_REQUIRED` | no usable refresh token for a subject (UserTokens), or a refresh token whose lifetime the server gave has passed (the refresh token grant, without a fallback): sign in again |
  * | `ERR_ID_TOKEN_INVALID` | an ID token does not belong to this client or subject |
  * | `ERR_INVALID_TOKEN` | a token given to us is not a JWT, or failed verification (the `tokenwarden inspect` command) |
  * | `ERR_STORE` | a token store failed (the manager degrades to in-process behaviour) |

@@ -107,6 +107,27 @@ export function invalidTokenField(token: {
 }
 
 /**
+ * When the refresh token expires, from `issuedAt`, when the server said: `refresh_expires_in` (Keycloak) or
+ * `refresh_token_expires_in` (Microsoft Entra ID, GitHub Apps), in seconds. `0` (Keycloak's offline tokens) or
+ * anything that is not a positive number says nothing. One reading for UserTokens and the refresh token grant.
+ *
+ * @example
+ * ```ts
+ * refreshExpiry({ refresh_expires_in: 1800 }, issuedAt); // { refreshExpiresAt: issuedAt + 1_800_000 }
+ * ```
+ */
+export function refreshExpiry(
+  json: Readonly<Record<string, unknown>>,
+  issuedAt: number,
+): { refreshExpiresAt?: number } {
+  const value = json['refresh_expires_in'] ?? json['refresh_token_expires_in'];
+  const seconds = typeof value === 'string' ? Number(value) : value;
+  return typeof seconds === 'number' && Number.isFinite(seconds) && seconds > 0
+    ? { refreshExpiresAt: issuedAt + seconds * 1000 }
+    : {};
+}
+
+/**
  * Builds a {@link Token} from a token endpoint response (validated by `oauth4webapi`, or by `UserTokens.save`).
  *
  * Lifetime: from `expires_in` (relative, so immune to clock skew), tightened to the JWT's `exp` when the

@@ -1,5 +1,6 @@
 import { decodeJwt } from 'jose';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { ManualClock } from '../src/clock.js';
 import { TokenwardenError } from '../src/errors.js';
 import type { FetchLike } from '../src/http/transport.js';
 import { TokenManager } from '../src/manager.js';
@@ -249,6 +250,49 @@ describe('refresh tokens with rotation against a real authorization server', () 
     expect(decodeJwt(next.accessToken).sub).toBe('rotated-then-refused');
     expect(as.counts.errors['invalid_grant'] ?? 0).toBe(invalidGrants);
     await manager.close();
+  });
+
+  it("a refresh token's own lifetime (Keycloak refresh_expires_in, Entra ID refresh_token_expires_in): run out, it is not spent; the fallback answers, or ERR_LOGIN_REQUIRED; 0 is no limit", async () => {
+    // oidc-provider sends no such lifetime: this fetch adds the one a Keycloak or Entra ID answer carries.
+    const withLifetime =
+      (field: string, seconds: number): FetchLike =>
+      async (input, init) => {
+        const response = await fetch(input, init);
+        if (!String(input instanceof Request ? input.url : input).endsWith('/token') || !response.ok) return response;
+        const body = { ...((await response.json()) as Record<string, unknown>), [field]: seconds };
+        return new Response(JSON.stringify(body), { status: 200, headers: { 'content-type': 'application/json' } });
+      };
+    const run = async (field: string, seconds: number, fallback: boolean) => {
+      const clock = new ManualClock();
+      const manager = new TokenManager({
+        clock,
+        source: refreshToken({
+          ...base(),
+          clientId: 'app',
+          clientSecret: as.clients.app.clientSecret,
+          refreshToken: (await as.login(`lifetime-${field}-${seconds}-${fallback}`))['refresh_token'] as string,
+          fetch: withLifetime(field, seconds),
+          clock,
+          ...(fallback && {
+            fallback: clientCredentials({ ...base(), clientId: 'app', clientSecret: as.clients.app.clientSecret }),
+          }),
+        }),
+      });
+      await manager.getToken(); // spends the login's refresh token; the answer gives the new one its lifetime
+      await clock.advance(2_000);
+      const refreshes = as.counts.byGrant['refresh_token'] ?? 0;
+      const outcome = await manager.refresh().then(
+        (t) => (t.refreshToken === undefined ? 'fallback' : 'refreshed'),
+        (e: TokenwardenError) => e.code,
+      );
+      const spent = (as.counts.byGrant['refresh_token'] ?? 0) - refreshes;
+      await manager.close();
+      return { outcome, spent };
+    };
+    expect(await run('refresh_expires_in', 1, false)).toEqual({ outcome: 'ERR_LOGIN_REQUIRED', spent: 0 });
+    expect(await run('refresh_token_expires_in', 1, true)).toEqual({ outcome: 'fallback', spent: 0 });
+    expect(await run('refresh_expires_in', 0, false)).toEqual({ outcome: 'refreshed', spent: 1 }); // Keycloak offline tokens
+    expect(await run('refresh_expires_in', 60, false)).toEqual({ outcome: 'refreshed', spent: 1 });
   });
 
   it('falls back to another source when the refresh token is rejected with invalid_grant', async () => {

@@ -1,6 +1,7 @@
 import { TokenwardenError } from '../errors.js';
 import { type ClientOptions, GrantSource, OAuthClient, hashSecret, rotatedRefreshToken } from './client.js';
 import type { TokenSource } from './source.js';
+import { refreshExpiry } from '../token.js';
 
 /**
  * Options for {@link refreshToken}.
@@ -45,12 +46,31 @@ export function refreshToken(options: RefreshTokenOptions): GrantSource {
   }
   const client = new OAuthClient(options);
   let latest = options.refreshToken;
+  /** The fallback source's token, whose refresh token (if any) is the one spent next. */
+  const useFallback = async (signal: AbortSignal | undefined) => {
+    const token = await (options.fallback as TokenSource).fetchToken({ ...(signal && { signal }) });
+    if (token.refreshToken !== undefined) latest = token.refreshToken;
+    return token;
+  };
   return new GrantSource(
     'refresh_token',
     client,
     client.keyFor('refresh_token', { refreshToken: hashSecret(options.refreshToken) }),
     async ({ signal, previous }) => {
       const spend = previous?.refreshToken ?? latest;
+      // The server said how long this refresh token lives (Keycloak's refresh_expires_in; Entra ID's and
+      // GitHub Apps' refresh_token_expires_in): run out, it is not spent — the server would refuse it.
+      const expiresAt =
+        previous?.refreshToken !== undefined && previous.raw['refresh_token'] === previous.refreshToken
+          ? refreshExpiry(previous.raw, previous.issuedAt).refreshExpiresAt
+          : undefined;
+      if (expiresAt !== undefined && expiresAt <= client.clock.now()) {
+        if (options.fallback) return useFallback(signal);
+        throw new TokenwardenError(
+          'ERR_LOGIN_REQUIRED',
+          'the refresh token has expired (the lifetime the server gave it has passed); obtain a new one',
+        );
+      }
       try {
         const token = await client.tokenRequest('refresh_token', new URLSearchParams({ refresh_token: spend }), {
           signal,
@@ -66,9 +86,7 @@ export function refreshToken(options: RefreshTokenOptions): GrantSource {
           err.code === 'ERR_OAUTH' &&
           err.error === 'invalid_grant'
         ) {
-          const token = await options.fallback.fetchToken({ ...(signal && { signal }) });
-          if (token.refreshToken !== undefined) latest = token.refreshToken;
-          return token;
+          return useFallback(signal);
         }
         throw err;
       }

@@ -367,22 +367,6 @@ export function accessEntry(want: Spec, token: Token, requestedScope: readonly s
 }
 
 /**
- * When the refresh token expires, from `issuedAt`, when the server said: `refresh_expires_in` (Keycloak) or
- * `refresh_token_expires_in` (Microsoft Entra ID, GitHub Apps), in seconds. `0` (Keycloak's offline tokens) or
- * anything that is not a positive number says nothing.
- */
-export function refreshExpiry(
-  json: Readonly<Record<string, unknown>>,
-  issuedAt: number,
-): { refreshExpiresAt?: number } {
-  const value = json['refresh_expires_in'] ?? json['refresh_token_expires_in'];
-  const seconds = typeof value === 'string' ? Number(value) : value;
-  return typeof seconds === 'number' && Number.isFinite(seconds) && seconds > 0
-    ? { refreshExpiresAt: issuedAt + seconds * 1000 }
-    : {};
-}
-
-/**
  * Checks the shape of a token endpoint response given to `save()`, read by the rules token endpoint answers
  * are read by (`normaliseTokenFields`: `null` members absent, no `token_type` is `bearer`, a numeric-string
  * `expires_in` a number).

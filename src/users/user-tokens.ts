@@ -25,7 +25,7 @@ import { toTokenwardenError } from '../sources/errors.js';
 import { MemoryStore } from '../stores/memory.js';
 import type { StoreLock, TokenStore } from '../stores/store.js';
 import * as telemetry from '../telemetry/hooks.js';
-import { type Token, tokenFromResponse } from '../token.js';
+import { type Token, refreshExpiry, tokenFromResponse } from '../token.js';
 import { type Cached, type Failure, type Level, SubjectCache, find } from './cache.js';
 import {
   type AccessTokenRequest,
@@ -48,7 +48,6 @@ import {
   checkTokenResponse,
   prune,
   recordLineage,
-  refreshExpiry,
   withoutRefreshToken,
 } from './record.js';
 import { isWellFormedUnicode } from '../unicode.js';
