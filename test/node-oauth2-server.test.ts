@@ -7,12 +7,14 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { inspect } from 'node:util';
+import { ManualClock } from '../src/clock.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   FileStore,
   type RefreshTokenOptions,
   TokenManager,
   TokenwardenError,
+  UserTokens,
   clientCredentials,
   refreshToken,
   tokenExchange,
@@ -140,6 +142,44 @@ describe('@node-oauth/oauth2-server', () => {
     } finally {
       await fixed.close();
     }
+  });
+
+  it('UserTokens with tokenEndpoint (no discovery): save a login, serve it, refresh it once on expiry, revoke needs an endpoint', async () => {
+    const clock = new ManualClock();
+    const users = new UserTokens({
+      issuer: server.url,
+      tokenEndpoint: server.tokenEndpoint,
+      clientId: server.client.clientId,
+      clientSecret: server.client.clientSecret,
+      allowInsecureRequests: true,
+      clock,
+    });
+    const login = (await (
+      await fetch(server.tokenEndpoint, {
+        method: 'POST',
+        headers: {
+          'content-type': 'application/x-www-form-urlencoded',
+          authorization: `Basic ${Buffer.from(`${server.client.clientId}:${server.client.clientSecret}`).toString('base64')}`,
+        },
+        body: new URLSearchParams({
+          grant_type: 'password',
+          username: 'erin',
+          password: 'erin-password',
+          scope: 'read',
+        }),
+      })
+    ).json()) as Record<string, unknown>;
+    await users.save('erin', login);
+    expect((await users.getAccessToken('erin')).accessToken).toBe(login['access_token']);
+    const from = server.refreshTokensPresented.length;
+    await clock.advance(61_000); // past the 60 s access token
+    const [a, b] = await Promise.all([users.getAccessToken('erin'), users.getAccessToken('erin')]);
+    expect(a.accessToken).not.toBe(login['access_token']);
+    expect(b.accessToken).toBe(a.accessToken);
+    expect(server.refreshTokensPresented.slice(from)).toEqual([login['refresh_token']]);
+    await expect(users.revoke('erin')).rejects.toMatchObject({ code: 'ERR_UNSUPPORTED' });
+    await expect(users.getAccessToken('erin')).rejects.toMatchObject({ code: 'ERR_LOGIN_REQUIRED' });
+    await users.close();
   });
 
   it('an expired refresh token → invalid_grant; with a fallback, the fallback source answers instead', async () => {

@@ -31,8 +31,24 @@ export interface UserTokensOptions extends Omit<
   ClientOptions,
   'issuer' | 'tokenEndpoint' | 'scope' | 'resource' | 'audience' | 'extraParams' | 'key'
 > {
-  /** The issuer URL. Its metadata (token, revocation, userinfo endpoints, `jwks_uri`) is discovered. */
+  /**
+   * The issuer URL. Its metadata (token, revocation, userinfo endpoints, `jwks_uri`) is discovered — unless
+   * `tokenEndpoint` is given.
+   */
   issuer: string;
+  /**
+   * The token endpoint, for a server that publishes no metadata (GitHub, an OAuth 2.0 server that is not an
+   * OpenID provider): nothing is discovered, the issuer only names the records. Revocation then needs
+   * `revocationEndpoint`; UserInfo is not available; an ID token in a login response is checked as usual if
+   * it is signed with the client secret (HS256), while one signed with a key is refused with `ERR_DISCOVERY`
+   * (there is no `jwks_uri`) unless `verifyIdTokenSignature` is `false`.
+   *
+   * @example
+   * ```ts
+   * new UserTokens({ issuer: 'https://github.com', tokenEndpoint: 'https://github.com/login/oauth/access_token', clientId, clientSecret });
+   * ```
+   */
+  tokenEndpoint?: string;
   /**
    * Where each subject's record lives (shared by every instance of the app). Default: a private
    * `MemoryStore` of up to 1 000 000 records (each expires with its login; beyond that bound the least

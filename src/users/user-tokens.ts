@@ -131,7 +131,7 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
     if (typeof options.issuer !== 'string' || options.issuer === '') {
       throw new TokenwardenError('ERR_CONFIG', 'issuer is required');
     }
-    for (const name of ['scope', 'resource', 'audience', 'extraParams', 'tokenEndpoint'] as const) {
+    for (const name of ['scope', 'resource', 'audience', 'extraParams'] as const) {
       if ((options as unknown as Record<string, unknown>)[name] !== undefined) {
         throw new TokenwardenError(
           'ERR_CONFIG',
