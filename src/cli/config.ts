@@ -175,11 +175,16 @@ export async function readConfigFile(
   }
   const ext = extname(file).toLowerCase();
   if (ext === '.yaml' || ext === '.yml') {
-    const { parse, YAMLParseError } = await import('yaml');
+    const { parseDocument, YAMLError } = await import('yaml');
     try {
-      return parse(text, { prettyErrors: false });
+      // Read as a document so that its warnings are ours to report: the library would print them as process
+      // warnings, and a value it could not resolve (an unknown tag: `!!js/function`) would be read as a string.
+      const document = parseDocument(text, { logLevel: 'silent' }); // prettyErrors (default): linePos
+      const problem = document.errors[0] ?? document.warnings[0];
+      if (problem !== undefined) throw problem;
+      return document.toJS({ maxAliasCount: 100 }) as unknown;
     } catch (err) {
-      if (err instanceof YAMLParseError) {
+      if (err instanceof YAMLError) {
         const at = err.linePos?.[0];
         throw new UsageError(
           `${file} is not valid YAML${at ? ` (line ${at.line}, column ${at.col})` : ''}: ${err.code}`,

@@ -244,6 +244,38 @@ describe('tokenwarden token (secrets and profiles)', () => {
   });
 });
 
+describe('tokenwarden token with a hostile YAML profile file', () => {
+  it.each([
+    [
+      'an unknown tag (read as a string before)',
+      'profiles:\n  svc:\n    issuer: !!js/function "x"\n',
+      /TAG_RESOLVE_FAILED/,
+    ],
+    ['a duplicate key', 'profiles:\n  svc:\n    clientId: a\n    clientId: b\n', /DUPLICATE_KEY/],
+    [
+      'an alias bomb',
+      `a: &a [x,x,x,x,x,x,x,x,x]\n${['b', 'c', 'd', 'e', 'f', 'g', 'h']
+        .map(
+          (k, i) =>
+            `${k}: &${k} [${Array(9)
+              .fill(`*${i === 0 ? 'a' : ['b', 'c', 'd', 'e', 'f', 'g'][i - 1]}`)
+              .join(',')}]`,
+        )
+        .join('\n')}\nprofiles: {}\n`,
+      /not valid YAML/,
+    ],
+  ])('%s: exit 2, one line saying where, no library warning', async (_name, text, said) => {
+    const home = await tempHome();
+    const dir = join(home.env.XDG_CONFIG_HOME as string, 'tokenwarden');
+    await mkdir(dir, { recursive: true });
+    await writeFile(join(dir, 'config.yaml'), text, { mode: 0o600 });
+    const result = await runCli(['token', '--profile', 'svc'], { ...home.env, TOKENWARDEN_CLIENT_SECRET: secret });
+    expectCleanFailure(result, 2, 'ERR_CONFIG');
+    expect(result.stderr).toMatch(said);
+    expect(result.stderr).not.toMatch(/Warning|YAMLWarning/);
+  });
+});
+
 describe('tokenwarden token (usage)', () => {
   it.each([
     ['no client id', ['token', '--issuer', 'https://login.example.test']],
