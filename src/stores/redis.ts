@@ -411,7 +411,7 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
     try {
       return await bounded(() => connection.call('EVALSHA', SHAS[name], 1, key, ...args), this.#timeoutMs, what);
     } catch (err) {
-      if (replyCode((err as { cause?: unknown }).cause) !== 'NOSCRIPT') throw inWords(err, REPLIES, replyCode);
+      if (replyCode((err as { cause?: unknown }).cause) !== 'NOSCRIPT') throw inWords(err, REPLIES, failureCode);
       return redisBounded(() => connection.call('EVAL', SCRIPTS[name], 1, key, ...args), this.#timeoutMs, what);
     }
   }
@@ -623,21 +623,22 @@ const REPLIES: ReadonlyMap<string, string> = new Map([
   }),
 ]);
 
-/**
- * The prefix of a Redis error reply (`READONLY`, `NOPERM`…), or the errno or TLS code of a connection error
- * (`ENOTFOUND`…); undefined for anything else.
- */
+/** The prefix of a Redis error reply (`READONLY`, `NOPERM`…): what the server answered. Undefined for anything else. */
 function replyCode(err: unknown): string | undefined {
-  const e = err as { name?: unknown; message?: unknown; code?: unknown } | null;
-  if (e?.name !== 'ReplyError' || typeof e.message !== 'string') {
-    return typeof e?.code === 'string' ? e.code : undefined;
-  }
+  const e = err as { name?: unknown; message?: unknown } | null;
+  if (e?.name !== 'ReplyError' || typeof e.message !== 'string') return undefined;
   return /^([A-Z]{2,16})\b/.exec(e.message)?.[1];
+}
+
+/** What {@link REPLIES} says in words: an error reply's prefix, or a connection error's errno or TLS code. */
+function failureCode(err: unknown): string | undefined {
+  const code = (err as { code?: unknown } | null)?.code;
+  return replyCode(err) ?? (typeof code === 'string' ? code : undefined);
 }
 
 /** {@link bounded}, with an error reply said in words (`redis set failed (READONLY): the server is a read-only…`). */
 const redisBounded = <T>(operation: () => Promise<T>, ms: number, what: string): Promise<T> =>
-  boundedInWords(operation, ms, what, REPLIES, { codeOf: replyCode });
+  boundedInWords(operation, ms, what, REPLIES, { codeOf: failureCode });
 
 /** A node of a cluster, as ioredis hands it out. */
 interface NodeConnection {

@@ -65,6 +65,44 @@ describe.skipIf(!redisAvailable)('RedisStore with Redis', () => {
   });
 });
 
+describe.skipIf(!redisAvailable)('RedisStore identifying its server', () => {
+  it('a connection error while asking INFO is a failure to identify (asked again next time), not a server that refuses INFO', async () => {
+    const client = new Redis(REDIS_URL);
+    let infoServer = 0;
+    let broken = true;
+    // The real client, but INFO fails as on a reset connection (an error with an errno code) until `broken` ends.
+    const flaky = new Proxy(client, {
+      get(target, name, receiver) {
+        if (name !== 'call') {
+          const value = Reflect.get(target, name, receiver) as unknown;
+          return typeof value === 'function' ? value.bind(target) : value;
+        }
+        return async (command: string, ...args: string[]) => {
+          if (command === 'INFO' && args[0] === 'server') {
+            infoServer += 1;
+            if (broken) throw Object.assign(new Error('read ECONNRESET'), { code: 'ECONNRESET' });
+          }
+          return target.call(command, ...args);
+        };
+      },
+    });
+    const store = new RedisStore({ client: flaky, prefix });
+    try {
+      await expect(store.get('identify')).rejects.toMatchObject({
+        code: 'ERR_STORE',
+        message: expect.stringContaining('(ECONNRESET): the connection was reset'),
+      });
+      const asked = infoServer;
+      broken = false;
+      expect(await store.get('identify')).toBeUndefined();
+      expect(infoServer).toBeGreaterThan(asked); // asked again: the failure taught nothing
+    } finally {
+      await store.close();
+      await client.quit();
+    }
+  });
+});
+
 describe('RedisStore without Redis', () => {
   it('fails fast with ERR_STORE / ERR_STORE_TIMEOUT when nothing listens, never hangs', async () => {
     const port = await freePort();
