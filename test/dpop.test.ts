@@ -13,6 +13,7 @@ import {
   type TestAuthorizationServer,
   startAuthorizationServer,
 } from './support/authorization-server.js';
+import { svcDpopSource } from './support/app-client.js';
 
 let as: TestAuthorizationServer;
 let api: Server;
@@ -63,17 +64,7 @@ async function dpopManager(
   server: TestAuthorizationServer,
 ): Promise<{ manager: TokenManager; keyPair: CryptoKeyPair }> {
   const keyPair = await generateKeyPair('ES256', { extractable: true });
-  const manager = new TokenManager({
-    source: clientCredentials({
-      issuer: server.issuer,
-      clientId: server.clients.svc.clientId,
-      clientSecret: server.clients.svc.clientSecret,
-      scope: 'read',
-      allowInsecureRequests: true,
-      dpop: keyPair,
-    }),
-  });
-  return { manager, keyPair };
+  return { manager: new TokenManager({ source: svcDpopSource(server, keyPair) }), keyPair };
 }
 
 describe('DPoP', () => {
@@ -115,14 +106,7 @@ describe('DPoP', () => {
 
   it('a DPoP-bound token without its proof is refused', async () => {
     const keyPair = await generateKeyPair('ES256', { extractable: true });
-    const source = clientCredentials({
-      issuer: as.issuer,
-      clientId: as.clients.svc.clientId,
-      clientSecret: as.clients.svc.clientSecret,
-      allowInsecureRequests: true,
-      dpop: keyPair,
-    });
-    const token = await source.fetchToken({});
+    const token = await svcDpopSource(as, keyPair).fetchToken({});
     const res = await fetch(`${apiUrl}/orders`, { headers: { authorization: `Bearer ${token.accessToken}` } });
     expect(res.status).toBe(401);
   });

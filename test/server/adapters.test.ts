@@ -11,7 +11,7 @@ import { Hono } from 'hono';
 import Koa from 'koa';
 import { calculateJwkThumbprint, exportJWK, generateKeyPair } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { TokenManager, clientCredentials } from '../../src/index.js';
+import { TokenManager } from '../../src/index.js';
 import { bearerAuth as expressAuth } from '../../src/server/adapters/express.js';
 import { bearerAuth as fastifyAuth, bearerAuthHook as fastifyHook } from '../../src/server/adapters/fastify.js';
 import { type BearerAuthVariables, bearerAuth as honoAuth, withBearerAuth } from '../../src/server/adapters/hono.js';
@@ -23,6 +23,7 @@ import {
   type TestAuthorizationServer,
   startAuthorizationServer,
 } from '../support/authorization-server.js';
+import { svcDpopSource } from '../support/app-client.js';
 import { dpopProof, forge, issueDPoPToken, issueToken } from './support.js';
 
 declare module 'fastify' {
@@ -335,14 +336,7 @@ describe.each(Object.keys(harnesses))('%s adapter: DPoP (RFC 9449)', (name) => {
     const keyPair = await generateKeyPair('ES256', { extractable: true });
     const statuses: number[] = [];
     const manager = new TokenManager({
-      source: clientCredentials({
-        issuer: as.issuer,
-        clientId: as.clients.svc.clientId,
-        clientSecret: as.clients.svc.clientSecret,
-        scope: 'read',
-        allowInsecureRequests: true,
-        dpop: keyPair,
-      }),
+      source: svcDpopSource(as, keyPair),
       fetch: {
         fetch: async (url, init) => {
           const res = await fetch(url, init);
@@ -364,14 +358,7 @@ describe.each(Object.keys(harnesses))('%s adapter: DPoP (RFC 9449)', (name) => {
   it('manager.fetch with a DPoP-bound token: 200 for GET and POST, tokenType DPoP and the key in auth', async () => {
     const keyPair = await generateKeyPair('ES256', { extractable: true });
     const manager = new TokenManager({
-      source: clientCredentials({
-        issuer: as.issuer,
-        clientId: as.clients.svc.clientId,
-        clientSecret: as.clients.svc.clientSecret,
-        scope: 'read',
-        allowInsecureRequests: true,
-        dpop: keyPair,
-      }),
+      source: svcDpopSource(as, keyPair),
     });
     try {
       const jkt = await calculateJwkThumbprint(await exportJWK(keyPair.publicKey));

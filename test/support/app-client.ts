@@ -1,9 +1,10 @@
 /**
- * The test authorization server's `app` client as a refresh-token source, and a fetch that breaks something
- * right after a token endpoint answer arrives (the server has rotated the refresh token; the process has not
- * written it yet): the two pieces of every "a refresh meets a fault" test.
+ * The test authorization server's clients as sources: `app` from a refresh token, `svc` with DPoP-bound
+ * client credentials; and a fetch that breaks something right after a token endpoint answer arrives (the
+ * server has rotated the refresh token; the process has not written it yet): the pieces of every "a refresh
+ * meets a fault" test and every DPoP round trip.
  */
-import { type FetchLike, type RefreshTokenOptions, refreshToken } from '../../src/index.js';
+import { type FetchLike, type RefreshTokenOptions, clientCredentials, refreshToken } from '../../src/index.js';
 import type { GrantSource } from '../../src/sources/client.js';
 import type { TestAuthorizationServer } from './authorization-server.js';
 
@@ -43,4 +44,16 @@ export function afterNextTokenResponse(action: () => unknown): { fetch: FetchLik
       return response;
     },
   };
+}
+
+/** Client credentials for the `svc` client of `as` (scope `read`), its tokens bound to `keyPair` (DPoP). */
+export function svcDpopSource(as: TestAuthorizationServer, keyPair: CryptoKeyPair): GrantSource {
+  return clientCredentials({
+    issuer: as.issuer,
+    clientId: as.clients.svc.clientId,
+    clientSecret: as.clients.svc.clientSecret,
+    scope: 'read',
+    allowInsecureRequests: true,
+    dpop: keyPair,
+  });
 }
