@@ -65,18 +65,7 @@ export function boundedFetch(options: TransportOptions, meta?: ResponseMeta): Fe
         });
       }
       const code = networkCode(err);
-      // undici's own words say what the proxy did ("Proxy response (407) !== 200 when HTTP Tunneling"):
-      // its messages hold no credential (it never sees the proxy URL's user-info). Otherwise a code is said
-      // in words; fetch's "bad port" (a port the Fetch standard blocks: 1, 9, 25…) has none.
-      const innermost = innermostMessage(err);
-      const detail =
-        proxy !== undefined
-          ? innermost
-          : code !== undefined
-            ? NETWORK_CODES.get(code)
-            : innermost === 'bad port'
-              ? 'the port is one fetch refuses to use (a blocked port of the Fetch standard)'
-              : undefined;
+      const detail = failureDetail(err, code, proxy !== undefined);
       return new TokenwardenError(
         'ERR_NETWORK',
         `request to ${url} failed${code ? ` (${code})` : ''}${detail ? `: ${truncate(detail, 120)}` : ''}`,
@@ -173,6 +162,21 @@ function innermostMessage(err: unknown): string | undefined {
     e = (e as { cause?: unknown }).cause;
   }
   return message;
+}
+
+/**
+ * What to say after the code: through a proxy, undici's own words for what the proxy did ("Proxy response (407)
+ * !== 200 when HTTP Tunneling": they hold no credential, undici never sees the proxy URL's user-info);
+ * otherwise the code in words, or for fetch's "bad port" (a port the Fetch standard blocks: 1, 9, 25…), which
+ * has no code, what that means.
+ */
+function failureDetail(err: unknown, code: string | undefined, proxied: boolean): string | undefined {
+  if (proxied) return innermostMessage(err);
+  if (code !== undefined) return NETWORK_CODES.get(code);
+  if (innermostMessage(err) === 'bad port') {
+    return 'the port is one fetch refuses to use (a blocked port of the Fetch standard)';
+  }
+  return undefined;
 }
 
 function networkCode(err: unknown): string | undefined {
