@@ -25,6 +25,7 @@ import * as oauth from 'oauth4webapi';
 import { TokenwardenError } from '../errors.js';
 import { type ResponseMeta, describeUrl } from '../http/transport.js';
 import { type ClientOptions, OAuthClient } from '../sources/client.js';
+import { basicUserPass } from '../sources/client-secret-basic.js';
 import * as telemetry from '../telemetry/hooks.js';
 import { jwtRules } from './jws.js';
 import { type KeySets, verifyJwt } from './keys.js';
@@ -244,8 +245,8 @@ function contentType(response: Response): string | undefined {
 function secretForms(token: string, clientId: string, clientSecret: string | undefined): string[] {
   const forms = [token, encodeURIComponent(token)];
   if (clientSecret !== undefined && clientSecret !== '') {
-    const basic = `${encodeURIComponent(clientId)}:${encodeURIComponent(clientSecret)}`;
-    forms.push(clientSecret, encodeURIComponent(clientSecret), Buffer.from(basic).toString('base64'));
+    const basic = Buffer.from(basicUserPass(clientId, clientSecret)).toString('base64'); // as client_secret_basic sends it
+    forms.push(clientSecret, encodeURIComponent(clientSecret), basic);
   }
   return forms.filter((s) => s !== '');
 }
