@@ -7,6 +7,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { inspect } from 'node:util';
+import { SignJWT, generateKeyPair } from 'jose';
 import { ManualClock } from '../src/clock.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
@@ -87,7 +88,7 @@ describe('@node-oauth/oauth2-server', () => {
 
   it('rotating refresh tokens: each spent once by TokenManager; a spent one is refused (invalid_grant) without harming the newest', async () => {
     const from = server.refreshTokensPresented.length;
-    const first = await server.login('alice');
+    const first = (await server.login('alice')).refresh_token;
     const manager = new TokenManager({ source: rt(first) });
     const a = await manager.getToken();
     const b = await manager.refresh();
@@ -103,7 +104,7 @@ describe('@node-oauth/oauth2-server', () => {
   it('a fleet of four managers on one FileStore, refreshing at once ten times: no refresh token presented twice, no invalid_grant', async () => {
     const from = server.refreshTokensPresented.length;
     const invalidGrants = server.errors['invalid_grant'] ?? 0;
-    const first = await server.login('fleet');
+    const first = (await server.login('fleet')).refresh_token;
     const path = join(dir, 'fleet');
     const managers = Array.from(
       { length: 4 },
@@ -123,7 +124,7 @@ describe('@node-oauth/oauth2-server', () => {
   it('a server that does not rotate: the same refresh token is carried over (RFC 6749 §6) and keeps working', async () => {
     const fixed = await startNodeOAuth2Server({ rotateRefreshTokens: false });
     try {
-      const first = await fixed.login('carol');
+      const first = (await fixed.login('carol')).refresh_token;
       const manager = new TokenManager({
         source: refreshToken({
           tokenEndpoint: fixed.tokenEndpoint,
@@ -154,21 +155,7 @@ describe('@node-oauth/oauth2-server', () => {
       allowInsecureRequests: true,
       clock,
     });
-    const login = (await (
-      await fetch(server.tokenEndpoint, {
-        method: 'POST',
-        headers: {
-          'content-type': 'application/x-www-form-urlencoded',
-          authorization: `Basic ${Buffer.from(`${server.client.clientId}:${server.client.clientSecret}`).toString('base64')}`,
-        },
-        body: new URLSearchParams({
-          grant_type: 'password',
-          username: 'erin',
-          password: 'erin-password',
-          scope: 'read',
-        }),
-      })
-    ).json()) as Record<string, unknown>;
+    const login = await server.login('erin');
     await users.save('erin', login);
     expect((await users.getAccessToken('erin')).accessToken).toBe(login['access_token']);
     const from = server.refreshTokensPresented.length;
@@ -182,10 +169,43 @@ describe('@node-oauth/oauth2-server', () => {
     await users.close();
   });
 
+  it('UserTokens with tokenEndpoint: an ID token signed with the client secret (HS256) is checked; one signed with a key is ERR_DISCOVERY (no jwks_uri) unless verifyIdTokenSignature: false', async () => {
+    const options = {
+      issuer: server.url,
+      tokenEndpoint: server.tokenEndpoint,
+      clientId: server.client.clientId,
+      clientSecret: server.client.clientSecret,
+      allowInsecureRequests: true,
+    };
+    const idToken = (subject: string, key: CryptoKey | Uint8Array, alg: string) =>
+      new SignJWT({ sub: subject })
+        .setProtectedHeader({ alg })
+        .setIssuer(server.url)
+        .setAudience(server.client.clientId)
+        .setIssuedAt()
+        .setExpirationTime('5m')
+        .sign(key);
+    const secret = new TextEncoder().encode(server.client.clientSecret);
+    const { privateKey } = await generateKeyPair('RS256');
+    const users = new UserTokens(options);
+    const hs = { ...(await server.login('frank')), id_token: await idToken('frank', secret, 'HS256') };
+    await users.save('frank', hs);
+    expect((await users.getClaims('frank'))?.sub).toBe('frank');
+    const forged = { ...(await server.login('frank')), id_token: await idToken('frank', new Uint8Array(32), 'HS256') };
+    await expect(users.save('frank', forged)).rejects.toMatchObject({ code: 'ERR_ID_TOKEN_INVALID' });
+    const rs = { ...(await server.login('gina')), id_token: await idToken('gina', privateKey, 'RS256') };
+    await expect(users.save('gina', rs)).rejects.toMatchObject({ code: 'ERR_DISCOVERY' });
+    await users.close();
+    const unchecked = new UserTokens({ ...options, verifyIdTokenSignature: false });
+    await unchecked.save('gina', rs);
+    expect((await unchecked.getClaims('gina'))?.sub).toBe('gina');
+    await unchecked.close();
+  });
+
   it('an expired refresh token → invalid_grant; with a fallback, the fallback source answers instead', async () => {
     const short = await startNodeOAuth2Server({ refreshTokenTtl: 1 });
     try {
-      const first = await short.login('dave');
+      const first = (await short.login('dave')).refresh_token;
       await new Promise((resolve) => setTimeout(resolve, 1_100)); // the server's own clock: nothing else moves it
       const options = {
         tokenEndpoint: short.tokenEndpoint,

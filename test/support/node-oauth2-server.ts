@@ -27,8 +27,11 @@ export interface NodeOAuth2Server {
   readonly tokenEndpoint: string;
   /** Confidential client `svc`: every grant the server has. */
   readonly client: { clientId: string; clientSecret: string };
-  /** A user's first refresh token, from the password grant (the server has no interactive login). */
-  login(username: string, scope?: string): Promise<string>;
+  /**
+   * A user's login: the token response of the password grant (the server has no interactive login), with its
+   * access and first refresh token.
+   */
+  login(username: string, scope?: string): Promise<Record<string, unknown> & { refresh_token: string }>;
   /** Every refresh token presented, in order (a token that appears twice was spent twice). */
   readonly refreshTokensPresented: string[];
   /** Token endpoint errors by OAuth error code. */
@@ -144,9 +147,9 @@ export async function startNodeOAuth2Server(options: NodeOAuth2ServerOptions = {
         },
         body: new URLSearchParams({ grant_type: 'password', username, password: `${username}-password`, scope }),
       });
-      const json = (await response.json()) as { refresh_token?: string };
-      if (json.refresh_token === undefined) throw new Error(`login of ${username} failed: ${response.status}`);
-      return json.refresh_token;
+      const json = (await response.json()) as Record<string, unknown>;
+      if (typeof json['refresh_token'] !== 'string') throw new Error(`login of ${username} failed: ${response.status}`);
+      return json as Record<string, unknown> & { refresh_token: string };
     },
     close: () =>
       new Promise<void>((resolve) => {
