@@ -1,7 +1,7 @@
 /**
  * A local HTTP server for the faults a real authorization server cannot produce on demand: HTML error
  * pages, garbage JSON, wrong shapes, huge bodies, resets and slow responses. Everything else is tested
- * against the real oidc-provider.
+ * against the real oidc-provider (and `node-oauth2-server.ts`, which runs on this server's HTTP plumbing).
  */
 import { type IncomingMessage, type Server, type ServerResponse, createServer } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';

@@ -7,9 +7,8 @@
  * client sends so that tests can say "each refresh token spent once".
  */
 import { randomBytes } from 'node:crypto';
-import { type IncomingMessage, type Server, createServer } from 'node:http';
-import type { AddressInfo, Socket } from 'node:net';
 import OAuth2Server from '@node-oauth/oauth2-server';
+import { startFaultServer } from './fault-server.js';
 
 export interface NodeOAuth2ServerOptions {
   /** Access token lifetime in seconds. Default 60. */
@@ -94,42 +93,36 @@ export async function startNodeOAuth2Server(options: NodeOAuth2ServerOptions = {
   const refreshTokensPresented: string[] = [];
   const errors: Record<string, number> = {};
   const byGrant: Record<string, number> = {};
-  const sockets = new Set<Socket>();
-  const server: Server = createServer((req, res) => {
-    void (async () => {
-      const body = await readForm(req);
-      const grant = body['grant_type'] ?? '';
-      byGrant[grant] = (byGrant[grant] ?? 0) + 1;
-      if (grant === 'refresh_token' && body['refresh_token'] !== undefined) {
-        refreshTokensPresented.push(body['refresh_token']);
-      }
-      const request = new OAuth2Server.Request({
-        headers: req.headers as Record<string, string>,
-        method: req.method ?? 'GET',
-        query: {},
-        body,
-      });
-      const response = new OAuth2Server.Response({ headers: {} });
-      try {
-        if (new URL(req.url ?? '/', 'http://x').pathname !== '/token') {
-          res.writeHead(404).end();
-          return;
-        }
-        await oauth.token(request, response);
-      } catch (err) {
-        const name = (err as { name?: string }).name ?? 'server_error';
-        errors[name] = (errors[name] ?? 0) + 1;
-      }
-      res.writeHead(response.status ?? 200, response.headers as Record<string, string>);
-      res.end(JSON.stringify(response.body));
-    })();
+  // The HTTP plumbing (listen, read the body, close with open connections) is the fault server's.
+  const http = await startFaultServer(async (req, res, text) => {
+    const body: Record<string, string> = {};
+    for (const [name, value] of new URLSearchParams(text)) if (!(name in body)) body[name] = value;
+    const grant = body['grant_type'] ?? '';
+    byGrant[grant] = (byGrant[grant] ?? 0) + 1;
+    if (grant === 'refresh_token' && body['refresh_token'] !== undefined) {
+      refreshTokensPresented.push(body['refresh_token']);
+    }
+    if (new URL(req.url ?? '/', 'http://x').pathname !== '/token') {
+      res.writeHead(404).end();
+      return;
+    }
+    const request = new OAuth2Server.Request({
+      headers: req.headers as Record<string, string>,
+      method: req.method ?? 'GET',
+      query: {},
+      body,
+    });
+    const response = new OAuth2Server.Response({ headers: {} });
+    try {
+      await oauth.token(request, response);
+    } catch (err) {
+      const name = (err as { name?: string }).name ?? 'server_error';
+      errors[name] = (errors[name] ?? 0) + 1;
+    }
+    res.writeHead(response.status ?? 200, response.headers as Record<string, string>);
+    res.end(JSON.stringify(response.body));
   });
-  server.on('connection', (socket: Socket) => {
-    sockets.add(socket);
-    socket.on('close', () => sockets.delete(socket));
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  const url = http.url;
 
   return {
     url,
@@ -151,21 +144,6 @@ export async function startNodeOAuth2Server(options: NodeOAuth2ServerOptions = {
       if (typeof json['refresh_token'] !== 'string') throw new Error(`login of ${username} failed: ${response.status}`);
       return json as Record<string, unknown> & { refresh_token: string };
     },
-    close: () =>
-      new Promise<void>((resolve) => {
-        for (const socket of sockets) socket.destroy();
-        server.close(() => resolve());
-      }),
+    close: () => http.close(),
   };
-}
-
-/** An `application/x-www-form-urlencoded` body as its fields (the first of each name). */
-async function readForm(req: IncomingMessage): Promise<Record<string, string>> {
-  const chunks: Buffer[] = [];
-  for await (const chunk of req) chunks.push(chunk as Buffer);
-  const fields: Record<string, string> = {};
-  for (const [name, value] of new URLSearchParams(Buffer.concat(chunks).toString('utf8'))) {
-    if (!(name in fields)) fields[name] = value;
-  }
-  return fields;
 }
