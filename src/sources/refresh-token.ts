@@ -1,7 +1,7 @@
 import { TokenwardenError } from '../errors.js';
+import { refreshExpiry } from '../token.js';
 import { type ClientOptions, GrantSource, OAuthClient, hashSecret, rotatedRefreshToken } from './client.js';
 import type { TokenSource } from './source.js';
-import { refreshExpiry } from '../token.js';
 
 /**
  * Options for {@link refreshToken}.

@@ -26,6 +26,7 @@ import { MemoryStore } from '../stores/memory.js';
 import type { StoreLock, TokenStore } from '../stores/store.js';
 import * as telemetry from '../telemetry/hooks.js';
 import { type Token, refreshExpiry, tokenFromResponse } from '../token.js';
+import { isWellFormedUnicode } from '../unicode.js';
 import { type Cached, type Failure, type Level, SubjectCache, find } from './cache.js';
 import {
   type AccessTokenRequest,
@@ -50,7 +51,6 @@ import {
   recordLineage,
   withoutRefreshToken,
 } from './record.js';
-import { isWellFormedUnicode } from '../unicode.js';
 import { DEFAULT_SPEC, type Spec, spec, specKey } from './spec.js';
 
 /** Records the default (private) `MemoryStore` holds: every signed-in user of a large app. */
