@@ -267,10 +267,10 @@ const SPARE_CORES = availableParallelism() > 1;
 /**
  * The share of a burst's checks (after its first) this thread takes itself: half an even share of the
  * cores, as it also runs everything else of every check of the burst (parsing, keys, claims, the answers
- * of the pool). Measured on 2-core virtual machines (`bench/verify.bench.ts`, ES256 and RS256, 16 in
- * flight): a quarter beat one in sixteen by 10–25 % and half by 0–15 %; a thread-pool round trip costs
- * CPU time there (a futex wake-up, an interrupt between vCPUs) — as much as the ES256 check itself when
- * one is in flight.
+ * of the pool). Measured on a 2-core virtual machine (ES256 and RS256, 16 in flight): a quarter gave 1–14 %
+ * more checks per second than one in sixteen with the contenders' order turned each round (10–25 % in runs
+ * of a fixed order), half gave less than a quarter; a thread-pool round trip costs CPU time there (a futex
+ * wake-up, an interrupt between vCPUs) — as much as the ES256 check itself when one is in flight.
  */
 const OWN_SHARE = 1 / (2 * availableParallelism());
 
