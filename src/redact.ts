@@ -19,6 +19,11 @@ const MAX_SECRET_FORMS = 16 * 1024;
 const MAX_STRING = 1024;
 /** Shortest base64 fragment searched for inside longer base64 text: shorter ones would match by chance. */
 const MIN_FRAGMENT = 8;
+/**
+ * Forms shorter than this are redacted only as whole words (no letter or digit on either side): a secret
+ * `s` must not turn `response` into `re[redacted]pon[redacted]e`, while `secret s` still loses it.
+ */
+const MIN_UNBOUNDED = 8;
 
 /**
  * Scrubs known secrets, in every form a server could echo them, out of text. Immutable: {@link Redactor.with}
@@ -28,7 +33,8 @@ const MIN_FRAGMENT = 8;
  * case of hex digits, every byte encoded or only the reserved ones); base64 and base64url (padded or not,
  * and a secret's base64 inside longer base64 text, at any of the three alignments); and, for a client
  * secret, the HTTP Basic credential `base64(id:secret)` both raw and form-encoded first as RFC 6749
- * §2.3.1 prescribes.
+ * §2.3.1 prescribes. A form shorter than eight characters is replaced only where it stands as a word of its
+ * own (no ASCII letter or digit either side), so that a short test secret does not shred every message.
  *
  * @example
  * ```ts
@@ -214,10 +220,14 @@ function base64Fragments(bytes: Buffer): string[] {
   return out;
 }
 
-/** A regular expression source matching `form` literally, with percent-escapes in either case. */
+/**
+ * A regular expression source matching `form` literally, with percent-escapes in either case; a short form
+ * only as a word of its own.
+ */
 function patternFor(form: string): string {
   const escaped = form.replace(/[.*+?^${}()|[\]\\/-]/g, '\\$&');
-  return escaped.replace(/%([0-9A-F])([0-9A-F])/g, (_, a: string, b: string) => `%${either(a)}${either(b)}`);
+  const source = escaped.replace(/%([0-9A-F])([0-9A-F])/g, (_, a: string, b: string) => `%${either(a)}${either(b)}`);
+  return form.length < MIN_UNBOUNDED ? `(?<![A-Za-z0-9])${source}(?![A-Za-z0-9])` : source;
 }
 
 function either(hex: string): string {

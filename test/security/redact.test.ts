@@ -44,6 +44,20 @@ describe('Redactor', () => {
     expect(Redactor.none.redact(text)).toBe(text);
   });
 
+  it('replaces a short secret only where it stands as a word of its own', () => {
+    const short = new Redactor(['s', 'ab1', '-x'], { clientId: 'c' });
+    const text = 'response: the server answered 401 invalid_client; its assertions failed';
+    expect(short.redact(text)).toBe(text);
+    expect(short.contains(text)).toBe(false);
+    expect(short.redact('secret s refused, "ab1" unknown, id=c&secret=-x;')).toBe(
+      'secret [redacted] refused, "[redacted]" unknown, id=c&secret=[redacted];',
+    );
+    // Its Basic credential (base64 of `c:s`, eight characters) is long enough to be redacted anywhere.
+    expect(short.redact(`Basic ${b64('c:s')}`)).toBe('Basic [redacted]');
+    // From eight characters on, a secret is redacted wherever it sits.
+    expect(new Redactor(['hunter22']).redact('xxhunter22yy')).toBe('xx[redacted]yy');
+  });
+
   it('scrubs values deeply: keys, nested objects, arrays and error causes; drops a Response', () => {
     const cause = new Error(`inner ${SECRET}`);
     const err = Object.assign(new Error(`outer ${form(SECRET)}`, { cause }), {
