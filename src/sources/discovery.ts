@@ -71,27 +71,71 @@ async function fetchMetadata(
   } catch {
     throw new TokenwardenError('ERR_CONFIG', 'issuer must be an absolute URL');
   }
-  const attempt = async (alg: 'oidc' | 'oauth2'): Promise<oauth.AuthorizationServer> => {
+  const fetcher = boundedFetch(options);
+  const attempt = async (alg: 'oidc' | 'oauth2', trailingSlash = false): Promise<oauth.AuthorizationServer> => {
     const response = await oauth.discoveryRequest(url, {
       algorithm: alg,
       signal: options.signal,
-      [oauth.customFetch]: boundedFetch(options),
+      [oauth.customFetch]: trailingSlash ? (href: string, init: RequestInit) => fetcher(withSlash(href), init) : fetcher,
       [oauth.allowInsecureRequests]: options.allowInsecureRequests === true,
     });
     return oauth.processDiscoveryResponse(url, response);
   };
-  try {
-    if (algorithm !== 'auto') return await attempt(algorithm);
+  // Django OAuth Toolkit before 2.0 serves `/.well-known/openid-configuration/` only, with the slash: the
+  // address without it is a 404, or Django's redirect to it. That one retry, and only for that.
+  const oidc = async (): Promise<oauth.AuthorizationServer> => {
     try {
       return await attempt('oidc');
     } catch (err) {
+      if (!wantsTrailingSlash(err, url)) throw err;
+      return await attempt('oidc', true);
+    }
+  };
+  try {
+    if (algorithm === 'oidc') return await oidc();
+    if (algorithm === 'oauth2') return await attempt('oauth2');
+    try {
+      return await oidc();
+    } catch (err) {
       // Only a missing document means "try the other one"; anything else is the answer.
-      const status = (err as { cause?: { status?: unknown } }).cause?.status;
-      if (status !== 404) throw err;
+      if (statusOf(err) !== 404) throw err;
       return await attempt('oauth2');
     }
   } catch (err) {
     throw toTokenwardenError(err, 'discovery', 'ERR_DISCOVERY');
+  }
+}
+
+/** The HTTP status of a discovery answer that was not the document. */
+function statusOf(err: unknown): unknown {
+  return (err as { cause?: { status?: unknown } }).cause?.status;
+}
+
+/** `href` with a slash at the end of its path. */
+function withSlash(href: string): string {
+  const url = new URL(href);
+  url.pathname += '/';
+  return url.href;
+}
+
+/**
+ * Whether a failed OpenID Connect discovery answer asks for the same address with a trailing slash: a 404, or
+ * a redirect to exactly that address (Django's `APPEND_SLASH`). Any other redirect is not followed.
+ */
+function wantsTrailingSlash(err: unknown, issuer: URL): boolean {
+  const status = statusOf(err);
+  if (status === 404) return true;
+  if (status !== 301 && status !== 302 && status !== 307 && status !== 308) return false;
+  const location = (err as { cause?: { headers?: unknown } }).cause?.headers;
+  const target = location instanceof Headers ? location.get('location') : null;
+  if (target === null) return false;
+  // Where oauth4webapi asked (RFC 8414 §5: the well-known suffix after the issuer's path).
+  const asked = new URL(issuer.href);
+  asked.pathname = `${asked.pathname.replace(/\/$/, '')}/.well-known/openid-configuration`;
+  try {
+    return new URL(target, asked).href === withSlash(asked.href);
+  } catch {
+    return false;
   }
 }
 
