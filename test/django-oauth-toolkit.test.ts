@@ -1,0 +1,189 @@
+/**
+ * The client side and introspection against a third real authorization server: Django OAuth Toolkit (Python;
+ * Debian's package, 1.7), with other habits than oidc-provider and `@node-oauth/oauth2-server`: metadata
+ * served only at the address with a trailing slash (and without introspection or revocation endpoints),
+ * a Basic credential it `unquote_plus`-decodes, opaque tokens, rotation that revokes the spent refresh token,
+ * and RFC 7662 introspection that refuses a bad client with a bare HTML 403.
+ */
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { inspect } from 'node:util';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ManualClock } from '../src/clock.js';
+import {
+  FileStore,
+  TokenManager,
+  TokenwardenError,
+  UserTokens,
+  clientCredentials,
+  refreshToken,
+} from '../src/index.js';
+import { createVerifier } from '../src/server/index.js';
+import {
+  type DjangoOAuthToolkit,
+  requireDjangoOAuthToolkit,
+  startDjangoOAuthToolkit,
+} from './support/django-oauth-toolkit.js';
+
+const available = requireDjangoOAuthToolkit();
+let server: DjangoOAuthToolkit;
+let dir: string;
+
+beforeAll(async () => {
+  if (!available) return;
+  server = await startDjangoOAuthToolkit();
+  dir = await mkdtemp(join(tmpdir(), 'tw-dot-test-'));
+}, 60_000);
+afterAll(async () => {
+  if (!available) return;
+  await server.close();
+  await rm(dir, { recursive: true, force: true });
+});
+
+const svc = () => ({ issuer: server.issuer, ...server.clients.svc, allowInsecureRequests: true });
+const app = (refresh: string) =>
+  refreshToken({
+    tokenEndpoint: server.tokenEndpoint,
+    ...server.clients.app,
+    refreshToken: refresh,
+    allowInsecureRequests: true,
+  });
+
+/** Refresh tokens presented more than once since `from` (an index into the server's record). */
+async function spentTwice(from: number): Promise<string[]> {
+  const seen = new Set<string>();
+  return (await server.record()).refreshTokensPresented.slice(from).filter((t) => seen.has(t) || !seen.add(t));
+}
+
+describe.skipIf(!available)('Django OAuth Toolkit', () => {
+  it('client credentials found by discovery from the issuer (its document is at the address with a slash), with client_secret_basic and client_secret_post', async () => {
+    for (const clientAuth of ['client_secret_basic', 'client_secret_post'] as const) {
+      const before = Date.now();
+      const token = await clientCredentials({ ...svc(), clientAuth, scope: 'read write' }).fetchToken({});
+      expect(token).toMatchObject({ tokenType: 'Bearer', scope: 'read write' });
+      expect(token.accessToken).toMatch(/^[A-Za-z0-9]{20,}$/);
+      expect(token.expiresAt! - before).toBeGreaterThan(55_000);
+      expect(token.expiresAt! - before).toBeLessThanOrEqual(61_000);
+    }
+  });
+
+  it('a wrong secret → ERR_OAUTH invalid_client (401), the secret nowhere', async () => {
+    const secret = `${server.clients.svc.clientSecret}-wrong`;
+    const err = await clientCredentials({ ...svc(), clientSecret: secret })
+      .fetchToken({})
+      .catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(TokenwardenError);
+    expect(err).toMatchObject({ code: 'ERR_OAUTH', error: 'invalid_client', status: 401 });
+    const everything = [String(err), JSON.stringify(err), inspect(err, { depth: 10 })].join('\n');
+    expect(everything).not.toContain(secret);
+    expect(everything).not.toContain(encodeURIComponent(secret));
+  });
+
+  it('a scope the server does not know → ERR_OAUTH invalid_scope', async () => {
+    await expect(clientCredentials({ ...svc(), scope: 'admin' }).fetchToken({})).rejects.toMatchObject({
+      code: 'ERR_OAUTH',
+      error: 'invalid_scope',
+    });
+  });
+
+  it('rotating refresh tokens: each spent once by a TokenManager; a spent one is refused (invalid_grant)', async () => {
+    const from = (await server.record()).refreshTokensPresented.length;
+    const first = (await server.login('alice')).refresh_token;
+    const manager = new TokenManager({ source: app(first) });
+    const a = await manager.getToken();
+    const b = await manager.refresh();
+    const c = await manager.refresh();
+    expect(new Set([first, a.refreshToken, b.refreshToken, c.refreshToken]).size).toBe(4);
+    expect(await spentTwice(from)).toEqual([]);
+    await manager.close();
+    await expect(app(first).fetchToken({})).rejects.toMatchObject({ code: 'ERR_OAUTH', error: 'invalid_grant' });
+    expect((await app(c.refreshToken as string).fetchToken({})).accessToken).toMatch(/^[A-Za-z0-9]{20,}$/);
+  });
+
+  it('a fleet of four managers on one FileStore, refreshing at once ten times: no refresh token presented twice, no invalid_grant', async () => {
+    const before = await server.record();
+    const first = (await server.login('bob')).refresh_token;
+    const path = join(dir, 'fleet');
+    const managers = Array.from(
+      { length: 4 },
+      () => new TokenManager({ source: app(first), store: new FileStore({ path }) }),
+    );
+    await Promise.all(managers.map((m) => m.getToken()));
+    for (let round = 0; round < 10; round++) await Promise.all(managers.map((m) => m.refresh()));
+    const after = await server.record();
+    expect(await spentTwice(before.refreshTokensPresented.length)).toEqual([]);
+    expect(after.errors['invalid_grant'] ?? 0).toBe(before.errors['invalid_grant'] ?? 0);
+    const spent = after.refreshTokensPresented.length - before.refreshTokensPresented.length;
+    expect(spent).toBeGreaterThanOrEqual(1 + 10);
+    expect(spent).toBeLessThanOrEqual(1 + 10 * 4);
+    await Promise.all(managers.map((m) => m.close()));
+  });
+
+  it('UserTokens found by discovery: a saved login served, refreshed once on expiry for two callers, revoked at revocationEndpoint', async () => {
+    const clock = new ManualClock();
+    const users = new UserTokens({
+      issuer: server.issuer,
+      ...server.clients.app,
+      revocationEndpoint: `${server.issuer}/revoke_token/`,
+      allowInsecureRequests: true,
+      clock,
+    });
+    const login = await server.login('carol');
+    await users.save('carol', login);
+    expect((await users.getAccessToken('carol')).accessToken).toBe(login.access_token);
+    const from = (await server.record()).refreshTokensPresented.length;
+    await clock.advance(61_000);
+    const [a, b] = await Promise.all([users.getAccessToken('carol'), users.getAccessToken('carol')]);
+    expect(a.accessToken).not.toBe(login.access_token);
+    expect(b.accessToken).toBe(a.accessToken);
+    expect((await server.record()).refreshTokensPresented.slice(from)).toEqual([login.refresh_token]);
+    await users.revoke('carol');
+    await expect(users.getAccessToken('carol')).rejects.toMatchObject({ code: 'ERR_LOGIN_REQUIRED' });
+    await users.close();
+  });
+
+  describe('introspection (RFC 7662) by a resource server', () => {
+    const verifier = (clientSecret = server.clients.svc.clientSecret) =>
+      createVerifier({
+        issuer: server.issuer,
+        strategy: 'introspection',
+        introspection: {
+          endpoint: server.introspectionEndpoint,
+          clientId: server.clients.svc.clientId,
+          clientSecret,
+        },
+        allowInsecureRequests: true,
+        cache: false,
+      });
+
+    it('an access token it issued is active, with its scopes; an unknown or revoked one is 401 invalid_token', async () => {
+      const verify = verifier();
+      const login = await server.login('dave');
+      const ok = await verify(`Bearer ${login.access_token}`);
+      expect(ok.ok && ok.auth.credentials.scopes).toEqual(['read', 'write']);
+      expect(await verify('Bearer not-a-token-it-issued')).toMatchObject({
+        ok: false,
+        failure: { status: 401, error: 'invalid_token' },
+      });
+      const users = new UserTokens({
+        issuer: server.issuer,
+        ...server.clients.app,
+        revocationEndpoint: `${server.issuer}/revoke_token/`,
+        allowInsecureRequests: true,
+      });
+      await users.save('dave', login);
+      await users.revoke('dave');
+      await users.close();
+      expect(await verify(`Bearer ${login.access_token}`)).toMatchObject({ ok: false, failure: { status: 401 } });
+    });
+
+    it("the resource server's own credentials refused (a bare HTML 403): 503 for the token, the secret nowhere", async () => {
+      const secret = 'not-the-resource-server-secret';
+      const verify = verifier(secret);
+      const result = await verify(`Bearer ${(await server.login('erin')).access_token}`);
+      expect(result).toMatchObject({ ok: false, failure: { status: 503, error: 'temporarily_unavailable' } });
+      expect(inspect(result, { depth: 10 })).not.toContain(secret);
+    });
+  });
+});
