@@ -76,7 +76,9 @@ async function fetchMetadata(
     const response = await oauth.discoveryRequest(url, {
       algorithm: alg,
       signal: options.signal,
-      [oauth.customFetch]: trailingSlash ? (href: string, init: RequestInit) => fetcher(withSlash(href), init) : fetcher,
+      [oauth.customFetch]: trailingSlash
+        ? (href: string, init: RequestInit) => fetcher(withSlash(href), init)
+        : fetcher,
       [oauth.allowInsecureRequests]: options.allowInsecureRequests === true,
     });
     return oauth.processDiscoveryResponse(url, response);
