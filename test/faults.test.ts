@@ -5,11 +5,13 @@
 import { type AddressInfo, createServer as createNetServer } from 'node:net';
 import { inspect } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ManualClock } from '../src/clock.js';
 import { TokenwardenError } from '../src/errors.js';
 import { TokenManager, isTransient } from '../src/manager.js';
 import { clientCredentials } from '../src/sources/client-credentials.js';
 import { refreshToken } from '../src/sources/refresh-token.js';
 import { tokenExchange } from '../src/sources/token-exchange.js';
+import { UserTokens } from '../src/users/user-tokens.js';
 import { type FaultServer, json, startFaultServer } from './support/fault-server.js';
 
 const SECRET = 'client-secret-that-must-never-leak';
@@ -355,6 +357,43 @@ describe('answers of authorization servers other than oidc-provider (RFC 6749 §
     const e = await failure();
     expect(e).toMatchObject({ code: 'ERR_OAUTH', error: 'bad_refresh_token', status: 200 });
     expect(isTransient(e)).toBe(false);
+  });
+
+  it("GitHub's bad_refresh_token is a dead refresh token, as invalid_grant: the fallback answers; UserTokens asks for a sign-in", async () => {
+    server.handle((req, res, body) => {
+      if (new URLSearchParams(body).get('grant_type') === 'client_credentials') {
+        return json(res, 200, { access_token: 'from-fallback', token_type: 'bearer', expires_in: 60 });
+      }
+      json(res, 200, { error: 'bad_refresh_token', error_description: 'The refresh token passed is incorrect' });
+    });
+    const options = {
+      tokenEndpoint: `${server.url}/token`,
+      clientId: 'app',
+      clientSecret: SECRET,
+      allowInsecureRequests: true,
+    };
+    const rescued = await refreshToken({
+      ...options,
+      refreshToken: 'ghr_dead',
+      fallback: clientCredentials(options),
+    }).fetchToken({});
+    expect(rescued.accessToken).toBe('from-fallback');
+    const clock = new ManualClock();
+    const users = new UserTokens({ issuer: server.url, ...options, clock });
+    await users.save('octocat', {
+      access_token: 'gho_old',
+      token_type: 'bearer',
+      expires_in: 1,
+      refresh_token: 'ghr_dead',
+    });
+    await clock.advance(2_000);
+    const before = server.requests.length;
+    const err = await users.getAccessToken('octocat').catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: 'ERR_LOGIN_REQUIRED', error: 'bad_refresh_token', status: 200 });
+    // The dead refresh token is forgotten: it is not tried again.
+    await expect(users.getAccessToken('octocat')).rejects.toMatchObject({ code: 'ERR_LOGIN_REQUIRED' });
+    expect(server.requests.length - before).toBe(1);
+    await users.close();
   });
 
   it('error_uri (Entra ID, GitHub): kept when an absolute http(s) URL of RFC 6749 characters; otherwise dropped', async () => {

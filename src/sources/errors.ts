@@ -264,3 +264,21 @@ function sanitizeResponseCause(err: Error): unknown {
   }
   return sanitizeCause(err);
 }
+
+/**
+ * Whether `err` is the authorization server refusing a refresh token for good (expired, revoked, already
+ * spent): `invalid_grant` (RFC 6749 §5.2), or GitHub's `bad_refresh_token` (its answer, with status 200, for an
+ * expired or used one). Trying that refresh token again cannot succeed.
+ *
+ * @example
+ * ```ts
+ * if (isRefreshTokenRejected(err)) return fallback.fetchToken({ signal });
+ * ```
+ */
+export function isRefreshTokenRejected(err: unknown): err is TokenwardenError {
+  return (
+    err instanceof TokenwardenError &&
+    err.code === 'ERR_OAUTH' &&
+    (err.error === 'invalid_grant' || err.error === 'bad_refresh_token')
+  );
+}

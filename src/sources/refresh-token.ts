@@ -1,6 +1,7 @@
 import { TokenwardenError } from '../errors.js';
 import { refreshExpiry } from '../token.js';
 import { type ClientOptions, GrantSource, OAuthClient, hashSecret, rotatedRefreshToken } from './client.js';
+import { isRefreshTokenRejected } from './errors.js';
 import type { TokenSource } from './source.js';
 
 /**
@@ -18,7 +19,8 @@ export interface RefreshTokenOptions extends ClientOptions {
    */
   refreshToken: string;
   /**
-   * Used when the refresh token is rejected with `invalid_grant` (expired, revoked, already spent): for
+   * Used when the refresh token is rejected with `invalid_grant` (expired, revoked, already spent; GitHub:
+   * `bad_refresh_token`, with status 200): for
    * example the client credentials grant, or a source that signs the user in again. Its token replaces
    * the dead one. Without a fallback the `invalid_grant` error is returned and not retried in the
    * background.
@@ -80,14 +82,7 @@ export function refreshToken(options: RefreshTokenOptions): GrantSource {
         return token;
       } catch (err) {
         latest = rotatedRefreshToken(err) ?? latest; // the server rotated it before a later check failed
-        if (
-          options.fallback &&
-          err instanceof TokenwardenError &&
-          err.code === 'ERR_OAUTH' &&
-          err.error === 'invalid_grant'
-        ) {
-          return useFallback(signal);
-        }
+        if (options.fallback && isRefreshTokenRejected(err)) return useFallback(signal);
         throw err;
       }
     },

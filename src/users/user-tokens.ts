@@ -21,7 +21,7 @@ import { type UserClaims, checkIdToken, signatureVerifier } from '../id-token.js
 import { isTransient } from '../manager.js';
 import { type RefreshPolicy, backoffDelay, resolvePolicy } from '../policy.js';
 import { OAuthClient, rotatedRefreshToken } from '../sources/client.js';
-import { toTokenwardenError } from '../sources/errors.js';
+import { isRefreshTokenRejected, toTokenwardenError } from '../sources/errors.js';
 import { MemoryStore } from '../stores/memory.js';
 import type { StoreLock, TokenStore } from '../stores/store.js';
 import * as telemetry from '../telemetry/hooks.js';
@@ -69,8 +69,9 @@ const DEFAULT_MAX_RECORDS = 1_000_000;
  * - {@link UserTokens.revoke} signs the subject out at the authorization server (RFC 7009) and forgets
  *   everything; {@link UserTokens.delete} only forgets.
  *
- * A subject without a usable refresh token (none, expired, revoked, or rejected with `invalid_grant`)
- * gets `ERR_LOGIN_REQUIRED` — at once, without retrying: the user must sign in again.
+ * A subject without a usable refresh token (none, expired, revoked, or rejected with `invalid_grant` or
+ * GitHub's `bad_refresh_token`) gets `ERR_LOGIN_REQUIRED` — at once, without retrying: the user must sign in
+ * again.
  *
  * Keys: each subject has one store record under `tw1:user:<SHA-256 of issuer and client>:<SHA-256 of
  * subject>`, so no subject string (`*`, `../`, `'; drop …`, 10 KB) can reach another key or key space.
@@ -724,12 +725,12 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
         // The server rotated the refresh token before a later check of its answer failed: keep the new one.
         throw withRotated(err as Error, { ...record, refreshToken: rotated, updatedAt: now });
       }
-      if (isTokenwardenError(err, 'ERR_OAUTH') && err.error === 'invalid_grant') {
+      if (isRefreshTokenRejected(err)) {
         // The refresh token is dead (expired, revoked, or reused): no process may try it again.
         const error = new TokenwardenError(
           'ERR_LOGIN_REQUIRED',
-          'the authorization server rejected the refresh token (invalid_grant): the user must sign in again',
-          { cause: err, error: 'invalid_grant', ...(err.status !== undefined && { status: err.status }) },
+          `the authorization server rejected the refresh token (${err.error}): the user must sign in again`,
+          { cause: err, error: err.error, ...(err.status !== undefined && { status: err.status }) },
         );
         throw withRotated(error, withoutRefreshToken(record, now));
       }
