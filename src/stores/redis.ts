@@ -8,11 +8,14 @@
  * script that also publishes the key on `<prefix>unlock`, so
  * waiting processes wake at once (they also poll with backoff, in case a message is missed); right before a
  * spend its holder confirms it still owns it and restarts the lease (a compare-and-`PEXPIRE` script).
- * `<prefix>epoch` is the store's generation marker (see `reset`): read with every `get`, after the entry.
+ * `<prefix>epoch` is the store's generation marker (see `reset`): read with every `get`, after the entry; on a
+ * Redis Cluster each master has its own, `<prefix>epoch{<tag>}` in one of its slots, read with the entries
+ * that master holds.
  *
  * @module
  */
 import { createHash, randomUUID } from 'node:crypto';
+import calculateSlot from 'cluster-key-slot';
 import { EventEmitter } from 'node:events';
 import type { Cluster, Redis, RedisOptions } from 'ioredis';
 import { type Duration, toMs } from '../duration.js';
@@ -225,8 +228,14 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
   readonly #runIds = new Map<string, string>();
   /** The eviction policy reported for each server (keyed as `#runIds`), so that it is reported once. */
   readonly #evictions = new Map<string, string>();
-  /** The store's epoch (its generation marker, `<prefix>epoch`): see {@link Generation}. */
-  readonly #generation = new Generation(this, () => this.#epoch(this.#usable()));
+  /**
+   * The store's epochs (its generation markers): `<prefix>epoch` on a single server; on a Redis Cluster one
+   * per master, `<prefix>epoch{<tag>}` in a slot of that master (each master can lose its data alone). See
+   * {@link Generation}.
+   */
+  readonly #generation = new Generation(this, async () => this.#epochs(await this.#usable()));
+  /** A cluster master's epoch key, by master (`host:port`), as long as a slot of that master holds it. */
+  readonly #epochKeys = new Map<string, string>();
   #closed = false;
 
   constructor(options: RedisStoreOptions) {
@@ -256,13 +265,16 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
   async get(key: string): Promise<StoreRecord | undefined> {
     this.#check();
     checkKey(key);
-    // The epoch after the entry, in the same round trip: an entry missing because the data went is a `reset`.
+    // The epoch after the entry, in the same round trip (on a cluster, the epoch of the entry's master): an
+    // entry missing because the data went is a `reset`.
     const connection = this.#usable();
+    const entryKey = this.#entryKey(key);
+    const epochKey = connection.then((c) => this.#epochKeyOf(c, entryKey));
     const [reply, epoch] = await Promise.all([
-      this.#script('get', this.#entryKey(key), [], connection),
-      this.#epoch(connection),
+      this.#script('get', entryKey, [], connection),
+      epochKey.then((k) => this.#epoch(k, connection)),
     ]);
-    if (this.#generation.changed(epoch)) this.emit('reset');
+    if (this.#generation.changed(epoch, await epochKey)) this.emit('reset');
     if (reply === null || reply === undefined) return undefined;
     const [status, stored, version] = Array.isArray(reply) ? (reply as unknown[]) : [];
     const parsed = typeof version === 'string' && /^\d{1,15}$/.test(version) ? Number(version) : NaN;
@@ -391,9 +403,43 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
     return lock;
   }
 
-  /** The store's epoch, made now if there is none (on `connection`, once it can take commands). */
-  async #epoch(connection: Promise<Connection>): Promise<string> {
-    return String(await this.#script('epoch', `${this.prefix}epoch`, [`${Date.now()}:${randomUUID()}`], connection));
+  /** The epoch under `key`, made now if there is none (on `connection`, once it can take commands). */
+  async #epoch(key: string, connection: Promise<Connection>): Promise<string> {
+    return String(await this.#script('epoch', key, [`${Date.now()}:${randomUUID()}`], connection));
+  }
+
+  /**
+   * The epoch read with the entry under `entryKey`: the store's one epoch on a single server; on a cluster,
+   * the epoch of the master that holds the entry's slot — so that a master emptied alone (`FLUSHALL` on it)
+   * is seen, and the reads of the epoch spread over the masters as the entries do.
+   */
+  #epochKeyOf(connection: Connection, entryKey: string): string {
+    const slots = clusterSlots(connection);
+    const master = slots?.[calculateSlot(entryKey)]?.[0];
+    return master === undefined ? `${this.prefix}epoch` : this.#masterEpochKey(slots as string[][], master);
+  }
+
+  /** The epoch key of a cluster master: in the first slot it serves (found again when that slot moved). */
+  #masterEpochKey(slots: readonly (readonly string[] | undefined)[], master: string): string {
+    const known = this.#epochKeys.get(master);
+    if (known !== undefined && slots[calculateSlot(known)]?.[0] === master) return known;
+    const slot = slots.findIndex((nodes) => nodes?.[0] === master);
+    const key = `${this.prefix}epoch{${hashTagFor(slot)}}`;
+    this.#epochKeys.set(master, key);
+    return key;
+  }
+
+  /** Every epoch of the store, by key: one on a single server, one per master on a cluster. */
+  async #epochs(connection: Connection): Promise<ReadonlyMap<string, string>> {
+    const slots = clusterSlots(connection);
+    const keys =
+      slots === undefined
+        ? [`${this.prefix}epoch`]
+        : [...new Set(slots.map((nodes) => nodes?.[0]))]
+            .filter((master): master is string => master !== undefined)
+            .map((master) => this.#masterEpochKey(slots, master));
+    const ready = Promise.resolve(connection);
+    return new Map(await Promise.all(keys.map(async (key) => [key, await this.#epoch(key, ready)] as const)));
   }
 
   /**
@@ -452,15 +498,15 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
    */
   async #identify(connection: Connection): Promise<void> {
     const masters = clusterMasters(connection);
-    const [servers, epoch] = await Promise.all([
+    const [servers, epochs] = await Promise.all([
       // A cluster answers INFO from any node: each master is asked on its own connection.
       masters === undefined
         ? askServer('', connection).then((server) => [server])
         : Promise.all(masters.map((node) => askServer(`${node.options.host}:${node.options.port}`, node))),
-      this.#epoch(Promise.resolve(connection)),
+      this.#epochs(connection),
     ]);
     const known = this.#runIds.size > 0;
-    let changed = this.#generation.changed(epoch);
+    let changed = this.#generation.changedAny(epochs);
     for (const { server, runId } of servers) {
       if (runId === undefined) continue;
       const before = this.#runIds.get(server);
@@ -645,6 +691,32 @@ interface NodeConnection {
   readonly options: { host?: string; port?: number };
   call(command: string, ...args: string[]): Promise<unknown>;
   on(event: string, listener: () => void): unknown;
+}
+
+/**
+ * The slot table of a cluster connection (slot → node keys, the master's first), as ioredis keeps it;
+ * undefined for a single server, or before the cluster told its slots.
+ */
+function clusterSlots(connection: Connection): (string[] | undefined)[] | undefined {
+  const slots = (connection as { slots?: unknown }).slots;
+  return Array.isArray(slots) && slots.length > 0 ? (slots as (string[] | undefined)[]) : undefined;
+}
+
+/** A short hash tag per cluster slot (the first decimal number whose slot it is), found once per slot. */
+const hashTags = new Map<number, string>();
+function hashTagFor(slot: number): string {
+  let tag = hashTags.get(slot);
+  if (tag === undefined) {
+    // Every slot is reached within a few hundred thousand numbers (CRC16 spreads them evenly).
+    for (let n = 0; ; n++) {
+      if (calculateSlot(String(n)) === slot) {
+        tag = String(n);
+        break;
+      }
+    }
+    hashTags.set(slot, tag);
+  }
+  return tag;
 }
 
 /** The masters of a cluster connection; undefined for a single server (or a sentinel set-up). */

@@ -255,8 +255,9 @@ export const GENERATION_WATCH_MS = 2_000;
  */
 export class Generation {
   readonly #store: EventEmitter<StoreEvents>;
-  readonly #look: () => Promise<string | undefined>;
-  #known: string | undefined;
+  readonly #look: () => Promise<string | undefined | ReadonlyMap<string, string>>;
+  /** The marker known for each part of the store ('' for a store of one part). */
+  readonly #known = new Map<string, string | undefined>();
   #lookedAt = 0;
   #timer: NodeJS.Timeout | undefined;
   #closed = false;
@@ -264,9 +265,11 @@ export class Generation {
   /**
    * @param store the store, whose `reset` listeners start and stop the watch.
    * @param look reads the marker, writing a new one when there is none; `undefined` when the namespace is
-   *   gone and the store does not make it again on a read (a removed FileStore directory).
+   *   gone and the store does not make it again on a read (a removed FileStore directory). A store of
+   *   several parts that can each lose their data alone (the masters of a Redis Cluster) keeps a marker in
+   *   each and returns them all, by part.
    */
-  constructor(store: EventEmitter<StoreEvents>, look: () => Promise<string | undefined>) {
+  constructor(store: EventEmitter<StoreEvents>, look: () => Promise<string | undefined | ReadonlyMap<string, string>>) {
     this.#store = store;
     this.#look = look;
     (store as EventEmitter).on('newListener', (event: string | symbol) => {
@@ -275,16 +278,26 @@ export class Generation {
   }
 
   /**
-   * Takes a marker the store just read: whether it differs from the one known (the namespace was emptied
-   * since, or the store now reaches another server's data). The store emits `reset` when it does. `undefined`:
-   * the namespace is gone (a removed directory); `null`: the marker could not be read or written this time (a
-   * read-only disk, a transient error) — nothing is learnt, nothing reported.
+   * Takes a marker the store just read (of `part`, for a store of several): whether it differs from the one
+   * known (the namespace was emptied since, or the store now reaches another server's data). The store emits
+   * `reset` when it does. `undefined`: the namespace is gone (a removed directory); `null`: the marker could
+   * not be read or written this time (a read-only disk, a transient error) — nothing is learnt, nothing
+   * reported. The first marker of a part is learnt, not reported.
    */
-  changed(marker: string | undefined | null): boolean {
+  changed(marker: string | undefined | null, part = ''): boolean {
     if (marker === null) return false;
     this.#lookedAt = Date.now();
-    const changed = this.#known !== undefined && marker !== this.#known;
-    this.#known = marker;
+    const known = this.#known.get(part);
+    const changed = known !== undefined && marker !== known;
+    this.#known.set(part, marker);
+    return changed;
+  }
+
+  /** {@link changed} for every part of a look. */
+  changedAny(markers: string | undefined | ReadonlyMap<string, string>): boolean {
+    if (!(markers instanceof Map)) return this.changed(markers as string | undefined);
+    let changed = false;
+    for (const [part, marker] of markers) changed = this.changed(marker, part) || changed;
     return changed;
   }
 
@@ -307,8 +320,8 @@ export class Generation {
     // A `get` looked meanwhile: nothing to learn yet.
     if (Date.now() - this.#lookedAt >= GENERATION_WATCH_MS / 2) {
       try {
-        const marker = await this.#look();
-        if (!this.#closed && this.changed(marker)) this.#store.emit('reset');
+        const markers = await this.#look();
+        if (!this.#closed && this.changedAny(markers)) this.#store.emit('reset');
       } catch {
         // The store cannot answer: its operations fail and say so; the next look tells.
       }

@@ -23,7 +23,8 @@ import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { type AddressInfo, type Server, type Socket, connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Redis } from 'ioredis';
+import calculateSlot from 'cluster-key-slot';
+import { type Cluster, Redis } from 'ioredis';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { TokenManager, type TokenManagerOptions, type TokenSource, type TokenStore } from '../../src/index.js';
@@ -33,7 +34,14 @@ import { FileStore } from '../../src/stores/file.js';
 import { usersFor } from '../users/helpers.js';
 import { afterNextTokenResponse, appRefreshToken } from '../support/app-client.js';
 import { type TestAuthorizationServer, startAuthorizationServer } from '../support/authorization-server.js';
-import { hasRedisServer, skipWithout, sleep, startPrivateRedis } from '../support/private-servers.js';
+import {
+  type PrivateRedis,
+  hasRedisServer,
+  skipWithout,
+  sleep,
+  startPrivateRedis,
+  startRedisCluster,
+} from '../support/private-servers.js';
 import { DATABASE_URL, dropStoreTables, postgresAvailable } from '../support/services.js';
 
 let as: TestAuthorizationServer;
@@ -65,13 +73,16 @@ function twoProcesses(
 }
 
 interface Backend {
-  open(): TokenStore;
+  /** A store object for one process; `key` is the managers' store key. */
+  open(key: string): TokenStore;
   wipe(): Promise<void>;
 }
 
 async function newcomerAfterWipe({ open, wipe }: Backend): Promise<void> {
   const login = await as.login(`wiped-${randomUUID()}`);
-  const [running, newcomer] = twoProcesses(open(), open(), () => appRefreshToken(as, login['refresh_token'] as string));
+  const source = () => appRefreshToken(as, login['refresh_token'] as string);
+  const { key } = source();
+  const [running, newcomer] = twoProcesses(open(key), open(key), source);
 
   await running.refresh();
   const held = await running.refresh(); // the store holds the second rotation; the login's was spent long ago
@@ -108,6 +119,41 @@ describe('a store emptied under a running fleet, then a newcomer with the initia
       });
     },
     30_000,
+  );
+
+  it.skipIf(skipWithout('redis-server', hasRedisServer))(
+    "Redis Cluster: FLUSHALL of the one master that holds the entry (not the store's first epoch)",
+    async () => {
+      const own = await startRedisCluster(3);
+      const admin = new Redis.Cluster(own.nodes);
+      const clients: Cluster[] = [];
+      onTestFinished(async () => {
+        admin.disconnect();
+        for (const c of clients) c.disconnect();
+        await own.close();
+      });
+      const ranges = (await admin.call('CLUSTER', 'SLOTS')) as [number, number, [string, number]][];
+      const portOf = (key: string): number | undefined =>
+        ranges.find(([first, last]) => calculateSlot(key) >= first && calculateSlot(key) <= last)?.[2][1];
+      let entryPort: number | undefined;
+      await newcomerAfterWipe({
+        open: (key) => {
+          // A prefix that puts the entry on another master than `<prefix>epoch` (the one key all stores
+          // read before per-master epochs): flushing the entry's master must still be seen.
+          let n = 0;
+          while (portOf(`wiped${n}:entry:${key}`) === portOf(`wiped${n}:epoch`)) n++;
+          entryPort = portOf(`wiped${n}:entry:${key}`);
+          const client = new Redis.Cluster(own.nodes, { enableOfflineQueue: true });
+          clients.push(client);
+          return new RedisStore({ client, prefix: `wiped${n}:` });
+        },
+        wipe: async () => {
+          const master = own.servers.find((server) => server.port === entryPort) as PrivateRedis;
+          await master.cli('FLUSHALL');
+        },
+      });
+    },
+    60_000,
   );
 
   it.skipIf(!postgresAvailable)(

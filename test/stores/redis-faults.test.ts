@@ -12,6 +12,7 @@ import type { TokenwardenError } from '../../src/errors.js';
 import { SETTLE_MS } from '../../src/fleet/fleet.js';
 import { TokenManager } from '../../src/manager.js';
 import { RedisStore } from '../../src/stores/redis.js';
+import { GENERATION_WATCH_MS } from '../../src/stores/shared.js';
 import {
   type PrivateRedis,
   type PrivateRedisCluster,
@@ -114,6 +115,45 @@ describe.skipIf(skipWithout('redis-server', hasRedisServer))('RedisStore when it
       expect(events).toEqual(['reset', 'get: missing']);
       expect(await store.get('k')).toBeUndefined();
       expect(events).toHaveLength(2); // once
+    } finally {
+      await store.close();
+      client.disconnect();
+      await own.close();
+    }
+  }, 60_000);
+
+  it('a Redis Cluster: each master keeps its own epoch, read with the entries it holds; FLUSHALL of any one master alone is a reset', async () => {
+    const own = await startRedisCluster(3);
+    const client = new Redis.Cluster(own.nodes, { enableOfflineQueue: true });
+    const store = new RedisStore({ client, prefix: `tw:${randomUUID()}:`, timeout: 500 });
+    const resets: number[] = [];
+    store.on('reset', () => resets.push(Date.now()));
+    try {
+      const keys = Array.from({ length: 30 }, (_, i) => `k${i}`);
+      for (const key of keys) await store.set(key, 'v');
+      for (const key of keys) expect((await store.get(key))?.value).toBe('v');
+      // One epoch per master, in a slot of its own: no master is asked for every read.
+      const epochsOn = async (server: PrivateRedis) =>
+        (await server.cli('--scan', '--pattern', `${store.prefix}epoch*`)).split('\n').filter(Boolean);
+      for (const server of own.servers) expect(await epochsOn(server)).toHaveLength(1);
+      expect(resets).toEqual([]);
+      for (const server of own.servers) {
+        await server.cli('FLUSHALL');
+        const before = resets.length;
+        // A get of every key: the ones on the flushed master come back missing, after the reset.
+        const missing: string[] = [];
+        for (const key of keys) if ((await store.get(key)) === undefined) missing.push(key);
+        expect(missing.length).toBeGreaterThan(0);
+        expect(resets.length).toBe(before + 1);
+        for (const key of missing) await store.set(key, 'v');
+      }
+      // Nothing reads: the watch (while something listens for reset) sees a master flushed alone.
+      const server = own.servers[2] as PrivateRedis;
+      await server.cli('FLUSHALL');
+      const before = resets.length;
+      const deadline = Date.now() + 3 * GENERATION_WATCH_MS;
+      while (resets.length === before && Date.now() < deadline) await sleep(100);
+      expect(resets.length).toBe(before + 1);
     } finally {
       await store.close();
       client.disconnect();
