@@ -359,6 +359,32 @@ describe('answers of authorization servers other than oidc-provider (RFC 6749 §
     expect(isTransient(e)).toBe(false);
   });
 
+  it('a redirect is not followed, and the error names where it points (origin and path only, scrubbed)', async () => {
+    const redirect = (status: number, location: string) =>
+      server.handle((_req, res) => {
+        res.writeHead(status, { location });
+        res.end();
+      });
+    redirect(301, '/token/'); // Django's APPEND_SLASH
+    let e = await failure();
+    expect(e).toMatchObject({ code: 'ERR_HTTP_STATUS', status: 301 });
+    expect(e.message).toContain(`redirected (301) to ${server.url}/token/, which is not followed`);
+    const before = server.requests.length;
+    redirect(307, `https://as.example/oauth/token?client_secret=${SECRET}&x=1#frag`);
+    e = await failure();
+    expect(e.message).toContain('redirected (307) to https://as.example/oauth/token,');
+    expect(server.requests.length - before).toBe(1); // nothing sent to where it points
+    redirect(308, `/t/${encodeURIComponent(SECRET)}/x`);
+    e = await failure();
+    expect(e.message).toContain(`redirected (308) to ${server.url}/t/[redacted]/x,`);
+    for (const location of ['javascript:alert(1)', 'http://[bad', '']) {
+      redirect(302, location);
+      e = await failure();
+      expect(e.message).toContain('unexpected HTTP status 302 without an OAuth error body');
+    }
+    for (const err of [e]) expect(inspect(err, { depth: 10 })).not.toContain(SECRET);
+  });
+
   it("GitHub's bad_refresh_token is a dead refresh token, as invalid_grant: the fallback answers; UserTokens asks for a sign-in", async () => {
     server.handle((req, res, body) => {
       if (new URLSearchParams(body).get('grant_type') === 'client_credentials') {

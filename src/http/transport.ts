@@ -89,11 +89,16 @@ export function boundedFetch(options: TransportOptions, meta?: ResponseMeta): Fe
       throw fail(err);
     }
     const nullBody = [101, 103, 204, 205, 304].includes(response.status);
-    return new Response(nullBody ? null : body, {
+    const capped = new Response(nullBody ? null : body, {
       status: response.status,
       statusText: response.statusText,
       headers: response.headers,
     });
+    // A built Response has no URL: keep the one answered (a relative redirect is read against it).
+    const answered =
+      response.url || (typeof input === 'string' ? input : input instanceof URL ? input.href : input.url);
+    Object.defineProperty(capped, 'url', { value: answered, enumerable: false });
+    return capped;
   };
 }
 

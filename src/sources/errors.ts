@@ -134,9 +134,13 @@ export function toTokenwardenError(
         // A 4xx that is not JSON (a gateway's HTML 401, a text/plain 429) is a status without an OAuth body,
         // like a 5xx page; only a 200 that is not JSON is a malformed answer.
         if (err.code === oauth.RESPONSE_IS_NOT_JSON && (status === undefined || status === 200)) break;
+        const redirect =
+          status !== undefined && status >= 300 && status < 400 ? redirectTarget(cause, text) : undefined;
         return new TokenwardenError(
           'ERR_HTTP_STATUS',
-          `${what} failed: unexpected HTTP status${status === undefined ? '' : ` ${status}`} without an OAuth error body`,
+          redirect !== undefined
+            ? `${what} failed: the server redirected (${status}) to ${redirect}, which is not followed (a request with credentials is not sent on elsewhere): configure that address if it is the endpoint`
+            : `${what} failed: unexpected HTTP status${status === undefined ? '' : ` ${status}`} without an OAuth error body`,
           { cause: scrub(sanitizeResponseCause(err), r), ...(status !== undefined && { status }), ...retry },
         );
       }
@@ -281,4 +285,21 @@ export function isRefreshTokenRejected(err: unknown): err is TokenwardenError {
     err.code === 'ERR_OAUTH' &&
     (err.error === 'invalid_grant' || err.error === 'bad_refresh_token')
   );
+}
+
+/**
+ * Where a redirect answer points, as an address to show: an absolute `http:`/`https:` URL's origin and path
+ * only (no query, fragment or user info), scrubbed; undefined when there is none or it is not such a URL.
+ */
+function redirectTarget(response: unknown, text: (value: string, max?: number) => string): string | undefined {
+  if (!(response instanceof Response)) return undefined;
+  const location = response.headers.get('location');
+  if (location === null || location.trim() === '') return undefined;
+  try {
+    const url = new URL(location, response.url === '' ? undefined : response.url);
+    if (url.protocol !== 'https:' && url.protocol !== 'http:') return undefined;
+    return text(`${url.origin}${url.pathname}`, 200);
+  } catch {
+    return undefined;
+  }
 }
