@@ -1,4 +1,9 @@
-import { decodeJwt } from 'jose';
+import { execFileSync } from 'node:child_process';
+import { X509Certificate, createHash, createPrivateKey } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { decodeJwt, decodeProtectedHeader, exportJWK, generateKeyPair } from 'jose';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { ManualClock } from '../src/clock.js';
 import { TokenwardenError } from '../src/errors.js';
@@ -83,6 +88,72 @@ describe('client credentials against a real authorization server', () => {
     expect(() => clientCredentials({ ...base(), ...creds(), clientAssertionAudience: '' })).toThrow(
       expect.objectContaining({ code: 'ERR_CONFIG' }),
     );
+  });
+
+  it("private_key_jwt with the key's certificate (Entra ID): x5t#S256 and x5t in the assertion header; another key's certificate is ERR_CONFIG", async () => {
+    const certificateOf = (jwk: object): string => {
+      const dir = mkdtempSync(join(tmpdir(), 'tw-cert-'));
+      try {
+        const keyFile = join(dir, 'key.pem');
+        writeFileSync(
+          keyFile,
+          createPrivateKey({ key: jwk as import('node:crypto').JsonWebKey, format: 'jwk' }).export({
+            type: 'pkcs8',
+            format: 'pem',
+          }),
+        );
+        execFileSync('openssl', [
+          'req',
+          '-x509',
+          '-key',
+          keyFile,
+          '-out',
+          join(dir, 'cert.pem'),
+          '-subj',
+          '/CN=svc',
+          '-days',
+          '1',
+        ]);
+        return readFileSync(join(dir, 'cert.pem'), 'utf8');
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    };
+    const { privateJwk } = as.clients.jwt;
+    const certificate = certificateOf(privateJwk);
+    const der = new X509Certificate(certificate).raw;
+    const headers: Record<string, unknown>[] = [];
+    const recording: typeof fetch = async (input, init) => {
+      const assertion = init?.body instanceof URLSearchParams ? init.body.get('client_assertion') : null;
+      if (assertion) headers.push(decodeProtectedHeader(assertion));
+      return fetch(input, init);
+    };
+    const clientId = as.clients.jwt.clientId;
+    for (const clientAssertionAudience of ['issuer', 'token_endpoint'] as const) {
+      const source = clientCredentials({
+        ...base(),
+        clientId,
+        privateKey: { key: privateJwk, certificate },
+        fetch: recording,
+        clientAssertionAudience,
+      });
+      expect((await source.fetchToken({})).accessToken).toBeTruthy(); // the real server accepts it
+    }
+    expect(headers).toHaveLength(2);
+    for (const header of headers) {
+      expect(header['x5t#S256']).toBe(createHash('sha256').update(der).digest('base64url'));
+      expect(header['x5t']).toBe(createHash('sha1').update(der).digest('base64url'));
+    }
+    const other = certificateOf(await exportJWK((await generateKeyPair('RS256', { extractable: true })).privateKey));
+    for (const [cert, why] of [
+      [other, 'another key'],
+      ['not a certificate', 'not an X.509'],
+    ] as const) {
+      const source = clientCredentials({ ...base(), clientId, privateKey: { key: privateJwk, certificate: cert } });
+      const err = await source.fetchToken({}).catch((e: unknown) => e);
+      expect(err).toMatchObject({ code: 'ERR_CONFIG' });
+      expect((err as Error).message).toContain(why);
+    }
   });
 
   it('reports a wrong secret as ERR_OAUTH invalid_client with the status, and no secret anywhere', async () => {

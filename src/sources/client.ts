@@ -5,7 +5,7 @@
  *
  * @module
  */
-import { createHash } from 'node:crypto';
+import { KeyObject, X509Certificate, createHash } from 'node:crypto';
 import { inspect } from 'node:util';
 import { decodeJwt } from 'jose';
 import * as oauth from 'oauth4webapi';
@@ -53,15 +53,22 @@ export type ClientAuthMethod =
 
 /**
  * A private key for `private_key_jwt` (or a JWT bearer assertion): a `CryptoKey`, a private JWK (with `d`),
- * a PKCS#8 PEM string, or `{ key, kid, alg }` with any of those.
+ * a PKCS#8 PEM string, or `{ key, kid, alg, certificate }` with any of those. `certificate` is the key's X.509
+ * certificate (PEM): its SHA-256 and SHA-1 thumbprints go in the header of each client assertion
+ * (`x5t#S256`, `x5t`), as Microsoft Entra ID requires of certificate credentials; it must be the certificate of
+ * this key (`ERR_CONFIG` at the first request otherwise).
  *
  * @example
  * ```ts
  * const key: PrivateKeyInput = { key: readFileSync('client-key.pem', 'utf8'), kid: 'key-2026', alg: 'PS256' };
+ * const entra: PrivateKeyInput = { key: readFileSync('app.key', 'utf8'), certificate: readFileSync('app.crt', 'utf8') };
  * ```
  */
 export type PrivateKeyInput =
-  CryptoKey | oauth.JWK | string | { key: CryptoKey | oauth.JWK | string; kid?: string; alg?: string };
+  | CryptoKey
+  | oauth.JWK
+  | string
+  | { key: CryptoKey | oauth.JWK | string; kid?: string; alg?: string; certificate?: string };
 
 /**
  * Options every grant accepts.
@@ -790,10 +797,12 @@ async function makeClientAuth(options: ClientOptions, method: ClientAuthMethod |
     case 'client_secret_post':
       return oauth.ClientSecretPost(secret);
     case 'client_secret_jwt':
-      return withAssertionAudience(options.clientAssertionAudience, (modify) => oauth.ClientSecretJwt(secret, modify));
+      return withAssertion(options.clientAssertionAudience, {}, (modify) => oauth.ClientSecretJwt(secret, modify));
     case 'private_key_jwt': {
-      const key = await importPrivateKey(options.privateKey as PrivateKeyInput);
-      return withAssertionAudience(options.clientAssertionAudience, (modify) => oauth.PrivateKeyJwt(key, modify));
+      const input = options.privateKey as PrivateKeyInput;
+      const key = await importPrivateKey(input);
+      const header = certificateHeader(input, key.key);
+      return withAssertion(options.clientAssertionAudience, header, (modify) => oauth.PrivateKeyJwt(key, modify));
     }
     case 'tls_client_auth':
     case 'self_signed_tls_client_auth':
@@ -804,24 +813,52 @@ async function makeClientAuth(options: ClientOptions, method: ClientAuthMethod |
 }
 
 /**
- * A client assertion method whose `aud` is `audience` (see `ClientOptions.clientAssertionAudience`), through
- * `oauth4webapi`'s `modifyAssertion` hook (called as the assertion is made, with the metadata of that request).
+ * A client assertion method whose `aud` is `audience` (see `ClientOptions.clientAssertionAudience`) and whose
+ * header has `header`'s members too, through `oauth4webapi`'s `modifyAssertion` hook (called as the assertion
+ * is made, with the metadata of that request).
  */
-function withAssertionAudience(
+function withAssertion(
   audience: ClientOptions['clientAssertionAudience'],
+  header: Readonly<Record<string, string>>,
   make: (options: oauth.ModifyAssertionOptions) => oauth.ClientAuth,
 ): oauth.ClientAuth {
-  if (audience === undefined || audience === 'issuer') return make({});
+  const toIssuer = audience === undefined || audience === 'issuer';
+  if (toIssuer && Object.keys(header).length === 0) return make({});
   let current: string | undefined;
   const inner = make({
-    [oauth.modifyAssertion]: (_header, payload) => {
+    [oauth.modifyAssertion]: (jwtHeader, payload) => {
+      Object.assign(jwtHeader, header);
       if (current !== undefined) payload.aud = current;
     },
   });
+  if (toIssuer) return inner;
   return (as, client, body, headers) => {
     current = audience === 'token_endpoint' ? as.token_endpoint : audience;
     return inner(as, client, body, headers);
   };
+}
+
+/**
+ * The assertion header members a {@link PrivateKeyInput}'s `certificate` gives: its thumbprints, `x5t#S256`
+ * (SHA-256) and `x5t` (SHA-1) of its DER form, base64url (RFC 7515 §4.1.7–8). Throws `ERR_CONFIG` when it is not
+ * a certificate, or not the certificate of `key`.
+ */
+function certificateHeader(input: PrivateKeyInput, key: CryptoKey): Record<string, string> {
+  const pem = typeof input === 'object' && input !== null && 'certificate' in input ? input.certificate : undefined;
+  if (pem === undefined) return {};
+  let certificate: X509Certificate;
+  try {
+    certificate = new X509Certificate(pem);
+  } catch (err) {
+    throw new TokenwardenError('ERR_CONFIG', 'privateKey.certificate is not an X.509 certificate (PEM)', {
+      cause: err,
+    });
+  }
+  if (!certificate.checkPrivateKey(KeyObject.from(key))) {
+    throw new TokenwardenError('ERR_CONFIG', 'privateKey.certificate is the certificate of another key');
+  }
+  const thumbprint = (hash: string) => createHash(hash).update(certificate.raw).digest('base64url');
+  return { 'x5t#S256': thumbprint('sha256'), x5t: thumbprint('sha1') };
 }
 
 /**
