@@ -11,15 +11,9 @@ import { join } from 'node:path';
 import { inspect } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ManualClock } from '../src/clock.js';
-import {
-  FileStore,
-  TokenManager,
-  TokenwardenError,
-  UserTokens,
-  clientCredentials,
-  refreshToken,
-} from '../src/index.js';
+import { TokenwardenError, UserTokens, clientCredentials, refreshToken } from '../src/index.js';
 import { createVerifier } from '../src/server/index.js';
+import { rotationSuite } from './support/interop.js';
 import {
   type DjangoOAuthToolkit,
   requireDjangoOAuthToolkit,
@@ -50,13 +44,15 @@ const app = (refresh: string) =>
     allowInsecureRequests: true,
   });
 
-/** Refresh tokens presented more than once since `from` (an index into the server's record). */
-async function spentTwice(from: number): Promise<string[]> {
-  const seen = new Set<string>();
-  return (await server.record()).refreshTokensPresented.slice(from).filter((t) => seen.has(t) || !seen.add(t));
-}
-
 describe.skipIf(!available)('Django OAuth Toolkit', () => {
+  rotationSuite(() => ({
+    login: () => server.login('bob'),
+    refreshSource: app,
+    record: () => server.record(),
+    accessToken: /^[A-Za-z0-9]{20,}$/,
+    dir,
+  }));
+
   it('client credentials found by discovery from the issuer (its document is at the address with a slash), with client_secret_basic and client_secret_post', async () => {
     for (const clientAuth of ['client_secret_basic', 'client_secret_post'] as const) {
       const before = Date.now();
@@ -85,39 +81,6 @@ describe.skipIf(!available)('Django OAuth Toolkit', () => {
       code: 'ERR_OAUTH',
       error: 'invalid_scope',
     });
-  });
-
-  it('rotating refresh tokens: each spent once by a TokenManager; a spent one is refused (invalid_grant)', async () => {
-    const from = (await server.record()).refreshTokensPresented.length;
-    const first = (await server.login('alice')).refresh_token;
-    const manager = new TokenManager({ source: app(first) });
-    const a = await manager.getToken();
-    const b = await manager.refresh();
-    const c = await manager.refresh();
-    expect(new Set([first, a.refreshToken, b.refreshToken, c.refreshToken]).size).toBe(4);
-    expect(await spentTwice(from)).toEqual([]);
-    await manager.close();
-    await expect(app(first).fetchToken({})).rejects.toMatchObject({ code: 'ERR_OAUTH', error: 'invalid_grant' });
-    expect((await app(c.refreshToken as string).fetchToken({})).accessToken).toMatch(/^[A-Za-z0-9]{20,}$/);
-  });
-
-  it('a fleet of four managers on one FileStore, refreshing at once ten times: no refresh token presented twice, no invalid_grant', async () => {
-    const before = await server.record();
-    const first = (await server.login('bob')).refresh_token;
-    const path = join(dir, 'fleet');
-    const managers = Array.from(
-      { length: 4 },
-      () => new TokenManager({ source: app(first), store: new FileStore({ path }) }),
-    );
-    await Promise.all(managers.map((m) => m.getToken()));
-    for (let round = 0; round < 10; round++) await Promise.all(managers.map((m) => m.refresh()));
-    const after = await server.record();
-    expect(await spentTwice(before.refreshTokensPresented.length)).toEqual([]);
-    expect(after.errors['invalid_grant'] ?? 0).toBe(before.errors['invalid_grant'] ?? 0);
-    const spent = after.refreshTokensPresented.length - before.refreshTokensPresented.length;
-    expect(spent).toBeGreaterThanOrEqual(1 + 10);
-    expect(spent).toBeLessThanOrEqual(1 + 10 * 4);
-    await Promise.all(managers.map((m) => m.close()));
   });
 
   it('UserTokens found by discovery: a saved login served, refreshed once on expiry for two callers, revoked at revocationEndpoint', async () => {

@@ -11,7 +11,6 @@ import { SignJWT, generateKeyPair } from 'jose';
 import { ManualClock } from '../src/clock.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
-  FileStore,
   type RefreshTokenOptions,
   TokenManager,
   TokenwardenError,
@@ -20,6 +19,7 @@ import {
   refreshToken,
   tokenExchange,
 } from '../src/index.js';
+import { rotationSuite } from './support/interop.js';
 import { type NodeOAuth2Server, startNodeOAuth2Server } from './support/node-oauth2-server.js';
 
 let server: NodeOAuth2Server;
@@ -43,13 +43,16 @@ const client = () => ({
 const rt = (refresh: string, extra: Partial<RefreshTokenOptions> = {}) =>
   refreshToken({ ...client(), refreshToken: refresh, ...extra });
 
-/** Whether any refresh token was presented twice since `from` (an index into the server's record). */
-function spentTwice(from = 0): string[] {
-  const seen = new Set<string>();
-  return server.refreshTokensPresented.slice(from).filter((t) => seen.has(t) || !seen.add(t));
-}
-
 describe('@node-oauth/oauth2-server', () => {
+  let logins = 0;
+  rotationSuite(() => ({
+    login: () => server.login(`user-${++logins}`),
+    refreshSource: (refresh) => rt(refresh),
+    record: async () => ({ refreshTokensPresented: [...server.refreshTokensPresented], errors: { ...server.errors } }),
+    accessToken: /^[0-9a-f]{40,}$/,
+    dir,
+  }));
+
   it('client credentials with client_secret_basic and client_secret_post: the lifetime from expires_in, the scope granted', async () => {
     for (const clientAuth of ['client_secret_basic', 'client_secret_post'] as const) {
       const before = Date.now();
@@ -84,41 +87,6 @@ describe('@node-oauth/oauth2-server', () => {
   it('a grant the server does not have (token exchange) → ERR_OAUTH unsupported_grant_type', async () => {
     const exchange = tokenExchange({ ...client(), subjectToken: 'subject' });
     await expect(exchange.fetchToken({})).rejects.toMatchObject({ code: 'ERR_OAUTH', error: 'unsupported_grant_type' });
-  });
-
-  it('rotating refresh tokens: each spent once by TokenManager; a spent one is refused (invalid_grant) without harming the newest', async () => {
-    const from = server.refreshTokensPresented.length;
-    const first = (await server.login('alice')).refresh_token;
-    const manager = new TokenManager({ source: rt(first) });
-    const a = await manager.getToken();
-    const b = await manager.refresh();
-    const c = await manager.refresh();
-    expect(new Set([first, a.refreshToken, b.refreshToken, c.refreshToken]).size).toBe(4);
-    expect(spentTwice(from)).toEqual([]);
-    await manager.close();
-    // This server does not revoke the grant on reuse (oidc-provider does): the spent one fails, the newest works.
-    await expect(rt(first).fetchToken({})).rejects.toMatchObject({ code: 'ERR_OAUTH', error: 'invalid_grant' });
-    expect((await rt(c.refreshToken as string).fetchToken({})).accessToken).toMatch(/^[0-9a-f]{40,}$/);
-  });
-
-  it('a fleet of four managers on one FileStore, refreshing at once ten times: no refresh token presented twice, no invalid_grant', async () => {
-    const from = server.refreshTokensPresented.length;
-    const invalidGrants = server.errors['invalid_grant'] ?? 0;
-    const first = (await server.login('fleet')).refresh_token;
-    const path = join(dir, 'fleet');
-    const managers = Array.from(
-      { length: 4 },
-      () => new TokenManager({ source: rt(first), store: new FileStore({ path }) }),
-    );
-    await Promise.all(managers.map((m) => m.getToken()));
-    for (let round = 0; round < 10; round++) await Promise.all(managers.map((m) => m.refresh()));
-    expect(spentTwice(from)).toEqual([]);
-    expect(server.errors['invalid_grant'] ?? 0).toBe(invalidGrants);
-    // One refresh at a time across the fleet: a manager that waited for the lock finds the token just refreshed.
-    const spent = server.refreshTokensPresented.length - from;
-    expect(spent).toBeGreaterThanOrEqual(1 + 10);
-    expect(spent).toBeLessThanOrEqual(1 + 10 * 4);
-    await Promise.all(managers.map((m) => m.close()));
   });
 
   it('a server that does not rotate: the same refresh token is carried over (RFC 6749 §6) and keeps working', async () => {
