@@ -1,15 +1,31 @@
 /**
- * What every real authorization server must show the client side doing, whatever its habits: rotating refresh
- * tokens spent once by a TokenManager, and a fleet of managers on one FileStore that never presents a refresh
- * token twice. One suite, run against each server (`test/node-oauth2-server.test.ts`,
- * `test/django-oauth-toolkit.test.ts`; oidc-provider has its own, deeper fleet suites).
+ * What every real authorization server must show the client side doing, whatever its habits: client
+ * credentials with both secret methods (and a wrong secret or scope said as the server said it, the secret
+ * nowhere), rotating refresh tokens spent once by a TokenManager, and a fleet of managers on one FileStore that
+ * never presents a refresh token twice. One suite, run against each server (`test/node-oauth2-server.test.ts`,
+ * `test/django-oauth-toolkit.test.ts`; oidc-provider has its own, deeper suites).
  */
 import { join } from 'node:path';
+import { inspect } from 'node:util';
 import { expect, it } from 'vitest';
-import { FileStore, TokenManager, type TokenSource } from '../../src/index.js';
+import {
+  type ClientCredentialsOptions,
+  FileStore,
+  TokenManager,
+  type TokenSource,
+  TokenwardenError,
+  clientCredentials,
+} from '../../src/index.js';
 
 /** A server under test, as the suite needs it. */
 export interface InteropServer {
+  /** A confidential client allowed the client credentials grant (scopes `read` and `write`; not `admin`). */
+  client(): Pick<
+    ClientCredentialsOptions,
+    'issuer' | 'tokenEndpoint' | 'clientId' | 'clientSecret' | 'allowInsecureRequests'
+  >;
+  /** The access token lifetime the server is configured with, in seconds. */
+  readonly accessTokenTtl: number;
   /** A new login's token response, with a refresh token. */
   login(): Promise<{ refresh_token: string }>;
   /** The refresh token grant of the client the logins are for. */
@@ -28,8 +44,43 @@ async function spentTwice(server: InteropServer, from: number): Promise<string[]
   return (await server.record()).refreshTokensPresented.slice(from).filter((t) => seen.has(t) || !seen.add(t));
 }
 
-/** The refresh-token tests every server runs; `server()` is called in each test (after `beforeAll`). */
-export function rotationSuite(server: () => InteropServer): void {
+/** The tests every server runs; `server()` is called in each test (after `beforeAll`). */
+export function interopSuite(server: () => InteropServer): void {
+  it('client credentials with client_secret_basic and client_secret_post: the lifetime from expires_in, the scope granted', async () => {
+    const s = server();
+    for (const clientAuth of ['client_secret_basic', 'client_secret_post'] as const) {
+      const before = Date.now();
+      const token = await clientCredentials({ ...s.client(), clientAuth, scope: 'read write' }).fetchToken({});
+      expect(token).toMatchObject({ tokenType: 'Bearer', scope: 'read write' });
+      expect(token.accessToken).toMatch(s.accessToken);
+      expect(token.expiresAt! - before).toBeGreaterThan((s.accessTokenTtl - 5) * 1000);
+      expect(token.expiresAt! - before).toBeLessThanOrEqual((s.accessTokenTtl + 1) * 1000);
+    }
+  });
+
+  it('a wrong secret → ERR_OAUTH invalid_client (401), the secret nowhere in any form', async () => {
+    const s = server();
+    const { clientId, clientSecret } = s.client();
+    const secret = `${clientSecret as string}-wrong`;
+    const err = await clientCredentials({ ...s.client(), clientSecret: secret })
+      .fetchToken({})
+      .catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(TokenwardenError);
+    expect(err).toMatchObject({ code: 'ERR_OAUTH', error: 'invalid_client', status: 401 });
+    const everything = [String(err), JSON.stringify(err), inspect(err, { depth: 10 })].join('\n');
+    for (const form of [secret, encodeURIComponent(secret), Buffer.from(`${clientId}:${secret}`).toString('base64')]) {
+      expect(everything).not.toContain(form);
+    }
+  });
+
+  it('a scope the server does not grant → ERR_OAUTH invalid_scope', async () => {
+    const s = server();
+    await expect(clientCredentials({ ...s.client(), scope: 'admin' }).fetchToken({})).rejects.toMatchObject({
+      code: 'ERR_OAUTH',
+      error: 'invalid_scope',
+    });
+  });
+
   it('rotating refresh tokens: each spent once by a TokenManager; a spent one is refused (invalid_grant), the newest works', async () => {
     const s = server();
     const from = (await s.record()).refreshTokensPresented.length;
