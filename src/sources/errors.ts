@@ -290,8 +290,13 @@ export function isRefreshTokenRejected(err: unknown): err is TokenwardenError {
 /**
  * Where a redirect answer points, as an address to show: an absolute `http:`/`https:` URL's origin and path
  * only (no query, fragment or user info), scrubbed; undefined when there is none or it is not such a URL.
+ *
+ * @example
+ * ```ts
+ * const target = redirectTarget(response, (text) => redactor.redact(text)); // 'https://as.example/o/token/'
+ * ```
  */
-function redirectTarget(response: unknown, text: (value: string, max?: number) => string): string | undefined {
+export function redirectTarget(response: unknown, text: (value: string, max?: number) => string): string | undefined {
   if (!(response instanceof Response)) return undefined;
   const location = response.headers.get('location');
   if (location === null || location.trim() === '') return undefined;

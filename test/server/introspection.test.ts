@@ -236,6 +236,28 @@ describe('introspection (RFC 7662) against a real authorization server', () => {
     }
   });
 
+  it('a redirect from the introspection endpoint (Django without the trailing slash): 503, and the error says where it points', async () => {
+    const fault = await startFaultServer((req, res) => {
+      res.writeHead(301, { location: `${req.url}/?token=echoed-${'t'.repeat(8)}` });
+      res.end();
+    });
+    const errors: TokenwardenError[] = [];
+    try {
+      const verify = createVerifier({
+        introspection: { endpoint: `${fault.url}/o/introspect`, clientId: 'rs', clientSecret: 's3cret-value' },
+        allowInsecureRequests: true,
+        onError: (e) => errors.push(e),
+      });
+      expect(await verify('opaque-token-value')).toMatchObject({ ok: false, failure: { status: 503 } });
+      expect(fault.requests).toHaveLength(1); // not followed
+      expect(errors[0]).toMatchObject({ code: 'ERR_HTTP_STATUS', status: 301 });
+      expect(errors[0]?.message).toContain(`redirected (301) to ${fault.url}/o/introspect/, which is not followed`);
+      expect(JSON.stringify(errors[0]?.toJSON())).not.toMatch(/echoed|opaque-token-value|s3cret-value/);
+    } finally {
+      await fault.close();
+    }
+  });
+
   it('introspectionEndpoint: for an issuer whose metadata has none (no discovery needed then)', async () => {
     const server = await startFaultServer();
     server.handle((req, res) => {
