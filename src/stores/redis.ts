@@ -234,8 +234,8 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
    * {@link Generation}.
    */
   readonly #generation = new Generation(this, async () => this.#epochs(await this.#usable()));
-  /** A cluster master's epoch key, by master (`host:port`), as long as a slot of that master holds it. */
-  readonly #epochKeys = new Map<string, string>();
+  /** A cluster master's epoch key and the slot it was made for, by master (`host:port`). */
+  readonly #epochKeys = new Map<string, { key: string; slot: number }>();
   #closed = false;
 
   constructor(options: RedisStoreOptions) {
@@ -419,13 +419,17 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
     return master === undefined ? `${this.prefix}epoch` : this.#masterEpochKey(slots as string[][], master);
   }
 
-  /** The epoch key of a cluster master: in the first slot it serves (found again when that slot moved). */
+  /**
+   * The epoch key of a cluster master: tagged for the first slot it serves (made again when that slot moved).
+   * A prefix with a hash tag of its own (`{tokens}:`) puts every key of the store, this one too, in that tag's
+   * slot: one master holds them all, and its epoch with them.
+   */
   #masterEpochKey(slots: readonly (readonly string[] | undefined)[], master: string): string {
     const known = this.#epochKeys.get(master);
-    if (known !== undefined && slots[calculateSlot(known)]?.[0] === master) return known;
+    if (known !== undefined && slots[known.slot]?.[0] === master) return known.key;
     const slot = slots.findIndex((nodes) => nodes?.[0] === master);
     const key = `${this.prefix}epoch{${hashTagFor(slot)}}`;
-    this.#epochKeys.set(master, key);
+    this.#epochKeys.set(master, { key, slot });
     return key;
   }
 

@@ -134,8 +134,10 @@ describe.skipIf(skipWithout('redis-server', hasRedisServer))('RedisStore when it
       for (const key of keys) expect((await store.get(key))?.value).toBe('v');
       // One epoch per master, in a slot of its own: no master is asked for every read.
       const epochsOn = async (server: PrivateRedis) =>
-        (await server.cli('--scan', '--pattern', `${store.prefix}epoch*`)).split('\n').filter(Boolean);
-      for (const server of own.servers) expect(await epochsOn(server)).toHaveLength(1);
+        (await server.cli('--scan', '--pattern', '*epoch*')).split('\n').filter(Boolean);
+      for (const server of own.servers) {
+        expect((await epochsOn(server)).filter((k) => k.startsWith(store.prefix))).toHaveLength(1);
+      }
       expect(resets).toEqual([]);
       for (const server of own.servers) {
         await server.cli('FLUSHALL');
@@ -154,6 +156,28 @@ describe.skipIf(skipWithout('redis-server', hasRedisServer))('RedisStore when it
       const deadline = Date.now() + 3 * GENERATION_WATCH_MS;
       while (resets.length === before && Date.now() < deadline) await sleep(100);
       expect(resets.length).toBe(before + 1);
+
+      // A prefix with a hash tag of its own keeps every key on one master: its epoch is there too.
+      const tagged = new RedisStore({ client, prefix: `{tw-${randomUUID()}}:`, timeout: 500 });
+      const taggedResets: number[] = [];
+      tagged.on('reset', () => taggedResets.push(Date.now()));
+      try {
+        for (const key of keys) await tagged.set(key, 'v');
+        expect((await tagged.get('k0'))?.value).toBe('v');
+        const holder = (
+          await Promise.all(
+            own.servers.map(async (s) =>
+              (await epochsOn(s)).some((k) => k.startsWith(tagged.prefix)) ? s : undefined,
+            ),
+          )
+        ).filter(Boolean) as PrivateRedis[];
+        expect(holder).toHaveLength(1);
+        await holder[0]?.cli('FLUSHALL');
+        expect(await tagged.get('k0')).toBeUndefined();
+        expect(taggedResets).toHaveLength(1);
+      } finally {
+        await tagged.close();
+      }
     } finally {
       await store.close();
       client.disconnect();
