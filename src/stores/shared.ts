@@ -258,7 +258,8 @@ export class Generation {
   readonly #look: () => Promise<string | undefined | ReadonlyMap<string, string>>;
   /** The marker known for each part of the store ('' for a store of one part). */
   readonly #known = new Map<string, string | undefined>();
-  #lookedAt = 0;
+  /** When each part's marker was last read (a `get` reads only the part that holds its entry). */
+  readonly #lookedAt = new Map<string, number>();
   #timer: NodeJS.Timeout | undefined;
   #closed = false;
 
@@ -286,7 +287,7 @@ export class Generation {
    */
   changed(marker: string | undefined | null, part = ''): boolean {
     if (marker === null) return false;
-    this.#lookedAt = Date.now();
+    this.#lookedAt.set(part, Date.now());
     const known = this.#known.get(part);
     const changed = known !== undefined && marker !== known;
     this.#known.set(part, marker);
@@ -317,8 +318,9 @@ export class Generation {
   async #watch(): Promise<void> {
     this.#timer = undefined;
     if (this.#closed || this.#store.listenerCount('reset') === 0) return;
-    // A `get` looked meanwhile: nothing to learn yet.
-    if (Date.now() - this.#lookedAt >= GENERATION_WATCH_MS / 2) {
+    // When `get`s looked at every part meanwhile, there is nothing to learn yet.
+    const since = Date.now() - GENERATION_WATCH_MS / 2;
+    if (this.#known.size === 0 || [...this.#known.keys()].some((part) => (this.#lookedAt.get(part) ?? 0) <= since)) {
       try {
         const markers = await this.#look();
         if (!this.#closed && this.changedAny(markers)) this.#store.emit('reset');
