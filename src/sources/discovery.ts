@@ -7,7 +7,7 @@ import * as oauth from 'oauth4webapi';
 import { type Clock, systemClock } from '../clock.js';
 import { TokenwardenError } from '../errors.js';
 import { boundedFetch, type TransportOptions } from '../http/transport.js';
-import { toTokenwardenError } from './errors.js';
+import { redirectTarget, toTokenwardenError } from './errors.js';
 
 /**
  * Which well-known document to read. `'auto'` tries OpenID Connect first, then RFC 8414.
@@ -89,7 +89,7 @@ async function fetchMetadata(
     try {
       return await attempt('oidc');
     } catch (err) {
-      if (!wantsTrailingSlash(err, url)) throw err;
+      if (!wantsTrailingSlash(err)) throw err;
       return await attempt('oidc', true);
     }
   };
@@ -124,21 +124,12 @@ function withSlash(href: string): string {
  * Whether a failed OpenID Connect discovery answer asks for the same address with a trailing slash: a 404, or
  * a redirect to exactly that address (Django's `APPEND_SLASH`). Any other redirect is not followed.
  */
-function wantsTrailingSlash(err: unknown, issuer: URL): boolean {
-  const status = statusOf(err);
-  if (status === 404) return true;
-  if (status !== 301 && status !== 302 && status !== 307 && status !== 308) return false;
-  const location = (err as { cause?: { headers?: unknown } }).cause?.headers;
-  const target = location instanceof Headers ? location.get('location') : null;
-  if (target === null) return false;
-  // Where oauth4webapi asked (RFC 8414 §5: the well-known suffix after the issuer's path).
-  const asked = new URL(issuer.href);
-  asked.pathname = `${asked.pathname.replace(/\/$/, '')}/.well-known/openid-configuration`;
-  try {
-    return new URL(target, asked).href === withSlash(asked.href);
-  } catch {
-    return false;
-  }
+function wantsTrailingSlash(err: unknown): boolean {
+  const response = (err as { cause?: unknown }).cause;
+  if (!(response instanceof Response)) return false;
+  if (response.status === 404) return true;
+  const redirect = response.status >= 300 && response.status < 400 && response.url !== '';
+  return redirect && redirectTarget(response, (text) => text) === withSlash(response.url);
 }
 
 /**
