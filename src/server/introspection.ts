@@ -26,7 +26,7 @@ import { TokenwardenError, truncate } from '../errors.js';
 import { type ResponseMeta, describeUrl } from '../http/transport.js';
 import { type ClientOptions, OAuthClient } from '../sources/client.js';
 import { basicUserPass } from '../sources/client-secret-basic.js';
-import { redirectTarget } from '../sources/errors.js';
+import { statusWithoutBody } from '../sources/errors.js';
 import { Redactor } from '../redact.js';
 import * as telemetry from '../telemetry/hooks.js';
 import { jwtRules } from './jws.js';
@@ -279,15 +279,10 @@ function introspectionError(err: unknown, where: string, secrets: readonly strin
     if (err.code === oauth.RESPONSE_IS_NOT_CONFORM) {
       const status = err.cause instanceof Response ? err.cause.status : undefined;
       const redactor = new Redactor(secrets);
-      const redirect =
-        status !== undefined && status >= 300 && status < 400
-          ? redirectTarget(err.cause, (text, max) => redactor.redact(truncate(text, max)))
-          : undefined;
+      const text = (value: string, max?: number) => redactor.redact(truncate(value, max));
       return new TokenwardenError(
         'ERR_HTTP_STATUS',
-        redirect !== undefined
-          ? `${failed}: the server redirected (${status}) to ${redirect}, which is not followed: configure that address if it is the endpoint`
-          : `${failed}: unexpected HTTP status${status === undefined ? '' : ` ${status}`} without an OAuth error body`,
+        `${failed}: ${statusWithoutBody(err.cause, text)}`,
         status === undefined ? {} : { status },
       );
     }

@@ -134,15 +134,11 @@ export function toTokenwardenError(
         // A 4xx that is not JSON (a gateway's HTML 401, a text/plain 429) is a status without an OAuth body,
         // like a 5xx page; only a 200 that is not JSON is a malformed answer.
         if (err.code === oauth.RESPONSE_IS_NOT_JSON && (status === undefined || status === 200)) break;
-        const redirect =
-          status !== undefined && status >= 300 && status < 400 ? redirectTarget(cause, text) : undefined;
-        return new TokenwardenError(
-          'ERR_HTTP_STATUS',
-          redirect !== undefined
-            ? `${what} failed: the server redirected (${status}) to ${redirect}, which is not followed (a request with credentials is not sent on elsewhere): configure that address if it is the endpoint`
-            : `${what} failed: unexpected HTTP status${status === undefined ? '' : ` ${status}`} without an OAuth error body`,
-          { cause: scrub(sanitizeResponseCause(err), r), ...(status !== undefined && { status }), ...retry },
-        );
+        return new TokenwardenError('ERR_HTTP_STATUS', `${what} failed: ${statusWithoutBody(cause, text)}`, {
+          cause: scrub(sanitizeResponseCause(err), r),
+          ...(status !== undefined && { status }),
+          ...retry,
+        });
       }
       case oauth.HTTP_REQUEST_FORBIDDEN:
       case oauth.REQUEST_PROTOCOL_FORBIDDEN:
@@ -285,6 +281,24 @@ export function isRefreshTokenRejected(err: unknown): err is TokenwardenError {
     err.code === 'ERR_OAUTH' &&
     (err.error === 'invalid_grant' || err.error === 'bad_refresh_token')
   );
+}
+
+/**
+ * What an answer with a status and no OAuth body says, in words: where a redirect points (never followed), or
+ * the status. `text` scrubs what the server chose.
+ *
+ * @example
+ * ```ts
+ * statusWithoutBody(response, (t) => redactor.redact(t)); // 'the server redirected (301) to https://as.example/o/token/, …'
+ * ```
+ */
+export function statusWithoutBody(response: unknown, text: (value: string, max?: number) => string): string {
+  const status = response instanceof Response ? response.status : undefined;
+  const redirect = status !== undefined && status >= 300 && status < 400 ? redirectTarget(response, text) : undefined;
+  if (redirect !== undefined) {
+    return `the server redirected (${status}) to ${redirect}, which is not followed (a request with credentials is not sent on elsewhere): configure that address if it is the endpoint`;
+  }
+  return `unexpected HTTP status${status === undefined ? '' : ` ${status}`} without an OAuth error body`;
 }
 
 /**
