@@ -92,7 +92,16 @@ export type RedisStoreOptions = RedisStoreCommonOptions &
         url?: never;
         client?: never;
       }
-    | { client: Redis | Cluster; url?: never; redisOptions?: never; sentinels?: never }
+    | {
+        /**
+         * Your ioredis `Redis` or `Cluster` (never closed by the store). A Sentinel client needs
+         * `failoverDetector: true`; without it the store warns (`TOKENWARDEN_REDIS_SENTINEL`).
+         */
+        client: Redis | Cluster;
+        url?: never;
+        redisOptions?: never;
+        sentinels?: never;
+      }
   );
 
 /** The part of an ioredis connection the store uses (both `Redis` and `Cluster` have it). */
@@ -255,6 +264,7 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
       throw new TokenwardenError('ERR_CONFIG', 'RedisStore url must start with redis:// or rediss://');
     }
     this.#options = options;
+    warnWithoutFailoverDetector(options.client);
     this.prefix = options.prefix ?? 'tokenwarden:';
     if (typeof this.prefix !== 'string') throw new TokenwardenError('ERR_CONFIG', 'prefix must be a string');
     this.#codec = new Codec(options.encryptionKey);
@@ -571,7 +581,12 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
     }
     const ioredis = await loadIoredis();
     const options: RedisOptions = {
-      ...(sentinels !== undefined && { sentinels, name }),
+      // Sentinel: leave the old master the moment a sentinel announces a failover (+switch-master). An
+      // operator's `SENTINEL FAILOVER` leaves the old master up, taking writes, until a sentinel converts it
+      // to a replica about ten seconds later; connections kept there meanwhile would split the fleet across
+      // two masters, and a process that started on the new one would spend a refresh token rotated on the
+      // old one. Tested (test/faults/fleet-faults.test.ts).
+      ...(sentinels !== undefined && { sentinels, name, failoverDetector: true }),
       // Fail commands while Redis is unreachable instead of queueing them for long: the manager then
       // degrades to in-process behaviour, and the connection keeps reconnecting in the background.
       commandTimeout: this.#timeoutMs,
@@ -721,6 +736,27 @@ function hashTagFor(slot: number): string {
     hashTags.set(slot, tag);
   }
   return tag;
+}
+
+const warnedClients = new WeakSet<object>();
+
+/**
+ * A Sentinel client of the user's own without ioredis's `failoverDetector`: after an operator's failover
+ * (`SENTINEL FAILOVER`) it stays on the old master, which takes writes until a sentinel converts it to a replica
+ * (about ten seconds), while processes that connect meanwhile use the new master — two copies of the store, and
+ * a refresh token rotated in one is spent again from the other. Said once per client, as a process warning.
+ */
+function warnWithoutFailoverDetector(client: unknown): void {
+  const options = (client as { options?: { sentinels?: unknown; failoverDetector?: unknown } } | undefined)?.options;
+  if (!Array.isArray(options?.sentinels) || options.sentinels.length === 0 || options.failoverDetector === true) return;
+  if (warnedClients.has(client as object)) return;
+  warnedClients.add(client as object);
+  process.emitWarning(
+    'RedisStore: this Sentinel client has no failoverDetector. After a SENTINEL FAILOVER it keeps writing to the ' +
+      'old master until a sentinel converts it (about 10 s) while other processes use the new one, and a refresh ' +
+      'token can be spent twice. Create it with failoverDetector: true (ioredis 5.3+).',
+    { type: 'TokenwardenWarning', code: 'TOKENWARDEN_REDIS_SENTINEL' },
+  );
 }
 
 /** The masters of a cluster connection; undefined for a single server (or a sentinel set-up). */

@@ -81,7 +81,10 @@ async function runScenario(options: {
   newcomer?: boolean;
   grant?: 'refresh_token' | 'client_credentials';
   manager?: ChildConfig['manager'];
+  /** How long the processes call (15 s unless said). */
+  durationMs?: number;
 }): Promise<Outcome> {
+  const durationMs = options.durationMs ?? DURATION_MS;
   const login = await as.login(`faults-${randomUUID()}`);
   const rt = login['refresh_token'] as string;
   as.resetCounts();
@@ -93,7 +96,7 @@ async function runScenario(options: {
     clientSecret: as.clients.app.clientSecret,
     refreshToken: rt,
     startAt,
-    durationMs: DURATION_MS,
+    durationMs,
     intervalMs: INTERVAL_MS,
     ...(options.grant && { grant: options.grant }),
     ...(options.manager && { manager: options.manager }),
@@ -104,7 +107,7 @@ async function runScenario(options: {
     if (!options.newcomer || typeof at !== 'number') return [];
     // The newcomer is started (node, imports, discovery) so that its first call comes 0.5 s after `at`.
     const joinAt = at + 500;
-    return [await runChild({ ...base, startAt: joinAt, durationMs: Math.max(2000, startAt + DURATION_MS - joinAt) })];
+    return [await runChild({ ...base, startAt: joinAt, durationMs: Math.max(2000, startAt + durationMs - joinAt) })];
   })();
   const results = [...(await Promise.all(children)), ...(await joined)];
   const invalidGrant = as.counts.errors['invalid_grant'] ?? 0;
@@ -279,6 +282,29 @@ describe.skipIf(skipWithout('redis-server', hasRedisServer))('a fleet through Re
       await set.close();
     }
   }, 90_000);
+
+  it('Redis Sentinel manual failover (SENTINEL FAILOVER): the old master takes writes ~10 s until converted; a process joins meanwhile', async () => {
+    const set = await startSentinelSet();
+    try {
+      const store: StoreConfig = { kind: 'redis-sentinel', sentinels: set.sentinels, name: set.name, prefix: prefix() };
+      const outcome = await runScenario({
+        store,
+        newcomer: true,
+        durationMs: 25_000,
+        fault: async (startAt) => {
+          await at(startAt, FAULT_AT_MS);
+          await set.failover();
+          return Date.now();
+        },
+      });
+      expect(await set.masterPort()).toBe(set.replica.port); // it did fail over
+      expect(await set.master.cli('role')).toMatch(/^slave/); // and the old master was made a replica
+      expectFleetKeptTheGrant(outcome, 'sentinel manual failover');
+      await expectGrantAlive(store, outcome.rt);
+    } finally {
+      await set.close();
+    }
+  }, 120_000);
 
   it('client credentials, Redis frozen for 5 s: no call that holds a valid token waits', async () => {
     const redis = await startPrivateRedis();

@@ -518,6 +518,28 @@ async function fillUntilGone(cache: Redis, ...keys: string[]): Promise<void> {
 }
 
 /** Collects the process warnings emitted from now on, until `stop()`. */
+describe('RedisStore on a Sentinel client of yours', () => {
+  it('without failoverDetector: a process warning (TOKENWARDEN_REDIS_SENTINEL), once per client; with it, none', async () => {
+    const sentinels = [{ host: '127.0.0.1', port: 1 }];
+    const bare = new Redis({ sentinels, name: 'm', lazyConnect: true });
+    const detecting = new Redis({ sentinels, name: 'm', lazyConnect: true, failoverDetector: true });
+    const single = new Redis({ port: 1, lazyConnect: true });
+    const warnings = captureWarnings();
+    try {
+      const stores = [bare, bare, detecting, single].map((client) => new RedisStore({ client }));
+      await sleep(20); // warnings are emitted on the next tick
+      expect(warnings()).toEqual([
+        expect.objectContaining({ name: 'TokenwardenWarning', code: 'TOKENWARDEN_REDIS_SENTINEL' }),
+      ]);
+      expect(warnings()[0]?.message).toMatch(/failoverDetector: true/);
+      await Promise.all(stores.map((s) => s.close()));
+    } finally {
+      warnings.stop();
+      for (const c of [bare, detecting, single]) c.disconnect();
+    }
+  });
+});
+
 function captureWarnings(): (() => (Error & { code?: string })[]) & { stop(): void } {
   const warnings: (Error & { code?: string })[] = [];
   const onWarning = (w: Error): void => {

@@ -223,6 +223,8 @@ export interface PrivateSentinelSet {
   readonly sentinels: { host: string; port: number }[];
   /** The port of the current master, as the sentinel says. */
   masterPort(): Promise<number>;
+  /** `SENTINEL FAILOVER`: an operator's failover, the master alive; resolves once the sentinel names the replica. */
+  failover(): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -283,6 +285,14 @@ export async function startSentinelSet(): Promise<PrivateSentinelSet> {
     replica,
     sentinels: [{ host: '127.0.0.1', port }],
     masterPort,
+    failover: async () => {
+      await run('redis-cli', ['-p', String(port), 'sentinel', 'failover', name]);
+      const until = Date.now() + 10_000;
+      while ((await masterPort()) !== replica.port) {
+        if (Date.now() > until) throw new Error('the sentinel did not fail over');
+        await sleep(50);
+      }
+    },
     close: async () => {
       await killAndWait(pid);
       await master.close();
