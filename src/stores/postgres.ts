@@ -41,6 +41,7 @@ import {
   pollDelay,
   throwIfAborted,
   waitClock,
+  releaseUntilLanded,
 } from './shared.js';
 import type { LockOptions, SetOptions, StoreEvents, StoreLock, StoreRecord, TokenStore } from './store.js';
 
@@ -335,9 +336,11 @@ export class PostgresStore extends EventEmitter<StoreEvents> implements TokenSto
       release: async () => {
         if (!this.#held.delete(lock)) return;
         // Only our own lease is removed (a lease that ran out may belong to someone else by now); a
-        // failure leaves it to run out.
-        await this.#run(`DELETE FROM ${this.lockTable} WHERE key = $1 AND owner = $2`, [key, owner]).catch(
-          () => undefined,
+        // failure is tried again until it lands or the lease ends.
+        await releaseUntilLanded(
+          () => this.#run(`DELETE FROM ${this.lockTable} WHERE key = $1 AND owner = $2`, [key, owner]),
+          Date.now() + ttlMs,
+          () => this.#closed,
         );
         this.#waiters.notify(key);
       },

@@ -37,6 +37,7 @@ import {
   storeError,
   throwIfAborted,
   waitClock,
+  releaseUntilLanded,
 } from './shared.js';
 import type { LockOptions, SetOptions, StoreEvents, StoreLock, StoreRecord, TokenStore } from './store.js';
 
@@ -231,6 +232,12 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
   #subscribed: Promise<void> | undefined;
   /** The server identity checked on the current connection (see {@link RedisStore} `reset`). */
   #identity: Promise<void> | undefined;
+  /** The cluster masters the identity was last taken of (`host:port`, sorted); '' for a single server. */
+  #identified = '';
+  /** Counts the changes of who answers (a reconnection, a cluster node that joins, leaves or closes). */
+  #topology = 0;
+  /** {@link #topology} when the last identification that succeeded began. */
+  #identifiedTopology = -1;
   /** One wait for the connection to become ready, shared by every operation started meanwhile. */
   #readiness: Promise<void> | undefined;
   /** The run id of each server seen (`host:port` of each master in a cluster; `''` for a single server). */
@@ -284,6 +291,10 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
       this.#script('get', entryKey, [], connection),
       epochKey.then((k) => this.#epoch(k, connection)),
     ]);
+    // Who answers changed during the read (on a cluster, a replica promoted after its master failed, found by
+    // ioredis on the way): the answer may come from a server never identified. Identify it before answering,
+    // so that a `reset` it causes comes before the entry, as it does for a read that starts after the change.
+    if (this.#topology !== this.#identifiedTopology) await this.#usable();
     if (this.#generation.changed(epoch, await epochKey)) this.emit('reset');
     if (reply === null || reply === undefined) return undefined;
     const [status, stored, version] = Array.isArray(reply) ? (reply as unknown[]) : [];
@@ -342,7 +353,10 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
         );
       } catch (err) {
         // The SET may still run (a client that queues or resends commands): queue our release behind it.
-        void connection.call('EVAL', RELEASE, 1, lockKey, owner, this.#channel, key).catch(() => undefined);
+        // If that fails too, it is tried again until it lands or the lease ends.
+        void connection
+          .call('EVAL', RELEASE, 1, lockKey, owner, this.#channel, key)
+          .catch(() => this.#release(key, lockKey, owner, Date.now() + ttlMs));
         throw err;
       }
       if (reply === 'OK') {
@@ -397,11 +411,7 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
       takenOver,
       release: async () => {
         if (!this.#held.delete(lock)) return;
-        await Promise.all([
-          this.#script('unhold', `${this.prefix}held:${key}`, [owner]),
-          this.#script('release', lockKey, [owner, this.#channel, key]),
-        ]).catch(() => undefined);
-        this.#waiters.notify(key);
+        await this.#release(key, lockKey, owner, Date.now() + ttlMs);
       },
       renew: async () => {
         this.#check();
@@ -411,6 +421,20 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
     };
     this.#held.add(lock);
     return lock;
+  }
+
+  /** Releases a lock if `owner` still holds it, again and again while that fails (see releaseUntilLanded). */
+  async #release(key: string, lockKey: string, owner: string, leaseEnd: number): Promise<void> {
+    const landed = await releaseUntilLanded(
+      () =>
+        Promise.all([
+          this.#script('unhold', `${this.prefix}held:${key}`, [owner]),
+          this.#script('release', lockKey, [owner, this.#channel, key]),
+        ]),
+      leaseEnd,
+      () => this.#closed,
+    );
+    if (landed) this.#waiters.notify(key);
   }
 
   /** The epoch under `key`, made now if there is none (on `connection`, once it can take commands). */
@@ -511,7 +535,9 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
    * what it holds before anyone spends a refresh token.
    */
   async #identify(connection: Connection): Promise<void> {
+    const topology = this.#topology;
     const masters = clusterMasters(connection);
+    this.#identified = mastersOf(connection);
     const [servers, epochs] = await Promise.all([
       // A cluster answers INFO from any node: each master is asked on its own connection.
       masters === undefined
@@ -529,6 +555,7 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
       this.#runIds.set(server, runId);
     }
     for (const server of servers) this.#checkEviction(server);
+    this.#identifiedTopology = topology;
     if (changed) this.emit('reset');
   }
 
@@ -616,6 +643,7 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
   /** Re-checks the server's identity on every reconnection, before the first command (a store may have lost data). */
   #watch(connection: Connection): void {
     connection.on('ready', () => {
+      this.#topology++;
       this.#identity = this.#identify(connection).catch((err: unknown) => {
         this.#identity = undefined;
         throw err;
@@ -627,6 +655,7 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
     // fails while a master cannot answer, rather than run against a shard that may have lost its data.
     if (clusterMasters(connection) !== undefined) {
       const again = (): void => {
+        this.#topology++;
         this.#identity = undefined;
       };
       connection.on('+node', (node: NodeConnection) => {
@@ -634,6 +663,12 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
         node.on('close', again);
       });
       connection.on('-node', again);
+      // A replica promoted in place of a failed master was already connected (as a replica): ioredis then
+      // changes its role at a slot refresh without `+node`. The masters after each refresh are compared with
+      // those identified.
+      connection.on('refresh', () => {
+        if (mastersOf(connection) !== this.#identified) again();
+      });
     }
   }
 
@@ -763,6 +798,15 @@ function warnWithoutFailoverDetector(client: unknown): void {
 function clusterMasters(connection: Connection): NodeConnection[] | undefined {
   const nodes = (connection as { nodes?: unknown }).nodes;
   return typeof nodes === 'function' ? (nodes.call(connection, 'master') as NodeConnection[]) : undefined;
+}
+
+/** A cluster connection's masters as one string (`host:port`, sorted); '' for a single server. */
+function mastersOf(connection: Connection): string {
+  const masters = clusterMasters(connection) ?? [];
+  return masters
+    .map((node) => `${node.options.host}:${node.options.port}`)
+    .sort()
+    .join(' ');
 }
 
 const runIdOf = (info: unknown): string | undefined => /run_id:([0-9a-f]+)/.exec(String(info))?.[1];

@@ -226,6 +226,36 @@ export const waitClock: Clock = {
 };
 
 /**
+ * Releases a lock with `release` (which removes it only while its owner still holds it), and when that fails —
+ * the store away, a cluster mid-failover — tries again in the background, backing off from 100 ms to 2 s,
+ * until it lands, the store closes, or the lease ends. A lock left to run out keeps every process of the fleet
+ * waiting for the rest of its lease (30 s by default) after the store is back, for a holder long done.
+ * Resolves after the first attempt; never rejects.
+ *
+ * @example
+ * ```ts
+ * await releaseUntilLanded(() => run('DELETE … WHERE owner = $1', [owner]), Date.now() + ttlMs, () => closed);
+ * ```
+ */
+export async function releaseUntilLanded(
+  release: () => Promise<unknown>,
+  leaseEnd: number,
+  closed: () => boolean,
+  attempt = 0,
+): Promise<boolean> {
+  try {
+    await release();
+    return true;
+  } catch {
+    const delay = Math.min(2000, 100 * 2 ** attempt);
+    if (!closed() && Date.now() + delay < leaseEnd) {
+      setTimeout(() => void releaseUntilLanded(release, leaseEnd, closed, attempt + 1), delay).unref();
+    }
+    return false;
+  }
+}
+
+/**
  * How often a shared store looks at its generation marker while something listens for `reset` (every
  * `TokenManager` and `UserTokens` on it does): the longest a process serving tokens from memory takes to
  * learn that the store was emptied under it.

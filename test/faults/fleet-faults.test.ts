@@ -10,6 +10,8 @@
  * held a valid token slower than 2.5 s.
  */
 import { randomBytes, randomUUID } from 'node:crypto';
+import calculateSlot from 'cluster-key-slot';
+import { Cluster } from 'ioredis';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TokenManager, type TokenStore, refreshToken } from '../../src/index.js';
@@ -26,7 +28,9 @@ import {
   startPostgresPair,
   startPrivatePostgres,
   startPrivateRedis,
+  startRedisCluster,
   startSentinelSet,
+  type PrivateRedisCluster,
 } from '../support/private-servers.js';
 import { type ChildConfig, type ChildResult, runChild } from '../stores/fleet-support.js';
 
@@ -51,12 +55,17 @@ afterAll(async () => {
 
 type StoreConfig = ChildConfig['store'];
 
+/** The Redis Cluster client of the last openStore() (the store does not close a client it was given). */
+let cluster: Cluster | undefined;
+
 function openStore(config: StoreConfig): TokenStore {
   switch (config.kind) {
     case 'redis':
       return new RedisStore({ url: config.url, prefix: config.prefix });
     case 'redis-sentinel':
       return new RedisStore({ sentinels: config.sentinels, name: config.name, prefix: config.prefix });
+    case 'redis-cluster':
+      return new RedisStore({ client: (cluster = new Cluster(config.nodes)), prefix: config.prefix });
     case 'postgres':
       return new PostgresStore({ connectionString: config.connectionString, table: config.table });
     default:
@@ -140,6 +149,8 @@ async function expectGrantAlive(store: StoreConfig, initialRefreshToken: string)
   } finally {
     await m.close();
     await shared.close();
+    cluster?.disconnect();
+    cluster = undefined;
   }
   expect(as.counts.errors['invalid_grant'] ?? 0).toBe(0);
 }
@@ -305,6 +316,77 @@ describe.skipIf(skipWithout('redis-server', hasRedisServer))('a fleet through Re
       await set.close();
     }
   }, 120_000);
+
+  /** The fleet's one entry (the store's prefix is the test's own) and its master and replicas now. */
+  async function entryOwners(
+    own: PrivateRedisCluster,
+    keyPrefix: string,
+  ): Promise<{ key: string } & Awaited<ReturnType<PrivateRedisCluster['slotOwners']>>> {
+    for (const server of own.servers) {
+      const keys = await server.cli('--scan', '--pattern', `${keyPrefix}entry:*`).catch(() => '');
+      const key = keys.split('\n').find((k) => k !== '');
+      if (key !== undefined) return { key, ...(await own.slotOwners(calculateSlot(key))) };
+    }
+    throw new Error('the fleet wrote no entry');
+  }
+
+  for (const how of [
+    'killed right after a refresh its replica never got',
+    'handed over by CLUSTER FAILOVER',
+  ] as const) {
+    it(`Redis Cluster: the master holding the entry ${how}, the replica promoted; a process joins after`, async () => {
+      const own = await startRedisCluster(3, 1);
+      try {
+        const keyPrefix = prefix();
+        const store: StoreConfig = { kind: 'redis-cluster', nodes: own.nodes, prefix: keyPrefix };
+        let promoted: number | undefined;
+        const outcome = await runScenario({
+          store,
+          newcomer: true,
+          // A replica is promoted 3–5 s after its master fails (cluster-node-timeout 2 s), now and then later.
+          durationMs: 25_000,
+          fault: async (startAt) => {
+            await at(startAt, FAULT_AT_MS);
+            const { key, master, replicas } = await entryOwners(own, keyPrefix);
+            const replica = replicas[0]!;
+            if (how === 'handed over by CLUSTER FAILOVER') {
+              // An operator's maintenance: the replica catches up with the master, then takes over.
+              await replica.cli('cluster', 'failover');
+            } else {
+              // The replica cut from its master and frozen (so that it cannot connect again: what the master
+              // writes then reaches no replica); the master killed the moment the next refresh is stored; the
+              // replica woken: it is promoted without that write.
+              const version = await master.cli('hget', key, 'version');
+              await replica.cli('client', 'kill', 'type', 'master');
+              replica.freeze();
+              try {
+                const until = Date.now() + 5000;
+                while ((await master.cli('hget', key, 'version')) === version) {
+                  if (Date.now() > until) throw new Error('no refresh within 5 s');
+                  await sleep(10);
+                }
+                await master.stop();
+              } finally {
+                replica.thaw();
+              }
+            }
+            const until = Date.now() + 15_000;
+            while (!(await replica.cli('role')).startsWith('master')) {
+              if (Date.now() > until) throw new Error('the replica was not promoted');
+              await sleep(50);
+            }
+            promoted = replica.port;
+            return Date.now();
+          },
+        });
+        expect((await entryOwners(own, keyPrefix)).master.port).toBe(promoted); // it did fail over
+        expectFleetKeptTheGrant(outcome, `cluster master ${how}`);
+        await expectGrantAlive(store, outcome.rt);
+      } finally {
+        await own.close();
+      }
+    }, 120_000);
+  }
 
   it('client credentials, Redis frozen for 5 s: no call that holds a valid token waits', async () => {
     const redis = await startPrivateRedis();

@@ -4,6 +4,7 @@
  *
  * argv[2]: JSON {@link ChildConfig}.
  */
+import { Cluster } from 'ioredis';
 import {
   FileStore,
   TokenManager,
@@ -20,6 +21,7 @@ export interface ChildConfig {
     | { kind: 'file'; path: string }
     | { kind: 'redis'; url: string; prefix: string }
     | { kind: 'redis-sentinel'; sentinels: { host: string; port: number }[]; name: string; prefix: string }
+    | { kind: 'redis-cluster'; nodes: { host: string; port: number }[]; prefix: string }
     | { kind: 'postgres'; connectionString: string; table: string }
     | { kind: 'none' };
   issuer: string;
@@ -65,6 +67,8 @@ const config = JSON.parse(process.argv[2] as string) as ChildConfig;
 /** See the loop below: how much of its life a token must have left for a call to count as "while valid". */
 const VALID_SLACK_MS = 50;
 
+let cluster: Cluster | undefined;
+
 function openStore(): TokenStore | undefined {
   const s = config.store;
   if (s.kind === 'file') return new FileStore({ path: s.path });
@@ -72,6 +76,8 @@ function openStore(): TokenStore | undefined {
   if (s.kind === 'redis-sentinel') {
     return new RedisStore({ sentinels: s.sentinels, name: s.name, prefix: s.prefix });
   }
+  // A Redis Cluster client of the application's own, with ioredis's defaults (the store never closes it).
+  if (s.kind === 'redis-cluster') return new RedisStore({ client: (cluster = new Cluster(s.nodes)), prefix: s.prefix });
   if (s.kind === 'postgres') return new PostgresStore({ connectionString: s.connectionString, table: s.table });
   return undefined;
 }
@@ -165,4 +171,5 @@ while (Date.now() < end) {
 }
 await manager.close();
 await store?.close();
+cluster?.disconnect();
 process.stdout.write(`${JSON.stringify(result)}\n`);

@@ -84,6 +84,30 @@ describe.skipIf(skipWithout('the PostgreSQL server binaries', pgBin !== undefine
     await store.close();
   });
 
+  it('a release refused (the database read-only for a moment) is tried again: the lock is free soon after, not at the end of its lease', async () => {
+    const { name, url } = await role();
+    const table = `t_${id()}`;
+    const a = new PostgresStore({ connectionString: url, table });
+    const b = new PostgresStore({ connectionString: url, table });
+    try {
+      const lock = await a.lock('k', { ttlMs: 30_000, waitMs: 0 });
+      expect(lock).toBeDefined();
+      await admin.query(`ALTER ROLE ${name} SET default_transaction_read_only = on`);
+      await terminate(name);
+      await lock!.release(); // refused: read-only (and does not throw)
+      await admin.query(`ALTER ROLE ${name} RESET default_transaction_read_only`);
+      await terminate(name); // the read-only sessions go; new ones can write
+      const started = Date.now();
+      const next = await b.lock('k', { ttlMs: 30_000, waitMs: 10_000 });
+      expect(next).toBeDefined(); // without the retry: held for the rest of its 30 s lease
+      expect(Date.now() - started).toBeLessThan(5000);
+      await next!.release();
+    } finally {
+      await a.close();
+      await b.close();
+    }
+  }, 30_000);
+
   for (const limit of ['lock_timeout', 'statement_timeout'] as const) {
     it(`${limit} on the role: a lock blocked by an operator's transaction fails with ERR_STORE and takes nothing`, async () => {
       const { url } = await role({ [limit]: '100ms' });

@@ -589,16 +589,21 @@ export async function startPgBouncer(postgresPort: number, mode: 'transaction' |
 
 export interface PrivateRedisCluster {
   readonly nodes: { host: string; port: number }[];
-  /** The master servers (a restart keeps a node's cluster config: its slots, without its data). */
+  /** Every server, masters first (a restart keeps a node's cluster config: its slots, without its data). */
   readonly servers: readonly PrivateRedis[];
+  /** The server that is master of `slot` now, and its replicas (as CLUSTER SLOTS says). */
+  slotOwners(slot: number): Promise<{ master: PrivateRedis; replicas: PrivateRedis[] }>;
   close(): Promise<void>;
 }
 
-/** A Redis Cluster of `masters` private nodes (no replicas), every slot assigned, state ok. */
-export async function startRedisCluster(masters = 3): Promise<PrivateRedisCluster> {
+/**
+ * A Redis Cluster of `masters` private nodes and `replicas` replicas of each (a replica is promoted
+ * `cluster-node-timeout` 2 s after its master fails), every slot assigned, state ok, replicas in sync.
+ */
+export async function startRedisCluster(masters = 3, replicas = 0): Promise<PrivateRedisCluster> {
   const servers: PrivateRedis[] = [];
   try {
-    for (let i = 0; i < masters; i++) {
+    for (let i = 0; i < masters * (1 + replicas); i++) {
       servers.push(
         await startPrivateRedis({
           args: ['--cluster-enabled', 'yes', '--cluster-config-file', 'nodes.conf', '--cluster-node-timeout', '2000'],
@@ -610,12 +615,24 @@ export async function startRedisCluster(masters = 3): Promise<PrivateRedisCluste
       'create',
       ...servers.map((s) => `127.0.0.1:${s.port}`),
       '--cluster-replicas',
-      '0',
+      String(replicas),
       '--cluster-yes',
     ]);
-    const deadline = Date.now() + 15_000;
+    const deadline = Date.now() + 20_000;
     for (const server of servers) {
-      while (!(await server.cli('cluster', 'info')).includes('cluster_state:ok')) {
+      for (;;) {
+        // State ok, every replica known to this node as one, and in sync if this node is one.
+        const info = await server.cli('cluster', 'info');
+        const nodes = await server.cli('cluster', 'nodes');
+        const role = await server.cli('info', 'replication');
+        const flags = nodes.split('\n').map((line) => line.split(' ')[2]?.split(',') ?? []);
+        const known = flags.filter((f) => f.includes('slave') || f.includes('replica')).length;
+        if (
+          info.includes('cluster_state:ok') &&
+          known === masters * replicas &&
+          (role.includes('role:master') || role.includes('master_link_status:up'))
+        )
+          break;
         if (Date.now() > deadline) throw new Error('the Redis Cluster did not become ready');
         await sleep(100);
       }
@@ -624,9 +641,32 @@ export async function startRedisCluster(masters = 3): Promise<PrivateRedisCluste
     await Promise.all(servers.map((s) => s.close()));
     throw err;
   }
+  const byPort = (port: number): PrivateRedis => servers.find((s) => s.port === port) as PrivateRedis;
   return {
     nodes: servers.map((s) => ({ host: '127.0.0.1', port: s.port })),
     servers,
+    slotOwners: async (slot) => {
+      // CLUSTER NODES: `id host:port@bus flags master-id … slot-ranges`. (CLUSTER SLOTS leaves out a replica
+      // whose offset is still 0, as on a cluster that has taken no write yet.)
+      for (const server of servers) {
+        const out = await server.cli('cluster', 'nodes').catch(() => undefined);
+        if (out === undefined || out === '') continue; // a node that is down
+        const lines = out.split('\n').map((line) => line.split(' '));
+        const portOf = (fields: string[]): number => Number(fields[1]!.split('@')[0]!.split(':').at(-1));
+        const owner = lines.find(
+          (fields) =>
+            !fields[2]!.includes('fail') &&
+            fields.slice(8).some((range) => {
+              const [first, last = first] = range.split('-').map(Number) as [number, number?];
+              return slot >= first && slot <= last;
+            }),
+        );
+        if (owner === undefined) continue;
+        const copies = lines.filter((fields) => fields[3] === owner[0] && !fields[2]!.includes('fail'));
+        return { master: byPort(portOf(owner)), replicas: copies.map((fields) => byPort(portOf(fields))) };
+      }
+      throw new Error(`no node of the cluster serves slot ${slot}`);
+    },
     close: async () => {
       await Promise.all(servers.map((s) => s.close()));
     },
