@@ -37,6 +37,20 @@ const newKey = () => `tw1:test:${randomUUID()}`;
 const K1 = { id: 'k1', key: randomBytes(32) };
 const K2 = { id: 'k2', key: randomBytes(32) };
 
+/**
+ * A lock released while its store failed is taken by another process within 5 s of the store answering again
+ * (the release was retried), not at the end of its 30 s lease. `take` asks for it, waiting up to 10 s.
+ */
+export async function expectReleasedSoon(
+  take: (wait: { ttlMs: number; waitMs: number }) => Promise<StoreLock | undefined>,
+): Promise<void> {
+  const started = Date.now();
+  const next = await take({ ttlMs: 30_000, waitMs: 10_000 });
+  expect(next, 'still held: the failed release was not tried again').toBeDefined();
+  expect(Date.now() - started).toBeLessThan(5000);
+  await next!.release();
+}
+
 export function storeContract(name: string, factory: StoreFactory | undefined): void {
   const shared = factory?.shared ?? true;
   describe.skipIf(factory === undefined)(`${name}: TokenStore contract`, () => {
