@@ -4,7 +4,9 @@
  * operations started before the connection opens add no listener per operation; a Redis shared with a cache
  * (`maxmemory` and an eviction policy) drops a held lock or the newest entry under memory pressure.
  */
+import { execFile as execFileCallback } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
+import { promisify } from 'node:util';
 import calculateSlot from 'cluster-key-slot';
 import { Cluster, Redis } from 'ioredis';
 import { afterAll, describe, expect, it, onTestFinished } from 'vitest';
@@ -26,6 +28,7 @@ import {
 import { ScriptedSource } from '../support/scripted-source.js';
 import { expectReleasedSoon, storeContract } from './contract.js';
 
+const execFile = promisify(execFileCallback);
 let cluster: Promise<PrivateRedisCluster> | undefined;
 const clients: Cluster[] = [];
 const clusterClient = async (): Promise<Cluster> => {
@@ -139,6 +142,66 @@ describe.skipIf(skipWithout('redis-server', hasRedisServer))('RedisStore when it
       await a.close();
       await b.close();
       await redis.close();
+    }
+  }, 60_000);
+
+  it('a reshard that moves every slot of one master, its epoch with them, to another while the store is in use: no reset, nothing lost', async () => {
+    const own = await startRedisCluster(3);
+    const client = new Redis.Cluster(own.nodes);
+    const store = new RedisStore({ client, prefix: `tw:${randomUUID()}:`, timeout: 2000 });
+    const events: string[] = [];
+    store.on('reset', () => events.push('reset'));
+    try {
+      const keys = Array.from({ length: 30 }, (_, i) => `k${i}`);
+      for (const key of keys) await store.set(key, `${key}:1`);
+      const { master: from } = await own.slotOwners(calculateSlot(`${store.prefix}entry:k0`));
+      const to = own.servers.find((s) => s !== from)!;
+      const slots = (await own.servers[0]!.cli('cluster', 'nodes'))
+        .split('\n')
+        .find((line) => line.includes(`:${from.port}@`))!
+        .split(' ')
+        .slice(8)
+        .map((range) => range.split('-').map(Number) as [number, number?])
+        .reduce((n, [first, last = first]) => n + last - first + 1, 0);
+      // Reads, writes and locks go on while the slots move (MOVED and ASK on the way).
+      let moving = true;
+      let rounds = 0;
+      const errors: string[] = [];
+      const load = (async () => {
+        for (let round = 2; moving; round++, rounds++) {
+          for (const key of keys) {
+            await store.set(key, `${key}:${round}`).catch((err: TokenwardenError) => errors.push(err.code));
+            const lock = await store.lock(key, { ttlMs: 5000, waitMs: 0 }).catch((err: TokenwardenError) => {
+              errors.push(err.code);
+              return undefined;
+            });
+            await lock?.release();
+          }
+        }
+      })();
+      await execFile('redis-cli', [
+        '--cluster',
+        'reshard',
+        `127.0.0.1:${to.port}`,
+        '--cluster-from',
+        await from.cli('cluster', 'myid'),
+        '--cluster-to',
+        await to.cli('cluster', 'myid'),
+        '--cluster-slots',
+        String(slots),
+        '--cluster-yes',
+      ]);
+      moving = false;
+      await load;
+      expect(rounds).toBeGreaterThan(1); // the load ran all along the move
+      expect((await own.slotOwners(calculateSlot(`${store.prefix}entry:k0`))).master).toBe(to);
+      expect(errors).toEqual([]);
+      for (const key of keys) expect((await store.get(key))?.value).toMatch(new RegExp(`^${key}:\\d+$`));
+      expect(events).toEqual([]); // the data moved, none was lost: not a reset
+    } finally {
+      await store.close();
+      client.disconnect();
+      await own.close();
     }
   }, 60_000);
 
