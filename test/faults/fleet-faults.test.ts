@@ -11,12 +11,9 @@
  */
 import { randomBytes, randomUUID } from 'node:crypto';
 import calculateSlot from 'cluster-key-slot';
-import { Cluster } from 'ioredis';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { TokenManager, type TokenStore, refreshToken } from '../../src/index.js';
-import { PostgresStore } from '../../src/postgres.js';
-import { RedisStore } from '../../src/redis.js';
+import { TokenManager, refreshToken } from '../../src/index.js';
 import { type TestAuthorizationServer, startAuthorizationServer } from '../support/authorization-server.js';
 import {
   skipWithout,
@@ -32,7 +29,7 @@ import {
   startSentinelSet,
   type PrivateRedisCluster,
 } from '../support/private-servers.js';
-import { type ChildConfig, type ChildResult, runChild } from '../stores/fleet-support.js';
+import { type ChildConfig, type ChildResult, openFleetStore, runChild } from '../stores/fleet-support.js';
 
 const PROCESSES = 3;
 const DURATION_MS = 15_000;
@@ -54,24 +51,6 @@ afterAll(async () => {
 });
 
 type StoreConfig = ChildConfig['store'];
-
-/** The Redis Cluster client of the last openStore() (the store does not close a client it was given). */
-let cluster: Cluster | undefined;
-
-function openStore(config: StoreConfig): TokenStore {
-  switch (config.kind) {
-    case 'redis':
-      return new RedisStore({ url: config.url, prefix: config.prefix });
-    case 'redis-sentinel':
-      return new RedisStore({ sentinels: config.sentinels, name: config.name, prefix: config.prefix });
-    case 'redis-cluster':
-      return new RedisStore({ client: (cluster = new Cluster(config.nodes)), prefix: config.prefix });
-    case 'postgres':
-      return new PostgresStore({ connectionString: config.connectionString, table: config.table });
-    default:
-      throw new Error(`no store for ${config.kind}`);
-  }
-}
 
 interface Outcome {
   rt: string;
@@ -130,7 +109,7 @@ async function runScenario(options: {
  * process would be).
  */
 async function expectGrantAlive(store: StoreConfig, initialRefreshToken: string): Promise<void> {
-  const shared = openStore(store);
+  const { store: shared, close } = openFleetStore(store);
   const m = new TokenManager({
     source: refreshToken({
       issuer: as.issuer,
@@ -148,9 +127,7 @@ async function expectGrantAlive(store: StoreConfig, initialRefreshToken: string)
     expect(second.refreshToken).not.toBe(first.refreshToken);
   } finally {
     await m.close();
-    await shared.close();
-    cluster?.disconnect();
-    cluster = undefined;
+    await close();
   }
   expect(as.counts.errors['invalid_grant'] ?? 0).toBe(0);
 }

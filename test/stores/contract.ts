@@ -38,16 +38,14 @@ const K1 = { id: 'k1', key: randomBytes(32) };
 const K2 = { id: 'k2', key: randomBytes(32) };
 
 /**
- * A lock released while its store failed is taken by another process within 5 s of the store answering again
- * (the release was retried), not at the end of its 30 s lease. `take` asks for it, waiting up to 10 s.
+ * A lock (of a 30 s lease) released while its store failed is taken by another process that waits at most 10 s
+ * once the store answers again: the release was tried again and landed, long before the lease would end.
  */
 export async function expectReleasedSoon(
   take: (wait: { ttlMs: number; waitMs: number }) => Promise<StoreLock | undefined>,
 ): Promise<void> {
-  const started = Date.now();
   const next = await take({ ttlMs: 30_000, waitMs: 10_000 });
   expect(next, 'still held: the failed release was not tried again').toBeDefined();
-  expect(Date.now() - started).toBeLessThan(5000);
   await next!.release();
 }
 

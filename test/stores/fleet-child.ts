@@ -4,17 +4,8 @@
  *
  * argv[2]: JSON {@link ChildConfig}.
  */
-import { Cluster } from 'ioredis';
-import {
-  FileStore,
-  TokenManager,
-  type TokenManagerOptions,
-  type TokenStore,
-  clientCredentials,
-  refreshToken,
-} from '../../src/index.js';
-import { PostgresStore } from '../../src/postgres.js';
-import { RedisStore } from '../../src/redis.js';
+import { TokenManager, type TokenManagerOptions, clientCredentials, refreshToken } from '../../src/index.js';
+import { openFleetStore } from './fleet-support.js';
 
 export interface ChildConfig {
   store:
@@ -67,22 +58,7 @@ const config = JSON.parse(process.argv[2] as string) as ChildConfig;
 /** See the loop below: how much of its life a token must have left for a call to count as "while valid". */
 const VALID_SLACK_MS = 50;
 
-let cluster: Cluster | undefined;
-
-function openStore(): TokenStore | undefined {
-  const s = config.store;
-  if (s.kind === 'file') return new FileStore({ path: s.path });
-  if (s.kind === 'redis') return new RedisStore({ url: s.url, prefix: s.prefix });
-  if (s.kind === 'redis-sentinel') {
-    return new RedisStore({ sentinels: s.sentinels, name: s.name, prefix: s.prefix });
-  }
-  // A Redis Cluster client of the application's own, with ioredis's defaults (the store never closes it).
-  if (s.kind === 'redis-cluster') return new RedisStore({ client: (cluster = new Cluster(s.nodes)), prefix: s.prefix });
-  if (s.kind === 'postgres') return new PostgresStore({ connectionString: s.connectionString, table: s.table });
-  return undefined;
-}
-
-const store = openStore();
+const { store, close: closeStore } = openFleetStore(config.store);
 
 if (config.mode === 'writer') {
   // Crash safety: rewrite a few large entries as fast as possible until killed.
@@ -170,6 +146,5 @@ while (Date.now() < end) {
   await new Promise((r) => setTimeout(r, config.intervalMs));
 }
 await manager.close();
-await store?.close();
-cluster?.disconnect();
+await closeStore();
 process.stdout.write(`${JSON.stringify(result)}\n`);

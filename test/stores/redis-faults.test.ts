@@ -90,40 +90,32 @@ describe.skipIf(skipWithout('redis-server', hasRedisServer))('RedisStore when it
   }, 30_000);
 
   it('a Redis Cluster whose master restarts empty: reset, before the next command; a freeze of that master is not one', async () => {
-    const own = await startRedisCluster(3);
-    const client = new Redis.Cluster(own.nodes, { enableOfflineQueue: true });
-    const store = new RedisStore({ client, prefix: `tw:${randomUUID()}:`, timeout: 500 });
+    const { own, client, store } = await clusterStore();
     const events: string[] = [];
     store.on('reset', () => events.push('reset'));
-    try {
-      await store.set('k', 'v1');
-      await store.set('j', 'v1');
-      expect(events).toEqual([]); // the first connection only learns who the masters are
-      // The master that holds k's entry (k and j may share it: it does not matter).
-      const slot = Number(await client.call('CLUSTER', 'KEYSLOT', `${store.prefix}entry:k`));
-      const ranges = (await client.call('CLUSTER', 'SLOTS')) as [number, number, [string, number]][];
-      const port = ranges.find(([first, last]) => slot >= first && slot <= last)?.[2][1];
-      const master = own.servers.find((s) => s.port === port) as PrivateRedis;
+    await store.set('k', 'v1');
+    await store.set('j', 'v1');
+    expect(events).toEqual([]); // the first connection only learns who the masters are
+    // The master that holds k's entry (k and j may share it: it does not matter).
+    const slot = Number(await client.call('CLUSTER', 'KEYSLOT', `${store.prefix}entry:k`));
+    const ranges = (await client.call('CLUSTER', 'SLOTS')) as [number, number, [string, number]][];
+    const port = ranges.find(([first, last]) => slot >= first && slot <= last)?.[2][1];
+    const master = own.servers.find((s) => s.port === port) as PrivateRedis;
 
-      master.freeze();
-      await expect(store.get('k')).rejects.toMatchObject({ code: 'ERR_STORE_TIMEOUT' });
-      master.thaw();
-      expect((await retry(() => store.get('k')))?.value).toBe('v1');
-      expect(events).toEqual([]);
+    master.freeze();
+    await expect(store.get('k')).rejects.toMatchObject({ code: 'ERR_STORE_TIMEOUT' });
+    master.thaw();
+    expect((await retry(() => store.get('k')))?.value).toBe('v1');
+    expect(events).toEqual([]);
 
-      await master.stop();
-      await master.start(); // its cluster config (slots) kept, its data gone: no persistence
-      const record = await retry(() => store.get('k'));
-      events.push(`get: ${record === undefined ? 'missing' : record.value}`);
-      // The reset came first: nobody acted on the shard's missing entry before hearing the data may be gone.
-      expect(events).toEqual(['reset', 'get: missing']);
-      expect(await store.get('k')).toBeUndefined();
-      expect(events).toHaveLength(2); // once
-    } finally {
-      await store.close();
-      client.disconnect();
-      await own.close();
-    }
+    await master.stop();
+    await master.start(); // its cluster config (slots) kept, its data gone: no persistence
+    const record = await retry(() => store.get('k'));
+    events.push(`get: ${record === undefined ? 'missing' : record.value}`);
+    // The reset came first: nobody acted on the shard's missing entry before hearing the data may be gone.
+    expect(events).toEqual(['reset', 'get: missing']);
+    expect(await store.get('k')).toBeUndefined();
+    expect(events).toHaveLength(2); // once
   }, 60_000);
 
   it('a release that fails while Redis is down is tried again: the lock is free soon after Redis is back, not at the end of its lease', async () => {
@@ -146,168 +138,142 @@ describe.skipIf(skipWithout('redis-server', hasRedisServer))('RedisStore when it
   }, 60_000);
 
   it('a reshard that moves every slot of one master, its epoch with them, to another while the store is in use: no reset, nothing lost', async () => {
-    const own = await startRedisCluster(3);
-    const client = new Redis.Cluster(own.nodes);
-    const store = new RedisStore({ client, prefix: `tw:${randomUUID()}:`, timeout: 2000 });
+    const { own, store } = await clusterStore({ timeout: 2000 });
     const events: string[] = [];
     store.on('reset', () => events.push('reset'));
-    try {
-      const keys = Array.from({ length: 30 }, (_, i) => `k${i}`);
-      for (const key of keys) await store.set(key, `${key}:1`);
-      const { master: from } = await own.slotOwners(calculateSlot(`${store.prefix}entry:k0`));
-      const to = own.servers.find((s) => s !== from)!;
-      const slots = (await own.servers[0]!.cli('cluster', 'nodes'))
-        .split('\n')
-        .find((line) => line.includes(`:${from.port}@`))!
-        .split(' ')
-        .slice(8)
-        .map((range) => range.split('-').map(Number) as [number, number?])
-        .reduce((n, [first, last = first]) => n + last - first + 1, 0);
-      // Reads, writes and locks go on while the slots move (MOVED and ASK on the way).
-      let moving = true;
-      let rounds = 0;
-      const errors: string[] = [];
-      const load = (async () => {
-        for (let round = 2; moving; round++, rounds++) {
-          for (const key of keys) {
-            await store.set(key, `${key}:${round}`).catch((err: TokenwardenError) => errors.push(err.code));
-            const lock = await store.lock(key, { ttlMs: 5000, waitMs: 0 }).catch((err: TokenwardenError) => {
-              errors.push(err.code);
-              return undefined;
-            });
-            await lock?.release();
-          }
+    const keys = Array.from({ length: 30 }, (_, i) => `k${i}`);
+    for (const key of keys) await store.set(key, `${key}:1`);
+    const { master: from } = await own.slotOwners(calculateSlot(`${store.prefix}entry:k0`));
+    const to = own.servers.find((s) => s !== from)!;
+    const slots = (await own.servers[0]!.cli('cluster', 'nodes'))
+      .split('\n')
+      .find((line) => line.includes(`:${from.port}@`))!
+      .split(' ')
+      .slice(8)
+      .map((range) => range.split('-').map(Number) as [number, number?])
+      .reduce((n, [first, last = first]) => n + last - first + 1, 0);
+    // Reads, writes and locks go on while the slots move (MOVED and ASK on the way).
+    let moving = true;
+    let rounds = 0;
+    const errors: string[] = [];
+    const load = (async () => {
+      for (let round = 2; moving; round++, rounds++) {
+        for (const key of keys) {
+          await store.set(key, `${key}:${round}`).catch((err: TokenwardenError) => errors.push(err.code));
+          const lock = await store.lock(key, { ttlMs: 5000, waitMs: 0 }).catch((err: TokenwardenError) => {
+            errors.push(err.code);
+            return undefined;
+          });
+          await lock?.release();
         }
-      })();
-      await execFile('redis-cli', [
-        '--cluster',
-        'reshard',
-        `127.0.0.1:${to.port}`,
-        '--cluster-from',
-        await from.cli('cluster', 'myid'),
-        '--cluster-to',
-        await to.cli('cluster', 'myid'),
-        '--cluster-slots',
-        String(slots),
-        '--cluster-yes',
-      ]);
-      moving = false;
-      await load;
-      expect(rounds).toBeGreaterThan(1); // the load ran all along the move
-      expect((await own.slotOwners(calculateSlot(`${store.prefix}entry:k0`))).master).toBe(to);
-      expect(errors).toEqual([]);
-      for (const key of keys) expect((await store.get(key))?.value).toMatch(new RegExp(`^${key}:\\d+$`));
-      expect(events).toEqual([]); // the data moved, none was lost: not a reset
-    } finally {
-      await store.close();
-      client.disconnect();
-      await own.close();
-    }
+      }
+    })();
+    await execFile('redis-cli', [
+      '--cluster',
+      'reshard',
+      `127.0.0.1:${to.port}`,
+      '--cluster-from',
+      await from.cli('cluster', 'myid'),
+      '--cluster-to',
+      await to.cli('cluster', 'myid'),
+      '--cluster-slots',
+      String(slots),
+      '--cluster-yes',
+    ]);
+    moving = false;
+    await load;
+    expect(rounds).toBeGreaterThan(1); // the load ran all along the move
+    expect((await own.slotOwners(calculateSlot(`${store.prefix}entry:k0`))).master).toBe(to);
+    expect(errors).toEqual([]);
+    for (const key of keys) expect((await store.get(key))?.value).toMatch(new RegExp(`^${key}:\\d+$`));
+    expect(events).toEqual([]); // the data moved, none was lost: not a reset
   }, 60_000);
 
   it('a Redis Cluster whose master fails and whose replica is promoted: reset before the first answer from the replica', async () => {
-    const own = await startRedisCluster(3, 1);
-    const client = new Redis.Cluster(own.nodes);
-    const store = new RedisStore({ client, prefix: `tw:${randomUUID()}:`, timeout: 500 });
+    const { own, store } = await clusterStore({ replicas: 1 });
     const events: string[] = [];
     store.on('reset', () => events.push('reset'));
-    try {
-      await store.set('k', 'v1');
-      const { master, replicas } = await own.slotOwners(calculateSlot(`${store.prefix}entry:k`));
-      const replica = replicas[0]!;
-      // The replica was connected already (as a replica): ioredis makes it a master at a slot refresh, with
-      // no new connection. Its answers may be older than the failed master's (asynchronous replication).
-      await master.stop();
-      const until = Date.now() + 20_000;
-      for (;;) {
-        const record = await store.get('k').catch(() => 'error' as const);
-        if (record !== 'error') {
-          events.push(`get: ${record?.value}`);
-          break;
-        }
-        if (Date.now() > until) throw new Error('the replica was not promoted');
-        await sleep(50);
+    await store.set('k', 'v1');
+    const { master, replicas } = await own.slotOwners(calculateSlot(`${store.prefix}entry:k`));
+    const replica = replicas[0]!;
+    // The replica was connected already (as a replica): ioredis makes it a master at a slot refresh, with
+    // no new connection. Its answers may be older than the failed master's (asynchronous replication).
+    await master.stop();
+    const until = Date.now() + 20_000;
+    for (;;) {
+      const record = await store.get('k').catch(() => 'error' as const);
+      if (record !== 'error') {
+        events.push(`get: ${record?.value}`);
+        break;
       }
-      expect(await replica.cli('role')).toMatch(/^master/);
-      expect(events).toEqual(['reset', 'get: v1']);
-    } finally {
-      await store.close();
-      client.disconnect();
-      await own.close();
+      if (Date.now() > until) throw new Error('the replica was not promoted');
+      await sleep(50);
     }
+    expect(await replica.cli('role')).toMatch(/^master/);
+    expect(events).toEqual(['reset', 'get: v1']);
   }, 60_000);
 
   it('a Redis Cluster: each master keeps its own epoch, read with the entries it holds; FLUSHALL of any one master alone is a reset', async () => {
-    const own = await startRedisCluster(3);
-    const client = new Redis.Cluster(own.nodes, { enableOfflineQueue: true });
-    const store = new RedisStore({ client, prefix: `tw:${randomUUID()}:`, timeout: 500 });
+    const { own, client, store } = await clusterStore();
     const resets: number[] = [];
     store.on('reset', () => resets.push(Date.now()));
-    try {
-      const keys = Array.from({ length: 30 }, (_, i) => `k${i}`);
-      for (const key of keys) await store.set(key, 'v');
-      for (const key of keys) expect((await store.get(key))?.value).toBe('v');
-      // One epoch per master, in a slot of its own: no master is asked for every read.
-      const epochsOn = async (server: PrivateRedis) =>
-        (await server.cli('--scan', '--pattern', '*epoch*')).split('\n').filter(Boolean);
-      for (const server of own.servers) {
-        expect((await epochsOn(server)).filter((k) => k.startsWith(store.prefix))).toHaveLength(1);
-      }
-      expect(resets).toEqual([]);
-      for (const server of own.servers) {
-        await server.cli('FLUSHALL');
-        const before = resets.length;
-        // A get of every key: the ones on the flushed master come back missing, after the reset.
-        const missing: string[] = [];
-        for (const key of keys) if ((await store.get(key)) === undefined) missing.push(key);
-        expect(missing.length).toBeGreaterThan(0);
-        expect(resets.length).toBe(before + 1);
-        for (const key of missing) await store.set(key, 'v');
-      }
-      // The watch (while something listens for reset) sees a master flushed alone — also while the store keeps
-      // reading keys another master holds (a read looks at that master's epoch only).
-      const ranges = (await client.call('CLUSTER', 'SLOTS')) as [number, number, [string, number]][];
-      const portOf = async (key: string) => {
-        const slot = Number(await client.call('CLUSTER', 'KEYSLOT', `${store.prefix}entry:${key}`));
-        return ranges.find(([first, last]) => slot >= first && slot <= last)?.[2][1];
-      };
-      const server = own.servers[2] as PrivateRedis;
-      const elsewhere: string[] = [];
-      for (const key of keys) if ((await portOf(key)) !== server.port) elsewhere.push(key);
+    const keys = Array.from({ length: 30 }, (_, i) => `k${i}`);
+    for (const key of keys) await store.set(key, 'v');
+    for (const key of keys) expect((await store.get(key))?.value).toBe('v');
+    // One epoch per master, in a slot of its own: no master is asked for every read.
+    const epochsOn = async (server: PrivateRedis) =>
+      (await server.cli('--scan', '--pattern', '*epoch*')).split('\n').filter(Boolean);
+    for (const server of own.servers) {
+      expect((await epochsOn(server)).filter((k) => k.startsWith(store.prefix))).toHaveLength(1);
+    }
+    expect(resets).toEqual([]);
+    for (const server of own.servers) {
       await server.cli('FLUSHALL');
       const before = resets.length;
-      const deadline = Date.now() + 3 * GENERATION_WATCH_MS;
-      for (let i = 0; resets.length === before && Date.now() < deadline; i++) {
-        await store.get(elsewhere[i % elsewhere.length] as string);
-        await sleep(200);
-      }
+      // A get of every key: the ones on the flushed master come back missing, after the reset.
+      const missing: string[] = [];
+      for (const key of keys) if ((await store.get(key)) === undefined) missing.push(key);
+      expect(missing.length).toBeGreaterThan(0);
       expect(resets.length).toBe(before + 1);
+      for (const key of missing) await store.set(key, 'v');
+    }
+    // The watch (while something listens for reset) sees a master flushed alone — also while the store keeps
+    // reading keys another master holds (a read looks at that master's epoch only).
+    const ranges = (await client.call('CLUSTER', 'SLOTS')) as [number, number, [string, number]][];
+    const portOf = async (key: string) => {
+      const slot = Number(await client.call('CLUSTER', 'KEYSLOT', `${store.prefix}entry:${key}`));
+      return ranges.find(([first, last]) => slot >= first && slot <= last)?.[2][1];
+    };
+    const server = own.servers[2] as PrivateRedis;
+    const elsewhere: string[] = [];
+    for (const key of keys) if ((await portOf(key)) !== server.port) elsewhere.push(key);
+    await server.cli('FLUSHALL');
+    const before = resets.length;
+    const deadline = Date.now() + 3 * GENERATION_WATCH_MS;
+    for (let i = 0; resets.length === before && Date.now() < deadline; i++) {
+      await store.get(elsewhere[i % elsewhere.length] as string);
+      await sleep(200);
+    }
+    expect(resets.length).toBe(before + 1);
 
-      // A prefix with a hash tag of its own keeps every key on one master: its epoch is there too.
-      const tagged = new RedisStore({ client, prefix: `{tw-${randomUUID()}}:`, timeout: 500 });
-      const taggedResets: number[] = [];
-      tagged.on('reset', () => taggedResets.push(Date.now()));
-      try {
-        for (const key of keys) await tagged.set(key, 'v');
-        expect((await tagged.get('k0'))?.value).toBe('v');
-        const holder = (
-          await Promise.all(
-            own.servers.map(async (s) =>
-              (await epochsOn(s)).some((k) => k.startsWith(tagged.prefix)) ? s : undefined,
-            ),
-          )
-        ).filter(Boolean) as PrivateRedis[];
-        expect(holder).toHaveLength(1);
-        await holder[0]?.cli('FLUSHALL');
-        expect(await tagged.get('k0')).toBeUndefined();
-        expect(taggedResets).toHaveLength(1);
-      } finally {
-        await tagged.close();
-      }
+    // A prefix with a hash tag of its own keeps every key on one master: its epoch is there too.
+    const tagged = new RedisStore({ client, prefix: `{tw-${randomUUID()}}:`, timeout: 500 });
+    const taggedResets: number[] = [];
+    tagged.on('reset', () => taggedResets.push(Date.now()));
+    try {
+      for (const key of keys) await tagged.set(key, 'v');
+      expect((await tagged.get('k0'))?.value).toBe('v');
+      const holder = (
+        await Promise.all(
+          own.servers.map(async (s) => ((await epochsOn(s)).some((k) => k.startsWith(tagged.prefix)) ? s : undefined)),
+        )
+      ).filter(Boolean) as PrivateRedis[];
+      expect(holder).toHaveLength(1);
+      await holder[0]?.cli('FLUSHALL');
+      expect(await tagged.get('k0')).toBeUndefined();
+      expect(taggedResets).toHaveLength(1);
     } finally {
-      await store.close();
-      client.disconnect();
-      await own.close();
+      await tagged.close();
     }
   }, 60_000);
 
@@ -533,29 +499,21 @@ describe.skipIf(skipWithout('redis-server', hasRedisServer))('RedisStore on a Re
   }, 30_000);
 
   it('on a Redis Cluster every master is checked: the one master that evicts is reported, by its address', async () => {
-    const own = await startRedisCluster(3);
+    const { own, store } = await clusterStore();
     const evictingMaster = own.servers[1] as PrivateRedis;
     await evictingMaster.cli('config', 'set', 'maxmemory', '1gb');
     await evictingMaster.cli('config', 'set', 'maxmemory-policy', 'volatile-ttl');
-    const client = new Redis.Cluster(own.nodes, { enableOfflineQueue: true });
-    const store = new RedisStore({ client, prefix: `tw:${randomUUID()}:` });
     const seen: unknown[] = [];
     store.on('eviction', (event) => seen.push(event));
-    try {
-      await store.get('k');
-      expect(seen).toEqual([
-        {
-          node: `127.0.0.1:${evictingMaster.port}`,
-          policy: 'volatile-ttl',
-          maxmemory: 1024 ** 3,
-          message: expect.stringContaining(`master 127.0.0.1:${evictingMaster.port}`),
-        },
-      ]);
-    } finally {
-      await store.close();
-      client.disconnect();
-      await own.close();
-    }
+    await store.get('k');
+    expect(seen).toEqual([
+      {
+        node: `127.0.0.1:${evictingMaster.port}`,
+        policy: 'volatile-ttl',
+        maxmemory: 1024 ** 3,
+        message: expect.stringContaining(`master 127.0.0.1:${evictingMaster.port}`),
+      },
+    ]);
   }, 60_000);
 
   it('a lock evicted while a refresh is under way is seen before the spend: no refresh, ERR_STORE, the new holder undisturbed', async () => {
@@ -662,6 +620,24 @@ function captureWarnings(): (() => (Error & { code?: string })[]) & { stop(): vo
   };
   process.on('warning', onWarning);
   return Object.assign(() => warnings, { stop: () => void process.off('warning', onWarning) });
+}
+
+/**
+ * A private Redis Cluster of 3 masters (and `replicas` replicas of each), and a RedisStore on an ioredis Cluster
+ * client of the test's own (the store never closes a client it was given): all closed when the test ends.
+ */
+async function clusterStore(
+  options: { replicas?: number; timeout?: number } = {},
+): Promise<{ own: PrivateRedisCluster; client: Cluster; store: RedisStore }> {
+  const own = await startRedisCluster(3, options.replicas ?? 0);
+  const client = new Redis.Cluster(own.nodes);
+  const store = new RedisStore({ client, prefix: `tw:${randomUUID()}:`, timeout: options.timeout ?? 500 });
+  onTestFinished(async () => {
+    await store.close();
+    client.disconnect();
+    await own.close();
+  });
+  return { own, client, store };
 }
 
 /** Retries a store call while the connection comes back (at most 15 s: a loaded machine reconnects slowly). */
