@@ -31,6 +31,7 @@ import {
   checkVersion,
   closedError,
   pollDelay,
+  releaseUntilLanded,
   storeError,
   throwIfAborted,
   waitClock,
@@ -238,19 +239,27 @@ export class FileStore extends EventEmitter<StoreEvents> implements TokenStore {
       const owner = randomUUID();
       const taken = await fsBounded(() => this.#tryLock(path, owner, ttlMs), this.#timeoutMs, 'file store lock');
       if (taken !== false) {
+        let leaseEnd = Date.now() + ttlMs;
         const lock: StoreLock = {
           takenOver: taken === 'taken over',
           release: async () => {
             if (!this.#held.delete(lock)) return;
-            await bounded(() => removeIf(path, (info) => info?.owner === owner), this.#timeoutMs, 'file unlock').catch(
-              () => undefined,
+            // A release that fails (EROFS, EIO, a network file system away) is tried again until it lands:
+            // left to its lease, the lock would keep every other process waiting up to `ttlMs`.
+            const landed = await releaseUntilLanded(
+              () => bounded(() => removeIf(path, (info) => info?.owner === owner), this.#timeoutMs, 'file unlock'),
+              leaseEnd,
+              () => this.#closed,
             );
-            this.#waiters.notify(key);
+            if (landed) this.#waiters.notify(key);
           },
           renew: async () => {
             this.#check();
             if (!this.#held.has(lock)) return false;
-            return fsBounded(() => renewLock(path, owner, ttlMs), this.#timeoutMs, 'file lock renewal');
+            const started = Date.now();
+            const renewed = await fsBounded(() => renewLock(path, owner, ttlMs), this.#timeoutMs, 'file lock renewal');
+            if (renewed) leaseEnd = started + ttlMs;
+            return renewed;
           },
         };
         this.#held.add(lock);

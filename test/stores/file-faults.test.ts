@@ -17,6 +17,7 @@ import { afterNextTokenResponse, appRefreshToken } from '../support/app-client.j
 import { FileStore } from '../../src/stores/file.js';
 import { type TestAuthorizationServer, startAuthorizationServer } from '../support/authorization-server.js';
 import { skipWithout, sleep } from '../support/private-servers.js';
+import { expectReleasedSoon } from './contract.js';
 
 const KEY = 'tw1:refresh_token:disk-faults';
 const HASH = createHash('sha256').update(KEY).digest('hex');
@@ -240,6 +241,33 @@ describe.skipIf(skipWithout('mount (root on Linux) for a small tmpfs', mountable
         } finally {
           await store.close();
           await fresh.close();
+        }
+      });
+    });
+  },
+);
+
+describe.skipIf(skipWithout('mount (root on Linux) for a small tmpfs', mountable))(
+  'FileStore: a lock released while the file system is read-only',
+  () => {
+    it('is released once it is writable again, long before its 30 s lease ends: another process takes it', async () => {
+      await onSmallDisk(async (mnt) => {
+        const dir = join(mnt, 'tokens');
+        const holder = new FileStore({ path: dir });
+        const other = new FileStore({ path: dir });
+        try {
+          const lock = await holder.lock(KEY, { ttlMs: 30_000, waitMs: 0 });
+          expect(lock).toBeDefined();
+          expect(spawnSync('mount', ['-o', 'remount,ro', mnt]).status).toBe(0);
+          await lock!.release(); // fails (EROFS), and is not thrown: the caller has nothing to do about it
+          expect(await filesOf(dir)).toEqual([`${HASH}.lock`]); // still there
+          await sleep(500);
+          expect(spawnSync('mount', ['-o', 'remount,rw', mnt]).status).toBe(0);
+          await expectReleasedSoon((options) => other.lock(KEY, options));
+          expect(await filesOf(dir)).toEqual([]);
+        } finally {
+          await holder.close();
+          await other.close();
         }
       });
     });
