@@ -5,8 +5,8 @@
  * `INSERT … ON CONFLICT … WHERE` or `UPDATE … WHERE version = $n`, atomic under PostgreSQL's row locking.
  *
  * The refresh lock is a lease row in `<table>_locks` — `(key, owner, expires_at)`, taken by one
- * `INSERT … ON CONFLICT DO UPDATE … WHERE expires_at <= now()` and released by a compare-and-delete on the
- * owner — rather than an advisory lock or `SELECT … FOR UPDATE`: both of those hold a connection (and, for
+ * `INSERT … ON CONFLICT DO UPDATE … WHERE expires_at <= now()` (a short lease, lengthened once it answered:
+ * see `lock`) and released by a compare-and-delete on the owner — rather than an advisory lock or `SELECT … FOR UPDATE`: both of those hold a connection (and, for
  * `FOR UPDATE`, a transaction with its snapshot) for the whole refresh, an HTTP round trip. With many
  * subjects refreshing at once (per-user tokens) that exhausts the pool, and session advisory locks do not
  * survive a transaction-pooling PgBouncer. A lease needs no connection while held; a crashed holder's lock
@@ -93,6 +93,11 @@ export type PostgresStoreOptions = PostgresStoreCommonOptions &
 
 /** `#server` for a database that cannot say which server answers. */
 const UNIDENTIFIABLE = '';
+/**
+ * How much longer than the store's time limit a lock's first, short lease lasts (see `lock`): room for its
+ * answer to come back and the statement that lengthens it to arrive.
+ */
+const TENTATIVE_MARGIN_MS = 1_000;
 /** The key of the table's generation marker (see `#marker`). */
 const MARKER = '';
 
@@ -281,6 +286,11 @@ export class PostgresStore extends EventEmitter<StoreEvents> implements TokenSto
     const ttlMs = checkTtl(options.ttlMs, 'ttlMs') as number;
     const deadline = Date.now() + Math.max(0, options.waitMs);
     const owner = randomUUID();
+    // The lease is taken short, then lengthened once its answer is in: a statement can run after the store
+    // gave up on it (its backend frozen or stalled, then resumed; the connection dropped meanwhile does not stop
+    // a statement already in the backend's socket), and a lease that no one holds must not keep the fleet
+    // waiting for all of `ttlMs`. The short lease outlasts the time limit of the statement that takes it.
+    const firstMs = Math.min(Math.ceil(ttlMs), this.#timeoutMs + TENTATIVE_MARGIN_MS);
     for (let attempt = 0; ; attempt++) {
       throwIfAborted(options.signal);
       this.#check();
@@ -290,10 +300,21 @@ export class PostgresStore extends EventEmitter<StoreEvents> implements TokenSto
          ON CONFLICT (key) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at
            WHERE l.expires_at <= now()
          RETURNING xmax::text <> '0' AS taken_over`,
-        [key, owner, Math.ceil(ttlMs)],
+        [key, owner, firstMs],
       );
-      // A lease row left behind (updated, not inserted: xmax is set) was never released by its holder.
-      if (rows.length === 1) return this.#holding(key, owner, ttlMs, (rows[0] as { taken_over: boolean }).taken_over);
+      if (rows.length === 1) {
+        // A lease row left behind (updated, not inserted: xmax is set) was never released by its holder.
+        const lock = this.#holding(key, owner, ttlMs, (rows[0] as { taken_over: boolean }).taken_over);
+        if (firstMs === Math.ceil(ttlMs)) return lock;
+        // Lengthened while still ours; a failure leaves the short lease to run out (or to the release).
+        const lengthened = await this.#renew(key, owner, ttlMs).catch(async (err: unknown) => {
+          await lock.release();
+          throw err;
+        });
+        if (lengthened) return lock;
+        await lock.release(); // the short lease ran out before its answer came back: try again
+        continue;
+      }
       const now = Date.now();
       if (now >= deadline) return undefined;
       // Waiters in this process are woken at once on release; other processes' releases are polled.
@@ -325,13 +346,7 @@ export class PostgresStore extends EventEmitter<StoreEvents> implements TokenSto
       renew: async () => {
         this.#check();
         if (!this.#held.has(lock)) return false;
-        const { rows } = await this.#run(
-          `UPDATE ${this.lockTable} SET expires_at = now() + $3::bigint * interval '1 millisecond'
-             WHERE key = $1 AND owner = $2 AND expires_at > now()
-           RETURNING owner`,
-          [key, owner, Math.ceil(ttlMs)],
-        );
-        return rows.length === 1;
+        return this.#renew(key, owner, ttlMs);
       },
       release: async () => {
         if (!this.#held.delete(lock)) return;
@@ -347,6 +362,17 @@ export class PostgresStore extends EventEmitter<StoreEvents> implements TokenSto
     };
     this.#held.add(lock);
     return lock;
+  }
+
+  /** Restarts a lease of `ttlMs` if it is still `owner`'s and has not run out (one statement, under the row's lock). */
+  async #renew(key: string, owner: string, ttlMs: number): Promise<boolean> {
+    const { rows } = await this.#run(
+      `UPDATE ${this.lockTable} SET expires_at = now() + $3::bigint * interval '1 millisecond'
+         WHERE key = $1 AND owner = $2 AND expires_at > now()
+       RETURNING owner`,
+      [key, owner, Math.ceil(ttlMs)],
+    );
+    return rows.length === 1;
   }
 
   /**

@@ -43,9 +43,10 @@ const K2 = { id: 'k2', key: randomBytes(32) };
  */
 export async function expectReleasedSoon(
   take: (wait: { ttlMs: number; waitMs: number }) => Promise<StoreLock | undefined>,
+  why = 'still held: the failed release was not tried again',
 ): Promise<void> {
   const next = await take({ ttlMs: 30_000, waitMs: 10_000 });
-  expect(next, 'still held: the failed release was not tried again').toBeDefined();
+  expect(next, why).toBeDefined();
   await next!.release();
 }
 

@@ -105,6 +105,38 @@ describe.skipIf(skipWithout('the PostgreSQL server binaries', pgBin !== undefine
     }
   }, 30_000);
 
+  it('a lock statement its backend ran only after the store gave up (the backend frozen, then thawed) holds the lock for seconds, not for its lease', async () => {
+    const { name, url } = await role();
+    const table = `t_${id()}`;
+    const a = new PostgresStore({ connectionString: url, table, timeout: '500ms', poolOptions: { max: 1 } });
+    const b = new PostgresStore({ connectionString: url, table });
+    let frozen: number | undefined;
+    try {
+      await a.get('k'); // a's one connection, and the table
+      const { rows } = await admin.query<{ pid: number }>('SELECT pid FROM pg_stat_activity WHERE usename = $1', [
+        name,
+      ]);
+      expect(rows).toHaveLength(1);
+      frozen = rows[0]!.pid;
+      process.kill(frozen, 'SIGSTOP'); // the statement reaches the backend's socket; nothing runs it yet
+      expect(await failure(a.lock('k', { ttlMs: 30_000, waitMs: 0 }))).toMatchObject({ code: 'ERR_STORE_TIMEOUT' });
+      process.kill(frozen, 'SIGCONT'); // and now it runs: the store that sent it has given up on it
+      frozen = undefined;
+      let landed = false;
+      for (let i = 0; i < 100 && !landed; i++) {
+        const found = await admin.query(`SELECT 1 FROM ${table}_locks WHERE key = 'k'`);
+        landed = found.rows.length === 1;
+        if (!landed) await sleep(10);
+      }
+      expect(landed, 'the late statement took the lock').toBe(true);
+      await expectReleasedSoon((options) => b.lock('k', options), 'held by the late statement for its whole lease');
+    } finally {
+      if (frozen !== undefined) process.kill(frozen, 'SIGCONT');
+      await a.close();
+      await b.close();
+    }
+  }, 30_000);
+
   for (const limit of ['lock_timeout', 'statement_timeout'] as const) {
     it(`${limit} on the role: a lock blocked by an operator's transaction fails with ERR_STORE and takes nothing`, async () => {
       const { url } = await role({ [limit]: '100ms' });
