@@ -406,6 +406,26 @@ describe.skipIf(skipWithout('the PostgreSQL server binaries', pgBin !== undefine
       }
     }, 90_000);
 
+    it('PostgreSQL frozen (every process SIGSTOP) for 5 s across an expiry, then SIGCONT', async () => {
+      const pg = await startPrivatePostgres();
+      try {
+        const store: StoreConfig = { kind: 'postgres', connectionString: pg.url, table: table() };
+        const outcome = await runScenario({
+          store,
+          fault: async (startAt) => {
+            await at(startAt, FAULT_AT_MS);
+            pg.freeze(); // statements sent meanwhile run when it resumes, after their callers gave up
+            await sleep(5000);
+            pg.thaw();
+          },
+        });
+        expectFleetKeptTheGrant(outcome, 'postgres frozen 5 s');
+        await expectGrantAlive(store, outcome.rt);
+      } finally {
+        await pg.close();
+      }
+    }, 90_000);
+
     /** The newest state in `table` (one key in these scenarios): its `seq`, and whether it was written back. */
     async function storedSeq(client: pg.Client, name: string): Promise<{ seq: number; healed: boolean } | undefined> {
       // (The row keyed '' is the store's generation marker, not an entry.)

@@ -311,6 +311,15 @@ export const pgBin: string | undefined = (() => {
   return undefined;
 })();
 
+/** Sends `name` to `pid`, if it still runs. */
+function signal(pid: number, name: NodeJS.Signals): void {
+  try {
+    process.kill(pid, name);
+  } catch {
+    // gone already
+  }
+}
+
 /** Runs a command as the `postgres` user when we are root (initdb and postgres refuse to run as root). */
 async function asPostgres(command: string, args: string[]): Promise<{ stdout: string }> {
   if (process.getuid?.() === 0) return run('runuser', ['-u', 'postgres', '--', command, ...args]);
@@ -329,7 +338,9 @@ export interface PrivatePostgres {
   readonly url: string;
   stop(): Promise<void>;
   start(): Promise<void>;
+  /** SIGSTOP to the postmaster and every backend and worker (a paused VM): connections stay open, nothing answers. */
   freeze(): void;
+  /** SIGCONT to what `freeze()` stopped. */
   thaw(): void;
   close(): Promise<void>;
 }
@@ -352,6 +363,7 @@ export async function startPrivatePostgres(): Promise<PrivatePostgres> {
   const log = join(dir, 'pg.log');
   const options = `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=100`;
   let pid: number | undefined;
+  let frozen: number[] = [];
   started.add(() => pid);
   const start = async (): Promise<void> => {
     await asPostgres(join(pgBin as string, 'pg_ctl'), ['-D', data, '-l', log, '-o', options, '-w', 'start']);
@@ -370,9 +382,19 @@ export async function startPrivatePostgres(): Promise<PrivatePostgres> {
     url: `postgres://postgres@127.0.0.1:${port}/postgres`,
     start,
     stop,
-    freeze: () => pid !== undefined && process.kill(pid, 'SIGSTOP'),
-    thaw: () => pid !== undefined && process.kill(pid, 'SIGCONT'),
+    // The postmaster first (it starts no backend meanwhile), then every process it started: a paused VM.
+    freeze: () => {
+      if (pid === undefined) return;
+      process.kill(pid, 'SIGSTOP');
+      frozen = [pid, ...childrenOf(pid)];
+      for (const child of frozen.slice(1)) signal(child, 'SIGSTOP');
+    },
+    thaw: () => {
+      for (const p of frozen) signal(p, 'SIGCONT');
+      frozen = [];
+    },
     close: async () => {
+      for (const p of frozen) signal(p, 'SIGCONT');
       if (pid !== undefined && alive(pid)) process.kill(pid, 'SIGCONT');
       await stop();
       await killAndWait(pid);
