@@ -137,6 +137,29 @@ describe.skipIf(skipWithout('redis-server', hasRedisServer))('RedisStore when it
     }
   }, 60_000);
 
+  it('a lock command that Redis runs only after the store gave up on it (Redis frozen, then thawed) does not hold the lock for its lease', async () => {
+    const redis = await startPrivateRedis();
+    const prefix = `tw:${randomUUID()}:`;
+    const a = new RedisStore({ url: redis.url, prefix, timeout: 300 });
+    const b = new RedisStore({ url: redis.url, prefix, timeout: 300 });
+    try {
+      await a.get('k');
+      await b.get('k');
+      redis.freeze(); // the SET NX reaches the server's socket; nothing runs it yet
+      await expect(a.lock('k', { ttlMs: 30_000, waitMs: 0 })).rejects.toMatchObject({ code: 'ERR_STORE_TIMEOUT' });
+      await sleep(1000); // whatever the store does about it meanwhile meets a frozen server too
+      redis.thaw();
+      await expectReleasedSoon(
+        (options) => retry(() => b.lock('k', options)),
+        'held by the late command for its whole lease',
+      );
+    } finally {
+      await a.close();
+      await b.close();
+      await redis.close();
+    }
+  }, 60_000);
+
   it('a reshard that moves every slot of one master, its epoch with them, to another while the store is in use: no reset, nothing lost, at most a moment of store errors', async () => {
     const { own, store } = await clusterStore({ timeout: 2000 });
     const events: string[] = [];
