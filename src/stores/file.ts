@@ -237,7 +237,16 @@ export class FileStore extends EventEmitter<StoreEvents> implements TokenStore {
       throwIfAborted(options.signal);
       this.#check();
       const owner = randomUUID();
-      const taken = await fsBounded(() => this.#tryLock(path, owner, ttlMs), this.#timeoutMs, 'file store lock');
+      // A lock taken after the store gave up on it (file operations stalled: a hung network file system, a
+      // thread pool held by other calls) is removed at once, rather than held by no one for `ttlMs`.
+      const taken = await fsBounded(
+        () => this.#tryLock(path, owner, ttlMs),
+        this.#timeoutMs,
+        'file store lock',
+        (late) => {
+          if (late !== false) void removeIf(path, (info) => info?.owner === owner).catch(() => undefined);
+        },
+      );
       if (taken !== false) {
         let leaseEnd = Date.now() + ttlMs;
         const lock: StoreLock = {
@@ -673,8 +682,8 @@ const ERRNOS = new Map<string, string>([
 ]);
 
 /** {@link bounded}, with the failure's errno said in words (`… failed (ENOSPC): the disk is full`). */
-const fsBounded = <T>(operation: () => Promise<T>, ms: number, what: string): Promise<T> =>
-  boundedInWords(operation, ms, what, ERRNOS);
+const fsBounded = <T>(operation: () => Promise<T>, ms: number, what: string, onLate?: (value: T) => void): Promise<T> =>
+  boundedInWords(operation, ms, what, ERRNOS, { onLate });
 
 function isMissing(err: unknown): boolean {
   return (err as NodeJS.ErrnoException | null)?.code === 'ENOENT';

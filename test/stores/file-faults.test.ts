@@ -6,7 +6,7 @@
 import { spawnSync } from 'node:child_process';
 import { createHash, randomUUID } from 'node:crypto';
 import { closeSync, mkdtempSync, openSync, rmSync, statSync, truncateSync, writeSync } from 'node:fs';
-import { chown, mkdir, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { type FileHandle, chown, mkdir, open, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -270,6 +270,43 @@ describe.skipIf(skipWithout('mount (root on Linux) for a small tmpfs', mountable
           await other.close();
         }
       });
+    });
+  },
+);
+
+describe.skipIf(skipWithout('mkfifo', spawnSync('mkfifo', ['--version']).status === 0))(
+  'FileStore when its file operations stall (a hung network file system holding the thread pool)',
+  () => {
+    it('a lock whose file operations run only after the store gave up on them is removed then, not held for its lease', async () => {
+      const dir = join(base, `stall-${randomUUID()}`);
+      const a = new FileStore({ path: dir, timeout: 300 });
+      const b = new FileStore({ path: dir });
+      const fifos = Array.from({ length: Number(process.env['UV_THREADPOOL_SIZE'] ?? 4) }, (_, i) =>
+        join(base, `fifo-${randomUUID()}-${i}`),
+      );
+      for (const fifo of fifos) expect(spawnSync('mkfifo', [fifo]).status).toBe(0);
+      let stalled: Promise<FileHandle>[] = [];
+      const unstall = async () => {
+        // Opened for writing on this thread: each reader's open, blocked in a pool thread, returns.
+        for (const fifo of fifos) closeSync(openSync(fifo, 'w'));
+        for (const handle of await Promise.all(stalled)) await handle.close();
+        stalled = [];
+      };
+      try {
+        await a.get(KEY); // the directory, and its generation marker
+        // Every thread of libuv's pool blocked in an open() that waits for a writer: file operations queue.
+        stalled = fifos.map((fifo) => open(fifo, 'r'));
+        await expect(a.lock(KEY, { ttlMs: 30_000, waitMs: 0 })).rejects.toMatchObject({
+          code: 'ERR_STORE_TIMEOUT',
+        });
+        await unstall(); // and now the lock's queued operations run: the store has given up on them
+        await expectReleasedSoon((options) => b.lock(KEY, options), 'held by the late lock for its whole lease');
+        expect(await filesOf(dir)).toEqual([]);
+      } finally {
+        if (stalled.length > 0) await unstall();
+        await a.close();
+        await b.close();
+      }
     });
   },
 );
