@@ -26,7 +26,7 @@ import { checkKey } from '../stores/shared.js';
 import * as telemetry from '../telemetry/hooks.js';
 import { type Token, isTokenString, tokenFromResponse } from '../token.js';
 import { isWellFormedUnicode } from '../unicode.js';
-import { clientSecretBasic } from './client-secret-basic.js';
+import { basicUserPass, clientSecretBasic } from './client-secret-basic.js';
 import { type CredentialInput, checkCredentialInput, isFileCredential, readCredential } from './credential.js';
 import { type DiscoveryAlgorithm, discover } from './discovery.js';
 import { rememberSecrets, toTokenwardenError } from './errors.js';
@@ -112,7 +112,8 @@ export interface ClientOptions {
   /**
    * The `aud` of the client assertions `private_key_jwt` and `client_secret_jwt` sign: `'issuer'` (default: the
    * authorization server's issuer identifier, as RFC 7523bis and FAPI 2.0 require), `'token_endpoint'` (the token
-   * endpoint's URL, which Microsoft Entra ID requires, and which OpenID Connect Core §9 suggests), or a URL of
+   * endpoint's URL, which Microsoft Entra ID and Authlib 1.2 require, and which OpenID Connect Core §9 suggests;
+   * an `invalid_client` answered to an assertion for the issuer says to try it), or a URL of
    * your choosing.
    *
    * @example
@@ -418,6 +419,7 @@ export class OAuthClient {
         this.redactor([context.refreshToken, ...secretParams(params), ...(meta.sent ?? [])]),
       );
       if (rotated !== undefined && rotated !== context.refreshToken) markRotated(error, rotated);
+      if (error.error === 'invalid_client') explainInvalidClient(error, this.authMethod, this.#options);
       throw error;
     }
   }
@@ -775,6 +777,36 @@ function resolveAuthMethod(options: ClientOptions): ClientAuthMethod | 'custom' 
         'clientAuth must be one of client_secret_basic, client_secret_post, client_secret_jwt, private_key_jwt, tls_client_auth, self_signed_tls_client_auth, none, or a function',
       );
   }
+}
+
+/**
+ * Adds to an `invalid_client` the two causes that are the client's choice of encoding, not a wrong credential,
+ * when they apply: an assertion whose `aud` is the issuer at a server that wants its token endpoint there, and
+ * a secret that `client_secret_basic` had to percent-encode at a server that does not decode it. Names neither
+ * the secret nor the characters.
+ */
+function explainInvalidClient(
+  error: TokenwardenError,
+  method: ClientAuthMethod | 'custom',
+  options: ClientOptions,
+): void {
+  let hint: string | undefined;
+  const audience = options.clientAssertionAudience ?? 'issuer';
+  if ((method === 'client_secret_jwt' || method === 'private_key_jwt') && options.clientAssertion === undefined) {
+    if (audience === 'issuer') {
+      hint =
+        "the client assertion's aud was the issuer identifier (RFC 7523bis); a server that wants its token " +
+        "endpoint's URL there (Microsoft Entra ID, Authlib 1.2) needs clientAssertionAudience: 'token_endpoint'";
+    }
+  } else if (method === 'client_secret_basic') {
+    const secret = options.clientSecret ?? '';
+    if (basicUserPass(options.clientId, secret) !== `${options.clientId}:${secret}`) {
+      hint =
+        'the client id or secret has characters that client_secret_basic percent-encodes (RFC 6749 §2.3.1); a ' +
+        "server that does not decode the credential (Authlib 1.2, @node-oauth/oauth2-server) refuses it: use clientAuth: 'client_secret_post'";
+    }
+  }
+  if (hint !== undefined) error.message = `${error.message} (if the credential is right: ${hint})`;
 }
 
 async function makeClientAuth(options: ClientOptions, method: ClientAuthMethod | 'custom'): Promise<oauth.ClientAuth> {

@@ -3,7 +3,7 @@
  * credentials with both secret methods (and a wrong secret or scope said as the server said it, the secret
  * nowhere), rotating refresh tokens spent once by a TokenManager, and a fleet of managers on one FileStore that
  * never presents a refresh token twice. One suite, run against each server (`test/node-oauth2-server.test.ts`,
- * `test/django-oauth-toolkit.test.ts`; oidc-provider has its own, deeper suites).
+ * `test/django-oauth-toolkit.test.ts`, `test/authlib.test.ts`; oidc-provider has its own, deeper suites).
  */
 import { join } from 'node:path';
 import { inspect } from 'node:util';
@@ -16,6 +16,7 @@ import {
   TokenwardenError,
   clientCredentials,
 } from '../../src/index.js';
+import { basicUserPass } from '../../src/sources/client-secret-basic.js';
 
 /** A server under test, as the suite needs it. */
 export interface InteropServer {
@@ -67,6 +68,9 @@ export function interopSuite(server: () => InteropServer): void {
       .catch((e: unknown) => e);
     expect(err).toBeInstanceOf(TokenwardenError);
     expect(err).toMatchObject({ code: 'ERR_OAUTH', error: 'invalid_client', status: 401 });
+    // The hint about Basic's encoding only for a secret it percent-encodes (one a server may not decode).
+    const encoded = basicUserPass(clientId, secret) !== `${clientId}:${secret}`;
+    expect((err as Error).message.includes("clientAuth: 'client_secret_post'")).toBe(encoded);
     const everything = [String(err), JSON.stringify(err), inspect(err, { depth: 10 })].join('\n');
     for (const form of [secret, encodeURIComponent(secret), Buffer.from(`${clientId}:${secret}`).toString('base64')]) {
       expect(everything).not.toContain(form);
