@@ -15,7 +15,7 @@
  * | --- | --- |
  * | `ERR_CONFIG` | an option is missing or invalid (thrown at construction) |
  * | `ERR_INSECURE_ISSUER` | an `http:` URL was given without `allowInsecureRequests: true` |
- * | `ERR_DISCOVERY` | the issuer's metadata could not be fetched or is unusable |
+ * | `ERR_DISCOVERY` | the issuer's metadata is unusable (a network failure or an HTTP status fetching it has its own code) |
  * | `ERR_NETWORK` | connection refused, reset, DNS failure |
  * | `ERR_TIMEOUT` | the request took longer than its `timeout` |
  * | `ERR_ABORTED` | the caller's `AbortSignal` fired |
