@@ -71,4 +71,14 @@ describe('discovery of a document served only with a trailing slash', () => {
     expect((await discover(issuer, { ...options, algorithm: 'auto' })).issuer).toBe(issuer);
     expect(paths(from)).toEqual([WELL_KNOWN, `${WELL_KNOWN}/`, '/.well-known/oauth-authorization-server/o']);
   });
+
+  it('no document at any of the addresses: ERR_HTTP_STATUS 404 (a status, as the README table says), after each was asked', async () => {
+    server.handle((_req, res) => json(res, 404, { detail: 'Not found.' }));
+    const from = server.requests.length;
+    await expect(discover(issuer, { ...options, algorithm: 'auto', force: true })).rejects.toMatchObject({
+      code: 'ERR_HTTP_STATUS',
+      status: 404,
+    });
+    expect(paths(from)).toEqual([WELL_KNOWN, `${WELL_KNOWN}/`, '/.well-known/oauth-authorization-server/o']);
+  });
 });
