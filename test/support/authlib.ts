@@ -8,25 +8,23 @@
  * token (and, as its SQLAlchemy models have it, the access token issued with it).
  * On a machine without the packages the suite skips with one line; in CI their absence is a failure.
  */
-import { execFileSync, spawn } from 'node:child_process';
 import { type JsonWebKey, generateKeyPairSync, randomBytes } from 'node:crypto';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import {
+  type LoginResponse,
+  PASSWORD,
+  USERS,
+  passwordLogin,
+  requirePythonModules,
+  startPythonServer,
+} from './python-server.js';
 
-const PYTHON = '/usr/bin/python3';
 const SCRIPT = join(dirname(fileURLToPath(import.meta.url)), 'authlib', 'server.py');
 
 /** Whether Authlib's authorization server can be started here; prints why not (or throws in CI). */
 export function requireAuthlib(): boolean {
-  try {
-    execFileSync(PYTHON, ['-c', 'import authlib, flask'], { stdio: 'ignore', timeout: 20_000 });
-    return true;
-  } catch {
-    const why = 'Authlib or Flask is not installed (apt-get install -y python3-authlib python3-flask)';
-    if (process.env.CI) throw new Error(`${why}; CI needs it (see DEVELOPERS.md)`);
-    console.warn(`skipping the Authlib tests: ${why}`);
-    return false;
-  }
+  return requirePythonModules('Authlib (with Flask)', 'authlib, flask', 'python3-authlib python3-flask');
 }
 
 export interface AuthlibClient {
@@ -58,7 +56,7 @@ export interface Authlib {
     robot: { readonly clientId: string; readonly rs256: PrivateJwk; readonly es256: PrivateJwk };
   };
   /** A user's token response from the password grant (with a refresh token). */
-  login(username: string): Promise<Record<string, unknown> & { access_token: string; refresh_token: string }>;
+  login(username: string): Promise<LoginResponse>;
   /**
    * What the server was sent and answered, read from it: refresh tokens presented and grants at the token
    * endpoint, OAuth errors it answered there, well-known addresses asked for (`"<path> <status>"`).
@@ -72,8 +70,6 @@ export interface Authlib {
   close(): Promise<void>;
 }
 
-export const USERS = ['alice', 'bob', 'carol', 'dave', 'erin'];
-const PASSWORD = 'correct horse battery staple';
 const JWT_BEARER = 'urn:ietf:params:oauth:grant-type:jwt-bearer';
 
 function keyPair(kind: 'rsa' | 'ec', kid: string, alg: string): { privateJwk: PrivateJwk; publicJwk: JsonWebKey } {
@@ -120,27 +116,8 @@ export async function startAuthlib(options: { accessTokenTtl?: number } = {}): P
       { clientId: clients.robot.clientId, grants: [JWT_BEARER], jwks: [robotRs.publicJwk, robotEs.publicJwk] },
     ],
   };
-  const child = spawn(PYTHON, [SCRIPT], { stdio: ['pipe', 'pipe', 'pipe'] });
-  child.stdin.end(JSON.stringify(config));
-  let stderr = '';
-  child.stderr.on('data', (chunk: Buffer) => (stderr = (stderr + chunk.toString()).slice(-4000)));
-  const port = await new Promise<number>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`Authlib did not start: ${stderr}`)), 30_000);
-    let out = '';
-    child.stdout.on('data', (chunk: Buffer) => {
-      out += chunk.toString();
-      const ready = /READY (\d+)/.exec(out);
-      if (ready) {
-        clearTimeout(timer);
-        resolve(Number(ready[1]));
-      }
-    });
-    child.once('exit', (code) => {
-      clearTimeout(timer);
-      reject(new Error(`Authlib exited (${code}): ${stderr}`));
-    });
-  });
-  const issuer = `http://127.0.0.1:${port}`;
+  const server = await startPythonServer('Authlib', SCRIPT, config);
+  const issuer = `http://127.0.0.1:${server.port}`;
   const tokenEndpoint = `${issuer}/oauth/token`;
   return {
     issuer,
@@ -148,30 +125,10 @@ export async function startAuthlib(options: { accessTokenTtl?: number } = {}): P
     introspectionEndpoint: `${issuer}/oauth/introspect`,
     revocationEndpoint: `${issuer}/oauth/revoke`,
     clients,
-    async login(username) {
-      const response = await fetch(tokenEndpoint, {
-        method: 'POST',
-        body: new URLSearchParams({
-          grant_type: 'password',
-          username,
-          password: PASSWORD,
-          scope: 'read write',
-          client_id: clients.app.clientId,
-          client_secret: clients.app.clientSecret,
-        }),
-      });
-      if (response.status !== 200) throw new Error(`login failed: ${response.status} ${await response.text()}`);
-      return (await response.json()) as Record<string, unknown> & { access_token: string; refresh_token: string };
-    },
+    login: (username) => passwordLogin(tokenEndpoint, clients.app, username),
     async record() {
       return (await (await fetch(`${issuer}/_record`)).json()) as Awaited<ReturnType<Authlib['record']>>;
     },
-    async close() {
-      if (child.exitCode === null) {
-        const exited = new Promise((resolve) => child.once('exit', resolve));
-        child.kill('SIGTERM');
-        await exited;
-      }
-    },
+    close: () => server.close(),
   };
 }

@@ -6,27 +6,25 @@
  * revokes the spent refresh token, RFC 7662 introspection that refuses a bad client with a bare HTML 403.
  * On a machine without the packages the suite skips with one line; in CI their absence is a failure.
  */
-import { execFileSync, spawn } from 'node:child_process';
 import { generateKeyPairSync } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import {
+  type LoginResponse,
+  PASSWORD,
+  USERS,
+  passwordLogin,
+  requirePythonModules,
+  startPythonServer,
+} from './python-server.js';
 
-const PYTHON = '/usr/bin/python3';
 const SCRIPT = join(dirname(fileURLToPath(import.meta.url)), 'django-oauth-toolkit', 'server.py');
 
 /** Whether Django OAuth Toolkit can be started here; prints why not (or throws in CI). */
 export function requireDjangoOAuthToolkit(): boolean {
-  try {
-    execFileSync(PYTHON, ['-c', 'import oauth2_provider'], { stdio: 'ignore', timeout: 20_000 });
-    return true;
-  } catch {
-    const why = 'Django OAuth Toolkit is not installed (apt-get install -y python3-django-oauth-toolkit)';
-    if (process.env.CI) throw new Error(`${why}; CI needs it (see DEVELOPERS.md)`);
-    console.warn(`skipping the Django OAuth Toolkit tests: ${why}`);
-    return false;
-  }
+  return requirePythonModules('Django OAuth Toolkit', 'oauth2_provider', 'python3-django-oauth-toolkit');
 }
 
 export interface DjangoClient {
@@ -42,7 +40,7 @@ export interface DjangoOAuthToolkit {
   /** Confidential clients: `svc` (client credentials), `app` (password grant, refresh tokens). */
   readonly clients: { svc: DjangoClient; app: DjangoClient };
   /** A user's token response from the password grant (with a refresh token). */
-  login(username: string): Promise<Record<string, unknown> & { access_token: string; refresh_token: string }>;
+  login(username: string): Promise<LoginResponse>;
   /** What the server was sent and answered, read from it: refresh tokens presented, OAuth errors, grants. */
   record(): Promise<{
     refreshTokensPresented: string[];
@@ -51,9 +49,6 @@ export interface DjangoOAuthToolkit {
   }>;
   close(): Promise<void>;
 }
-
-export const USERS = ['alice', 'bob', 'carol', 'dave', 'erin'];
-const PASSWORD = 'correct horse battery staple';
 
 /** Starts a server (about a second: migrations into a fresh SQLite database). */
 export async function startDjangoOAuthToolkit(
@@ -79,27 +74,8 @@ export async function startDjangoOAuthToolkit(
       { ...clients.app, grant: 'password' },
     ],
   };
-  const child = spawn(PYTHON, [SCRIPT], { stdio: ['pipe', 'pipe', 'pipe'] });
-  child.stdin.end(JSON.stringify(config));
-  let stderr = '';
-  child.stderr.on('data', (chunk: Buffer) => (stderr = (stderr + chunk.toString()).slice(-4000)));
-  const port = await new Promise<number>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`Django OAuth Toolkit did not start: ${stderr}`)), 30_000);
-    let out = '';
-    child.stdout.on('data', (chunk: Buffer) => {
-      out += chunk.toString();
-      const ready = /READY (\d+)/.exec(out);
-      if (ready) {
-        clearTimeout(timer);
-        resolve(Number(ready[1]));
-      }
-    });
-    child.once('exit', (code) => {
-      clearTimeout(timer);
-      reject(new Error(`Django OAuth Toolkit exited (${code}): ${stderr}`));
-    });
-  });
-  const base = `http://127.0.0.1:${port}`;
+  const server = await startPythonServer('Django OAuth Toolkit', SCRIPT, config);
+  const base = `http://127.0.0.1:${server.port}`;
   const issuer = `${base}/o`;
   const tokenEndpoint = `${issuer}/token/`;
   return {
@@ -107,30 +83,12 @@ export async function startDjangoOAuthToolkit(
     tokenEndpoint,
     introspectionEndpoint: `${issuer}/introspect/`,
     clients,
-    async login(username) {
-      const response = await fetch(tokenEndpoint, {
-        method: 'POST',
-        body: new URLSearchParams({
-          grant_type: 'password',
-          username,
-          password: PASSWORD,
-          scope: 'read write',
-          client_id: clients.app.clientId,
-          client_secret: clients.app.clientSecret,
-        }),
-      });
-      if (response.status !== 200) throw new Error(`login failed: ${response.status} ${await response.text()}`);
-      return (await response.json()) as Record<string, unknown> & { access_token: string; refresh_token: string };
-    },
+    login: (username) => passwordLogin(tokenEndpoint, clients.app, username),
     async record() {
       return (await (await fetch(`${base}/_record`)).json()) as Awaited<ReturnType<DjangoOAuthToolkit['record']>>;
     },
     async close() {
-      if (child.exitCode === null) {
-        const exited = new Promise((resolve) => child.once('exit', resolve));
-        child.kill('SIGTERM');
-        await exited;
-      }
+      await server.close();
       rmSync(dir, { recursive: true, force: true });
     },
   };

@@ -17,15 +17,12 @@ endpoint, every OAuth error answered there, grants, and the well-known addresses
 Nothing else is changed: Authlib answers as it does.
 """
 import base64
-import io
 import json
 import logging
 import os
 import secrets
 import sys
-import threading
 import time
-import urllib.parse
 
 from authlib.integrations.flask_oauth2 import AuthorizationServer
 from authlib.jose import JsonWebKey
@@ -38,6 +35,9 @@ from authlib.oauth2.rfc8414 import AuthorizationServerMetadata
 from flask import Flask, jsonify
 from werkzeug.serving import make_server
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
+from token_record import new_record, recorded_token_request, serve_record  # noqa: E402
+
 config = json.loads(sys.stdin.read())
 # Authlib's switch for development over http (the metadata checks want https, but for http://localhost:).
 os.environ["AUTHLIB_INSECURE_TRANSPORT"] = "1"
@@ -49,7 +49,6 @@ JWT_BEARER = JWTBearerGrant.GRANT_TYPE
 SECRET_METHODS = ["client_secret_basic", "client_secret_post"]
 JWT_METHODS = ["client_secret_jwt", "private_key_jwt"]
 
-lock = threading.Lock()
 users = {u["username"]: u["password"] for u in config.get("users", [])}
 by_access = {}
 by_refresh = {}
@@ -353,16 +352,13 @@ def revoke():
     return server.create_endpoint_response(Revocation.ENDPOINT_NAME)
 
 
-record = {"refreshTokensPresented": [], "errors": {}, "byGrant": {}, "wellKnown": []}
+record, lock = new_record(wellKnown=[])
 
 
 def recording(environ, start_response):
     path = environ.get("PATH_INFO", "")
     if path == "/_record":
-        with lock:
-            body = json.dumps(record).encode()
-        start_response("200 OK", [("content-type", "application/json"), ("content-length", str(len(body)))])
-        return [body]
+        return serve_record(start_response, record, lock)
     if path.startswith("/.well-known/"):
 
         def noting(status, headers, exc_info=None):
@@ -372,24 +368,7 @@ def recording(environ, start_response):
 
         return app(environ, noting)
     if path == "/oauth/token" and environ.get("REQUEST_METHOD") == "POST":
-        length = int(environ.get("CONTENT_LENGTH") or 0)
-        raw = environ["wsgi.input"].read(length)
-        environ["wsgi.input"] = io.BytesIO(raw)
-        form = urllib.parse.parse_qs(raw.decode("utf-8", "replace"))
-        grant = (form.get("grant_type") or [""])[0]
-        with lock:
-            record["byGrant"][grant] = record["byGrant"].get(grant, 0) + 1
-            if grant == "refresh_token":
-                record["refreshTokensPresented"].extend(form.get("refresh_token", []))
-        chunks = list(app(environ, start_response))
-        try:
-            error = json.loads(b"".join(chunks)).get("error")
-        except Exception:
-            error = None
-        if isinstance(error, str):
-            with lock:
-                record["errors"][error] = record["errors"].get(error, 0) + 1
-        return chunks
+        return recorded_token_request(app, environ, start_response, record, lock)
     return app(environ, start_response)
 
 

@@ -6,12 +6,12 @@ directory, the clients and users given as JSON on stdin. It prints `READY <port>
 A thin WSGI wrapper records what the tests check the server for: every refresh token presented at the token
 endpoint and every OAuth error answered (GET /_record). Nothing else is changed: DOT answers as it does.
 """
-import io
 import json
 import os
 import sys
-import threading
-import urllib.parse
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
+from token_record import new_record, recorded_token_request, serve_record  # noqa: E402
 
 config = json.loads(sys.stdin.read())
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tw_dot_settings")
@@ -71,36 +71,15 @@ for client in config["clients"]:
 from django.core.handlers.wsgi import WSGIHandler  # noqa: E402
 from django.core.servers.basehttp import ThreadedWSGIServer, WSGIRequestHandler  # noqa: E402
 
-record = {"refreshTokensPresented": [], "errors": {}, "byGrant": {}}
-lock = threading.Lock()
+record, lock = new_record()
 django_app = WSGIHandler()
 
 
 def app(environ, start_response):
     if environ.get("PATH_INFO") == "/_record":
-        with lock:
-            body = json.dumps(record).encode()
-        start_response("200 OK", [("content-type", "application/json"), ("content-length", str(len(body)))])
-        return [body]
+        return serve_record(start_response, record, lock)
     if environ.get("PATH_INFO") == "/o/token/" and environ.get("REQUEST_METHOD") == "POST":
-        length = int(environ.get("CONTENT_LENGTH") or 0)
-        raw = environ["wsgi.input"].read(length)
-        environ["wsgi.input"] = io.BytesIO(raw)
-        form = urllib.parse.parse_qs(raw.decode("utf-8", "replace"))
-        with lock:
-            grant = (form.get("grant_type") or [""])[0]
-            record["byGrant"][grant] = record["byGrant"].get(grant, 0) + 1
-            if grant == "refresh_token":
-                record["refreshTokensPresented"].extend(form.get("refresh_token", []))
-        chunks = list(django_app(environ, start_response))
-        try:
-            error = json.loads(b"".join(chunks)).get("error")
-        except Exception:
-            error = None
-        if isinstance(error, str):
-            with lock:
-                record["errors"][error] = record["errors"].get(error, 0) + 1
-        return chunks
+        return recorded_token_request(django_app, environ, start_response, record, lock)
     return django_app(environ, start_response)
 
 
