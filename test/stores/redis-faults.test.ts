@@ -19,11 +19,13 @@ import { GENERATION_WATCH_MS } from '../../src/stores/shared.js';
 import {
   type PrivateRedis,
   type PrivateRedisCluster,
+  type PrivateSentinelSet,
   hasRedisServer,
   skipWithout,
   sleep,
   startPrivateRedis,
   startRedisCluster,
+  startSentinelSet,
 } from '../support/private-servers.js';
 import { ScriptedSource } from '../support/scripted-source.js';
 import { expectReleasedSoon, storeContract } from './contract.js';
@@ -38,10 +40,31 @@ const clusterClient = async (): Promise<Cluster> => {
   return client;
 };
 
+let sentinelSet: Promise<PrivateSentinelSet> | undefined;
+const sentinel = (): Promise<PrivateSentinelSet> => (sentinelSet ??= startSentinelSet());
+
 afterAll(async () => {
   for (const c of clients) c.disconnect();
   await (await cluster)?.close();
+  await (await sentinelSet)?.close();
 });
+
+storeContract(
+  'RedisStore through Redis Sentinel (the store connects by sentinels and master name)',
+  !skipWithout('redis-server', hasRedisServer)
+    ? {
+        open: async (options) => {
+          const { sentinels, name } = await sentinel();
+          return new RedisStore({ sentinels, name, prefix: 'tw-sentinel:', ...options });
+        },
+        raw: async (key) =>
+          (await (await sentinel()).master.cli('HGET', `tw-sentinel:entry:${key}`, 'value')) || undefined,
+        wipe: async () => {
+          await (await sentinel()).master.cli('FLUSHALL');
+        },
+      }
+    : undefined,
+);
 
 storeContract(
   'RedisStore on a Redis Cluster',
