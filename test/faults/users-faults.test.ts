@@ -1,7 +1,7 @@
 /**
  * UserTokens through store faults: three processes serve three users each every 20 ms from one private
- * Redis (never the shared one), with 2 s access tokens and single-use rotating refresh tokens, while the
- * Redis is stopped and comes back empty, or is frozen. Every user's grant must survive: no `invalid_grant`,
+ * Redis or PostgreSQL (never the shared one), with 2 s access tokens and single-use rotating refresh tokens,
+ * while the server is stopped (Redis comes back empty), or is frozen. Every user's grant must survive: no `invalid_grant`,
  * every failed call a coded store error, no user's token given to another, and each user still refreshes
  * afterwards through the store.
  */
@@ -9,16 +9,19 @@ import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type TestAuthorizationServer, startAuthorizationServer } from '../support/authorization-server.js';
 import {
+  type PrivatePostgres,
   type PrivateRedis,
   hasRedisServer,
+  pgBin,
   skipWithout,
   sleep,
+  startPrivatePostgres,
   startPrivateRedis,
 } from '../support/private-servers.js';
 import type { WorkerConfig, WorkerResult } from '../users/fleet-worker.js';
 import { runFleet } from '../users/fleet-run.js';
 import { usersFor } from '../users/helpers.js';
-import { openStore } from '../users/stores.js';
+import { type StoreSpec, openStore } from '../users/stores.js';
 
 const STORE_CODES = new Set(['ERR_STORE', 'ERR_STORE_TIMEOUT', 'ERR_LOCK_TIMEOUT']);
 const SUBJECTS = ['alice', 'bob', 'carol'];
@@ -31,10 +34,19 @@ afterAll(async () => {
   await as?.close();
 });
 
-async function scenario(fault: (redis: PrivateRedis) => Promise<void>): Promise<WorkerResult[]> {
-  const redis = await startPrivateRedis();
+/** A private server the scenario breaks, and the store spec that reaches it. */
+interface Private {
+  close(): Promise<void>;
+}
+
+async function scenario<S extends Private>(
+  start: () => Promise<S>,
+  specOf: (server: S) => StoreSpec,
+  fault: (server: S) => Promise<void>,
+): Promise<WorkerResult[]> {
+  const server = await start();
   try {
-    const spec = { kind: 'redis' as const, url: redis.url, prefix: `tw-users-faults:${randomUUID()}:` };
+    const spec = specOf(server);
     const store = openStore(spec);
     const users = usersFor(as, { store });
     for (const subject of SUBJECTS) await users.save(subject, await as.login(subject));
@@ -55,7 +67,7 @@ async function scenario(fault: (redis: PrivateRedis) => Promise<void>): Promise<
     const running = runFleet(3, config('run', 12_000), go);
     await started;
     await sleep(4_000);
-    await fault(redis);
+    await fault(server);
     const results = await running;
     // Afterwards every grant is alive: a new process, once each token has expired, refreshes every user.
     await sleep(2_500);
@@ -64,9 +76,20 @@ async function scenario(fault: (redis: PrivateRedis) => Promise<void>): Promise<
     await store.close();
     return results;
   } finally {
-    await redis.close();
+    await server.close();
   }
 }
+
+const inRedis = (redis: PrivateRedis): StoreSpec => ({
+  kind: 'redis',
+  url: redis.url,
+  prefix: `tw-users-faults:${randomUUID()}:`,
+});
+const inPostgres = (pg: PrivatePostgres): StoreSpec => ({
+  kind: 'postgres',
+  connectionString: pg.url,
+  table: `tw_users_faults_${randomUUID().slice(0, 8)}`,
+});
 
 function expectGrantsKept(results: WorkerResult[]): void {
   const errors = results.flatMap((r) => r.errors);
@@ -82,7 +105,7 @@ function expectGrantsKept(results: WorkerResult[]): void {
 
 describe.skipIf(skipWithout('redis-server', hasRedisServer))('UserTokens through Redis faults', () => {
   it('Redis stopped for 3 s and restarted empty', async () => {
-    const results = await scenario(async (redis) => {
+    const results = await scenario(startPrivateRedis, inRedis, async (redis) => {
       await redis.stop();
       await sleep(3_000);
       await redis.start({ empty: true });
@@ -91,7 +114,7 @@ describe.skipIf(skipWithout('redis-server', hasRedisServer))('UserTokens through
   }, 90_000);
 
   it('Redis frozen (SIGSTOP) for 4 s', async () => {
-    const results = await scenario(async (redis) => {
+    const results = await scenario(startPrivateRedis, inRedis, async (redis) => {
       redis.freeze();
       await sleep(4_000);
       redis.thaw();
@@ -99,3 +122,26 @@ describe.skipIf(skipWithout('redis-server', hasRedisServer))('UserTokens through
     expectGrantsKept(results);
   }, 90_000);
 });
+
+describe.skipIf(skipWithout('the PostgreSQL server binaries', pgBin !== undefined))(
+  'UserTokens through PostgreSQL faults',
+  () => {
+    it('PostgreSQL stopped for 3 s (immediate shutdown), then back', async () => {
+      const results = await scenario(startPrivatePostgres, inPostgres, async (pg) => {
+        await pg.stop();
+        await sleep(3_000);
+        await pg.start();
+      });
+      expectGrantsKept(results);
+    }, 90_000);
+
+    it('PostgreSQL frozen (every process SIGSTOP) for 4 s', async () => {
+      const results = await scenario(startPrivatePostgres, inPostgres, async (pg) => {
+        pg.freeze();
+        await sleep(4_000);
+        pg.thaw();
+      });
+      expectGrantsKept(results);
+    }, 90_000);
+  },
+);
