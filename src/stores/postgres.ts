@@ -6,10 +6,10 @@
  *
  * The refresh lock is a lease row in `<table>_locks` — `(key, owner, expires_at)`, taken by one
  * `INSERT … ON CONFLICT DO UPDATE … WHERE expires_at <= now()` (a short lease, lengthened once it answered:
- * see `lock`) and released by a compare-and-delete on the owner — rather than an advisory lock or `SELECT … FOR UPDATE`: both of those hold a connection (and, for
- * `FOR UPDATE`, a transaction with its snapshot) for the whole refresh, an HTTP round trip. With many
- * subjects refreshing at once (per-user tokens) that exhausts the pool, and session advisory locks do not
- * survive a transaction-pooling PgBouncer. A lease needs no connection while held; a crashed holder's lock
+ * see `lock`) and released by a compare-and-delete on the owner — rather than an advisory lock or
+ * `SELECT … FOR UPDATE`: both of those hold a connection (and, for `FOR UPDATE`, a transaction with its
+ * snapshot) for the whole refresh, an HTTP round trip. With many subjects refreshing at once (per-user tokens)
+ * that exhausts the pool, and session advisory locks do not survive a transaction-pooling PgBouncer. A lease needs no connection while held; a crashed holder's lock
  * is taken over when its lease (`ttlMs`) ends, as with Redis. Times come from the database's clock, so
  * hosts with skewed clocks agree.
  *
@@ -312,8 +312,7 @@ export class PostgresStore extends EventEmitter<StoreEvents> implements TokenSto
           throw err;
         });
         if (lengthened) return lock;
-        await lock.release(); // the short lease ran out before its answer came back: try again
-        continue;
+        await lock.release(); // the short lease ran out before its answer came back: try again, if there is time
       }
       const now = Date.now();
       if (now >= deadline) return undefined;
