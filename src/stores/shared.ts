@@ -227,7 +227,7 @@ export const waitClock: Clock = {
 
 /**
  * Releases a lock with `release` (which removes it only while its owner still holds it), and when that fails —
- * the store away, a cluster mid-failover — tries again in the background, backing off from 100 ms to 2 s,
+ * the store away, a cluster mid-failover — tries again in the background, {@link pollDelay} apart (up to 2 s),
  * until it lands, the store closes, or the lease ends. A lock left to run out keeps every process of the fleet
  * waiting for the rest of its lease (30 s by default) after the store is back, for a holder long done.
  * Resolves after the first attempt; never rejects.
@@ -247,7 +247,7 @@ export async function releaseUntilLanded(
     await release();
     return true;
   } catch {
-    const delay = Math.min(2000, 100 * 2 ** attempt);
+    const delay = pollDelay(attempt, 2000);
     if (!closed() && Date.now() + delay < leaseEnd) {
       setTimeout(() => void releaseUntilLanded(release, leaseEnd, closed, attempt + 1), delay).unref();
     }
