@@ -248,7 +248,6 @@ export class FileStore extends EventEmitter<StoreEvents> implements TokenStore {
         },
       );
       if (taken !== false) {
-        let leaseEnd = Date.now() + ttlMs;
         const lock: StoreLock = {
           takenOver: taken === 'taken over',
           release: async () => {
@@ -257,7 +256,7 @@ export class FileStore extends EventEmitter<StoreEvents> implements TokenStore {
             // left to its lease, the lock would keep every other process waiting up to `ttlMs`.
             const landed = await releaseUntilLanded(
               () => bounded(() => removeIf(path, (info) => info?.owner === owner), this.#timeoutMs, 'file unlock'),
-              leaseEnd,
+              Date.now() + ttlMs, // at the latest (a renewal restarts the lease), as the other stores bound it
               () => this.#closed,
             );
             if (landed) this.#waiters.notify(key);
@@ -265,10 +264,7 @@ export class FileStore extends EventEmitter<StoreEvents> implements TokenStore {
           renew: async () => {
             this.#check();
             if (!this.#held.has(lock)) return false;
-            const started = Date.now();
-            const renewed = await fsBounded(() => renewLock(path, owner, ttlMs), this.#timeoutMs, 'file lock renewal');
-            if (renewed) leaseEnd = started + ttlMs;
-            return renewed;
+            return fsBounded(() => renewLock(path, owner, ttlMs), this.#timeoutMs, 'file lock renewal');
           },
         };
         this.#held.add(lock);
