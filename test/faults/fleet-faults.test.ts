@@ -16,6 +16,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TokenManager, refreshToken } from '../../src/index.js';
 import { type TestAuthorizationServer, startAuthorizationServer } from '../support/authorization-server.js';
 import {
+  frozenFor,
   skipWithout,
   hasPgBouncer,
   hasRedisServer,
@@ -218,9 +219,7 @@ describe.skipIf(skipWithout('redis-server', hasRedisServer))('a fleet through Re
         store,
         fault: async (startAt) => {
           await at(startAt, FAULT_AT_MS);
-          redis.freeze();
-          await sleep(5000);
-          redis.thaw();
+          await frozenFor(redis, 5000);
         },
       });
       expectFleetKeptTheGrant(outcome, 'redis frozen 5 s');
@@ -366,9 +365,7 @@ describe.skipIf(skipWithout('redis-server', hasRedisServer))('a fleet through Re
         grant: 'client_credentials',
         fault: async (startAt) => {
           await at(startAt, FAULT_AT_MS);
-          redis.freeze();
-          await sleep(5000);
-          redis.thaw();
+          await frozenFor(redis, 5000);
         },
       });
       const all = outcome.results;
@@ -414,9 +411,7 @@ describe.skipIf(skipWithout('the PostgreSQL server binaries', pgBin !== undefine
           store,
           fault: async (startAt) => {
             await at(startAt, FAULT_AT_MS);
-            pg.freeze(); // statements sent meanwhile run when it resumes, after their callers gave up
-            await sleep(5000);
-            pg.thaw();
+            await frozenFor(pg, 5000); // statements sent meanwhile run when it resumes, after their callers gave up
           },
         });
         expectFleetKeptTheGrant(outcome, 'postgres frozen 5 s');

@@ -13,6 +13,7 @@ import {
   type PrivateRedis,
   hasRedisServer,
   pgBin,
+  frozenFor,
   skipWithout,
   sleep,
   startPrivatePostgres,
@@ -114,11 +115,7 @@ describe.skipIf(skipWithout('redis-server', hasRedisServer))('UserTokens through
   }, 90_000);
 
   it('Redis frozen (SIGSTOP) for 4 s', async () => {
-    const results = await scenario(startPrivateRedis, inRedis, async (redis) => {
-      redis.freeze();
-      await sleep(4_000);
-      redis.thaw();
-    });
+    const results = await scenario(startPrivateRedis, inRedis, (redis) => frozenFor(redis, 4_000));
     expectGrantsKept(results);
   }, 90_000);
 });
@@ -136,11 +133,7 @@ describe.skipIf(skipWithout('the PostgreSQL server binaries', pgBin !== undefine
     }, 90_000);
 
     it('PostgreSQL frozen (every process SIGSTOP) for 4 s', async () => {
-      const results = await scenario(startPrivatePostgres, inPostgres, async (pg) => {
-        pg.freeze();
-        await sleep(4_000);
-        pg.thaw();
-      });
+      const results = await scenario(startPrivatePostgres, inPostgres, (pg) => frozenFor(pg, 4_000));
       expectGrantsKept(results);
     }, 90_000);
   },

@@ -142,45 +142,27 @@ describe.skipIf(skipWithout('redis-server', hasRedisServer))('RedisStore when it
   }, 60_000);
 
   it('a release that fails while Redis is down is tried again: the lock is free soon after Redis is back, not at the end of its lease', async () => {
-    const redis = await startPrivateRedis({ persist: true });
-    const prefix = `tw:${randomUUID()}:`;
-    const a = new RedisStore({ url: redis.url, prefix, timeout: 300 });
-    const b = new RedisStore({ url: redis.url, prefix, timeout: 300 });
-    try {
-      const lock = await a.lock('k', { ttlMs: 30_000, waitMs: 0 });
-      expect(lock).toBeDefined();
-      await redis.stop(); // the lock key is on disk (appendfsync always)
-      await lock!.release(); // fails: nothing answers (and does not throw)
-      await redis.start();
-      await expectReleasedSoon((options) => retry(() => b.lock('k', options)));
-    } finally {
-      await a.close();
-      await b.close();
-      await redis.close();
-    }
+    const { redis, a, b } = await twoStores({ persist: true });
+    const lock = await a.lock('k', { ttlMs: 30_000, waitMs: 0 });
+    expect(lock).toBeDefined();
+    await redis.stop(); // the lock key is on disk (appendfsync always)
+    await lock!.release(); // fails: nothing answers (and does not throw)
+    await redis.start();
+    await expectReleasedSoon((options) => retry(() => b.lock('k', options)));
   }, 60_000);
 
   it('a lock command that Redis runs only after the store gave up on it (Redis frozen, then thawed) does not hold the lock for its lease', async () => {
-    const redis = await startPrivateRedis();
-    const prefix = `tw:${randomUUID()}:`;
-    const a = new RedisStore({ url: redis.url, prefix, timeout: 300 });
-    const b = new RedisStore({ url: redis.url, prefix, timeout: 300 });
-    try {
-      await a.get('k');
-      await b.get('k');
-      redis.freeze(); // the SET NX reaches the server's socket; nothing runs it yet
-      await expect(a.lock('k', { ttlMs: 30_000, waitMs: 0 })).rejects.toMatchObject({ code: 'ERR_STORE_TIMEOUT' });
-      await sleep(1000); // whatever the store does about it meanwhile meets a frozen server too
-      redis.thaw();
-      await expectReleasedSoon(
-        (options) => retry(() => b.lock('k', options)),
-        'held by the late command for its whole lease',
-      );
-    } finally {
-      await a.close();
-      await b.close();
-      await redis.close();
-    }
+    const { redis, a, b } = await twoStores();
+    await a.get('k');
+    await b.get('k');
+    redis.freeze(); // the SET NX reaches the server's socket; nothing runs it yet
+    await expect(a.lock('k', { ttlMs: 30_000, waitMs: 0 })).rejects.toMatchObject({ code: 'ERR_STORE_TIMEOUT' });
+    await sleep(1000); // whatever the store does about it meanwhile meets a frozen server too
+    redis.thaw();
+    await expectReleasedSoon(
+      (options) => retry(() => b.lock('k', options)),
+      'held by the late command for its whole lease',
+    );
   }, 60_000);
 
   it('a reshard that moves every slot of one master, its epoch with them, to another while the store is in use: no reset, nothing lost, at most a moment of store errors', async () => {
@@ -701,6 +683,22 @@ function captureWarnings(): (() => (Error & { code?: string })[]) & { stop(): vo
  * A private Redis Cluster of 3 masters (and `replicas` replicas of each), and a RedisStore on an ioredis Cluster
  * client of the test's own (the store never closes a client it was given): all closed when the test ends.
  */
+/** Two stores (300 ms time limit) on one private Redis, as two processes of a fleet; stopped after the test. */
+async function twoStores(
+  options: { persist?: boolean } = {},
+): Promise<{ redis: PrivateRedis; a: RedisStore; b: RedisStore }> {
+  const redis = await startPrivateRedis(options);
+  const prefix = `tw:${randomUUID()}:`;
+  const a = new RedisStore({ url: redis.url, prefix, timeout: 300 });
+  const b = new RedisStore({ url: redis.url, prefix, timeout: 300 });
+  onTestFinished(async () => {
+    await a.close();
+    await b.close();
+    await redis.close();
+  });
+  return { redis, a, b };
+}
+
 async function clusterStore(
   options: { replicas?: number; timeout?: number } = {},
 ): Promise<{ own: PrivateRedisCluster; client: Cluster; store: RedisStore }> {

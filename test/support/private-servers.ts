@@ -46,6 +46,16 @@ export async function waitForPort(port: number, ms = 15_000): Promise<void> {
 
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
+/** Freezes `server` (SIGSTOP: connections stay open, nothing answers) for `ms`, then thaws it. */
+export async function frozenFor(server: { freeze(): void; thaw(): void }, ms: number): Promise<void> {
+  server.freeze();
+  try {
+    await sleep(ms);
+  } finally {
+    server.thaw();
+  }
+}
+
 function readPid(file: string): number | undefined {
   try {
     // The first line (a postmaster.pid goes on with the data directory, the port, …).
