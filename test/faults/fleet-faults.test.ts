@@ -168,65 +168,63 @@ function expectFleetKeptTheGrant(outcome: Outcome, label: string): void {
 /** Sleeps until `ms` after the fleet started calling. */
 const at = (startAt: number, ms: number): Promise<void> => sleep(startAt + ms - Date.now());
 
+/**
+ * The plain scenario: a private server started, the fleet run on it with `fault` done to the server
+ * {@link FAULT_AT_MS} after the fleet started calling, the grant kept throughout and alive after; the server
+ * stopped whatever happens.
+ */
+async function faultOn(
+  server: { close(): Promise<void> },
+  store: StoreConfig,
+  label: string,
+  fault: () => Promise<void>,
+): Promise<void> {
+  try {
+    const outcome = await runScenario({
+      store,
+      fault: async (startAt) => {
+        await at(startAt, FAULT_AT_MS);
+        await fault();
+      },
+    });
+    expectFleetKeptTheGrant(outcome, label);
+    await expectGrantAlive(store, outcome.rt);
+  } finally {
+    await server.close();
+  }
+}
+
 describe.skipIf(skipWithout('redis-server', hasRedisServer))('a fleet through Redis faults', () => {
   const prefix = () => `tw-faults:${randomUUID()}:`;
 
   it('Redis stopped for 3 s across an expiry (data kept), then back', async () => {
     const redis = await startPrivateRedis({ persist: true });
-    try {
-      const store: StoreConfig = { kind: 'redis', url: redis.url, prefix: prefix() };
-      const outcome = await runScenario({
-        store,
-        fault: async (startAt) => {
-          await at(startAt, FAULT_AT_MS);
-          await redis.stop();
-          await sleep(3000);
-          await redis.start();
-        },
-      });
-      expectFleetKeptTheGrant(outcome, 'redis stopped 3 s');
-      await expectGrantAlive(store, outcome.rt);
-    } finally {
-      await redis.close();
-    }
+    await faultOn(redis, { kind: 'redis', url: redis.url, prefix: prefix() }, 'redis stopped 3 s', async () => {
+      await redis.stop();
+      await sleep(3000);
+      await redis.start();
+    });
   }, 90_000);
 
   it('Redis stopped for 3 s across an expiry and restarted empty', async () => {
     const redis = await startPrivateRedis();
-    try {
-      const store: StoreConfig = { kind: 'redis', url: redis.url, prefix: prefix() };
-      const outcome = await runScenario({
-        store,
-        fault: async (startAt) => {
-          await at(startAt, FAULT_AT_MS);
-          await redis.stop();
-          await sleep(3000);
-          await redis.start({ empty: true });
-        },
-      });
-      expectFleetKeptTheGrant(outcome, 'redis stopped 3 s, back empty');
-      await expectGrantAlive(store, outcome.rt);
-    } finally {
-      await redis.close();
-    }
+    await faultOn(
+      redis,
+      { kind: 'redis', url: redis.url, prefix: prefix() },
+      'redis stopped 3 s, back empty',
+      async () => {
+        await redis.stop();
+        await sleep(3000);
+        await redis.start({ empty: true });
+      },
+    );
   }, 90_000);
 
   it('Redis frozen (SIGSTOP) for 5 s, then SIGCONT', async () => {
     const redis = await startPrivateRedis();
-    try {
-      const store: StoreConfig = { kind: 'redis', url: redis.url, prefix: prefix() };
-      const outcome = await runScenario({
-        store,
-        fault: async (startAt) => {
-          await at(startAt, FAULT_AT_MS);
-          await frozenFor(redis, 5000);
-        },
-      });
-      expectFleetKeptTheGrant(outcome, 'redis frozen 5 s');
-      await expectGrantAlive(store, outcome.rt);
-    } finally {
-      await redis.close();
-    }
+    await faultOn(redis, { kind: 'redis', url: redis.url, prefix: prefix() }, 'redis frozen 5 s', () =>
+      frozenFor(redis, 5000),
+    );
   }, 90_000);
 
   it('Redis restarted empty, and a fourth process starts 0.5 s later', async () => {
@@ -385,40 +383,26 @@ describe.skipIf(skipWithout('the PostgreSQL server binaries', pgBin !== undefine
 
     it('PostgreSQL stopped for 5 s across an expiry, then back', async () => {
       const pg = await startPrivatePostgres();
-      try {
-        const store: StoreConfig = { kind: 'postgres', connectionString: pg.url, table: table() };
-        const outcome = await runScenario({
-          store,
-          fault: async (startAt) => {
-            await at(startAt, FAULT_AT_MS);
-            await pg.stop();
-            await sleep(5000);
-            await pg.start();
-          },
-        });
-        expectFleetKeptTheGrant(outcome, 'postgres stopped 5 s');
-        await expectGrantAlive(store, outcome.rt);
-      } finally {
-        await pg.close();
-      }
+      await faultOn(
+        pg,
+        { kind: 'postgres', connectionString: pg.url, table: table() },
+        'postgres stopped 5 s',
+        async () => {
+          await pg.stop();
+          await sleep(5000);
+          await pg.start();
+        },
+      );
     }, 90_000);
 
     it('PostgreSQL frozen (every process SIGSTOP) for 5 s across an expiry, then SIGCONT', async () => {
       const pg = await startPrivatePostgres();
-      try {
-        const store: StoreConfig = { kind: 'postgres', connectionString: pg.url, table: table() };
-        const outcome = await runScenario({
-          store,
-          fault: async (startAt) => {
-            await at(startAt, FAULT_AT_MS);
-            await frozenFor(pg, 5000); // statements sent meanwhile run when it resumes, after their callers gave up
-          },
-        });
-        expectFleetKeptTheGrant(outcome, 'postgres frozen 5 s');
-        await expectGrantAlive(store, outcome.rt);
-      } finally {
-        await pg.close();
-      }
+      await faultOn(
+        pg,
+        { kind: 'postgres', connectionString: pg.url, table: table() },
+        'postgres frozen 5 s',
+        () => frozenFor(pg, 5000), // statements sent meanwhile run when it resumes, after their callers gave up
+      );
     }, 90_000);
 
     /** The newest state in `table` (one key in these scenarios): its `seq`, and whether it was written back. */

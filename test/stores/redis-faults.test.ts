@@ -225,37 +225,17 @@ describe.skipIf(skipWithout('redis-server', hasRedisServer))('RedisStore when it
   }, 60_000);
 
   it('a Redis Cluster whose master fails and whose replica is promoted: reset before the first answer from the replica', async () => {
-    const { own, store } = await clusterStore({ replicas: 1 });
-    const events: string[] = [];
-    store.on('reset', () => events.push('reset'));
-    await store.set('k', 'v1');
-    const { master, replicas } = await own.slotOwners(calculateSlot(`${store.prefix}entry:k`));
-    const replica = replicas[0]!;
-    await replicated(master, replica); // (what this test is about is the reset, not a write lost on the way)
+    const { store, events, master, replica } = await clusterWithEntry();
     // The replica was connected already (as a replica): ioredis makes it a master at a slot refresh, with
     // no new connection. Its answers may be older than the failed master's (asynchronous replication).
     await master.stop();
-    const until = Date.now() + 20_000;
-    for (;;) {
-      const record = await store.get('k').catch(() => 'error' as const);
-      if (record !== 'error') {
-        events.push(`get: ${record?.value}`);
-        break;
-      }
-      if (Date.now() > until) throw new Error('the replica was not promoted');
-      await sleep(50);
-    }
+    events.push(`get: ${(await retry(() => store.get('k')))?.value}`); // once the replica is promoted
     expect(await replica.cli('role')).toMatch(/^master/);
     expect(events).toEqual(['reset', 'get: v1']);
   }, 60_000);
 
   it('a Redis Cluster whose master and replica swap roles, no node added or removed (CLUSTER FAILOVER): reset before the first answer from the new master', async () => {
-    const { own, store } = await clusterStore({ replicas: 1 });
-    const events: string[] = [];
-    store.on('reset', () => events.push('reset'));
-    await store.set('k', 'v1');
-    const { replicas } = await own.slotOwners(calculateSlot(`${store.prefix}entry:k`));
-    const replica = replicas[0]!;
+    const { store, events, replica } = await clusterWithEntry();
     // The old master stays in the cluster as the new master's replica. Redis 7 closes its clients as it turns
     // (ioredis drops the node: '-node'), and ioredis' next slot refresh shows the new master in place of the old
     // (the comparison of masters on 'refresh'): each of the two alone makes this pass; without both the new
@@ -711,6 +691,26 @@ async function clusterStore(
     await own.close();
   });
   return { own, client, store };
+}
+
+/**
+ * A store on a private cluster of 3 masters with a replica each, holding `k` = `v1`, which the replica of its
+ * master has received; `events` records each `reset`.
+ */
+async function clusterWithEntry(): Promise<{
+  store: RedisStore;
+  events: string[];
+  master: PrivateRedis;
+  replica: PrivateRedis;
+}> {
+  const { own, store } = await clusterStore({ replicas: 1 });
+  const events: string[] = [];
+  store.on('reset', () => events.push('reset'));
+  await store.set('k', 'v1');
+  const { master, replicas } = await own.slotOwners(calculateSlot(`${store.prefix}entry:k`));
+  const replica = replicas[0]!;
+  await replicated(master, replica); // (these tests are about the reset, not a write lost on the way)
+  return { store, events, master, replica };
 }
 
 /** Resolves once `replica` has processed everything `master` has written so far (their replication offsets). */
