@@ -6,9 +6,6 @@
  * client assertion answered 400 (a bad Basic credential 401 with a Basic challenge), and opaque tokens.
  */
 import { generateKeyPairSync } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { inspect } from 'node:util';
 import { decodeJwt } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -30,17 +27,14 @@ import { interopSuite } from './support/interop.js';
 
 const available = requireAuthlib();
 let server: Authlib;
-let dir: string;
 
 beforeAll(async () => {
   if (!available) return;
   server = await startAuthlib();
-  dir = await mkdtemp(join(tmpdir(), 'tw-authlib-test-'));
 }, 60_000);
 afterAll(async () => {
   if (!available) return;
   await server.close();
-  await rm(dir, { recursive: true, force: true });
 });
 
 const ACCESS_TOKEN = /^[A-Za-z0-9]{42}$/;
@@ -91,7 +85,6 @@ describe.skipIf(!available)('Authlib', () => {
     refreshSource: app,
     record: () => server.record(),
     accessToken: ACCESS_TOKEN,
-    dir,
   }));
 
   it('discovery from the issuer: OpenID Connect (404, and 404 with the slash), then RFC 8414 metadata; oidc alone is ERR_HTTP_STATUS 404', async () => {

@@ -5,9 +5,6 @@
  * a Basic credential it `unquote_plus`-decodes, opaque tokens, rotation that revokes the spent refresh token,
  * and RFC 7662 introspection that refuses a bad client with a bare HTML 403.
  */
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { inspect } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ManualClock } from '../src/clock.js';
@@ -22,17 +19,14 @@ import {
 
 const available = requireDjangoOAuthToolkit();
 let server: DjangoOAuthToolkit;
-let dir: string;
 
 beforeAll(async () => {
   if (!available) return;
   server = await startDjangoOAuthToolkit();
-  dir = await mkdtemp(join(tmpdir(), 'tw-dot-test-'));
 }, 60_000);
 afterAll(async () => {
   if (!available) return;
   await server.close();
-  await rm(dir, { recursive: true, force: true });
 });
 
 const svc = () => ({ issuer: server.issuer, ...server.clients.svc, allowInsecureRequests: true });
@@ -53,7 +47,6 @@ describe.skipIf(!available)('Django OAuth Toolkit', () => {
     refreshSource: app,
     record: () => server.record(),
     accessToken: /^[A-Za-z0-9]{20,}$/,
-    dir,
   }));
 
   it('UserTokens found by discovery: a saved login served, refreshed once on expiry for two callers, revoked at revocationEndpoint', async () => {

@@ -3,9 +3,6 @@
  * `@node-oauth/oauth2-server` (no discovery, opaque tokens, a Basic challenge on a bad client credential,
  * no grant revocation when a spent refresh token comes back). What holds against oidc-provider must hold here.
  */
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { SignJWT, generateKeyPair } from 'jose';
 import { ManualClock } from '../src/clock.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -21,15 +18,12 @@ import { interopSuite } from './support/interop.js';
 import { type NodeOAuth2Server, startNodeOAuth2Server } from './support/node-oauth2-server.js';
 
 let server: NodeOAuth2Server;
-let dir: string;
 
 beforeAll(async () => {
   server = await startNodeOAuth2Server();
-  dir = await mkdtemp(join(tmpdir(), 'tw-node-oauth2-'));
 });
 afterAll(async () => {
   await server.close();
-  await rm(dir, { recursive: true, force: true });
 });
 
 const client = () => ({
@@ -50,7 +44,6 @@ describe('@node-oauth/oauth2-server', () => {
     refreshSource: (refresh) => rt(refresh),
     record: async () => ({ refreshTokensPresented: [...server.refreshTokensPresented], errors: { ...server.errors } }),
     accessToken: /^[0-9a-f]{40,}$/,
-    dir,
   }));
 
   it('a grant the server does not have (token exchange) → ERR_OAUTH unsupported_grant_type', async () => {

@@ -5,9 +5,11 @@
  * never presents a refresh token twice. One suite, run against each server (`test/node-oauth2-server.test.ts`,
  * `test/django-oauth-toolkit.test.ts`, `test/authlib.test.ts`; oidc-provider has its own, deeper suites).
  */
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { inspect } from 'node:util';
-import { expect, it } from 'vitest';
+import { expect, it, onTestFinished } from 'vitest';
 import {
   type ClientCredentialsOptions,
   FileStore,
@@ -35,8 +37,6 @@ export interface InteropServer {
   record(): Promise<{ refreshTokensPresented: readonly string[]; errors: Readonly<Record<string, number>> }>;
   /** What the server's access tokens look like. */
   readonly accessToken: RegExp;
-  /** A directory the FileStore of the fleet test may use. */
-  readonly dir: string;
 }
 
 /** Refresh tokens presented more than once since `from` (an index into the server's record). */
@@ -108,7 +108,8 @@ export function interopSuite(server: () => InteropServer): void {
     const before = await s.record();
     const from = before.refreshTokensPresented.length;
     const first = (await s.login()).refresh_token;
-    const path = join(s.dir, `fleet-${from}`);
+    const path = await mkdtemp(join(tmpdir(), 'tw-interop-fleet-'));
+    onTestFinished(() => rm(path, { recursive: true, force: true }));
     const managers = Array.from(
       { length: 4 },
       () => new TokenManager({ source: s.refreshSource(first), store: new FileStore({ path }) }),
