@@ -45,7 +45,7 @@ export {
 } from './sources/client.js';
 export { type ClientCredentialsOptions, clientCredentials } from './sources/client-credentials.js';
 export { type CredentialInput, MAX_CREDENTIAL_FILE_BYTES } from './sources/credential.js';
-export { type DiscoveryAlgorithm, clearDiscoveryCache, discover } from './sources/discovery.js';
+export { type DiscoverOptions, type DiscoveryAlgorithm, clearDiscoveryCache, discover } from './sources/discovery.js';
 export { type JwtAssertionOptions, type JwtBearerOptions, jwtBearer } from './sources/jwt-bearer.js';
 export { type RefreshTokenOptions, refreshToken } from './sources/refresh-token.js';
 export type { FetchTokenContext, TokenSource } from './sources/source.js';

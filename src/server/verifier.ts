@@ -152,7 +152,11 @@ export interface IntrospectionOptions {
   clientId: string;
   /** Its secret (for `client_secret_*`). */
   clientSecret?: string;
-  /** How it authenticates. Default: as for grants (`client_secret_basic` with a secret). */
+  /**
+   * How it authenticates. Default: as for grants (`client_secret_basic` with a secret). An `oauth4webapi`
+   * `ClientAuth` function may set anything else — an access token of the resource server's own (RFC 7662 §2.1):
+   * `async (_as, _client, _body, headers) => headers.set('authorization', 'Bearer ' + (await own.getToken()).accessToken)`.
+   */
   clientAuth?: ClientAuthMethod | oauth.ClientAuth;
   /** The private key for `private_key_jwt`. */
   privateKey?: PrivateKeyInput;

@@ -6,7 +6,12 @@
 import * as oauth from 'oauth4webapi';
 import { type Clock, systemClock } from '../clock.js';
 import { TokenwardenError } from '../errors.js';
-import { boundedFetch, type TransportOptions } from '../http/transport.js';
+import {
+  DEFAULT_MAX_RESPONSE_BYTES,
+  DEFAULT_TIMEOUT_MS,
+  type TransportOptions,
+  boundedFetch,
+} from '../http/transport.js';
 import { redirectTarget, toTokenwardenError } from './errors.js';
 
 /**
@@ -24,8 +29,15 @@ export const DISCOVERY_TTL_MS = 60 * 60_000;
 
 const cache = new Map<string, { at: number; metadata: Promise<oauth.AuthorizationServer> }>();
 
-/** Options for {@link discover}. */
-export interface DiscoverOptions extends TransportOptions {
+/**
+ * Options for {@link discover}.
+ *
+ * @example
+ * ```ts
+ * const options: DiscoverOptions = { algorithm: 'oidc', timeoutMs: 5000, signal: AbortSignal.timeout(10_000) };
+ * ```
+ */
+export interface DiscoverOptions extends Partial<TransportOptions> {
   algorithm?: DiscoveryAlgorithm;
   allowInsecureRequests?: boolean;
   signal?: AbortSignal;
@@ -37,7 +49,8 @@ export interface DiscoverOptions extends TransportOptions {
 
 /**
  * Fetches (or returns the cached) metadata of `issuer`. Concurrent calls share one request; failures are
- * not cached.
+ * not cached. Each request is bounded by `timeoutMs` (default 10 s) and its body by `maxResponseBytes`
+ * (default 1 MiB).
  *
  * @example
  * ```ts
@@ -46,7 +59,7 @@ export interface DiscoverOptions extends TransportOptions {
  * console.log(as.token_endpoint);
  * ```
  */
-export function discover(issuer: string, options: DiscoverOptions): Promise<oauth.AuthorizationServer> {
+export function discover(issuer: string, options: DiscoverOptions = {}): Promise<oauth.AuthorizationServer> {
   const algorithm = options.algorithm ?? 'auto';
   const cacheKey = `${algorithm} ${issuer}`;
   const now = (options.clock ?? systemClock).now();
@@ -71,7 +84,11 @@ async function fetchMetadata(
   } catch {
     throw new TokenwardenError('ERR_CONFIG', 'issuer must be an absolute URL');
   }
-  const fetcher = boundedFetch(options);
+  const fetcher = boundedFetch({
+    ...(options.fetch && { fetch: options.fetch }),
+    timeoutMs: options.timeoutMs ?? DEFAULT_TIMEOUT_MS,
+    maxResponseBytes: options.maxResponseBytes ?? DEFAULT_MAX_RESPONSE_BYTES,
+  });
   const attempt = async (alg: 'oidc' | 'oauth2', trailingSlash = false): Promise<oauth.AuthorizationServer> => {
     const response = await oauth.discoveryRequest(url, {
       algorithm: alg,

@@ -1,0 +1,234 @@
+/**
+ * The client and server sides against a fifth real authorization server: Glewlwyd (C; Debian's package, 2.7.5),
+ * found by OpenID Connect discovery under a path (`/api/oidc`). What it adds: RFC 9068 JWT access tokens (`typ:
+ * at+jwt`) checked against its JWKS, DPoP from a server other than oidc-provider, RFC 8707 resource indicators,
+ * one-time refresh tokens whose reuse disables the newest of the chain, and refusals without an OAuth body — an
+ * unknown client is `403` with nothing in it, a refused refresh token `400` with nothing in it.
+ */
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { inspect } from 'node:util';
+import { calculateJwkThumbprint, decodeJwt, exportJWK, generateKeyPair } from 'jose';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ManualClock } from '../src/clock.js';
+import {
+  TokenManager,
+  TokenwardenError,
+  UserTokens,
+  clearDiscoveryCache,
+  clientCredentials,
+  discover,
+  refreshToken,
+} from '../src/index.js';
+import { createVerifier } from '../src/server/index.js';
+import { bearerAuth } from '../src/server/adapters/node.js';
+import { type Glewlwyd, requireGlewlwyd, startGlewlwyd } from './support/glewlwyd.js';
+import { interopSuite } from './support/interop.js';
+
+const available = requireGlewlwyd();
+let server: Glewlwyd;
+
+beforeAll(async () => {
+  if (!available) return;
+  server = await startGlewlwyd();
+}, 60_000);
+afterAll(async () => {
+  if (!available) return;
+  await server.close();
+});
+
+const JWT = /^eyJ[\w-]+\.[\w-]+\.[\w-]+$/;
+const svc = () => ({ issuer: server.issuer, ...server.clients.svc, allowInsecureRequests: true });
+const app = (refresh: string) =>
+  refreshToken({ issuer: server.issuer, ...server.clients.app, refreshToken: refresh, allowInsecureRequests: true });
+/** Everything an error shows: its string, JSON and inspection. */
+const shown = (err: unknown) => [String(err), JSON.stringify(err), inspect(err, { depth: 10 })].join('\n');
+
+describe.skipIf(!available)('Glewlwyd', () => {
+  interopSuite(() => ({
+    client: svc,
+    accessTokenTtl: server.accessTokenTtl,
+    login: () => server.login('bob'),
+    refreshSource: app,
+    record: () => server.record(),
+    accessToken: JWT,
+    refusals: {
+      client: { code: 'ERR_HTTP_STATUS', status: 403 },
+      scope: { code: 'ERR_OAUTH', error: 'scope_invalid', status: 400 },
+      spentRefreshToken: { code: 'ERR_HTTP_STATUS', status: 400 },
+      reuseBreaksChain: true,
+    },
+  }));
+
+  it('discovery under the issuer path; the grants it leaves out of grant_types_supported are used all the same', async () => {
+    clearDiscoveryCache(server.issuer);
+    const metadata = await discover(server.issuer, { allowInsecureRequests: true, force: true });
+    expect(metadata).toMatchObject({
+      issuer: server.issuer,
+      token_endpoint: server.tokenEndpoint,
+      introspection_endpoint: server.introspectionEndpoint,
+    });
+    // Glewlwyd advertises only the browser grants; RFC 8414 makes the list informative, not a contract.
+    expect(metadata.grant_types_supported).not.toContain('client_credentials');
+    expect(metadata.grant_types_supported).not.toContain('refresh_token');
+    const manager = new TokenManager({ source: clientCredentials({ ...svc(), scope: 'read' }) });
+    expect((await manager.getToken()).accessToken).toMatch(JWT);
+    await manager.close();
+  });
+
+  it('a client it refuses with an empty 403: ERR_HTTP_STATUS, not retried until the fail-fast window ends, the secret nowhere', async () => {
+    const secret = `${server.clients.svc.clientSecret}-wrong`;
+    const from = (await server.record()).byGrant['client_credentials'] ?? 0;
+    const manager = new TokenManager({ source: clientCredentials({ ...svc(), clientSecret: secret }) });
+    const first = await manager.getToken().catch((e: unknown) => e);
+    expect(first).toBeInstanceOf(TokenwardenError);
+    expect(first).toMatchObject({ code: 'ERR_HTTP_STATUS', status: 403 });
+    expect((first as Error).message).toContain('403 without an OAuth error body');
+    expect(shown(first)).not.toContain(secret);
+    // A 403 is not transient: the next caller is answered from the last error, no second request.
+    await expect(manager.getToken()).rejects.toBe(first);
+    expect(((await server.record()).byGrant['client_credentials'] ?? 0) - from).toBe(1);
+    await manager.close();
+  });
+
+  it('a refresh token it refuses with an empty 400: ERR_HTTP_STATUS for UserTokens, not asked again at once, the refresh token kept (the answer does not say it is dead)', async () => {
+    const login = await server.login('carol');
+    // Spent once elsewhere, then again: the chain is broken, every refresh token of it refused.
+    await app(login.refresh_token).fetchToken({});
+    await expect(app(login.refresh_token).fetchToken({})).rejects.toMatchObject({ status: 400 });
+    const clock = new ManualClock();
+    const users = new UserTokens({ issuer: server.issuer, ...server.clients.app, allowInsecureRequests: true, clock });
+    await users.save('carol', login);
+    await clock.advance((server.accessTokenTtl + 1) * 1000);
+    const from = (await server.record()).refreshTokensPresented.length;
+    const refused = async () => {
+      const err = await users.getAccessToken('carol').catch((e: unknown) => e);
+      expect(err).toMatchObject({ code: 'ERR_HTTP_STATUS', status: 400 });
+      expect(shown(err)).not.toContain(login.refresh_token);
+    };
+    await refused();
+    await refused(); // answered from the failure (a 400 is not transient): no second request
+    expect((await server.record()).refreshTokensPresented.length - from).toBe(1);
+    // Kept, not dropped: a 400 with no reason may come from a proxy in the way, not be a verdict on the token.
+    await clock.advance(15 * 60_000);
+    await refused();
+    expect((await server.record()).refreshTokensPresented.slice(from)).toEqual([
+      login.refresh_token,
+      login.refresh_token,
+    ]);
+    await users.close();
+  });
+
+  describe('its JWT access tokens (RFC 9068) checked against its JWKS', () => {
+    const verifier = () =>
+      createVerifier({ issuer: server.issuer, audience: server.resource, allowInsecureRequests: true });
+
+    it('a token for the resource asked for (RFC 8707): accepted with its subject, client and scopes; one with the scope string as aud refused', async () => {
+      const verify = verifier();
+      const token = await clientCredentials({ ...svc(), scope: 'read write', resource: server.resource }).fetchToken(
+        {},
+      );
+      expect(decodeJwt(token.accessToken).aud).toBe(server.resource);
+      const result = await verify(`Bearer ${token.accessToken}`);
+      expect(result.ok && [result.auth.uid, result.auth.info.clientId, result.auth.credentials.scopes]).toEqual([
+        'svc',
+        'svc',
+        ['read', 'write'],
+      ]);
+      // Without `resource`, Glewlwyd puts the scopes in `aud` ("read write"): not this API's audience.
+      const login = await server.login('dave');
+      expect(decodeJwt(login.access_token).aud).toBe('read write');
+      expect(await verify(`Bearer ${login.access_token}`)).toMatchObject({
+        ok: false,
+        failure: { status: 401, error: 'invalid_token' },
+      });
+      // A signature that does not verify: refused too.
+      const [head, body, sig] = token.accessToken.split('.') as [string, string, string];
+      const forged = `${head}.${body}.${sig.slice(0, -4)}${sig.endsWith('AAAA') ? 'BBBB' : 'AAAA'}`;
+      expect(await verify(`Bearer ${forged}`)).toMatchObject({ ok: false, failure: { status: 401 } });
+    });
+
+    it('DPoP (RFC 9449): the token bound to our key, accepted by a node:http API with a proof from TokenManager.fetch, refused as a Bearer token', async () => {
+      const keyPair = await generateKeyPair('ES256', { extractable: true });
+      const manager = new TokenManager({
+        source: clientCredentials({ ...svc(), scope: 'read', resource: server.resource, dpop: keyPair }),
+      });
+      const token = await manager.getToken();
+      expect(token.tokenType).toBe('DPoP');
+      const jkt = await calculateJwkThumbprint(await exportJWK(keyPair.publicKey));
+      expect((decodeJwt(token.accessToken).cnf as { jkt: string }).jkt).toBe(jkt);
+      expect((await server.record()).dpopProofs.length).toBeGreaterThan(0);
+
+      const authenticate = bearerAuth({
+        issuer: server.issuer,
+        audience: server.resource,
+        allowInsecureRequests: true,
+      });
+      const api = createServer((req, res) => {
+        void authenticate(req, res).then((auth) => {
+          if (auth !== false) res.end(`${auth?.uid} ${auth?.credentials.tokenType}`);
+        });
+      });
+      await new Promise<void>((resolve) => api.listen(0, '127.0.0.1', resolve));
+      const url = `http://127.0.0.1:${(api.address() as AddressInfo).port}/orders`;
+      try {
+        const ok = await manager.fetch(url, { method: 'POST', body: 'x' });
+        expect([ok.status, await ok.text()]).toEqual([200, 'svc DPoP']);
+        const bearer = await fetch(url, { headers: { authorization: `Bearer ${token.accessToken}` } });
+        expect(bearer.status).toBe(401);
+        expect(bearer.headers.get('www-authenticate')).toMatch(/invalid_token/);
+      } finally {
+        api.close();
+        await manager.close();
+      }
+    });
+  });
+
+  describe('introspection (RFC 7662)', () => {
+    it('authenticated by an access token of the resource server (§2.1, a custom clientAuth): a user token active, a forged one not', async () => {
+      const own = new TokenManager({ source: clientCredentials({ ...svc(), scope: 'introspect' }) });
+      const verify = createVerifier({
+        issuer: server.issuer,
+        strategy: 'introspection',
+        introspection: {
+          clientId: server.clients.svc.clientId,
+          clientAuth: async (_as, _client, _body, headers) => {
+            headers.set('authorization', `Bearer ${(await own.getToken()).accessToken}`);
+          },
+        },
+        allowInsecureRequests: true,
+        cache: false,
+      });
+      const login = await server.login('erin');
+      const result = await verify(`Bearer ${login.access_token}`);
+      expect(result.ok && [result.auth.uid, result.auth.info.clientId, result.auth.credentials.scopes]).toEqual([
+        await server.subjectOf('erin'),
+        'app',
+        ['read', 'write'],
+      ]);
+      expect(await verify('Bearer eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.')).toMatchObject({
+        ok: false,
+        failure: { status: 401, error: 'invalid_token' },
+      });
+      await own.close();
+    });
+
+    it('UserTokens.revoke signs the user out: the access token it revoked is inactive at introspection', async () => {
+      const verify = createVerifier({
+        issuer: server.issuer,
+        strategy: 'introspection',
+        introspection: server.clients.svc,
+        allowInsecureRequests: true,
+        cache: false,
+      });
+      const users = new UserTokens({ issuer: server.issuer, ...server.clients.app, allowInsecureRequests: true });
+      const login = await server.login('alice');
+      await users.save('alice', login);
+      expect((await verify(`Bearer ${login.access_token}`)).ok).toBe(true);
+      expect(await users.revoke('alice')).toEqual({ refreshToken: true, accessTokens: 1 });
+      await expect(users.getAccessToken('alice')).rejects.toMatchObject({ code: 'ERR_LOGIN_REQUIRED' });
+      expect(await verify(`Bearer ${login.access_token}`)).toMatchObject({ ok: false, failure: { status: 401 } });
+      await users.close();
+    });
+  });
+});
