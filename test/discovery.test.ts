@@ -82,3 +82,14 @@ describe('discovery of a document served only with a trailing slash', () => {
     expect(paths(from)).toEqual([WELL_KNOWN, `${WELL_KNOWN}/`, '/.well-known/oauth-authorization-server/o']);
   });
 });
+
+describe('discover() without time or size limits given', () => {
+  it('uses the defaults: a document is found, and one larger than 1 MiB is refused (ERR_RESPONSE_TOO_LARGE)', async () => {
+    server.handle((req, res) => json(res, req.url === WELL_KNOWN ? 200 : 404, metadata()));
+    expect((await discover(issuer, { allowInsecureRequests: true, force: true })).issuer).toBe(issuer);
+    server.handle((_req, res) => json(res, 200, { ...metadata(), padding: 'x'.repeat(1 << 20) }));
+    await expect(discover(issuer, { allowInsecureRequests: true, force: true })).rejects.toMatchObject({
+      code: 'ERR_RESPONSE_TOO_LARGE',
+    });
+  });
+});
