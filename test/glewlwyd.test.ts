@@ -184,6 +184,43 @@ describe.skipIf(!available)('Glewlwyd', () => {
     });
   });
 
+  describe('a DPoP nonce demanded at the token endpoint (RFC 9449 §8), replaced after every 3 uses', () => {
+    let strict: Glewlwyd;
+    beforeAll(async () => {
+      strict = await startGlewlwyd({ dpopNonceUses: 3 });
+    }, 60_000);
+    afterAll(() => strict.close());
+
+    it('asked for once, then every new nonce taken from the answer that brings it: 8 refreshes, 1 use_dpop_nonce', async () => {
+      const keyPair = await generateKeyPair('ES256', { extractable: true });
+      const manager = new TokenManager({
+        source: clientCredentials({
+          issuer: strict.issuer,
+          ...strict.clients.svc,
+          scope: 'read',
+          allowInsecureRequests: true,
+          dpop: keyPair,
+        }),
+      });
+      const jkt = await calculateJwkThumbprint(await exportJWK(keyPair.publicKey));
+      await manager.getToken();
+      for (let i = 0; i < 7; i++) {
+        const token = await manager.refresh();
+        expect(token.tokenType).toBe('DPoP');
+        expect((decodeJwt(token.accessToken).cnf as { jkt: string }).jkt).toBe(jkt);
+      }
+      const record = await strict.record();
+      expect(record.errors).toEqual({ use_dpop_nonce: 1 });
+      expect(record.byGrant['client_credentials']).toBe(9); // 8 tokens and the one request refused for its nonce
+      // The server replaced its nonce along the way, and each proof carried the newest it had sent.
+      const sent = record.dpopProofs.map((proof) => decodeJwt(proof).nonce);
+      expect(sent[0]).toBeUndefined();
+      expect(new Set(record.dpopNonces).size).toBeGreaterThan(1);
+      expect(sent.slice(1).every((nonce) => typeof nonce === 'string')).toBe(true);
+      await manager.close();
+    });
+  });
+
   describe('introspection (RFC 7662)', () => {
     it('authenticated by an access token of the resource server (§2.1, a custom clientAuth): a user token active, a forged one not', async () => {
       const own = new TokenManager({ source: clientCredentials({ ...svc(), scope: 'introspect' }) });

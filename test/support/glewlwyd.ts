@@ -57,6 +57,8 @@ export interface GlewlwydRecord {
   byGrant: Record<string, number>;
   /** The `DPoP` header of each token request that had one. */
   dpopProofs: string[];
+  /** The `DPoP-Nonce` header of each token endpoint answer that had one. */
+  dpopNonces: string[];
 }
 
 export interface Glewlwyd {
@@ -89,8 +91,19 @@ export interface Glewlwyd {
 /** A secret of RFC 3986's unreserved characters only: a Basic credential carries it the same encoded or not. */
 const unreserved = (name: string) => `${name}~${randomBytes(24).toString('base64url')}.-_`;
 
+/** How a server is started. */
+export interface GlewlwydOptions {
+  /** Access token lifetime, seconds. Default 60. */
+  accessTokenTtl?: number;
+  /**
+   * Demand a DPoP nonce at the token endpoint, one per client, replaced after this many uses (the new one sent
+   * in the `DPoP-Nonce` header of the answer that used up the old). Default: no nonce.
+   */
+  dpopNonceUses?: number;
+}
+
 /** Starts a server (about a second). */
-export async function startGlewlwyd(options: { accessTokenTtl?: number } = {}): Promise<Glewlwyd> {
+export async function startGlewlwyd(options: GlewlwydOptions = {}): Promise<Glewlwyd> {
   const accessTokenTtl = options.accessTokenTtl ?? 60;
   const dir = await mkdtemp(join(tmpdir(), 'tw-glewlwyd-'));
   const [port, proxyPort] = [await freePort(), await freePort()];
@@ -129,7 +142,13 @@ export async function startGlewlwyd(options: { accessTokenTtl?: number } = {}): 
     await rm(dir, { recursive: true, force: true });
   };
 
-  const record: GlewlwydRecord = { refreshTokensPresented: [], errors: {}, byGrant: {}, dpopProofs: [] };
+  const record: GlewlwydRecord = {
+    refreshTokensPresented: [],
+    errors: {},
+    byGrant: {},
+    dpopProofs: [],
+    dpopNonces: [],
+  };
   const proxy = createServer((req, res) => void forward(req, res));
   async function forward(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const chunks: Buffer[] = [];
@@ -157,6 +176,8 @@ export async function startGlewlwyd(options: { accessTokenTtl?: number } = {}): 
         if (grant === 'refresh_token' && spent !== null) record.refreshTokensPresented.push(spent);
         const proof = req.headers['dpop'];
         if (typeof proof === 'string') record.dpopProofs.push(proof);
+        const nonce = answer.headers.get('dpop-nonce');
+        if (nonce !== null) record.dpopNonces.push(nonce);
         if (answer.status >= 400) {
           let code = String(answer.status);
           try {
@@ -228,6 +249,10 @@ export async function startGlewlwyd(options: { accessTokenTtl?: number } = {}): 
         'auth-type-code-enabled': true,
         'oauth-dpop-allowed': true,
         'oauth-dpop-iat-duration': 60,
+        ...(options.dpopNonceUses !== undefined && {
+          'oauth-dpop-nonce-mandatory': true,
+          'oauth-dpop-nonce-counter': options.dpopNonceUses,
+        }),
         'introspection-revocation-allowed': true,
         'introspection-revocation-allow-target-client': true,
         'introspection-revocation-auth-scope': ['introspect'],
