@@ -119,6 +119,55 @@ describe.skipIf(!available)('Glewlwyd', () => {
     await users.close();
   });
 
+  describe('JWT client authentication (RFC 7523 §2.2): the assertion for its token endpoint', () => {
+    type Audience = 'token_endpoint' | null;
+    const sources = {
+      client_secret_jwt: (audience: Audience) =>
+        clientCredentials({
+          ...svc(),
+          ...server.clients.hmac,
+          clientAuth: 'client_secret_jwt',
+          scope: 'read',
+          ...(audience && { clientAssertionAudience: audience }),
+        }),
+      private_key_jwt: (audience: Audience) =>
+        clientCredentials({
+          issuer: server.issuer,
+          clientId: server.clients.jwt.clientId,
+          privateKey: server.clients.jwt.privateJwk,
+          scope: 'read',
+          allowInsecureRequests: true,
+          ...(audience && { clientAssertionAudience: audience }),
+        }),
+    };
+
+    it("with clientAssertionAudience: 'token_endpoint', a token for each method", async () => {
+      for (const [method, source] of Object.entries(sources)) {
+        const token = await source('token_endpoint').fetchToken({});
+        expect([method, token.tokenType, decodeJwt(token.accessToken).client_id]).toEqual([
+          method,
+          'Bearer',
+          method === 'client_secret_jwt' ? 'hmac' : 'jwt',
+        ]);
+      }
+    });
+
+    it("with tokenwarden's default (the issuer): a bare 403, and the error says what to try — though the answer named no invalid_client", async () => {
+      for (const [method, source] of Object.entries(sources)) {
+        const err = await source(null)
+          .fetchToken({})
+          .catch((e: unknown) => e);
+        expect(err, method).toMatchObject({
+          code: 'ERR_HTTP_STATUS',
+          status: 403,
+          message: expect.stringContaining("clientAssertionAudience: 'token_endpoint'"),
+        });
+        expect(shown(err), method).not.toContain(server.clients.hmac.clientSecret);
+        expect(shown(err), method).not.toContain(server.clients.jwt.privateJwk.d);
+      }
+    });
+  });
+
   describe('its JWT access tokens (RFC 9068) checked against its JWKS', () => {
     const verifier = () =>
       createVerifier({ issuer: server.issuer, audience: server.resource, allowInsecureRequests: true });

@@ -419,7 +419,11 @@ export class OAuthClient {
         this.redactor([context.refreshToken, ...secretParams(params), ...(meta.sent ?? [])]),
       );
       if (rotated !== undefined && rotated !== context.refreshToken) markRotated(error, rotated);
-      if (error.error === 'invalid_client') explainInvalidClient(error, this.authMethod, this.#options);
+      // A refused client: invalid_client, or a bare 401/403 (Glewlwyd answers so, with no body at all).
+      const refusedClient =
+        error.error === 'invalid_client' ||
+        (error.code === 'ERR_HTTP_STATUS' && (error.status === 401 || error.status === 403));
+      if (refusedClient) explainInvalidClient(error, this.authMethod, this.#options);
       throw error;
     }
   }
@@ -780,10 +784,10 @@ function resolveAuthMethod(options: ClientOptions): ClientAuthMethod | 'custom' 
 }
 
 /**
- * Adds to an `invalid_client` the two causes that are the client's choice of encoding, not a wrong credential,
- * when they apply: an assertion whose `aud` is the issuer at a server that wants its token endpoint there, and
- * a secret that `client_secret_basic` had to percent-encode at a server that does not decode it. Names neither
- * the secret nor the characters.
+ * Adds to an `invalid_client` (or a 401/403 without an OAuth body) the two causes that are the client's choice
+ * of encoding, not a wrong credential, when they apply: an assertion whose `aud` is the issuer at a server that
+ * wants its token endpoint there, and a secret that `client_secret_basic` had to percent-encode at a server that
+ * does not decode it. Names neither the secret nor the characters.
  */
 function explainInvalidClient(
   error: TokenwardenError,
@@ -796,7 +800,7 @@ function explainInvalidClient(
     if (audience === 'issuer') {
       hint =
         "the client assertion's aud was the issuer identifier (RFC 7523bis); a server that wants its token " +
-        "endpoint's URL there (Microsoft Entra ID, Authlib 1.2) needs clientAssertionAudience: 'token_endpoint'";
+        "endpoint's URL there (Microsoft Entra ID, Authlib 1.2, Glewlwyd) needs clientAssertionAudience: 'token_endpoint'";
     }
   } else if (method === 'client_secret_basic') {
     const secret = options.clientSecret ?? '';

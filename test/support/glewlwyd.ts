@@ -15,7 +15,7 @@
  * On a machine without the package the suite skips with one line; in CI its absence is a failure.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { generateKeyPairSync, randomBytes } from 'node:crypto';
+import { type JsonWebKey, generateKeyPairSync, randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { type IncomingMessage, type ServerResponse, createServer } from 'node:http';
@@ -79,6 +79,10 @@ export interface Glewlwyd {
     svc: GlewlwydClient;
     /** Password and refresh token grants (a login with a one-time refresh token), client_secret_basic or _post. */
     app: GlewlwydClient;
+    /** Client credentials (scope `read`), client_secret_jwt only. */
+    hmac: GlewlwydClient;
+    /** Client credentials (scope `read`), private_key_jwt only: an ES256 key whose public half it holds as PEM. */
+    jwt: { readonly clientId: string; readonly privateJwk: JsonWebKey & { kid: string } };
   };
   /** A user's token response from the password grant (scopes `read write`, with a refresh token). */
   login(username: string): Promise<LoginResponse>;
@@ -256,6 +260,8 @@ export async function startGlewlwyd(options: GlewlwydOptions = {}): Promise<Glew
         'introspection-revocation-allowed': true,
         'introspection-revocation-allow-target-client': true,
         'introspection-revocation-auth-scope': ['introspect'],
+        'request-parameter-allow': true,
+        'client-pubkey-parameter': 'pubkey',
         'resource-allowed': true,
         'resource-scope': { read: [resource], write: [resource] },
       },
@@ -276,7 +282,7 @@ export async function startGlewlwyd(options: GlewlwydOptions = {}): Promise<Glew
       svc: { clientId: 'svc', clientSecret: unreserved('svc') },
       app: { clientId: 'app', clientSecret: unreserved('app') },
     };
-    const methods = ['client_secret_basic', 'client_secret_post'];
+    const secrets = ['client_secret_basic', 'client_secret_post'];
     for (const [client, grants, scope] of [
       [clients.svc, ['client_credentials'], ['read', 'write', 'introspect']],
       [clients.app, ['password', 'refresh_token'], ['openid', 'read', 'write']],
@@ -288,11 +294,35 @@ export async function startGlewlwyd(options: GlewlwydOptions = {}): Promise<Glew
         confidential: true,
         enabled: true,
         authorization_type: grants,
-        token_endpoint_auth_method: methods,
+        token_endpoint_auth_method: secrets,
         scope,
         redirect_uri: [],
       });
     }
+    const hmac = { clientId: 'hmac', clientSecret: randomBytes(32).toString('base64url') };
+    const signing = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    const jwt = { clientId: 'jwt', privateJwk: { ...signing.privateKey.export({ format: 'jwk' }), kid: 'jwt-es256' } };
+    const assertionClient = {
+      confidential: true,
+      enabled: true,
+      authorization_type: ['client_credentials'],
+      scope: ['read'],
+      redirect_uri: [],
+    };
+    await call('POST', '/client/', {
+      ...assertionClient,
+      client_id: hmac.clientId,
+      name: hmac.clientId,
+      client_secret: hmac.clientSecret,
+      token_endpoint_auth_method: ['client_secret_jwt'],
+    });
+    await call('POST', '/client/', {
+      ...assertionClient,
+      client_id: jwt.clientId,
+      name: jwt.clientId,
+      pubkey: signing.publicKey.export({ format: 'pem', type: 'spki' }),
+      token_endpoint_auth_method: ['private_key_jwt'],
+    });
     const tokenEndpoint = `${issuer}/token`;
     const subjects = new Map<string, string>();
     return {
@@ -301,7 +331,7 @@ export async function startGlewlwyd(options: GlewlwydOptions = {}): Promise<Glew
       introspectionEndpoint: `${issuer}/introspect`,
       resource,
       accessTokenTtl,
-      clients,
+      clients: { ...clients, hmac, jwt },
       login: (username) => passwordLogin(tokenEndpoint, clients.app, username),
       async subjectOf(username) {
         let subject = subjects.get(username);
