@@ -5,13 +5,17 @@
  * one-time refresh tokens whose reuse disables the newest of the chain, and refusals without an OAuth body — an
  * unknown client is `403` with nothing in it, a refused refresh token `400` with nothing in it.
  */
+import { mkdtemp, rm } from 'node:fs/promises';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { inspect } from 'node:util';
 import { calculateJwkThumbprint, decodeJwt, exportJWK, generateKeyPair } from 'jose';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { ManualClock } from '../src/clock.js';
 import {
+  FileStore,
   TokenManager,
   TokenwardenError,
   UserTokens,
@@ -191,6 +195,14 @@ describe.skipIf(!available)('Glewlwyd', () => {
         ok: false,
         failure: { status: 401, error: 'invalid_token' },
       });
+      // Its tokens meet the whole RFC 9068 profile (typ at+jwt; iss, exp, aud, sub, client_id, iat, jti).
+      const strict = createVerifier({
+        issuer: server.issuer,
+        audience: server.resource,
+        allowInsecureRequests: true,
+        strict: true,
+      });
+      expect((await strict(`Bearer ${token.accessToken}`)).ok).toBe(true);
       // A signature that does not verify: refused too.
       const [head, body, sig] = token.accessToken.split('.') as [string, string, string];
       const forged = `${head}.${body}.${sig.slice(0, -4)}${sig.endsWith('AAAA') ? 'BBBB' : 'AAAA'}`;
@@ -231,6 +243,37 @@ describe.skipIf(!available)('Glewlwyd', () => {
         await manager.close();
       }
     });
+  });
+
+  it('two UserTokens on one FileStore, four callers each when the token expires: one refresh for both, the chain intact for the next', async () => {
+    const clock = new ManualClock();
+    const path = await mkdtemp(join(tmpdir(), 'tw-glewlwyd-users-'));
+    onTestFinished(() => rm(path, { recursive: true, force: true }));
+    const instances = [0, 1].map(
+      () =>
+        new UserTokens({
+          issuer: server.issuer,
+          ...server.clients.app,
+          allowInsecureRequests: true,
+          clock,
+          store: new FileStore({ path }),
+        }),
+    );
+    const login = await server.login('bob');
+    await instances[0]!.save('bob', login);
+    const from = (await server.record()).refreshTokensPresented.length;
+    for (let round = 1; round <= 2; round++) {
+      await clock.advance((server.accessTokenTtl + 1) * 1000);
+      const tokens = await Promise.all(
+        instances.flatMap((users) => Array.from({ length: 4 }, () => users.getAccessToken('bob'))),
+      );
+      expect(new Set(tokens.map((t) => t.accessToken)).size).toBe(1);
+      const presented = (await server.record()).refreshTokensPresented.slice(from);
+      // One refresh per expiry across both instances; a second presentation would have broken the chain.
+      expect(presented).toHaveLength(round);
+      expect(new Set(presented).size).toBe(round);
+    }
+    await Promise.all(instances.map((users) => users.close()));
   });
 
   describe('a DPoP nonce demanded at the token endpoint (RFC 9449 §8), replaced after every 3 uses', () => {
