@@ -11,8 +11,8 @@ import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { inspect } from 'node:util';
-import { calculateJwkThumbprint, decodeJwt, exportJWK, generateKeyPair } from 'jose';
-import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
+import { SignJWT, calculateJwkThumbprint, decodeJwt, exportJWK, generateKeyPair } from 'jose';
+import { afterAll, beforeAll, describe, expect, it, onTestFinished, vi } from 'vitest';
 import { ManualClock } from '../src/clock.js';
 import {
   FileStore,
@@ -42,7 +42,8 @@ afterAll(async () => {
 });
 
 const JWT = /^eyJ[\w-]+\.[\w-]+\.[\w-]+$/;
-const svc = () => ({ issuer: server.issuer, ...server.clients.svc, allowInsecureRequests: true });
+const svcOf = (s: Glewlwyd) => ({ issuer: s.issuer, ...s.clients.svc, allowInsecureRequests: true });
+const svc = () => svcOf(server);
 const app = (refresh: string) =>
   refreshToken({ issuer: server.issuer, ...server.clients.app, refreshToken: refresh, allowInsecureRequests: true });
 /** Everything an error shows: its string, JSON and inspection. */
@@ -310,6 +311,82 @@ describe.skipIf(!available)('Glewlwyd', () => {
       expect(new Set(record.dpopNonces).size).toBeGreaterThan(1);
       expect(sent.slice(1).every((nonce) => typeof nonce === 'string')).toBe(true);
       await manager.close();
+    });
+  });
+
+  describe('while it answers nothing (SIGSTOP: connections accepted, no answer)', () => {
+    let down: Glewlwyd;
+    beforeAll(async () => {
+      down = await startGlewlwyd();
+    }, 60_000);
+    afterAll(() => down.close());
+
+    it('a TokenManager serves its valid token at once, its refresh gives up at the time limit, and one refresh lands after the thaw', async () => {
+      const clock = new ManualClock();
+      const manager = new TokenManager({
+        source: clientCredentials({
+          issuer: down.issuer,
+          ...down.clients.svc,
+          scope: 'read',
+          timeout: '500ms',
+          allowInsecureRequests: true,
+        }),
+        clock,
+      });
+      const failures: string[] = [];
+      manager.on('refreshFailed', ({ error }) => failures.push(error.code));
+      const first = await manager.getToken();
+      down.freeze();
+      try {
+        await clock.advance((down.accessTokenTtl - 5) * 1000); // stale, still valid: a refresh starts
+        const started = performance.now();
+        for (let i = 0; i < 100; i++) expect((await manager.getToken()).accessToken).toBe(first.accessToken);
+        expect(performance.now() - started).toBeLessThan(250);
+        await vi.waitFor(() => expect(failures).toContain('ERR_TIMEOUT'), { timeout: 5_000, interval: 50 });
+      } finally {
+        down.thaw();
+      }
+      // Thawed: the next attempt (after its backoff) succeeds; callers had the valid token throughout.
+      await vi.waitFor(
+        async () => {
+          await clock.advance(1_000);
+          expect((await manager.getToken()).accessToken).not.toBe(first.accessToken);
+        },
+        { timeout: 10_000, interval: 100 },
+      );
+      expect(failures.every((code) => code === 'ERR_TIMEOUT')).toBe(true);
+      await manager.close();
+    });
+
+    it('a verifier keeps verifying with the keys it holds; a token naming a key it lacks is 503 within the time limit', async () => {
+      const clock = new ManualClock();
+      const verify = createVerifier({
+        issuer: down.issuer,
+        audience: down.resource,
+        allowInsecureRequests: true,
+        timeout: '500ms',
+        clock,
+      });
+      const source = clientCredentials({ ...svcOf(down), scope: 'read', resource: down.resource });
+      const [a, b] = [await source.fetchToken({}), await source.fetchToken({})];
+      expect((await verify(`Bearer ${a.accessToken}`)).ok).toBe(true); // metadata and keys fetched
+      // A token under a key id the JWKS does not have (signed by another key: it must not verify anyway).
+      const { privateKey } = await generateKeyPair('RS256');
+      const unknownKey = await new SignJWT(decodeJwt(a.accessToken))
+        .setProtectedHeader({ alg: 'RS256', typ: 'at+jwt', kid: 'rotated-in' })
+        .sign(privateKey);
+      down.freeze();
+      try {
+        await clock.advance(31_000); // past the JWKS cooldown (30 s): an unknown kid may fetch the keys again
+        const started = performance.now();
+        expect((await verify(`Bearer ${b.accessToken}`)).ok).toBe(true); // the keys it holds, no request
+        expect(performance.now() - started).toBeLessThan(100);
+        const unknown = await verify(`Bearer ${unknownKey}`);
+        expect(unknown).toMatchObject({ ok: false, failure: { status: 503, error: 'temporarily_unavailable' } });
+        expect(performance.now() - started).toBeLessThan(2_000);
+      } finally {
+        down.thaw();
+      }
     });
   });
 

@@ -89,6 +89,10 @@ export interface Glewlwyd {
   /** The subject Glewlwyd gives `username` in its tokens (a pseudonym, not the user name). */
   subjectOf(username: string): Promise<string>;
   record(): Promise<GlewlwydRecord>;
+  /** Stops the server process (SIGSTOP): connections are accepted by the kernel, nothing is answered. */
+  freeze(): void;
+  /** Resumes it (SIGCONT). */
+  thaw(): void;
   close(): Promise<void>;
 }
 
@@ -137,8 +141,10 @@ export async function startGlewlwyd(options: GlewlwydOptions = {}): Promise<Glew
   );
   exited.catch(() => {});
   await Promise.race([waitForPort(port, 30_000), exited]);
+  const running = () => child.exitCode === null && child.signalCode === null;
   const stop = async () => {
-    if (child.exitCode === null && child.signalCode === null) {
+    if (running()) {
+      child.kill('SIGCONT'); // a frozen process would not act on SIGTERM
       const exited = new Promise((resolve) => child.once('exit', resolve));
       child.kill('SIGTERM');
       await exited;
@@ -344,6 +350,8 @@ export async function startGlewlwyd(options: GlewlwydOptions = {}): Promise<Glew
         return subject;
       },
       record: async () => structuredClone(record),
+      freeze: () => void (running() && child.kill('SIGSTOP')),
+      thaw: () => void (running() && child.kill('SIGCONT')),
       close,
     };
   } catch (err) {
