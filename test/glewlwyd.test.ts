@@ -12,6 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { inspect } from 'node:util';
 import { SignJWT, calculateJwkThumbprint, decodeJwt, exportJWK, generateKeyPair } from 'jose';
+import * as oauth from 'oauth4webapi';
 import { afterAll, beforeAll, describe, expect, it, onTestFinished, vi } from 'vitest';
 import { ManualClock } from '../src/clock.js';
 import {
@@ -28,6 +29,7 @@ import { createVerifier } from '../src/server/index.js';
 import { bearerAuth } from '../src/server/adapters/node.js';
 import { type Glewlwyd, requireGlewlwyd, startGlewlwyd } from './support/glewlwyd.js';
 import { interopSuite } from './support/interop.js';
+import { PASSWORD } from './support/python-server.js';
 
 const available = requireGlewlwyd();
 let server: Glewlwyd;
@@ -46,6 +48,24 @@ const svcOf = (s: Glewlwyd) => ({ issuer: s.issuer, ...s.clients.svc, allowInsec
 const svc = () => svcOf(server);
 const app = (refresh: string) =>
   refreshToken({ issuer: server.issuer, ...server.clients.app, refreshToken: refresh, allowInsecureRequests: true });
+/** `username`'s password-grant login with its tokens bound to `keyPair` (DPoP), through oauth4webapi. */
+async function dpopLogin(keyPair: CryptoKeyPair, username: string): Promise<Record<string, unknown>> {
+  const as = await discover(server.issuer, { allowInsecureRequests: true });
+  const client: oauth.Client = { client_id: server.clients.app.clientId };
+  const options = { DPoP: oauth.DPoP(client, keyPair), [oauth.allowInsecureRequests]: true };
+  const request = () =>
+    oauth.genericTokenEndpointRequest(
+      as,
+      client,
+      oauth.ClientSecretPost(server.clients.app.clientSecret),
+      'password',
+      new URLSearchParams({ username, password: PASSWORD, scope: 'read write' }),
+      options,
+    );
+  const response = await oauth.processGenericTokenEndpointResponse(as, client, await request());
+  expect(response.token_type.toLowerCase()).toBe('dpop');
+  return response as unknown as Record<string, unknown>;
+}
 /** Everything an error shows: its string, JSON and inspection. */
 const shown = (err: unknown) => [String(err), JSON.stringify(err), inspect(err, { depth: 10 })].join('\n');
 
@@ -275,6 +295,57 @@ describe.skipIf(!available)('Glewlwyd', () => {
       expect(new Set(presented).size).toBe(round);
     }
     await Promise.all(instances.map((users) => users.close()));
+  });
+
+  it('UserTokens.fetchAs calls an API as the user: a Bearer login as it is; a DPoP-bound login with a proof, refreshed with one', async () => {
+    const keyPair = await generateKeyPair('ES256', { extractable: true });
+    const clock = new ManualClock();
+    const options = { issuer: server.issuer, ...server.clients.app, allowInsecureRequests: true, clock };
+    const plainUsers = new UserTokens(options);
+    const users = new UserTokens({ ...options, dpop: keyPair });
+    const authenticate = bearerAuth({
+      issuer: server.issuer,
+      audience: 'read write', // Glewlwyd's aud without a resource: the scopes
+      allowInsecureRequests: true,
+    });
+    const api = createServer((req, res) => {
+      void authenticate(req, res).then((auth) => {
+        if (auth !== false)
+          res.end(`${auth?.uid} ${auth?.credentials.tokenType} ${req.headers['dpop'] ? 'proof' : '-'}`);
+      });
+    });
+    await new Promise<void>((resolve) => api.listen(0, '127.0.0.1', resolve));
+    const url = `http://127.0.0.1:${(api.address() as AddressInfo).port}/me`;
+    try {
+      const dave = await server.subjectOf('dave');
+      await plainUsers.save('dave', await server.login('dave'));
+      const plain = await plainUsers.fetchAs('dave')(url);
+      expect([plain.status, await plain.text()]).toEqual([200, `${dave} Bearer -`]);
+
+      // Glewlwyd takes a DPoP proof with a refresh token only if the login was bound to that key.
+      await users.save('dave', await dpopLogin(keyPair, 'dave'));
+      const bound = await users.fetchAs('dave')(url, { method: 'POST', body: 'x' });
+      expect([bound.status, await bound.text()]).toEqual([200, `${dave} DPoP proof`]);
+      const before = await users.getAccessToken('dave');
+      const from = (await server.record()).dpopProofs.length;
+      await clock.advance((server.accessTokenTtl + 1) * 1000);
+      const refreshed = await users.fetchAs('dave')(url);
+      expect([refreshed.status, await refreshed.text()]).toEqual([200, `${dave} DPoP proof`]);
+      expect((await server.record()).dpopProofs.length - from).toBe(1); // the refresh carried a proof
+      const token = await users.getAccessToken('dave');
+      expect([token.tokenType, token.accessToken === before.accessToken]).toEqual(['DPoP', false]);
+      const jkt = await calculateJwkThumbprint(await exportJWK(keyPair.publicKey));
+      expect((decodeJwt(token.accessToken).cnf as { jkt: string }).jkt).toBe(jkt);
+
+      // Nobody signed in: refused before anything is sent.
+      let sent = 0;
+      const counting = users.fetchAs('nobody', undefined, { fetch: (i, init) => (sent++, fetch(i, init)) });
+      await expect(counting(url)).rejects.toMatchObject({ code: 'ERR_LOGIN_REQUIRED' });
+      expect(sent).toBe(0);
+    } finally {
+      api.close();
+      await Promise.all([users.close(), plainUsers.close()]);
+    }
   });
 
   describe('a DPoP nonce demanded at the token endpoint (RFC 9449 §8), replaced after every 3 uses', () => {

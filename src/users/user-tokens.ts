@@ -16,7 +16,8 @@ import { type Clock, systemClock } from '../clock.js';
 import { toMs } from '../duration.js';
 import { TokenwardenError, isTokenwardenError } from '../errors.js';
 import { type Attempt, Fleet, type Slot, type Versioned, lockLease, withRotated } from '../fleet/fleet.js';
-import { boundedFetch } from '../http/transport.js';
+import { type AuthFetchOptions, authFetch } from '../http/auth-fetch.js';
+import { type FetchLike, boundedFetch } from '../http/transport.js';
 import { type UserClaims, checkIdToken, signatureVerifier } from '../id-token.js';
 import { isTransient } from '../manager.js';
 import { type RefreshPolicy, backoffDelay, resolvePolicy } from '../policy.js';
@@ -318,6 +319,32 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
       }
     }
     return this.#getSlow(subject, request);
+  }
+
+  /**
+   * A `fetch` that calls APIs as `subject`: each request carries the subject's access token for `request`
+   * (its scope or resource, as {@link UserTokens.getAccessToken} gives it, refreshed when stale), and — when
+   * the token is DPoP-bound (`dpop` in the options) — a DPoP proof signed for the request's method and URL,
+   * answering a resource server's `use_dpop_nonce` challenge with one more request (RFC 9449). A 401 is
+   * returned as the API sent it (no retry: a subject's token the API refuses before its expiry calls for the
+   * application's decision, often a new sign-in). Rejects as `getAccessToken` does (`ERR_LOGIN_REQUIRED`…)
+   * before anything is sent.
+   *
+   * @example
+   * ```ts
+   * const api = users.fetchAs(req.session.sub, { scope: 'orders:read' });
+   * const orders = await (await api('https://api.example.com/orders')).json();
+   * ```
+   */
+  fetchAs(subject: string, request?: AccessTokenRequest, options: Pick<AuthFetchOptions, 'fetch'> = {}): FetchLike {
+    return authFetch(
+      {
+        getToken: (o) => this.getAccessToken(subject, o?.signal ? { ...request, signal: o.signal } : request),
+        invalidate: async () => undefined,
+        dpop: this.client.dpop,
+      },
+      { ...(options.fetch && { fetch: options.fetch }), retryOn401: 'never' },
+    );
   }
 
   /**

@@ -464,3 +464,36 @@ describe('UserTokens', () => {
     expect(text).not.toContain(as.clients.app.clientSecret);
   });
 });
+
+describe('UserTokens.fetchAs', () => {
+  it("sends the subject's token for the request asked for, and nothing when no one is signed in", async () => {
+    const users = usersFor(steady);
+    await users.save('alice', await steady.login('alice'));
+    const seen: { url: string; authorization: string | null }[] = [];
+    const recording = async (input: string | URL | Request, init?: RequestInit) => {
+      seen.push({ url: String(input), authorization: new Headers(init?.headers).get('authorization') });
+      return new Response('ok');
+    };
+    const api = users.fetchAs('alice', { resource: API_RESOURCE }, { fetch: recording });
+    expect(await (await api('https://api.example/orders')).text()).toBe('ok');
+    const token = await users.getAccessToken('alice', { resource: API_RESOURCE });
+    expect(seen).toEqual([{ url: 'https://api.example/orders', authorization: `Bearer ${token.accessToken}` }]);
+    expect(decodeJwt(token.accessToken).aud).toBe(API_RESOURCE);
+    // A 401, even invalid_token, is the API's answer to the caller: not retried.
+    const refusing = users.fetchAs('alice', undefined, {
+      fetch: async (input, init) => (
+        await recording(input, init),
+        new Response(null, { status: 401, headers: { 'www-authenticate': 'Bearer error="invalid_token"' } })
+      ),
+    });
+    expect((await refusing('https://api.example/x')).status).toBe(401);
+    expect(seen).toHaveLength(2);
+    await expect(
+      users.fetchAs('nobody', undefined, { fetch: recording })('https://api.example/'),
+    ).rejects.toMatchObject({
+      code: 'ERR_LOGIN_REQUIRED',
+    });
+    expect(seen).toHaveLength(2);
+    await users.close();
+  });
+});
