@@ -195,8 +195,12 @@ export class FileStore extends EventEmitter<StoreEvents> implements TokenStore {
           const current = await this.#read(key, false);
           const live = current !== undefined && !isExpired(current) ? current.version : 0;
           if (options.ifVersion !== undefined && options.ifVersion !== live) return null;
-          // Versions also grow across deletes (a re-created entry never repeats an old version).
-          const version = Math.max((current?.version ?? 0) + 1, Date.now());
+          // Versions also grow across deletes (a re-created entry never repeats an old version): at least the
+          // time in 10 µs steps, which moves on between two writes of a key (each takes longer than that).
+          const version = Math.max(
+            (current?.version ?? 0) + 1,
+            Math.floor((performance.timeOrigin + performance.now()) * 100),
+          );
           const entry: Entry = {
             tokenwarden: 1,
             key,

@@ -250,20 +250,21 @@ export class PostgresStore extends EventEmitter<StoreEvents> implements TokenSto
     checkVersion(options.ifVersion);
     const ttlMs = checkTtl(options.ttlMs, 'ttlMs');
     const sealed = this.#codec.encode(key, value);
-    // Versions grow with time as well, so that an entry deleted and written again never repeats one.
-    const nowMs = `(extract(epoch from clock_timestamp()) * 1000)::bigint`;
+    // Versions grow with time as well (the server's, in 10 µs steps), so that an entry deleted and written again
+    // never repeats one: a compare-and-set that read the old entry cannot land on the new one.
+    const tick = `(extract(epoch from clock_timestamp()) * 100000)::bigint`;
     const expires = `CASE WHEN $3::bigint IS NULL THEN NULL ELSE now() + $3::bigint * interval '1 millisecond' END`;
     const params: unknown[] = [key, sealed, ttlMs ?? null];
     let sql: string;
     if (options.ifVersion === undefined || options.ifVersion === 0) {
-      sql = `INSERT INTO ${this.table} AS e (key, value, version, expires_at) VALUES ($1, $2, ${nowMs}, ${expires})
+      sql = `INSERT INTO ${this.table} AS e (key, value, version, expires_at) VALUES ($1, $2, ${tick}, ${expires})
         ON CONFLICT (key) DO UPDATE SET value = excluded.value, version = GREATEST(e.version + 1, excluded.version),
           expires_at = excluded.expires_at, updated_at = now()
         ${options.ifVersion === 0 ? 'WHERE e.expires_at IS NOT NULL AND e.expires_at <= now()' : ''}
         RETURNING version::text AS version`;
     } else {
       params.push(String(options.ifVersion));
-      sql = `UPDATE ${this.table} SET value = $2, version = GREATEST(version + 1, ${nowMs}), expires_at = ${expires},
+      sql = `UPDATE ${this.table} SET value = $2, version = GREATEST(version + 1, ${tick}), expires_at = ${expires},
           updated_at = now()
         WHERE key = $1 AND version = $4::bigint AND (expires_at IS NULL OR expires_at > now())
         RETURNING version::text AS version`;

@@ -126,13 +126,17 @@ if not f[1] or not f[2] then return {'corrupt'} end
 return {'ok', f[1], f[2]}
 `;
 
-// ARGV: value, ifVersion ('' = unconditional), ttl ms ('' = none), now ms (versions never repeat after a delete).
+// ARGV: value, ifVersion ('' = unconditional), ttl ms ('' = none).
+// A version is at least the server's time in 10 µs steps (15 digits): an entry deleted, or expired, and written
+// again never repeats a version it had — a compare-and-set that read the old entry cannot land on the new one.
 const SET = `
 local t = redis.call('TYPE', KEYS[1])['ok']
 local current = 0
 if t == 'hash' then current = tonumber(redis.call('HGET', KEYS[1], 'version')) or 0 end
 if ARGV[2] ~= '' and tonumber(ARGV[2]) ~= current then return false end
-local version = string.format('%.0f', math.max(current + 1, tonumber(ARGV[4])))
+local now = redis.call('TIME')
+local tick = tonumber(now[1]) * 100000 + math.floor(tonumber(now[2]) / 10)
+local version = string.format('%.0f', math.max(current + 1, tick))
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'value', ARGV[1], 'version', version)
 if ARGV[3] ~= '' then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
@@ -320,7 +324,6 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
       this.#codec.encode(key, value),
       options.ifVersion === undefined ? '' : String(options.ifVersion),
       ttlMs === undefined ? '' : String(ttlMs),
-      String(Date.now()),
     ]);
     if (reply === null || reply === undefined) return null;
     return Number(reply);

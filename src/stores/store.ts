@@ -95,7 +95,9 @@ export interface StoreLock {
  *
  * Contract (checked by the shared contract suite, `test/stores/contract.ts`):
  * - `get` of a missing, expired or unreadable entry resolves to `undefined`;
- * - `set` bumps the version and resolves to it, or to `null` when `ifVersion` did not match;
+ * - `set` bumps the version and resolves to it, or to `null` when `ifVersion` did not match; an entry deleted
+ *   (or expired) and written again never repeats a version it had, so a compare-and-set that read the old entry
+ *   cannot land on the new one (the built-in stores take at least the time in 10 µs steps);
  * - `lock` is exclusive per key across every process sharing the store, expires after `ttlMs`, and
  *   resolves to `undefined` when not acquired within `waitMs`;
  * - `close` releases the store's own resources (not a client passed in by the user).

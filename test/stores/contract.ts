@@ -84,6 +84,23 @@ export function storeContract(name: string, factory: StoreFactory | undefined): 
       expect((await s.get(key))?.value).toBe('three');
     });
 
+    it('a version is never repeated by an entry deleted and written again, however fast (a stale compare-and-set cannot land)', async () => {
+      const s = await open();
+      const key = newKey();
+      const seen: number[] = [];
+      for (let i = 0; i < 25; i++) {
+        const a = (await s.set(key, `a${i}`)) as number;
+        const b = (await s.set(key, `b${i}`)) as number;
+        await s.delete(key);
+        const c = (await s.set(key, `c${i}`)) as number;
+        for (const v of [a, b, c]) expect(seen).not.toContain(v);
+        seen.push(a, b, c);
+        // What a process that read `b` before the delete would try: refused on the new entry.
+        expect(await s.set(key, 'stale', { ifVersion: b })).toBeNull();
+        await s.delete(key);
+      }
+    });
+
     it('keeps keys apart however long and alike (a prefix, the last character, case, unicode, 1 024 characters)', async () => {
       const s = await open();
       const base = `${newKey()}:${'x'.repeat(900)}`;
