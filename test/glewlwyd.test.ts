@@ -337,8 +337,17 @@ describe.skipIf(!available)('Glewlwyd', () => {
       const jkt = await calculateJwkThumbprint(await exportJWK(keyPair.publicKey));
       expect((decodeJwt(token.accessToken).cnf as { jkt: string }).jkt).toBe(jkt);
 
-      // Nobody signed in: refused before anything is sent.
+      // A DPoP-bound login in a UserTokens without the key: refused before anything is sent (no proof possible).
       let sent = 0;
+      await plainUsers.save('erin', await dpopLogin(keyPair, 'erin'));
+      const unsigned = plainUsers.fetchAs('erin', undefined, { fetch: (i, init) => (sent++, fetch(i, init)) });
+      await expect(unsigned(url)).rejects.toMatchObject({
+        code: 'ERR_CONFIG',
+        message: expect.stringContaining('dpop'),
+      });
+      expect(sent).toBe(0);
+
+      // Nobody signed in: refused before anything is sent.
       const counting = users.fetchAs('nobody', undefined, { fetch: (i, init) => (sent++, fetch(i, init)) });
       await expect(counting(url)).rejects.toMatchObject({ code: 'ERR_LOGIN_REQUIRED' });
       expect(sent).toBe(0);

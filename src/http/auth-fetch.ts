@@ -119,7 +119,7 @@ async function dpopSender(
 ): Promise<(token: Token) => Promise<Response>> {
   const handle = provider.dpop;
   if (handle === undefined) {
-    throw new TokenwardenError('ERR_CONFIG', 'a DPoP token needs the DPoP key pair: configure the source with dpop');
+    throw new TokenwardenError('ERR_CONFIG', 'a DPoP token needs the DPoP key pair: configure dpop on the source (or on UserTokens)');
   }
   const request = new Request(input, init);
   const url = new URL(request.url);
