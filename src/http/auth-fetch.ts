@@ -119,7 +119,10 @@ async function dpopSender(
 ): Promise<(token: Token) => Promise<Response>> {
   const handle = provider.dpop;
   if (handle === undefined) {
-    throw new TokenwardenError('ERR_CONFIG', 'a DPoP token needs the DPoP key pair: configure dpop on the source (or on UserTokens)');
+    throw new TokenwardenError(
+      'ERR_CONFIG',
+      'a DPoP token needs the DPoP key pair: configure dpop on the source (or on UserTokens)',
+    );
   }
   const request = new Request(input, init);
   const url = new URL(request.url);

@@ -126,7 +126,10 @@ export function originOf(value: unknown): string | undefined {
 function dpopHandle(provider: TokenProvider): oauth.DPoPHandle {
   const handle = provider.dpop;
   if (handle === undefined) {
-    throw new TokenwardenError('ERR_CONFIG', 'a DPoP token needs the DPoP key pair: configure dpop on the source (or on UserTokens)');
+    throw new TokenwardenError(
+      'ERR_CONFIG',
+      'a DPoP token needs the DPoP key pair: configure dpop on the source (or on UserTokens)',
+    );
   }
   return handle;
 }
