@@ -4,9 +4,8 @@
  * @module
  */
 import * as oauth from 'oauth4webapi';
-import { TokenwardenError } from '../errors.js';
 import type { Token } from '../token.js';
-import { checkRetryOn401, isRetryable401 } from './authorize.js';
+import { checkRetryOn401, dpopHandle, isRetryable401 } from './authorize.js';
 import type { FetchLike } from './transport.js';
 
 /**
@@ -117,13 +116,7 @@ async function dpopSender(
   input: string | URL | Request,
   init: RequestInit | undefined,
 ): Promise<(token: Token) => Promise<Response>> {
-  const handle = provider.dpop;
-  if (handle === undefined) {
-    throw new TokenwardenError(
-      'ERR_CONFIG',
-      'a DPoP token needs the DPoP key pair: configure dpop on the source (or on UserTokens)',
-    );
-  }
+  const handle = dpopHandle(provider);
   const request = new Request(input, init);
   const url = new URL(request.url);
   const headers = new Headers(request.headers);

@@ -123,7 +123,8 @@ export function originOf(value: unknown): string | undefined {
   }
 }
 
-function dpopHandle(provider: TokenProvider): oauth.DPoPHandle {
+/** The provider's DPoP handle, which a `DPoP` token needs for its proofs; `ERR_CONFIG` without one. */
+export function dpopHandle(provider: TokenProvider): oauth.DPoPHandle {
   const handle = provider.dpop;
   if (handle === undefined) {
     throw new TokenwardenError(

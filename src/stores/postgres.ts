@@ -9,9 +9,9 @@
  * see `lock`) and released by a compare-and-delete on the owner — rather than an advisory lock or
  * `SELECT … FOR UPDATE`: both of those hold a connection (and, for `FOR UPDATE`, a transaction with its
  * snapshot) for the whole refresh, an HTTP round trip. With many subjects refreshing at once (per-user tokens)
- * that exhausts the pool, and session advisory locks do not survive a transaction-pooling PgBouncer. A lease needs no connection while held; a crashed holder's lock
- * is taken over when its lease (`ttlMs`) ends, as with Redis. Times come from the database's clock, so
- * hosts with skewed clocks agree.
+ * that exhausts the pool, and session advisory locks do not survive a transaction-pooling PgBouncer. A lease
+ * needs no connection while held; a crashed holder's lock is taken over when its lease (`ttlMs`) ends, as with
+ * Redis. Times come from the database's clock, so hosts with skewed clocks agree.
  *
  * A failover to an asynchronous replica may lose the last writes: the store identifies the server (its
  * postmaster's start time) on every new connection, before its first statement; a different server — a
