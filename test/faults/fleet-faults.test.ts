@@ -17,6 +17,7 @@ import { TokenManager, refreshToken } from '../../src/index.js';
 import { type TestAuthorizationServer, startAuthorizationServer } from '../support/authorization-server.js';
 import {
   frozenFor,
+  stoppedFor,
   skipWithout,
   hasPgBouncer,
   hasRedisServer,
@@ -199,24 +200,15 @@ describe.skipIf(skipWithout('redis-server', hasRedisServer))('a fleet through Re
 
   it('Redis stopped for 3 s across an expiry (data kept), then back', async () => {
     const redis = await startPrivateRedis({ persist: true });
-    await faultOn(redis, { kind: 'redis', url: redis.url, prefix: prefix() }, 'redis stopped 3 s', async () => {
-      await redis.stop();
-      await sleep(3000);
-      await redis.start();
-    });
+    await faultOn(redis, { kind: 'redis', url: redis.url, prefix: prefix() }, 'redis stopped 3 s', () =>
+      stoppedFor(redis, 3000),
+    );
   }, 90_000);
 
   it('Redis stopped for 3 s across an expiry and restarted empty', async () => {
     const redis = await startPrivateRedis();
-    await faultOn(
-      redis,
-      { kind: 'redis', url: redis.url, prefix: prefix() },
-      'redis stopped 3 s, back empty',
-      async () => {
-        await redis.stop();
-        await sleep(3000);
-        await redis.start({ empty: true });
-      },
+    await faultOn(redis, { kind: 'redis', url: redis.url, prefix: prefix() }, 'redis stopped 3 s, back empty', () =>
+      stoppedFor(redis, 3000, { empty: true }),
     );
   }, 90_000);
 
@@ -383,15 +375,8 @@ describe.skipIf(skipWithout('the PostgreSQL server binaries', pgBin !== undefine
 
     it('PostgreSQL stopped for 5 s across an expiry, then back', async () => {
       const pg = await startPrivatePostgres();
-      await faultOn(
-        pg,
-        { kind: 'postgres', connectionString: pg.url, table: table() },
-        'postgres stopped 5 s',
-        async () => {
-          await pg.stop();
-          await sleep(5000);
-          await pg.start();
-        },
+      await faultOn(pg, { kind: 'postgres', connectionString: pg.url, table: table() }, 'postgres stopped 5 s', () =>
+        stoppedFor(pg, 5000),
       );
     }, 90_000);
 
@@ -503,9 +488,7 @@ describe.skipIf(skipWithout('the PostgreSQL server binaries', pgBin !== undefine
               store,
               fault: async (startAt) => {
                 await at(startAt, FAULT_AT_MS);
-                await bouncer.stop();
-                await sleep(3000);
-                await bouncer.start();
+                await stoppedFor(bouncer, 3000);
               },
             });
             expectFleetKeptTheGrant(outcome, `pgbouncer ${mode}`);

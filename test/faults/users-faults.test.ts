@@ -14,6 +14,7 @@ import {
   hasRedisServer,
   pgBin,
   frozenFor,
+  stoppedFor,
   skipWithout,
   sleep,
   startPrivatePostgres,
@@ -106,11 +107,7 @@ function expectGrantsKept(results: WorkerResult[]): void {
 
 describe.skipIf(skipWithout('redis-server', hasRedisServer))('UserTokens through Redis faults', () => {
   it('Redis stopped for 3 s and restarted empty', async () => {
-    const results = await scenario(startPrivateRedis, inRedis, async (redis) => {
-      await redis.stop();
-      await sleep(3_000);
-      await redis.start({ empty: true });
-    });
+    const results = await scenario(startPrivateRedis, inRedis, (redis) => stoppedFor(redis, 3_000, { empty: true }));
     expectGrantsKept(results);
   }, 90_000);
 
@@ -124,11 +121,7 @@ describe.skipIf(skipWithout('the PostgreSQL server binaries', pgBin !== undefine
   'UserTokens through PostgreSQL faults',
   () => {
     it('PostgreSQL stopped for 3 s (immediate shutdown), then back', async () => {
-      const results = await scenario(startPrivatePostgres, inPostgres, async (pg) => {
-        await pg.stop();
-        await sleep(3_000);
-        await pg.start();
-      });
+      const results = await scenario(startPrivatePostgres, inPostgres, (pg) => stoppedFor(pg, 3_000));
       expectGrantsKept(results);
     }, 90_000);
 

@@ -46,6 +46,17 @@ export async function waitForPort(port: number, ms = 15_000): Promise<void> {
 
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
+/** Stops `server` (its process killed) for `ms`, then starts it again (`options`: e.g. `{ empty: true }`). */
+export async function stoppedFor<O>(
+  server: { stop(): Promise<void>; start(options?: O): Promise<void> },
+  ms: number,
+  options?: O,
+): Promise<void> {
+  await server.stop();
+  await sleep(ms);
+  await server.start(options);
+}
+
 /** Freezes `server` (SIGSTOP: connections stay open, nothing answers) for `ms`, then thaws it. */
 export async function frozenFor(server: { freeze(): void; thaw(): void }, ms: number): Promise<void> {
   server.freeze();
