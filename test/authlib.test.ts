@@ -24,6 +24,7 @@ import {
 import { createVerifier } from '../src/server/index.js';
 import { type Authlib, type PrivateJwk, requireAuthlib, startAuthlib } from './support/authlib.js';
 import { interopSuite } from './support/interop.js';
+import { renderings } from './security/support.js';
 
 const available = requireAuthlib();
 let server: Authlib;
@@ -73,8 +74,6 @@ function keeping(field: string): { fetch: FetchLike; sent: string[] } {
   };
   return { fetch: fetchKeeping, sent };
 }
-/** Everything an error shows: its string, JSON and inspection. */
-const shown = (err: unknown) => [String(err), JSON.stringify(err), inspect(err, { depth: 10 })].join('\n');
 
 describe.skipIf(!available)('Authlib', () => {
   // Found by discovery from the issuer: RFC 8414 metadata, after the OpenID Connect addresses answer 404.
@@ -151,7 +150,7 @@ describe.skipIf(!available)('Authlib', () => {
       expect(err).toBeInstanceOf(TokenwardenError);
       expect(err).toMatchObject({ code: 'ERR_OAUTH', error: 'invalid_grant', status: 400 });
       expect(sent).toHaveLength(1);
-      const everything = shown(err);
+      const everything = renderings(err);
       for (const part of [sent[0]!, ...sent[0]!.split('.')]) expect(everything).not.toContain(part);
       expect(everything).not.toContain(impostor.d);
       await expect(robot(server.clients.robot.es256, 'mallory').fetchToken({})).rejects.toMatchObject({
@@ -240,7 +239,7 @@ describe.skipIf(!available)('Authlib', () => {
         expect(err, method).toBeInstanceOf(TokenwardenError);
         expect(err, method).toMatchObject({ code: 'ERR_OAUTH', error: 'invalid_client', status: 400 });
         expect((err as Error).message, method).not.toContain('clientAssertionAudience'); // it was the token endpoint
-        const everything = shown(err);
+        const everything = renderings(err);
         expect(sent, method).toHaveLength(1);
         for (const part of [hidden, sent[0]!, ...sent[0]!.split('.')]) expect(everything, method).not.toContain(part);
       }
@@ -256,7 +255,7 @@ describe.skipIf(!available)('Authlib', () => {
       .catch((e: unknown) => e);
     expect(err).toMatchObject({ code: 'ERR_OAUTH', error: 'invalid_client', status: 401 });
     expect((err as Error).message).toContain("clientAuth: 'client_secret_post'"); // what to try instead
-    expect(shown(err)).not.toContain(server.clients.odd.clientSecret);
+    expect(renderings(err)).not.toContain(server.clients.odd.clientSecret);
     // What it matches instead: the secret as it is, not form-encoded (RFC 6749 §2.3.1 asks for the encoding).
     const { clientId, clientSecret } = server.clients.odd;
     const raw = await fetch(server.tokenEndpoint, {

@@ -10,7 +10,6 @@ import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { inspect } from 'node:util';
 import { SignJWT, calculateJwkThumbprint, decodeJwt, exportJWK, generateKeyPair } from 'jose';
 import * as oauth from 'oauth4webapi';
 import { afterAll, beforeAll, describe, expect, it, onTestFinished, vi } from 'vitest';
@@ -29,6 +28,7 @@ import { createVerifier } from '../src/server/index.js';
 import { bearerAuth } from '../src/server/adapters/node.js';
 import { type Glewlwyd, requireGlewlwyd, startGlewlwyd } from './support/glewlwyd.js';
 import { interopSuite } from './support/interop.js';
+import { renderings } from './security/support.js';
 import { PASSWORD } from './support/python-server.js';
 
 const available = requireGlewlwyd();
@@ -66,8 +66,6 @@ async function dpopLogin(keyPair: CryptoKeyPair, username: string): Promise<Reco
   expect(response.token_type.toLowerCase()).toBe('dpop');
   return response as unknown as Record<string, unknown>;
 }
-/** Everything an error shows: its string, JSON and inspection. */
-const shown = (err: unknown) => [String(err), JSON.stringify(err), inspect(err, { depth: 10 })].join('\n');
 
 describe.skipIf(!available)('Glewlwyd', () => {
   interopSuite(() => ({
@@ -109,7 +107,7 @@ describe.skipIf(!available)('Glewlwyd', () => {
     expect(first).toBeInstanceOf(TokenwardenError);
     expect(first).toMatchObject({ code: 'ERR_HTTP_STATUS', status: 403 });
     expect((first as Error).message).toContain('403 without an OAuth error body');
-    expect(shown(first)).not.toContain(secret);
+    expect(renderings(first)).not.toContain(secret);
     // A 403 is not transient: the next caller is answered from the last error, no second request.
     await expect(manager.getToken()).rejects.toBe(first);
     expect(((await server.record()).byGrant['client_credentials'] ?? 0) - from).toBe(1);
@@ -129,7 +127,7 @@ describe.skipIf(!available)('Glewlwyd', () => {
     const refused = async () => {
       const err = await users.getAccessToken('carol').catch((e: unknown) => e);
       expect(err).toMatchObject({ code: 'ERR_HTTP_STATUS', status: 400 });
-      expect(shown(err)).not.toContain(login.refresh_token);
+      expect(renderings(err)).not.toContain(login.refresh_token);
     };
     await refused();
     await refused(); // answered from the failure (a 400 is not transient): no second request
@@ -187,8 +185,8 @@ describe.skipIf(!available)('Glewlwyd', () => {
           status: 403,
           message: expect.stringContaining("clientAssertionAudience: 'token_endpoint'"),
         });
-        expect(shown(err), method).not.toContain(server.clients.hmac.clientSecret);
-        expect(shown(err), method).not.toContain(server.clients.jwt.privateJwk.d);
+        expect(renderings(err), method).not.toContain(server.clients.hmac.clientSecret);
+        expect(renderings(err), method).not.toContain(server.clients.jwt.privateJwk.d);
       }
     });
   });

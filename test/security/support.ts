@@ -3,6 +3,8 @@
  * in the forms a careless or hostile one would, and a leak scan that looks for every encoding of a secret.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { inspect } from 'node:util';
+import type { TokenwardenError } from '../../src/errors.js';
 import { type FaultServer, json, startFaultServer } from '../support/fault-server.js';
 import { basicUserPass } from '../../src/sources/client-secret-basic.js';
 
@@ -131,4 +133,22 @@ export function leakForms(secret: string, clientId = CLIENT_ID): string[] {
 /** The forms of `secrets` found in `text` (empty: no leak). */
 export function leaksIn(text: string, secrets: string[]): string[] {
   return secrets.flatMap((s) => leakForms(s).filter((form) => text.includes(form)));
+}
+
+/**
+ * Every way an error can be shown — its string, message, stack, JSON, OAuth fields, and inspections of it and its
+ * cause with hidden properties — joined: what a test searches for a secret that must not be there.
+ */
+export function renderings(err: unknown): string {
+  const e = err as TokenwardenError;
+  return [
+    String(e),
+    e.message,
+    e.stack ?? '',
+    JSON.stringify(e),
+    String(e.error),
+    String(e.error_description),
+    inspect(e, { depth: 10, showHidden: true }),
+    inspect(e.cause, { depth: 10, showHidden: true }),
+  ].join('\n');
 }

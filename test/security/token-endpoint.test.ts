@@ -32,6 +32,7 @@ import {
   SUBJECT_TOKEN,
   leaksIn,
   startEchoServer,
+  renderings,
 } from './support.js';
 
 let server: FaultServer;
@@ -87,21 +88,6 @@ function sentCredentials(): string[] {
     if (authorization !== undefined) out.push(authorization.replace(/^\S+\s+/, ''));
   }
   return [...new Set(out)];
-}
-
-/** Every way an error can be shown. */
-function renderings(err: unknown): string {
-  const e = err as TokenwardenError;
-  return [
-    String(e),
-    e.message,
-    e.stack ?? '',
-    JSON.stringify(e),
-    String(e.error),
-    String(e.error_description),
-    inspect(e, { depth: 10, showHidden: true }),
-    inspect(e.cause, { depth: 10, showHidden: true }),
-  ].join('\n');
 }
 
 async function failure(send: () => Promise<unknown>): Promise<TokenwardenError> {
