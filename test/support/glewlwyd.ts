@@ -59,6 +59,8 @@ export interface GlewlwydRecord {
   dpopProofs: string[];
   /** The `DPoP-Nonce` header of each token endpoint answer that had one. */
   dpopNonces: string[];
+  /** Every request that reached the proxy, as it arrived (answered or not): `"<method> <path>"`. */
+  requests: string[];
 }
 
 export interface Glewlwyd {
@@ -158,9 +160,11 @@ export async function startGlewlwyd(options: GlewlwydOptions = {}): Promise<Glew
     byGrant: {},
     dpopProofs: [],
     dpopNonces: [],
+    requests: [],
   };
   const proxy = createServer((req, res) => void forward(req, res));
   async function forward(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    record.requests.push(`${req.method ?? 'GET'} ${(req.url ?? '/').split('?')[0]}`);
     const chunks: Buffer[] = [];
     for await (const chunk of req) chunks.push(chunk as Buffer);
     const body = Buffer.concat(chunks);
