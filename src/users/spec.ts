@@ -40,6 +40,9 @@ export function splitScope(scope: string): string[] {
 
 function toList(value: string | readonly string[] | undefined, name: string): string[] | null {
   if (value === undefined) return null;
+  if (typeof value !== 'string' && !Array.isArray(value)) {
+    throw new TokenwardenError('ERR_CONFIG', `${name} must be a string or an array of strings`);
+  }
   const list = typeof value === 'string' ? [value] : [...value];
   for (const item of list) {
     if (typeof item !== 'string' || item === '')
@@ -64,6 +67,9 @@ export function spec(
   const resource = resourceList === null ? null : [...new Set(resourceList)].sort();
   let params: Record<string, string[]> | null = null;
   if (request?.extraParams !== undefined) {
+    if (typeof request.extraParams !== 'object' || request.extraParams === null || Array.isArray(request.extraParams)) {
+      throw new TokenwardenError('ERR_CONFIG', 'extraParams must be an object of parameter names to values');
+    }
     const names = Object.keys(request.extraParams).sort();
     if (names.length > 0) params = {};
     for (const name of names) {

@@ -458,6 +458,34 @@ describe('UserTokens', () => {
     await users.close();
   });
 
+  it('a malformed request (scope, resource or extraParams of the wrong type) is ERR_CONFIG, for getAccessToken and fetchAs alike', async () => {
+    const users = usersFor(as);
+    await users.save('mallory', await as.login('mallory'));
+    const bad: unknown[] = [
+      { scope: 5 },
+      { scope: { read: true } },
+      { scope: [5] },
+      { scope: [''] },
+      { resource: 7 },
+      { resource: [null] },
+      { extraParams: 'audience=x' },
+      { extraParams: ['x'] },
+      { extraParams: null },
+      { extraParams: { audience: 5 } },
+      { extraParams: { grant_type: 'password' } },
+    ];
+    for (const request of bad) {
+      const label = JSON.stringify(request);
+      await expect(users.getAccessToken('mallory', request as never), label).rejects.toMatchObject({
+        code: 'ERR_CONFIG',
+      });
+      await expect(users.fetchAs('mallory', request as never)('http://127.0.0.1:9/'), label).rejects.toMatchObject({
+        code: 'ERR_CONFIG',
+      });
+    }
+    await users.close();
+  });
+
   it('rejects per-request options in the constructor, and never shows the secret', () => {
     expect(() => usersFor(as, { scope: 'read' } as never)).toThrow(/getAccessToken/);
     const text = JSON.stringify(users) + inspect(users);
