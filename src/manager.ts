@@ -20,6 +20,7 @@ import {
   type RefreshPolicy,
   type RefreshPolicyOptions,
   backoffDelay,
+  forceRefresh,
   refreshFloor,
   resolvePolicy,
   staleAt,
@@ -178,9 +179,6 @@ interface TokenState {
   readonly token: Token;
   readonly forced?: readonly number[] | undefined;
 }
-
-/** Refreshes forced by rejected tokens allowed within one `forcedRefreshInterval`. */
-const FORCED_PER_INTERVAL = 2;
 
 interface Want {
   /** Only a fresh token will do (background refresh of a stale one); otherwise a valid one. */
@@ -390,10 +388,9 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
     if (held === undefined || this.#closed) return;
     if (accessToken !== undefined && held.token.accessToken !== accessToken) return;
     const now = this.#clock.now();
-    // At most FORCED_PER_INTERVAL forced refreshes per forcedRefreshInterval (their times are kept with the token).
-    const recent = held.forced.filter((t) => now - t < this.#forcedIntervalMs && t <= now);
-    if (recent.length >= FORCED_PER_INTERVAL) return;
-    const forced = [...recent, now];
+    // At most two forced refreshes per forcedRefreshInterval (their times are kept with the token).
+    const forced = forceRefresh(held.forced, now, this.#forcedIntervalMs);
+    if (forced === undefined) return;
     const dead = Object.freeze({ ...held.token, expiresAt: Math.min(held.token.expiresAt ?? now, now) });
     this.#timer?.cancel();
     const next: Held = { ...held, token: dead, staleAt: now, forced };

@@ -208,3 +208,21 @@ export function refreshFloor(token: Token): number {
   const lifetime = token.expiresAt - token.issuedAt;
   return Math.min(MIN_REFRESH_INTERVAL_MS, Math.max(250, (lifetime * 2) / 3));
 }
+
+/** Refreshes forced by rejected tokens allowed within one `forcedRefreshInterval` (TokenManager, UserTokens). */
+const FORCED_PER_INTERVAL = 2;
+
+/**
+ * The times of forced refreshes with one more at `now` — or `undefined` when {@link FORCED_PER_INTERVAL} were
+ * already forced within `intervalMs` (the rejection is then ignored: an API that refuses every token costs two
+ * token requests per interval, not one per call). A time in the future (a host whose clock is ahead) does not
+ * count: a skewed clock must not block forced refreshes for as long as it is ahead.
+ */
+export function forceRefresh(
+  times: readonly number[] | undefined,
+  now: number,
+  intervalMs: number,
+): number[] | undefined {
+  const recent = (times ?? []).filter((t) => now - t < intervalMs && t <= now);
+  return recent.length >= FORCED_PER_INTERVAL ? undefined : [...recent, now];
+}

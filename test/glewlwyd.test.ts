@@ -501,6 +501,41 @@ describe.skipIf(!available)('Glewlwyd', () => {
       await own.close();
     });
 
+    it('an access token revoked alone (the grant lives on): the API answers 401 invalid_token, fetchAs refreshes once and sends the request again', async () => {
+      const authenticate = bearerAuth({
+        issuer: server.issuer,
+        strategy: 'introspection',
+        introspection: server.clients.svc,
+        allowInsecureRequests: true,
+        cache: false,
+      });
+      const seen: string[] = [];
+      const api = createServer((req, res) => {
+        seen.push(req.headers.authorization ?? '');
+        void authenticate(req, res).then((auth) => auth !== false && res.end('ok'));
+      });
+      await new Promise<void>((resolve) => api.listen(0, '127.0.0.1', resolve));
+      const url = `http://127.0.0.1:${(api.address() as AddressInfo).port}/orders`;
+      const users = new UserTokens({ issuer: server.issuer, ...server.clients.app, allowInsecureRequests: true });
+      try {
+        const login = await server.login('erin');
+        await users.save('erin', login);
+        const call = users.fetchAs('erin');
+        expect((await call(url)).status).toBe(200);
+        await users.client.revoke(login.access_token as string, 'access_token');
+        const from = (await server.record()).byGrant['refresh_token'] ?? 0;
+        const res = await call(url, { method: 'POST', body: '{"item":1}' });
+        expect([res.status, await res.text()]).toEqual([200, 'ok']);
+        expect(((await server.record()).byGrant['refresh_token'] ?? 0) - from).toBe(1);
+        const fresh = (await users.getAccessToken('erin')).accessToken;
+        expect(seen).toEqual([`Bearer ${login.access_token}`, `Bearer ${login.access_token}`, `Bearer ${fresh}`]);
+        expect((await users.listAccessTokens('erin')).map((e) => e.token.accessToken)).toEqual([fresh]);
+      } finally {
+        await users.close();
+        await new Promise((resolve) => api.close(resolve));
+      }
+    });
+
     it('UserTokens.revoke signs the user out: the access token it revoked is inactive at introspection', async () => {
       const verify = createVerifier({
         issuer: server.issuer,

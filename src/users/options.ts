@@ -94,6 +94,14 @@ export interface UserTokensOptions extends Omit<
   revokeAccessTokens?: boolean;
   /** How long a record is kept after its last write. Default: until deleted (or revoked). */
   recordTtl?: Duration;
+  /**
+   * The window for refreshes forced by rejected tokens ({@link UserTokens.invalidate}, which
+   * {@link UserTokens.fetchAs} calls on a 401 `invalid_token`): at most two per subject per window, across
+   * every instance sharing the store (their times are kept in the subject's record). A rejection beyond that
+   * is ignored (the caller gets the API's 401), so an API that refuses every token of a user costs two
+   * refreshes per window, not one per call. Default `'30s'`.
+   */
+  forcedRefreshInterval?: Duration;
   /** Random numbers in [0, 1) for jitter. Default `Math.random`. */
   random?: () => number;
 }

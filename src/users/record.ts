@@ -44,6 +44,11 @@ export interface UserRecord {
   claimsFrom?: 'id_token' | 'userinfo';
   accessTokens: StoredEntry[];
   updatedAt: number;
+  /**
+   * When refreshes were last forced for this subject by rejected access tokens (`invalidate()`), by any
+   * instance; newest last. Carried through refreshes (a new login starts without).
+   */
+  forced?: number[];
 }
 
 /**
@@ -177,6 +182,7 @@ function toV2(record: UserRecord): Record<string, unknown> {
       };
     }),
     u: record.updatedAt,
+    ...(record.forced !== undefined && record.forced.length > 0 && { f: record.forced }),
   };
 }
 
@@ -233,7 +239,13 @@ function fromV2(d: Record<string, unknown>): UserRecord | undefined {
     }),
     accessTokens,
     updatedAt: d['u'],
+    // Only a rate limit: a malformed list is dropped, not the record.
+    ...(isTimes(d['f']) && { forced: d['f'] }),
   };
+}
+
+function isTimes(value: unknown): value is number[] {
+  return Array.isArray(value) && value.length <= 16 && value.every((t) => Number.isFinite(t));
 }
 
 /** A version 1 record (full names, identity in clear, claims beside the ID token), in today's form. */

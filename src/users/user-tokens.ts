@@ -20,7 +20,7 @@ import { type AuthFetchOptions, authFetch } from '../http/auth-fetch.js';
 import { type FetchLike, boundedFetch } from '../http/transport.js';
 import { type UserClaims, checkIdToken, signatureVerifier } from '../id-token.js';
 import { isTransient } from '../manager.js';
-import { type RefreshPolicy, backoffDelay, resolvePolicy } from '../policy.js';
+import { type RefreshPolicy, backoffDelay, forceRefresh, resolvePolicy } from '../policy.js';
 import { OAuthClient, rotatedRefreshToken } from '../sources/client.js';
 import { isRefreshTokenRejected, toTokenwardenError } from '../sources/errors.js';
 import { MemoryStore } from '../stores/memory.js';
@@ -113,6 +113,7 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
   readonly #maxAccessTokens: number;
   readonly #recordTtlMs: number | undefined;
   readonly #revokeAccessTokens: boolean;
+  readonly #forcedIntervalMs: number;
   readonly #verify: ((idToken: string, alg: string) => Promise<void>) | undefined;
   readonly #ownsStore: boolean;
   readonly #cache: SubjectCache;
@@ -161,6 +162,7 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
       throw new TokenwardenError('ERR_CONFIG', 'maxAccessTokens must be a positive integer');
     }
     this.#revokeAccessTokens = options.revokeAccessTokens ?? true;
+    this.#forcedIntervalMs = toMs(options.forcedRefreshInterval ?? '30s', 'forcedRefreshInterval');
     this.#cache = new SubjectCache(max, this.#policy, this.#random, this.#clock, this.#revalidateMs);
     this.#ownsStore = options.store === undefined;
     // Every signed-in user, not the 10 000 most recent: a login evicted here is a user signed out.
@@ -325,10 +327,13 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
    * A `fetch` that calls APIs as `subject`: each request carries the subject's access token for `request`
    * (its scope or resource, as {@link UserTokens.getAccessToken} gives it, refreshed when stale), and — when
    * the token is DPoP-bound (`dpop` in the options) — a DPoP proof signed for the request's method and URL,
-   * answering a resource server's `use_dpop_nonce` challenge with one more request (RFC 9449). A 401 is
-   * returned as the API sent it (no retry: a subject's token the API refuses before its expiry calls for the
-   * application's decision, often a new sign-in). Rejects as `getAccessToken` does (`ERR_LOGIN_REQUIRED`…)
-   * before anything is sent.
+   * answering a resource server's `use_dpop_nonce` challenge with one more request (RFC 9449). A 401 that
+   * matches `retryOn401` (default `'invalid_token'`: `WWW-Authenticate: … error="invalid_token"`, RFC 6750)
+   * drops the token ({@link UserTokens.invalidate}) and sends the request once more with a refreshed one —
+   * unless two refreshes of the subject were already forced within `forcedRefreshInterval`, or the body cannot
+   * be sent again: then the API's 401 is returned. `retryOn401: 'never'` returns every 401 as is. Rejects as
+   * `getAccessToken` does (`ERR_LOGIN_REQUIRED`…) before anything is sent, or when the refresh for the retry
+   * fails (`ERR_LOGIN_REQUIRED` when the grant itself is gone: the user must sign in again).
    *
    * @example
    * ```ts
@@ -336,15 +341,57 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
    * const orders = await (await api('https://api.example.com/orders')).json();
    * ```
    */
-  fetchAs(subject: string, request?: AccessTokenRequest, options: Pick<AuthFetchOptions, 'fetch'> = {}): FetchLike {
+  fetchAs(
+    subject: string,
+    request?: AccessTokenRequest,
+    options: Pick<AuthFetchOptions, 'fetch' | 'retryOn401'> = {},
+  ): FetchLike {
     return authFetch(
       {
         getToken: (o) => this.getAccessToken(subject, o?.signal ? { ...request, signal: o.signal } : request),
-        invalidate: async () => undefined,
+        invalidate: (accessToken) =>
+          accessToken === undefined ? Promise.resolve() : this.invalidate(subject, accessToken),
         dpop: this.client.dpop,
       },
-      { ...(options.fetch && { fetch: options.fetch }), retryOn401: 'never' },
+      { ...(options.fetch && { fetch: options.fetch }), retryOn401: options.retryOn401 ?? 'invalid_token' },
     );
+  }
+
+  /**
+   * Drops one of the subject's access tokens (an API answered 401 `invalid_token` to it: revoked at the
+   * server, or refused by the API before its expiry), here and in the store, so that the next
+   * {@link UserTokens.getAccessToken} for its request refreshes — on every instance, within `cache.revalidate`.
+   * The refresh token and the subject's other access tokens are kept. Nothing happens when the token is no
+   * longer held (another instance replaced it already: this instance takes the newer record), when two
+   * refreshes of the subject were already forced within `forcedRefreshInterval` (default 30 s) by any
+   * instance, or when the store does not answer (a new token needs the store anyway). Never rejects for
+   * these; `ERR_CONFIG` for a malformed subject, `ERR_CLOSED` after `close()`.
+   *
+   * @example
+   * ```ts
+   * const token = await users.getAccessToken(sub);
+   * const res = await fetch(url, { headers: { authorization: `Bearer ${token.accessToken}` } });
+   * if (res.status === 401) await users.invalidate(sub, token.accessToken); // the next call gets a new token
+   * ```
+   */
+  async invalidate(subject: string, accessToken: string): Promise<void> {
+    this.#checkOpen();
+    checkSubject(subject);
+    if (typeof accessToken !== 'string' || accessToken === '') {
+      throw new TokenwardenError('ERR_CONFIG', 'invalidate() needs the access token that was refused');
+    }
+    const now = this.#clock.now();
+    await this.#update(subject, (record) => {
+      if (!record.accessTokens.some((e) => e.token.accessToken === accessToken)) return undefined;
+      const forced = forceRefresh(record.forced, now, this.#forcedIntervalMs);
+      if (forced === undefined) return undefined;
+      // Kept in the record, seq unchanged: every instance reading it takes it (same place, another version).
+      return {
+        ...record,
+        accessTokens: record.accessTokens.filter((e) => e.token.accessToken !== accessToken),
+        forced,
+      };
+    });
   }
 
   /**
@@ -666,7 +713,14 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
   }
 
   #take(subject: string, key: string, value: Versioned<UserRecord>, from: 'store' | 'source'): void {
-    const hadSubject = this.#cache.peek(subject) !== undefined;
+    const held = this.#cache.peek(subject);
+    // A read that left before a write of ours landed (a concurrent invalidate(), a refresh) is older: not taken.
+    // At one place in the history (seq), the later write has the higher version (a store's versions only grow).
+    if (from === 'store' && held !== undefined && value.version !== undefined) {
+      const older = held.seq === value.seq && held.version !== undefined && value.version < held.version;
+      if (held.seq > value.seq || older) return;
+    }
+    const hadSubject = held !== undefined;
     const shared = this.#lineage.shared(value.state);
     const { added } = this.#cache.adopt(subject, shared.record, shared.text, value.seq, value.version);
     if (from === 'store' && !hadSubject) return;
@@ -817,7 +871,10 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
         return 'gone';
       }
       const next = change(current.state);
-      if (next === undefined) return 'unchanged';
+      if (next === undefined) {
+        this.#take(subject, key, { state: current.state, seq: current.seq, version: read.value.version }, 'store');
+        return 'unchanged';
+      }
       const written = await this.#fleet.storeCall(slot, 'set', (s) =>
         s.set(key, this.#lineage.encode(next, current.seq), { ...this.#ttl(), ifVersion: read.value?.version ?? 0 }),
       );

@@ -186,6 +186,26 @@ describe('the compact record', () => {
     ]);
     expect(again.state.claimsUpdatedAt).toBe(0); // "never": the claims are due for UserInfo again
   });
+
+  it('keeps the times of forced refreshes (invalidate) through a write; a malformed list is dropped, not the record', () => {
+    const lineage = recordLineage('https://as.example.test', 'web', undefined);
+    const record = {
+      id: recordId('https://as.example.test', 'web', 'gus'),
+      session: 's',
+      refreshToken: 'rt',
+      accessTokens: [],
+      updatedAt: 5_000,
+    };
+    const text = lineage.encode({ ...record, forced: [6_000, 7_000] }, 5_000);
+    expect(lineage.decode('k', text)?.state.forced).toEqual([6_000, 7_000]);
+    expect(JSON.parse(lineage.encode({ ...record, forced: [] }, 5_000))).not.toHaveProperty('f');
+    const hostile = ['"6000"', '[6000,"7000"]', '[null]', '{"0":1}', `[${'1,'.repeat(16)}1]`, '[1e400]', '[-1e400]'];
+    for (const f of hostile) {
+      const read = lineage.decode('k', text.replace(/}$/, `,"f":${f}}`).replace('"f":[6000,7000],', ''));
+      expect(read?.state.refreshToken, f).toBe('rt');
+      expect(read?.state.forced, f).toBeUndefined();
+    }
+  });
 });
 
 describe('the default store', () => {

@@ -24,9 +24,19 @@ class FailingStore implements TokenStore {
     if (this.failing.has(operation)) return Promise.reject(new Error(`ECONNREFUSED (${operation})`));
     return Promise.resolve();
   }
+  /** Reads answered late: each read takes the value at once and answers when {@link FailingStore.answer} is called. */
+  delayReads = false;
+  readonly #late: (() => void)[] = [];
   async get(key: string): Promise<StoreRecord | undefined> {
     await this.#check('get');
-    return this.inner.get(key);
+    const value = await this.inner.get(key);
+    if (this.delayReads) await new Promise<void>((resolve) => this.#late.push(resolve));
+    return value;
+  }
+  /** Lets the late reads answer (with what they read when asked). */
+  async answer(): Promise<void> {
+    for (const resolve of this.#late.splice(0)) resolve();
+    await new Promise((resolve) => setImmediate(resolve));
   }
   async set(key: string, value: string, options?: SetOptions): Promise<number | null> {
     await this.#check('set');
@@ -46,13 +56,19 @@ class FailingStore implements TokenStore {
 }
 
 let as: TestAuthorizationServer;
+/** Five-minute tokens: for tests that must not see a token expire on a loaded machine. */
+let steady: TestAuthorizationServer;
 beforeAll(async () => {
-  as = await startAuthorizationServer({ accessTokenTtl: 2 });
+  [as, steady] = await Promise.all([
+    startAuthorizationServer({ accessTokenTtl: 2 }),
+    startAuthorizationServer({ accessTokenTtl: 300 }),
+  ]);
 });
 afterAll(async () => {
-  await as.close();
+  await Promise.all([as.close(), steady.close()]);
 });
 const refreshes = (): number => as.counts.byGrant['refresh_token'] ?? 0;
+const steadyRefreshes = (): number => steady.counts.byGrant['refresh_token'] ?? 0;
 
 describe('UserTokens when the store fails', () => {
   it('serves a cached valid token, refuses to refresh without the store, and recovers', async () => {
@@ -109,6 +125,57 @@ describe('UserTokens when the store fails', () => {
     expect(as.counts.errors['invalid_grant'] ?? 0).toBe(invalidGrants);
     await users.close();
     await other.close();
+  });
+
+  it('invalidate() while the store is down changes nothing: the token stays, fetchAs returns the 401, no refresh token spent', async () => {
+    const store = new FailingStore(new MemoryStore());
+    const users = usersFor(steady, { store });
+    const json = await steady.login('dora');
+    await users.save('dora', json);
+    let sent = 0;
+    const api = users.fetchAs('dora', undefined, {
+      fetch: async () => (
+        sent++,
+        new Response(null, { status: 401, headers: { 'www-authenticate': 'Bearer error="invalid_token"' } })
+      ),
+    });
+    const before = steadyRefreshes();
+    for (const down of [['get'], ['set']] as Operation[][]) {
+      for (const operation of down) store.failing.add(operation);
+      await users.invalidate('dora', json['access_token'] as string);
+      expect((await api('http://api.example.test/')).status).toBe(401);
+      store.failing.clear();
+      expect((await users.listAccessTokens('dora')).map((e) => e.token.accessToken)).toEqual([json['access_token']]);
+    }
+    expect([sent, steadyRefreshes() - before]).toEqual([2, 0]);
+    // Up again: the next 401 drops it and the request goes again with a new token.
+    expect((await api('http://api.example.test/')).status).toBe(401);
+    expect([sent, steadyRefreshes() - before]).toEqual([4, 1]);
+    await users.close();
+  });
+
+  it('a read that left before invalidate() landed, answering after it, does not bring the dropped token back', async () => {
+    const store = new FailingStore(new MemoryStore());
+    const clock = new ManualClock();
+    const users = usersFor(steady, { store, clock, cache: { revalidate: '100ms' } });
+    await users.save('fred', await steady.login('fred'));
+    const dropped = (await users.getAccessToken('fred')).accessToken;
+    await clock.advance(200);
+    store.delayReads = true;
+    // Served from memory; the background revalidation's read and a listing's read both take the record now…
+    expect((await users.getAccessToken('fred')).accessToken).toBe(dropped);
+    const listing = users.listAccessTokens('fred');
+    await new Promise((resolve) => setImmediate(resolve));
+    store.delayReads = false;
+    await users.invalidate('fred', dropped);
+    // …and answer after the token was dropped, with the record that still holds it.
+    await store.answer();
+    expect((await listing).map((e) => e.token.accessToken)).toEqual([dropped]); // what it read, as it read it
+    const before = steadyRefreshes();
+    const next = await users.getAccessToken('fred');
+    expect(next.accessToken).not.toBe(dropped);
+    expect(steadyRefreshes() - before).toBe(1);
+    await users.close();
   });
 
   it('gives up on a store that does not answer after storeTimeout', async () => {

@@ -1,12 +1,18 @@
+import { type AddressInfo } from 'node:net';
+import { createServer } from 'node:http';
 import { inspect } from 'node:util';
 import { decodeJwt } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ManualClock } from '../../src/clock.js';
 import { TokenwardenError } from '../../src/errors.js';
+import { type BearerAuthOptions, bearerAuth } from '../../src/server/adapters/node.js';
+import type { VerifierOptions } from '../../src/server/index.js';
 import { MemoryStore } from '../../src/stores/memory.js';
 import type { TokenStore } from '../../src/stores/store.js';
 import type { UserTokens } from '../../src/users/index.js';
 import {
   API_RESOURCE,
+  OPAQUE_RESOURCE,
   type TestAuthorizationServer,
   startAuthorizationServer,
 } from '../support/authorization-server.js';
@@ -29,6 +35,7 @@ afterAll(async () => {
 });
 
 const refreshes = (): number => as.counts.byGrant['refresh_token'] ?? 0;
+const steadyRefreshes = (): number => steady.counts.byGrant['refresh_token'] ?? 0;
 const failure = (promise: Promise<unknown>): Promise<TokenwardenError> =>
   promise.then(
     () => {
@@ -264,6 +271,31 @@ for (const factory of storeFactories) {
       expect(await fresh.getIdToken('victim')).toBeUndefined();
       await users.close();
       await fresh.close();
+      await store.close();
+    });
+
+    it('invalidate() on one instance drops the token for all: one refresh between them, two forced per window in all', async () => {
+      const store = await open();
+      // Both read the store before each call (by default, another instance's drop is seen within 1 s).
+      const [a, b] = [0, 0].map((revalidate) => usersFor(steady, { store, cache: { revalidate } })) as [
+        UserTokens,
+        UserTokens,
+      ];
+      await a.save('hugo', await steady.login('hugo'));
+      const t1 = (await b.getAccessToken('hugo')).accessToken;
+      const before = steadyRefreshes();
+      await a.invalidate('hugo', t1);
+      const t2 = (await b.getAccessToken('hugo')).accessToken; // b reads the store: t1 is gone, b refreshes
+      expect(t2).not.toBe(t1);
+      expect((await a.getAccessToken('hugo')).accessToken).toBe(t2); // a takes b's refresh: no second one
+      await b.invalidate('hugo', t2);
+      const t3 = (await a.getAccessToken('hugo')).accessToken;
+      expect(t3).not.toBe(t2);
+      await b.invalidate('hugo', t3); // the third within the window, whoever asks: ignored
+      expect((await b.getAccessToken('hugo')).accessToken).toBe(t3);
+      expect((await a.getAccessToken('hugo')).accessToken).toBe(t3);
+      expect(steadyRefreshes() - before).toBe(2);
+      await Promise.all([a.close(), b.close()]);
       await store.close();
     });
   });
@@ -507,15 +539,18 @@ describe('UserTokens.fetchAs', () => {
     const token = await users.getAccessToken('alice', { resource: API_RESOURCE });
     expect(seen).toEqual([{ url: 'https://api.example/orders', authorization: `Bearer ${token.accessToken}` }]);
     expect(decodeJwt(token.accessToken).aud).toBe(API_RESOURCE);
-    // A 401, even invalid_token, is the API's answer to the caller: not retried.
+    // retryOn401: 'never' returns a 401 invalid_token as the API sent it, and drops nothing.
     const refusing = users.fetchAs('alice', undefined, {
+      retryOn401: 'never',
       fetch: async (input, init) => (
         await recording(input, init),
         new Response(null, { status: 401, headers: { 'www-authenticate': 'Bearer error="invalid_token"' } })
       ),
     });
+    const before = (await users.listAccessTokens('alice')).map((e) => e.token.accessToken);
     expect((await refusing('https://api.example/x')).status).toBe(401);
     expect(seen).toHaveLength(2);
+    expect((await users.listAccessTokens('alice')).map((e) => e.token.accessToken)).toEqual(before);
     await expect(
       users.fetchAs('nobody', undefined, { fetch: recording })('https://api.example/'),
     ).rejects.toMatchObject({
@@ -523,5 +558,112 @@ describe('UserTokens.fetchAs', () => {
     });
     expect(seen).toHaveLength(2);
     await users.close();
+  });
+
+  /** A real API: node:http with tokenwarden's bearerAuth, introspecting every token at the server (no cache). */
+  async function startApi(
+    how: Pick<VerifierOptions, 'introspection' | 'audience'> = {
+      introspection: {
+        clientId: steady.clients.rs.clientId,
+        clientSecret: steady.clients.rs.clientSecret,
+        cacheMaxAge: 0,
+        inactiveCacheMaxAge: 0,
+      },
+    },
+  ): Promise<{ url: string; seen: string[]; close(): Promise<void> }> {
+    const authenticate = bearerAuth({
+      issuer: steady.issuer,
+      allowInsecureRequests: true,
+      ...how,
+    } as BearerAuthOptions);
+    const seen: string[] = [];
+    const server = createServer((req, res) => {
+      seen.push(req.headers.authorization ?? '');
+      void authenticate(req, res).then((auth) => auth !== false && res.end('ok'));
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const { port } = server.address() as AddressInfo;
+    return {
+      url: `http://127.0.0.1:${port}/orders`,
+      seen,
+      close: () => new Promise((resolve) => server.close(() => resolve())),
+    };
+  }
+
+  it('a token revoked at oidc-provider (which revokes every token of the grant): the API answers 401, the retry finds the grant gone, ERR_LOGIN_REQUIRED', async () => {
+    const api = await startApi();
+    const users = usersFor(steady);
+    const signedOut: string[] = [];
+    users.on('loginRequired', ({ subject }) => signedOut.push(subject));
+    // A login for the API of opaque tokens, which checks each one at the server (RFC 7662).
+    await users.save('alice', await steady.login('alice', { resource: OPAQUE_RESOURCE }));
+    const call = users.fetchAs('alice');
+    expect((await call(api.url)).status).toBe(200);
+    const revoked = (await users.getAccessToken('alice')).accessToken;
+    await users.client.revoke(revoked, 'access_token');
+    const before = steadyRefreshes();
+    await expect(call(api.url, { method: 'POST', body: '{}' })).rejects.toMatchObject({
+      code: 'ERR_LOGIN_REQUIRED',
+      error: 'invalid_grant',
+    });
+    expect(steadyRefreshes() - before).toBe(1); // one refresh, refused; not retried
+    expect(api.seen).toEqual([`Bearer ${revoked}`, `Bearer ${revoked}`]);
+    expect(signedOut).toEqual(['alice']);
+    expect(await users.listAccessTokens('alice')).toEqual([]);
+    await expect(call(api.url)).rejects.toMatchObject({ code: 'ERR_LOGIN_REQUIRED' });
+    expect(api.seen).toHaveLength(2);
+    await users.close();
+    await api.close();
+  });
+
+  it('an API that refuses every token of a user costs two forced refreshes per window across instances, not one per call', async () => {
+    // The API expects another audience: every token the user gets is refused with 401 invalid_token.
+    const api = await startApi({ audience: 'https://elsewhere.example.test' });
+    const clock = new ManualClock(Date.now());
+    const store = new MemoryStore({ clock });
+    const [a, b] = [usersFor(steady, { store, clock }), usersFor(steady, { store, clock })];
+    await a.save('carol', await steady.login('carol'));
+    const before = steadyRefreshes();
+    const statuses: number[] = [];
+    for (let round = 0; round < 3; round++) {
+      for (const users of [a, b])
+        statuses.push((await users.fetchAs('carol', { resource: API_RESOURCE })(api.url)).status);
+    }
+    expect(statuses).toEqual([401, 401, 401, 401, 401, 401]);
+    // One refresh for the resource's first token, two forced: the window's allowance is the subject's, fleet-wide.
+    expect(steadyRefreshes() - before).toBe(3);
+    const sent = api.seen.length;
+    await clock.advance(31_000);
+    expect((await b.fetchAs('carol', { resource: API_RESOURCE })(api.url)).status).toBe(401);
+    expect(steadyRefreshes() - before).toBe(4); // a new window: one more forced refresh, one more request
+    expect(api.seen.length - sent).toBe(2);
+    await Promise.all([a.close(), b.close()]);
+    await api.close();
+  });
+
+  it('invalidate() of a token already replaced by another instance takes the newer one: no second refresh', async () => {
+    const store = new MemoryStore();
+    const [a, b] = [usersFor(steady, { store }), usersFor(steady, { store })];
+    await a.save('dave', await steady.login('dave'));
+    const t1 = (await a.getAccessToken('dave')).accessToken;
+    expect((await b.getAccessToken('dave')).accessToken).toBe(t1);
+    const before = steadyRefreshes();
+    await a.invalidate('dave', t1);
+    const t2 = (await a.getAccessToken('dave')).accessToken;
+    expect(t2).not.toBe(t1);
+    // b still holds t1 in memory (its revalidation is not due): its own 401 for t1 finds t2 in the store.
+    await b.invalidate('dave', t1);
+    expect((await b.getAccessToken('dave')).accessToken).toBe(t2);
+    expect(steadyRefreshes() - before).toBe(1);
+    // A token never held, and malformed calls.
+    await a.invalidate('dave', 'not-a-token-of-dave');
+    expect((await a.getAccessToken('dave')).accessToken).toBe(t2);
+    await a.invalidate('nobody', t2);
+    for (const bad of [undefined, '', 5]) {
+      await expect(a.invalidate('dave', bad as never)).rejects.toMatchObject({ code: 'ERR_CONFIG' });
+    }
+    await expect(a.invalidate('', t2)).rejects.toMatchObject({ code: 'ERR_CONFIG' });
+    expect(steadyRefreshes() - before).toBe(1);
+    await Promise.all([a.close(), b.close()]);
   });
 });
