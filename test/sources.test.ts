@@ -221,6 +221,49 @@ describe('client credentials against a real authorization server', () => {
     expect(() => clientCredentials({ ...base(), clientId: 'svc', clientSecret: 'x\uD83D\uDE00y' })).not.toThrow();
   });
 
+  it('refuses request options of the wrong type with ERR_CONFIG when the source is made, for every grant', () => {
+    const client = { ...base(), clientId: 'svc', clientSecret: 'ok' };
+    const grants: [string, (extra: object) => unknown][] = [
+      ['client_credentials', (extra) => clientCredentials({ ...client, ...extra })],
+      ['refresh_token', (extra) => refreshToken({ ...client, refreshToken: 'rt', ...extra })],
+      ['token_exchange', (extra) => tokenExchange({ ...client, subjectToken: 'st', ...extra })],
+      ['jwt_bearer', (extra) => jwtBearer({ ...client, assertion: 'a.b.c', ...extra })],
+    ];
+    const malformed: object[] = [
+      { scope: 5 },
+      { scope: ['read', 5] },
+      { scope: { read: true } },
+      { scope: null },
+      { scope: 'read\uD800' },
+      { resource: new URL('https://api.example.test') },
+      { resource: [['https://api.example.test']] },
+      { audience: 7 },
+      { audience: ['a', null] },
+      { extraParams: 'a=b' },
+      { extraParams: ['a', 'b'] },
+      { extraParams: null },
+      { extraParams: { prompt: 1 } },
+      { extraParams: { prompt: ['x', { y: 1 }] } },
+      { extraParams: { '\uDC00': 'x' } },
+      { extraParams: { acr_values: 'x\uDBFF' } },
+    ];
+    for (const [grant, make] of grants) {
+      for (const extra of malformed) {
+        expect(() => make(extra), `${grant} ${JSON.stringify(extra)}`).toThrow(
+          expect.objectContaining({ code: 'ERR_CONFIG' }),
+        );
+      }
+      // The forms the options allow.
+      for (const fine of [
+        { scope: 'read write', resource: ['https://a.example', 'https://b.example'], audience: 'api' },
+        { scope: ['read'], extraParams: { prompt: 'none', acr_values: ['a', 'b'] } },
+        { scope: 'caf\u00e9 \uD83D\uDE00' },
+      ]) {
+        expect(() => make(fine), `${grant} ${JSON.stringify(fine)}`).not.toThrow();
+      }
+    }
+  });
+
   it('derives different store keys for different credentials and scopes, equal keys for equal ones, none with a secret', () => {
     // Secrets long enough that no hash contains one by chance (a two-letter one is in ~1 % of base64url hashes).
     const S1 = 'first-secret-0123456789';

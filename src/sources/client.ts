@@ -238,6 +238,7 @@ export class OAuthClient {
       }
     }
     if (options.key !== undefined) checkKey(options.key);
+    checkRequestParams(options);
     this.clientId = options.clientId;
     this.timeoutMs = toMs(options.timeout ?? DEFAULT_TIMEOUT_MS, 'timeout');
     this.maxResponseBytes = options.maxResponseBytes ?? DEFAULT_MAX_RESPONSE_BYTES;
@@ -686,6 +687,36 @@ function canonicalJson(value: unknown): string {
     return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${canonicalJson(v)}`).join(',')}}`;
   }
   return JSON.stringify(value) ?? 'null';
+}
+
+/**
+ * Refuses request options of the wrong type (`scope: 5`, `resource: { url }`, `extraParams: 'a=b'`) and values
+ * that cannot be sent as they are (a lone surrogate becomes U+FFFD in a form body): `ERR_CONFIG` at
+ * construction, not a mangled request or a `TypeError` at the first token request.
+ */
+function checkRequestParams(options: ClientOptions): void {
+  const checkList = (value: unknown, name: string): void => {
+    if (value === undefined) return;
+    const list: unknown[] = Array.isArray(value) ? value : [value];
+    if ((typeof value === 'string' || Array.isArray(value)) && list.every(isSendable)) return;
+    throw new TokenwardenError('ERR_CONFIG', `${name} must be a string or an array of strings (well-formed Unicode)`);
+  };
+  checkList(options.scope, 'scope');
+  checkList(options.resource, 'resource');
+  checkList(options.audience, 'audience');
+  const extra: unknown = options.extraParams;
+  if (extra === undefined) return;
+  if (extra === null || typeof extra !== 'object' || Array.isArray(extra)) {
+    throw new TokenwardenError('ERR_CONFIG', 'extraParams must be an object of parameter names to strings');
+  }
+  for (const [name, value] of Object.entries(extra)) {
+    if (!isSendable(name)) throw new TokenwardenError('ERR_CONFIG', 'an extraParams name is not well-formed Unicode');
+    checkList(value, `extraParams.${name.slice(0, 40)}`);
+  }
+}
+
+function isSendable(value: unknown): value is string {
+  return typeof value === 'string' && isWellFormedUnicode(value);
 }
 
 /** `['a', 'b']` → `'a b'`. */
