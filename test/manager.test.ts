@@ -160,6 +160,18 @@ describe('TokenManager', () => {
     expect(manager.peek().status).toBe('fresh');
   });
 
+  it('serves its token up to the millisecond before expiry while refreshes fail, and never at it', async () => {
+    const { clock, source, manager } = setup({ lifetimeMs: 60_000 });
+    const token = await manager.getToken();
+    source.then(...Array.from({ length: 500 }, networkError));
+    await clock.advance((token.expiresAt as number) - clock.now() - 1);
+    expect(await manager.getToken()).toBe(token);
+    expect(manager.peek().status).toBe('stale');
+    await clock.advance(1);
+    expect(manager.peek().status).toBe('expired');
+    await expect(manager.getToken()).rejects.toMatchObject({ code: 'ERR_NETWORK' });
+  });
+
   it('does not retry an error that waiting will not heal, and reports it to callers', async () => {
     const { clock, source, manager, events } = setup({ lifetimeMs: 4000 });
     await manager.getToken();

@@ -57,6 +57,8 @@ export interface ChildResult {
 const config = JSON.parse(process.argv[2] as string) as ChildConfig;
 /** See the loop below: how much of its life a token must have left for a call to count as "while valid". */
 const VALID_SLACK_MS = 50;
+/** How far past its expiry a returned token may be when the caller looks at it (see where it is used). */
+const EXPIRED_SLACK_MS = 20;
 
 const { store, close: closeStore } = openFleetStore(config.store);
 
@@ -129,7 +131,11 @@ while (Date.now() < end) {
     }
     if (token.expiresAt !== undefined) {
       const left = token.expiresAt - Date.now();
-      if (left <= 0) result.expired++;
+      // The manager serves a token until its last millisecond; one handed out with a millisecond left can be past
+      // it when this continuation runs (a Sentinel failover keeps a 2-core machine busy). Expired by more than
+      // EXPIRED_SLACK_MS when it reached the caller, it was served expired (calls come every few ms: a manager
+      // that served expired tokens would give several, each later past expiry).
+      if (left < -EXPIRED_SLACK_MS) result.expired++;
       result.minRemainingMs = Math.min(result.minRemainingMs, left);
     }
   } catch (err) {
