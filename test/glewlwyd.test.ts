@@ -11,7 +11,9 @@ import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { SignJWT, calculateJwkThumbprint, decodeJwt, exportJWK, generateKeyPair } from 'jose';
+import axios from 'axios';
 import * as oauth from 'oauth4webapi';
+import { Agent, request as undiciRequest } from 'undici';
 import { afterAll, beforeAll, describe, expect, it, onTestFinished, vi } from 'vitest';
 import { ManualClock } from '../src/clock.js';
 import {
@@ -25,6 +27,8 @@ import {
   refreshToken,
 } from '../src/index.js';
 import { createVerifier } from '../src/server/index.js';
+import { axiosAuth } from '../src/http/axios.js';
+import { authInterceptor } from '../src/http/undici.js';
 import { bearerAuth } from '../src/server/adapters/node.js';
 import { type Glewlwyd, requireGlewlwyd, startGlewlwyd } from './support/glewlwyd.js';
 import { interopSuite } from './support/interop.js';
@@ -501,40 +505,73 @@ describe.skipIf(!available)('Glewlwyd', () => {
       await own.close();
     });
 
-    it('an access token revoked alone (the grant lives on): the API answers 401 invalid_token, fetchAs refreshes once and sends the request again', async () => {
-      const authenticate = bearerAuth({
-        issuer: server.issuer,
-        strategy: 'introspection',
-        introspection: server.clients.svc,
-        allowInsecureRequests: true,
-        cache: false,
+    /** POSTs as the user through one of the three ways to attach a user's tokens; resolves to status and body. */
+    type Caller = (users: UserTokens, url: string) => (body: string) => Promise<[number, string]>;
+    const callers: [string, Caller][] = [
+      [
+        'fetchAs',
+        (users, url) => async (body) => {
+          const res = await users.fetchAs('erin')(url, { method: 'POST', body });
+          return [res.status, await res.text()];
+        },
+      ],
+      [
+        'axiosAuth(tokenProvider)',
+        (users, url) => {
+          const api = axios.create({ baseURL: new URL(url).origin, validateStatus: () => true });
+          axiosAuth(api, users.tokenProvider('erin'));
+          return async (body) => {
+            const res = await api.post(new URL(url).pathname, body, { responseType: 'text' });
+            return [res.status, res.data as string];
+          };
+        },
+      ],
+      [
+        'authInterceptor(tokenProvider)',
+        (users, url) => {
+          const dispatcher = new Agent().compose(authInterceptor(users.tokenProvider('erin'), { origins: [url] }));
+          return async (body) => {
+            const res = await undiciRequest(url, { method: 'POST', body, dispatcher });
+            return [res.statusCode, await res.body.text()];
+          };
+        },
+      ],
+    ];
+    for (const [name, caller] of callers) {
+      it(`an access token revoked alone (the grant lives on): the API answers 401 invalid_token; ${name} refreshes once and sends the request again`, async () => {
+        const authenticate = bearerAuth({
+          issuer: server.issuer,
+          strategy: 'introspection',
+          introspection: server.clients.svc,
+          allowInsecureRequests: true,
+          cache: false,
+        });
+        const seen: string[] = [];
+        const api = createServer((req, res) => {
+          seen.push(req.headers.authorization ?? '');
+          void authenticate(req, res).then((auth) => auth !== false && res.end('ok'));
+        });
+        await new Promise<void>((resolve) => api.listen(0, '127.0.0.1', resolve));
+        const url = `http://127.0.0.1:${(api.address() as AddressInfo).port}/orders`;
+        const users = new UserTokens({ issuer: server.issuer, ...server.clients.app, allowInsecureRequests: true });
+        try {
+          const login = await server.login('erin');
+          await users.save('erin', login);
+          const call = caller(users, url);
+          expect(await call('{"item":0}')).toEqual([200, 'ok']);
+          await users.client.revoke(login.access_token as string, 'access_token');
+          const from = (await server.record()).byGrant['refresh_token'] ?? 0;
+          expect(await call('{"item":1}')).toEqual([200, 'ok']);
+          expect(((await server.record()).byGrant['refresh_token'] ?? 0) - from).toBe(1);
+          const fresh = (await users.getAccessToken('erin')).accessToken;
+          expect(seen).toEqual([`Bearer ${login.access_token}`, `Bearer ${login.access_token}`, `Bearer ${fresh}`]);
+          expect((await users.listAccessTokens('erin')).map((e) => e.token.accessToken)).toEqual([fresh]);
+        } finally {
+          await users.close();
+          await new Promise((resolve) => api.close(resolve));
+        }
       });
-      const seen: string[] = [];
-      const api = createServer((req, res) => {
-        seen.push(req.headers.authorization ?? '');
-        void authenticate(req, res).then((auth) => auth !== false && res.end('ok'));
-      });
-      await new Promise<void>((resolve) => api.listen(0, '127.0.0.1', resolve));
-      const url = `http://127.0.0.1:${(api.address() as AddressInfo).port}/orders`;
-      const users = new UserTokens({ issuer: server.issuer, ...server.clients.app, allowInsecureRequests: true });
-      try {
-        const login = await server.login('erin');
-        await users.save('erin', login);
-        const call = users.fetchAs('erin');
-        expect((await call(url)).status).toBe(200);
-        await users.client.revoke(login.access_token as string, 'access_token');
-        const from = (await server.record()).byGrant['refresh_token'] ?? 0;
-        const res = await call(url, { method: 'POST', body: '{"item":1}' });
-        expect([res.status, await res.text()]).toEqual([200, 'ok']);
-        expect(((await server.record()).byGrant['refresh_token'] ?? 0) - from).toBe(1);
-        const fresh = (await users.getAccessToken('erin')).accessToken;
-        expect(seen).toEqual([`Bearer ${login.access_token}`, `Bearer ${login.access_token}`, `Bearer ${fresh}`]);
-        expect((await users.listAccessTokens('erin')).map((e) => e.token.accessToken)).toEqual([fresh]);
-      } finally {
-        await users.close();
-        await new Promise((resolve) => api.close(resolve));
-      }
-    });
+    }
 
     it('UserTokens.revoke signs the user out: the access token it revoked is inactive at introspection', async () => {
       const verify = createVerifier({

@@ -16,7 +16,7 @@ import { type Clock, systemClock } from '../clock.js';
 import { toMs } from '../duration.js';
 import { TokenwardenError, isTokenwardenError } from '../errors.js';
 import { type Attempt, Fleet, type Slot, type Versioned, lockLease, withRotated } from '../fleet/fleet.js';
-import { type AuthFetchOptions, authFetch } from '../http/auth-fetch.js';
+import { type AuthFetchOptions, type TokenProvider, authFetch } from '../http/auth-fetch.js';
 import { type FetchLike, boundedFetch } from '../http/transport.js';
 import { type UserClaims, checkIdToken, signatureVerifier } from '../id-token.js';
 import { isTransient } from '../manager.js';
@@ -346,15 +346,34 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
     request?: AccessTokenRequest,
     options: Pick<AuthFetchOptions, 'fetch' | 'retryOn401'> = {},
   ): FetchLike {
-    return authFetch(
-      {
-        getToken: (o) => this.getAccessToken(subject, o?.signal ? { ...request, signal: o.signal } : request),
-        invalidate: (accessToken) =>
-          accessToken === undefined ? Promise.resolve() : this.invalidate(subject, accessToken),
-        dpop: this.client.dpop,
-      },
-      { ...(options.fetch && { fetch: options.fetch }), retryOn401: options.retryOn401 ?? 'invalid_token' },
-    );
+    return authFetch(this.tokenProvider(subject, request), {
+      ...(options.fetch && { fetch: options.fetch }),
+      retryOn401: options.retryOn401 ?? 'invalid_token',
+    });
+  }
+
+  /**
+   * The subject's tokens for `request` as a {@link TokenProvider}: what `authFetch`, `axiosAuth`
+   * (`tokenwarden/axios`) and `authInterceptor` (`tokenwarden/undici`) take, so that an axios instance or an
+   * undici dispatcher calls APIs as the user — the token attached (with DPoP proofs when bound), a 401
+   * `invalid_token` answered by {@link UserTokens.invalidate} and one retry, as {@link UserTokens.fetchAs} does.
+   *
+   * @example
+   * ```ts
+   * import axios from 'axios';
+   * import { axiosAuth } from 'tokenwarden/axios';
+   * const api = axios.create({ baseURL: 'https://api.example.com' });
+   * axiosAuth(api, users.tokenProvider(req.session.sub, { scope: 'orders:read' }));
+   * const { data } = await api.get('/orders');
+   * ```
+   */
+  tokenProvider(subject: string, request?: AccessTokenRequest): TokenProvider {
+    return {
+      getToken: (o) => this.getAccessToken(subject, o?.signal ? { ...request, signal: o.signal } : request),
+      invalidate: (accessToken) =>
+        accessToken === undefined ? Promise.resolve() : this.invalidate(subject, accessToken),
+      dpop: this.client.dpop,
+    };
   }
 
   /**
