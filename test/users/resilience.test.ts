@@ -127,9 +127,9 @@ describe('UserTokens when the store fails', () => {
     await other.close();
   });
 
-  it('invalidate() while the store is down changes nothing: the token stays, fetchAs returns the 401, no refresh token spent', async () => {
+  it('invalidate() while the store fails or does not answer changes nothing (given up after storeTimeout): the token stays, fetchAs returns the 401, no refresh token spent', async () => {
     const store = new FailingStore(new MemoryStore());
-    const users = usersFor(steady, { store });
+    const users = usersFor(steady, { store, storeTimeout: '200ms' });
     const json = await steady.login('dora');
     await users.save('dora', json);
     let sent = 0;
@@ -148,9 +148,15 @@ describe('UserTokens when the store fails', () => {
       expect((await users.listAccessTokens('dora')).map((e) => e.token.accessToken)).toEqual([json['access_token']]);
     }
     expect([sent, steadyRefreshes() - before]).toEqual([2, 0]);
+    // A store that does not answer at all: given up after storeTimeout, and the same again.
+    store.hang = true;
+    await users.invalidate('dora', json['access_token'] as string);
+    expect((await api('http://api.example.test/')).status).toBe(401);
+    store.hang = false;
+    expect([sent, steadyRefreshes() - before]).toEqual([3, 0]);
     // Up again: the next 401 drops it and the request goes again with a new token.
     expect((await api('http://api.example.test/')).status).toBe(401);
-    expect([sent, steadyRefreshes() - before]).toEqual([4, 1]);
+    expect([sent, steadyRefreshes() - before]).toEqual([5, 1]);
     await users.close();
   });
 
