@@ -61,9 +61,69 @@ export async function rememberDpopNonce(
     .catch(() => undefined);
 }
 
-/** True for a 401 that asks for a DPoP proof with a (new) server nonce: `error="use_dpop_nonce"`. */
+/** True for a 401 that asks for a DPoP proof with a (new) server nonce: a `DPoP` challenge with `error="use_dpop_nonce"`. */
 export function isDpopNonceChallenge(status: number, wwwAuthenticate: string | null | undefined): boolean {
-  return status === 401 && /\bdpop\b[^]*error\s*=\s*"?use_dpop_nonce"?/i.test(wwwAuthenticate ?? '');
+  if (status !== 401 || !wwwAuthenticate) return false;
+  return challengeErrors(wwwAuthenticate).some((c) => c.scheme === 'dpop' && c.error === 'use_dpop_nonce');
+}
+
+/** RFC 9110 §5.6.2 `token`. */
+const TOKEN = /[!#$%&'*+.^_`|~0-9A-Za-z-]+/y;
+/** An auth-param: token BWS "=" BWS ( token / quoted-string ), with the whitespace around it. */
+const AUTH_PARAM =
+  /[ \t]*([!#$%&'*+.^_`|~0-9A-Za-z-]+)[ \t]*=[ \t]*(?:"((?:[^"\\]|\\[^])*)"|([!#$%&'*+.^_`|~0-9A-Za-z-]+))[ \t]*/y;
+/** A token68 ending its challenge. */
+const TOKEN68 = /[ \t]*[A-Za-z0-9._~+/-]+=*[ \t]*(?=,|$)/y;
+
+/**
+ * The scheme (lower case) and `error` parameter of each challenge in a `WWW-Authenticate` value (RFC 9110
+ * §11.6.1), read by its grammar: a quoted `error_description` that mentions `error="invalid_token"`, a
+ * parameter named `xerror` or a value `invalid_token_type` is not an `error` of `invalid_token`. Leniently: what
+ * precedes the first part that does not parse is kept (`error=invalid_token, error_description=Token expired`
+ * still says `invalid_token`). The `error` value is compared without regard to case.
+ */
+export function challengeErrors(value: string): { scheme: string; error: string | undefined }[] {
+  const found: { scheme: string; error: string | undefined }[] = [];
+  const at = (re: RegExp, i: number): RegExpExecArray | null => {
+    re.lastIndex = i;
+    return re.exec(value);
+  };
+  const n = value.length;
+  let i = 0;
+  for (;;) {
+    while (i < n && (value[i] === ',' || value[i] === ' ' || value[i] === '\t')) i++;
+    const scheme = at(TOKEN, i);
+    if (scheme === null) return found;
+    const challenge: { scheme: string; error: string | undefined } = {
+      scheme: scheme[0].toLowerCase(),
+      error: undefined,
+    };
+    found.push(challenge);
+    i = TOKEN.lastIndex;
+    if (i >= n || value[i] === ',') continue;
+    if (value[i] !== ' ' && value[i] !== '\t') return found;
+    if (at(AUTH_PARAM, i) === null) {
+      if (at(TOKEN68, i) === null) return found;
+      i = TOKEN68.lastIndex;
+      continue;
+    }
+    for (;;) {
+      const param = at(AUTH_PARAM, i);
+      if (param === null) return found;
+      i = AUTH_PARAM.lastIndex;
+      // A parameter given twice is an error (RFC 9110 §11.2): the first is kept.
+      if ((param[1] as string).toLowerCase() === 'error' && challenge.error === undefined) {
+        challenge.error = (param[2]?.replace(/\\([^])/g, '$1') ?? param[3] ?? '').toLowerCase();
+      }
+      if (i >= n) return found;
+      if (value[i] !== ',') return found;
+      // After the comma: another parameter of this challenge, or the next challenge.
+      let j = i;
+      while (j < n && (value[j] === ',' || value[j] === ' ' || value[j] === '\t')) j++;
+      if (at(AUTH_PARAM, j) === null) break;
+      i = j;
+    }
+  }
 }
 
 /**
@@ -75,7 +135,8 @@ export function isRetryable401(retryOn: RetryOn401, status: number, headers: Hea
   if (status !== 401 || retryOn === 'never') return false;
   if (retryOn === 'always') return true;
   if (typeof retryOn === 'function') return retryOn(response ?? new Response(null, { status, headers })) === true;
-  return /error\s*=\s*"?invalid_token"?/i.test(headers.get('www-authenticate') ?? '');
+  const challenge = headers.get('www-authenticate');
+  return challenge !== null && challengeErrors(challenge).some((c) => c.error === 'invalid_token');
 }
 
 /**
