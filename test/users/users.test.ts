@@ -274,6 +274,40 @@ for (const factory of storeFactories) {
       await store.close();
     });
 
+    it('20 calls on two instances get a 401 for one token at once: one drop, one refresh, every call sent again and answered', async () => {
+      const store = await open();
+      const [a, b] = [usersFor(steady, { store }), usersFor(steady, { store })];
+      await a.save('ines', await steady.login('ines'));
+      const refused = (await b.getAccessToken('ines')).accessToken;
+      // The API checks each JWT (bearerAuth) and keeps a list of tokens it no longer takes (revoked at logout
+      // elsewhere, say): those get 401 invalid_token.
+      const authenticate = bearerAuth({ issuer: steady.issuer, audience: API_RESOURCE, allowInsecureRequests: true });
+      const seen: string[] = [];
+      const api = createServer((req, res) => {
+        const token = (req.headers.authorization ?? '').replace(/^Bearer /, '');
+        seen.push(token);
+        if (token === refused) {
+          res.writeHead(401, { 'www-authenticate': 'Bearer error="invalid_token"' }).end();
+          return;
+        }
+        void authenticate(req, res).then((auth) => auth !== false && res.end('ok'));
+      });
+      await new Promise<void>((resolve) => api.listen(0, '127.0.0.1', resolve));
+      const url = `http://127.0.0.1:${(api.address() as AddressInfo).port}/`;
+      const before = steadyRefreshes();
+      const answers = await Promise.all(
+        Array.from({ length: 20 }, async (_, i) => (await (i % 2 ? a : b).fetchAs('ines')(url)).status),
+      );
+      expect(answers).toEqual(Array.from({ length: 20 }, () => 200));
+      expect(steadyRefreshes() - before).toBe(1);
+      const fresh = (await a.getAccessToken('ines')).accessToken;
+      expect(seen.filter((t) => t === refused)).toHaveLength(20);
+      expect(seen.filter((t) => t === fresh)).toHaveLength(20);
+      await Promise.all([a.close(), b.close()]);
+      await new Promise((resolve) => api.close(resolve));
+      await store.close();
+    });
+
     it('invalidate() on one instance drops the token for all: one refresh between them, two forced per window in all', async () => {
       const store = await open();
       // Both read the store before each call (by default, another instance's drop is seen within 1 s).
