@@ -3,7 +3,7 @@
  * 3 s tokens: the sink file stays valid (and private) while tokens are refreshed, through an outage, over
  * loopback HTTP, and the agent stops cleanly on SIGTERM / SIGINT.
  */
-import { readFile, stat, writeFile } from 'node:fs/promises';
+import { open, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { decodeJwt } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -45,15 +45,20 @@ async function watchSink(file: string, ms: number): Promise<Sample[]> {
   const samples: Sample[] = [];
   const end = Date.now() + ms;
   while (Date.now() < end) {
-    const token = await readFile(file, 'utf8').catch(() => undefined);
+    // One open file: its content and its mode are of the same file (the agent replaces it by rename, and removes
+    // it when its token runs out: a path read twice could be two files, or one and then none).
+    const handle = await open(file, 'r').catch(() => undefined);
     const at = Date.now();
-    const mode =
-      token === undefined
-        ? undefined
-        : await stat(file).then(
-            (s) => s.mode & 0o777,
-            () => undefined,
-          );
+    let token: string | undefined;
+    let mode: number | undefined;
+    if (handle !== undefined) {
+      try {
+        mode = (await handle.stat()).mode & 0o777;
+        token = await handle.readFile('utf8');
+      } finally {
+        await handle.close();
+      }
+    }
     samples.push({ at, token, mode });
     await sleep(50);
   }
