@@ -109,7 +109,8 @@ export function invalidTokenField(token: {
 /**
  * When the refresh token expires, from `issuedAt`, when the server said: `refresh_expires_in` (Keycloak) or
  * `refresh_token_expires_in` (Microsoft Entra ID, GitHub Apps), in seconds. `0` (Keycloak's offline tokens) or
- * anything that is not a positive number says nothing. One reading for UserTokens and the refresh token grant.
+ * anything that is not a positive number says nothing, nor does a lifetime over ten years (`MAX_LIFETIME_MS`). One
+ * reading for UserTokens and the refresh token grant.
  *
  * @example
  * ```ts
@@ -122,9 +123,10 @@ export function refreshExpiry(
 ): { refreshExpiresAt?: number } {
   const value = json['refresh_expires_in'] ?? json['refresh_token_expires_in'];
   const seconds = typeof value === 'string' ? Number(value) : value;
-  return typeof seconds === 'number' && Number.isFinite(seconds) && seconds > 0
-    ? { refreshExpiresAt: issuedAt + seconds * 1000 }
-    : {};
+  if (typeof seconds !== 'number' || !(seconds > 0)) return {};
+  // Longer than any lifetime we believe is no limit (1e308 s would overflow to Infinity, which JSON writes as null).
+  const ms = seconds * 1000;
+  return ms <= MAX_LIFETIME_MS ? { refreshExpiresAt: issuedAt + ms } : {};
 }
 
 /**

@@ -1,6 +1,6 @@
 import { SignJWT } from 'jose';
 import { describe, expect, it } from 'vitest';
-import { MAX_LIFETIME_MS, parseStoredToken, serializeToken, tokenFromResponse } from '../src/token.js';
+import { MAX_LIFETIME_MS, parseStoredToken, refreshExpiry, serializeToken, tokenFromResponse } from '../src/token.js';
 
 const key = new TextEncoder().encode('0123456789abcdef0123456789abcdef');
 const jwt = (claims: Record<string, number>) => new SignJWT(claims).setProtectedHeader({ alg: 'HS256' }).sign(key);
@@ -106,5 +106,23 @@ describe('the fleet placeholder', () => {
   it('a stored token with an empty access token (a first refresh announced) is still read back', () => {
     const placeholder = { v: 1, accessToken: '', tokenType: 'Bearer', issuedAt: 1, expiresAt: 1, raw: {}, seq: 1 };
     expect(parseStoredToken(JSON.stringify(placeholder))?.accessToken).toBe('');
+  });
+});
+
+describe('refreshExpiry', () => {
+  it.each([
+    [{ refresh_expires_in: 1800 }, T0 + 1_800_000],
+    [{ refresh_token_expires_in: '7200' }, T0 + 7_200_000],
+    [{ refresh_expires_in: MAX_LIFETIME_MS / 1000 }, T0 + MAX_LIFETIME_MS],
+    [{ refresh_expires_in: 0 }, undefined], // Keycloak's offline tokens: no limit
+    [{ refresh_expires_in: -5 }, undefined],
+    [{ refresh_expires_in: 'NaN' }, undefined],
+    [{ refresh_expires_in: '1e400' }, undefined], // Infinity
+    [{ refresh_expires_in: 1e308 }, undefined], // overflows to Infinity in milliseconds (JSON would write null)
+    [{ refresh_expires_in: MAX_LIFETIME_MS / 1000 + 1 }, undefined], // longer than any lifetime believed
+    [{ refresh_expires_in: [60] }, undefined],
+    [{}, undefined],
+  ])('%j → %s', (json, expected) => {
+    expect(refreshExpiry(json, T0).refreshExpiresAt).toBe(expected);
   });
 });
