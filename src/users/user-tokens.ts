@@ -54,6 +54,9 @@ import {
 } from './record.js';
 import { DEFAULT_SPEC, type Spec, spec, specKey } from './spec.js';
 
+/** The last moment a `Date` can hold (ECMAScript §21.4.1.1). */
+const MAX_DATE_MS = 8.64e15;
+
 /** Records the default (private) `MemoryStore` holds: every signed-in user of a large app. */
 const DEFAULT_MAX_RECORDS = 1_000_000;
 
@@ -249,6 +252,11 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
     this.#checkOpen();
     const key = this.keyFor(subject);
     const json = checkTokenResponse(tokenResponse);
+    const issuedAt: unknown = options.issuedAt;
+    // Written into the record: a NaN, an Infinity or a string there would make the record unreadable (JSON null).
+    if (issuedAt !== undefined && !(typeof issuedAt === 'number' && issuedAt >= 0 && issuedAt <= MAX_DATE_MS)) {
+      throw new TokenwardenError('ERR_CONFIG', 'issuedAt must be a time in milliseconds since the epoch');
+    }
     const now = this.#clock.now();
     // The login's token is the subject's default token; `options.scope` is what it covers when the response does not say.
     const want = spec({ resource: options.resource, extraParams: options.extraParams });

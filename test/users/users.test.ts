@@ -552,6 +552,34 @@ describe('UserTokens', () => {
     await users.close();
   });
 
+  it('save() with malformed options (issuedAt NaN, Infinity, a string; scope of the wrong type) is ERR_CONFIG, and the login before it stays readable', async () => {
+    const store = new MemoryStore();
+    const users = usersFor(steady, { store });
+    const first = await syntheticResponse(steady, 'nina');
+    await users.save('nina', first);
+    const stored = (await store.get(users.keyFor('nina')))?.value;
+    const bad: unknown[] = [
+      { issuedAt: Number.NaN },
+      { issuedAt: Number.POSITIVE_INFINITY },
+      { issuedAt: -1 },
+      { issuedAt: 1e20 },
+      { issuedAt: '2026-11-30' },
+      { scope: 5 },
+      { resource: { url: API_RESOURCE } },
+      { extraParams: 'audience=x' },
+    ];
+    for (const options of bad) {
+      await expect(
+        users.save('nina', await syntheticResponse(steady, 'nina'), options as never),
+        JSON.stringify(options),
+      ).rejects.toMatchObject({ code: 'ERR_CONFIG' });
+    }
+    expect((await store.get(users.keyFor('nina')))?.value).toBe(stored);
+    const other = usersFor(steady, { store });
+    expect((await other.getAccessToken('nina')).accessToken).toBe(first['access_token']);
+    await Promise.all([users.close(), other.close()]);
+  });
+
   it('rejects per-request options in the constructor, and never shows the secret', () => {
     expect(() => usersFor(as, { scope: 'read' } as never)).toThrow(/getAccessToken/);
     const text = JSON.stringify(users) + inspect(users);
