@@ -5,10 +5,13 @@
  * a Basic credential it `unquote_plus`-decodes, opaque tokens, rotation that revokes the spent refresh token,
  * and RFC 7662 introspection that refuses a bad client with a bare HTML 403.
  */
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { inspect } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ManualClock } from '../src/clock.js';
-import { UserTokens, refreshToken } from '../src/index.js';
+import { MemoryStore, UserTokens, refreshToken } from '../src/index.js';
+import { bearerAuth } from '../src/server/adapters/node.js';
 import { createVerifier } from '../src/server/index.js';
 import { interopSuite } from './support/interop.js';
 import {
@@ -105,6 +108,59 @@ describe.skipIf(!available)('Django OAuth Toolkit', () => {
       await users.revoke('dave');
       await users.close();
       expect(await verify(`Bearer ${login.access_token}`)).toMatchObject({ ok: false, failure: { status: 401 } });
+    });
+
+    it('an access token revoked alone: the API answers 401, and DOT answers the refresh for the retry with a bare 500 — ERR_HTTP_STATUS, the refresh token kept', async () => {
+      const authenticate = bearerAuth({
+        issuer: server.issuer,
+        strategy: 'introspection',
+        introspection: {
+          endpoint: server.introspectionEndpoint,
+          clientId: server.clients.svc.clientId,
+          clientSecret: server.clients.svc.clientSecret,
+        },
+        allowInsecureRequests: true,
+        cache: false,
+      });
+      const seen: string[] = [];
+      const api = createServer((req, res) => {
+        seen.push(req.headers.authorization ?? '');
+        void authenticate(req, res).then((auth) => auth !== false && res.end('ok'));
+      });
+      await new Promise<void>((resolve) => api.listen(0, '127.0.0.1', resolve));
+      const url = `http://127.0.0.1:${(api.address() as AddressInfo).port}/orders`;
+      const store = new MemoryStore();
+      const users = new UserTokens({
+        issuer: server.issuer,
+        ...server.clients.app,
+        revocationEndpoint: `${server.issuer}/revoke_token/`,
+        allowInsecureRequests: true,
+        store,
+      });
+      try {
+        const login = await server.login('erin');
+        await users.save('erin', login);
+        const call = users.fetchAs('erin');
+        expect((await call(url)).status).toBe(200);
+        await users.client.revoke(login.access_token as string, 'access_token');
+        const from = (await server.record()).refreshTokensPresented.length;
+        // DOT 2.x fails on a refresh token whose access token was revoked (an unhandled error: a 500 page).
+        await expect(call(url, { method: 'POST', body: '{"item":1}' })).rejects.toMatchObject({
+          code: 'ERR_HTTP_STATUS',
+          status: 500,
+        });
+        expect((await server.record()).refreshTokensPresented.slice(from)).toEqual([login.refresh_token]);
+        expect(seen).toEqual([`Bearer ${login.access_token}`, `Bearer ${login.access_token}`]);
+        // A 500 does not say the refresh token is dead: it is kept (the next call may try it again), the revoked
+        // access token is not.
+        const stored = (await store.get(users.keyFor('erin')))?.value ?? '';
+        expect([stored.includes(login.refresh_token as string), stored.includes(login.access_token as string)]).toEqual(
+          [true, false],
+        );
+      } finally {
+        await users.close();
+        await new Promise((resolve) => api.close(resolve));
+      }
     });
 
     it("the resource server's own credentials refused (a bare HTML 403): 503 for the token, the secret nowhere", async () => {
