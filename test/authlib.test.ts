@@ -23,6 +23,7 @@ import {
 } from '../src/index.js';
 import { createVerifier } from '../src/server/index.js';
 import { type Authlib, type PrivateJwk, requireAuthlib, startAuthlib } from './support/authlib.js';
+import { startApi } from './support/api.js';
 import { interopSuite } from './support/interop.js';
 import { renderings } from './security/support.js';
 
@@ -304,6 +305,33 @@ describe.skipIf(!available)('Authlib', () => {
       await users.revoke('dave');
       await users.close();
       expect(await verify(`Bearer ${login.access_token}`)).toMatchObject(invalid);
+    });
+
+    it('an access token revoked alone: the API answers 401 invalid_token, fetchAs refreshes once and sends the request again', async () => {
+      const api = await startApi({
+        issuer: server.issuer,
+        strategy: 'introspection',
+        introspection: { clientId: server.clients.svc.clientId, clientSecret: server.clients.svc.clientSecret },
+        allowInsecureRequests: true,
+        cache: false,
+      });
+      const users = new UserTokens({ issuer: server.issuer, ...server.clients.app, allowInsecureRequests: true });
+      try {
+        const login = await server.login('erin');
+        await users.save('erin', login);
+        const call = users.fetchAs('erin');
+        expect((await call(api.url)).status).toBe(200);
+        await users.client.revoke(login.access_token as string, 'access_token');
+        const from = (await server.record()).refreshTokensPresented.length;
+        const res = await call(api.url, { method: 'POST', body: '{"item":1}' });
+        expect([res.status, await res.text()]).toEqual([200, 'ok']);
+        expect((await server.record()).refreshTokensPresented.slice(from)).toEqual([login.refresh_token]);
+        const fresh = (await users.getAccessToken('erin')).accessToken;
+        expect(api.seen).toEqual([`Bearer ${login.access_token}`, `Bearer ${login.access_token}`, `Bearer ${fresh}`]);
+      } finally {
+        await users.close();
+        await api.close();
+      }
     });
 
     it('a client credentials token (no subject) is active for its client', async () => {

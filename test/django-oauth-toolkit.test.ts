@@ -5,14 +5,12 @@
  * a Basic credential it `unquote_plus`-decodes, opaque tokens, rotation that revokes the spent refresh token,
  * and RFC 7662 introspection that refuses a bad client with a bare HTML 403.
  */
-import { createServer } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { inspect } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ManualClock } from '../src/clock.js';
 import { MemoryStore, UserTokens, refreshToken } from '../src/index.js';
-import { bearerAuth } from '../src/server/adapters/node.js';
 import { createVerifier } from '../src/server/index.js';
+import { startApi } from './support/api.js';
 import { interopSuite } from './support/interop.js';
 import {
   type DjangoOAuthToolkit,
@@ -111,7 +109,7 @@ describe.skipIf(!available)('Django OAuth Toolkit', () => {
     });
 
     it('an access token revoked alone: the API answers 401, and DOT answers the refresh for the retry with a bare 500 — ERR_HTTP_STATUS, the refresh token kept', async () => {
-      const authenticate = bearerAuth({
+      const api = await startApi({
         issuer: server.issuer,
         strategy: 'introspection',
         introspection: {
@@ -122,13 +120,7 @@ describe.skipIf(!available)('Django OAuth Toolkit', () => {
         allowInsecureRequests: true,
         cache: false,
       });
-      const seen: string[] = [];
-      const api = createServer((req, res) => {
-        seen.push(req.headers.authorization ?? '');
-        void authenticate(req, res).then((auth) => auth !== false && res.end('ok'));
-      });
-      await new Promise<void>((resolve) => api.listen(0, '127.0.0.1', resolve));
-      const url = `http://127.0.0.1:${(api.address() as AddressInfo).port}/orders`;
+      const { url, seen } = api;
       const store = new MemoryStore();
       const users = new UserTokens({
         issuer: server.issuer,
@@ -159,7 +151,7 @@ describe.skipIf(!available)('Django OAuth Toolkit', () => {
         );
       } finally {
         await users.close();
-        await new Promise((resolve) => api.close(resolve));
+        await api.close();
       }
     });
 

@@ -31,6 +31,7 @@ import { axiosAuth } from '../src/http/axios.js';
 import { authInterceptor } from '../src/http/undici.js';
 import { bearerAuth } from '../src/server/adapters/node.js';
 import { type Glewlwyd, requireGlewlwyd, startGlewlwyd } from './support/glewlwyd.js';
+import { startApi } from './support/api.js';
 import { interopSuite } from './support/interop.js';
 import { renderings } from './security/support.js';
 import { PASSWORD } from './support/python-server.js';
@@ -539,20 +540,14 @@ describe.skipIf(!available)('Glewlwyd', () => {
     ];
     for (const [name, caller] of callers) {
       it(`an access token revoked alone (the grant lives on): the API answers 401 invalid_token; ${name} refreshes once and sends the request again`, async () => {
-        const authenticate = bearerAuth({
+        const api = await startApi({
           issuer: server.issuer,
           strategy: 'introspection',
           introspection: server.clients.svc,
           allowInsecureRequests: true,
           cache: false,
         });
-        const seen: string[] = [];
-        const api = createServer((req, res) => {
-          seen.push(req.headers.authorization ?? '');
-          void authenticate(req, res).then((auth) => auth !== false && res.end('ok'));
-        });
-        await new Promise<void>((resolve) => api.listen(0, '127.0.0.1', resolve));
-        const url = `http://127.0.0.1:${(api.address() as AddressInfo).port}/orders`;
+        const { url, seen } = api;
         const users = new UserTokens({ issuer: server.issuer, ...server.clients.app, allowInsecureRequests: true });
         try {
           const login = await server.login('erin');
@@ -568,7 +563,7 @@ describe.skipIf(!available)('Glewlwyd', () => {
           expect((await users.listAccessTokens('erin')).map((e) => e.token.accessToken)).toEqual([fresh]);
         } finally {
           await users.close();
-          await new Promise((resolve) => api.close(resolve));
+          await api.close();
         }
       });
     }

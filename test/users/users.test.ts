@@ -1,12 +1,8 @@
-import { type AddressInfo } from 'node:net';
-import { createServer } from 'node:http';
 import { inspect } from 'node:util';
 import { decodeJwt } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ManualClock } from '../../src/clock.js';
 import { TokenwardenError } from '../../src/errors.js';
-import { type BearerAuthOptions, bearerAuth } from '../../src/server/adapters/node.js';
-import type { VerifierOptions } from '../../src/server/index.js';
 import { MemoryStore } from '../../src/stores/memory.js';
 import type { TokenStore } from '../../src/stores/store.js';
 import type { UserTokens } from '../../src/users/index.js';
@@ -16,6 +12,7 @@ import {
   type TestAuthorizationServer,
   startAuthorizationServer,
 } from '../support/authorization-server.js';
+import { type TestApi, startApi } from '../support/api.js';
 import { hsIdToken, msUntilExpiry, sleep, subjectOf, syntheticResponse, untilExpired, usersFor } from './helpers.js';
 import { cleanupStores, openStore, storeFactories } from './stores.js';
 
@@ -281,19 +278,11 @@ for (const factory of storeFactories) {
       const refused = (await b.getAccessToken('ines')).accessToken;
       // The API checks each JWT (bearerAuth) and keeps a list of tokens it no longer takes (revoked at logout
       // elsewhere, say): those get 401 invalid_token.
-      const authenticate = bearerAuth({ issuer: steady.issuer, audience: API_RESOURCE, allowInsecureRequests: true });
-      const seen: string[] = [];
-      const api = createServer((req, res) => {
-        const token = (req.headers.authorization ?? '').replace(/^Bearer /, '');
-        seen.push(token);
-        if (token === refused) {
-          res.writeHead(401, { 'www-authenticate': 'Bearer error="invalid_token"' }).end();
-          return;
-        }
-        void authenticate(req, res).then((auth) => auth !== false && res.end('ok'));
-      });
-      await new Promise<void>((resolve) => api.listen(0, '127.0.0.1', resolve));
-      const url = `http://127.0.0.1:${(api.address() as AddressInfo).port}/`;
+      const api = await startApi(
+        { issuer: steady.issuer, audience: API_RESOURCE, allowInsecureRequests: true },
+        (token) => token === refused,
+      );
+      const url = api.url;
       const before = steadyRefreshes();
       const answers = await Promise.all(
         Array.from({ length: 20 }, async (_, i) => (await (i % 2 ? a : b).fetchAs('ines')(url)).status),
@@ -301,10 +290,10 @@ for (const factory of storeFactories) {
       expect(answers).toEqual(Array.from({ length: 20 }, () => 200));
       expect(steadyRefreshes() - before).toBe(1);
       const fresh = (await a.getAccessToken('ines')).accessToken;
-      expect(seen.filter((t) => t === refused)).toHaveLength(20);
-      expect(seen.filter((t) => t === fresh)).toHaveLength(20);
+      expect(api.seen.filter((t) => t === `Bearer ${refused}`)).toHaveLength(20);
+      expect(api.seen.filter((t) => t === `Bearer ${fresh}`)).toHaveLength(20);
       await Promise.all([a.close(), b.close()]);
-      await new Promise((resolve) => api.close(resolve));
+      await api.close();
       await store.close();
     });
 
@@ -622,38 +611,21 @@ describe('UserTokens.fetchAs', () => {
     await users.close();
   });
 
-  /** A real API: node:http with tokenwarden's bearerAuth, introspecting every token at the server (no cache). */
-  async function startApi(
-    how: Pick<VerifierOptions, 'introspection' | 'audience'> = {
+  /** An API introspecting every token at the server (no cache). */
+  const introspectingApi = (): Promise<TestApi> =>
+    startApi({
+      issuer: steady.issuer,
       introspection: {
         clientId: steady.clients.rs.clientId,
         clientSecret: steady.clients.rs.clientSecret,
         cacheMaxAge: 0,
         inactiveCacheMaxAge: 0,
       },
-    },
-  ): Promise<{ url: string; seen: string[]; close(): Promise<void> }> {
-    const authenticate = bearerAuth({
-      issuer: steady.issuer,
       allowInsecureRequests: true,
-      ...how,
-    } as BearerAuthOptions);
-    const seen: string[] = [];
-    const server = createServer((req, res) => {
-      seen.push(req.headers.authorization ?? '');
-      void authenticate(req, res).then((auth) => auth !== false && res.end('ok'));
     });
-    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-    const { port } = server.address() as AddressInfo;
-    return {
-      url: `http://127.0.0.1:${port}/orders`,
-      seen,
-      close: () => new Promise((resolve) => server.close(() => resolve())),
-    };
-  }
 
   it('a token revoked at oidc-provider (which revokes every token of the grant): the API answers 401, the retry finds the grant gone, ERR_LOGIN_REQUIRED', async () => {
-    const api = await startApi();
+    const api = await introspectingApi();
     const users = usersFor(steady);
     const signedOut: string[] = [];
     users.on('loginRequired', ({ subject }) => signedOut.push(subject));
@@ -680,7 +652,11 @@ describe('UserTokens.fetchAs', () => {
 
   it('an API that refuses every token of a user costs two forced refreshes per window across instances, not one per call', async () => {
     // The API expects another audience: every token the user gets is refused with 401 invalid_token.
-    const api = await startApi({ audience: 'https://elsewhere.example.test' });
+    const api = await startApi({
+      issuer: steady.issuer,
+      audience: 'https://elsewhere.example.test',
+      allowInsecureRequests: true,
+    });
     const clock = new ManualClock(Date.now());
     const store = new MemoryStore({ clock });
     const [a, b] = [usersFor(steady, { store, clock }), usersFor(steady, { store, clock })];
