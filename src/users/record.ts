@@ -202,6 +202,8 @@ function fromV2(d: Record<string, unknown>): UserRecord | undefined {
   for (const e of d['a'] as unknown[]) {
     if (e === null || typeof e !== 'object') return undefined;
     const a = e as Record<string, unknown>;
+    // An empty access token is a placeholder elsewhere (a TokenManager's announced refresh), never in a record.
+    if (typeof a['t'] !== 'string' || a['t'] === '') return undefined;
     const issuedAt = a['at'] ?? d['u'];
     const lifetime = a['e'];
     if (lifetime !== undefined && typeof lifetime !== 'number') return undefined;
@@ -271,6 +273,7 @@ function fromV1(d: Record<string, unknown>, issuer: string, clientId: string): U
     if (e === null || typeof e !== 'object') return undefined;
     const entry = e as { spec?: unknown; token?: unknown };
     const token = toToken(entry.token);
+    if (token?.accessToken === '') return undefined;
     const spec =
       entry.spec === null || typeof entry.spec !== 'object' ? undefined : checkSpec(entry.spec as StoredSpec);
     if (token === undefined || spec === undefined) return undefined;
