@@ -331,6 +331,11 @@ export function toToken(data: unknown): Token | undefined {
     idToken?: string;
     scope?: string;
   };
+  // The placeholder expires as it is written (`expiresAt` = `issuedAt`): an empty token that claims any life left
+  // is a corrupted entry, and would be served as `Bearer ` (nothing).
+  if (strings.accessToken === '' && !(typeof d['expiresAt'] === 'number' && d['expiresAt'] <= d['issuedAt'])) {
+    return undefined;
+  }
   const checked = strings.accessToken === '' ? { ...strings, accessToken: 'placeholder' } : strings;
   if (invalidTokenField(checked) !== undefined) return undefined;
   const raw = d['raw'] !== null && typeof d['raw'] === 'object' ? (d['raw'] as Record<string, unknown>) : {};
