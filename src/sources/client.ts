@@ -692,9 +692,15 @@ function canonicalJson(value: unknown): string {
 /**
  * Refuses request options of the wrong type (`scope: 5`, `resource: { url }`, `extraParams: 'a=b'`) and values
  * that cannot be sent as they are (a lone surrogate becomes U+FFFD in a form body): `ERR_CONFIG` at
- * construction, not a mangled request or a `TypeError` at the first token request.
+ * construction, not a mangled request or a `TypeError` at the first token request. Also the first check of a
+ * `UserTokens` request (`spec()`), which adds its own rules.
  */
-function checkRequestParams(options: ClientOptions): void {
+export function checkRequestParams(options: {
+  readonly scope?: unknown;
+  readonly resource?: unknown;
+  readonly audience?: unknown;
+  readonly extraParams?: unknown;
+}): void {
   const checkList = (value: unknown, name: string): void => {
     if (value === undefined) return;
     const list: unknown[] = Array.isArray(value) ? value : [value];

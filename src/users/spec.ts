@@ -5,6 +5,7 @@
  * @module
  */
 import { TokenwardenError } from '../errors.js';
+import { checkRequestParams } from '../sources/client.js';
 
 /** The identity of an access token inside a record: what was asked for. */
 export interface Spec {
@@ -38,11 +39,9 @@ export function splitScope(scope: string): string[] {
   return scope.split(/\s+/).filter((s) => s !== '');
 }
 
+/** A list of non-empty strings (their types were checked by `checkRequestParams`). */
 function toList(value: string | readonly string[] | undefined, name: string): string[] | null {
   if (value === undefined) return null;
-  if (typeof value !== 'string' && !Array.isArray(value)) {
-    throw new TokenwardenError('ERR_CONFIG', `${name} must be a string or an array of strings`);
-  }
   const list = typeof value === 'string' ? [value] : [...value];
   for (const item of list) {
     if (typeof item !== 'string' || item === '')
@@ -61,15 +60,13 @@ export function spec(
       }
     | undefined,
 ): Spec {
+  if (request !== undefined) checkRequestParams(request);
   const scopeList = toList(request?.scope, 'scope');
   const scopes = scopeList === null ? null : [...new Set(scopeList.flatMap(splitScope))].sort();
   const resourceList = toList(request?.resource, 'resource');
   const resource = resourceList === null ? null : [...new Set(resourceList)].sort();
   let params: Record<string, string[]> | null = null;
   if (request?.extraParams !== undefined) {
-    if (typeof request.extraParams !== 'object' || request.extraParams === null || Array.isArray(request.extraParams)) {
-      throw new TokenwardenError('ERR_CONFIG', 'extraParams must be an object of parameter names to values');
-    }
     const names = Object.keys(request.extraParams).sort();
     if (names.length > 0) params = {};
     for (const name of names) {

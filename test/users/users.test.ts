@@ -528,6 +528,9 @@ describe('UserTokens', () => {
       { extraParams: null },
       { extraParams: { audience: 5 } },
       { extraParams: { grant_type: 'password' } },
+      { scope: 'read\uD800' }, // a lone surrogate: sent as U+FFFD, not as asked
+      { resource: ['https://api.example.test/\uDC00'] },
+      { extraParams: { audience: 'x\uDBFF' } },
     ];
     for (const request of bad) {
       const label = JSON.stringify(request);
