@@ -321,13 +321,15 @@ export class Fleet<S> {
   /**
    * Reads the key and makes this process and the store agree (see the rules above); never spends.
    * `restore`: the store may have lost the entry (after a reset), so what this process holds is written back
-   * into a missing entry too. Resolves to whether the store answered.
+   * into a missing entry too (as it is during the settle after a reset, whatever `restore` says). Resolves to
+   * the store's error when it did not answer.
    */
-  async sync(slot: Slot<S>, restore = false): Promise<boolean> {
+  async sync(slot: Slot<S>, restore = false): Promise<TokenwardenError | undefined> {
     const budget = new Budget(this.#o.storeTimeoutMs);
     const read = await this.#read(slot, budget);
-    if (read.ok) await this.#reconcile(slot, read, budget, restore);
-    return read.ok;
+    if (!read.ok) return read.error;
+    await this.#reconcile(slot, read, budget, restore);
+    return undefined;
   }
 
   /** Drops a pending write of `key` (its entry was deleted on purpose: a sign-out is not undone). */

@@ -894,8 +894,9 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
       if (!read.ok) return 'failed';
       const current = read.value === undefined ? undefined : this.#decode(slot, read.value.value);
       if (current === undefined || read.value === undefined) {
-        this.#cache.delete(subject);
-        return 'gone';
+        const held = await this.#missing(subject, slot);
+        if (held !== true) return held === false ? 'gone' : 'failed';
+        continue; // written back: the store had lost it (a reset)
       }
       const next = change(current.state);
       if (next === undefined) {
@@ -959,11 +960,27 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
     if (!result.ok) throw result.error;
     const current = result.value === undefined ? undefined : this.#decode(slot, result.value.value);
     if (current === undefined || result.value === undefined) {
-      this.#cache.delete(subject);
-      return undefined;
+      const held = await this.#missing(subject, slot);
+      if (held !== true) {
+        if (held === false) return undefined;
+        throw held;
+      }
+      const cached = this.#cache.peek(subject);
+      return cached === undefined ? undefined : this.#reread(cached);
     }
     this.#take(subject, key, { state: current.state, seq: current.seq, version: result.value.version }, 'store');
     return current.state;
+  }
+
+  /**
+   * The subject's record was not in the store: signed out elsewhere (dropped here too) — or lost by a store
+   * emptied or failed over (a reset), when what this instance holds goes back in. The fleet core tells the two
+   * apart (by the settle after a reset, and writes pending here), as it does on every other read. Whether the
+   * subject is still held, or the store's error when it did not answer that second look.
+   */
+  async #missing(subject: string, slot: Slot<UserRecord>): Promise<boolean | TokenwardenError> {
+    if (this.#cache.peek(subject) === undefined) return false;
+    return (await this.#fleet.sync(slot)) ?? this.#cache.peek(subject) !== undefined;
   }
 
   /** Parses a stored record; anything that is not this subject's record (corrupt, foreign, collided) is a miss. */

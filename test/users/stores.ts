@@ -4,7 +4,7 @@
  * tables are this run's own (random prefix / table) and removed by `cleanupStores()`.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { FileStore } from '../../src/stores/file.js';
@@ -85,6 +85,32 @@ export function openStore(spec: StoreSpec): TokenStore {
   })();
   opened.push(store);
   return store;
+}
+
+/**
+ * Empties a store's whole namespace behind its back, as an operator's `FLUSHALL`, `TRUNCATE` or `rm -r` does (its
+ * generation marker too: the store's next `get` reports a `reset`). A MemoryStore has no outside to do it from.
+ */
+export async function wipeStore(spec: StoreSpec): Promise<void> {
+  switch (spec.kind) {
+    case 'memory':
+      throw new Error('a MemoryStore cannot be emptied behind its back');
+    case 'file':
+      for (const name of await readdir(spec.dir)) await rm(join(spec.dir, name), { recursive: true, force: true });
+      return;
+    case 'redis':
+      return removeRedisKeys(spec.prefix);
+    case 'postgres': {
+      const { default: pg } = await import('pg');
+      const admin = new pg.Client({ connectionString: spec.connectionString });
+      await admin.connect();
+      try {
+        await admin.query(`TRUNCATE ${spec.table}`);
+      } finally {
+        await admin.end();
+      }
+    }
+  }
 }
 
 /** Closes the stores opened here and removes this run's Redis keys, PostgreSQL table and directories. */

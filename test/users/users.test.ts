@@ -14,7 +14,7 @@ import {
 } from '../support/authorization-server.js';
 import { type TestApi, startApi } from '../support/api.js';
 import { hsIdToken, msUntilExpiry, sleep, subjectOf, syntheticResponse, untilExpired, usersFor } from './helpers.js';
-import { cleanupStores, openStore, storeFactories } from './stores.js';
+import { cleanupStores, openStore, storeFactories, wipeStore } from './stores.js';
 
 let as: TestAuthorizationServer;
 /** Five-minute tokens: for tests that must not see a token expire on a loaded machine. */
@@ -318,6 +318,61 @@ for (const factory of storeFactories) {
       expect((await b.getAccessToken('hugo')).accessToken).toBe(t3);
       expect((await a.getAccessToken('hugo')).accessToken).toBe(t3);
       expect(steadyRefreshes() - before).toBe(2);
+      await Promise.all([a.close(), b.close()]);
+      await store.close();
+    });
+
+    it.skipIf(!factory.shared)(
+      'a store emptied behind its back (FLUSHALL, TRUNCATE, rm): invalidate(), listAccessTokens() and getClaimsInfo() right then write back what this instance holds; nobody is signed out',
+      async () => {
+        const spec = await factory.spec();
+        const store = openStore(spec);
+        const users = usersFor(steady, { store });
+        const subjects = ['jane', 'kurt', 'lena'];
+        for (const subject of subjects) await users.save(subject, await steady.login(subject));
+        const dropped = (await users.getAccessToken('jane')).accessToken;
+        // Each call's own read is the one that finds the store empty (and reports the reset).
+        await wipeStore(spec);
+        await users.invalidate('jane', dropped);
+        await wipeStore(spec);
+        expect(await users.listAccessTokens('kurt')).toHaveLength(1);
+        await wipeStore(spec);
+        expect((await users.getClaimsInfo('lena'))?.claims.sub).toBe('lena');
+        // Every record is back in the store (jane's without the dropped token), and served from there.
+        const other = usersFor(steady, { store: openStore(spec) });
+        expect((await other.listAccessTokens('jane')).map((e) => e.token.accessToken)).not.toContain(dropped);
+        for (const subject of ['kurt', 'lena']) expect(await other.listAccessTokens(subject)).toHaveLength(1);
+        const before = steadyRefreshes();
+        const fresh = (await other.getAccessToken('jane')).accessToken; // once the fleet has settled
+        expect(fresh).not.toBe(dropped);
+        expect(steadyRefreshes() - before).toBe(1);
+        await Promise.all([users.close(), other.close()]);
+        await store.close();
+      },
+      20_000,
+    );
+
+    it('with the default cache.revalidate (1 s), another instance stops serving a dropped token after 1 s and one store read', async () => {
+      const store = await open();
+      const clock = new ManualClock(Date.now());
+      const [a, b] = [0, 1].map(() => usersFor(steady, { store, clock })) as [UserTokens, UserTokens];
+      await a.save('iris', await steady.login('iris'));
+      const t1 = (await b.getAccessToken('iris')).accessToken;
+      await a.invalidate('iris', t1);
+      await clock.advance(999);
+      expect((await b.getAccessToken('iris')).accessToken).toBe(t1); // within the window: held, no I/O
+      await clock.advance(2);
+      // Past it: still served at once, while the record is read again in the background…
+      expect((await b.getAccessToken('iris')).accessToken).toBe(t1);
+      // …and once that read has answered, the dropped token is gone here too.
+      const deadline = Date.now() + 5_000;
+      let next = t1;
+      while (next === t1 && Date.now() < deadline) {
+        await sleep(10);
+        next = (await b.getAccessToken('iris')).accessToken;
+      }
+      expect(next).not.toBe(t1);
+      expect((await a.getAccessToken('iris')).accessToken).toBe(next);
       await Promise.all([a.close(), b.close()]);
       await store.close();
     });
