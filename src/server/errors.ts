@@ -108,7 +108,8 @@ export function failure(error: VerifyErrorCode, description: string, scope?: str
     description: safeText(description),
     status: STATUS[error],
   };
-  if (scope !== undefined && scope !== '') result.scope = safeText(scope);
+  const scopes = scope === undefined ? '' : safeScope(scope);
+  if (scopes !== '') result.scope = scopes;
   return result;
 }
 
@@ -170,7 +171,7 @@ export function challenge(result: VerifyFailure, options: ChallengeOptions = {})
     options.resourceMetadata === undefined ? [] : [`resource_metadata="${safeUrl(options.resourceMetadata)}"`];
   if (result.error === 'missing_token') {
     // A scope here tells the client what to ask for (RFC 6750 §3; MCP's scope guidance).
-    const scope = result.scope === undefined ? [] : [`scope="${safeText(result.scope)}"`];
+    const scope = scopeParam(result.scope);
     const bearer = `Bearer ${[realm, ...scope, ...metadata].join(', ')}`;
     if (dpop === undefined)
       return result.scheme === 'DPoP' ? `DPoP ${[realm, ...scope, ...metadata].join(', ')}` : bearer;
@@ -178,7 +179,7 @@ export function challenge(result: VerifyFailure, options: ChallengeOptions = {})
     return dpop.required === true ? offer : `${bearer}, ${offer}`;
   }
   const parts = [realm, `error="${result.error}"`, `error_description="${safeText(result.description)}"`];
-  if (result.scope !== undefined) parts.push(`scope="${safeText(result.scope)}"`);
+  parts.push(...scopeParam(result.scope));
   if (result.scheme === 'DPoP') return `DPoP ${[...parts, ...algs, ...metadata].join(', ')}`;
   return `Bearer ${[...parts, ...metadata].join(', ')}`;
 }
@@ -223,7 +224,29 @@ function safeUrl(url: string): string {
   return url.replace(/[^\x21\x23-\x5b\x5d-\x7e]/g, '');
 }
 
-/** RFC 6750 §3: error_description and scope use %x20-21 / %x23-5B / %x5D-7E (no `"`, no `\`). */
+/** RFC 6749 §3.3 `scope-token`. */
+const SCOPE_TOKEN = /^[\x21\x23-\x5b\x5d-\x7e]+$/;
+
+/** The `scope="…"` auth-param of a challenge, when there is a scope to name. */
+function scopeParam(scope: string | undefined): string[] {
+  const scopes = scope === undefined ? '' : safeScope(scope);
+  return scopes === '' ? [] : [`scope="${scopes}"`];
+}
+
+/**
+ * RFC 6750 §3 (RFC 6749 §3.3): scope tokens of `1*NQCHAR`, separated by spaces. Never truncated — scopes come
+ * from the route's configuration, not the network, and a list cut short would name a scope that does not exist
+ * (`api://…/Orders.Wr`), which a client (an MCP client asks for the challenge's `scope`) would then request —
+ * and a token outside that syntax is left out rather than altered into another scope's name.
+ */
+function safeScope(scope: string): string {
+  return scope
+    .split(' ')
+    .filter((token) => SCOPE_TOKEN.test(token))
+    .join(' ');
+}
+
+/** RFC 6750 §3: error_description uses %x20-21 / %x23-5B / %x5D-7E (no `"`, no `\`). */
 function safeText(text: string): string {
   const clean = text.replace(/[^\x20\x21\x23-\x5b\x5d-\x7e]/g, '');
   return clean.length > 128 ? clean.slice(0, 128) : clean;

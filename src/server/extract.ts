@@ -157,7 +157,9 @@ export function extractPresented(
   const found: PresentedToken[] = fromAuthorization === undefined ? [] : [fromAuthorization];
   if (locations.includes('query')) {
     const url = input.url;
-    if (typeof url === 'string' && url.includes('access_token=')) {
+    // Parsed only when it may hold the parameter: by name, or percent-encoded (`access%5Ftoken=` is the same
+    // name once decoded, and must count as a second token beside a header one: RFC 6750 §3.1).
+    if (typeof url === 'string' && (url.includes('access_token=') || queryHasEscape(url))) {
       let values: string[];
       try {
         values = new URL(url, 'http://localhost').searchParams.getAll('access_token');
@@ -191,12 +193,24 @@ export function hasFormBody(input: VerifyInput): boolean {
 
 /**
  * Reads a Fetch request's form body (from a clone, so the handler can still read it), refusing bodies
- * larger than `maxBytes`. Returns `undefined` when there is no usable body.
+ * larger than `maxBytes`. Returns `undefined` when there is no usable body: none, too large, already read
+ * (by a middleware before this one: `clone()` throws then), or cut off (the client went away mid-body) —
+ * a request is never a thrown error (`verify()` resolves; a header token is still read).
  */
 export async function readFormBody(request: Request, maxBytes: number): Promise<URLSearchParams | undefined> {
-  const stream = request.clone().body;
+  let stream: ReadableStream<Uint8Array> | null;
+  try {
+    stream = request.clone().body;
+  } catch {
+    return undefined; // "Body is unusable": already consumed
+  }
   if (!stream) return undefined;
-  const body = await readAtMost(stream, maxBytes, request.headers.get('content-length'));
+  let body: Uint8Array | undefined;
+  try {
+    body = await readAtMost(stream, maxBytes, request.headers.get('content-length'));
+  } catch {
+    return undefined; // the stream errored: the client aborted the upload
+  }
   return body === undefined ? undefined : new URLSearchParams(Buffer.from(body).toString('utf8'));
 }
 
@@ -271,6 +285,12 @@ function bodyTokens(input: Request | NodeRequestLike, parsed: unknown): string[]
   if (typeof value === 'string') return [value];
   if (Array.isArray(value)) return value.map(String);
   return [];
+}
+
+/** Whether the query of a request target holds a percent-encoding. */
+function queryHasEscape(url: string): boolean {
+  const query = url.indexOf('?');
+  return query >= 0 && url.indexOf('%', query) >= 0;
 }
 
 function headerValue(value: string | string[] | undefined): string | undefined {

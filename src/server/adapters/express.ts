@@ -75,7 +75,8 @@ export function bearerAuth(
       return next(err);
     }
     // A known token is answered at once: the route runs in this tick, as after any synchronous middleware.
-    if (outcome instanceof Promise) outcome.then((o) => apply(req, res, next, o), next);
+    // A throw while answering goes to Express as a synchronous middleware's would: never an unhandled rejection.
+    if (outcome instanceof Promise) outcome.then((o) => apply(req, res, next, o)).then(undefined, next);
     else apply(req, res, next, outcome);
   };
 }

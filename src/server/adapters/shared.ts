@@ -216,6 +216,8 @@ function resourceOf(options: BearerAuthOptions): ProtectedResource {
  */
 export interface NodeResponseLike {
   statusCode: number;
+  /** Whether the response has been answered already (by another middleware, a timeout…): nothing is written then. */
+  headersSent?: boolean;
   setHeader(name: string, value: string): unknown;
   end(chunk?: string): unknown;
 }
@@ -229,7 +231,8 @@ export interface NodeResponseLike {
  * ```
  */
 export function setNodeHeaders(res: NodeResponseLike, headers: Readonly<Record<string, string>> | undefined): void {
-  if (headers === undefined) return;
+  // Once answered (a timeout middleware), setHeader throws ERR_HTTP_HEADERS_SENT: nothing to add then.
+  if (headers === undefined || res.headersSent === true) return;
   for (const name in headers) res.setHeader(name, headers[name] as string);
 }
 
@@ -242,6 +245,9 @@ export function setNodeHeaders(res: NodeResponseLike, headers: Readonly<Record<s
  * ```
  */
 export function sendNode(res: NodeResponseLike, response: FailureResponse | MetadataResponse): void {
+  // A verification can outlast the response: another middleware (connect-timeout, a proxy's deadline) may
+  // have answered meanwhile, and writing again would throw ERR_HTTP_HEADERS_SENT out of a promise callback.
+  if (res.headersSent === true) return;
   res.statusCode = response.status;
   for (const [name, value] of Object.entries(response.headers)) res.setHeader(name, value);
   if (response.body === undefined) return void res.end();
