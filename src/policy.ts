@@ -171,7 +171,9 @@ export function backoffDelay(policy: RefreshPolicy, failures: number, random: nu
 }
 
 /**
- * Parses an HTTP `Retry-After` header (seconds or an HTTP date) into milliseconds from `now`.
+ * Parses an HTTP `Retry-After` header (seconds or an HTTP date) into milliseconds from `now`. Seconds with a
+ * fraction (`1.5`, sent by some rate limiters) are read as such; anything else without a letter (`-5`, `1e3`)
+ * is no delay at all rather than a date: `Date.parse('1.5')` is 5 January 2001, which would say "now".
  *
  * @example
  * ```ts
@@ -181,7 +183,9 @@ export function backoffDelay(policy: RefreshPolicy, failures: number, random: nu
 export function parseRetryAfter(value: string | null | undefined, now: number): number | undefined {
   if (value == null) return undefined;
   const trimmed = value.trim();
-  if (/^\d+$/.test(trimmed)) return Math.min(Number(trimmed) * 1000, MAX_RETRY_AFTER_MS);
+  if (/^\d+(?:\.\d+)?$/.test(trimmed)) return Math.min(Math.ceil(Number(trimmed) * 1000), MAX_RETRY_AFTER_MS);
+  // An HTTP-date (RFC 9110 §5.6.7) names its day and month.
+  if (!/[a-z]/i.test(trimmed)) return undefined;
   const date = Date.parse(trimmed);
   if (Number.isNaN(date)) return undefined;
   return Math.min(Math.max(0, date - now), MAX_RETRY_AFTER_MS);

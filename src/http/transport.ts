@@ -72,10 +72,20 @@ export function boundedFetch(options: TransportOptions, meta?: ResponseMeta): Fe
         { cause: err },
       );
     };
+    // The limit holds even for a `fetch` that does not honour its signal (a wrapper that drops it, a client
+    // of another kind): the wait for the answer, and for each chunk of its body, ends when the signal does.
+    const stopped = whenAborted(signal);
     let response: Response;
+    let pending: Promise<Response> | undefined;
     try {
-      response = await fetchImpl(input, { ...init, signal });
+      pending = fetchImpl(input, { ...init, signal });
+      response = await Promise.race([pending, stopped]);
     } catch (err) {
+      // An answer that arrives after the limit is not read: its body is released.
+      pending?.then(
+        (late) => void late.body?.cancel().catch(() => undefined),
+        () => undefined,
+      );
       throw fail(err);
     }
     if (meta) {
@@ -84,7 +94,7 @@ export function boundedFetch(options: TransportOptions, meta?: ResponseMeta): Fe
     }
     let body: Uint8Array<ArrayBuffer> | null;
     try {
-      body = await readCapped(response, options.maxResponseBytes, url);
+      body = await readCapped(response, options.maxResponseBytes, url, stopped);
     } catch (err) {
       throw fail(err);
     }
@@ -102,9 +112,31 @@ export function boundedFetch(options: TransportOptions, meta?: ResponseMeta): Fe
   };
 }
 
-async function readCapped(response: Response, max: number, url: string): Promise<Uint8Array<ArrayBuffer> | null> {
+/**
+ * A promise rejected with the signal's reason once it aborts (never settled otherwise; never unhandled).
+ *
+ * @example
+ * ```ts
+ * const response = await Promise.race([fetchImpl(url, { signal }), whenAborted(signal)]);
+ * ```
+ */
+export function whenAborted(signal: AbortSignal): Promise<never> {
+  const stopped = new Promise<never>((_, reject) => {
+    if (signal.aborted) reject(signal.reason);
+    else signal.addEventListener('abort', () => reject(signal.reason), { once: true });
+  });
+  stopped.catch(() => undefined);
+  return stopped;
+}
+
+async function readCapped(
+  response: Response,
+  max: number,
+  url: string,
+  stopped: Promise<never>,
+): Promise<Uint8Array<ArrayBuffer> | null> {
   if (response.body === null) return null;
-  const body = await readAtMost(response.body, max, response.headers.get('content-length'));
+  const body = await readAtMost(response.body, max, response.headers.get('content-length'), stopped);
   if (body === undefined) {
     throw new TokenwardenError('ERR_RESPONSE_TOO_LARGE', `response from ${url} is larger than ${max} bytes`, {
       status: response.status,
@@ -115,12 +147,14 @@ async function readCapped(response: Response, max: number, url: string): Promise
 
 /**
  * Reads a body stream whole, or stops (cancelling the stream) and resolves to `undefined` as soon as it —
- * or its declared `Content-Length` — exceeds `max` bytes: an oversized body is never held in memory.
+ * or its declared `Content-Length` — exceeds `max` bytes: an oversized body is never held in memory. When
+ * `stopped` rejects first (a timeout, an abort), the stream is cancelled and that rejection is thrown.
  */
 export async function readAtMost(
   stream: ReadableStream<Uint8Array>,
   max: number,
   contentLength?: string | null,
+  stopped?: Promise<never>,
 ): Promise<Uint8Array<ArrayBuffer> | undefined> {
   const declared = Number(contentLength);
   if (contentLength != null && Number.isFinite(declared) && declared > max) {
@@ -131,7 +165,14 @@ export async function readAtMost(
   const chunks: Uint8Array[] = [];
   let size = 0;
   for (;;) {
-    const { done, value } = await reader.read();
+    let chunk: ReadableStreamReadResult<Uint8Array>;
+    try {
+      chunk = await (stopped === undefined ? reader.read() : Promise.race([reader.read(), stopped]));
+    } catch (err) {
+      await reader.cancel().catch(() => undefined);
+      throw err;
+    }
+    const { done, value } = chunk;
     if (done) break;
     size += value.byteLength;
     if (size > max) {

@@ -253,7 +253,11 @@ export class OAuthClient {
       throw new TokenwardenError('ERR_CONFIG', "clientAssertionAudience must be 'issuer', 'token_endpoint' or a URL");
     }
     this.#options = options;
-    this.#client = { client_id: options.clientId };
+    // RFC 8705 §5: a client authenticating with its certificate uses the metadata's `mtls_endpoint_aliases` where
+    // present — a server may ask for client certificates only there (Auth0 serves them on a host of their own),
+    // so the plain endpoint would see no certificate and answer invalid_client.
+    const mtls = this.authMethod === 'tls_client_auth' || this.authMethod === 'self_signed_tls_client_auth';
+    this.#client = { client_id: options.clientId, ...(mtls && { use_mtls_endpoint_aliases: true }) };
     try {
       this.dpop = options.dpop === undefined ? undefined : oauth.DPoP(this.#client, options.dpop);
     } catch (err) {
@@ -282,6 +286,18 @@ export class OAuthClient {
       ...(this.fetch && { fetch: this.fetch }),
       ...(signal && { signal }),
     });
+    const aliases: unknown = as.mtls_endpoint_aliases;
+    if (
+      this.#client.use_mtls_endpoint_aliases === true &&
+      aliases !== undefined &&
+      (aliases === null || typeof aliases !== 'object' || Array.isArray(aliases))
+    ) {
+      // oauth4webapi would look endpoints up in it with `in`, a TypeError on a string or a number.
+      throw new TokenwardenError(
+        'ERR_DISCOVERY',
+        "discovery failed: the metadata's mtls_endpoint_aliases is not an object",
+      );
+    }
     return as;
   }
 

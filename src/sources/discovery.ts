@@ -11,6 +11,7 @@ import {
   DEFAULT_TIMEOUT_MS,
   type TransportOptions,
   boundedFetch,
+  whenAborted,
 } from '../http/transport.js';
 import { redirectTarget, toTokenwardenError } from './errors.js';
 
@@ -50,7 +51,7 @@ export interface DiscoverOptions extends Partial<TransportOptions> {
 /**
  * Fetches (or returns the cached) metadata of `issuer`. Concurrent calls share one request; failures are
  * not cached. Each request is bounded by `timeoutMs` (default 10 s) and its body by `maxResponseBytes`
- * (default 1 MiB).
+ * (default 1 MiB). A caller's `signal` ends that caller's wait (`ERR_ABORTED`), not the shared request.
  *
  * @example
  * ```ts
@@ -64,13 +65,30 @@ export function discover(issuer: string, options: DiscoverOptions = {}): Promise
   const cacheKey = `${algorithm} ${issuer}`;
   const now = (options.clock ?? systemClock).now();
   const hit = cache.get(cacheKey);
-  if (!options.force && hit && now - hit.at < DISCOVERY_TTL_MS && now >= hit.at) return hit.metadata;
-  const metadata = fetchMetadata(issuer, algorithm, options);
+  if (!options.force && hit && now - hit.at < DISCOVERY_TTL_MS && now >= hit.at) {
+    return untilAborted(hit.metadata, options.signal);
+  }
+  // The request is shared by every caller that asks meanwhile, so it is not stopped by one caller's signal
+  // (another caller would fail with ERR_ABORTED it did not ask for); the timeout bounds it.
+  const { signal, ...shared } = options;
+  const metadata = fetchMetadata(issuer, algorithm, shared);
   cache.set(cacheKey, { at: now, metadata });
   metadata.catch(() => {
     if (cache.get(cacheKey)?.metadata === metadata) cache.delete(cacheKey);
   });
-  return metadata;
+  return untilAborted(metadata, signal);
+}
+
+/** `metadata`, or `ERR_ABORTED` as soon as this caller's `signal` aborts (the shared request goes on). */
+function untilAborted(
+  metadata: Promise<oauth.AuthorizationServer>,
+  signal: AbortSignal | undefined,
+): Promise<oauth.AuthorizationServer> {
+  if (signal === undefined) return metadata;
+  return Promise.race([metadata, whenAborted(signal)]).catch((err: unknown) => {
+    if (!signal.aborted) throw err;
+    throw new TokenwardenError('ERR_ABORTED', 'discovery was aborted', { cause: err });
+  });
 }
 
 async function fetchMetadata(
