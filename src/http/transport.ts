@@ -88,6 +88,17 @@ export function boundedFetch(options: TransportOptions, meta?: ResponseMeta): Fe
       );
       throw fail(err);
     }
+    if (response.redirected && init.redirect === 'manual') {
+      // The request asked not to follow redirects (every request to an authorization server does: its form
+      // carries credentials), and the fetch followed one anyway — a wrapper that drops `redirect`. What the
+      // other address answered is not the server's answer.
+      void response.body?.cancel().catch(() => undefined);
+      throw new TokenwardenError(
+        'ERR_INVALID_RESPONSE',
+        `request to ${url} was answered from ${originOf(response.url)} after a redirect the fetch followed; ` +
+          "a custom fetch must pass on redirect: 'manual'",
+      );
+    }
     if (meta) {
       meta.status = response.status;
       meta.retryAfter = response.headers.get('retry-after');
@@ -197,6 +208,15 @@ export function describeUrl(input: string | URL | Request): string {
     return `${url.origin}${url.pathname}`;
   } catch {
     return '(invalid URL)';
+  }
+}
+
+/** The origin of a URL a server named (its path and query may carry what the server echoed): never more. */
+function originOf(url: string): string {
+  try {
+    return new URL(url).origin;
+  } catch {
+    return 'another address';
   }
 }
 

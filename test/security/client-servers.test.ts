@@ -36,6 +36,10 @@ beforeAll(async () => {
       res.write('{"access_token":"');
     } else if (path === '/limited/token') {
       json(res, 429, { error: 'slow_down' }, { 'retry-after': retryAfter });
+    } else if (path === '/moved/token') {
+      res.writeHead(307, { location: `${server.url}/elsewhere/token?echo=s3cr3t` }).end();
+    } else if (path === '/elsewhere/token') {
+      json(res, 200, { access_token: 'from-elsewhere', token_type: 'Bearer', expires_in: 300 });
     } else if (path === '/mtls/revoke') {
       res.writeHead(200).end();
     } else {
@@ -200,5 +204,41 @@ describe('discovery shared by concurrent requests', () => {
     expect(await staying).toMatchObject({ accessToken: 'bound-to-the-certificate' });
     // One discovery request served both (and the one that left).
     expect(server.requests.filter((r) => r.path.startsWith('/slow-as/')).length).toBe(1);
+  });
+});
+
+describe('a custom fetch that follows redirects', () => {
+  it("an answer reached through a redirect the request asked not to follow is refused (ERR_INVALID_RESPONSE), never taken as the server's", async () => {
+    // A wrapper that rebuilds the request and drops `redirect: 'manual'` (and so follows the 307 with the form).
+    const following: typeof fetch = (input, init) =>
+      fetch(input, { method: init?.method, headers: init?.headers, body: init?.body, signal: init?.signal ?? null });
+    const source = clientCredentials({
+      tokenEndpoint: `${server.url}/moved/token`,
+      clientId: 'svc',
+      clientSecret: 'the-secret',
+      clientAuth: 'client_secret_post',
+      allowInsecureRequests: true,
+      fetch: following,
+    });
+    const err = await source.fetchToken({}).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(err).toBeInstanceOf(TokenwardenError);
+    expect(err).toMatchObject({ code: 'ERR_INVALID_RESPONSE' });
+    const text = JSON.stringify({ message: (err as Error).message, json: (err as TokenwardenError).toJSON() });
+    expect(text).toContain(server.url); // where it went: the origin…
+    expect(text).not.toMatch(/s3cr3t|the-secret|elsewhere/); // …and nothing of the path, query or form
+    // With the global fetch (redirect: 'manual' honoured) the 307 is an error that names the redirect, unfollowed.
+    const plain = clientCredentials({
+      tokenEndpoint: `${server.url}/moved/token`,
+      clientId: 'svc',
+      clientSecret: 'the-secret',
+      clientAuth: 'client_secret_post',
+      allowInsecureRequests: true,
+    });
+    server.requests.length = 0;
+    await expect(plain.fetchToken({})).rejects.toMatchObject({ code: 'ERR_HTTP_STATUS', status: 307 });
+    expect(server.requests.map((r) => r.path)).toEqual(['/moved/token']);
   });
 });
