@@ -636,6 +636,18 @@ async function readOwnFile(path: string): Promise<string | 'missing' | { problem
     if (code === 'ENOENT') return 'missing';
     if (code === 'ELOOP' || code === 'EMLINK') return { problem: 'is a symbolic link' };
     if (code === 'ENXIO' || code === 'EISDIR') return { problem: 'is not a regular file' };
+    // The file, not the directory, refuses us (the directory was just checked, and it lets us see the file): one
+    // of another user that only they may read (left by `sudo`, or a restore as root), or one made 0000. Not ours
+    // to trust, and ours to replace: our directory lets us rename over it.
+    if (
+      (code === 'EACCES' || code === 'EPERM') &&
+      (await lstat(path).then(
+        () => true,
+        () => false,
+      ))
+    ) {
+      return { problem: 'cannot be read by this user (permission denied)' };
+    }
     throw err;
   }
   try {

@@ -581,7 +581,10 @@ export class PostgresStore extends EventEmitter<StoreEvents> implements TokenSto
 
   async #open(): Promise<Pool> {
     const { pool, connectionString, poolOptions } = this.#options;
-    if (pool !== undefined) return pool;
+    if (pool !== undefined) {
+      listenOnEveryConnection(pool);
+      return pool;
+    }
     const pg = await loadPg();
     const created = new pg.Pool({
       connectionString,
@@ -596,6 +599,7 @@ export class PostgresStore extends EventEmitter<StoreEvents> implements TokenSto
     });
     // An idle connection that breaks (server restart) must not crash the process; the next query reconnects.
     created.on('error', () => undefined);
+    listenOnEveryConnection(created);
     if (this.#closed) {
       await created.end().catch(() => undefined);
       throw closedError();
@@ -626,9 +630,28 @@ const SQLSTATES: ReadonlyMap<string, string> = new Map([
     '57P02': 'the server is shutting down',
     '57P03': 'the server is starting up or in recovery',
     '42P01': 'the table does not exist',
+    '3F000': "no schema to make the table in (the role's search_path names none that exists): give the table's schema",
     '42501': 'permission denied',
   }),
 ]);
+
+const listenedPools = new WeakSet<Pool>();
+
+/**
+ * Gives every connection `pool` opens an `error` listener from the moment it is handed out. pg-pool takes its own
+ * listener off a new connection as it hands it out, in the same tick as the connection's last startup message;
+ * a session the server ends right then (`pg_terminate_backend`, a fast shutdown, a failover manager closing
+ * sessions) sends its FATAL message in the same read, and pg emits it as an `error` event before the caller's
+ * code resumes: with no listener, an uncaught exception that ends the process. The store's statement on it fails
+ * with `ERR_STORE` instead. On a pool of yours this adds one listener to each new connection, nothing else.
+ */
+function listenOnEveryConnection(pool: Pool): void {
+  if (listenedPools.has(pool)) return;
+  listenedPools.add(pool);
+  pool.on('connect', (client) => {
+    client.on('error', () => undefined);
+  });
+}
 
 /** The SQLSTATE of a driver error, or of the driver error a `TokenwardenError` wraps. */
 function sqlState(err: unknown): string | undefined {

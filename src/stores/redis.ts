@@ -723,6 +723,7 @@ const REPLIES: ReadonlyMap<string, string> = new Map([
     CLUSTERDOWN: 'the cluster is down',
     TRYAGAIN: 'the cluster is resharding this slot',
     BUSY: 'the server is busy running a script',
+    WRONGTYPE: "a key of the store's prefix holds another type of value (something else writes under the prefix)",
   }),
 ]);
 
