@@ -12,7 +12,7 @@
  * | error | status | when |
  * | --- | --- | --- |
  * | `missing_token` | 401 | no token in the request, or one with a scheme the verifier does not take (the challenge then carries no `error`, RFC 6750 §3.1) |
- * | `invalid_request` | 400 | malformed `Authorization` header, or a token sent in more than one place |
+ * | `invalid_request` | 400 | malformed `Authorization` header, an empty `access_token` parameter (query or form body), or a token sent in more than one place |
  * | `invalid_token` | 401 | the token is malformed, expired, not yet valid, badly signed, inactive, for another audience, bound to a key (`cnf`) but presented as `Bearer`, or not bound to the key of its DPoP proof… |
  * | `invalid_dpop_proof` | 401 | a `DPoP` token without its proof, or with a bad one: signature, `typ`, `alg`, key, `htm`, `htu`, `iat`, `ath`, a replayed `jti` (RFC 9449 §7.1) |
  * | `use_dpop_nonce` | 401 | the verifier wants a server nonce in the proof; the answer carries it in `DPoP-Nonce` (RFC 9449 §9) |
@@ -227,6 +227,16 @@ function safeUrl(url: string): string {
 /** RFC 6749 §3.3 `scope-token`. */
 const SCOPE_TOKEN = /^[\x21\x23-\x5b\x5d-\x7e]+$/;
 
+/**
+ * Whether `value` is one RFC 6749 §3.3 `scope-token` (`1*NQCHAR`: printable ASCII but `"` and `\`, no space):
+ * the one check of a scope name, for the configuration (route scopes, `scopes_supported`) and the answers.
+ *
+ * @internal
+ */
+export function isScopeToken(value: unknown): value is string {
+  return typeof value === 'string' && SCOPE_TOKEN.test(value);
+}
+
 /** The `scope="…"` auth-param of a challenge, when there is a scope to name. */
 function scopeParam(scope: string | undefined): string[] {
   const scopes = scope === undefined ? '' : safeScope(scope);
@@ -240,10 +250,7 @@ function scopeParam(scope: string | undefined): string[] {
  * and a token outside that syntax is left out rather than altered into another scope's name.
  */
 function safeScope(scope: string): string {
-  return scope
-    .split(' ')
-    .filter((token) => SCOPE_TOKEN.test(token))
-    .join(' ');
+  return scope.split(' ').filter(isScopeToken).join(' ');
 }
 
 /** RFC 6750 §3: error_description uses %x20-21 / %x23-5B / %x5D-7E (no `"`, no `\`). */

@@ -77,6 +77,7 @@ const TWO_TOKENS = failure('invalid_request', 'bearer token sent in more than on
 const TOO_LARGE = failure('invalid_token', 'token too large');
 const MALFORMED_TOKEN = failure('invalid_token', 'malformed token');
 const MALFORMED_URL = failure('invalid_request', 'malformed request URL');
+const EMPTY_PARAMETER = failure('invalid_request', 'empty access_token parameter');
 const TOKEN_SYNTAX = /^[A-Za-z0-9\-._~+/]+=*$/; // RFC 6750 §2.1 b64token
 const HEADER_JUNK = /[\s,]/;
 
@@ -176,7 +177,8 @@ export function extractPresented(
   if (found.length > 1) return TWO_TOKENS;
   const [presented] = found;
   if (presented === undefined) return NO_TOKEN;
-  return presented.token === '' ? MALFORMED_HEADER : presented;
+  // Only a query or body parameter can be empty here: an empty header token is malformed in fromHeader().
+  return presented.token === '' ? EMPTY_PARAMETER : presented;
 }
 
 /**

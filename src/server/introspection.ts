@@ -52,7 +52,7 @@ export interface IntrospectionStrategyOptions {
   endpoint?: string | undefined;
   /** The one issuer: where the endpoint is discovered, and the `iss` of a signed response. */
   issuer?: string | undefined;
-  /** Issuers accepted in the response's `iss` (checked when the response has one). */
+  /** Issuers accepted in the response's `iss` (checked when the response has one): `trustsIssuer()` of the verifier's. */
   issuerCheck: (iss: string) => boolean | Promise<boolean>;
   /** Audience(s) one of which the response's `aud` must name, when set. */
   audience?: string | string[] | undefined;

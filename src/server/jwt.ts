@@ -60,6 +60,16 @@ export const RFC9068_CLAIMS = ['iss', 'exp', 'aud', 'sub', 'client_id', 'iat', '
 /** Which issuers are trusted: a fixed list, or a function deciding for an `iss` it is shown. */
 export type IssuerPolicy = { list: readonly string[] } | { resolve: (iss: string) => boolean | Promise<boolean> };
 
+/**
+ * Whether `issuers` trusts `iss`: it is listed, or the function answers exactly `true` (or a promise of
+ * `true`). Any other answer refuses it — a truthy string or object is a function that forgot to decide, not a
+ * yes. The one check of an issuer, for JWTs and for introspection responses.
+ */
+export async function trustsIssuer(issuers: IssuerPolicy, iss: string): Promise<boolean> {
+  if ('list' in issuers) return issuers.list.includes(iss);
+  return (await issuers.resolve(iss)) === true;
+}
+
 /** Resolved options of the JWT strategy (built by `createVerifier`). */
 export interface JwtStrategyOptions {
   issuers: IssuerPolicy;
@@ -120,8 +130,7 @@ export function jwtStrategy(options: JwtStrategyOptions): JwtStrategy {
   const trustedIssuer = async (token: string): Promise<string | undefined> => {
     const iss = decodeJwt(token).iss;
     if (typeof iss !== 'string') return undefined;
-    const trusted = 'list' in options.issuers ? options.issuers.list.includes(iss) : await options.issuers.resolve(iss);
-    return trusted === true ? iss : undefined;
+    return (await trustsIssuer(options.issuers, iss)) ? iss : undefined;
   };
 
   const clientIds = options.clientIdsWithoutAudience;

@@ -9,7 +9,7 @@
  */
 import { type Duration, toMs } from '../duration.js';
 import { TokenwardenError } from '../errors.js';
-import { type VerifyFailure, failure } from './errors.js';
+import { type VerifyFailure, failure, isScopeToken } from './errors.js';
 import { type NodeRequestLike, type TokenLocation, type VerifyInput, isFetchRequest } from './extract.js';
 import { type Auth, freezeDeep } from './provider.js';
 
@@ -191,7 +191,6 @@ const MEMBERS = [
 ] as const;
 
 const URI_CHARS = /^[A-Za-z0-9\-._~:/?#[\]@!$&'()*+,;=%]+$/; // RFC 3986 §2
-const SCOPE_TOKEN = /^[\x21\x23-\x5b\x5d-\x7e]+$/; // RFC 6749 §3.3 NQCHAR
 const HEADER_SAFE = /^[\x21\x23-\x5b\x5d-\x7e]+$/; // fits a quoted-string in WWW-Authenticate as is
 const NOT_FOR_RESOURCE = failure('invalid_token', 'token is not for this resource');
 const METHODS = 'GET, HEAD, OPTIONS';
@@ -228,7 +227,7 @@ export function protectedResourceMetadata(options: ProtectedResourceOptions): Pr
     doc['jwks_uri'] = checkUrl(options.jwksUri, 'protectedResource.jwksUri', { insecure, query: true });
   }
   addList(doc, 'scopes_supported', options.scopesSupported, 'protectedResource.scopesSupported', (s, name) => {
-    if (!SCOPE_TOKEN.test(s)) throw config(`${name} must be a scope name (no spaces, quotes or backslashes)`);
+    if (!isScopeToken(s)) throw config(`${name} must be a scope name (no spaces, quotes or backslashes)`);
     return s;
   });
   if (options.bearerMethodsSupported !== undefined) {

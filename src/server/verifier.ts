@@ -25,7 +25,7 @@ import type { DiscoveryAlgorithm } from '../sources/discovery.js';
 import type * as oauth from 'oauth4webapi';
 import { RecentKeys, ValidationCache, cacheKey } from './cache.js';
 import { type CheckedProof, type DPoPOptions, type DPoPVerifier, dpopVerifier } from './dpop.js';
-import { type VerifyErrorCode, type VerifyFailure, failure } from './errors.js';
+import { type VerifyErrorCode, type VerifyFailure, failure, isScopeToken } from './errors.js';
 import {
   type PresentedToken,
   type TokenLocation,
@@ -38,7 +38,7 @@ import {
   readFormBody,
 } from './extract.js';
 import { introspectionStrategy } from './introspection.js';
-import { ASYMMETRIC_ALGORITHMS, type IssuerPolicy, type JwtStrategy, jwtStrategy } from './jwt.js';
+import { ASYMMETRIC_ALGORITHMS, type IssuerPolicy, type JwtStrategy, jwtStrategy, trustsIssuer } from './jwt.js';
 import { type KeySetEvents, type KeySetHealth, KeySets } from './keys.js';
 import {
   type Auth,
@@ -106,7 +106,10 @@ export type ClaimCheck = (auth: Auth) => boolean | Promise<boolean>;
  * ```
  */
 export interface AuthorizationRequirements {
-  /** Scopes the token must all have. */
+  /**
+   * Scopes the token must all have. Scope names (here and in `anyScopes`) are RFC 6749 §3.3 scope-tokens, as a
+   * challenge names them to the client: no spaces, quotes, backslashes or non-ASCII characters (`ERR_CONFIG`).
+   */
   requiredScopes?: readonly string[];
   /**
    * Scopes of which the token must have at least one — or, with {@link AuthorizationRequirements.anyRoles},
@@ -208,8 +211,11 @@ export interface JwksOptions {
  */
 export interface VerifierOptions extends AuthorizationRequirements {
   /**
-   * The trusted issuer(s): one URL, several, or a function deciding for an `iss` (its metadata is then
-   * discovered on first use). JWT `iss` must match; an introspection response's `iss`, when present, too.
+   * The trusted issuer(s): one URL, several (their metadata is discovered on first use), or a function
+   * deciding for an `iss`, which trusts it only by returning `true` (or a promise of `true`): any other answer,
+   * truthy or not, refuses it. A function needs `jwksUri` for JWTs, and `introspectionEndpoint` for
+   * introspection (there is no one issuer to discover them from). JWT `iss` must match; an introspection
+   * response's `iss`, when present, too.
    */
   issuer?: string | readonly string[] | ((iss: string) => boolean | Promise<boolean>);
   /**
@@ -326,7 +332,9 @@ export interface VerifierOptions extends AuthorizationRequirements {
 }
 
 /**
- * Per-call options of `verify()`: requirements that override the verifier's, and a parsed body.
+ * Per-call options of `verify()`: requirements that override the verifier's, and a parsed body. Requirements
+ * checked as `createVerifier()` checks its own (a scope name outside RFC 6749 §3.3 `scope-token` syntax…) make
+ * `verify()` reject with `ERR_CONFIG`: the caller's mistake, never a request's.
  *
  * @example
  * ```ts
@@ -809,6 +817,8 @@ export function createVerifier(options: VerifierOptions): Verifier {
     telemetry.verification(observed, input, call);
   const verify = (input: VerifyInput, call?: VerifyCallOptions): Promise<VerifyResult> => {
     try {
+      // A route's requirements are checked once, when its middleware is made (adapters call `now`); here, per call.
+      if (call !== undefined) checkRequirements(call);
       const result = now(input, call);
       return result instanceof Promise ? result : Promise.resolve(result);
     } catch (err) {
@@ -1187,12 +1197,7 @@ function resolveStrategy(
   if (introspection.jwtResponse !== undefined && typeof introspection.jwtResponse !== 'boolean') {
     throw new TokenwardenError('ERR_CONFIG', 'introspection.jwtResponse must be a boolean');
   }
-  const issuerCheck =
-    issuers === undefined
-      ? () => true
-      : 'list' in issuers
-        ? (iss: string) => issuers.list.includes(iss)
-        : issuers.resolve;
+  const issuerCheck = issuers === undefined ? () => true : (iss: string) => trustsIssuer(issuers, iss);
   if (introspectionEndpoint === undefined) preparing.push(() => upstreams.metadata(single as string));
   const provider = introspectionStrategy({
     client: {
@@ -1264,25 +1269,44 @@ function stringList(value: string | readonly string[] | undefined, name: string)
  * @example
  * ```ts
  * requirements({ requiredScopes: ['write'] }); // { requiredScopes: ['write'] }
- * requirements({ requiredScopes: ['read write'] }); // throws ERR_CONFIG
+ * requirements({ requiredScopes: ['read write'] }); // throws ERR_CONFIG (two names in one)
+ * requirements({ anyScopes: ['Orders.Read', 'écrire'] }); // throws ERR_CONFIG (not an RFC 6749 scope-token)
  * ```
  */
 export function requirements(options: AuthorizationRequirements): AuthorizationRequirements {
+  checkRequirements(options);
   const result: AuthorizationRequirements = {};
-  for (const name of ['requiredScopes', 'anyScopes', 'anyRoles'] as const) {
-    const scopes = options[name];
-    if (scopes === undefined) continue;
-    if (!Array.isArray(scopes) || scopes.some((s) => typeof s !== 'string' || s === '' || s.includes(' '))) {
-      const what = name === 'anyRoles' ? 'role' : 'scope';
-      throw new TokenwardenError('ERR_CONFIG', `${name} must be a list of ${what} names (no spaces)`);
-    }
-    result[name] = [...scopes];
+  for (const name of REQUIREMENT_LISTS) {
+    const names = options[name];
+    if (names !== undefined) result[name] = [...names];
   }
-  if (options.claimCheck !== undefined) {
-    if (typeof options.claimCheck !== 'function') {
-      throw new TokenwardenError('ERR_CONFIG', 'claimCheck must be a function');
-    }
-    result.claimCheck = options.claimCheck;
-  }
+  if (options.claimCheck !== undefined) result.claimCheck = options.claimCheck;
   return result;
+}
+
+const REQUIREMENT_LISTS = ['requiredScopes', 'anyScopes', 'anyRoles'] as const;
+
+/**
+ * Throws `ERR_CONFIG` unless the requirements that are set are well formed: scope names RFC 6749 §3.3
+ * scope-tokens (what a challenge's `scope` can name, and a client ask for), role names non-empty without
+ * spaces, the claim check a function.
+ */
+function checkRequirements(options: AuthorizationRequirements): void {
+  for (const name of REQUIREMENT_LISTS) {
+    const names: unknown = options[name];
+    if (names === undefined) continue;
+    if (name === 'anyRoles') {
+      if (!Array.isArray(names) || names.some((r) => typeof r !== 'string' || r === '' || r.includes(' '))) {
+        throw new TokenwardenError('ERR_CONFIG', 'anyRoles must be a list of role names (no spaces)');
+      }
+    } else if (!Array.isArray(names) || !names.every(isScopeToken)) {
+      throw new TokenwardenError(
+        'ERR_CONFIG',
+        `${name} must be a list of scope names (RFC 6749: no spaces, quotes, backslashes or non-ASCII characters)`,
+      );
+    }
+  }
+  if (options.claimCheck !== undefined && typeof options.claimCheck !== 'function') {
+    throw new TokenwardenError('ERR_CONFIG', 'claimCheck must be a function');
+  }
 }

@@ -2,13 +2,15 @@
  * What the resource-server middleware answers when the request or the app around it is not the usual one:
  * a scope list longer than a description (RFC 6750 §3: the `scope` a client must ask for, named whole), a
  * verification that outlasts the response (a timeout middleware answered first: no second answer, no
- * unhandled rejection that would end the process), and a form body the verifier cannot read (already read
- * by a middleware before it, or cut off by the client: never a thrown `verify()`).
+ * unhandled rejection that would end the process), a form body the verifier cannot read (already read
+ * by a middleware before it, or cut off by the client: never a thrown `verify()`), and one Hono kept when a
+ * middleware before it read the body (the token in it is found).
  */
 import { type Server, createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { getRequestListener } from '@hono/node-server';
 import express from 'express';
-import { Hono } from 'hono';
+import { Hono, type HonoRequest } from 'hono';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { bearerAuth as expressAuth } from '../../src/server/adapters/express.js';
 import { type BearerAuthVariables, bearerAuth as honoAuth } from '../../src/server/adapters/hono.js';
@@ -189,15 +191,16 @@ describe('a verification that outlasts the response (a timeout middleware answer
   });
 });
 
-describe('a form body the verifier cannot read is no body, never a thrown verify()', () => {
-  const provider: VerifierProvider<{ sub: string }> = {
-    getPayload: async (token) =>
-      token === 'good'
-        ? { ok: true, payload: { sub: 'alice' } }
-        : { ok: false, error: 'invalid_token', description: 'unknown token' },
-  };
-  const form = { 'content-type': 'application/x-www-form-urlencoded' };
+/** Valid when the token is `good`. */
+const provider: VerifierProvider<{ sub: string }> = {
+  getPayload: async (token) =>
+    token === 'good'
+      ? { ok: true, payload: { sub: 'alice' } }
+      : { ok: false, error: 'invalid_token', description: 'unknown token' },
+};
+const form = { 'content-type': 'application/x-www-form-urlencoded' };
 
+describe('a form body the verifier cannot read is no body, never a thrown verify()', () => {
   it('createVerifier with a Fetch Request whose body was read already, or errors mid-way', async () => {
     const verify = createVerifier({ provider, tokenLocations: ['header', 'body'] });
     const used = new Request('http://api.test/orders', {
@@ -241,6 +244,55 @@ describe('a form body the verifier cannot read is no body, never a thrown verify
     });
     expect(res.status).toBe(200);
     expect(await res.json()).toEqual({ uid: 'alice' });
+  });
+});
+
+describe("hono: a form body a middleware before it read through Hono is read from Hono's body cache", () => {
+  it('a body-only token after c.req.parseBody(), formData(), text() or arrayBuffer() in a middleware before it', async () => {
+    const reads: Record<string, (c: { req: HonoRequest }) => Promise<unknown>> = {
+      parseBody: (c) => c.req.parseBody(),
+      formData: (c) => c.req.formData(),
+      text: (c) => c.req.text(),
+      arrayBuffer: (c) => c.req.arrayBuffer(),
+    };
+    for (const [name, read] of Object.entries(reads)) {
+      const app = new Hono<{ Variables: BearerAuthVariables }>();
+      app.onError((_err, c) => c.text('error', 500));
+      app.use('*', async (c, next) => {
+        await read(c); // e.g. a CSRF check or a logger that reads the form
+        await next();
+      });
+      app.use('*', honoAuth({ provider, tokenLocations: ['header', 'body'] }));
+      app.post('/orders', async (c) => c.json({ uid: c.get('auth').uid, item: (await c.req.parseBody())['item'] }));
+      const post = (body: string, headers: Record<string, string> = {}) =>
+        app.request('/orders', { method: 'POST', headers: { ...form, ...headers }, body });
+      const res = await post('item=1&access_token=good');
+      expect(res.status, name).toBe(200);
+      expect(await res.json(), name).toEqual({ uid: 'alice', item: '1' });
+      // What the cache holds counts as the request's body: a second token, or a bad one, is still refused.
+      expect((await post('access_token=good', { authorization: 'Bearer good' })).status, name).toBe(400);
+      expect((await post('access_token=good&access_token=good')).status, name).toBe(400);
+      expect((await post('access_token=bad')).status, name).toBe(401);
+      expect((await post('item=1')).status, name).toBe(401);
+    }
+  });
+
+  it('on @hono/node-server: a body-only token after c.req.parseBody() in a middleware before it', async () => {
+    const app = new Hono<{ Variables: BearerAuthVariables }>();
+    app.use('*', async (c, next) => {
+      await c.req.parseBody();
+      await next();
+    });
+    app.use('*', honoAuth({ provider, tokenLocations: ['header', 'body'] }));
+    app.post('/orders', (c) => c.json({ uid: c.get('auth').uid }));
+    const { url, close } = await listen(createServer(getRequestListener(app.fetch)));
+    try {
+      const res = await fetch(`${url}/orders`, { method: 'POST', headers: form, body: 'access_token=good' });
+      expect(res.status).toBe(200);
+      expect(await res.json()).toEqual({ uid: 'alice' });
+    } finally {
+      await close();
+    }
   });
 });
 

@@ -99,6 +99,32 @@ describe('extractToken (RFC 6750 §2)', () => {
     expect(extractToken(new Request('http://x/r?access_token=q2'), all)).toBe('q2');
   });
 
+  it('an empty access_token (query or form body): invalid_request that names the parameter, not the header', () => {
+    const form = { 'content-type': 'application/x-www-form-urlencoded' };
+    const empty = { error: 'invalid_request', status: 400, description: 'empty access_token parameter' };
+    for (const input of [
+      node({}, { url: '/r?access_token=', method: 'GET' }),
+      node({ authorization: 'Basic dXNlcjpwYXNz' }, { url: '/r?access_token=', method: 'GET' }),
+      new Request('http://x/r?access_token='),
+      node(form, { method: 'POST', body: { access_token: '' } }),
+      node(form, { method: 'POST', body: new URLSearchParams('access_token=') }),
+    ]) {
+      expect(extractToken(input, all)).toEqual(empty);
+    }
+    expect(failureResponse(extractToken(new Request('http://x/r?access_token='), all) as never)).toMatchObject({
+      status: 400,
+      body: { error: 'invalid_request', error_description: 'empty access_token parameter' },
+      headers: {
+        'www-authenticate':
+          'Bearer realm="api", error="invalid_request", error_description="empty access_token parameter"',
+      },
+    });
+    // An empty header token is still the header's fault.
+    expect(extractToken(node({ authorization: 'Bearer ' }, { url: '/r' }), all)).toMatchObject({
+      description: 'malformed Authorization header',
+    });
+  });
+
   it('a request target that is not a URL: invalid_request, not a thrown TypeError', () => {
     expect(extractToken(node({}, { url: '//a[b?access_token=q1', method: 'GET' }), all)).toMatchObject({
       error: 'invalid_request',

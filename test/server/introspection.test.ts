@@ -117,6 +117,39 @@ describe('introspection (RFC 7662) against a real authorization server', () => {
     expect(await verify(token)).toMatchObject({ ok: false, failure: { description: 'token is not active' } });
   });
 
+  it('an issuer function trusts an iss only when it answers true, for introspection as for JWTs', async () => {
+    const jwt = (await issueToken(as, { scope: 'read' })).accessToken;
+    const answers: [string, () => unknown, boolean][] = [
+      ['true', () => true, true],
+      ['a promise of true', () => Promise.resolve(true), true],
+      ['false', () => false, false],
+      ["'yes' (truthy, no decision)", () => 'yes', false],
+      ['1', () => 1, false],
+      ['an object', () => ({ trusted: false }), false],
+      ["a promise of 'no'", () => Promise.resolve('no'), false],
+    ];
+    for (const [name, answer, trusted] of answers) {
+      const seen: string[] = [];
+      const issuer = (iss: string) => (seen.push(iss), answer()) as boolean;
+      const introspected = await createVerifier({
+        ...options(),
+        issuer,
+        introspectionEndpoint: new URL('/token/introspection', as.issuer).href,
+      })(opaque);
+      const verified = await createVerifier({
+        issuer,
+        jwksUri: new URL('/jwks', as.issuer).href,
+        audience: API_RESOURCE,
+        allowInsecureRequests: true,
+      })(jwt);
+      expect(seen, name).toEqual([as.issuer, as.issuer]); // the function was asked, in both paths
+      for (const result of [introspected, verified]) {
+        if (trusted) expect(result.ok, name).toBe(true);
+        else expect(result, name).toMatchObject({ ok: false, failure: { status: 401, error: 'invalid_token' } });
+      }
+    }
+  });
+
   it('checks the audience when one is configured', async () => {
     const right = createVerifier({ ...options(), audience: OPAQUE_RESOURCE, strategy: 'introspection' });
     expect((await right(opaque)).ok).toBe(true);

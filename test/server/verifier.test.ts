@@ -4,7 +4,8 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { ManualClock } from '../../src/clock.js';
 import { TokenwardenError } from '../../src/errors.js';
 import { RecentKeys } from '../../src/server/cache.js';
-import { type Verifier, createVerifier } from '../../src/server/index.js';
+import { bearerAuth as expressAuth } from '../../src/server/adapters/express.js';
+import { type Verifier, createVerifier, protectedResource, requirements } from '../../src/server/index.js';
 import {
   API_RESOURCE,
   type TestAuthorizationServer,
@@ -364,6 +365,51 @@ describe('configuration errors throw at construction', () => {
     } catch (err) {
       expect(err).toBeInstanceOf(TokenwardenError);
     }
+  });
+});
+
+describe('scope names outside RFC 6749 §3.3 scope-token syntax are refused, as protectedResource refuses them', () => {
+  const bad = ['"admin"', 'wr\\ite', 'read write', 'écrire', 'read\u0000', 'tab\tbed', '', 'read\u00a0'];
+  const config = expect.objectContaining({ code: 'ERR_CONFIG' }) as unknown as Error;
+
+  it('at construction: createVerifier, bearerAuth with its own verifier or a shared one, protectedResource', () => {
+    const verifier = createVerifier(options());
+    for (const scope of bad) {
+      for (const name of ['requiredScopes', 'anyScopes'] as const) {
+        const route = { [name]: ['read', scope] };
+        expect(() => createVerifier({ ...options(), ...route }), JSON.stringify(scope)).toThrow(config);
+        expect(() => expressAuth({ ...options(), ...route }), JSON.stringify(scope)).toThrow(config);
+        expect(() => expressAuth({ verifier, ...route }), JSON.stringify(scope)).toThrow(config);
+        expect(() => requirements(route), JSON.stringify(scope)).toThrow(config);
+      }
+      // The same rule protectedResource applies to scopes_supported.
+      expect(() =>
+        protectedResource({ resource: 'https://api.example.com', scopesSupported: ['read', scope] }),
+      ).toThrow(config);
+    }
+    // Every scope-token is fine: Entra ID's URIs, Cognito's resource-server/scope, punctuation.
+    for (const scope of [
+      'api://3f2a8c91-1234/Orders.Read',
+      'orders-api/read',
+      'a:b',
+      "x!#$%&'()*+,-./;<=>?@[]^_`{|}~",
+    ]) {
+      expect(() => createVerifier({ ...options(), requiredScopes: [scope], anyScopes: [scope] })).not.toThrow();
+    }
+  });
+
+  it('per call: verify() rejects with ERR_CONFIG (the caller’s mistake), and names no token', async () => {
+    for (const scope of bad) {
+      for (const name of ['requiredScopes', 'anyScopes'] as const) {
+        const refused = verify(`Bearer ${readToken}`, { [name]: [scope] });
+        await expect(refused, JSON.stringify(scope)).rejects.toThrow(config);
+        await expect(refused).rejects.toBeInstanceOf(TokenwardenError);
+        await expect(refused).rejects.not.toThrow(readToken);
+      }
+    }
+    expect(
+      await verify(`Bearer ${readToken}`, { requiredScopes: ['read'], anyScopes: ['read', 'write'] }),
+    ).toMatchObject({ ok: true });
   });
 });
 

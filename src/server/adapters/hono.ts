@@ -6,7 +6,7 @@
  */
 import type { Env, Handler } from 'hono';
 import type { BlankInput, Input } from 'hono/types';
-import type { NodeRequestLike } from '../extract.js';
+import { type NodeRequestLike, hasFormBody } from '../extract.js';
 import type { Auth } from '../provider.js';
 import { type AuthenticateOutcome, type BearerAuthOptions, authenticateNow } from './shared.js';
 
@@ -35,7 +35,16 @@ export interface BearerAuthVariables {
  * ```
  */
 export interface HonoContextLike {
-  req: { raw: Request };
+  req: {
+    raw: Request;
+    /**
+     * Hono's bodies read so far (`HonoRequest.bodyCache`): a form body that a middleware before this one read
+     * with `c.req.parseBody()`, `formData()` or `text()` is found there (the raw body is used up then).
+     */
+    bodyCache?: object;
+    /** The form body, from Hono's body cache. */
+    formData?(): Promise<FormData>;
+  };
   /** On `@hono/node-server`, `{ incoming, outgoing }`: the Node request is read directly when it is there. */
   env?: unknown;
   set(key: 'auth', value: Auth): void;
@@ -49,7 +58,9 @@ export interface HonoContextLike {
  * `node:crypto`. On `@hono/node-server` it reads the Node request the Fetch `Request` wraps
  * (`c.env.incoming`: same method, target and headers, `Host` included) unless `tokenLocations` has `'body'`,
  * so that the `Request`'s headers are not built for it; a token the verifier knows goes on to `next()` in the
- * same tick. For the fastest path on a single route, see {@link withBearerAuth}.
+ * same tick. With `'body'`, a form body that a middleware before it read through Hono (`c.req.parseBody()`,
+ * `formData()`, `text()`) is taken from Hono's body cache; one read around Hono (`c.req.raw.text()`) is no
+ * body. For the fastest path on a single route, see {@link withBearerAuth}.
  *
  * @example
  * ```ts
@@ -105,8 +116,9 @@ function guarded(
   options: BearerAuthOptions,
 ): <R>(c: HonoContextLike, authenticated: () => R) => R | Response | Promise<R | Response> {
   const authenticate = authenticateNow(options);
-  // A token in a form body is read from the Fetch Request (a clone of it); otherwise, on @hono/node-server,
-  // the Node request it wraps is read as it is: the Request's Headers are then never built for us.
+  // A token in a form body is read from the Fetch Request (a clone of it), or from Hono's body cache when a
+  // middleware before this one read the body; otherwise, on @hono/node-server, the Node request it wraps is
+  // read as it is: the Request's Headers are then never built for us.
   const readsBody = 'tokenLocations' in options && options.tokenLocations?.includes('body') === true;
   const apply = <R>(c: HonoContextLike, outcome: AuthenticateOutcome, authenticated: () => R): R | Response => {
     if (outcome.response) {
@@ -124,17 +136,45 @@ function guarded(
   };
   // Not an async function: a known token hands Hono what the rest of the chain returns, in the same tick
   // (an async wrapper would cost a promise and three microtask turns more per request).
-  return (c, authenticated) => {
-    const incoming = readsBody ? undefined : nodeRequestOf(c.env);
+  const run = <R>(
+    c: HonoContextLike,
+    input: Request | NodeRequestLike,
+    body: FormData | undefined,
+    authenticated: () => R,
+  ): R | Response | Promise<R | Response> => {
     let outcome: AuthenticateOutcome | Promise<AuthenticateOutcome>;
     try {
-      outcome = authenticate(incoming ?? c.req.raw);
+      outcome = authenticate(input, body);
     } catch (err) {
       return Promise.reject(err as Error);
     }
     if (outcome instanceof Promise) return outcome.then((o) => apply(c, o, authenticated));
     return apply(c, outcome, authenticated);
   };
+  if (!readsBody) return (c, authenticated) => run(c, nodeRequestOf(c.env) ?? c.req.raw, undefined, authenticated);
+  return (c, authenticated) => {
+    const form = formReadBefore(c.req);
+    if (form === undefined) return run(c, c.req.raw, undefined, authenticated);
+    return form.then((body) => run(c, c.req.raw, body, authenticated));
+  };
+}
+
+/**
+ * The form body a middleware before this one read through Hono (`c.req.parseBody()`, `formData()`,
+ * `text()`…): the raw `Request`'s body is used up then, so the verifier could not read it, but Hono keeps
+ * it in its body cache. `undefined` when the raw body is unread (the verifier reads a clone of it) or was
+ * read around Hono (`c.req.raw.text()`: nothing kept, no body); a body Hono cannot parse is no body either.
+ */
+function formReadBefore(req: HonoContextLike['req']): Promise<FormData | undefined> | undefined {
+  const { raw, bodyCache } = req;
+  if (!raw.bodyUsed || typeof req.formData !== 'function' || typeof bodyCache !== 'object' || bodyCache === null) {
+    return undefined;
+  }
+  if (Object.keys(bodyCache).length === 0 || !hasFormBody(raw)) return undefined;
+  return req.formData().then(
+    (form) => form,
+    () => undefined,
+  );
 }
 
 /**
