@@ -268,7 +268,10 @@ function introspectionError(err: unknown, where: string, secrets: readonly strin
   if (err instanceof TokenwardenError) return err; // transport errors and our own: they name the URL only
   const failed = `introspection request to ${where} failed`;
   if (err instanceof oauth.ResponseBodyError || err instanceof oauth.WWWAuthenticateChallengeError) {
-    const raw = err instanceof oauth.ResponseBodyError ? err.error : err.cause[0]?.parameters.error;
+    // A bare challenge (`WWW-Authenticate: Basic`, LemonLDAP::NG) answers our credentials: invalid_client, as
+    // the token endpoint's is read (src/sources/errors.ts).
+    const raw =
+      err instanceof oauth.ResponseBodyError ? err.error : (err.cause[0]?.parameters.error ?? 'invalid_client');
     const code = safeCode(raw, secrets);
     return new TokenwardenError('ERR_OAUTH', `${failed}: the server answered ${err.status}${code ? ` ${code}` : ''}`, {
       ...(code !== undefined && { error: code }),

@@ -154,6 +154,11 @@ export function jwtStrategy(options: JwtStrategyOptions): JwtStrategy {
     if (!options.strict && protectedHeader.typ !== undefined && !isAccessTokenTyp(protectedHeader.typ as unknown)) {
       return bad('unexpected token type', options.negativeCacheMs);
     }
+    // An OpenID Connect ID token signed like the access tokens, typ JWT, aud the client id (LemonLDAP::NG): its
+    // hashes of the tokens issued with it (OIDC Core §3.1.3.6, §3.3.2.11; FAPI's s_hash) are in no access token.
+    if (ID_TOKEN_CLAIMS.some((claim) => Object.hasOwn(payload, claim))) {
+      return bad('unexpected token type', options.negativeCacheMs);
+    }
     if (clientIds !== undefined) {
       const refused = audienceOrClient(payload, audience, clientIds);
       if (refused !== undefined) return bad(refused, options.negativeCacheMs);
@@ -219,6 +224,9 @@ function audienceOrClient(
   if (clientId === undefined) return 'missing required claim';
   return typeof clientId === 'string' && clientIds.includes(clientId) ? undefined : 'unexpected client';
 }
+
+/** Claims only an ID token has: the hashes of the access token, code and state issued with it. */
+const ID_TOKEN_CLAIMS = ['at_hash', 'c_hash', 's_hash'] as const;
 
 function isAccessTokenTyp(typ: unknown): boolean {
   if (typeof typ !== 'string') return false;
