@@ -5,7 +5,7 @@
  */
 import * as oauth from 'oauth4webapi';
 import type { Token } from '../token.js';
-import { checkRetryOn401, dpopHandle, isRetryable401 } from './authorize.js';
+import { answeredElsewhere, checkRetryOn401, dpopHandle, isRetryable401 } from './authorize.js';
 import type { FetchLike } from './transport.js';
 
 /**
@@ -95,6 +95,11 @@ export function authFetch(provider: TokenProvider, options: AuthFetchOptions = {
       };
     }
     const response = await send(token);
+    // The end of a redirect to another origin, to which fetch sent no token: its 401 is not about this token.
+    // (`redirected`: a fetch that sends to a gateway or sidecar of another origin is not a redirect.)
+    if (response.redirected && answeredElsewhere(input instanceof Request ? input.url : input, response.url)) {
+      return response;
+    }
     if (!isRetryable401(retryOn, response.status, response.headers, response)) return response;
     if (!replayable) {
       await provider.invalidate(token.accessToken).catch(() => undefined);

@@ -173,6 +173,18 @@ export function checkOrigins(input: unknown): Set<string> {
   return origins;
 }
 
+/**
+ * True when a response came from another origin than the request that carried the token: the end of a
+ * redirect the client followed to another origin, which never received the token (the client dropped it).
+ * Such a 401 or `DPoP-Nonce` says nothing about the token or its origin: it neither invalidates the token
+ * nor triggers a retry. `false` when either URL is unknown or relative.
+ */
+export function answeredElsewhere(sent: unknown, answered: unknown): boolean {
+  const from = originOf(sent);
+  const at = originOf(answered);
+  return from !== undefined && at !== undefined && from !== at;
+}
+
 /** The origin of an absolute http(s) URL, or `undefined` for anything else. */
 export function originOf(value: unknown): string | undefined {
   if (value === undefined || value === null) return undefined;

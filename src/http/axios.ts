@@ -10,6 +10,7 @@ import { TokenwardenError } from '../errors.js';
 import type { Token } from '../token.js';
 import type { RetryOn401, TokenProvider } from './auth-fetch.js';
 import {
+  answeredElsewhere,
   authorizationHeaders,
   checkOrigins,
   checkRetryOn401,
@@ -96,6 +97,7 @@ export function axiosAuth(
     const token = await provider.getToken(signal ? { signal } : undefined);
     const headers = await authorizationHeaders(provider, token, config.method ?? 'get', url);
     for (const [name, value] of Object.entries(headers)) config.headers.set(name, value);
+    config.beforeRedirect = keepCredentialsAt(url.origin, config.beforeRedirect);
     sentWith.set(config, { token, url });
     return config;
   });
@@ -105,6 +107,8 @@ export function axiosAuth(
     const sent = config === undefined ? undefined : sentWith.get(config);
     if (sent === undefined) return undefined;
     const { token, url } = sent;
+    // The end of a redirect to another origin (which got no token): its 401 and nonce are not about this token.
+    if (redirectedElsewhere(url, response)) return undefined;
     const headers = toFetchHeaders(response.headers);
     if (token.tokenType === 'DPoP') await rememberDpopNonce(provider, url, headers.get('dpop-nonce'));
     if (response.status !== 401) return undefined;
@@ -142,6 +146,43 @@ export function axiosAuth(
     instance.interceptors.request.eject(requestId);
     instance.interceptors.response.eject(responseId);
   };
+}
+
+type BeforeRedirect = NonNullable<InternalAxiosRequestConfig['beforeRedirect']>;
+
+/** The caller's own `beforeRedirect` behind each of ours, so a retried config is not wrapped twice. */
+const callerHooks = new WeakMap<BeforeRedirect, BeforeRedirect | undefined>();
+
+/**
+ * A `beforeRedirect` (axios's Node adapter, follow-redirects) that removes `Authorization` and `DPoP` from
+ * a hop to any origin other than the one the token was sent to — whatever the axios version strips by
+ * itself (follow-redirects alone keeps `Authorization` for a subdomain or an http→https hop, and never
+ * drops `DPoP`) — then runs the caller's own hook.
+ */
+function keepCredentialsAt(origin: string, hook: BeforeRedirect | undefined): BeforeRedirect {
+  const own = hook !== undefined && callerHooks.has(hook) ? callerHooks.get(hook) : hook;
+  const guard: BeforeRedirect = (options, responseDetails, requestDetails) => {
+    const target = originOf((options as { href?: unknown }).href);
+    const headers = (options as { headers?: Record<string, unknown> }).headers;
+    if (target !== origin && headers !== undefined && headers !== null) {
+      for (const name of Object.keys(headers)) {
+        if (/^(authorization|dpop)$/i.test(name)) delete headers[name];
+      }
+    }
+    own?.(options, responseDetails, requestDetails);
+  };
+  callerHooks.set(guard, own);
+  return guard;
+}
+
+/**
+ * Whether follow-redirects (axios's Node adapter) took the request to another origin: the final response's
+ * `responseUrl` (the request's own URL when nothing was followed). Other adapters say nothing, and count as
+ * not redirected.
+ */
+function redirectedElsewhere(url: URL, response: AxiosResponse): boolean {
+  const final = (response.request as { res?: { responseUrl?: unknown } } | undefined)?.res;
+  return answeredElsewhere(url, final?.responseUrl);
 }
 
 function requestUrl(instance: AxiosInstance, config: InternalAxiosRequestConfig): URL | undefined {

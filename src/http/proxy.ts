@@ -187,7 +187,7 @@ function bypasses(url: URL, noProxy: string | undefined): boolean {
       if (inCidr(host, pattern)) return true;
       continue;
     }
-    const name = pattern.replace(/^\*?\./, '').replace(/\.$/, '');
+    const name = canonicalIPv6(pattern.replace(/^\*?\./, '').replace(/\.$/, ''));
     if (name === '') continue;
     if (host === name || (isIP(name) === 0 && host.endsWith(`.${name}`))) return true;
   }
@@ -220,6 +220,19 @@ function inCidr(host: string, cidr: string): boolean {
     return list.check(host, type);
   } catch {
     return false;
+  }
+}
+
+/**
+ * An IPv6 address as the URL parser writes a host (`0:0:0:0:0:0:0:1` → `::1`, `::ffff:127.0.0.1` →
+ * `::ffff:7f00:1`), so an entry names the address however it is spelled; anything else as it is.
+ */
+function canonicalIPv6(entry: string): string {
+  if (isIP(entry) !== 6) return entry;
+  try {
+    return unbracket(new URL(`http://[${entry}]/`).hostname);
+  } catch {
+    return entry;
   }
 }
 

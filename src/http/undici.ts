@@ -121,7 +121,8 @@ class AuthenticatedRequest implements Dispatcher.DispatchHandler {
     this.#dispatch = dispatch;
     this.#opts = opts;
     this.#handler = handler;
-    this.#url = new URL(opts.path, originOf(opts.origin));
+    // The origin and the path as sent: a path like `//a/b` is a path, not a network-path reference to host `a`.
+    this.#url = new URL(`${originOf(opts.origin)}${opts.path.startsWith('/') ? '' : '/'}${opts.path}`);
     this.#replayable = isReplayable(opts) && !opts.upgrade && opts.method !== 'CONNECT';
   }
 
