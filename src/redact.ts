@@ -24,6 +24,13 @@ const MIN_FRAGMENT = 8;
  * `s` must not turn `response` into `re[redacted]pon[redacted]e`, while `secret s` still loses it.
  */
 const MIN_UNBOUNDED = 8;
+/**
+ * Longest run of literal characters written into the pattern without a break: V8 refuses a regular expression
+ * holding one of about 32 K (`Invalid regular expression`), whose message would quote every form of the secret.
+ */
+const MAX_RUN = 8 * 1024;
+/** What text becomes when it cannot be checked for secrets (never the text itself). */
+const UNCHECKED = '[not shown: it could not be checked for secrets]';
 
 /**
  * Scrubs known secrets, in every form a server could echo them, out of text. Immutable: {@link Redactor.with}
@@ -48,7 +55,8 @@ export class Redactor {
 
   readonly #secrets: readonly string[];
   readonly #clientId: string | undefined;
-  #pattern: RegExp | null | undefined;
+  /** The compiled pattern; `null` when there is no secret, `false` when it could not be built. */
+  #pattern: RegExp | null | false | undefined;
 
   /**
    * @param secrets - the secrets (empty and non-string values are ignored)
@@ -76,13 +84,16 @@ export class Redactor {
   /** `text` with every form of every secret replaced by `[redacted]`. */
   redact(text: string): string {
     const pattern = this.#compiled();
-    return pattern === null ? text : text.replace(pattern, REDACTED);
+    if (pattern === null) return text;
+    if (pattern === false) return text === '' ? text : UNCHECKED; // fail closed
+    return text.replace(pattern, REDACTED);
   }
 
-  /** Whether `text` holds a form of a secret. */
+  /** Whether `text` holds a form of a secret (`true` for any text when it cannot be checked). */
   contains(text: string): boolean {
     const pattern = this.#compiled();
     if (pattern === null) return false;
+    if (pattern === false) return text !== '';
     pattern.lastIndex = 0;
     return pattern.test(text);
   }
@@ -142,15 +153,20 @@ export class Redactor {
     return err;
   }
 
-  #compiled(): RegExp | null {
+  #compiled(): RegExp | null | false {
     if (this.#pattern !== undefined) return this.#pattern;
-    const forms = new Set<string>();
-    for (const secret of this.#secrets) for (const form of secretForms(secret, this.#clientId)) forms.add(form);
-    const sources = [...forms]
-      .filter((f) => f !== '')
-      .sort((a, b) => b.length - a.length)
-      .map(patternFor);
-    this.#pattern = sources.length === 0 ? null : new RegExp(sources.join('|'), 'g');
+    try {
+      const forms = new Set<string>();
+      for (const secret of this.#secrets) for (const form of secretForms(secret, this.#clientId)) forms.add(form);
+      const sources = [...forms]
+        .filter((f) => f !== '')
+        .sort((a, b) => b.length - a.length)
+        .map(patternFor);
+      this.#pattern = sources.length === 0 ? null : new RegExp(sources.join('|'), 'g');
+    } catch {
+      // Whatever the engine refuses, its error would quote the pattern — every form of every secret.
+      this.#pattern = false;
+    }
     return this.#pattern;
   }
 }
@@ -225,8 +241,21 @@ function base64Fragments(bytes: Buffer): string[] {
  * only as a word of its own.
  */
 function patternFor(form: string): string {
-  const escaped = form.replace(/[.*+?^${}()|[\]\\/-]/g, '\\$&');
-  const source = escaped.replace(/%([0-9A-F])([0-9A-F])/g, (_, a: string, b: string) => `%${either(a)}${either(b)}`);
+  let source = '';
+  let run = 0;
+  for (const unit of form.match(/%[0-9A-F]{2}|[\s\S]/g) ?? []) {
+    const part =
+      unit.length === 3
+        ? `%${either(unit[1] as string)}${either(unit[2] as string)}`
+        : unit.replace(/[.*+?^${}()|[\]\\/-]/g, '\\$&');
+    // A long secret's forms (an 8 KB assertion, every byte percent-encoded) are cut into runs V8 accepts.
+    if (run >= MAX_RUN) {
+      source += '(?:)';
+      run = 0;
+    }
+    source += part;
+    run += part.length;
+  }
   return form.length < MIN_UNBOUNDED ? `(?<![A-Za-z0-9])${source}(?![A-Za-z0-9])` : source;
 }
 

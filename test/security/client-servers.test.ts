@@ -15,7 +15,7 @@ let aliases: unknown;
 let retryAfter = '';
 
 beforeAll(async () => {
-  server = await startFaultServer((req, res) => {
+  server = await startFaultServer((req, res, body) => {
     const path = (req.url ?? '').split('?')[0];
     if (path === '/as/.well-known/openid-configuration') {
       json(res, 200, {
@@ -36,6 +36,9 @@ beforeAll(async () => {
       res.write('{"access_token":"');
     } else if (path === '/limited/token') {
       json(res, 429, { error: 'slow_down' }, { 'retry-after': retryAfter });
+    } else if (path === '/echo/token') {
+      // Echoes what it was sent (Authorization header and form) back in the error description.
+      json(res, 400, { error: 'invalid_client', error_description: `${req.headers.authorization ?? ''} ${body}` });
     } else if (path === '/moved/token') {
       res.writeHead(307, { location: `${server.url}/elsewhere/token?echo=s3cr3t` }).end();
     } else if (path === '/elsewhere/token') {
@@ -240,5 +243,35 @@ describe('a custom fetch that follows redirects', () => {
     server.requests.length = 0;
     await expect(plain.fetchToken({})).rejects.toMatchObject({ code: 'ERR_HTTP_STATUS', status: 307 });
     expect(server.requests.map((r) => r.path)).toEqual(['/moved/token']);
+  });
+});
+
+describe('a long client secret echoed back', () => {
+  it('a 3–8 KB secret (every character percent-encoded on the wire) echoed by the server is in no form in the error: ERR_OAUTH, not an engine error quoting it', async () => {
+    // In the body 8 KB; in a Basic header 3 KB (percent-encoded and in base64 it stays under Node's 16 KB headers).
+    for (const [clientAuth, secret] of [
+      ['client_secret_post', `${'!'.repeat(4096)}${'~'.repeat(4096)}`],
+      ['client_secret_basic', `${'!'.repeat(1500)}${'~'.repeat(1500)}`],
+    ] as const) {
+      const err = (await clientCredentials({
+        tokenEndpoint: `${server.url}/echo/token`,
+        clientId: 'svc',
+        clientSecret: secret,
+        clientAuth,
+        allowInsecureRequests: true,
+      })
+        .fetchToken({})
+        .then(
+          () => undefined,
+          (e: unknown) => e,
+        )) as TokenwardenError;
+      expect(err).toMatchObject({ code: 'ERR_OAUTH', error: 'invalid_client' });
+      const text = JSON.stringify({ message: err.message, json: err.toJSON(), stack: err.stack });
+      const sent = server.requests.at(-1)!;
+      for (const form of [secret, '%21%21%21%21', '!!!!!!!!', sent.headers.authorization?.slice(6, 40) ?? '!!!!']) {
+        expect(text).not.toContain(form);
+      }
+      expect(text).not.toContain('Invalid regular expression');
+    }
   });
 });

@@ -37,6 +37,26 @@ describe('Redactor', () => {
     });
   }
 
+  it('long secrets (a certificate-chain assertion, a 40 KB token): every form redacted, never an engine error quoting them', () => {
+    // V8 refuses a regular expression with a literal run of about 32 K characters: its error quoted every form.
+    const secrets = ['!'.repeat(8192), Buffer.alloc(12288, 7).toString('base64'), 'é~'.repeat(20000)];
+    for (const secret of secrets) {
+      const long = new Redactor([secret], { clientId: ID });
+      const everyByte = [...Buffer.from(secret)].map((b) => `%${b.toString(16).padStart(2, '0')}`).join('');
+      // Beyond 16 K characters only the raw form is searched (MAX_SECRET_FORMS).
+      const texts =
+        secret.length > 16 * 1024
+          ? [secret]
+          : [secret, form(secret), everyByte, b64(`${form(ID)}:${form(secret)}`), b64(`${ID}:${secret}`)];
+      for (const text of texts) {
+        const out = long.redact(`before ${text} after`);
+        expect(out).toBe('before [redacted] after');
+        expect(long.contains(text)).toBe(true);
+      }
+      expect(long.redact('nothing secret here')).toBe('nothing secret here');
+    }
+  });
+
   it('leaves text without a secret alone', () => {
     const text = 'token request failed: the server answered 401 invalid_client (client authentication failed)';
     expect(r.redact(text)).toBe(text);
