@@ -30,7 +30,7 @@ const MIN_UNBOUNDED = 8;
  */
 const MAX_RUN = 8 * 1024;
 /** What text becomes when it cannot be checked for secrets (never the text itself). */
-const UNCHECKED = '[not shown: it could not be checked for secrets]';
+export const UNCHECKED = '[not shown: it could not be checked for secrets]';
 
 /**
  * Scrubs known secrets, in every form a server could echo them, out of text. Immutable: {@link Redactor.with}

@@ -23,7 +23,7 @@ import type { GrantSource } from '../sources/client.js';
 import { MetricsRegistry } from '../telemetry/registry.js';
 import type { Token } from '../token.js';
 import { type AgentConfig, type AgentTokenConfig, type SinkConfig, loadAgentConfig, readSecret } from './config.js';
-import { UsageError, keepSecret, oneLine, printable } from './output.js';
+import { UsageError, WITHHELD, keepSecret, oneLine, printable } from './output.js';
 
 /** The request header every `GET /v1/token/<name>` must carry (`Tokenwarden-Request: 1`). */
 export const REQUEST_HEADER = 'tokenwarden-request';
@@ -68,8 +68,10 @@ export interface Logger {
 export function jsonLogger(options: { debug: boolean }): Logger {
   const emit = (level: string, msg: string, fields: Record<string, unknown> = {}): void => {
     // Secrets the agent read, and passwords in URLs (an issuer, a token endpoint), never reach a log line.
-    const line = `${printable(JSON.stringify({ time: new Date().toISOString(), level, msg, ...fields }))}\n`;
-    (level === 'warn' || level === 'error' ? process.stderr : process.stdout).write(line);
+    const time = new Date().toISOString();
+    let line = printable(JSON.stringify({ time, level, msg, ...fields }));
+    if (line === WITHHELD) line = JSON.stringify({ time, level, msg: WITHHELD });
+    (level === 'warn' || level === 'error' ? process.stderr : process.stdout).write(`${line}\n`);
   };
   return {
     debug: (msg, fields) => {
@@ -195,8 +197,13 @@ export function expiryMarginMs(token: Token): number {
 export function usableToken(manager: TokenManager, now = Date.now()): Token | undefined {
   const { status, token } = manager.peek();
   if (token === undefined || status === 'expired' || status === 'none') return undefined;
-  if (token.expiresAt !== undefined && token.expiresAt - expiryMarginMs(token) <= now) return undefined;
+  if (usableUntil(token) <= now) return undefined;
   return token;
+}
+
+/** When `token` stops being handed out (its expiry less {@link expiryMarginMs}); `Infinity` without an expiry. */
+function usableUntil(token: Token): number {
+  return token.expiresAt === undefined ? Infinity : token.expiresAt - expiryMarginMs(token);
 }
 
 /**
@@ -205,8 +212,8 @@ export function usableToken(manager: TokenManager, now = Date.now()): Token | un
  * Writes are serialised and coalesced: the file always ends up with the newest token.
  */
 class FileSink {
-  /** The access token in the file; `null` when the file is known to be absent; `undefined` when unknown. */
-  #written: string | null | undefined = undefined;
+  /** The token in the file; `null` when the file is known to be absent; `undefined` when unknown. */
+  #written: Token | null | undefined = undefined;
   #running: Promise<void> | undefined;
   #again = false;
   #expiryTimer: NodeJS.Timeout | undefined;
@@ -246,24 +253,12 @@ class FileSink {
     clearTimeout(this.#expiryTimer);
     try {
       if (token === undefined) {
-        if (this.#written === null) return;
-        const hadToken = typeof this.#written === 'string';
-        await unlink(this.config.file).catch((err: NodeJS.ErrnoException) => {
-          if (err.code !== 'ENOENT') throw err;
-        });
-        this.#written = null;
-        if (hadToken) {
-          this.#lost = true;
-          this.log.error('no valid token: the sink file was removed until a new token arrives', {
-            token: this.name,
-            file: this.config.file,
-          });
-        }
+        await this.#remove();
         return;
       }
-      if (token.accessToken !== this.#written) {
+      if (token.accessToken !== this.#written?.accessToken) {
         await writeAtomically(this.config.file, sinkContent(token, this.config.format));
-        this.#written = token.accessToken;
+        this.#written = token;
         if (this.#lost)
           this.log.info('the sink file holds a valid token again', { token: this.name, file: this.config.file });
         else this.log.debug('sink written', { token: this.name, file: this.config.file });
@@ -281,10 +276,44 @@ class FileSink {
         file: this.config.file,
         ...errorFields(err),
       });
+      // The file still holds the token written before (a full disk, a directory turned unsafe…): it must not
+      // outlive that token's margin. Remove it once the token is no longer usable, and try again by then.
+      let retryInMs = SINK_RETRY_MS;
+      const held = this.#written;
+      if (held !== undefined && held !== null) {
+        const left = usableUntil(held) - Date.now();
+        if (left <= 0) await this.#remove().catch((removeErr: unknown) => this.#removeFailed(removeErr));
+        else retryInMs = Math.min(retryInMs, left + 1);
+      }
       clearTimeout(this.#retryTimer);
-      this.#retryTimer = setTimeout(() => this.sync(), SINK_RETRY_MS);
+      this.#retryTimer = setTimeout(() => this.sync(), retryInMs);
       this.#retryTimer.unref();
     }
+  }
+
+  /** Removes the file (if it is not known to be absent), saying so when it held a token. */
+  async #remove(): Promise<void> {
+    if (this.#written === null) return;
+    const hadToken = this.#written !== undefined;
+    await unlink(this.config.file).catch((err: NodeJS.ErrnoException) => {
+      if (err.code !== 'ENOENT') throw err;
+    });
+    this.#written = null;
+    if (hadToken) {
+      this.#lost = true;
+      this.log.error('no valid token: the sink file was removed until a new token arrives', {
+        token: this.name,
+        file: this.config.file,
+      });
+    }
+  }
+
+  #removeFailed(err: unknown): void {
+    this.log.error('cannot remove the sink file, whose token is no longer valid', {
+      token: this.name,
+      file: this.config.file,
+      ...errorFields(err),
+    });
   }
 
   /** Stops updating and removes the file (a token left behind would expire with nobody to remove it). */
@@ -313,44 +342,62 @@ function tokenJson(token: Token): Record<string, unknown> {
 }
 
 /**
- * Whether a sink may be written in `file`'s directory: `'refuse'` (with the reason) for a directory every
- * user may write that is not sticky — anyone could replace the token file with their own, or remove it —
- * and for an existing sink that belongs to another user; `'warn'` for a non-sticky directory its group may
- * write; `'ok'` otherwise (a missing directory is created 0700).
+ * Whether a sink may be written in `file`'s directory: `'refuse'` (with the reason) when someone else could
+ * replace the token file — the directory, or a directory above it, belongs to another user than this one or
+ * root, or every user may write it and it is not sticky (anyone could rename or remove what is inside) — and
+ * for an existing sink that belongs to another user or is not a file (a directory: nothing could replace
+ * it); `'warn'` for a non-sticky directory its group may write; `'ok'` otherwise (missing directories are
+ * created 0700).
  */
 export async function sinkDirectoryRisk(
   file: string,
 ): Promise<{ verdict: 'ok' } | { verdict: 'warn' | 'refuse'; reason: string }> {
   const dir = dirname(file);
-  const info = await stat(dir).catch((err: NodeJS.ErrnoException) => {
-    if (err.code === 'ENOENT') return undefined;
-    throw err;
-  });
-  if (info !== undefined) {
-    const sticky = (info.mode & 0o1000) !== 0;
-    const mode = (info.mode & 0o7777).toString(8);
-    if (!sticky && (info.mode & 0o002) !== 0) {
-      return {
-        verdict: 'refuse',
-        reason: `the sink directory ${dir} can be written by every user and is not sticky (mode ${mode}): anyone could replace the token file with their own`,
-      };
+  const uid = process.geteuid?.();
+  let warning: string | undefined;
+  // From the sink's directory up to the root: whoever can rename one of them can put their own file in place.
+  for (let current = dir, first = true; ; current = dirname(current), first = false) {
+    const info = await stat(current).catch((err: NodeJS.ErrnoException) => {
+      if (err.code === 'ENOENT') return undefined; // created 0700 by the agent
+      if (err.code === 'ENOTDIR') return 'not a directory' as const;
+      throw err;
+    });
+    if (info === 'not a directory' || (info !== undefined && !info.isDirectory())) {
+      return { verdict: 'refuse', reason: `${current} is not a directory, so the sink file ${file} cannot be written` };
     }
-    const existing = await lstat(file).catch(() => undefined);
-    const uid = process.geteuid?.();
-    if (existing !== undefined && uid !== undefined && existing.uid !== uid) {
-      return {
-        verdict: 'refuse',
-        reason: `the sink file ${file} exists and belongs to another user (uid ${existing.uid}): readers would get their file`,
-      };
+    if (info !== undefined) {
+      const what = first ? 'the sink directory' : `${current}, above the sink directory,`;
+      const sticky = (info.mode & 0o1000) !== 0;
+      const mode = (info.mode & 0o7777).toString(8);
+      if (uid !== undefined && info.uid !== uid && info.uid !== 0) {
+        return {
+          verdict: 'refuse',
+          reason: `${what} ${first ? `${current} ` : ''}belongs to another user (uid ${info.uid}), who could replace the token file with their own`,
+        };
+      }
+      if (!sticky && (info.mode & 0o002) !== 0) {
+        return {
+          verdict: 'refuse',
+          reason: `${what} ${first ? `${current} ` : ''}can be written by every user and is not sticky (mode ${mode}): anyone could replace the token file with their own`,
+        };
+      }
+      if (!sticky && (info.mode & 0o020) !== 0 && warning === undefined) {
+        warning = `${what} ${first ? `${current} ` : ''}can be written by its group (mode ${mode}): its members could replace the token file`;
+      }
     }
-    if (!sticky && (info.mode & 0o020) !== 0) {
-      return {
-        verdict: 'warn',
-        reason: `the sink directory ${dir} can be written by its group (mode ${mode}): its members could replace the token file`,
-      };
-    }
+    if (dirname(current) === current) break;
   }
-  return { verdict: 'ok' };
+  const existing = await lstat(file).catch(() => undefined);
+  if (existing !== undefined && uid !== undefined && existing.uid !== uid) {
+    return {
+      verdict: 'refuse',
+      reason: `the sink file ${file} exists and belongs to another user (uid ${existing.uid}): readers would get their file`,
+    };
+  }
+  if (existing !== undefined && !existing.isFile() && !existing.isSymbolicLink()) {
+    return { verdict: 'refuse', reason: `the sink file ${file} exists and is not a file` };
+  }
+  return warning === undefined ? { verdict: 'ok' } : { verdict: 'warn', reason: warning };
 }
 
 /**
@@ -430,9 +477,21 @@ export async function startAgent(config: AgentConfig, log: Logger): Promise<Runn
       );
       const listening = server;
       await new Promise<void>((resolve, reject) => {
-        listening.once('error', reject);
+        const refused = (err: NodeJS.ErrnoException): void => {
+          // A port in use (another agent still running?) or not ours to take: the configuration's to fix.
+          const where = `${config.listen?.host}:${config.listen?.port}`;
+          reject(
+            new UsageError(
+              `listen: cannot listen on ${where}${err.code ? ` (${err.code})` : ''}`,
+              err.code === 'EADDRINUSE'
+                ? 'another process listens there (an agent still running?): stop it, or choose another port'
+                : 'choose another loopback address or port',
+            ),
+          );
+        };
+        listening.once('error', refused);
         listening.listen(config.listen?.port, config.listen?.host, () => {
-          listening.off('error', reject);
+          listening.off('error', refused);
           resolve();
         });
       });

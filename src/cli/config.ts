@@ -8,7 +8,7 @@
  * @module
  */
 import { constants } from 'node:fs';
-import { type FileHandle, open, readFile, stat } from 'node:fs/promises';
+import { type FileHandle, open, stat } from 'node:fs/promises';
 import { isIP } from 'node:net';
 import { homedir } from 'node:os';
 import { dirname, extname, isAbsolute, join, resolve } from 'node:path';
@@ -136,6 +136,26 @@ export function parseDuration(value: unknown, name: string): number {
     }
   }
   throw new UsageError(`${name} must be a duration like 90s, 5m, 1h or a number of seconds`);
+}
+
+/** Longest time limit: what a timer can wait (2³¹−1 ms, about 24 days); a longer one would fire at once. */
+const MAX_TIMEOUT_MS = 2 ** 31 - 1;
+
+/**
+ * Parses a time limit per request (`--timeout`, a `timeout` field) like {@link parseDuration}; it must be
+ * more than zero and at most about 24 days (what a timer can wait).
+ *
+ * @example
+ * ```ts
+ * parseTimeout('30s', '--timeout'); // 30000
+ * ```
+ */
+export function parseTimeout(value: unknown, name: string): number {
+  const ms = parseDuration(value, name);
+  if (ms <= 0 || ms > MAX_TIMEOUT_MS) {
+    throw new UsageError(`${name} must be more than 0 and at most 24 days (${MAX_TIMEOUT_MS} ms)`);
+  }
+  return ms;
 }
 
 /** A configuration file is small; anything larger is not one. */
@@ -274,7 +294,8 @@ export async function loadProfile(
   const root = object(data, file, '(top level)');
   allowOnly(root, ['profiles'], file, '');
   const profiles = object(root['profiles'] ?? {}, file, 'profiles');
-  const raw = profiles[name];
+  // Its own profiles only: `--profile __proto__` or `--profile toString` names none (not Object.prototype's).
+  const raw = Object.hasOwn(profiles, name) ? profiles[name] : undefined;
   if (raw === undefined) {
     const known = Object.keys(profiles);
     throw new UsageError(
@@ -424,7 +445,9 @@ function parseCredential(entry: Record<string, unknown>, file: string, where: st
       throw new UsageError(`${file}: ${where}.allowInsecureRequests must be true or false`);
     out.allowInsecureRequests = insecure;
   }
-  if (entry['timeout'] !== undefined) out.timeoutMs = fieldDuration(entry['timeout'], file, `${where}.timeout`);
+  if (entry['timeout'] !== undefined) {
+    out.timeoutMs = fieldDuration(entry['timeout'], file, `${where}.timeout`, parseTimeout);
+  }
   return out;
 }
 
@@ -439,9 +462,9 @@ function parseSink(raw: unknown, file: string, where: string): SinkConfig {
   return { file: resolve(dirname(file), sink['file']), format };
 }
 
-function fieldDuration(value: unknown, file: string, where: string): number {
+function fieldDuration(value: unknown, file: string, where: string, parse = parseDuration): number {
   try {
-    return parseDuration(value, where);
+    return parse(value, where);
   } catch (err) {
     throw new UsageError(`${file}: ${(err as Error).message}`);
   }
@@ -479,8 +502,19 @@ function isLoopbackV6(host: string): boolean {
 }
 
 /**
+ * Longest client secret accepted, in UTF-8 bytes. Real client secrets are tens of characters (Entra ID 40,
+ * Okta 40–64); one of kilobytes is a wrong file (a certificate, a key, a log), and in a Basic header its
+ * percent-encoded base64 would pass the 16 KB most servers take. Such a secret is refused before it is used.
+ */
+export const MAX_SECRET_BYTES = 4096;
+/** Largest client secret file read (a secret plus trailing newlines fits easily; a log file does not). */
+const MAX_SECRET_FILE_BYTES = 64 * 1024;
+
+/**
  * Reads a client secret from an environment variable or a file (its trailing newline removed). A file that
- * others may read triggers `warn`. `what` names where the setting came from, for messages.
+ * others may read triggers `warn`. `what` names where the setting came from, for messages. A file that is
+ * not a regular file (a FIFO, `/dev/zero`, a directory) or is larger than 64 KiB, and a secret longer than
+ * {@link MAX_SECRET_BYTES}, are refused without reading them whole; no message holds the secret.
  */
 export async function readSecret(
   from: { env?: string | undefined; file?: string | undefined },
@@ -490,25 +524,37 @@ export async function readSecret(
 ): Promise<string> {
   if (from.file !== undefined) {
     let text: string;
+    let handle: FileHandle | undefined;
     try {
-      const info = await stat(from.file);
+      // Non-blocking, and the type checked on the open file: a FIFO put in its place must not hang the command.
+      handle = await open(from.file, constants.O_RDONLY | (constants.O_NONBLOCK ?? 0));
+      const info = await handle.stat();
       if (!info.isFile()) throw Object.assign(new Error('not a file'), { code: 'ENOTFILE' });
+      if (info.size > MAX_SECRET_FILE_BYTES) throw Object.assign(new Error('too large'), { code: 'EFBIG' });
       if ((info.mode & 0o077) !== 0) {
         warn(
           `the client secret file ${from.file} can be read by other users (mode ${(info.mode & 0o777).toString(8)}): chmod 600 it`,
         );
       }
-      text = await readFile(from.file, 'utf8');
+      // At most the size checked (plus one byte, to notice a file growing meanwhile), never an unbounded read.
+      const buffer = Buffer.alloc(MAX_SECRET_FILE_BYTES + 1);
+      const { bytesRead } = await handle.read(buffer, 0, buffer.length, 0);
+      if (bytesRead > MAX_SECRET_FILE_BYTES) throw Object.assign(new Error('too large'), { code: 'EFBIG' });
+      text = buffer.subarray(0, bytesRead).toString('utf8');
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
       throw new UsageError(
         `cannot read the client secret file ${from.file} (${what})${code ? `: ${code}` : ''}`,
-        'check the path and that this user can read it',
+        code === 'EFBIG'
+          ? `a client secret file holds the secret alone (at most ${MAX_SECRET_BYTES} bytes)`
+          : 'check the path and that this user can read it',
       );
+    } finally {
+      await handle?.close().catch(() => undefined);
     }
     const secret = text.replace(/[\r\n]+$/, '');
     if (secret === '') throw new UsageError(`the client secret file ${from.file} (${what}) is empty`);
-    return secret;
+    return checkSecretLength(secret, `the client secret file ${from.file} (${what})`);
   }
   if (from.env !== undefined) {
     const secret = env[from.env];
@@ -518,9 +564,29 @@ export async function readSecret(
         `export ${from.env} with the client secret`,
       );
     }
-    return secret;
+    return checkSecretLength(secret, `the environment variable ${from.env} (${what})`);
   }
   throw new UsageError(`no client secret (${what})`);
+}
+
+/**
+ * `secret` if it is at most {@link MAX_SECRET_BYTES} long; a `UsageError` naming `where` (never the secret)
+ * otherwise.
+ *
+ * @example
+ * ```ts
+ * checkSecretLength(process.env.TOKENWARDEN_CLIENT_SECRET ?? '', 'TOKENWARDEN_CLIENT_SECRET');
+ * ```
+ */
+export function checkSecretLength(secret: string, where: string): string {
+  const bytes = Buffer.byteLength(secret, 'utf8');
+  if (bytes > MAX_SECRET_BYTES) {
+    throw new UsageError(
+      `${where} holds ${bytes} bytes: longer than any client secret (at most ${MAX_SECRET_BYTES})`,
+      'check that it holds the client secret alone',
+    );
+  }
+  return secret;
 }
 
 function object(value: unknown, file: string, where: string): Record<string, unknown> {

@@ -6,7 +6,7 @@
  */
 import { TokenwardenError } from '../errors.js';
 import { parseJsonObject } from '../json.js';
-import { parseDuration } from './config.js';
+import { parseTimeout } from './config.js';
 import { UsageError, describeExpiry, write } from './output.js';
 
 /** The options of `tokenwarden inspect`. */
@@ -144,7 +144,7 @@ export async function runInspect(tokenArg: string, options: InspectCommandOption
       issuer: options.issuer,
       audience: options.audience.length === 1 ? (options.audience[0] as string) : options.audience,
       allowInsecureRequests: options.allowInsecureRequests === true,
-      ...(options.timeout !== undefined && { timeoutMs: parseDuration(options.timeout, '--timeout') }),
+      ...(options.timeout !== undefined && { timeoutMs: parseTimeout(options.timeout, '--timeout') }),
     }));
     verified = true;
   } else if (options.issuer !== undefined || options.audience !== undefined) {

@@ -13,7 +13,7 @@ import { readFileSync } from 'node:fs';
 import { Command, CommanderError, Option } from 'commander';
 import type { InspectCommandOptions } from './inspect.js';
 import type { TokenCommandOptions } from './token.js';
-import { EXIT_USAGE, UsageError, exitCodeFor, formatError, oneLine, printable, write } from './output.js';
+import { EXIT_FAILURE, EXIT_USAGE, UsageError, exitCodeFor, formatError, oneLine, printable, write } from './output.js';
 
 const SECRET_FLAG = /^--?(client[-_]?secret|secret)(=|$)/i;
 
@@ -176,7 +176,14 @@ async function main(argv: string[]): Promise<number> {
     if (err instanceof CommanderError) {
       if (err.exitCode === 0) return 0; // --help, --version
       if (err.code === 'commander.help') return EXIT_USAGE; // no command: the help went to stderr
-      const message = err.message.replace(/^error: /, '').replace(/'(--?[\w-]+)=[^']*'/g, "'$1=…'");
+      // An unknown `--flag=value` (a mistyped `--client-secret=…`) is named without its value, whatever the
+      // value holds (a quote would end a pattern looking for the quoted option).
+      let message = err.message.replace(/^error: /, '');
+      for (const arg of argv.slice(2)) {
+        const flag = /^(--?[^=\s]+)=/s.exec(arg)?.[1];
+        if (flag !== undefined) message = message.split(arg).join(`${flag}=…`);
+      }
+      message = message.replace(/'(--?[\w-]+)=[^']*'/g, "'$1=…'");
       await write(process.stderr, formatError(new UsageError(message), { debug: false, ...(command && { command }) }));
       return EXIT_USAGE;
     }
@@ -185,10 +192,22 @@ async function main(argv: string[]): Promise<number> {
   }
 }
 
+// A reader that went away (`tokenwarden token | head -c0`; the agent's log collector, stopped or restarted)
+// makes a write fail with EPIPE, emitted as an 'error' event: unheard, it would crash the process with a stack
+// trace — the agent mid-run, leaving its sink files behind. Nobody is left to read what is lost; the agent
+// keeps serving, and a command whose token could not be delivered exits 1.
+let stdoutLost = false;
+process.stdout.on('error', () => {
+  stdoutLost = true;
+});
+process.stderr.on('error', () => undefined);
+
 // The library's timers are unref()'d (a library never keeps a process alive), so a command waiting on one
 // (another invocation's cache lock, a backoff) would let the event loop run dry: this handle keeps it going.
 const keepAlive = setInterval(() => undefined, 1 << 30);
 const code = await main(process.argv);
 clearInterval(keepAlive);
 // The process ends as soon as the output is out: nothing (a keep-alive socket, a timer) may hold it up.
-process.exit(code);
+// Lost logs do not fail the agent; a lost token (or inspection) fails the command that was to print it.
+const printsResult = process.argv.slice(2).find((a) => !a.startsWith('-')) !== 'agent';
+process.exit(code === 0 && stdoutLost && printsResult ? EXIT_FAILURE : code);

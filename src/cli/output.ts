@@ -6,7 +6,7 @@
  * @module
  */
 import { TokenwardenError } from '../errors.js';
-import { Redactor, redactUrlCredentials } from '../redact.js';
+import { Redactor, UNCHECKED, redactUrlCredentials } from '../redact.js';
 
 /** The secrets this process read (client secrets): never printed, whatever text carries them. */
 let known = Redactor.none;
@@ -35,7 +35,23 @@ export function keepSecret(secret: string, clientId?: string): void {
  * ```
  */
 export function printable(text: string): string {
-  return known.redact(redactUrlCredentials(text));
+  return scrubbed(text) ?? WITHHELD;
+}
+
+/**
+ * What is printed instead of a text that could not be scrubbed of secrets (the scrubbing itself failed).
+ * Failing closed, rather than printing the text raw — or throwing an error whose message would hold the
+ * scrubbing's pattern, made of the secrets. The library's redactor answers the same.
+ */
+export const WITHHELD = UNCHECKED;
+
+/** {@link printable}'s text, or `undefined` when it could not be scrubbed. */
+function scrubbed(text: string): string | undefined {
+  try {
+    return known.redact(redactUrlCredentials(text));
+  } catch {
+    return undefined;
+  }
 }
 
 /** Exit code of a failure (the authorization server refused, the network failed, a token is invalid…). */
@@ -93,7 +109,7 @@ export function formatError(err: unknown, options: { debug: boolean; command?: s
   const hint = hintFor(err, options.command);
   let text = `tokenwarden: ${code}: ${message}${hint ? `. Hint: ${hint}` : ''}\n`;
   if (options.debug) text += debugDetails(err);
-  return printable(text);
+  return scrubbed(text) ?? `tokenwarden: ${code}: ${WITHHELD}\n`;
 }
 
 /** What to do about an error, in a few words; `undefined` when there is nothing useful to add. */

@@ -16,8 +16,10 @@ import {
   type CredentialConfig,
   AUTH_METHODS,
   cacheDir,
+  checkSecretLength,
   loadProfile,
   parseDuration,
+  parseTimeout,
   readSecret,
 } from './config.js';
 import { UsageError, humanDuration, keepSecret, write } from './output.js';
@@ -90,7 +92,7 @@ export async function runToken(options: TokenCommandOptions, warn: (message: str
     }
     credential.clientAuth = options.authMethod as CliAuthMethod;
   }
-  if (options.timeout !== undefined) credential.timeoutMs = parseDuration(options.timeout, '--timeout');
+  if (options.timeout !== undefined) credential.timeoutMs = parseTimeout(options.timeout, '--timeout');
   const minTtlMs = options.minTtl !== undefined ? parseDuration(options.minTtl, '--min-ttl') : profile.minTtlMs;
 
   if (credential.issuer === undefined && credential.tokenEndpoint === undefined) {
@@ -190,7 +192,7 @@ async function resolveSecret(
     );
   }
   const fromEnv = process.env[SECRET_ENV];
-  if (fromEnv !== undefined && fromEnv !== '') return fromEnv;
+  if (fromEnv !== undefined && fromEnv !== '') return checkSecretLength(fromEnv, SECRET_ENV);
   throw new UsageError(
     `no client secret in ${where}`,
     `set ${SECRET_ENV}, or pass --client-secret-file FILE (never the secret itself on the command line), or --auth-method none for a public client`,

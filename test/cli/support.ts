@@ -11,9 +11,17 @@ import { join } from 'node:path';
 
 export const ROOT = new URL('../..', import.meta.url).pathname;
 export const CLI = join(ROOT, 'dist/cli/main.js');
+/**
+ * With `TOKENWARDEN_TEST_CLI=source`, the command runs from the TypeScript sources (through tsx) instead of
+ * the build: for checking a change to src/cli without `npm run build`. CI tests the build.
+ */
+const FROM_SOURCE = process.env['TOKENWARDEN_TEST_CLI'] === 'source';
+/** The node arguments that run the command. */
+export const CLI_ARGS = FROM_SOURCE ? ['--import', 'tsx', join(ROOT, 'src/cli/main.ts')] : [CLI];
 
 /** Fails clearly when the build is missing or older than the sources it is tested for. */
 export async function assertBuilt(): Promise<void> {
+  if (FROM_SOURCE) return;
   const built = await stat(CLI).catch(() => undefined);
   if (built === undefined) throw new Error('dist/cli/main.js is missing: run `npm run build` before these tests');
   for (const dir of ['src', 'src/cli', 'src/sources', 'src/stores']) {
@@ -91,7 +99,8 @@ export function runCli(
   options: { input?: string; timeoutMs?: number } = {},
 ): Promise<Result> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI, ...args], {
+    const child = spawn(process.execPath, [...CLI_ARGS, ...args], {
+      cwd: ROOT,
       env: { PATH: process.env['PATH'] ?? '/usr/bin:/bin', ...env },
       stdio: ['pipe', 'pipe', 'pipe'],
     });
@@ -118,7 +127,8 @@ export class Agent {
   readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 
   constructor(args: string[], env: Record<string, string>) {
-    this.child = spawn(process.execPath, [CLI, ...args], {
+    this.child = spawn(process.execPath, [...CLI_ARGS, ...args], {
+      cwd: ROOT,
       env: { PATH: process.env['PATH'] ?? '/usr/bin:/bin', ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
