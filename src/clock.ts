@@ -37,6 +37,12 @@ export interface Clock {
    * (Node timers are `unref()`'d).
    */
   setTimer(callback: () => void, ms: number): Timer;
+  /**
+   * Milliseconds from an arbitrary origin that never go back, whatever happens to the wall clock (an NTP step, a
+   * VM restored): what timers count in. Optional; with it, a wall clock stepped back does not make a held token
+   * look younger than it is, nor stretch a backoff by the size of the step.
+   */
+  monotonic?(): number;
 }
 
 /** Longest delay Node's timers accept; longer ones fire at once, so we wait in steps. */
@@ -53,6 +59,7 @@ export const MAX_TIMER_MS = 2_147_483_647;
  */
 export const systemClock: Clock = {
   now: () => Date.now(),
+  monotonic: () => performance.now(),
   setTimer(callback, ms) {
     let handle: NodeJS.Timeout | undefined;
     const arm = (remaining: number): void => {
@@ -77,7 +84,9 @@ export const systemClock: Clock = {
 
 /**
  * A clock that moves only when told to. Timers due by the new time run, in order, during
- * {@link ManualClock.advance}. For tests (yours and ours).
+ * {@link ManualClock.advance}. {@link ManualClock.set} steps the wall clock alone, as NTP or a restored VM
+ * does: timers, like Node's, count elapsed time ({@link ManualClock.monotonic}), which only `advance` moves. For
+ * tests (yours and ours).
  *
  * @example
  * ```ts
@@ -89,6 +98,8 @@ export const systemClock: Clock = {
  */
 export class ManualClock implements Clock {
   #now: number;
+  /** Time advanced so far: the monotonic clock, on which timers fall due. */
+  #elapsed = 0;
   #timers: { at: number; seq: number; callback: () => void; cancelled: boolean }[] = [];
   #seq = 0;
 
@@ -100,8 +111,13 @@ export class ManualClock implements Clock {
     return this.#now;
   }
 
+  /** The time advanced since the clock was made (`set()` does not move it). */
+  monotonic(): number {
+    return this.#elapsed;
+  }
+
   setTimer(callback: () => void, ms: number): Timer {
-    const timer = { at: this.#now + Math.max(0, ms), seq: this.#seq++, callback, cancelled: false };
+    const timer = { at: this.#elapsed + Math.max(0, ms), seq: this.#seq++, callback, cancelled: false };
     this.#timers.push(timer);
     return {
       cancel: () => {
@@ -120,7 +136,12 @@ export class ManualClock implements Clock {
    * settle between timers (so async work a timer starts can schedule the next one).
    */
   async advance(ms: number): Promise<void> {
-    const target = this.#now + ms;
+    const target = this.#elapsed + ms;
+    const move = (to: number): void => {
+      const step = Math.max(0, to - this.#elapsed);
+      this.#elapsed += step;
+      this.#now += step;
+    };
     for (;;) {
       await settle();
       this.#timers = this.#timers.filter((t) => !t.cancelled);
@@ -128,14 +149,17 @@ export class ManualClock implements Clock {
       const next = this.#timers[0];
       if (next === undefined || next.at > target) break;
       this.#timers.shift();
-      this.#now = Math.max(this.#now, next.at);
+      move(next.at);
       next.callback();
     }
-    this.#now = target;
+    move(target);
     await settle();
   }
 
-  /** Sets the time (forward or backward) without running timers. */
+  /**
+   * Sets the wall clock (forward or backward) without running timers or moving {@link ManualClock.monotonic}:
+   * an NTP step, a VM restored from a snapshot.
+   */
   set(epochMs: number): void {
     this.#now = epochMs;
   }

@@ -31,7 +31,15 @@ import type { TokenSource } from './sources/source.js';
 import { MemoryStore } from './stores/memory.js';
 import type { TokenStore } from './stores/store.js';
 import * as telemetry from './telemetry/hooks.js';
-import { type Token, type TokenStatus, parseStoredEntry, remainingMs, serializeStoredToken } from './token.js';
+import {
+  type Token,
+  type TokenStatus,
+  expiredOnArrival,
+  isValid,
+  parseStoredEntry,
+  remainingMs,
+  serializeStoredToken,
+} from './token.js';
 
 /**
  * Options for {@link TokenManager}.
@@ -172,6 +180,9 @@ interface Held {
   /** When refreshes were last forced for this key (rejected tokens, `invalidate()`), fleet-wide; newest last. */
   readonly forced: readonly number[];
   readonly generation: number;
+  /** The wall clock and the monotonic clock when it was installed: its age is judged by the time that has passed. */
+  readonly since: number;
+  readonly tickAt: number;
 }
 
 /** What the fleet core keeps for a manager's key: the token, and when refreshes were last forced. */
@@ -194,12 +205,17 @@ interface Want {
  * (or the backoff delay, if shorter) instead of each starting a request: a down authorization server sees
  * about one attempt per second per process, and a recovered one is used again within a second.
  */
-const DEMAND_RETRY_FLOOR_MS = 1000;
+export const DEMAND_RETRY_FLOOR_MS = 1000;
 
 /** Longest background retry delay while no valid token is held (so a recovered server is used soon). */
 const NO_TOKEN_RETRY_MAX_MS = 5000;
 
 const STORE_CODES: ReadonlySet<string> = new Set(['ERR_STORE', 'ERR_STORE_TIMEOUT', 'ERR_LOCK_TIMEOUT']);
+
+/** Whether a failure is the store's (or another process holding the lock), not the authorization server's. */
+export function isStoreFailure(error: TokenwardenError): boolean {
+  return STORE_CODES.has(error.code);
+}
 
 /**
  * Keeps a token valid: serves it from memory, refreshes it ahead of expiry (in the background and on
@@ -251,6 +267,7 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
   #inflight: Promise<Token> | undefined;
   #failures = 0;
   #lastError: TokenwardenError | undefined;
+  // The three deadlines below are on the monotonic clock (#tick): a wall clock stepped back must not stretch them.
   /** No attempt (background or on demand) before this: the server sent `Retry-After`. */
   #blockedUntil = 0;
   /** No background attempt before this (backoff). */
@@ -321,8 +338,9 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
     this.#expiry = {
       attributes: telemetry.managerAttributes(key, this.#grant, options.name),
       secondsLeft: () => {
-        const expiresAt = this.#held?.token.expiresAt;
-        return expiresAt === undefined ? undefined : (expiresAt - this.#clock.now()) / 1000;
+        const held = this.#held;
+        const expiresAt = held?.token.expiresAt;
+        return held === undefined || expiresAt === undefined ? undefined : (expiresAt - this.#nowFor(held)) / 1000;
       },
     };
     this.#unwatch = telemetry.watchExpiry(this.#expiry);
@@ -340,7 +358,12 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
    */
   getToken(options?: GetTokenOptions): Promise<Token> {
     const held = this.#held;
-    if (held !== undefined && options === undefined && this.#clock.now() < held.staleAt) {
+    if (
+      held !== undefined &&
+      options === undefined &&
+      this.#clock.now() < held.staleAt &&
+      held.since + (this.#tick() - held.tickAt) < held.staleAt
+    ) {
       return Promise.resolve(held.token);
     }
     return this.#getTokenSlow(options);
@@ -387,7 +410,7 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
     const held = this.#held;
     if (held === undefined || this.#closed) return;
     if (accessToken !== undefined && held.token.accessToken !== accessToken) return;
-    const now = this.#clock.now();
+    const now = this.#nowFor(held);
     // At most two forced refreshes per forcedRefreshInterval (their times are kept with the token).
     const forced = forceRefresh(held.forced, now, this.#forcedIntervalMs);
     if (forced === undefined) return;
@@ -415,7 +438,7 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
     const held = this.#held;
     if (held === undefined) return { status: 'none', token: undefined, info: undefined };
     return {
-      status: statusAt(held.token, held.staleAt, this.#clock.now()),
+      status: statusAt(held.token, held.staleAt, this.#nowFor(held)),
       token: held.token,
       info: this.#info(held),
     };
@@ -484,14 +507,14 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
   async #getTokenSlow(options: GetTokenOptions | undefined): Promise<Token> {
     this.#checkOpen();
     const minTtlMs = options?.minTtl === undefined ? 0 : toMs(options.minTtl, 'minTtl');
-    const now = this.#clock.now();
     const held = this.#held;
     if (held !== undefined) {
+      const now = this.#nowFor(held);
       const status = statusAt(held.token, held.staleAt, now);
       if (status !== 'expired' && (minTtlMs === 0 || remainingMs(held.token, now) > minTtlMs)) {
         if (status === 'stale') {
           telemetry.staleServed(this.#grant);
-          this.#refreshInBackground(now);
+          this.#refreshInBackground();
         }
         return held.token;
       }
@@ -500,12 +523,13 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
         this.emit('expired', { key: this.key, expiredAt: held.token.expiresAt as number });
       }
     }
-    const demand = this.#demand(now, minTtlMs);
+    const demand = this.#demand(minTtlMs);
     return options?.signal ? abortable(demand, options.signal, 'getToken()') : demand;
   }
 
   /** No usable token: one attempt now, unless the server told us to wait or a permanent error is fresh. */
-  #demand(now: number, minTtlMs: number): Promise<Token> {
+  #demand(minTtlMs: number): Promise<Token> {
+    const now = this.#tick();
     const last = this.#lastError;
     if (last !== undefined && now < this.#blockedUntil) {
       return Promise.reject(
@@ -520,7 +544,8 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
     return this.#refresh(minTtlMs > 0 ? { minTtlMs } : {});
   }
 
-  #refreshInBackground(now: number): void {
+  #refreshInBackground(): void {
+    const now = this.#tick();
     if (this.#inflight !== undefined || now < this.#nextAttemptAt || now < this.#blockedUntil) return;
     if (this.#lastError !== undefined && !isTransient(this.#lastError) && now < this.#failFastUntil) return;
     this.#refresh({ fresh: true }).catch(() => undefined); // reported through 'refreshFailed'
@@ -545,7 +570,7 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
     const held = this.#held;
     if (held === undefined || held.token !== token) return false;
     if (want.afterGeneration !== undefined && held.generation <= want.afterGeneration) return false;
-    const now = this.#clock.now();
+    const now = this.#nowFor(held);
     const status = statusAt(token, held.staleAt, now);
     if (status === 'expired' || (want.fresh === true && status !== 'fresh')) return false;
     return want.minTtlMs === undefined || remainingMs(token, now) > want.minTtlMs;
@@ -579,7 +604,10 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
     };
     try {
       await this.#fleet.run(attempt);
-      return (this.#held as Held).token;
+      const { token } = this.#held as Held;
+      // Obtained, but past its expiry already (a lifetime shorter than the request took): not a valid token.
+      if (!isValid(token, this.#clock.now())) throw expiredOnArrival();
+      return token;
     } catch (err) {
       throw this.#failed(err);
     }
@@ -609,6 +637,8 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
     from: 'source' | 'store',
     forced: readonly number[],
   ): void {
+    const now = this.#clock.now();
+    const tick = this.#tick();
     const held: Held = {
       token,
       staleAt: staleAt(token, this.#policy, this.#random()),
@@ -616,10 +646,12 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
       seq,
       forced,
       generation: ++this.#generation,
+      since: now,
+      tickAt: tick,
     };
     this.#held = held;
-    const now = this.#clock.now();
-    if (from === 'source' || statusAt(token, held.staleAt, now) !== 'expired') {
+    // A token expired on arrival ends no run of failures (see #run): the backoff keeps growing.
+    if (statusAt(token, held.staleAt, now) !== 'expired') {
       this.#failures = 0;
       this.#lastError = undefined;
       this.#blockedUntil = this.#failFastUntil = 0;
@@ -627,10 +659,10 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
       // (adopted from the store) is not refreshed again sooner than its fetcher would, or a fleet refreshes
       // short-lived tokens at the pace of its most eager member. Capped at now + floor (clock skew).
       const floor = refreshFloor(token);
-      this.#nextAttemptAt = (from === 'source' ? now : Math.min(token.issuedAt, now)) + floor;
+      this.#nextAttemptAt = tick + (from === 'source' ? 0 : Math.min(token.issuedAt - now, 0)) + floor;
     }
     this.emit('token', { ...this.#info(held), from });
-    this.#schedule(held.staleAt);
+    this.#schedule(held.staleAt - now);
   }
 
   #failed(err: unknown): TokenwardenError {
@@ -644,14 +676,15 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
           },
         );
     if (this.#closed) return error;
-    const now = this.#clock.now();
+    const held = this.#held;
+    const now = held === undefined ? this.#clock.now() : this.#nowFor(held);
+    const tick = this.#tick();
     this.#failures += 1;
     this.#lastError = error;
-    const held = this.#held;
     const validUntil =
       held && statusAt(held.token, held.staleAt, now) !== 'expired' ? (held.token.expiresAt ?? Infinity) : undefined;
     let delay = backoffDelay(this.#policy, this.#failures, this.#random(), error.retryAfterMs);
-    if (error.retryAfterMs !== undefined) this.#blockedUntil = now + error.retryAfterMs;
+    if (error.retryAfterMs !== undefined) this.#blockedUntil = tick + error.retryAfterMs;
     else if (validUntil === undefined) {
       // Nothing to serve: whoever needs a token is failing, so do not let backoff grow past a few seconds.
       delay = Math.min(delay, NO_TOKEN_RETRY_MAX_MS);
@@ -661,15 +694,15 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
     }
     let retryInMs: number | undefined;
     if (isTransient(error)) {
-      this.#nextAttemptAt = now + delay;
+      this.#nextAttemptAt = tick + delay;
       // Protect the authorization server from callers without a token; a store problem is not its fault.
-      if (!STORE_CODES.has(error.code)) this.#failFastUntil = now + Math.min(delay, DEMAND_RETRY_FLOOR_MS);
+      if (!isStoreFailure(error)) this.#failFastUntil = tick + Math.min(delay, DEMAND_RETRY_FLOOR_MS);
       if (this.#policy.background) {
         retryInMs = delay;
-        this.#schedule(now + delay);
+        this.#schedule(delay);
       }
     } else {
-      this.#failFastUntil = now + delay;
+      this.#failFastUntil = tick + delay;
       this.#timer?.cancel();
     }
     this.emit('refreshFailed', {
@@ -682,28 +715,46 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
     return error;
   }
 
-  #schedule(at: number): void {
+  /** Arms the background timer `inMs` from now (not before the backoff allows). */
+  #schedule(inMs: number): void {
     this.#timer?.cancel();
     this.#timer = undefined;
-    if (!this.#policy.background || this.#closed || at === Infinity) return;
-    const due = Math.max(at, this.#nextAttemptAt);
-    this.#timer = this.#clock.setTimer(() => this.#onTimer(), Math.max(0, due - this.#clock.now()));
+    if (!this.#policy.background || this.#closed || inMs === Infinity) return;
+    const delay = Math.max(0, inMs, this.#nextAttemptAt - this.#tick());
+    this.#timer = this.#clock.setTimer(() => this.#onTimer(), delay);
   }
 
   #onTimer(): void {
     this.#timer = undefined;
     if (this.#closed || this.#inflight !== undefined) return;
     const held = this.#held;
-    const now = this.#clock.now();
-    if (held !== undefined && statusAt(held.token, held.staleAt, now) === 'fresh') {
-      this.#schedule(held.staleAt);
-      return;
+    if (held !== undefined) {
+      const now = this.#nowFor(held);
+      if (statusAt(held.token, held.staleAt, now) === 'fresh') {
+        this.#schedule(held.staleAt - now);
+        return;
+      }
     }
-    if (now < this.#blockedUntil || now < this.#nextAttemptAt) {
-      this.#schedule(Math.max(this.#blockedUntil, this.#nextAttemptAt));
+    const tick = this.#tick();
+    if (tick < this.#blockedUntil || tick < this.#nextAttemptAt) {
+      this.#schedule(Math.max(this.#blockedUntil, this.#nextAttemptAt) - tick);
       return;
     }
     this.#refresh({ fresh: true }).catch(() => undefined); // reported through 'refreshFailed'
+  }
+
+  /** The monotonic clock (the wall clock when the clock has none): what backoff deadlines are kept on. */
+  #tick(): number {
+    return this.#clock.monotonic?.() ?? this.#clock.now();
+  }
+
+  /**
+   * The time to judge `held` by: the wall clock, but never less than the time that has passed since it was
+   * installed — a wall clock stepped back (NTP, a VM restored) must not keep a token in use past its real expiry
+   * for as long as the step. Tokens obtained later are stamped with the wall clock as it is then.
+   */
+  #nowFor(held: Held): number {
+    return Math.max(this.#clock.now(), held.since + (this.#tick() - held.tickAt));
   }
 
   #info(held: Held): TokenInfo {

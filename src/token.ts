@@ -352,6 +352,23 @@ export function toToken(data: unknown): Token | undefined {
 }
 
 /**
+ * The error for a token request that succeeded with an access token already expired when it arrived (`expires_in`
+ * shorter than the request took): a `TokenManager` or `UserTokens` reports it (and backs off, as for any answer it
+ * cannot use) rather than hand out a token every API refuses — or, for a user, call it a sign-out.
+ *
+ * @example
+ * ```ts
+ * if (!isValid(token, clock.now())) throw expiredOnArrival();
+ * ```
+ */
+export function expiredOnArrival(): TokenwardenError {
+  return new TokenwardenError(
+    'ERR_INVALID_RESPONSE',
+    'the access token the authorization server issued had expired by the time it arrived (its expires_in is shorter than the token request took)',
+  );
+}
+
+/**
  * Whether a token can still be used at `now` (it has no known expiry, or the expiry is in the future).
  *
  * @example

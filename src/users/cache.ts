@@ -30,12 +30,14 @@ export interface Held {
   readonly staleAt: number;
 }
 
-/** Refresh failures of one request of one subject. */
+/** Refresh failures of one request of one subject. Its deadlines are on the monotonic clock (`Clock.monotonic`). */
 export interface Failure {
   failures: number;
   lastError: TokenwardenError;
   /** No background attempt before this (backoff). */
   nextAttemptAt: number;
+  /** A failure of the server's: callers get it again until this time (a second at most), without a request. */
+  failFastUntil: number;
   /** No attempt at all before this (`Retry-After`). */
   blockedUntil: number;
   /** An error that waiting will not heal is returned again until this time. */
@@ -130,9 +132,18 @@ function scopeSet(scope: string | undefined): ReadonlySet<string> | null {
   return set;
 }
 
-/** The subjects this process holds. */
+/**
+ * The subjects this process holds: an LRU of at most `max`, plus the subjects it evicted while they were pinned
+ * — a refresh in flight, or a refreshed record the store has not taken yet — which stay held until unpinned.
+ * An attempt in flight reads the subject's record from here (what to spend, whether it is served): evicting it
+ * then would report a signed-in user as signed out, or spend a refresh token already rotated.
+ */
 export class SubjectCache {
   readonly #lru: LRUCache<string, Cached>;
+  /** Pins per subject (a subject is pinned once per attempt in flight, once while its record is unwritten). */
+  readonly #pins = new Map<string, number>();
+  /** Pinned subjects the LRU evicted. */
+  readonly #kept = new Map<string, Cached>();
 
   constructor(
     max: number,
@@ -141,32 +152,57 @@ export class SubjectCache {
     private readonly clock: Clock,
     private readonly revalidateMs: number,
   ) {
-    this.#lru = new LRUCache({ max });
+    this.#lru = new LRUCache({
+      max,
+      dispose: (value, subject, reason) => {
+        if (reason === 'evict' && this.#pins.has(subject)) this.#kept.set(subject, value);
+      },
+    });
   }
 
+  /** Subjects held: at most `max`, plus pinned ones evicted meanwhile. */
   get size(): number {
-    return this.#lru.size;
+    return this.#lru.size + this.#kept.size;
   }
 
   /** The subject, marked as recently used. */
   get(subject: string): Cached | undefined {
-    return this.#lru.get(subject);
+    return this.#lru.get(subject) ?? this.#kept.get(subject);
   }
 
   peek(subject: string): Cached | undefined {
-    return this.#lru.peek(subject);
+    return this.#lru.peek(subject) ?? this.#kept.get(subject);
   }
 
   delete(subject: string): void {
     this.#lru.delete(subject);
+    this.#kept.delete(subject);
   }
 
   clear(): void {
     this.#lru.clear();
+    this.#kept.clear();
+    this.#pins.clear();
   }
 
-  entries(): IterableIterator<[string, Cached]> {
-    return this.#lru.entries();
+  *entries(): IterableIterator<[string, Cached]> {
+    yield* this.#lru.entries();
+    yield* this.#kept.entries();
+  }
+
+  /** Keeps the subject held (even past `max`) until as many {@link SubjectCache.unpin} calls. */
+  pin(subject: string): void {
+    this.#pins.set(subject, (this.#pins.get(subject) ?? 0) + 1);
+  }
+
+  unpin(subject: string): void {
+    const pins = (this.#pins.get(subject) ?? 0) - 1;
+    if (pins > 0) {
+      this.#pins.set(subject, pins);
+      return;
+    }
+    this.#pins.delete(subject);
+    this.#kept.delete(subject); // evicted meanwhile: gone now, as the LRU wanted
   }
 
   /**
@@ -181,7 +217,7 @@ export class SubjectCache {
     version: number | undefined,
   ): { cached: Cached; added: StoredEntry[] } {
     const now = this.clock.now();
-    const previous = this.#lru.peek(subject);
+    const previous = this.peek(subject);
     if (previous !== undefined && version !== undefined && previous.version === version && previous.seq === seq) {
       previous.revalidateAt = now + this.revalidateMs;
       return { cached: previous, added: [] };
@@ -220,6 +256,7 @@ export class SubjectCache {
       revalidateAt: version === undefined ? now : now + this.revalidateMs,
       failures: previous?.failures?.session === record.session ? previous.failures : undefined,
     };
+    this.#kept.delete(subject);
     this.#lru.set(subject, cached);
     return { cached, added };
   }

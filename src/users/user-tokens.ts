@@ -19,14 +19,14 @@ import { type Attempt, Fleet, type Slot, type Versioned, lockLease, withRotated 
 import { type AuthFetchOptions, type TokenProvider, authFetch } from '../http/auth-fetch.js';
 import { type FetchLike, boundedFetch } from '../http/transport.js';
 import { type UserClaims, checkIdToken, signatureVerifier } from '../id-token.js';
-import { isTransient } from '../manager.js';
+import { DEMAND_RETRY_FLOOR_MS, isStoreFailure, isTransient } from '../manager.js';
 import { type RefreshPolicy, backoffDelay, forceRefresh, resolvePolicy } from '../policy.js';
 import { OAuthClient, rotatedRefreshToken } from '../sources/client.js';
 import { isRefreshTokenRejected, toTokenwardenError } from '../sources/errors.js';
 import { MemoryStore } from '../stores/memory.js';
 import type { StoreLock, TokenStore } from '../stores/store.js';
 import * as telemetry from '../telemetry/hooks.js';
-import { type Token, refreshExpiry, tokenFromResponse } from '../token.js';
+import { type Token, expiredOnArrival, refreshExpiry, tokenFromResponse } from '../token.js';
 import { isWellFormedUnicode } from '../unicode.js';
 import { type Cached, type Failure, type Level, SubjectCache, find } from './cache.js';
 import {
@@ -124,6 +124,8 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
   readonly #lineage: ReturnType<typeof recordLineage>;
   readonly #inflight = new Map<string, Promise<Token>>();
   readonly #revalidating = new Set<string>();
+  /** Subjects whose latest record the store has not taken yet (pinned in the in-process layer). */
+  readonly #unwritten = new Set<string>();
   readonly #releasing = new Set<Promise<void>>();
   readonly #closing = new AbortController();
   #closed = false;
@@ -222,7 +224,10 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
     return this.#lastId.id;
   }
 
-  /** Subjects held in the in-process layer (at most `cache.max`). */
+  /**
+   * Subjects held in the in-process layer: at most `cache.max`, plus any evicted while a refresh of theirs runs or
+   * its result waits for the store (held until then).
+   */
   get cachedSubjects(): number {
     return this.#cache.size;
   }
@@ -300,6 +305,7 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
     );
     if (!written.ok) throw written.error;
     const shared = this.#lineage.shared(record);
+    if (this.#unwritten.delete(subject)) this.#cache.unpin(subject); // its pending write was dropped: a login replaces it
     this.#cache.adopt(subject, shared.record, shared.text, seq, written.value ?? undefined);
     return stored.token;
   }
@@ -633,7 +639,7 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
         // Renew the stale token itself (which may be a broader one covering this request).
         if (now >= held.staleAt) {
           telemetry.staleServed('refresh_token'); // no per-user attribute
-          this.#refreshInBackground(subject, cached, held.spec, now);
+          this.#refreshInBackground(subject, cached, held.spec);
         }
         return held.token;
       }
@@ -654,10 +660,13 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
       .finally(() => this.#revalidating.delete(subject));
   }
 
-  #refreshInBackground(subject: string, cached: Cached, want: Spec, now: number): void {
+  #refreshInBackground(subject: string, cached: Cached, want: Spec): void {
     if (!cached.hasRefreshToken) return;
     const failure = cached.failures?.byRequest.get(want.key);
-    if (failure && (now < failure.nextAttemptAt || now < failure.blockedUntil || now < failure.permanentUntil)) return;
+    if (failure !== undefined) {
+      const tick = this.#tick();
+      if (tick < failure.nextAttemptAt || tick < failure.blockedUntil || tick < failure.permanentUntil) return;
+    }
     this.#single(subject, want, 'fresh').catch(() => undefined); // reported through 'refreshFailed'
   }
 
@@ -687,17 +696,26 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
       precheck: () => this.#mayRefresh(subject, want),
       spend: (current, signal) => this.#spend(subject, want, current, signal),
     };
+    // Held until the run ends, however many other subjects the LRU takes in meanwhile: the run reads the
+    // subject's record from the in-process layer (to check it, to spend it, to serve its token).
+    this.#cache.pin(subject);
     try {
       await this.#fleet.run(attempt);
       // What the run left (a token just obtained on a slow day may be inside its last moments: still valid).
       const cached = this.#cache.peek(subject);
       const token = found('valid') ?? (cached && find(cached, want, this.#clock.now(), 'unexpired'))?.token;
-      if (token === undefined) throw new TokenwardenError('ERR_LOGIN_REQUIRED', 'the subject was signed out');
+      if (token === undefined) {
+        if (cached === undefined) throw new TokenwardenError('ERR_LOGIN_REQUIRED', 'the subject was signed out');
+        // Still signed in, with the new refresh token: the access token just issued is useless, not the grant.
+        throw expiredOnArrival();
+      }
       // Served: the request's failures are over (the next one backs off from the start again).
       this.#cache.peek(subject)?.failures?.byRequest.delete(want.key);
       return token;
     } catch (err) {
       throw this.#failed(subject, want, err);
+    } finally {
+      this.#cache.unpin(subject);
     }
   }
 
@@ -719,7 +737,7 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
         };
       },
       take: (value, from) => this.#take(subject, key, value, from),
-      missing: () => this.#cache.delete(subject),
+      missing: () => this.#forgetSubject(subject),
       owns: (record) => isRecordOf(record, this.#recordId(subject)),
       abandoned: (record) => {
         // Signed out while we refreshed: the new refresh token is not brought back; revoke it (best effort).
@@ -750,6 +768,15 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
     const hadSubject = held !== undefined;
     const shared = this.#lineage.shared(value.state);
     const { added } = this.#cache.adopt(subject, shared.record, shared.text, value.seq, value.version);
+    // A refresh the store did not take (yet) is held only here and in the fleet core's pending write: the
+    // subject stays in the in-process layer until a write lands, so that no attempt starts from the older
+    // record the store still has (and spends its refresh token, already rotated).
+    if (value.version === undefined) {
+      if (!this.#unwritten.has(subject)) {
+        this.#unwritten.add(subject);
+        this.#cache.pin(subject);
+      }
+    } else if (this.#unwritten.delete(subject)) this.#cache.unpin(subject);
     if (from === 'store' && !hadSubject) return;
     for (const { token } of added) {
       this.emit('token', { subject, from, scope: token.scope, expiresAt: token.expiresAt });
@@ -788,18 +815,19 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
     }
     const failure = cached.failures?.byRequest.get(want.key);
     if (failure !== undefined) {
-      if (now < failure.blockedUntil) {
+      const tick = this.#tick();
+      if (tick < failure.blockedUntil) {
         throw new TokenwardenError(
           'ERR_RETRY_LATER',
           'the authorization server asked to wait before the next refresh',
           {
             cause: failure.lastError,
-            retryAfterMs: failure.blockedUntil - now,
+            retryAfterMs: failure.blockedUntil - tick,
             ...(failure.lastError.status !== undefined && { status: failure.lastError.status }),
           },
         );
       }
-      if (now < failure.permanentUntil) throw failure.lastError;
+      if (tick < failure.permanentUntil || tick < failure.failFastUntil) throw failure.lastError;
     }
   }
 
@@ -999,8 +1027,14 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
   async #remove(subject: string, key: string): Promise<void> {
     this.#fleet.forget(key);
     const result = await this.#fleet.storeCall(this.#slot(subject, key), 'delete', (s) => s.delete(key));
-    this.#cache.delete(subject);
+    this.#forgetSubject(subject);
     if (!result.ok) throw result.error;
+  }
+
+  /** Drops the subject from the in-process layer (signed out, or gone from the store). */
+  #forgetSubject(subject: string): void {
+    if (this.#unwritten.delete(subject)) this.#cache.unpin(subject);
+    this.#cache.delete(subject);
   }
 
   /**
@@ -1028,24 +1062,47 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
     }
     if (error.code === 'ERR_RETRY_LATER' || error.code === 'ERR_CLOSED' || error.code === 'ERR_ABORTED') return error;
     const cached = this.#cache.peek(subject);
-    const now = this.#clock.now();
+    const now = this.#tick();
     let failure: Failure | undefined;
     if (cached !== undefined) {
       cached.failures ??= { session: this.#reread(cached)?.session ?? '', byRequest: new Map() };
       failure = cached.failures.byRequest.get(want.key);
+      // The last failure again, without a request (#mayRefresh): not another failure — counting it would push the
+      // next attempt further with every call, and report refreshes that never happened.
+      if (failure?.lastError === error) return error;
       if (failure === undefined) {
-        failure = { failures: 0, lastError: error, nextAttemptAt: 0, blockedUntil: 0, permanentUntil: 0 };
+        failure = {
+          failures: 0,
+          lastError: error,
+          nextAttemptAt: 0,
+          failFastUntil: 0,
+          blockedUntil: 0,
+          permanentUntil: 0,
+        };
         cached.failures.byRequest.set(want.key, failure);
       }
       failure.failures += 1;
       failure.lastError = error;
       const delay = backoffDelay(this.#policy, failure.failures, this.#random(), error.retryAfterMs);
       if (error.retryAfterMs !== undefined) failure.blockedUntil = now + error.retryAfterMs;
-      if (isTransient(error)) failure.nextAttemptAt = now + delay;
-      else failure.permanentUntil = now + delay;
+      if (isTransient(error)) {
+        failure.nextAttemptAt = now + delay;
+        // As TokenManager does: right after the server failed, the subject's callers get that failure at once (for
+        // the backoff, a second at most) instead of each sending a request it is failing. A store problem is not
+        // the server's fault.
+        if (!isStoreFailure(error)) failure.failFastUntil = now + Math.min(delay, DEMAND_RETRY_FLOOR_MS);
+      } else failure.permanentUntil = now + delay;
     }
     this.emit('refreshFailed', { subject, error, failures: failure?.failures ?? 1 });
     return error;
+  }
+
+  /**
+   * The monotonic clock (the wall clock when the clock has none): backoff deadlines are kept on it, so that a wall
+   * clock stepped back (NTP, a VM restored) does not stretch them by the size of the step.
+   */
+  #tick(): number {
+    return this.#clock.monotonic?.() ?? this.#clock.now();
   }
 
   #ttl(): { ttlMs?: number } {
