@@ -31,7 +31,7 @@ import { type Clock, sleep, systemClock } from '../clock.js';
 import { type Duration, toMs } from '../duration.js';
 import { TokenwardenError, isTokenwardenError } from '../errors.js';
 import { MemoryStore } from '../stores/memory.js';
-import { GENERATION_WATCH_MS, bounded, releaseLate, waitClock } from '../stores/shared.js';
+import { GENERATION_WATCH_MS, bounded, driverCause, releaseLate, waitClock } from '../stores/shared.js';
 import type { StoreLock, StoreRecord, TokenStore } from '../stores/store.js';
 import * as telemetry from '../telemetry/hooks.js';
 
@@ -396,7 +396,7 @@ export class Fleet<S> {
       if (this.#o.closing.aborted && isTokenwardenError(err, 'ERR_CLOSED', 'ERR_ABORTED')) throw err;
       const error = isTokenwardenError(err)
         ? err
-        : new TokenwardenError('ERR_STORE', `store ${operation} failed`, { cause: err });
+        : new TokenwardenError('ERR_STORE', `store ${operation} failed`, { cause: driverCause(err) });
       this.#failed(slot, operation, error);
       return { ok: false, error };
     }
@@ -611,7 +611,7 @@ export class Fleet<S> {
       if (this.#o.closing.aborted && isTokenwardenError(err, 'ERR_CLOSED', 'ERR_ABORTED')) throw err;
       error = isTokenwardenError(err)
         ? err
-        : new TokenwardenError('ERR_STORE', 'store lock renewal failed', { cause: err });
+        : new TokenwardenError('ERR_STORE', 'store lock renewal failed', { cause: driverCause(err) });
       if (this.#mayGoAlone()) return;
     } finally {
       budget.charge(Math.min(Date.now() - started, limit));

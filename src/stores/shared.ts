@@ -83,11 +83,37 @@ export function releaseLate(value: unknown): void {
 export function storeError(err: unknown, what: string): TokenwardenError {
   if (isTokenwardenError(err)) return err;
   if (isDriverTimeout(err)) {
-    return new TokenwardenError('ERR_STORE_TIMEOUT', `${what} timed out in the driver`, { cause: err });
+    return new TokenwardenError('ERR_STORE_TIMEOUT', `${what} timed out in the driver`, { cause: driverCause(err) });
   }
   const code = (err as { code?: unknown } | null)?.code;
   const detail = typeof code === 'string' && /^[A-Za-z0-9_]{1,32}$/.test(code) ? ` (${code})` : '';
-  return new TokenwardenError('ERR_STORE', `${what} failed${detail}`, { cause: err });
+  return new TokenwardenError('ERR_STORE', `${what} failed${detail}`, { cause: driverCause(err) });
+}
+
+/** The fields of a driver's error kept in a cause: what an operator reads, never a value. */
+const DRIVER_FIELDS = ['code', 'errno', 'syscall', 'severity', 'routine'] as const;
+
+/**
+ * The part of a driver's error a `cause` keeps: its class name, message, stack and codes — not the rest.
+ * ioredis keeps the command on a reply error (`command.args`: the entry written — tokens, in clear without
+ * `encryptionKey`), pg the failing row in `detail`; `util.inspect(err)` or a logger printing the cause would
+ * show them. Anything that is not an `Error` is kept as it is.
+ *
+ * @example
+ * ```ts
+ * new TokenwardenError('ERR_STORE', 'store set failed', { cause: driverCause(replyError) });
+ * ```
+ */
+export function driverCause(err: unknown): unknown {
+  if (!(err instanceof Error)) return err;
+  const copy = new Error(err.message);
+  copy.name = err.name;
+  for (const field of DRIVER_FIELDS) {
+    const value = (err as unknown as Record<string, unknown>)[field];
+    if (typeof value === 'string' || typeof value === 'number') Object.assign(copy, { [field]: value });
+  }
+  if (err.stack !== undefined) copy.stack = err.stack;
+  return copy;
 }
 
 /**

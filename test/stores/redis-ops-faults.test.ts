@@ -7,6 +7,7 @@
  * fleet cases on a real authorization server with single-use rotating refresh tokens.
  */
 import { randomUUID } from 'node:crypto';
+import { inspect } from 'node:util';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { TokenManager, type TokenManagerOptions, type TokenwardenError } from '../../src/index.js';
@@ -125,6 +126,25 @@ describe.skipIf(skipWithout('redis-server', hasRedisServer))('RedisStore under a
       expect(seen).toEqual([]);
     }, 30_000);
   }
+
+  it('a write refused (READONLY: the server turned into a replica): the ERR_STORE and its cause hold no stored value, however printed', async () => {
+    const replica = await startPrivateRedis();
+    onTestFinished(() => replica.close());
+    const store = new RedisStore({ url: replica.url, prefix: `ro-${randomUUID()}:` });
+    onTestFinished(() => store.close());
+    expect(await store.set('k', 'v1')).toBeGreaterThan(0);
+    // A replica of a primary that is not there (port 1): it refuses writes, and stays so.
+    await replica.cli('REPLICAOF', '127.0.0.1', '1');
+    const secret = `access-${randomUUID()}-refresh-${randomUUID()}`;
+    const err = await failure(store.set('k', secret, { ttlMs: 60_000 }));
+    expect(err?.code).toBe('ERR_STORE');
+    expect(err?.message).toMatch(/READONLY/);
+    // ioredis keeps the command's arguments on its reply error: the entry written, tokens and all.
+    for (const text of [inspect(err, { depth: Infinity }), JSON.stringify(err), String(err?.stack)]) {
+      expect(text).not.toContain(secret);
+    }
+    expect((err?.cause as Error | undefined)?.message).toMatch(/^READONLY/);
+  });
 
   it('SCRIPT FLUSH between calls (a restart of the scripting engine, a managed service clearing its cache): every script is loaded again', async () => {
     const store = new RedisStore({ url: redis.url, prefix: `flush-${randomUUID()}:` });
