@@ -262,6 +262,8 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
   readonly #slot: Slot<TokenState>;
   readonly #forcedIntervalMs: number;
   readonly #closing = new AbortController();
+  /** Aborted first by `close()`: waits for other processes end at once; a spend under way runs on. */
+  readonly #stopWaiting = new AbortController();
   #held: Held | undefined;
   #generation = 0;
   #inflight: Promise<Token> | undefined;
@@ -331,6 +333,7 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
       lockWaitMs,
       unlockedRefresh: options.unlockedRefresh === true,
       closing: this.#closing.signal,
+      waiting: this.#stopWaiting.signal,
       slots: () => [this.#slot],
     });
     const grant = (source as { grant?: unknown }).grant;
@@ -457,6 +460,9 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
     if (this.#closed) return;
     this.#closed = true;
     this.#timer?.cancel();
+    // A refresh waiting for another process's lock (up to lock.wait, 30 s) must not hold up a shutdown: it ends
+    // now with ERR_CLOSED; one already spending runs on, and its rotated refresh token is written.
+    this.#stopWaiting.abort(new TokenwardenError('ERR_CLOSED', 'the token manager was closed'));
     await this.#inflight?.catch(() => undefined);
     // A rotated refresh token the store did not take yet is written now (bounded), never dropped silently.
     await this.#fleet.flush();

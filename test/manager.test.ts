@@ -492,6 +492,21 @@ describe('TokenManager', () => {
     await expect(manager.getToken()).rejects.toMatchObject({ code: 'ERR_CLOSED' });
   });
 
+  it("close() does not wait out another process's lock: a refresh waiting for it ends with ERR_CLOSED at once, nothing spent", async () => {
+    const store = new MemoryStore();
+    const { source, manager } = setup({ store, lock: { wait: '20s' } });
+    const elsewhere = await store.lock(manager.key, { ttlMs: 60_000, waitMs: 0 }); // another process refreshing
+    const pending = manager.getToken();
+    pending.catch(() => undefined);
+    for (let i = 0; i < 5; i++) await new Promise((r) => setImmediate(r)); // waiting for the lock now
+    const started = performance.now();
+    await manager.close();
+    expect(performance.now() - started).toBeLessThan(1_000); // not lock.wait (a Kubernetes grace period is 30 s)
+    await expect(pending).rejects.toMatchObject({ code: 'ERR_CLOSED' });
+    expect(source.calls).toHaveLength(0);
+    await elsewhere?.release();
+  });
+
   it('a caller can stop waiting without cancelling the shared refresh', async () => {
     const { source, manager } = setup();
     source.gate();

@@ -27,6 +27,7 @@
  *
  * @module
  */
+import { setMaxListeners } from 'node:events';
 import { type Clock, sleep, systemClock } from '../clock.js';
 import { type Duration, toMs } from '../duration.js';
 import { TokenwardenError, isTokenwardenError } from '../errors.js';
@@ -153,6 +154,12 @@ export interface FleetOptions<S> {
   unlockedRefresh: boolean;
   /** Aborts waits and spends when the participant closes. */
   closing: AbortSignal;
+  /**
+   * Aborted when the participant starts closing, before it waits for its spends in flight: ends waits for
+   * other processes (a lock held elsewhere, up to `lockWaitMs`; the settle) and starts no spend, while a spend
+   * already under way runs on (its rotated refresh token is written). `closing` follows once those are done.
+   */
+  waiting?: AbortSignal;
   /** Every slot this process holds, for writing back after a store reset. */
   slots(): Iterable<Slot<S>>;
 }
@@ -254,11 +261,15 @@ export class Fleet<S> {
   readonly #releasing = new Set<Promise<void>>();
   #settleUntil = 0;
   #storeDown = false;
+  /** `closing`, or `waiting` when that comes first: what waits and new spends stop at. */
+  readonly #waits: AbortSignal;
   #flushTimer: NodeJS.Timeout | undefined;
   readonly #onReset = (): void => this.#reset();
 
   constructor(options: FleetOptions<S>) {
     this.#o = options;
+    this.#waits = options.waiting === undefined ? options.closing : AbortSignal.any([options.closing, options.waiting]);
+    setMaxListeners(0, this.#waits); // every lock wait in flight listens to it (a UserTokens: many subjects)
     this.#private = options.store instanceof MemoryStore;
     listeners.add(options.store, this.#onReset);
   }
@@ -393,7 +404,7 @@ export class Fleet<S> {
     } catch (err) {
       if (operation === 'lock') telemetry.lockWaited(performance.now() - waitStarted, 'error');
       budget?.charge(Math.min(Date.now() - started, limit));
-      if (this.#o.closing.aborted && isTokenwardenError(err, 'ERR_CLOSED', 'ERR_ABORTED')) throw err;
+      if (this.#waits.aborted && isTokenwardenError(err, 'ERR_CLOSED', 'ERR_ABORTED')) throw err;
       const error = isTokenwardenError(err)
         ? err
         : new TokenwardenError('ERR_STORE', `store ${operation} failed`, { cause: driverCause(err) });
@@ -449,10 +460,14 @@ export class Fleet<S> {
       return;
     }
     if (pending !== undefined && stored.seq >= pending.value.seq) this.#drop(pending);
-    if (held === undefined || stored.seq > held.seq || (stored.seq === held.seq && record.version !== held.version)) {
+    // What this process has: what it holds — or, should the participant hold nothing now, a write still pending
+    // (never replaced by the older state the store has).
+    const still = this.#pending.get(slot.key);
+    const ours = held ?? still?.value;
+    if (ours === undefined || stored.seq > ours.seq || (stored.seq === ours.seq && record.version !== ours.version)) {
       slot.take({ state: stored.state, seq: stored.seq, version: record.version }, 'store');
-    } else if (held.seq > stored.seq && this.#o.lineage.precious(held.state)) {
-      await this.#writeBackHeld(slot, pending?.value ?? held, record.version, budget);
+    } else if (ours.seq > stored.seq && this.#o.lineage.precious(ours.state)) {
+      await this.#writeBackHeld(slot, still?.value ?? ours, record.version, budget);
     }
   }
 
@@ -472,7 +487,7 @@ export class Fleet<S> {
   /** Waits `ms` (closing cuts it short), then reads the key again and reconciles. */
   async #rereadAfter(attempt: Attempt<S>, ms: number): Promise<Read<S>> {
     const clock = this.#o.clock === systemClock ? waitClock : this.#o.clock;
-    await sleep(clock, ms, this.#o.closing).catch(() => undefined);
+    await sleep(clock, ms, this.#waits).catch(() => undefined);
     this.#checkOpen();
     const budget = new Budget(this.#o.storeTimeoutMs);
     const again = await this.#read(attempt, budget);
@@ -503,7 +518,8 @@ export class Fleet<S> {
     slot: Slot<S>,
     budget: Budget,
   ): Promise<{ ok: true; lock: StoreLock } | { ok: false; error: TokenwardenError } | undefined> {
-    const { lockTtlMs: ttlMs, lockWaitMs: waitMs, closing: signal } = this.#o;
+    const { lockTtlMs: ttlMs, lockWaitMs: waitMs } = this.#o;
+    const signal = this.#waits;
     const result = await this.storeCall(slot, 'lock', (s) => s.lock(slot.key, { ttlMs, waitMs, signal }), budget);
     if (!result.ok) return result;
     return result.value === undefined ? undefined : { ok: true, lock: result.value };
@@ -608,7 +624,7 @@ export class Fleet<S> {
         'the refresh lock was lost before the refresh (its lease ran out, or the store dropped it: a Redis evicting keys?); nothing was spent',
       );
     } catch (err) {
-      if (this.#o.closing.aborted && isTokenwardenError(err, 'ERR_CLOSED', 'ERR_ABORTED')) throw err;
+      if (this.#waits.aborted && isTokenwardenError(err, 'ERR_CLOSED', 'ERR_ABORTED')) throw err;
       error = isTokenwardenError(err)
         ? err
         : new TokenwardenError('ERR_STORE', 'store lock renewal failed', { cause: driverCause(err) });
@@ -751,6 +767,6 @@ export class Fleet<S> {
   }
 
   #checkOpen(): void {
-    if (this.#o.closing.aborted) throw new TokenwardenError('ERR_CLOSED', 'closed');
+    if (this.#waits.aborted) throw new TokenwardenError('ERR_CLOSED', 'closed');
   }
 }

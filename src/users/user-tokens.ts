@@ -128,6 +128,8 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
   readonly #unwritten = new Set<string>();
   readonly #releasing = new Set<Promise<void>>();
   readonly #closing = new AbortController();
+  /** Aborted first by `close()`: waits for other processes end at once; spends under way run on. */
+  readonly #stopWaiting = new AbortController();
   #closed = false;
   #lastId: { subject: string; id: string } | undefined;
 
@@ -176,6 +178,7 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
     this.#lineage = recordLineage(this.issuer, this.clientId, this.#recordTtlMs);
     // One closing signal shared by every operation in flight (many users refresh at once).
     setMaxListeners(0, this.#closing.signal);
+    setMaxListeners(0, this.#stopWaiting.signal);
     this.#fleet = new Fleet({
       store: this.store,
       lineage: this.#lineage,
@@ -185,6 +188,7 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
       lockWaitMs: this.#lockWaitMs,
       unlockedRefresh: false,
       closing: this.#closing.signal,
+      waiting: this.#stopWaiting.signal,
       slots: () => this.#heldSlots(),
     });
     if (options.verifyIdTokenSignature !== false) {
@@ -524,7 +528,7 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
     const key = this.keyFor(subject);
     const slot = this.#slot(subject, key);
     const lock = await this.#fleet.storeCall(slot, 'lock', (s) =>
-      s.lock(key, { ttlMs: this.#lockTtlMs, waitMs: this.#lockWaitMs, signal: this.#closing.signal }),
+      s.lock(key, { ttlMs: this.#lockTtlMs, waitMs: this.#lockWaitMs, signal: this.#stopWaiting.signal }),
     );
     try {
       const record = await this.#read(subject);
@@ -596,6 +600,8 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    // Refreshes waiting for another process's lock (up to lock.wait) end now with ERR_CLOSED; spends run on.
+    this.#stopWaiting.abort(new TokenwardenError('ERR_CLOSED', 'UserTokens was closed'));
     await Promise.allSettled([...this.#inflight.values()]);
     await this.#fleet.flush();
     this.#closing.abort(new TokenwardenError('ERR_CLOSED', 'UserTokens was closed'));
