@@ -22,11 +22,11 @@
 import { execFile, spawn, spawnSync } from 'node:child_process';
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { type IncomingMessage, type ServerResponse, createServer } from 'node:http';
 import { tmpdir, userInfo } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { freePort, sleep, waitForPort } from './private-servers.js';
+import { type TokenEndpointRecord, startRecordingProxy } from './recording-proxy.js';
 
 const run = promisify(execFile);
 const STARMAN = '/usr/bin/starman';
@@ -59,16 +59,7 @@ export interface LemonLdapClient {
 }
 
 /** What the token endpoint was sent and answered, in order. */
-export interface LemonLdapRecord {
-  /** Every refresh token presented with the refresh token grant. */
-  refreshTokensPresented: string[];
-  /** Refusals by OAuth error code, or by status when the body had none. */
-  errors: Record<string, number>;
-  /** Requests by grant type. */
-  byGrant: Record<string, number>;
-  /** Every request that reached the proxy: `"<method> <path>"`. */
-  requests: string[];
-}
+export type LemonLdapRecord = TokenEndpointRecord;
 
 /** A user's token response from the password grant. */
 export type LemonLdapLogin = Record<string, unknown> & {
@@ -250,56 +241,13 @@ export async function startLemonLdap(options: LemonLdapOptions = {}): Promise<Le
     await rm(dir, { recursive: true, force: true });
   };
 
-  const record: LemonLdapRecord = { refreshTokensPresented: [], errors: {}, byGrant: {}, requests: [] };
-  const proxy = createServer((req, res) => void forward(req, res));
-  async function forward(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    record.requests.push(`${req.method ?? 'GET'} ${(req.url ?? '/').split('?')[0]}`);
-    const chunks: Buffer[] = [];
-    for await (const chunk of req) chunks.push(chunk as Buffer);
-    const body = Buffer.concat(chunks);
-    const headers = new Headers();
-    for (const [name, value] of Object.entries(req.headers)) {
-      if (value === undefined || ['host', 'connection', 'content-length', 'transfer-encoding'].includes(name)) continue;
-      headers.set(name, Array.isArray(value) ? value.join(', ') : value);
-    }
-    try {
-      const answer = await fetch(`http://127.0.0.1:${port}${req.url ?? '/'}`, {
-        method: req.method ?? 'GET',
-        headers,
-        ...(body.length > 0 && { body }),
-        redirect: 'manual',
-      });
-      const text = Buffer.from(await answer.arrayBuffer());
-      if (req.method === 'POST' && (req.url ?? '') === '/oauth2/token') {
-        const form = new URLSearchParams(body.toString());
-        const grant = form.get('grant_type') ?? '';
-        record.byGrant[grant] = (record.byGrant[grant] ?? 0) + 1;
-        const spent = form.get('refresh_token');
-        if (grant === 'refresh_token' && spent !== null) record.refreshTokensPresented.push(spent);
-        if (answer.status >= 400) {
-          let code = String(answer.status);
-          try {
-            code = String((JSON.parse(text.toString()) as { error?: unknown }).error ?? code);
-          } catch {
-            // an empty or non-JSON body: counted by status
-          }
-          record.errors[code] = (record.errors[code] ?? 0) + 1;
-        }
-      }
-      const out: Record<string, string> = {};
-      answer.headers.forEach((value, name) => {
-        if (!['content-length', 'content-encoding', 'transfer-encoding', 'connection'].includes(name))
-          out[name] = value;
-      });
-      res.writeHead(answer.status, out).end(text);
-    } catch {
-      res.writeHead(502).end();
-    }
-  }
-  await new Promise<void>((resolve) => proxy.listen(proxyPort, '127.0.0.1', resolve));
+  const { record, close: closeProxy } = await startRecordingProxy({
+    port: proxyPort,
+    target: port,
+    isTokenEndpoint: (url) => url === '/oauth2/token',
+  });
   const close = async () => {
-    await new Promise<void>((resolve) => proxy.close(() => resolve()));
-    proxy.closeAllConnections();
+    await closeProxy();
     await stop();
   };
 
