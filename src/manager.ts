@@ -183,6 +183,11 @@ interface Held {
   /** The wall clock and the monotonic clock when it was installed: its age is judged by the time that has passed. */
   readonly since: number;
   readonly tickAt: number;
+  /**
+   * Until when `getToken()` serves it by the wall clock alone (one clock read): `staleAt` while it is fresh,
+   * `-Infinity` once it is stale by the time that has passed (see `#watchWall`).
+   */
+  fastUntil: number;
 }
 
 /** What the fleet core keeps for a manager's key: the token, and when refreshes were last forced. */
@@ -277,6 +282,8 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
   /** After a failure, callers without a valid token get it again until this time, without a request. */
   #failFastUntil = 0;
   #timer: Timer | undefined;
+  /** See {@link TokenManager.#watchWall}. */
+  #wallTimer: Timer | undefined;
   #closed = false;
   #expiredReported: Token | undefined;
   /** The grant type in metrics (`custom` for a source that is not a built-in grant). */
@@ -361,12 +368,7 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
    */
   getToken(options?: GetTokenOptions): Promise<Token> {
     const held = this.#held;
-    if (
-      held !== undefined &&
-      options === undefined &&
-      this.#clock.now() < held.staleAt &&
-      held.since + (this.#tick() - held.tickAt) < held.staleAt
-    ) {
+    if (held !== undefined && options === undefined && this.#clock.now() < held.fastUntil) {
       return Promise.resolve(held.token);
     }
     return this.#getTokenSlow(options);
@@ -419,7 +421,7 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
     if (forced === undefined) return;
     const dead = Object.freeze({ ...held.token, expiresAt: Math.min(held.token.expiresAt ?? now, now) });
     this.#timer?.cancel();
-    const next: Held = { ...held, token: dead, staleAt: now, forced };
+    const next: Held = { ...held, token: dead, staleAt: now, fastUntil: -Infinity, forced };
     this.#held = next;
     if (held.version === undefined) return;
     const text = encodeToken({ token: dead, forced }, held.seq);
@@ -460,6 +462,7 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
     if (this.#closed) return;
     this.#closed = true;
     this.#timer?.cancel();
+    this.#wallTimer?.cancel();
     // A refresh waiting for another process's lock (up to lock.wait, 30 s) must not hold up a shutdown: it ends
     // now with ERR_CLOSED; one already spending runs on, and its rotated refresh token is written.
     this.#stopWaiting.abort(new TokenwardenError('ERR_CLOSED', 'the token manager was closed'));
@@ -645,17 +648,20 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
   ): void {
     const now = this.#clock.now();
     const tick = this.#tick();
+    const stale = staleAt(token, this.#policy, this.#random());
     const held: Held = {
       token,
-      staleAt: staleAt(token, this.#policy, this.#random()),
+      staleAt: stale,
       version,
       seq,
       forced,
       generation: ++this.#generation,
       since: now,
       tickAt: tick,
+      fastUntil: stale > now ? stale : -Infinity,
     };
     this.#held = held;
+    this.#watchWall(held, now);
     // A token expired on arrival ends no run of failures (see #run): the backoff keeps growing.
     if (statusAt(token, held.staleAt, now) !== 'expired') {
       this.#failures = 0;
@@ -747,6 +753,23 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
       return;
     }
     this.#refresh({ fresh: true }).catch(() => undefined); // reported through 'refreshFailed'
+  }
+
+  /**
+   * The fast path judges a held token by the wall clock alone (a second clock read would cost as much as the rest
+   * of it), and only while it is fresh. A wall clock stepped back (NTP, a VM restored) would keep a stale — in the
+   * end an expired — token served that way: a timer, which counts the time that has passed, ends the fast path for
+   * it when it turns stale, whatever the wall clock says then; the slow path judges by the time that has passed
+   * (`#nowFor`).
+   */
+  #watchWall(held: Held, now: number): void {
+    this.#wallTimer?.cancel();
+    this.#wallTimer = undefined;
+    if (held.fastUntil <= now || held.fastUntil === Infinity || this.#closed) return;
+    this.#wallTimer = this.#clock.setTimer(() => {
+      this.#wallTimer = undefined;
+      held.fastUntil = -Infinity;
+    }, held.fastUntil - now);
   }
 
   /** The monotonic clock (the wall clock when the clock has none): what backoff deadlines are kept on. */
