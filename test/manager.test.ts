@@ -494,14 +494,13 @@ describe('TokenManager', () => {
 
   it("close() does not wait out another process's lock: a refresh waiting for it ends with ERR_CLOSED at once, nothing spent", async () => {
     const store = new MemoryStore();
-    const { source, manager } = setup({ store, lock: { wait: '20s' } });
+    // A lock wait longer than the test may run: close() waiting for it would fail the test by its timeout.
+    const { source, manager } = setup({ store, lock: { wait: '10m' } });
     const elsewhere = await store.lock(manager.key, { ttlMs: 60_000, waitMs: 0 }); // another process refreshing
     const pending = manager.getToken();
     pending.catch(() => undefined);
     for (let i = 0; i < 5; i++) await new Promise((r) => setImmediate(r)); // waiting for the lock now
-    const started = performance.now();
-    await manager.close();
-    expect(performance.now() - started).toBeLessThan(1_000); // not lock.wait (a Kubernetes grace period is 30 s)
+    await manager.close(); // while the other process still holds the lock
     await expect(pending).rejects.toMatchObject({ code: 'ERR_CLOSED' });
     expect(source.calls).toHaveLength(0);
     await elsewhere?.release();

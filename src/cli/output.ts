@@ -35,24 +35,14 @@ export function keepSecret(secret: string, clientId?: string): void {
  * ```
  */
 export function printable(text: string): string {
-  return scrubbed(text) ?? WITHHELD;
+  return known.redact(redactUrlCredentials(text));
 }
 
 /**
- * What is printed instead of a text that could not be scrubbed of secrets (the scrubbing itself failed).
- * Failing closed, rather than printing the text raw — or throwing an error whose message would hold the
- * scrubbing's pattern, made of the secrets. The library's redactor answers the same.
+ * What {@link printable} gives instead of a text that could not be scrubbed of secrets (the redactor's pattern
+ * could not be built): the redactor fails closed, never printing the text raw.
  */
 export const WITHHELD = UNCHECKED;
-
-/** {@link printable}'s text, or `undefined` when it could not be scrubbed. */
-function scrubbed(text: string): string | undefined {
-  try {
-    return known.redact(redactUrlCredentials(text));
-  } catch {
-    return undefined;
-  }
-}
 
 /** Exit code of a failure (the authorization server refused, the network failed, a token is invalid…). */
 export const EXIT_FAILURE = 1;
@@ -109,7 +99,8 @@ export function formatError(err: unknown, options: { debug: boolean; command?: s
   const hint = hintFor(err, options.command);
   let text = `tokenwarden: ${code}: ${message}${hint ? `. Hint: ${hint}` : ''}\n`;
   if (options.debug) text += debugDetails(err);
-  return scrubbed(text) ?? `tokenwarden: ${code}: ${WITHHELD}\n`;
+  const printed = printable(text);
+  return printed === WITHHELD ? `tokenwarden: ${code}: ${WITHHELD}\n` : printed;
 }
 
 /** What to do about an error, in a few words; `undefined` when there is nothing useful to add. */

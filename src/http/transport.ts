@@ -8,6 +8,7 @@
 import { TokenwardenError, truncate } from '../errors.js';
 import { NETWORK_CODES } from './network.js';
 import { describeProxyFor } from './proxy.js';
+import { originOf } from './authorize.js';
 
 /**
  * A `fetch`-compatible function.
@@ -95,7 +96,7 @@ export function boundedFetch(options: TransportOptions, meta?: ResponseMeta): Fe
       void response.body?.cancel().catch(() => undefined);
       throw new TokenwardenError(
         'ERR_INVALID_RESPONSE',
-        `request to ${url} was answered from ${originOf(response.url)} after a redirect the fetch followed; ` +
+        `request to ${url} was answered from ${originOf(response.url) ?? 'another address'} after a redirect the fetch followed; ` +
           "a custom fetch must pass on redirect: 'manual'",
       );
     }
@@ -208,15 +209,6 @@ export function describeUrl(input: string | URL | Request): string {
     return `${url.origin}${url.pathname}`;
   } catch {
     return '(invalid URL)';
-  }
-}
-
-/** The origin of a URL a server named (its path and query may carry what the server echoed): never more. */
-function originOf(url: string): string {
-  try {
-    return new URL(url).origin;
-  } catch {
-    return 'another address';
   }
 }
 

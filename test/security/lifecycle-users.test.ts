@@ -7,37 +7,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ManualClock } from '../../src/clock.js';
 import type { TokenwardenError } from '../../src/errors.js';
 import { MemoryStore } from '../../src/stores/memory.js';
-import type { LockOptions, SetOptions, StoreLock, StoreRecord, TokenStore } from '../../src/stores/store.js';
+import type { TokenStore } from '../../src/stores/store.js';
 import { type TestAuthorizationServer, createTestAuthorizationServer } from '../../src/testing/index.js';
 import { UserTokens, type UserTokensOptions } from '../../src/users/index.js';
-
-/** A MemoryStore whose chosen operations fail as a store refusing them would. */
-class FailingStore implements TokenStore {
-  readonly failing = new Set<'get' | 'set' | 'lock' | 'delete'>();
-  constructor(readonly inner: TokenStore) {}
-  #check(operation: 'get' | 'set' | 'lock' | 'delete'): Promise<void> {
-    return this.failing.has(operation) ? Promise.reject(new Error(`ECONNREFUSED (${operation})`)) : Promise.resolve();
-  }
-  async get(key: string): Promise<StoreRecord | undefined> {
-    await this.#check('get');
-    return this.inner.get(key);
-  }
-  async set(key: string, value: string, options?: SetOptions): Promise<number | null> {
-    await this.#check('set');
-    return this.inner.set(key, value, options);
-  }
-  async delete(key: string): Promise<void> {
-    await this.#check('delete');
-    return this.inner.delete(key);
-  }
-  async lock(key: string, options: LockOptions): Promise<StoreLock | undefined> {
-    await this.#check('lock');
-    return this.inner.lock(key, options);
-  }
-  close(): Promise<void> {
-    return this.inner.close();
-  }
-}
+import { FailingStore } from '../support/failing-store.js';
 
 const clock = new ManualClock(Date.parse('2031-03-01T00:00:00Z'));
 let as: TestAuthorizationServer;

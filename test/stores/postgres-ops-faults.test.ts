@@ -16,6 +16,7 @@ import { PostgresStore } from '../../src/stores/postgres.js';
 import { appRefreshToken } from '../support/app-client.js';
 import { type TestAuthorizationServer, startAuthorizationServer } from '../support/authorization-server.js';
 import { type PrivatePostgres, pgBin, skipWithout, sleep, startPrivatePostgres } from '../support/private-servers.js';
+import { crashes, failure } from '../support/crashes.js';
 
 let server: PrivatePostgres;
 let admin: pg.Pool;
@@ -32,27 +33,6 @@ async function role(password = 'hunter2'): Promise<{ name: string; url: string }
 
 const terminate = (name: string) =>
   admin.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1', [name]);
-
-const failure = (promise: Promise<unknown>) =>
-  promise.then(
-    () => undefined,
-    (err: unknown) => err as { code: string; message: string },
-  );
-
-/** Uncaught exceptions and unhandled rejections while the test runs (each one a crash in production). */
-function crashes(): unknown[] {
-  const seen: unknown[] = [];
-  const record = (err: unknown): void => {
-    seen.push(err);
-  };
-  process.on('uncaughtException', record);
-  process.on('unhandledRejection', record);
-  onTestFinished(() => {
-    process.off('uncaughtException', record);
-    process.off('unhandledRejection', record);
-  });
-  return seen;
-}
 
 /**
  * Two managers (two processes) of one login on their own stores of `url`'s table, the first holding a fresh

@@ -10,7 +10,7 @@ import { randomUUID } from 'node:crypto';
 import { inspect } from 'node:util';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
-import { TokenManager, type TokenManagerOptions, type TokenwardenError } from '../../src/index.js';
+import { TokenManager, type TokenManagerOptions } from '../../src/index.js';
 import { RedisStore, type RedisStoreOptions } from '../../src/redis.js';
 import type { StoreEvents } from '../../src/stores/store.js';
 import { afterNextTokenResponse, appRefreshToken } from '../support/app-client.js';
@@ -22,30 +22,10 @@ import {
   sleep,
   startPrivateRedis,
 } from '../support/private-servers.js';
+import { crashes, failure } from '../support/crashes.js';
 
 let as: TestAuthorizationServer;
 let redis: PrivateRedis;
-
-const failure = (promise: Promise<unknown>) =>
-  promise.then(
-    () => undefined,
-    (err: unknown) => err as TokenwardenError,
-  );
-
-/** Uncaught exceptions and unhandled rejections while the test runs (each one a crash in production). */
-function crashes(): unknown[] {
-  const seen: unknown[] = [];
-  const record = (err: unknown): void => {
-    seen.push(err);
-  };
-  process.on('uncaughtException', record);
-  process.on('unhandledRejection', record);
-  onTestFinished(() => {
-    process.off('uncaughtException', record);
-    process.off('unhandledRejection', record);
-  });
-  return seen;
-}
 
 /**
  * Two managers (two processes) of one login on their own stores (`options`), both holding the token of one

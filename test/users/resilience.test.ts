@@ -7,53 +7,11 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ManualClock } from '../../src/clock.js';
 import { TokenwardenError } from '../../src/errors.js';
 import { MemoryStore } from '../../src/stores/memory.js';
-import type { LockOptions, SetOptions, StoreLock, StoreRecord, TokenStore } from '../../src/stores/store.js';
 import { type TestAuthorizationServer, startAuthorizationServer } from '../support/authorization-server.js';
 import { UserTokens } from '../../src/users/index.js';
+import { type Operation, FailingStore } from '../support/failing-store.js';
 import { json, startFaultServer } from '../support/fault-server.js';
 import { subjectOf, untilExpired, usersFor } from './helpers.js';
-
-type Operation = 'get' | 'set' | 'lock' | 'delete';
-
-class FailingStore implements TokenStore {
-  readonly failing = new Set<Operation>();
-  hang = false;
-  constructor(readonly inner: TokenStore) {}
-  #check(operation: Operation): Promise<void> {
-    if (this.hang) return new Promise(() => undefined);
-    if (this.failing.has(operation)) return Promise.reject(new Error(`ECONNREFUSED (${operation})`));
-    return Promise.resolve();
-  }
-  /** Reads answered late: each read takes the value at once and answers when {@link FailingStore.answer} is called. */
-  delayReads = false;
-  readonly #late: (() => void)[] = [];
-  async get(key: string): Promise<StoreRecord | undefined> {
-    await this.#check('get');
-    const value = await this.inner.get(key);
-    if (this.delayReads) await new Promise<void>((resolve) => this.#late.push(resolve));
-    return value;
-  }
-  /** Lets the late reads answer (with what they read when asked). */
-  async answer(): Promise<void> {
-    for (const resolve of this.#late.splice(0)) resolve();
-    await new Promise((resolve) => setImmediate(resolve));
-  }
-  async set(key: string, value: string, options?: SetOptions): Promise<number | null> {
-    await this.#check('set');
-    return this.inner.set(key, value, options);
-  }
-  async delete(key: string): Promise<void> {
-    await this.#check('delete');
-    return this.inner.delete(key);
-  }
-  async lock(key: string, options: LockOptions): Promise<StoreLock | undefined> {
-    await this.#check('lock');
-    return this.inner.lock(key, options);
-  }
-  close(): Promise<void> {
-    return this.inner.close();
-  }
-}
 
 let as: TestAuthorizationServer;
 /** Five-minute tokens: for tests that must not see a token expire on a loaded machine. */

@@ -1,0 +1,48 @@
+/**
+ * A TokenStore around a real one (a MemoryStore) whose chosen operations fail as a store refusing them would, or
+ * never answer, or answer late: the faults of a store, simulated where a real server's cannot be timed to a step.
+ */
+import type { LockOptions, SetOptions, StoreLock, StoreRecord, TokenStore } from '../../src/stores/store.js';
+
+export type Operation = 'get' | 'set' | 'lock' | 'delete';
+
+/** A store whose operations fail (`failing`), hang (`hang`) or answer reads late (`delayReads`) on demand. */
+export class FailingStore implements TokenStore {
+  readonly failing = new Set<Operation>();
+  hang = false;
+  constructor(readonly inner: TokenStore) {}
+  #check(operation: Operation): Promise<void> {
+    if (this.hang) return new Promise(() => undefined);
+    if (this.failing.has(operation)) return Promise.reject(new Error(`ECONNREFUSED (${operation})`));
+    return Promise.resolve();
+  }
+  /** Reads answered late: each read takes the value at once and answers when {@link FailingStore.answer} is called. */
+  delayReads = false;
+  readonly #late: (() => void)[] = [];
+  async get(key: string): Promise<StoreRecord | undefined> {
+    await this.#check('get');
+    const value = await this.inner.get(key);
+    if (this.delayReads) await new Promise<void>((resolve) => this.#late.push(resolve));
+    return value;
+  }
+  /** Lets the late reads answer (with what they read when asked). */
+  async answer(): Promise<void> {
+    for (const resolve of this.#late.splice(0)) resolve();
+    await new Promise((resolve) => setImmediate(resolve));
+  }
+  async set(key: string, value: string, options?: SetOptions): Promise<number | null> {
+    await this.#check('set');
+    return this.inner.set(key, value, options);
+  }
+  async delete(key: string): Promise<void> {
+    await this.#check('delete');
+    return this.inner.delete(key);
+  }
+  async lock(key: string, options: LockOptions): Promise<StoreLock | undefined> {
+    await this.#check('lock');
+    return this.inner.lock(key, options);
+  }
+  close(): Promise<void> {
+    return this.inner.close();
+  }
+}
