@@ -26,7 +26,7 @@ import { isRefreshTokenRejected, toTokenwardenError } from '../sources/errors.js
 import { MemoryStore } from '../stores/memory.js';
 import type { StoreLock, TokenStore } from '../stores/store.js';
 import * as telemetry from '../telemetry/hooks.js';
-import { type Token, expiredOnArrival, refreshExpiry, tokenFromResponse } from '../token.js';
+import { type Token, expiredOnArrival, isValid, refreshExpiry, tokenFromResponse } from '../token.js';
 import { isWellFormedUnicode } from '../unicode.js';
 import { type Cached, type Failure, type Level, SubjectCache, find } from './cache.js';
 import {
@@ -51,6 +51,7 @@ import {
   prune,
   recordLineage,
   withoutRefreshToken,
+  type StoredEntry,
 } from './record.js';
 import { DEFAULT_SPEC, type Spec, spec, specKey } from './spec.js';
 
@@ -700,8 +701,18 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
       exclusive: true,
       satisfied: () => found(level) !== undefined,
       precheck: () => this.#mayRefresh(subject, want),
-      spend: (current, signal) => this.#spend(subject, want, current, signal),
+      spend: async (current, signal) => {
+        const next = await this.#spend(subject, want, current, signal);
+        // Whether the access token just issued (the newest) could still be used when its answer arrived.
+        const newest = next.accessTokens.reduce<StoredEntry | undefined>(
+          (a, e) => (a === undefined || e.token.issuedAt > a.token.issuedAt ? e : a),
+          undefined,
+        );
+        usableOnArrival = newest !== undefined && isValid(newest.token, this.#clock.now());
+        return next;
+      },
     };
+    let usableOnArrival: boolean | undefined;
     // Held until the run ends, however many other subjects the LRU takes in meanwhile: the run reads the
     // subject's record from the in-process layer (to check it, to spend it, to serve its token).
     this.#cache.pin(subject);
@@ -712,8 +723,13 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
       const token = found('valid') ?? (cached && find(cached, want, this.#clock.now(), 'unexpired'))?.token;
       if (token === undefined) {
         if (cached === undefined) throw new TokenwardenError('ERR_LOGIN_REQUIRED', 'the subject was signed out');
-        // Still signed in, with the new refresh token: the access token just issued is useless, not the grant.
-        throw expiredOnArrival();
+        // Still signed in, with the new refresh token: the access token just issued is useless, not the grant —
+        // expired when it arrived, or while the store held the run up afterwards (its write, a frozen server).
+        if (usableOnArrival !== true) throw expiredOnArrival();
+        throw new TokenwardenError(
+          'ERR_STORE_TIMEOUT',
+          'the store held the refresh up until the access token it obtained had expired (the refresh token is kept)',
+        );
       }
       // Served: the request's failures are over (the next one backs off from the start again).
       this.#cache.peek(subject)?.failures?.byRequest.delete(want.key);

@@ -126,6 +126,34 @@ describe('UserTokens: a refresh whose access token expired on its way', () => {
     expect(brief.stats().errors['invalid_grant'] ?? 0).toBe(0); // the refresh token rotated by the slow answer was kept
     await users.close();
   });
+
+  it('a token valid on arrival that the store held up past its expiry (a frozen Redis) is ERR_STORE_TIMEOUT, not a slow server', async () => {
+    // A store whose write, right after the answer arrived, takes 1.5 s of a 1 s token's life.
+    let slowWrites = false;
+    const store = new MemoryStore({ clock });
+    const set = store.set.bind(store);
+    store.set = async (key, value, options) => {
+      if (slowWrites) await clock.advance(1500);
+      return set(key, value, options);
+    };
+    const users = usersOn(store, { issuer: brief.issuer, ...brief.client });
+    const seen = watch(users);
+    await users.save('held', await brief.issueTokens({ sub: 'held', scope: 'openid' }));
+    await clock.advance(2000);
+    slowWrites = true;
+    const error = await users.getAccessToken('held').then(
+      () => undefined,
+      (err: unknown) => err as TokenwardenError,
+    );
+    // The server answered in time: the delay was the store's (seen in the fleet fault suite as a wrong code).
+    expect(error?.code).toBe('ERR_STORE_TIMEOUT');
+    expect(seen).toEqual(['held ERR_STORE_TIMEOUT']);
+    slowWrites = false;
+    const token = await users.getAccessToken('held'); // a store failure: no fail-fast, the next call refreshes
+    expect(token.expiresAt).toBeGreaterThan(clock.now());
+    expect(brief.stats().errors['invalid_grant'] ?? 0).toBe(0);
+    await users.close();
+  });
 });
 
 describe('UserTokens: the wall clock stepped back an hour just after a failed refresh', () => {
