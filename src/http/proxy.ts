@@ -131,7 +131,9 @@ export function redactProxyUrl(proxy: string): string {
 /**
  * The proxy URL for a request to `url` from the environment, the way curl reads it: `http_proxy` /
  * `HTTP_PROXY` for `http:`, `https_proxy` / `HTTPS_PROXY` for `https:`, else `all_proxy` / `ALL_PROXY`
- * (the lower-case name wins; an empty value is unset; a value without a scheme is `http://`), unless
+ * (the lower-case name wins; an empty value is unset; a value without a scheme is `http://`; under CGI, where
+ * `REQUEST_METHOD` is set, `HTTP_PROXY` is ignored: it may come from a request's `Proxy` header — httpoxy,
+ * CVE-2016-5385 — as Go's net/http ignores it there), unless
  * `no_proxy` / `NO_PROXY` names the host: `*` (everything), a host name (that host and its subdomains;
  * a leading `.` or `*.` is ignored), an IP address, a CIDR block (`10.0.0.0/8`), each optionally with
  * `:port`. Returns the redacted URL, or `undefined` for a direct connection.
@@ -167,6 +169,8 @@ function proxyFromEnv(url: URL, env: NodeJS.ProcessEnv): ParsedProxy | undefined
 
 function variable(env: NodeJS.ProcessEnv, lower: string): { name: string; value: string } | undefined {
   for (const name of [lower, lower.toUpperCase()]) {
+    // httpoxy: a CGI server turns a request's `Proxy:` header into HTTP_PROXY (RFC 3875 §4.1.18).
+    if (name === 'HTTP_PROXY' && env['REQUEST_METHOD'] !== undefined) continue;
     const value = env[name]?.trim();
     if (value) return { name, value };
   }

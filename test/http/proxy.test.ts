@@ -357,6 +357,15 @@ describe("curl's rules for the proxy variables", () => {
     expect(proxyForUrl('https://a.test/', env({}))).toBeUndefined();
   });
 
+  it("ignores HTTP_PROXY under CGI, where a request's Proxy header sets it (httpoxy), as Go does", () => {
+    const cgi = { REQUEST_METHOD: 'GET', HTTP_PROXY: 'http://attacker.test:1' };
+    expect(proxyForUrl('http://a.test/', env(cgi))).toBeUndefined();
+    // The lower-case name (a CGI server cannot make it: its variables are upper case) and ALL_PROXY still count.
+    expect(proxyForUrl('http://a.test/', env({ ...cgi, http_proxy: 'http://corp:1' }))).toBe('http://corp:1');
+    expect(proxyForUrl('http://a.test/', env({ ...cgi, ALL_PROXY: 'http://all:2' }))).toBe('http://all:2');
+    expect(proxyForUrl('http://a.test/', env({ HTTP_PROXY: 'http://up:1' }))).toBe('http://up:1');
+  });
+
   it.each([
     ['*', 'https://anything.test/', true],
     ['example.com', 'https://example.com/', true],
