@@ -12,6 +12,7 @@
  * @module
  */
 import { BlockList, isIP } from 'node:net';
+import { domainToASCII } from 'node:url';
 import type { Dispatcher } from 'undici';
 import { TokenwardenError } from '../errors.js';
 import type { FetchLike } from './transport.js';
@@ -191,7 +192,7 @@ function bypasses(url: URL, noProxy: string | undefined): boolean {
       if (inCidr(host, pattern)) return true;
       continue;
     }
-    const name = canonicalIPv6(pattern.replace(/^\*?\./, '').replace(/\.$/, ''));
+    const name = hostName(pattern.replace(/^\*?\./, '').replace(/\.$/, ''));
     if (name === '') continue;
     if (host === name || (isIP(name) === 0 && host.endsWith(`.${name}`))) return true;
   }
@@ -201,6 +202,9 @@ function bypasses(url: URL, noProxy: string | undefined): boolean {
 function splitPort(entry: string): { pattern: string; entryPort: number | undefined } {
   if (entry.startsWith('[')) {
     const end = entry.indexOf(']');
+    // `[fd00::]/8`: a block written with brackets.
+    if (end > 0 && entry[end + 1] === '/')
+      return { pattern: entry.slice(1, end) + entry.slice(end + 1), entryPort: undefined };
     const port = end > 0 && entry[end + 1] === ':' ? Number(entry.slice(end + 2)) : undefined;
     return { pattern: entry.slice(1, end > 0 ? end : undefined), entryPort: Number.isInteger(port) ? port : undefined };
   }
@@ -225,6 +229,15 @@ function inCidr(host: string, cidr: string): boolean {
   } catch {
     return false;
   }
+}
+
+/**
+ * An entry's host as the URL parser writes a request's: an IPv6 address canonical ({@link canonicalIPv6}), an
+ * internationalized name in its A-label form (`bücher.example` → `xn--bcher-kva.example`, what `URL` makes of it).
+ */
+function hostName(entry: string): string {
+  if (isIP(entry) !== 0 || !/[^\p{ASCII}]/u.test(entry)) return canonicalIPv6(entry);
+  return domainToASCII(entry) || entry;
 }
 
 /**
