@@ -358,19 +358,32 @@ export class OAuthClient {
    * Performs a token request with `grantType` and `params` (the common scope/resource/audience/extra
    * parameters are added unless `params` already sets them) and returns the {@link Token}.
    * `context.refreshToken` is carried over when the response has no refresh token.
+   *
+   * `params` may be a function that makes the parameters: it is called for the request and again for the one
+   * resend this method may make (a DPoP nonce demanded, a connection reset before any answer), so that a
+   * credential good for one use — a JWT whose `jti` the server remembers (RFC 7523 §3) — is made anew rather
+   * than sent twice. A failure of its first call is thrown as it is.
+   *
+   * @example
+   * ```ts
+   * await client.tokenRequest('urn:ietf:params:oauth:grant-type:jwt-bearer', async () => new URLSearchParams({ assertion: await signAssertion() }));
+   * ```
    */
-  tokenRequest(
+  async tokenRequest(
     grantType: string,
-    params: URLSearchParams,
+    params: URLSearchParams | (() => URLSearchParams | Promise<URLSearchParams>),
     context: { signal?: AbortSignal | undefined; refreshToken?: string | undefined } = {},
   ): Promise<Token> {
+    const make = typeof params === 'function' ? params : undefined;
+    const first = make === undefined ? (params as URLSearchParams) : await make();
     // Counted, timed and traced as one token request (the HTTP client span is a child of its span).
-    return telemetry.tokenRequest(grantType, () => this.#tokenRequest(grantType, params, context));
+    return telemetry.tokenRequest(grantType, () => this.#tokenRequest(grantType, first, make, context));
   }
 
   async #tokenRequest(
     grantType: string,
     params: URLSearchParams,
+    make: (() => URLSearchParams | Promise<URLSearchParams>) | undefined,
     context: { signal?: AbortSignal | undefined; refreshToken?: string | undefined },
   ): Promise<Token> {
     const meta: SentMeta = {};
@@ -378,17 +391,19 @@ export class OAuthClient {
     const issuedAt = this.clock.now();
     /** A refresh token the server issued in a successful answer — kept even if a later check fails. */
     let rotated: string | undefined;
+    /** Every parameter set made for this request (a resend may make another): their credentials are redacted. */
+    const made = [params];
     try {
       const as = await this.authorizationServer(context.signal);
       const auth = await this.clientAuthentication();
       this.addCommonParams(params);
-      const attempt = async (): Promise<oauth.TokenEndpointResponse> => {
+      const attempt = async (form: URLSearchParams): Promise<oauth.TokenEndpointResponse> => {
         const answer = await readTokenResponse(
-          await oauth.genericTokenEndpointRequest(as, this.#client, auth, grantType, new URLSearchParams(params), {
+          await oauth.genericTokenEndpointRequest(as, this.#client, auth, grantType, new URLSearchParams(form), {
             ...this.requestOptions(meta, context.signal),
             ...(this.dpop && { DPoP: this.dpop }),
           }),
-          { dpop: this.dpop !== undefined },
+          { dpop: this.dpop !== undefined, exchange: grantType === TOKEN_EXCHANGE },
         );
         const body = answer.response.ok ? answer.body : undefined;
         // Kept only when it could be sent: a refresh token outside its character set (a lone surrogate, a
@@ -408,7 +423,7 @@ export class OAuthClient {
       };
       let json: oauth.TokenEndpointResponse;
       try {
-        json = await attempt();
+        json = await attempt(params);
       } catch (err) {
         // A DPoP server may ask for a nonce first (RFC 9449 §8): the handle kept it; send again once.
         // A kept-alive connection the server closed as we reused it fails with a reset before any answer:
@@ -419,7 +434,14 @@ export class OAuthClient {
           ((this.dpop !== undefined && oauth.isDPoPNonceError(err)) ||
             (grantType !== 'refresh_token' && meta.status === undefined && isConnectionReset(err)));
         if (!again) throw err;
-        json = await attempt();
+        // The server may have read (and remembered) what was sent: a one-time credential is made anew.
+        let resend = params;
+        if (make !== undefined) {
+          resend = await make();
+          made.push(resend);
+          this.addCommonParams(resend);
+        }
+        json = await attempt(resend);
       }
       return tokenFromResponse(json as unknown as Record<string, unknown>, {
         issuedAt,
@@ -433,7 +455,7 @@ export class OAuthClient {
         what,
         'ERR_DISCOVERY',
         retryAfterMs,
-        this.redactor([context.refreshToken, ...secretParams(params), ...(meta.sent ?? [])]),
+        this.redactor([context.refreshToken, ...made.flatMap(secretParams), ...(meta.sent ?? [])]),
       );
       if (rotated !== undefined && rotated !== context.refreshToken) markRotated(error, rotated);
       // A refused client: invalid_client, or a bare 401/403 (Glewlwyd answers so, with no body at all).

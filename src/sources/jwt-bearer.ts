@@ -27,7 +27,7 @@ export interface JwtAssertionOptions {
   subject: string;
   /** `aud` claim. Default: the issuer URL, else the token endpoint. */
   audience?: string | string[];
-  /** Assertion lifetime. Default `'5m'`. */
+  /** Assertion lifetime (`exp` − `iat`, rounded up to a second; more than 0). Default `'5m'`. */
   lifetime?: Duration;
   /** More claims. */
   claims?: Record<string, unknown>;
@@ -44,7 +44,10 @@ export interface JwtAssertionOptions {
 export interface JwtBearerOptions extends ClientOptions {
   /**
    * The assertion: a signed JWT, a function returning one (called for every request), or
-   * {@link JwtAssertionOptions} to have tokenwarden sign a fresh one (new `jti`) each time.
+   * {@link JwtAssertionOptions} to have tokenwarden sign a fresh one (new `jti`) each time. "Every request"
+   * includes the one resend a token request may make (a DPoP nonce demanded, a connection reset before any
+   * answer), so a server that refuses a `jti` it has seen gets a new assertion; a string is sent as it is each
+   * time, which such a server refuses the second time.
    */
   assertion: string | (() => string | Promise<string>) | JwtAssertionOptions;
 }
@@ -73,32 +76,33 @@ export function jwtBearer(options: JwtBearerOptions): GrantSource {
   }
   const client = new OAuthClient(options);
   const lifetimeMs = typeof assertion === 'object' ? toMs(assertion.lifetime ?? '5m', 'assertion.lifetime') : 0;
+  if (typeof assertion === 'object' && lifetimeMs === 0) {
+    // exp = iat: an assertion expired when signed (RFC 7523 §3: rejected), at every request.
+    throw new TokenwardenError('ERR_CONFIG', 'assertion.lifetime must be more than 0');
+  }
   const identity =
     typeof assertion === 'string'
       ? `static:${hashSecret(assertion)}`
       : typeof assertion === 'function'
         ? `instance:${randomUUID()}`
         : { iss: assertion.issuer ?? options.clientId, sub: assertion.subject, aud: assertion.audience ?? null };
-  return new GrantSource(
-    'jwt_bearer',
-    client,
-    client.keyFor('jwt_bearer', { assertion: identity }),
-    async ({ signal }) => {
-      let jwt: string;
-      if (typeof assertion === 'string') jwt = assertion;
-      else if (typeof assertion === 'function') jwt = await assertion();
-      else {
-        const as = await client.authorizationServer(signal);
-        jwt = await signAssertion(assertion, options.clientId, as.issuer, lifetimeMs, client.clock.now());
-      }
-      return client.tokenRequest(
-        'urn:ietf:params:oauth:grant-type:jwt-bearer',
-        new URLSearchParams({ assertion: jwt }),
-        {
-          signal,
-        },
-      );
-    },
+  return new GrantSource('jwt_bearer', client, client.keyFor('jwt_bearer', { assertion: identity }), ({ signal }) =>
+    // Made for each request sent, a resend included: a server that remembers each assertion's jti (RFC 7523
+    // §3) refuses one it has already read, and a resend follows a request it may have read.
+    client.tokenRequest(
+      'urn:ietf:params:oauth:grant-type:jwt-bearer',
+      async () => {
+        let jwt: string;
+        if (typeof assertion === 'string') jwt = assertion;
+        else if (typeof assertion === 'function') jwt = await assertion();
+        else {
+          const as = await client.authorizationServer(signal);
+          jwt = await signAssertion(assertion, options.clientId, as.issuer, lifetimeMs, client.clock.now());
+        }
+        return new URLSearchParams({ assertion: jwt });
+      },
+      { signal },
+    ),
   );
 }
 

@@ -7,7 +7,8 @@ import { checkCredentialInput, isFileCredential, readCredential } from './creden
  * A token given to a token exchange: a string, a function returning one (called on every exchange),
  * `{ file }` — a file read on every exchange, such as a Kubernetes projected service-account token the
  * kubelet rotates — or anything with `getAccessToken()` — such as another `TokenManager`, whose token is
- * then always fresh.
+ * then always fresh. "Every exchange" includes the one resend a token request may make (a DPoP nonce
+ * demanded, a connection reset before any answer): a function minting one-time tokens mints another.
  *
  * @example
  * ```ts
@@ -46,7 +47,7 @@ export interface TokenExchangeOptions extends ClientOptions {
   subjectTokenType?: string;
   /** The actor's token, for delegation. */
   actorToken?: SubjectTokenInput;
-  /** The actor token's type. Default: access token. */
+  /** The actor token's type. Default: access token. Only with `actorToken` (RFC 8693 §2.1). */
   actorTokenType?: string;
   /** The type of token wanted (`requested_token_type`). */
   requestedTokenType?: string;
@@ -75,6 +76,10 @@ export function tokenExchange(options: TokenExchangeOptions): GrantSource {
   }
   if (isFileCredential(options.subjectToken)) checkCredentialInput(options.subjectToken, 'subjectToken');
   if (isFileCredential(options.actorToken)) checkCredentialInput(options.actorToken, 'actorToken');
+  if (options.actorTokenType !== undefined && options.actorToken === undefined) {
+    // RFC 8693 §2.1: actor_token_type goes only with an actor_token; alone it says the actor token was forgotten.
+    throw new TokenwardenError('ERR_CONFIG', 'actorTokenType is given without actorToken');
+  }
   const client = new OAuthClient(options);
   const grant = 'urn:ietf:params:oauth:grant-type:token-exchange';
   return new GrantSource(
@@ -86,18 +91,25 @@ export function tokenExchange(options: TokenExchangeOptions): GrantSource {
       subjectTokenType: options.subjectTokenType ?? ACCESS_TOKEN_TYPE,
       requestedTokenType: options.requestedTokenType ?? null,
     }),
-    async ({ signal }) => {
-      const params = new URLSearchParams({
-        subject_token: await resolveToken(options.subjectToken, 'subjectToken'),
-        subject_token_type: options.subjectTokenType ?? ACCESS_TOKEN_TYPE,
-      });
-      if (options.actorToken !== undefined) {
-        params.set('actor_token', await resolveToken(options.actorToken, 'actorToken'));
-        params.set('actor_token_type', options.actorTokenType ?? ACCESS_TOKEN_TYPE);
-      }
-      if (options.requestedTokenType) params.set('requested_token_type', options.requestedTokenType);
-      return client.tokenRequest(grant, params, { signal });
-    },
+    ({ signal }) =>
+      // Resolved for each request sent, a resend included: a subject or actor token made for one use (a JWT whose
+      // jti the server remembers) is made anew rather than sent twice.
+      client.tokenRequest(
+        grant,
+        async () => {
+          const params = new URLSearchParams({
+            subject_token: await resolveToken(options.subjectToken, 'subjectToken'),
+            subject_token_type: options.subjectTokenType ?? ACCESS_TOKEN_TYPE,
+          });
+          if (options.actorToken !== undefined) {
+            params.set('actor_token', await resolveToken(options.actorToken, 'actorToken'));
+            params.set('actor_token_type', options.actorTokenType ?? ACCESS_TOKEN_TYPE);
+          }
+          if (options.requestedTokenType) params.set('requested_token_type', options.requestedTokenType);
+          return params;
+        },
+        { signal },
+      ),
   );
 }
 

@@ -34,6 +34,9 @@ const SECONDS = /^\s*\d+(?:\.\d+)?\s*$/;
  * - a member whose value is `null` is absent (as golang/oauth2 reads it);
  * - `token_type` absent is `Bearer` (golang/oauth2; LinkedIn and Slack omit it) — except when the request
  *   carried a DPoP proof, where the server may have bound the token, so it is refused;
+ * - `token_type` `DPoP` when the request carried no DPoP proof is refused: no key of this client is bound, so
+ *   the token could not be sent (`Bearer` after a proof is accepted: the server did not bind it, RFC 9449 §5);
+ * - a token exchange answer (`exchange`) is judged by its `issued_token_type` too (see `issuedTokenTypeFailure`);
  * - `expires_in` must be a number or a string holding one: `"3600abc"` is refused (`oauth4webapi` alone
  *   would read it as 3600);
  * - `scope` as a JSON array of scope tokens (Twitch: `["user:read:email", "chat:read"]`) is the RFC 6749 §3.3
@@ -43,7 +46,10 @@ const SECONDS = /^\s*\d+(?:\.\d+)?\s*$/;
  * Everything else — status, content type of a body that is not JSON, each member's type — is left to
  * `oauth4webapi`.
  */
-export async function readTokenResponse(response: Response, options: { dpop: boolean }): Promise<TokenAnswer> {
+export async function readTokenResponse(
+  response: Response,
+  options: { dpop: boolean; exchange?: boolean },
+): Promise<TokenAnswer> {
   if (response.body === null) return { response };
   const text = await response.clone().text();
   const body = parseBody(text, mediaType(response));
@@ -56,7 +62,19 @@ export async function readTokenResponse(response: Response, options: { dpop: boo
     });
   }
   if (response.status !== 200) return { response, body };
-  const { fields: fixed, failure } = normaliseTokenFields(body, options);
+  const { fields: fixed, failure: unfit } = normaliseTokenFields(body, options);
+  let failure = unfit;
+  const type = fixed['token_type'];
+  if (!options.dpop && typeof type === 'string' && type.toLowerCase() === 'dpop') {
+    // No proof was sent, so no key was bound: such a token can be sent by no one (RFC 9449 §7 wants a proof
+    // with it; RFC 6749 §7.1: a token the client cannot use as its type says is not used). Kept, it would be
+    // stored and shared, and every request with it would fail until it expires.
+    failure ??= new TokenwardenError(
+      'ERR_INVALID_RESPONSE',
+      'the token response has token_type DPoP although the request carried no DPoP proof: the token is bound to no key of this client; refused (configure dpop if the server demands DPoP)',
+    );
+  }
+  if (options.exchange === true) failure ??= issuedTokenTypeFailure(fixed);
   const headers = new Headers(response.headers);
   headers.set('content-type', 'application/json');
   return {
@@ -117,6 +135,37 @@ export function normaliseTokenFields(
     }
   }
   return failure === undefined ? { fields } : { fields, failure };
+}
+
+/** An absolute URI (RFC 8693 §3: token type identifiers are URIs) of printable ASCII but space, `"` and `\`. */
+const TOKEN_TYPE_URI = /^[A-Za-z][A-Za-z0-9+.-]*:[\x21\x23-\x5B\x5D-\x7E]+$/;
+
+/**
+ * RFC 8693 §2.2.1's `issued_token_type` of a token exchange answer: when present, a URI (anything else —
+ * a number, an object, control characters — is refused, as any other malformed member); when absent, accepted
+ * if `token_type` says how to send the token (`Bearer`, `DPoP`: an access token, all a client needs — as
+ * oauth4webapi, google-auth-library's STS client and golang/oauth2's accept it), refused with `N_A`, which says
+ * only that it is not an access token: without `issued_token_type` nothing says what it is.
+ */
+function issuedTokenTypeFailure(fields: Record<string, unknown>): TokenwardenError | undefined {
+  const issued = fields['issued_token_type'];
+  if (issued === undefined) {
+    const type = fields['token_type'];
+    if (typeof type === 'string' && type.toLowerCase() === 'n_a') {
+      return new TokenwardenError(
+        'ERR_INVALID_RESPONSE',
+        'the token exchange response has token_type N_A (not an access token) and no issued_token_type (RFC 8693 §2.2.1 requires it): what was issued is unknown; refused',
+      );
+    }
+    return undefined;
+  }
+  if (typeof issued !== 'string' || !TOKEN_TYPE_URI.test(issued)) {
+    return new TokenwardenError(
+      'ERR_INVALID_RESPONSE',
+      "the token exchange response's issued_token_type is not a URI (RFC 8693 §3); refused",
+    );
+  }
+  return undefined;
 }
 
 /** The media type of a response, lower-case, without parameters. */
