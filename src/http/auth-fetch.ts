@@ -5,7 +5,7 @@
  */
 import * as oauth from 'oauth4webapi';
 import type { Token } from '../token.js';
-import { answeredElsewhere, checkRetryOn401, dpopHandle, isRetryable401 } from './authorize.js';
+import { answeredElsewhere, authorizationValue, checkRetryOn401, dpopHandle, isRetryable401 } from './authorize.js';
 import type { FetchLike } from './transport.js';
 
 /**
@@ -90,7 +90,7 @@ export function authFetch(provider: TokenProvider, options: AuthFetchOptions = {
       send = (t) => {
         const target = sent++ === 0 ? input : (spare ?? input);
         const headers = new Headers(init?.headers ?? (target instanceof Request ? target.headers : undefined));
-        headers.set('authorization', `${t.tokenType} ${t.accessToken}`);
+        headers.set('authorization', authorizationValue(t));
         return fetchImpl(target, { ...init, headers });
       };
     }

@@ -21,7 +21,7 @@ export async function authorizationHeaders(
   method: string,
   url: URL,
 ): Promise<Record<string, string>> {
-  if (token.tokenType !== 'DPoP') return { authorization: `${token.tokenType} ${token.accessToken}` };
+  if (token.tokenType !== 'DPoP') return { authorization: authorizationValue(token) };
   const handle = dpopHandle(provider);
   let headers: Record<string, string> | undefined;
   // oauth4webapi builds the proof as part of a request: hand it a fetch that keeps the headers and sends nothing.
@@ -38,6 +38,22 @@ export async function authorizationHeaders(
     throw new TokenwardenError('ERR_UNSUPPORTED', 'the DPoP proof could not be made');
   }
   return { authorization, dpop };
+}
+
+/**
+ * The `Authorization` value of a token that needs no proof: `<type> <token>`. A token exchange's `N_A` token
+ * (RFC 8693 §2.2.1: not an access token — an ID token, a SAML assertion) is no credential for an API: sent, it
+ * would reach the API as `Authorization: N_A …`; it is `ERR_UNSUPPORTED` instead, and the caller takes it from
+ * `getToken()` to send it the way the API expects.
+ */
+export function authorizationValue(token: Token): string {
+  if (token.tokenType.toLowerCase() === 'n_a') {
+    throw new TokenwardenError(
+      'ERR_UNSUPPORTED',
+      'the token is not an access token (token_type N_A, from a token exchange): it is not sent as Authorization; take it from getToken() and send it as the API expects',
+    );
+  }
+  return `${token.tokenType} ${token.accessToken}`;
 }
 
 /**

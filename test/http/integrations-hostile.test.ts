@@ -12,6 +12,7 @@ import { decodeJwt, generateKeyPair } from 'jose';
 import { Agent, request } from 'undici';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { TokenManager, clientCredentials } from '../../src/index.js';
+import { authFetch } from '../../src/http/auth-fetch.js';
 import { axiosAuth } from '../../src/http/axios.js';
 import { proxyForUrl } from '../../src/http/proxy.js';
 import { authInterceptor } from '../../src/http/undici.js';
@@ -174,6 +175,31 @@ describe('DPoP proofs stay with the request they were made for', () => {
       await agent.close();
       await dpopManager.close();
     }
+  });
+});
+
+describe("a token exchange's N_A token (not an access token) is never sent as Authorization", () => {
+  // What tokenExchange() keeps for an ID token it was given (RFC 8693 §2.2.1: token_type N_A).
+  const idToken = 'eyJhbGciOiJub25lIn0.eyJzdWIiOiJhbGljZSJ9.';
+  const provider = {
+    getToken: async () => ({ accessToken: idToken, tokenType: 'N_A', issuedAt: Date.now() }),
+    invalidate: async () => undefined,
+  };
+  const refused = { code: 'ERR_UNSUPPORTED', message: expect.stringContaining('not an access token') };
+
+  it('fetch, axios and undici refuse it with ERR_UNSUPPORTED, before any request', async () => {
+    await expect(authFetch(provider)(`${apiUrl}/n_a`)).rejects.toMatchObject(refused);
+    const client = axios.create({ baseURL: apiUrl });
+    axiosAuth(client, provider);
+    await expect(client.get('/n_a')).rejects.toMatchObject(refused);
+    const agent = new Agent();
+    try {
+      const dispatcher = agent.compose(authInterceptor(provider, { origins: [apiUrl] }));
+      await expect(request(`${apiUrl}/n_a`, { dispatcher })).rejects.toMatchObject(refused);
+    } finally {
+      await agent.close();
+    }
+    expect(seen.filter((s) => s.path === '/n_a')).toEqual([]);
   });
 });
 
