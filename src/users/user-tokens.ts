@@ -262,6 +262,13 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
     this.#checkOpen();
     const key = this.keyFor(subject);
     const json = checkTokenResponse(tokenResponse);
+    if (this.client.dpop === undefined && (json['token_type'] as string).toLowerCase() === 'dpop') {
+      // Bound to the key the login's proofs were signed with: without it every request with the token fails.
+      throw new TokenwardenError(
+        'ERR_CONFIG',
+        "the login's access token is DPoP-bound (token_type DPoP) and this UserTokens has no dpop key: give it the key pair the login's proofs were signed with",
+      );
+    }
     const issuedAt: unknown = options.issuedAt;
     // Written into the record: a NaN, an Infinity or a string there would make the record unreadable (JSON null).
     if (issuedAt !== undefined && !(typeof issuedAt === 'number' && issuedAt >= 0 && issuedAt <= MAX_DATE_MS)) {
