@@ -182,7 +182,7 @@ describe("a token exchange's N_A token (not an access token) is never sent as Au
   // What tokenExchange() keeps for an ID token it was given (RFC 8693 §2.2.1: token_type N_A).
   const idToken = 'eyJhbGciOiJub25lIn0.eyJzdWIiOiJhbGljZSJ9.';
   const provider = {
-    getToken: async () => ({ accessToken: idToken, tokenType: 'N_A', issuedAt: Date.now() }),
+    getToken: async () => ({ accessToken: idToken, tokenType: 'N_A', issuedAt: Date.now(), raw: {} }),
     invalidate: async () => undefined,
   };
   const refused = { code: 'ERR_UNSUPPORTED', message: expect.stringContaining('not an access token') };
