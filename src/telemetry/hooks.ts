@@ -10,10 +10,15 @@
  * A provider registered after tokenwarden's first use is picked up at the next hook call (the global
  * provider is looked up each time, and instruments are created once per provider).
  *
+ * Telemetry never fails what it observes (OpenTelemetry's rule for instrumentations): every call into a
+ * provider, meter, instrument, tracer, span or context manager is guarded, so an SDK, a span processor or
+ * a View that throws costs its own data, never a token request, a refresh token the server just rotated, or
+ * a verification. The first such failure is reported on OpenTelemetry's `diag` log.
+ *
  * @module
  */
 import { readFileSync } from 'node:fs';
-import { isTokenwardenError } from '../errors.js';
+import { type ErrorCode, isTokenwardenError } from '../errors.js';
 import { ATTRIBUTES, INSTRUMENTS, type InstrumentSpec, SPANS } from './instruments.js';
 import {
   type Attributes,
@@ -114,33 +119,89 @@ function current(): State {
 /** Looks the providers up through the API (which checks versions) and makes instruments for a new one. */
 function resolve(): State {
   const api = otelApi();
-  let otel: Instruments | null = null;
-  let tracer: TracerLike | undefined;
-  if (api !== null) {
-    const provider = api.metrics.getMeterProvider();
-    let made = byProvider.get(provider);
-    if (made === undefined) {
-      const meter = provider.getMeter('tokenwarden', version());
-      // The API's no-op provider hands out the no-op meter: nothing to record into.
-      made = meter === api.createNoopMeter() ? null : createInstruments(meter);
-      byProvider.set(provider, made);
-    }
-    otel = made;
-    const tracerProvider = api.trace.getTracerProvider();
-    // Unregistered, the API answers with its own proxy delegating to the no-op provider.
-    noopTracerProvider ??= new api.ProxyTracerProvider().getDelegate?.();
-    if (tracerProvider.getDelegate?.() !== noopTracerProvider) {
-      tracer = tracers.get(tracerProvider);
-      if (tracer === undefined) {
-        tracer = tracerProvider.getTracer('tokenwarden', version());
-        tracers.set(tracerProvider, tracer);
-      }
-    }
-  }
+  const otel = api === null ? null : globalInstruments(api);
+  const tracer = api === null ? undefined : globalTracer(api);
   const all = [...(otel === null ? [] : [otel]), ...locals.values()];
   return { sinks: all.length === 0 ? NONE : Object.freeze(all), api, tracer };
 }
+
+/** The instruments of the global meter provider, `null` without one (or when it failed to make them). */
+function globalInstruments(api: OtelApi): Instruments | null {
+  let provider: ReturnType<OtelApi['metrics']['getMeterProvider']>;
+  try {
+    provider = api.metrics.getMeterProvider();
+  } catch (err) {
+    sdkFailed(err);
+    return null;
+  }
+  if (typeof provider !== 'object' || provider === null) return null;
+  let made = byProvider.get(provider);
+  if (made === undefined) {
+    try {
+      const meter = provider.getMeter('tokenwarden', version());
+      // The API's no-op provider hands out the no-op meter: nothing to record into.
+      made = meter === api.createNoopMeter() ? null : createInstruments(meter);
+    } catch (err) {
+      sdkFailed(err); // not asked again: a provider that cannot make instruments records nothing
+      made = null;
+    }
+    byProvider.set(provider, made);
+  }
+  return made;
+}
+
+/** The tracer of the global tracer provider, `undefined` without one. */
+function globalTracer(api: OtelApi): TracerLike | undefined {
+  try {
+    const tracerProvider = api.trace.getTracerProvider();
+    // Unregistered, the API answers with its own proxy delegating to the no-op provider.
+    noopTracerProvider ??= new api.ProxyTracerProvider().getDelegate?.();
+    if (tracerProvider.getDelegate?.() === noopTracerProvider) return undefined;
+    let tracer = tracers.get(tracerProvider);
+    if (tracer === undefined) {
+      tracer = tracerProvider.getTracer('tokenwarden', version());
+      if (typeof tracer?.startSpan !== 'function') return undefined;
+      tracers.set(tracerProvider, tracer);
+    }
+    return tracer;
+  } catch (err) {
+    sdkFailed(err);
+    return undefined;
+  }
+}
 let noopTracerProvider: unknown;
+
+/**
+ * Something in the telemetry SDK threw. Recording goes on without what failed; the first failure is
+ * reported on OpenTelemetry's `diag` log (the channel for an SDK's own problems), the rest are not, so that
+ * a broken exporter cannot flood a log once per request.
+ */
+function sdkFailed(err: unknown): void {
+  if (reported) return;
+  reported = true;
+  try {
+    otelApi()?.diag.error('tokenwarden: the OpenTelemetry SDK threw; tokenwarden goes on without that data', err);
+  } catch {
+    // diag itself failed: nothing left to tell.
+  }
+}
+let reported = false;
+
+function add(counter: CounterLike, attrs: Attributes): void {
+  try {
+    counter.add(1, attrs);
+  } catch (err) {
+    sdkFailed(err);
+  }
+}
+
+function record(histogram: HistogramLike, value: number, attrs: Attributes): void {
+  try {
+    histogram.record(value, attrs);
+  } catch (err) {
+    sdkFailed(err);
+  }
+}
 
 /** Where to record metrics now. */
 function active(): readonly Instruments[] {
@@ -175,14 +236,70 @@ function version(): string {
 // ---------------------------------------------------------------------------------------------
 // Tracing
 
-function endSpan(api: OtelApi, span: SpanLike, outcome: string, errorType: string | undefined): void {
-  span.setAttribute(ATTRIBUTES.outcome, outcome);
-  if (errorType !== undefined) {
-    span.setAttribute(ATTRIBUTES.errorType, errorType);
-    // The code only: an error's message may quote what a server answered.
-    span.setStatus({ code: api.SpanStatusCode.ERROR, message: errorType });
+/** Starts an `INTERNAL` span; `undefined` when the tracer failed or answered something that is not a span. */
+function startSpan(api: OtelApi, tracer: TracerLike, name: string, attrs?: Attributes): SpanLike | undefined {
+  try {
+    const span = tracer.startSpan(name, {
+      kind: api.SpanKind.INTERNAL,
+      ...(attrs !== undefined && { attributes: attrs }),
+    }) as SpanLike | null | undefined;
+    return typeof span === 'object' && span !== null ? span : undefined;
+  } catch (err) {
+    sdkFailed(err);
+    return undefined;
   }
-  span.end();
+}
+
+/** Sets the outcome (and on failure the error) and ends `span`; the caller calls it once per span. */
+function endSpan(api: OtelApi, span: SpanLike, outcome: string, errorType: string | undefined): void {
+  try {
+    span.setAttribute(ATTRIBUTES.outcome, outcome);
+    if (errorType !== undefined) {
+      span.setAttribute(ATTRIBUTES.errorType, errorType);
+      // The code only: an error's message may quote what a server answered.
+      span.setStatus({ code: api.SpanStatusCode.ERROR, message: errorType });
+    }
+  } catch (err) {
+    sdkFailed(err);
+  }
+  try {
+    span.end();
+  } catch (err) {
+    sdkFailed(err);
+  }
+}
+
+/**
+ * `run()` with `span` as the active span, so that the spans it starts (an instrumented HTTP client's) are
+ * its children. A context manager that throws, or never calls `run`, costs the parenting only: `run` is
+ * called exactly once, and its own answer or error is what comes back.
+ */
+function inSpan<T>(api: OtelApi, span: SpanLike, run: () => T): T {
+  let context: unknown;
+  try {
+    context = api.trace.setSpan(api.context.active(), span);
+  } catch (err) {
+    sdkFailed(err);
+    return run();
+  }
+  let ran: { value: T } | { error: unknown } | undefined;
+  try {
+    api.context.with(context, () => {
+      try {
+        const value = run();
+        ran = { value };
+        return value;
+      } catch (error) {
+        ran = { error };
+        throw error;
+      }
+    });
+  } catch (err) {
+    if (ran === undefined || !('error' in ran) || ran.error !== err) sdkFailed(err);
+  }
+  if (ran === undefined) return run();
+  if ('error' in ran) throw ran.error;
+  return ran.value;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -205,9 +322,45 @@ function attributes(...pairs: (string | undefined)[]): Attributes {
   return cached;
 }
 
+/**
+ * The codes `error.type` may hold: every {@link ErrorCode}, and nothing else (the compiler checks the list
+ * against the type both ways). A `TokenwardenError` is a public class: JavaScript can build one with any
+ * code — a custom store's or subject token provider's `ERR_${tenant}` — and an attribute value that grows
+ * with users is a series per user in the operator's metrics backend.
+ */
+const ERROR_TYPES: Readonly<Record<ErrorCode, true>> = {
+  ERR_CONFIG: true,
+  ERR_INSECURE_ISSUER: true,
+  ERR_DISCOVERY: true,
+  ERR_NETWORK: true,
+  ERR_TIMEOUT: true,
+  ERR_ABORTED: true,
+  ERR_HTTP_STATUS: true,
+  ERR_INVALID_RESPONSE: true,
+  ERR_RESPONSE_TOO_LARGE: true,
+  ERR_OAUTH: true,
+  ERR_LOGIN_REQUIRED: true,
+  ERR_ID_TOKEN_INVALID: true,
+  ERR_INVALID_TOKEN: true,
+  ERR_STORE: true,
+  ERR_STORE_TIMEOUT: true,
+  ERR_LOCK_TIMEOUT: true,
+  ERR_DECRYPT: true,
+  ERR_RETRY_LATER: true,
+  ERR_CLOSED: true,
+  ERR_UNSUPPORTED: true,
+  ERR_PROVIDER: true,
+  ERR_CREDENTIAL: true,
+};
+
+/** A code as an `error.type` value: one of tokenwarden's codes, `_OTHER` for anything else. */
+function knownCode(code: unknown): string {
+  return typeof code === 'string' && Object.hasOwn(ERROR_TYPES, code) ? code : '_OTHER';
+}
+
 /** The `error.type` of a failure: the `TokenwardenError` code, `_OTHER` for anything else. */
 function errorType(error: unknown): string {
-  return isTokenwardenError(error) ? error.code : '_OTHER';
+  return isTokenwardenError(error) ? knownCode(error.code) : '_OTHER';
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -221,7 +374,7 @@ export async function tokenRequest<T>(grant: string, run: () => Promise<T>): Pro
   const { sinks: recording, api, tracer: t } = current();
   if (recording.length === 0 && t === undefined) return run();
   const started = performance.now();
-  const finish = (error: unknown, failed: boolean): string | undefined => {
+  const finish = (error: unknown, failed: boolean): void => {
     const code = failed ? errorType(error) : undefined;
     const attrs = attributes(
       ATTRIBUTES.grant,
@@ -233,31 +386,22 @@ export async function tokenRequest<T>(grant: string, run: () => Promise<T>): Pro
     );
     const seconds = (performance.now() - started) / 1000;
     for (const sink of recording) {
-      sink.tokenRequests.add(1, attrs);
-      sink.tokenRequestDuration.record(seconds, attrs);
+      add(sink.tokenRequests, attrs);
+      record(sink.tokenRequestDuration, seconds, attrs);
     }
-    return code;
+    // Neither recording nor ending throws: the span ends once, and the request's answer is never lost.
+    if (span !== undefined) endSpan(api as OtelApi, span, failed ? 'error' : 'success', code);
   };
-  if (t === undefined || api === null) {
-    try {
-      const value = await run();
-      finish(undefined, false);
-      return value;
-    } catch (err) {
-      finish(err, true);
-      throw err;
-    }
-  }
-  const span = t.startSpan(SPANS.tokenRequest, {
-    kind: api.SpanKind.INTERNAL,
-    attributes: attributes(ATTRIBUTES.grant, grant),
-  });
+  const span =
+    t === undefined || api === null
+      ? undefined
+      : startSpan(api, t, SPANS.tokenRequest, attributes(ATTRIBUTES.grant, grant));
   try {
-    const value = await api.context.with(api.trace.setSpan(api.context.active(), span), run);
-    endSpan(api, span, 'success', finish(undefined, false));
+    const value = await (span === undefined ? run() : inSpan(api as OtelApi, span, run));
+    finish(undefined, false);
     return value;
   } catch (err) {
-    endSpan(api, span, 'error', finish(err, true));
+    finish(err, true);
     throw err;
   }
 }
@@ -267,7 +411,7 @@ export function staleServed(grant: string): void {
   const recording = active();
   if (recording.length === 0) return;
   const attrs = attributes(ATTRIBUTES.grant, grant);
-  for (const sink of recording) sink.staleServed.add(1, attrs);
+  for (const sink of recording) add(sink.staleServed, attrs);
 }
 
 /** A lock acquisition ended after `ms`: `acquired`, `timeout` (held by another process too long) or `error`. */
@@ -275,15 +419,15 @@ export function lockWaited(ms: number, outcome: 'acquired' | 'timeout' | 'error'
   const recording = active();
   if (recording.length === 0) return;
   const attrs = attributes(ATTRIBUTES.outcome, outcome);
-  for (const sink of recording) sink.lockWait.record(Math.max(0, ms) / 1000, attrs);
+  for (const sink of recording) record(sink.lockWait, Math.max(0, ms) / 1000, attrs);
 }
 
 /** A store operation failed or timed out. */
 export function storeFailed(operation: string, code: string): void {
   const recording = active();
   if (recording.length === 0) return;
-  const attrs = attributes(ATTRIBUTES.operation, operation, ATTRIBUTES.errorType, code);
-  for (const sink of recording) sink.storeErrors.add(1, attrs);
+  const attrs = attributes(ATTRIBUTES.operation, operation, ATTRIBUTES.errorType, knownCode(code));
+  for (const sink of recording) add(sink.storeErrors, attrs);
 }
 
 /** Counts one request to the authorization server made by the verifier (`jwks` or `introspection`). */
@@ -296,7 +440,7 @@ function serverRequest(kind: 'jwks' | 'introspection', error: unknown, failed: b
     ATTRIBUTES.errorType,
     failed ? errorType(error) : undefined,
   );
-  for (const sink of recording) (kind === 'jwks' ? sink.jwksFetches : sink.introspectionRequests).add(1, attrs);
+  for (const sink of recording) add(kind === 'jwks' ? sink.jwksFetches : sink.introspectionRequests, attrs);
 }
 
 /** What a verification answered (structurally, the verifier's `VerifyResult`). */
@@ -316,6 +460,9 @@ export interface VerifyProbe {
   traced?<T>(run: () => Promise<T>): Promise<T>;
 }
 
+/** The `error.type` of a verification that could not be done (answered 503): the RFC 6750 error it answered. */
+const UNAVAILABLE = 'temporarily_unavailable';
+
 class Probe implements VerifyProbe {
   readonly #started = performance.now();
   cache: 'hit' | 'miss' | undefined;
@@ -329,27 +476,38 @@ class Probe implements VerifyProbe {
 
   traced<T>(run: () => Promise<T>): Promise<T> {
     const { api, tracer } = this;
-    if (api === null || tracer === undefined) return run();
-    const span = tracer.startSpan(SPANS.verify, { kind: api.SpanKind.INTERNAL });
+    if (api === null || tracer === undefined || this.#span !== undefined) return run();
+    const span = startSpan(api, tracer, SPANS.verify);
+    if (span === undefined) return run();
     this.#span = span;
-    return api.context.with(api.trace.setSpan(api.context.active(), span), run);
+    return inSpan(api, span, run);
+  }
+
+  /** Ends the span, if one was started and is not ended yet: once, whichever of finish and fail comes. */
+  #end(outcome: string, code: string | undefined): void {
+    const span = this.#span;
+    if (span === undefined || this.api === null) return;
+    this.#span = undefined;
+    endSpan(this.api, span, outcome, code);
   }
 
   finish(answer: Answer): void {
     const error = answer.failure?.error;
     const outcome = answer.ok ? 'ok' : error === 'temporarily_unavailable' ? 'unavailable' : (error ?? 'unavailable');
-    if (this.#span !== undefined && this.api !== null) endSpan(this.api, this.#span, outcome, undefined);
+    // A refusal is the verifier doing its job (as a 4xx leaves an HTTP server span unset); answering 503 because
+    // the token could not be checked is a failure of the operation (as a 5xx is): error status and error.type.
+    this.#end(outcome, outcome === 'unavailable' ? UNAVAILABLE : undefined);
     if (this.recording.length === 0) return;
     const attrs = attributes(ATTRIBUTES.outcome, outcome, ATTRIBUTES.cache, this.cache);
     const seconds = (performance.now() - this.#started) / 1000;
     for (const sink of this.recording) {
-      sink.verifyRequests.add(1, attrs);
-      sink.verifyDuration.record(seconds, attrs);
+      add(sink.verifyRequests, attrs);
+      record(sink.verifyDuration, seconds, attrs);
     }
   }
 
   fail(error: unknown): void {
-    if (this.#span !== undefined && this.api !== null) endSpan(this.api, this.#span, 'unavailable', errorType(error));
+    this.#end('unavailable', errorType(error));
   }
 }
 
@@ -415,6 +573,13 @@ export interface ExpiryTarget {
 }
 
 const watched = new Set<WeakRef<ExpiryTarget>>();
+const SWEEP_MIN = 1024;
+let sweepAt = SWEEP_MIN;
+
+/** How many managers the gauge holds (dropped ones included until swept): for tests. */
+export function watchedCount(): number {
+  return watched.size;
+}
 
 function observeExpiries(result: ObservableResultLike): void {
   for (const ref of watched) {
@@ -434,6 +599,12 @@ function observeExpiries(result: ObservableResultLike): void {
  */
 export function watchExpiry(target: ExpiryTarget): () => void {
   active(); // instruments exist for a provider registered before this manager
+  // Dropped managers leave the set when a gauge is read; with nothing reading it (no SDK, no registry) they
+  // would stay forever — one per manager a process ever made without close(). Swept as the set doubles.
+  if (watched.size >= sweepAt) {
+    for (const ref of watched) if (ref.deref() === undefined) watched.delete(ref);
+    sweepAt = Math.max(SWEEP_MIN, watched.size * 2);
+  }
   const ref = new WeakRef(target);
   watched.add(ref);
   return () => {

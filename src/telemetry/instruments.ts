@@ -22,7 +22,10 @@ export const ATTRIBUTES = {
   grant: 'tokenwarden.grant',
   /** What happened: `success` / `error` for requests; `ok` / an RFC 6750 error / `unavailable` for verifications. */
   outcome: 'tokenwarden.outcome',
-  /** The `TokenwardenError` code of a failure (`ERR_NETWORK`, `ERR_OAUTH`…); absent on success. */
+  /**
+   * The `TokenwardenError` code of a failure (`ERR_NETWORK`, `ERR_OAUTH`…), `_OTHER` for anything else; on a
+   * verify span that could not check the token, `temporarily_unavailable`. Absent on success.
+   */
   errorType: 'error.type',
   /** The store operation that failed: `get`, `set`, `lock`, `delete`. */
   operation: 'tokenwarden.operation',
@@ -155,8 +158,10 @@ export const INSTRUMENTS = {
 } as const satisfies Record<string, InstrumentSpec>;
 
 /**
- * The spans tokenwarden starts (tracer `tokenwarden`), with `tokenwarden.grant` (token requests),
- * `tokenwarden.outcome` and, on failure, `error.type` and an error status.
+ * The spans tokenwarden starts (tracer `tokenwarden`, kind `INTERNAL`), with `tokenwarden.grant` (token
+ * requests), `tokenwarden.outcome` and, when the operation failed, `error.type` and an error status: a failed
+ * token request, a verification that could not be done (answered 503). A refused token is an outcome, not
+ * an error (as a 4xx leaves an HTTP server span unset).
  *
  * @example
  * ```ts

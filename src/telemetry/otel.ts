@@ -62,6 +62,8 @@ export interface OtelApi {
     setSpan(context: unknown, span: SpanLike): unknown;
   };
   context: { active(): unknown; with<R>(context: unknown, fn: () => R): R };
+  /** OpenTelemetry's own log, where an instrumentation reports that the SDK failed it. */
+  diag: { error(message: string, ...args: unknown[]): void };
   createNoopMeter(): MeterLike;
   ProxyTracerProvider: new () => TracerProviderLike;
   SpanKind: { INTERNAL: number };
