@@ -7,6 +7,11 @@ import { inspect } from 'node:util';
 import type { TokenwardenError } from '../../src/errors.js';
 import { type FaultServer, json, startFaultServer } from '../support/fault-server.js';
 import { basicUserPass } from '../../src/sources/client-secret-basic.js';
+import { clientCredentials } from '../../src/sources/client-credentials.js';
+import { jwtBearer } from '../../src/sources/jwt-bearer.js';
+import { refreshToken } from '../../src/sources/refresh-token.js';
+import type { GrantSource } from '../../src/sources/client.js';
+import { tokenExchange } from '../../src/sources/token-exchange.js';
 
 /** Characters that every encoding treats differently: space, quote, plus, slash, equals, ampersand, percent, non-ASCII. */
 export const CLIENT_SECRET = 'cs-"se cr3t"+/=&~!%41-é-0d9c8b7a';
@@ -109,6 +114,58 @@ export async function startEchoServer(mode: () => EchoMode): Promise<FaultServer
     return echo(mode(), req, res, body);
   });
   return server;
+}
+
+/**
+ * Each way the client sends a credential to the server's `/token` — a grant × a client authentication method —
+ * with the fixed credentials above. Both arguments are read when a source is made (servers start in
+ * `beforeAll`, after the tests are listed): the server, and a PKCS#8 PEM for `private_key_jwt`.
+ */
+export function credentialSenders(
+  server: () => FaultServer,
+  privateKey: () => string,
+): Record<string, () => GrantSource> {
+  const common = () => ({
+    tokenEndpoint: `${server().url}/token`,
+    clientId: CLIENT_ID,
+    allowInsecureRequests: true,
+    timeout: '2s' as const,
+  });
+  return {
+    'client_credentials, client_secret_basic': () => clientCredentials({ ...common(), clientSecret: CLIENT_SECRET }),
+    'client_credentials, client_secret_post': () =>
+      clientCredentials({ ...common(), clientSecret: CLIENT_SECRET, clientAuth: 'client_secret_post' }),
+    'client_credentials, client_secret_jwt': () =>
+      clientCredentials({ ...common(), clientSecret: CLIENT_SECRET, clientAuth: 'client_secret_jwt' }),
+    'client_credentials, private_key_jwt': () => clientCredentials({ ...common(), privateKey: privateKey() }),
+    'refresh_token, client_secret_basic': () =>
+      refreshToken({ ...common(), clientSecret: CLIENT_SECRET, refreshToken: REFRESH_TOKEN }),
+    'token exchange with an actor': () =>
+      tokenExchange({ ...common(), clientSecret: CLIENT_SECRET, subjectToken: SUBJECT_TOKEN, actorToken: ACTOR_TOKEN }),
+    'jwt bearer, public client': () => jwtBearer({ ...common(), clientAuth: 'none', assertion: ASSERTION }),
+  };
+}
+
+/** Every credential sent to `server` so far: the fixed ones, the assertions the client signed, Authorization headers. */
+export function sentCredentials(server: FaultServer): string[] {
+  const out = [CLIENT_SECRET, REFRESH_TOKEN, SUBJECT_TOKEN, ACTOR_TOKEN, ASSERTION];
+  for (const r of server.requests) {
+    const params = new URLSearchParams(r.body);
+    for (const name of [
+      'client_assertion',
+      'client_secret',
+      'refresh_token',
+      'subject_token',
+      'actor_token',
+      'assertion',
+      'token',
+    ]) {
+      out.push(...params.getAll(name));
+    }
+    const authorization = r.headers.authorization;
+    if (authorization !== undefined) out.push(authorization.replace(/^\S+\s+/, ''));
+  }
+  return [...new Set(out)];
 }
 
 /** Every form of `secret` a leak could take, including a Basic credential with `clientId`, and a chunk of it. */

@@ -12,9 +12,7 @@ import { TokenwardenError } from '../../src/errors.js';
 import { TokenManager } from '../../src/manager.js';
 import { clientCredentials } from '../../src/sources/client-credentials.js';
 import { OAuthClient } from '../../src/sources/client.js';
-import { jwtBearer } from '../../src/sources/jwt-bearer.js';
 import { refreshToken } from '../../src/sources/refresh-token.js';
-import { tokenExchange } from '../../src/sources/token-exchange.js';
 import type { FetchLike } from '../../src/http/transport.js';
 import { tokenFromResponse } from '../../src/token.js';
 import { UserTokens } from '../../src/users/index.js';
@@ -22,15 +20,14 @@ import { type TestAuthorizationServer, startAuthorizationServer } from '../suppo
 import { syntheticResponse } from '../users/helpers.js';
 import { type FaultServer, json, startFaultServer } from '../support/fault-server.js';
 import {
-  ACTOR_TOKEN,
-  ASSERTION,
   CLIENT_ID,
   CLIENT_SECRET,
   ECHO_MODES,
   type EchoMode,
   REFRESH_TOKEN,
-  SUBJECT_TOKEN,
+  credentialSenders,
   leaksIn,
+  sentCredentials as sentTo,
   startEchoServer,
   renderings,
 } from './support.js';
@@ -54,41 +51,11 @@ const common = () => ({
 });
 
 /** Each way the client sends a credential: a grant × a client authentication method. */
-const senders: Record<string, () => { fetchToken: (c: object) => Promise<unknown> }> = {
-  'client_credentials, client_secret_basic': () => clientCredentials({ ...common(), clientSecret: CLIENT_SECRET }),
-  'client_credentials, client_secret_post': () =>
-    clientCredentials({ ...common(), clientSecret: CLIENT_SECRET, clientAuth: 'client_secret_post' }),
-  'client_credentials, client_secret_jwt': () =>
-    clientCredentials({ ...common(), clientSecret: CLIENT_SECRET, clientAuth: 'client_secret_jwt' }),
-  'client_credentials, private_key_jwt': () => clientCredentials({ ...common(), privateKey: pem }),
-  'refresh_token, client_secret_basic': () =>
-    refreshToken({ ...common(), clientSecret: CLIENT_SECRET, refreshToken: REFRESH_TOKEN }),
-  'token exchange with an actor': () =>
-    tokenExchange({ ...common(), clientSecret: CLIENT_SECRET, subjectToken: SUBJECT_TOKEN, actorToken: ACTOR_TOKEN }),
-  'jwt bearer, public client': () => jwtBearer({ ...common(), clientAuth: 'none', assertion: ASSERTION }),
-};
-
-/** Everything the client sent in the requests so far: assertions it signed, Authorization headers. */
-function sentCredentials(): string[] {
-  const out = [CLIENT_SECRET, REFRESH_TOKEN, SUBJECT_TOKEN, ACTOR_TOKEN, ASSERTION];
-  for (const r of server.requests) {
-    const params = new URLSearchParams(r.body);
-    for (const name of [
-      'client_assertion',
-      'client_secret',
-      'refresh_token',
-      'subject_token',
-      'actor_token',
-      'assertion',
-      'token',
-    ]) {
-      out.push(...params.getAll(name));
-    }
-    const authorization = r.headers.authorization;
-    if (authorization !== undefined) out.push(authorization.replace(/^\S+\s+/, ''));
-  }
-  return [...new Set(out)];
-}
+const senders = credentialSenders(
+  () => server,
+  () => pem,
+);
+const sentCredentials = () => sentTo(server);
 
 async function failure(send: () => Promise<unknown>): Promise<TokenwardenError> {
   const outcome = await send().then(

@@ -13,19 +13,9 @@ import { inspect } from 'node:util';
 import { exportPKCS8, generateKeyPair } from 'jose';
 import type { ReadableSpan } from '@opentelemetry/sdk-trace-base';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import {
-  MemoryStore,
-  TokenManager,
-  TokenwardenError,
-  UserTokens,
-  clientCredentials,
-  refreshToken,
-} from '../../src/index.js';
+import { MemoryStore, TokenManager, TokenwardenError, UserTokens } from '../../src/index.js';
 import type { StoreRecord } from '../../src/stores/store.js';
 import { FailingStore } from '../support/failing-store.js';
-import { jwtBearer } from '../../src/sources/jwt-bearer.js';
-import { tokenExchange } from '../../src/sources/token-exchange.js';
-import type { TokenSource } from '../../src/index.js';
 import { bearerAuth } from '../../src/server/adapters/node.js';
 import { createVerifier } from '../../src/server/index.js';
 import { ATTRIBUTES, INSTRUMENTS, type InstrumentSpec, SPANS } from '../../src/telemetry/index.js';
@@ -39,16 +29,14 @@ import { type MetricsHarness, type Point, type TracesHarness, installMetrics, in
 import { seeded } from '../support/seeded.js';
 import { forge, issueToken, segment } from '../server/support.js';
 import {
-  ACTOR_TOKEN,
-  ASSERTION,
   CLIENT_ID,
   CLIENT_SECRET,
   ECHO_MODES,
   type EchoMode,
-  REFRESH_TOKEN,
-  SUBJECT_TOKEN,
+  credentialSenders,
   echo,
   leaksIn,
+  sentCredentials,
 } from '../security/support.js';
 
 let otel: MetricsHarness;
@@ -115,39 +103,11 @@ describe('an authorization server echoing the credentials it received', () => {
   });
   afterAll(() => server.close());
 
-  const common = () => ({
-    tokenEndpoint: `${server.url}/token`,
-    clientId: CLIENT_ID,
-    allowInsecureRequests: true,
-    timeout: '2s' as const,
-  });
-  const grants: Record<string, () => TokenSource> = {
-    'client_credentials, client_secret_basic': () => clientCredentials({ ...common(), clientSecret: CLIENT_SECRET }),
-    'client_credentials, client_secret_post': () =>
-      clientCredentials({ ...common(), clientSecret: CLIENT_SECRET, clientAuth: 'client_secret_post' }),
-    'client_credentials, client_secret_jwt': () =>
-      clientCredentials({ ...common(), clientSecret: CLIENT_SECRET, clientAuth: 'client_secret_jwt' }),
-    'client_credentials, private_key_jwt': () => clientCredentials({ ...common(), privateKey: pem }),
-    refresh_token: () => refreshToken({ ...common(), clientSecret: CLIENT_SECRET, refreshToken: REFRESH_TOKEN }),
-    'token exchange with an actor': () =>
-      tokenExchange({ ...common(), clientSecret: CLIENT_SECRET, subjectToken: SUBJECT_TOKEN, actorToken: ACTOR_TOKEN }),
-    'jwt bearer': () => jwtBearer({ ...common(), clientAuth: 'none', assertion: ASSERTION }),
-  };
-
-  /** Everything the client sent so far: the fixed secrets, the assertions it signed, the Authorization headers. */
-  function sent(): string[] {
-    const out = [CLIENT_SECRET, REFRESH_TOKEN, SUBJECT_TOKEN, ACTOR_TOKEN, ASSERTION];
-    for (const r of server.requests) {
-      const params = new URLSearchParams(r.body);
-      for (const name of ['client_secret', 'client_assertion', 'refresh_token', 'subject_token', 'actor_token']) {
-        out.push(...params.getAll(name));
-      }
-      out.push(...params.getAll('assertion'));
-      const authorization = r.headers.authorization;
-      if (authorization !== undefined) out.push(authorization.replace(/^\S+\s+/, ''));
-    }
-    return [...new Set(out)];
-  }
+  const grants = credentialSenders(
+    () => server,
+    () => pem,
+  );
+  const sent = () => sentCredentials(server);
 
   it('no credential in any span, metric attribute or manager event, for every grant and every echo', async () => {
     const events: unknown[] = [];
