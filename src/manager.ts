@@ -20,6 +20,7 @@ import {
   type RefreshPolicy,
   type RefreshPolicyOptions,
   backoffDelay,
+  blockedForMs,
   forceRefresh,
   refreshFloor,
   resolvePolicy,
@@ -118,7 +119,11 @@ export interface TokenManagerOptions {
 export interface GetTokenOptions {
   /** Stop waiting (the shared refresh itself goes on for other callers). */
   signal?: AbortSignal;
-  /** Require at least this much remaining life; a token with less is replaced first. */
+  /**
+   * Require at least this much remaining life; a token with less is replaced first. A token this manager obtained
+   * under its refresh floor (a second) ago is the longest the server gives and satisfies any `minTtl`: a server
+   * whose tokens live shorter is asked at most once a second, not on every call.
+   */
   minTtl?: Duration;
 }
 
@@ -183,6 +188,8 @@ interface Held {
   /** The wall clock and the monotonic clock when it was installed: its age is judged by the time that has passed. */
   readonly since: number;
   readonly tickAt: number;
+  /** Obtained from the source by this manager (not read from the store). */
+  readonly fetched: boolean;
   /**
    * Until when `getToken()` serves it by the wall clock alone (one clock read): `staleAt` while it is fresh,
    * `-Infinity` once it is stale by the time that has passed (see `#watchWall`).
@@ -520,7 +527,7 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
     if (held !== undefined) {
       const now = this.#nowFor(held);
       const status = statusAt(held.token, held.staleAt, now);
-      if (status !== 'expired' && (minTtlMs === 0 || remainingMs(held.token, now) > minTtlMs)) {
+      if (status !== 'expired' && (minTtlMs === 0 || remainingMs(held.token, now) > this.#neededTtl(held, minTtlMs))) {
         if (status === 'stale') {
           telemetry.staleServed(this.#grant);
           this.#refreshInBackground();
@@ -582,7 +589,16 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
     const now = this.#nowFor(held);
     const status = statusAt(token, held.staleAt, now);
     if (status === 'expired' || (want.fresh === true && status !== 'fresh')) return false;
-    return want.minTtlMs === undefined || remainingMs(token, now) > want.minTtlMs;
+    return want.minTtlMs === undefined || remainingMs(token, now) > this.#neededTtl(held, want.minTtlMs);
+  }
+
+  /**
+   * The life `held` must have left to satisfy `getToken({ minTtl })`: `minTtl`, unless this manager obtained it from
+   * the source under its refresh floor (a second) ago — it is then the longest the server gives, and a caller asking
+   * for more than the server ever gives costs a token request a second at most, not one per call.
+   */
+  #neededTtl(held: Held, minTtlMs: number): number {
+    return held.fetched && this.#tick() - held.tickAt < refreshFloor(held.token) ? 0 : minTtlMs;
   }
 
   /** The fleet protocol (src/fleet/), for this manager's one key. */
@@ -658,6 +674,7 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
       generation: ++this.#generation,
       since: now,
       tickAt: tick,
+      fetched: from === 'source',
       fastUntil: stale > now ? stale : -Infinity,
     };
     this.#held = held;
@@ -696,7 +713,7 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
     const validUntil =
       held && statusAt(held.token, held.staleAt, now) !== 'expired' ? (held.token.expiresAt ?? Infinity) : undefined;
     let delay = backoffDelay(this.#policy, this.#failures, this.#random(), error.retryAfterMs);
-    if (error.retryAfterMs !== undefined) this.#blockedUntil = tick + error.retryAfterMs;
+    if (error.retryAfterMs !== undefined) this.#blockedUntil = tick + blockedForMs(error.retryAfterMs);
     else if (validUntil === undefined) {
       // Nothing to serve: whoever needs a token is failing, so do not let backoff grow past a few seconds.
       delay = Math.min(delay, NO_TOKEN_RETRY_MAX_MS);

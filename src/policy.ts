@@ -167,7 +167,22 @@ export function backoffDelay(policy: RefreshPolicy, failures: number, random: nu
   const exponent = Math.max(0, failures - 1);
   const base = Math.min(policy.backoffMaxMs, policy.backoffInitialMs * policy.backoffMultiplier ** exponent);
   const delay = base / 2 + (random * base) / 2;
-  return retryAfterMs === undefined ? delay : Math.max(delay, Math.min(retryAfterMs, MAX_RETRY_AFTER_MS));
+  // A Retry-After that is not a time (NaN from a custom source) must not become a NaN delay: a timer of 1 ms.
+  return retryAfterMs === undefined ? delay : Math.max(delay, blockedForMs(retryAfterMs));
+}
+
+/**
+ * How long callers are refused (`ERR_RETRY_LATER`) after a failure that asked for `retryAfterMs`: at most an
+ * hour, as `Retry-After` is read — also when the failure came from a custom source with a day in it, or
+ * something that is not a time at all (then nothing is refused).
+ *
+ * @example
+ * ```ts
+ * blockedForMs(86_400_000); // 3_600_000
+ * ```
+ */
+export function blockedForMs(retryAfterMs: number): number {
+  return Number.isFinite(retryAfterMs) && retryAfterMs > 0 ? Math.min(retryAfterMs, MAX_RETRY_AFTER_MS) : 0;
 }
 
 /**

@@ -20,7 +20,7 @@ import { type AuthFetchOptions, type TokenProvider, authFetch } from '../http/au
 import { type FetchLike, boundedFetch } from '../http/transport.js';
 import { type UserClaims, checkIdToken, signatureVerifier } from '../id-token.js';
 import { DEMAND_RETRY_FLOOR_MS, isStoreFailure, isTransient } from '../manager.js';
-import { type RefreshPolicy, backoffDelay, forceRefresh, resolvePolicy } from '../policy.js';
+import { type RefreshPolicy, backoffDelay, blockedForMs, forceRefresh, resolvePolicy } from '../policy.js';
 import { OAuthClient, rotatedRefreshToken } from '../sources/client.js';
 import { isRefreshTokenRejected, toTokenwardenError } from '../sources/errors.js';
 import { MemoryStore } from '../stores/memory.js';
@@ -1113,7 +1113,7 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
       failure.failures += 1;
       failure.lastError = error;
       const delay = backoffDelay(this.#policy, failure.failures, this.#random(), error.retryAfterMs);
-      if (error.retryAfterMs !== undefined) failure.blockedUntil = now + error.retryAfterMs;
+      if (error.retryAfterMs !== undefined) failure.blockedUntil = now + blockedForMs(error.retryAfterMs);
       if (isTransient(error)) {
         failure.nextAttemptAt = now + delay;
         // As TokenManager does: right after the server failed, the subject's callers get that failure at once (for
