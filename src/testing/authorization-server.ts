@@ -19,7 +19,14 @@ import type { JWK } from 'jose';
 import { type Clock, systemClock } from '../clock.js';
 import { type Duration, toMs } from '../duration.js';
 import { TokenwardenError } from '../errors.js';
-import { ClientAuthenticator, type OAuthError, type RegisteredClient, clientKeys, oauthError } from './client-auth.js';
+import {
+  ASSERTION_ALGORITHMS,
+  ClientAuthenticator,
+  type OAuthError,
+  type RegisteredClient,
+  clientKeys,
+  oauthError,
+} from './client-auth.js';
 import { DPOP_ALGORITHMS, DPoPProofs } from './dpop.js';
 import { type Answer, Grants, type Subject, type TokenResponse, errorAnswer } from './grants.js';
 import { KeyRing, type SigningAlgorithm } from './keys.js';
@@ -90,7 +97,7 @@ export interface TestClient {
  * | --- | --- | --- |
  * | `'ok'` | answer normally (clears any fault) | — |
  * | `'down'` | refuse connections: the whole server stops listening, open connections are cut | `ERR_NETWORK` |
- * | `'reset'` | accept the request, then reset the connection | `ERR_NETWORK` |
+ * | `'reset'` | accept the request, then reset the connection (TCP RST: `ECONNRESET`) | `ERR_NETWORK` |
  * | `'500'` | answer 500 with an HTML page | `ERR_HTTP_STATUS` (`status` 500) |
  * | `'503'` | answer 503 with `Retry-After: 1` and an HTML page | `ERR_HTTP_STATUS` (`status` 503, `retryAfterMs`) |
  * | `'slow'` | answer normally after `delay` (default `'5s'`), or as soon as the fault is cleared | `ERR_TIMEOUT` with a shorter `timeout` |
@@ -129,7 +136,10 @@ export interface FaultOptions {
   endpoints?: readonly TestEndpoint[] | 'all';
   /** For `'slow'`: how late the answer comes. Default `'5s'`. */
   delay?: Duration;
-  /** Misbehave for this many requests, then answer normally again. Default: until the next `fault()`. */
+  /**
+   * Misbehave for this many requests, then answer normally again. Default: until the next `fault()`. Not with
+   * `'down'`, which receives no requests (`ERR_CONFIG`): end it with `fault('ok')`.
+   */
   times?: number;
 }
 
@@ -221,7 +231,7 @@ export interface TestAuthorizationServer {
   readonly client: TestClient;
   /** The audience of tokens that name no resource (the first `audience` option). */
   readonly audience: string;
-  /** The authorization server metadata (RFC 8414), as served. */
+  /** The authorization server metadata (RFC 8414), as served; frozen, its lists too. */
   readonly metadata: Readonly<Record<string, unknown>>;
   /**
    * Registers another confidential client (a resource server that introspects, a second app). With `jwks`
@@ -274,7 +284,6 @@ const ALL_ENDPOINTS: readonly TestEndpoint[] = [
 const FAULTS: readonly Fault[] = ['ok', 'down', 'reset', '500', '503', 'slow', 'garbage'];
 const ALGORITHMS: readonly SigningAlgorithm[] = ['RS256', 'RS384', 'RS512', 'PS256', 'ES256', 'ES384', 'EdDSA'];
 const AUTH_METHODS = ['client_secret_basic', 'client_secret_post', 'client_secret_jwt', 'private_key_jwt'];
-const ASSERTION_ALGS = ['HS256', 'HS384', 'HS512', 'RS256', 'PS256', 'ES256', 'EdDSA'];
 
 function config(message: string): TokenwardenError {
   return new TokenwardenError('ERR_CONFIG', message);
@@ -398,7 +407,10 @@ export async function createTestAuthorizationServer(
     [`${path}/revoke`, 'revocation'],
     [`${path}/userinfo`, 'userinfo'],
   ]);
-  const metadata = Object.freeze({
+  // Frozen to the leaves, every list its own copy: a test that changes the document it read must change
+  // neither what this server enforces (`protected_resources` is its audience list) nor the library's own
+  // lists (`dpop_signing_alg_values_supported` would be the verifier's algorithm list), nor another server.
+  const metadata = freezeDocument({
     issuer,
     token_endpoint: endpoints.token,
     jwks_uri: endpoints.jwks,
@@ -409,16 +421,16 @@ export async function createTestAuthorizationServer(
     response_types_supported: [],
     subject_types_supported: ['public'],
     id_token_signing_alg_values_supported: [algorithm],
-    token_endpoint_auth_methods_supported: AUTH_METHODS,
-    token_endpoint_auth_signing_alg_values_supported: ASSERTION_ALGS,
-    introspection_endpoint_auth_methods_supported: AUTH_METHODS,
-    introspection_endpoint_auth_signing_alg_values_supported: ASSERTION_ALGS,
-    revocation_endpoint_auth_methods_supported: AUTH_METHODS,
-    revocation_endpoint_auth_signing_alg_values_supported: ASSERTION_ALGS,
+    token_endpoint_auth_methods_supported: [...AUTH_METHODS],
+    token_endpoint_auth_signing_alg_values_supported: [...ASSERTION_ALGORITHMS],
+    introspection_endpoint_auth_methods_supported: [...AUTH_METHODS],
+    introspection_endpoint_auth_signing_alg_values_supported: [...ASSERTION_ALGORITHMS],
+    revocation_endpoint_auth_methods_supported: [...AUTH_METHODS],
+    revocation_endpoint_auth_signing_alg_values_supported: [...ASSERTION_ALGORITHMS],
     ...(scopes !== undefined && { scopes_supported: [...scopes] }),
-    dpop_signing_alg_values_supported: DPOP_ALGORITHMS,
+    dpop_signing_alg_values_supported: [...DPOP_ALGORITHMS],
     claims_parameter_supported: false,
-    protected_resources: audiences, // RFC 9728 §4
+    protected_resources: [...audiences], // RFC 9728 §4
   });
 
   const clients = new Map<string, RegisteredClient>();
@@ -447,7 +459,8 @@ export async function createTestAuthorizationServer(
   const client = addClient({ clientId: options.client?.clientId ?? 'test-client', ...options.client });
   const authenticator = new ClientAuthenticator({
     clients,
-    audiences: [issuer, ...Object.values(endpoints)],
+    issuer,
+    tokenEndpoint: endpoints.token,
     now: () => clock.now(),
   });
   const proofs = new DPoPProofs(() => clock.now());
@@ -501,7 +514,8 @@ export async function createTestAuthorizationServer(
     if (endpoint === undefined) return send(res, { status: 404, body: { error: 'not_found' } });
     stats[endpoint]++;
     const applied = faultFor(endpoint);
-    if (applied === 'reset') return void req.socket.destroy();
+    // A TCP RST (ECONNRESET at the client), as a crashed server or a load balancer sends, not a clean close.
+    if (applied === 'reset') return void req.socket.resetAndDestroy();
     if (applied === '500' || applied === '503') {
       res.writeHead(Number(applied), {
         'content-type': 'text/html; charset=utf-8',
@@ -536,14 +550,21 @@ export async function createTestAuthorizationServer(
     if (endpoint === 'userinfo') {
       if (method !== 'GET' && method !== 'POST') return methodNotAllowed(res, 'GET, POST');
       const authorization = req.headers.authorization;
-      const match = typeof authorization === 'string' ? /^Bearer ([A-Za-z0-9\-._~+/]+=*)$/i.exec(authorization) : null;
-      return send(res, await grants.userinfo(match?.[1]));
+      const match =
+        typeof authorization === 'string' ? /^(Bearer|DPoP) ([A-Za-z0-9\-._~+/]+=*)$/i.exec(authorization) : null;
+      const token = match?.[2];
+      if (token === undefined || match?.[1]?.toLowerCase() === 'bearer') return send(res, await grants.userinfo(token));
+      // RFC 9449 §7: the DPoP scheme comes with a proof for this request and this token.
+      const jkt = await proofs.check(req.headers['dpop'], method, endpoints.userinfo, token);
+      return send(
+        res,
+        await grants.userinfo(token, jkt ?? oauthError(401, 'invalid_dpop_proof', 'DPoP proof required')),
+      );
     }
     if (method !== 'POST') return methodNotAllowed(res, 'POST');
     const params = await readForm(req);
     if (!(params instanceof URLSearchParams)) return send(res, errorAnswer(params));
-    const duplicate = [...new Set(params.keys())].find((k) => k !== 'resource' && params.getAll(k).length > 1);
-    if (duplicate !== undefined)
+    if (repeatsParameter(params))
       return send(res, errorAnswer(oauthError(400, 'invalid_request', 'repeated parameter')));
     if (endpoint === 'token') {
       const grantType = params.get('grant_type') ?? 'none';
@@ -553,6 +574,7 @@ export async function createTestAuthorizationServer(
     const authenticated = await authenticator.authenticate(
       typeof authorization === 'string' ? authorization : undefined,
       params,
+      endpoints[endpoint],
     );
     let answer: Answer;
     if ('error' in authenticated) answer = errorAnswer(authenticated.error);
@@ -628,6 +650,10 @@ export async function createTestAuthorizationServer(
       const times = faultOptions.times ?? Infinity;
       if (!(times === Infinity || (Number.isInteger(times) && times > 0)))
         throw config('times must be a positive integer');
+      // 'down' refuses connections, so no request ever reaches it to count: it would never end.
+      if (kind === 'down' && faultOptions.times !== undefined) {
+        throw config("times does not apply to 'down' (it receives no requests); call fault('ok') to end it");
+      }
       const delayMs = toMs(faultOptions.delay ?? '5s', 'delay');
       fault = { kind, endpoints: new Set(list), delayMs, remaining: times };
       release(); // requests held by 'slow' go on
@@ -659,6 +685,26 @@ export async function createTestAuthorizationServer(
     },
   };
   return Object.freeze(as);
+}
+
+/**
+ * Whether a parameter other than `resource` (RFC 8707 §2 allows it several times) appears more than once
+ * (RFC 6749 §3.1). One pass: a 64 KiB body of distinct names must not cost a scan per name.
+ */
+function repeatsParameter(params: URLSearchParams): boolean {
+  const seen = new Set<string>();
+  for (const name of params.keys()) {
+    if (name === 'resource') continue;
+    if (seen.has(name)) return true;
+    seen.add(name);
+  }
+  return false;
+}
+
+/** `document` with itself and every list in it frozen. */
+function freezeDocument<T extends Record<string, unknown>>(document: T): Readonly<T> {
+  for (const value of Object.values(document)) if (Array.isArray(value)) Object.freeze(value);
+  return Object.freeze(document);
 }
 
 function methodNotAllowed(res: ServerResponse, allow: string): void {

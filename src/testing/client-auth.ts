@@ -65,11 +65,23 @@ function formDecode(part: string): string | undefined {
   }
 }
 
+/** The HMAC algorithms of `client_secret_jwt` assertions. */
+const HMAC_ALGORITHMS = ['HS256', 'HS384', 'HS512'];
+
+/**
+ * The algorithms a client assertion may be signed with: HMAC with the secret (`client_secret_jwt`), or an
+ * asymmetric key (`private_key_jwt`). The metadata's `*_auth_signing_alg_values_supported` lists exactly these,
+ * so what the server advertises is what it enforces.
+ */
+export const ASSERTION_ALGORITHMS: readonly string[] = [...HMAC_ALGORITHMS, ...ASYMMETRIC_ALGORITHMS];
+
 /** What {@link ClientAuthenticator} needs to know about the server. */
 export interface ClientAuthContext {
   readonly clients: ReadonlyMap<string, RegisteredClient>;
-  /** The values a client assertion's `aud` may name: the issuer and the endpoint URLs. */
-  readonly audiences: readonly string[];
+  /** The issuer identifier: a client assertion's `aud` may name it at every endpoint. */
+  readonly issuer: string;
+  /** The token endpoint's URL: a client assertion's `aud` may name it at every endpoint. */
+  readonly tokenEndpoint: string;
   now(): number;
 }
 
@@ -82,9 +94,15 @@ export class ClientAuthenticator {
     this.#context = context;
   }
 
+  /**
+   * `endpoint` is the URL of the endpoint the request came to: besides the issuer and the token endpoint, the
+   * only other value a client assertion's `aud` may name there (as oidc-provider accepts; an assertion meant
+   * for another endpoint is refused, RFC 7523 §3 item 3).
+   */
   async authenticate(
     authorization: string | undefined,
     params: URLSearchParams,
+    endpoint: string,
   ): Promise<{ client: RegisteredClient } | { error: OAuthError }> {
     const basic = authorization !== undefined && /^basic /i.test(authorization.trimStart());
     const post = params.has('client_secret');
@@ -92,10 +110,11 @@ export class ClientAuthenticator {
     if (Number(basic) + Number(post) + Number(jwt) > 1) {
       return { error: oauthError(400, 'invalid_request', 'more than one client authentication method') };
     }
-    const named = params.get('client_id') ?? undefined;
+    // RFC 6749 §3.1: a parameter sent without a value is treated as omitted.
+    const named = params.get('client_id') || undefined;
     if (basic) return this.#basic(authorization as string, named);
     if (post) return this.#secret(named, params.get('client_secret') as string);
-    if (jwt) return this.#assertion(params, named);
+    if (jwt) return this.#assertion(params, named, endpoint);
     return { error: invalidClient('client authentication required') };
   }
 
@@ -126,6 +145,7 @@ export class ClientAuthenticator {
   async #assertion(
     params: URLSearchParams,
     named: string | undefined,
+    endpoint: string,
   ): Promise<{ client: RegisteredClient } | { error: OAuthError }> {
     if (params.get('client_assertion_type') !== JWT_BEARER_ASSERTION) {
       return { error: oauthError(400, 'invalid_request', 'unsupported client_assertion_type') };
@@ -149,13 +169,14 @@ export class ClientAuthenticator {
     let exp: number;
     try {
       // client_secret_jwt with the secret, private_key_jwt with the registered public keys.
-      const hmac = typeof alg === 'string' && alg.startsWith('HS');
+      const hmac = typeof alg === 'string' && HMAC_ALGORITHMS.includes(alg);
       if (!hmac && client.keys === undefined) throw new Error('no public key registered');
+      const { issuer, tokenEndpoint } = this.#context;
       const options = {
-        algorithms: hmac ? ['HS256', 'HS384', 'HS512'] : [...ASYMMETRIC_ALGORITHMS],
+        algorithms: ASSERTION_ALGORITHMS.filter((a) => HMAC_ALGORITHMS.includes(a) === hmac),
         issuer: client.clientId,
         subject: client.clientId,
-        audience: [...this.#context.audiences],
+        audience: [...new Set([issuer, tokenEndpoint, endpoint])],
         requiredClaims: ['exp', 'jti'],
         currentDate: new Date(now),
       };

@@ -5,6 +5,7 @@
  *
  * @module
  */
+import { createHash } from 'node:crypto';
 import { type OAuthError, oauthError } from './client-auth.js';
 import { ProofSignatures, ReplayCache, normalizeHtu } from '../server/dpop.js';
 import { ASYMMETRIC_ALGORITHMS } from '../server/jwt.js';
@@ -34,12 +35,14 @@ export class DPoPProofs {
 
   /**
    * The thumbprint of the key a request's proof proves, `undefined` without a `DPoP` header, or the error.
-   * `url` is the endpoint's URL (the proof's `htu` is compared without query and fragment).
+   * `url` is the endpoint's URL (the proof's `htu` is compared without query and fragment); with
+   * `accessToken` (a request presenting one, RFC 9449 §4.3 item 11), the proof's `ath` must be its hash.
    */
   async check(
     header: string | string[] | undefined,
     method: string,
     url: string,
+    accessToken?: string,
   ): Promise<string | OAuthError | undefined> {
     if (header === undefined) return undefined;
     if (typeof header !== 'string' || header === '' || header.includes(',')) return bad('exactly one DPoP proof');
@@ -53,6 +56,10 @@ export class DPoPProofs {
     const htu = typeof payload['htu'] === 'string' ? normalizeHtu(payload['htu']) : undefined;
     if (htu === undefined || htu !== normalizeHtu(url)) {
       return bad('htu does not match the request');
+    }
+    if (accessToken !== undefined) {
+      const ath = createHash('sha256').update(accessToken).digest('base64url');
+      if (payload['ath'] !== ath) return bad('ath does not match the access token');
     }
     const iat = payload['iat'];
     if (typeof iat !== 'number' || Math.abs(iat * 1000 - now) > WINDOW_MS)

@@ -224,7 +224,8 @@ export class Grants {
     return this.#answer({
       ...issued,
       ...(next !== undefined && { refresh_token: next }),
-      ...(family.scope.includes('openid') && { id_token: await this.#idToken(family) }),
+      // An ID token only when the refreshed scope keeps `openid` (OpenID Connect Core §12.2; oidc-provider).
+      ...(subject.scope.includes('openid') && { id_token: await this.#idToken(family) }),
     });
   }
 
@@ -348,7 +349,9 @@ export class Grants {
     if (token.split('.').length !== 3) return undefined;
     let payload: JWTPayload;
     try {
-      ({ payload } = await this.#settings.keys.verify(token, this.#settings.issuer, this.#settings.clock.now()));
+      // RFC 9068 §4: only a JWT typed at+jwt is an access token; an ID token signed by the same key is not.
+      const { issuer, clock } = this.#settings;
+      ({ payload } = await this.#settings.keys.verify(token, issuer, clock.now(), 'at+jwt'));
     } catch {
       return undefined;
     }
@@ -409,21 +412,39 @@ export class Grants {
     return { status: 200, headers: NO_STORE };
   }
 
-  /** OpenID Connect UserInfo for a valid access token with the `openid` scope. */
-  async userinfo(token: string | undefined): Promise<Answer> {
+  /**
+   * OpenID Connect UserInfo for a valid access token with the `openid` scope. `proof` is what the request's
+   * DPoP proof proved when the token came with the `DPoP` scheme (the key's thumbprint, or why not);
+   * `undefined` for the `Bearer` scheme, which a DPoP-bound token cannot use (RFC 9449 §7.2).
+   */
+  async userinfo(token: string | undefined, proof?: string | OAuthError): Promise<Answer> {
+    const scheme = proof === undefined ? 'Bearer' : 'DPoP';
+    const refuse = (error: string, description: string): Answer => ({
+      status: 401,
+      headers: { ...NO_STORE, 'www-authenticate': `${scheme} error="${error}"` },
+      body: { error, error_description: description },
+    });
+    if (typeof proof === 'object') return refuse('invalid_dpop_proof', proof.description);
     const claims = token === undefined ? undefined : await this.activeAccessToken(token);
     if (claims === undefined || typeof claims['sub'] !== 'string') {
-      return {
-        status: 401,
-        headers: { ...NO_STORE, 'www-authenticate': 'Bearer error="invalid_token"' },
-        body: { error: 'invalid_token', error_description: 'access token is not valid' },
-      };
+      return refuse('invalid_token', 'access token is not valid');
+    }
+    const cnf = claims['cnf'];
+    const bound = typeof cnf === 'object' && cnf !== null ? (cnf as Record<string, unknown>)['jkt'] : undefined;
+    if (bound !== proof) {
+      const description =
+        proof === undefined
+          ? 'a DPoP-bound token needs the DPoP scheme and a proof'
+          : bound === undefined
+            ? 'not a DPoP-bound token'
+            : 'the proof is not signed by the key the token is bound to';
+      return refuse('invalid_token', description);
     }
     const scope = typeof claims['scope'] === 'string' ? claims['scope'].split(' ') : [];
     if (!scope.includes('openid')) {
       return {
         status: 403,
-        headers: { ...NO_STORE, 'www-authenticate': 'Bearer error="insufficient_scope", scope="openid"' },
+        headers: { ...NO_STORE, 'www-authenticate': `${scheme} error="insufficient_scope", scope="openid"` },
         body: { error: 'insufficient_scope', error_description: 'the openid scope is required' },
       };
     }

@@ -119,10 +119,14 @@ export class KeyRing {
       .sign(this.#current.privateKey);
   }
 
-  /** Verifies a JWT against the published keys (signature, issuer, `exp` at `now`); rejects otherwise. */
-  verify(jwt: string, issuer: string, now: number): Promise<JWTVerifyResult> {
+  /**
+   * Verifies a JWT against the published keys (signature, `typ`, issuer, `exp` at `now`); rejects otherwise.
+   * `typ` tells the server's JWTs apart: an ID token (`JWT`) is not an access token (`at+jwt`).
+   */
+  verify(jwt: string, issuer: string, now: number, typ: string): Promise<JWTVerifyResult> {
     return jwtVerify(jwt, this.#published, {
       issuer,
+      typ,
       algorithms: [this.alg],
       requiredClaims: ['exp'],
       currentDate: new Date(now),
