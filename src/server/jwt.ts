@@ -26,14 +26,15 @@ import {
 } from './provider.js';
 
 /**
- * Asymmetric JWS algorithms: the default allow-list, and the only ones accepted.
+ * Asymmetric JWS algorithms: the default allow-list, and the only ones accepted. Frozen: the verifier reads it
+ * at every verification, so a push (`'HS256'`, `'none'`) from any module would otherwise widen what it accepts.
  *
  * @example
  * ```ts
  * createVerifier({ issuer, audience, algorithms: ASYMMETRIC_ALGORITHMS.filter((a) => a.startsWith('ES')) });
  * ```
  */
-export const ASYMMETRIC_ALGORITHMS = [
+export const ASYMMETRIC_ALGORITHMS = Object.freeze([
   'RS256',
   'RS384',
   'RS512',
@@ -45,7 +46,7 @@ export const ASYMMETRIC_ALGORITHMS = [
   'ES512',
   'EdDSA',
   'Ed25519',
-] as const;
+] as const);
 
 /**
  * Claims RFC 9068 §2.2 requires in a JWT access token (checked with `strict: true`).
@@ -55,7 +56,7 @@ export const ASYMMETRIC_ALGORITHMS = [
  * createVerifier({ issuer, audience, strict: true }); // typ at+jwt, and every claim of RFC9068_CLAIMS
  * ```
  */
-export const RFC9068_CLAIMS = ['iss', 'exp', 'aud', 'sub', 'client_id', 'iat', 'jti'] as const;
+export const RFC9068_CLAIMS = Object.freeze(['iss', 'exp', 'aud', 'sub', 'client_id', 'iat', 'jti'] as const);
 
 /** Which issuers are trusted: a fixed list, or a function deciding for an `iss` it is shown. */
 export type IssuerPolicy = { list: readonly string[] } | { resolve: (iss: string) => boolean | Promise<boolean> };

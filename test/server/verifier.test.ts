@@ -5,7 +5,14 @@ import { ManualClock } from '../../src/clock.js';
 import { TokenwardenError } from '../../src/errors.js';
 import { RecentKeys } from '../../src/server/cache.js';
 import { bearerAuth as expressAuth } from '../../src/server/adapters/express.js';
-import { type Verifier, createVerifier, protectedResource, requirements } from '../../src/server/index.js';
+import {
+  ASYMMETRIC_ALGORITHMS,
+  RFC9068_CLAIMS,
+  type Verifier,
+  createVerifier,
+  protectedResource,
+  requirements,
+} from '../../src/server/index.js';
 import {
   API_RESOURCE,
   type TestAuthorizationServer,
@@ -138,6 +145,13 @@ describe('hostile tokens: always { ok: false, invalid_token, 401 }, never a thro
     const none = `${segment({ alg: 'none', typ: 'at+jwt' })}.${segment(claims)}.`;
     expect(await verify(none)).toEqual(invalid('algorithm not allowed'));
     expect(await verify(`${none}${segment('x')}`)).toEqual(invalid('algorithm not allowed'));
+  });
+
+  it('the exported algorithm lists cannot be widened by another module (a push of none or HS256)', () => {
+    for (const list of [ASYMMETRIC_ALGORITHMS, RFC9068_CLAIMS] as unknown as string[][]) {
+      expect(() => list.push('none')).toThrow(TypeError);
+    }
+    expect(ASYMMETRIC_ALGORITHMS).not.toContain('none');
   });
 
   it('HS256 signed with the RSA public key (key confusion)', async () => {
