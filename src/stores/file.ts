@@ -5,14 +5,15 @@
  * directory), written atomically (temp file, fsync, rename, fsync of the directory); `<hash>.lock` is the
  * refresh lock and `<hash>.wlock` a short per-key lock that makes compare-and-set atomic. Lock files are
  * created with `link()` from a complete temp file, so a lock file is never seen half-written; a lock is
- * stale when its lease expired or when its holder's pid is dead on this host. `generation` is the directory's
+ * stale when its lease expired or when its holder's pid is dead on this host, in the same pid namespace (a
+ * container sharing the directory counts as another host). `generation` is the directory's
  * generation marker (see the store's `reset` event).
  *
  * @module
  */
 import { createHash, randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
-import { constants } from 'node:fs';
+import { constants, readlinkSync } from 'node:fs';
 import { type FileHandle, chmod, link, lstat, mkdir, open, readdir, rename, stat, unlink } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -73,6 +74,8 @@ interface LockInfo {
   owner: string;
   pid: number;
   host: string;
+  /** The holder's pid namespace (see {@link where}); absent when unknown, and in locks of earlier versions. */
+  pidns?: string;
   expiresAt: number;
 }
 
@@ -86,11 +89,11 @@ const SWEEP_EVERY_MS = 60_000;
 /** The directory's generation marker (see `#marker`). */
 const MARKER_FILE = 'generation';
 /**
- * The names of this store's temporary files: `<hash>.<kind>.<pid>.<uuid>.tmp`, `<hash>.<kind>.<uuid>.gone` and
- * `generation.<pid>.<uuid>.tmp`.
+ * The names of this store's temporary files: `<hash>.<kind>.<pid>-<scope>.<uuid>.tmp` (see {@link tempPath};
+ * earlier versions wrote no `-<scope>`), `<hash>.<kind>.<uuid>.gone` and `generation.<pid>-<scope>.<uuid>.tmp`.
  */
 const DEBRIS =
-  /^(?:[0-9a-f]{64}\.(?:json|lock|wlock)|generation)\.(?:(\d{1,10})\.[0-9a-f-]{36}\.tmp|[0-9a-f-]{36}\.gone)$/;
+  /^(?:[0-9a-f]{64}\.(?:json|lock|wlock)|generation)\.(?:(\d{1,10})(?:-([0-9a-f]{8}))?\.[0-9a-f-]{36}\.tmp|[0-9a-f-]{36}\.gone)$/;
 /** Largest entry or lock file read (an entry holds a token response of at most a few MiB, base64-encoded). */
 const MAX_FILE_BYTES = 8 * 1024 * 1024;
 /**
@@ -99,6 +102,47 @@ const MAX_FILE_BYTES = 8 * 1024 * 1024;
  */
 const READ_FLAGS = constants.O_RDONLY | (constants.O_NOFOLLOW ?? 0) | (constants.O_NONBLOCK ?? 0);
 const HOST = hostname();
+
+/**
+ * Where this process's pid means something. `pidns`: its pid namespace on Linux (the inode number of
+ * `/proc/self/ns/pid`; `undefined` elsewhere). Two containers of one Kubernetes pod (or of `docker run --network
+ * host`) share a host name, and may share the directory, but not their pids: a live lock holder in the other
+ * container has a pid that is nobody's here — its lock would be broken while it spends — or someone else's. A
+ * lock taken in another pid namespace is judged by its lease alone, as one from another host. `scope`: 8 hex
+ * digits of a hash of the host name and `pidns`, for temp file names (see {@link tempPath}).
+ */
+let pidNamespace: { pidns: string | undefined; scope: string } | undefined;
+function where(): { pidns: string | undefined; scope: string } {
+  if (pidNamespace === undefined) {
+    let id: string | undefined;
+    try {
+      id = /^pid:\[(\d+)\]$/.exec(readlinkSync('/proc/self/ns/pid'))?.[1];
+    } catch {
+      // Not Linux, or no /proc: the host name alone, as before.
+    }
+    const scope = createHash('sha256')
+      .update(`${HOST}\n${id ?? ''}`)
+      .digest('hex')
+      .slice(0, 8);
+    pidNamespace = { pidns: id, scope };
+  }
+  return pidNamespace;
+}
+
+/**
+ * A temp file's name beside `path`: `<path>.<pid>-<scope>.<uuid>.tmp`. `scope` (see {@link where}) says where the
+ * pid means something, so that the sweep of a process in another container never takes a write in flight there
+ * for a crashed writer's leftover.
+ *
+ * @internal exported for tests
+ * @example
+ * ```ts
+ * const temp = tempPath('/var/cache/app/tokens/<hash>.json'); // '…/<hash>.json.4242-1a2b3c4d.<uuid>.tmp'
+ * ```
+ */
+export function tempPath(path: string): string {
+  return `${path}.${process.pid}-${where().scope}.${randomUUID()}.tmp`;
+}
 
 /**
  * Token entries in a directory: shared by every process of one host that uses the same `path`, and kept
@@ -115,7 +159,8 @@ const HOST = hostname();
  * A directory removed while in use is made again by the next write; one replaced is checked as at first use.
  * The refresh lock is a lease (`ttlMs`) that another process takes over when it expires or when its
  * holder's pid is gone. It is not meant for network file systems shared by several hosts (use Redis or
- * PostgreSQL there): a dead holder on another host is only detected when its lease expires.
+ * PostgreSQL there): a dead holder on another host is only detected when its lease expires. So is one in another
+ * pid namespace (another container of the pod sharing the directory): its pid means nothing here.
  *
  * @example
  * ```ts
@@ -311,7 +356,7 @@ export class FileStore extends EventEmitter<StoreEvents> implements TokenStore {
       if (typeof text !== 'string')
         throw new TokenwardenError('ERR_STORE', `the store's generation marker ${text.problem}`);
       if (text !== 'missing') return text;
-      const temp = `${path}.${process.pid}.${randomUUID()}.tmp`;
+      const temp = tempPath(path);
       await writeExclusive(temp, `${Date.now()}:${randomUUID()}`);
       try {
         await link(temp, path);
@@ -403,18 +448,26 @@ export class FileStore extends EventEmitter<StoreEvents> implements TokenStore {
     }
     let { mode } = info;
     if ((mode & 0o077) !== 0) {
-      await chmod(this.path, 0o700);
-      mode = (mode & ~0o7777) | 0o700;
+      try {
+        await chmod(this.path, 0o700);
+        mode = (mode & ~0o7777) | 0o700;
+      } catch (err) {
+        // A read-only file system: nobody can plant or move a file in it now, so reads go on as documented (writes
+        // fail on their own). The mode recorded matches no directory: the next call checks again, and tightens it
+        // once the file system is writable.
+        if ((err as NodeJS.ErrnoException).code !== 'EROFS') throw err;
+        mode = -1;
+      }
     }
     this.#dir = { dev: info.dev, ino: info.ino, uid: info.uid, mode };
     await this.#sweep();
   }
 
   /**
-   * Removes this store's own debris — temp files (`<hash>.<kind>.<pid>.<uuid>.tmp`) of a writer whose
-   * process is dead on this host, or older than a minute whoever wrote them, and set-aside lock files
-   * (`<hash>.<kind>.<uuid>.gone`) older than a minute — at first use and then at most once a minute. Files
-   * that do not follow these names are never touched.
+   * Removes this store's own debris — temp files (`<hash>.<kind>.<pid>-<scope>.<uuid>.tmp`) of a writer whose
+   * process is dead on this host and in this pid namespace, or older than a minute whoever wrote them, and
+   * set-aside lock files (`<hash>.<kind>.<uuid>.gone`) older than a minute — at first use and then at most once
+   * a minute. Files that do not follow these names are never touched.
    */
   async #sweep(): Promise<void> {
     const now = Date.now();
@@ -424,7 +477,9 @@ export class FileStore extends EventEmitter<StoreEvents> implements TokenStore {
       if (match === null) continue;
       const file = join(this.path, name);
       const pid = match[1] === undefined ? undefined : Number(match[1]);
-      const writerDead = pid !== undefined && pid !== process.pid && !isAlive(pid);
+      // A pid tells whether its writer lives only where it was taken (no scope: an earlier version's name).
+      const here = match[2] === undefined || match[2] === where().scope;
+      const writerDead = pid !== undefined && here && pid !== process.pid && !isAlive(pid);
       const age = await stat(file).then(
         (s) => now - s.mtimeMs,
         () => -1,
@@ -445,7 +500,7 @@ export class FileStore extends EventEmitter<StoreEvents> implements TokenStore {
   async #writeAtomically(path: string, text: string): Promise<void> {
     await this.#ensureDir();
     this.#sweepNowAndThen();
-    const temp = `${path}.${process.pid}.${randomUUID()}.tmp`;
+    const temp = tempPath(path);
     let handle: FileHandle | undefined = await open(temp, 'wx', 0o600);
     try {
       await handle.writeFile(text, 'utf8');
@@ -478,8 +533,15 @@ export class FileStore extends EventEmitter<StoreEvents> implements TokenStore {
    */
   async #tryLock(path: string, owner: string, ttlMs: number): Promise<'free' | 'taken over' | false> {
     await this.#ensureDir();
-    const info: LockInfo = { owner, pid: process.pid, host: HOST, expiresAt: Date.now() + ttlMs };
-    const temp = `${path}.${process.pid}.${randomUUID()}.tmp`;
+    const pidns = where().pidns;
+    const info: LockInfo = {
+      owner,
+      pid: process.pid,
+      host: HOST,
+      ...(pidns && { pidns }),
+      expiresAt: Date.now() + ttlMs,
+    };
+    const temp = tempPath(path);
     await writeExclusive(temp, JSON.stringify(info));
     try {
       let broken = false;
@@ -516,10 +578,17 @@ export class FileStore extends EventEmitter<StoreEvents> implements TokenStore {
       }
       await new Promise((r) => setTimeout(r, pollDelay(attempt, 20)));
     }
+    const leaseEnd = Date.now() + WRITE_LOCK_TTL_MS;
     try {
       return await fn();
     } finally {
-      await removeIf(path, (info) => info?.owner === owner).catch(() => undefined);
+      // A release that fails (a read-only remount, too many open files) is tried again until it lands, rather
+      // than leave the key's writes waiting for the lease.
+      await releaseUntilLanded(
+        () => removeIf(path, (info) => info?.owner === owner),
+        leaseEnd,
+        () => this.#closed,
+      );
     }
   }
 }
@@ -546,16 +615,19 @@ async function readLock(path: string): Promise<LockInfo | undefined | 'missing'>
   if (typeof text !== 'string') return undefined;
   const data = parseJsonObject(text) as Partial<LockInfo> | undefined; // undefined: not a lock we wrote
   if (typeof data?.owner === 'string' && typeof data.pid === 'number' && typeof data.expiresAt === 'number') {
-    return { owner: data.owner, pid: data.pid, host: String(data.host), expiresAt: data.expiresAt };
+    const pidns = typeof data.pidns === 'string' ? { pidns: data.pidns } : {};
+    return { owner: data.owner, pid: data.pid, host: String(data.host), ...pidns, expiresAt: data.expiresAt };
   }
   return undefined;
 }
 
-/** A lock whose lease has run out, whose holder is dead on this host, or that we cannot read. */
+/** A lock whose lease has run out, whose holder is dead on this host (in this pid namespace), or that we cannot read. */
 function isStale(info: LockInfo | undefined): boolean {
   if (info === undefined) return true;
   if (info.expiresAt <= Date.now()) return true;
-  return info.host === HOST && !isAlive(info.pid);
+  // A pid is alive or dead only where it was taken: on this host, in this pid namespace (or one not recorded).
+  const samePids = info.host === HOST && (info.pidns === undefined || info.pidns === where().pidns);
+  return samePids && !isAlive(info.pid);
 }
 
 function isAlive(pid: number): boolean {
@@ -569,10 +641,16 @@ function isAlive(pid: number): boolean {
 }
 
 /**
- * Deletes the lock file at `path` if `predicate` holds for its content (compare-and-delete): the file is
- * first renamed aside (atomic), then checked; one that is not the expected lock is linked back.
+ * Deletes the lock file at `path` if `predicate` holds for its content (compare-and-delete). A lock that is
+ * not the expected one is never moved: between a move and its return another process could link its own lock
+ * in, and two would hold the key. The expected one is renamed aside (atomic), then checked again; one replaced
+ * meanwhile is linked back. A lock that cannot be read (too many open files, an I/O error) is left in place
+ * and the error thrown: deleting what may be another holder's lock would let a third process spend the
+ * refresh token that holder is spending.
  */
 async function removeIf(path: string, predicate: (info: LockInfo | undefined) => boolean): Promise<boolean> {
+  const seen = await readLock(path);
+  if (seen === 'missing' || !predicate(seen)) return false;
   const aside = `${path}.${randomUUID()}.gone`;
   try {
     await rename(path, aside);
@@ -580,10 +658,14 @@ async function removeIf(path: string, predicate: (info: LockInfo | undefined) =>
     if (isMissing(err)) return false;
     throw err;
   }
-  const info = await readLock(aside);
-  const matches = info !== 'missing' && predicate(info);
-  if (!matches) await link(aside, path).catch(() => undefined); // not ours: put it back unless replaced
-  await unlink(aside).catch(() => undefined);
+  let matches = false;
+  try {
+    const info = await readLock(aside);
+    matches = info !== 'missing' && predicate(info);
+  } finally {
+    if (!matches) await link(aside, path).catch(() => undefined); // not ours, or unread: put it back unless replaced
+    await unlink(aside).catch(() => undefined);
+  }
   return matches;
 }
 
@@ -597,7 +679,7 @@ async function renewLock(path: string, owner: string, ttlMs: number): Promise<bo
   if (current === 'missing' || current?.owner !== owner || current.expiresAt - Date.now() <= RENEW_MARGIN_MS) {
     return false;
   }
-  const temp = `${path}.${process.pid}.${randomUUID()}.tmp`;
+  const temp = tempPath(path);
   await writeExclusive(temp, JSON.stringify({ ...current, expiresAt: Date.now() + ttlMs }));
   try {
     await rename(temp, path); // atomic: the lock file is never partial nor missing
@@ -687,6 +769,8 @@ const ERRNOS = new Map<string, string>([
   ['EACCES', 'permission denied'],
   ['EPERM', 'operation not permitted'],
   ['ENOTDIR', 'a part of the path is not a directory'],
+  // Someone's `mkdir` where an entry goes: not ours to remove (it may hold anything), so the key fails until it goes.
+  ['EISDIR', "a directory is where one of the store's files goes (remove it)"],
   // Only writes meet it (a read finds nothing): the directory went between the check and the write.
   ['ENOENT', 'the directory was removed while in use (the next call makes it again)'],
   ['EMFILE', 'too many open files in this process'],

@@ -6,7 +6,7 @@
 import { spawnSync } from 'node:child_process';
 import { createHash, randomUUID } from 'node:crypto';
 import { closeSync, mkdtempSync, openSync, rmSync, statSync, truncateSync, writeSync } from 'node:fs';
-import { type FileHandle, chown, mkdir, open, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { type FileHandle, chmod, chown, mkdir, open, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -240,6 +240,31 @@ describe.skipIf(skipWithout('mount (root on Linux) for a small tmpfs', mountable
           expect(await filesOf(dir)).toEqual([`${HASH}.json`]);
         } finally {
           await store.close();
+          await fresh.close();
+        }
+      });
+    });
+
+    it('a directory of ours left loose (0755) when the file system went read-only: a process started then reads, and tightens it once writable', async () => {
+      await onSmallDisk(async (mnt) => {
+        const dir = join(mnt, 'tokens');
+        const writer = new FileStore({ path: dir });
+        await writer.set(KEY, 'before');
+        await writer.close();
+        await chmod(dir, 0o755); // an operator's `chmod -R a+rX`, or a directory made by hand and never used
+        const fresh = new FileStore({ path: dir });
+        try {
+          expect(spawnSync('mount', ['-o', 'remount,ro', mnt]).status).toBe(0);
+          // Before: ERR_STORE "file store directory failed (EROFS)" for every read — it could not chmod first.
+          expect((await fresh.get(KEY))?.value).toBe('before');
+          expect((await stat(dir)).mode & 0o777).toBe(0o755);
+          expectPlainStoreError(await fresh.set(KEY, SECRET).catch((e: unknown) => e), /read-only/, dir);
+          expect(spawnSync('mount', ['-o', 'remount,rw', mnt]).status).toBe(0);
+          expect((await fresh.get(KEY))?.value).toBe('before');
+          expect((await stat(dir)).mode & 0o777).toBe(0o700);
+          await fresh.set(KEY, 'after');
+          expect((await fresh.get(KEY))?.value).toBe('after');
+        } finally {
           await fresh.close();
         }
       });
