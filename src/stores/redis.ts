@@ -199,6 +199,11 @@ const SHAS = Object.fromEntries(Object.entries(SCRIPTS).map(([name, script]) => 
   keyof typeof SCRIPTS,
   string
 >;
+/**
+ * After the server refused to subscribe to lock releases (an error reply: `NOPERM`, an unknown command), how long
+ * lock waiters only poll before the store asks again (an operator may grant the channel meanwhile).
+ */
+const SUBSCRIBE_REFUSED_MS = 60_000;
 /** How long a lock's holder is remembered past its lease (to tell a lock never released from a free one). */
 const HELD_MS = 24 * 3_600_000;
 
@@ -234,6 +239,8 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
   #owned: Connection | undefined;
   #subscriber: Connection | undefined;
   #subscribed: Promise<void> | undefined;
+  /** Until when subscribing is not tried again: the server refused it (see {@link SUBSCRIBE_REFUSED_MS}). */
+  #subscribeRefusedUntil = 0;
   /** The server identity checked on the current connection (see {@link RedisStore} `reset`). */
   #identity: Promise<void> | undefined;
   /** The cluster masters the identity was last taken of (`host:port`, sorted); '' for a single server. */
@@ -506,8 +513,11 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
   /**
    * The connection, if it can take a command now. Commands are never left queued while Redis is away: a
    * queued write replayed after a reconnect could put back a token whose refresh token was spent since.
-   * While a connection attempt is under way we wait for it (bounded); while reconnecting we fail at once.
-   * After every (re)connection the server's identity is checked before the first command (see `reset`).
+   * While a connection attempt is under way, or due (`reconnecting`: at most 250 ms away), we wait for it,
+   * bounded, and send nothing before it is ready: a connection the server closed (its idle `timeout`, a
+   * `CLIENT KILL`, a proxy that recycles connections) costs a moment, not a failed operation; a Redis that is
+   * down fails at its next failed attempt. After every (re)connection the server's identity is checked before
+   * the first command (see `reset`).
    */
   async #usable(): Promise<Connection> {
     const connection = await this.#connect();
@@ -515,7 +525,7 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
     if (status !== 'ready') {
       if (status === 'wait')
         connection.connect().catch(() => undefined); // a lazyConnect client of yours
-      else if (status !== 'connecting' && status !== 'connect') {
+      else if (status !== 'connecting' && status !== 'connect' && status !== 'reconnecting') {
         throw new TokenwardenError('ERR_STORE', `redis is not connected (${status})`);
       }
       this.#readiness ??= whenReady(connection).finally(() => {
@@ -565,8 +575,8 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
   /**
    * Reports (once per server and policy) a server that may evict the store's keys under memory pressure:
    * `maxmemory` set and a `maxmemory-policy` other than `noeviction` (the lock and the entries carry a TTL, so
-   * the `volatile-*` policies evict them too). An unknown policy (not in `INFO`, or empty, as some managed
-   * services answer) is not reported: the store cannot tell.
+   * the `volatile-*` policies evict them too). An unknown policy (not in `INFO`, empty as some managed services
+   * answer, or any text not shaped like a policy name) is not reported: the store cannot tell.
    */
   #checkEviction({ server, policy, maxmemory }: ServerInfo): void {
     if (policy === undefined || policy === '' || policy === 'noeviction' || maxmemory === 0) {
@@ -675,9 +685,14 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
     }
   }
 
-  /** Subscribes (once, on a connection of its own) to lock releases; polling covers any failure. */
+  /**
+   * Subscribes (once, on a connection of its own) to lock releases; polling covers any failure. A server that
+   * refuses it (an ACL user without the channel, Redis 7's default for a new user; SUBSCRIBE renamed away) is
+   * not asked again for {@link SUBSCRIBE_REFUSED_MS}: every contended lock would otherwise open a connection of
+   * its own to be refused, and add an entry to the server's `ACL LOG`.
+   */
   async #listen(): Promise<void> {
-    if (this.#subscribed === undefined) {
+    if (this.#subscribed === undefined && Date.now() >= this.#subscribeRefusedUntil) {
       const connection = await this.#connect();
       const subscriber = (connection as unknown as { duplicate(): Connection }).duplicate();
       subscriber.on('error', () => undefined);
@@ -693,8 +708,12 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
       };
       this.#subscribed = subscribe().then(
         () => undefined,
-        () => {
-          this.#subscribed = undefined; // try again on the next wait; polling meanwhile
+        (err: unknown) => {
+          const cause = (err as { cause?: unknown } | null)?.cause;
+          if (replyCode(err) !== undefined || replyCode(cause) !== undefined) {
+            this.#subscribeRefusedUntil = Date.now() + SUBSCRIBE_REFUSED_MS;
+          }
+          this.#subscribed = undefined; // try again on a later wait; polling meanwhile
           if (this.#subscriber === subscriber) this.#subscriber = undefined;
           subscriber.disconnect();
         },
@@ -703,6 +722,12 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
     return this.#subscribed;
   }
 }
+
+/**
+ * The code said for `ERR unknown command …` (a command renamed or disabled with `rename-command`, or refused by
+ * a proxy): a reply whose prefix, `ERR`, tells nothing.
+ */
+const UNKNOWN_COMMAND = 'unknown command';
 
 /**
  * What an operator should know about the error replies a store meets in service (the reply's own text is never
@@ -720,10 +745,15 @@ const REPLIES: ReadonlyMap<string, string> = new Map([
     NOPERM:
       "the user's ACL refuses a command or key the store needs (GET, SET, DEL, EVAL, EVALSHA, PUBLISH, SUBSCRIBE on its prefix)",
     MASTERDOWN: 'the replica has lost its master',
+    NOREPLICAS: 'the server refuses writes: fewer replicas in sync than its min-replicas-to-write',
     CLUSTERDOWN: 'the cluster is down',
     TRYAGAIN: 'the cluster is resharding this slot',
     BUSY: 'the server is busy running a script',
     WRONGTYPE: "a key of the store's prefix holds another type of value (something else writes under the prefix)",
+    [UNKNOWN_COMMAND]:
+      'the server does not know a command the store needs, renamed or disabled by rename-command (or a proxy ' +
+      'that does not pass it): the store needs GET, SET, DEL, EVAL, EVALSHA, PUBLISH, SUBSCRIBE and INFO under ' +
+      'their own names',
   }),
 ]);
 
@@ -731,6 +761,7 @@ const REPLIES: ReadonlyMap<string, string> = new Map([
 function replyCode(err: unknown): string | undefined {
   const e = err as { name?: unknown; message?: unknown } | null;
   if (e?.name !== 'ReplyError' || typeof e.message !== 'string') return undefined;
+  if (/^ERR unknown command\b/.test(e.message)) return UNKNOWN_COMMAND;
   return /^([A-Z]{2,16})\b/.exec(e.message)?.[1];
 }
 
@@ -846,13 +877,20 @@ async function askServer(
     connection.call('INFO', 'memory').then(String, refused),
   ]);
   const limit = infoField(memory, 'maxmemory');
+  const policy = infoField(memory, 'maxmemory_policy');
   return {
     server,
     runId: runIdOf(info),
-    policy: infoField(memory, 'maxmemory_policy'),
-    maxmemory: limit !== undefined && /^\d+$/.test(limit) ? Number(limit) : undefined,
+    // What the server says goes into a process warning and the `eviction` event: only a policy-shaped word
+    // (`allkeys-lru`, `volatile-ttl`…) is taken; any other text (a proxy's, a hostile server's) is unknown.
+    policy: policy !== undefined && POLICY.test(policy) ? policy : undefined,
+    // At most 20 digits (2^64 has 20): a longer number is no byte count a server has.
+    maxmemory: limit !== undefined && /^\d{1,20}$/.test(limit) ? Number(limit) : undefined,
   };
 }
+
+/** The shape of a `maxmemory-policy` name: a lower-case word of letters and hyphens, at most 32 characters. */
+const POLICY = /^[a-z][a-z-]{0,31}$/;
 
 /** A `name:value` line of an `INFO` answer. */
 const infoField = (info: string, name: string): string | undefined =>
