@@ -23,9 +23,10 @@
  */
 import { createHash, randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
+import { connect as netConnect } from 'node:net';
 import type { Pool, PoolClient, PoolConfig } from 'pg';
 import { type Duration, toMs } from '../duration.js';
-import { TokenwardenError } from '../errors.js';
+import { TokenwardenError, isTokenwardenError } from '../errors.js';
 import { NETWORK_CODES } from '../http/network.js';
 import { Codec, type EncryptionOption, decodeOrMiss } from './codec.js';
 import { LockWaiters } from './lock-waiters.js';
@@ -57,14 +58,20 @@ import type { LockOptions, SetOptions, StoreEvents, StoreLock, StoreRecord, Toke
 export interface PostgresStoreCommonOptions {
   /** The table, optionally schema-qualified (`'auth.tokens'`). Default `'tokenwarden_tokens'`. */
   table?: string;
-  /** Create the table on first use if it does not exist. Default `true` (see {@link PostgresStore.migrate}). */
+  /**
+   * Create the table on first use if it does not exist. Default `true` (see {@link PostgresStore.migrate}). Tables
+   * that exist are used either way (a role without CREATE can use tables made for it), once their columns are
+   * found to take what the store writes: otherwise every operation fails with `ERR_STORE` naming them, before any
+   * lock is taken.
+   */
   createTable?: boolean;
   /** Encrypt entries at rest (AES-256-GCM); several keys, newest first, to rotate. See {@link Codec}. */
   encryptionKey?: EncryptionOption;
   /**
-   * Longest time one operation may take (connecting, a statement). Default `'2s'`. On a pool the store
-   * creates, a statement past it also closes its connection (no startup parameters are sent, so the store
-   * works behind PgBouncer in transaction or session mode).
+   * Longest time one operation may take (connecting, a statement). Default `'2s'`. A statement past it is
+   * cancelled on the server (the protocol's cancel request) and its connection dropped (no startup parameters
+   * are sent, so the store works behind PgBouncer in transaction or session mode). A statement that meets a
+   * serialization failure or a deadlock (40001, 40P01: `default_transaction_isolation` raised) runs again within it.
    */
   timeout?: Duration;
 }
@@ -216,7 +223,7 @@ export class PostgresStore extends EventEmitter<StoreEvents> implements TokenSto
       await this.#query(client, 'COMMIT');
       client.release();
     } catch (err) {
-      client.release(true); // drops the connection, and with it the transaction
+      drop(client, err); // drops the connection, and with it the transaction
       throw err;
     }
   }
@@ -385,12 +392,14 @@ export class PostgresStore extends EventEmitter<StoreEvents> implements TokenSto
    * would refuse writes long after it is writable again. A statement failing that way is run again on
    * another connection, and only an answer from a connection opened for it is final. Running one again is
    * safe for every statement here: a lock or a compare-and-set that landed before its answer was lost finds
-   * itself already done and reports "not acquired" / a conflict, which the fleet settles.
+   * itself already done and reports "not acquired" / a conflict, which the fleet settles. A serialization
+   * failure or a deadlock (40001, 40P01) rolled the statement back: it is run again on the same connection.
    */
   async #run(sql: string, params: unknown[], again = true): Promise<{ rows: unknown[] }> {
     const pool = await this.#connect();
     await this.#ensureTable();
     const deadline = Date.now() + this.#timeoutMs;
+    let serialization = 0;
     for (;;) {
       const { client, opened } = await this.#client(pool, deadline);
       try {
@@ -398,10 +407,25 @@ export class PostgresStore extends EventEmitter<StoreEvents> implements TokenSto
         client.release();
         return result;
       } catch (err) {
+        const state = sqlState(err);
+        if (state !== undefined && RETRIED.has(state)) {
+          // Under `default_transaction_isolation = 'repeatable read'` or `'serializable'` (on the database or
+          // the role), two stores writing one row at once fail one of them with 40001 rather than re-checking
+          // the row as READ COMMITTED does; 40P01 is PostgreSQL breaking a deadlock. Either way the statement's
+          // transaction was rolled back, so running it again is exact: ordinary contention of a fleet is not a
+          // store failure. The session is sound and goes back to the pool.
+          client.release();
+          serialization++;
+          const pause = Math.min(deadline - Date.now() - 1, pollDelay(serialization, 20));
+          if (pause >= 0) {
+            await new Promise<void>((resolve) => setTimeout(resolve, pause).unref());
+            continue;
+          }
+          throw err;
+        }
         // Dropped, not returned: a connection whose statement failed or timed out may be broken, busy, or
         // in a session state that no longer holds (read-only).
-        client.release(true);
-        const state = sqlState(err);
+        drop(client, err);
         if (!opened && staleSession(err) && Date.now() < deadline) continue;
         if (state === '42P01' && again && this.#options.createTable !== false) {
           this.#ready = undefined;
@@ -448,7 +472,7 @@ export class PostgresStore extends EventEmitter<StoreEvents> implements TokenSto
       try {
         await this.#identify(client, deadline);
       } catch (err) {
-        client.release(true);
+        drop(client, err);
         throw err;
       }
     }
@@ -504,36 +528,101 @@ export class PostgresStore extends EventEmitter<StoreEvents> implements TokenSto
   }
 
   #ensureTable(): Promise<void> {
-    if (this.#options.createTable === false) return Promise.resolve();
-    this.#ready ??= this.#createIfMissing().catch((err: unknown) => {
+    this.#ready ??= this.#prepare().catch((err: unknown) => {
       this.#ready = undefined;
       throw err;
     });
     return this.#ready;
   }
 
-  async #createIfMissing(): Promise<void> {
-    const pool = await this.#connect();
-    // Checked first so that a role without CREATE privilege can use a table made for it.
-    const { client } = await this.#client(pool);
-    let rows: unknown[];
-    try {
-      ({ rows } = await this.#query(
-        client,
-        'SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL AS present',
-        [this.table, this.lockTable],
-      ));
-      client.release();
-    } catch (err) {
-      client.release(true);
-      throw err;
-    }
-    if ((rows[0] as { present: boolean } | undefined)?.present !== true) {
-      await this.migrate();
+  /**
+   * Finds the tables (making them if missing, unless `createTable: false`) and checks that their columns take what
+   * the store writes, once, before the first statement: a table made by hand or by an application's own
+   * migrations with narrower types (`version integer`, `value varchar(255)`, a NOT NULL column of its own) accepts
+   * the lock, then refuses the write of a refresh's result — the refresh token spent and its successor held only in
+   * the memory of the process that spent it. Refused here, no lock is taken and nothing is spent. `timestamp
+   * without time zone` is read in each session's `TimeZone`: sessions in different zones would disagree on when a
+   * lease ends, and two of them would hold one lock.
+   */
+  async #prepare(): Promise<void> {
+    // Read first so that a role without CREATE privilege can use a table made for it.
+    let columns = await this.#columns();
+    let present = { table: columns.some((c) => !c.locks), locks: columns.some((c) => c.locks) };
+    if (!present.table || !present.locks) {
+      if (this.#options.createTable === false) {
+        // Statements on a missing table say so (42P01); what is there is checked, and the rest again next time.
+        const wrong = misfits(columns, present);
+        if (wrong !== undefined) throw this.#misfit(wrong);
+        this.#ready = undefined;
+        return;
+      }
+      await this.migrate().catch((err: unknown) => {
+        if (sqlState(err) !== '42501') throw err;
+        throw new TokenwardenError(
+          'ERR_STORE',
+          `${this.table} or ${this.lockTable} does not exist and this role may not create it (42501): run ` +
+            'migrate() as a role that may (a deploy step), then grant this one SELECT, INSERT, UPDATE, DELETE on both',
+          { cause: err },
+        );
+      });
       // Made again after this store used it: dropped under the fleet, its entries are gone (see `reset`).
       if (this.#hadTable) this.emit('reset');
+      columns = await this.#columns();
+      present = { table: true, locks: true };
     }
     this.#hadTable = true;
+    const wrong = misfits(columns, present);
+    if (wrong !== undefined) throw this.#misfit(wrong);
+  }
+
+  #misfit(wrong: string): TokenwardenError {
+    return new TokenwardenError(
+      'ERR_STORE',
+      `${this.table} has columns the store cannot write (${wrong}): make it with migrate(), or see docs/stores.md`,
+    );
+  }
+
+  /**
+   * The columns of the table and of the lock table (none for a table that does not exist). A PostgreSQL-compatible
+   * database whose catalog cannot say (42883, 42703: no `format_type` or `pg_attribute` column) is taken at its
+   * word: only whether the tables exist is read, and their columns are taken to fit.
+   */
+  async #columns(): Promise<Column[]> {
+    const pool = await this.#connect();
+    const read = async (sql: string): Promise<unknown[]> => {
+      const { client } = await this.#client(pool);
+      try {
+        const { rows } = await this.#query(client, sql, [this.table, this.lockTable]);
+        client.release();
+        return rows;
+      } catch (err) {
+        drop(client, err);
+        throw err;
+      }
+    };
+    try {
+      return (await read(
+        `SELECT a.attrelid = to_regclass($2) AS locks, a.attname AS name,
+                format_type(a.atttypid, a.atttypmod) AS type, a.attnotnull AND NOT a.atthasdef AS required
+           FROM pg_attribute a
+          WHERE a.attrelid IN (to_regclass($1), to_regclass($2)) AND a.attnum > 0 AND NOT a.attisdropped`,
+      )) as Column[];
+    } catch (err) {
+      if (!['42883', '42703'].includes(sqlState(err) ?? '')) throw err;
+      const [row] = (await read(
+        'SELECT to_regclass($1) IS NOT NULL AS "table", to_regclass($2) IS NOT NULL AS locks',
+      )) as { table: boolean; locks: boolean }[];
+      return (['table', 'locks'] as const)
+        .filter((which) => row?.[which] === true)
+        .flatMap((which) =>
+          Object.keys(WRITTEN[which]).map((name) => ({
+            locks: which === 'locks',
+            name,
+            type: FITS[name] as string,
+            required: false,
+          })),
+        );
+    }
   }
 
   /**
@@ -629,6 +718,9 @@ const SQLSTATES: ReadonlyMap<string, string> = new Map([
     '57P01': 'the server is shutting down or the session was terminated',
     '57P02': 'the server is shutting down',
     '57P03': 'the server is starting up or in recovery',
+    '40001':
+      'could not serialize access (default_transaction_isolation is repeatable read or serializable), retried until the time limit',
+    '40P01': 'deadlock detected, retried until the time limit',
     '42P01': 'the table does not exist',
     '3F000': "no schema to make the table in (the role's search_path names none that exists): give the table's schema",
     '42501': 'permission denied',
@@ -659,6 +751,136 @@ function sqlState(err: unknown): string | undefined {
   const code = typeof e?.cause?.code === 'string' ? e.cause.code : e?.code;
   return typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code) ? code : undefined;
 }
+
+/**
+ * Drops a connection after a failed statement. One that timed out is first asked to stop (see `cancelRunning`):
+ * closing a connection does not stop its backend, which goes on waiting for what held it up — a row lock, or a
+ * commit waiting for a synchronous standby that is not there (`synchronous_standby_names`) — holding its row
+ * locks and a server connection for as long, so that each timed-out statement of a fleet left one more behind
+ * until the database refused connections (53300) to everyone.
+ */
+function drop(client: PoolClient, err: unknown): void {
+  if (!isTokenwardenError(err) || err.code !== 'ERR_STORE_TIMEOUT') {
+    client.release(true);
+    return;
+  }
+  // Released only once the cancel was sent: a PgBouncer forgets a client that is gone, and with it where to send
+  // its cancel. Held out of the pool meanwhile, so that nothing else runs on the session being cancelled.
+  void cancelRunning(client, CANCEL_MS).finally(() => client.release(true));
+}
+
+/** How long a cancel request may take to send (it is one packet; the server answers by closing). */
+const CANCEL_MS = 2_000;
+
+/**
+ * Sends the protocol's CancelRequest for `client`'s session (what psql's Ctrl-C and libpq's `PQcancel` do): a new
+ * connection to the same server (or PgBouncer, which passes it on) carrying the session's process id and secret
+ * key. Like pg's and libpq's it is sent before any TLS, as the server reads it before negotiating. Best effort:
+ * the session is dropped whatever the answer.
+ */
+function cancelRunning(client: PoolClient, ms: number): Promise<void> {
+  const session = client as unknown as { processID?: unknown; secretKey?: unknown; host?: unknown; port?: unknown };
+  const { processID, secretKey, host, port } = session;
+  if (typeof processID !== 'number' || typeof secretKey !== 'number' || typeof port !== 'number') {
+    return Promise.resolve();
+  }
+  const where = typeof host === 'string' && host !== '' ? host : 'localhost';
+  return new Promise<void>((resolve) => {
+    const socket = where.startsWith('/') ? netConnect(`${where}/.s.PGSQL.${port}`) : netConnect(port, where);
+    socket.unref();
+    const done = (): void => {
+      clearTimeout(timer);
+      socket.destroy();
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    timer.unref();
+    socket.on('error', done);
+    socket.on('close', done);
+    socket.on('connect', () => {
+      const packet = Buffer.alloc(16);
+      packet.writeInt32BE(16, 0);
+      packet.writeInt32BE(80877102, 4); // the CancelRequest code
+      packet.writeInt32BE(processID, 8);
+      packet.writeInt32BE(secretKey, 12);
+      // Written, not half-closed: the server (or PgBouncer) closes the connection once it has passed the request
+      // on, as libpq's PQcancel waits for. A client that closes first crashed PgBouncer 1.18 ("bad client state").
+      socket.write(packet);
+    });
+  });
+}
+
+/** A column of the store's tables, as `#columns` reads it. */
+interface Column {
+  locks: boolean;
+  name: string;
+  type: string;
+  required: boolean;
+}
+
+/** Text of any length, or of at least `min` characters. */
+const text = (min: number) => (type: string) => {
+  const m = /^(?:text|character varying(?:\((\d+)\))?)$/.exec(type);
+  return m !== null && (m[1] === undefined || Number(m[1]) >= min);
+};
+/** A time with its zone, to the millisecond at least (leases are in milliseconds). */
+const instant = (type: string) => {
+  const m = /^timestamp(?:\((\d)\))? with time zone$/.exec(type);
+  return m !== null && (m[1] === undefined || Number(m[1]) >= 3);
+};
+
+/** What each column the store writes must take (keys are up to 1024 characters; versions pass 2^31). */
+const WRITTEN: Record<'table' | 'locks', Record<string, [(type: string) => boolean, string]>> = {
+  table: {
+    key: [text(1024), 'text'],
+    value: [text(Infinity), 'text'],
+    version: [(t) => t === 'bigint' || t === 'numeric', 'bigint'],
+    expires_at: [instant, 'timestamptz'],
+    updated_at: [(t) => t.startsWith('timestamp'), 'timestamptz'],
+  },
+  locks: {
+    key: [text(1024), 'text'],
+    owner: [(t) => text(36)(t) || t === 'uuid', 'text'],
+    expires_at: [instant, 'timestamptz'],
+  },
+};
+
+/** A type that fits each column (what `migrate` makes), for a catalog that cannot be read. */
+const FITS: Record<string, string> = {
+  key: 'text',
+  value: 'text',
+  owner: 'text',
+  version: 'bigint',
+  expires_at: 'timestamp with time zone',
+  updated_at: 'timestamp with time zone',
+};
+
+/**
+ * What in `columns` the store cannot write, in a few words (`version is integer, needs bigint`), or `undefined`.
+ * Only the tables `present` are checked.
+ */
+function misfits(columns: Column[], present: { table: boolean; locks: boolean }): string | undefined {
+  const wrong: string[] = [];
+  for (const which of ['table', 'locks'] as const) {
+    if (!present[which]) continue;
+    const prefix = which === 'locks' ? 'the lock table: ' : '';
+    const mine = columns.filter((c) => c.locks === (which === 'locks'));
+    for (const [name, [fits, needs]] of Object.entries(WRITTEN[which])) {
+      const column = mine.find((c) => c.name === name);
+      if (column === undefined) wrong.push(`${prefix}no ${name}`);
+      else if (!fits(column.type)) wrong.push(`${prefix}${name} is ${column.type.slice(0, 60)}, needs ${needs}`);
+    }
+    for (const column of mine) {
+      if (column.required && !Object.hasOwn(WRITTEN[which], column.name)) {
+        wrong.push(`${prefix}${column.name.slice(0, 63)} is NOT NULL without a default`);
+      }
+    }
+  }
+  return wrong.length === 0 ? undefined : wrong.slice(0, 5).join('; ');
+}
+
+/** SQLSTATEs after which the statement's transaction was rolled back and running it again is exact. */
+const RETRIED: ReadonlySet<string> = new Set(['40001', '40P01']);
 
 /** A failure that says the session is unusable (ended by the server, or read-only), not the statement wrong. */
 function staleSession(err: unknown): boolean {
