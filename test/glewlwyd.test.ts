@@ -340,14 +340,15 @@ describe.skipIf(!available)('Glewlwyd', () => {
       const jkt = await calculateJwkThumbprint(await exportJWK(keyPair.publicKey));
       expect((decodeJwt(token.accessToken).cnf as { jkt: string }).jkt).toBe(jkt);
 
-      // A DPoP-bound login in a UserTokens without the key: refused before anything is sent (no proof possible).
+      // A DPoP-bound login in a UserTokens without the key: refused when it is saved (no proof possible), so
+      // nothing is stored and nothing is sent for it.
       let sent = 0;
-      await plainUsers.save('erin', await dpopLogin(keyPair, 'erin'));
-      const unsigned = plainUsers.fetchAs('erin', undefined, { fetch: (i, init) => (sent++, fetch(i, init)) });
-      await expect(unsigned(url)).rejects.toMatchObject({
+      await expect(plainUsers.save('erin', await dpopLogin(keyPair, 'erin'))).rejects.toMatchObject({
         code: 'ERR_CONFIG',
         message: expect.stringContaining('dpop'),
       });
+      const unsigned = plainUsers.fetchAs('erin', undefined, { fetch: (i, init) => (sent++, fetch(i, init)) });
+      await expect(unsigned(url)).rejects.toMatchObject({ code: 'ERR_LOGIN_REQUIRED' });
       expect(sent).toBe(0);
 
       // Nobody signed in: refused before anything is sent.

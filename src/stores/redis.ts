@@ -513,7 +513,7 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
   /**
    * The connection, if it can take a command now. Commands are never left queued while Redis is away: a
    * queued write replayed after a reconnect could put back a token whose refresh token was spent since.
-   * While a connection attempt is under way, or due (`reconnecting`: at most 250 ms away), we wait for it,
+   * While a connection attempt is under way, or due (`reconnecting`, a single server: at most 250 ms away), we wait for it,
    * bounded, and send nothing before it is ready: a connection the server closed (its idle `timeout`, a
    * `CLIENT KILL`, a proxy that recycles connections) costs a moment, not a failed operation; a Redis that is
    * down fails at its next failed attempt. After every (re)connection the server's identity is checked before
@@ -525,7 +525,13 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
     if (status !== 'ready') {
       if (status === 'wait')
         connection.connect().catch(() => undefined); // a lazyConnect client of yours
-      else if (status !== 'connecting' && status !== 'connect' && status !== 'reconnecting') {
+      else if (
+        status !== 'connecting' &&
+        status !== 'connect' &&
+        // A cluster reconnecting has lost every node: its next commands may reach other masters, which only a
+        // fresh identification (on 'ready', before any command) may trust — fail now, as before.
+        (status !== 'reconnecting' || clusterMasters(connection) !== undefined)
+      ) {
         throw new TokenwardenError('ERR_STORE', `redis is not connected (${status})`);
       }
       this.#readiness ??= whenReady(connection).finally(() => {
