@@ -7,45 +7,13 @@ import { inspect } from 'node:util';
 import { decodeJwt, generateKeyPair } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TokenwardenError } from '../../src/errors.js';
-import type { FetchLike } from '../../src/http/transport.js';
 import { TokenManager } from '../../src/manager.js';
 import { clientCredentials } from '../../src/sources/client-credentials.js';
 import { jwtBearer } from '../../src/sources/jwt-bearer.js';
 import { tokenExchange } from '../../src/sources/token-exchange.js';
 import { type TestAuthorizationServer, startAuthorizationServer } from '../support/authorization-server.js';
 import { type FaultServer, json, startFaultServer } from '../support/fault-server.js';
-
-/** The error a socket closed under a request gives (undici's shape: `fetch failed` caused by ECONNRESET). */
-function connectionReset(): Error {
-  return new TypeError('fetch failed', { cause: Object.assign(new Error('read ECONNRESET'), { code: 'ECONNRESET' }) });
-}
-
-/**
- * A fetch to the real server that keeps the forms sent to the token endpoint and, once armed, loses the answer
- * to the next one: the server has read the request and answered, the client sees a reset.
- */
-function losingFetch(): { fetch: FetchLike; forms: URLSearchParams[]; arm(): void } {
-  const forms: URLSearchParams[] = [];
-  let armed = false;
-  return {
-    forms,
-    arm: () => {
-      armed = true;
-    },
-    fetch: async (input, init) => {
-      const url = input instanceof Request ? input.url : String(input);
-      const token = new URL(url).pathname.endsWith('/token');
-      if (token) forms.push(new URLSearchParams(String(init?.body)));
-      const response = await fetch(input, init);
-      if (token && armed) {
-        armed = false;
-        await response.body?.cancel();
-        throw connectionReset();
-      }
-      return response;
-    },
-  };
-}
+import { exchanger, robotAssertion, tokenEndpointFetch } from './support.js';
 
 describe('a resend after a reset, against a real authorization server', () => {
   let as: TestAuthorizationServer;
@@ -55,13 +23,10 @@ describe('a resend after a reset, against a real authorization server', () => {
   afterAll(() => as?.close());
 
   it('JWT bearer with a signed assertion: the resend carries a new one (another jti)', async () => {
-    const wire = losingFetch();
+    const wire = tokenEndpointFetch();
     const source = jwtBearer({
-      issuer: as.issuer,
-      allowInsecureRequests: true,
-      clientId: 'exchanger',
-      clientSecret: as.clients.exchanger.clientSecret,
-      assertion: { privateKey: as.clients.jwt.privateJwk, subject: 'robot@example.test' },
+      ...exchanger(as),
+      assertion: robotAssertion(as),
       scope: 'read',
       fetch: wire.fetch,
     });
@@ -80,21 +45,15 @@ describe('a resend after a reset, against a real authorization server', () => {
   it('JWT bearer with an assertion function, token exchange with a subject function: each is called again', async () => {
     const own = new TokenManager({
       source: clientCredentials({
-        issuer: as.issuer,
-        allowInsecureRequests: true,
-        clientId: 'exchanger',
-        clientSecret: as.clients.exchanger.clientSecret,
+        ...exchanger(as),
         scope: 'read',
       }),
     });
     try {
       let subjects = 0;
-      const wire = losingFetch();
+      const wire = tokenEndpointFetch();
       const exchange = tokenExchange({
-        issuer: as.issuer,
-        allowInsecureRequests: true,
-        clientId: 'exchanger',
-        clientSecret: as.clients.exchanger.clientSecret,
+        ...exchanger(as),
         subjectToken: () => {
           subjects++;
           return own.getAccessToken();
@@ -114,12 +73,9 @@ describe('a resend after a reset, against a real authorization server', () => {
     }
 
     let assertions = 0;
-    const wire = losingFetch();
+    const wire = tokenEndpointFetch();
     const bearer = jwtBearer({
-      issuer: as.issuer,
-      allowInsecureRequests: true,
-      clientId: 'exchanger',
-      clientSecret: as.clients.exchanger.clientSecret,
+      ...exchanger(as),
       assertion: () => {
         assertions++;
         return jwtFor(as);

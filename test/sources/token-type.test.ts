@@ -12,6 +12,7 @@ import { jwtBearer } from '../../src/sources/jwt-bearer.js';
 import { tokenExchange } from '../../src/sources/token-exchange.js';
 import { type TestAuthorizationServer, startAuthorizationServer } from '../support/authorization-server.js';
 import { type FaultServer, json, startFaultServer } from '../support/fault-server.js';
+import { exchanger, robotAssertion } from './support.js';
 
 const ISSUED = 'issued-access-token-value';
 
@@ -72,11 +73,8 @@ describe('token_type and the DPoP proof', () => {
     it('is a bearer token (RFC 9449 §5: the server did not bind it)', async () => {
       const dpop = await generateKeyPair('ES256', { extractable: true });
       const source = jwtBearer({
-        issuer: as.issuer,
-        allowInsecureRequests: true,
-        clientId: 'exchanger',
-        clientSecret: as.clients.exchanger.clientSecret,
-        assertion: { privateKey: as.clients.jwt.privateJwk, subject: 'robot@example.test' },
+        ...exchanger(as),
+        assertion: robotAssertion(as),
         scope: 'read',
         dpop,
       });
