@@ -131,7 +131,8 @@ describe.skipIf(skipWithout('redis-server', hasRedisServer))('RedisStore on a co
       expect((await store.get('k'))?.value).toBe('v');
       expect(await store.set('k', 'v')).toBeGreaterThan(0);
     }
-    // Nothing listens any more: it fails, at the next failed attempt, not at the time limit.
+    // Nothing listens any more: it fails at the next failed attempt (ERR_STORE), not at the time limit (which
+    // would be ERR_STORE_TIMEOUT, after 10 s).
     const port = redis.port;
     const down = new Redis(`redis://127.0.0.1:${await freePort()}`, {
       enableOfflineQueue: false,
@@ -141,11 +142,7 @@ describe.skipIf(skipWithout('redis-server', hasRedisServer))('RedisStore on a co
     onTestFinished(() => void down.disconnect());
     const nowhere = new RedisStore({ client: down, prefix: `closed-${port}:`, timeout: '10s' });
     onTestFinished(() => nowhere.close());
-    for (let i = 0; i < 3; i++) {
-      const started = Date.now();
-      expect(await failure(nowhere.get('k'))).toMatchObject({ code: 'ERR_STORE' });
-      expect(Date.now() - started).toBeLessThan(5_000);
-    }
+    for (let i = 0; i < 3; i++) expect(await failure(nowhere.get('k'))).toMatchObject({ code: 'ERR_STORE' });
   });
 
   it('EVAL and EVALSHA disabled (rename-command): ERR_STORE at once saying what the store needs, nothing written, no crash', async () => {
