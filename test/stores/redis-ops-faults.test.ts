@@ -161,13 +161,13 @@ describe.skipIf(skipWithout('redis-server', hasRedisServer))('RedisStore under a
       await Promise.all([x.close(), y.close()]);
     });
     const held = await x.lock('k', { ttlMs: 30_000, waitMs: 0 });
-    const waiting = y.lock('k', { ttlMs: 30_000, waitMs: 5_000 });
+    // The wait is the bound: the PUBLISH in the release is refused (NOPERM), and polling must find the lock free
+    // within it (without a wake-up or a poll, the lock is held until its 30 s lease ends).
+    const waiting = y.lock('k', { ttlMs: 30_000, waitMs: 1_000 });
     await sleep(100);
     await held!.release();
-    const started = Date.now();
     const next = await waiting;
-    expect(next).toBeDefined(); // the PUBLISH in the release is refused (NOPERM): polling finds the lock free
-    expect(Date.now() - started).toBeLessThan(1_000);
+    expect(next).toBeDefined();
     await next?.release();
     const fresh = await a.refresh();
     expect((await b.refresh()).accessToken).toBe(fresh.accessToken);
@@ -189,11 +189,9 @@ describe.skipIf(skipWithout('redis-server', hasRedisServer))('RedisStore under a
     await redis.cli('-a', 'required-secret-pw', '--no-auth-warning', 'CLIENT', 'KILL', 'TYPE', 'normal');
     await sleep(300);
     for (const call of [() => store.get('k'), () => store.lock('k', { ttlMs: 1_000, waitMs: 0 })]) {
-      const started = Date.now();
       const err = await failure(call());
-      expect(err?.code).toBe('ERR_STORE');
+      expect(err?.code).toBe('ERR_STORE'); // at once: waiting out the 1 s limit would be ERR_STORE_TIMEOUT
       expect(err?.message).not.toContain('required-secret-pw');
-      expect(Date.now() - started).toBeLessThan(1_000);
     }
     const wrong = new RedisStore({ url: `redis://:not-the-pw@127.0.0.1:${redis.port}`, prefix, timeout: '1s' });
     onTestFinished(() => wrong.close());
@@ -219,9 +217,8 @@ describe.skipIf(skipWithout('redis-server', hasRedisServer))('RedisStore under a
     await admin.config('SET', 'maxclients', String(clients));
     const late = new RedisStore({ url: redis.url, prefix, timeout: '5s' });
     onTestFinished(() => late.close());
-    const started = Date.now();
+    // Refused, not waited for: the 5 s limit would be ERR_STORE_TIMEOUT.
     expect(await failure(late.get('k'))).toMatchObject({ code: 'ERR_STORE' });
-    expect(Date.now() - started).toBeLessThan(2_000); // refused, not waited for
     expect((await connected.get('k'))?.value).toBe('v');
     await admin.config('SET', 'maxclients', '10000');
     const until = Date.now() + 2_000; // it reconnects every 0.25 s at most, failing at once meanwhile
