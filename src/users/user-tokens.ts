@@ -703,6 +703,8 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
       const cached = this.#cache.peek(subject);
       return cached === undefined ? undefined : find(cached, want, this.#clock.now(), lvl)?.token;
     };
+    /** Whether the access token the refresh obtained could still be used when its answer arrived. */
+    let usableOnArrival: boolean | undefined;
     const attempt: Attempt<UserRecord> = {
       ...this.#slot(subject, key),
       exclusive: true,
@@ -710,7 +712,6 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
       precheck: () => this.#mayRefresh(subject, want),
       spend: async (current, signal) => {
         const next = await this.#spend(subject, want, current, signal);
-        // Whether the access token just issued (the newest) could still be used when its answer arrived.
         const newest = next.accessTokens.reduce<StoredEntry | undefined>(
           (a, e) => (a === undefined || e.token.issuedAt > a.token.issuedAt ? e : a),
           undefined,
@@ -719,7 +720,6 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
         return next;
       },
     };
-    let usableOnArrival: boolean | undefined;
     // Held until the run ends, however many other subjects the LRU takes in meanwhile: the run reads the
     // subject's record from the in-process layer (to check it, to spend it, to serve its token).
     this.#cache.pin(subject);
