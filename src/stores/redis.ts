@@ -245,6 +245,8 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
   #identity: Promise<void> | undefined;
   /** The cluster masters the identity was last taken of (`host:port`, sorted); '' for a single server. */
   #identified = '';
+  /** Every node asked as a master at the last identification (`host:port`), the slot table's masters too. */
+  #identifiedNodes: ReadonlySet<string> = new Set();
   /** Counts the changes of who answers (a reconnection, a cluster node that joins, leaves or closes). */
   #topology = 0;
   /** {@link #topology} when the last identification that succeeded began. */
@@ -305,6 +307,10 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
     // Who answers changed during the read (on a cluster, a replica promoted after its master failed, found by
     // ioredis on the way): the answer may come from a server never identified. Identify it before answering,
     // so that a `reset` it causes comes before the entry, as it does for a read that starts after the change.
+    // ioredis follows a MOVED at once (a CLUSTER FAILOVER: the old master answers with the new one's address)
+    // and tells of the new master only later ('refresh', '-node'): the slot table, which it updated on the
+    // way, names a master not identified yet.
+    if (this.#unidentifiedMaster(await connection, entryKey)) this.#identifyAgain();
     if (this.#topology !== this.#identifiedTopology) await this.#usable();
     if (this.#generation.changed(epoch, await epochKey)) this.emit('reset');
     if (reply === null || reply === undefined) return undefined;
@@ -447,6 +453,15 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
     if (landed) this.#waiters.notify(key);
   }
 
+  /**
+   * Whether the cluster master that holds `key`'s slot (by the slot table ioredis keeps) was not among the
+   * masters identified: its answers may come from a server whose data is older or gone.
+   */
+  #unidentifiedMaster(connection: Connection, key: string): boolean {
+    const master = clusterSlots(connection)?.[calculateSlot(key)]?.[0];
+    return master !== undefined && this.#identifiedNodes.size > 0 && !this.#identifiedNodes.has(master);
+  }
+
   /** The epoch under `key`, made now if there is none (on `connection`, once it can take commands). */
   async #epoch(key: string, connection: Promise<Connection>): Promise<string> {
     return String(await this.#script('epoch', key, [`${Date.now()}:${randomUUID()}`], connection));
@@ -555,13 +570,14 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
    */
   async #identify(connection: Connection): Promise<void> {
     const topology = this.#topology;
-    const masters = clusterMasters(connection);
+    const masters = slotMasters(connection);
     this.#identified = mastersOf(connection);
+    this.#identifiedNodes = new Set(masters?.map(nodeKey));
     const [servers, epochs] = await Promise.all([
       // A cluster answers INFO from any node: each master is asked on its own connection.
       masters === undefined
         ? askServer('', connection).then((server) => [server])
-        : Promise.all(masters.map((node) => askServer(`${node.options.host}:${node.options.port}`, node))),
+        : Promise.all(masters.map((node) => askServer(nodeKey(node), node))),
       this.#epochs(connection),
     ]);
     const known = this.#runIds.size > 0;
@@ -659,6 +675,12 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
     return connection;
   }
 
+  /** Who answers changed: every master is identified again before the next command (see `reset`). */
+  #identifyAgain(): void {
+    this.#topology++;
+    this.#identity = undefined;
+  }
+
   /** Re-checks the server's identity on every reconnection, before the first command (a store may have lost data). */
   #watch(connection: Connection): void {
     connection.on('ready', () => {
@@ -673,10 +695,7 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
     // connection closes or a node joins, every master is identified again before the next command — which
     // fails while a master cannot answer, rather than run against a shard that may have lost its data.
     if (clusterMasters(connection) !== undefined) {
-      const again = (): void => {
-        this.#topology++;
-        this.#identity = undefined;
-      };
+      const again = (): void => this.#identifyAgain();
       connection.on('+node', (node: NodeConnection) => {
         again();
         node.on('close', again);
@@ -841,13 +860,30 @@ function clusterMasters(connection: Connection): NodeConnection[] | undefined {
   return typeof nodes === 'function' ? (nodes.call(connection, 'master') as NodeConnection[]) : undefined;
 }
 
+/**
+ * The masters of a cluster connection with the nodes its slot table names as masters besides (a node a `MOVED`
+ * answer named, before ioredis' slot refresh gave it the master's role); undefined for a single server.
+ */
+function slotMasters(connection: Connection): NodeConnection[] | undefined {
+  const masters = clusterMasters(connection);
+  if (masters === undefined) return undefined;
+  const named = new Set(masters.map(nodeKey));
+  const others = new Set<string>();
+  for (const nodes of clusterSlots(connection) ?? []) {
+    const master = nodes?.[0];
+    if (master !== undefined && !named.has(master)) others.add(master);
+  }
+  if (others.size === 0) return masters;
+  const all = (connection as unknown as { nodes(role: 'all'): NodeConnection[] }).nodes('all');
+  return [...masters, ...all.filter((node) => others.has(nodeKey(node)))];
+}
+
+const nodeKey = (node: NodeConnection): string => `${node.options.host}:${node.options.port}`;
+
 /** A cluster connection's masters as one string (`host:port`, sorted); '' for a single server. */
 function mastersOf(connection: Connection): string {
   const masters = clusterMasters(connection) ?? [];
-  return masters
-    .map((node) => `${node.options.host}:${node.options.port}`)
-    .sort()
-    .join(' ');
+  return masters.map(nodeKey).sort().join(' ');
 }
 
 const runIdOf = (info: unknown): string | undefined => /run_id:([0-9a-f]+)/.exec(String(info))?.[1];
