@@ -723,7 +723,8 @@ const SQLSTATES: ReadonlyMap<string, string> = new Map([
     '40P01': 'deadlock detected, retried until the time limit',
     '42P01': 'the table does not exist',
     '3F000': "no schema to make the table in (the role's search_path names none that exists): give the table's schema",
-    '42501': 'permission denied',
+    '42501':
+      'permission denied: the role needs SELECT, INSERT, UPDATE and DELETE on the table and on its lock table (see docs/stores.md)',
   }),
 ]);
 

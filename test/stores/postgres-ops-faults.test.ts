@@ -217,7 +217,7 @@ describe.skipIf(skipWithout('the PostgreSQL server binaries', pgBin !== undefine
           ).rows.map((r: { tablename: string }) => r.tablename);
           for (const t of tables) await admin.query(`GRANT SELECT, INSERT, UPDATE, DELETE ON ${t} TO ${name}`);
         },
-        /\(42501\): permission denied/,
+        /\(42501\): permission denied: the role needs SELECT, INSERT, UPDATE and DELETE on the table and on its lock table/,
       );
     }, 30_000);
 
