@@ -96,36 +96,62 @@ export class RecentKeys {
  * (from its clock) to every read and write, so no entry can be served after its deadline whatever the
  * LRU's own bookkeeping does.
  *
+ * Refusals live in an LRU of their own, beside the one of accepted tokens: anyone can send a flood of
+ * distinct bad tokens (unknown API keys, unknown opaque tokens), and in one shared LRU each refusal
+ * remembered would push out an accepted token, until every valid client's next request went back to the
+ * authorization server or the provider. Refusals only ever push out refusals.
+ *
  * @example
  * ```ts
  * const cache = new ValidationCache<string>({ max: 1000 });
  * const key = cacheKey(token);
  * cache.set(key, 'ok', clock.now() + 60_000, clock.now());
  * cache.get(key, clock.now()); // 'ok' for one minute, then undefined
+ * cache.set(cacheKey(other), 'bad', clock.now() + 10_000, clock.now(), true); // a refusal: its own LRU
+ * const generation = cache.generation; // before a slow check: its result is dropped if clear() runs meanwhile
+ * cache.set(key, await verifySlowly(token), deadline, clock.now(), false, generation);
  * const v = await cache.flight(key, () => verifySlowly(token)); // concurrent callers share one call
  * ```
  */
 export class ValidationCache<T> {
   readonly #entries: LRUCache<string, { value: T; until: number }> | undefined;
+  readonly #refusals: LRUCache<string, { value: T; until: number }> | undefined;
   readonly #inflight = new Map<string, Promise<T>>();
+  #generation = 0;
 
-  /** `max: 0` disables storage (single flight still applies). */
-  constructor(options: { max: number }) {
+  /**
+   * `max: 0` disables storage (single flight still applies). Refusals are bounded by `maxRefusals`,
+   * default a quarter of `max` (at least one).
+   */
+  constructor(options: { max: number; maxRefusals?: number }) {
+    const maxRefusals = options.maxRefusals ?? Math.max(1, Math.ceil(options.max / 4));
     this.#entries = options.max > 0 ? new LRUCache({ max: options.max }) : undefined;
+    this.#refusals = options.max > 0 && maxRefusals > 0 ? new LRUCache({ max: maxRefusals }) : undefined;
   }
 
   /** The live value for `key` at `now`, or `undefined` (expired entries are dropped). */
   get(key: string, now: number): T | undefined {
-    const entry = this.#entries?.get(key);
-    if (entry === undefined) return undefined;
-    if (now < entry.until) return entry.value;
-    this.#entries?.delete(key);
-    return undefined;
+    return live(this.#entries, key, now) ?? live(this.#refusals, key, now);
   }
 
-  /** Stores `value` until `until` (epoch ms); a deadline not after `now` stores nothing. */
-  set(key: string, value: T, until: number, now: number): void {
-    if (until > now) this.#entries?.set(key, { value, until });
+  /**
+   * Which {@link ValidationCache.clear} the cache is at: read it before verifying, and pass it to `set`.
+   */
+  get generation(): number {
+    return this.#generation;
+  }
+
+  /**
+   * Stores `value` until `until` (epoch ms); a deadline not after `now` stores nothing. `refusal` puts it
+   * in the refusals' LRU, where it can push out only other refusals. `generation` is the
+   * {@link ValidationCache.generation} read when the verification began: a result judged before a `clear()`
+   * (a token revoked, then the cache cleared, while its check was in flight) is not stored after it.
+   */
+  set(key: string, value: T, until: number, now: number, refusal = false, generation = this.#generation): void {
+    if (!(until > now) || generation !== this.#generation) return;
+    const [into, other] = refusal ? [this.#refusals, this.#entries] : [this.#entries, this.#refusals];
+    other?.delete(key);
+    into?.set(key, { value, until });
   }
 
   /**
@@ -137,18 +163,39 @@ export class ValidationCache<T> {
     if (running !== undefined) return running;
     const result = fn();
     if (!(result instanceof Promise)) return result;
-    const promise = result.finally(() => this.#inflight.delete(key));
+    const promise: Promise<T> = result.finally(() => {
+      if (this.#inflight.get(key) === promise) this.#inflight.delete(key);
+    });
     this.#inflight.set(key, promise);
     return promise;
   }
 
-  /** Number of stored entries (live or not yet noticed as expired). */
+  /** Number of stored entries, accepted and refused (live or not yet noticed as expired). */
   get size(): number {
-    return this.#entries?.size ?? 0;
+    return (this.#entries?.size ?? 0) + (this.#refusals?.size ?? 0);
   }
 
-  /** Forgets every stored entry. */
+  /**
+   * Forgets every stored entry, and every verification in flight: a caller after this waits for a check
+   * of its own, and what the earlier checks find is not stored.
+   */
   clear(): void {
+    this.#generation++;
     this.#entries?.clear();
+    this.#refusals?.clear();
+    this.#inflight.clear();
   }
+}
+
+/** The value stored for `key` in `entries` if its deadline is after `now`; an expired entry is dropped. */
+function live<T>(
+  entries: LRUCache<string, { value: T; until: number }> | undefined,
+  key: string,
+  now: number,
+): T | undefined {
+  const entry = entries?.get(key);
+  if (entry === undefined) return undefined;
+  if (now < entry.until) return entry.value;
+  entries?.delete(key);
+  return undefined;
 }

@@ -121,6 +121,8 @@ export class KeySet {
   #failed = false;
   /** The last URL fetched: the endpoint whose failures decide whether stale keys are served. */
   #url: string | undefined;
+  /** {@link KeySet.expire} was called: the held keys are used only if a refetch fails. */
+  #expired = false;
 
   constructor(source: string, resolveUrl: () => Promise<string>, upstreams: Upstreams, options: KeySetOptions) {
     this.source = source.replace(/[?#].*$/s, ''); // never a query string (a JWKS proxy's key, say)
@@ -139,7 +141,7 @@ export class KeySet {
   select(header: JWSHeaderParameters): readonly VerificationKey[] | Promise<readonly VerificationKey[]> {
     const held = this.#held;
     const kid = header.kid as unknown;
-    if (held !== undefined && (kid === undefined || typeof kid === 'string')) {
+    if (held !== undefined && !this.#expired && (kid === undefined || typeof kid === 'string')) {
       const keys = held.selected.get(selection(header.alg as string, kid));
       const age = this.#upstreams.clock.now() - held.fetchedAt;
       // The same decisions as #current() for keys younger than cacheMaxAge.
@@ -165,6 +167,16 @@ export class KeySet {
       if (this.#failing()) throw this.#cannotJudge();
       throw err;
     }
+  }
+
+  /**
+   * Makes the next use of this set wait for a fresh JWKS, whatever the age of the keys held and the cooldown
+   * (after an emergency key revocation: `verify.clearCache()`). While the JWKS cannot be fetched, the held keys
+   * are served as stale ones, as in any outage.
+   */
+  expire(): void {
+    if (this.#held !== undefined) this.#expired = true;
+    this.#lastAttemptAt = -Infinity;
   }
 
   /** The last attempt to fetch the keys (discovery or JWKS) failed. */
@@ -204,7 +216,7 @@ export class KeySet {
       if (this.#refreshing !== undefined && endpoint?.failing === true) throw endpoint.retryLater();
       return this.#refresh();
     }
-    const age = now - held.fetchedAt;
+    const age = this.#expired ? Infinity : now - held.fetchedAt;
     if (age < this.#refreshAt()) return held;
     if (age < this.#options.cacheMaxAgeMs) {
       this.#background(); // ahead of cacheMaxAge, off the request path
@@ -299,6 +311,7 @@ export class KeySet {
         url: endpoint.url,
       };
       this.#held = held;
+      this.#expired = false;
       this.#stale = false;
       this.#failed = false;
       return held;

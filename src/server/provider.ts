@@ -291,6 +291,10 @@ export function stringClaim(claims: Claims, name: string): string | undefined {
  * `Object.values` copies), and iterative past 32 levels, so that claims nested 100 000 deep (an
  * introspection answer may be a MiB) cannot overflow the stack.
  *
+ * Binary values (a `Buffer`, any typed array or `DataView`) are left as they are: JavaScript cannot freeze a
+ * typed array that has elements (`Object.freeze` throws), and a provider's payload often holds one — a
+ * PostgreSQL `bytea` column, a MongoDB `ObjectId` (its bytes are a `Uint8Array`). Their bytes stay mutable.
+ *
  * @example
  * ```ts
  * const claims = freezeDeep(JSON.parse(text));
@@ -303,7 +307,7 @@ export function freezeDeep<T>(value: T): T {
 }
 
 function freezeWithin(value: unknown, depth: number): void {
-  if (value === null || typeof value !== 'object' || Object.isFrozen(value)) return;
+  if (value === null || typeof value !== 'object' || Object.isFrozen(value) || ArrayBuffer.isView(value)) return;
   if (depth === 0) {
     deepFreeze(value);
     return;
@@ -328,7 +332,7 @@ function deepFreeze(value: unknown): void {
   const pending: unknown[] = [value];
   while (pending.length > 0) {
     const next = pending.pop();
-    if (next !== null && typeof next === 'object' && !Object.isFrozen(next)) {
+    if (next !== null && typeof next === 'object' && !Object.isFrozen(next) && !ArrayBuffer.isView(next)) {
       Object.freeze(next);
       for (const inner of Object.values(next)) pending.push(inner);
     }

@@ -290,7 +290,9 @@ export interface VerifierOptions extends AuthorizationRequirements {
   uid?: string;
   /**
    * The validation cache: `false` to disable, or its bounds. Default `{ maxEntries: 10_000, maxAge: '5m' }`.
-   * Entries never outlive the token's `exp`.
+   * Entries never outlive the token's `exp`. `maxEntries` bounds the accepted tokens; refusals remembered
+   * (`negativeCacheMaxAge`, inactive introspection answers, a provider's `cacheForMs`) have an LRU of their
+   * own of a quarter of it, so that a flood of distinct bad tokens never pushes valid ones out.
    */
   cache?: false | { maxEntries?: number; maxAge?: Duration };
   /** How long a JWT whose signature is good but whose claims are not (expired, wrong audience…) is remembered. Default `'30s'`. */
@@ -584,6 +586,7 @@ export function createVerifier(options: VerifierOptions): Verifier {
    */
   const check = (token: string, key: string): Outcome | Promise<Outcome> => {
     const now = clock.now();
+    const generation = cache.generation;
     const isJwt = strategy === 'jwt' || (strategy === 'auto' && looksLikeJwt(token));
     const selected = isJwt ? (jwt as JwtStrategy) : provider;
     const name = strategyName(strategy, isJwt);
@@ -595,10 +598,10 @@ export function createVerifier(options: VerifierOptions): Verifier {
       return providerFailed(err);
     }
     if (result instanceof Promise) {
-      return result.then((r) => settle(selected, r, context, name, key)).then(undefined, providerFailed);
+      return result.then((r) => settle(selected, r, context, name, key, generation)).then(undefined, providerFailed);
     }
     try {
-      return settle(selected, result, context, name, key);
+      return settle(selected, result, context, name, key, generation);
     } catch (err) {
       return providerFailed(err);
     }
@@ -611,6 +614,7 @@ export function createVerifier(options: VerifierOptions): Verifier {
     context: ProviderContext,
     name: AuthExtra['strategy'],
     key: string,
+    generation: number,
   ): Outcome | Promise<Outcome> => {
     let valid: boolean | Promise<boolean> = true;
     if (result.ok) {
@@ -618,13 +622,16 @@ export function createVerifier(options: VerifierOptions): Verifier {
         ? selected.isValid(result.payload, context)
         : defaultIsValid((result.payload ?? {}) as Claims, context.now);
     }
-    if (valid instanceof Promise) return valid.then((v) => store(key, judge(selected, result, v, context, name)));
-    return store(key, judge(selected, result, valid, context, name));
+    if (valid instanceof Promise) {
+      return valid.then((v) => store(key, judge(selected, result, v, context, name), generation));
+    }
+    return store(key, judge(selected, result, valid, context, name), generation);
   };
 
-  const store = (key: string, outcome: Outcome): Outcome => {
+  /** Caches a judged token, unless it could not be judged or the cache was cleared since the check began. */
+  const store = (key: string, outcome: Outcome, generation: number): Outcome => {
     if (outcome.ok || outcome.failure.error !== 'temporarily_unavailable') {
-      cache.set(key, outcome, outcome.until, clock.now());
+      cache.set(key, outcome, outcome.until, clock.now(), !outcome.ok, generation);
     }
     return outcome;
   };
@@ -919,6 +926,8 @@ export function createVerifier(options: VerifierOptions): Verifier {
       value: () => {
         cache.clear();
         recent.clear();
+        // After an emergency key revocation: the keys held are fetched again before the next token is judged.
+        for (const set of keySets?.all() ?? []) set.expire();
       },
       enumerable: true,
     },
@@ -1165,20 +1174,33 @@ function resolveStrategy(
         ? [keySets.forUri(jwksUri)]
         : (issuers as { list: readonly string[] }).list.map((i) => keySets.forIssuer(i));
     for (const set of sets) preparing.push(() => set.load());
-    jwt = jwtStrategy({
+    const maxTokenAgeMs = options.maxTokenAge === undefined ? undefined : toMs(options.maxTokenAge, 'maxTokenAge');
+    const strategyOfJwt = jwtStrategy({
       issuers,
       audience: [...(audience ?? [])],
       clientIdsWithoutAudience: clientIds && [...clientIds],
       jwksUri,
       algorithms,
       clockToleranceSec: clockToleranceMs / 1000,
-      maxTokenAgeSec: options.maxTokenAge === undefined ? undefined : toMs(options.maxTokenAge, 'maxTokenAge') / 1000,
+      maxTokenAgeSec: maxTokenAgeMs === undefined ? undefined : maxTokenAgeMs / 1000,
       strict: options.strict === true,
       requiredClaims: [...(options.requiredClaims ?? [])],
       uidClaim: options.uid,
       negativeCacheMs: toMs(options.negativeCacheMaxAge ?? '30s', 'negativeCacheMaxAge'),
       keySets,
     });
+    // maxTokenAge is a deadline too (`iat` + maxTokenAge): a cached result must not outlive it, or a token
+    // verified a moment before it turned too old would be accepted for the rest of cache.maxAge.
+    jwt =
+      maxTokenAgeMs === undefined
+        ? strategyOfJwt
+        : {
+            ...strategyOfJwt,
+            getTtl: (p, context) => {
+              const iat = (p.claims as Claims)['iat'];
+              return typeof iat === 'number' ? iat * 1000 + maxTokenAgeMs - context.now : 0;
+            },
+          };
     if (strategy === 'jwt')
       return { strategy, provider: jwt as VerifierProvider<unknown>, jwt, upstreams, keySets, prepare };
   }
