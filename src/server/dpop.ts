@@ -59,7 +59,8 @@ export interface DPoPOptions {
   required?: boolean;
   /**
    * Proof algorithms accepted, announced in challenges as `algs`. Asymmetric only. Default: RS, PS, ES
-   * 256/384/512, EdDSA and Ed25519.
+   * 256/384/512, EdDSA and Ed25519. An RSA proof key's public exponent may be at most 32 bits long (every
+   * library makes 65537): a longer one would make each check cost a private-key operation.
    */
   algorithms?: readonly string[];
   /**
@@ -146,6 +147,8 @@ export interface DPoPVerifier {
 /** Longest proof read (an RSA 4096 key in the header is under 1 KiB). */
 const MAX_PROOF_LENGTH = 8192;
 const MAX_JTI_LENGTH = 256;
+/** An RSA proof key's `e`, base64url: at most 4 octets (65537 is `AQAB`). */
+const MAX_RSA_EXPONENT_LENGTH = 6;
 /** RFC 9449 §8.1: `nonce = 1*NQCHAR`. */
 const NONCE_SYNTAX = /^[\x21\x23-\x5b\x5d-\x7e]+$/;
 const PRIVATE_MEMBERS = ['d', 'p', 'q', 'dp', 'dq', 'qi', 'oth', 'k'];
@@ -233,7 +236,8 @@ export function dpopVerifier(
         typeof nonce !== 'object' ||
         typeof nonce.current !== 'string' ||
         !NONCE_SYNTAX.test(nonce.current) ||
-        (nonce.previous !== undefined && typeof nonce.previous !== 'string')
+        // The previous nonce as strictly as the current one: `previous: ''` would let `"nonce": ""` through.
+        (nonce.previous !== undefined && (typeof nonce.previous !== 'string' || !NONCE_SYNTAX.test(nonce.previous)))
       ) {
         return new TokenwardenError('ERR_CONFIG', 'dpop.nonce must return a nonce (printable ASCII, no quotes)');
       }
@@ -375,6 +379,12 @@ export class ProofSignatures {
     }
     const thumbprint = jwkThumbprint(fields);
     if (thumbprint === undefined) return 'DPoP proof key invalid';
+    // The key is the client's choice and is used before the token is known to be valid: an RSA public
+    // exponent as long as the modulus makes each check cost as much as a private-key operation (tens of times
+    // a normal verification) for anyone who sends a proof. Real keys use 65537; more than 32 bits is refused.
+    if (fields['kty'] === 'RSA' && (thumbprint.members.e as string).length > MAX_RSA_EXPONENT_LENGTH) {
+      return 'DPoP proof key invalid';
+    }
     const key = await this.#keyFor(alg, thumbprint.jkt, thumbprint.members);
     if (key === undefined) return 'DPoP proof key invalid';
     try {
@@ -430,7 +440,9 @@ function proofError(err: unknown): string {
  * ```
  */
 export function jwkThumbprint(jwk: Readonly<Record<string, unknown>>): { jkt: string; members: JWK } | undefined {
-  const names = typeof jwk['kty'] === 'string' ? THUMBPRINT_MEMBERS[jwk['kty']] : undefined;
+  const kty = jwk['kty'];
+  // Own members only: a `kty` of "constructor" or "__proto__" must not find Object.prototype's.
+  const names = typeof kty === 'string' && Object.hasOwn(THUMBPRINT_MEMBERS, kty) ? THUMBPRINT_MEMBERS[kty] : undefined;
   if (names === undefined) return undefined;
   const members: Record<string, string> = {};
   for (const name of names) {
@@ -445,7 +457,7 @@ export function jwkThumbprint(jwk: Readonly<Record<string, unknown>>): { jkt: st
 /**
  * A URL as `htu` compares it (RFC 9449 §4.3, RFC 3986 §6.2.2–6.2.3): scheme and host in lower case, no
  * default port, dot segments resolved, percent-encodings in upper case and unreserved characters decoded;
- * without query and fragment. `undefined` for anything but an http(s) URL.
+ * without query and fragment. `undefined` for anything but an http(s) URL, and for one with userinfo.
  *
  * @example
  * ```ts
@@ -460,6 +472,8 @@ export function normalizeHtu(value: string): string | undefined {
     return undefined;
   }
   if (url.protocol !== 'https:' && url.protocol !== 'http:') return undefined;
+  // RFC 9110 §4.2.4: a target URI has no userinfo; `https://user@host/` names no request this server gets.
+  if (url.username !== '' || url.password !== '') return undefined;
   const path = url.pathname.replace(/%[0-9A-Fa-f]{2}/g, (escape) => {
     const char = String.fromCharCode(parseInt(escape.slice(1), 16));
     return /[A-Za-z0-9\-._~]/.test(char) ? char : escape.toUpperCase();
