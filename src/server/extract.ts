@@ -14,8 +14,9 @@ import { type VerifyFailure, failure } from './errors.js';
  *
  * @example
  * ```ts
- * // Server-sent events cannot set headers: accept ?access_token= on that route only.
- * app.get('/events', bearerAuth({ verifier, tokenLocations: ['header', 'query'] }), stream);
+ * // Server-sent events cannot set headers: accept ?access_token= on that route only (its own verifier:
+ * // a shared one reads the locations it was made with).
+ * app.get('/events', bearerAuth({ issuer, audience, tokenLocations: ['header', 'query'] }), stream);
  * ```
  */
 export type TokenLocation = 'header' | 'query' | 'body';
@@ -223,22 +224,27 @@ export function isFetchRequest(input: object): input is Request {
 
 function authorizationHeader(input: Request | NodeRequestLike): string | VerifyFailure | undefined {
   if (isFetchRequest(input)) return input.headers.get('authorization') ?? undefined;
-  const { rawHeaders } = input;
-  if (Array.isArray(rawHeaders)) {
-    // Node keeps only the first of repeated Authorization headers in `headers`; rawHeaders has them all.
-    let value: string | undefined;
-    for (let i = 0; i < rawHeaders.length; i += 2) {
-      const name = rawHeaders[i] as string;
-      if (name.length === 13 && name.toLowerCase() === 'authorization') {
-        if (value !== undefined) return TWO_HEADERS;
-        value = rawHeaders[i + 1] ?? '';
-      }
-    }
-    return value;
-  }
   const header = input.headers['authorization'];
   if (Array.isArray(header)) return header.length > 1 ? TWO_HEADERS : header[0];
-  return header;
+  const { rawHeaders } = input;
+  if (!Array.isArray(rawHeaders)) return header;
+  // Node keeps only the first of repeated Authorization headers in `headers`; rawHeaders has them all. But
+  // `headers` is what the app sees: a middleware before this one may have set the header there (a session
+  // cookie turned into a bearer token) or removed it, and rawHeaders still holds what the client sent.
+  // rawHeaders decides only while `headers` holds what Node parsed (the first value, or all of them joined).
+  let first: string | undefined;
+  let count = 0;
+  let joined = '';
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    const name = rawHeaders[i] as string;
+    if (name.length === 13 && name.toLowerCase() === 'authorization') {
+      const value = rawHeaders[i + 1] ?? '';
+      joined = count === 0 ? value : `${joined}, ${value}`;
+      if (count++ === 0) first = value;
+    }
+  }
+  if (header !== first && header !== joined) return header; // rewritten by the app
+  return count > 1 ? TWO_HEADERS : header;
 }
 
 /**

@@ -30,6 +30,8 @@ export type { Auth } from '../provider.js';
  */
 export interface FastifyRequestLike {
   raw: NodeRequestLike;
+  /** `raw.headers`, or those merged with the ones a hook set (`request.headers = { … }`). */
+  headers?: NodeRequestLike['headers'];
   body?: unknown;
   auth?: Auth | null | undefined;
 }
@@ -65,6 +67,8 @@ export interface FastifyInstanceLike {
   /** Used to add the RFC 9728 metadata route when `protectedResource` is set. */
   route?: (...args: never[]) => unknown;
   hasRoute?: (...args: never[]) => boolean;
+  /** The context's route prefix (`register(plugin, { prefix })`): `''` where none applies. */
+  prefix?: string;
 }
 
 type Hook = ReturnType<typeof bearerAuthHook>;
@@ -114,7 +118,7 @@ export function bearerAuthHook(
   return (request, reply, done) => {
     let outcome: AuthenticateOutcome | Promise<AuthenticateOutcome>;
     try {
-      outcome = authenticate(request.raw, request.body);
+      outcome = authenticate(nodeRequestOf(request), request.body);
     } catch (err) {
       if (done === undefined) return Promise.reject(err as Error);
       done(err as Error);
@@ -130,9 +134,22 @@ export function bearerAuthHook(
 }
 
 /**
+ * The request to check: `request.raw`, unless a hook before this one set headers the Fastify way
+ * (`request.headers = { authorization }`, which Fastify merges over the raw ones without changing them):
+ * then the raw request with those headers.
+ */
+function nodeRequestOf(request: FastifyRequestLike): NodeRequestLike {
+  const { raw, headers } = request;
+  if (headers === undefined || headers === raw.headers) return raw;
+  const { rawHeaders, url, originalUrl, method, socket } = raw;
+  return { headers, rawHeaders, url, originalUrl, method, socket } as NodeRequestLike;
+}
+
+/**
  * A Fastify plugin that verifies the access token of every request in the context it is registered in
  * and sets `request.auth`. With `protectedResource`, it also adds the route of the RFC 9728 metadata
- * document to that context (GET and HEAD answered, OPTIONS as a CORS preflight, other methods 405): register it where no `prefix` applies.
+ * document to that context (GET and HEAD answered, OPTIONS as a CORS preflight, other methods 405): register
+ * it where no `prefix` applies (under one, registering throws `ERR_CONFIG`).
  *
  * @example
  * ```ts
@@ -158,6 +175,14 @@ export const bearerAuth = Object.assign(
       const url = new URL(protectedResourceMetadataUrl(options.protectedResource.resource)).pathname;
       if (typeof fastify.route !== 'function') {
         throw new TokenwardenError('ERR_CONFIG', 'protectedResource needs a Fastify instance (route())');
+      }
+      // Under a prefix the route would be `${prefix}/.well-known/…`, where no client looks, and the hook
+      // never sees the real path: the document would be a 404 there and a 401 here. Say so now.
+      if (typeof fastify.prefix === 'string' && fastify.prefix !== '') {
+        throw new TokenwardenError(
+          'ERR_CONFIG',
+          `protectedResource: the Fastify plugin is registered under the prefix ${JSON.stringify(fastify.prefix)}, where its metadata route would be ${JSON.stringify(fastify.prefix + url)}; register it in a context without a prefix (the prefixed routes in a child of that context)`,
+        );
       }
       const exists = (fastify.hasRoute as HasRoute | undefined)?.call(fastify, { method: 'GET', url }) === true;
       if (!exists)

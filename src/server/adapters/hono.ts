@@ -50,6 +50,10 @@ export interface HonoContextLike {
   set(key: 'auth', value: Auth): void;
   /** Sets a header of the response (a new `DPoP-Nonce`). */
   header?(name: string, value: string): void;
+  /** The response so far; set to the one a handler returned, so that `header()` reaches it. */
+  res?: Response;
+  /** Whether `res` holds the response of the chain. */
+  finalized?: boolean;
 }
 
 /**
@@ -58,9 +62,13 @@ export interface HonoContextLike {
  * `node:crypto`. On `@hono/node-server` it reads the Node request the Fetch `Request` wraps
  * (`c.env.incoming`: same method, target and headers, `Host` included) unless `tokenLocations` has `'body'`,
  * so that the `Request`'s headers are not built for it; a token the verifier knows goes on to `next()` in the
- * same tick. With `'body'`, a form body that a middleware before it read through Hono (`c.req.parseBody()`,
+ * same tick. It reads `c.req.raw` instead once anything read or changed its headers (a middleware that sets
+ * `Authorization` from a session cookie, or removes it), or when `c.req.raw` is another `Request` (a sub-app
+ * called with `fetch(request, c.env)`, `app.mount()`): what is checked is always the request the app
+ * handles. With `'body'`, a form body that a middleware before it read through Hono (`c.req.parseBody()`,
  * `formData()`, `text()`) is taken from Hono's body cache; one read around Hono (`c.req.raw.text()`) is no
- * body. For the fastest path on a single route, see {@link withBearerAuth}.
+ * body. A new `DPoP-Nonce` is set on the response, also one the route made itself (`fetch()`, `new
+ * Response()`). For the fastest path on a single route, see {@link withBearerAuth}.
  *
  * @example
  * ```ts
@@ -120,7 +128,11 @@ function guarded(
   // middleware before this one read the body; otherwise, on @hono/node-server, the Node request it wraps is
   // read as it is: the Request's Headers are then never built for us.
   const readsBody = 'tokenLocations' in options && options.tokenLocations?.includes('body') === true;
-  const apply = <R>(c: HonoContextLike, outcome: AuthenticateOutcome, authenticated: () => R): R | Response => {
+  const apply = <R>(
+    c: HonoContextLike,
+    outcome: AuthenticateOutcome,
+    authenticated: () => R,
+  ): R | Response | Promise<R | Response> => {
     if (outcome.response) {
       const { status, headers, body } = outcome.response;
       if (body === undefined) return new Response(null, { status, headers });
@@ -129,10 +141,15 @@ function guarded(
         headers: { ...headers, 'content-type': 'application/json; charset=utf-8' },
       });
     }
-    if (outcome.headers !== undefined)
-      for (const name in outcome.headers) c.header?.(name, outcome.headers[name] as string);
     if (outcome.auth !== undefined) c.set('auth', outcome.auth);
-    return authenticated();
+    if (outcome.headers === undefined) return authenticated();
+    // A new DPoP-Nonce: set before the route (c.json() and the like take it), and again on the response the
+    // route returned or left in c.res: one it made itself (a proxied fetch(), new Response()) lacks it.
+    const headers = outcome.headers;
+    setHeaders(c, headers);
+    const result = authenticated();
+    if (result instanceof Promise) return result.then((r: Awaited<R>) => withHeaders(c, r, headers));
+    return withHeaders(c, result, headers);
   };
   // Not an async function: a known token hands Hono what the rest of the chain returns, in the same tick
   // (an async wrapper would cost a promise and three microtask turns more per request).
@@ -151,12 +168,41 @@ function guarded(
     if (outcome instanceof Promise) return outcome.then((o) => apply(c, o, authenticated));
     return apply(c, outcome, authenticated);
   };
-  if (!readsBody) return (c, authenticated) => run(c, nodeRequestOf(c.env) ?? c.req.raw, undefined, authenticated);
+  if (!readsBody) {
+    return (c, authenticated) => run(c, nodeRequestOf(c.env, c.req.raw) ?? c.req.raw, undefined, authenticated);
+  }
   return (c, authenticated) => {
     const form = formReadBefore(c.req);
     if (form === undefined) return run(c, c.req.raw, undefined, authenticated);
     return form.then((body) => run(c, c.req.raw, body, authenticated));
   };
+}
+
+function setHeaders(c: HonoContextLike, headers: Readonly<Record<string, string>>): void {
+  for (const name in headers) c.header?.(name, headers[name] as string);
+}
+
+/**
+ * `result` (the handler's response, or the chain's, which is in `c.res` then) with `headers` set on it: through
+ * `c.res`, which Hono copies before `header()` changes a response it has (another's headers can be immutable).
+ */
+function withHeaders<R>(c: HonoContextLike, result: R, headers: Readonly<Record<string, string>>): R | Response {
+  if (isResponse(result)) {
+    if (!('res' in c)) return result;
+    c.res = result;
+    setHeaders(c, headers);
+    return c.res;
+  }
+  if (c.finalized === true) setHeaders(c, headers);
+  return result;
+}
+
+/**
+ * Whether `value` is a Fetch Response: `@hono/node-server` replaces the global `Response` with its own class,
+ * of which the one `fetch()` returns is not an instance.
+ */
+function isResponse(value: unknown): value is Response {
+  return value instanceof Response || Object.prototype.toString.call(value) === '[object Response]';
 }
 
 /**
@@ -179,9 +225,14 @@ function formReadBefore(req: HonoContextLike['req']): Promise<FormData | undefin
 
 /**
  * The Node.js request `@hono/node-server` passes as `env.incoming`, when it is one (its method, URL and
- * headers are the ones the Fetch Request was built from, `Host` included).
+ * headers are the ones the Fetch Request was built from, `Host` included) and `raw` is still that Request
+ * with its headers as parsed. Otherwise the Request is what the app handles, and is read: a middleware before
+ * this one may have set or removed a header (`c.req.raw.headers.set('authorization', …)` from a session
+ * cookie), or the app may dispatch another Request with the same `env` (`api.fetch(request, c.env)`).
+ * `@hono/node-server` keeps the Node request under a symbol of its Request, and the Request's Headers under
+ * another once something read them (then they may have changed).
  */
-function nodeRequestOf(env: unknown): NodeRequestLike | undefined {
+function nodeRequestOf(env: unknown, raw: Request): NodeRequestLike | undefined {
   if (env === null || typeof env !== 'object') return undefined;
   const incoming = (env as { incoming?: unknown }).incoming;
   if (incoming === null || typeof incoming !== 'object') return undefined;
@@ -192,5 +243,12 @@ function nodeRequestOf(env: unknown): NodeRequestLike | undefined {
     typeof headers === 'object' &&
     typeof method === 'string' &&
     typeof url === 'string';
-  return isNode ? (incoming as NodeRequestLike) : undefined;
+  if (!isNode) return undefined;
+  let wraps = false;
+  for (const key of Object.getOwnPropertySymbols(raw)) {
+    const value = (raw as unknown as Record<symbol, unknown>)[key];
+    if (value === incoming) wraps = true;
+    else if (value instanceof Headers) return undefined;
+  }
+  return wraps ? (incoming as NodeRequestLike) : undefined;
 }

@@ -120,6 +120,19 @@ export function authenticateNow(
   if ('verifier' in options && typeof options.verifier !== 'function') {
     throw new TokenwardenError('ERR_CONFIG', 'verifier must be a verifier made by createVerifier()');
   }
+  if ('verifier' in options) {
+    // A shared verifier was made with its own options: one of them given here (`tokenLocations` for a
+    // route that takes ?access_token=, `dpop: { required: true }`, another `audience`) would change nothing,
+    // and the route would not be what it says. Refused rather than ignored.
+    for (const name in options) {
+      if (!WITH_VERIFIER.has(name) && (options as unknown as Record<string, unknown>)[name] !== undefined) {
+        throw new TokenwardenError(
+          'ERR_CONFIG',
+          `bearerAuth({ verifier }) takes the route's requirements, not verifier options: give ${name} to createVerifier() (or pass verifier options instead of a verifier)`,
+        );
+      }
+    }
+  }
   const resource = options.protectedResource === undefined ? undefined : resourceOf(options);
   const verifier =
     'verifier' in options
@@ -171,6 +184,19 @@ export function authenticateNow(
     return result instanceof Promise ? result.then(settle) : settle(result);
   };
 }
+
+/** What `bearerAuth({ verifier, … })` takes beside the verifier: the route's requirements and how it answers. */
+const WITH_VERIFIER: ReadonlySet<string> = new Set([
+  'verifier',
+  'requiredScopes',
+  'anyScopes',
+  'anyRoles',
+  'claimCheck',
+  'realm',
+  'resourceMetadata',
+  'optional',
+  'protectedResource',
+]);
 
 /**
  * The protected resource of `bearerAuth({ protectedResource })`, with defaults taken from the verifier's
