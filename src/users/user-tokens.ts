@@ -113,6 +113,7 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
   readonly #policy: RefreshPolicy;
   readonly #lockTtlMs: number;
   readonly #lockWaitMs: number;
+  readonly #storeTimeoutMs: number;
   readonly #revalidateMs: number;
   readonly #maxAccessTokens: number;
   readonly #recordTtlMs: number | undefined;
@@ -128,6 +129,14 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
   /** Subjects whose latest record the store has not taken yet (pinned in the in-process layer). */
   readonly #unwritten = new Set<string>();
   readonly #releasing = new Set<Promise<void>>();
+  /**
+   * Sign-outs done here (`delete()`, `revoke()`), by subject: the count of sign-outs after each, and
+   * when (monotonic). A store read that left before a sign-out and answers after it holds the record the sign-out
+   * deleted: it must not bring the subject back into the in-process layer (see `#slot`). Kept for as long as such a
+   * read may answer (a store call gives up after `storeTimeout`).
+   */
+  readonly #signedOut = new Map<string, { removal: number; at: number }>();
+  #removals = 0;
   readonly #closing = new AbortController();
   /** Aborted first by `close()`: waits for other processes end at once; spends under way run on. */
   readonly #stopWaiting = new AbortController();
@@ -157,6 +166,7 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
     this.#random = options.random ?? Math.random;
     this.#policy = resolvePolicy({ maxBeforeExpiryRatio: 0.25, ...options.refresh, background: false });
     const storeTimeoutMs = toMs(options.storeTimeout ?? '2s', 'storeTimeout');
+    this.#storeTimeoutMs = storeTimeoutMs;
     this.#lockTtlMs = lockLease(options.lock?.ttl, this.client.timeoutMs, storeTimeoutMs);
     this.#lockWaitMs = options.lock?.wait === undefined ? this.#lockTtlMs : toMs(options.lock.wait, 'lock.wait');
     this.#revalidateMs = toMs(options.cache?.revalidate ?? '1s', 'cache.revalidate');
@@ -750,6 +760,9 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
 
   /** The subject as the fleet core sees it: one key, the record this process holds. */
   #slot(subject: string, key: string): Slot<UserRecord> {
+    // The sign-outs done here before this operation started: a read of its answering after a later one holds what
+    // that sign-out deleted.
+    const removals = this.#removals;
     return {
       key,
       held: () => {
@@ -765,7 +778,10 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
           version: cached.version,
         };
       },
-      take: (value, from) => this.#take(subject, key, value, from),
+      take: (value, from) => {
+        if (from === 'store' && this.#signedOutSince(subject, removals)) return;
+        this.#take(subject, key, value, from);
+      },
       missing: () => this.#forgetSubject(subject),
       owns: (record) => isRecordOf(record, this.#recordId(subject)),
       abandoned: (record) => {
@@ -945,8 +961,8 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
     change: (record: UserRecord) => UserRecord | undefined,
   ): Promise<'written' | 'unchanged' | 'gone' | 'failed'> {
     const key = this.keyFor(subject);
-    const slot = this.#slot(subject, key);
     for (let attempt = 0; attempt < 5; attempt++) {
+      const slot = this.#slot(subject, key); // one per read (see #slot)
       const read = await this.#fleet.storeCall(slot, 'get', (s) => s.get(key));
       if (!read.ok) return 'failed';
       const current = read.value === undefined ? undefined : this.#decode(slot, read.value.value);
@@ -957,7 +973,7 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
       }
       const next = change(current.state);
       if (next === undefined) {
-        this.#take(subject, key, { state: current.state, seq: current.seq, version: read.value.version }, 'store');
+        slot.take({ state: current.state, seq: current.seq, version: read.value.version }, 'store');
         return 'unchanged';
       }
       const written = await this.#fleet.storeCall(slot, 'set', (s) =>
@@ -965,7 +981,7 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
       );
       if (!written.ok) return 'failed';
       if (written.value !== null) {
-        this.#take(subject, key, { state: next, seq: current.seq, version: written.value }, 'store');
+        slot.take({ state: next, seq: current.seq, version: written.value }, 'store');
         return 'written';
       }
     }
@@ -1025,7 +1041,7 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
       const cached = this.#cache.peek(subject);
       return cached === undefined ? undefined : this.#reread(cached);
     }
-    this.#take(subject, key, { state: current.state, seq: current.seq, version: result.value.version }, 'store');
+    slot.take({ state: current.state, seq: current.seq, version: result.value.version }, 'store');
     return current.state;
   }
 
@@ -1057,7 +1073,36 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
     this.#fleet.forget(key);
     const result = await this.#fleet.storeCall(this.#slot(subject, key), 'delete', (s) => s.delete(key));
     this.#forgetSubject(subject);
+    this.#markSignedOut(subject);
     if (!result.ok) throw result.error;
+  }
+
+  /**
+   * Remembers that the subject was signed out here just now: what a read that left before holds is not taken
+   * (`#slot`). Entries older than a store call can take are dropped as new ones come.
+   */
+  #markSignedOut(subject: string): void {
+    const now = this.#tick();
+    for (const [s, { at }] of this.#signedOut) {
+      if (now - at < this.#signedOutKeepMs()) break; // in the order they were made
+      this.#signedOut.delete(s);
+    }
+    this.#signedOut.delete(subject); // to the end of the order
+    this.#signedOut.set(subject, { removal: ++this.#removals, at: now });
+  }
+
+  /**
+   * Whether the subject was signed out here after the operation that counted `removals` sign-outs started, recently
+   * enough for a read of that operation to have left before it.
+   */
+  #signedOutSince(subject: string, removals: number): boolean {
+    const out = this.#signedOut.get(subject);
+    return out !== undefined && out.removal > removals && this.#tick() - out.at < this.#signedOutKeepMs();
+  }
+
+  /** How long after a sign-out a read that left before it may still answer (a store call gives up after `storeTimeout`). */
+  #signedOutKeepMs(): number {
+    return this.#storeTimeoutMs + 1000;
   }
 
   /** Drops the subject from the in-process layer (signed out, or gone from the store). */

@@ -1,0 +1,176 @@
+/**
+ * UserTokens: a sign-out or a new login racing a refresh, as a web app with several instances meets them. Two
+ * instances in one process share a real store (one MemoryStore object; Redis and PostgreSQL with a client each),
+ * a real authorization server (the test kit's, on a `ManualClock`: rotating single-use refresh tokens, reuse
+ * revoking the grant), and a gate in the `fetch` of one instance holds its refresh request mid-flight.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ManualClock } from '../../src/clock.js';
+import type { TokenwardenError } from '../../src/errors.js';
+import { MemoryStore } from '../../src/stores/memory.js';
+import type { TokenStore } from '../../src/stores/store.js';
+import { type TestAuthorizationServer, createTestAuthorizationServer } from '../../src/testing/index.js';
+import { UserTokens, type UserTokensOptions } from '../../src/users/index.js';
+import { FailingStore } from '../support/failing-store.js';
+import { cleanupStores, openStore, storeFactories } from './stores.js';
+
+const clock = new ManualClock(Date.parse('2031-03-01T00:00:00Z'));
+let as: TestAuthorizationServer;
+beforeAll(async () => {
+  as = await createTestAuthorizationServer({ accessTokenTtl: '60s', clock });
+});
+afterAll(async () => {
+  await as.close();
+  await cleanupStores();
+});
+
+function usersOn(store: TokenStore, options: Partial<UserTokensOptions> = {}): UserTokens {
+  return new UserTokens({ issuer: as.issuer, ...as.client, allowInsecureRequests: true, store, clock, ...options });
+}
+
+/** A `fetch` holding refresh requests at a gate until `open()`; `issued` has the refresh tokens they brought back. */
+function gated(): { fetch: typeof globalThis.fetch; arrived: Promise<void>; open: () => void; issued: string[] } {
+  let open!: () => void;
+  let arrive!: () => void;
+  const opened = new Promise<void>((resolve) => (open = resolve));
+  const arrived = new Promise<void>((resolve) => (arrive = resolve));
+  const issued: string[] = [];
+  const fetch: typeof globalThis.fetch = async (input, init) => {
+    if (!String(init?.body ?? '').includes('grant_type=refresh_token')) return globalThis.fetch(input, init);
+    arrive();
+    await opened;
+    const response = await globalThis.fetch(input, init);
+    const body = (await response.clone().json()) as { refresh_token?: string };
+    if (body.refresh_token !== undefined) issued.push(body.refresh_token);
+    return response;
+  };
+  return { fetch, arrived, open, issued };
+}
+
+/** Spends a refresh token at the server directly: the error it answers (`invalid_grant` for a dead one), or 'live'. */
+async function probe(refreshToken: string): Promise<string> {
+  const { clientId, clientSecret } = as.client;
+  const res = await fetch(`${as.issuer}/token`, {
+    method: 'POST',
+    headers: {
+      authorization: `Basic ${Buffer.from(`${clientId}:${clientSecret}`).toString('base64')}`,
+      'content-type': 'application/x-www-form-urlencoded',
+    },
+    body: new URLSearchParams({ grant_type: 'refresh_token', refresh_token: refreshToken }),
+  });
+  return res.ok ? 'live' : ((await res.json()) as { error: string }).error;
+}
+
+const outcome = (promise: Promise<unknown>): Promise<string> =>
+  promise.then(
+    () => 'ok',
+    (err: unknown) => (err as TokenwardenError).code,
+  );
+
+async function until(condition: () => boolean): Promise<void> {
+  for (let i = 0; i < 200 && !condition(); i++) await new Promise((resolve) => setTimeout(resolve, 10));
+}
+
+// The stores a fleet shares over the network, and one MemoryStore object shared by two instances (kept short: the
+// FileStore takes the same fleet paths as these).
+for (const factory of storeFactories.filter((f) => f.name !== 'FileStore')) {
+  describe.skipIf(factory.skip !== undefined)(`UserTokens on ${factory.name}: a refresh racing`, () => {
+    /** Two instances' stores: one MemoryStore object (shared in this process only), or a client each. */
+    const twoStores = async (): Promise<[TokenStore, TokenStore]> => {
+      const spec = await factory.spec();
+      if (spec.kind === 'memory') {
+        const store = new MemoryStore({ clock });
+        return [store, store];
+      }
+      return [openStore(spec), openStore(spec)];
+    };
+
+    /** A signed in on A, held by B, its token expired: B's next call refreshes, held at the gate. */
+    async function refreshingOnB(sub: string): Promise<{
+      a: UserTokens;
+      b: UserTokens;
+      store: TokenStore;
+      gate: ReturnType<typeof gated>;
+      call: Promise<string>;
+    }> {
+      const [sa, sb] = await twoStores();
+      const gate = gated();
+      const a = usersOn(sa);
+      const b = usersOn(sb, { fetch: gate.fetch });
+      await a.save(sub, await as.issueTokens({ sub, scope: 'openid' }));
+      await b.getAccessToken(sub);
+      await clock.advance(61_000);
+      const call = outcome(b.getAccessToken(sub));
+      await gate.arrived; // B holds the lock, has re-read the record, and is spending its refresh token
+      return { a, b, store: sa, gate, call };
+    }
+
+    it('a sign-out (delete) on A: B does not write its refreshed record back, and revokes the refresh token it got', async () => {
+      const sub = `out-${factory.name}`;
+      const { a, b, store, gate, call } = await refreshingOnB(sub);
+      await a.delete(sub);
+      const revocations = as.stats().revocation;
+      gate.open();
+
+      expect(await call).toBe('ERR_LOGIN_REQUIRED');
+      expect(await store.get(a.keyFor(sub))).toBeUndefined();
+      expect([await outcome(a.getAccessToken(sub)), await outcome(b.getAccessToken(sub))]).toEqual([
+        'ERR_LOGIN_REQUIRED',
+        'ERR_LOGIN_REQUIRED',
+      ]);
+      await until(() => as.stats().revocation > revocations); // revoked off the caller's path
+      expect(gate.issued).toHaveLength(1);
+      expect(await probe(gate.issued[0] as string)).toBe('invalid_grant');
+      await Promise.all([a.close(), b.close()]);
+    });
+
+    it("a new login (save) on A: B's refresh of the old login does not replace it, on either instance", async () => {
+      const sub = `relogin-${factory.name}`;
+      const { a, b, store, gate, call } = await refreshingOnB(sub);
+      const login = await as.issueTokens({ sub, scope: 'openid' });
+      await a.save(sub, login);
+      gate.open();
+
+      expect(await call).toBe('ok');
+      expect((await store.get(a.keyFor(sub)))?.value).toContain(login['refresh_token']);
+      expect((await b.getAccessToken(sub)).accessToken).toBe(login['access_token']);
+      const invalidGrants = as.stats().errors['invalid_grant'] ?? 0;
+      await clock.advance(61_000); // the new login's refresh token is the one spent, on either instance
+      expect(await outcome(a.getAccessToken(sub))).toBe('ok');
+      expect(await outcome(b.getAccessToken(sub))).toBe('ok');
+      expect(as.stats().errors['invalid_grant'] ?? 0).toBe(invalidGrants);
+      await Promise.all([a.close(), b.close()]);
+    });
+  });
+}
+
+describe('UserTokens: a store read that left before a sign-out here and answers after it', () => {
+  it('does not sign the subject back in on this instance; a login saved afterwards is taken as usual', async () => {
+    const store = new FailingStore(new MemoryStore({ clock }));
+    const users = usersOn(store, { cache: { revalidate: '100ms' } });
+    await users.save('ivy', await as.issueTokens({ sub: 'ivy', scope: 'openid' }));
+    await users.getAccessToken('ivy');
+    await clock.advance(200);
+    // Two reads leave (the background revalidation of a served call, a listing) and answer late: a pooled
+    // PostgreSQL client, or any store whose reads and deletes do not share one ordered connection.
+    store.delayReads = true;
+    await users.getAccessToken('ivy');
+    const listing = users.listAccessTokens('ivy');
+    await new Promise((resolve) => setImmediate(resolve));
+    store.delayReads = false;
+    await users.delete('ivy');
+    await store.answer();
+    await listing;
+
+    // Without the fix the late reads put the deleted record back in the in-process layer, and its token was served
+    // here after the sign-out, until the next revalidation.
+    expect(await outcome(users.getAccessToken('ivy'))).toBe('ERR_LOGIN_REQUIRED');
+    expect(users.cachedSubjects).toBe(0);
+
+    const other = usersOn(store.inner);
+    const login = await as.issueTokens({ sub: 'ivy', scope: 'openid' });
+    await other.save('ivy', login);
+    expect((await users.getAccessToken('ivy')).accessToken).toBe(login['access_token']);
+    await Promise.all([users.close(), other.close()]);
+  });
+});
