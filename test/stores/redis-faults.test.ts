@@ -240,12 +240,7 @@ describe.skipIf(skipWithout('redis-server', hasRedisServer))('RedisStore when it
     // (ioredis drops the node: '-node'), and ioredis' next slot refresh shows the new master in place of the old
     // (the comparison of masters on 'refresh'): each of the two alone makes this pass; without both the new
     // master's first answer comes with no reset (checked by removing them).
-    await replica.cli('CLUSTER', 'FAILOVER');
-    const until = Date.now() + 20_000;
-    while (!(await replica.cli('role')).startsWith('master')) {
-      if (Date.now() > until) throw new Error('the replica did not take over');
-      await sleep(50);
-    }
+    await failOver(replica);
     events.push(`get: ${(await retry(() => store.get('k')))?.value}`);
     expect(events).toEqual(['reset', 'get: v1']);
   }, 60_000);
@@ -253,12 +248,7 @@ describe.skipIf(skipWithout('redis-server', hasRedisServer))('RedisStore when it
   it('CLUSTER FAILOVER told late: the first answer, from the new master through a MOVED, still comes after the reset', async () => {
     // ioredis follows the old master's MOVED to the new one at once; its events come later (here 5 s).
     const { store, events, replica } = await clusterWithEntry({ lateEvents: true });
-    await replica.cli('CLUSTER', 'FAILOVER');
-    const until = Date.now() + 20_000;
-    while (!(await replica.cli('role')).startsWith('master')) {
-      if (Date.now() > until) throw new Error('the replica did not take over');
-      await sleep(50);
-    }
+    await failOver(replica);
     events.push(`get: ${(await retry(() => store.get('k')))?.value}`);
     expect(events).toEqual(['reset', 'get: v1']);
   }, 60_000);
@@ -748,6 +738,16 @@ async function clusterWithEntry(options: { lateEvents?: boolean } = {}): Promise
   const replica = replicas[0]!;
   await replicated(master, replica); // (these tests are about the reset, not a write lost on the way)
   return { store, events, master, replica };
+}
+
+/** An operator's `CLUSTER FAILOVER` on `replica`: resolves once it is the master (at most 20 s). */
+async function failOver(replica: PrivateRedis): Promise<void> {
+  await replica.cli('CLUSTER', 'FAILOVER');
+  const until = Date.now() + 20_000;
+  while (!(await replica.cli('role')).startsWith('master')) {
+    if (Date.now() > until) throw new Error('the replica did not take over');
+    await sleep(50);
+  }
 }
 
 /** Resolves once `replica` has processed everything `master` has written so far (their replication offsets). */
