@@ -13,7 +13,16 @@ import { abortable } from './abort.js';
 import { type Clock, type Timer, systemClock } from './clock.js';
 import { type Duration, toMs } from './duration.js';
 import { TokenwardenError, isTokenwardenError } from './errors.js';
-import { type Attempt, Fleet, type Lineage, type Slot, type Versioned, lockLease, withRotated } from './fleet/fleet.js';
+import {
+  type Attempt,
+  Fleet,
+  type Lineage,
+  type Slot,
+  type Versioned,
+  lockLease,
+  patienceFor,
+  withRotated,
+} from './fleet/fleet.js';
 import { type AuthFetchOptions, authFetch } from './http/auth-fetch.js';
 import type { FetchLike } from './http/transport.js';
 import {
@@ -626,6 +635,7 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
           throw withRotated(err as Error, { token: kept, forced });
         }
       },
+      patienceMs: (state) => patienceFor(state.token.expiresAt, this.#clock.now()),
     };
     try {
       await this.#fleet.run(attempt);

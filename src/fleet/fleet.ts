@@ -14,8 +14,10 @@
  *    the store's coded error (`ERR_STORE`, `ERR_STORE_TIMEOUT`) — it does not fall back to spending
  *    in-process, unless the store is private to this process or the caller chose `unlockedRefresh`.
  * 2. **Nothing the server answered is thrown away.** A spend's result is written before it is reported;
- *    when the write fails the result is kept in memory as *pending*, the lock is kept (its lease is the
- *    fleet's promise that nobody else spends meanwhile), and the write is retried until it lands.
+ *    when the write fails — or takes longer than the new token can spare (half its life: a frozen store must
+ *    not age a short-lived token into uselessness) — the result is kept in memory as *pending* and served,
+ *    the lock is kept (its lease is the fleet's promise that nobody else spends meanwhile), and the write is
+ *    retried until it lands.
  * 3. **The store heals.** Each state carries `seq`, its position in the key's history. A read that finds the
  *    store older than what this process holds writes the newer state back (compare-and-set). When a store
  *    reports a `reset` (restarted empty, failed over), every process writes back what it holds and no one
@@ -134,6 +136,28 @@ export interface Attempt<S> extends Slot<S> {
    * {@link withRotated}.
    */
   spend(current: Versioned<S> | undefined, signal: AbortSignal): Promise<S>;
+  /**
+   * How long (ms) the caller may wait for the store to take a spend's result `state`: past it, the result is
+   * served and its write goes on as pending (rule 2), so that a token with less life left than the store's time
+   * limit does not age (or expire) in a slow store's wait. `undefined`: the store's time limit alone. See
+   * {@link patienceFor}.
+   */
+  patienceMs?(state: S): number | undefined;
+}
+
+/**
+ * The patience of {@link Attempt.patienceMs} for a state whose newest access token expires at `expiresAt`: half
+ * the life it has left — `undefined` (the store's time limit alone) for a token without expiry, or one already
+ * expired (it is of no use to the caller; its write is all that matters).
+ *
+ * @example
+ * ```ts
+ * patienceFor(now + 2000, now); // 1000: a 2-second token is served within a second, however slow the store
+ * ```
+ */
+export function patienceFor(expiresAt: number | undefined, now: number): number | undefined {
+  if (expiresAt === undefined || expiresAt <= now) return undefined;
+  return Math.max(1, Math.floor((expiresAt - now) / 2));
 }
 
 /** A store operation, as named in events. */
@@ -594,7 +618,10 @@ export class Fleet<S> {
       failure = err;
     }
     const value: Versioned<S> = { state, seq: (current?.seq ?? 0) + 1, version: undefined };
-    if (await this.#write(attempt, value, base, lock, budget)) keepLock();
+    // The caller waits for the write only as long as the new token can spare (a frozen store would age it).
+    const patience = attempt.patienceMs?.(state);
+    const writing = patience !== undefined && patience < budget.remaining() ? new Budget(patience) : budget;
+    if (await this.#write(attempt, value, base, lock, writing)) keepLock();
     if (failure !== undefined) throw failure;
   }
 

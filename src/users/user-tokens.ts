@@ -15,7 +15,7 @@ import { abortable } from '../abort.js';
 import { type Clock, systemClock } from '../clock.js';
 import { toMs } from '../duration.js';
 import { TokenwardenError, isTokenwardenError } from '../errors.js';
-import { type Attempt, Fleet, type Slot, type Versioned, lockLease, withRotated } from '../fleet/fleet.js';
+import { type Attempt, Fleet, type Slot, type Versioned, lockLease, patienceFor, withRotated } from '../fleet/fleet.js';
 import { type AuthFetchOptions, type TokenProvider, authFetch } from '../http/auth-fetch.js';
 import { type FetchLike, boundedFetch } from '../http/transport.js';
 import { type UserClaims, checkIdToken, signatureVerifier } from '../id-token.js';
@@ -722,13 +722,11 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
       precheck: () => this.#mayRefresh(subject, want),
       spend: async (current, signal) => {
         const next = await this.#spend(subject, want, current, signal);
-        const newest = next.accessTokens.reduce<StoredEntry | undefined>(
-          (a, e) => (a === undefined || e.token.issuedAt > a.token.issuedAt ? e : a),
-          undefined,
-        );
+        const newest = newestOf(next);
         usableOnArrival = newest !== undefined && isValid(newest.token, this.#clock.now());
         return next;
       },
+      patienceMs: (record) => patienceFor(newestOf(record)?.token.expiresAt, this.#clock.now()),
     };
     // Held until the run ends, however many other subjects the LRU takes in meanwhile: the run reads the
     // subject's record from the in-process layer (to check it, to spend it, to serve its token).
@@ -1221,4 +1219,12 @@ function claimsInfo(record: UserRecord): ClaimsInfo | undefined {
     updatedAt: record.claimsUpdatedAt ?? record.updatedAt,
     from: record.claimsFrom ?? 'id_token',
   };
+}
+
+/** The access token a refresh of `record` obtained last (the newest issued). */
+function newestOf(record: UserRecord): StoredEntry | undefined {
+  return record.accessTokens.reduce<StoredEntry | undefined>(
+    (a, e) => (a === undefined || e.token.issuedAt > a.token.issuedAt ? e : a),
+    undefined,
+  );
 }

@@ -361,7 +361,10 @@ describe.skipIf(skipWithout('redis-server', hasRedisServer))('a fleet through Re
       const all = outcome.results;
       expect(Math.max(...all.map((r) => r.maxWhileValidMs))).toBeLessThan(MAX_WHILE_VALID_MS);
       // Client credentials spend nothing single-use: without the store, each process fetches its own.
-      expect(all.flatMap((r) => r.errors)).toEqual([]);
+      expect(
+        all.flatMap((r) => r.errors),
+        JSON.stringify(all.map((r) => r.messages)),
+      ).toEqual([]);
     } finally {
       await redis.close();
     }

@@ -8,6 +8,7 @@
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import { ManualClock } from '../../src/clock.js';
+import type { Duration } from '../../src/duration.js';
 import { TokenManager } from '../../src/manager.js';
 import { MemoryStore } from '../../src/stores/memory.js';
 import { FailingStore } from '../support/failing-store.js';
@@ -19,12 +20,12 @@ afterEach(async () => {
   for (const m of managers.splice(0)) void m.close(); // a hung store's steps never end: do not wait on them
 });
 
-function setup(exclusive: boolean) {
+function setup(exclusive: boolean, storeTimeout: Duration = '300ms') {
   const clock = new ManualClock(T0);
   const source = new ScriptedSource(clock, 60_000);
   source.exclusive = exclusive;
   const store = new FailingStore(new MemoryStore());
-  const manager = new TokenManager({ source, clock, random: () => 0, store, storeTimeout: '300ms' });
+  const manager = new TokenManager({ source, clock, random: () => 0, store, storeTimeout });
   managers.push(manager);
   return { clock, source, store, manager };
 }
@@ -83,4 +84,44 @@ describe('a store that never answers', () => {
     expect(token.expiresAt).toBeGreaterThan(clock.now());
     expect(source.calls.length).toBeGreaterThan(1);
   });
+});
+
+describe('a store that stops answering while a new token is written', () => {
+  // The write of a spend's result is waited for only as long as the new token can spare: half the life it has
+  // left. Beyond that, the caller is served and the write goes on as pending (retried, the lock kept). Without
+  // that bound a frozen store held the caller for all of `storeTimeout`, and a token living less than that
+  // came out of the wait expired: an ERR_INVALID_RESPONSE for a refresh that had worked (CI, 2026-12-01).
+  for (const exclusive of [false, true]) {
+    it(`${exclusive ? 'refresh token' : 'client credentials'}: the caller has the new token within half its life; the lock is kept until the write lands`, async () => {
+      const { clock, source, store, manager } = setup(exclusive, '3s');
+      await first(clock, manager);
+      source.then({ lifetimeMs: 1000, refreshToken: 'rt-2' });
+      store.hanging.add('set');
+      const started = performance.now();
+      const token = await manager.refresh();
+      const waited = performance.now() - started;
+      expect(token.expiresAt).toBe(clock.now() + 1000);
+      expect(waited).toBeGreaterThanOrEqual(400); // it did wait for the store, for half the token's life
+      expect(waited).toBeLessThan(1500); // not for the store's time limit (3 s)
+      const spent = source.calls.length;
+      // The write has not landed: the lock is still held (nobody else spends the refresh token meanwhile).
+      const lock = { ttlMs: 5000, waitMs: 0 };
+      expect(await store.inner.lock(manager.key, lock)).toBeUndefined();
+      store.unhang(); // the write in flight lands; the pending retry (within 250 ms) finds it and lets the lock go
+      let landed = false;
+      for (let i = 0; i < 50 && !landed; i++) {
+        await new Promise((r) => setTimeout(r, 20));
+        landed = (await store.inner.get(manager.key))?.value.includes(token.accessToken) === true;
+      }
+      expect(landed).toBe(true);
+      let free: Awaited<ReturnType<MemoryStore['lock']>>;
+      for (let i = 0; i < 50 && free === undefined; i++) {
+        await new Promise((r) => setTimeout(r, 20));
+        free = await store.inner.lock(manager.key, lock);
+      }
+      expect(free).toBeDefined();
+      expect(source.calls.length).toBe(spent); // nothing spent twice
+      expect(await manager.getToken()).toBe(token);
+    });
+  }
 });

@@ -52,6 +52,8 @@ export interface ChildResult {
   errorsWhileValid: string[];
   /** Errors without a tokenwarden code. */
   uncoded: string[];
+  /** The first few distinct error messages, with when they came (ms after the start): diagnostics. */
+  messages: string[];
 }
 
 const config = JSON.parse(process.argv[2] as string) as ChildConfig;
@@ -99,6 +101,7 @@ const result: ChildResult = {
   maxWhileValidMs: 0,
   errorsWhileValid: [],
   uncoded: [],
+  messages: [],
 };
 manager.on('storeError', (e) => {
   result.storeErrors++;
@@ -141,6 +144,10 @@ while (Date.now() < end) {
   } catch (err) {
     const code = (err as { code?: string }).code;
     result.errors.push(String(code ?? err));
+    const message = `${String(code)}: ${String((err as Error).message).slice(0, 300)}`;
+    if (result.messages.length < 8 && !result.messages.some((m) => m.endsWith(message))) {
+      result.messages.push(`${Date.now() - config.startAt} ms ${message}`);
+    }
     if (typeof code !== 'string' || !code.startsWith('ERR_')) result.uncoded.push(String(err).slice(0, 200));
     if (valid) {
       result.callsWhileValid++;

@@ -6,13 +6,26 @@ import type { LockOptions, SetOptions, StoreLock, StoreRecord, TokenStore } from
 
 export type Operation = 'get' | 'set' | 'lock' | 'delete';
 
-/** A store whose operations fail (`failing`), hang (`hang`) or answer reads late (`delayReads`) on demand. */
+/**
+ * A store whose operations fail (`failing`), hang (`hang`, `hanging`) or answer reads late (`delayReads`) on
+ * demand.
+ */
 export class FailingStore implements TokenStore {
   readonly failing = new Set<Operation>();
+  /** Every operation never answers. */
   hang = false;
+  /** These operations never answer (those already sent answer when it is emptied). */
+  readonly hanging = new Set<Operation>();
+  readonly #held: (() => void)[] = [];
   constructor(readonly inner: TokenStore) {}
-  #check(operation: Operation): Promise<void> {
+  /** Stops the chosen operations hanging: those waiting go through now. */
+  unhang(): void {
+    this.hanging.clear();
+    for (const go of this.#held.splice(0)) go();
+  }
+  async #check(operation: Operation): Promise<void> {
     if (this.hang) return new Promise(() => undefined);
+    if (this.hanging.has(operation)) await new Promise<void>((resolve) => this.#held.push(resolve));
     if (this.failing.has(operation)) return Promise.reject(new Error(`ECONNREFUSED (${operation})`));
     return Promise.resolve();
   }

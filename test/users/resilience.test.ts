@@ -85,6 +85,32 @@ describe('UserTokens when the store fails', () => {
     await other.close();
   });
 
+  it('a store that stops answering while a refresh is written: the 2-second token is served within half its life, written when the store answers', async () => {
+    // Without the bound on that wait (half the new token's life), the caller waited all of storeTimeout (3 s here)
+    // and the token came out of it expired: ERR_STORE_TIMEOUT for a refresh that had worked.
+    const memory = new MemoryStore();
+    const store = new FailingStore(memory);
+    const users = usersFor(as, { store, storeTimeout: '3s', cache: { revalidate: 0 } });
+    const json = await as.login('erin');
+    await users.save('erin', json);
+    await untilExpired(json['access_token'] as string);
+    store.hanging.add('set');
+    const started = Date.now();
+    const refreshed = await users.getAccessToken('erin');
+    expect(Date.now() - started).toBeLessThan(1500);
+    expect(refreshed.expiresAt! - Date.now()).toBeGreaterThan(0);
+    expect((await memory.get(users.keyFor('erin')))?.value).toContain(json['refresh_token'] as string);
+    store.unhang();
+    let stored: string | undefined;
+    for (let i = 0; i < 50 && !stored?.includes(refreshed.accessToken); i++) {
+      await new Promise((r) => setTimeout(r, 20));
+      stored = (await memory.get(users.keyFor('erin')))?.value;
+    }
+    expect(stored).toContain(refreshed.accessToken);
+    expect(stored).not.toContain(json['refresh_token'] as string);
+    await users.close();
+  });
+
   it('invalidate() while the store fails or does not answer changes nothing (given up after storeTimeout): the token stays, fetchAs returns the 401, no refresh token spent', async () => {
     const store = new FailingStore(new MemoryStore());
     const users = usersFor(steady, { store, storeTimeout: '200ms' });
