@@ -111,7 +111,11 @@ export interface Slot<S> {
   missing?(): void;
   /** Whether a decoded state belongs to this slot (a state copied under another key is a miss). */
   owns?(state: S): boolean;
-  /** A spend's result was dropped: its key was deleted while it ran (a sign-out). Revoke it, if you can. */
+  /**
+   * A spend's result was dropped: its key was deleted while it ran or while its write was pending (a sign-out).
+   * Revoke it, if you can. Present only where keys are deleted on purpose: a participant without it has a missing
+   * entry that its pending write was based on written back (a store that lost it).
+   */
   abandoned?(state: S): void;
   /** A store operation failed (for events). */
   storeFailed(operation: StoreOperation, error: TokenwardenError): void;
@@ -475,6 +479,7 @@ export class Fleet<S> {
     const pending = this.#pending.get(slot.key);
     const { stored, record } = read;
     if (stored === undefined || record === undefined) {
+      if (pending !== undefined && !missingToo && this.#abandon(pending)) return;
       const mine = pending?.value ?? held;
       if ((missingToo || pending !== undefined) && mine !== undefined && this.#o.lineage.precious(mine.state)) {
         await this.#writeBackHeld(slot, mine, 0, budget);
@@ -710,6 +715,7 @@ export class Fleet<S> {
     const read = await this.#read(pending.slot, budget);
     if (!read.ok) return;
     const { stored, record } = read;
+    if (record === undefined && this.#o.clock.now() >= this.#settleUntil && this.#abandon(pending)) return;
     if (stored !== undefined && record !== undefined && stored.seq >= pending.value.seq) {
       // Ours landed after all (a write that timed out), or a state as new came from elsewhere: the store wins.
       pending.slot.take({ state: stored.state, seq: stored.seq, version: record.version }, 'store');
@@ -730,6 +736,21 @@ export class Fleet<S> {
       pending.slot.take({ ...pending.value, version: written.value }, 'store');
       this.#drop(pending);
     }
+  }
+
+  /**
+   * The entry a pending write was based on is gone (read as missing, the store not settling after a reset):
+   * for a participant whose entries are deleted on purpose (`Slot.abandoned`: a sign-out), that is a deletion
+   * made while the write was pending — on another instance, which could not forget this one's write. Not undone:
+   * the write is dropped and its state abandoned. A write based on nothing stored (`base` 0) is written as usual.
+   */
+  #abandon(pending: Pending<S>): boolean {
+    const { slot } = pending;
+    if (pending.base === 0 || slot.abandoned === undefined) return false;
+    this.#drop(pending);
+    slot.missing?.();
+    slot.abandoned(pending.value.state);
+    return true;
   }
 
   #drop(pending: Pending<S>): void {

@@ -61,6 +61,20 @@ async function probe(refreshToken: string): Promise<string> {
   return res.ok ? 'live' : ((await res.json()) as { error: string }).error;
 }
 
+/** Whether the server holds a refresh token live (RFC 7662 introspection: nothing is spent). */
+async function active(refreshToken: string): Promise<boolean> {
+  const { clientId, clientSecret } = as.client;
+  const res = await fetch(`${as.issuer}/introspect`, {
+    method: 'POST',
+    headers: {
+      authorization: `Basic ${Buffer.from(`${clientId}:${clientSecret}`).toString('base64')}`,
+      'content-type': 'application/x-www-form-urlencoded',
+    },
+    body: new URLSearchParams({ token: refreshToken, token_type_hint: 'refresh_token' }),
+  });
+  return ((await res.json()) as { active?: boolean }).active === true;
+}
+
 const outcome = (promise: Promise<unknown>): Promise<string> =>
   promise.then(
     () => 'ok',
@@ -172,5 +186,38 @@ describe('UserTokens: a store read that left before a sign-out here and answers 
     await other.save('ivy', login);
     expect((await users.getAccessToken('ivy')).accessToken).toBe(login['access_token']);
     await Promise.all([users.close(), other.close()]);
+  });
+});
+
+describe('UserTokens: a refresh whose write is pending when the subject signs out on another instance', () => {
+  it('is not written back when the store answers again (the sign-out stands), and its refresh token is revoked', async () => {
+    const memory = new MemoryStore({ clock });
+    const failing = new FailingStore(memory);
+    const a = usersOn(memory);
+    const gate = gated();
+    const b = usersOn(failing, { fetch: gate.fetch });
+    gate.open();
+    await a.save('zoe', await as.issueTokens({ sub: 'zoe', scope: 'openid' }));
+    await b.getAccessToken('zoe');
+    await clock.advance(61_000); // expired: B refreshes, and the store refuses the write
+    failing.failing.add('set');
+    const served = await b.getAccessToken('zoe');
+    const key = b.keyFor('zoe');
+    expect((await memory.get(key))?.value).not.toContain(served.accessToken); // pending on B
+    expect(gate.issued).toHaveLength(1);
+    await a.delete('zoe'); // signed out on A (which cannot forget B's pending write)
+    failing.failing.clear();
+    // B retries its pending write within 0.25–2 s: it finds the record deleted, drops the write, revokes the
+    // refresh token it got. Without that, the write recreated the record: the subject signed in again everywhere.
+    for (let i = 0; i < 30 && (await active(gate.issued[0]!)); i++) {
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    expect(await active(gate.issued[0]!)).toBe(false);
+    expect(await memory.get(key)).toBeUndefined();
+    expect(await outcome(b.getAccessToken('zoe'))).toBe('ERR_LOGIN_REQUIRED');
+    await b.close();
+    expect(await memory.get(key)).toBeUndefined();
+    expect(await outcome(a.getAccessToken('zoe'))).toBe('ERR_LOGIN_REQUIRED');
+    await a.close();
   });
 });
