@@ -46,6 +46,9 @@ import * as telemetry from '../telemetry/hooks.js';
  */
 export const SETTLE_MS = GENERATION_WATCH_MS + 1_500;
 
+/** Pending writes are retried at most this often when the store answers other calls (see `Fleet.storeCall`). */
+const RETRY_MIN_MS = 250;
+
 /**
  * The lock lease for a participant: `ttl` when given (it must outlive what a holder may do under it: the
  * settle ({@link SETTLE_MS}), a token request and two store steps — longer than their time limits together,
@@ -292,6 +295,8 @@ export class Fleet<S> {
   /** `closing`, or `waiting` when that comes first: what waits and new spends stop at. */
   readonly #waits: AbortSignal;
   #flushTimer: NodeJS.Timeout | undefined;
+  /** When pending writes were last retried (see `storeCall`). */
+  #flushedAt = 0;
   readonly #onReset = (): void => this.#reset();
 
   constructor(options: FleetOptions<S>) {
@@ -426,7 +431,9 @@ export class Fleet<S> {
       if (this.#storeDown) {
         this.#storeDown = false;
         slot.storeRecovered();
-        this.#flushSoon(0);
+        // Pending writes go at once — unless tried moments ago: a store may refuse one key and take the others
+        // (a Cluster slot down, a value too large), and every other key's success is not a reason to try again.
+        if (Date.now() - this.#flushedAt >= RETRY_MIN_MS) this.#flushSoon(0);
       }
       return { ok: true, value };
     } catch (err) {
@@ -768,6 +775,7 @@ export class Fleet<S> {
     }
     this.#flushTimer = setTimeout(() => {
       this.#flushTimer = undefined;
+      this.#flushedAt = Date.now();
       void Promise.all([...this.#pending.values()].map((p) => this.#writeBack(p))).then(() => {
         const attempts = Math.max(0, ...[...this.#pending.values()].map((p) => p.attempts));
         this.#flushSoon(Math.min(2000, 250 * 2 ** Math.min(attempts, 4)));

@@ -43,7 +43,13 @@ export class FailingStore implements TokenStore {
     for (const resolve of this.#late.splice(0)) resolve();
     await new Promise((resolve) => setImmediate(resolve));
   }
+  /** Writes of these keys are refused (a key the store will not take: a value too large, a slot down). */
+  readonly refusedKeys = new Set<string>();
+  /** Every write tried, by key. */
+  readonly writes = new Map<string, number>();
   async set(key: string, value: string, options?: SetOptions): Promise<number | null> {
+    this.writes.set(key, (this.writes.get(key) ?? 0) + 1);
+    if (this.refusedKeys.has(key)) throw new Error(`ERR value refused (${key.length})`);
     await this.#check('set');
     return this.inner.set(key, value, options);
   }

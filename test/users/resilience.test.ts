@@ -261,3 +261,41 @@ describe('UserTokens refresh failures', () => {
     }
   });
 });
+
+describe('UserTokens when the store refuses one subject’s writes and takes the others', () => {
+  it('retries that pending write with backoff, not on every other subject’s success', async () => {
+    // A store can fail one key while answering the rest (a Redis Cluster slot whose master is down with
+    // cluster-require-full-coverage off, a value it will not take). Each other subject's successful call marked the
+    // store "recovered" and retried the pending write at once: one failing write per call, events flapping.
+    const store = new FailingStore(new MemoryStore());
+    const users = usersFor(as, { store, cache: { revalidate: 0 } });
+    const events: string[] = [];
+    users.on('storeError', () => events.push('error'));
+    users.on('storeRecovered', () => events.push('recovered'));
+    const login = await as.login('frank');
+    await users.save('frank', login);
+    await users.save('gina', await as.login('gina'));
+    const key = users.keyFor('frank');
+    store.refusedKeys.add(key);
+    await untilExpired(login['access_token'] as string);
+    const refreshed = await users.getAccessToken('frank'); // refreshed; its write refused: pending
+    const before = store.writes.get(key) ?? 0;
+    const started = Date.now();
+    let calls = 0;
+    while (Date.now() - started < 1500) {
+      await users.getAccessToken('gina'); // a store read each (revalidate 0), answered
+      await new Promise((resolve) => setTimeout(resolve, 2)); // a server's pace (and timers get their turn)
+      calls++;
+    }
+    const retries = (store.writes.get(key) ?? 0) - before;
+    expect(calls).toBeGreaterThan(50);
+    // At most one try per 250 ms (before: one per call, 600 in 1.5 s), and as few events.
+    expect(retries).toBeGreaterThan(0);
+    expect(retries).toBeLessThanOrEqual(8);
+    expect(events.filter((e) => e === 'recovered').length).toBeLessThanOrEqual(9);
+    expect((await users.getAccessToken('frank')).accessToken).toBe(refreshed.accessToken);
+    store.refusedKeys.clear();
+    await users.close(); // flushes: the pending write lands
+    expect((await store.inner.get(key))?.value).toContain(refreshed.accessToken);
+  });
+});
