@@ -576,10 +576,11 @@ export class Fleet<S> {
     takenOver: boolean,
   ): Promise<Read<S> & { ok: true }> {
     const now = this.#o.clock.now();
+    // Another host's clock: one running ahead (or a corrupt entry) must not hold refreshes up past the settle.
     const healedAt = current.stored?.healedAt;
     let until = Math.max(
       this.#settleUntil,
-      healedAt === undefined ? 0 : healedAt + SETTLE_MS,
+      healedAt === undefined ? 0 : Math.min(healedAt, now) + SETTLE_MS,
       takenOver ? now + SETTLE_MS : 0,
     );
     if (current.record === undefined) {

@@ -196,6 +196,30 @@ describe('the fleet core', () => {
     expect(source.calls.at(-1)?.previous?.refreshToken).toBe('refresh-2');
   });
 
+  it('an entry marked healed by a host whose clock runs an hour ahead holds a refresh up for the settle, not for the hour', async () => {
+    const clock = new ManualClock(T0);
+    const inner = new MemoryStore({ clock });
+    const store = new FaultyStore(inner);
+    const source = new ScriptedSource(clock, 10_000);
+    source.exclusive = true;
+    const a = manager({ source, store, clock });
+    await whileMoving(clock, a.getToken());
+    const entry = JSON.parse((await inner.get(a.key))!.value) as Record<string, unknown>;
+    await inner.set(a.key, JSON.stringify({ ...entry, healedAt: clock.now() + 3_600_000 }));
+    await clock.advance(10_500); // expired
+    const b = manager({ source, store, clock });
+    const refreshing = b.getToken();
+    let moved = 0;
+    while (source.calls.length < 2 && moved <= SETTLE_MS + 1000) {
+      await clock.advance(100);
+      moved += 100;
+      await new Promise((r) => setImmediate(r));
+    }
+    expect(source.calls).toHaveLength(2); // without the cap at now: nothing spent until the hour had passed
+    expect(moved).toBeGreaterThanOrEqual(SETTLE_MS - 100); // the settle itself is kept
+    expect((await refreshing).accessToken).toBe('access-2');
+  });
+
   it('the lock lease outlives a token request: a shorter lock.ttl is ERR_CONFIG', () => {
     const clock = new ManualClock(T0);
     const store = new FaultyStore(new MemoryStore({ clock }));
