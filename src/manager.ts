@@ -302,6 +302,13 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
   #wallTimer: Timer | undefined;
   #closed = false;
   #expiredReported: Token | undefined;
+  /**
+   * Refresh tokens the server answered `invalid_grant` to (`undefined`: the configured one), newest last: never
+   * presented again. Presenting a dead refresh token changes nothing but the server's logs — where the reuse of a
+   * revoked refresh token reads as a replay (some providers raise breach alerts). A newer refresh token from the
+   * store is not among them, and is spent as usual.
+   */
+  readonly #refused = new Map<string | undefined, TokenwardenError>();
   /** The grant type in metrics (`custom` for a source that is not a built-in grant). */
   readonly #grant: string;
   /** What the time-to-expiry gauge reads (held here: the gauge holds it weakly). */
@@ -618,11 +625,18 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
       satisfied: () => this.#held !== undefined && this.#satisfies(this.#held.token, want),
       spend: async (current, signal) => {
         const forced = current?.state.forced;
+        const previous = current?.state.token;
+        // A refresh token (or the configured one: `undefined`) the server refused for good is not presented again.
+        const presented = previous?.refreshToken;
+        const refused = this.source.exclusive === true ? this.#refused.get(presented) : undefined;
+        if (refused !== undefined) throw refusedAgain(refused);
         try {
-          const previous = current?.state.token;
           const token = await this.source.fetchToken({ signal, ...(previous !== undefined && { previous }) });
           return { token, forced };
         } catch (err) {
+          if (this.source.exclusive === true && isTokenwardenError(err, 'ERR_OAUTH') && err.error === 'invalid_grant') {
+            this.#refuse(presented, err);
+          }
           // The server rotated the refresh token before a later check of its answer failed: keep the new one.
           const rotated = rotatedRefreshToken(err);
           if (rotated === undefined) throw err;
@@ -646,6 +660,12 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
     } catch (err) {
       throw this.#failed(err);
     }
+  }
+
+  #refuse(refreshToken: string | undefined, error: TokenwardenError): void {
+    this.#refused.delete(refreshToken);
+    this.#refused.set(refreshToken, error);
+    if (this.#refused.size > MAX_REFUSED) this.#refused.delete(this.#refused.keys().next().value);
   }
 
   /** Holds a token the fleet core obtained or read (a placeholder announcing someone's first refresh is not one). */
@@ -884,6 +904,23 @@ function tokenLineage(exclusive: boolean): Lineage<TokenState> {
     ttlMs: (state, now) => storeTtl(state.token, now).ttlMs,
     ...(exclusive && { placeholder: (now: number) => ({ token: PLACEHOLDER(now) }) }),
   };
+}
+
+/** How many refused refresh tokens a manager remembers (each is the end of a grant: a handful at most). */
+const MAX_REFUSED = 16;
+
+/** The refusal of a refresh token presented before, answered again without a request. */
+function refusedAgain(error: TokenwardenError): TokenwardenError {
+  return new TokenwardenError(
+    'ERR_OAUTH',
+    `${error.message} (this refresh token was refused before; it is not presented again)`,
+    {
+      cause: error,
+      ...(error.error !== undefined && { error: error.error }),
+      ...(error.error_description !== undefined && { error_description: error.error_description }),
+      ...(error.status !== undefined && { status: error.status }),
+    },
+  );
 }
 
 /** Announces a first refresh from configuration: no token, nothing single-use, expired. */

@@ -409,6 +409,42 @@ describe('refresh tokens with rotation against a real authorization server', () 
     expect(await run('refresh_expires_in', 60, false)).toEqual({ outcome: 'refreshed', spent: 1 });
   });
 
+  it('a refresh token the server refused (invalid_grant) is not presented again by that manager, however often asked', async () => {
+    // Presenting a dead refresh token again changes nothing but the server's logs — where reuse of a revoked
+    // refresh token reads as a replay (breach alerts at some providers). The manager answers with the refusal.
+    const login = await as.login('dora');
+    const clock = new ManualClock();
+    const manager = new TokenManager({
+      source: refreshToken({
+        ...base(),
+        clientId: 'app',
+        clientSecret: as.clients.app.clientSecret,
+        refreshToken: login['refresh_token'] as string,
+      }),
+      clock,
+      refresh: { background: false },
+    });
+    const first = await manager.getToken(); // spends the login's refresh token: its successor is held
+    const spend = refreshToken({
+      ...base(),
+      clientId: 'app',
+      clientSecret: as.clients.app.clientSecret,
+      refreshToken: first.refreshToken!,
+    });
+    await spend.fetchToken({}); // spent elsewhere (a copy of the grant): the manager's one is dead now
+    const refreshes = as.counts.byGrant['refresh_token'] ?? 0;
+    const refused = await manager.refresh().catch((err: unknown) => err);
+    expect(refused).toMatchObject({ code: 'ERR_OAUTH', error: 'invalid_grant' });
+    expect((as.counts.byGrant['refresh_token'] ?? 0) - refreshes).toBe(1);
+    for (let i = 0; i < 3; i++) {
+      await clock.advance(3_600_000); // past any backoff
+      await expect(manager.getToken()).rejects.toMatchObject({ code: 'ERR_OAUTH', error: 'invalid_grant' });
+      await expect(manager.refresh()).rejects.toMatchObject({ code: 'ERR_OAUTH', error: 'invalid_grant' });
+    }
+    expect((as.counts.byGrant['refresh_token'] ?? 0) - refreshes).toBe(1); // presented once, never again
+    await manager.close();
+  });
+
   it('falls back to another source when the refresh token is rejected with invalid_grant', async () => {
     const source = refreshToken({
       ...base(),
