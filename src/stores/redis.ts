@@ -719,7 +719,13 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
   async #listen(): Promise<void> {
     if (this.#subscribed === undefined && Date.now() >= this.#subscribeRefusedUntil) {
       const connection = await this.#connect();
-      const subscriber = (connection as unknown as { duplicate(): Connection }).duplicate();
+      // Without a command timeout: ioredis subscribes again by itself on every reconnection, and nobody awaits that
+      // SUBSCRIBE — timed out, it would be an unhandled rejection (a crash, by Node's default). Our own SUBSCRIBE is
+      // bounded below. (A Cluster's subscriber connection never has one.)
+      const subscriber =
+        clusterMasters(connection) === undefined
+          ? (connection as unknown as { duplicate(o: object): Connection }).duplicate({ commandTimeout: undefined })
+          : (connection as unknown as { duplicate(): Connection }).duplicate();
       subscriber.on('error', () => undefined);
       subscriber.on('message', (channel: string, key: string) => {
         if (channel === this.#channel) this.#waiters.notify(key);
