@@ -181,7 +181,9 @@ export function challenge(result: VerifyFailure, options: ChallengeOptions = {})
   const parts = [realm, `error="${result.error}"`, `error_description="${safeText(result.description)}"`];
   parts.push(...scopeParam(result.scope));
   if (result.scheme === 'DPoP') return `DPoP ${[...parts, ...algs, ...metadata].join(', ')}`;
-  return `Bearer ${[...parts, ...metadata].join(', ')}`;
+  const bearer = `Bearer ${[...parts, ...metadata].join(', ')}`;
+  // A Bearer refusal that offers DPoP (a DPoP-bound token presented as Bearer): the scheme to use instead.
+  return dpop === undefined ? bearer : `${bearer}, DPoP ${[realm, ...algs, ...metadata].join(', ')}`;
 }
 
 /**

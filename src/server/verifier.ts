@@ -576,6 +576,9 @@ export function createVerifier(options: VerifierOptions): Verifier {
     if (refused.error === 'missing_token' && advertiseDpop) {
       return { ok: false, failure: { ...refused, dpop: dpop.challenge } };
     }
+    // A DPoP-bound token presented as Bearer: the challenge names the DPoP scheme too (RFC 9449 §7.1–7.2), so the
+    // client learns which scheme, and which algorithms, the token needs.
+    if (refused === BOUND_AS_BEARER) return { ok: false, failure: { ...refused, dpop: dpop.challenge } };
     return { ok: false, failure: refused };
   };
 

@@ -191,7 +191,12 @@ describe('hostile requests: 401, never a throw', () => {
     ]) {
       const result = await verify(input);
       expect(result).toEqual(refused('invalid_token', 'sender-constrained token presented as bearer'));
-      if (!result.ok) expect(challenge(result.failure)).toMatch(/^Bearer realm="api", error="invalid_token"/);
+      // Refused as Bearer, with the scheme this token needs offered beside it (RFC 9449 §7.1).
+      if (!result.ok) {
+        expect(challenge(result.failure)).toMatch(
+          /^Bearer realm="api", error="invalid_token", error_description="[^"]*", DPoP realm="api", algs="[^"]+"$/,
+        );
+      }
     }
   });
 
