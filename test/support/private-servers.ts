@@ -26,6 +26,28 @@ export function freePort(): Promise<number> {
   });
 }
 
+/** Whether `port` can be bound on loopback now. */
+function bindable(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const server = createServer();
+    server.once('error', () => resolve(false));
+    server.listen(port, '127.0.0.1', () => server.close(() => resolve(true)));
+  });
+}
+
+/**
+ * A port for a Redis Cluster node: it also listens on port + 10000 (the cluster bus). Both are taken below the
+ * kernel's ephemeral range (32768 and up on Linux): a port from `freePort()` could have its bus port held by one of
+ * the many outgoing connections of a fleet test, and the node never started ("nothing listens on …", CI).
+ */
+export async function freeClusterPort(): Promise<number> {
+  for (let i = 0; i < 200; i++) {
+    const port = 20_000 + Math.floor(Math.random() * 2_700);
+    if ((await bindable(port)) && (await bindable(port + 10_000))) return port;
+  }
+  throw new Error('no free pair of ports for a Redis Cluster node');
+}
+
 /** Resolves once something accepts TCP connections on `port` (or rejects after `ms`). */
 export async function waitForPort(port: number, ms = 15_000): Promise<void> {
   const deadline = Date.now() + ms;
@@ -649,6 +671,7 @@ export async function startRedisCluster(masters = 3, replicas = 0): Promise<Priv
     for (let i = 0; i < masters * (1 + replicas); i++) {
       servers.push(
         await startPrivateRedis({
+          port: await freeClusterPort(),
           args: ['--cluster-enabled', 'yes', '--cluster-config-file', 'nodes.conf', '--cluster-node-timeout', '2000'],
         }),
       );
