@@ -16,6 +16,7 @@ import { jwtBearer } from '../src/sources/jwt-bearer.js';
 import { refreshToken } from '../src/sources/refresh-token.js';
 import { tokenExchange } from '../src/sources/token-exchange.js';
 import { UserTokens, type UserTokensOptions } from '../src/users/index.js';
+import { appRefreshToken } from './support/app-client.js';
 import {
   API_RESOURCE,
   type TestAuthorizationServer,
@@ -415,23 +416,12 @@ describe('refresh tokens with rotation against a real authorization server', () 
     const login = await as.login('dora');
     const clock = new ManualClock();
     const manager = new TokenManager({
-      source: refreshToken({
-        ...base(),
-        clientId: 'app',
-        clientSecret: as.clients.app.clientSecret,
-        refreshToken: login['refresh_token'] as string,
-      }),
+      source: appRefreshToken(as, login['refresh_token'] as string),
       clock,
       refresh: { background: false },
     });
     const first = await manager.getToken(); // spends the login's refresh token: its successor is held
-    const spend = refreshToken({
-      ...base(),
-      clientId: 'app',
-      clientSecret: as.clients.app.clientSecret,
-      refreshToken: first.refreshToken!,
-    });
-    await spend.fetchToken({}); // spent elsewhere (a copy of the grant): the manager's one is dead now
+    await appRefreshToken(as, first.refreshToken!).fetchToken({}); // spent elsewhere (a copy of the grant): the manager's one is dead now
     const refreshes = as.counts.byGrant['refresh_token'] ?? 0;
     const refused = await manager.refresh().catch((err: unknown) => err);
     expect(refused).toMatchObject({ code: 'ERR_OAUTH', error: 'invalid_grant' });

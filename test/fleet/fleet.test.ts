@@ -91,6 +91,16 @@ const until = async (check: () => Promise<boolean> | boolean): Promise<void> => 
   throw new Error('condition not reached');
 };
 
+/** One store shared by the managers of a test (a MemoryStore behind a FaultyStore), and a refresh-token source. */
+function sharedStore() {
+  const clock = new ManualClock(T0);
+  const inner = new MemoryStore({ clock });
+  const store = new FaultyStore(inner);
+  const source = new ScriptedSource(clock, 10_000);
+  source.exclusive = true;
+  return { clock, inner, store, source };
+}
+
 describe('the fleet core', () => {
   it('one refresh’s store steps share one time budget: reads that each take 60 % of it fail the refresh before any spend', async () => {
     const store = new FaultyStore(new MemoryStore());
@@ -129,11 +139,7 @@ describe('the fleet core', () => {
   });
 
   it('after a store reset every process writes back what it holds, the newest wins, and no one spends before the fleet settles', async () => {
-    const clock = new ManualClock(T0);
-    const inner = new MemoryStore({ clock });
-    const store = new FaultyStore(inner);
-    const source = new ScriptedSource(clock, 10_000);
-    source.exclusive = true;
+    const { clock, inner, store, source } = sharedStore();
     const a = manager({ source, store, clock });
     const b = manager({ source, store, clock });
     await whileMoving(clock, a.getToken()); // access-1
@@ -157,11 +163,7 @@ describe('the fleet core', () => {
   });
 
   it('a first refresh from configuration is announced in an empty store, and a process holding a newer state overwrites the announcement before the spend', async () => {
-    const clock = new ManualClock(T0);
-    const inner = new MemoryStore({ clock });
-    const store = new FaultyStore(inner);
-    const source = new ScriptedSource(clock, 10_000);
-    source.exclusive = true;
+    const { clock, inner, store, source } = sharedStore();
     const old = manager({ source, store, clock });
     await whileMoving(clock, old.getToken()); // access-1 / refresh-1
     await inner.delete(old.key); // the store lost it, without a reset anyone could see
@@ -177,11 +179,7 @@ describe('the fleet core', () => {
   });
 
   it('a read that finds the store behind what this process holds (a failover lost the last write) writes the newer state back', async () => {
-    const clock = new ManualClock(T0);
-    const inner = new MemoryStore({ clock });
-    const store = new FaultyStore(inner);
-    const source = new ScriptedSource(clock, 10_000);
-    source.exclusive = true;
+    const { clock, inner, store, source } = sharedStore();
     const a = manager({ source, store, clock });
     await whileMoving(clock, a.getToken());
     const older = await inner.get(a.key);
@@ -197,11 +195,7 @@ describe('the fleet core', () => {
   });
 
   it('an entry marked healed by a host whose clock runs an hour ahead holds a refresh up for the settle, not for the hour', async () => {
-    const clock = new ManualClock(T0);
-    const inner = new MemoryStore({ clock });
-    const store = new FaultyStore(inner);
-    const source = new ScriptedSource(clock, 10_000);
-    source.exclusive = true;
+    const { clock, inner, store, source } = sharedStore();
     const a = manager({ source, store, clock });
     await whileMoving(clock, a.getToken());
     const entry = JSON.parse((await inner.get(a.key))!.value) as Record<string, unknown>;

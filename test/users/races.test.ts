@@ -47,31 +47,28 @@ function gated(): { fetch: typeof globalThis.fetch; arrived: Promise<void>; open
   return { fetch, arrived, open, issued };
 }
 
-/** Spends a refresh token at the server directly: the error it answers (`invalid_grant` for a dead one), or 'live'. */
-async function probe(refreshToken: string): Promise<string> {
+/** A POST to the server with the app client's credentials (Basic), form-encoded. */
+function post(path: string, params: Record<string, string>): Promise<Response> {
   const { clientId, clientSecret } = as.client;
-  const res = await fetch(`${as.issuer}/token`, {
+  return fetch(`${as.issuer}${path}`, {
     method: 'POST',
     headers: {
       authorization: `Basic ${Buffer.from(`${clientId}:${clientSecret}`).toString('base64')}`,
       'content-type': 'application/x-www-form-urlencoded',
     },
-    body: new URLSearchParams({ grant_type: 'refresh_token', refresh_token: refreshToken }),
+    body: new URLSearchParams(params),
   });
+}
+
+/** Spends a refresh token at the server directly: the error it answers (`invalid_grant` for a dead one), or 'live'. */
+async function probe(refreshToken: string): Promise<string> {
+  const res = await post('/token', { grant_type: 'refresh_token', refresh_token: refreshToken });
   return res.ok ? 'live' : ((await res.json()) as { error: string }).error;
 }
 
 /** Whether the server holds a refresh token live (RFC 7662 introspection: nothing is spent). */
 async function active(refreshToken: string): Promise<boolean> {
-  const { clientId, clientSecret } = as.client;
-  const res = await fetch(`${as.issuer}/introspect`, {
-    method: 'POST',
-    headers: {
-      authorization: `Basic ${Buffer.from(`${clientId}:${clientSecret}`).toString('base64')}`,
-      'content-type': 'application/x-www-form-urlencoded',
-    },
-    body: new URLSearchParams({ token: refreshToken, token_type_hint: 'refresh_token' }),
-  });
+  const res = await post('/introspect', { token: refreshToken, token_type_hint: 'refresh_token' });
   return ((await res.json()) as { active?: boolean }).active === true;
 }
 
