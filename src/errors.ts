@@ -190,6 +190,32 @@ export function isTokenwardenError(err: unknown, ...codes: ErrorCode[]): err is 
   return err instanceof TokenwardenError && (codes.length === 0 || codes.includes(err.code));
 }
 
+/**
+ * `error` said again in other words: the same code and OAuth fields (`error`, `error_description`, `error_uri`,
+ * `status`, `retryAfterMs`), a new message, `error` as the cause. `options` override the fields it keeps.
+ *
+ * @example
+ * ```ts
+ * throw restated(err, `${err.message} (this refresh token was refused before)`);
+ * ```
+ */
+export function restated(
+  error: TokenwardenError,
+  message: string,
+  options: Omit<TokenwardenErrorOptions, 'cause'> = {},
+): TokenwardenError {
+  const { error: code, error_description, error_uri, status, retryAfterMs } = error;
+  return new TokenwardenError(error.code, message, {
+    cause: error,
+    ...(code !== undefined && { error: code }),
+    ...(error_description !== undefined && { error_description }),
+    ...(error_uri !== undefined && { error_uri }),
+    ...(status !== undefined && { status }),
+    ...(retryAfterMs !== undefined && { retryAfterMs }),
+    ...options,
+  });
+}
+
 // eslint-disable-next-line no-control-regex
 const CONTROLS = /[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]+/g;
 

@@ -15,7 +15,7 @@
  */
 import type * as oauth from 'oauth4webapi';
 import type { Clock } from '../clock.js';
-import { TokenwardenError, isTokenwardenError } from '../errors.js';
+import { TokenwardenError, isTokenwardenError, restated } from '../errors.js';
 import { type FetchLike, type ResponseMeta, describeUrl } from '../http/transport.js';
 import { type RefreshPolicy, backoffDelay, parseRetryAfter } from '../policy.js';
 import { DISCOVERY_TTL_MS, type DiscoveryAlgorithm, discover } from '../sources/discovery.js';
@@ -191,12 +191,7 @@ export class Endpoint {
       failures: this.#failures,
       retryInMs,
     });
-    return new TokenwardenError(error.code, error.message, {
-      cause: error,
-      ...(error.error !== undefined && { error: error.error }),
-      ...(error.status !== undefined && { status: error.status }),
-      retryAfterMs: retryInMs,
-    });
+    return restated(error, error.message, { retryAfterMs: retryInMs });
   }
 
   /**

@@ -721,11 +721,9 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
       const connection = await this.#connect();
       // Without a command timeout: ioredis subscribes again by itself on every reconnection, and nobody awaits that
       // SUBSCRIBE — timed out, it would be an unhandled rejection (a crash, by Node's default). Our own SUBSCRIBE is
-      // bounded below. (A Cluster's subscriber connection never has one.)
-      const subscriber =
-        clusterMasters(connection) === undefined
-          ? (connection as unknown as { duplicate(o: object): Connection }).duplicate({ commandTimeout: undefined })
-          : (connection as unknown as { duplicate(): Connection }).duplicate();
+      // bounded below. (A Cluster's `duplicate(nodes, options)` keeps its subscriber connection without one.)
+      const untimed = clusterMasters(connection) === undefined ? { commandTimeout: undefined } : undefined;
+      const subscriber = (connection as unknown as { duplicate(o?: object): Connection }).duplicate(untimed);
       subscriber.on('error', () => undefined);
       subscriber.on('message', (channel: string, key: string) => {
         if (channel === this.#channel) this.#waiters.notify(key);
