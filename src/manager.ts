@@ -12,17 +12,8 @@ import type { DPoPHandle } from 'oauth4webapi';
 import { abortable } from './abort.js';
 import { type Clock, type Timer, systemClock } from './clock.js';
 import { type Duration, toMs } from './duration.js';
-import { TokenwardenError, isTokenwardenError } from './errors.js';
-import {
-  type Attempt,
-  Fleet,
-  type Lineage,
-  type Slot,
-  type Versioned,
-  lockLease,
-  patienceFor,
-  withRotated,
-} from './fleet/fleet.js';
+import { TokenwardenError, isTokenwardenError, restated } from './errors.js';
+import { type Attempt, Fleet, type Lineage, type Slot, type Versioned, lockLease, withRotated } from './fleet/fleet.js';
 import { type AuthFetchOptions, authFetch } from './http/auth-fetch.js';
 import type { FetchLike } from './http/transport.js';
 import {
@@ -303,12 +294,12 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
   #closed = false;
   #expiredReported: Token | undefined;
   /**
-   * Refresh tokens the server answered `invalid_grant` to (`undefined`: the configured one), newest last: never
-   * presented again. Presenting a dead refresh token changes nothing but the server's logs — where the reuse of a
-   * revoked refresh token reads as a replay (some providers raise breach alerts). A newer refresh token from the
-   * store is not among them, and is spent as usual.
+   * The last refresh token the server answered `invalid_grant` to (`undefined`: the configured one): not presented
+   * again while it is the one held. A dead refresh token sent again changes nothing but the server's logs — where
+   * the reuse of a revoked refresh token reads as a replay (some providers raise breach alerts). A newer refresh
+   * token from the store is spent as usual.
    */
-  readonly #refused = new Map<string | undefined, TokenwardenError>();
+  #refused: { refreshToken: string | undefined; error: TokenwardenError } | undefined;
   /** The grant type in metrics (`custom` for a source that is not a built-in grant). */
   readonly #grant: string;
   /** What the time-to-expiry gauge reads (held here: the gauge holds it weakly). */
@@ -623,19 +614,23 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
       ...this.#slot,
       exclusive: this.source.exclusive === true,
       satisfied: () => this.#held !== undefined && this.#satisfies(this.#held.token, want),
+      // Before the lock and again before the spend: a refresh token the server refused is not presented again.
+      precheck: () => {
+        const refused = this.#refused;
+        if (refused !== undefined && refused.refreshToken === this.#held?.token.refreshToken) {
+          const { error } = refused;
+          throw restated(error, `${error.message} (this refresh token was refused before; it is not presented again)`);
+        }
+      },
       spend: async (current, signal) => {
         const forced = current?.state.forced;
         const previous = current?.state.token;
-        // A refresh token (or the configured one: `undefined`) the server refused for good is not presented again.
-        const presented = previous?.refreshToken;
-        const refused = this.source.exclusive === true ? this.#refused.get(presented) : undefined;
-        if (refused !== undefined) throw refusedAgain(refused);
         try {
           const token = await this.source.fetchToken({ signal, ...(previous !== undefined && { previous }) });
           return { token, forced };
         } catch (err) {
           if (this.source.exclusive === true && isTokenwardenError(err, 'ERR_OAUTH') && err.error === 'invalid_grant') {
-            this.#refuse(presented, err);
+            this.#refused = { refreshToken: previous?.refreshToken, error: err };
           }
           // The server rotated the refresh token before a later check of its answer failed: keep the new one.
           const rotated = rotatedRefreshToken(err);
@@ -649,7 +644,6 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
           throw withRotated(err as Error, { token: kept, forced });
         }
       },
-      patienceMs: (state) => patienceFor(state.token.expiresAt, this.#clock.now()),
     };
     try {
       await this.#fleet.run(attempt);
@@ -660,12 +654,6 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
     } catch (err) {
       throw this.#failed(err);
     }
-  }
-
-  #refuse(refreshToken: string | undefined, error: TokenwardenError): void {
-    this.#refused.delete(refreshToken);
-    this.#refused.set(refreshToken, error);
-    if (this.#refused.size > MAX_REFUSED) this.#refused.delete(this.#refused.keys().next().value);
   }
 
   /** Holds a token the fleet core obtained or read (a placeholder announcing someone's first refresh is not one). */
@@ -902,25 +890,9 @@ function tokenLineage(exclusive: boolean): Lineage<TokenState> {
     encode: (state, seq, healedAt) => encodeToken(state, seq, healedAt),
     precious: (state) => state.token.refreshToken !== undefined,
     ttlMs: (state, now) => storeTtl(state.token, now).ttlMs,
+    expiresAt: (state) => state.token.expiresAt,
     ...(exclusive && { placeholder: (now: number) => ({ token: PLACEHOLDER(now) }) }),
   };
-}
-
-/** How many refused refresh tokens a manager remembers (each is the end of a grant: a handful at most). */
-const MAX_REFUSED = 16;
-
-/** The refusal of a refresh token presented before, answered again without a request. */
-function refusedAgain(error: TokenwardenError): TokenwardenError {
-  return new TokenwardenError(
-    'ERR_OAUTH',
-    `${error.message} (this refresh token was refused before; it is not presented again)`,
-    {
-      cause: error,
-      ...(error.error !== undefined && { error: error.error }),
-      ...(error.error_description !== undefined && { error_description: error.error_description }),
-      ...(error.status !== undefined && { status: error.status }),
-    },
-  );
 }
 
 /** Announces a first refresh from configuration: no token, nothing single-use, expired. */

@@ -9,6 +9,7 @@ import { ManualClock } from '../src/clock.js';
 import { TokenwardenError } from '../src/errors.js';
 import type { FetchLike } from '../src/http/transport.js';
 import { TokenManager } from '../src/manager.js';
+import { serializeStoredToken } from '../src/token.js';
 import { clearDiscoveryCache } from '../src/sources/discovery.js';
 import { clientCredentials } from '../src/sources/client-credentials.js';
 import { OAuthClient } from '../src/sources/client.js';
@@ -432,6 +433,14 @@ describe('refresh tokens with rotation against a real authorization server', () 
       await expect(manager.refresh()).rejects.toMatchObject({ code: 'ERR_OAUTH', error: 'invalid_grant' });
     }
     expect((as.counts.byGrant['refresh_token'] ?? 0) - refreshes).toBe(1); // presented once, never again
+    // A newer refresh token in the store (another process signed in again) is spent as usual.
+    const again = await as.login('dora');
+    const stored = { ...first, accessToken: 'expired', refreshToken: again['refresh_token'] as string };
+    await clock.advance(60_000); // past the backoff of the last refusal…
+    clock.set(Date.now()); // …and the wall clock back with the server's, whose JWTs say when they expire
+    await manager.store.set(manager.key, serializeStoredToken({ ...stored, expiresAt: clock.now() - 1 }, { seq: 99 }));
+    expect(decodeJwt((await manager.getToken()).accessToken).sub).toBe('dora');
+    expect((as.counts.byGrant['refresh_token'] ?? 0) - refreshes).toBe(2);
     await manager.close();
   });
 

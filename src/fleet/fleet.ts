@@ -96,6 +96,12 @@ export interface Lineage<S> {
   /** How long the store should keep it (`undefined`: until replaced). */
   ttlMs(state: S, now: number): number | undefined;
   /**
+   * When the access token a spend just obtained in `state` expires (`undefined`: unknown, or none). A caller
+   * waits for that state's write at most half the life it has left (rule 2): a token living less than the store's
+   * time limit must not age, or expire, in a slow store's wait.
+   */
+  expiresAt?(state: S): number | undefined;
+  /**
    * A state holding nothing single-use, written to announce a first spend from configuration (nothing
    * stored, nothing held) so that a process holding a newer state can overwrite it before the spend.
    * Absent: nothing is ever spent from configuration (UserTokens: a subject starts with a login).
@@ -143,26 +149,14 @@ export interface Attempt<S> extends Slot<S> {
    * {@link withRotated}.
    */
   spend(current: Versioned<S> | undefined, signal: AbortSignal): Promise<S>;
-  /**
-   * How long (ms) the caller may wait for the store to take a spend's result `state`: past it, the result is
-   * served and its write goes on as pending (rule 2), so that a token with less life left than the store's time
-   * limit does not age (or expire) in a slow store's wait. `undefined`: the store's time limit alone. See
-   * {@link patienceFor}.
-   */
-  patienceMs?(state: S): number | undefined;
 }
 
 /**
- * The patience of {@link Attempt.patienceMs} for a state whose newest access token expires at `expiresAt`: half
- * the life it has left — `undefined` (the store's time limit alone) for a token without expiry, or one already
- * expired (it is of no use to the caller; its write is all that matters).
- *
- * @example
- * ```ts
- * patienceFor(now + 2000, now); // 1000: a 2-second token is served within a second, however slow the store
- * ```
+ * How long a caller waits for the write of a state whose new access token expires at `expiresAt`: half the life
+ * it has left — `undefined` (the store's time limit alone) for a token without expiry, or one already expired (of
+ * no use to the caller: its write is all that matters).
  */
-export function patienceFor(expiresAt: number | undefined, now: number): number | undefined {
+function patience(expiresAt: number | undefined, now: number): number | undefined {
   if (expiresAt === undefined || expiresAt <= now) return undefined;
   return Math.max(1, Math.floor((expiresAt - now) / 2));
 }
@@ -632,8 +626,8 @@ export class Fleet<S> {
     }
     const value: Versioned<S> = { state, seq: (current?.seq ?? 0) + 1, version: undefined };
     // The caller waits for the write only as long as the new token can spare (a frozen store would age it).
-    const patience = attempt.patienceMs?.(state);
-    const writing = patience !== undefined && patience < budget.remaining() ? new Budget(patience) : budget;
+    const wait = patience(this.#o.lineage.expiresAt?.(state), this.#o.clock.now());
+    const writing = wait !== undefined && wait < budget.remaining() ? new Budget(wait) : budget;
     if (await this.#write(attempt, value, base, lock, writing)) keepLock();
     if (failure !== undefined) throw failure;
   }
@@ -698,27 +692,18 @@ export class Fleet<S> {
     const pending: Pending<S> = { slot, value, base: base ?? 0, lock, attempts: 0 };
     this.#pending.set(slot.key, pending);
     if (written.ok) {
-      // The version moved under our lock: deleted (a sign-out while we spent — not undone), or written by
-      // someone whose lease ran out or who restored it from memory (settled by seq).
-      const read = await this.#read(slot, budget);
-      // Deleted — unless the store has just lost its data (a reset): then ours goes back in.
-      if (read.ok && read.record === undefined && this.#o.clock.now() >= this.#settleUntil) {
-        this.#pending.delete(slot.key);
-        slot.missing?.();
-        slot.abandoned?.(value.state);
-        return false;
-      }
-      await this.#writeBack(pending);
-      return this.#pending.get(slot.key) === pending;
+      // The version moved under our lock: deleted (a sign-out while we spent — not undone, see #abandon), or
+      // written by someone whose lease ran out or who restored it from memory (settled by seq).
+      await this.#writeBack(pending, budget);
+      return true; // the lock is the pending write's now: kept while it is pending, released when it is dropped
     }
     this.#flushSoon(250);
     return lock !== undefined;
   }
 
   /** One try at writing a pending state: read, and write it unless the store holds something as new. */
-  async #writeBack(pending: Pending<S>): Promise<void> {
+  async #writeBack(pending: Pending<S>, budget = new Budget(this.#o.storeTimeoutMs)): Promise<void> {
     if (this.#pending.get(pending.slot.key) !== pending) return;
-    const budget = new Budget(this.#o.storeTimeoutMs);
     pending.attempts += 1;
     const read = await this.#read(pending.slot, budget);
     if (!read.ok) return;

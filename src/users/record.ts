@@ -141,6 +141,7 @@ export function recordLineage(issuer: string, clientId: string, ttlMs: number | 
     },
     precious: (record) => record.refreshToken !== undefined,
     ttlMs: () => ttlMs,
+    expiresAt: (record) => newestOf(record)?.token.expiresAt,
   };
 }
 
@@ -423,4 +424,12 @@ export function withoutRefreshToken(record: UserRecord, now: number): UserRecord
 
 function isListOrNull(value: unknown): value is string[] | null {
   return value === null || (Array.isArray(value) && value.every((v) => typeof v === 'string'));
+}
+
+/** The access token a refresh of `record` obtained last (the newest issued). */
+export function newestOf(record: UserRecord): StoredEntry | undefined {
+  return record.accessTokens.reduce<StoredEntry | undefined>(
+    (a, e) => (a === undefined || e.token.issuedAt > a.token.issuedAt ? e : a),
+    undefined,
+  );
 }

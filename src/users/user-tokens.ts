@@ -14,8 +14,8 @@ import * as oauth from 'oauth4webapi';
 import { abortable } from '../abort.js';
 import { type Clock, systemClock } from '../clock.js';
 import { toMs } from '../duration.js';
-import { TokenwardenError, isTokenwardenError } from '../errors.js';
-import { type Attempt, Fleet, type Slot, type Versioned, lockLease, patienceFor, withRotated } from '../fleet/fleet.js';
+import { TokenwardenError, isTokenwardenError, restated } from '../errors.js';
+import { type Attempt, Fleet, type Slot, type Versioned, lockLease, withRotated } from '../fleet/fleet.js';
 import { type AuthFetchOptions, type TokenProvider, authFetch } from '../http/auth-fetch.js';
 import { type FetchLike, boundedFetch } from '../http/transport.js';
 import { type UserClaims, checkIdToken, signatureVerifier } from '../id-token.js';
@@ -44,6 +44,7 @@ import {
   type UserRecord,
   accessEntry,
   isRecordOf,
+  newestOf,
   newSession,
   recordClaims,
   recordId,
@@ -51,7 +52,6 @@ import {
   prune,
   recordLineage,
   withoutRefreshToken,
-  type StoredEntry,
 } from './record.js';
 import { DEFAULT_SPEC, type Spec, spec, specKey } from './spec.js';
 
@@ -575,14 +575,9 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
       }
       await this.#remove(subject, key);
       if (refreshError !== undefined) {
-        throw new TokenwardenError(
-          refreshError.code,
+        throw restated(
+          refreshError,
           `the subject's tokens were removed, but revoking the refresh token failed: ${refreshError.message}`,
-          {
-            cause: refreshError,
-            ...(refreshError.error !== undefined && { error: refreshError.error }),
-            ...(refreshError.status !== undefined && { status: refreshError.status }),
-          },
         );
       }
       return { refreshToken: revokedRefresh, accessTokens: revokedAccess };
@@ -726,7 +721,6 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
         usableOnArrival = newest !== undefined && isValid(newest.token, this.#clock.now());
         return next;
       },
-      patienceMs: (record) => patienceFor(newestOf(record)?.token.expiresAt, this.#clock.now()),
     };
     // Held until the run ends, however many other subjects the LRU takes in meanwhile: the run reads the
     // subject's record from the in-process layer (to check it, to spend it, to serve its token).
@@ -1219,12 +1213,4 @@ function claimsInfo(record: UserRecord): ClaimsInfo | undefined {
     updatedAt: record.claimsUpdatedAt ?? record.updatedAt,
     from: record.claimsFrom ?? 'id_token',
   };
-}
-
-/** The access token a refresh of `record` obtained last (the newest issued). */
-function newestOf(record: UserRecord): StoredEntry | undefined {
-  return record.accessTokens.reduce<StoredEntry | undefined>(
-    (a, e) => (a === undefined || e.token.issuedAt > a.token.issuedAt ? e : a),
-    undefined,
-  );
 }

@@ -92,17 +92,16 @@ describe('a store that stops answering while a new token is written', () => {
   // that bound a frozen store held the caller for all of `storeTimeout`, and a token living less than that
   // came out of the wait expired: an ERR_INVALID_RESPONSE for a refresh that had worked (CI, 2026-12-01).
   for (const exclusive of [false, true]) {
-    it(`${exclusive ? 'refresh token' : 'client credentials'}: the caller has the new token within half its life; the lock is kept until the write lands`, async () => {
+    it(`${exclusive ? 'refresh token' : 'client credentials'}: the caller has the new token while it is still valid; the lock is kept until the write lands`, async () => {
       const { clock, source, store, manager } = setup(exclusive, '3s');
       await first(clock, manager);
       source.then({ lifetimeMs: 1000, refreshToken: 'rt-2' });
       store.hanging.add('set');
-      const started = performance.now();
-      const token = await manager.refresh();
-      const waited = performance.now() - started;
-      expect(token.expiresAt).toBe(clock.now() + 1000);
-      expect(waited).toBeGreaterThanOrEqual(400); // it did wait for the store, for half the token's life
-      expect(waited).toBeLessThan(1500); // not for the store's time limit (3 s)
+      // Token time follows real time while the store does not answer (it ages as it would on a frozen Redis).
+      const ticking = setInterval(() => void clock.advance(20), 20);
+      const token = await manager.refresh().finally(() => clearInterval(ticking));
+      expect(token.accessToken).toBe('access-2');
+      expect(token.expiresAt).toBeGreaterThan(clock.now()); // served valid: without the bound, ERR_INVALID_RESPONSE
       const spent = source.calls.length;
       // The write has not landed: the lock is still held (nobody else spends the refresh token meanwhile).
       const lock = { ttlMs: 5000, waitMs: 0 };
