@@ -194,6 +194,21 @@ describe('the fleet core', () => {
     expect(source.calls.at(-1)?.previous?.refreshToken).toBe('refresh-2');
   });
 
+  it('a TokenManager whose entry vanished while it spent (a store that lost it, no reset seen) writes the rotated refresh token back', async () => {
+    const { clock, inner, store, source } = sharedStore();
+    const a = manager({ source, store, clock });
+    await whileMoving(clock, a.getToken()); // access-1 / refresh-1
+    source.gate();
+    const refreshing = a.refresh();
+    await until(() => source.calls.length === 2); // spending refresh-1 under the lock
+    await inner.delete(a.key); // the store loses the entry (a FLUSHALL before the generation watch sees it)
+    source.release();
+    await whileMoving(clock, refreshing);
+    // Without it the write's compare-and-set failed, the result was dropped, and the next process (or a restart)
+    // spent the configured refresh token that the server had already rotated away.
+    await until(async () => (await inner.get(a.key))?.value.includes('refresh-2') === true);
+  });
+
   it('an entry marked healed by a host whose clock runs an hour ahead holds a refresh up for the settle, not for the hour', async () => {
     const { clock, inner, store, source } = sharedStore();
     const a = manager({ source, store, clock });
