@@ -4,7 +4,7 @@
  * jose (6, WebCrypto) verifies a signature with a round trip to the thread pool and several promise layers
  * per token: about four times what the signature itself costs. Here the signature is checked by
  * `crypto.verify` with a `KeyObject` made once per key — synchronously when nothing else is verifying, split
- * between this thread and the thread pool in a burst (so that a burst uses every core, as jose does) —
+ * between this thread and worker threads in a burst (so that a burst uses every core, as jose does) —
  * while jose keeps what it does best: fetching and selecting keys (`createLocalJWKSet`, by `kid`, `alg`,
  * `kty`, `crv`, `use`, `key_ops`) and importing them (WebCrypto's JWK import, with its checks), once per key.
  *
@@ -31,6 +31,7 @@
 import { KeyObject, constants, verify as cryptoVerify } from 'node:crypto';
 import { availableParallelism } from 'node:os';
 import { type JWSHeaderParameters, type JWTPayload, base64url, errors } from 'jose';
+import { type SignatureJob, poolCheck, signatureLanes } from './signature-workers.js';
 
 /** How `crypto.verify` is called for one JWS algorithm (RFC 7518 §3). */
 interface AlgorithmParams {
@@ -255,32 +256,55 @@ export function verifySignature(jws: CompactJws, key: VerificationKey): boolean 
   }
 }
 
-/** Verifications waiting on the thread pool. */
+/** Verifications waiting on another thread. */
 let offloaded = 0;
 /** Checks started since the last microtask checkpoint (more than one make a burst: several in one tick). */
 let burst = 0;
+/** The burst under way: its checks for other threads, and when this thread was done with its own share. */
+let round: { outgoing: SignatureJob[]; ownDoneAt: number } = { outgoing: [], ownDoneAt: 0 };
+const CORES = availableParallelism();
+/** Whether another core may take work: never on a single-core machine. */
+const SPARE_CORES = CORES > 1;
+const now = (): number => performance.timeOrigin + performance.now();
+/**
+ * The share of a burst's checks (after its first) this thread takes itself. It starts at an even share of
+ * the cores and follows what the threads take: after each burst sent to the workers, a little more when a
+ * worker finished after this thread was done with its own share, a little less when it finished first. This
+ * thread also parses every token, checks its claims and resolves the promises, and a worker's message costs
+ * a wake-up; where the balance lies depends on the algorithm (an RS256 check is 43 µs on the 2-vCPU machine
+ * of the benchmarks, ES256 108 µs) and on the machine, so it is found rather than fixed (there: near ½).
+ */
+let ownShare = 1 / CORES;
+const SHARE_STEP = 0.02;
 const settled = (): void => {
   burst = 0;
+  const { outgoing } = round;
+  if (outgoing.length === 0) return;
+  const current = round;
+  round = { outgoing: [], ownDoneAt: 0 };
+  const lanes = signatureLanes();
+  if (lanes === undefined) {
+    for (const job of outgoing) poolCheck(job);
+    return;
+  }
+  const balance = (finishedAt: number): void => {
+    const shift = finishedAt > current.ownDoneAt ? SHARE_STEP : -SHARE_STEP;
+    ownShare = Math.min(0.9, Math.max(0.05, ownShare + shift));
+  };
+  const each = Math.ceil(outgoing.length / lanes.length);
+  for (let i = 0; i * each < outgoing.length; i++) {
+    (lanes[i] as (typeof lanes)[0]).send(outgoing.slice(i * each, (i + 1) * each), balance);
+  }
 };
-/** Whether another core may take work: never on a single-core machine. */
-const SPARE_CORES = availableParallelism() > 1;
-/**
- * The share of a burst's checks (after its first) this thread takes itself: half an even share of the
- * cores, as it also runs everything else of every check of the burst (parsing, keys, claims, the answers
- * of the pool). Measured on a 2-core virtual machine (ES256 and RS256, 16 in flight): a quarter gave 1–14 %
- * more checks per second than one in sixteen with the contenders' order turned each round (10–25 % in runs
- * of a fixed order), half gave less than a quarter; a thread-pool round trip costs CPU time there (a futex
- * wake-up, an interrupt between vCPUs) — as much as the ES256 check itself when one is in flight.
- */
-const OWN_SHARE = 1 / (2 * availableParallelism());
 
 /**
- * {@link verifySignature}, where it is fastest. Alone, on this thread: a thread-pool round trip costs more
- * than the check itself. In a burst (several verifications started in one tick, or some on the pool
- * already), split between the thread pool and this thread ({@link OWN_SHARE} of it), so that the burst runs
- * on every core as jose's WebCrypto calls do — with a fraction of their overhead per call (measured: `npm run
- * bench`). This thread's share runs at the tick's end (microtasks), after the tick's other checks have gone
- * to the pool: run at once, it would keep the pool idle meanwhile.
+ * {@link verifySignature}, where it is fastest. Alone, on this thread: a round trip to another thread costs
+ * more than the check itself. In a burst (several verifications started in one tick, or some elsewhere
+ * already), split between this thread ({@link ownShare} of it) and worker threads (`signature-workers.ts`,
+ * one message per worker per burst; libuv's thread pool until they are up), so that the burst runs on every
+ * core as jose's WebCrypto calls do — with a fraction of their overhead per call (measured: `npm run bench`).
+ * This thread's share runs at the tick's end (microtasks), after the tick's other checks have been sent: run
+ * at once, it would keep the other threads idle meanwhile.
  *
  * @example
  * ```ts
@@ -291,9 +315,10 @@ export function checkSignature(jws: CompactJws, key: VerificationKey): boolean |
   if (!SPARE_CORES) return verifySignature(jws, key);
   const index = burst++;
   if (index === 0) queueMicrotask(settled);
-  // The first check of a tick when the pool is idle, then every (1 / OWN_SHARE)-th, evenly spread.
-  const own = index === 0 ? offloaded === 0 : Math.floor((index + 1) * OWN_SHARE) > Math.floor(index * OWN_SHARE);
+  // The first check of a tick when nothing is elsewhere, then this thread's share, evenly spread.
+  const own = index === 0 ? offloaded === 0 : Math.floor((index + 1) * ownShare) > Math.floor(index * ownShare);
   if (own) {
+    const current = round;
     return new Promise<boolean>((resolve, reject) =>
       queueMicrotask(() => {
         try {
@@ -301,6 +326,7 @@ export function checkSignature(jws: CompactJws, key: VerificationKey): boolean |
         } catch (error) {
           reject(error as Error);
         }
+        current.ownDoneAt = now();
       }),
     );
   }
@@ -308,15 +334,16 @@ export function checkSignature(jws: CompactJws, key: VerificationKey): boolean |
   if (key.alg !== jws.alg) return false;
   offloaded += 1;
   return new Promise<boolean>((resolve) => {
-    try {
-      cryptoVerify(key.hash, jws.signingInput, key.key, jws.signature, (err, ok) => {
+    round.outgoing.push({
+      hash: key.hash,
+      data: jws.signingInput,
+      key: key.key,
+      signature: jws.signature,
+      done: (ok) => {
         offloaded -= 1;
-        resolve(err === null && ok);
-      });
-    } catch {
-      offloaded -= 1;
-      resolve(false);
-    }
+        resolve(ok);
+      },
+    });
   });
 }
 
