@@ -406,7 +406,7 @@ export function storeContract(name: string, factory: StoreFactory | undefined): 
       expect((await s.get(emoji))?.value).toBe('v');
     });
 
-    it.skipIf(!shared || f.wipe === undefined)(
+    it.skipIf(!shared || factory?.wipe === undefined)(
       'emptied behind its back: the next get reports reset before it resolves, once; a deleted entry is no reset',
       async () => {
         const s = await open();
@@ -433,7 +433,7 @@ export function storeContract(name: string, factory: StoreFactory | undefined): 
       },
     );
 
-    it.skipIf(!shared || f.wipe === undefined)(
+    it.skipIf(!shared || factory?.wipe === undefined)(
       `emptied behind its back: a store that only listens hears of it within ${GENERATION_WATCH_MS} ms; a store new to the namespace learns it`,
       async () => {
         const listener = await open();
