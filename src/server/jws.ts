@@ -90,6 +90,14 @@ export interface VerificationKey {
   readonly key: KeyObject | { key: KeyObject; padding?: number; saltLength?: number; dsaEncoding?: 'ieee-p1363' };
   /** Why the key may not be used with `alg` (an RSA key under 2048 bits), thrown when it is. */
   readonly unusable?: string;
+  /**
+   * Where a burst's offloaded checks with this key go: ECDSA keys' (the costliest checks) to the worker
+   * threads, one message per burst; the others' to libuv's thread pool, a round trip each. Measured in one
+   * process on the 2-vCPU machine of the benchmarks, 16 in flight, 40 alternating rounds: ES256 1.24–1.27×
+   * jose through the workers against 1.18–1.22× through the pool; RS256 1.08–1.27× through the workers
+   * against 1.39–1.40× through the pool.
+   */
+  readonly batched: boolean;
 }
 
 const converted = new WeakMap<object, VerificationKey>();
@@ -122,7 +130,8 @@ export function verificationKey(cryptoKey: CryptoKey, alg: string): Verification
           ...(params.saltLength !== undefined && { saltLength: params.saltLength }),
           ...(params.dsaEncoding !== undefined && { dsaEncoding: params.dsaEncoding }),
         };
-  const result: VerificationKey = { alg, hash: params.hash, key, ...(unusable !== undefined && { unusable }) };
+  const batched = params.dsaEncoding !== undefined;
+  const result: VerificationKey = { alg, hash: params.hash, key, batched, ...(unusable !== undefined && { unusable }) };
   converted.set(cryptoKey, result);
   return result;
 }
@@ -267,14 +276,21 @@ const CORES = availableParallelism();
 const SPARE_CORES = CORES > 1;
 const now = (): number => performance.timeOrigin + performance.now();
 /**
- * The share of a burst's checks (after its first) this thread takes itself. It starts at an even share of
- * the cores and follows what the threads take: after each burst sent to the workers, a little more when a
- * worker finished after this thread was done with its own share, a little less when it finished first. This
- * thread also parses every token, checks its claims and resolves the promises, and a worker's message costs
- * a wake-up; where the balance lies depends on the algorithm (an RS256 check is 43 µs on the 2-vCPU machine
- * of the benchmarks, ES256 108 µs) and on the machine, so it is found rather than fixed (there: near ½).
+ * This thread's share of a burst's checks with keys whose checks go to the worker threads (after the first
+ * check). It starts at an even share of the cores and follows what the threads take: after each burst sent to
+ * the workers, a little more when a worker finished after this thread was done with its own share, a little
+ * less when it finished first. This thread also parses every token, checks its claims and resolves the
+ * promises, and a worker's message costs a wake-up; where the balance lies depends on the curve and on the
+ * machine, so it is found rather than fixed (ES256 on the 2-vCPU machine of the benchmarks: near ½).
  */
 let ownShare = 1 / CORES;
+/**
+ * This thread's share of a burst's checks that go to the thread pool: half an even share of the cores, as it
+ * also runs everything else of every check of the burst (parsing, keys, claims, the pool's answers). Measured
+ * on a 2-core virtual machine (RS256, 16 in flight): a quarter gave 1–14 % more checks per second than one in
+ * sixteen, half gave less than a quarter.
+ */
+const POOL_SHARE = 1 / (2 * CORES);
 const SHARE_STEP = 0.02;
 const settled = (): void => {
   burst = 0;
@@ -282,12 +298,15 @@ const settled = (): void => {
   if (outgoing.length === 0) return;
   const current = round;
   round = { outgoing: [], ownDoneAt: 0 };
-  const lanes = signatureLanes();
+  // One check sent alone (a stream of requests, one per tick) costs less through the thread pool than as a
+  // message.
+  const lanes = outgoing.length === 1 ? undefined : signatureLanes();
   if (lanes === undefined) {
     for (const job of outgoing) poolCheck(job);
     return;
   }
   const balance = (finishedAt: number): void => {
+    if (current.ownDoneAt === 0) return; // this thread took none of the burst: nothing to compare
     const shift = finishedAt > current.ownDoneAt ? SHARE_STEP : -SHARE_STEP;
     ownShare = Math.min(0.9, Math.max(0.05, ownShare + shift));
   };
@@ -315,8 +334,11 @@ export function checkSignature(jws: CompactJws, key: VerificationKey): boolean |
   if (!SPARE_CORES) return verifySignature(jws, key);
   const index = burst++;
   if (index === 0) queueMicrotask(settled);
-  // The first check of a tick when nothing is elsewhere, then this thread's share, evenly spread.
-  const own = index === 0 ? offloaded === 0 : Math.floor((index + 1) * ownShare) > Math.floor(index * ownShare);
+  // The first check of a tick when nothing is elsewhere, then this thread's share, evenly spread. A check
+  // alone while others are elsewhere (a stream of requests, one per tick) goes elsewhere too: this thread
+  // has the requests themselves to serve.
+  const share = key.batched ? ownShare : POOL_SHARE;
+  const own = index === 0 ? offloaded === 0 : Math.floor((index + 1) * share) > Math.floor(index * share);
   if (own) {
     const current = round;
     return new Promise<boolean>((resolve, reject) =>
@@ -334,7 +356,7 @@ export function checkSignature(jws: CompactJws, key: VerificationKey): boolean |
   if (key.alg !== jws.alg) return false;
   offloaded += 1;
   return new Promise<boolean>((resolve) => {
-    round.outgoing.push({
+    const job: SignatureJob = {
       hash: key.hash,
       data: jws.signingInput,
       key: key.key,
@@ -343,7 +365,9 @@ export function checkSignature(jws: CompactJws, key: VerificationKey): boolean |
         offloaded -= 1;
         resolve(ok);
       },
-    });
+    };
+    if (key.batched) round.outgoing.push(job);
+    else poolCheck(job); // at once: the pool works while this thread goes on with the burst
   });
 }
 
