@@ -198,8 +198,24 @@ export class Lane {
   }
 }
 
-/** Worker threads: one per spare core, four at most (as libuv's thread pool has). */
-const LANES = Math.min(availableParallelism() - 1, 4);
+/**
+ * How many worker threads: `TOKENWARDEN_SIGNATURE_WORKERS` when it is a whole number from 0 (none: the thread
+ * pool takes every offloaded check) to 64, read when the first burst comes; otherwise one per spare core, four at
+ * most (as libuv's thread pool has). A value that is not such a number is ignored, with a warning.
+ */
+function laneCount(): number {
+  const fallback = Math.min(availableParallelism() - 1, 4);
+  const setting = process.env['TOKENWARDEN_SIGNATURE_WORKERS'];
+  if (setting === undefined || setting === '') return fallback;
+  if (/^\d{1,2}$/.test(setting) && Number(setting) <= 64) return Number(setting);
+  process.emitWarning(
+    `TOKENWARDEN_SIGNATURE_WORKERS must be a whole number from 0 to 64; using ${fallback} signature worker threads`,
+    { type: 'TokenwardenWarning', code: 'TOKENWARDEN_SIGNATURE_WORKERS' },
+  );
+  return fallback;
+}
+
+let started = false;
 
 /**
  * The worker threads ready for a burst's offloaded checks, started at the first call. `undefined` while none
@@ -212,7 +228,10 @@ const LANES = Math.min(availableParallelism() - 1, 4);
  * ```
  */
 export function signatureLanes(): readonly Lane[] | undefined {
-  if (lanes.length === 0) for (let i = 0; i < LANES; i++) lanes.push(new Lane());
+  if (!started) {
+    started = true;
+    for (let i = laneCount(); i > 0; i--) lanes.push(new Lane());
+  }
   const ready = lanes.filter((lane) => lane.ready);
   return ready.length === 0 ? undefined : ready;
 }

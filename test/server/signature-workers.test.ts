@@ -40,6 +40,16 @@ async function es256(): Promise<{
 
 const ALGORITHMS = new Set(['ES256']);
 
+/** The child process script, which runs from the build: fails clearly when the build is older than the source. */
+async function builtChild(): Promise<string> {
+  const built = await stat(new URL('../../dist/server/signature-workers.js', import.meta.url)).catch(() => undefined);
+  const source = await stat(new URL('../../src/server/signature-workers.ts', import.meta.url));
+  if (built === undefined || built.mtimeMs + 1000 < source.mtimeMs) {
+    throw new Error('dist/server/signature-workers.js is missing or older than its source: run `npm run build`');
+  }
+  return fileURLToPath(new URL('../support/signature-burst.mjs', import.meta.url));
+}
+
 describe.skipIf(availableParallelism() === 1)('signature worker threads', () => {
   it('answer as crypto.verify does, and a worker stopped with checks in hand loses none of them', async () => {
     const { token, key } = await es256();
@@ -82,12 +92,7 @@ describe.skipIf(availableParallelism() === 1)('signature worker threads', () => 
   });
 
   it('hold the process open while a worker has checks in hand, and not once they are idle', async () => {
-    const built = await stat(new URL('../../dist/server/signature-workers.js', import.meta.url)).catch(() => undefined);
-    const source = await stat(new URL('../../src/server/signature-workers.ts', import.meta.url));
-    if (built === undefined || built.mtimeMs + 1000 < source.mtimeMs) {
-      throw new Error('dist/server/signature-workers.js is missing or older than its source: run `npm run build`');
-    }
-    const child = fileURLToPath(new URL('../support/signature-burst.mjs', import.meta.url));
+    const child = await builtChild();
     const { stdout } = await run(process.execPath, [child], { timeout: 20_000 });
     expect(stdout.trim()).toBe('64');
     // A child that hangs is killed at the timeout, and the run fails.
@@ -100,5 +105,15 @@ describe.skipIf(availableParallelism() === 1)('signature worker threads', () => 
       { timeout: 20_000 },
     );
     expect(forbidden.stdout.trim()).toBe('no workers 64');
+  });
+
+  it('are as many as TOKENWARDEN_SIGNATURE_WORKERS says: none with 0, the default (with a warning) for nonsense', async () => {
+    const child = await builtChild();
+    const env = (value: string) => ({ env: { ...process.env, TOKENWARDEN_SIGNATURE_WORKERS: value }, timeout: 20_000 });
+    const none = await run(process.execPath, [child, 'forbidden'], env('0'));
+    expect(none.stdout.trim()).toBe('no workers 64');
+    const nonsense = await run(process.execPath, [child, 'forbidden'], env('-1'));
+    expect(nonsense.stdout.trim()).toBe('workers 64');
+    expect(nonsense.stderr).toContain('TOKENWARDEN_SIGNATURE_WORKERS must be a whole number');
   });
 });

@@ -33,8 +33,11 @@ const burst = async () =>
 // A burst starts the workers (the thread pool serves it).
 await burst();
 if (process.argv[2] === 'forbidden') {
-  // Run where worker threads are forbidden (the permission model): bursts go on, on the thread pool.
-  await new Promise((resolve) => setTimeout(resolve, 200));
+  // Run where worker threads are forbidden (the permission model) or not wanted (TOKENWARDEN_SIGNATURE_WORKERS=0):
+  // bursts go on, on the thread pool.
+  for (let waited = 0; waited < 2000 && signatureLanes() === undefined; waited += 20) {
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
   process.stdout.write(`${signatureLanes() === undefined ? 'no workers' : 'workers'} ${await burst()}\n`);
   process.exit(0);
 }
