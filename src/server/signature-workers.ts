@@ -18,12 +18,13 @@
 import { verify as cryptoVerify } from 'node:crypto';
 import { availableParallelism } from 'node:os';
 import type { Worker } from 'node:worker_threads';
+import type { VerificationKey } from './jws.js';
 
 /** What one check needs: the arguments of `crypto.verify`. */
 export interface SignatureJob {
   readonly hash: string | null;
   readonly data: Buffer;
-  readonly key: object;
+  readonly key: VerificationKey['key'];
   readonly signature: Uint8Array;
   readonly done: (ok: boolean) => void;
 }
@@ -54,9 +55,7 @@ parentPort.on('message', (message) => {
 /** Checks on the thread pool: where a lane's checks go when it cannot take them. */
 export function poolCheck(job: SignatureJob): void {
   try {
-    cryptoVerify(job.hash, job.data, job.key as Parameters<typeof cryptoVerify>[2], job.signature, (err, ok) =>
-      job.done(err === null && ok),
-    );
+    cryptoVerify(job.hash, job.data, job.key, job.signature, (err, ok) => job.done(err === null && ok));
   } catch {
     job.done(false); // a signature of the wrong length or form
   }
@@ -121,10 +120,6 @@ export class Lane {
 
   get ready(): boolean {
     return this.#ready;
-  }
-
-  get failed(): boolean {
-    return this.#failed;
   }
 
   /** Sends `jobs` in one message; `finished` learns when the worker was done with them (`Date.now()`'s scale). */

@@ -5,8 +5,9 @@
  */
 import { execFile } from 'node:child_process';
 import { generateKeyPairSync, sign } from 'node:crypto';
-import { stat } from 'node:fs/promises';
-import { availableParallelism } from 'node:os';
+import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
+import { availableParallelism, tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { describe, expect, it, vi } from 'vitest';
@@ -98,6 +99,16 @@ describe.skipIf(availableParallelism() === 1)('signature worker threads', () => 
     // A child that hangs is killed at the timeout, and the run fails.
     const idle = await run(process.execPath, [child, 'idle'], { timeout: 20_000 });
     expect(idle.stdout.trim()).toBe('idle');
+    // The workers load nothing of this process's execArgv: a preload runs on the main thread only.
+    const marker = join(await mkdtemp(join(tmpdir(), 'tw-preload-')), 'threads');
+    const preload = fileURLToPath(new URL('../support/preload-marker.cjs', import.meta.url));
+    const preloaded = await run(process.execPath, ['--require', preload, child], {
+      env: { ...process.env, PRELOAD_MARKER: marker },
+      timeout: 20_000,
+    });
+    expect(preloaded.stdout.trim()).toBe('64'); // the workers were up and checked signatures
+    expect((await readFile(marker, 'utf8')).trim().split('\n')).toEqual(['0']);
+    await rm(dirname(marker), { recursive: true, force: true });
     // Where worker threads are forbidden, the thread pool checks the bursts.
     const forbidden = await run(
       process.execPath,
