@@ -282,6 +282,11 @@ export class Fleet<S> {
   /** The store is private to this process: nobody else can spend, so no lock is needed when it fails. */
   readonly #private: boolean;
   readonly #pending = new Map<string, Pending<S>>();
+  /**
+   * Write-backs of held states in flight, by key: each learns of a deletion on purpose ({@link Fleet.forget}: a
+   * sign-out) made while its write was on its way.
+   */
+  readonly #writingBack = new Map<string, Set<{ forgotten: boolean }>>();
   /** Lock releases under way (`close()` waits for them: a store closed under one leaves a lease behind). */
   readonly #releasing = new Set<Promise<void>>();
   #settleUntil = 0;
@@ -374,6 +379,7 @@ export class Fleet<S> {
   forget(key: string): void {
     const pending = this.#pending.get(key);
     if (pending !== undefined) this.#drop(pending);
+    for (const flight of this.#writingBack.get(key) ?? []) flight.forgotten = true;
   }
 
   /** Writes every pending state (bounded by one store time limit each); for `close()`. */
@@ -525,21 +531,55 @@ export class Fleet<S> {
     return again;
   }
 
-  /** Writes a state this process holds over an older (or missing) entry, marked as restored from memory. */
+  /**
+   * Writes a state this process holds over an older (or missing) entry, marked as restored from memory.
+   *
+   * The write may land long after `value` was read from this process (queued behind a file lock, a slow
+   * connection), and into a store emptied again meanwhile, where nothing stops it. Two things may have happened
+   * here in between, and neither is undone by it: the state held moved on (a write of this process landed, such
+   * as an `invalidate()`: that newer state is written over this one), or the key was deleted on purpose (a
+   * sign-out: the entry just written is deleted again).
+   */
   async #writeBackHeld(slot: Slot<S>, value: Versioned<S>, ifVersion: number, budget: Budget): Promise<void> {
-    const now = this.#o.clock.now();
-    const text = this.#o.lineage.encode(value.state, value.seq, now);
-    const ttl = this.#o.lineage.ttlMs(value.state, now);
-    const written = await this.storeCall(
-      slot,
-      'set',
-      (s) => s.set(slot.key, text, { ifVersion, ...(ttl !== undefined && { ttlMs: ttl }) }),
-      budget,
-    );
-    if (written.ok && written.value !== null) {
-      slot.take({ ...value, version: written.value }, 'store');
-      const pending = this.#pending.get(slot.key);
-      if (pending !== undefined && pending.value.seq <= value.seq) this.#drop(pending);
+    const flight = { forgotten: false };
+    const flights = this.#writingBack.get(slot.key) ?? new Set();
+    flights.add(flight);
+    this.#writingBack.set(slot.key, flights);
+    try {
+      for (let tries = 0; tries < 3; tries++) {
+        const now = this.#o.clock.now();
+        const text = this.#o.lineage.encode(value.state, value.seq, now);
+        const ttl = this.#o.lineage.ttlMs(value.state, now);
+        const base = ifVersion;
+        const written = await this.storeCall(
+          slot,
+          'set',
+          (s) => s.set(slot.key, text, { ifVersion: base, ...(ttl !== undefined && { ttlMs: ttl }) }),
+          budget,
+        );
+        if (!written.ok || written.value === null) return;
+        if (flight.forgotten) {
+          await this.storeCall(slot, 'delete', (s) => s.delete(slot.key), budget);
+          return;
+        }
+        const held = slot.held();
+        const movedOn =
+          held !== undefined &&
+          (held.seq > value.seq || (held.seq === value.seq && held.version !== value.version)) &&
+          this.#o.lineage.precious(held.state);
+        if (movedOn) {
+          value = held;
+          ifVersion = written.value;
+          continue;
+        }
+        slot.take({ ...value, version: written.value }, 'store');
+        const pending = this.#pending.get(slot.key);
+        if (pending !== undefined && pending.value.seq <= value.seq) this.#drop(pending);
+        return;
+      }
+    } finally {
+      flights.delete(flight);
+      if (flights.size === 0 && this.#writingBack.get(slot.key) === flights) this.#writingBack.delete(slot.key);
     }
   }
 

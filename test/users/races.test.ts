@@ -4,11 +4,20 @@
  * a real authorization server (the test kit's, on a `ManualClock`: rotating single-use refresh tokens, reuse
  * revoking the grant), and a gate in the `fetch` of one instance holds its refresh request mid-flight.
  */
+import { EventEmitter } from 'node:events';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ManualClock } from '../../src/clock.js';
+import { SETTLE_MS } from '../../src/fleet/fleet.js';
 import type { TokenwardenError } from '../../src/errors.js';
 import { MemoryStore } from '../../src/stores/memory.js';
-import type { TokenStore } from '../../src/stores/store.js';
+import type {
+  LockOptions,
+  SetOptions,
+  StoreEvents,
+  StoreLock,
+  StoreRecord,
+  TokenStore,
+} from '../../src/stores/store.js';
 import { type TestAuthorizationServer, createTestAuthorizationServer } from '../../src/testing/index.js';
 import { UserTokens, type UserTokensOptions } from '../../src/users/index.js';
 import { FailingStore } from '../support/failing-store.js';
@@ -216,5 +225,118 @@ describe('UserTokens: a refresh whose write is pending when the subject signs ou
     expect(await memory.get(key)).toBeUndefined();
     expect(await outcome(a.getAccessToken('zoe'))).toBe('ERR_LOGIN_REQUIRED');
     await a.close();
+  });
+});
+
+/** Polls an asynchronous condition for up to 2 s. */
+async function waitFor(condition: () => Promise<boolean>): Promise<void> {
+  for (let i = 0; i < 200 && !(await condition()); i++) await new Promise((resolve) => setTimeout(resolve, 10));
+}
+
+/**
+ * A shared store (a MemoryStore behind it) that an operator empties on command (and that then reports the reset,
+ * as a real one does on its next read), and whose next create-if-absent write (`ifVersion: 0`: a write-back after a
+ * reset) waits at a gate, as one queued behind a file lock or a slow connection does.
+ */
+class EmptiedStore extends EventEmitter<StoreEvents> implements TokenStore {
+  #gate: { arrived: () => void; opened: Promise<void>; landed: () => void } | undefined;
+  constructor(readonly inner: MemoryStore) {
+    super();
+  }
+  /** Removes the keys (the store restarts empty, FLUSHALL) and reports the reset. */
+  async empty(...keys: string[]): Promise<void> {
+    for (const key of keys) await this.inner.delete(key);
+    this.emit('reset');
+  }
+  /**
+   * Holds the next `ifVersion: 0` write. Resolves once it arrived, to a function that lets it go on and resolves
+   * once it went through.
+   */
+  holdNextCreate(): Promise<() => Promise<void>> {
+    let open!: () => void;
+    let landed!: () => void;
+    const opened = new Promise<void>((resolve) => (open = resolve));
+    const through = new Promise<void>((resolve) => (landed = resolve));
+    const release = async (): Promise<void> => {
+      open();
+      await through;
+    };
+    return new Promise((resolve) => (this.#gate = { arrived: () => resolve(release), opened, landed }));
+  }
+  get(key: string): Promise<StoreRecord | undefined> {
+    return this.inner.get(key);
+  }
+  async set(key: string, value: string, options?: SetOptions): Promise<number | null> {
+    const gate = this.#gate;
+    if (gate !== undefined && options?.ifVersion === 0) {
+      this.#gate = undefined;
+      gate.arrived();
+      await gate.opened;
+      const written = await this.inner.set(key, value, options);
+      gate.landed();
+      return written;
+    }
+    return this.inner.set(key, value, options);
+  }
+  delete(key: string): Promise<void> {
+    return this.inner.delete(key);
+  }
+  lock(key: string, options: LockOptions): Promise<StoreLock | undefined> {
+    return this.inner.lock(key, options);
+  }
+  close(): Promise<void> {
+    return Promise.resolve();
+  }
+}
+
+describe('UserTokens: a write-back after a store reset that lands late', () => {
+  it('does not put back a token invalidate() dropped meanwhile: the state held now is written over it', async () => {
+    const store = new EmptiedStore(new MemoryStore({ clock }));
+    const users = usersOn(store);
+    await users.save('jane', await as.issueTokens({ sub: 'jane', scope: 'openid' }));
+    const dropped = (await users.getAccessToken('jane')).accessToken;
+    const key = users.keyFor('jane');
+    // The store is emptied: the write-back of what this instance holds (jane with the token) waits in the store…
+    const held = store.holdNextCreate();
+    await store.empty(key);
+    const release = await held;
+    // …while invalidate() finds the record missing, writes it back itself and drops the token…
+    await users.invalidate('jane', dropped);
+    expect((await store.inner.get(key))?.value.includes(dropped)).toBe(false);
+    // …and the store is emptied again before the first write-back goes through: it lands in the empty store.
+    await store.inner.delete(key);
+    await release();
+    const stored = async (): Promise<string | undefined> => (await store.inner.get(key))?.value;
+    await waitFor(async () => (await stored())?.includes(dropped) === false);
+    // Without the fix, the late write-back put the dropped token back in the store and in the in-process layer
+    // (taken as the newer version), and every later reset wrote it back again.
+    expect((await stored())?.includes(dropped)).toBe(false);
+    await store.empty(key);
+    await waitFor(async () => (await stored()) !== undefined);
+    const other = usersOn(store.inner);
+    expect((await other.listAccessTokens('jane')).map((e) => e.token.accessToken.slice(-12))).not.toContain(
+      dropped.slice(-12),
+    );
+    await Promise.all([users.close(), other.close()]);
+  });
+
+  it('does not sign back in a subject signed out here meanwhile: the entry it wrote is deleted again', async () => {
+    const store = new EmptiedStore(new MemoryStore({ clock }));
+    const users = usersOn(store);
+    await users.save('karl', await as.issueTokens({ sub: 'karl', scope: 'openid' }));
+    const key = users.keyFor('karl');
+    const held = store.holdNextCreate();
+    await store.empty(key);
+    const release = await held;
+    await users.delete('karl'); // signed out while the write-back waits in the store
+    await release();
+    await waitFor(async () => (await store.inner.get(key)) === undefined);
+    // Without the fix, the write-back recreated the record: the subject signed in again on every instance.
+    expect(await store.inner.get(key)).toBeUndefined();
+    const other = usersOn(store.inner);
+    expect(await outcome(other.getAccessToken('karl'))).toBe('ERR_LOGIN_REQUIRED');
+    await clock.advance(SETTLE_MS); // (right after a reset, a missing record is read again once the fleet settled)
+    expect(await outcome(users.getAccessToken('karl'))).toBe('ERR_LOGIN_REQUIRED');
+    await Promise.all([users.close(), other.close()]);
   });
 });
