@@ -286,7 +286,7 @@ export class Fleet<S> {
    * Write-backs of held states in flight, by key: each learns of a deletion on purpose ({@link Fleet.forget}: a
    * sign-out) made while its write was on its way.
    */
-  readonly #writingBack = new Map<string, Set<{ forgotten: boolean }>>();
+  readonly #writingBack = new Map<string, Set<{ deleted: boolean; replaced: boolean }>>();
   /** Lock releases under way (`close()` waits for them: a store closed under one leaves a lease behind). */
   readonly #releasing = new Set<Promise<void>>();
   #settleUntil = 0;
@@ -375,11 +375,14 @@ export class Fleet<S> {
     return undefined;
   }
 
-  /** Drops a pending write of `key` (its entry was deleted on purpose: a sign-out is not undone). */
-  forget(key: string): void {
+  /**
+   * Drops a pending write of `key`, and tells write-backs of it on their way: its entry was deleted on purpose (a
+   * sign-out is not undone), or is being replaced (`'replaced'`: a new login, written unconditionally after this).
+   */
+  forget(key: string, how: 'deleted' | 'replaced' = 'deleted'): void {
     const pending = this.#pending.get(key);
     if (pending !== undefined) this.#drop(pending);
-    for (const flight of this.#writingBack.get(key) ?? []) flight.forgotten = true;
+    for (const flight of this.#writingBack.get(key) ?? []) flight[how] = true;
   }
 
   /** Writes every pending state (bounded by one store time limit each); for `close()`. */
@@ -538,10 +541,11 @@ export class Fleet<S> {
    * connection), and into a store emptied again meanwhile, where nothing stops it. Two things may have happened
    * here in between, and neither is undone by it: the state held moved on (a write of this process landed, such
    * as an `invalidate()`: that newer state is written over this one), or the key was deleted on purpose (a
-   * sign-out: the entry just written is deleted again).
+   * sign-out: the entry just written is deleted again) — unless a new login replaced it since, which is written
+   * after this one and stands.
    */
   async #writeBackHeld(slot: Slot<S>, value: Versioned<S>, ifVersion: number, budget: Budget): Promise<void> {
-    const flight = { forgotten: false };
+    const flight = { deleted: false, replaced: false };
     const flights = this.#writingBack.get(slot.key) ?? new Set();
     flights.add(flight);
     this.#writingBack.set(slot.key, flights);
@@ -558,16 +562,18 @@ export class Fleet<S> {
           budget,
         );
         if (!written.ok || written.value === null) return;
-        if (flight.forgotten) {
-          await this.storeCall(slot, 'delete', (s) => s.delete(slot.key), budget);
+        // Replaced while the write was on its way (a login saved here, written after this): nothing to take.
+        if (flight.replaced) return;
+        if (flight.deleted) {
+          await this.storeCall(slot, 'delete', (s) => s.delete(slot.key));
           return;
         }
         const held = slot.held();
-        const movedOn =
+        if (
           held !== undefined &&
-          (held.seq > value.seq || (held.seq === value.seq && held.version !== value.version)) &&
-          this.#o.lineage.precious(held.state);
-        if (movedOn) {
+          (held.seq > value.seq || (held.seq === value.seq && held.version !== value.version))
+        ) {
+          if (!this.#o.lineage.precious(held.state)) return; // nothing worth writing: at least not taken back
           value = held;
           ifVersion = written.value;
           continue;

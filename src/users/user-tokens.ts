@@ -321,7 +321,7 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
     // A login is authoritative: written unconditionally, and after every state before it in the subject's
     // history (a refresh racing it fails its compare-and-set and leaves it alone).
     const seq = Math.max((before?.seq ?? this.#cache.peek(subject)?.seq ?? 0) + 1, now);
-    this.#fleet.forget(key);
+    this.#fleet.forget(key, 'replaced');
     const written = await this.#fleet.storeCall(slot, 'set', (s) =>
       s.set(key, this.#lineage.encode(record, seq), this.#ttl()),
     );

@@ -239,7 +239,7 @@ async function waitFor(condition: () => Promise<boolean>): Promise<void> {
  * reset) waits at a gate, as one queued behind a file lock or a slow connection does.
  */
 class EmptiedStore extends EventEmitter<StoreEvents> implements TokenStore {
-  #gate: { arrived: () => void; opened: Promise<void>; landed: () => void } | undefined;
+  #gate: { what: 'write' | 'answer'; arrived: () => void; opened: Promise<void>; landed: () => void } | undefined;
   constructor(readonly inner: MemoryStore) {
     super();
   }
@@ -249,10 +249,10 @@ class EmptiedStore extends EventEmitter<StoreEvents> implements TokenStore {
     this.emit('reset');
   }
   /**
-   * Holds the next `ifVersion: 0` write. Resolves once it arrived, to a function that lets it go on and resolves
-   * once it went through.
+   * Holds the next `ifVersion: 0` write: before it reaches the store, or (`'answer'`) after, holding back its
+   * answer. Resolves once it arrived, to a function that lets it go on and resolves once it went through.
    */
-  holdNextCreate(): Promise<() => Promise<void>> {
+  holdNextCreate(what: 'write' | 'answer' = 'write'): Promise<() => Promise<void>> {
     let open!: () => void;
     let landed!: () => void;
     const opened = new Promise<void>((resolve) => (open = resolve));
@@ -261,7 +261,7 @@ class EmptiedStore extends EventEmitter<StoreEvents> implements TokenStore {
       open();
       await through;
     };
-    return new Promise((resolve) => (this.#gate = { arrived: () => resolve(release), opened, landed }));
+    return new Promise((resolve) => (this.#gate = { what, arrived: () => resolve(release), opened, landed }));
   }
   get(key: string): Promise<StoreRecord | undefined> {
     return this.inner.get(key);
@@ -270,11 +270,12 @@ class EmptiedStore extends EventEmitter<StoreEvents> implements TokenStore {
     const gate = this.#gate;
     if (gate !== undefined && options?.ifVersion === 0) {
       this.#gate = undefined;
+      const written = gate.what === 'answer' ? await this.inner.set(key, value, options) : undefined;
       gate.arrived();
       await gate.opened;
-      const written = await this.inner.set(key, value, options);
+      const answer = written ?? (await this.inner.set(key, value, options));
       gate.landed();
-      return written;
+      return answer;
     }
     return this.inner.set(key, value, options);
   }
@@ -337,6 +338,26 @@ describe('UserTokens: a write-back after a store reset that lands late', () => {
     expect(await outcome(other.getAccessToken('karl'))).toBe('ERR_LOGIN_REQUIRED');
     await clock.advance(SETTLE_MS); // (right after a reset, a missing record is read again once the fleet settled)
     expect(await outcome(users.getAccessToken('karl'))).toBe('ERR_LOGIN_REQUIRED');
+    await Promise.all([users.close(), other.close()]);
+  });
+
+  it('a login saved again after the sign-out stands: the write-back, answered after it, deletes nothing', async () => {
+    const store = new EmptiedStore(new MemoryStore({ clock }));
+    const users = usersOn(store);
+    await users.save('lisa', await as.issueTokens({ sub: 'lisa', scope: 'openid' }));
+    const key = users.keyFor('lisa');
+    const held = store.holdNextCreate('answer'); // written, its answer late
+    await store.empty(key);
+    const release = await held;
+    await users.delete('lisa');
+    const login = await as.issueTokens({ sub: 'lisa', scope: 'openid' });
+    await users.save('lisa', login); // written after the write-back
+    await release();
+    await new Promise((resolve) => setTimeout(resolve, 50)); // (a delete would follow the answer at once)
+    // Without telling a replacement from a sign-out, the write-back's answer deleted the new login from the store.
+    expect((await store.inner.get(key))?.value.includes(login['access_token'] as string)).toBe(true);
+    const other = usersOn(store.inner);
+    expect((await other.getAccessToken('lisa')).accessToken).toBe(login['access_token']);
     await Promise.all([users.close(), other.close()]);
   });
 });
