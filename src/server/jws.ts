@@ -29,9 +29,9 @@
  * @module
  */
 import { KeyObject, constants, verify as cryptoVerify } from 'node:crypto';
-import { availableParallelism } from 'node:os';
 import { type JWSHeaderParameters, type JWTPayload, base64url, errors } from 'jose';
 import { type SignatureJob, poolCheck, signatureLanes } from './signature-workers.js';
+import { processCores } from './cpus.js';
 
 /** How `crypto.verify` is called for one JWS algorithm (RFC 7518 §3). */
 interface AlgorithmParams {
@@ -271,7 +271,8 @@ let offloaded = 0;
 let burst = 0;
 /** The burst under way: its checks for other threads, and when this thread was done with its own share. */
 let round: { outgoing: SignatureJob[]; ownDoneAt: number } = { outgoing: [], ownDoneAt: 0 };
-const CORES = availableParallelism();
+/** The cores to share a burst with (a container's CPU limit included: see usableCores). */
+const CORES = processCores();
 /** Whether another core may take work: never on a single-core machine. */
 const SPARE_CORES = CORES > 1;
 const now = (): number => performance.timeOrigin + performance.now();

@@ -16,9 +16,9 @@
  * @module
  */
 import { verify as cryptoVerify } from 'node:crypto';
-import { availableParallelism } from 'node:os';
 import type { Worker } from 'node:worker_threads';
 import type { VerificationKey } from './jws.js';
+import { processCores } from './cpus.js';
 
 /** What one check needs: the arguments of `crypto.verify`. */
 export interface SignatureJob {
@@ -195,11 +195,12 @@ export class Lane {
 
 /**
  * How many worker threads: `TOKENWARDEN_SIGNATURE_WORKERS` when it is a whole number from 0 (none: the thread
- * pool takes every offloaded check) to 64, read when the first burst comes; otherwise one per spare core, four at
- * most (as libuv's thread pool has). A value that is not such a number is ignored, with a warning.
+ * pool takes every offloaded check) to 64, read when the first burst comes; otherwise one per spare core (a
+ * container's CPU limit counts: see usableCores), four at most (as libuv's thread pool has). A value that is not
+ * such a number is ignored, with a warning.
  */
 function laneCount(): number {
-  const fallback = Math.min(availableParallelism() - 1, 4);
+  const fallback = Math.min(processCores() - 1, 4);
   const setting = process.env['TOKENWARDEN_SIGNATURE_WORKERS'];
   if (setting === undefined || setting === '') return fallback;
   if (/^\d{1,2}$/.test(setting) && Number(setting) <= 64) return Number(setting);
