@@ -86,16 +86,23 @@ interface Answer {
   readonly finishedAt: number;
 }
 
+/** The wait before a failed worker's place gets a new one: 1 s, doubling with each failure there, 5 min at most. */
+const RESTART_BASE_MS = 1000;
+const RESTART_MAX_MS = 300_000;
+
 /** One worker thread and the checks it holds. */
 export class Lane {
   #worker: Worker | undefined;
   #ready = false;
   #failed = false;
+  /** When a new worker may take this one's place (`Date.now()`), once it failed. */
+  #retryAt = Infinity;
   readonly #known = new Set<number>();
   readonly #batches = new Map<number, { jobs: SignatureJob[]; finished: ((at: number) => void) | undefined }>();
   #nextBatch = 0;
 
-  constructor() {
+  /** `failures`: how many workers failed in this place before (the wait before the next one doubles each time). */
+  constructor(readonly failures = 0) {
     try {
       // Loaded here, not imported: a runtime without worker threads (some edge runtimes) loses only them.
       const { Worker: WorkerThread } = process.getBuiltinModule('node:worker_threads');
@@ -114,12 +121,17 @@ export class Lane {
       worker.unref();
       this.#worker = worker;
     } catch {
-      this.#failed = true; // workers forbidden (a permission model) or out of resources: the pool serves
+      this.#fail(); // workers forbidden (a permission model) or out of resources: the pool serves
     }
   }
 
   get ready(): boolean {
     return this.#ready;
+  }
+
+  /** Whether this worker failed and a new one may take its place now. */
+  replaceable(now: number): boolean {
+    return this.#failed && now >= this.#retryAt;
   }
 
   /** Sends `jobs` in one message; `finished` learns when the worker was done with them (`Date.now()`'s scale). */
@@ -185,6 +197,7 @@ export class Lane {
     if (this.#failed) return;
     this.#failed = true;
     this.#ready = false;
+    this.#retryAt = Date.now() + Math.min(RESTART_MAX_MS, RESTART_BASE_MS * 2 ** Math.min(this.failures, 20));
     const held = [...this.#batches.values()].flatMap((sent) => sent.jobs);
     this.#batches.clear();
     this.#worker?.unref();
@@ -215,7 +228,8 @@ let started = false;
 
 /**
  * The worker threads ready for a burst's offloaded checks, started at the first call. `undefined` while none
- * is ready (starting, or failed): the caller uses {@link poolCheck} meanwhile.
+ * is ready (starting, or failed): the caller uses {@link poolCheck} meanwhile. A failed worker is replaced at a
+ * call 1 s after it failed, then 2 s, 4 s… after each further failure in its place (5 min at most).
  *
  * @example
  * ```ts
@@ -227,6 +241,12 @@ export function signatureLanes(): readonly Lane[] | undefined {
   if (!started) {
     started = true;
     for (let i = laneCount(); i > 0; i--) lanes.push(new Lane());
+  }
+  // A worker that died (or could not start) is replaced, after a wait that doubles with each failure in its place.
+  const now = Date.now();
+  for (let i = 0; i < lanes.length; i++) {
+    const lane = lanes[i] as Lane;
+    if (lane.replaceable(now)) lanes[i] = new Lane(lane.failures + 1);
   }
   const ready = lanes.filter((lane) => lane.ready);
   return ready.length === 0 ? undefined : ready;

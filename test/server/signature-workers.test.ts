@@ -90,6 +90,23 @@ describe.skipIf(availableParallelism() === 1)('signature worker threads', () => 
     // Bursts go on, on the thread pool where no worker is left.
     const after = await Promise.all(tokens.map((t) => checkSignature(parseCompactJws(t, ALGORITHMS), key)));
     expect(after).toEqual(expected);
+    expect(signatureLanes()?.includes(lane) ?? false).toBe(false);
+
+    // A second later a new worker takes the stopped one's place, and answers as it did.
+    await vi.waitFor(() => expect(signatureLanes()?.length ?? 0).toBeGreaterThan(0), { timeout: 10_000 });
+    const [fresh] = signatureLanes() ?? [];
+    if (fresh === undefined) throw new Error('no worker ready');
+    expect(fresh).not.toBe(lane);
+    expect(fresh.failures).toBe(1); // the next failure in its place waits 2 s
+    const again = await Promise.all(
+      tokens.map((t) => {
+        const jws = parseCompactJws(t, ALGORITHMS);
+        return new Promise<boolean>((done) =>
+          fresh.send([{ hash: key.hash, data: jws.signingInput, key: key.key, signature: jws.signature, done }]),
+        );
+      }),
+    );
+    expect(again).toEqual(expected);
   });
 
   it('hold the process open while a worker has checks in hand, and not once they are idle', async () => {
