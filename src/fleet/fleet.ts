@@ -109,6 +109,12 @@ export interface Lineage<S> {
   placeholder?(now: number): S;
 }
 
+/** A write of a key on its way to the store, and what happened to the key meanwhile ({@link Fleet.forget}). */
+interface Flight {
+  deleted: boolean;
+  replaced: boolean;
+}
+
 /** One key as a participant holds it. */
 export interface Slot<S> {
   readonly key: string;
@@ -286,7 +292,7 @@ export class Fleet<S> {
    * Write-backs of held states in flight, by key: each learns of a deletion on purpose ({@link Fleet.forget}: a
    * sign-out) made while its write was on its way.
    */
-  readonly #writingBack = new Map<string, Set<{ deleted: boolean; replaced: boolean }>>();
+  readonly #writingBack = new Map<string, Set<Flight>>();
   /** Lock releases under way (`close()` waits for them: a store closed under one leaves a lease behind). */
   readonly #releasing = new Set<Promise<void>>();
   #settleUntil = 0;
@@ -545,10 +551,7 @@ export class Fleet<S> {
    * after this one and stands.
    */
   async #writeBackHeld(slot: Slot<S>, value: Versioned<S>, ifVersion: number, budget: Budget): Promise<void> {
-    const flight = { deleted: false, replaced: false };
-    const flights = this.#writingBack.get(slot.key) ?? new Set();
-    flights.add(flight);
-    this.#writingBack.set(slot.key, flights);
+    const flight = this.#takeOff(slot.key);
     try {
       for (let tries = 0; tries < 3; tries++) {
         const now = this.#o.clock.now();
@@ -562,12 +565,7 @@ export class Fleet<S> {
           budget,
         );
         if (!written.ok || written.value === null) return;
-        // Replaced while the write was on its way (a login saved here, written after this): nothing to take.
-        if (flight.replaced) return;
-        if (flight.deleted) {
-          await this.storeCall(slot, 'delete', (s) => s.delete(slot.key));
-          return;
-        }
+        if (await this.#overtaken(slot, flight)) return;
         const held = slot.held();
         if (
           held !== undefined &&
@@ -584,9 +582,36 @@ export class Fleet<S> {
         return;
       }
     } finally {
-      flights.delete(flight);
-      if (flights.size === 0 && this.#writingBack.get(slot.key) === flights) this.#writingBack.delete(slot.key);
+      this.#land(slot.key, flight);
     }
+  }
+
+  /** A write of `key` on its way: {@link Fleet.forget} marks it. */
+  #takeOff(key: string): Flight {
+    const flight = { deleted: false, replaced: false };
+    const flights = this.#writingBack.get(key) ?? new Set();
+    flights.add(flight);
+    this.#writingBack.set(key, flights);
+    return flight;
+  }
+
+  #land(key: string, flight: Flight): void {
+    const flights = this.#writingBack.get(key);
+    if (flights === undefined) return;
+    flights.delete(flight);
+    if (flights.size === 0) this.#writingBack.delete(key);
+  }
+
+  /**
+   * After a write that landed: whether the key was deleted on purpose (a sign-out: the entry just written is
+   * deleted again, with a store time limit of its own) or replaced (a login saved here, written after it) while
+   * it was on its way — nothing of it is taken then.
+   */
+  async #overtaken(slot: Slot<S>, flight: Flight): Promise<boolean> {
+    if (flight.replaced) return true;
+    if (!flight.deleted) return false;
+    await this.storeCall(slot, 'delete', (s) => s.delete(slot.key));
+    return true;
   }
 
   /** The lock, or `undefined` when another process held it past the wait. */
@@ -750,6 +775,15 @@ export class Fleet<S> {
   /** One try at writing a pending state: read, and write it unless the store holds something as new. */
   async #writeBack(pending: Pending<S>, budget = new Budget(this.#o.storeTimeoutMs)): Promise<void> {
     if (this.#pending.get(pending.slot.key) !== pending) return;
+    const flight = this.#takeOff(pending.slot.key);
+    try {
+      await this.#writePending(pending, budget, flight);
+    } finally {
+      this.#land(pending.slot.key, flight);
+    }
+  }
+
+  async #writePending(pending: Pending<S>, budget: Budget, flight: Flight): Promise<void> {
     pending.attempts += 1;
     const read = await this.#read(pending.slot, budget);
     if (!read.ok) return;
@@ -772,6 +806,7 @@ export class Fleet<S> {
       budget,
     );
     if (written.ok && written.value !== null) {
+      if (await this.#overtaken(pending.slot, flight)) return;
       pending.slot.take({ ...pending.value, version: written.value }, 'store');
       this.#drop(pending);
     }

@@ -266,7 +266,10 @@ class EmptiedStore extends EventEmitter<StoreEvents> implements TokenStore {
   get(key: string): Promise<StoreRecord | undefined> {
     return this.inner.get(key);
   }
+  /** Writes fail, as a store refusing them does. */
+  refuseWrites = false;
   async set(key: string, value: string, options?: SetOptions): Promise<number | null> {
+    if (this.refuseWrites) throw new Error('ECONNREFUSED (set)');
     const gate = this.#gate;
     if (gate !== undefined && options?.ifVersion === 0) {
       this.#gate = undefined;
@@ -358,6 +361,29 @@ describe('UserTokens: a write-back after a store reset that lands late', () => {
     expect((await store.inner.get(key))?.value.includes(login['access_token'] as string)).toBe(true);
     const other = usersOn(store.inner);
     expect((await other.getAccessToken('lisa')).accessToken).toBe(login['access_token']);
+    await Promise.all([users.close(), other.close()]);
+  });
+
+  it('a refresh whose write was pending, retried into the emptied store when the subject signs out here: deleted again', async () => {
+    const store = new EmptiedStore(new MemoryStore({ clock }));
+    const users = usersOn(store);
+    await users.save('mona', await as.issueTokens({ sub: 'mona', scope: 'openid' }));
+    const key = users.keyFor('mona');
+    await clock.advance(61_000); // expired: the next call refreshes, and the store refuses the write
+    store.refuseWrites = true;
+    const refreshed = (await users.getAccessToken('mona')).accessToken;
+    store.refuseWrites = false;
+    const held = store.holdNextCreate();
+    await store.empty(key); // the pending write's next try finds the record gone while the fleet settles
+    const release = await held;
+    await users.delete('mona');
+    await release();
+    await waitFor(async () => (await store.inner.get(key)) === undefined);
+    // Without the fix, the pending write landed after the sign-out and signed the subject back in everywhere.
+    expect((await store.inner.get(key))?.value.includes(refreshed) ?? false).toBe(false);
+    expect(await store.inner.get(key)).toBeUndefined();
+    const other = usersOn(store.inner);
+    expect(await outcome(other.getAccessToken('mona'))).toBe('ERR_LOGIN_REQUIRED');
     await Promise.all([users.close(), other.close()]);
   });
 });
