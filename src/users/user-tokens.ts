@@ -550,20 +550,35 @@ export class UserTokens extends EventEmitter<UserTokensEvents> {
     );
     try {
       const record = await this.#read(subject);
+      // A refresh here whose write the store has not taken yet (pending: the store refused it, the lock is still
+      // its own) holds the newest refresh token, and the store's is spent. A store state as new as this
+      // instance's is taken by the read, so a held record that differs from it is the newer one.
+      const cached = this.#cache.peek(subject);
+      const held = cached === undefined ? undefined : this.#reread(cached);
+      const newest = held ?? record;
       let refreshError: TokenwardenError | undefined;
       let revokedRefresh = false;
       let revokedAccess = 0;
-      if (record?.refreshToken !== undefined) {
+      if (newest?.refreshToken !== undefined) {
         try {
-          await this.client.revoke(record.refreshToken, 'refresh_token');
+          await this.client.revoke(newest.refreshToken, 'refresh_token');
           revokedRefresh = true;
         } catch (err) {
           refreshError = isTokenwardenError(err) ? err : toTokenwardenError(err, 'revocation');
         }
       }
-      if (record !== undefined && this.#revokeAccessTokens && refreshError?.code !== 'ERR_UNSUPPORTED') {
+      const spent = record?.refreshToken;
+      if (spent !== undefined && spent !== newest?.refreshToken && refreshError?.code !== 'ERR_UNSUPPORTED') {
+        // Best effort: a server answers 200 for a token it no longer knows (RFC 7009 §2.2); some revoke the grant.
+        await this.client.revoke(spent, 'refresh_token').catch(() => undefined);
+      }
+      const accessTokens = new Map<string, UserRecord['accessTokens'][number]>();
+      for (const entry of [...(newest?.accessTokens ?? []), ...(record?.accessTokens ?? [])]) {
+        accessTokens.set(entry.token.accessToken, entry);
+      }
+      if (newest !== undefined && this.#revokeAccessTokens && refreshError?.code !== 'ERR_UNSUPPORTED') {
         const now = this.#clock.now();
-        for (const entry of record.accessTokens) {
+        for (const entry of accessTokens.values()) {
           if (entry.token.expiresAt !== undefined && entry.token.expiresAt <= now) continue;
           try {
             await this.client.revoke(entry.token.accessToken, 'access_token');

@@ -387,3 +387,40 @@ describe('UserTokens: a write-back after a store reset that lands late', () => {
     await Promise.all([users.close(), other.close()]);
   });
 });
+
+describe('UserTokens: revoke() while a refresh of this instance waits to be written', () => {
+  it('revokes the newest refresh token, the one held here, not only the spent one the store still has', async () => {
+    const memory = new MemoryStore({ clock });
+    const failing = new FailingStore(memory);
+    const gate = gated();
+    gate.open();
+    // The tokens sent for revocation (a server may revoke a whole grant for a spent token; not every one does).
+    const revoked: string[] = [];
+    const fetch: typeof globalThis.fetch = (input, init) => {
+      const body = new URLSearchParams(String(init?.body ?? ''));
+      if (String(input).endsWith('/revoke') || String(input).includes('/token/revocation')) {
+        revoked.push(body.get('token') ?? '');
+      }
+      return gate.fetch(input, init);
+    };
+    const users = usersOn(failing, { fetch, lock: { wait: '50ms' } });
+    const login = await as.issueTokens({ sub: 'nina', scope: 'openid' });
+    await users.save('nina', login);
+    await clock.advance(61_000); // expired: the next call refreshes, and the store refuses the write
+    failing.failing.add('set');
+    await users.getAccessToken('nina');
+    expect(gate.issued).toHaveLength(1);
+    const [newest] = gate.issued as [string];
+    expect(await active(newest)).toBe(true);
+    const result = await users.revoke('nina'); // the store still has the spent refresh token
+    // Without the fix only the store's (spent) refresh token was sent: on a server that does not revoke a grant
+    // for a spent token, the newest stayed live — the user signed out here but not there.
+    expect(revoked).toContain(newest);
+    expect(await active(newest)).toBe(false);
+    expect(result.refreshToken).toBe(true);
+    failing.failing.clear();
+    expect(await outcome(users.getAccessToken('nina'))).toBe('ERR_LOGIN_REQUIRED');
+    await users.close();
+    expect(await memory.get(users.keyFor('nina'))).toBeUndefined();
+  });
+});
