@@ -289,8 +289,8 @@ export class Fleet<S> {
   readonly #private: boolean;
   readonly #pending = new Map<string, Pending<S>>();
   /**
-   * Write-backs of held states in flight, by key: each learns of a deletion on purpose ({@link Fleet.forget}: a
-   * sign-out) made while its write was on its way.
+   * Writes on their way that nothing orders after a sign-out (write-backs of held states, retried pending writes),
+   * by key: each learns of a deletion on purpose or a replacement ({@link Fleet.forget}) made meanwhile.
    */
   readonly #writingBack = new Map<string, Set<Flight>>();
   /** Lock releases under way (`close()` waits for them: a store closed under one leaves a lease behind). */
