@@ -129,6 +129,11 @@ export class Lane {
     return this.#ready;
   }
 
+  /** How many keys the worker holds (sent once each; forgotten when the key is collected here). */
+  get keysHeld(): number {
+    return this.#known.size;
+  }
+
   /** Whether this worker failed and a new one may take its place now. */
   replaceable(now: number): boolean {
     return this.#failed && now >= this.#retryAt;

@@ -109,6 +109,13 @@ describe.skipIf(availableParallelism() === 1)('signature worker threads', () => 
     expect(again).toEqual(expected);
   });
 
+  it('forget a key once it is collected here: a JWKS rotated many times does not grow what a worker holds', async () => {
+    const child = await builtChild();
+    const { stdout } = await run(process.execPath, ['--expose-gc', child, 'forget'], { timeout: 20_000 });
+    // 20 checks held, 20 keys sent, none left once collected (without the FinalizationRegistry: 20 left).
+    expect(stdout.trim()).toBe('20 20 0');
+  });
+
   it('hold the process open while a worker has checks in hand, and not once they are idle', async () => {
     const child = await builtChild();
     const { stdout } = await run(process.execPath, [child], { timeout: 20_000 });

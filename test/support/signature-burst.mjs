@@ -5,7 +5,8 @@
  * alive; prints how many held. A worker that does not hold the process open while it has checks in hand
  * lets it exit first (code 13, "unsettled top-level await") and print nothing. With `idle`, the process
  * ends once the workers are up: idle workers must not keep it alive. With `forbidden` (run with the
- * permission model, no `--allow-worker`), bursts are checked all the same.
+ * permission model, no `--allow-worker`), bursts are checked all the same. With `forget` (and `--expose-gc`),
+ * keys sent to a worker and then dropped here are forgotten there too.
  */
 import { generateKeyPairSync, sign, webcrypto } from 'node:crypto';
 import { checkSignature, parseCompactJws, verificationKey } from '../../dist/server/jws.js';
@@ -45,6 +46,30 @@ while (signatureLanes() === undefined) await new Promise((resolve) => setTimeout
 if (process.argv[2] === 'idle') {
   // Nothing more: workers that are up and idle must let the process end.
   process.stdout.write('idle\n');
+} else if (process.argv[2] === 'forget') {
+  // Run with --expose-gc: 20 keys (a JWKS rotated 20 times) each sent to a worker with one check, then dropped
+  // here; once collected, the worker is told to forget each. Prints the keys held before and after.
+  const lane = signatureLanes()[0];
+  const sendNewKey = async (n) => {
+    const pair = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    const jwk = pair.publicKey.export({ format: 'jwk' });
+    const imported = await webcrypto.subtle.importKey('jwk', jwk, { name: 'ECDSA', namedCurve: 'P-256' }, false, [
+      'verify',
+    ]);
+    const fresh = verificationKey(imported, 'ES256');
+    const data = Buffer.from(`key ${n}`);
+    const signature = sign('sha256', data, { key: pair.privateKey, dsaEncoding: 'ieee-p1363' });
+    return new Promise((done) => lane.send([{ hash: fresh.hash, data, key: fresh.key, signature, done }]));
+  };
+  const start = lane.keysHeld;
+  const held = await Promise.all(Array.from({ length: 20 }, (_, n) => sendNewKey(n)));
+  const before = lane.keysHeld;
+  for (let i = 0; i < 100 && lane.keysHeld > start; i++) {
+    globalThis.gc();
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+  process.stdout.write(`${held.filter(Boolean).length} ${before - start} ${lane.keysHeld - start}\n`);
+  process.exit(0);
 } else {
   const lane = signatureLanes()[0];
   const answers = tokens.map(
