@@ -115,6 +115,11 @@ interface Flight {
   replaced: boolean;
 }
 
+/** Whether the state held moved on from `from`: a later place in the history, or another write at the same one. */
+function movedOn<S>(held: Versioned<S>, from: Versioned<S>): boolean {
+  return held.seq > from.seq || (held.seq === from.seq && held.version !== from.version);
+}
+
 /** One key as a participant holds it. */
 export interface Slot<S> {
   readonly key: string;
@@ -293,6 +298,8 @@ export class Fleet<S> {
    * by key: each learns of a deletion on purpose or a replacement ({@link Fleet.forget}) made meanwhile.
    */
   readonly #writingBack = new Map<string, Set<Flight>>();
+  /** The last write of each key in this process, while one is under way (see #oneAtATime). */
+  readonly #writing = new Map<string, Promise<void>>();
   /** Lock releases under way (`close()` waits for them: a store closed under one leaves a lease behind). */
   readonly #releasing = new Set<Promise<void>>();
   #settleUntil = 0;
@@ -433,8 +440,20 @@ export class Fleet<S> {
       this.#failed(slot, operation, error);
       return { ok: false, error };
     }
+    // This process's writes of one key go to the store one at a time (see #oneAtATime).
+    let gaveUp = false;
+    let giveUp = (): void => undefined;
+    const run =
+      operation === 'set'
+        ? () =>
+            this.#oneAtATime(
+              slot.key,
+              () => (gaveUp ? Promise.reject(new Error('given up while waiting its turn')) : call(this.#o.store)),
+              new Promise<void>((resolve) => (giveUp = resolve)),
+            )
+        : () => call(this.#o.store);
     try {
-      const value = await bounded(() => call(this.#o.store), budgetMs, `store ${operation}`, releaseLate);
+      const value = await bounded(run, budgetMs, `store ${operation}`, releaseLate);
       if (operation !== 'lock') budget?.charge(Date.now() - started);
       else telemetry.lockWaited(performance.now() - waitStarted, value === undefined ? 'timeout' : 'acquired');
       if (this.#storeDown) {
@@ -446,6 +465,8 @@ export class Fleet<S> {
       }
       return { ok: true, value };
     } catch (err) {
+      gaveUp = true;
+      giveUp();
       if (operation === 'lock') telemetry.lockWaited(performance.now() - waitStarted, 'error');
       budget?.charge(Math.min(Date.now() - started, limit));
       if (this.#waits.aborted && isTokenwardenError(err, 'ERR_CLOSED', 'ERR_ABORTED')) throw err;
@@ -455,6 +476,36 @@ export class Fleet<S> {
       this.#failed(slot, operation, error);
       return { ok: false, error };
     }
+  }
+
+  /**
+   * Runs this process's writes of `key` one at a time, each after the one before it answered and its caller took
+   * what it wrote (the turn passes on at the next macrotask, after the caller's synchronous continuation). A write
+   * queued in the store (behind a FileStore's file lock, a slow connection) cannot then land after a later write
+   * of this process, with an older state: into a store emptied again meanwhile, nothing else would stop it. A
+   * caller that gives up (its time limit: `abandoned`) passes its turn on at once, so that a store call that never
+   * answers holds up the key's later writes for one time limit, not for ever.
+   */
+  async #oneAtATime<T>(key: string, write: () => Promise<T>, abandoned: Promise<void>): Promise<T> {
+    const before = this.#writing.get(key);
+    let release!: () => void;
+    const mine = new Promise<void>((resolve) => (release = resolve));
+    const tail = before === undefined ? mine : before.then(() => mine);
+    this.#writing.set(key, tail);
+    let passed = false;
+    const pass = (): void => {
+      if (passed) return;
+      passed = true;
+      setImmediate(() => {
+        release();
+        if (this.#writing.get(key) === tail) this.#writing.delete(key);
+      });
+    };
+    void abandoned.then(pass);
+    if (before !== undefined) await Promise.race([before, abandoned]);
+    const writing = write();
+    writing.then(pass, pass);
+    return writing;
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -554,23 +605,26 @@ export class Fleet<S> {
     const flight = this.#takeOff(slot.key);
     try {
       for (let tries = 0; tries < 3; tries++) {
-        const now = this.#o.clock.now();
-        const text = this.#o.lineage.encode(value.state, value.seq, now);
-        const ttl = this.#o.lineage.ttlMs(value.state, now);
         const base = ifVersion;
         const written = await this.storeCall(
           slot,
           'set',
-          (s) => s.set(slot.key, text, { ifVersion: base, ...(ttl !== undefined && { ttlMs: ttl }) }),
+          (s) => {
+            // Its turn come (#oneAtATime), the state held now: a write of this process that landed meanwhile
+            // (an invalidate()) moved it on.
+            const held = slot.held();
+            if (held !== undefined && movedOn(held, value) && this.#o.lineage.precious(held.state)) value = held;
+            const now = this.#o.clock.now();
+            const text = this.#o.lineage.encode(value.state, value.seq, now);
+            const ttl = this.#o.lineage.ttlMs(value.state, now);
+            return s.set(slot.key, text, { ifVersion: base, ...(ttl !== undefined && { ttlMs: ttl }) });
+          },
           budget,
         );
         if (!written.ok || written.value === null) return;
         if (await this.#overtaken(slot, flight)) return;
         const held = slot.held();
-        if (
-          held !== undefined &&
-          (held.seq > value.seq || (held.seq === value.seq && held.version !== value.version))
-        ) {
+        if (held !== undefined && movedOn(held, value)) {
           if (!this.#o.lineage.precious(held.state)) return; // nothing worth writing: at least not taken back
           value = held;
           ifVersion = written.value;

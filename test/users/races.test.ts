@@ -268,8 +268,19 @@ class EmptiedStore extends EventEmitter<StoreEvents> implements TokenStore {
   }
   /** Writes fail, as a store refusing them does. */
   refuseWrites = false;
+  #inFlight = 0;
+  /** The most writes that were under way at once. */
+  mostInFlight = 0;
   async set(key: string, value: string, options?: SetOptions): Promise<number | null> {
     if (this.refuseWrites) throw new Error('ECONNREFUSED (set)');
+    this.mostInFlight = Math.max(this.mostInFlight, ++this.#inFlight);
+    try {
+      return await this.#set(key, value, options);
+    } finally {
+      this.#inFlight--;
+    }
+  }
+  async #set(key: string, value: string, options?: SetOptions): Promise<number | null> {
     const gate = this.#gate;
     if (gate !== undefined && options?.ifVersion === 0) {
       this.#gate = undefined;
@@ -294,7 +305,7 @@ class EmptiedStore extends EventEmitter<StoreEvents> implements TokenStore {
 }
 
 describe('UserTokens: a write-back after a store reset that lands late', () => {
-  it('does not put back a token invalidate() dropped meanwhile: the state held now is written over it', async () => {
+  it('writes of a subject go one at a time: invalidate() waits for a write-back the store holds, and the token it dropped does not come back', async () => {
     const store = new EmptiedStore(new MemoryStore({ clock }));
     const users = usersOn(store);
     await users.save('jane', await as.issueTokens({ sub: 'jane', scope: 'openid' }));
@@ -304,17 +315,20 @@ describe('UserTokens: a write-back after a store reset that lands late', () => {
     const held = store.holdNextCreate();
     await store.empty(key);
     const release = await held;
-    // …while invalidate() finds the record missing, writes it back itself and drops the token…
-    await users.invalidate('jane', dropped);
-    expect((await store.inner.get(key))?.value.includes(dropped)).toBe(false);
-    // …and the store is emptied again before the first write-back goes through: it lands in the empty store.
+    // …invalidate() finds the record missing; its own write-back waits its turn behind the one the store holds…
+    const invalidating = users.invalidate('jane', dropped);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    // (Without the turns, it went in alongside: the older write then landed after invalidate()'s, into a store
+    // emptied once more, and the dropped token was back in the store, and in memory as the newer version.)
+    expect(store.mostInFlight).toBe(1);
+    // …the store is emptied again, the held write-back lands in the empty store, and invalidate() goes on.
     await store.inner.delete(key);
     await release();
+    await invalidating;
     const stored = async (): Promise<string | undefined> => (await store.inner.get(key))?.value;
-    await waitFor(async () => (await stored())?.includes(dropped) === false);
-    // Without the fix, the late write-back put the dropped token back in the store and in the in-process layer
-    // (taken as the newer version), and every later reset wrote it back again.
     expect((await stored())?.includes(dropped)).toBe(false);
+    expect(store.mostInFlight).toBe(1);
+    // A later reset writes back what is held here: still without it.
     await store.empty(key);
     await waitFor(async () => (await stored()) !== undefined);
     const other = usersOn(store.inner);
@@ -354,8 +368,9 @@ describe('UserTokens: a write-back after a store reset that lands late', () => {
     const release = await held;
     await users.delete('lisa');
     const login = await as.issueTokens({ sub: 'lisa', scope: 'openid' });
-    await users.save('lisa', login); // written after the write-back
+    const saving = users.save('lisa', login); // written after the write-back (its turn comes after it)
     await release();
+    await saving;
     await new Promise((resolve) => setTimeout(resolve, 50)); // (a delete would follow the answer at once)
     // Without telling a replacement from a sign-out, the write-back's answer deleted the new login from the store.
     expect((await store.inner.get(key))?.value.includes(login['access_token'] as string)).toBe(true);
@@ -422,5 +437,25 @@ describe('UserTokens: revoke() while a refresh of this instance waits to be writ
     expect(await outcome(users.getAccessToken('nina'))).toBe('ERR_LOGIN_REQUIRED');
     await users.close();
     expect(await memory.get(users.keyFor('nina'))).toBeUndefined();
+  });
+});
+
+describe('UserTokens: a store write that never answers', () => {
+  it("holds up the subject's later writes for one storeTimeout, not for ever", async () => {
+    const memory = new MemoryStore({ clock });
+    const failing = new FailingStore(memory);
+    const users = usersOn(failing, { storeTimeout: '200ms' });
+    await users.save('olga', await as.issueTokens({ sub: 'olga', scope: 'openid' }));
+    failing.hanging.add('set'); // this write never answers (nothing releases it)
+    expect(await outcome(users.save('olga', await as.issueTokens({ sub: 'olga', scope: 'openid' })))).toBe(
+      'ERR_STORE_TIMEOUT',
+    );
+    failing.hanging.delete('set');
+    // The next write's turn came when the one before gave up: without that it waited for an answer that never
+    // comes, and every later write of the subject failed.
+    const login = await as.issueTokens({ sub: 'olga', scope: 'openid' });
+    await users.save('olga', login);
+    expect((await memory.get(users.keyFor('olga')))?.value.includes(login['access_token'] as string)).toBe(true);
+    await users.close();
   });
 });
