@@ -595,46 +595,37 @@ export class Fleet<S> {
    * Writes a state this process holds over an older (or missing) entry, marked as restored from memory.
    *
    * The write may land long after `value` was read from this process (queued behind a file lock, a slow
-   * connection), and into a store emptied again meanwhile, where nothing stops it. Two things may have happened
-   * here in between, and neither is undone by it: the state held moved on (a write of this process landed, such
-   * as an `invalidate()`: that newer state is written over this one), or the key was deleted on purpose (a
-   * sign-out: the entry just written is deleted again) — unless a new login replaced it since, which is written
-   * after this one and stands.
+   * connection), and into a store emptied again meanwhile, where nothing stops it. This process's writes of the
+   * key go one at a time (#oneAtATime), and this one writes the state held when its turn comes, so it never lands
+   * over a newer write of this process. A deletion on purpose made while it was on its way (a sign-out) is not
+   * undone: the entry just written is deleted again — unless a new login replaced it since, which stands.
    */
   async #writeBackHeld(slot: Slot<S>, value: Versioned<S>, ifVersion: number, budget: Budget): Promise<void> {
     const flight = this.#takeOff(slot.key);
     try {
-      for (let tries = 0; tries < 3; tries++) {
-        const base = ifVersion;
-        const written = await this.storeCall(
-          slot,
-          'set',
-          (s) => {
-            // Its turn come (#oneAtATime), the state held now: a write of this process that landed meanwhile
-            // (an invalidate()) moved it on.
-            const held = slot.held();
-            if (held !== undefined && movedOn(held, value) && this.#o.lineage.precious(held.state)) value = held;
-            const now = this.#o.clock.now();
-            const text = this.#o.lineage.encode(value.state, value.seq, now);
-            const ttl = this.#o.lineage.ttlMs(value.state, now);
-            return s.set(slot.key, text, { ifVersion: base, ...(ttl !== undefined && { ttlMs: ttl }) });
-          },
-          budget,
-        );
-        if (!written.ok || written.value === null) return;
-        if (await this.#overtaken(slot, flight)) return;
-        const held = slot.held();
-        if (held !== undefined && movedOn(held, value)) {
-          if (!this.#o.lineage.precious(held.state)) return; // nothing worth writing: at least not taken back
-          value = held;
-          ifVersion = written.value;
-          continue;
-        }
-        slot.take({ ...value, version: written.value }, 'store');
-        const pending = this.#pending.get(slot.key);
-        if (pending !== undefined && pending.value.seq <= value.seq) this.#drop(pending);
-        return;
-      }
+      const written = await this.storeCall(
+        slot,
+        'set',
+        (s) => {
+          // Its turn come (#oneAtATime), the state held now: a write of this process that landed meanwhile
+          // (an invalidate()) moved it on.
+          const held = slot.held();
+          if (held !== undefined && movedOn(held, value) && this.#o.lineage.precious(held.state)) value = held;
+          const now = this.#o.clock.now();
+          const text = this.#o.lineage.encode(value.state, value.seq, now);
+          const ttl = this.#o.lineage.ttlMs(value.state, now);
+          return s.set(slot.key, text, { ifVersion, ...(ttl !== undefined && { ttlMs: ttl }) });
+        },
+        budget,
+      );
+      if (!written.ok || written.value === null) return;
+      if (await this.#overtaken(slot, flight)) return;
+      // Held moved on while it was on its way (a newer state read meanwhile): what was written is not taken back.
+      const held = slot.held();
+      if (held !== undefined && movedOn(held, value)) return;
+      slot.take({ ...value, version: written.value }, 'store');
+      const pending = this.#pending.get(slot.key);
+      if (pending !== undefined && pending.value.seq <= value.seq) this.#drop(pending);
     } finally {
       this.#land(slot.key, flight);
     }

@@ -240,7 +240,8 @@ async function waitFor(condition: () => Promise<boolean>): Promise<void> {
  */
 class EmptiedStore extends EventEmitter<StoreEvents> implements TokenStore {
   #gate: { what: 'write' | 'answer'; arrived: () => void; opened: Promise<void>; landed: () => void } | undefined;
-  constructor(readonly inner: MemoryStore) {
+  /** `inner`: a MemoryStore, or a FailingStore around one (writes refused on command). */
+  constructor(readonly inner: TokenStore) {
     super();
   }
   /** Removes the keys (the store restarts empty, FLUSHALL) and reports the reset. */
@@ -266,13 +267,10 @@ class EmptiedStore extends EventEmitter<StoreEvents> implements TokenStore {
   get(key: string): Promise<StoreRecord | undefined> {
     return this.inner.get(key);
   }
-  /** Writes fail, as a store refusing them does. */
-  refuseWrites = false;
   #inFlight = 0;
   /** The most writes that were under way at once. */
   mostInFlight = 0;
   async set(key: string, value: string, options?: SetOptions): Promise<number | null> {
-    if (this.refuseWrites) throw new Error('ECONNREFUSED (set)');
     this.mostInFlight = Math.max(this.mostInFlight, ++this.#inFlight);
     try {
       return await this.#set(key, value, options);
@@ -380,14 +378,15 @@ describe('UserTokens: a write-back after a store reset that lands late', () => {
   });
 
   it('a refresh whose write was pending, retried into the emptied store when the subject signs out here: deleted again', async () => {
-    const store = new EmptiedStore(new MemoryStore({ clock }));
+    const failing = new FailingStore(new MemoryStore({ clock }));
+    const store = new EmptiedStore(failing);
     const users = usersOn(store);
     await users.save('mona', await as.issueTokens({ sub: 'mona', scope: 'openid' }));
     const key = users.keyFor('mona');
     await clock.advance(61_000); // expired: the next call refreshes, and the store refuses the write
-    store.refuseWrites = true;
+    failing.failing.add('set');
     const refreshed = (await users.getAccessToken('mona')).accessToken;
-    store.refuseWrites = false;
+    failing.failing.delete('set');
     const held = store.holdNextCreate();
     await store.empty(key); // the pending write's next try finds the record gone while the fleet settles
     const release = await held;
