@@ -540,6 +540,11 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
     if (status !== 'ready') {
       if (status === 'wait')
         connection.connect().catch(() => undefined); // a lazyConnect client of yours
+      // Our own connection ended without close(): ioredis gives up on a connection for good when a failover is
+      // announced (+switch-master) while it is asking a sentinel for the master (its failover detector stops
+      // the connector mid-way, and the attempt rejects into `end`). Seen in CI: a whole fleet on ERR_STORE for
+      // the rest of its life after a Sentinel failover. It is opened again, here, on the next operation.
+      else if (status === 'end' && connection === this.#owned) connection.connect().catch(() => undefined);
       else if (
         status !== 'connecting' &&
         status !== 'connect' &&
@@ -649,6 +654,10 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
       // two masters, and a process that started on the new one would spend a refresh token rotated on the
       // old one. Tested (test/faults/fleet-faults.test.ts).
       ...(sentinels !== undefined && { sentinels, name, failoverDetector: true }),
+      // A sentinel that accepts the connection and then answers nothing (frozen, SIGSTOP; a half-open path) would
+      // hold every reconnection for ever: ioredis sets no time limit on its questions to a sentinel. With one,
+      // the next sentinel is asked. Tested (test/stores/redis-faults.test.ts).
+      ...(sentinels !== undefined && { sentinelCommandTimeout: this.#timeoutMs }),
       // Fail commands while Redis is unreachable instead of queueing them for long: the manager then
       // degrades to in-process behaviour, and the connection keeps reconnecting in the background.
       commandTimeout: this.#timeoutMs,
@@ -727,6 +736,12 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
       subscriber.on('error', () => undefined);
       subscriber.on('message', (channel: string, key: string) => {
         if (channel === this.#channel) this.#waiters.notify(key);
+      });
+      // Ended for good (the Sentinel race above): forgotten, so that the next wait subscribes anew.
+      subscriber.on('end', () => {
+        if (this.#subscriber !== subscriber) return;
+        this.#subscriber = undefined;
+        this.#subscribed = undefined;
       });
       this.#subscriber = subscriber;
       if (this.#closed) subscriber.disconnect();

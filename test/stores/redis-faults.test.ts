@@ -6,6 +6,8 @@
  */
 import { execFile as execFileCallback } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
+import { type AddressInfo, type Socket, connect, createServer } from 'node:net';
+import { once } from 'node:events';
 import { promisify } from 'node:util';
 import calculateSlot from 'cluster-key-slot';
 import { Cluster, Redis } from 'ioredis';
@@ -630,7 +632,6 @@ async function fillUntilGone(cache: Redis, ...keys: string[]): Promise<void> {
   throw new Error(`Redis did not evict ${keys.join(', ')}`);
 }
 
-/** Collects the process warnings emitted from now on, until `stop()`. */
 describe('RedisStore on a Sentinel client of yours', () => {
   it('without failoverDetector: a process warning (TOKENWARDEN_REDIS_SENTINEL), once per client; with it, none', async () => {
     const sentinels = [{ host: '127.0.0.1', port: 1 }];
@@ -653,6 +654,167 @@ describe('RedisStore on a Sentinel client of yours', () => {
   });
 });
 
+describe.skipIf(skipWithout('redis-server', hasRedisServer))(
+  'RedisStore through Redis Sentinel: faults ioredis leaves to us',
+  () => {
+    it('a failover announced while a reconnection asks a sentinel for the master (ioredis ends that connection for good): the store connects again', async () => {
+      const set = await startSentinelSet();
+      const proxy = await heldSentinel(set.sentinels[0]?.port ?? 0);
+      const sentinels = [{ host: '127.0.0.1', port: proxy.port }];
+      const prefix = `tw:${randomUUID()}:`;
+      const store = new RedisStore({ sentinels, name: set.name, prefix, timeout: 500 });
+      // The same client as the store's, bare: it shows the fault happened (its status stays `end`).
+      const bare = new Redis({ sentinels, name: set.name, failoverDetector: true, retryStrategy: () => 50 });
+      bare.on('error', () => undefined);
+      onTestFinished(async () => {
+        bare.disconnect();
+        await store.close();
+        proxy.close();
+        await set.close();
+      });
+      const other = new RedisStore({ sentinels: set.sentinels, name: set.name, prefix, timeout: 500 });
+      onTestFinished(() => other.close());
+      // A lock wait: the store subscribes to lock releases, on a connection of its own.
+      const contended = async (): Promise<void> => {
+        const lock = await other.lock('l', { ttlMs: 5000, waitMs: 0 });
+        expect(await store.lock('l', { ttlMs: 5000, waitMs: 100 })).toBeUndefined();
+        await lock?.release();
+      };
+      const listening = async (server: PrivateRedis): Promise<number> =>
+        (await server.cli('CLIENT', 'LIST'))
+          .split('\n')
+          .filter((line) => / sub=[1-9]/.test(line) && !/ name=sentinel-/.test(line)).length; // not the sentinel's own
+      await store.set('k', 'v1');
+      await contended();
+      expect(await listening(set.master)).toBe(1);
+      await bare.ping();
+      // Both failover detectors subscribed (through the proxy) to +switch-master.
+      const subscribed = async (): Promise<number> =>
+        (await sentinelCli(set, 'CLIENT', 'LIST')).split('\n').filter((line) => / sub=[1-9]/.test(line)).length;
+      await until(async () => (await subscribed()) >= 2);
+
+      // A reconnection (the master closed the connections) asks the sentinel for the master and gets no answer
+      // yet; meanwhile the sentinel fails over, and announces it (+switch-master) to both failover detectors.
+      proxy.hold();
+      await set.master.cli('CLIENT', 'KILL', 'TYPE', 'normal');
+      await set.master.cli('CLIENT', 'KILL', 'TYPE', 'pubsub');
+      await until(() => proxy.held() >= 3);
+      await set.failover();
+      await sleep(200);
+      proxy.release();
+      await until(() => bare.status === 'end');
+
+      // ioredis left its connection ended; the store opens it again at its next operation.
+      await until(async () => (await store.get('k').catch(() => undefined))?.value === 'v1', 3000);
+      await store.set('k', 'v2');
+      expect(await set.replica.cli('HGET', `${prefix}entry:k`, 'value')).toBe('v2'); // the new master
+      expect(bare.status).toBe('end');
+      // Its subscriber to lock releases, ended the same way, is opened again at the next wait.
+      await contended();
+      expect(await listening(set.replica)).toBe(1);
+    }, 30_000);
+
+    it('the first sentinel listed accepts connections and answers nothing (frozen): the store asks the next one within its time limit', async () => {
+      const set = await startSentinelSet();
+      const proxy = await heldSentinel(set.sentinels[0]?.port ?? 0);
+      proxy.hold();
+      const store = new RedisStore({
+        sentinels: [{ host: '127.0.0.1', port: proxy.port }, ...set.sentinels],
+        name: set.name,
+        prefix: `tw:${randomUUID()}:`,
+        timeout: 500,
+      });
+      onTestFinished(async () => {
+        await store.close();
+        proxy.close();
+        await set.close();
+      });
+      // The first connection asks the frozen sentinel, gives up on it after 500 ms, and asks the next one.
+      const started = Date.now();
+      await until(
+        async () =>
+          await store.set('k', 'v').then(
+            () => true,
+            () => false,
+          ),
+        5000,
+      );
+      expect(Date.now() - started).toBeLessThan(3000);
+      expect(await set.master.cli('--scan', '--pattern', '*entry:k')).toMatch(/entry:k/);
+      expect(proxy.held()).toBeGreaterThanOrEqual(1);
+    }, 30_000);
+  },
+);
+
+/** `redis-cli` on the set's sentinel. */
+async function sentinelCli(set: PrivateSentinelSet, ...args: string[]): Promise<string> {
+  const { stdout } = await execFile('redis-cli', ['-p', String(set.sentinels[0]?.port), ...args]);
+  return stdout.trim();
+}
+
+/** Polls `check` every 20 ms until it holds; throws after `ms`. */
+async function until(check: () => boolean | Promise<boolean>, ms = 5000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`not within ${ms} ms: ${check.toString()}`);
+    await sleep(20);
+  }
+}
+
+/**
+ * A TCP proxy in front of a sentinel that, once told to `hold()`, accepts new connections and passes nothing
+ * on them until `release()` — a sentinel that answers nothing to a newcomer, as a frozen one does (the kernel
+ * still accepts). Connections opened before `hold()` keep flowing.
+ */
+async function heldSentinel(port: number): Promise<{
+  port: number;
+  hold(): void;
+  release(): void;
+  held(): number;
+  close(): void;
+}> {
+  let holding = false;
+  let held: (() => void)[] = [];
+  let heldCount = 0;
+  const sockets = new Set<Socket>();
+  const server = createServer((client) => {
+    sockets.add(client);
+    const pass = (): void => {
+      const upstream = connect(port, '127.0.0.1');
+      sockets.add(upstream);
+      client.pipe(upstream).pipe(client);
+      const end = (): void => {
+        client.destroy();
+        upstream.destroy();
+      };
+      client.on('error', end).on('close', end);
+      upstream.on('error', end).on('close', end);
+    };
+    client.pause();
+    client.on('error', () => client.destroy());
+    if (!holding) return pass();
+    heldCount++;
+    held.push(pass);
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  return {
+    port: (server.address() as AddressInfo).port,
+    hold: () => void (holding = true),
+    release: () => {
+      holding = false;
+      for (const pass of held) pass();
+      held = [];
+    },
+    held: () => heldCount,
+    close: () => {
+      server.close();
+      for (const s of sockets) s.destroy();
+    },
+  };
+}
+
+/** Collects the process warnings emitted from now on, until `stop()`. */
 function captureWarnings(): (() => (Error & { code?: string })[]) & { stop(): void } {
   const warnings: (Error & { code?: string })[] = [];
   const onWarning = (w: Error): void => {
