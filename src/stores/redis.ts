@@ -552,7 +552,12 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
         // fresh identification (on 'ready', before any command) may trust — fail now, as before.
         (status !== 'reconnecting' || clusterMasters(connection) !== undefined)
       ) {
-        throw new TokenwardenError('ERR_STORE', `redis is not connected (${status})`);
+        throw new TokenwardenError(
+          'ERR_STORE',
+          status === 'end'
+            ? 'the Redis client passed to the store has ended (closed, or given up by ioredis); the store does not reopen a client it was given'
+            : `redis is not connected (${status})`,
+        );
       }
       this.#readiness ??= whenReady(connection).finally(() => {
         this.#readiness = undefined;

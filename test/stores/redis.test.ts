@@ -63,6 +63,21 @@ describe.skipIf(!redisAvailable)('RedisStore with Redis', () => {
     expect(await client.ping()).toBe('PONG');
     await client.quit();
   });
+
+  it('a client of yours that has ended is not reopened: ERR_STORE says so', async () => {
+    const client = new Redis(REDIS_URL);
+    const yours = new RedisStore({ client, prefix });
+    await yours.set('ended', 'v');
+    const ended = new Promise((resolve) => client.once('end', resolve));
+    client.disconnect();
+    await ended;
+    await expect(yours.get('ended')).rejects.toMatchObject({
+      code: 'ERR_STORE',
+      message: expect.stringMatching(/client passed to the store has ended/),
+    });
+    expect(client.status).toBe('end');
+    await yours.close();
+  });
 });
 
 describe.skipIf(!redisAvailable)('RedisStore identifying its server', () => {
