@@ -658,11 +658,15 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
       // to a replica about ten seconds later; connections kept there meanwhile would split the fleet across
       // two masters, and a process that started on the new one would spend a refresh token rotated on the
       // old one. Tested (test/faults/fleet-faults.test.ts).
-      ...(sentinels !== undefined && { sentinels, name, failoverDetector: true }),
-      // A sentinel that accepts the connection and then answers nothing (frozen, SIGSTOP; a half-open path) would
-      // hold every reconnection for ever: ioredis sets no time limit on its questions to a sentinel. With one,
-      // the next sentinel is asked. Tested (test/stores/redis-faults.test.ts).
-      ...(sentinels !== undefined && { sentinelCommandTimeout: this.#timeoutMs }),
+      // And a time limit on questions to a sentinel, which ioredis sets none on: a sentinel that accepts the
+      // connection and then answers nothing (frozen, SIGSTOP; a half-open path) would hold every reconnection for
+      // ever; with one, the next sentinel is asked. Tested (test/stores/redis-faults.test.ts).
+      ...(sentinels !== undefined && {
+        sentinels,
+        name,
+        failoverDetector: true,
+        sentinelCommandTimeout: this.#timeoutMs,
+      }),
       // Fail commands while Redis is unreachable instead of queueing them for long: the manager then
       // degrades to in-process behaviour, and the connection keeps reconnecting in the background.
       commandTimeout: this.#timeoutMs,

@@ -22,6 +22,7 @@ import {
 } from '../support/authorization-server.js';
 import { type FaultServer, json, startFaultServer } from '../support/fault-server.js';
 import { forge, issueToken } from './support.js';
+import { until } from '../support/private-servers.js';
 
 const AUDIENCE = 'https://api.example.test';
 
@@ -70,11 +71,6 @@ async function faultIssuer(
     jwksCount: () => server.requests.filter((r) => r.path === '/jwks').length,
     discoveryCount: () => server.requests.filter((r) => r.path.startsWith('/.well-known/')).length,
   });
-}
-
-/** Waits (at most 10 s) until `condition` holds: for work the verifier does in the background. */
-async function until(condition: () => boolean): Promise<void> {
-  for (let waited = 0; !condition() && waited < 10_000; waited += 10) await new Promise((r) => setTimeout(r, 10));
 }
 
 const unavailable = { ok: false, failure: expect.objectContaining({ error: 'temporarily_unavailable', status: 503 }) };

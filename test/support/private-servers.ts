@@ -68,6 +68,15 @@ export async function waitForPort(port: number, ms = 15_000): Promise<void> {
 
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
+/** Polls `condition` every 10 ms until it holds (real time: for work real servers or the background do); throws after `ms`. */
+export async function until(condition: () => boolean | Promise<boolean>, ms = 10_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error(`not within ${ms} ms: ${condition.toString().slice(0, 200)}`);
+    await sleep(10);
+  }
+}
+
 /** Stops `server` (its process killed) for `ms`, then starts it again (`options`: e.g. `{ empty: true }`). */
 export async function stoppedFor<O>(
   server: { stop(): Promise<void>; start(options?: O): Promise<void> },

@@ -27,6 +27,7 @@ import {
 import { type MetricsHarness, type Point, attributeValues, installMetrics, total } from '../support/otel.js';
 import { closedPort } from '../cli/support.js';
 import { forge, issueToken } from '../server/support.js';
+import { until } from '../support/private-servers.js';
 
 let as: TestAuthorizationServer;
 let otel: MetricsHarness;
@@ -358,12 +359,3 @@ describe('providers', () => {
     }
   });
 });
-
-/** Polls `condition` (real time: the authorization server is real) for up to 5 s. */
-async function until(condition: () => boolean | Promise<boolean>): Promise<void> {
-  const end = Date.now() + 5000;
-  while (!(await condition())) {
-    if (Date.now() > end) throw new Error('condition not met in 5 s');
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}

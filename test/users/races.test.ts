@@ -22,6 +22,7 @@ import { type TestAuthorizationServer, createTestAuthorizationServer } from '../
 import { UserTokens, type UserTokensOptions } from '../../src/users/index.js';
 import { FailingStore } from '../support/failing-store.js';
 import { cleanupStores, openStore, storeFactories } from './stores.js';
+import { until } from '../support/private-servers.js';
 
 const clock = new ManualClock(Date.parse('2031-03-01T00:00:00Z'));
 let as: TestAuthorizationServer;
@@ -86,10 +87,6 @@ const outcome = (promise: Promise<unknown>): Promise<string> =>
     () => 'ok',
     (err: unknown) => (err as TokenwardenError).code,
   );
-
-async function until(condition: () => boolean): Promise<void> {
-  for (let i = 0; i < 200 && !condition(); i++) await new Promise((resolve) => setTimeout(resolve, 10));
-}
 
 // The stores a fleet shares over the network, and one MemoryStore object shared by two instances (kept short: the
 // FileStore takes the same fleet paths as these).
