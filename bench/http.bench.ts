@@ -1,9 +1,11 @@
 /**
  * Issue 15: the cached path over HTTP. Fastify, Hono (on @hono/node-server) and Express, each serving the same
  * JSON route three ways — no authentication, tokenwarden's middleware with one repeated valid token, and a
- * middleware that only looks the header up in a Map (the floor of any cached check). Each server runs in a
+ * middleware that only looks the header up in a Map (the floor of any cached check). Hono runs two more: the
+ * route wrapped in withBearerAuth (no middleware), and a middleware that only calls next() — the floor of any
+ * middleware on Hono, whose compose and async answer cost more than the token check. Each server runs in a
  * process of its own (as in production: its JIT sees one app), autocannon drives them from this one, and
- * the three take turns in short rounds; the ratio is the median of the rounds' ratios. On two cores the load
+ * they take turns in short rounds; the ratio is the median of the rounds' ratios. On two cores the load
  * generator competes with the server, so requests per second vary by ±20% from round to round: the server's
  * own CPU time per request (from `process.cpuUsage()` in its process) is reported beside it, and is the
  * steadier measure of what the middleware costs.
@@ -21,7 +23,7 @@ const ROUNDS = 15;
 const SECONDS = 1;
 const SERVER = fileURLToPath(new URL('./support/http-server.ts', import.meta.url));
 
-type Mode = 'none' | 'tokenwarden' | 'map' | 'wrapped';
+type Mode = 'none' | 'tokenwarden' | 'map' | 'wrapped' | 'noop';
 
 /**
  * Pins this process's main thread to CPU 0 while the servers (pinned to CPU 1) are measured, on Linux with two
@@ -62,9 +64,10 @@ export async function run(): Promise<BenchRow[]> {
       ['Express 5', 'express'],
     ] as const) {
       if (only !== undefined && !only.includes(framework)) continue;
-      // Hono also with withBearerAuth around the route's handler (no middleware, so no compose).
+      // Hono also with withBearerAuth around the route's handler (no middleware, so no compose), and with a
+      // middleware that does nothing but call next(): the floor of any middleware, compose and all.
       const modes: Mode[] =
-        framework === 'hono' ? ['none', 'tokenwarden', 'map', 'wrapped'] : ['none', 'tokenwarden', 'map'];
+        framework === 'hono' ? ['none', 'tokenwarden', 'map', 'wrapped', 'noop'] : ['none', 'tokenwarden', 'map'];
       const servers = await Promise.all(modes.map((mode) => start(framework, mode, as.issuer, audience, header)));
       try {
         const ratios: number[] = [];
@@ -72,6 +75,7 @@ export async function run(): Promise<BenchRow[]> {
         const cpuRatios: number[] = [];
         const wrappedRatios: number[] = [];
         const wrappedCpuRatios: number[] = [];
+        const noopRatios: number[] = [];
         const rates = servers.map(() => [] as number[]);
         const cpus = servers.map(() => [] as number[]);
         for (let round = -1; round < ROUNDS; round++) {
@@ -104,20 +108,31 @@ export async function run(): Promise<BenchRow[]> {
           if (modes.length > 3) {
             wrappedRatios.push(measured[3]! / measured[0]!);
             wrappedCpuRatios.push(cpu[0]! / cpu[3]!);
+            noopRatios.push(measured[4]! / measured[0]!);
           }
         }
         const [none, tw] = rates.map(median) as [number, number];
-        const [cpuNone, cpuTw, cpuMap, cpuWrapped] = cpus.map(median) as [number, number, number, number?];
+        const [cpuNone, cpuTw, cpuMap, cpuWrapped, cpuNoop] = cpus.map(median) as [
+          number,
+          number,
+          number,
+          number?,
+          number?,
+        ];
+        const floors = [`Map-lookup middleware ${ratio(median(mapRatios), 1)}`];
+        if (noopRatios.length > 0) floors.push(`(c, next) => next(): ${ratio(median(noopRatios), 1)}`);
         rows.push({
           case: `${name} req/s, bearerAuth, one repeated token`,
           ours: `${si(tw)} req/s`,
-          baseline: `no auth: ${si(none)} req/s (Map-lookup middleware ${ratio(median(mapRatios), 1)})`,
+          baseline: `no auth: ${si(none)} req/s (${floors.join(', ')})`,
           ratio: ratio(median(ratios), 1),
         });
         rows.push({
           case: `${name} server CPU per request, bearerAuth`,
           ours: `${cpuTw.toFixed(1)} µs`,
-          baseline: `no auth: ${cpuNone.toFixed(1)} µs (Map lookup: ${cpuMap.toFixed(1)} µs)`,
+          baseline: `no auth: ${cpuNone.toFixed(1)} µs (Map lookup: ${cpuMap.toFixed(1)} µs${
+            cpuNoop === undefined ? '' : `, next() only: ${cpuNoop.toFixed(1)} µs`
+          })`,
           ratio: ratio(median(cpuRatios), 1),
         });
         if (cpuWrapped !== undefined) {

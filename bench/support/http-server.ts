@@ -51,6 +51,7 @@ if (framework === 'fastify') {
   };
   if (mode === 'tokenwarden') app.use('/*', honoAuth(options) as unknown as MiddlewareHandler);
   if (mode === 'map') app.use('/*', map);
+  if (mode === 'noop') app.use('/*', (_c, next) => next());
   // withBearerAuth: the same checks around the route's only handler (Hono calls it directly, no compose).
   if (mode === 'wrapped')
     app.get(
