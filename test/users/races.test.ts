@@ -4,10 +4,11 @@
  * a real authorization server (the test kit's, on a `ManualClock`: rotating single-use refresh tokens, reuse
  * revoking the grant), and a gate in the `fetch` of one instance holds its refresh request mid-flight.
  */
+import { createHmac, randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { ManualClock } from '../../src/clock.js';
-import { SETTLE_MS } from '../../src/fleet/fleet.js';
+import { SETTLE_MS, SETTLING_MAX } from '../../src/fleet/fleet.js';
 import type { TokenwardenError } from '../../src/errors.js';
 import { MemoryStore } from '../../src/stores/memory.js';
 import type {
@@ -452,6 +453,98 @@ describe('UserTokens: a store write that never answers', () => {
     const login = await as.issueTokens({ sub: 'olga', scope: 'openid' });
     await users.save('olga', login);
     expect((await memory.get(users.keyFor('olga')))?.value.includes(login['access_token'] as string)).toBe(true);
+    await users.close();
+  });
+});
+
+/** A shared store (a MemoryStore behind it) that records the macrotask (`turn()`) each write went out and answered in. */
+class MarkedStore extends EventEmitter<StoreEvents> implements TokenStore {
+  readonly writes: { key: string; sent: number; answered: number }[] = [];
+  constructor(
+    readonly inner: MemoryStore,
+    readonly turn: () => number,
+  ) {
+    super();
+  }
+  get(key: string): Promise<StoreRecord | undefined> {
+    return this.inner.get(key);
+  }
+  async set(key: string, value: string, options?: SetOptions): Promise<number | null> {
+    const write = { key, sent: this.turn(), answered: -1 };
+    this.writes.push(write);
+    const answer = await this.inner.set(key, value, options);
+    write.answered = this.turn();
+    return answer;
+  }
+  delete(key: string): Promise<void> {
+    return this.inner.delete(key);
+  }
+  lock(key: string, options: LockOptions): Promise<StoreLock | undefined> {
+    return this.inner.lock(key, options);
+  }
+  close(): Promise<void> {
+    return Promise.resolve();
+  }
+  /** Each write of `key` after the first: whether it went out in a later macrotask than the one before answered. */
+  later(key: string): boolean[] {
+    const mine = this.writes.filter((w) => w.key === key);
+    return mine.slice(1).map((w, i) => w.sent > mine[i]!.answered);
+  }
+}
+
+describe('UserTokens: a subject written again in the macrotask its last write answered in', () => {
+  const secret = 'macrotask-test-secret-0123456789abcdef';
+  const b64 = (value: unknown): string => Buffer.from(JSON.stringify(value)).toString('base64url');
+  /** A login response with an HS256 ID token (checked with the client secret: no server needed). */
+  const login = (sub: string): Record<string, unknown> => {
+    const iat = Math.floor(clock.now() / 1000);
+    const claims = { sub, iss: 'https://issuer.test', aud: 'app', iat, exp: iat + 3600 };
+    const signed = `${b64({ alg: 'HS256' })}.${b64(claims)}`;
+    return {
+      access_token: randomBytes(24).toString('base64url'),
+      token_type: 'Bearer',
+      expires_in: 3600,
+      refresh_token: randomBytes(24).toString('base64url'),
+      id_token: `${signed}.${createHmac('sha256', secret).update(signed).digest('base64url')}`,
+    };
+  };
+  /** Counts macrotasks (check phases) until the test ends. */
+  const turns = (): (() => number) => {
+    let turn = 0;
+    let running = true;
+    const next = (): void => {
+      turn++;
+      if (running) setImmediate(next);
+    };
+    setImmediate(next);
+    onTestFinished(() => void (running = false));
+    return () => turn;
+  };
+  const instance = (store: TokenStore): UserTokens =>
+    new UserTokens({ issuer: 'https://issuer.test', clientId: 'app', clientSecret: secret, store, clock });
+
+  it('waits for the next macrotask (the caller of the last write has taken its answer)', async () => {
+    const store = new MarkedStore(new MemoryStore({ clock }), turns());
+    const users = instance(store);
+    await users.save('ann', login('ann'));
+    await users.save('ann', login('ann'));
+    expect(store.writes[0]!.answered).toBe(store.writes[0]!.sent); // the premise: no macrotask in a save
+    expect(store.later(users.keyFor('ann'))).toEqual([true]); // without the subject marked as just written: [false]
+    await users.close();
+  });
+
+  it('also the one past the subjects marked one by one in a macrotask', async () => {
+    const store = new MarkedStore(new MemoryStore({ clock }), turns());
+    const users = instance(store);
+    const subjects = Array.from({ length: SETTLING_MAX + 1 }, (_, i) => `user-${i}`);
+    const logins = subjects.map(login);
+    for (const [i, subject] of subjects.entries()) await users.save(subject, logins[i]!);
+    const last = subjects.at(-1)!;
+    await users.save(last, login(last));
+    // The premise: all those went out in one macrotask, the last one past the marks.
+    expect(new Set(store.writes.slice(0, subjects.length).map((w) => w.answered)).size).toBe(1);
+    // Without every write waiting once the marks are full, its second write went out in that macrotask too.
+    expect(store.later(users.keyFor(last))).toEqual([true]);
     await users.close();
   });
 });
