@@ -37,6 +37,10 @@ function pin(): (() => void) | undefined {
   if (process.platform !== 'linux' || availableParallelism() < 2) return undefined;
   const set = (cpus: string): void =>
     void execFileSync('taskset', ['-p', '-c', cpus, String(process.pid)], { stdio: 'ignore' });
+  // Read before pinning: availableParallelism() counts the CPUs this thread may run on, 1 once pinned (given
+  // back as "0-0", the thread stayed pinned, and the suites after this one — verify, which sizes its signature
+  // workers by it — ran on one core).
+  const every = `0-${availableParallelism() - 1}`;
   try {
     set('0');
   } catch {
@@ -45,7 +49,7 @@ function pin(): (() => void) | undefined {
   pinned = true;
   return () => {
     pinned = false;
-    set(`0-${availableParallelism() - 1}`);
+    set(every);
   };
 }
 
