@@ -457,33 +457,21 @@ describe('UserTokens: a store write that never answers', () => {
   });
 });
 
-/** A shared store (a MemoryStore behind it) that records the macrotask (`turn()`) each write went out and answered in. */
-class MarkedStore extends EventEmitter<StoreEvents> implements TokenStore {
+/** An {@link EmptiedStore} that records the macrotask (`turn()`) each write went out and answered in. */
+class MarkedStore extends EmptiedStore {
   readonly writes: { key: string; sent: number; answered: number }[] = [];
   constructor(
-    readonly inner: MemoryStore,
+    inner: TokenStore,
     readonly turn: () => number,
   ) {
-    super();
+    super(inner);
   }
-  get(key: string): Promise<StoreRecord | undefined> {
-    return this.inner.get(key);
-  }
-  async set(key: string, value: string, options?: SetOptions): Promise<number | null> {
+  override async set(key: string, value: string, options?: SetOptions): Promise<number | null> {
     const write = { key, sent: this.turn(), answered: -1 };
     this.writes.push(write);
-    const answer = await this.inner.set(key, value, options);
+    const answer = await super.set(key, value, options);
     write.answered = this.turn();
     return answer;
-  }
-  delete(key: string): Promise<void> {
-    return this.inner.delete(key);
-  }
-  lock(key: string, options: LockOptions): Promise<StoreLock | undefined> {
-    return this.inner.lock(key, options);
-  }
-  close(): Promise<void> {
-    return Promise.resolve();
   }
   /** Each write of `key` after the first: whether it went out in a later macrotask than the one before answered. */
   later(key: string): boolean[] {
