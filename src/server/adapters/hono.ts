@@ -244,6 +244,56 @@ function nodeRequestOf(env: unknown, raw: Request): NodeRequestLike | undefined 
     typeof method === 'string' &&
     typeof url === 'string';
   if (!isNode) return undefined;
+  const proto = Object.getPrototypeOf(raw) as object | null;
+  let keys = proto === null ? null : wrappings.get(proto);
+  if (keys === undefined) {
+    keys = learnWrapping(proto as object, raw, incoming);
+    if (keys !== undefined) wrappings.set(proto as object, keys);
+  }
+  if (keys === undefined || keys === null) return scannedNodeRequest(raw, incoming);
+  const fields = raw as unknown as Record<symbol, unknown>;
+  if (fields[keys.incoming] !== incoming || fields[keys.headers] !== undefined) return undefined;
+  return incoming as NodeRequestLike;
+}
+
+/**
+ * Where `@hono/node-server`'s Requests of one prototype keep the Node request and, once something read them,
+ * their Headers: found once per prototype, so that a request costs two property reads rather than a walk
+ * over its symbols (`Object.getOwnPropertySymbols()` was the largest part of the middleware's own CPU).
+ */
+interface Wrapping {
+  incoming: symbol;
+  headers: symbol;
+}
+
+/** Per Request prototype: its {@link Wrapping}, or `null` when it has none that can be relied on. */
+const wrappings = new WeakMap<object, Wrapping | null>();
+
+/**
+ * The {@link Wrapping} of `raw`'s prototype: the symbol under which `raw` holds `incoming`, and the one its
+ * `headers` getter fills, found on a probe of the same prototype (a Request whose Headers are read, around
+ * an empty Node request). `null` when the prototype does not work that way (a plain `Request`, another
+ * version): every request is then scanned. `undefined` when `raw` does not wrap `incoming` (nothing learned).
+ */
+function learnWrapping(proto: object, raw: Request, incoming: object): Wrapping | null | undefined {
+  const fields = raw as unknown as Record<symbol, unknown>;
+  const key = Object.getOwnPropertySymbols(raw).find((k) => fields[k] === incoming);
+  if (key === undefined) return proto === Request.prototype ? null : undefined;
+  try {
+    const probe = Object.create(proto) as Record<symbol, unknown> & { headers?: unknown };
+    probe[key] = { headers: {}, rawHeaders: [], method: 'GET', url: '/' };
+    const before = new Set(Object.getOwnPropertySymbols(probe));
+    if (!(probe.headers instanceof Headers)) return null;
+    const added = Object.getOwnPropertySymbols(probe).filter((k) => !before.has(k));
+    const headers = added.find((k) => probe[k] === probe.headers);
+    return headers !== undefined && added.length === 1 ? { incoming: key, headers } : null;
+  } catch {
+    return null;
+  }
+}
+
+/** {@link nodeRequestOf} by a walk over `raw`'s symbols, for a Request whose prototype is not learned. */
+function scannedNodeRequest(raw: Request, incoming: object): NodeRequestLike | undefined {
   let wraps = false;
   for (const key of Object.getOwnPropertySymbols(raw)) {
     const value = (raw as unknown as Record<symbol, unknown>)[key];
