@@ -284,6 +284,53 @@ describe('a middleware before it that set or removed Authorization: the request 
       await running.close();
     }
   });
+  it('hono: a Request of a kind it does not know, around a Node request, is read itself (its headers may have changed)', async () => {
+    const app = new Hono<{ Variables: BearerAuthVariables }>();
+    app.use('*', honoAuth({ verifier }));
+    app.get('/orders', (c) => c.text(REACHED));
+    // A wrapper like @hono/node-server's that keeps the Node request under a symbol, but its Headers where they
+    // cannot be seen: whether they were changed cannot be told, so they are what is read.
+    const incomingKey = Symbol('incoming');
+    const kept = new WeakMap<object, Headers>();
+    const proto = Object.create(Request.prototype, {
+      method: { get: () => 'GET' },
+      url: { get: () => 'http://localhost/orders' },
+      headers: {
+        get(this: Record<symbol, { rawHeaders: string[] }>) {
+          let headers = kept.get(this);
+          if (headers === undefined) {
+            const raw = this[incomingKey]?.rawHeaders ?? [];
+            headers = new Headers();
+            for (let i = 0; i < raw.length; i += 2) headers.append(raw[i]!, raw[i + 1]!);
+            kept.set(this, headers);
+          }
+          return headers;
+        },
+      },
+    }) as object;
+    const wrap = (sent: string[]) => {
+      const incoming = { headers: {} as Record<string, string>, rawHeaders: sent, method: 'GET', url: '/orders' };
+      for (let i = 0; i < sent.length; i += 2) incoming.headers[sent[i]!.toLowerCase()] = sent[i + 1]!;
+      const request = Object.create(proto) as Request & Record<symbol, unknown>;
+      request[incomingKey] = incoming;
+      return { request, env: { incoming } };
+    };
+    for (let round = 0; round < 2; round++) {
+      // The client sent a valid token; a middleware removed it from the Request the app handles.
+      const removed = wrap(['Authorization', `Bearer ${valid}`]);
+      removed.request.headers.delete('authorization');
+      expect((await app.fetch(removed.request, removed.env)).status, 'removed').toBe(401);
+      // The client sent none; a middleware set one (from a session cookie).
+      const set = wrap(['Cookie', 'session=1']);
+      set.request.headers.set('authorization', `Bearer ${valid}`);
+      const answer = await app.fetch(set.request, set.env);
+      expect(answer.status, 'set').toBe(200);
+      expect(await answer.text()).toBe(REACHED);
+      // Untouched, it is read as well: the same answer the Node request would give.
+      const untouched = wrap(['Authorization', `Bearer ${valid}`]);
+      expect((await app.fetch(untouched.request, untouched.env)).status, 'untouched').toBe(200);
+    }
+  });
 });
 
 describe('fastify: the plugin with protectedResource under a prefix', () => {

@@ -245,12 +245,13 @@ function nodeRequestOf(env: unknown, raw: Request): NodeRequestLike | undefined 
     typeof url === 'string';
   if (!isNode) return undefined;
   const proto = Object.getPrototypeOf(raw) as object | null;
-  let keys = proto === null ? null : wrappings.get(proto);
+  if (proto === null) return undefined;
+  let keys = wrappings.get(proto);
   if (keys === undefined) {
-    keys = learnWrapping(proto as object, raw, incoming);
-    if (keys !== undefined) wrappings.set(proto as object, keys);
+    keys = learnWrapping(proto, raw, incoming);
+    if (keys !== undefined) wrappings.set(proto, keys);
   }
-  if (keys === undefined || keys === null) return scannedNodeRequest(raw, incoming);
+  if (keys === undefined || keys === null) return undefined;
   const fields = raw as unknown as Record<symbol, unknown>;
   if (fields[keys.incoming] !== incoming || fields[keys.headers] !== undefined) return undefined;
   return incoming as NodeRequestLike;
@@ -271,9 +272,11 @@ const wrappings = new WeakMap<object, Wrapping | null>();
 
 /**
  * The {@link Wrapping} of `raw`'s prototype: the symbol under which `raw` holds `incoming`, and the one its
- * `headers` getter fills, found on a probe of the same prototype (a Request whose Headers are read, around
- * an empty Node request). `null` when the prototype does not work that way (a plain `Request`, another
- * version): every request is then scanned. `undefined` when `raw` does not wrap `incoming` (nothing learned).
+ * `headers` getter fills, found on a probe of the same prototype (a Request around an empty Node request,
+ * whose Headers are read). `null` when the prototype does not work that way (a plain `Request`, a wrapper
+ * that keeps its Headers where they cannot be seen): its Requests are then always read themselves, since
+ * nothing would tell whether their headers changed. `undefined` when `raw` does not wrap `incoming` (nothing
+ * learned: the next request tries again).
  */
 function learnWrapping(proto: object, raw: Request, incoming: object): Wrapping | null | undefined {
   const fields = raw as unknown as Record<symbol, unknown>;
@@ -283,22 +286,13 @@ function learnWrapping(proto: object, raw: Request, incoming: object): Wrapping 
     const probe = Object.create(proto) as Record<symbol, unknown> & { headers?: unknown };
     probe[key] = { headers: {}, rawHeaders: [], method: 'GET', url: '/' };
     const before = new Set(Object.getOwnPropertySymbols(probe));
-    if (!(probe.headers instanceof Headers)) return null;
+    const headers = probe.headers;
+    if (!(headers instanceof Headers)) return null;
     const added = Object.getOwnPropertySymbols(probe).filter((k) => !before.has(k));
-    const headers = added.find((k) => probe[k] === probe.headers);
-    return headers !== undefined && added.length === 1 ? { incoming: key, headers } : null;
+    return added.length === 1 && probe[added[0] as symbol] === headers
+      ? { incoming: key, headers: added[0] as symbol }
+      : null;
   } catch {
     return null;
   }
-}
-
-/** {@link nodeRequestOf} by a walk over `raw`'s symbols, for a Request whose prototype is not learned. */
-function scannedNodeRequest(raw: Request, incoming: object): NodeRequestLike | undefined {
-  let wraps = false;
-  for (const key of Object.getOwnPropertySymbols(raw)) {
-    const value = (raw as unknown as Record<symbol, unknown>)[key];
-    if (value === incoming) wraps = true;
-    else if (value instanceof Headers) return undefined;
-  }
-  return wraps ? (incoming as NodeRequestLike) : undefined;
 }
