@@ -64,10 +64,10 @@ export interface HonoContextLike {
  * so that the `Request`'s headers are not built for it; a token the verifier knows goes on to `next()` in the
  * same tick. It reads `c.req.raw` instead once anything read or changed its headers (a middleware that sets
  * `Authorization` from a session cookie, or removes it), or when `c.req.raw` is another `Request` (a sub-app
- * called with `fetch(request, c.env)`, `app.mount()`): what is checked is always the request the app
- * handles. With `'body'`, a form body that a middleware before it read through Hono (`c.req.parseBody()`,
- * `formData()`, `text()`) is taken from Hono's body cache; one read around Hono (`c.req.raw.text()`) is no
- * body. A new `DPoP-Nonce` is set on the response, also one the route made itself (`fetch()`, `new
+ * called with `fetch(request, c.env)`, `app.mount()`) or one of a kind whose headers it cannot watch (not
+ * `@hono/node-server`'s): what is checked is always the request the app handles. With `'body'`, a form body
+ * that a middleware before it read through Hono (`c.req.parseBody()`, `formData()`, `text()`) is taken from
+ * Hono's body cache; one read around Hono (`c.req.raw.text()`) is no body. A new `DPoP-Nonce` is set on the response, also one the route made itself (`fetch()`, `new
  * Response()`). For the fastest path on a single route, see {@link withBearerAuth}.
  *
  * @example
