@@ -315,6 +315,7 @@ describe('a middleware before it that set or removed Authorization: the request 
       request[incomingKey] = incoming;
       return { request, env: { incoming } };
     };
+    // Twice: the first request learns what the prototype is, the second is answered from what was learned.
     for (let round = 0; round < 2; round++) {
       // The client sent a valid token; a middleware removed it from the Request the app handles.
       const removed = wrap(['Authorization', `Bearer ${valid}`]);
@@ -326,7 +327,7 @@ describe('a middleware before it that set or removed Authorization: the request 
       const answer = await app.fetch(set.request, set.env);
       expect(answer.status, 'set').toBe(200);
       expect(await answer.text()).toBe(REACHED);
-      // Untouched, it is read as well: the same answer the Node request would give.
+      // Untouched, its token is still accepted.
       const untouched = wrap(['Authorization', `Bearer ${valid}`]);
       expect((await app.fetch(untouched.request, untouched.env)).status, 'untouched').toBe(200);
     }

@@ -67,8 +67,9 @@ export interface HonoContextLike {
  * called with `fetch(request, c.env)`, `app.mount()`) or one of a kind whose headers it cannot watch (not
  * `@hono/node-server`'s): what is checked is always the request the app handles. With `'body'`, a form body
  * that a middleware before it read through Hono (`c.req.parseBody()`, `formData()`, `text()`) is taken from
- * Hono's body cache; one read around Hono (`c.req.raw.text()`) is no body. A new `DPoP-Nonce` is set on the response, also one the route made itself (`fetch()`, `new
- * Response()`). For the fastest path on a single route, see {@link withBearerAuth}.
+ * Hono's body cache; one read around Hono (`c.req.raw.text()`) is no body. A new `DPoP-Nonce` is set on the
+ * response, also one the route made itself (`fetch()`, `new Response()`). For the fastest path on a single
+ * route, see {@link withBearerAuth}.
  *
  * @example
  * ```ts
