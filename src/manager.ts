@@ -33,6 +33,7 @@ import { MemoryStore } from './stores/memory.js';
 import type { TokenStore } from './stores/store.js';
 import * as telemetry from './telemetry/hooks.js';
 import {
+  type StoredRefusal,
   type Token,
   type TokenStatus,
   expiredOnArrival,
@@ -181,7 +182,7 @@ interface Held {
   /** Version of the store entry this token was read from or written as; `undefined` if never synced. */
   version: number | undefined;
   /** Its place in the key's history (see the fleet core). */
-  readonly seq: number;
+  seq: number;
   /** When refreshes were last forced for this key (rejected tokens, `invalidate()`), fleet-wide; newest last. */
   readonly forced: readonly number[];
   readonly generation: number;
@@ -197,10 +198,14 @@ interface Held {
   fastUntil: number;
 }
 
-/** What the fleet core keeps for a manager's key: the token, and when refreshes were last forced. */
+/**
+ * What the fleet core keeps for a manager's key: the token, when refreshes were last forced, and whether the server
+ * refused the token's refresh token (the configured one, for the placeholder of a first refresh).
+ */
 interface TokenState {
   readonly token: Token;
   readonly forced?: readonly number[] | undefined;
+  readonly refused?: StoredRefusal | undefined;
 }
 
 interface Want {
@@ -296,10 +301,11 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
   /**
    * The last refresh token the server answered `invalid_grant` to (`undefined`: the configured one): not presented
    * again while it is the one held. A dead refresh token sent again changes nothing but the server's logs — where
-   * the reuse of a revoked refresh token reads as a replay (some providers raise breach alerts). A newer refresh
-   * token from the store is spent as usual.
+   * the reuse of a revoked refresh token reads as a replay (some providers raise breach alerts). The refusal is
+   * written to the store with the token (`stored`), so that no other process, and no restart, presents it either;
+   * one read from the store is held here the same way. A newer refresh token from the store is spent as usual.
    */
-  #refused: { refreshToken: string | undefined; error: TokenwardenError } | undefined;
+  #refused: { refreshToken: string | undefined; error: TokenwardenError; stored: StoredRefusal } | undefined;
   /** The grant type in metrics (`custom` for a source that is not a built-in grant). */
   readonly #grant: string;
   /** What the time-to-expiry gauge reads (held here: the gauge holds it weakly). */
@@ -338,7 +344,7 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
       key,
       held: () => {
         const held = this.#held;
-        return held && { state: { token: held.token, forced: held.forced }, seq: held.seq, version: held.version };
+        return held && { state: this.#stateOf(held.token, held.forced), seq: held.seq, version: held.version };
       },
       take: (value, from) => this.#take(value, from),
       storeFailed: (operation, error) =>
@@ -438,7 +444,7 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
     const next: Held = { ...held, token: dead, staleAt: now, fastUntil: -Infinity, forced };
     this.#held = next;
     if (held.version === undefined) return;
-    const text = encodeToken({ token: dead, forced }, held.seq);
+    const text = encodeToken(this.#stateOf(dead, forced), held.seq);
     const written = await this.#fleet.storeCall(this.#slot, 'set', (store) =>
       store.set(this.key, text, { ifVersion: held.version as number, ...storeTtl(dead, now) }),
     );
@@ -629,13 +635,17 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
           const token = await this.source.fetchToken({ signal, ...(previous !== undefined && { previous }) });
           return { token, forced };
         } catch (err) {
+          const now = this.#clock.now();
           if (this.source.exclusive === true && isTokenwardenError(err, 'ERR_OAUTH') && err.error === 'invalid_grant') {
-            this.#refused = { refreshToken: previous?.refreshToken, error: err };
+            const stored = { error: err.error, ...(err.status !== undefined && { status: err.status }) };
+            this.#refused = { refreshToken: previous?.refreshToken, error: err, stored };
+            // Written for the fleet (the token it came with is still served until it expires): no other process,
+            // and no restart, presents this refresh token again.
+            throw withRotated(err, { token: previous ?? PLACEHOLDER(now), forced, refused: stored });
           }
           // The server rotated the refresh token before a later check of its answer failed: keep the new one.
           const rotated = rotatedRefreshToken(err);
           if (rotated === undefined) throw err;
-          const now = this.#clock.now();
           const kept: Token = Object.freeze({
             ...PLACEHOLDER(now),
             tokenType: current?.state.token.tokenType ?? 'Bearer',
@@ -656,21 +666,39 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
     }
   }
 
-  /** Holds a token the fleet core obtained or read (a placeholder announcing someone's first refresh is not one). */
+  /**
+   * Holds a token the fleet core obtained or read (a placeholder announcing someone's first refresh is not one),
+   * and a refusal of its refresh token written with it (by this process or another).
+   */
   #take(value: Versioned<TokenState>, from: 'store' | 'source'): void {
     const held = this.#held;
-    const { token, forced } = value.state;
+    const { token, forced, refused } = value.state;
+    const known = this.#refused;
+    if (refused !== undefined && (known === undefined || known.refreshToken !== token.refreshToken)) {
+      this.#refused = { refreshToken: token.refreshToken, error: refusedBefore(refused), stored: refused };
+    }
     if (
       held !== undefined &&
-      held.seq === value.seq &&
+      (held.seq === value.seq || refused !== undefined) &&
       held.token.accessToken === token.accessToken &&
-      held.token.expiresAt === token.expiresAt
+      held.token.expiresAt === token.expiresAt &&
+      held.token.refreshToken === token.refreshToken
     ) {
-      held.version = value.version; // the same token, now written (or found) in the store
+      // The same token, now written (or found) in the store — or moved on in the history by its refusal alone.
+      held.version = value.version;
+      held.seq = value.seq;
       return;
     }
-    if (from === 'store' && isPlaceholder(token)) return;
+    if (isPlaceholder(token) && (from === 'store' || refused !== undefined)) return;
     this.#install(token, value.version, value.seq, from, forced ?? []);
+  }
+
+  /** `token` as the fleet keeps it, with the refusal of its refresh token when it has one. */
+  #stateOf(token: Token, forced: readonly number[]): TokenState {
+    const refused = this.#refused;
+    return refused !== undefined && refused.refreshToken === token.refreshToken
+      ? { token, forced, refused: refused.stored }
+      : { token, forced };
   }
 
   #install(
@@ -882,14 +910,15 @@ function tokenLineage(exclusive: boolean): Lineage<TokenState> {
       const entry = parseStoredEntry(value);
       if (entry === undefined) return undefined;
       return {
-        state: { token: entry.token, forced: entry.forced },
+        state: { token: entry.token, forced: entry.forced, refused: entry.refused },
         seq: entry.seq,
         ...(entry.healedAt !== undefined && { healedAt: entry.healedAt }),
       };
     },
     encode: (state, seq, healedAt) => encodeToken(state, seq, healedAt),
     precious: (state) => state.token.refreshToken !== undefined,
-    ttlMs: (state, now) => storeTtl(state.token, now).ttlMs,
+    // A refusal is kept until replaced: one of the configured refresh token has no token to keep it otherwise.
+    ttlMs: (state, now) => (state.refused === undefined ? storeTtl(state.token, now).ttlMs : undefined),
     expiresAt: (state) => state.token.expiresAt,
     ...(exclusive && { placeholder: (now: number) => ({ token: PLACEHOLDER(now) }) }),
   };
@@ -904,7 +933,16 @@ function isPlaceholder(token: Token): boolean {
 }
 
 const encodeToken = (state: TokenState, seq: number, healedAt?: number): string =>
-  serializeStoredToken(state.token, { seq, healedAt, forced: state.forced });
+  serializeStoredToken(state.token, { seq, healedAt, forced: state.forced, refused: state.refused });
+
+/** The error for a refresh token whose refusal was read from the store (found by another process, or an earlier run). */
+function refusedBefore(refused: StoredRefusal): TokenwardenError {
+  return new TokenwardenError(
+    'ERR_OAUTH',
+    `the authorization server refused this refresh token (${refused.error}), as the store records`,
+    { error: refused.error, ...(refused.status !== undefined && { status: refused.status }) },
+  );
+}
 
 /** The request time limit of a built-in source (`GrantSource`), if it has one. */
 function requestTimeoutOf(source: TokenSource): number | undefined {

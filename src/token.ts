@@ -240,9 +240,27 @@ export function serializeToken(token: Token): string {
 }
 
 /**
+ * A refresh token the authorization server refused, as the fleet stores it beside the entry that holds it:
+ * the OAuth `error` and the HTTP status, never the server's description (text it may have echoed).
+ *
+ * @example
+ * ```ts
+ * const refused: StoredRefusal = { error: 'invalid_grant', status: 400 };
+ * ```
+ */
+export interface StoredRefusal {
+  readonly error: string;
+  readonly status?: number;
+}
+
+/** An OAuth `error` code as RFC 6749 §5.2 allows it (printable ASCII but `"` and `\`), bounded. */
+const ERROR_CODE = /^[\x20\x21\x23-\x5B\x5D-\x7E]{1,64}$/;
+
+/**
  * A token as the fleet stores it: with its place in the key's history (`seq`), when a process wrote it
- * back from memory into a store that had lost it (`healedAt`), and when a refresh was last forced by a
- * rejected token (`forced`, the latest times). Read by {@link parseStoredToken} too.
+ * back from memory into a store that had lost it (`healedAt`), when a refresh was last forced by a
+ * rejected token (`forced`, the latest times), and whether the server refused its refresh token
+ * (`refused`: no process presents it again). Read by {@link parseStoredToken} too.
  *
  * @example
  * ```ts
@@ -252,16 +270,38 @@ export function serializeToken(token: Token): string {
  */
 export function serializeStoredToken(
   token: Token,
-  meta: { seq: number; healedAt?: number | undefined; forced?: readonly number[] | undefined },
+  meta: {
+    seq: number;
+    healedAt?: number | undefined;
+    forced?: readonly number[] | undefined;
+    refused?: StoredRefusal | undefined;
+  },
 ): string {
-  const { seq, healedAt, forced } = meta;
+  const { seq, healedAt, forced, refused } = meta;
   return JSON.stringify({
     v: 1,
     ...token,
     seq,
     ...(healedAt !== undefined && { healedAt }),
     ...(forced !== undefined && forced.length > 0 && { forced }),
+    ...(refused !== undefined && { refused }),
   });
+}
+
+/**
+ * A stored refusal as read: a planted or damaged one still counts as a refusal (the safe side: nothing is
+ * spent), with an `error` that is not an OAuth error code read as `invalid_grant` and a status outside
+ * 400–599 dropped.
+ */
+function toRefusal(value: unknown): StoredRefusal | undefined {
+  if (value === undefined) return undefined;
+  const { error, status } = (value !== null && typeof value === 'object' ? value : {}) as Record<string, unknown>;
+  return {
+    error: typeof error === 'string' && ERROR_CODE.test(error) ? error : 'invalid_grant',
+    ...(Number.isInteger(status) &&
+      (status as number) >= 400 &&
+      (status as number) <= 599 && { status: status as number }),
+  };
 }
 
 /**
@@ -275,7 +315,7 @@ export function serializeStoredToken(
  */
 export function parseStoredEntry(
   text: string,
-): { token: Token; seq: number; healedAt?: number; forced?: number[] } | undefined {
+): { token: Token; seq: number; healedAt?: number; forced?: number[]; refused?: StoredRefusal } | undefined {
   const data = parseJsonObject(text);
   const token = toToken(data);
   if (token === undefined || data === undefined) return undefined;
@@ -289,11 +329,13 @@ export function parseStoredEntry(
   const forced = Array.isArray(list)
     ? list.filter((t): t is number => typeof t === 'number' && Number.isFinite(t)).slice(-8)
     : undefined;
+  const refused = toRefusal(data['refused']);
   return {
     token,
     seq: Number.isSafeInteger(seq) && (seq as number) >= 0 ? (seq as number) : 0,
     ...(healedAt !== undefined && { healedAt }),
     ...(forced !== undefined && forced.length > 0 && { forced }),
+    ...(refused !== undefined && { refused }),
   };
 }
 

@@ -9,6 +9,7 @@ import { ManualClock } from '../src/clock.js';
 import { TokenwardenError } from '../src/errors.js';
 import type { FetchLike } from '../src/http/transport.js';
 import { TokenManager } from '../src/manager.js';
+import { FileStore } from '../src/stores/file.js';
 import { serializeStoredToken } from '../src/token.js';
 import { clearDiscoveryCache } from '../src/sources/discovery.js';
 import { clientCredentials } from '../src/sources/client-credentials.js';
@@ -442,6 +443,79 @@ describe('refresh tokens with rotation against a real authorization server', () 
     expect(decodeJwt((await manager.getToken()).accessToken).sub).toBe('dora');
     expect((as.counts.byGrant['refresh_token'] ?? 0) - refreshes).toBe(2);
     await manager.close();
+  });
+
+  it('a refused refresh token is not presented again by any process sharing the store, nor after a restart', async () => {
+    // Per process, the refusal is remembered (above); a fleet of N processes would still present the dead refresh
+    // token N times, and every restart once more — unless the refusal is in the store, beside the token.
+    const dir = mkdtempSync(join(tmpdir(), 'tw-refused-'));
+    const login = await as.login('erin');
+    const clock = new ManualClock();
+    const rt = login['refresh_token'] as string;
+    const manager = () =>
+      new TokenManager({
+        source: appRefreshToken(as, rt, { clock }),
+        store: new FileStore({ path: dir }),
+        clock,
+        refresh: { background: false },
+      });
+    const a = manager();
+    const b = manager();
+    try {
+      // Spends the login's refresh token, after announcing the first refresh to the fleet (a settle, on the
+      // manual clock: moved past), and B reads the result from the store.
+      let spent = false;
+      const spending = a.getToken().finally(() => (spent = true));
+      while (!spent) {
+        await clock.advance(250);
+        await new Promise((resolve) => setTimeout(resolve, 5));
+      }
+      const first = await spending;
+      expect((await b.getToken()).accessToken).toBe(first.accessToken);
+      await appRefreshToken(as, first.refreshToken!).fetchToken({}); // spent elsewhere: the fleet's one is dead now
+      const refreshes = as.counts.byGrant['refresh_token'] ?? 0;
+      await expect(a.refresh()).rejects.toMatchObject({ code: 'ERR_OAUTH', error: 'invalid_grant' });
+      expect((as.counts.byGrant['refresh_token'] ?? 0) - refreshes).toBe(1);
+      // The access token that came with it is still served: the refusal ends refreshes, not the token.
+      expect((await b.getToken()).accessToken).toBe(first.accessToken);
+      await clock.advance(3_600_000); // the access token has expired: a refresh is needed everywhere
+      await expect(b.getToken()).rejects.toMatchObject({ code: 'ERR_OAUTH', error: 'invalid_grant', status: 400 });
+      await expect(b.refresh()).rejects.toMatchObject({ code: 'ERR_OAUTH', error: 'invalid_grant' });
+      await a.close();
+      const restarted = manager();
+      await expect(restarted.getToken()).rejects.toMatchObject({ code: 'ERR_OAUTH', error: 'invalid_grant' });
+      await restarted.close();
+      expect((as.counts.byGrant['refresh_token'] ?? 0) - refreshes).toBe(1); // presented once in the whole fleet
+      // What the store holds says which error, never the server's description of it.
+      const entry = (await new FileStore({ path: dir }).get(b.key))!.value;
+      expect(JSON.parse(entry)).toMatchObject({
+        refreshToken: first.refreshToken,
+        refused: { error: 'invalid_grant' },
+      });
+      expect(entry).not.toMatch(/description/i);
+    } finally {
+      await b.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('a configured refresh token refused on its first use is not presented by the next process either', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'tw-refused-'));
+    const manager = () =>
+      new TokenManager({
+        source: appRefreshToken(as, 'never-issued-by-this-server'),
+        store: new FileStore({ path: dir }),
+        refresh: { background: false },
+      });
+    const refreshes = as.counts.byGrant['refresh_token'] ?? 0;
+    const a = manager();
+    await expect(a.getToken()).rejects.toMatchObject({ code: 'ERR_OAUTH', error: 'invalid_grant' });
+    const b = manager();
+    await expect(b.getToken()).rejects.toMatchObject({ code: 'ERR_OAUTH', error: 'invalid_grant' });
+    expect((as.counts.byGrant['refresh_token'] ?? 0) - refreshes).toBe(1);
+    expect(a.peek().status).toBe('none');
+    await Promise.all([a.close(), b.close()]);
+    rmSync(dir, { recursive: true, force: true });
   });
 
   it('falls back to another source when the refresh token is rejected with invalid_grant', async () => {

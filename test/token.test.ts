@@ -1,6 +1,14 @@
 import { SignJWT } from 'jose';
 import { describe, expect, it } from 'vitest';
-import { MAX_LIFETIME_MS, parseStoredToken, refreshExpiry, serializeToken, tokenFromResponse } from '../src/token.js';
+import {
+  MAX_LIFETIME_MS,
+  parseStoredEntry,
+  parseStoredToken,
+  refreshExpiry,
+  serializeStoredToken,
+  serializeToken,
+  tokenFromResponse,
+} from '../src/token.js';
 
 const key = new TextEncoder().encode('0123456789abcdef0123456789abcdef');
 const jwt = (claims: Record<string, number>) => new SignJWT(claims).setProtectedHeader({ alg: 'HS256' }).sign(key);
@@ -106,6 +114,38 @@ describe('the fleet placeholder', () => {
   it('a stored token with an empty access token (a first refresh announced) is still read back', () => {
     const placeholder = { v: 1, accessToken: '', tokenType: 'Bearer', issuedAt: 1, expiresAt: 1, raw: {}, seq: 1 };
     expect(parseStoredToken(JSON.stringify(placeholder))?.accessToken).toBe('');
+  });
+});
+
+describe('a refused refresh token, as stored', () => {
+  const token = { accessToken: 'a', tokenType: 'Bearer', issuedAt: 1, refreshToken: 'r', raw: {} };
+
+  it('round-trips with its error and status', () => {
+    const text = serializeStoredToken(token, { seq: 3, refused: { error: 'invalid_grant', status: 400 } });
+    expect(parseStoredEntry(text)).toMatchObject({ seq: 3, refused: { error: 'invalid_grant', status: 400 } });
+    expect(parseStoredEntry(serializeStoredToken(token, { seq: 3 }))?.refused).toBeUndefined();
+  });
+
+  it.each<[string, unknown, { error: string; status?: number }]>([
+    [
+      'an error with a quote, a backslash or a control character',
+      { error: 'bad"\\\u001b[2J' },
+      { error: 'invalid_grant' },
+    ],
+    ['an error of 10 000 characters', { error: 'x'.repeat(10_000) }, { error: 'invalid_grant' }],
+    ['an error that is not a string', { error: 42 }, { error: 'invalid_grant' }],
+    ['null', null, { error: 'invalid_grant' }],
+    ['a string', 'invalid_grant', { error: 'invalid_grant' }],
+    ['a status outside 400–599', { error: 'invalid_grant', status: 200 }, { error: 'invalid_grant' }],
+    ['a status that is not an integer', { error: 'invalid_grant', status: 400.5 }, { error: 'invalid_grant' }],
+    [
+      'another OAuth error code',
+      { error: 'unauthorized_client', status: 401 },
+      { error: 'unauthorized_client', status: 401 },
+    ],
+  ])('reads %s as a refusal still (nothing is spent), keeping only what is well-formed', (_name, refused, read) => {
+    const entry = parseStoredEntry(JSON.stringify({ v: 1, ...token, seq: 1, refused }));
+    expect(entry?.refused).toEqual(read);
   });
 });
 
