@@ -18,7 +18,7 @@ import type {
   StoreRecord,
   TokenStore,
 } from '../../src/stores/store.js';
-import { ScriptedSource } from '../support/scripted-source.js';
+import { ScriptedSource, oauthError } from '../support/scripted-source.js';
 
 const T0 = Date.parse('2030-01-01T00:00:00Z');
 type Op = 'get' | 'set' | 'lock' | 'delete';
@@ -227,6 +227,44 @@ describe('the fleet core', () => {
     expect(source.calls).toHaveLength(2); // without the cap at now: nothing spent until the hour had passed
     expect(moved).toBeGreaterThanOrEqual(SETTLE_MS - 100); // the settle itself is kept
     expect((await refreshing).accessToken).toBe('access-2');
+  });
+
+  it('a refused refresh token stays refused for the fleet through a store reset: the process holding it writes the refusal back', async () => {
+    const { clock, inner, store, source } = sharedStore();
+    const a = manager({ source, store, clock });
+    const b = manager({ source, store, clock });
+    await whileMoving(clock, a.getToken()); // access-1 / refresh-1
+    expect((await b.getToken()).accessToken).toBe('access-1');
+    source.then(oauthError('invalid_grant'));
+    await expect(a.refresh()).rejects.toMatchObject({ code: 'ERR_OAUTH', error: 'invalid_grant' });
+    expect((await inner.get(a.key))?.value).toContain('"refused"');
+    await clock.advance(10_500); // access-1 has expired everywhere
+
+    await inner.delete(a.key); // the store restarts empty…
+    store.emit('reset'); // …and A writes back what it holds: the token, with its refusal
+    await until(async () => (await inner.get(a.key))?.value.includes('"refused"') === true);
+    // B (which never saw the refusal in memory) and a newcomer read it: refresh-1 is not presented again.
+    await expect(whileMoving(clock, b.getToken())).rejects.toMatchObject({ code: 'ERR_OAUTH', error: 'invalid_grant' });
+    const c = manager({ source, store, clock });
+    await expect(whileMoving(clock, c.getToken())).rejects.toMatchObject({ code: 'ERR_OAUTH', error: 'invalid_grant' });
+    expect(source.calls).toHaveLength(2);
+  });
+
+  it('a refusal the store did not take at first is kept, with the lock, and written when the store takes writes again', async () => {
+    const { clock, inner, store, source } = sharedStore();
+    const a = manager({ source, store, clock });
+    const b = manager({ source, store, clock, lock: { wait: '1s' } });
+    await whileMoving(clock, a.getToken());
+    await clock.advance(10_500);
+    source.then(oauthError('invalid_grant'));
+    store.failing.add('set');
+    await expect(whileMoving(clock, a.getToken())).rejects.toMatchObject({ code: 'ERR_OAUTH', error: 'invalid_grant' });
+    // Meanwhile B cannot spend refresh-1: the lock is still A's (its lease keeps the fleet off until the write lands).
+    await expect(whileMoving(clock, b.getToken())).rejects.toMatchObject({ code: 'ERR_LOCK_TIMEOUT' });
+    store.failing.delete('set');
+    await until(async () => (await inner.get(a.key))?.value.includes('"refused"') === true);
+    await expect(whileMoving(clock, b.getToken())).rejects.toMatchObject({ code: 'ERR_OAUTH', error: 'invalid_grant' });
+    expect(source.calls).toHaveLength(2);
   });
 
   it('the lock lease outlives a token request: a shorter lock.ttl is ERR_CONFIG', () => {
