@@ -443,6 +443,10 @@ describe.skipIf(!available)('Glewlwyd', () => {
     });
 
     it('a verifier keeps verifying with the keys it holds, asking nothing; a token naming a key it lacks is 503 when the key fetch times out', async () => {
+      const source = clientCredentials({ ...svcOf(down), scope: 'read', resource: down.resource });
+      const [a, b] = [await source.fetchToken({}), await source.fetchToken({})];
+      // The manual clock starts after the tokens were issued: started before, it could stand in the second before
+      // their `iat` (whole seconds), and the verifier would rightly refuse them as issued in the future.
       const clock = new ManualClock();
       const causes: string[] = [];
       const verify = createVerifier({
@@ -453,8 +457,6 @@ describe.skipIf(!available)('Glewlwyd', () => {
         clock,
         onError: (err) => causes.push(err.code),
       });
-      const source = clientCredentials({ ...svcOf(down), scope: 'read', resource: down.resource });
-      const [a, b] = [await source.fetchToken({}), await source.fetchToken({})];
       expect((await verify(`Bearer ${a.accessToken}`)).ok).toBe(true); // metadata and keys fetched
       // A token under a key id the JWKS does not have (signed by another key: it must not verify anyway).
       const { privateKey } = await generateKeyPair('RS256');
