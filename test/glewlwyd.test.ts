@@ -445,8 +445,9 @@ describe.skipIf(!available)('Glewlwyd', () => {
     it('a verifier keeps verifying with the keys it holds, asking nothing; a token naming a key it lacks is 503 when the key fetch times out', async () => {
       const source = clientCredentials({ ...svcOf(down), scope: 'read', resource: down.resource });
       const [a, b] = [await source.fetchToken({}), await source.fetchToken({})];
-      // The manual clock starts after the tokens were issued: started before, it could stand in the second before
-      // their `iat` (whole seconds), and the verifier would rightly refuse them as issued in the future.
+      // The manual clock starts after the tokens were issued: Glewlwyd sets `nbf` to the second of issue, and a
+      // clock started before a second boundary would stand before it — the verifier rightly refused such a token
+      // as not yet valid.
       const clock = new ManualClock();
       const causes: string[] = [];
       const verify = createVerifier({
