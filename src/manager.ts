@@ -679,12 +679,13 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
     }
     if (
       held !== undefined &&
-      (held.seq === value.seq || refused !== undefined) &&
+      value.seq >= held.seq &&
       held.token.accessToken === token.accessToken &&
       held.token.expiresAt === token.expiresAt &&
       held.token.refreshToken === token.refreshToken
     ) {
-      // The same token, now written (or found) in the store — or moved on in the history by its refusal alone.
+      // The same token, now written (or found) in the store — at its place in the history, or a later one that
+      // changed nothing but what is recorded beside it (a refusal of its refresh token): no new token to install.
       held.version = value.version;
       held.seq = value.seq;
       return;

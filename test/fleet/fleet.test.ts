@@ -18,6 +18,7 @@ import type {
   StoreRecord,
   TokenStore,
 } from '../../src/stores/store.js';
+import { whileMoving } from '../support/clock.js';
 import { ScriptedSource, oauthError } from '../support/scripted-source.js';
 
 const T0 = Date.parse('2030-01-01T00:00:00Z');
@@ -67,20 +68,6 @@ function manager(options: Partial<TokenManagerOptions> & { source: ScriptedSourc
   const m = new TokenManager({ random: () => 0, refresh: { background: false }, ...options });
   managers.push(m);
   return m;
-}
-
-/** Moves a manual clock in small steps until `promise` settles (waits that start after a few store calls). */
-async function whileMoving<T>(clock: ManualClock, promise: Promise<T>, stepMs = 100): Promise<T> {
-  let done = false;
-  promise.then(
-    () => (done = true),
-    () => (done = true),
-  );
-  for (let i = 0; i < 1000 && !done; i++) {
-    await clock.advance(stepMs);
-    await new Promise((r) => setImmediate(r));
-  }
-  return promise;
 }
 
 const until = async (check: () => Promise<boolean> | boolean): Promise<void> => {
@@ -236,8 +223,12 @@ describe('the fleet core', () => {
     await whileMoving(clock, a.getToken()); // access-1 / refresh-1
     expect((await b.getToken()).accessToken).toBe('access-1');
     source.then(oauthError('invalid_grant'));
+    const installed: string[] = [];
+    a.on('token', ({ from }) => installed.push(from));
     await expect(a.refresh()).rejects.toMatchObject({ code: 'ERR_OAUTH', error: 'invalid_grant' });
     expect((await inner.get(a.key))?.value).toContain('"refused"');
+    expect(installed).toEqual([]); // the refusal recorded is no new token: no 'token' event, access-1 still held
+    expect(a.peek().token?.accessToken).toBe('access-1');
     await clock.advance(10_500); // access-1 has expired everywhere
 
     await inner.delete(a.key); // the store restarts empty…
