@@ -3,6 +3,7 @@ import { ManualClock } from '../src/clock.js';
 import { TokenwardenError } from '../src/errors.js';
 import { TokenManager, type TokenManagerOptions } from '../src/manager.js';
 import { MemoryStore } from '../src/stores/memory.js';
+import { whileMoving } from './support/clock.js';
 import { ScriptedSource, networkError, oauthError } from './support/scripted-source.js';
 
 const T0 = Date.parse('2030-01-01T00:00:00Z');
@@ -27,19 +28,6 @@ afterEach(async () => {
 });
 
 /** Moves the clock in small steps until `promise` settles (for waits that start after a few store calls). */
-async function whileMoving<T>(clock: ManualClock, promise: Promise<T>): Promise<T> {
-  let done = false;
-  promise.then(
-    () => (done = true),
-    () => (done = true),
-  );
-  for (let i = 0; i < 1000 && !done; i++) {
-    await clock.advance(100);
-    await new Promise((r) => setImmediate(r));
-  }
-  return promise;
-}
-
 describe('TokenManager', () => {
   it('shares one fetch among concurrent callers of a cold manager', async () => {
     const { source, manager } = setup();

@@ -19,6 +19,7 @@ import { refreshToken } from '../src/sources/refresh-token.js';
 import { tokenExchange } from '../src/sources/token-exchange.js';
 import { UserTokens, type UserTokensOptions } from '../src/users/index.js';
 import { appRefreshToken } from './support/app-client.js';
+import { whileMoving } from './support/clock.js';
 import {
   API_RESOURCE,
   type TestAuthorizationServer,
@@ -464,13 +465,7 @@ describe('refresh tokens with rotation against a real authorization server', () 
     try {
       // Spends the login's refresh token, after announcing the first refresh to the fleet (a settle, on the
       // manual clock: moved past), and B reads the result from the store.
-      let spent = false;
-      const spending = a.getToken().finally(() => (spent = true));
-      while (!spent) {
-        await clock.advance(250);
-        await new Promise((resolve) => setTimeout(resolve, 5));
-      }
-      const first = await spending;
+      const first = await whileMoving(clock, a.getToken(), { stepMs: 250, realMs: 5 });
       expect((await b.getToken()).accessToken).toBe(first.accessToken);
       await appRefreshToken(as, first.refreshToken!).fetchToken({}); // spent elsewhere: the fleet's one is dead now
       const refreshes = as.counts.byGrant['refresh_token'] ?? 0;
@@ -508,14 +503,16 @@ describe('refresh tokens with rotation against a real authorization server', () 
         refresh: { background: false },
       });
     const refreshes = as.counts.byGrant['refresh_token'] ?? 0;
-    const a = manager();
-    await expect(a.getToken()).rejects.toMatchObject({ code: 'ERR_OAUTH', error: 'invalid_grant' });
-    const b = manager();
-    await expect(b.getToken()).rejects.toMatchObject({ code: 'ERR_OAUTH', error: 'invalid_grant' });
-    expect((as.counts.byGrant['refresh_token'] ?? 0) - refreshes).toBe(1);
-    expect(a.peek().status).toBe('none');
-    await Promise.all([a.close(), b.close()]);
-    rmSync(dir, { recursive: true, force: true });
+    const [a, b] = [manager(), manager()];
+    try {
+      await expect(a.getToken()).rejects.toMatchObject({ code: 'ERR_OAUTH', error: 'invalid_grant' });
+      await expect(b.getToken()).rejects.toMatchObject({ code: 'ERR_OAUTH', error: 'invalid_grant' });
+      expect((as.counts.byGrant['refresh_token'] ?? 0) - refreshes).toBe(1);
+      expect(a.peek().status).toBe('none');
+    } finally {
+      await Promise.all([a.close(), b.close()]);
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('falls back to another source when the refresh token is rejected with invalid_grant', async () => {
