@@ -304,8 +304,17 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
    * the reuse of a revoked refresh token reads as a replay (some providers raise breach alerts). The refusal is
    * written to the store with the token (`stored`), so that no other process, and no restart, presents it either;
    * one read from the store is held here the same way. A newer refresh token from the store is spent as usual.
+   * A refusal of the configured refresh token, with no token held, is kept as the placeholder it was written as
+   * (`alone`, at its place in the key's history): the fleet writes it back after a store reset like a token.
    */
-  #refused: { refreshToken: string | undefined; error: TokenwardenError; stored: StoredRefusal } | undefined;
+  #refused:
+    | {
+        refreshToken: string | undefined;
+        error: TokenwardenError;
+        stored: StoredRefusal;
+        alone?: Versioned<TokenState>;
+      }
+    | undefined;
   /** The grant type in metrics (`custom` for a source that is not a built-in grant). */
   readonly #grant: string;
   /** What the time-to-expiry gauge reads (held here: the gauge holds it weakly). */
@@ -344,7 +353,8 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
       key,
       held: () => {
         const held = this.#held;
-        return held && { state: this.#stateOf(held.token, held.forced), seq: held.seq, version: held.version };
+        if (held === undefined) return this.#refused?.alone;
+        return { state: this.#stateOf(held.token, held.forced), seq: held.seq, version: held.version };
       },
       take: (value, from) => this.#take(value, from),
       storeFailed: (operation, error) =>
@@ -690,7 +700,14 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
       held.seq = value.seq;
       return;
     }
-    if (isPlaceholder(token) && (from === 'store' || refused !== undefined)) return;
+    if (isPlaceholder(token) && (from === 'store' || refused !== undefined)) {
+      // The refusal of the configured refresh token, nothing held: kept, at its place in the history.
+      const alone = this.#refused;
+      if (refused !== undefined && alone !== undefined && held === undefined && value.seq >= (alone.alone?.seq ?? 0)) {
+        alone.alone = value;
+      }
+      return;
+    }
     this.#install(token, value.version, value.seq, from, forced ?? []);
   }
 
@@ -917,7 +934,8 @@ function tokenLineage(exclusive: boolean): Lineage<TokenState> {
       };
     },
     encode: (state, seq, healedAt) => encodeToken(state, seq, healedAt),
-    precious: (state) => state.token.refreshToken !== undefined,
+    // A refusal is kept too: without it, the next process would present the dead refresh token again.
+    precious: (state) => state.token.refreshToken !== undefined || state.refused !== undefined,
     // A refusal is kept until replaced: one of the configured refresh token has no token to keep it otherwise.
     ttlMs: (state, now) => (state.refused === undefined ? storeTtl(state.token, now).ttlMs : undefined),
     expiresAt: (state) => state.token.expiresAt,

@@ -241,6 +241,25 @@ describe('the fleet core', () => {
     expect(source.calls).toHaveLength(2);
   });
 
+  it('the configured refresh token refused on its first use (nothing held) stays refused through a store reset', async () => {
+    const { clock, inner, store, source } = sharedStore();
+    const a = manager({ source, store, clock });
+    source.then(oauthError('invalid_grant'));
+    await expect(whileMoving(clock, a.getToken())).rejects.toMatchObject({ code: 'ERR_OAUTH', error: 'invalid_grant' });
+    expect(source.calls).toHaveLength(1);
+    expect((await inner.get(a.key))?.value).toContain('"refused"');
+    expect(a.peek().status).toBe('none'); // no token: only the refusal is known
+
+    await inner.delete(a.key); // the store restarts empty…
+    store.emit('reset'); // …and A writes back the refusal it remembers, though it holds no token
+    await until(async () => (await inner.get(a.key))?.value.includes('"refused"') === true);
+    // A newcomer (the same configuration: the same dead refresh token) reads it, and does not present it.
+    const b = manager({ source, store, clock });
+    await expect(whileMoving(clock, b.getToken())).rejects.toMatchObject({ code: 'ERR_OAUTH', error: 'invalid_grant' });
+    await expect(whileMoving(clock, a.getToken())).rejects.toMatchObject({ code: 'ERR_OAUTH', error: 'invalid_grant' });
+    expect(source.calls).toHaveLength(1);
+  });
+
   it('a refusal the store did not take at first is kept, with the lock, and written when the store takes writes again', async () => {
     const { clock, inner, store, source } = sharedStore();
     const a = manager({ source, store, clock });
