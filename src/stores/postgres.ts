@@ -461,7 +461,7 @@ export class PostgresStore extends EventEmitter<StoreEvents> implements TokenSto
       Math.max(1, deadline - Date.now()),
       'postgres connect',
       SQLSTATES,
-      { onLate: (late) => late.release() },
+      { onLate: (late) => late.release(), codeOf: connectCode },
     );
     const opened = !this.#known.has(client);
     if (opened) {
@@ -698,6 +698,9 @@ export class PostgresStore extends EventEmitter<StoreEvents> implements TokenSto
   }
 }
 
+/** pg's TLS refusal, which has no code of its own (see `connectCode`). */
+const NO_TLS = 'NO_TLS';
+
 /**
  * What an operator should know about the SQLSTATEs (and network errors) a store meets in service (the driver's
  * message is never shown).
@@ -705,6 +708,7 @@ export class PostgresStore extends EventEmitter<StoreEvents> implements TokenSto
 const SQLSTATES: ReadonlyMap<string, string> = new Map([
   ...NETWORK_CODES,
   ...Object.entries({
+    [NO_TLS]: 'TLS was asked (ssl, sslmode) of a server that has it off',
     '3D000': 'the database does not exist',
     '28000': 'the server refused the role (it does not exist, or pg_hba.conf has no entry for it)',
     '28P01': 'wrong password',
@@ -727,6 +731,17 @@ const SQLSTATES: ReadonlyMap<string, string> = new Map([
       'permission denied: the role needs SELECT, INSERT, UPDATE and DELETE on the table and on its lock table (see docs/stores.md)',
   }),
 ]);
+
+/**
+ * The code of a failed connection: the driver's, or, for pg's one failure that has none — TLS asked (`ssl`,
+ * `sslmode=require`) of a server that answered it has no TLS — {@link NO_TLS}. The message is matched, never
+ * shown.
+ */
+function connectCode(cause: unknown): unknown {
+  const code = (cause as { code?: unknown } | undefined)?.code;
+  if (code !== undefined) return code;
+  return cause instanceof Error && cause.message === 'The server does not support SSL connections' ? NO_TLS : undefined;
+}
 
 const listenedPools = new WeakSet<Pool>();
 

@@ -17,6 +17,7 @@
 import { createHash, randomUUID } from 'node:crypto';
 import calculateSlot from 'cluster-key-slot';
 import { EventEmitter } from 'node:events';
+import { TLSSocket } from 'node:tls';
 import type { Cluster, Redis, RedisOptions } from 'ioredis';
 import { type Duration, toMs } from '../duration.js';
 import { TokenwardenError } from '../errors.js';
@@ -562,7 +563,11 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
       this.#readiness ??= whenReady(connection).finally(() => {
         this.#readiness = undefined;
       });
-      await redisBounded(() => this.#readiness as Promise<void>, this.#timeoutMs, 'redis connect');
+      await redisBounded(() => this.#readiness as Promise<void>, this.#timeoutMs, 'redis connect').catch(
+        (err: unknown) => {
+          throw handshakeUnanswered(connection, err);
+        },
+      );
     }
     this.#identity ??= this.#identify(connection).catch((err: unknown) => {
       this.#identity = undefined;
@@ -965,6 +970,23 @@ const POLICY = /^[a-z][a-z-]{0,31}$/;
 /** A `name:value` line of an `INFO` answer. */
 const infoField = (info: string, name: string): string | undefined =>
   new RegExp(`^${name}:(.*?)\\r?$`, 'm').exec(info)?.[1];
+
+/**
+ * A connection that timed out in its TLS handshake — the server took the connection and never answered it, as
+ * a plain Redis port does when `rediss://` (or `tls`) is asked of it: `err` with that said, the most common
+ * reason of a `rediss://` that only ever times out. Anything else is `err` as it is.
+ */
+function handshakeUnanswered(connection: Connection, err: unknown): unknown {
+  if (!(err instanceof TokenwardenError) || err.code !== 'ERR_STORE_TIMEOUT') return err;
+  const stream = (connection as { stream?: unknown }).stream;
+  // Connected (TCP), and no Finished message sent yet: the handshake has not completed.
+  if (!(stream instanceof TLSSocket) || stream.connecting || stream.getFinished() !== undefined) return err;
+  return new TokenwardenError(
+    'ERR_STORE_TIMEOUT',
+    `${err.message}: the server took the connection but never answered the TLS handshake (TLS asked of a port that does not serve it?)`,
+    { cause: err },
+  );
+}
 
 /** Resolves when `connection` is ready; rejects on its next error or its end. */
 function whenReady(connection: Connection): Promise<void> {

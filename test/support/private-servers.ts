@@ -6,7 +6,16 @@
  */
 import { execFile, spawnSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { chownSync, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  appendFileSync,
+  chownSync,
+  existsSync,
+  mkdirSync,
+  readFileSync,
+  readdirSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import { connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -405,14 +414,34 @@ function postgresDir(path: string): string {
   return path;
 }
 
+export interface PrivatePostgresOptions {
+  /**
+   * Files copied into the cluster's directory before it starts (owned by the server's user, mode 0600, as
+   * PostgreSQL wants a key file), by name: `{ 'server.key': pem }`.
+   */
+  files?: Record<string, string>;
+  /**
+   * Extra `name = value` settings (`ssl = on`, …), given the directory that holds `files`: written to
+   * `postgresql.conf`, so that `ALTER SYSTEM` can change them and `ALTER SYSTEM RESET` bring them back.
+   */
+  settings?: (dir: string) => string[];
+}
+
 /** A private PostgreSQL cluster (`initdb` into a temporary directory, trust auth) on a free loopback port. */
-export async function startPrivatePostgres(): Promise<PrivatePostgres> {
+export async function startPrivatePostgres(extra: PrivatePostgresOptions = {}): Promise<PrivatePostgres> {
   if (pgBin === undefined) throw new Error('PostgreSQL server binaries are not installed');
   const port = await freePort();
   const dir = postgresDir(join(tmpdir(), `tw-pg-${randomUUID()}`));
   const data = join(dir, 'data');
   await asPostgres(join(pgBin, 'initdb'), ['-D', data, '-U', 'postgres', '-A', 'trust', '--no-sync', '-E', 'UTF8']);
+  const owner = postgresUid();
+  for (const [name, content] of Object.entries(extra.files ?? {})) {
+    writeFileSync(join(dir, name), content, { mode: 0o600 });
+    if (owner) chownSync(join(dir, name), owner.uid, owner.gid);
+  }
   const log = join(dir, 'pg.log');
+  const settings = extra.settings?.(dir) ?? [];
+  if (settings.length > 0) appendFileSync(join(data, 'postgresql.conf'), `\n${settings.join('\n')}\n`);
   const options = `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=100`;
   let pid: number | undefined;
   let frozen: number[] = [];
