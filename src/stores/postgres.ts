@@ -710,7 +710,8 @@ const SQLSTATES: ReadonlyMap<string, string> = new Map([
   ...Object.entries({
     [NO_TLS]: 'TLS was asked (ssl, sslmode) of a server that has it off',
     '3D000': 'the database does not exist',
-    '28000': 'the server refused the role (it does not exist, or pg_hba.conf has no entry for it)',
+    '28000':
+      'the server refused the role (it does not exist, or no pg_hba.conf entry lets it in: none for it, or one that requires TLS or a client certificate)',
     '28P01': 'wrong password',
     '25006': 'the database is read-only (default_transaction_read_only, or a hot standby)',
     '53300': 'too many connections (max_connections or a role or database connection limit)',

@@ -8,6 +8,7 @@
  * memory and a refresh failing with nothing spent; once the certificate is right, one refresh spends once.
  */
 import { randomUUID } from 'node:crypto';
+import { readFileSync, writeFileSync } from 'node:fs';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import type { TokenwardenError } from '../../src/errors.js';
@@ -267,6 +268,7 @@ describe.skipIf(
   beforeAll(async () => {
     server = await startPrivatePostgres({
       files: {
+        'ca.crt': certs.ca,
         'server.crt': certs.cert,
         'server.key': certs.key,
         'expired.crt': certs.expired,
@@ -274,7 +276,12 @@ describe.skipIf(
       },
       settings: (where) => {
         dir = where;
-        return ['ssl = on', `ssl_cert_file = '${where}/server.crt'`, `ssl_key_file = '${where}/server.key'`];
+        return [
+          'ssl = on',
+          `ssl_cert_file = '${where}/server.crt'`,
+          `ssl_key_file = '${where}/server.key'`,
+          `ssl_ca_file = '${where}/ca.crt'`, // the CA of client certificates, for clientcert=verify-ca
+        ];
       },
     });
     // The administrator's own connection is plain (the server takes both).
@@ -358,6 +365,36 @@ describe.skipIf(
       expect(seen).toEqual([]);
     });
   }
+
+  it('a pg_hba.conf entry that requires a client certificate (Cloud SQL-style): without one, ERR_STORE saying what may be required; with one, the store works', async () => {
+    const hba = (await admin.query<{ hba_file: string }>('SHOW hba_file')).rows[0]!.hba_file;
+    const before = readFileSync(hba, 'utf8');
+    // Over TCP from here: TLS with a certificate of the CA, or nothing (the administrator's socket is untouched).
+    writeFileSync(hba, 'local all all trust\nhostssl all all 127.0.0.1/32 trust clientcert=verify-ca\n');
+    await admin.query('SELECT pg_reload_conf()');
+    onTestFinished(async () => {
+      writeFileSync(hba, before);
+      await admin.query('SELECT pg_reload_conf()');
+    });
+    await new Promise((r) => setTimeout(r, 200));
+    const table = `mtls_${randomUUID().slice(0, 8)}`;
+    const without = new PostgresStore({
+      connectionString: withSecrets(url()),
+      table,
+      timeout: '1s',
+      poolOptions: { ssl: { ca: certs.ca } },
+    });
+    const { err } = await refused(without);
+    expectSaidInWords(err, /\(28000\): .*client certificate/, '127.0.0.1');
+    const store = new PostgresStore({
+      connectionString: url(),
+      table,
+      poolOptions: { ssl: { ca: certs.ca, cert: certs.cert, key: certs.key } }, // a certificate of the CA
+    });
+    onTestFinished(() => store.close());
+    await store.set('k', 'v');
+    expect((await store.get('k'))?.value).toBe('v');
+  });
 
   it('the certificate rotated to an expired one while in use (reload, sessions terminated): served from memory, nothing spent; mended, one refresh', async () => {
     const table = `rot_${randomUUID().slice(0, 8)}`;
