@@ -7,16 +7,16 @@
  * from memory, a refresh the store cannot lock fails with `ERR_STORE` and spends nothing, and once the database
  * is right again one refresh spends the refresh token once.
  */
-import { randomBytes, randomUUID } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
-import { TokenManager, isTokenwardenError } from '../../src/index.js';
+import { isTokenwardenError } from '../../src/index.js';
 import { PostgresStore } from '../../src/stores/postgres.js';
-import { appRefreshToken } from '../support/app-client.js';
 import { type TestAuthorizationServer, startAuthorizationServer } from '../support/authorization-server.js';
 import { type PrivatePostgres, pgBin, skipWithout, sleep, startPrivatePostgres } from '../support/private-servers.js';
 import { crashes, failure } from '../support/crashes.js';
+import { sharedPair } from '../support/login-fleet.js';
 
 let server: PrivatePostgres;
 let admin: pg.Pool;
@@ -35,42 +35,6 @@ const terminate = (name: string) =>
   admin.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1', [name]);
 
 /**
- * Two managers (two processes) of one login on their own stores of `url`'s table, the first holding a fresh
- * token from one refresh; counts of the server taken after it.
- */
-async function fleetOf(url: string): Promise<{
-  a: TokenManager;
-  b: TokenManager;
-  spent: () => number;
-  rejected: () => number;
-}> {
-  const table = `t_${id()}`;
-  const login = await as.login(`ops-${randomUUID()}`);
-  const stores = [
-    new PostgresStore({ connectionString: url, table }),
-    new PostgresStore({ connectionString: url, table }),
-  ];
-  const [a, b] = stores.map(
-    (store) => new TokenManager({ source: appRefreshToken(as, login['refresh_token'] as string), store }),
-  ) as [TokenManager, TokenManager];
-  onTestFinished(async () => {
-    await a.close();
-    await b.close();
-    await Promise.all(stores.map((s) => s.close()));
-  });
-  await a.refresh();
-  expect((await b.getToken()).accessToken).toBe((await a.getToken()).accessToken); // b took it from the store
-  const spentBefore = as.counts.byGrant['refresh_token'] ?? 0;
-  const rejectedBefore = as.counts.errors['invalid_grant'] ?? 0;
-  return {
-    a,
-    b,
-    spent: () => (as.counts.byGrant['refresh_token'] ?? 0) - spentBefore,
-    rejected: () => (as.counts.errors['invalid_grant'] ?? 0) - rejectedBefore,
-  };
-}
-
-/**
  * While the database refuses the store (`broken`), a process holding a valid token serves it from memory and a
  * refresh fails with `ERR_STORE` matching `message`, spending nothing; once `mended`, one refresh spends once and
  * the other process takes its result from the store, then goes on from the refresh token stored.
@@ -83,7 +47,8 @@ async function refusedThenMended(
   secrets: string[] = [],
 ): Promise<void> {
   const seen = crashes();
-  const { a, b, spent, rejected } = await fleetOf(url);
+  const table = `t_${id()}`;
+  const { a, b, spent, rejected } = await sharedPair(as, () => new PostgresStore({ connectionString: url, table }));
   const held = await a.getToken();
   await broken();
   expect((await a.getToken()).accessToken).toBe(held.accessToken); // from memory: no store call

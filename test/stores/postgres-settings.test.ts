@@ -13,9 +13,9 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { TokenManager, isTokenwardenError } from '../../src/index.js';
 import { PostgresStore } from '../../src/stores/postgres.js';
-import { appRefreshToken } from '../support/app-client.js';
 import { type TestAuthorizationServer, startAuthorizationServer } from '../support/authorization-server.js';
 import { crashes, failure } from '../support/crashes.js';
+import { loginFleet } from '../support/login-fleet.js';
 import {
   type PrivatePostgres,
   hasPgBouncer,
@@ -41,29 +41,8 @@ async function role(settings: Record<string, string> = {}, create = true): Promi
 }
 
 /** `count` managers of one login, each on a store of its own (one per process) of `table`; the server's counts. */
-async function fleetOf(
-  url: string,
-  count: number,
-  table = `t_${id()}`,
-  timeout?: number,
-): Promise<{ managers: TokenManager[]; spent: () => number; rejected: () => number }> {
-  const login = await as.login(`settings-${id()}`);
-  const stores = Array.from({ length: count }, () => new PostgresStore({ connectionString: url, table, timeout }));
-  const managers = stores.map(
-    (store) => new TokenManager({ source: appRefreshToken(as, login['refresh_token'] as string), store }),
-  );
-  onTestFinished(async () => {
-    await Promise.all(managers.map((m) => m.close()));
-    await Promise.all(stores.map((s) => s.close()));
-  });
-  const spentBefore = as.counts.byGrant['refresh_token'] ?? 0;
-  const rejectedBefore = as.counts.errors['invalid_grant'] ?? 0;
-  return {
-    managers,
-    spent: () => (as.counts.byGrant['refresh_token'] ?? 0) - spentBefore,
-    rejected: () => (as.counts.errors['invalid_grant'] ?? 0) - rejectedBefore,
-  };
-}
+const fleetOf = (url: string, count: number, table = `t_${id()}`, timeout?: number) =>
+  loginFleet(as, count, () => new PostgresStore({ connectionString: url, table, timeout }));
 
 /** Names a synchronous standby that does not exist (every commit then waits for it), or lifts the requirement. */
 async function standby(names: string | undefined): Promise<void> {

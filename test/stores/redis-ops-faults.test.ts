@@ -11,10 +11,10 @@ import { inspect } from 'node:util';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import type { TokenwardenError } from '../../src/errors.js';
-import { TokenManager, type TokenManagerOptions } from '../../src/index.js';
+import type { TokenManagerOptions } from '../../src/index.js';
 import { RedisStore, type RedisStoreOptions } from '../../src/redis.js';
 import type { StoreEvents } from '../../src/stores/store.js';
-import { afterNextTokenResponse, appRefreshToken } from '../support/app-client.js';
+import { afterNextTokenResponse } from '../support/app-client.js';
 import { type TestAuthorizationServer, startAuthorizationServer } from '../support/authorization-server.js';
 import {
   type PrivateRedis,
@@ -24,49 +24,24 @@ import {
   startPrivateRedis,
 } from '../support/private-servers.js';
 import { crashes, failure } from '../support/crashes.js';
+import { sharedPair } from '../support/login-fleet.js';
 
 let as: TestAuthorizationServer;
 let redis: PrivateRedis;
 
 /**
- * Two managers (two processes) of one login on their own stores (`options`), both holding the token of one
- * refresh; the first's token requests go through `fetch` when given. Counts of the server are taken after it.
+ * Two managers (two processes) of one login on Redis stores of `options`, sharing the token of one refresh; the
+ * first's token requests go through `fetch` when given.
  */
-async function fleetOf(
-  options: (which: 0 | 1) => RedisStoreOptions,
-  managerOptions: Partial<TokenManagerOptions> = {},
+const fleetOf = (
+  options: () => RedisStoreOptions,
+  manager: Partial<TokenManagerOptions> = {},
   fetch?: typeof globalThis.fetch,
-): Promise<{ a: TokenManager; b: TokenManager; spent: () => number; rejected: () => number }> {
-  const login = await as.login(`redis-ops-${randomUUID()}`);
-  const stores = [new RedisStore(options(0)), new RedisStore(options(1))];
-  const [a, b] = stores.map(
-    (store, which) =>
-      new TokenManager({
-        ...managerOptions,
-        source: appRefreshToken(as, login['refresh_token'] as string, {
-          timeout: '2s',
-          ...(which === 0 && fetch !== undefined && { fetch }),
-        }),
-        store,
-      }),
-  ) as [TokenManager, TokenManager];
-  onTestFinished(async () => {
-    await a.close();
-    await b.close();
-    await Promise.all(stores.map((s) => s.close()));
+) =>
+  sharedPair(as, () => new RedisStore(options()), {
+    manager,
+    source: (which) => ({ timeout: '2s', ...(which === 0 && fetch !== undefined && { fetch }) }),
   });
-  await Promise.all(stores.map((s) => s.get('warm-up'))); // connected: the first call's time limit is for Redis
-  await a.refresh();
-  expect((await b.getToken()).accessToken).toBe((await a.getToken()).accessToken);
-  const spentBefore = as.counts.byGrant['refresh_token'] ?? 0;
-  const rejectedBefore = as.counts.errors['invalid_grant'] ?? 0;
-  return {
-    a,
-    b,
-    spent: () => (as.counts.byGrant['refresh_token'] ?? 0) - spentBefore,
-    rejected: () => (as.counts.errors['invalid_grant'] ?? 0) - rejectedBefore,
-  };
-}
 
 describe.skipIf(skipWithout('redis-server', hasRedisServer))('RedisStore under an operator', () => {
   beforeAll(async () => {

@@ -12,13 +12,11 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import type { TokenwardenError } from '../../src/errors.js';
-import { TokenManager } from '../../src/index.js';
 import { RedisStore } from '../../src/redis.js';
 import { PostgresStore } from '../../src/stores/postgres.js';
-import type { TokenStore } from '../../src/stores/store.js';
-import { appRefreshToken } from '../support/app-client.js';
 import { type TestAuthorizationServer, startAuthorizationServer } from '../support/authorization-server.js';
 import { crashes, failure } from '../support/crashes.js';
+import { type ClosableStore, sharedPair } from '../support/login-fleet.js';
 import {
   type PrivatePostgres,
   type PrivateRedis,
@@ -46,7 +44,7 @@ afterAll(async () => {
 });
 
 /** A store call that must fail: its error, and how long it took (ms). */
-async function refused(store: TokenStore & { close(): Promise<void> }): Promise<{ err: unknown; ms: number }> {
+async function refused(store: ClosableStore): Promise<{ err: unknown; ms: number }> {
   const started = Date.now();
   const err = await store.get('k').then(
     () => undefined,
@@ -66,48 +64,18 @@ function expectSaidInWords(err: unknown, words: RegExp, host: string): void {
 }
 
 /**
- * Two managers (two processes) of one login on stores made by `open`, one refresh shared through the store.
- * Counts of the server are taken after it.
- */
-async function fleetOf(
-  open: () => TokenStore & { close(): Promise<void> },
-): Promise<{ a: TokenManager; b: TokenManager; spent: () => number; rejected: () => number }> {
-  const login = await as.login(`tls-${randomUUID()}`);
-  const stores = [open(), open()];
-  const [a, b] = stores.map(
-    (store) =>
-      new TokenManager({ source: appRefreshToken(as, login['refresh_token'] as string, { timeout: '2s' }), store }),
-  ) as [TokenManager, TokenManager];
-  onTestFinished(async () => {
-    await a.close();
-    await b.close();
-    await Promise.all(stores.map((s) => s.close()));
-  });
-  await a.refresh();
-  expect((await b.getToken()).accessToken).toBe((await a.getToken()).accessToken); // b read it over TLS
-  const spentBefore = as.counts.byGrant['refresh_token'] ?? 0;
-  const rejectedBefore = as.counts.errors['invalid_grant'] ?? 0;
-  return {
-    a,
-    b,
-    spent: () => (as.counts.byGrant['refresh_token'] ?? 0) - spentBefore,
-    rejected: () => (as.counts.errors['invalid_grant'] ?? 0) - rejectedBefore,
-  };
-}
-
-/**
  * The certificate rotated to an expired one (`rotate`), the store's connections dropped (`drop`): a valid token
  * is served from memory, a refresh fails with ERR_STORE saying the certificate expired and spends nothing; the
  * right certificate back (`mend`), one refresh spends once and the other process takes its result.
  */
 async function rotatedToExpired(
-  open: () => TokenStore & { close(): Promise<void> },
+  open: () => ClosableStore,
   rotate: () => Promise<void>,
   drop: () => Promise<void>,
   mend: () => Promise<void>,
 ): Promise<void> {
   const seen = crashes();
-  const { a, b, spent, rejected } = await fleetOf(open);
+  const { a, b, spent, rejected } = await sharedPair(as, open);
   const held = await a.getToken();
   await rotate();
   await drop();
@@ -159,7 +127,8 @@ describe.skipIf(skipWithout('redis-server', hasRedisServer) || skipWithout('open
     });
 
     it('with the CA given, a fleet shares a rotating refresh token through the TLS connection, and spends it once', async () => {
-      const { a, b, spent, rejected } = await fleetOf(
+      const { a, b, spent, rejected } = await sharedPair(
+        as,
         () => new RedisStore({ url: tlsUrl(), prefix: 'tls:', redisOptions: { tls: { ca: certs.ca } } }),
       );
       const fresh = await b.refresh();
@@ -295,7 +264,8 @@ describe.skipIf(
 
   it('with the CA given, a fleet shares a rotating refresh token through the TLS connection, and spends it once', async () => {
     const table = `tls_${randomUUID().slice(0, 8)}`;
-    const { a, b, spent, rejected } = await fleetOf(
+    const { a, b, spent, rejected } = await sharedPair(
+      as,
       () => new PostgresStore({ connectionString: url(), table, poolOptions: { ssl: { ca: certs.ca } } }),
     );
     const fresh = await b.refresh();
