@@ -701,10 +701,16 @@ export class TokenManager extends EventEmitter<TokenManagerEvents> {
       return;
     }
     if (isPlaceholder(token) && (from === 'store' || refused !== undefined)) {
-      // The refusal of the configured refresh token, nothing held: kept, at its place in the history.
-      const alone = this.#refused;
-      if (refused !== undefined && alone !== undefined && held === undefined && value.seq >= (alone.alone?.seq ?? 0)) {
-        alone.alone = value;
+      // No token. One that records the refusal of the configured refresh token while nothing is held is kept as
+      // written (its place in the history too): the fleet writes it back after a reset, as it would a token.
+      const record = this.#refused; // set above when `refused` is
+      if (
+        refused !== undefined &&
+        record !== undefined &&
+        held === undefined &&
+        value.seq >= (record.alone?.seq ?? 0)
+      ) {
+        record.alone = value;
       }
       return;
     }

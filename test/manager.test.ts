@@ -27,7 +27,6 @@ afterEach(async () => {
   await Promise.all(managers.splice(0).map((m) => m.close()));
 });
 
-/** Moves the clock in small steps until `promise` settles (for waits that start after a few store calls). */
 describe('TokenManager', () => {
   it('shares one fetch among concurrent callers of a cold manager', async () => {
     const { source, manager } = setup();

@@ -19,6 +19,7 @@ import type {
   TokenStore,
 } from '../../src/stores/store.js';
 import { whileMoving } from '../support/clock.js';
+import { until } from '../support/private-servers.js';
 import { ScriptedSource, oauthError } from '../support/scripted-source.js';
 
 const T0 = Date.parse('2030-01-01T00:00:00Z');
@@ -69,14 +70,6 @@ function manager(options: Partial<TokenManagerOptions> & { source: ScriptedSourc
   managers.push(m);
   return m;
 }
-
-const until = async (check: () => Promise<boolean> | boolean): Promise<void> => {
-  for (let i = 0; i < 500; i++) {
-    if (await check()) return;
-    await new Promise((r) => setTimeout(r, 5));
-  }
-  throw new Error('condition not reached');
-};
 
 /** One store shared by the managers of a test (a MemoryStore behind a FaultyStore), and a refresh-token source. */
 function sharedStore() {

@@ -19,7 +19,7 @@ export interface ServerCounts {
   rejected(): number;
 }
 
-export function serverCounts(as: TestAuthorizationServer): ServerCounts {
+function serverCounts(as: TestAuthorizationServer): ServerCounts {
   const spentBefore = as.counts.byGrant['refresh_token'] ?? 0;
   const rejectedBefore = as.counts.errors['invalid_grant'] ?? 0;
   return {
