@@ -229,8 +229,6 @@ describe.skipIf(
 )('PostgresStore over TLS (ssl)', () => {
   let server: PrivatePostgres;
   let admin: pg.Pool;
-  /** The cluster's directory, which holds the certificate files. */
-  let dir: string;
   const url = (host = '127.0.0.1'): string => `postgres://postgres@${host}:${server.port}/postgres`;
   const withSecrets = (u: string): string => u.replace('postgres@', `${USER}:${PASSWORD}@`);
   /** Has the server read its configuration files again: the postmaster does on SIGHUP, and sessions it starts next see them. */
@@ -257,15 +255,12 @@ describe.skipIf(
         'expired.crt': certs.expired,
         'other.crt': certs.wrongName,
       },
-      settings: (where) => {
-        dir = where;
-        return [
-          'ssl = on',
-          `ssl_cert_file = '${where}/server.crt'`,
-          `ssl_key_file = '${where}/server.key'`,
-          `ssl_ca_file = '${where}/ca.crt'`, // the CA of client certificates, for clientcert=verify-ca
-        ];
-      },
+      settings: [
+        'ssl = on',
+        "ssl_cert_file = 'server.crt'",
+        "ssl_key_file = 'server.key'",
+        "ssl_ca_file = 'ca.crt'", // the CA of client certificates, for clientcert=verify-ca
+      ],
     });
     // The administrator's own connection is plain (the server takes both).
     admin = new pg.Pool({ connectionString: url(), max: 2 });
@@ -339,7 +334,7 @@ describe.skipIf(
   ] as const) {
     it(`${what}: ERR_STORE in words, naming no host, user or password`, async () => {
       if (change === 'off') await configure('ssl', 'off');
-      else if (change !== undefined) await configure('ssl_cert_file', `${dir}/${change}`);
+      else if (change !== undefined) await configure('ssl_cert_file', change);
       onTestFinished(reset);
       const seen = crashes();
       // Every case here is reported by the server: ERR_STORE long before the limit, never its ERR_STORE_TIMEOUT.
@@ -391,7 +386,7 @@ describe.skipIf(
     await rotatedToExpired(
       () =>
         new PostgresStore({ connectionString: url(), table, timeout: '1s', poolOptions: { ssl: { ca: certs.ca } } }),
-      () => configure('ssl_cert_file', `${dir}/expired.crt`),
+      () => configure('ssl_cert_file', 'expired.crt'),
       async () => {
         await admin.query('SELECT pg_terminate_backend(pid) FROM pg_stat_ssl WHERE ssl AND pid <> pg_backend_pid()');
       },

@@ -416,15 +416,16 @@ function postgresDir(path: string): string {
 
 export interface PrivatePostgresOptions {
   /**
-   * Files copied into the cluster's directory before it starts (owned by the server's user, mode 0600, as
-   * PostgreSQL wants a key file), by name: `{ 'server.key': pem }`.
+   * Files written into the data directory before the server starts (owned by the server's user, mode 0600, as
+   * PostgreSQL wants a key file), by name: `{ 'server.key': pem }`. Settings name them by that name alone
+   * (`ssl_key_file = 'server.key'`): PostgreSQL reads relative paths from the data directory.
    */
   files?: Record<string, string>;
   /**
-   * Extra `name = value` settings (`ssl = on`, …), given the directory that holds `files`: written to
-   * `postgresql.conf`, so that `ALTER SYSTEM` can change them and `ALTER SYSTEM RESET` bring them back.
+   * Extra `name = value` settings (`ssl = on`, …), written to `postgresql.conf`: `ALTER SYSTEM` can change them,
+   * and `ALTER SYSTEM RESET` bring them back.
    */
-  settings?: (dir: string) => string[];
+  settings?: string[];
 }
 
 /** A private PostgreSQL cluster (`initdb` into a temporary directory, trust auth) on a free loopback port. */
@@ -436,11 +437,11 @@ export async function startPrivatePostgres(extra: PrivatePostgresOptions = {}): 
   await asPostgres(join(pgBin, 'initdb'), ['-D', data, '-U', 'postgres', '-A', 'trust', '--no-sync', '-E', 'UTF8']);
   const owner = postgresUid();
   for (const [name, content] of Object.entries(extra.files ?? {})) {
-    writeFileSync(join(dir, name), content, { mode: 0o600 });
-    if (owner) chownSync(join(dir, name), owner.uid, owner.gid);
+    writeFileSync(join(data, name), content, { mode: 0o600 });
+    if (owner) chownSync(join(data, name), owner.uid, owner.gid);
   }
   const log = join(dir, 'pg.log');
-  const settings = extra.settings?.(dir) ?? [];
+  const settings = extra.settings ?? [];
   if (settings.length > 0) appendFileSync(join(data, 'postgresql.conf'), `\n${settings.join('\n')}\n`);
   const options = `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=100`;
   let pid: number | undefined;
