@@ -89,7 +89,20 @@ export type RedisStoreOptions = RedisStoreCommonOptions &
         sentinels: { host: string; port: number }[];
         /** The master group name the sentinels monitor. */
         name: string;
-        /** Extra ioredis options for the connection the store creates (`sentinelPassword`, `password`, TLS…). */
+        /**
+         * Extra ioredis options for the connection the store creates (`sentinelPassword`, `password`, TLS…).
+         * Over TLS: `sentinelTLS` for the sentinels, `tls` for the master (the store sets ioredis's
+         * `enableTLSForSentinelMode` when `tls` is given; an explicit `false` is kept).
+         *
+         * @example
+         * ```ts
+         * new RedisStore({
+         *   sentinels: [{ host: 'sentinel-1.internal', port: 26379 }],
+         *   name: 'tokens',
+         *   redisOptions: { tls: { ca }, sentinelTLS: { ca }, password: process.env.REDIS_PASSWORD },
+         * });
+         * ```
+         */
         redisOptions?: RedisOptions;
         url?: never;
         client?: never;
@@ -97,7 +110,9 @@ export type RedisStoreOptions = RedisStoreCommonOptions &
     | {
         /**
          * Your ioredis `Redis` or `Cluster` (never closed by the store). A Sentinel client needs
-         * `failoverDetector: true`; without it the store warns (`TOKENWARDEN_REDIS_SENTINEL`).
+         * `failoverDetector: true`; without it the store warns (`TOKENWARDEN_REDIS_SENTINEL`). Given `tls`, it
+         * needs `enableTLSForSentinelMode` too, or ioredis connects to the master in the clear (the store warns:
+         * `TOKENWARDEN_REDIS_SENTINEL_TLS`).
          */
         client: Redis | Cluster;
         url?: never;
@@ -286,6 +301,7 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
     }
     this.#options = options;
     warnWithoutFailoverDetector(options.client);
+    warnTlsIgnored(options.client);
     this.prefix = options.prefix ?? 'tokenwarden:';
     if (typeof this.prefix !== 'string') throw new TokenwardenError('ERR_CONFIG', 'prefix must be a string');
     this.#codec = new Codec(options.encryptionKey);
@@ -560,9 +576,12 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
             : `redis is not connected (${status})`,
         );
       }
-      this.#readiness ??= whenReady(connection).finally(() => {
-        this.#readiness = undefined;
-      });
+      const deadline = Date.now() + this.#timeoutMs;
+      this.#readiness ??= whenReady(connection)
+        .catch((err: unknown) => whySentinelsFailed(connection, err, deadline))
+        .finally(() => {
+          this.#readiness = undefined;
+        });
       await redisBounded(() => this.#readiness as Promise<void>, this.#timeoutMs, 'redis connect').catch(
         (err: unknown) => {
           throw handshakeUnanswered(connection, err);
@@ -666,11 +685,15 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
       // And a time limit on questions to a sentinel, which ioredis sets none on: a sentinel that accepts the
       // connection and then answers nothing (frozen, SIGSTOP; a half-open path) would hold every reconnection for
       // ever; with one, the next sentinel is asked. Tested (test/stores/redis-faults.test.ts).
+      // And TLS to the master when `tls` is given: ioredis applies `tls` in Sentinel mode only with
+      // `enableTLSForSentinelMode` (the sentinels take `sentinelTLS`), and otherwise connects to the master in the
+      // clear — a password and the tokens in plain text, where TLS was asked. An explicit `false` is kept.
       ...(sentinels !== undefined && {
         sentinels,
         name,
         failoverDetector: true,
         sentinelCommandTimeout: this.#timeoutMs,
+        ...(redisOptions?.tls !== undefined && { enableTLSForSentinelMode: true }),
       }),
       // Fail commands while Redis is unreachable instead of queueing them for long: the manager then
       // degrades to in-process behaviour, and the connection keeps reconnecting in the background.
@@ -887,6 +910,31 @@ function warnWithoutFailoverDetector(client: unknown): void {
   );
 }
 
+const warnedPlainClients = new WeakSet<object>();
+
+/**
+ * A Sentinel client of the user's own given `tls` without `enableTLSForSentinelMode`: ioredis then connects to
+ * the master in the clear (the password and the tokens in plain text) wherever the master also listens
+ * without TLS — where TLS was plainly asked for. (`RedisStore({ sentinels })` sets it itself.) Said once per
+ * client, as a process warning.
+ */
+function warnTlsIgnored(client: unknown): void {
+  const options = (
+    client as { options?: { sentinels?: unknown; tls?: unknown; enableTLSForSentinelMode?: unknown } } | undefined
+  )?.options;
+  if (!Array.isArray(options?.sentinels) || options.sentinels.length === 0) return;
+  // (ioredis fills in its defaults: an unset enableTLSForSentinelMode reads false.)
+  if (options.tls === undefined || options.enableTLSForSentinelMode === true) return;
+  if (warnedPlainClients.has(client as object)) return;
+  warnedPlainClients.add(client as object);
+  process.emitWarning(
+    'RedisStore: this Sentinel client has tls but not enableTLSForSentinelMode, so ioredis connects to the master ' +
+      'without TLS (tls is used only with it; the sentinels take sentinelTLS). Create it with ' +
+      'enableTLSForSentinelMode: true (or without tls, if the master is plain on purpose).',
+    { type: 'TokenwardenWarning', code: 'TOKENWARDEN_REDIS_SENTINEL_TLS' },
+  );
+}
+
 /** The masters of a cluster connection; undefined for a single server (or a sentinel set-up). */
 function clusterMasters(connection: Connection): NodeConnection[] | undefined {
   const nodes = (connection as { nodes?: unknown }).nodes;
@@ -987,6 +1035,92 @@ function handshakeUnanswered(connection: Connection, err: unknown): unknown {
     { cause: err },
   );
 }
+
+/**
+ * ioredis's whole report when no sentinel gave the master's address: each sentinel's own error (its TLS
+ * certificate refused, its password refused, a TLS-only sentinel asked in the clear) is swallowed.
+ */
+const SENTINELS_UNREACHABLE = /^All sentinels are unreachable\b/;
+
+/**
+ * A Sentinel connection that failed because no sentinel gave the master's address: the sentinels asked again
+ * (one short-lived connection each, with the connection's own sentinel options, all at once, until `deadline`)
+ * to learn why, and `err` with the first sentinel's reason said (`… no sentinel gave the master's address; a
+ * sentinel's connection failed (SELF_SIGNED_CERT_IN_CHAIN): the server's TLS certificate chain ends in an
+ * untrusted root (ca)`).
+ * Anything else, or no reason learned in time, is `err` as it is. Runs only on a failed connection.
+ */
+async function whySentinelsFailed(connection: Connection, err: unknown, deadline: number): Promise<never> {
+  const options = (connection as { options?: RedisOptions }).options;
+  const message = ((err as { cause?: { message?: unknown } } | null)?.cause?.message ?? '') as unknown;
+  const budget = deadline - Date.now() - 50;
+  if (
+    !(err instanceof TokenwardenError) ||
+    typeof message !== 'string' ||
+    !SENTINELS_UNREACHABLE.test(message) ||
+    !Array.isArray(options?.sentinels) ||
+    typeof options.name !== 'string' ||
+    budget < 100
+  ) {
+    throw err;
+  }
+  const { Redis } = await loadIoredis();
+  const name = options.name;
+  const reasons = await Promise.all(
+    options.sentinels.slice(0, 8).map(async (sentinel) => {
+      const probe = new Redis({
+        host: sentinel.host ?? '127.0.0.1',
+        port: sentinel.port ?? 26379,
+        ...(sentinel.family !== undefined && { family: sentinel.family }),
+        ...(options.sentinelTLS !== undefined && { tls: options.sentinelTLS }),
+        ...(options.sentinelUsername && { username: options.sentinelUsername }),
+        ...(options.sentinelPassword && { password: options.sentinelPassword }),
+        lazyConnect: true,
+        retryStrategy: () => null,
+        enableReadyCheck: false,
+        maxRetriesPerRequest: 0,
+        connectTimeout: budget,
+        commandTimeout: budget,
+      });
+      let first: unknown;
+      probe.on('error', (e: unknown) => (first ??= e));
+      try {
+        await probe.connect();
+        const address = await probe.call('SENTINEL', 'get-master-addr-by-name', name);
+        return address === null ? NO_SUCH_MASTER : undefined;
+      } catch (e) {
+        return sentinelReason(first ?? e, options.sentinelTLS !== undefined);
+      } finally {
+        probe.disconnect();
+      }
+    }),
+  );
+  const reason = reasons.find((r) => r !== undefined);
+  if (reason === undefined) throw err;
+  throw new TokenwardenError('ERR_STORE', `${err.message}: no sentinel gave the master's address; ${reason}`, {
+    cause: err.cause,
+  });
+}
+
+/** Why a sentinel gave no address, in words (a clause: `a sentinel …`), if its error says. */
+function sentinelReason(err: unknown, tls: boolean): string | undefined {
+  // Plain asked of a sentinel that serves TLS only: it closes the connection at the first bytes.
+  const hint = tls ? '' : ' (a sentinel that serves TLS only, and no sentinelTLS given?)';
+  const message = (err as { message?: unknown } | null)?.message;
+  if (typeof message === 'string' && /^ERR No such master\b/.test(message)) return NO_SUCH_MASTER;
+  const code = failureCode(err);
+  const words = code === undefined ? undefined : REPLIES.get(code);
+  if (words !== undefined) {
+    const closed = code === 'ECONNRESET' || code === 'EPIPE';
+    return `a sentinel's connection failed (${code}): ${words}${closed ? hint : ''}`;
+  }
+  if (typeof message !== 'string') return undefined;
+  if (/^Connection is closed\b/.test(message)) return `a sentinel closed the connection without answering${hint}`;
+  if (/timed out/i.test(message)) return 'a sentinel did not answer in time';
+  return undefined;
+}
+
+const NO_SUCH_MASTER = 'a sentinel answered that it monitors no master of that name (the name option)';
 
 /** Resolves when `connection` is ready; rejects on its next error or its end. */
 function whenReady(connection: Connection): Promise<void> {

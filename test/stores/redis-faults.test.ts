@@ -655,6 +655,32 @@ describe('RedisStore on a Sentinel client of yours', () => {
   });
 });
 
+describe('RedisStore on a Sentinel client of yours given tls', () => {
+  it('without enableTLSForSentinelMode (ioredis would reach the master in the clear): a process warning (TOKENWARDEN_REDIS_SENTINEL_TLS), once per client; with it, none', async () => {
+    const base = { sentinels: [{ host: '127.0.0.1', port: 1 }], name: 'm', lazyConnect: true, failoverDetector: true };
+    const plain = new Redis({ ...base, tls: {} });
+    const clients = [
+      plain,
+      new Redis({ ...base, tls: {}, enableTLSForSentinelMode: true }),
+      new Redis({ ...base, sentinelTLS: {} }),
+      new Redis({ port: 1, lazyConnect: true, tls: {} }),
+    ];
+    const warnings = captureWarnings();
+    try {
+      const stores = [plain, ...clients].map((client) => new RedisStore({ client }));
+      await sleep(20); // warnings are emitted on the next tick
+      expect(warnings()).toEqual([
+        expect.objectContaining({ name: 'TokenwardenWarning', code: 'TOKENWARDEN_REDIS_SENTINEL_TLS' }),
+      ]);
+      expect(warnings()[0]?.message).toMatch(/enableTLSForSentinelMode: true/);
+      await Promise.all(stores.map((s) => s.close()));
+    } finally {
+      warnings.stop();
+      for (const c of clients) c.disconnect();
+    }
+  });
+});
+
 describe.skipIf(skipWithout('redis-server', hasRedisServer))(
   'RedisStore through Redis Sentinel: faults ioredis leaves to us',
   () => {

@@ -13,7 +13,9 @@ import { randomUUID } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
+import type { RedisOptions } from 'ioredis';
 import type { Duration } from '../../src/duration.js';
+import type { Token } from '../../src/index.js';
 import type { TokenwardenError } from '../../src/errors.js';
 import { RedisStore } from '../../src/redis.js';
 import { PostgresStore } from '../../src/stores/postgres.js';
@@ -23,6 +25,7 @@ import { type ClosableStore, sharedPair } from '../support/login-fleet.js';
 import {
   type PrivatePostgres,
   type PrivateRedis,
+  type PrivateSentinelSet,
   freePort,
   hasRedisServer,
   pgBin,
@@ -30,6 +33,8 @@ import {
   sleep,
   startPrivatePostgres,
   startPrivateRedis,
+  startSentinelSet,
+  until,
 } from '../support/private-servers.js';
 import { type TestCertificates, hasOpenssl, makeCertificates } from '../support/tls.js';
 
@@ -221,6 +226,96 @@ describe.skipIf(skipWithout('redis-server', hasRedisServer) || skipWithout('open
         () => useCert('cert').then(() => undefined),
       );
     });
+  },
+);
+
+describe.skipIf(skipWithout('redis-server', hasRedisServer) || skipWithout('openssl', hasOpenssl))(
+  'RedisStore through Redis Sentinel over TLS (sentinels on a TLS port only; masters named by their TLS port)',
+  () => {
+    let set: PrivateSentinelSet;
+    const sentinelStore = (
+      redisOptions: RedisOptions,
+      more: { name?: string; prefix?: string; timeout?: Duration } = {},
+    ): RedisStore =>
+      new RedisStore({
+        sentinels: set.sentinels,
+        name: more.name ?? set.name,
+        prefix: more.prefix ?? 'tls-sentinel:',
+        timeout: more.timeout ?? limitFor('ERR_STORE'),
+        redisOptions,
+      });
+
+    beforeAll(async () => {
+      set = await startSentinelSet({ tls: { cert: certs.file('cert'), key: certs.file('key'), ca: certs.file('ca') } });
+    }, 60_000);
+    afterAll(async () => {
+      await set?.close();
+    });
+
+    it("`tls` (without ioredis's enableTLSForSentinelMode) and sentinelTLS: a fleet shares a rotating refresh token over TLS, and follows an operator's failover to the new master over TLS, spending once", async () => {
+      const seen = crashes();
+      const prefix = `tls-sentinel-${randomUUID()}:`;
+      // `tls` alone: ioredis would connect to the master in the clear (refused by its TLS port); the store asks
+      // ioredis for TLS to the master when `tls` is given.
+      const options = { tls: { ca: certs.ca }, sentinelTLS: { ca: certs.ca } };
+      const { a, b, spent, rejected } = await sharedPair(as, () => sentinelStore(options, { prefix, timeout: '2s' }));
+      const first = await b.refresh();
+      expect((await a.refresh()).accessToken).toBe(first.accessToken); // from the store: nothing spent
+      expect(spent()).toBe(1);
+
+      await set.failover(); // the sentinel names the replica (its TLS port) as the master
+      await set.master.stop(); // and the old master is gone: only the new one, over TLS, can answer
+      let fresh: Token | undefined; // (a refresh while the store reconnects fails before spending)
+      await until(async () => (fresh = await a.refresh().catch(() => undefined)) !== undefined);
+      expect(spent()).toBe(2);
+      expect((await b.refresh()).accessToken).toBe(fresh?.accessToken); // from the new master: nothing spent
+      expect(spent()).toBe(2);
+      expect(rejected()).toBe(0);
+      expect(await set.replica.cli('--scan', '--pattern', `${prefix}*`)).not.toBe('');
+      expect(seen).toEqual([]);
+    }, 60_000);
+
+    // ioredis says only "All sentinels are unreachable" for each of these (the sentinel's own error is
+    // swallowed): the store asks the sentinels again to say why.
+    for (const [what, redisOptions, name, words] of [
+      [
+        'sentinelTLS not given (the sentinel serves TLS only)',
+        () => ({ tls: { ca: certs.ca } }),
+        undefined,
+        /no sentinel gave the master's address; .*\(ECONNRESET\).* no sentinelTLS given/,
+      ],
+      [
+        "the sentinel's CA not given",
+        () => ({ tls: { ca: certs.ca }, sentinelTLS: {} }),
+        undefined,
+        /no sentinel gave the master's address; a sentinel's connection failed \(SELF_SIGNED_CERT_IN_CHAIN\): .*TLS certificate .*untrusted/,
+      ],
+      [
+        'a sentinel certificate of another CA',
+        () => ({ tls: { ca: certs.ca }, sentinelTLS: { ca: certs.otherCa } }),
+        undefined,
+        /no sentinel gave the master's address; a sentinel's connection failed .*TLS certificate .*trusted/,
+      ],
+      [
+        'a master name the sentinels do not monitor',
+        () => ({ tls: { ca: certs.ca }, sentinelTLS: { ca: certs.ca } }),
+        'no-such-master',
+        /no sentinel gave the master's address; a sentinel answered that it monitors no master of that name/,
+      ],
+      [
+        "the master's CA not given (the sentinels trusted)",
+        () => ({ tls: {}, sentinelTLS: { ca: certs.ca } }),
+        undefined,
+        /\(SELF_SIGNED_CERT_IN_CHAIN\): .*TLS certificate .*untrusted/,
+      ],
+    ] as const) {
+      it(`${what}: ERR_STORE in words at once, naming no host or password`, async () => {
+        const seen = crashes();
+        const store = sentinelStore({ ...redisOptions(), password: PASSWORD }, { ...(name !== undefined && { name }) });
+        expectSaidInWords(await refused(store), 'ERR_STORE', words, '127.0.0.1');
+        expect(seen).toEqual([]);
+      });
+    }
   },
 );
 

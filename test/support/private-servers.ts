@@ -289,14 +289,40 @@ export interface PrivateSentinelSet {
   close(): Promise<void>;
 }
 
+/** TLS for a {@link startSentinelSet}: the files of a server certificate, its key and the CA that signed it. */
+export interface SentinelSetTls {
+  cert: string;
+  key: string;
+  ca: string;
+}
+
 /**
  * A master, a replica and one sentinel (quorum 1, `down-after-milliseconds` 500): killing the master makes
  * the sentinel promote the replica within a couple of seconds.
+ *
+ * With `tls`, the set speaks TLS as a managed one does: the sentinel listens on a TLS port only, the master and
+ * the replica each on a TLS port (which the sentinel names, `tls-replication yes`) beside a plain one the test
+ * administers them through; replication and the sentinel's own connections are TLS too.
  */
-export async function startSentinelSet(): Promise<PrivateSentinelSet> {
+export async function startSentinelSet(options: { tls?: SentinelSetTls } = {}): Promise<PrivateSentinelSet> {
   const name = 'twmaster';
-  const master = await startPrivateRedis();
-  const replica = await startPrivateRedis({ args: ['--replicaof', '127.0.0.1', String(master.port)] });
+  const tls = options.tls;
+  const tlsFiles = tls
+    ? ['--tls-cert-file', tls.cert, '--tls-key-file', tls.key, '--tls-ca-cert-file', tls.ca, '--tls-auth-clients', 'no']
+    : [];
+  /** A data server: with TLS, its TLS port (the one replication and the sentinel use) beside its plain one. */
+  const dataServer = async (args: string[]): Promise<{ server: PrivateRedis; port: number }> => {
+    const tlsPort = tls ? await freePort() : undefined;
+    const server = await startPrivateRedis({
+      args: [
+        ...(tlsPort !== undefined ? ['--tls-port', String(tlsPort), '--tls-replication', 'yes', ...tlsFiles] : []),
+        ...args,
+      ],
+    });
+    return { server, port: tlsPort ?? server.port };
+  };
+  const { server: master, port: masterAt } = await dataServer([]);
+  const { server: replica, port: replicaAt } = await dataServer(['--replicaof', '127.0.0.1', String(masterAt)]);
   const port = await freePort();
   const dir = join(tmpdir(), `tw-sentinel-${randomUUID()}`);
   mkdirSync(dir, { recursive: true });
@@ -304,10 +330,20 @@ export async function startSentinelSet(): Promise<PrivateSentinelSet> {
   writeFileSync(
     conf,
     [
-      `port ${port}`,
+      ...(tls
+        ? [
+            'port 0',
+            `tls-port ${port}`,
+            `tls-cert-file ${tls.cert}`,
+            `tls-key-file ${tls.key}`,
+            `tls-ca-cert-file ${tls.ca}`,
+            'tls-auth-clients no',
+            'tls-replication yes',
+          ]
+        : [`port ${port}`]),
       'bind 127.0.0.1',
       `dir ${dir}`,
-      `sentinel monitor ${name} 127.0.0.1 ${master.port} 1`,
+      `sentinel monitor ${name} 127.0.0.1 ${masterAt} 1`,
       `sentinel down-after-milliseconds ${name} 500`,
       `sentinel failover-timeout ${name} 5000`,
       `sentinel parallel-syncs ${name} 1`,
@@ -336,8 +372,10 @@ export async function startSentinelSet(): Promise<PrivateSentinelSet> {
     if (info.includes('master_link_status:up')) break;
     await sleep(50);
   }
+  const sentinelCli = (...args: string[]): Promise<{ stdout: string }> =>
+    run('redis-cli', [...(tls ? ['--tls', '--cacert', tls.ca] : []), '-p', String(port), ...args]);
   const masterPort = async (): Promise<number> => {
-    const out = await run('redis-cli', ['-p', String(port), 'sentinel', 'get-master-addr-by-name', name]);
+    const out = await sentinelCli('sentinel', 'get-master-addr-by-name', name);
     return Number(out.stdout.trim().split('\n')[1]);
   };
   return {
@@ -347,9 +385,9 @@ export async function startSentinelSet(): Promise<PrivateSentinelSet> {
     sentinels: [{ host: '127.0.0.1', port }],
     masterPort,
     failover: async () => {
-      await run('redis-cli', ['-p', String(port), 'sentinel', 'failover', name]);
+      await sentinelCli('sentinel', 'failover', name);
       const until = Date.now() + 10_000;
-      while ((await masterPort()) !== replica.port) {
+      while ((await masterPort()) !== replicaAt) {
         if (Date.now() > until) throw new Error('the sentinel did not fail over');
         await sleep(50);
       }
