@@ -31,6 +31,7 @@ import {
   checkKey,
   checkTtl,
   checkVersion,
+  driverCause,
   closedError,
   inWords,
   boundedInWords,
@@ -112,7 +113,8 @@ export type RedisStoreOptions = RedisStoreCommonOptions &
          * Your ioredis `Redis` or `Cluster` (never closed by the store). A Sentinel client needs
          * `failoverDetector: true`; without it the store warns (`TOKENWARDEN_REDIS_SENTINEL`). Given `tls`, it
          * needs `enableTLSForSentinelMode` too, or ioredis connects to the master in the clear (the store warns:
-         * `TOKENWARDEN_REDIS_SENTINEL_TLS`).
+         * `TOKENWARDEN_REDIS_SENTINEL_TLS`). The store listens to its `error` events (to say why a call failed
+         * while it reconnects), so ioredis no longer prints "Unhandled error event" for it.
          */
         client: Redis | Cluster;
         url?: never;
@@ -269,6 +271,13 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
   #identifiedTopology = -1;
   /** One wait for the connection to become ready, shared by every operation started meanwhile. */
   #readiness: Promise<void> | undefined;
+  /** The connection's last error since it was last ready (what a call made while it reconnects is told). */
+  #lastFailure: unknown;
+  /** {@link #notConnected}'s answer for `failure`. */
+  #explained: { failure: unknown; said: Promise<unknown> } | undefined;
+  readonly #onFailure = (err: unknown): void => {
+    this.#lastFailure = err;
+  };
   /** The run id of each server seen (`host:port` of each master in a cluster; `''` for a single server). */
   readonly #runIds = new Map<string, string>();
   /** The eviction policy reported for each server (keyed as `#runIds`), so that it is reported once. */
@@ -302,6 +311,8 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
     this.#options = options;
     warnWithoutFailoverDetector(options.client);
     warnTlsIgnored(options.client);
+    // A client of yours may have failed before the first call: heard from now on (until close()).
+    (options.client as Connection | undefined)?.on('error', this.#onFailure);
     this.prefix = options.prefix ?? 'tokenwarden:';
     if (typeof this.prefix !== 'string') throw new TokenwardenError('ERR_CONFIG', 'prefix must be a string');
     this.#codec = new Codec(options.encryptionKey);
@@ -421,6 +432,7 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
     const subscriber = this.#subscriber;
     this.#subscriber = undefined;
     subscriber?.disconnect();
+    (this.#options.client as Connection | undefined)?.off('error', this.#onFailure);
     const owned = this.#owned;
     this.#owned = undefined;
     if (owned !== undefined) {
@@ -569,16 +581,19 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
         // fresh identification (on 'ready', before any command) may trust — fail now, as before.
         (status !== 'reconnecting' || clusterMasters(connection) !== undefined)
       ) {
-        throw new TokenwardenError(
-          'ERR_STORE',
-          status === 'end'
-            ? 'the Redis client passed to the store has ended (closed, or given up by ioredis); the store does not reopen a client it was given'
-            : `redis is not connected (${status})`,
-        );
+        if (status === 'end') {
+          throw new TokenwardenError(
+            'ERR_STORE',
+            'the Redis client passed to the store has ended (closed, or given up by ioredis); the store does not reopen a client it was given',
+          );
+        }
+        throw await this.#notConnected(connection, status);
       }
       const deadline = Date.now() + this.#timeoutMs;
       this.#readiness ??= whenReady(connection)
-        .catch((err: unknown) => whySentinelsFailed(connection, err, deadline))
+        .catch(async (err: unknown) => {
+          throw await whyNoneAnswered(connection, err, deadline);
+        })
         .finally(() => {
           this.#readiness = undefined;
         });
@@ -721,6 +736,23 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
     return connection;
   }
 
+  /**
+   * `redis is not connected (reconnecting)`, with the reason of the connection's last failure where the
+   * servers it asks first can tell it ({@link whyNoneAnswered}: a cluster whose every startup node refused its
+   * TLS, its password…). Asked once per failure: the calls until the next attempt share the answer.
+   */
+  #notConnected(connection: Connection, status: string): Promise<unknown> {
+    const failure = this.#lastFailure;
+    const err = new TokenwardenError('ERR_STORE', `redis is not connected (${status})`, {
+      ...(failure !== undefined && { cause: driverCause(failure) }),
+    });
+    if (failure === undefined) return Promise.resolve(err);
+    if (this.#explained?.failure !== failure) {
+      this.#explained = { failure, said: whyNoneAnswered(connection, err, Date.now() + this.#timeoutMs) };
+    }
+    return this.#explained.said;
+  }
+
   /** Who answers changed: every master is identified again before the next command (see `reset`). */
   #identifyAgain(): void {
     this.#topology++;
@@ -729,7 +761,10 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
 
   /** Re-checks the server's identity on every reconnection, before the first command (a store may have lost data). */
   #watch(connection: Connection): void {
+    if (connection !== (this.#options.client as unknown)) connection.on('error', this.#onFailure);
     connection.on('ready', () => {
+      this.#lastFailure = undefined;
+      this.#explained = undefined;
       this.#topology++;
       this.#identity = this.#identify(connection).catch((err: unknown) => {
         this.#identity = undefined;
@@ -1037,44 +1072,102 @@ function handshakeUnanswered(connection: Connection, err: unknown): unknown {
 }
 
 /**
- * ioredis's whole report when no sentinel gave the master's address: each sentinel's own error (its TLS
- * certificate refused, its password refused, a TLS-only sentinel asked in the clear) is swallowed.
+ * The servers a connection asks before it can send a command — the sentinels, for the master's address; a
+ * cluster's startup nodes, for the slot table — and how to ask one again, to learn why none answered.
  */
-const SENTINELS_UNREACHABLE = /^All sentinels are unreachable\b/;
+interface Askable {
+  /** `sentinel`, `cluster node`. */
+  readonly noun: string;
+  /** What none of them gave: `the master's address`, `the slot table`. */
+  readonly wanted: string;
+  readonly servers: readonly { host: string; port: number; family?: number }[];
+  /** The connection options of each (TLS, user name and password). */
+  readonly options: RedisOptions;
+  /** The option that asks TLS of them (said when one closed a plain connection). */
+  readonly tlsOption: string;
+  /** Asks one: a reason why it gives nothing, or undefined when it answers well. */
+  ask(server: { call(command: string, ...args: string[]): Promise<unknown> }): Promise<string | undefined>;
+  /** A reason in an error reply of theirs that no code says. */
+  replyReason(message: string): string | undefined;
+}
 
 /**
- * A Sentinel connection that failed because no sentinel gave the master's address: the sentinels asked again
- * (one short-lived connection each, with the connection's own sentinel options, all at once, until `deadline`)
- * to learn why, and `err` with the first sentinel's reason said (`… no sentinel gave the master's address; a
- * sentinel's connection failed (SELF_SIGNED_CERT_IN_CHAIN): the server's TLS certificate chain ends in an
- * untrusted root (ca)`).
- * Anything else, or no reason learned in time, is `err` as it is. Runs only on a failed connection.
+ * What a failed connection asked of servers whose own errors ioredis swallows: "All sentinels are unreachable"
+ * (Sentinel) and "Failed to refresh slots cache" (Cluster) say nothing of a TLS certificate refused, a password
+ * refused, TLS asked of a plain port or the reverse, a wrong name. Undefined for anything else.
  */
-async function whySentinelsFailed(connection: Connection, err: unknown, deadline: number): Promise<never> {
-  const options = (connection as { options?: RedisOptions }).options;
-  const message = ((err as { cause?: { message?: unknown } } | null)?.cause?.message ?? '') as unknown;
-  const budget = deadline - Date.now() - 50;
-  if (
-    !(err instanceof TokenwardenError) ||
-    typeof message !== 'string' ||
-    !SENTINELS_UNREACHABLE.test(message) ||
-    !Array.isArray(options?.sentinels) ||
-    typeof options.name !== 'string' ||
-    budget < 100
-  ) {
-    throw err;
-  }
-  const { Redis } = await loadIoredis();
-  const name = options.name;
-  const reasons = await Promise.all(
-    options.sentinels.slice(0, 8).map(async (sentinel) => {
-      const probe = new Redis({
-        host: sentinel.host ?? '127.0.0.1',
-        port: sentinel.port ?? 26379,
-        ...(sentinel.family !== undefined && { family: sentinel.family }),
+function askableOf(connection: Connection, err: TokenwardenError): Askable | undefined {
+  const cause = err.cause as { name?: unknown; message?: unknown } | undefined;
+  const message = typeof cause?.message === 'string' ? cause.message : '';
+  const options = (connection as { options?: RedisOptions & { redisOptions?: RedisOptions } }).options;
+  if (/^All sentinels are unreachable\b/.test(message) && Array.isArray(options?.sentinels)) {
+    const name = options.name;
+    if (typeof name !== 'string') return undefined;
+    const noMaster = 'a sentinel answered that it monitors no master of that name (the name option)';
+    return {
+      noun: 'sentinel',
+      wanted: "the master's address",
+      servers: options.sentinels.map((s) => ({
+        host: s.host ?? '127.0.0.1',
+        port: s.port ?? 26379,
+        ...(s.family !== undefined && { family: s.family }),
+      })),
+      options: {
         ...(options.sentinelTLS !== undefined && { tls: options.sentinelTLS }),
         ...(options.sentinelUsername && { username: options.sentinelUsername }),
         ...(options.sentinelPassword && { password: options.sentinelPassword }),
+      },
+      tlsOption: 'sentinelTLS',
+      ask: async (sentinel) =>
+        (await sentinel.call('SENTINEL', 'get-master-addr-by-name', name)) === null ? noMaster : undefined,
+      replyReason: (reply) => (/^ERR No such master\b/.test(reply) ? noMaster : undefined),
+    };
+  }
+  const startupNodes = (connection as { startupNodes?: unknown }).startupNodes;
+  if (cause?.name === 'ClusterAllFailedError' && Array.isArray(startupNodes)) {
+    const nodeOptions = options?.redisOptions ?? {};
+    return {
+      noun: 'cluster node',
+      wanted: 'the slot table',
+      servers: startupNodes.flatMap((node: unknown) => {
+        if (typeof node === 'number') return [{ host: '127.0.0.1', port: node }];
+        const { host, port } = (node ?? {}) as { host?: unknown; port?: unknown };
+        return typeof port === 'number' ? [{ host: typeof host === 'string' ? host : '127.0.0.1', port }] : [];
+      }),
+      options: {
+        ...(nodeOptions.tls !== undefined && { tls: nodeOptions.tls }),
+        ...(nodeOptions.username && { username: nodeOptions.username }),
+        ...(nodeOptions.password && { password: nodeOptions.password }),
+      },
+      tlsOption: 'redisOptions.tls',
+      ask: async (node) => void (await node.call('CLUSTER', 'SLOTS')),
+      replyReason: (reply) =>
+        /cluster support disabled/i.test(reply)
+          ? 'a cluster node answered that it is not in cluster mode (cluster-enabled no): a single server takes a Redis client, or url'
+          : undefined,
+    };
+  }
+  return undefined;
+}
+
+/**
+ * A connection that failed because none of the servers it asks first answered (the sentinels, a cluster's
+ * startup nodes — see {@link askableOf}): they are asked again (one short-lived connection each, with the
+ * connection's own options for them, all at once, until `deadline`), and `err` is returned with the first one's
+ * reason said (`… no sentinel gave the master's address; a sentinel's connection failed
+ * (SELF_SIGNED_CERT_IN_CHAIN): the server's TLS certificate chain ends in an untrusted root (ca)`). Anything
+ * else, or no reason learned in time, is `err` as it is. Runs only on a failed connection.
+ */
+async function whyNoneAnswered(connection: Connection, err: unknown, deadline: number): Promise<unknown> {
+  const budget = deadline - Date.now() - 50;
+  const askable = err instanceof TokenwardenError && budget >= 100 ? askableOf(connection, err) : undefined;
+  if (askable === undefined || askable.servers.length === 0) return err;
+  const { Redis } = await loadIoredis();
+  const reasons = await Promise.all(
+    askable.servers.slice(0, 8).map(async (server) => {
+      const probe = new Redis({
+        ...askable.options,
+        ...server,
         lazyConnect: true,
         retryStrategy: () => null,
         enableReadyCheck: false,
@@ -1086,41 +1179,42 @@ async function whySentinelsFailed(connection: Connection, err: unknown, deadline
       probe.on('error', (e: unknown) => (first ??= e));
       try {
         await probe.connect();
-        const address = await probe.call('SENTINEL', 'get-master-addr-by-name', name);
-        return address === null ? NO_SUCH_MASTER : undefined;
+        return await askable.ask(probe as unknown as Connection);
       } catch (e) {
-        return sentinelReason(first ?? e, options.sentinelTLS !== undefined);
+        return reasonOf(askable, first ?? e);
       } finally {
         probe.disconnect();
       }
     }),
   );
   const reason = reasons.find((r) => r !== undefined);
-  if (reason === undefined) throw err;
-  throw new TokenwardenError('ERR_STORE', `${err.message}: no sentinel gave the master's address; ${reason}`, {
-    cause: err.cause,
+  if (reason === undefined) return err;
+  const { message, cause } = err as TokenwardenError;
+  return new TokenwardenError('ERR_STORE', `${message}: no ${askable.noun} gave ${askable.wanted}; ${reason}`, {
+    cause,
   });
 }
 
-/** Why a sentinel gave no address, in words (a clause: `a sentinel …`), if its error says. */
-function sentinelReason(err: unknown, tls: boolean): string | undefined {
-  // Plain asked of a sentinel that serves TLS only: it closes the connection at the first bytes.
-  const hint = tls ? '' : ' (a sentinel that serves TLS only, and no sentinelTLS given?)';
+/** Why a server asked again gave nothing, in words (a clause: `a sentinel …`), if its error says. */
+function reasonOf(askable: Askable, err: unknown): string | undefined {
+  const { noun, tlsOption } = askable;
+  // Plain asked of a server that serves TLS only: it closes the connection at the first bytes.
+  const hint = askable.options.tls !== undefined ? '' : ` (a ${noun} that serves TLS only, and no ${tlsOption} given?)`;
   const message = (err as { message?: unknown } | null)?.message;
-  if (typeof message === 'string' && /^ERR No such master\b/.test(message)) return NO_SUCH_MASTER;
+  const said = typeof message === 'string' ? askable.replyReason(message) : undefined;
+  if (said !== undefined) return said;
   const code = failureCode(err);
   const words = code === undefined ? undefined : REPLIES.get(code);
+  if (words !== undefined && replyCode(err) !== undefined) return `a ${noun} answered (${code}): ${words}`;
   if (words !== undefined) {
     const closed = code === 'ECONNRESET' || code === 'EPIPE';
-    return `a sentinel's connection failed (${code}): ${words}${closed ? hint : ''}`;
+    return `a ${noun}'s connection failed (${code}): ${words}${closed ? hint : ''}`;
   }
   if (typeof message !== 'string') return undefined;
-  if (/^Connection is closed\b/.test(message)) return `a sentinel closed the connection without answering${hint}`;
-  if (/timed out/i.test(message)) return 'a sentinel did not answer in time';
+  if (/^Connection is closed\b/.test(message)) return `a ${noun} closed the connection without answering${hint}`;
+  if (/timed out/i.test(message)) return `a ${noun} did not answer in time`;
   return undefined;
 }
-
-const NO_SUCH_MASTER = 'a sentinel answered that it monitors no master of that name (the name option)';
 
 /** Resolves when `connection` is ready; rejects on its next error or its end. */
 function whenReady(connection: Connection): Promise<void> {

@@ -655,6 +655,30 @@ describe('RedisStore on a Sentinel client of yours', () => {
   });
 });
 
+describe.skipIf(skipWithout('redis-server', hasRedisServer))('RedisStore on a Cluster client of yours', () => {
+  it('pointed at a server not in cluster mode: ERR_STORE saying so (ioredis says only "Failed to refresh slots cache"), on the first call and while the client reconnects', async () => {
+    const single = await startPrivateRedis();
+    onTestFinished(() => single.close());
+    for (const waitForRetry of [false, true]) {
+      const client = new Cluster([{ host: '127.0.0.1', port: single.port }]);
+      onTestFinished(() => client.disconnect());
+      const store = new RedisStore({ client, timeout: '5s' });
+      if (waitForRetry) await until(() => client.status === 'reconnecting');
+      const err = await store.get('k').then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      expect(err).toMatchObject({
+        code: 'ERR_STORE',
+        message: expect.stringMatching(
+          /no cluster node gave the slot table; .*not in cluster mode \(cluster-enabled no\)/,
+        ),
+      });
+      await store.close();
+    }
+  });
+});
+
 describe('RedisStore on a Sentinel client of yours given tls', () => {
   it('without enableTLSForSentinelMode (ioredis would reach the master in the clear): a process warning (TOKENWARDEN_REDIS_SENTINEL_TLS), once per client; with it, none', async () => {
     const base = { sentinels: [{ host: '127.0.0.1', port: 1 }], name: 'm', lazyConnect: true, failoverDetector: true };

@@ -8,12 +8,16 @@
  * that never answers the handshake is `ERR_STORE_TIMEOUT` saying so. A certificate rotated to an
  * expired one while the application runs (connections open, then dropped) leaves a valid token served from
  * memory and a refresh failing with nothing spent; once the certificate is right, one refresh spends once.
+ *
+ * Through Redis Sentinel over TLS (a sentinel serving TLS only) and on a Redis Cluster over TLS, a fleet shares
+ * tokens (and follows a Sentinel failover), and the faults ioredis reports only as "All sentinels are
+ * unreachable" or "Failed to refresh slots cache" are said in words as each server refused.
  */
 import { randomUUID } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
-import type { RedisOptions } from 'ioredis';
+import { Cluster, type RedisOptions } from 'ioredis';
 import type { Duration } from '../../src/duration.js';
 import type { Token } from '../../src/index.js';
 import type { TokenwardenError } from '../../src/errors.js';
@@ -25,6 +29,7 @@ import { type ClosableStore, sharedPair } from '../support/login-fleet.js';
 import {
   type PrivatePostgres,
   type PrivateRedis,
+  type PrivateRedisCluster,
   type PrivateSentinelSet,
   freePort,
   hasRedisServer,
@@ -33,6 +38,7 @@ import {
   sleep,
   startPrivatePostgres,
   startPrivateRedis,
+  startRedisCluster,
   startSentinelSet,
   until,
 } from '../support/private-servers.js';
@@ -315,6 +321,84 @@ describe.skipIf(skipWithout('redis-server', hasRedisServer) || skipWithout('open
         expectSaidInWords(await refused(store), 'ERR_STORE', words, '127.0.0.1');
         expect(seen).toEqual([]);
       });
+    }
+  },
+);
+
+describe.skipIf(skipWithout('redis-server', hasRedisServer) || skipWithout('openssl', hasOpenssl))(
+  'RedisStore on a Redis Cluster over TLS (a Cluster client of yours; nodes speak TLS to each other too)',
+  () => {
+    let cluster: PrivateRedisCluster;
+    /** A Cluster client of the test's own on the TLS ports (closed after the test), and a store on it. */
+    const clusterStore = (
+      redisOptions: RedisOptions,
+      more: { prefix?: string; timeout?: Duration } = {},
+    ): RedisStore & { client: Cluster } => {
+      const client = new Cluster(cluster.tlsNodes, { redisOptions });
+      onTestFinished(() => client.disconnect());
+      const store = new RedisStore({
+        client,
+        prefix: more.prefix ?? 'tls-cluster:',
+        timeout: more.timeout ?? limitFor('ERR_STORE'),
+      });
+      return Object.assign(store, { client });
+    };
+
+    beforeAll(async () => {
+      cluster = await startRedisCluster(3, 0, {
+        tls: { cert: certs.file('cert'), key: certs.file('key'), ca: certs.file('ca') },
+      });
+    }, 60_000);
+    afterAll(async () => {
+      await cluster?.close();
+    });
+
+    it('with the CA given, a fleet shares a rotating refresh token through the TLS connections, and spends it once', async () => {
+      const seen = crashes();
+      const prefix = `tls-cluster-${randomUUID()}:`;
+      const { a, b, spent, rejected } = await sharedPair(as, () =>
+        clusterStore({ tls: { ca: certs.ca } }, { prefix, timeout: '2s' }),
+      );
+      const fresh = await b.refresh();
+      expect((await a.refresh()).accessToken).toBe(fresh.accessToken); // from the store: nothing spent
+      expect(spent()).toBe(1);
+      expect(rejected()).toBe(0);
+      expect(seen).toEqual([]);
+    });
+
+    // ioredis says only "Failed to refresh slots cache" for each of these (every node's own error is
+    // swallowed): the store asks the startup nodes again to say why — on the first call, and on a call made
+    // while the client reconnects (where it said only "redis is not connected (reconnecting)").
+    for (const [what, redisOptions, words] of [
+      [
+        'the CA not given',
+        () => ({ tls: {} }),
+        /no cluster node gave the slot table; a cluster node's connection failed \(SELF_SIGNED_CERT_IN_CHAIN\): .*TLS certificate .*untrusted/,
+      ],
+      [
+        'a certificate of another CA',
+        () => ({ tls: { ca: certs.otherCa } }),
+        /no cluster node gave the slot table; a cluster node's connection failed .*TLS certificate .*trusted/,
+      ],
+      [
+        'no TLS asked of the TLS ports',
+        () => ({}),
+        /no cluster node gave the slot table; a cluster node's connection failed \(ECONNRESET\).* no redisOptions.tls given/,
+      ],
+    ] as const) {
+      for (const when of ['on the first call', 'while the client reconnects'] as const) {
+        it(`${what}, ${when}: ERR_STORE in words at once, naming no host or password`, async () => {
+          const seen = crashes();
+          const store = clusterStore({ ...redisOptions(), password: PASSWORD });
+          if (when === 'while the client reconnects') await until(() => store.client.status === 'reconnecting');
+          const err = await refused(store);
+          expectSaidInWords(err, 'ERR_STORE', words, '127.0.0.1');
+          if (when === 'while the client reconnects') {
+            expect((err as Error).message).toMatch(/^redis is not connected \(reconnecting\): /);
+          }
+          expect(seen).toEqual([]);
+        });
+      }
     }
   },
 );

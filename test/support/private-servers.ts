@@ -289,8 +289,11 @@ export interface PrivateSentinelSet {
   close(): Promise<void>;
 }
 
-/** TLS for a {@link startSentinelSet}: the files of a server certificate, its key and the CA that signed it. */
-export interface SentinelSetTls {
+/**
+ * TLS for a {@link startSentinelSet} or {@link startRedisCluster}: the files of a server certificate, its key and
+ * the CA that signed it.
+ */
+export interface ServerTls {
   cert: string;
   key: string;
   ca: string;
@@ -304,12 +307,10 @@ export interface SentinelSetTls {
  * the replica each on a TLS port (which the sentinel names, `tls-replication yes`) beside a plain one the test
  * administers them through; replication and the sentinel's own connections are TLS too.
  */
-export async function startSentinelSet(options: { tls?: SentinelSetTls } = {}): Promise<PrivateSentinelSet> {
+export async function startSentinelSet(options: { tls?: ServerTls } = {}): Promise<PrivateSentinelSet> {
   const name = 'twmaster';
   const tls = options.tls;
-  const tlsFiles = tls
-    ? ['--tls-cert-file', tls.cert, '--tls-key-file', tls.key, '--tls-ca-cert-file', tls.ca, '--tls-auth-clients', 'no']
-    : [];
+  const tlsFiles = tlsArgs(tls);
   /** A data server: with TLS, its TLS port (the one replication and the sentinel use) beside its plain one. */
   const dataServer = async (args: string[]): Promise<{ server: PrivateRedis; port: number }> => {
     const tlsPort = tls ? await freePort() : undefined;
@@ -399,6 +400,21 @@ export async function startSentinelSet(options: { tls?: SentinelSetTls } = {}): 
       rmSync(dir, { recursive: true, force: true });
     },
   };
+}
+
+/** The `redis-server` arguments of a server's certificate (clients not asked for one), or none. */
+function tlsArgs(tls: ServerTls | undefined): string[] {
+  if (tls === undefined) return [];
+  return [
+    '--tls-cert-file',
+    tls.cert,
+    '--tls-key-file',
+    tls.key,
+    '--tls-ca-cert-file',
+    tls.ca,
+    '--tls-auth-clients',
+    'no',
+  ];
 }
 
 /** The PostgreSQL server binaries (initdb, pg_ctl, postgres), if installed. */
@@ -731,6 +747,8 @@ export async function startPgBouncer(postgresPort: number, mode: 'transaction' |
 
 export interface PrivateRedisCluster {
   readonly nodes: { host: string; port: number }[];
+  /** With `tls`: the nodes' TLS ports (a TLS client is told TLS ports in CLUSTER SLOTS; a plain one, plain ones). */
+  readonly tlsNodes: { host: string; port: number }[];
   /** Every server, masters first (a restart keeps a node's cluster config: its slots, without its data). */
   readonly servers: readonly PrivateRedis[];
   /** The server that is master of `slot` now, and its replicas (as CLUSTER SLOTS says). */
@@ -741,15 +759,32 @@ export interface PrivateRedisCluster {
 /**
  * A Redis Cluster of `masters` private nodes and `replicas` replicas of each (a replica is promoted
  * `cluster-node-timeout` 2 s after its master fails), every slot assigned, state ok, replicas in sync.
+ *
+ * With `tls`, each node also listens on a TLS port, and the nodes speak TLS to each other (`tls-cluster yes`, the
+ * bus port kept at the plain port + 10000, where `redis-cli --cluster create` looks for it).
  */
-export async function startRedisCluster(masters = 3, replicas = 0): Promise<PrivateRedisCluster> {
+export async function startRedisCluster(
+  masters = 3,
+  replicas = 0,
+  options: { tls?: ServerTls } = {},
+): Promise<PrivateRedisCluster> {
   const servers: PrivateRedis[] = [];
+  const tlsPorts: number[] = [];
   try {
     for (let i = 0; i < masters * (1 + replicas); i++) {
+      const port = await freeClusterPort();
+      const tlsPort = options.tls === undefined ? undefined : await freePort();
+      if (tlsPort !== undefined) tlsPorts.push(tlsPort);
       servers.push(
         await startPrivateRedis({
-          port: await freeClusterPort(),
-          args: ['--cluster-enabled', 'yes', '--cluster-config-file', 'nodes.conf', '--cluster-node-timeout', '2000'],
+          port,
+          args: [
+            ...['--cluster-enabled', 'yes', '--cluster-config-file', 'nodes.conf', '--cluster-node-timeout', '2000'],
+            ...(tlsPort === undefined
+              ? []
+              : ['--cluster-port', String(port + 10000), '--tls-port', String(tlsPort), '--tls-cluster', 'yes']),
+            ...tlsArgs(options.tls),
+          ],
         }),
       );
     }
@@ -787,6 +822,7 @@ export async function startRedisCluster(masters = 3, replicas = 0): Promise<Priv
   const byPort = (port: number): PrivateRedis => servers.find((s) => s.port === port) as PrivateRedis;
   return {
     nodes: servers.map((s) => ({ host: '127.0.0.1', port: s.port })),
+    tlsNodes: tlsPorts.map((port) => ({ host: '127.0.0.1', port })),
     servers,
     slotOwners: async (slot) => {
       // CLUSTER NODES: `id host:port@bus flags master-id … slot-ranges`. (CLUSTER SLOTS leaves out a replica
