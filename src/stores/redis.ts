@@ -1159,7 +1159,7 @@ function askableOf(connection: Connection, err: TokenwardenError): Askable | und
  * else, or no reason learned in time, is `err` as it is. Runs only on a failed connection.
  */
 async function whyNoneAnswered(connection: Connection, err: unknown, deadline: number): Promise<unknown> {
-  const budget = deadline - Date.now() - 50;
+  const budget = Math.min(deadline - Date.now() - 50, ASK_AGAIN_MS);
   const askable = err instanceof TokenwardenError && budget >= 100 ? askableOf(connection, err) : undefined;
   if (askable === undefined || askable.servers.length === 0) return err;
   const { Redis } = await loadIoredis();
@@ -1177,12 +1177,19 @@ async function whyNoneAnswered(connection: Connection, err: unknown, deadline: n
       });
       let first: unknown;
       probe.on('error', (e: unknown) => (first ??= e));
+      const asking = probe.connect().then(
+        () => askable.ask(probe as unknown as Connection),
+        (e: unknown) => reasonOf(askable, first ?? e),
+      );
+      // One limit for the whole question (ioredis's connectTimeout and commandTimeout would add up).
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const outOfTime = new Promise<string>((resolve) => {
+        timer = setTimeout(resolve, budget, `a ${askable.noun} did not answer in time`);
+      });
       try {
-        await probe.connect();
-        return await askable.ask(probe as unknown as Connection);
-      } catch (e) {
-        return reasonOf(askable, first ?? e);
+        return await Promise.race([asking.catch((e: unknown) => reasonOf(askable, first ?? e)), outOfTime]);
       } finally {
+        clearTimeout(timer);
         probe.disconnect();
       }
     }),
@@ -1194,6 +1201,13 @@ async function whyNoneAnswered(connection: Connection, err: unknown, deadline: n
     cause,
   });
 }
+
+/**
+ * The longest a failed call waits to learn why the servers a connection asks first gave nothing (within the
+ * store's `timeout`): a refused certificate, password or connection is known in a round trip or two; a server
+ * that does not answer is said so after this.
+ */
+const ASK_AGAIN_MS = 1000;
 
 /** Why a server asked again gave nothing, in words (a clause: `a sentinel …`), if its error says. */
 function reasonOf(askable: Askable, err: unknown): string | undefined {
