@@ -309,8 +309,7 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
       throw new TokenwardenError('ERR_CONFIG', 'RedisStore url must start with redis:// or rediss://');
     }
     this.#options = options;
-    warnWithoutFailoverDetector(options.client);
-    warnTlsIgnored(options.client);
+    warnAboutSentinelClient(options.client);
     // A client of yours may have failed before the first call: heard from now on (until close()).
     (options.client as Connection | undefined)?.on('error', this.#onFailure);
     this.prefix = options.prefix ?? 'tokenwarden:';
@@ -924,50 +923,59 @@ function hashTagFor(slot: number): string {
   return tag;
 }
 
-const warnedClients = new WeakSet<object>();
-
-/**
- * A Sentinel client of the user's own without ioredis's `failoverDetector`: after an operator's failover
- * (`SENTINEL FAILOVER`) it stays on the old master, which takes writes until a sentinel converts it to a replica
- * (about ten seconds), while processes that connect meanwhile use the new master — two copies of the store, and
- * a refresh token rotated in one is spent again from the other. Said once per client, as a process warning.
- */
-function warnWithoutFailoverDetector(client: unknown): void {
-  const options = (client as { options?: { sentinels?: unknown; failoverDetector?: unknown } } | undefined)?.options;
-  if (!Array.isArray(options?.sentinels) || options.sentinels.length === 0 || options.failoverDetector === true) return;
-  if (warnedClients.has(client as object)) return;
-  warnedClients.add(client as object);
-  process.emitWarning(
-    'RedisStore: this Sentinel client has no failoverDetector. After a SENTINEL FAILOVER it keeps writing to the ' +
-      'old master until a sentinel converts it (about 10 s) while other processes use the new one, and a refresh ' +
-      'token can be spent twice. Create it with failoverDetector: true (ioredis 5.3+).',
-    { type: 'TokenwardenWarning', code: 'TOKENWARDEN_REDIS_SENTINEL' },
-  );
+/** The options of a client of the user's own that the store checks (ioredis fills in its defaults). */
+interface ClientOptions {
+  sentinels?: unknown;
+  failoverDetector?: unknown;
+  tls?: unknown;
+  enableTLSForSentinelMode?: unknown;
 }
 
-const warnedPlainClients = new WeakSet<object>();
-
 /**
- * A Sentinel client of the user's own given `tls` without `enableTLSForSentinelMode`: ioredis then connects to
- * the master in the clear (the password and the tokens in plain text) wherever the master also listens
- * without TLS — where TLS was plainly asked for. (`RedisStore({ sentinels })` sets it itself.) Said once per
- * client, as a process warning.
+ * What a Sentinel client of the user's own may lack, each said once per client as a process warning:
+ * - `failoverDetector`: after an operator's failover (`SENTINEL FAILOVER`) the client stays on the old master,
+ *   which takes writes until a sentinel converts it to a replica (about ten seconds), while processes that
+ *   connect meanwhile use the new master — two copies of the store, and a refresh token rotated in one is spent
+ *   again from the other;
+ * - `enableTLSForSentinelMode` with `tls`: without it ioredis connects to the master in the clear (the password
+ *   and the tokens in plain text) wherever the master also listens without TLS — where TLS was plainly asked
+ *   for (an unset option reads false). `RedisStore({ sentinels })` sets both itself.
  */
-function warnTlsIgnored(client: unknown): void {
-  const options = (
-    client as { options?: { sentinels?: unknown; tls?: unknown; enableTLSForSentinelMode?: unknown } } | undefined
-  )?.options;
-  if (!Array.isArray(options?.sentinels) || options.sentinels.length === 0) return;
-  // (ioredis fills in its defaults: an unset enableTLSForSentinelMode reads false.)
-  if (options.tls === undefined || options.enableTLSForSentinelMode === true) return;
-  if (warnedPlainClients.has(client as object)) return;
-  warnedPlainClients.add(client as object);
-  process.emitWarning(
-    'RedisStore: this Sentinel client has tls but not enableTLSForSentinelMode, so ioredis connects to the master ' +
+const SENTINEL_CLIENT_WARNINGS: readonly {
+  code: string;
+  lacks(options: ClientOptions): boolean;
+  message: string;
+  warned: WeakSet<object>;
+}[] = [
+  {
+    code: 'TOKENWARDEN_REDIS_SENTINEL',
+    lacks: (options) => options.failoverDetector !== true,
+    message:
+      'RedisStore: this Sentinel client has no failoverDetector. After a SENTINEL FAILOVER it keeps writing to the ' +
+      'old master until a sentinel converts it (about 10 s) while other processes use the new one, and a refresh ' +
+      'token can be spent twice. Create it with failoverDetector: true (ioredis 5.3+).',
+    warned: new WeakSet(),
+  },
+  {
+    code: 'TOKENWARDEN_REDIS_SENTINEL_TLS',
+    lacks: (options) => options.tls !== undefined && options.enableTLSForSentinelMode !== true,
+    message:
+      'RedisStore: this Sentinel client has tls but not enableTLSForSentinelMode, so ioredis connects to the master ' +
       'without TLS (tls is used only with it; the sentinels take sentinelTLS). Create it with ' +
       'enableTLSForSentinelMode: true (or without tls, if the master is plain on purpose).',
-    { type: 'TokenwardenWarning', code: 'TOKENWARDEN_REDIS_SENTINEL_TLS' },
-  );
+    warned: new WeakSet(),
+  },
+];
+
+/** Warns of what a Sentinel client of the user's own lacks ({@link SENTINEL_CLIENT_WARNINGS}). */
+function warnAboutSentinelClient(client: unknown): void {
+  const options = (client as { options?: ClientOptions } | undefined)?.options;
+  if (!Array.isArray(options?.sentinels) || options.sentinels.length === 0) return;
+  for (const { code, lacks, message, warned } of SENTINEL_CLIENT_WARNINGS) {
+    if (!lacks(options) || warned.has(client as object)) continue;
+    warned.add(client as object);
+    process.emitWarning(message, { type: 'TokenwardenWarning', code });
+  }
 }
 
 /** The masters of a cluster connection; undefined for a single server (or a sentinel set-up). */
@@ -1159,6 +1167,11 @@ function askableOf(connection: Connection, err: TokenwardenError): Askable | und
  * else, or no reason learned in time, is `err` as it is. Runs only on a failed connection.
  */
 async function whyNoneAnswered(connection: Connection, err: unknown, deadline: number): Promise<unknown> {
+  // Never fails itself: whatever goes wrong while asking leaves `err` as it is.
+  return askAgain(connection, err, deadline).catch(() => err);
+}
+
+async function askAgain(connection: Connection, err: unknown, deadline: number): Promise<unknown> {
   const budget = Math.min(deadline - Date.now() - 50, ASK_AGAIN_MS);
   const askable = err instanceof TokenwardenError && budget >= 100 ? askableOf(connection, err) : undefined;
   if (askable === undefined || askable.servers.length === 0) return err;
