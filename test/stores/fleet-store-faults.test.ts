@@ -20,7 +20,6 @@
  */
 import { randomBytes, randomUUID } from 'node:crypto';
 import { mkdtemp, readdir, rm } from 'node:fs/promises';
-import { type AddressInfo, type Server, type Socket, connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import calculateSlot from 'cluster-key-slot';
@@ -43,6 +42,7 @@ import {
   startRedisCluster,
 } from '../support/private-servers.js';
 import { DATABASE_URL, dropStoreTables, postgresAvailable } from '../support/services.js';
+import { startTcpProxy } from '../support/tcp-proxy.js';
 
 let as: TestAuthorizationServer;
 beforeAll(async () => {
@@ -216,62 +216,17 @@ describe.skipIf(skipWithout('redis-server', hasRedisServer))('UserTokens on a st
   }, 30_000);
 });
 
-/**
- * A TCP proxy in front of a server, whose connections can be cut (every socket destroyed, new ones refused)
- * and healed (listening again on the same port): a network partition between one process and the store.
- */
-async function partitionable(
-  targetPort: number,
-): Promise<{ url: string; cut(): Promise<void>; heal(): Promise<void> }> {
-  const sockets = new Set<Socket>();
-  let server: Server | undefined;
-  let port = 0;
-  const listen = () =>
-    new Promise<void>((resolve, reject) => {
-      const s = createServer((client) => {
-        const upstream = connect(targetPort, '127.0.0.1');
-        const end = () => {
-          client.destroy();
-          upstream.destroy();
-          sockets.delete(client);
-          sockets.delete(upstream);
-        };
-        for (const socket of [client, upstream]) {
-          sockets.add(socket);
-          socket.on('error', end);
-          socket.on('close', end);
-        }
-        client.pipe(upstream);
-        upstream.pipe(client);
-      });
-      s.once('error', reject);
-      s.listen(port, '127.0.0.1', () => {
-        port = (s.address() as AddressInfo).port;
-        server = s;
-        resolve();
-      });
-    });
-  const cut = async () => {
-    const s = server;
-    server = undefined;
-    for (const socket of sockets) socket.destroy();
-    await new Promise<void>((resolve) => (s === undefined ? resolve() : s.close(() => resolve())));
-  };
-  await listen();
-  onTestFinished(cut);
-  return { url: `redis://127.0.0.1:${port}`, cut, heal: listen };
-}
-
 describe.skipIf(skipWithout('redis-server', hasRedisServer))(
   'a store outage longer than the lock lease while a rotated refresh token is pending',
   () => {
     it('the spender cut off from Redis right after a refresh, past its lease: the next holder waits for the pending write instead of spending', async () => {
       const redis = await startPrivateRedis();
-      const proxy = await partitionable(redis.port);
+      const proxy = await startTcpProxy(redis.port); // a partition between the spender and Redis
+      onTestFinished(() => proxy.close());
       const login = await as.login(`lease-${randomUUID()}`);
       const cutter = afterNextTokenResponse(() => proxy.cut()); // rotated at the server; not written yet
       const [spender, other] = twoProcesses(
-        new RedisStore({ url: proxy.url, prefix: 'lease:', timeout: '300ms' }),
+        new RedisStore({ url: `redis://127.0.0.1:${proxy.port}`, prefix: 'lease:', timeout: '300ms' }),
         new RedisStore({ url: redis.url, prefix: 'lease:', timeout: '300ms' }),
         (which) =>
           appRefreshToken(as, login['refresh_token'] as string, {

@@ -11,7 +11,6 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { once } from 'node:events';
-import { type AddressInfo, connect, createServer } from 'node:net';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { systemClock } from '../../src/clock.js';
@@ -23,6 +22,7 @@ import { appRefreshToken } from '../support/app-client.js';
 import { ScriptedSource } from '../support/scripted-source.js';
 import { type TestAuthorizationServer, startAuthorizationServer } from '../support/authorization-server.js';
 import { crashes, failure } from '../support/crashes.js';
+import { startTcpProxy } from '../support/tcp-proxy.js';
 import {
   type PrivateRedis,
   freePort,
@@ -313,25 +313,11 @@ describe.skipIf(skipWithout('redis-server', hasRedisServer))('RedisStore on a co
     // proxy that holds SUBSCRIBE back for a second.
     const seen = crashes();
     let hold = false;
-    const proxy = createServer((client) => {
-      const upstream = connect(redis.port, '127.0.0.1');
-      let queue = Promise.resolve();
-      client.on('data', (chunk: Buffer) => {
-        const late = hold && /subscribe/i.test(chunk.toString('latin1'));
-        queue = queue.then(() => (late ? sleep(1000) : undefined)).then(() => void upstream.write(chunk));
-      });
-      upstream.pipe(client);
-      const end = (): void => {
-        client.destroy();
-        upstream.destroy();
-      };
-      client.on('error', end).on('close', end);
-      upstream.on('error', end).on('close', end);
+    const proxy = await startTcpProxy(redis.port, {
+      delay: (chunk) => (hold && /subscribe/i.test(chunk.toString('latin1')) ? 1000 : 0),
     });
-    proxy.listen(0, '127.0.0.1');
-    await once(proxy, 'listening');
-    onTestFinished(() => void proxy.close());
-    const url = `redis://127.0.0.1:${(proxy.address() as AddressInfo).port}`;
+    onTestFinished(() => proxy.close());
+    const url = `redis://127.0.0.1:${proxy.port}`;
     const prefix = `resub-${randomUUID()}:`;
     const [x, y] = [storeOn(url, prefix, '300ms'), storeOn(url, prefix, '300ms')];
     const held = await x.lock('k', { ttlMs: 30_000, waitMs: 5_000 });

@@ -6,8 +6,6 @@
  */
 import { execFile as execFileCallback } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { once } from 'node:events';
-import { type AddressInfo, type Socket, connect, createServer } from 'node:net';
 import { promisify } from 'node:util';
 import calculateSlot from 'cluster-key-slot';
 import { Cluster, Redis } from 'ioredis';
@@ -31,6 +29,7 @@ import {
   until,
 } from '../support/private-servers.js';
 import { ScriptedSource } from '../support/scripted-source.js';
+import { startTcpProxy } from '../support/tcp-proxy.js';
 import { expectReleasedSoon, storeContract } from './contract.js';
 
 const execFile = promisify(execFileCallback);
@@ -710,7 +709,7 @@ describe.skipIf(skipWithout('redis-server', hasRedisServer))(
   () => {
     it('a failover announced while a reconnection asks a sentinel for the master (ioredis ends that connection for good): the store connects again', async () => {
       const set = await startSentinelSet();
-      const proxy = await heldSentinel(set.sentinels[0]?.port ?? 0);
+      const proxy = await startTcpProxy(set.sentinels[0]?.port ?? 0); // a sentinel that can stop answering newcomers
       const sentinels = [{ host: '127.0.0.1', port: proxy.port }];
       const prefix = `tw:${randomUUID()}:`;
       const store = new RedisStore({ sentinels, name: set.name, prefix, timeout: 500 });
@@ -720,7 +719,7 @@ describe.skipIf(skipWithout('redis-server', hasRedisServer))(
       onTestFinished(async () => {
         bare.disconnect();
         await store.close();
-        proxy.close();
+        await proxy.close();
         await set.close();
       });
       const other = new RedisStore({ sentinels: set.sentinels, name: set.name, prefix, timeout: 500 });
@@ -767,7 +766,7 @@ describe.skipIf(skipWithout('redis-server', hasRedisServer))(
 
     it('the first sentinel listed accepts connections and answers nothing (frozen): the store asks the next one within its time limit', async () => {
       const set = await startSentinelSet();
-      const proxy = await heldSentinel(set.sentinels[0]?.port ?? 0);
+      const proxy = await startTcpProxy(set.sentinels[0]?.port ?? 0); // a sentinel that can stop answering newcomers
       proxy.hold();
       const store = new RedisStore({
         sentinels: [{ host: '127.0.0.1', port: proxy.port }, ...set.sentinels],
@@ -777,7 +776,7 @@ describe.skipIf(skipWithout('redis-server', hasRedisServer))(
       });
       onTestFinished(async () => {
         await store.close();
-        proxy.close();
+        await proxy.close();
         await set.close();
       });
       // The first connection asks the frozen sentinel, gives up on it after 500 ms, and asks the next one
@@ -798,67 +797,6 @@ describe.skipIf(skipWithout('redis-server', hasRedisServer))(
 async function sentinelCli(set: PrivateSentinelSet, ...args: string[]): Promise<string> {
   const { stdout } = await execFile('redis-cli', ['-p', String(set.sentinels[0]?.port), ...args]);
   return stdout.trim();
-}
-
-/**
- * A TCP proxy in front of a sentinel that, once told to `hold()`, accepts new connections and passes nothing
- * on them until `release()` — a sentinel that answers nothing to a newcomer, as a frozen one does (the kernel
- * still accepts). Connections opened before `hold()` keep flowing.
- */
-async function heldSentinel(port: number): Promise<{
-  port: number;
-  hold(): void;
-  release(): void;
-  held(): number;
-  /** Connections passed on and still open (before `hold()`: the failover detectors' subscriptions). */
-  flowing(): number;
-  close(): void;
-}> {
-  let holding = false;
-  let held: (() => void)[] = [];
-  let heldCount = 0;
-  let flowing = 0;
-  const sockets = new Set<Socket>();
-  const server = createServer((client) => {
-    sockets.add(client);
-    const pass = (): void => {
-      const upstream = connect(port, '127.0.0.1');
-      sockets.add(upstream);
-      client.pipe(upstream).pipe(client);
-      flowing++;
-      let ended = false;
-      const end = (): void => {
-        if (!ended) flowing--;
-        ended = true;
-        client.destroy();
-        upstream.destroy();
-      };
-      client.on('error', end).on('close', end);
-      upstream.on('error', end).on('close', end);
-    };
-    client.pause();
-    client.on('error', () => client.destroy());
-    if (!holding) return pass();
-    heldCount++;
-    held.push(pass);
-  });
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  return {
-    port: (server.address() as AddressInfo).port,
-    hold: () => void (holding = true),
-    release: () => {
-      holding = false;
-      for (const pass of held) pass();
-      held = [];
-    },
-    held: () => heldCount,
-    flowing: () => flowing,
-    close: () => {
-      server.close();
-      for (const s of sockets) s.destroy();
-    },
-  };
 }
 
 /** Collects the process warnings emitted from now on, until `stop()`. */

@@ -31,6 +31,7 @@ import {
   type PrivateRedis,
   type PrivateRedisCluster,
   type PrivateSentinelSet,
+  type ServerTls,
   freePort,
   hasRedisServer,
   pgBin,
@@ -57,6 +58,9 @@ afterAll(async () => {
   certs?.remove();
   await as?.close();
 });
+
+/** The files of the valid server certificate, its key and the test CA, for a private Redis set-up. */
+const serverFiles = (): ServerTls => ({ cert: certs.file('cert'), key: certs.file('key'), ca: certs.file('ca') });
 
 /** The error of a store call that must fail (the store closed after it). */
 async function refused(store: ClosableStore): Promise<unknown> {
@@ -252,7 +256,7 @@ describe.skipIf(skipWithout('redis-server', hasRedisServer) || skipWithout('open
       });
 
     beforeAll(async () => {
-      set = await startSentinelSet({ tls: { cert: certs.file('cert'), key: certs.file('key'), ca: certs.file('ca') } });
+      set = await startSentinelSet({ tls: serverFiles() });
     }, 60_000);
     afterAll(async () => {
       await set?.close();
@@ -345,9 +349,7 @@ describe.skipIf(skipWithout('redis-server', hasRedisServer) || skipWithout('open
     };
 
     beforeAll(async () => {
-      cluster = await startRedisCluster(3, 0, {
-        tls: { cert: certs.file('cert'), key: certs.file('key'), ca: certs.file('ca') },
-      });
+      cluster = await startRedisCluster(3, 0, { tls: serverFiles() });
     }, 60_000);
     afterAll(async () => {
       await cluster?.close();
