@@ -1167,46 +1167,46 @@ function askableOf(connection: Connection, err: TokenwardenError): Askable | und
  * else, or no reason learned in time, is `err` as it is. Runs only on a failed connection.
  */
 async function whyNoneAnswered(connection: Connection, err: unknown, deadline: number): Promise<unknown> {
-  // Never fails itself: whatever goes wrong while asking leaves `err` as it is.
-  return askAgain(connection, err, deadline).catch(() => err);
-}
-
-async function askAgain(connection: Connection, err: unknown, deadline: number): Promise<unknown> {
   const budget = Math.min(deadline - Date.now() - 50, ASK_AGAIN_MS);
   const askable = err instanceof TokenwardenError && budget >= 100 ? askableOf(connection, err) : undefined;
   if (askable === undefined || askable.servers.length === 0) return err;
-  const { Redis } = await loadIoredis();
-  const reasons = await Promise.all(
-    askable.servers.slice(0, 8).map(async (server) => {
-      const probe = new Redis({
-        ...askable.options,
-        ...server,
-        lazyConnect: true,
-        retryStrategy: () => null,
-        enableReadyCheck: false,
-        maxRetriesPerRequest: 0,
-        connectTimeout: budget,
-        commandTimeout: budget,
-      });
-      let first: unknown;
-      probe.on('error', (e: unknown) => (first ??= e));
-      const asking = probe.connect().then(
-        () => askable.ask(probe as unknown as Connection),
-        (e: unknown) => reasonOf(askable, first ?? e),
-      );
-      // One limit for the whole question (ioredis's connectTimeout and commandTimeout would add up).
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      const outOfTime = new Promise<string>((resolve) => {
-        timer = setTimeout(resolve, budget, `a ${askable.noun} did not answer in time`);
-      });
-      try {
-        return await Promise.race([asking.catch((e: unknown) => reasonOf(askable, first ?? e)), outOfTime]);
-      } finally {
-        clearTimeout(timer);
-        probe.disconnect();
-      }
-    }),
-  );
+  let reasons: (string | undefined)[];
+  try {
+    const { Redis } = await loadIoredis();
+    reasons = await Promise.all(
+      askable.servers.slice(0, 8).map(async (server) => {
+        const probe = new Redis({
+          ...askable.options,
+          ...server,
+          lazyConnect: true,
+          retryStrategy: () => null,
+          enableReadyCheck: false,
+          maxRetriesPerRequest: 0,
+          connectTimeout: budget,
+          commandTimeout: budget,
+        });
+        let first: unknown;
+        probe.on('error', (e: unknown) => (first ??= e));
+        const asking = probe
+          .connect()
+          .then(() => askable.ask(probe as unknown as Connection))
+          .catch((e: unknown) => reasonOf(askable, first ?? e));
+        // One limit for the whole question (ioredis's connectTimeout and commandTimeout would add up).
+        let timer: ReturnType<typeof setTimeout> | undefined;
+        const outOfTime = new Promise<string>((resolve) => {
+          timer = setTimeout(resolve, budget, `a ${askable.noun} did not answer in time`);
+        });
+        try {
+          return await Promise.race([asking, outOfTime]);
+        } finally {
+          clearTimeout(timer);
+          probe.disconnect();
+        }
+      }),
+    );
+  } catch {
+    return err; // whatever goes wrong while asking leaves `err` as it is
+  }
   const reason = reasons.find((r) => r !== undefined);
   if (reason === undefined) return err;
   const { message, cause } = err as TokenwardenError;
