@@ -9,6 +9,7 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { GENERATION_WATCH_MS } from '../../src/stores/shared.js';
 import { PostgresStore } from '../../src/stores/postgres.js';
+import { failure } from '../support/crashes.js';
 import {
   type PrivatePostgres,
   hasPgBouncer,
@@ -36,12 +37,6 @@ async function role(settings: Record<string, string> = {}, options = ''): Promis
 /** Ends every session of a role (what a failover or a restart does to them). */
 const terminate = (name: string) =>
   admin.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1', [name]);
-
-const failure = (promise: Promise<unknown>) =>
-  promise.then(
-    () => undefined,
-    (err: unknown) => err as { code: string; message: string },
-  );
 
 describe.skipIf(skipWithout('the PostgreSQL server binaries', pgBin !== undefined))('PostgresStore faults', () => {
   beforeAll(async () => {

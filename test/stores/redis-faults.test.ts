@@ -16,6 +16,7 @@ import { SETTLE_MS } from '../../src/fleet/fleet.js';
 import { TokenManager } from '../../src/manager.js';
 import { RedisStore } from '../../src/stores/redis.js';
 import { GENERATION_WATCH_MS } from '../../src/stores/shared.js';
+import { failure } from '../support/crashes.js';
 import {
   type PrivateRedis,
   type PrivateRedisCluster,
@@ -374,11 +375,6 @@ describe.skipIf(skipWithout('redis-server', hasRedisServer))('RedisStore under A
       await Promise.all(stores.map((s) => s.close()));
       await redis.close();
     });
-    const failure = (p: Promise<unknown>) =>
-      p.then(
-        () => undefined,
-        (e: unknown) => e as TokenwardenError,
-      );
     const [wrong, noEval, master] = stores;
     const denied = await failure(wrong.set('k', 'v'));
     expect(denied).toMatchObject({
@@ -632,25 +628,43 @@ async function fillUntilGone(cache: Redis, ...keys: string[]): Promise<void> {
   throw new Error(`Redis did not evict ${keys.join(', ')}`);
 }
 
-describe('RedisStore on a Sentinel client of yours', () => {
-  it('without failoverDetector: a process warning (TOKENWARDEN_REDIS_SENTINEL), once per client; with it, none', async () => {
+describe('RedisStore on a client of yours', () => {
+  it('a Sentinel client without failoverDetector: a process warning (TOKENWARDEN_REDIS_SENTINEL), once per client; with it, none', async () => {
     const sentinels = [{ host: '127.0.0.1', port: 1 }];
     const bare = new Redis({ sentinels, name: 'm', lazyConnect: true });
     const detecting = new Redis({ sentinels, name: 'm', lazyConnect: true, failoverDetector: true });
     const single = new Redis({ port: 1, lazyConnect: true });
-    const warnings = captureWarnings();
-    try {
-      const stores = [bare, bare, detecting, single].map((client) => new RedisStore({ client }));
-      await sleep(20); // warnings are emitted on the next tick
-      expect(warnings()).toEqual([
-        expect.objectContaining({ name: 'TokenwardenWarning', code: 'TOKENWARDEN_REDIS_SENTINEL' }),
-      ]);
-      expect(warnings()[0]?.message).toMatch(/failoverDetector: true/);
-      await Promise.all(stores.map((s) => s.close()));
-    } finally {
-      warnings.stop();
-      for (const c of [bare, detecting, single]) c.disconnect();
-    }
+    const warnings = await storeWarnings([bare, bare, detecting, single]);
+    expect(warnings).toEqual([
+      expect.objectContaining({ name: 'TokenwardenWarning', code: 'TOKENWARDEN_REDIS_SENTINEL' }),
+    ]);
+    expect(warnings[0]?.message).toMatch(/failoverDetector: true/);
+  });
+
+  it('a Sentinel client given tls without enableTLSForSentinelMode (ioredis would reach the master in the clear): a process warning (TOKENWARDEN_REDIS_SENTINEL_TLS), once per client; with it, none', async () => {
+    const base = { sentinels: [{ host: '127.0.0.1', port: 1 }], name: 'm', lazyConnect: true, failoverDetector: true };
+    const plain = new Redis({ ...base, tls: {} });
+    const warnings = await storeWarnings([
+      plain,
+      plain,
+      new Redis({ ...base, tls: {}, enableTLSForSentinelMode: true }),
+      new Redis({ ...base, sentinelTLS: {} }),
+      new Redis({ port: 1, lazyConnect: true, tls: {} }),
+    ]);
+    expect(warnings).toEqual([
+      expect.objectContaining({ name: 'TokenwardenWarning', code: 'TOKENWARDEN_REDIS_SENTINEL_TLS' }),
+    ]);
+    expect(warnings[0]?.message).toMatch(/enableTLSForSentinelMode: true/);
+  });
+
+  it("listens to the client's errors from construction until close(), and no longer (ioredis prints them again then)", async () => {
+    const client = new Cluster([{ host: '127.0.0.1', port: 1 }], { lazyConnect: true });
+    onTestFinished(() => client.disconnect());
+    const before = client.listenerCount('error');
+    const store = new RedisStore({ client });
+    expect(client.listenerCount('error')).toBe(before + 1);
+    await store.close();
+    expect(client.listenerCount('error')).toBe(before);
   });
 });
 
@@ -663,10 +677,7 @@ describe.skipIf(skipWithout('redis-server', hasRedisServer))('RedisStore on a Cl
       onTestFinished(() => client.disconnect());
       const store = new RedisStore({ client, timeout: '5s' });
       if (waitForRetry) await until(() => client.status === 'reconnecting');
-      const err = await store.get('k').then(
-        () => undefined,
-        (e: unknown) => e,
-      );
+      const err = await failure(store.get('k'));
       expect(err).toMatchObject({
         code: 'ERR_STORE',
         message: expect.stringMatching(
@@ -674,32 +685,6 @@ describe.skipIf(skipWithout('redis-server', hasRedisServer))('RedisStore on a Cl
         ),
       });
       await store.close();
-    }
-  });
-});
-
-describe('RedisStore on a Sentinel client of yours given tls', () => {
-  it('without enableTLSForSentinelMode (ioredis would reach the master in the clear): a process warning (TOKENWARDEN_REDIS_SENTINEL_TLS), once per client; with it, none', async () => {
-    const base = { sentinels: [{ host: '127.0.0.1', port: 1 }], name: 'm', lazyConnect: true, failoverDetector: true };
-    const plain = new Redis({ ...base, tls: {} });
-    const clients = [
-      plain,
-      new Redis({ ...base, tls: {}, enableTLSForSentinelMode: true }),
-      new Redis({ ...base, sentinelTLS: {} }),
-      new Redis({ port: 1, lazyConnect: true, tls: {} }),
-    ];
-    const warnings = captureWarnings();
-    try {
-      const stores = [plain, ...clients].map((client) => new RedisStore({ client }));
-      await sleep(20); // warnings are emitted on the next tick
-      expect(warnings()).toEqual([
-        expect.objectContaining({ name: 'TokenwardenWarning', code: 'TOKENWARDEN_REDIS_SENTINEL_TLS' }),
-      ]);
-      expect(warnings()[0]?.message).toMatch(/enableTLSForSentinelMode: true/);
-      await Promise.all(stores.map((s) => s.close()));
-    } finally {
-      warnings.stop();
-      for (const c of clients) c.disconnect();
     }
   });
 });
@@ -797,6 +782,23 @@ describe.skipIf(skipWithout('redis-server', hasRedisServer))(
 async function sentinelCli(set: PrivateSentinelSet, ...args: string[]): Promise<string> {
   const { stdout } = await execFile('redis-cli', ['-p', String(set.sentinels[0]?.port), ...args]);
   return stdout.trim();
+}
+
+/**
+ * The process warnings emitted while a RedisStore is made on each of `clients` (a client listed twice gets two
+ * stores); the stores closed and the clients disconnected after.
+ */
+async function storeWarnings(clients: Redis[]): Promise<(Error & { code?: string })[]> {
+  const warnings = captureWarnings();
+  try {
+    const stores = clients.map((client) => new RedisStore({ client }));
+    await sleep(20); // warnings are emitted on the next tick
+    await Promise.all(stores.map((s) => s.close()));
+    return warnings();
+  } finally {
+    warnings.stop();
+    for (const client of new Set(clients)) client.disconnect();
+  }
 }
 
 /** Collects the process warnings emitted from now on, until `stop()`. */
