@@ -114,7 +114,9 @@ export type RedisStoreOptions = RedisStoreCommonOptions &
          * `failoverDetector: true`; without it the store warns (`TOKENWARDEN_REDIS_SENTINEL`). Given `tls`, it
          * needs `enableTLSForSentinelMode` too, or ioredis connects to the master in the clear (the store warns:
          * `TOKENWARDEN_REDIS_SENTINEL_TLS`). The store listens to its `error` events (to say why a call failed
-         * while it reconnects), so ioredis no longer prints "Unhandled error event" for it.
+         * while it reconnects), so ioredis no longer prints "Unhandled error event" for it. Every listener the store
+         * puts on it (and on a Cluster's nodes) is taken off at `close()`: a store made and closed per task, on one
+         * long-lived client, leaves nothing behind.
          */
         client: Redis | Cluster;
         url?: never;
@@ -278,6 +280,11 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
   readonly #onFailure = (err: unknown): void => {
     this.#lastFailure = err;
   };
+  /**
+   * Takes off the listeners the store put on its connection, and on that connection's cluster nodes: a client
+   * of yours outlives the store, and would otherwise keep it (and tell it every reconnection) after close().
+   */
+  readonly #unwatch: (() => void)[] = [];
   /** The run id of each server seen (`host:port` of each master in a cluster; `''` for a single server). */
   readonly #runIds = new Map<string, string>();
   /** The eviction policy reported for each server (keyed as `#runIds`), so that it is reported once. */
@@ -311,7 +318,7 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
     this.#options = options;
     warnAboutSentinelClient(options.client);
     // A client of yours may have failed before the first call: heard from now on (until close()).
-    (options.client as Connection | undefined)?.on('error', this.#onFailure);
+    if (options.client !== undefined) this.#hear(options.client as unknown as Connection, 'error', this.#onFailure);
     this.prefix = options.prefix ?? 'tokenwarden:';
     if (typeof this.prefix !== 'string') throw new TokenwardenError('ERR_CONFIG', 'prefix must be a string');
     this.#codec = new Codec(options.encryptionKey);
@@ -431,7 +438,7 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
     const subscriber = this.#subscriber;
     this.#subscriber = undefined;
     subscriber?.disconnect();
-    (this.#options.client as Connection | undefined)?.off('error', this.#onFailure);
+    for (const unwatch of this.#unwatch.splice(0)) unwatch();
     const owned = this.#owned;
     this.#owned = undefined;
     if (owned !== undefined) {
@@ -760,8 +767,8 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
 
   /** Re-checks the server's identity on every reconnection, before the first command (a store may have lost data). */
   #watch(connection: Connection): void {
-    if (connection !== (this.#options.client as unknown)) connection.on('error', this.#onFailure);
-    connection.on('ready', () => {
+    if (connection !== (this.#options.client as unknown)) this.#hear(connection, 'error', this.#onFailure);
+    this.#hear(connection, 'ready', () => {
       this.#lastFailure = undefined;
       this.#explained = undefined;
       this.#topology++;
@@ -774,20 +781,44 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
     // A cluster stays ready while one of its nodes restarts (it may come back empty): whenever a node's
     // connection closes or a node joins, every master is identified again before the next command — which
     // fails while a master cannot answer, rather than run against a shard that may have lost its data.
-    if (clusterMasters(connection) !== undefined) {
+    const all = clusterNodes(connection, 'all');
+    if (all !== undefined) {
       const again = (): void => this.#identifyAgain();
-      connection.on('+node', (node: NodeConnection) => {
-        again();
+      // Each node's listener goes with the node; those left go at close().
+      const nodes = new Set<NodeConnection>();
+      const watchNode = (node: NodeConnection): void => {
+        if (nodes.has(node)) return;
+        nodes.add(node);
         node.on('close', again);
+      };
+      this.#unwatch.push(() => {
+        for (const node of nodes) node.off('close', again);
+        nodes.clear();
       });
-      connection.on('-node', again);
+      all.forEach(watchNode); // a client of yours may be connected already
+      this.#hear(connection, '+node', (node: NodeConnection) => {
+        again();
+        watchNode(node);
+      });
+      this.#hear(connection, '-node', (node: NodeConnection) => {
+        again();
+        node.off('close', again);
+        nodes.delete(node);
+      });
       // A replica promoted in place of a failed master was already connected (as a replica): ioredis then
       // changes its role at a slot refresh without `+node`. The masters after each refresh are compared with
       // those identified.
-      connection.on('refresh', () => {
+      this.#hear(connection, 'refresh', () => {
         if (mastersOf(connection) !== this.#identified) again();
       });
     }
+  }
+
+  /** `connection.on(event, listener)`, taken off at close(). */
+  #hear<A extends unknown[]>(connection: Connection, event: string, listener: (...args: A) => void): void {
+    const heard = listener as unknown as (...args: never[]) => void;
+    connection.on(event, heard);
+    this.#unwatch.push(() => connection.off(event, heard));
   }
 
   /**
@@ -895,6 +926,7 @@ interface NodeConnection {
   readonly options: { host?: string; port?: number };
   call(command: string, ...args: string[]): Promise<unknown>;
   on(event: string, listener: () => void): unknown;
+  off(event: string, listener: () => void): unknown;
 }
 
 /**
@@ -978,11 +1010,14 @@ function warnAboutSentinelClient(client: unknown): void {
   }
 }
 
-/** The masters of a cluster connection; undefined for a single server (or a sentinel set-up). */
-function clusterMasters(connection: Connection): NodeConnection[] | undefined {
+/** The nodes of a cluster connection in `role`; undefined for a single server (or a sentinel set-up). */
+function clusterNodes(connection: Connection, role: 'master' | 'all'): NodeConnection[] | undefined {
   const nodes = (connection as { nodes?: unknown }).nodes;
-  return typeof nodes === 'function' ? (nodes.call(connection, 'master') as NodeConnection[]) : undefined;
+  return typeof nodes === 'function' ? (nodes.call(connection, role) as NodeConnection[]) : undefined;
 }
+
+/** The masters of a cluster connection; undefined for a single server (or a sentinel set-up). */
+const clusterMasters = (connection: Connection): NodeConnection[] | undefined => clusterNodes(connection, 'master');
 
 /**
  * The masters of a cluster connection with the nodes its slot table names as masters besides (a node a `MOVED`
@@ -998,7 +1033,7 @@ function slotMasters(connection: Connection): NodeConnection[] | undefined {
     if (master !== undefined && !named.has(master)) others.add(master);
   }
   if (others.size === 0) return masters;
-  const all = (connection as unknown as { nodes(role: 'all'): NodeConnection[] }).nodes('all');
+  const all = clusterNodes(connection, 'all') ?? [];
   return [...masters, ...all.filter((node) => others.has(nodeKey(node)))];
 }
 
@@ -1088,7 +1123,7 @@ interface Askable {
   readonly noun: string;
   /** What none of them gave: `the master's address`, `the slot table`. */
   readonly wanted: string;
-  readonly servers: readonly { host: string; port: number; family?: number }[];
+  readonly servers: readonly AskedServer[];
   /** The connection options of each (TLS, user name and password). */
   readonly options: RedisOptions;
   /** The option that asks TLS of them (said when one closed a plain connection). */
@@ -1138,9 +1173,8 @@ function askableOf(connection: Connection, err: TokenwardenError): Askable | und
       noun: 'cluster node',
       wanted: 'the slot table',
       servers: startupNodes.flatMap((node: unknown) => {
-        if (typeof node === 'number') return [{ host: '127.0.0.1', port: node }];
-        const { host, port } = (node ?? {}) as { host?: unknown; port?: unknown };
-        return typeof port === 'number' ? [{ host: typeof host === 'string' ? host : '127.0.0.1', port }] : [];
+        const server = startupNodeOf(node);
+        return server === undefined ? [] : [server];
       }),
       options: {
         ...(nodeOptions.tls !== undefined && { tls: nodeOptions.tls }),
@@ -1156,6 +1190,66 @@ function askableOf(connection: Connection, err: TokenwardenError): Askable | und
     };
   }
   return undefined;
+}
+
+/** A server to ask again, with what it takes of its own (a cluster node's, over the client's `redisOptions`). */
+interface AskedServer {
+  host: string;
+  port: number;
+  family?: number;
+  username?: string;
+  password?: string;
+  tls?: RedisOptions['tls'];
+}
+
+/**
+ * A cluster's startup node as ioredis reads it (`normalizeNodeOptions`): a port; `host:port`, `redis://…` or
+ * `rediss://…` (whose user, password and `family` it takes; not its scheme: TLS is `redisOptions.tls`); an
+ * object, whose own `username`, `password` and `tls` come before `redisOptions`. Undefined for what it cannot
+ * ask (a socket path, a URL that does not parse).
+ */
+function startupNodeOf(node: unknown): AskedServer | undefined {
+  const port = (value: unknown): number | undefined => {
+    const n = typeof value === 'string' && /^\d+$/.test(value) ? Number(value) : value;
+    return typeof n === 'number' && Number.isInteger(n) && n > 0 && n < 65536 ? n : undefined;
+  };
+  if (typeof node === 'number' || (typeof node === 'string' && /^\d+$/.test(node))) {
+    const p = port(node);
+    return p === undefined ? undefined : { host: '127.0.0.1', port: p };
+  }
+  if (typeof node === 'string') {
+    if (node.startsWith('/') && !node.startsWith('//')) return undefined;
+    let url: URL;
+    try {
+      url = new URL(/^rediss?:\/\//i.test(node) ? node : node.startsWith('//') ? `redis:${node}` : `redis://${node}`);
+    } catch {
+      return undefined;
+    }
+    const p = url.port === '' ? 6379 : port(url.port);
+    if (p === undefined) return undefined;
+    const family = Number(url.searchParams.get('family'));
+    return {
+      host: url.hostname === '' ? '127.0.0.1' : url.hostname.replace(/^\[|\]$/g, ''),
+      port: p,
+      ...((family === 4 || family === 6) && { family }),
+      ...((url.username !== '' || url.password !== '') && {
+        username: decodeURIComponent(url.username),
+        password: decodeURIComponent(url.password),
+      }),
+    };
+  }
+  if (node === null || typeof node !== 'object') return undefined;
+  const { host, port: given, family, username, password, tls } = node as Record<string, unknown>;
+  const p = given === undefined || given === '' ? 6379 : port(given);
+  if (p === undefined) return undefined;
+  return {
+    host: typeof host === 'string' && host !== '' ? host : '127.0.0.1',
+    port: p,
+    ...((family === 4 || family === 6) && { family }),
+    ...(typeof username === 'string' && { username }),
+    ...(typeof password === 'string' && { password }),
+    ...(tls !== undefined && tls !== null && typeof tls === 'object' && { tls: tls as RedisOptions['tls'] }),
+  };
 }
 
 /**

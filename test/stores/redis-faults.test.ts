@@ -687,6 +687,59 @@ describe.skipIf(skipWithout('redis-server', hasRedisServer))('RedisStore on a Cl
       await store.close();
     }
   });
+
+  it("startup nodes given as ioredis takes them (a port, 'host:port', redis:// URLs with a user and password of their own): asked again the same way, the node's own password before redisOptions", async () => {
+    const single = await startPrivateRedis();
+    onTestFinished(() => single.close());
+    await single.cli('CONFIG', 'SET', 'requirepass', 'node-own-secret');
+    const { port } = single;
+    for (const node of [
+      port,
+      String(port),
+      `127.0.0.1:${port}`,
+      `redis://:node-own-secret@127.0.0.1:${port}`,
+      `redis://default:node-own-secret@127.0.0.1:${port}/0?family=4`,
+      { port, password: 'node-own-secret' },
+    ]) {
+      // The client's own password is wrong: only a node that carries the right one gets to CLUSTER SLOTS.
+      const client = new Cluster([node], { redisOptions: { password: 'not-it' } });
+      onTestFinished(() => client.disconnect());
+      const store = new RedisStore({ client, timeout: '5s' });
+      const err = await failure(store.get('k'));
+      const own = typeof node === 'object' || String(node).includes('@');
+      expect({ node: typeof node === 'string' ? node.replace(/:[^:@/]+@/, ':…@') : node, err }).toMatchObject({
+        err: {
+          code: 'ERR_STORE',
+          message: expect.stringMatching(
+            own
+              ? /no cluster node gave the slot table; .*not in cluster mode \(cluster-enabled no\)/
+              : /no cluster node gave the slot table; a cluster node answered \((WRONGPASS|ERR)\)/,
+          ),
+        },
+      });
+      expect((err as Error).message).not.toMatch(/secret|not-it|127\.0\.0\.1/);
+      await store.close();
+    }
+  });
+
+  it("takes its listeners off a Cluster client of yours (and off the client's nodes) at close(): a store made and closed per task leaves the client as it found it", async () => {
+    const client = await clusterClient();
+    await until(() => client.status === 'ready');
+    const events = ['error', 'ready', '+node', '-node', 'refresh'] as const;
+    const counts = (): Record<string, number> => ({
+      ...Object.fromEntries(events.map((e) => [e, client.listenerCount(e)])),
+      close: client.nodes('all').reduce((n, node) => n + node.listenerCount('close'), 0),
+    });
+    const before = counts();
+    for (let i = 0; i < 3; i++) {
+      const store = new RedisStore({ client, prefix: `tw:${randomUUID()}:` });
+      await store.set('k', 'v');
+      expect(counts().ready).toBeGreaterThan(before.ready ?? 0);
+      expect(counts().close).toBeGreaterThan(before.close ?? 0);
+      await store.close();
+      expect(counts()).toEqual(before);
+    }
+  });
 });
 
 describe.skipIf(skipWithout('redis-server', hasRedisServer))(
