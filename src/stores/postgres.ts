@@ -78,7 +78,8 @@ export interface PostgresStoreCommonOptions {
 
 /**
  * Options for {@link PostgresStore}: a `connectionString` (the store creates, owns and ends its pool;
- * `pg` is loaded on first use) or a `pool` of yours (a `pg.Pool`, which the store never ends).
+ * `pg` is loaded on first use) or a `pool` of yours (a `pg.Pool`, which the store never ends; a store made and closed
+ * per task on it leaves one `error` listener on each connection, whatever the number of stores).
  *
  * @example
  * ```ts
@@ -467,7 +468,8 @@ export class PostgresStore extends EventEmitter<StoreEvents> implements TokenSto
     if (opened) {
       this.#known.add(client);
       // A connection the server closes while the store holds it emits 'error': without a listener, a crash.
-      client.on('error', () => undefined);
+      // One listener per connection, whichever store met it first (a pool of yours outlives its stores).
+      listenOnce(client);
       // Before its first statement: which server answers (a new connection may reach a new server).
       try {
         await this.#identify(client, deadline);
@@ -757,9 +759,16 @@ const listenedPools = new WeakSet<Pool>();
 function listenOnEveryConnection(pool: Pool): void {
   if (listenedPools.has(pool)) return;
   listenedPools.add(pool);
-  pool.on('connect', (client) => {
-    client.on('error', () => undefined);
-  });
+  pool.on('connect', listenOnce);
+}
+
+const listenedClients = new WeakSet<PoolClient>();
+
+/** One `error` listener on `client`, however many stores (and pools' `connect` events) meet it. */
+function listenOnce(client: PoolClient): void {
+  if (listenedClients.has(client)) return;
+  listenedClients.add(client);
+  client.on('error', () => undefined);
 }
 
 /** The SQLSTATE of a driver error, or of the driver error a `TokenwardenError` wraps. */

@@ -222,6 +222,26 @@ describe.skipIf(skipWithout('the PostgreSQL server binaries', pgBin !== undefine
     await pool.end();
   });
 
+  it('a pool of yours used by one store after another (made and closed per task): each connection keeps one listener of ours, not one per store', async () => {
+    const table = `t_${id()}`;
+    const pool = new pg.Pool({ connectionString: server.url, max: 1 });
+    pool.on('error', () => undefined);
+    onTestFinished(() => pool.end());
+    const connection = await pool.connect(); // opened before any store: met by the stores, not by 'connect'
+    const before = connection.listenerCount('error');
+    connection.release();
+    for (let i = 0; i < 15; i++) {
+      const store = new PostgresStore({ pool, table });
+      await store.set(`k${i}`, 'v');
+      await store.close();
+    }
+    const again = await pool.connect();
+    const listeners = again.listenerCount('error');
+    again.release();
+    expect(again).toBe(connection);
+    expect(listeners).toBe(before + 1);
+  });
+
   it('the table dropped while in use: made again on the next operation, with a reset; createTable: false says so', async () => {
     const table = `t_${id()}`;
     const store = new PostgresStore({ connectionString: server.url, table });
