@@ -3,6 +3,7 @@
  * Toolkit before 2.0 serves it (a 404 without the slash, or Django's redirect to it). Any other redirect is
  * not followed, and the document found that way is checked like any other (its issuer must be ours).
  */
+import { getEventListeners } from 'node:events';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { discover } from '../src/sources/discovery.js';
 import { type FaultServer, json, startFaultServer } from './support/fault-server.js';
@@ -91,5 +92,22 @@ describe('discover() without time or size limits given', () => {
     await expect(discover(issuer, { allowInsecureRequests: true, force: true })).rejects.toMatchObject({
       code: 'ERR_RESPONSE_TOO_LARGE',
     });
+  });
+});
+
+describe("discover() with a caller's signal that outlives the call", () => {
+  it('leaves no listener on it once answered (from the cache or not): a process-wide signal passed on every call does not grow', async () => {
+    server.handle((req, res) => json(res, req.url === WELL_KNOWN ? 200 : 404, metadata()));
+    const { signal } = new AbortController();
+    for (let i = 0; i < 20; i++) {
+      expect((await discover(issuer, { ...options, force: i % 2 === 0, signal })).issuer).toBe(issuer);
+    }
+    expect(getEventListeners(signal, 'abort')).toHaveLength(0);
+    // And the signal still stops a call that waits.
+    const controller = new AbortController();
+    server.handle(() => undefined); // never answers
+    const waiting = discover(issuer, { ...options, signal: controller.signal });
+    controller.abort();
+    await expect(waiting).rejects.toMatchObject({ code: 'ERR_ABORTED' });
   });
 });

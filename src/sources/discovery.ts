@@ -4,6 +4,7 @@
  * @module
  */
 import * as oauth from 'oauth4webapi';
+import { abortable } from '../abort.js';
 import { type Clock, systemClock } from '../clock.js';
 import { TokenwardenError } from '../errors.js';
 import {
@@ -11,7 +12,6 @@ import {
   DEFAULT_TIMEOUT_MS,
   type TransportOptions,
   boundedFetch,
-  whenAborted,
 } from '../http/transport.js';
 import { redirectTarget, toTokenwardenError } from './errors.js';
 
@@ -79,16 +79,15 @@ export function discover(issuer: string, options: DiscoverOptions = {}): Promise
   return untilAborted(metadata, signal);
 }
 
-/** `metadata`, or `ERR_ABORTED` as soon as this caller's `signal` aborts (the shared request goes on). */
+/**
+ * `metadata`, or `ERR_ABORTED` as soon as this caller's `signal` aborts (the shared request goes on). The
+ * listener goes when `metadata` settles: a signal that outlives the call (a process-wide one) does not grow.
+ */
 function untilAborted(
   metadata: Promise<oauth.AuthorizationServer>,
   signal: AbortSignal | undefined,
 ): Promise<oauth.AuthorizationServer> {
-  if (signal === undefined) return metadata;
-  return Promise.race([metadata, whenAborted(signal)]).catch((err: unknown) => {
-    if (!signal.aborted) throw err;
-    throw new TokenwardenError('ERR_ABORTED', 'discovery was aborted', { cause: err });
-  });
+  return signal === undefined ? metadata : abortable(metadata, signal, 'discovery');
 }
 
 async function fetchMetadata(
