@@ -420,7 +420,7 @@ describe.skipIf(!available)('Glewlwyd', () => {
       const failures: string[] = [];
       manager.on('refreshFailed', ({ error }) => failures.push(error.code));
       const first = await manager.getToken();
-      down.freeze();
+      await down.freeze();
       try {
         await clock.advance((down.accessTokenTtl - 5) * 1000); // stale, still valid: a refresh starts
         for (let i = 0; i < 100; i++) expect((await manager.getToken()).accessToken).toBe(first.accessToken);
@@ -465,16 +465,19 @@ describe.skipIf(!available)('Glewlwyd', () => {
         .setProtectedHeader({ alg: 'RS256', typ: 'at+jwt', kid: 'rotated-in' })
         .sign(privateKey);
       const asked = async () => (await down.record()).requests.length;
-      down.freeze();
+      await down.freeze();
       try {
         await clock.advance(31_000); // past the JWKS cooldown (30 s): an unknown kid may fetch the keys again
         const before = await asked();
         expect((await verify(`Bearer ${b.accessToken}`)).ok).toBe(true);
         expect(await asked()).toBe(before); // the keys it holds: no request
         const unknown = await verify(`Bearer ${unknownKey}`);
-        expect(unknown).toMatchObject({ ok: false, failure: { status: 503, error: 'temporarily_unavailable' } });
-        expect((await down.record()).requests.slice(before)).toEqual(['GET /api/oidc/jwks']);
-        expect(causes).toEqual(['ERR_TIMEOUT']); // the key fetch gave up at its limit: nothing left hanging
+        // One assertion, so that a failure shows which of the three went otherwise.
+        expect({ unknown, asked: (await down.record()).requests.slice(before), causes }).toMatchObject({
+          unknown: { ok: false, failure: { status: 503, error: 'temporarily_unavailable' } },
+          asked: ['GET /api/oidc/jwks'],
+          causes: ['ERR_TIMEOUT'], // the key fetch gave up at its limit: nothing left hanging
+        });
       } finally {
         down.thaw();
       }

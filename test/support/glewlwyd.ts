@@ -20,7 +20,7 @@ import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { freePort, waitForPort } from './private-servers.js';
+import { freePort, untilStopped, waitForPort } from './private-servers.js';
 import { type LoginResponse, PASSWORD, USERS, passwordLogin } from './python-server.js';
 import { type TokenEndpointRecord, startRecordingProxy } from './recording-proxy.js';
 
@@ -78,8 +78,11 @@ export interface Glewlwyd {
   /** The subject Glewlwyd gives `username` in its tokens (a pseudonym, not the user name). */
   subjectOf(username: string): Promise<string>;
   record(): Promise<GlewlwydRecord>;
-  /** Stops the server process (SIGSTOP): connections are accepted by the kernel, nothing is answered. */
-  freeze(): void;
+  /**
+   * Stops the server process (SIGSTOP): connections are accepted by the kernel, nothing is answered. Resolves
+   * once every thread is stopped (one in an fsync stops only when it returns, and may answer meanwhile).
+   */
+  freeze(): Promise<void>;
   /** Resumes it (SIGCONT). */
   thaw(): void;
   close(): Promise<void>;
@@ -286,7 +289,11 @@ export async function startGlewlwyd(options: GlewlwydOptions = {}): Promise<Glew
         return subject;
       },
       record: async () => structuredClone(record),
-      freeze: () => void (running() && child.kill('SIGSTOP')),
+      freeze: async () => {
+        if (!running() || child.pid === undefined) return;
+        child.kill('SIGSTOP');
+        await untilStopped(child.pid);
+      },
       thaw: () => void (running() && child.kill('SIGCONT')),
       close,
     };

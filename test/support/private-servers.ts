@@ -107,6 +107,31 @@ export async function frozenFor(server: { freeze(): void; thaw(): void }, ms: nu
   }
 }
 
+/**
+ * Resolves once every thread of `pid` is stopped (`T` in /proc/PID/task/TID/stat), after a SIGSTOP. A thread
+ * in uninterruptible sleep (`D`: an fsync on a loaded disk) stops only when its system call returns, and
+ * until then the process can still answer: a test that asserts "nothing answers" waits for this first.
+ * Gives up after `ms` (not on Linux: at once).
+ */
+export async function untilStopped(pid: number, ms = 10_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  const states = (): string[] => {
+    try {
+      return readdirSync(`/proc/${pid}/task`).map((tid) => {
+        const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+        return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+      });
+    } catch {
+      return []; // gone, or no /proc
+    }
+  };
+  while (Date.now() < deadline) {
+    if (states().every((state) => state === 'T' || state === 't')) return;
+    await sleep(5);
+  }
+  throw new Error(`process ${pid} did not stop within ${ms} ms of SIGSTOP`);
+}
+
 function readPid(file: string): number | undefined {
   try {
     // The first line (a postmaster.pid goes on with the data directory, the port, …).
