@@ -3,6 +3,7 @@
  * become a TokenwardenError with a stable code and without any secret or body in what a user sees.
  */
 import { type AddressInfo, createServer as createNetServer } from 'node:net';
+import { getEventListeners } from 'node:events';
 import { inspect } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ManualClock } from '../src/clock.js';
@@ -540,6 +541,29 @@ describe('answers of authorization servers other than oidc-provider (RFC 6749 §
     expect((await manager.refresh()).refreshToken).toBe('rt-3');
     expect(spent).toEqual(['rt-0', 'rt-0', 'rt-0', 'rt-3']);
     await manager.close();
+  });
+});
+
+describe("a caller's signal that outlives its requests", () => {
+  it('nothing of ours still listens on the signal a request ran with once it is answered, well or not (it would keep it, and the caller signal it derives from, in memory until the time limit)', async () => {
+    const { signal } = new AbortController(); // a process-wide one, say
+    const ran: AbortSignal[] = [];
+    // A fetch that keeps the signal it was given and does not listen to it itself (undici's own listener goes
+    // only when its request is garbage-collected): what listens then is ours.
+    const recording = (url: string | URL | Request, init?: RequestInit): Promise<Response> => {
+      if (init?.signal) ran.push(init.signal);
+      return fetch(url, { ...init, signal: null });
+    };
+    let status = 200;
+    server.handle((_req, res) => json(res, status, status === 200 ? { access_token: 'a', token_type: 'bearer' } : {}));
+    for (const answer of [200, 500, 200]) {
+      status = answer;
+      await source({ fetch: recording })
+        .fetchToken({ signal })
+        .catch(() => undefined);
+    }
+    expect(ran).toHaveLength(3);
+    expect(ran.map((s) => getEventListeners(s, 'abort').length)).toEqual([0, 0, 0]);
   });
 });
 

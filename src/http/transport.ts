@@ -75,70 +75,84 @@ export function boundedFetch(options: TransportOptions, meta?: ResponseMeta): Fe
     };
     // The limit holds even for a `fetch` that does not honour its signal (a wrapper that drops it, a client
     // of another kind): the wait for the answer, and for each chunk of its body, ends when the signal does.
-    const stopped = whenAborted(signal);
-    let response: Response;
-    let pending: Promise<Response> | undefined;
+    const { stopped, release } = whenAborted(signal);
     try {
-      pending = fetchImpl(input, { ...init, signal });
-      response = await Promise.race([pending, stopped]);
-    } catch (err) {
-      // An answer that arrives after the limit is not read: its body is released.
-      pending?.then(
-        (late) => void late.body?.cancel().catch(() => undefined),
-        () => undefined,
-      );
-      throw fail(err);
+      let response: Response;
+      let pending: Promise<Response> | undefined;
+      try {
+        pending = fetchImpl(input, { ...init, signal });
+        response = await Promise.race([pending, stopped]);
+      } catch (err) {
+        // An answer that arrives after the limit is not read: its body is released.
+        pending?.then(
+          (late) => void late.body?.cancel().catch(() => undefined),
+          () => undefined,
+        );
+        throw fail(err);
+      }
+      if (response.redirected && init.redirect === 'manual') {
+        // The request asked not to follow redirects (every request to an authorization server does: its form
+        // carries credentials), and the fetch followed one anyway — a wrapper that drops `redirect`. What the
+        // other address answered is not the server's answer.
+        void response.body?.cancel().catch(() => undefined);
+        throw new TokenwardenError(
+          'ERR_INVALID_RESPONSE',
+          `request to ${url} was answered from ${originOf(response.url) ?? 'another address'} after a redirect the fetch followed; ` +
+            "a custom fetch must pass on redirect: 'manual'",
+        );
+      }
+      if (meta) {
+        meta.status = response.status;
+        meta.retryAfter = response.headers.get('retry-after');
+      }
+      let body: Uint8Array<ArrayBuffer> | null;
+      try {
+        body = await readCapped(response, options.maxResponseBytes, url, stopped);
+      } catch (err) {
+        throw fail(err);
+      }
+      const nullBody = [101, 103, 204, 205, 304].includes(response.status);
+      const capped = new Response(nullBody ? null : body, {
+        status: response.status,
+        statusText: response.statusText,
+        headers: response.headers,
+      });
+      // A built Response has no URL: keep the one answered (a relative redirect is read against it).
+      const answered =
+        response.url || (typeof input === 'string' ? input : input instanceof URL ? input.href : input.url);
+      Object.defineProperty(capped, 'url', { value: answered, enumerable: false });
+      return capped;
+    } finally {
+      release();
     }
-    if (response.redirected && init.redirect === 'manual') {
-      // The request asked not to follow redirects (every request to an authorization server does: its form
-      // carries credentials), and the fetch followed one anyway — a wrapper that drops `redirect`. What the
-      // other address answered is not the server's answer.
-      void response.body?.cancel().catch(() => undefined);
-      throw new TokenwardenError(
-        'ERR_INVALID_RESPONSE',
-        `request to ${url} was answered from ${originOf(response.url) ?? 'another address'} after a redirect the fetch followed; ` +
-          "a custom fetch must pass on redirect: 'manual'",
-      );
-    }
-    if (meta) {
-      meta.status = response.status;
-      meta.retryAfter = response.headers.get('retry-after');
-    }
-    let body: Uint8Array<ArrayBuffer> | null;
-    try {
-      body = await readCapped(response, options.maxResponseBytes, url, stopped);
-    } catch (err) {
-      throw fail(err);
-    }
-    const nullBody = [101, 103, 204, 205, 304].includes(response.status);
-    const capped = new Response(nullBody ? null : body, {
-      status: response.status,
-      statusText: response.statusText,
-      headers: response.headers,
-    });
-    // A built Response has no URL: keep the one answered (a relative redirect is read against it).
-    const answered =
-      response.url || (typeof input === 'string' ? input : input instanceof URL ? input.href : input.url);
-    Object.defineProperty(capped, 'url', { value: answered, enumerable: false });
-    return capped;
   };
 }
 
 /**
- * A promise rejected with the signal's reason once it aborts (never settled otherwise; never unhandled).
+ * A promise rejected with the signal's reason once it aborts (never settled otherwise; never unhandled), and
+ * `release()`, which stops listening: a listener left on a signal keeps it in memory until it aborts — and a
+ * signal made with `AbortSignal.any()` from a long-lived one (a caller's process-wide signal) with it.
  *
  * @example
  * ```ts
- * const response = await Promise.race([fetchImpl(url, { signal }), whenAborted(signal)]);
+ * const { stopped, release } = whenAborted(signal);
+ * try {
+ *   return await Promise.race([fetchImpl(url, { signal }), stopped]);
+ * } finally {
+ *   release();
+ * }
  * ```
  */
-export function whenAborted(signal: AbortSignal): Promise<never> {
+export function whenAborted(signal: AbortSignal): { stopped: Promise<never>; release(): void } {
+  let release = (): void => undefined;
   const stopped = new Promise<never>((_, reject) => {
-    if (signal.aborted) reject(signal.reason);
-    else signal.addEventListener('abort', () => reject(signal.reason), { once: true });
+    if (signal.aborted) return reject(signal.reason);
+    const onAbort = (): void => reject(signal.reason);
+    signal.addEventListener('abort', onAbort, { once: true });
+    release = () => signal.removeEventListener('abort', onAbort);
   });
   stopped.catch(() => undefined);
-  return stopped;
+  return { stopped, release };
 }
 
 async function readCapped(
