@@ -25,5 +25,11 @@ export const NETWORK_CODES: ReadonlyMap<string, string> = new Map(
     CERT_HAS_EXPIRED: "the server's TLS certificate has expired",
     ERR_TLS_CERT_ALTNAME_INVALID: "the server's TLS certificate does not name that host",
     ERR_SSL_WRONG_VERSION_NUMBER: 'TLS was asked of a server that does not speak it there (rediss://, ssl)',
+    // The server's TLS alerts about the client's certificate (mutual TLS: tls_client_auth, a Redis or
+    // PostgreSQL that verifies its clients).
+    ERR_SSL_TLSV13_ALERT_CERTIFICATE_REQUIRED: 'the server requires a client certificate (TLS cert and key)',
+    ERR_SSL_TLSV1_ALERT_UNKNOWN_CA: "the server does not trust the client certificate's authority",
+    ERR_SSL_SSLV3_ALERT_BAD_CERTIFICATE: 'the server refused the client certificate',
+    ERR_SSL_SSLV3_ALERT_CERTIFICATE_EXPIRED: 'the server refused the client certificate as expired',
   }),
 );

@@ -605,7 +605,7 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
         });
       await redisBounded(() => this.#readiness as Promise<void>, this.#timeoutMs, 'redis connect').catch(
         (err: unknown) => {
-          throw handshakeUnanswered(connection, err);
+          throw clientCertificateWanted(connection, handshakeUnanswered(connection, err));
         },
       );
     }
@@ -1115,6 +1115,32 @@ function handshakeUnanswered(connection: Connection, err: unknown): unknown {
 }
 
 /**
+ * A TLS connection reset or closed without a client certificate given: Redis resets it so when it requires one
+ * (`tls-auth-clients yes`, its default once TLS is on), and Node says only ECONNRESET. Said as the likely
+ * reason; anything else is `err` as it is.
+ */
+function clientCertificateWanted(connection: Connection, err: unknown): unknown {
+  if (!(err instanceof TokenwardenError) || err.code !== 'ERR_STORE') return err;
+  const code = failureCode(err.cause);
+  if (code !== 'ECONNRESET' && code !== 'EPIPE') return err;
+  const tls = (connection as { options?: { tls?: unknown } }).options?.tls;
+  if (!withoutClientCertificate(tls)) return err;
+  return new TokenwardenError('ERR_STORE', `${err.message}${CLIENT_CERTIFICATE_HINT('redisOptions.tls')}`, {
+    cause: err.cause,
+  });
+}
+
+/** TLS options (an object) with no client certificate in them. */
+const withoutClientCertificate = (tls: unknown): boolean =>
+  tls !== null &&
+  typeof tls === 'object' &&
+  (tls as { cert?: unknown }).cert === undefined &&
+  (tls as { pfx?: unknown }).pfx === undefined;
+
+const CLIENT_CERTIFICATE_HINT = (option: string): string =>
+  ` (a server that requires a client certificate — tls-auth-clients, on by default with TLS — and no cert and key in ${option}?)`;
+
+/**
  * The servers a connection asks before it can send a command — the sentinels, for the master's address; a
  * cluster's startup nodes, for the slot table — and how to ask one again, to learn why none answered.
  */
@@ -1319,8 +1345,14 @@ const ASK_AGAIN_MS = 1000;
 /** Why a server asked again gave nothing, in words (a clause: `a sentinel …`), if its error says. */
 function reasonOf(askable: Askable, err: unknown): string | undefined {
   const { noun, tlsOption } = askable;
-  // Plain asked of a server that serves TLS only: it closes the connection at the first bytes.
-  const hint = askable.options.tls !== undefined ? '' : ` (a ${noun} that serves TLS only, and no ${tlsOption} given?)`;
+  // Plain asked of a server that serves TLS only: it closes the connection at the first bytes. TLS without a
+  // client certificate, of one that requires it: the same.
+  const hint =
+    askable.options.tls === undefined
+      ? ` (a ${noun} that serves TLS only, and no ${tlsOption} given?)`
+      : withoutClientCertificate(askable.options.tls)
+        ? CLIENT_CERTIFICATE_HINT(tlsOption)
+        : '';
   const message = (err as { message?: unknown } | null)?.message;
   const said = typeof message === 'string' ? askable.replyReason(message) : undefined;
   if (said !== undefined) return said;

@@ -230,6 +230,25 @@ describe.skipIf(skipWithout('redis-server', hasRedisServer) || skipWithout('open
       });
     }
 
+    it('a server that requires a client certificate (tls-auth-clients yes): without one, ERR_STORE saying one may be required; with one, the store works', async () => {
+      await redis.cli('CONFIG', 'SET', 'tls-auth-clients', 'yes');
+      onTestFinished(() => redis.cli('CONFIG', 'SET', 'tls-auth-clients', 'no').then(() => undefined));
+      const without = new RedisStore({
+        url: withSecrets(tlsUrl()),
+        timeout: limitFor('ERR_STORE'),
+        redisOptions: { tls: { ca: certs.ca } },
+      });
+      expectSaidInWords(await refused(without), 'ERR_STORE', /client certificate/, '127.0.0.1');
+      const store = new RedisStore({
+        url: tlsUrl(),
+        prefix: `mtls-${randomUUID()}:`,
+        redisOptions: { tls: { ca: certs.ca, cert: certs.cert, key: certs.key } }, // a certificate of the CA
+      });
+      onTestFinished(() => store.close());
+      await store.set('k', 'v');
+      expect((await store.get('k'))?.value).toBe('v');
+    });
+
     it('the certificate rotated to an expired one while in use (CONFIG SET, clients dropped): served from memory, nothing spent; mended, one refresh', async () => {
       const prefix = `rot-${randomUUID()}:`;
       await rotatedToExpired(
