@@ -239,6 +239,19 @@ describe.skipIf(skipWithout('redis-server', hasRedisServer) || skipWithout('open
         redisOptions: { tls: { ca: certs.ca } },
       });
       expectSaidInWords(await refused(without), 'ERR_STORE', /client certificate/, '127.0.0.1');
+      // The same server asked as a sentinel (it refuses the connection before any command): asked again, said so.
+      const throughSentinel = new RedisStore({
+        sentinels: [{ host: '127.0.0.1', port: tlsPort }],
+        name: 'tokens',
+        timeout: limitFor('ERR_STORE'),
+        redisOptions: { sentinelTLS: { ca: certs.ca }, sentinelPassword: PASSWORD },
+      });
+      expectSaidInWords(
+        await refused(throughSentinel),
+        'ERR_STORE',
+        /no sentinel gave the master's address; .*client certificate/,
+        '127.0.0.1',
+      );
       const store = new RedisStore({
         url: tlsUrl(),
         prefix: `mtls-${randomUUID()}:`,
