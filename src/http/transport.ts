@@ -66,7 +66,7 @@ export function boundedFetch(options: TransportOptions, meta?: ResponseMeta): Fe
         });
       }
       const code = networkCode(err);
-      const detail = failureDetail(err, code, proxy !== undefined);
+      const detail = failureDetail(err, code, proxy !== undefined, target.startsWith('https:'));
       return new TokenwardenError(
         'ERR_NETWORK',
         `request to ${url} failed${code ? ` (${code})` : ''}${detail ? `: ${truncate(detail, 120)}` : ''}`,
@@ -242,8 +242,14 @@ function innermostMessage(err: unknown): string | undefined {
  * otherwise the code in words, or for fetch's "bad port" (a port the Fetch standard blocks: 1, 9, 25…), which
  * has no code, what that means.
  */
-function failureDetail(err: unknown, code: string | undefined, proxied: boolean): string | undefined {
+function failureDetail(err: unknown, code: string | undefined, proxied: boolean, tls: boolean): string | undefined {
   if (proxied) return innermostMessage(err);
+  // undici's "other side closed": nothing more is known. Over TLS, the likeliest cause a user can mend is a server
+  // that requires a client certificate (mutual TLS, tls_client_auth) and got none: it closes the connection
+  // after the handshake, and its alert does not reach fetch's error.
+  if (code === 'UND_ERR_SOCKET') {
+    return `the server closed the connection before answering${tls ? ' (one that requires a TLS client certificate does so when given none)' : ''}`;
+  }
   if (code !== undefined) return NETWORK_CODES.get(code);
   if (innermostMessage(err) === 'bad port') {
     return 'the port is one fetch refuses to use (a blocked port of the Fetch standard)';
