@@ -316,7 +316,7 @@ describe.skipIf(skipWithout('redis-server', hasRedisServer))('a fleet through Re
               // replica woken: it is promoted without that write.
               const version = await master.cli('hget', key, 'version');
               await replica.cli('client', 'kill', 'type', 'master');
-              replica.freeze();
+              await replica.freeze();
               try {
                 const until = Date.now() + 5000;
                 while ((await master.cli('hget', key, 'version')) === version) {

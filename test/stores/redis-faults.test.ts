@@ -93,7 +93,7 @@ describe.skipIf(skipWithout('redis-server', hasRedisServer))('RedisStore when it
       expect(await store.set('k', 'v1')).toBeGreaterThan(0);
       expect(resets).toEqual([]); // the first connection only learns who the server is
 
-      redis.freeze();
+      await redis.freeze();
       await expect(store.get('k')).rejects.toMatchObject({ code: 'ERR_STORE_TIMEOUT' });
       redis.thaw();
       expect((await store.get('k'))?.value).toBe('v1');
@@ -128,7 +128,7 @@ describe.skipIf(skipWithout('redis-server', hasRedisServer))('RedisStore when it
     const port = ranges.find(([first, last]) => slot >= first && slot <= last)?.[2][1];
     const master = own.servers.find((s) => s.port === port) as PrivateRedis;
 
-    master.freeze();
+    await master.freeze();
     await expect(store.get('k')).rejects.toMatchObject({ code: 'ERR_STORE_TIMEOUT' });
     master.thaw();
     expect((await retry(() => store.get('k')))?.value).toBe('v1');
@@ -158,7 +158,7 @@ describe.skipIf(skipWithout('redis-server', hasRedisServer))('RedisStore when it
     const { redis, a, b } = await twoStores();
     await a.get('k');
     await b.get('k');
-    redis.freeze(); // the SET NX reaches the server's socket; nothing runs it yet
+    await redis.freeze(); // the SET NX reaches the server's socket; nothing runs it yet
     await expect(a.lock('k', { ttlMs: 30_000, waitMs: 0 })).rejects.toMatchObject({ code: 'ERR_STORE_TIMEOUT' });
     await sleep(1000); // whatever the store does about it meanwhile meets a frozen server too
     redis.thaw();

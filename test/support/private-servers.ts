@@ -98,8 +98,8 @@ export async function stoppedFor<O>(
 }
 
 /** Freezes `server` (SIGSTOP: connections stay open, nothing answers) for `ms`, then thaws it. */
-export async function frozenFor(server: { freeze(): void; thaw(): void }, ms: number): Promise<void> {
-  server.freeze();
+export async function frozenFor(server: { freeze(): Promise<void>; thaw(): void }, ms: number): Promise<void> {
+  await server.freeze();
   try {
     await sleep(ms);
   } finally {
@@ -126,7 +126,8 @@ export async function untilStopped(pid: number, ms = 10_000): Promise<void> {
     }
   };
   while (Date.now() < deadline) {
-    if (states().every((state) => state === 'T' || state === 't')) return;
+    // Stopped, or gone (a zombie a stopped parent has not reaped yet is gone too).
+    if (states().every((state) => 'TtZX'.includes(state))) return;
     await sleep(5);
   }
   throw new Error(`process ${pid} did not stop within ${ms} ms of SIGSTOP`);
@@ -221,8 +222,8 @@ export interface PrivateRedis {
   stop(): Promise<void>;
   /** Starts it again on the same port; `empty: true` drops what it held (its data files are removed). */
   start(options?: { empty?: boolean }): Promise<void>;
-  /** SIGSTOP: the server keeps its connections but answers nothing. */
-  freeze(): void;
+  /** SIGSTOP: the server keeps its connections but answers nothing (resolves once it is stopped: {@link untilStopped}). */
+  freeze(): Promise<void>;
   /** SIGCONT. */
   thaw(): void;
   /** Runs a redis-cli command against it. */
@@ -292,7 +293,11 @@ export async function startPrivateRedis(options: PrivateRedisOptions = {}): Prom
     },
     stop: () => killAndWait(pid),
     start,
-    freeze: () => pid !== undefined && process.kill(pid, 'SIGSTOP'),
+    freeze: async () => {
+      if (pid === undefined) return;
+      process.kill(pid, 'SIGSTOP');
+      await untilStopped(pid);
+    },
     thaw: () => pid !== undefined && process.kill(pid, 'SIGCONT'),
     cli: async (...args) => (await run('redis-cli', ['-p', String(port), ...args])).stdout.trim(),
     close: async () => {
@@ -479,7 +484,7 @@ export interface PrivatePostgres {
   stop(): Promise<void>;
   start(): Promise<void>;
   /** SIGSTOP to the postmaster and every backend and worker (a paused VM): connections stay open, nothing answers. */
-  freeze(): void;
+  freeze(): Promise<void>;
   /** SIGCONT to what `freeze()` stopped. */
   thaw(): void;
   close(): Promise<void>;
@@ -544,11 +549,12 @@ export async function startPrivatePostgres(extra: PrivatePostgresOptions = {}): 
     start,
     stop,
     // The postmaster first (it starts no backend meanwhile), then every process it started: a paused VM.
-    freeze: () => {
+    freeze: async () => {
       if (pid === undefined) return;
       process.kill(pid, 'SIGSTOP');
       frozen = [pid, ...childrenOf(pid)];
       for (const child of frozen.slice(1)) signal(child, 'SIGSTOP');
+      for (const p of frozen) await untilStopped(p);
     },
     thaw: () => {
       for (const p of frozen) signal(p, 'SIGCONT');
