@@ -781,21 +781,17 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
     // A cluster stays ready while one of its nodes restarts (it may come back empty): whenever a node's
     // connection closes or a node joins, every master is identified again before the next command — which
     // fails while a master cannot answer, rather than run against a shard that may have lost its data.
-    const all = clusterNodes(connection, 'all');
-    if (all !== undefined) {
+    const nodes = (): NodeConnection[] | undefined => clusterNodes(connection, 'all');
+    if (nodes() !== undefined) {
       const again = (): void => this.#identifyAgain();
-      // Each node's listener goes with the node; those left go at close().
-      const nodes = new Set<NodeConnection>();
+      // On each node once (a client of yours may be connected already); off a node as it leaves, and off those
+      // left at close().
       const watchNode = (node: NodeConnection): void => {
-        if (nodes.has(node)) return;
-        nodes.add(node);
+        node.off('close', again);
         node.on('close', again);
       };
-      this.#unwatch.push(() => {
-        for (const node of nodes) node.off('close', again);
-        nodes.clear();
-      });
-      all.forEach(watchNode); // a client of yours may be connected already
+      nodes()?.forEach(watchNode);
+      this.#unwatch.push(() => nodes()?.forEach((node) => node.off('close', again)));
       this.#hear(connection, '+node', (node: NodeConnection) => {
         again();
         watchNode(node);
@@ -803,7 +799,6 @@ export class RedisStore extends EventEmitter<StoreEvents> implements TokenStore 
       this.#hear(connection, '-node', (node: NodeConnection) => {
         again();
         node.off('close', again);
-        nodes.delete(node);
       });
       // A replica promoted in place of a failed master was already connected (as a replica): ioredis then
       // changes its role at a slot refresh without `+node`. The masters after each refresh are compared with
@@ -1125,7 +1120,7 @@ function clientCertificateWanted(connection: Connection, err: unknown): unknown 
   if (code !== 'ECONNRESET' && code !== 'EPIPE') return err;
   const tls = (connection as { options?: { tls?: unknown } }).options?.tls;
   if (!withoutClientCertificate(tls)) return err;
-  return new TokenwardenError('ERR_STORE', `${err.message}${CLIENT_CERTIFICATE_HINT('redisOptions.tls')}`, {
+  return new TokenwardenError('ERR_STORE', `${err.message}${clientCertificateHint('redisOptions.tls')}`, {
     cause: err.cause,
   });
 }
@@ -1137,7 +1132,7 @@ const withoutClientCertificate = (tls: unknown): boolean =>
   (tls as { cert?: unknown }).cert === undefined &&
   (tls as { pfx?: unknown }).pfx === undefined;
 
-const CLIENT_CERTIFICATE_HINT = (option: string): string =>
+const clientCertificateHint = (option: string): string =>
   ` (a server that requires a client certificate — tls-auth-clients, on by default with TLS — and no cert and key in ${option}?)`;
 
 /**
@@ -1165,7 +1160,11 @@ interface Askable {
  * (Sentinel) and "Failed to refresh slots cache" (Cluster) say nothing of a TLS certificate refused, a password
  * refused, TLS asked of a plain port or the reverse, a wrong name. Undefined for anything else.
  */
-function askableOf(connection: Connection, err: TokenwardenError): Askable | undefined {
+function askableOf(
+  connection: Connection,
+  err: TokenwardenError,
+  readNodes: (nodes: readonly unknown[]) => AskedServer[],
+): Askable | undefined {
   const cause = err.cause as { name?: unknown; message?: unknown } | undefined;
   const message = typeof cause?.message === 'string' ? cause.message : '';
   const options = (connection as { options?: RedisOptions & { redisOptions?: RedisOptions } }).options;
@@ -1198,10 +1197,7 @@ function askableOf(connection: Connection, err: TokenwardenError): Askable | und
     return {
       noun: 'cluster node',
       wanted: 'the slot table',
-      servers: startupNodes.flatMap((node: unknown) => {
-        const server = startupNodeOf(node);
-        return server === undefined ? [] : [server];
-      }),
+      servers: readNodes(startupNodes),
       options: {
         ...(nodeOptions.tls !== undefined && { tls: nodeOptions.tls }),
         ...(nodeOptions.username && { username: nodeOptions.username }),
@@ -1229,53 +1225,44 @@ interface AskedServer {
 }
 
 /**
- * A cluster's startup node as ioredis reads it (`normalizeNodeOptions`): a port; `host:port`, `redis://…` or
- * `rediss://…` (whose user, password and `family` it takes; not its scheme: TLS is `redisOptions.tls`); an
- * object, whose own `username`, `password` and `tls` come before `redisOptions`. Undefined for what it cannot
- * ask (a socket path, a URL that does not parse).
+ * A cluster's startup nodes as ioredis itself reads them (`normalizeNodeOptions`: a port, `host:port`, a
+ * `redis://user:password@host:port` URL, an object — whose own user, password and `tls` come before
+ * `redisOptions`), each kept only where it names a port; none where this ioredis keeps that function elsewhere.
  */
-function startupNodeOf(node: unknown): AskedServer | undefined {
-  const port = (value: unknown): number | undefined => {
-    const n = typeof value === 'string' && /^\d+$/.test(value) ? Number(value) : value;
-    return typeof n === 'number' && Number.isInteger(n) && n > 0 && n < 65536 ? n : undefined;
-  };
-  if (typeof node === 'number' || (typeof node === 'string' && /^\d+$/.test(node))) {
-    const p = port(node);
-    return p === undefined ? undefined : { host: '127.0.0.1', port: p };
-  }
-  if (typeof node === 'string') {
-    if (node.startsWith('/') && !node.startsWith('//')) return undefined;
-    let url: URL;
-    try {
-      url = new URL(/^rediss?:\/\//i.test(node) ? node : node.startsWith('//') ? `redis:${node}` : `redis://${node}`);
-    } catch {
-      return undefined;
-    }
-    const p = url.port === '' ? 6379 : port(url.port);
-    if (p === undefined) return undefined;
-    const family = Number(url.searchParams.get('family'));
-    return {
-      host: url.hostname === '' ? '127.0.0.1' : url.hostname.replace(/^\[|\]$/g, ''),
-      port: p,
-      ...((family === 4 || family === 6) && { family }),
-      ...((url.username !== '' || url.password !== '') && {
-        username: decodeURIComponent(url.username),
-        password: decodeURIComponent(url.password),
-      }),
+async function loadStartupNodeReader(): Promise<(nodes: readonly unknown[]) => AskedServer[]> {
+  let normalize: ((nodes: unknown[]) => Record<string, unknown>[]) | undefined;
+  try {
+    const util = (await import('ioredis/built/cluster/util.js')) as unknown as {
+      normalizeNodeOptions?: typeof normalize;
+      default?: { normalizeNodeOptions?: typeof normalize };
     };
+    normalize = util.normalizeNodeOptions ?? util.default?.normalizeNodeOptions;
+  } catch {
+    normalize = undefined;
   }
-  if (node === null || typeof node !== 'object') return undefined;
-  const { host, port: given, family, username, password, tls } = node as Record<string, unknown>;
-  const p = given === undefined || given === '' ? 6379 : port(given);
-  if (p === undefined) return undefined;
-  return {
-    host: typeof host === 'string' && host !== '' ? host : '127.0.0.1',
-    port: p,
-    ...((family === 4 || family === 6) && { family }),
-    ...(typeof username === 'string' && { username }),
-    ...(typeof password === 'string' && { password }),
-    ...(tls !== undefined && tls !== null && typeof tls === 'object' && { tls: tls as RedisOptions['tls'] }),
-  };
+  if (typeof normalize !== 'function') return () => [];
+  const read = normalize;
+  return (nodes) =>
+    nodes.flatMap((node) => {
+      let options: Record<string, unknown> | undefined;
+      try {
+        options = read([node])[0]; // throws on what ioredis would refuse too
+      } catch {
+        return [];
+      }
+      const { host, port, family, username, password, tls } = options ?? {};
+      if (typeof host !== 'string' || typeof port !== 'number') return [];
+      return [
+        {
+          host,
+          port,
+          ...(typeof family === 'number' && { family }),
+          ...(typeof username === 'string' && username !== '' && { username }),
+          ...(typeof password === 'string' && password !== '' && { password }),
+          ...(tls !== null && typeof tls === 'object' && { tls: tls as RedisOptions['tls'] }),
+        },
+      ];
+    });
 }
 
 /**
@@ -1288,7 +1275,8 @@ function startupNodeOf(node: unknown): AskedServer | undefined {
  */
 async function whyNoneAnswered(connection: Connection, err: unknown, deadline: number): Promise<unknown> {
   const budget = Math.min(deadline - Date.now() - 50, ASK_AGAIN_MS);
-  const askable = err instanceof TokenwardenError && budget >= 100 ? askableOf(connection, err) : undefined;
+  if (!(err instanceof TokenwardenError) || budget < 100) return err;
+  const askable = askableOf(connection, err, await loadStartupNodeReader());
   if (askable === undefined || askable.servers.length === 0) return err;
   let reasons: (string | undefined)[];
   try {
@@ -1351,7 +1339,7 @@ function reasonOf(askable: Askable, err: unknown): string | undefined {
     askable.options.tls === undefined
       ? ` (a ${noun} that serves TLS only, and no ${tlsOption} given?)`
       : withoutClientCertificate(askable.options.tls)
-        ? CLIENT_CERTIFICATE_HINT(tlsOption)
+        ? clientCertificateHint(tlsOption)
         : '';
   const message = (err as { message?: unknown } | null)?.message;
   const said = typeof message === 'string' ? askable.replyReason(message) : undefined;
