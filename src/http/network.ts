@@ -18,6 +18,7 @@ export const NETWORK_CODES: ReadonlyMap<string, string> = new Map(
     EHOSTUNREACH: 'the host is unreachable',
     ENETUNREACH: 'the network is unreachable',
     EPIPE: 'the connection was closed by the server',
+    UND_ERR_SOCKET: 'the server closed the connection before answering', // undici's "other side closed"
     DEPTH_ZERO_SELF_SIGNED_CERT: "the server's TLS certificate is self-signed and not trusted (ca)",
     SELF_SIGNED_CERT_IN_CHAIN: "the server's TLS certificate chain ends in an untrusted root (ca)",
     UNABLE_TO_VERIFY_LEAF_SIGNATURE: "the server's TLS certificate is not signed by a trusted authority (ca)",

@@ -244,17 +244,18 @@ function innermostMessage(err: unknown): string | undefined {
  */
 function failureDetail(err: unknown, code: string | undefined, proxied: boolean, tls: boolean): string | undefined {
   if (proxied) return innermostMessage(err);
-  // undici's "other side closed": nothing more is known. Over TLS, the likeliest cause a user can mend is a server
-  // that requires a client certificate (mutual TLS, tls_client_auth) and got none: it closes the connection
-  // after the handshake, and its alert does not reach fetch's error.
-  if (code === 'UND_ERR_SOCKET') {
-    return `the server closed the connection before answering${tls ? ' (one that requires a TLS client certificate does so when given none)' : ''}`;
+  if (code === undefined) {
+    return innermostMessage(err) === 'bad port'
+      ? 'the port is one fetch refuses to use (a blocked port of the Fetch standard)'
+      : undefined;
   }
-  if (code !== undefined) return NETWORK_CODES.get(code);
-  if (innermostMessage(err) === 'bad port') {
-    return 'the port is one fetch refuses to use (a blocked port of the Fetch standard)';
-  }
-  return undefined;
+  // Over TLS, the likeliest cause of a bare close a user can mend: a server that requires a client certificate
+  // (mutual TLS, tls_client_auth) and got none closes the connection after the handshake, and its alert does not
+  // reach fetch's error.
+  const mTls =
+    tls && code === 'UND_ERR_SOCKET' ? ' (one that requires a TLS client certificate does so when given none)' : '';
+  const words = NETWORK_CODES.get(code);
+  return words === undefined ? undefined : `${words}${mTls}`;
 }
 
 function networkCode(err: unknown): string | undefined {
